@@ -1,0 +1,200 @@
+//! The audit trail: one [`Event`] per successful transition.
+
+use time::OffsetDateTime;
+
+use crate::id::{KeyId, TokenId};
+use crate::key::OldTokenDeletion;
+
+/// What happened to a key. Every successful transition returns exactly one.
+///
+/// Each variant carries the key id, the time given to the transition and the
+/// key's version after it. Events hold public ids only, never a secret, so
+/// they can be logged or shipped as they are (with feature `serde`, as JSON
+/// tagged by `"event"`).
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{ApiKey, Event, KeyId, Policy};
+/// use time::OffsetDateTime;
+///
+/// let now = OffsetDateTime::UNIX_EPOCH;
+/// let (mut key, _token, issued) =
+///     ApiKey::issue(KeyId::new("acme")?, "orders", Policy::default(), now, &mut rand::rng());
+/// assert!(matches!(issued, Event::KeyIssued { .. }));
+/// let (_new, renewed) = key.renew(now, &mut rand::rng())?;
+/// assert_eq!((renewed.key_id().as_str(), renewed.version()), ("acme", 2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "event", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Event {
+    /// A key was issued with its first token.
+    #[non_exhaustive]
+    KeyIssued {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The key's label.
+        label: String,
+        /// The first token.
+        token_id: TokenId,
+    },
+    /// A new token was issued; the previous one is now the old token.
+    #[non_exhaustive]
+    TokenRenewed {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new, current token.
+        new_token_id: TokenId,
+        /// The previous token, still valid as the old token.
+        old_token_id: TokenId,
+    },
+    /// A pending renewal was finalized with a deletion mode that keeps the old
+    /// token for now (a renewal finalized with [`OldTokenDeletion::Now`]
+    /// emits [`Event::OldTokenDeleted`] instead).
+    #[non_exhaustive]
+    RenewalFinalized {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The mode chosen.
+        deletion: OldTokenDeletion,
+    },
+    /// The old token was deleted, for good.
+    #[non_exhaustive]
+    OldTokenDeleted {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The deleted token.
+        token_id: TokenId,
+        /// Why it was deleted.
+        reason: DeletionReason,
+    },
+    /// A renewal was undone: the old token is the only token again and the
+    /// new one no longer verifies.
+    #[non_exhaustive]
+    RenewalUndone {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The discarded new token.
+        discarded_token_id: TokenId,
+        /// The restored token, current again.
+        restored_token_id: TokenId,
+    },
+    /// The key was deactivated: no request made with it verifies.
+    #[non_exhaustive]
+    KeyDeactivated {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+    },
+    /// The key was activated again.
+    #[non_exhaustive]
+    KeyActivated {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+    },
+    /// The key was deleted, irreversibly, with all its tokens.
+    #[non_exhaustive]
+    KeyDeleted {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The version the key would have had after the deletion (the last
+        /// stored version + 1).
+        version: u64,
+    },
+}
+
+impl Event {
+    /// The key the event is about.
+    pub fn key_id(&self) -> &KeyId {
+        self.common().0
+    }
+
+    /// The time given to the transition.
+    pub fn at(&self) -> OffsetDateTime {
+        self.common().1
+    }
+
+    /// The key's version after the transition.
+    pub fn version(&self) -> u64 {
+        self.common().2
+    }
+
+    /// The event's name as serialized, e.g. `"token_renewed"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::KeyIssued { .. } => "key_issued",
+            Event::TokenRenewed { .. } => "token_renewed",
+            Event::RenewalFinalized { .. } => "renewal_finalized",
+            Event::OldTokenDeleted { .. } => "old_token_deleted",
+            Event::RenewalUndone { .. } => "renewal_undone",
+            Event::KeyDeactivated { .. } => "key_deactivated",
+            Event::KeyActivated { .. } => "key_activated",
+            Event::KeyDeleted { .. } => "key_deleted",
+        }
+    }
+
+    fn common(&self) -> (&KeyId, OffsetDateTime, u64) {
+        match self {
+            Event::KeyIssued { key_id, at, version, .. }
+            | Event::TokenRenewed { key_id, at, version, .. }
+            | Event::RenewalFinalized { key_id, at, version, .. }
+            | Event::OldTokenDeleted { key_id, at, version, .. }
+            | Event::RenewalUndone { key_id, at, version, .. }
+            | Event::KeyDeactivated { key_id, at, version }
+            | Event::KeyActivated { key_id, at, version }
+            | Event::KeyDeleted { key_id, at, version } => (key_id, *at, *version),
+        }
+    }
+}
+
+/// Why an old token was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum DeletionReason {
+    /// By [`ApiKey::delete_old`](crate::ApiKey::delete_old).
+    Manual,
+    /// By [`ApiKey::finalize`](crate::ApiKey::finalize) with [`OldTokenDeletion::Now`].
+    FinalizedNow,
+}

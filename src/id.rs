@@ -1,0 +1,211 @@
+//! Public identifiers: [`KeyId`] for a key, [`TokenId`] for one of its tokens.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::base62;
+
+/// The public, stable id of an API key (the product's `appKey`).
+///
+/// 1 to 64 characters of `[A-Za-z0-9._-]`. It never changes across renewals and
+/// is not a secret: it is sent with every request beside the token.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::KeyId;
+///
+/// let id = KeyId::new("acme-orders")?;
+/// assert_eq!(id.as_str(), "acme-orders");
+/// assert!(KeyId::new("no spaces").is_err());
+///
+/// let generated = KeyId::generate(&mut rand::rng());
+/// assert_eq!(generated.as_str().len(), 16);
+/// # Ok::<(), keyroll::InvalidKeyId>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(Box<str>);
+
+/// The longest [`KeyId`], in bytes.
+const KEY_ID_MAX_LEN: usize = 64;
+/// The length of a [`KeyId::generate`]d id.
+const GENERATED_LEN: usize = 16;
+
+impl KeyId {
+    /// Checks and wraps a key id.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or holds a
+    /// character outside `[A-Za-z0-9._-]`.
+    pub fn new(id: impl Into<String>) -> Result<KeyId, InvalidKeyId> {
+        let id = id.into();
+        let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(KeyId(id.into_boxed_str()))
+        } else {
+            Err(InvalidKeyId(()))
+        }
+    }
+
+    /// A new random id of 16 base62 characters (about 95 bits).
+    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> KeyId {
+        let mut bytes = [0u8; GENERATED_LEN];
+        base62::fill_random(rng, &mut bytes);
+        let id = bytes.iter().map(|&b| char::from(b)).collect::<String>();
+        KeyId(id.into_boxed_str())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({:?})", &*self.0)
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = InvalidKeyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyId::new(s)
+    }
+}
+
+impl AsRef<str> for KeyId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A string that is not a valid [`KeyId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key id: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+pub struct InvalidKeyId(());
+
+/// The public, non-secret id of one token of a key, for audit trails.
+///
+/// Random, 128 bits, shown as 32 lower-case hex digits. It says which token
+/// was issued, renewed, used or deleted without revealing anything of the
+/// secret.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenId([u8; 16]);
+
+impl TokenId {
+    pub(crate) fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> TokenId {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        TokenId(bytes)
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({self})")
+    }
+}
+
+impl FromStr for TokenId {
+    type Err = InvalidTokenId;
+
+    /// Parses the 32 lower-case hex digits written by `Display`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::hex::decode::<16>(s).map(TokenId).ok_or(InvalidTokenId(()))
+    }
+}
+
+/// A string that is not a valid [`TokenId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token id: expected 32 lower-case hex digits")]
+pub struct InvalidTokenId(());
+
+#[cfg(feature = "serde")]
+mod serde_impls {
+    use super::{KeyId, TokenId};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    impl Serialize for KeyId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for KeyId {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            KeyId::new(s.into_owned()).map_err(D::Error::custom)
+        }
+    }
+
+    impl Serialize for TokenId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(self)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for TokenId {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            s.parse().map_err(D::Error::custom)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn key_id_accepts_exactly_its_alphabet_and_length() {
+        assert!(KeyId::new("a").is_ok());
+        assert!(KeyId::new("vtexappkey-acme-ORYNWX").is_ok());
+        assert!(KeyId::new("a.b_c-D9").is_ok());
+        assert!(KeyId::new("x".repeat(64)).is_ok());
+        assert!(KeyId::new("x".repeat(65)).is_err());
+        assert!(KeyId::new("").is_err());
+        for bad in ["a b", "a/b", "é", "a\0", "a:b"] {
+            assert_eq!(KeyId::new(bad), Err(InvalidKeyId(())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_key_ids_are_valid_and_differ() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let a = KeyId::generate(&mut rng);
+        let b = KeyId::generate(&mut rng);
+        assert_ne!(a, b);
+        assert_eq!(KeyId::new(a.as_str()), Ok(a.clone()));
+        assert_eq!(a.to_string().parse::<KeyId>(), Ok(a));
+    }
+
+    #[test]
+    fn token_id_display_round_trips() {
+        let id = TokenId::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<TokenId>(), Ok(id));
+        assert!("ABCD".parse::<TokenId>().is_err());
+        assert_eq!(TokenId([0xab; 16]).to_string(), "ab".repeat(16));
+        assert!("AB".repeat(16).parse::<TokenId>().is_err());
+    }
+}

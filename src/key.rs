@@ -1,0 +1,440 @@
+//! [`ApiKey`]: the renewal state machine.
+//!
+//! A key holds a current token and, while a renewal is pending, an old one.
+//! Every transition is a `&mut self` method that either succeeds with exactly
+//! one [`Event`] and a version one higher, or returns a [`TransitionError`]
+//! and leaves the key exactly as it was.
+
+use time::OffsetDateTime;
+
+use crate::event::{DeletionReason, Event};
+use crate::id::{KeyId, TokenId};
+use crate::policy::Policy;
+use crate::token::{Token, TokenHash};
+
+/// An API key: a stable public id, a label, a status and one or two tokens.
+///
+/// It holds no secret, only token hashes, so it can be cloned, logged and
+/// stored freely. It reads no clock and no random source: `now` and `rng`
+/// come from the caller.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{ApiKey, KeyId, KeyState, OldTokenDeletion, Policy, TokenMatch};
+/// use time::{Duration, OffsetDateTime};
+///
+/// let mut rng = rand::rng();
+/// let t0 = OffsetDateTime::now_utc();
+/// let (mut key, first, _event) =
+///     ApiKey::issue(KeyId::new("acme-orders")?, "orders service", Policy::default(), t0, &mut rng);
+/// assert_eq!(key.verify(first.expose_secret(), t0)?, TokenMatch::Current);
+///
+/// // Renew: the new token is shown once; the first one keeps working.
+/// let t1 = t0 + Duration::days(80);
+/// let (second, _event) = key.renew(t1, &mut rng)?;
+/// assert_eq!(key.verify(second.expose_secret(), t1)?, TokenMatch::Current);
+/// assert_eq!(key.verify(first.expose_secret(), t1)?, TokenMatch::Old);
+///
+/// // Once no integration uses the old token, delete it.
+/// key.finalize(OldTokenDeletion::Later, t1)?;
+/// key.delete_old(t1 + Duration::days(7))?;
+/// assert!(key.verify(first.expose_secret(), t1).is_err());
+/// assert_eq!(key.state(), KeyState::Single);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub(crate) id: KeyId,
+    pub(crate) label: Box<str>,
+    pub(crate) status: KeyStatus,
+    pub(crate) version: u64,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) policy: Policy,
+    pub(crate) current: TokenInfo,
+    pub(crate) renewal: Option<Renewal>,
+}
+
+/// A pending renewal: the previous token, still valid, and what was decided
+/// about its deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub(crate) struct Renewal {
+    #[cfg_attr(feature = "serde", serde(rename = "old_token"))]
+    pub(crate) old: TokenInfo,
+    pub(crate) decision: Decision,
+}
+
+/// What a key keeps of one token: its public id, dates and hash. No secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct TokenInfo {
+    pub(crate) id: TokenId,
+    #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+    pub(crate) created_at: OffsetDateTime,
+    #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+    pub(crate) due_at: OffsetDateTime,
+    #[cfg_attr(feature = "serde", serde(with = "crate::record::hash"))]
+    pub(crate) hash: TokenHash,
+}
+
+impl TokenInfo {
+    fn new(token: &Token, hash: TokenHash, policy: &Policy, now: OffsetDateTime) -> TokenInfo {
+        TokenInfo {
+            id: token.id(),
+            created_at: now,
+            due_at: now.saturating_add(policy.renewal_period),
+            hash,
+        }
+    }
+
+    /// The token's public id.
+    pub fn id(&self) -> TokenId {
+        self.id
+    }
+
+    /// When the token was created (issued or renewed).
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    /// When the token is due for renewal: `created_at` + the policy's
+    /// renewal period. A token keeps its own due date after a renewal.
+    pub fn due_at(&self) -> OffsetDateTime {
+        self.due_at
+    }
+}
+
+/// Whether requests made with the key can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum KeyStatus {
+    /// Requests verify.
+    Active,
+    /// Every request fails with [`VerifyError::KeyInactive`](crate::VerifyError::KeyInactive).
+    Inactive,
+}
+
+/// Where a key is in its renewal cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// One token.
+    Single,
+    /// Two tokens: the new (current) one and the old one, until the old one
+    /// is deleted or the renewal undone.
+    Renewing {
+        /// What was decided about the old token.
+        decision: Decision,
+    },
+}
+
+/// What was decided about the old token of a pending renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Decision {
+    /// Nothing yet. Behaves exactly like `Later`, as in the product when the
+    /// page is closed before a choice.
+    Undecided,
+    /// Kept until [`ApiKey::delete_old`] or [`ApiKey::undo_renewal`].
+    Later,
+}
+
+/// How [`ApiKey::finalize`] treats the old token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum OldTokenDeletion {
+    /// Delete it now; only the new token stays valid.
+    Now,
+    /// Keep both valid until the old one is deleted by hand.
+    Later,
+}
+
+/// A transition refused because of the key's state. The key is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// `renew` while a renewal is pending.
+    #[error(
+        "cannot renew: the key already has a renewed token pending; delete the old token or undo the renewal first"
+    )]
+    RenewalPending,
+    /// `finalize` with no renewal pending.
+    #[error("cannot finalize: no renewed token was found; renew the key first")]
+    NoRenewalPending,
+    /// `finalize` of a renewal already finalized.
+    #[error(
+        "cannot finalize: the renewal was already finalized; delete the old token or undo the renewal"
+    )]
+    AlreadyFinalized,
+    /// `delete_old` or `undo_renewal` with no old token.
+    #[error(
+        "cannot delete or restore the old token: the key has none; renew again or delete the key"
+    )]
+    NoOldToken,
+    /// `activate` of an active key.
+    #[error("cannot activate: the key is already active")]
+    AlreadyActive,
+    /// `deactivate` of an inactive key.
+    #[error("cannot deactivate: the key is already inactive")]
+    AlreadyInactive,
+}
+
+impl ApiKey {
+    /// Issues a new key with its first token, which is shown only here.
+    ///
+    /// The key starts `Active`, in state `Single`, at version 1.
+    pub fn issue<R: rand::CryptoRng + ?Sized>(
+        id: KeyId,
+        label: impl Into<String>,
+        policy: Policy,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> (ApiKey, Token, Event) {
+        let (token, hash) = policy.token_format.generate(&id, rng);
+        let key = ApiKey {
+            current: TokenInfo::new(&token, hash, &policy, now),
+            id,
+            label: label.into().into_boxed_str(),
+            status: KeyStatus::Active,
+            version: 1,
+            created_at: now,
+            policy,
+            renewal: None,
+        };
+        let event = Event::KeyIssued {
+            key_id: key.id.clone(),
+            at: now,
+            version: key.version,
+            label: key.label.to_string(),
+            token_id: key.current.id,
+        };
+        (key, token, event)
+    }
+
+    /// The key's public id.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The label given at issue.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Active or inactive.
+    pub fn status(&self) -> KeyStatus {
+        self.status
+    }
+
+    /// `Single`, or `Renewing` with the decision about the old token.
+    pub fn state(&self) -> KeyState {
+        match &self.renewal {
+            None => KeyState::Single,
+            Some(renewal) => KeyState::Renewing {
+                decision: renewal.decision,
+            },
+        }
+    }
+
+    /// 1 after issue, one more after each successful transition; never
+    /// changed by a refused transition or by `verify`. Stores use it for
+    /// optimistic concurrency.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When the key was issued.
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    /// The policy the key was issued under.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The current token: the only one, or the new one while renewing.
+    pub fn current_token(&self) -> &TokenInfo {
+        &self.current
+    }
+
+    /// The old token, while a renewal is pending.
+    pub fn old_token(&self) -> Option<&TokenInfo> {
+        self.renewal.as_ref().map(|r| &r.old)
+    }
+
+    /// Renews the key: a new token becomes current and the previous one
+    /// stays valid as the old token. The new token is shown only here.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::RenewalPending`] while a previous renewal still has
+    /// its old token.
+    pub fn renew<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), TransitionError> {
+        if self.renewal.is_some() {
+            return Err(TransitionError::RenewalPending);
+        }
+        let (token, hash) = self.policy.token_format.generate(&self.id, rng);
+        let new = TokenInfo::new(&token, hash, &self.policy, now);
+        let old = std::mem::replace(&mut self.current, new);
+        let old_token_id = old.id;
+        self.renewal = Some(Renewal {
+            old,
+            decision: Decision::Undecided,
+        });
+        let version = self.bump();
+        let event = Event::TokenRenewed {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            new_token_id: token.id(),
+            old_token_id,
+        };
+        Ok((token, event))
+    }
+
+    /// Decides what happens to the old token of a pending renewal:
+    /// [`OldTokenDeletion::Now`] deletes it, [`OldTokenDeletion::Later`]
+    /// keeps it until [`delete_old`](ApiKey::delete_old).
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::NoRenewalPending`] with no renewal pending;
+    /// [`TransitionError::AlreadyFinalized`] when it was already decided.
+    pub fn finalize(
+        &mut self,
+        deletion: OldTokenDeletion,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let renewal = self
+            .renewal
+            .as_mut()
+            .ok_or(TransitionError::NoRenewalPending)?;
+        if renewal.decision != Decision::Undecided {
+            return Err(TransitionError::AlreadyFinalized);
+        }
+        match deletion {
+            OldTokenDeletion::Now => {
+                let old = renewal.old.id;
+                self.renewal = None;
+                Ok(self.old_deleted(old, DeletionReason::FinalizedNow, now))
+            }
+            OldTokenDeletion::Later => {
+                renewal.decision = Decision::Later;
+                let version = self.bump();
+                Ok(Event::RenewalFinalized {
+                    key_id: self.id.clone(),
+                    at: now,
+                    version,
+                    deletion,
+                })
+            }
+        }
+    }
+
+    /// Deletes the old token, irreversibly. Make sure no integration still
+    /// uses it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::NoOldToken`] with no renewal pending.
+    pub fn delete_old(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
+        Ok(self.old_deleted(renewal.old.id, DeletionReason::Manual, now))
+    }
+
+    /// Undoes a pending renewal: the old token becomes the only token again
+    /// and the new one stops verifying at once.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::NoOldToken`] once the old token is gone: renew
+    /// again or delete the key.
+    pub fn undo_renewal(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
+        let discarded = std::mem::replace(&mut self.current, renewal.old);
+        let version = self.bump();
+        Ok(Event::RenewalUndone {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            discarded_token_id: discarded.id,
+            restored_token_id: self.current.id,
+        })
+    }
+
+    /// Deactivates the key: every request made with it fails until it is
+    /// activated again.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::AlreadyInactive`].
+    pub fn deactivate(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        if self.status == KeyStatus::Inactive {
+            return Err(TransitionError::AlreadyInactive);
+        }
+        self.status = KeyStatus::Inactive;
+        let version = self.bump();
+        Ok(Event::KeyDeactivated {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+        })
+    }
+
+    /// Activates a deactivated key.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::AlreadyActive`].
+    pub fn activate(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        if self.status == KeyStatus::Active {
+            return Err(TransitionError::AlreadyActive);
+        }
+        self.status = KeyStatus::Active;
+        let version = self.bump();
+        Ok(Event::KeyActivated {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+        })
+    }
+
+    /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A
+    /// store removes its record; the managers do both.
+    pub fn delete(self, now: OffsetDateTime) -> Event {
+        Event::KeyDeleted {
+            key_id: self.id,
+            at: now,
+            version: self.version + 1,
+        }
+    }
+
+    /// Completes the deletion of the old token `old`, already removed.
+    fn old_deleted(&mut self, old: TokenId, reason: DeletionReason, now: OffsetDateTime) -> Event {
+        let version = self.bump();
+        Event::OldTokenDeleted {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            token_id: old,
+            reason,
+        }
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+}

@@ -1,0 +1,57 @@
+//! API keys whose secret tokens are renewed with an overlap.
+//!
+//! A key keeps its public id for life. A renewal hands out a new token once;
+//! the old token stays valid until it is deleted (now, later, or by undoing
+//! the renewal). Tokens have an advisory or enforced renewal period, and
+//! every change returns an audit [`Event`]. The model follows VTEX's API keys.
+//!
+//! [`ApiKey`] is a pure state machine: it reads no clock, no random source
+//! and no storage. `now` and a `CryptoRng` are arguments of every call that
+//! needs them.
+//!
+//! # Example
+//!
+//! ```
+//! use keyroll::{ApiKey, KeyId, OldTokenDeletion, Policy, TokenMatch, VerifyError};
+//! use time::OffsetDateTime;
+//!
+//! let mut rng = rand::rng();
+//! let now = OffsetDateTime::now_utc();
+//! let (mut key, first, _) = ApiKey::issue(KeyId::new("acme")?, "acme", Policy::default(), now, &mut rng);
+//!
+//! let (second, _) = key.renew(now, &mut rng)?;
+//! assert_eq!(key.verify(first.expose_secret(), now)?, TokenMatch::Old);
+//!
+//! key.finalize(OldTokenDeletion::Now, now)?;
+//! assert_eq!(key.verify(first.expose_secret(), now), Err(VerifyError::Mismatch));
+//! assert_eq!(key.verify(second.expose_secret(), now)?, TokenMatch::Current);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//!
+//! - `serde` (default): `Serialize`/`Deserialize` for [`ApiKey`] (checked on
+//!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`] and the small enums.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod base62;
+mod event;
+mod hex;
+mod id;
+mod key;
+mod policy;
+#[cfg(feature = "serde")]
+mod record;
+mod token;
+mod verify;
+
+pub use event::{DeletionReason, Event};
+pub use id::{InvalidKeyId, InvalidTokenId, KeyId, TokenId};
+pub use key::{
+    ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
+};
+pub use policy::{Expiry, Policy};
+pub use token::{InvalidPrefix, Token, TokenFormat};
+pub use verify::{Freshness, TokenMatch, VerifyError};

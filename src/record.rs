@@ -1,0 +1,167 @@
+//! The serialized form of an [`ApiKey`] (feature `serde`), checked on load.
+//!
+//! A record carries `"schema": 1`. Loading refuses, with a message saying
+//! what is wrong, any record that would build an impossible key: an unknown
+//! schema, a version too low for the key's state, two tokens with one id, a
+//! hash that is not 64 lower-case hex digits, or a due date that is not the
+//! token's creation plus the policy's renewal period.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+use time::OffsetDateTime;
+
+use crate::id::KeyId;
+use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
+use crate::policy::Policy;
+
+/// The record schema this version writes and reads.
+const SCHEMA: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRecord<'a> {
+    schema: u32,
+    id: Cow<'a, KeyId>,
+    label: Cow<'a, str>,
+    status: KeyStatus,
+    version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    policy: Policy,
+    current_token: Cow<'a, TokenInfo>,
+    #[serde(default)]
+    renewal: Option<Cow<'a, Renewal>>,
+}
+
+impl Serialize for ApiKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        KeyRecord {
+            schema: SCHEMA,
+            id: Cow::Borrowed(&self.id),
+            label: Cow::Borrowed(&self.label),
+            status: self.status,
+            version: self.version,
+            created_at: self.created_at,
+            policy: self.policy,
+            current_token: Cow::Borrowed(&self.current),
+            renewal: self.renewal.as_ref().map(Cow::Borrowed),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let record = KeyRecord::deserialize(d)?;
+        if record.schema != SCHEMA {
+            return Err(D::Error::custom(format_args!(
+                "unsupported key record schema {}: this version of keyroll reads schema {SCHEMA}",
+                record.schema
+            )));
+        }
+        let key = ApiKey {
+            id: record.id.into_owned(),
+            label: record.label.into_owned().into_boxed_str(),
+            status: record.status,
+            version: record.version,
+            created_at: record.created_at,
+            policy: record.policy,
+            current: record.current_token.into_owned(),
+            renewal: record.renewal.map(Cow::into_owned),
+        };
+        key.check_invariants()
+            .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;
+        Ok(key)
+    }
+}
+
+impl ApiKey {
+    /// Every invariant a key built by transitions keeps, or what breaks one.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        // Each of these took a transition of its own.
+        let min_version = 1
+            + u64::from(self.renewal.is_some())
+            + u64::from(self
+                .renewal
+                .as_ref()
+                .is_some_and(|r| r.decision != Decision::Undecided))
+            + u64::from(self.status == KeyStatus::Inactive);
+        if self.version < min_version {
+            return Err(format!(
+                "version {} is too low for the key's state (at least {min_version})",
+                self.version
+            ));
+        }
+        if self.version > i64::MAX as u64 {
+            return Err(format!("version {} is out of range", self.version));
+        }
+        let mut tokens = vec![("current", &self.current)];
+        if let Some(renewal) = &self.renewal {
+            if renewal.old.id == self.current.id {
+                return Err("the current and the old token have the same id".into());
+            }
+            tokens.push(("old", &renewal.old));
+        }
+        for (which, token) in tokens {
+            if token.due_at != token.created_at.saturating_add(self.policy.renewal_period) {
+                return Err(format!(
+                    "the {which} token's due date is not its creation plus the renewal period"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `time::Duration` as `{"secs": i64, "nanos": i32}`, `nanos` omitted when 0.
+pub(crate) mod duration {
+    use super::*;
+    use time::Duration;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Parts {
+        secs: i64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nanos: i32,
+    }
+
+    fn is_zero(n: &i32) -> bool {
+        *n == 0
+    }
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        Parts {
+            secs: d.whole_seconds(),
+            nanos: d.subsec_nanoseconds(),
+        }
+        .serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let Parts { secs, nanos } = Parts::deserialize(d)?;
+        let same_sign = secs == 0 || nanos == 0 || (secs < 0) == (nanos < 0);
+        if nanos.unsigned_abs() >= 1_000_000_000 || !same_sign {
+            return Err(D::Error::custom("invalid duration: nanos out of range"));
+        }
+        Ok(Duration::new(secs, nanos))
+    }
+}
+
+/// A token hash as 64 lower-case hex digits.
+pub(crate) mod hash {
+    use super::*;
+    use crate::token::TokenHash;
+
+    pub(crate) fn serialize<S: Serializer>(h: &TokenHash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::hex::encode(&h.0))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenHash, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(d)?;
+        crate::hex::decode::<32>(&text)
+            .map(TokenHash)
+            .ok_or_else(|| D::Error::custom("invalid token hash: expected 64 lower-case hex digits"))
+    }
+}

@@ -1,0 +1,159 @@
+//! Verification of a presented token, and the freshness of a key's tokens.
+
+use subtle::Choice;
+use time::OffsetDateTime;
+
+use crate::key::{ApiKey, KeyStatus, TokenInfo};
+use crate::policy::{Expiry, Policy};
+use crate::token::TokenHash;
+
+/// Which of a key's tokens a presented token matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum TokenMatch {
+    /// The current token.
+    Current,
+    /// The old token of a pending renewal: the integration using it should
+    /// move to the new one.
+    Old,
+}
+
+/// Why a presented token was refused. It says no more than this: a caller
+/// cannot learn which part of a wrong token was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not a well-formed token of the key's format (prefix, length, alphabet
+    /// or checksum). Nothing was hashed.
+    #[error("malformed token")]
+    Malformed,
+    /// A well-formed token that is neither the current nor the old token.
+    #[error("token does not match the key")]
+    Mismatch,
+    /// The token matched, but the key is inactive.
+    #[error("the key is inactive")]
+    KeyInactive,
+    /// The token matched, but it is past its renewal period and the policy
+    /// enforces it.
+    #[error("the token is past its renewal period; renew the key")]
+    Expired,
+}
+
+/// How the current token stands against its renewal period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "freshness", rename_all = "snake_case"))]
+pub enum Freshness {
+    /// Before its due date.
+    Fresh {
+        /// When it becomes due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+    /// Due, for less than 3 months (the product's orange alert).
+    Outdated {
+        /// When it became due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+    /// Due for 3 months or more (the product's red alert).
+    LongOutdated {
+        /// When it became due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+}
+
+impl Freshness {
+    /// Whether the token is past its due date (`Outdated` or `LongOutdated`).
+    pub fn is_outdated(&self) -> bool {
+        !matches!(self, Freshness::Fresh { .. })
+    }
+
+    /// The due date, whatever the variant.
+    pub fn due_at(&self) -> OffsetDateTime {
+        match *self {
+            Freshness::Fresh { due_at }
+            | Freshness::Outdated { due_at }
+            | Freshness::LongOutdated { due_at } => due_at,
+        }
+    }
+}
+
+impl TokenInfo {
+    /// This token's freshness at `now`: `Fresh` before `due_at`, `Outdated`
+    /// from `due_at`, `LongOutdated` from 3 months (90 days) past `due_at`.
+    pub fn freshness(&self, now: OffsetDateTime) -> Freshness {
+        let due_at = self.due_at;
+        if now < due_at {
+            Freshness::Fresh { due_at }
+        } else if now < due_at.saturating_add(Policy::THREE_MONTHS) {
+            Freshness::Outdated { due_at }
+        } else {
+            Freshness::LongOutdated { due_at }
+        }
+    }
+}
+
+impl ApiKey {
+    /// The freshness of the current token at `now`. See
+    /// [`TokenInfo::freshness`].
+    pub fn freshness(&self, now: OffsetDateTime) -> Freshness {
+        self.current.freshness(now)
+    }
+
+    /// Verifies a presented token against the key.
+    ///
+    /// The token's format is checked first, without hashing. Then it is
+    /// hashed once and compared, in constant time and without an early exit,
+    /// against both the current and the old token; only then are the key's
+    /// status and, under [`Expiry::Enforced`], the matched token's due date
+    /// applied. `verify` never changes the key.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Malformed`], [`VerifyError::Mismatch`],
+    /// [`VerifyError::KeyInactive`] or [`VerifyError::Expired`], in that
+    /// order of checks.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, Policy, TokenMatch, VerifyError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (key, token, _) = ApiKey::issue(KeyId::new("k")?, "", Policy::default(), now, &mut rand::rng());
+    /// assert_eq!(key.verify(token.expose_secret(), now), Ok(TokenMatch::Current));
+    /// assert_eq!(key.verify("kr_typo", now), Err(VerifyError::Malformed));
+    /// # Ok::<(), keyroll::InvalidKeyId>(())
+    /// ```
+    pub fn verify(&self, presented: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        let secret = self.policy.token_format.secret_of(presented)?;
+        let hash = TokenHash::of(&self.id, secret);
+
+        let is_current = hash.ct_eq(&self.current.hash);
+        // With no old token, compare against the current hash once more so
+        // that both shapes of key cost the same, and mask the result.
+        let (old_hash, has_old) = match &self.renewal {
+            Some(renewal) => (&renewal.old.hash, Choice::from(1)),
+            None => (&self.current.hash, Choice::from(0)),
+        };
+        let is_old = hash.ct_eq(old_hash) & has_old;
+
+        // The comparisons are done; which token matched is no secret.
+        let (matched, token) = match &self.renewal {
+            _ if bool::from(is_current) => (TokenMatch::Current, &self.current),
+            Some(renewal) if bool::from(is_old) => (TokenMatch::Old, &renewal.old),
+            _ => return Err(VerifyError::Mismatch),
+        };
+        if self.status == KeyStatus::Inactive {
+            return Err(VerifyError::KeyInactive);
+        }
+        if self.policy.expiry == Expiry::Enforced && now >= token.due_at {
+            return Err(VerifyError::Expired);
+        }
+        Ok(matched)
+    }
+}
