@@ -175,14 +175,51 @@ impl Event {
 
     fn common(&self) -> (&KeyId, OffsetDateTime, u64) {
         match self {
-            Event::KeyIssued { key_id, at, version, .. }
-            | Event::TokenRenewed { key_id, at, version, .. }
-            | Event::RenewalFinalized { key_id, at, version, .. }
-            | Event::OldTokenDeleted { key_id, at, version, .. }
-            | Event::RenewalUndone { key_id, at, version, .. }
-            | Event::KeyDeactivated { key_id, at, version }
-            | Event::KeyActivated { key_id, at, version }
-            | Event::KeyDeleted { key_id, at, version } => (key_id, *at, *version),
+            Event::KeyIssued {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::TokenRenewed {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::RenewalFinalized {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::OldTokenDeleted {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::RenewalUndone {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::KeyDeactivated {
+                key_id,
+                at,
+                version,
+            }
+            | Event::KeyActivated {
+                key_id,
+                at,
+                version,
+            }
+            | Event::KeyDeleted {
+                key_id,
+                at,
+                version,
+            } => (key_id, *at, *version),
         }
     }
 }

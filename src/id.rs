@@ -129,7 +129,9 @@ impl FromStr for TokenId {
 
     /// Parses the 32 lower-case hex digits written by `Display`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        crate::hex::decode::<16>(s).map(TokenId).ok_or(InvalidTokenId(()))
+        crate::hex::decode::<16>(s)
+            .map(TokenId)
+            .ok_or(InvalidTokenId(()))
     }
 }
 

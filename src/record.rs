@@ -82,10 +82,11 @@ impl ApiKey {
         // Each of these took a transition of its own.
         let min_version = 1
             + u64::from(self.renewal.is_some())
-            + u64::from(self
-                .renewal
-                .as_ref()
-                .is_some_and(|r| r.decision != Decision::Undecided))
+            + u64::from(
+                self.renewal
+                    .as_ref()
+                    .is_some_and(|r| r.decision != Decision::Undecided),
+            )
             + u64::from(self.status == KeyStatus::Inactive);
         if self.version < min_version {
             return Err(format!(
@@ -162,6 +163,8 @@ pub(crate) mod hash {
         let text = <Cow<'de, str>>::deserialize(d)?;
         crate::hex::decode::<32>(&text)
             .map(TokenHash)
-            .ok_or_else(|| D::Error::custom("invalid token hash: expected 64 lower-case hex digits"))
+            .ok_or_else(|| {
+                D::Error::custom("invalid token hash: expected 64 lower-case hex digits")
+            })
     }
 }

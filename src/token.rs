@@ -203,9 +203,8 @@ impl TokenFormat {
         let secret_at = prefix.len() + 1..prefix.len() + 1 + SECRET_LEN;
         base62::fill_random(rng, &mut text[secret_at.clone()]);
         let checksum = crc32fast::hash(&text[..secret_at.end]);
-        text[secret_at.end..].copy_from_slice(&base62::encode_fixed::<CHECKSUM_LEN>(u64::from(
-            checksum,
-        )));
+        text[secret_at.end..]
+            .copy_from_slice(&base62::encode_fixed::<CHECKSUM_LEN>(u64::from(checksum)));
         let hash = TokenHash::of(key, &text[secret_at]);
         // Only ASCII was written, so this neither fails nor copies.
         let text = String::from_utf8(std::mem::take(&mut *text)).unwrap_or_default();
@@ -284,7 +283,10 @@ mod tests {
     fn the_hash_is_bound_to_the_key_id() {
         let secret = [b'a'; SECRET_LEN];
         let other = KeyId::new("k2").unwrap();
-        assert_ne!(TokenHash::of(&key(), &secret), TokenHash::of(&other, &secret));
+        assert_ne!(
+            TokenHash::of(&key(), &secret),
+            TokenHash::of(&other, &secret)
+        );
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! The whole renewal story of one key, in under a minute.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Every step checks that keyroll behaved as documented; the process exits
+//! non-zero at the first step that did not.
+
+use std::process::ExitCode;
+
+use keyroll::{
+    ApiKey, Event, Expiry, Freshness, KeyId, KeyState, OldTokenDeletion, Policy, TokenMatch,
+    TransitionError, VerifyError,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Prints one step and checks it.
+fn step(ok: bool, what: &str) -> Result<(), String> {
+    println!("  {} {what}", if ok { "ok  " } else { "FAIL" });
+    if ok { Ok(()) } else { Err(what.to_owned()) }
+}
+
+fn show(event: &Event) {
+    println!(
+        "  event {}",
+        serde_json::to_string(event).expect("events serialize")
+    );
+}
+
+fn run() -> Result<(), String> {
+    let mut rng = rand::rng();
+    let day0 = OffsetDateTime::now_utc();
+    let day = |n: i64| day0 + Duration::days(n);
+
+    println!("1. issue a key");
+    let id = KeyId::new("acme-orders").map_err(|e| e.to_string())?;
+    let (mut key, first, event) =
+        ApiKey::issue(id, "orders service", Policy::default(), day(0), &mut rng);
+    show(&event);
+    println!("  token (shown once): {}", first.expose_secret());
+    step(
+        key.verify(first.expose_secret(), day(0)) == Ok(TokenMatch::Current),
+        "the first token verifies",
+    )?;
+    step(
+        key.verify("kr_not-a-token", day(0)) == Err(VerifyError::Malformed),
+        "a typo is malformed",
+    )?;
+
+    println!("2. renew on day 80: both tokens work");
+    let (second, event) = key.renew(day(80), &mut rng).map_err(|e| e.to_string())?;
+    show(&event);
+    step(
+        key.verify(second.expose_secret(), day(80)) == Ok(TokenMatch::Current),
+        "the new token is current",
+    )?;
+    step(
+        key.verify(first.expose_secret(), day(80)) == Ok(TokenMatch::Old),
+        "the old token still works",
+    )?;
+    step(
+        key.renew(day(80), &mut rng).err() == Some(TransitionError::RenewalPending),
+        "a second renewal is refused",
+    )?;
+
+    println!("3. finalize Later, then delete the old token");
+    show(
+        &key.finalize(OldTokenDeletion::Later, day(80))
+            .map_err(|e| e.to_string())?,
+    );
+    step(
+        key.verify(first.expose_secret(), day(85)) == Ok(TokenMatch::Old),
+        "Later keeps the old token",
+    )?;
+    show(&key.delete_old(day(87)).map_err(|e| e.to_string())?);
+    step(
+        key.verify(first.expose_secret(), day(87)) == Err(VerifyError::Mismatch),
+        "the deleted token fails",
+    )?;
+
+    println!("4. renew and undo");
+    let (third, event) = key.renew(day(100), &mut rng).map_err(|e| e.to_string())?;
+    show(&event);
+    show(&key.undo_renewal(day(100)).map_err(|e| e.to_string())?);
+    step(
+        key.verify(third.expose_secret(), day(100)) == Err(VerifyError::Mismatch),
+        "the discarded token fails",
+    )?;
+    step(
+        key.verify(second.expose_secret(), day(100)) == Ok(TokenMatch::Current),
+        "the restored token is current",
+    )?;
+    step(
+        key.undo_renewal(day(100)).err() == Some(TransitionError::NoOldToken),
+        "undo twice is refused",
+    )?;
+
+    println!("5. renew and finalize Now");
+    let (fourth, event) = key.renew(day(120), &mut rng).map_err(|e| e.to_string())?;
+    show(&event);
+    show(
+        &key.finalize(OldTokenDeletion::Now, day(120))
+            .map_err(|e| e.to_string())?,
+    );
+    step(key.state() == KeyState::Single, "only one token is left")?;
+    step(
+        key.verify(second.expose_secret(), day(120)) == Err(VerifyError::Mismatch),
+        "the old token is gone",
+    )?;
+    step(
+        key.verify(fourth.expose_secret(), day(120)) == Ok(TokenMatch::Current),
+        "the new token works",
+    )?;
+
+    println!("6. deactivate and activate");
+    show(&key.deactivate(day(121)).map_err(|e| e.to_string())?);
+    step(
+        key.verify(fourth.expose_secret(), day(121)) == Err(VerifyError::KeyInactive),
+        "inactive keys refuse",
+    )?;
+    show(&key.activate(day(122)).map_err(|e| e.to_string())?);
+    step(
+        key.verify(fourth.expose_secret(), day(122)) == Ok(TokenMatch::Current),
+        "active again",
+    )?;
+
+    println!("7. freshness of the current token (renewed on day 120, due on day 210)");
+    for n in [150, 210, 299, 300] {
+        let freshness = key.freshness(day(n));
+        let label = match freshness {
+            Freshness::Fresh { .. } => "fresh",
+            Freshness::Outdated { .. } => "outdated (orange)",
+            Freshness::LongOutdated { .. } => "long outdated (red)",
+        };
+        println!("  day {n}: {label}");
+    }
+    step(
+        matches!(key.freshness(day(209)), Freshness::Fresh { .. }),
+        "fresh before its due date",
+    )?;
+    step(
+        matches!(key.freshness(day(210)), Freshness::Outdated { .. }),
+        "outdated from its due date",
+    )?;
+    step(
+        matches!(key.freshness(day(300)), Freshness::LongOutdated { .. }),
+        "long outdated 90 days after",
+    )?;
+    step(
+        key.verify(fourth.expose_secret(), day(400)).is_ok(),
+        "advisory: an outdated token still works",
+    )?;
+
+    let enforced = Policy {
+        expiry: Expiry::Enforced,
+        ..Policy::default()
+    };
+    let (strict, token, _) = ApiKey::issue(
+        KeyId::generate(&mut rng),
+        "strict",
+        enforced,
+        day(0),
+        &mut rng,
+    );
+    step(
+        strict.verify(token.expose_secret(), day(90)) == Err(VerifyError::Expired),
+        "enforced: it expires",
+    )?;
+
+    println!("8. the stored record holds hashes only");
+    let record = serde_json::to_string(&key).map_err(|e| e.to_string())?;
+    println!("  {record}");
+    step(
+        !record.contains(&fourth.expose_secret()[3..]),
+        "no secret in the record",
+    )?;
+    let loaded: ApiKey = serde_json::from_str(&record).map_err(|e| e.to_string())?;
+    step(
+        loaded == key && loaded.verify(fourth.expose_secret(), day(122)).is_ok(),
+        "it loads back",
+    )?;
+    println!(
+        "version {} after {} transitions: all steps behaved as documented",
+        key.version(),
+        key.version() - 1
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(step) => {
+            eprintln!("quickstart failed at: {step}");
+            ExitCode::FAILURE
+        }
+    }
+}

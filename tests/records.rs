@@ -1,0 +1,246 @@
+//! Serialized records: round trips, validation on load, no secret anywhere.
+#![cfg(feature = "serde")]
+
+mod common;
+
+use common::{assert_invariants, issue, renewing, rng, t0};
+use keyroll::{
+    ApiKey, Event, Expiry, KeyId, OldTokenDeletion, Policy, TokenFormat, TokenId, TokenMatch,
+};
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use time::Duration;
+
+/// Keys in every state, with the tokens that should verify on each.
+fn keys_in_every_state() -> Vec<(ApiKey, Vec<keyroll::Token>)> {
+    let mut out = Vec::new();
+    let (key, token) = issue(Policy::default());
+    out.push((key, vec![token]));
+    let (key, old, new) = renewing();
+    out.push((key, vec![old, new]));
+    let (mut key, old, new) = renewing();
+    key.finalize(OldTokenDeletion::Later, t0()).unwrap();
+    key.deactivate(t0()).unwrap();
+    out.push((key, vec![old, new]));
+    let policy = Policy {
+        token_format: TokenFormat::new("acme").unwrap(),
+        renewal_period: Duration::new(12_345, 678_901),
+        expiry: Expiry::Enforced,
+    };
+    let (key, token, _) = ApiKey::issue(
+        KeyId::new("acme").unwrap(),
+        "ünïcode \"label\"",
+        policy,
+        t0(),
+        &mut rng(),
+    );
+    out.push((key, vec![token]));
+    out
+}
+
+#[test]
+fn records_round_trip_and_tokens_still_verify() {
+    for (key, tokens) in keys_in_every_state() {
+        let json = serde_json::to_string(&key).unwrap();
+        let back: ApiKey = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, key);
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        for token in &tokens {
+            assert_eq!(
+                back.verify(token.expose_secret(), t0()),
+                key.verify(token.expose_secret(), t0())
+            );
+        }
+    }
+}
+
+#[test]
+fn the_record_has_a_schema_and_readable_fields() {
+    let (key, _, _) = renewing();
+    let value = serde_json::to_value(&key).unwrap();
+    assert_eq!(value["schema"], 1);
+    assert_eq!(value["id"], "acme-orders");
+    assert_eq!(value["status"], "active");
+    assert_eq!(value["version"], 2);
+    assert_eq!(
+        value["policy"],
+        json!({"token_prefix": "kr", "renewal_period": {"secs": 7_776_000}, "expiry": "advisory"})
+    );
+    assert_eq!(value["renewal"]["decision"], "undecided");
+    assert_eq!(value["current_token"]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(value["created_at"], "2026-01-01T00:00:00Z");
+}
+
+#[test]
+fn no_secret_in_any_debug_or_serialized_form() {
+    for (key, tokens) in keys_in_every_state() {
+        let mut key = key;
+        let mut texts = vec![format!("{key:?}"), serde_json::to_string(&key).unwrap()];
+        for token in &tokens {
+            texts.push(format!("{token:?}"));
+        }
+        if let Ok((token, event)) = key.renew(t0(), &mut rand::rng()) {
+            texts.push(format!("{event:?}"));
+            texts.push(serde_json::to_string(&event).unwrap());
+            texts.push(format!("{key:?}"));
+            texts.push(serde_json::to_string(&key).unwrap());
+            for text in &texts {
+                assert!(!text.contains(&token.expose_secret()[3..43]), "{text}");
+            }
+        }
+        for token in &tokens {
+            let secret = &token.expose_secret()[3..43];
+            for text in &texts {
+                assert!(!text.contains(secret), "secret found in {text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn events_serialize_with_a_tag_and_round_trip() {
+    let (mut key, _) = issue(Policy::default());
+    let (_, renewed) = key.renew(t0(), &mut rand::rng()).unwrap();
+    let finalized = key.finalize(OldTokenDeletion::Later, t0()).unwrap();
+    let undone = key.undo_renewal(t0()).unwrap();
+    let deleted = key.delete(t0());
+    for event in [renewed, finalized, undone, deleted] {
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["event"], event.name());
+        assert_eq!(value["key_id"], "acme-orders");
+        assert_eq!(value["version"], event.version());
+        let back: Event = serde_json::from_value(value).unwrap();
+        assert_eq!(back, event);
+    }
+}
+
+#[test]
+fn ids_and_policies_serialize_as_plain_values() {
+    let id = KeyId::new("a.b-c").unwrap();
+    assert_eq!(serde_json::to_value(&id).unwrap(), json!("a.b-c"));
+    assert!(serde_json::from_value::<KeyId>(json!("a b")).is_err());
+    let (_, token) = issue(Policy::default());
+    let token_id = token.id();
+    let text = serde_json::to_value(token_id).unwrap();
+    assert_eq!(serde_json::from_value::<TokenId>(text).unwrap(), token_id);
+    let policy = Policy {
+        renewal_period: Duration::new(-5, -7),
+        ..Policy::default()
+    };
+    let back: Policy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+    assert_eq!(back, policy);
+}
+
+fn record() -> Value {
+    let (key, _, _) = renewing();
+    serde_json::to_value(&key).unwrap()
+}
+
+fn refused(value: Value, needle: &str) {
+    let err = serde_json::from_value::<ApiKey>(value).expect_err("record should be refused");
+    assert!(
+        err.to_string().contains(needle),
+        "{err} should mention {needle:?}"
+    );
+}
+
+#[test]
+fn bad_records_are_refused_with_a_clear_error() {
+    let mut v = record();
+    v["schema"] = json!(2);
+    refused(v, "schema 2");
+
+    let mut v = record();
+    v["version"] = json!(0);
+    refused(v, "version 0");
+
+    let mut v = record();
+    v["version"] = json!(1); // renewing needs at least 2
+    refused(v, "version 1");
+
+    let mut v = record();
+    v["renewal"]["old_token"]["id"] = v["current_token"]["id"].clone();
+    refused(v, "same id");
+
+    let mut v = record();
+    v["current_token"]["hash"] = json!("ABCD");
+    refused(v, "hash");
+
+    let mut v = record();
+    let upper = v["current_token"]["hash"].as_str().unwrap().to_uppercase();
+    v["current_token"]["hash"] = json!(upper);
+    refused(v, "hash");
+
+    let mut v = record();
+    v["current_token"]["due_at"] = v["current_token"]["created_at"].clone();
+    refused(v, "due date");
+
+    let mut v = record();
+    v["policy"]["renewal_period"]["secs"] = json!(1);
+    refused(v, "due date");
+
+    let mut v = record();
+    v["id"] = json!("bad id");
+    refused(v, "invalid key id");
+
+    let mut v = record();
+    v["policy"]["token_prefix"] = json!("BAD");
+    refused(v, "prefix");
+
+    let mut v = record();
+    v["surprise"] = json!(true);
+    refused(v, "surprise");
+
+    let mut v = record();
+    v["renewal"]["decision"] = json!("later");
+    v["version"] = json!(2); // renew + finalize needs at least 3
+    refused(v, "version 2");
+
+    let mut v = record();
+    v["policy"]["renewal_period"]["nanos"] = json!(2_000_000_000);
+    refused(v, "nanos");
+}
+
+#[test]
+fn ten_thousand_byte_mutations_never_build_an_impossible_key() {
+    let (key, old, new) = renewing();
+    let original = serde_json::to_vec(&key).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    let mut loaded = 0;
+    for _ in 0..10_000 {
+        let mut bytes = original.clone();
+        for _ in 0..rng.random_range(1..=4) {
+            let i = rng.random_range(0..bytes.len());
+            match rng.random_range(0..3) {
+                0 => bytes[i] = rng.random(),
+                1 => {
+                    bytes.remove(i);
+                }
+                _ => bytes.insert(
+                    i,
+                    *b"0123456789abcdef\"{}:,"
+                        .get(rng.random_range(0..21))
+                        .unwrap(),
+                ),
+            }
+        }
+        let Ok(mutated) = serde_json::from_slice::<ApiKey>(&bytes) else {
+            continue;
+        };
+        loaded += 1;
+        assert_invariants(&mutated);
+        // Whatever it became, it serializes and loads to itself again.
+        let again: ApiKey = serde_json::from_slice(&serde_json::to_vec(&mutated).unwrap()).unwrap();
+        assert_eq!(again, mutated);
+        // No mutation makes a token verify in another token's place.
+        for (token, role) in [(&old, TokenMatch::Old), (&new, TokenMatch::Current)] {
+            if let Ok(m) = mutated.verify(token.expose_secret(), t0()) {
+                assert_eq!(m, role);
+            }
+        }
+    }
+    assert!(
+        loaded > 0,
+        "some mutations (in labels, dates) should still load"
+    );
+}

@@ -1,0 +1,364 @@
+//! The token format, verification, freshness and expiry.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{issue, renewing, t0};
+use keyroll::{
+    ApiKey, Expiry, Freshness, KeyId, OldTokenDeletion, Policy, TokenFormat, TokenMatch,
+    VerifyError,
+};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use time::Duration;
+
+const BASE62: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// CRC-32/ISO-HDLC, bit by bit, written here independently of the crate.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn base62_6(mut n: u32) -> String {
+    let mut digits = vec![b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = BASE62.as_bytes()[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(digits).unwrap()
+}
+
+#[test]
+fn crc_reference_matches_the_standard_check_value() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
+fn tokens_have_the_documented_format_and_checksum() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for prefix in ["kr", "acme", "z9"] {
+        let policy = Policy {
+            token_format: TokenFormat::new(prefix).unwrap(),
+            ..Policy::default()
+        };
+        for _ in 0..200 {
+            let (_, token, _) = ApiKey::issue(KeyId::new("k").unwrap(), "", policy, t0(), &mut rng);
+            let text = token.expose_secret();
+            let rest = text
+                .strip_prefix(&format!("{prefix}_"))
+                .expect("prefix and underscore");
+            assert_eq!(rest.len(), 46);
+            assert!(rest.chars().all(|c| BASE62.contains(c)), "{text}");
+            let (signed, checksum) = text.split_at(text.len() - 6);
+            assert_eq!(checksum, base62_6(crc32(signed.as_bytes())), "{text}");
+            assert_eq!(policy.token_format.check(text), Ok(()));
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_tokens_from_one_seeded_rng_are_distinct() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let (mut key, first, _) = ApiKey::issue(
+        KeyId::new("k").unwrap(),
+        "",
+        Policy::default(),
+        t0(),
+        &mut rng,
+    );
+    let mut secrets = HashSet::from([first.expose_secret().to_owned()]);
+    let mut ids = HashSet::from([first.id()]);
+    for _ in 1..10_000 {
+        let (token, _) = key.renew(t0(), &mut rng).unwrap();
+        key.delete_old(t0()).unwrap();
+        assert!(secrets.insert(token.expose_secret().to_owned()));
+        assert!(ids.insert(token.id()));
+    }
+}
+
+#[test]
+fn secret_characters_are_uniform_enough() {
+    // 40 * 2000 = 80,000 characters over 62 symbols: about 1290 each.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut counts = [0u32; 62];
+    let (mut key, _, _) = ApiKey::issue(
+        KeyId::new("k").unwrap(),
+        "",
+        Policy::default(),
+        t0(),
+        &mut rng,
+    );
+    for _ in 0..2000 {
+        let (token, _) = key.renew(t0(), &mut rng).unwrap();
+        key.delete_old(t0()).unwrap();
+        for c in token.expose_secret()[3..43].chars() {
+            counts[BASE62.find(c).unwrap()] += 1;
+        }
+    }
+    // Chi-square with 61 degrees of freedom: p = 1e-6 is about 130.
+    let expected = 80_000.0 / 62.0;
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 < 130.0, "chi2 = {chi2}, counts = {counts:?}");
+}
+
+#[test]
+fn any_single_character_change_is_refused() {
+    let (key, old, new) = renewing();
+    for token in [&old, &new] {
+        let text = token.expose_secret();
+        for i in 0..text.len() {
+            for replacement in ['0', 'a', 'Z', '_', '-', 'é'] {
+                let mut chars: Vec<char> = text.chars().collect();
+                if chars[i] == replacement {
+                    continue;
+                }
+                chars[i] = replacement;
+                let tampered: String = chars.into_iter().collect();
+                let result = key.verify(&tampered, t0());
+                assert!(
+                    matches!(result, Err(VerifyError::Malformed | VerifyError::Mismatch)),
+                    "position {i} -> {replacement:?}: {result:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_inputs_are_malformed() {
+    let (key, token) = issue(Policy::default());
+    let good = token.expose_secret();
+    let cases = [
+        String::new(),
+        "kr_".into(),
+        good[..good.len() - 1].into(),
+        format!("{good}0"),
+        good.replacen("kr_", "xx_", 1),
+        good.replacen("kr_", "kr-", 1),
+        good.replacen("kr_", "KR_", 1),
+        format!(" {}", &good[1..]),
+        good.to_uppercase(),
+    ];
+    for case in cases {
+        assert_eq!(
+            key.verify(&case, t0()),
+            Err(VerifyError::Malformed),
+            "{case:?}"
+        );
+    }
+}
+
+#[test]
+fn a_well_formed_token_of_another_key_is_a_mismatch() {
+    let (key, _) = issue(Policy::default());
+    let (other, other_token, _) = ApiKey::issue(
+        KeyId::new("other").unwrap(),
+        "",
+        Policy::default(),
+        t0(),
+        &mut rand::rng(),
+    );
+    assert_eq!(
+        other.verify(other_token.expose_secret(), t0()),
+        Ok(TokenMatch::Current)
+    );
+    assert_eq!(
+        key.verify(other_token.expose_secret(), t0()),
+        Err(VerifyError::Mismatch)
+    );
+}
+
+#[test]
+fn a_token_of_another_prefix_is_malformed() {
+    let (key, _) = issue(Policy::default());
+    let acme = Policy {
+        token_format: TokenFormat::new("acme").unwrap(),
+        ..Policy::default()
+    };
+    let (_, token, _) = ApiKey::issue(
+        KeyId::new("acme-orders").unwrap(),
+        "",
+        acme,
+        t0(),
+        &mut rand::rng(),
+    );
+    assert_eq!(
+        key.verify(token.expose_secret(), t0()),
+        Err(VerifyError::Malformed)
+    );
+}
+
+#[test]
+fn freshness_boundaries() {
+    let (key, _) = issue(Policy::default());
+    let due = t0() + Duration::days(90);
+    let nano = Duration::nanoseconds(1);
+    assert_eq!(key.freshness(t0()), Freshness::Fresh { due_at: due });
+    assert_eq!(key.freshness(due - nano), Freshness::Fresh { due_at: due });
+    assert_eq!(key.freshness(due), Freshness::Outdated { due_at: due });
+    let long = due + Duration::days(90);
+    assert_eq!(
+        key.freshness(long - nano),
+        Freshness::Outdated { due_at: due }
+    );
+    assert_eq!(key.freshness(long), Freshness::LongOutdated { due_at: due });
+    assert_eq!(
+        key.freshness(long + Duration::days(1000)),
+        Freshness::LongOutdated { due_at: due }
+    );
+    assert!(key.freshness(due).is_outdated());
+    assert_eq!(key.freshness(long).due_at(), due);
+}
+
+#[test]
+fn six_months_and_renewal_restart_the_clock() {
+    let (mut key, _) = issue(Policy {
+        renewal_period: Policy::SIX_MONTHS,
+        ..Policy::default()
+    });
+    assert_eq!(key.current_token().due_at(), t0() + Duration::days(180));
+    let t1 = t0() + Duration::days(200);
+    assert!(key.freshness(t1).is_outdated());
+    key.renew(t1, &mut rand::rng()).unwrap();
+    assert_eq!(
+        key.freshness(t1),
+        Freshness::Fresh {
+            due_at: t1 + Duration::days(180)
+        }
+    );
+    let old = key.old_token().unwrap();
+    assert_eq!(
+        old.due_at(),
+        t0() + Duration::days(180),
+        "the old token keeps its own dates"
+    );
+    assert_eq!(old.created_at(), t0());
+}
+
+#[test]
+fn advisory_expiry_keeps_outdated_tokens_working() {
+    let (key, token) = issue(Policy::default());
+    let late = t0() + Duration::days(1000);
+    assert!(matches!(
+        key.freshness(late),
+        Freshness::LongOutdated { .. }
+    ));
+    assert_eq!(
+        key.verify(token.expose_secret(), late),
+        Ok(TokenMatch::Current)
+    );
+}
+
+#[test]
+fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
+    let policy = Policy {
+        expiry: Expiry::Enforced,
+        ..Policy::default()
+    };
+    let (mut key, old) = issue(policy);
+    let due = t0() + Duration::days(90);
+    assert_eq!(
+        key.verify(old.expose_secret(), due - Duration::nanoseconds(1)),
+        Ok(TokenMatch::Current)
+    );
+    assert_eq!(
+        key.verify(old.expose_secret(), due),
+        Err(VerifyError::Expired)
+    );
+
+    // Renewed at day 80: the old token expires at day 90, the new at day 170.
+    let t1 = t0() + Duration::days(80);
+    let (new, _) = key.renew(t1, &mut rand::rng()).unwrap();
+    key.finalize(OldTokenDeletion::Later, t1).unwrap();
+    assert_eq!(key.verify(old.expose_secret(), t1), Ok(TokenMatch::Old));
+    assert_eq!(
+        key.verify(old.expose_secret(), due),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        key.verify(new.expose_secret(), due),
+        Ok(TokenMatch::Current)
+    );
+    assert_eq!(
+        key.verify(new.expose_secret(), t1 + Duration::days(90)),
+        Err(VerifyError::Expired)
+    );
+    // A wrong token is a mismatch, not expired; an inactive key says so first.
+    let (_, stranger, _) =
+        ApiKey::issue(KeyId::new("k").unwrap(), "", policy, t0(), &mut rand::rng());
+    assert_eq!(
+        key.verify(stranger.expose_secret(), due),
+        Err(VerifyError::Mismatch)
+    );
+    key.deactivate(t1).unwrap();
+    assert_eq!(
+        key.verify(new.expose_secret(), due + Duration::days(100)),
+        Err(VerifyError::KeyInactive)
+    );
+}
+
+#[test]
+fn verify_never_changes_the_key() {
+    let (key, old, new) = renewing();
+    let before = key.clone();
+    for text in [old.expose_secret(), new.expose_secret(), "kr_bad", ""] {
+        let _ = key.verify(text, t0());
+    }
+    assert_eq!(key, before);
+}
+
+#[test]
+fn format_check_is_the_same_as_verify_malformed() {
+    let format = TokenFormat::default();
+    let (key, token) = issue(Policy::default());
+    assert_eq!(format.check(token.expose_secret()), Ok(()));
+    assert_eq!(format.check("kr_abc"), Err(VerifyError::Malformed));
+    assert_eq!(format.token_len(), token.expose_secret().len());
+    assert_eq!(key.policy().token_format, format);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_strings_never_verify_and_never_panic(s in any::<String>()) {
+        let (key, _, _) = renewing();
+        prop_assert!(key.verify(&s, t0()).is_err());
+    }
+
+    #[test]
+    fn well_formed_random_tokens_are_mismatches(secret in "[0-9A-Za-z]{40}") {
+        let (key, _, _) = renewing();
+        let signed = format!("kr_{secret}");
+        let token = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
+        prop_assert_eq!(TokenFormat::default().check(&token), Ok(()));
+        prop_assert_eq!(key.verify(&token, t0()), Err(VerifyError::Mismatch));
+    }
+
+    #[test]
+    fn byte_mutations_of_a_valid_token_are_refused(
+        index in 0usize..49,
+        byte in any::<u8>(),
+    ) {
+        let (key, _, new) = renewing();
+        let mut bytes = new.expose_secret().as_bytes().to_vec();
+        prop_assume!(bytes[index] != byte);
+        bytes[index] = byte;
+        let text = String::from_utf8_lossy(&bytes);
+        let result = key.verify(&text, t0());
+        prop_assert!(matches!(result, Err(VerifyError::Malformed | VerifyError::Mismatch)), "{:?}", result);
+    }
+}
