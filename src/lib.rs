@@ -32,18 +32,24 @@
 //!
 //! - `serde` (default): `Serialize`/`Deserialize` for [`ApiKey`] (checked on
 //!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`] and the small enums.
+//! - `conformance`: [`conformance`], the suite any [`KeyStore`] or
+//!   [`AsyncKeyStore`] backend runs to show it keeps the store contract.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod base62;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod event;
 mod hex;
 mod id;
 mod key;
+mod manager;
 mod policy;
 #[cfg(feature = "serde")]
 mod record;
+mod store;
 mod token;
 mod verify;
 
@@ -52,6 +58,8 @@ pub use id::{InvalidKeyId, InvalidTokenId, KeyId, TokenId};
 pub use key::{
     ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
 };
+pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, ManagerError};
 pub use policy::{Expiry, Policy};
+pub use store::{AsyncKeyStore, InMemoryStore, KeyStore, StoreError};
 pub use token::{InvalidPrefix, Token, TokenFormat};
 pub use verify::{Freshness, TokenMatch, VerifyError};

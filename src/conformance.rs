@@ -1,0 +1,770 @@
+//! A conformance suite for [`KeyStore`] and [`AsyncKeyStore`] backends
+//! (feature `conformance`).
+//!
+//! Each public function checks one behaviour of the store contract (see
+//! [`KeyStore`]) on a fresh, empty store and panics, naming the behaviour and
+//! what it saw, on a violation. [`run_all`] and [`run_all_async`] run them
+//! all, each on a new store from `make`.
+//!
+//! # Example
+//!
+//! ```
+//! use keyroll::InMemoryStore;
+//!
+//! keyroll::conformance::run_all(InMemoryStore::new);
+//! ```
+//!
+//! For an async store, from your runtime's test attribute:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn my_store_conforms() {
+//!     keyroll::conformance::run_all_async(|| MyStore::connect_fresh()).await;
+//! }
+//! ```
+//!
+//! Every behaviour is written once against [`AsyncKeyStore`]; the sync
+//! functions run it on the calling thread through a blocking adapter, and the
+//! race behaviours use real threads for sync stores and concurrent futures
+//! for async ones.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Wake, Waker};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use time::{Duration, OffsetDateTime, UtcOffset};
+
+use crate::{
+    ApiKey, AsyncKeyStore, Expiry, KeyId, KeyStore, OldTokenDeletion, Policy, StoreError, Token,
+    TokenFormat,
+};
+
+/// Panics naming the behaviour that was violated.
+fn violated(behaviour: &str, what: impl std::fmt::Display) -> ! {
+    panic!("store conformance: {behaviour}: {what}")
+}
+
+fn ok<T, E: Debug>(behaviour: &str, call: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|e| violated(behaviour, format_args!("{call} failed: {e:?}")))
+}
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+fn key_id(id: &str) -> KeyId {
+    KeyId::new(id).unwrap_or_else(|e| unreachable!("test id {id:?}: {e}"))
+}
+
+fn issue(id: &str, seed: u64) -> (ApiKey, Token) {
+    let (key, token, _) = ApiKey::issue(
+        key_id(id),
+        format!("label of {id}"),
+        Policy::default(),
+        t0(),
+        &mut rng(seed),
+    );
+    (key, token)
+}
+
+/// Keys in every state and shape, with tokens and how each verified.
+fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
+    let mut out = Vec::new();
+    let (key, token) = issue("single", 1);
+    out.push((key, vec![token]));
+
+    let (mut key, old) = issue("renewing", 2);
+    let (new, _) = key
+        .renew(t0() + Duration::days(3), &mut rng(3))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    out.push((key, vec![old, new]));
+
+    let (mut key, old) = issue("renewing-later-inactive", 4);
+    let later = t0() + Duration::days(5);
+    let (new, _) = key
+        .renew(later, &mut rng(5))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let _ = key.finalize(OldTokenDeletion::Later, later);
+    let _ = key.deactivate(later);
+    out.push((key, vec![old, new]));
+
+    let policy = Policy {
+        token_format: TokenFormat::new("acme9").unwrap_or_default(),
+        renewal_period: Duration::new(86_399, 999_999_999),
+        expiry: Expiry::Enforced,
+    };
+    let odd_time = (t0() + Duration::nanoseconds(123_456_789))
+        .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap_or(UtcOffset::UTC));
+    let long_id = "x".repeat(64);
+    let (key, token, _) = ApiKey::issue(
+        key_id(&long_id),
+        "ünïcødé \"quotes\" \\ 🔑",
+        policy,
+        odd_time,
+        &mut rng(6),
+    );
+    out.push((key, vec![token]));
+    out
+}
+
+/// Runs a future to completion on this thread (for sync stores only: their
+/// futures never wait on anything).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Polls all `futures` concurrently until every one is done.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// A sync store seen as an async one.
+struct Blocking<S>(S);
+
+impl<S: KeyStore> AsyncKeyStore for Blocking<S> {
+    type Error = S::Error;
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
+        self.0.get(id)
+    }
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+        self.0.insert(key)
+    }
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected_version: u64,
+    ) -> Result<(), StoreError<S::Error>> {
+        self.0.update(key, expected_version)
+    }
+    async fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<S::Error>> {
+        self.0.delete(id, expected_version)
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
+        self.0.list(after, limit)
+    }
+    async fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Result<crate::TokenMatch, crate::VerifyError>>, S::Error> {
+        self.0.verify(id, presented, now)
+    }
+}
+
+/// Checks that the stored copy of `expected` is equal to it.
+async fn assert_stored<S: AsyncKeyStore>(store: &S, behaviour: &str, expected: &ApiKey) {
+    let stored = ok(behaviour, "get", store.get(expected.id()).await);
+    match stored {
+        Some(stored) if stored == *expected => {}
+        Some(stored) => violated(
+            behaviour,
+            format_args!(
+                "get({}) returned version {} ({:?}), expected version {} ({:?})",
+                expected.id(),
+                stored.version(),
+                stored.state(),
+                expected.version(),
+                expected.state()
+            ),
+        ),
+        None => violated(
+            behaviour,
+            format_args!(
+                "get({}) returned None after a successful write",
+                expected.id()
+            ),
+        ),
+    }
+}
+
+async fn get_missing_returns_none_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "get_missing_returns_none";
+    let found = ok(B, "get", store.get(&key_id("nobody")).await);
+    if let Some(key) = found {
+        violated(
+            B,
+            format_args!("get of a key never stored returned {}", key.id()),
+        );
+    }
+    let verified = ok(
+        B,
+        "verify",
+        store.verify(&key_id("nobody"), "kr_x", t0()).await,
+    );
+    if verified.is_some() {
+        violated(B, "verify of a key never stored did not return None");
+    }
+}
+
+async fn insert_then_get_round_trips_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "insert_then_get_round_trips";
+    for (key, tokens) in sample_keys() {
+        ok(B, "insert", store.insert(&key).await);
+        assert_stored(&store, B, &key).await;
+        let reloaded =
+            ok(B, "get", store.get(key.id()).await).unwrap_or_else(|| violated(B, "key vanished"));
+        for token in &tokens {
+            for now in [t0(), t0() + Duration::days(5)] {
+                let expected = key.verify(token.expose_secret(), now);
+                let seen = reloaded.verify(token.expose_secret(), now);
+                if seen != expected {
+                    violated(
+                        B,
+                        format_args!(
+                            "a token of {} verified {seen:?} after reload, {expected:?} before",
+                            key.id()
+                        ),
+                    );
+                }
+                let via_store = ok(
+                    B,
+                    "verify",
+                    store.verify(key.id(), token.expose_secret(), now).await,
+                );
+                if via_store != Some(expected) {
+                    violated(
+                        B,
+                        format_args!(
+                            "store verify of {} gave {via_store:?}, the key gave {expected:?}",
+                            key.id()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn insert_existing_is_refused_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "insert_existing_is_refused";
+    let (original, _) = issue("taken", 10);
+    ok(B, "insert", store.insert(&original).await);
+    let (mut other, _) = issue("taken", 11);
+    let _ = other.deactivate(t0());
+    match store.insert(&other).await {
+        Err(StoreError::AlreadyExists) => {}
+        Ok(()) => violated(
+            B,
+            "a second insert of the same id succeeded (it must be AlreadyExists)",
+        ),
+        Err(e) => violated(
+            B,
+            format_args!("a second insert of the same id gave {e:?}, not AlreadyExists"),
+        ),
+    }
+    assert_stored(&store, B, &original).await;
+}
+
+async fn update_persists_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "update_persists";
+    let (mut key, _) = issue("updated", 20);
+    ok(B, "insert", store.insert(&key).await);
+    let mut r = rng(21);
+    for step in 0..12u32 {
+        let now = t0() + Duration::hours(i64::from(step));
+        let loaded = key.version();
+        let changed = match step % 6 {
+            0 => key.renew(now, &mut r).map(|_| ()),
+            1 => key.finalize(OldTokenDeletion::Later, now).map(|_| ()),
+            2 => key.deactivate(now).map(|_| ()),
+            3 => key.undo_renewal(now).map(|_| ()),
+            4 => key.activate(now).map(|_| ()),
+            _ => key
+                .renew(now, &mut r)
+                .and_then(|_| key.delete_old(now))
+                .map(|_| ()),
+        };
+        if changed.is_err() {
+            unreachable!("the sequence is valid");
+        }
+        ok(B, "update", store.update(&key, loaded).await);
+        assert_stored(&store, B, &key).await;
+    }
+}
+
+async fn update_checks_the_version_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "update_checks_the_version";
+    let (mut key, _) = issue("versioned", 30);
+    ok(B, "insert", store.insert(&key).await);
+    let _ = key.deactivate(t0());
+    ok(B, "update", store.update(&key, 1).await);
+    let stored = key.clone();
+    let _ = key.activate(t0());
+    for wrong in [1, 3, 0, 1000] {
+        match store.update(&key, wrong).await {
+            Err(StoreError::Conflict { expected, found }) if expected == wrong && found == 2 => {}
+            Err(StoreError::Conflict { expected, found }) => violated(
+                B,
+                format_args!(
+                    "update expecting {wrong} over version 2 reported Conflict {{ expected: {expected}, found: {found} }}"
+                ),
+            ),
+            Ok(()) => violated(
+                B,
+                format_args!("update expecting version {wrong} succeeded over version 2"),
+            ),
+            Err(e) => violated(
+                B,
+                format_args!(
+                    "update expecting version {wrong} over version 2 gave {e:?}, not Conflict"
+                ),
+            ),
+        }
+        assert_stored(&store, B, &stored).await;
+    }
+}
+
+async fn update_missing_is_not_found_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "update_missing_is_not_found";
+    let (key, _) = issue("ghost", 40);
+    match store.update(&key, 1).await {
+        Err(StoreError::NotFound) => {}
+        other => violated(
+            B,
+            format_args!("update of a key never stored gave {other:?}, not NotFound"),
+        ),
+    }
+    if ok(B, "get", store.get(key.id()).await).is_some() {
+        violated(B, "update of a missing key created it");
+    }
+}
+
+async fn delete_removes_the_key_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "delete_removes_the_key";
+    let (key, _) = issue("doomed", 50);
+    let (neighbour, _) = issue("neighbour", 51);
+    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&neighbour).await);
+    ok(B, "delete", store.delete(key.id(), 1).await);
+    if ok(B, "get", store.get(key.id()).await).is_some() {
+        violated(B, "get returned a deleted key");
+    }
+    if ok(B, "list", store.list(None, 100).await)
+        .iter()
+        .any(|k| k.id() == key.id())
+    {
+        violated(B, "list returned a deleted key");
+    }
+    assert_stored(&store, B, &neighbour).await;
+    match store.delete(key.id(), 1).await {
+        Err(StoreError::NotFound) => {}
+        other => violated(
+            B,
+            format_args!("a second delete gave {other:?}, not NotFound"),
+        ),
+    }
+    match store.update(&key, 1).await {
+        Err(StoreError::NotFound) => {}
+        other => violated(
+            B,
+            format_args!("update of a deleted key gave {other:?}, not NotFound"),
+        ),
+    }
+    ok(B, "insert after delete", store.insert(&key).await);
+    assert_stored(&store, B, &key).await;
+}
+
+async fn delete_checks_the_version_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "delete_checks_the_version";
+    let (mut key, _) = issue("guarded", 60);
+    ok(B, "insert", store.insert(&key).await);
+    let _ = key.deactivate(t0());
+    ok(B, "update", store.update(&key, 1).await);
+    for wrong in [1, 3, 0] {
+        match store.delete(key.id(), wrong).await {
+            Err(StoreError::Conflict { expected, found }) if expected == wrong && found == 2 => {}
+            Ok(()) => violated(
+                B,
+                format_args!("delete expecting version {wrong} succeeded over version 2"),
+            ),
+            other => violated(
+                B,
+                format_args!("delete expecting {wrong} over version 2 gave {other:?}"),
+            ),
+        }
+        assert_stored(&store, B, &key).await;
+    }
+}
+
+async fn list_is_ordered_after_and_limited_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "list_is_ordered_after_and_limited";
+    // Byte order, which a locale-aware collation gets wrong.
+    let mut sorted = [
+        "-", ".", "0", "9", "A", "B", "Z", "_", "a", "a-b", "aa", "ab", "b", "z", "zz",
+    ];
+    let shuffled = [
+        "ab", "Z", "-", "zz", "a", "9", "_", "B", "aa", ".", "z", "0", "b", "A", "a-b",
+    ];
+    for (i, id) in shuffled.iter().enumerate() {
+        ok(B, "insert", store.insert(&issue(id, 70 + i as u64).0).await);
+    }
+    sorted.sort_unstable();
+    let ids = |keys: Vec<ApiKey>| keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>();
+    let expect = |seen: Vec<String>, want: &[&str], call: &str| {
+        if seen != want {
+            violated(
+                B,
+                format_args!("{call} returned {seen:?}, expected {want:?}"),
+            );
+        }
+    };
+
+    expect(
+        ids(ok(B, "list", store.list(None, 100).await)),
+        &sorted,
+        "list(None, 100)",
+    );
+    expect(
+        ids(ok(B, "list", store.list(None, 3).await)),
+        &sorted[..3],
+        "list(None, 3)",
+    );
+    expect(
+        ids(ok(B, "list", store.list(None, 0).await)),
+        &[],
+        "list(None, 0)",
+    );
+    expect(
+        ids(ok(B, "list", store.list(Some(&key_id("a")), 3).await)),
+        &["a-b", "aa", "ab"],
+        "list(Some(\"a\"), 3)",
+    );
+    expect(
+        ids(ok(B, "list", store.list(Some(&key_id("ac")), 100).await)),
+        &["b", "z", "zz"],
+        "list(Some(\"ac\"), 100)",
+    );
+    expect(
+        ids(ok(B, "list", store.list(Some(&key_id("zz")), 100).await)),
+        &[],
+        "list(Some(\"zz\"), 100)",
+    );
+
+    let mut paged = Vec::new();
+    let mut after: Option<KeyId> = None;
+    loop {
+        let page = ok(B, "list", store.list(after.as_ref(), 4).await);
+        if page.len() > 4 {
+            violated(
+                B,
+                format_args!("list with limit 4 returned {} keys", page.len()),
+            );
+        }
+        let Some(last) = page.last() else { break };
+        after = Some(last.id().clone());
+        paged.extend(ids(page));
+    }
+    expect(paged, &sorted, "paging with limit 4");
+
+    for listed in ok(B, "list", store.list(None, 100).await) {
+        assert_stored(&store, B, &listed).await;
+    }
+}
+
+/// What racing writes returned, one result per racer.
+type RaceResults<E> = Vec<Result<(), StoreError<E>>>;
+
+/// Checks the outcome of racing writes: exactly one success, the rest
+/// `expected_loser`, and the stored key equal to the winner's.
+async fn check_race<S: AsyncKeyStore>(
+    store: &S,
+    behaviour: &str,
+    results: RaceResults<S::Error>,
+    candidates: &[ApiKey],
+) {
+    let winners: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    if winners.len() != 1 {
+        violated(
+            behaviour,
+            format_args!(
+                "{} of {} racing writes succeeded; exactly one must",
+                winners.len(),
+                results.len()
+            ),
+        );
+    }
+    for result in &results {
+        if let Err(e) = result
+            && !matches!(e, StoreError::Conflict { .. } | StoreError::AlreadyExists)
+        {
+            violated(
+                behaviour,
+                format_args!("a losing racer got {e:?}, not Conflict or AlreadyExists"),
+            );
+        }
+    }
+    assert_stored(store, behaviour, &candidates[winners[0]]).await;
+}
+
+const RACERS: usize = 8;
+const ROUNDS: u64 = 16;
+
+/// Candidate keys for a race: each a different successor of `key`.
+fn successors(key: &ApiKey, round: u64) -> Vec<ApiKey> {
+    (0..RACERS as u64)
+        .map(|i| {
+            let mut next = key.clone();
+            let _ = next
+                .renew(t0(), &mut rng(round * 100 + i))
+                .and_then(|_| next.delete_old(t0()));
+            next
+        })
+        .collect()
+}
+
+/// Racing `update`s from one version: exactly one wins (`race` runs them).
+async fn updates_race_body<S, F>(store: &S, race: F)
+where
+    S: AsyncKeyStore,
+    F: AsyncFn(&S, &[ApiKey], u64) -> RaceResults<S::Error>,
+{
+    const B: &str = "concurrent_updates_have_one_winner";
+    let (mut key, _) = issue("contended", 80);
+    ok(B, "insert", store.insert(&key).await);
+    for round in 0..ROUNDS {
+        let candidates = successors(&key, round);
+        let results = race(store, &candidates, key.version()).await;
+        check_race(store, B, results, &candidates).await;
+        key =
+            ok(B, "get", store.get(key.id()).await).unwrap_or_else(|| violated(B, "key vanished"));
+    }
+}
+
+/// Racing `insert`s of one id: exactly one wins (`race` runs them).
+async fn inserts_race_body<S, F>(store: &S, race: F)
+where
+    S: AsyncKeyStore,
+    F: AsyncFn(&S, &[ApiKey], u64) -> RaceResults<S::Error>,
+{
+    const B: &str = "concurrent_inserts_have_one_winner";
+    for round in 0..ROUNDS {
+        let id = format!("born-{round}");
+        let candidates: Vec<ApiKey> = (0..RACERS as u64)
+            .map(|i| issue(&id, round * 100 + i).0)
+            .collect();
+        let results = race(store, &candidates, 0).await;
+        check_race(store, B, results, &candidates).await;
+    }
+}
+
+/// Sync racers: one OS thread each, released together.
+fn thread_race<S: KeyStore>(
+    insert: bool,
+) -> impl AsyncFn(&Blocking<S>, &[ApiKey], u64) -> RaceResults<S::Error> {
+    async move |store: &Blocking<S>, candidates: &[ApiKey], version: u64| {
+        let barrier = Barrier::new(candidates.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = candidates
+                .iter()
+                .map(|key| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        if insert {
+                            store.0.insert(key)
+                        } else {
+                            store.0.update(key, version)
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| violated("race", "a racer panicked"))
+                })
+                .collect()
+        })
+    }
+}
+
+/// Async racers: concurrent futures.
+async fn future_race<S: AsyncKeyStore>(
+    store: &S,
+    candidates: &[ApiKey],
+    version: u64,
+    insert: bool,
+) -> RaceResults<S::Error> {
+    join_all(
+        candidates
+            .iter()
+            .map(|key| async move {
+                if insert {
+                    store.insert(key).await
+                } else {
+                    store.update(key, version).await
+                }
+            })
+            .collect(),
+    )
+    .await
+}
+
+/// Declares each behaviour's public sync and async entry points.
+macro_rules! behaviours {
+    ($($(#[$doc:meta])* $name:ident / $name_async:ident => $body:ident;)*) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Panics
+            ///
+            /// On a violation, naming the behaviour and what was seen.
+            pub fn $name<S: KeyStore>(store: S) {
+                block_on($body(Blocking(store)));
+            }
+
+            #[doc = concat!("The async form of [`", stringify!($name), "`].")]
+            ///
+            /// # Panics
+            ///
+            /// On a violation, naming the behaviour and what was seen.
+            pub async fn $name_async<S: AsyncKeyStore>(store: S) {
+                $body(store).await;
+            }
+        )*
+
+        /// Runs every behaviour, each on a fresh store from `make`.
+        ///
+        /// # Panics
+        ///
+        /// At the first violation, naming the behaviour and what was seen.
+        pub fn run_all<S: KeyStore>(mut make: impl FnMut() -> S) {
+            $($name(make());)*
+            concurrent_updates_have_one_winner(make());
+            concurrent_inserts_have_one_winner(make());
+        }
+
+        /// Runs every behaviour on an async store, each on a fresh store from
+        /// `make`.
+        ///
+        /// # Panics
+        ///
+        /// At the first violation, naming the behaviour and what was seen.
+        pub async fn run_all_async<S: AsyncKeyStore>(mut make: impl FnMut() -> S) {
+            $($name_async(make()).await;)*
+            concurrent_updates_have_one_winner_async(make()).await;
+            concurrent_inserts_have_one_winner_async(make()).await;
+        }
+    };
+}
+
+behaviours! {
+    /// `get` and `verify` of an id never stored return `None`.
+    get_missing_returns_none / get_missing_returns_none_async => get_missing_returns_none_body;
+    /// Keys in every state (renewing, decided, inactive, enforced, custom
+    /// prefix, sub-second dates, non-UTC offsets, long ids, unicode labels)
+    /// load back equal, and their tokens verify as before, also through the
+    /// store's own `verify`.
+    insert_then_get_round_trips / insert_then_get_round_trips_async => insert_then_get_round_trips_body;
+    /// `insert` of a taken id is `AlreadyExists` and leaves the stored key alone.
+    insert_existing_is_refused / insert_existing_is_refused_async => insert_existing_is_refused_body;
+    /// Each `update` with the loaded version is persisted and read back at once.
+    update_persists / update_persists_async => update_persists_body;
+    /// `update` with any other version is `Conflict { expected, found }` and changes nothing.
+    update_checks_the_version / update_checks_the_version_async => update_checks_the_version_body;
+    /// `update` of a missing key is `NotFound` and creates nothing.
+    update_missing_is_not_found / update_missing_is_not_found_async => update_missing_is_not_found_body;
+    /// `delete` removes the key from `get` and `list`, then `NotFound`; the id can be reused.
+    delete_removes_the_key / delete_removes_the_key_async => delete_removes_the_key_body;
+    /// `delete` with another version is `Conflict` and keeps the key.
+    delete_checks_the_version / delete_checks_the_version_async => delete_checks_the_version_body;
+    /// `list` orders by id bytes, starts strictly after `after`, returns at
+    /// most `limit`, and pages through every key once.
+    list_is_ordered_after_and_limited / list_is_ordered_after_and_limited_async => list_is_ordered_after_and_limited_body;
+}
+
+/// Of 8 threads updating one key from the same version at once, exactly one
+/// succeeds and the others get `Conflict`; repeated 16 times.
+///
+/// # Panics
+///
+/// On a violation, naming the behaviour and what was seen.
+pub fn concurrent_updates_have_one_winner<S: KeyStore>(store: S) {
+    let store = Blocking(store);
+    block_on(updates_race_body(&store, thread_race::<S>(false)));
+}
+
+/// The async form of [`concurrent_updates_have_one_winner`], racing 8
+/// concurrent futures.
+///
+/// # Panics
+///
+/// On a violation, naming the behaviour and what was seen.
+pub async fn concurrent_updates_have_one_winner_async<S: AsyncKeyStore>(store: S) {
+    updates_race_body(&store, async |s: &S, c: &[ApiKey], v| {
+        future_race(s, c, v, false).await
+    })
+    .await;
+}
+
+/// Of 8 threads inserting the same id at once, exactly one succeeds and the
+/// others get `AlreadyExists`; repeated 16 times.
+///
+/// # Panics
+///
+/// On a violation, naming the behaviour and what was seen.
+pub fn concurrent_inserts_have_one_winner<S: KeyStore>(store: S) {
+    let store = Blocking(store);
+    block_on(inserts_race_body(&store, thread_race::<S>(true)));
+}
+
+/// The async form of [`concurrent_inserts_have_one_winner`], racing 8
+/// concurrent futures.
+///
+/// # Panics
+///
+/// On a violation, naming the behaviour and what was seen.
+pub async fn concurrent_inserts_have_one_winner_async<S: AsyncKeyStore>(store: S) {
+    inserts_race_body(&store, async |s: &S, c: &[ApiKey], v| {
+        future_race(s, c, v, true).await
+    })
+    .await;
+}

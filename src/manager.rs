@@ -1,0 +1,326 @@
+//! [`KeyManager`] and [`AsyncKeyManager`]: transitions over a store, with
+//! optimistic concurrency.
+//!
+//! Each mutating call loads the key, applies the transition to the copy, and
+//! writes it back with `update(key, version_it_loaded)`. If another writer got
+//! there first (`Conflict`), it loads again and retries, up to
+//! [`max_retries`](KeyManager::with_max_retries) times. A [`Token`] is returned
+//! only once the write that holds its hash has succeeded; a failed write
+//! hands out nothing.
+
+use time::OffsetDateTime;
+
+use crate::event::Event;
+use crate::id::KeyId;
+use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
+use crate::policy::Policy;
+use crate::store::{AsyncKeyStore, KeyStore, StoreError};
+use crate::token::Token;
+use crate::verify::{TokenMatch, VerifyError};
+
+/// The default number of retries after a version conflict.
+pub const DEFAULT_MAX_RETRIES: u32 = 8;
+
+/// Why a manager call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError<E> {
+    /// No key has this id.
+    #[error("key not found")]
+    NotFound,
+    /// `create_key` with an id already taken.
+    #[error("a key with this id already exists; choose another id")]
+    AlreadyExists,
+    /// The transition was refused in the key's state; nothing was written.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// Every retry met a concurrent change to the key; nothing was written.
+    #[error("the key kept changing under concurrent updates; try again")]
+    Conflict,
+    /// The store failed. A write may or may not have been applied: reload
+    /// the key to see.
+    #[error("store error: {0}")]
+    Store(E),
+}
+
+/// Why [`KeyManager::authenticate`] refused a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError<E> {
+    /// No key has this id.
+    #[error("unknown key")]
+    UnknownKey,
+    /// The key refused the token.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(E),
+}
+
+/// What a transition writes back: the changed key, or nothing (a deletion).
+type Next = Option<ApiKey>;
+
+impl<E> From<StoreError<E>> for ManagerError<E> {
+    fn from(e: StoreError<E>) -> Self {
+        match e {
+            StoreError::AlreadyExists => ManagerError::AlreadyExists,
+            StoreError::NotFound => ManagerError::NotFound,
+            StoreError::Conflict { .. } => ManagerError::Conflict,
+            StoreError::Backend(e) => ManagerError::Store(e),
+        }
+    }
+}
+
+/// Whether a write went through (`false`: a conflict, retry).
+fn written<E>(result: Result<(), StoreError<E>>) -> Result<bool, ManagerError<E>> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Maps the store's answer to `verify` to an authentication result.
+fn auth_result<E>(
+    verified: Result<Option<Result<TokenMatch, VerifyError>>, E>,
+) -> Result<TokenMatch, AuthError<E>> {
+    match verified {
+        Ok(Some(result)) => Ok(result?),
+        Ok(None) => Err(AuthError::UnknownKey),
+        Err(e) => Err(AuthError::Store(e)),
+    }
+}
+
+/// A transition that changes the loaded key and writes it back.
+fn updating<T>(
+    mut transition: impl FnMut(&mut ApiKey) -> Result<T, TransitionError>,
+) -> impl FnMut(ApiKey) -> Result<(Next, T), TransitionError> {
+    move |mut key| transition(&mut key).map(|out| (Some(key), out))
+}
+
+/// Manages keys over a synchronous [`KeyStore`]. `Send + Sync` when its store
+/// is; wrap it in an `Arc` (or give it an `Arc` store and clone it) to share.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{InMemoryStore, KeyId, KeyManager, OldTokenDeletion, Policy, TokenMatch};
+/// use time::OffsetDateTime;
+///
+/// let manager = KeyManager::new(InMemoryStore::new());
+/// let mut rng = rand::rng();
+/// let now = OffsetDateTime::now_utc();
+/// let id = KeyId::new("acme-orders")?;
+///
+/// let (first, _) = manager.create_key(id.clone(), "orders", Policy::default(), now, &mut rng)?;
+/// let (second, _) = manager.renew(&id, now, &mut rng)?;
+/// assert_eq!(manager.authenticate(&id, first.expose_secret(), now)?, TokenMatch::Old);
+/// manager.finalize(&id, OldTokenDeletion::Now, now)?;
+/// assert!(manager.authenticate(&id, first.expose_secret(), now).is_err());
+/// assert_eq!(manager.authenticate(&id, second.expose_secret(), now)?, TokenMatch::Current);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyManager<S> {
+    store: S,
+    max_retries: u32,
+}
+
+/// Manages keys over an [`AsyncKeyStore`]: [`KeyManager`]'s methods as
+/// `async fn`, with the same behaviour.
+///
+/// Its futures are `Send` when the arguments are: to call `renew` or
+/// `create_key` from a spawned task, pass a `Send` random source such as
+/// `rand::rngs::StdRng::from_rng(&mut rand::rng())` rather than
+/// `&mut rand::rng()` itself.
+#[derive(Debug, Clone)]
+pub struct AsyncKeyManager<S> {
+    store: S,
+    max_retries: u32,
+}
+
+/// The methods both managers share, written once; `$($aw)*` is `.await` for
+/// the async one and nothing for the sync one.
+macro_rules! manager_methods {
+    ($Store:ident, [$($async:tt)?], [$($aw:tt)*]) => {
+        /// A manager over `store`, retrying conflicts up to
+        /// [`DEFAULT_MAX_RETRIES`] times.
+        pub fn new(store: S) -> Self {
+            Self { store, max_retries: DEFAULT_MAX_RETRIES }
+        }
+
+        /// Sets how many times a transition is retried after a version
+        /// conflict before it fails with [`ManagerError::Conflict`].
+        pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+            self.max_retries = max_retries;
+            self
+        }
+
+        /// The store.
+        pub fn store(&self) -> &S {
+            &self.store
+        }
+
+        /// Issues a new key and stores it; returns its first token, shown once.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::AlreadyExists`] if the id is taken;
+        /// [`ManagerError::Store`].
+        pub $($async)? fn create_key<R: rand::CryptoRng + ?Sized>(
+            &self,
+            id: KeyId,
+            label: impl Into<String>,
+            policy: Policy,
+            now: OffsetDateTime,
+            rng: &mut R,
+        ) -> Result<(Token, Event), ManagerError<S::Error>> {
+            let (key, token, event) = ApiKey::issue(id, label, policy, now, rng);
+            $Store::insert(&self.store, &key)$($aw)*?;
+            Ok((token, event))
+        }
+
+        /// [`ApiKey::renew`] on the stored key. The new token is returned only
+        /// once it is stored.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
+        /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+        pub $($async)? fn renew<R: rand::CryptoRng + ?Sized>(
+            &self,
+            id: &KeyId,
+            now: OffsetDateTime,
+            rng: &mut R,
+        ) -> Result<(Token, Event), ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.renew(now, &mut *rng)))$($aw)*
+        }
+
+        /// [`ApiKey::finalize`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn finalize(
+            &self,
+            id: &KeyId,
+            deletion: OldTokenDeletion,
+            now: OffsetDateTime,
+        ) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.finalize(deletion, now)))$($aw)*
+        }
+
+        /// [`ApiKey::delete_old`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn delete_old(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.delete_old(now)))$($aw)*
+        }
+
+        /// [`ApiKey::undo_renewal`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn undo_renewal(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.undo_renewal(now)))$($aw)*
+        }
+
+        /// [`ApiKey::activate`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn activate(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.activate(now)))$($aw)*
+        }
+
+        /// [`ApiKey::deactivate`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn deactivate(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.deactivate(now)))$($aw)*
+        }
+
+        /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+        /// [`ManagerError::Store`].
+        pub $($async)? fn delete_key(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, |key| Ok((None, key.delete(now))))$($aw)*
+        }
+
+        /// The stored key, if any.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::Store`].
+        pub $($async)? fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
+            $Store::get(&self.store, id)$($aw)*.map_err(ManagerError::Store)
+        }
+
+        /// At most `limit` keys with ids after `after`, in id order: one page
+        /// of [`KeyStore::list`].
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::Store`].
+        pub $($async)? fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
+            $Store::list(&self.store, after, limit)$($aw)*.map_err(ManagerError::Store)
+        }
+
+        /// Verifies a request's key id and token. Writes nothing.
+        ///
+        /// # Errors
+        ///
+        /// [`AuthError::UnknownKey`], [`AuthError::Verify`] with the key's
+        /// refusal, [`AuthError::Store`].
+        pub $($async)? fn authenticate(
+            &self,
+            id: &KeyId,
+            presented: &str,
+            now: OffsetDateTime,
+        ) -> Result<TokenMatch, AuthError<S::Error>> {
+            auth_result($Store::verify(&self.store, id, presented, now)$($aw)*)
+        }
+
+        /// Loads, applies `apply`, writes back with the loaded version, and
+        /// retries on conflict.
+        $($async)? fn transition<T>(
+            &self,
+            id: &KeyId,
+            mut apply: impl FnMut(ApiKey) -> Result<(Next, T), TransitionError>,
+        ) -> Result<T, ManagerError<S::Error>> {
+            for _ in 0..=self.max_retries {
+                let key = $Store::get(&self.store, id)$($aw)*
+                    .map_err(ManagerError::Store)?
+                    .ok_or(ManagerError::NotFound)?;
+                let loaded = key.version();
+                let (next, out) = apply(key)?;
+                let result = match &next {
+                    Some(key) => $Store::update(&self.store, key, loaded)$($aw)*,
+                    None => $Store::delete(&self.store, id, loaded)$($aw)*,
+                };
+                if written(result)? {
+                    return Ok(out);
+                }
+            }
+            Err(ManagerError::Conflict)
+        }
+    };
+}
+
+impl<S: KeyStore> KeyManager<S> {
+    manager_methods!(KeyStore, [], []);
+}
+
+impl<S: AsyncKeyStore> AsyncKeyManager<S> {
+    manager_methods!(AsyncKeyStore, [async], [.await]);
+}

@@ -1,0 +1,248 @@
+//! Storage: the [`KeyStore`] and [`AsyncKeyStore`] traits a backend implements.
+//!
+//! A store keeps [`ApiKey`] records by [`KeyId`] and offers optimistic
+//! concurrency: every write names the version it expects to replace, so two
+//! writers that loaded the same version cannot both succeed. The managers
+//! build every transition on that.
+//!
+//! # The contract a backend keeps
+//!
+//! - `get(id)` returns the key last written under `id` (by `insert` or a
+//!   successful `update`), equal to it, or `None` if there is none. Never a
+//!   stale copy once a write has returned `Ok`.
+//! - `insert(key)` stores a key under `key.id()` only if no key has that id;
+//!   otherwise [`StoreError::AlreadyExists`] and the stored key is untouched.
+//! - `update(key, expected_version)` replaces the key with id `key.id()` only
+//!   if its stored version is `expected_version`, atomically (a
+//!   compare-and-swap). A missing key is [`StoreError::NotFound`]; another
+//!   version is [`StoreError::Conflict`] with the version found, and the
+//!   stored key is untouched. Of any number of concurrent updates from the
+//!   same version, exactly one succeeds.
+//! - `delete(id, expected_version)`: the same compare-and-swap, removing the
+//!   key.
+//! - `list(after, limit)` returns at most `limit` keys, ordered by `KeyId`
+//!   (byte order of the id strings, as `KeyId`'s `Ord`), all strictly
+//!   greater than `after` when it is given. Paging with the last id of each
+//!   page visits every key once.
+//! - Every error of the backend itself is `Backend(e)`, never a panic.
+//!
+//! Run [`conformance::run_all`](crate::conformance::run_all) (feature
+//! `conformance`) on your store to check all of this.
+
+mod memory;
+
+pub use memory::InMemoryStore;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::id::KeyId;
+use crate::key::ApiKey;
+use crate::verify::{TokenMatch, VerifyError};
+
+/// Why a write to a store was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError<E> {
+    /// `insert` of an id that is already stored.
+    #[error("a key with this id already exists")]
+    AlreadyExists,
+    /// `update` or `delete` of an id that is not stored.
+    #[error("key not found")]
+    NotFound,
+    /// `update` or `delete` expected another version: someone else changed
+    /// the key since it was loaded. Reload it and try again.
+    #[error(
+        "version conflict: expected version {expected}, found {found}; reload the key and try again"
+    )]
+    Conflict {
+        /// The version the caller expected.
+        expected: u64,
+        /// The version stored.
+        found: u64,
+    },
+    /// The backend itself failed.
+    #[error("store backend error: {0}")]
+    Backend(E),
+}
+
+/// A synchronous store of API keys. See the [module docs](self) for the
+/// contract each method keeps.
+pub trait KeyStore: Send + Sync {
+    /// The backend's own error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The key stored under `id`, if any.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error>;
+
+    /// Stores a new key.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyExists`] if its id is taken; `Backend`.
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>>;
+
+    /// Replaces the stored key if its version is `expected_version`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend`.
+    fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<Self::Error>>;
+
+    /// Removes the stored key if its version is `expected_version`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend`.
+    fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<Self::Error>>;
+
+    /// At most `limit` keys with ids strictly after `after`, ordered by id.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error>;
+
+    /// Verifies `presented` against the key stored under `id`: `None` when
+    /// there is no such key. The default loads the key with `get`; a store
+    /// that can verify in place, without copying the key, overrides it.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Result<TokenMatch, VerifyError>>, Self::Error> {
+        Ok(self.get(id)?.map(|key| key.verify(presented, now)))
+    }
+}
+
+/// An asynchronous store of API keys: [`KeyStore`]'s methods as futures,
+/// with the same contract. Needs no particular runtime.
+pub trait AsyncKeyStore: Send + Sync {
+    /// The backend's own error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// See [`KeyStore::get`].
+    fn get(&self, id: &KeyId) -> impl Future<Output = Result<Option<ApiKey>, Self::Error>> + Send;
+
+    /// See [`KeyStore::insert`].
+    fn insert(
+        &self,
+        key: &ApiKey,
+    ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
+
+    /// See [`KeyStore::update`].
+    fn update(
+        &self,
+        key: &ApiKey,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
+
+    /// See [`KeyStore::delete`].
+    fn delete(
+        &self,
+        id: &KeyId,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
+
+    /// See [`KeyStore::list`].
+    fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ApiKey>, Self::Error>> + Send;
+
+    /// See [`KeyStore::verify`].
+    fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Result<TokenMatch, VerifyError>>, Self::Error>> + Send
+    {
+        async move { Ok(self.get(id).await?.map(|key| key.verify(presented, now))) }
+    }
+}
+
+/// Implements both traits for a pointer type by forwarding to its target.
+macro_rules! forward {
+    ($($ptr:ty),*) => {$(
+        impl<S: KeyStore + ?Sized> KeyStore for $ptr {
+            type Error = S::Error;
+            fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
+                (**self).get(id)
+            }
+            fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+                (**self).insert(key)
+            }
+            fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<S::Error>> {
+                (**self).update(key, expected_version)
+            }
+            fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<S::Error>> {
+                (**self).delete(id, expected_version)
+            }
+            fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
+                (**self).list(after, limit)
+            }
+            fn verify(
+                &self,
+                id: &KeyId,
+                presented: &str,
+                now: OffsetDateTime,
+            ) -> Result<Option<Result<TokenMatch, VerifyError>>, S::Error> {
+                (**self).verify(id, presented, now)
+            }
+        }
+
+        impl<S: AsyncKeyStore + ?Sized> AsyncKeyStore for $ptr {
+            type Error = S::Error;
+            fn get(&self, id: &KeyId) -> impl Future<Output = Result<Option<ApiKey>, S::Error>> + Send {
+                (**self).get(id)
+            }
+            fn insert(&self, key: &ApiKey) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
+                (**self).insert(key)
+            }
+            fn update(
+                &self,
+                key: &ApiKey,
+                expected_version: u64,
+            ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
+                (**self).update(key, expected_version)
+            }
+            fn delete(
+                &self,
+                id: &KeyId,
+                expected_version: u64,
+            ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
+                (**self).delete(id, expected_version)
+            }
+            fn list(
+                &self,
+                after: Option<&KeyId>,
+                limit: usize,
+            ) -> impl Future<Output = Result<Vec<ApiKey>, S::Error>> + Send {
+                (**self).list(after, limit)
+            }
+            fn verify(
+                &self,
+                id: &KeyId,
+                presented: &str,
+                now: OffsetDateTime,
+            ) -> impl Future<Output = Result<Option<Result<TokenMatch, VerifyError>>, S::Error>> + Send {
+                (**self).verify(id, presented, now)
+            }
+        }
+    )*};
+}
+
+forward!(&S, Box<S>, Arc<S>);

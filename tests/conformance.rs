@@ -1,0 +1,245 @@
+//! The conformance suite: `InMemoryStore` passes it, and flawed stores fail
+//! it, each naming the behaviour they break.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, StoreError, conformance};
+
+#[test]
+fn in_memory_store_passes_the_whole_suite() {
+    conformance::run_all(InMemoryStore::new);
+}
+
+#[tokio::test]
+async fn in_memory_store_passes_the_whole_async_suite() {
+    conformance::run_all_async(InMemoryStore::new).await;
+}
+
+#[test]
+fn pointer_types_pass_too() {
+    conformance::run_all(|| std::sync::Arc::new(InMemoryStore::new()));
+    conformance::run_all(|| Box::new(InMemoryStore::new()));
+    let store = InMemoryStore::new();
+    conformance::get_missing_returns_none(&store);
+}
+
+/// One way a store can break the contract.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flaw {
+    /// A correct store: shows that each failure below comes from its flaw.
+    None,
+    InsertOverwrites,
+    GetIsStale,
+    UpdateIgnoresVersion,
+    UpdateIsLost,
+    UpdateReportsWrongVersion,
+    UpdateCreatesMissing,
+    DeleteIgnoresVersion,
+    DeleteIsLost,
+    ListUnordered,
+    ListIgnoresAfter,
+    ListIncludesAfter,
+    ListIgnoresLimit,
+    RacyUpdate,
+    RacyInsert,
+    LosesSubsecondDates,
+}
+
+/// A store with one deliberate flaw.
+struct Flawed {
+    flaw: Flaw,
+    keys: Mutex<BTreeMap<KeyId, ApiKey>>,
+    first_seen: Mutex<BTreeMap<KeyId, ApiKey>>,
+}
+
+impl Flawed {
+    fn new(flaw: Flaw) -> Self {
+        Flawed {
+            flaw,
+            keys: Mutex::default(),
+            first_seen: Mutex::default(),
+        }
+    }
+
+    fn has(&self, flaw: Flaw) -> bool {
+        self.flaw == flaw
+    }
+
+    /// Lets other threads in between a check and an act.
+    fn window<'a>(
+        &'a self,
+        guard: MutexGuard<'a, BTreeMap<KeyId, ApiKey>>,
+    ) -> MutexGuard<'a, BTreeMap<KeyId, ApiKey>> {
+        drop(guard);
+        std::thread::sleep(Duration::from_millis(2));
+        self.keys.lock().unwrap()
+    }
+}
+
+impl KeyStore for Flawed {
+    type Error = Infallible;
+
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
+        let Some(current) = self.keys.lock().unwrap().get(id).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(match self.flaw {
+            Flaw::GetIsStale => {
+                let mut seen = self.first_seen.lock().unwrap();
+                seen.entry(id.clone()).or_insert(current).clone()
+            }
+            Flaw::LosesSubsecondDates => {
+                // As a store keeping timestamps in whole seconds would.
+                let mut json = serde_json::to_value(&current).unwrap();
+                let truncated = current.created_at().replace_nanosecond(0).unwrap();
+                json["created_at"] = serde_json::json!(
+                    truncated
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap()
+                );
+                serde_json::from_value(json).unwrap()
+            }
+            _ => current,
+        }))
+    }
+
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+        let mut keys = self.keys.lock().unwrap();
+        let exists = keys.contains_key(key.id());
+        if self.has(Flaw::RacyInsert) {
+            keys = self.window(keys);
+        }
+        if exists && !self.has(Flaw::InsertOverwrites) {
+            return Err(StoreError::AlreadyExists);
+        }
+        keys.insert(key.id().clone(), key.clone());
+        Ok(())
+    }
+
+    fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<Infallible>> {
+        let mut keys = self.keys.lock().unwrap();
+        let found = keys.get(key.id()).map(ApiKey::version);
+        if self.has(Flaw::RacyUpdate) {
+            keys = self.window(keys);
+        }
+        match found {
+            None if self.has(Flaw::UpdateCreatesMissing) => {}
+            None => return Err(StoreError::NotFound),
+            Some(found) if found != expected_version && !self.has(Flaw::UpdateIgnoresVersion) => {
+                let found = if self.has(Flaw::UpdateReportsWrongVersion) {
+                    expected_version
+                } else {
+                    found
+                };
+                return Err(StoreError::Conflict {
+                    expected: expected_version,
+                    found,
+                });
+            }
+            Some(_) => {}
+        }
+        if !self.has(Flaw::UpdateIsLost) {
+            keys.insert(key.id().clone(), key.clone());
+        }
+        Ok(())
+    }
+
+    fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<Infallible>> {
+        let mut keys = self.keys.lock().unwrap();
+        let found = keys
+            .get(id)
+            .map(ApiKey::version)
+            .ok_or(StoreError::NotFound)?;
+        if found != expected_version && !self.has(Flaw::DeleteIgnoresVersion) {
+            return Err(StoreError::Conflict {
+                expected: expected_version,
+                found,
+            });
+        }
+        if !self.has(Flaw::DeleteIsLost) {
+            keys.remove(id);
+        }
+        Ok(())
+    }
+
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+        let keys = self.keys.lock().unwrap();
+        let mut out: Vec<ApiKey> = keys
+            .values()
+            .filter(|k| match after {
+                _ if self.has(Flaw::ListIgnoresAfter) => true,
+                Some(after) if self.has(Flaw::ListIncludesAfter) => k.id() >= after,
+                Some(after) => k.id() > after,
+                None => true,
+            })
+            .cloned()
+            .collect();
+        if self.has(Flaw::ListUnordered) {
+            // Case-insensitive, as a locale collation would.
+            out.sort_by_key(|k| k.id().as_str().to_lowercase());
+        }
+        if !self.has(Flaw::ListIgnoresLimit) {
+            out.truncate(limit);
+        }
+        Ok(out)
+    }
+}
+
+fn failure_of(flaw: Flaw) -> String {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        conformance::run_all(|| Flawed::new(flaw))
+    }));
+    match outcome {
+        Ok(()) => panic!("the suite accepted a store with flaw {flaw:?}"),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn the_test_store_without_a_flaw_passes() {
+    conformance::run_all(|| Flawed::new(Flaw::None));
+}
+
+#[test]
+fn each_flaw_is_caught_and_named() {
+    let cases = [
+        (Flaw::InsertOverwrites, "insert_existing_is_refused"),
+        (Flaw::GetIsStale, "update_persists"),
+        (Flaw::UpdateIgnoresVersion, "update_checks_the_version"),
+        (Flaw::UpdateIsLost, "update_persists"),
+        (Flaw::UpdateReportsWrongVersion, "update_checks_the_version"),
+        (Flaw::UpdateCreatesMissing, "update_missing_is_not_found"),
+        (Flaw::DeleteIgnoresVersion, "delete_checks_the_version"),
+        (Flaw::DeleteIsLost, "delete_removes_the_key"),
+        (Flaw::ListUnordered, "list_is_ordered_after_and_limited"),
+        (Flaw::ListIgnoresAfter, "list_is_ordered_after_and_limited"),
+        (Flaw::ListIncludesAfter, "list_is_ordered_after_and_limited"),
+        (Flaw::ListIgnoresLimit, "list_is_ordered_after_and_limited"),
+        (Flaw::RacyUpdate, "concurrent_updates_have_one_winner"),
+        (Flaw::LosesSubsecondDates, "insert_then_get_round_trips"),
+    ];
+    for (flaw, behaviour) in cases {
+        let message = failure_of(flaw);
+        assert!(
+            message.contains(behaviour),
+            "flaw {flaw:?} should fail {behaviour}, but the suite said: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_racy_insert_is_caught() {
+    let message = failure_of(Flaw::RacyInsert);
+    assert!(
+        message.contains("concurrent_inserts_have_one_winner"),
+        "{message}"
+    );
+}
