@@ -1,0 +1,316 @@
+//! The managers: transitions over a store, retries on conflict, tokens
+//! handed out only after their write, and authentication.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use common::t0;
+use keyroll::{
+    ApiKey, AsyncKeyManager, AuthError, Event, InMemoryStore, KeyId, KeyManager, KeyState,
+    KeyStatus, KeyStore, ManagerError, OldTokenDeletion, Policy, StoreError, TokenMatch,
+    TransitionError, VerifyError,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+fn id() -> KeyId {
+    KeyId::new("acme-orders").unwrap()
+}
+
+#[test]
+fn the_whole_story_through_the_manager() {
+    let manager = KeyManager::new(InMemoryStore::new());
+    let mut rng = rand::rng();
+    let (first, event) = manager
+        .create_key(id(), "orders", Policy::default(), t0(), &mut rng)
+        .unwrap();
+    assert!(matches!(event, Event::KeyIssued { version: 1, .. }));
+    assert_eq!(
+        manager
+            .authenticate(&id(), first.expose_secret(), t0())
+            .unwrap(),
+        TokenMatch::Current
+    );
+
+    let (second, event) = manager.renew(&id(), t0(), &mut rng).unwrap();
+    assert_eq!(event.version(), 2);
+    assert_eq!(
+        manager
+            .authenticate(&id(), first.expose_secret(), t0())
+            .unwrap(),
+        TokenMatch::Old
+    );
+    assert_eq!(
+        manager
+            .authenticate(&id(), second.expose_secret(), t0())
+            .unwrap(),
+        TokenMatch::Current
+    );
+
+    manager
+        .finalize(&id(), OldTokenDeletion::Later, t0())
+        .unwrap();
+    assert!(matches!(
+        manager.finalize(&id(), OldTokenDeletion::Now, t0()),
+        Err(ManagerError::Transition(TransitionError::AlreadyFinalized))
+    ));
+    manager.delete_old(&id(), t0()).unwrap();
+    assert!(matches!(
+        manager.authenticate(&id(), first.expose_secret(), t0()),
+        Err(AuthError::Verify(VerifyError::Mismatch))
+    ));
+
+    let (third, _) = manager.renew(&id(), t0(), &mut rng).unwrap();
+    manager.undo_renewal(&id(), t0()).unwrap();
+    assert!(
+        manager
+            .authenticate(&id(), third.expose_secret(), t0())
+            .is_err()
+    );
+
+    manager.deactivate(&id(), t0()).unwrap();
+    assert!(matches!(
+        manager.authenticate(&id(), second.expose_secret(), t0()),
+        Err(AuthError::Verify(VerifyError::KeyInactive))
+    ));
+    manager.activate(&id(), t0()).unwrap();
+
+    let key = manager.get(&id()).unwrap().unwrap();
+    assert_eq!(key.version(), 8);
+    let event = manager.delete_key(&id(), t0()).unwrap();
+    assert!(matches!(event, Event::KeyDeleted { version: 9, .. }));
+    assert!(manager.get(&id()).unwrap().is_none());
+    assert!(matches!(
+        manager.authenticate(&id(), second.expose_secret(), t0()),
+        Err(AuthError::UnknownKey)
+    ));
+    assert!(matches!(
+        manager.renew(&id(), t0(), &mut rng),
+        Err(ManagerError::NotFound)
+    ));
+    assert!(matches!(
+        manager.delete_key(&id(), t0()),
+        Err(ManagerError::NotFound)
+    ));
+}
+
+#[test]
+fn create_key_with_a_taken_id_is_already_exists() {
+    let manager = KeyManager::new(InMemoryStore::new());
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    let before = manager.get(&id()).unwrap();
+    assert!(matches!(
+        manager.create_key(id(), "b", Policy::default(), t0(), &mut rand::rng()),
+        Err(ManagerError::AlreadyExists)
+    ));
+    assert_eq!(manager.get(&id()).unwrap(), before);
+}
+
+#[test]
+fn a_refused_transition_writes_nothing() {
+    let manager = KeyManager::new(InMemoryStore::new());
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    let before = manager.get(&id()).unwrap();
+    for result in [
+        manager.finalize(&id(), OldTokenDeletion::Now, t0()),
+        manager.delete_old(&id(), t0()),
+        manager.undo_renewal(&id(), t0()),
+        manager.activate(&id(), t0()),
+    ] {
+        assert!(matches!(result, Err(ManagerError::Transition(_))));
+    }
+    assert_eq!(manager.get(&id()).unwrap(), before);
+}
+
+/// A store that lets another writer change the key just before each of the
+/// first `interfere` updates, and can fail updates outright.
+#[derive(Default)]
+struct Contested {
+    inner: InMemoryStore,
+    interfere: AtomicU32,
+    fail_updates: bool,
+    updates: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("disk on fire")]
+struct DiskOnFire;
+
+impl KeyStore for Contested {
+    type Error = DiskOnFire;
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, DiskOnFire> {
+        Ok(KeyStore::get(&self.inner, id).unwrap())
+    }
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<DiskOnFire>> {
+        KeyStore::insert(&self.inner, key).map_err(|_| StoreError::AlreadyExists)
+    }
+    fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<DiskOnFire>> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        if self.fail_updates {
+            return Err(StoreError::Backend(DiskOnFire));
+        }
+        if self.interfere.load(Ordering::SeqCst) > 0 {
+            self.interfere.fetch_sub(1, Ordering::SeqCst);
+            // Another replica toggles the key's status twice in between.
+            let mut other = KeyStore::get(&self.inner, key.id()).unwrap().unwrap();
+            let v = other.version();
+            other.deactivate(t0()).unwrap();
+            KeyStore::update(&self.inner, &other, v).unwrap();
+            other.activate(t0()).unwrap();
+            KeyStore::update(&self.inner, &other, v + 1).unwrap();
+        }
+        KeyStore::update(&self.inner, key, expected).map_err(|e| match e {
+            StoreError::Conflict { expected, found } => StoreError::Conflict { expected, found },
+            _ => StoreError::NotFound,
+        })
+    }
+    fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<DiskOnFire>> {
+        KeyStore::delete(&self.inner, id, expected).map_err(|_| StoreError::NotFound)
+    }
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, DiskOnFire> {
+        Ok(KeyStore::list(&self.inner, after, limit).unwrap())
+    }
+}
+
+#[test]
+fn conflicts_are_retried_on_a_fresh_copy() {
+    let manager = KeyManager::new(Contested::default());
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    manager.store().interfere.store(3, Ordering::SeqCst);
+    let (token, event) = manager.renew(&id(), t0(), &mut rand::rng()).unwrap();
+    // Three interferences of two writes each, then the renewal.
+    assert_eq!(event.version(), 1 + 6 + 1);
+    assert_eq!(manager.store().updates.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        manager
+            .authenticate(&id(), token.expose_secret(), t0())
+            .unwrap(),
+        TokenMatch::Current
+    );
+}
+
+#[test]
+fn endless_conflicts_give_up_and_hand_out_no_token() {
+    let manager = KeyManager::new(Contested::default()).with_max_retries(2);
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    manager.store().interfere.store(100, Ordering::SeqCst);
+    let result = manager.renew(&id(), t0(), &mut rand::rng());
+    assert!(matches!(result, Err(ManagerError::Conflict)));
+    assert_eq!(
+        manager.store().updates.load(Ordering::SeqCst),
+        3,
+        "1 try + 2 retries"
+    );
+    let key = manager.get(&id()).unwrap().unwrap();
+    assert_eq!(key.state(), KeyState::Single, "no renewal was stored");
+}
+
+#[test]
+fn a_failed_write_hands_out_nothing_and_changes_nothing() {
+    let manager = KeyManager::new(Contested {
+        fail_updates: true,
+        ..Contested::default()
+    });
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    let before = manager.get(&id()).unwrap();
+    let result = manager.renew(&id(), t0(), &mut rand::rng());
+    assert!(matches!(result, Err(ManagerError::Store(DiskOnFire))));
+    assert_eq!(result.unwrap_err().to_string(), "store error: disk on fire");
+    assert_eq!(manager.get(&id()).unwrap(), before);
+}
+
+#[test]
+fn racing_threads_lose_no_update() {
+    let manager = Arc::new(KeyManager::new(InMemoryStore::new()));
+    manager
+        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    let successes = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let manager = &manager;
+            let successes = &successes;
+            scope.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(thread);
+                for i in 0..200 {
+                    let ok = match (thread + i) % 4 {
+                        0 => manager.renew(&id(), t0(), &mut rng).is_ok(),
+                        1 => manager.undo_renewal(&id(), t0()).is_ok(),
+                        2 => manager.deactivate(&id(), t0()).is_ok(),
+                        _ => manager.activate(&id(), t0()).is_ok(),
+                    };
+                    successes.fetch_add(u64::from(ok), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let key = manager.get(&id()).unwrap().unwrap();
+    assert_eq!(key.version(), 1 + successes.load(Ordering::SeqCst));
+}
+
+#[test]
+fn managers_are_send_sync_and_cheap_to_clone() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<KeyManager<Arc<InMemoryStore>>>();
+    send_sync::<AsyncKeyManager<Arc<InMemoryStore>>>();
+}
+
+#[tokio::test]
+async fn the_async_manager_behaves_the_same_and_its_futures_are_send() {
+    let manager = Arc::new(AsyncKeyManager::new(InMemoryStore::new()));
+    let task = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::from_rng(&mut rand::rng());
+            let (first, _) = manager
+                .create_key(id(), "a", Policy::default(), t0(), &mut rng)
+                .await
+                .unwrap();
+            let (second, _) = manager.renew(&id(), t0(), &mut rng).await.unwrap();
+            (first, second)
+        })
+    };
+    let (first, second) = task.await.unwrap();
+    assert_eq!(
+        manager
+            .authenticate(&id(), first.expose_secret(), t0())
+            .await
+            .unwrap(),
+        TokenMatch::Old
+    );
+    manager
+        .finalize(&id(), OldTokenDeletion::Now, t0())
+        .await
+        .unwrap();
+    assert!(matches!(
+        manager
+            .authenticate(&id(), first.expose_secret(), t0())
+            .await,
+        Err(AuthError::Verify(VerifyError::Mismatch))
+    ));
+    assert_eq!(
+        manager
+            .authenticate(&id(), second.expose_secret(), t0())
+            .await
+            .unwrap(),
+        TokenMatch::Current
+    );
+    manager.deactivate(&id(), t0()).await.unwrap();
+    let key = manager.get(&id()).await.unwrap().unwrap();
+    assert_eq!((key.version(), key.status()), (4, KeyStatus::Inactive));
+    assert_eq!(manager.list(None, 10).await.unwrap(), vec![key]);
+    manager.delete_key(&id(), t0()).await.unwrap();
+    assert!(manager.get(&id()).await.unwrap().is_none());
+}
