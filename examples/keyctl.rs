@@ -1,0 +1,296 @@
+//! `keyctl`: manage API keys in an SQLite database from the command line.
+//!
+//! ```text
+//! cargo run --example keyctl -- [--db keys.db] <command>
+//!
+//! create --label L [--id ID] [--prefix kr] [--period 3m|6m] [--enforced]
+//! list | show ID | renew ID | finalize ID --delete-old now|later
+//! delete-old ID | undo ID | activate ID | deactivate ID | delete ID
+//! verify ID TOKEN           (TOKEN "-" reads it from standard input)
+//! ```
+//!
+//! Every error is one line on stderr and a non-zero exit status.
+
+#[path = "sqlite/store.rs"]
+#[allow(dead_code)] // keyctl uses part of the store module
+mod store;
+
+use std::error::Error;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use keyroll::{
+    ApiKey, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, OldTokenDeletion,
+    Policy, TokenFormat, TokenInfo,
+};
+use store::SqliteStore;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+#[derive(Parser)]
+#[command(
+    name = "keyctl",
+    about = "Manage API keys whose tokens are renewed with an overlap"
+)]
+struct Cli {
+    /// The SQLite database file.
+    #[arg(long, global = true, default_value = "keys.db")]
+    db: PathBuf,
+    /// Act as if the time were this RFC 3339 instant (to try freshness and expiry).
+    #[arg(long, global = true, value_parser = parse_time)]
+    now: Option<OffsetDateTime>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a key and print its first token, once.
+    Create {
+        /// A label for people.
+        #[arg(long)]
+        label: String,
+        /// The key id (random when omitted).
+        #[arg(long)]
+        id: Option<KeyId>,
+        /// The token prefix.
+        #[arg(long, default_value = "kr")]
+        prefix: String,
+        /// The renewal period.
+        #[arg(long, value_enum, default_value_t = Period::ThreeMonths)]
+        period: Period,
+        /// Refuse tokens past their renewal period (default: only warn).
+        #[arg(long)]
+        enforced: bool,
+    },
+    /// List every key, like the admin page.
+    List,
+    /// Show one key.
+    Show { id: KeyId },
+    /// Renew a key's token: print the new token, once.
+    Renew { id: KeyId },
+    /// Decide what happens to the old token of a pending renewal.
+    Finalize {
+        id: KeyId,
+        /// Delete the old token now, or keep it until `delete-old`.
+        #[arg(long, value_enum)]
+        delete_old: Deletion,
+    },
+    /// Delete the old token, irreversibly.
+    DeleteOld { id: KeyId },
+    /// Undo a pending renewal: the old token is the only one again.
+    Undo { id: KeyId },
+    /// Activate a key.
+    Activate { id: KeyId },
+    /// Deactivate a key: every request with it fails.
+    Deactivate { id: KeyId },
+    /// Delete a key, irreversibly.
+    Delete { id: KeyId },
+    /// Check a token against a key ("-" reads the token from standard input).
+    Verify { id: KeyId, token: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Period {
+    #[value(name = "3m")]
+    ThreeMonths,
+    #[value(name = "6m")]
+    SixMonths,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Deletion {
+    Now,
+    Later,
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+fn date(t: OffsetDateTime) -> String {
+    t.format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn alert(freshness: Freshness) -> &'static str {
+    match freshness {
+        Freshness::Fresh { .. } => "",
+        Freshness::Outdated { .. } => "outdated",
+        Freshness::LongOutdated { .. } => "long outdated",
+    }
+}
+
+fn token_line(which: &str, token: &TokenInfo, now: OffsetDateTime) -> String {
+    format!(
+        "{which:<7} created {}  due {}  {}",
+        date(token.created_at()),
+        date(token.due_at()),
+        alert(token.freshness(now))
+    )
+}
+
+fn status(key: &ApiKey) -> &'static str {
+    match key.status() {
+        KeyStatus::Active => "active",
+        KeyStatus::Inactive => "inactive",
+    }
+}
+
+fn show(key: &ApiKey, now: OffsetDateTime) {
+    println!("id       {}", key.id());
+    println!("label    {}", key.label());
+    println!("status   {}", status(key));
+    println!("version  {}", key.version());
+    println!(
+        "{}",
+        token_line("current", key.current_token(), now).trim_end()
+    );
+    if let Some(old) = key.old_token() {
+        println!("{}", token_line("old", old, now).trim_end());
+        println!("pending deletion: old token");
+    }
+}
+
+fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Box<dyn Error>> {
+    println!(
+        "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} NOTE",
+        "ID",
+        "LABEL",
+        "STATUS",
+        "TOKEN CREATED",
+        "TOKEN DUE",
+        "FRESHNESS",
+        "OLD CREATED",
+        "OLD DUE"
+    );
+    let mut after: Option<KeyId> = None;
+    loop {
+        let page = manager.list(after.as_ref(), 100)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id().clone());
+        for key in &page {
+            let current = key.current_token();
+            let (old_created, old_due, note) = match key.old_token() {
+                Some(old) => (
+                    date(old.created_at()),
+                    date(old.due_at()),
+                    "pending deletion: old token",
+                ),
+                None => (String::new(), String::new(), ""),
+            };
+            let freshness = match alert(key.freshness(now)) {
+                "" => "fresh",
+                other => other,
+            };
+            println!(
+                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {note}",
+                key.id().as_str(),
+                key.label().chars().take(20).collect::<String>(),
+                status(key),
+                date(current.created_at()),
+                date(current.due_at()),
+                freshness,
+                old_created,
+                old_due,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_event(event: &Event) -> Result<(), Box<dyn Error>> {
+    println!("{}", serde_json::to_string(event)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+    let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
+    let manager = KeyManager::new(SqliteStore::open(&cli.db)?);
+    let mut rng = rand::rng();
+    match cli.command {
+        Command::Create {
+            label,
+            id,
+            prefix,
+            period,
+            enforced,
+        } => {
+            let policy = Policy {
+                token_format: TokenFormat::new(&prefix)?,
+                renewal_period: match period {
+                    Period::ThreeMonths => Policy::THREE_MONTHS,
+                    Period::SixMonths => Policy::SIX_MONTHS,
+                },
+                expiry: if enforced {
+                    Expiry::Enforced
+                } else {
+                    Expiry::Advisory
+                },
+            };
+            let id = id.unwrap_or_else(|| KeyId::generate(&mut rng));
+            let (token, event) = manager.create_key(id.clone(), label, policy, now, &mut rng)?;
+            print_event(&event)?;
+            println!("key id: {id}");
+            println!("token:  {}", token.expose_secret());
+            eprintln!("warning: copy the token now; it will not be shown again");
+        }
+        Command::List => list(&manager, now)?,
+        Command::Show { id } => {
+            let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
+            show(&key, now);
+        }
+        Command::Renew { id } => {
+            let (token, event) = manager.renew(&id, now, &mut rng)?;
+            print_event(&event)?;
+            println!("new token: {}", token.expose_secret());
+            eprintln!("warning: copy the new token now; it will not be shown again");
+            eprintln!(
+                "the old token keeps working until you run `finalize`, `delete-old` or `undo`"
+            );
+        }
+        Command::Finalize { id, delete_old } => {
+            let deletion = match delete_old {
+                Deletion::Now => OldTokenDeletion::Now,
+                Deletion::Later => OldTokenDeletion::Later,
+            };
+            print_event(&manager.finalize(&id, deletion, now)?)?;
+        }
+        Command::DeleteOld { id } => print_event(&manager.delete_old(&id, now)?)?,
+        Command::Undo { id } => print_event(&manager.undo_renewal(&id, now)?)?,
+        Command::Activate { id } => print_event(&manager.activate(&id, now)?)?,
+        Command::Deactivate { id } => print_event(&manager.deactivate(&id, now)?)?,
+        Command::Delete { id } => print_event(&manager.delete_key(&id, now)?)?,
+        Command::Verify { id, token } => {
+            let token = if token == "-" {
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                line.trim_end().to_owned()
+            } else {
+                token
+            };
+            let matched = manager.authenticate(&id, &token, now)?;
+            let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
+            let state = match key.state() {
+                KeyState::Single => "",
+                KeyState::Renewing { .. } => " (a renewal is pending)",
+            };
+            println!("valid: {matched:?} token{state}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

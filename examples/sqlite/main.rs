@@ -1,0 +1,49 @@
+//! Keys in SQLite: a renewal through `KeyManager` over the example store.
+//!
+//! ```text
+//! cargo run --example sqlite [PATH]
+//! ```
+//!
+//! Without `PATH`, a temporary database is used. The store itself is in
+//! `store.rs` beside this file, ready to copy into a service.
+
+mod store;
+
+use std::error::Error;
+
+use keyroll::{KeyId, KeyManager, OldTokenDeletion, Policy};
+use store::SqliteStore;
+use time::OffsetDateTime;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| dir.path().join("keys.db"), Into::into);
+    let manager = KeyManager::new(SqliteStore::open(&path)?);
+    let mut rng = rand::rng();
+    let now = OffsetDateTime::now_utc();
+
+    let id = KeyId::generate(&mut rng);
+    let (first, event) =
+        manager.create_key(id.clone(), "sqlite demo", Policy::default(), now, &mut rng)?;
+    println!("{}", serde_json::to_string(&event)?);
+    let (second, event) = manager.renew(&id, now, &mut rng)?;
+    println!("{}", serde_json::to_string(&event)?);
+    println!(
+        "old token: {:?}",
+        manager.authenticate(&id, first.expose_secret(), now)?
+    );
+    println!(
+        "new token: {:?}",
+        manager.authenticate(&id, second.expose_secret(), now)?
+    );
+    let event = manager.finalize(&id, OldTokenDeletion::Now, now)?;
+    println!("{}", serde_json::to_string(&event)?);
+    println!(
+        "old token after finalize(Now): {:?}",
+        manager.authenticate(&id, first.expose_secret(), now).err()
+    );
+    println!("stored in {}", path.display());
+    Ok(())
+}
