@@ -4,7 +4,7 @@
 //! cargo run --example sqlite [PATH]
 //! ```
 //!
-//! Without `PATH`, a temporary database is used. The store itself is in
+//! Without `PATH`, the database lives in memory. The store itself is in
 //! `store.rs` beside this file, ready to copy into a service.
 
 mod store;
@@ -44,6 +44,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         "old token after finalize(Now): {:?}",
         manager.authenticate(&id, first.expose_secret(), now).err()
     );
-    println!("stored in {}", path.display());
+    if let Some(path) = path {
+        println!("stored in {}", path.display());
+    }
     Ok(())
 }
