@@ -16,11 +16,12 @@ use store::SqliteStore;
 use time::OffsetDateTime;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let dir = tempfile::tempdir()?;
-    let path = std::env::args_os()
-        .nth(1)
-        .map_or_else(|| dir.path().join("keys.db"), Into::into);
-    let manager = KeyManager::new(SqliteStore::open(&path)?);
+    let path = std::env::args_os().nth(1).map(std::path::PathBuf::from);
+    let store = match &path {
+        Some(path) => SqliteStore::open(path)?,
+        None => SqliteStore::open_in_memory()?,
+    };
+    let manager = KeyManager::new(store);
     let mut rng = rand::rng();
     let now = OffsetDateTime::now_utc();
 
