@@ -5,29 +5,7 @@
 //! writers that loaded the same version cannot both succeed. The managers
 //! build every transition on that.
 //!
-//! # The contract a backend keeps
-//!
-//! - `get(id)` returns the key last written under `id` (by `insert` or a
-//!   successful `update`), equal to it, or `None` if there is none. Never a
-//!   stale copy once a write has returned `Ok`.
-//! - `insert(key)` stores a key under `key.id()` only if no key has that id;
-//!   otherwise [`StoreError::AlreadyExists`] and the stored key is untouched.
-//! - `update(key, expected_version)` replaces the key with id `key.id()` only
-//!   if its stored version is `expected_version`, atomically (a
-//!   compare-and-swap). A missing key is [`StoreError::NotFound`]; another
-//!   version is [`StoreError::Conflict`] with the version found, and the
-//!   stored key is untouched. Of any number of concurrent updates from the
-//!   same version, exactly one succeeds.
-//! - `delete(id, expected_version)`: the same compare-and-swap, removing the
-//!   key.
-//! - `list(after, limit)` returns at most `limit` keys, ordered by `KeyId`
-//!   (byte order of the id strings, as `KeyId`'s `Ord`), all strictly
-//!   greater than `after` when it is given. Paging with the last id of each
-//!   page visits every key once.
-//! - Every error of the backend itself is `Backend(e)`, never a panic.
-//!
-//! Run [`conformance::run_all`](crate::conformance::run_all) (feature
-//! `conformance`) on your store to check all of this.
+//! The contract a backend keeps is in [`KeyStore`]'s docs.
 
 mod memory;
 
@@ -68,8 +46,31 @@ pub enum StoreError<E> {
     Backend(E),
 }
 
-/// A synchronous store of API keys. See the [module docs](self) for the
-/// contract each method keeps.
+/// A synchronous store of API keys.
+///
+/// # The contract
+///
+/// - `get(id)` returns the key last written under `id` (by `insert` or a
+///   successful `update`), equal to it, or `None` if there is none. Never a
+///   stale copy once a write has returned `Ok`.
+/// - `insert(key)` stores a key under `key.id()` only if no key has that id;
+///   otherwise [`StoreError::AlreadyExists`] and the stored key is untouched.
+/// - `update(key, expected_version)` replaces the key with id `key.id()` only
+///   if its stored version is `expected_version`, atomically (a
+///   compare-and-swap). A missing key is [`StoreError::NotFound`]; another
+///   version is [`StoreError::Conflict`] with the version found, and the
+///   stored key is untouched. Of any number of concurrent updates from the
+///   same version, exactly one succeeds.
+/// - `delete(id, expected_version)`: the same compare-and-swap, removing the
+///   key.
+/// - `list(after, limit)` returns at most `limit` keys, ordered by `KeyId`
+///   (byte order of the id strings, as `KeyId`'s `Ord`), all strictly
+///   greater than `after` when it is given. Paging with the last id of each
+///   page visits every key once.
+/// - Every error of the backend itself is `Backend(e)`, never a panic.
+///
+/// Run [`conformance::run_all`](crate::conformance::run_all) (feature
+/// `conformance`) on your store to check all of this.
 pub trait KeyStore: Send + Sync {
     /// The backend's own error.
     type Error: std::error::Error + Send + Sync + 'static;
