@@ -230,6 +230,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 } else {
                     Expiry::Advisory
                 },
+                ..Policy::default()
             };
             let id = id.unwrap_or_else(|| KeyId::generate(&mut rng));
             let (token, event) = manager.create_key(id.clone(), label, policy, now, &mut rng)?;

@@ -100,6 +100,7 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
         token_format: TokenFormat::new("acme9").unwrap_or_default(),
         renewal_period: Duration::new(86_399, 999_999_999),
         expiry: Expiry::Enforced,
+        usage_resolution: Duration::milliseconds(1500),
     };
     let odd_time = (t0() + Duration::nanoseconds(123_456_789))
         .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap_or(UtcOffset::UTC));

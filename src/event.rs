@@ -232,6 +232,9 @@ impl Event {
 pub enum DeletionReason {
     /// By [`ApiKey::delete_old`](crate::ApiKey::delete_old).
     Manual,
-    /// By [`ApiKey::finalize`](crate::ApiKey::finalize) with [`OldTokenDeletion::Now`].
+    /// By [`ApiKey::finalize`](crate::ApiKey::finalize) with [`OldTokenDeletion::Now`]
+    /// (or an instant already past).
     FinalizedNow,
+    /// By [`ApiKey::housekeep`](crate::ApiKey::housekeep), at its scheduled time.
+    Scheduled,
 }

@@ -5,12 +5,13 @@
 //! one [`Event`] and a version one higher, or returns a [`TransitionError`]
 //! and leaves the key exactly as it was.
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
 use crate::policy::Policy;
 use crate::token::{Token, TokenHash};
+use crate::verify::TokenMatch;
 
 /// An API key: a stable public id, a label, a status and one or two tokens.
 ///
@@ -78,6 +79,15 @@ pub struct TokenInfo {
     pub(crate) due_at: OffsetDateTime,
     #[cfg_attr(feature = "serde", serde(with = "crate::record::hash"))]
     pub(crate) hash: TokenHash,
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub(crate) last_used_at: Option<OffsetDateTime>,
 }
 
 impl TokenInfo {
@@ -87,6 +97,7 @@ impl TokenInfo {
             created_at: now,
             due_at: now.saturating_add(policy.renewal_period),
             hash,
+            last_used_at: None,
         }
     }
 
@@ -104,6 +115,12 @@ impl TokenInfo {
     /// renewal period. A token keeps its own due date after a renewal.
     pub fn due_at(&self) -> OffsetDateTime {
         self.due_at
+    }
+
+    /// The last use recorded with [`ApiKey::record_use`], to within the
+    /// policy's `usage_resolution`; `None` if no use was recorded.
+    pub fn last_used_at(&self) -> Option<OffsetDateTime> {
+        self.last_used_at
     }
 }
 
@@ -142,6 +159,20 @@ pub enum Decision {
     Undecided,
     /// Kept until [`ApiKey::delete_old`] or [`ApiKey::undo_renewal`].
     Later,
+    /// Deleted at `at`: from then on it no longer verifies, and
+    /// [`ApiKey::housekeep`] removes it.
+    Scheduled {
+        /// When the old token stops verifying.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+    },
+    /// Kept until the new token's first recorded use, then for `grace`
+    /// more: that use turns this into `Scheduled { at: use + grace }`.
+    AfterNewTokenUse {
+        /// How long the old token lives after the new one is first used.
+        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        grace: Duration,
+    },
 }
 
 /// How [`ApiKey::finalize`] treats the old token.
@@ -154,6 +185,17 @@ pub enum OldTokenDeletion {
     Now,
     /// Keep both valid until the old one is deleted by hand.
     Later,
+    /// Keep the old token until this instant; an instant not after `now`
+    /// deletes it at once, as [`Now`](OldTokenDeletion::Now).
+    #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+    At(OffsetDateTime),
+    /// Keep the old token until the new one has been used (as recorded by
+    /// [`ApiKey::record_use`]), then for `grace` more.
+    AfterNewTokenUse {
+        /// How long the old token lives after the new one's first use.
+        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        grace: Duration,
+    },
 }
 
 /// A transition refused because of the key's state. The key is unchanged.
@@ -184,6 +226,14 @@ pub enum TransitionError {
     /// `deactivate` of an inactive key.
     #[error("cannot deactivate: the key is already inactive")]
     AlreadyInactive,
+    /// `delete_old_if_idle` while the old token was used recently.
+    #[error(
+        "cannot delete the old token: it was used at {last_used_at}; wait until it is idle or delete it anyway with delete_old"
+    )]
+    OldTokenInUse {
+        /// The old token's last recorded use.
+        last_used_at: OffsetDateTime,
+    },
 }
 
 impl ApiKey {
@@ -306,7 +356,11 @@ impl ApiKey {
 
     /// Decides what happens to the old token of a pending renewal:
     /// [`OldTokenDeletion::Now`] deletes it, [`OldTokenDeletion::Later`]
-    /// keeps it until [`delete_old`](ApiKey::delete_old).
+    /// keeps it until [`delete_old`](ApiKey::delete_old),
+    /// [`OldTokenDeletion::At`] schedules its deletion and
+    /// [`OldTokenDeletion::AfterNewTokenUse`] schedules it once the new token
+    /// is used. Deleting now emits `OldTokenDeleted`; the other modes emit
+    /// `RenewalFinalized`.
     ///
     /// # Errors
     ///
@@ -324,23 +378,24 @@ impl ApiKey {
         if renewal.decision != Decision::Undecided {
             return Err(TransitionError::AlreadyFinalized);
         }
-        match deletion {
-            OldTokenDeletion::Now => {
+        renewal.decision = match deletion {
+            OldTokenDeletion::Later => Decision::Later,
+            OldTokenDeletion::At(at) if at > now => Decision::Scheduled { at },
+            OldTokenDeletion::AfterNewTokenUse { grace } => Decision::AfterNewTokenUse { grace },
+            // `Now`, or an instant already past.
+            OldTokenDeletion::Now | OldTokenDeletion::At(_) => {
                 let old = renewal.old.id;
                 self.renewal = None;
-                Ok(self.old_deleted(old, DeletionReason::FinalizedNow, now))
+                return Ok(self.old_deleted(old, DeletionReason::FinalizedNow, now));
             }
-            OldTokenDeletion::Later => {
-                renewal.decision = Decision::Later;
-                let version = self.bump();
-                Ok(Event::RenewalFinalized {
-                    key_id: self.id.clone(),
-                    at: now,
-                    version,
-                    deletion,
-                })
-            }
-        }
+        };
+        let version = self.bump();
+        Ok(Event::RenewalFinalized {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            deletion,
+        })
     }
 
     /// Deletes the old token, irreversibly. Make sure no integration still
@@ -355,13 +410,17 @@ impl ApiKey {
     }
 
     /// Undoes a pending renewal: the old token becomes the only token again
-    /// and the new one stops verifying at once.
+    /// and the new one stops verifying at once. Possible in every deletion
+    /// mode while the old token exists.
     ///
     /// # Errors
     ///
-    /// [`TransitionError::NoOldToken`] once the old token is gone: renew
-    /// again or delete the key.
+    /// [`TransitionError::NoOldToken`] once the old token is gone (deleted,
+    /// or past its scheduled deletion): renew again or delete the key.
     pub fn undo_renewal(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        if self.live_old_token(now).is_none() {
+            return Err(TransitionError::NoOldToken);
+        }
         let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
         let discarded = std::mem::replace(&mut self.current, renewal.old);
         let version = self.bump();
@@ -409,6 +468,90 @@ impl ApiKey {
             at: now,
             version,
         })
+    }
+
+    /// Deletes the old token like [`delete_old`](ApiKey::delete_old), unless
+    /// it was used less than `min_idle` before `now`: the safe way to clean
+    /// up once no integration uses it. A token never used counts as idle.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::NoOldToken`] with no renewal pending;
+    /// [`TransitionError::OldTokenInUse`] when it was used too recently.
+    pub fn delete_old_if_idle(
+        &mut self,
+        min_idle: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let old = self.old_token().ok_or(TransitionError::NoOldToken)?;
+        if let Some(last_used_at) = old.last_used_at
+            && now < last_used_at.saturating_add(min_idle)
+        {
+            return Err(TransitionError::OldTokenInUse { last_used_at });
+        }
+        self.delete_old(now)
+    }
+
+    /// Records a use of the token `matched` (as returned by
+    /// [`verify`](ApiKey::verify)) and returns whether the key changed, in
+    /// which case the caller should store it.
+    ///
+    /// To keep a busy key from being written on every request, a use changes
+    /// the key only when the token was never used, when its last recorded use
+    /// is at least the policy's `usage_resolution` old, or when it is the
+    /// first use of the new token under
+    /// [`Decision::AfterNewTokenUse`], which schedules the old token's
+    /// deletion at `now + grace`. A change bumps the version like a
+    /// transition, but emits no event.
+    pub fn record_use(&mut self, matched: TokenMatch, now: OffsetDateTime) -> bool {
+        let resolution = self.policy.usage_resolution;
+        let (token, schedule) = match (matched, &mut self.renewal) {
+            (TokenMatch::Current, Some(renewal)) => match renewal.decision {
+                Decision::AfterNewTokenUse { grace } => {
+                    renewal.decision = Decision::Scheduled {
+                        at: now.saturating_add(grace),
+                    };
+                    (&mut self.current, true)
+                }
+                _ => (&mut self.current, false),
+            },
+            (TokenMatch::Current, None) => (&mut self.current, false),
+            (TokenMatch::Old, Some(renewal)) => (&mut renewal.old, false),
+            (TokenMatch::Old, None) => return false,
+        };
+        let stale = token
+            .last_used_at
+            .is_none_or(|last| now >= last.saturating_add(resolution));
+        if stale || schedule {
+            token.last_used_at = Some(now);
+            self.bump();
+        }
+        stale || schedule
+    }
+
+    /// Applies a scheduled deletion of the old token that is due at `now`,
+    /// returning its `OldTokenDeleted` event; `None` (and no change) when
+    /// nothing is due. [`verify`](ApiKey::verify) already refuses a token
+    /// past its scheduled deletion; this removes it from the key.
+    pub fn housekeep(&mut self, now: OffsetDateTime) -> Option<Event> {
+        let renewal = self.renewal.as_ref()?;
+        match renewal.decision {
+            Decision::Scheduled { at } if at <= now => {
+                let old = renewal.old.id;
+                self.renewal = None;
+                Some(self.old_deleted(old, DeletionReason::Scheduled, now))
+            }
+            _ => None,
+        }
+    }
+
+    /// The old token, unless there is none or its scheduled deletion is due.
+    pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
+        let renewal = self.renewal.as_ref()?;
+        match renewal.decision {
+            Decision::Scheduled { at } if at <= now => None,
+            _ => Some(&renewal.old),
+        }
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A

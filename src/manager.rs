@@ -58,8 +58,19 @@ pub enum AuthError<E> {
     Store(E),
 }
 
-/// What a transition writes back: the changed key, or nothing (a deletion).
-type Next = Option<ApiKey>;
+/// What a transition writes back.
+#[allow(clippy::large_enum_variant)] // lives on the stack for one write
+enum Write {
+    /// The changed key, with a compare-and-swap on the loaded version.
+    Update(ApiKey),
+    /// A deletion of the key, with the same check.
+    Delete,
+    /// Nothing: the transition found nothing to do.
+    Nothing,
+}
+
+/// How many keys `housekeep_all` loads per page.
+const HOUSEKEEPING_PAGE: usize = 256;
 
 impl<E> From<StoreError<E>> for ManagerError<E> {
     fn from(e: StoreError<E>) -> Self {
@@ -95,8 +106,8 @@ fn auth_result<E>(
 /// A transition that changes the loaded key and writes it back.
 fn updating<T>(
     mut transition: impl FnMut(&mut ApiKey) -> Result<T, TransitionError>,
-) -> impl FnMut(ApiKey) -> Result<(Next, T), TransitionError> {
-    move |mut key| transition(&mut key).map(|out| (Some(key), out))
+) -> impl FnMut(ApiKey) -> Result<(Write, T), TransitionError> {
+    move |mut key| transition(&mut key).map(|out| (Write::Update(key), out))
 }
 
 /// Manages keys over a synchronous [`KeyStore`]. `Send + Sync` when its store
@@ -125,6 +136,7 @@ fn updating<T>(
 pub struct KeyManager<S> {
     store: S,
     max_retries: u32,
+    record_uses: bool,
 }
 
 /// Manages keys over an [`AsyncKeyStore`]: [`KeyManager`]'s methods as
@@ -138,6 +150,7 @@ pub struct KeyManager<S> {
 pub struct AsyncKeyManager<S> {
     store: S,
     max_retries: u32,
+    record_uses: bool,
 }
 
 /// The methods both managers share, written once; `$($aw)*` is `.await` for
@@ -147,7 +160,18 @@ macro_rules! manager_methods {
         /// A manager over `store`, retrying conflicts up to
         /// [`DEFAULT_MAX_RETRIES`] times.
         pub fn new(store: S) -> Self {
-            Self { store, max_retries: DEFAULT_MAX_RETRIES }
+            Self { store, max_retries: DEFAULT_MAX_RETRIES, record_uses: false }
+        }
+
+        /// Makes [`authenticate`](Self::authenticate) record each use with
+        /// [`ApiKey::record_use`] (off by default). The key is written back
+        /// only when that changes it (at most once per token per the policy's
+        /// `usage_resolution`, or to start an after-use deletion schedule);
+        /// a write that fails or loses a race never fails the
+        /// authentication.
+        pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
+            self.record_uses = record_uses;
+            self
         }
 
         /// Sets how many times a transition is retried after a version
@@ -254,7 +278,66 @@ macro_rules! manager_methods {
         /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
         /// [`ManagerError::Store`].
         pub $($async)? fn delete_key(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, |key| Ok((None, key.delete(now))))$($aw)*
+            self.transition(id, |key| Ok((Write::Delete, key.delete(now))))$($aw)*
+        }
+
+        /// [`ApiKey::delete_old_if_idle`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew); the transition error
+        /// [`TransitionError::OldTokenInUse`] when the old token was used
+        /// less than `min_idle` ago.
+        pub $($async)? fn delete_old_if_idle(
+            &self,
+            id: &KeyId,
+            min_idle: time::Duration,
+            now: OffsetDateTime,
+        ) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))$($aw)*
+        }
+
+        /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
+        /// deletion of its old token that is due. Writes only when one is.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+        /// [`ManagerError::Store`].
+        pub $($async)? fn housekeep(&self, id: &KeyId, now: OffsetDateTime) -> Result<Option<Event>, ManagerError<S::Error>> {
+            self.transition(id, |mut key| Ok(match key.housekeep(now) {
+                Some(event) => (Write::Update(key), Some(event)),
+                None => (Write::Nothing, None),
+            }))$($aw)*
+        }
+
+        /// Housekeeps every stored key, paging through `list`, and returns the
+        /// events of the deletions it applied. Run it periodically.
+        ///
+        /// # Errors
+        ///
+        /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
+        /// kept changing; keys done before the error stay done.
+        pub $($async)? fn housekeep_all(&self, now: OffsetDateTime) -> Result<Vec<Event>, ManagerError<S::Error>> {
+            let mut events = Vec::new();
+            let mut after: Option<KeyId> = None;
+            loop {
+                let page = $Store::list(&self.store, after.as_ref(), HOUSEKEEPING_PAGE)$($aw)*
+                    .map_err(ManagerError::Store)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id().clone());
+                for mut key in page {
+                    if key.housekeep(now).is_none() {
+                        continue;
+                    }
+                    match self.housekeep(key.id(), now)$($aw)* {
+                        Ok(event) => events.extend(event),
+                        Err(ManagerError::NotFound) => {} // deleted meanwhile
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(events)
         }
 
         /// The stored key, if any.
@@ -276,7 +359,8 @@ macro_rules! manager_methods {
             $Store::list(&self.store, after, limit)$($aw)*.map_err(ManagerError::Store)
         }
 
-        /// Verifies a request's key id and token. Writes nothing.
+        /// Verifies a request's key id and token. Writes nothing, unless
+        /// [usage recording](Self::with_usage_recording) is on.
         ///
         /// # Errors
         ///
@@ -288,7 +372,20 @@ macro_rules! manager_methods {
             presented: &str,
             now: OffsetDateTime,
         ) -> Result<TokenMatch, AuthError<S::Error>> {
-            auth_result($Store::verify(&self.store, id, presented, now)$($aw)*)
+            if !self.record_uses {
+                return auth_result($Store::verify(&self.store, id, presented, now)$($aw)*);
+            }
+            let mut key = $Store::get(&self.store, id)$($aw)*
+                .map_err(AuthError::Store)?
+                .ok_or(AuthError::UnknownKey)?;
+            let matched = key.verify(presented, now)?;
+            let loaded = key.version();
+            if key.record_use(matched, now) {
+                // Best effort: a lost race means another request wrote a
+                // use (or a transition) first; the token was still valid.
+                let _ = $Store::update(&self.store, &key, loaded)$($aw)*;
+            }
+            Ok(matched)
         }
 
         /// Loads, applies `apply`, writes back with the loaded version, and
@@ -296,7 +393,7 @@ macro_rules! manager_methods {
         $($async)? fn transition<T>(
             &self,
             id: &KeyId,
-            mut apply: impl FnMut(ApiKey) -> Result<(Next, T), TransitionError>,
+            mut apply: impl FnMut(ApiKey) -> Result<(Write, T), TransitionError>,
         ) -> Result<T, ManagerError<S::Error>> {
             for _ in 0..=self.max_retries {
                 let key = $Store::get(&self.store, id)$($aw)*
@@ -305,8 +402,9 @@ macro_rules! manager_methods {
                 let loaded = key.version();
                 let (next, out) = apply(key)?;
                 let result = match &next {
-                    Some(key) => $Store::update(&self.store, key, loaded)$($aw)*,
-                    None => $Store::delete(&self.store, id, loaded)$($aw)*,
+                    Write::Update(key) => $Store::update(&self.store, key, loaded)$($aw)*,
+                    Write::Delete => $Store::delete(&self.store, id, loaded)$($aw)*,
+                    Write::Nothing => Ok(()),
                 };
                 if written(result)? {
                     return Ok(out);

@@ -30,6 +30,20 @@ pub struct Policy {
     pub renewal_period: Duration,
     /// Whether a token past its renewal period still verifies.
     pub expiry: Expiry,
+    /// How fine [`TokenInfo::last_used_at`](crate::TokenInfo::last_used_at)
+    /// is: [`ApiKey::record_use`](crate::ApiKey::record_use) changes the key
+    /// at most once per token per this duration (default 60 seconds), so
+    /// that a busy key is not written on every request.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "default_usage_resolution", with = "crate::record::duration")
+    )]
+    pub usage_resolution: Duration,
+}
+
+#[cfg(feature = "serde")]
+fn default_usage_resolution() -> Duration {
+    Policy::DEFAULT_USAGE_RESOLUTION
 }
 
 impl Policy {
@@ -37,15 +51,19 @@ impl Policy {
     pub const THREE_MONTHS: Duration = Duration::days(90);
     /// 180 days.
     pub const SIX_MONTHS: Duration = Duration::days(180);
+    /// 60 seconds: the default `usage_resolution`.
+    pub const DEFAULT_USAGE_RESOLUTION: Duration = Duration::seconds(60);
 }
 
 impl Default for Policy {
-    /// Prefix `kr`, a renewal period of [`Policy::THREE_MONTHS`], [`Expiry::Advisory`].
+    /// Prefix `kr`, a renewal period of [`Policy::THREE_MONTHS`],
+    /// [`Expiry::Advisory`], a usage resolution of 60 seconds.
     fn default() -> Self {
         Policy {
             token_format: TokenFormat::default(),
             renewal_period: Policy::THREE_MONTHS,
             expiry: Expiry::Advisory,
+            usage_resolution: Policy::DEFAULT_USAGE_RESOLUTION,
         }
     }
 }

@@ -134,18 +134,20 @@ impl ApiKey {
         let hash = TokenHash::of(&self.id, secret);
 
         let is_current = hash.ct_eq(&self.current.hash);
-        // With no old token, compare against the current hash once more so
-        // that both shapes of key cost the same, and mask the result.
-        let (old_hash, has_old) = match &self.renewal {
-            Some(renewal) => (&renewal.old.hash, Choice::from(1)),
+        // With no old token (none, or past its scheduled deletion), compare
+        // against the current hash once more so that every shape of key
+        // costs the same, and mask the result.
+        let old = self.live_old_token(now);
+        let (old_hash, has_old) = match old {
+            Some(old) => (&old.hash, Choice::from(1)),
             None => (&self.current.hash, Choice::from(0)),
         };
         let is_old = hash.ct_eq(old_hash) & has_old;
 
         // The comparisons are done; which token matched is no secret.
-        let (matched, token) = match &self.renewal {
+        let (matched, token) = match old {
             _ if bool::from(is_current) => (TokenMatch::Current, &self.current),
-            Some(renewal) if bool::from(is_old) => (TokenMatch::Old, &renewal.old),
+            Some(old) if bool::from(is_old) => (TokenMatch::Old, old),
             _ => return Err(VerifyError::Mismatch),
         };
         if self.status == KeyStatus::Inactive {

@@ -26,6 +26,7 @@ fn keys_in_every_state() -> Vec<(ApiKey, Vec<keyroll::Token>)> {
         token_format: TokenFormat::new("acme").unwrap(),
         renewal_period: Duration::new(12_345, 678_901),
         expiry: Expiry::Enforced,
+        usage_resolution: Duration::seconds(5),
     };
     let (key, token, _) = ApiKey::issue(
         KeyId::new("acme").unwrap(),
@@ -64,7 +65,7 @@ fn the_record_has_a_schema_and_readable_fields() {
     assert_eq!(value["version"], 2);
     assert_eq!(
         value["policy"],
-        json!({"token_prefix": "kr", "renewal_period": {"secs": 7_776_000}, "expiry": "advisory"})
+        json!({"token_prefix": "kr", "renewal_period": {"secs": 7_776_000}, "expiry": "advisory", "usage_resolution": {"secs": 60}})
     );
     assert_eq!(value["renewal"]["decision"], "undecided");
     assert_eq!(value["current_token"]["hash"].as_str().unwrap().len(), 64);
