@@ -4,9 +4,10 @@
 //! cargo run --example keyctl -- [--db keys.db] <command>
 //!
 //! create --label L [--id ID] [--prefix kr] [--period 3m|6m] [--enforced]
-//! list | show ID | renew ID | finalize ID --delete-old now|later
-//! delete-old ID | undo ID | activate ID | deactivate ID | delete ID
-//! verify ID TOKEN           (TOKEN "-" reads it from standard input)
+//! list | show ID | renew ID | undo ID | activate ID | deactivate ID | delete ID
+//! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
+//! delete-old ID [--if-idle 7d] | housekeep
+//! verify ID TOKEN           (TOKEN "-" reads it from standard input; records the use)
 //! ```
 //!
 //! Every error is one line on stderr and a non-zero exit status.
@@ -22,13 +23,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::{
-    ApiKey, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, OldTokenDeletion,
-    Policy, TokenFormat, TokenInfo,
+    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus,
+    OldTokenDeletion, Policy, TokenFormat, TokenInfo,
 };
 use store::SqliteStore;
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+use time::{Duration, OffsetDateTime};
 
 #[derive(Parser)]
 #[command(
@@ -75,12 +76,20 @@ enum Command {
     /// Decide what happens to the old token of a pending renewal.
     Finalize {
         id: KeyId,
-        /// Delete the old token now, or keep it until `delete-old`.
-        #[arg(long, value_enum)]
-        delete_old: Deletion,
+        /// `now`, `later` (until delete-old), `at=RFC3339` (scheduled), or
+        /// `after-use=DURATION` (once the new token is used, plus this grace).
+        #[arg(long, value_parser = parse_deletion)]
+        delete_old: OldTokenDeletion,
     },
     /// Delete the old token, irreversibly.
-    DeleteOld { id: KeyId },
+    DeleteOld {
+        id: KeyId,
+        /// Refuse if the old token was used within this duration (e.g. 7d).
+        #[arg(long, value_parser = parse_duration)]
+        if_idle: Option<Duration>,
+    },
+    /// Apply every scheduled deletion of old tokens that is due.
+    Housekeep,
     /// Undo a pending renewal: the old token is the only one again.
     Undo { id: KeyId },
     /// Activate a key.
@@ -101,10 +110,34 @@ enum Period {
     SixMonths,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Deletion {
-    Now,
-    Later,
+fn parse_deletion(text: &str) -> Result<OldTokenDeletion, String> {
+    match text.split_once('=') {
+        None if text == "now" => Ok(OldTokenDeletion::Now),
+        None if text == "later" => Ok(OldTokenDeletion::Later),
+        Some(("at", at)) => parse_time(at).map(OldTokenDeletion::At),
+        Some(("after-use", grace)) => {
+            parse_duration(grace).map(|grace| OldTokenDeletion::AfterNewTokenUse { grace })
+        }
+        _ => Err("expected now, later, at=RFC3339 or after-use=DURATION".into()),
+    }
+}
+
+/// `90s`, `30m`, `1h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (use e.g. 90s, 30m, 1h, 7d)"))?;
+    match unit {
+        "s" => Ok(Duration::seconds(n)),
+        "m" => Ok(Duration::minutes(n)),
+        "h" => Ok(Duration::hours(n)),
+        "d" => Ok(Duration::days(n)),
+        _ => Err(format!(
+            "not a duration: {text:?} (use e.g. 90s, 30m, 1h, 7d)"
+        )),
+    }
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -124,13 +157,35 @@ fn alert(freshness: Freshness) -> &'static str {
     }
 }
 
+fn last_used(token: &TokenInfo) -> String {
+    token.last_used_at().map_or_else(|| "never".into(), date)
+}
+
 fn token_line(which: &str, token: &TokenInfo, now: OffsetDateTime) -> String {
     format!(
-        "{which:<7} created {}  due {}  {}",
+        "{which:<7} created {}  due {}  last used {}  {}",
         date(token.created_at()),
         date(token.due_at()),
+        last_used(token),
         alert(token.freshness(now))
     )
+}
+
+fn decision(key: &ApiKey) -> String {
+    match key.state() {
+        KeyState::Single => String::new(),
+        KeyState::Renewing {
+            decision: Decision::Scheduled { at },
+        } => {
+            format!("old token deleted at {}", date(at))
+        }
+        KeyState::Renewing {
+            decision: Decision::AfterNewTokenUse { grace },
+        } => {
+            format!("old token deleted {grace} after the new one is used")
+        }
+        KeyState::Renewing { .. } => "pending deletion: old token".into(),
+    }
 }
 
 fn status(key: &ApiKey) -> &'static str {
@@ -151,7 +206,7 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     );
     if let Some(old) = key.old_token() {
         println!("{}", token_line("old", old, now).trim_end());
-        println!("pending deletion: old token");
+        println!("{}", decision(key));
     }
 }
 
@@ -174,28 +229,27 @@ fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Bo
         after = Some(last.id().clone());
         for key in &page {
             let current = key.current_token();
-            let (old_created, old_due, note) = match key.old_token() {
-                Some(old) => (
-                    date(old.created_at()),
-                    date(old.due_at()),
-                    "pending deletion: old token",
-                ),
-                None => (String::new(), String::new(), ""),
+            let (old_created, old_due, old_used) = match key.old_token() {
+                Some(old) => (date(old.created_at()), date(old.due_at()), last_used(old)),
+                None => Default::default(),
             };
             let freshness = match alert(key.freshness(now)) {
                 "" => "fresh",
                 other => other,
             };
             println!(
-                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {note}",
+                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {}",
                 key.id().as_str(),
                 key.label().chars().take(20).collect::<String>(),
                 status(key),
                 date(current.created_at()),
                 date(current.due_at()),
                 freshness,
+                last_used(current),
                 old_created,
                 old_due,
+                old_used,
+                decision(key),
             );
         }
     }
@@ -209,7 +263,7 @@ fn print_event(event: &Event) -> Result<(), Box<dyn Error>> {
 
 fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
-    let manager = KeyManager::new(SqliteStore::open(&cli.db)?);
+    let manager = KeyManager::new(SqliteStore::open(&cli.db)?).with_usage_recording(true);
     let mut rng = rand::rng();
     match cli.command {
         Command::Create {
@@ -254,13 +308,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             );
         }
         Command::Finalize { id, delete_old } => {
-            let deletion = match delete_old {
-                Deletion::Now => OldTokenDeletion::Now,
-                Deletion::Later => OldTokenDeletion::Later,
-            };
-            print_event(&manager.finalize(&id, deletion, now)?)?;
+            print_event(&manager.finalize(&id, delete_old, now)?)?;
         }
-        Command::DeleteOld { id } => print_event(&manager.delete_old(&id, now)?)?,
+        Command::DeleteOld { id, if_idle: None } => {
+            print_event(&manager.delete_old(&id, now)?)?;
+        }
+        Command::DeleteOld {
+            id,
+            if_idle: Some(min_idle),
+        } => {
+            print_event(&manager.delete_old_if_idle(&id, min_idle, now)?)?;
+        }
+        Command::Housekeep => {
+            let events = manager.housekeep_all(now)?;
+            for event in &events {
+                print_event(event)?;
+            }
+            eprintln!("{} old token(s) deleted on schedule", events.len());
+        }
         Command::Undo { id } => print_event(&manager.undo_renewal(&id, now)?)?,
         Command::Activate { id } => print_event(&manager.activate(&id, now)?)?,
         Command::Deactivate { id } => print_event(&manager.deactivate(&id, now)?)?,

@@ -168,23 +168,59 @@ fn run() -> Result<(), String> {
         "enforced: it expires",
     )?;
 
-    println!("8. the stored record holds hashes only");
+    println!("8. delete the old token only once the new one is in use");
+    let (fifth, event) = key.renew(day(130), &mut rng).map_err(|e| e.to_string())?;
+    show(&event);
+    let grace = Duration::hours(1);
+    show(
+        &key.finalize(OldTokenDeletion::AfterNewTokenUse { grace }, day(130))
+            .map_err(|e| e.to_string())?,
+    );
+    step(
+        key.verify(fourth.expose_secret(), day(140)) == Ok(TokenMatch::Old),
+        "unused new token: the old one lives on",
+    )?;
+    let first_use = day(141);
+    let matched = key
+        .verify(fifth.expose_secret(), first_use)
+        .map_err(|e| e.to_string())?;
+    step(
+        key.record_use(matched, first_use),
+        "the first use of the new token is recorded",
+    )?;
+    println!("  state: {:?}", key.state());
+    step(
+        key.verify(fourth.expose_secret(), first_use + Duration::minutes(59))
+            .is_ok(),
+        "the old token works during the grace",
+    )?;
+    step(
+        key.verify(fourth.expose_secret(), first_use + grace) == Err(VerifyError::Mismatch),
+        "then it stops",
+    )?;
+    let event = key
+        .housekeep(first_use + grace)
+        .ok_or("housekeep found nothing due")?;
+    show(&event);
+    step(key.state() == KeyState::Single, "housekeep removed it")?;
+    step(
+        key.current_token().last_used_at() == Some(first_use),
+        "last use is known",
+    )?;
+
+    println!("9. the stored record holds hashes only");
     let record = serde_json::to_string(&key).map_err(|e| e.to_string())?;
     println!("  {record}");
     step(
-        !record.contains(&fourth.expose_secret()[3..]),
+        !record.contains(&fifth.expose_secret()[3..]),
         "no secret in the record",
     )?;
     let loaded: ApiKey = serde_json::from_str(&record).map_err(|e| e.to_string())?;
     step(
-        loaded == key && loaded.verify(fourth.expose_secret(), day(122)).is_ok(),
+        loaded == key && loaded.verify(fifth.expose_secret(), day(142)).is_ok(),
         "it loads back",
     )?;
-    println!(
-        "version {} after {} transitions: all steps behaved as documented",
-        key.version(),
-        key.version() - 1
-    );
+    println!("version {}: all steps behaved as documented", key.version());
     Ok(())
 }
 

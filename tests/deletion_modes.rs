@@ -461,3 +461,19 @@ fn manager_after_use_story_with_housekeeping() {
             .is_ok()
     );
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn a_key_after_after_use_housekeeping_round_trips() {
+    let (mut key, _, _) = renewing();
+    key.finalize(
+        OldTokenDeletion::AfterNewTokenUse { grace: minutes(60) },
+        t0(),
+    )
+    .unwrap();
+    assert!(key.record_use(TokenMatch::Current, t0() + minutes(1)));
+    key.housekeep(t0() + minutes(61)).unwrap();
+    let json = serde_json::to_string(&key).unwrap();
+    let back: ApiKey = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, key, "{json}");
+}

@@ -249,3 +249,84 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
+    let ctl = Ctl::new();
+    let at = |now: &str, args: &[&str]| {
+        let mut all = vec!["--now", now];
+        all.extend_from_slice(args);
+        ctl.ok(&all)
+    };
+    let first = token_from(
+        &at(
+            "2026-01-01T00:00:00Z",
+            &["create", "--label", "x", "--id", "k"],
+        ),
+        "token:",
+    );
+    let second = token_from(&at("2026-01-02T00:00:00Z", &["renew", "k"]), "new token:");
+    at(
+        "2026-01-02T00:00:00Z",
+        &["finalize", "k", "--delete-old", "after-use=1h"],
+    );
+    assert!(at("2026-01-02T00:00:00Z", &["list"]).contains("after the new one is used"));
+    assert!(at("2026-01-03T00:00:00Z", &["verify", "k", &first]).contains("Old"));
+    assert!(
+        at("2026-01-03T00:00:00Z", &["list"]).contains("2026-01-03 00:00"),
+        "last use shown"
+    );
+
+    // The first use of the new token schedules the old token's deletion.
+    at("2026-01-04T00:00:00Z", &["verify", "k", &second]);
+    assert!(
+        at("2026-01-04T00:00:00Z", &["show", "k"])
+            .contains("old token deleted at 2026-01-04 01:00")
+    );
+    assert!(at("2026-01-04T00:30:00Z", &["verify", "k", &first]).contains("Old"));
+    assert!(
+        ctl.fails(&["--now", "2026-01-04T01:00:00Z", "verify", "k", &first])
+            .contains("does not match")
+    );
+    let out = ctl.run(&["--now", "2026-01-04T02:00:00Z", "housekeep"]);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("\"reason\":\"scheduled\"")
+    );
+    assert!(!at("2026-01-04T02:00:00Z", &["list"]).contains("old token"));
+
+    // A scheduled instant, and an idle-guarded deletion.
+    at("2026-02-01T00:00:00Z", &["renew", "k"]);
+    at(
+        "2026-02-01T00:00:00Z",
+        &["finalize", "k", "--delete-old", "at=2026-03-01T00:00:00Z"],
+    );
+    assert!(
+        at("2026-02-01T00:00:00Z", &["show", "k"])
+            .contains("old token deleted at 2026-03-01 00:00")
+    );
+    at("2026-02-10T00:00:00Z", &["verify", "k", &second]);
+    assert!(
+        ctl.fails(&[
+            "--now",
+            "2026-02-11T00:00:00Z",
+            "delete-old",
+            "k",
+            "--if-idle",
+            "7d"
+        ])
+        .contains("used at")
+    );
+    at(
+        "2026-02-18T00:00:00Z",
+        &["delete-old", "k", "--if-idle", "7d"],
+    );
+    let out = ctl.run(&["finalize", "k", "--delete-old", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("expected now, later")
+    );
+}
