@@ -28,14 +28,45 @@ pub(crate) fn fill_random<R: rand::CryptoRng + ?Sized>(rng: &mut R, out: &mut [u
     zeroize::Zeroize::zeroize(&mut pool);
 }
 
+/// Marks a byte outside the alphabet in [`DIGITS`].
+pub(crate) const INVALID: u8 = 0xFF;
+
+/// The value of each byte as a base62 digit, or [`INVALID`].
+pub(crate) const DIGITS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// The value of one base62 digit, or `None` for a byte outside the alphabet.
 pub(crate) const fn digit(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'A'..=b'Z' => Some(byte - b'A' + 10),
-        b'a'..=b'z' => Some(byte - b'a' + 36),
-        _ => None,
+    match DIGITS[byte as usize] {
+        INVALID => None,
+        value => Some(value),
     }
+}
+
+/// Packs 40 base62 characters into 30 bytes, 6 bits each (a lossless
+/// encoding of valid input), or `None` if any character is outside the
+/// alphabet. One pass, no branch per character.
+pub(crate) fn pack40(chars: &[u8; 40]) -> Option<[u8; 30]> {
+    let mut out = [0u8; 30];
+    let mut invalid = 0u8;
+    for (group, bytes) in chars.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let [a, b, c, d] = [0, 1, 2, 3].map(|i| DIGITS[usize::from(group[i])]);
+        // INVALID is the only value with the top bits set.
+        invalid |= a | b | c | d;
+        let bits = u32::from(a & 63) << 18
+            | u32::from(b & 63) << 12
+            | u32::from(c & 63) << 6
+            | u32::from(d & 63);
+        bytes.copy_from_slice(&bits.to_be_bytes()[1..]);
+    }
+    (invalid & 0xC0 == 0).then_some(out)
 }
 
 /// Writes `value` as exactly `N` base62 digits, most significant first,
@@ -61,6 +92,30 @@ mod tests {
         }
         assert_eq!(digit(b'_'), None);
         assert_eq!(digit(b'-'), None);
+        assert_eq!(DIGITS.iter().filter(|&&d| d != INVALID).count(), 62);
+    }
+
+    #[test]
+    fn pack40_is_lossless_and_refuses_foreign_bytes() {
+        let mut chars = [0u8; 40];
+        for (i, c) in chars.iter_mut().enumerate() {
+            *c = ALPHABET[(i * 7 + 3) % 62];
+        }
+        let packed = pack40(&chars).unwrap();
+        let unpacked: Vec<u8> = (0..40)
+            .map(|i| {
+                let bit = i * 6;
+                let word =
+                    u16::from_be_bytes([packed[bit / 8], *packed.get(bit / 8 + 1).unwrap_or(&0)]);
+                ALPHABET[usize::from((word >> (10 - bit % 8)) & 63)]
+            })
+            .collect();
+        assert_eq!(unpacked, chars);
+        for bad in [b'_', b'-', 0, 0x80, 0xFF, b' '] {
+            let mut tampered = chars;
+            tampered[17] = bad;
+            assert_eq!(pack40(&tampered), None, "{bad:#x}");
+        }
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct ApiKey {
     pub(crate) created_at: OffsetDateTime,
     pub(crate) policy: Policy,
     pub(crate) current: TokenInfo,
-    pub(crate) renewal: Option<Renewal>,
+    /// Boxed: most keys are not renewing, and a key stays small.
+    pub(crate) renewal: Option<Box<Renewal>>,
 }
 
 /// A pending renewal: the previous token, still valid, and what was decided
@@ -65,6 +66,16 @@ pub(crate) struct Renewal {
     #[cfg_attr(feature = "serde", serde(rename = "old_token"))]
     pub(crate) old: TokenInfo,
     pub(crate) decision: Decision,
+}
+
+impl Renewal {
+    /// The old token, unless its scheduled deletion is due at `now`.
+    pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
+        match self.decision {
+            Decision::Scheduled { at } if at <= now => None,
+            _ => Some(&self.old),
+        }
+    }
 }
 
 /// What a key keeps of one token: its public id, dates and hash. No secret.
@@ -339,10 +350,10 @@ impl ApiKey {
         let new = TokenInfo::new(&token, hash, &self.policy, now);
         let old = std::mem::replace(&mut self.current, new);
         let old_token_id = old.id;
-        self.renewal = Some(Renewal {
+        self.renewal = Some(Box::new(Renewal {
             old,
             decision: Decision::Undecided,
-        });
+        }));
         let version = self.bump();
         let event = Event::TokenRenewed {
             key_id: self.id.clone(),
@@ -422,7 +433,8 @@ impl ApiKey {
             return Err(TransitionError::NoOldToken);
         }
         let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
-        let discarded = std::mem::replace(&mut self.current, renewal.old);
+        let Renewal { old, .. } = *renewal;
+        let discarded = std::mem::replace(&mut self.current, old);
         let version = self.bump();
         Ok(Event::RenewalUndone {
             key_id: self.id.clone(),
@@ -547,11 +559,7 @@ impl ApiKey {
 
     /// The old token, unless there is none or its scheduled deletion is due.
     pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
-        let renewal = self.renewal.as_ref()?;
-        match renewal.decision {
-            Decision::Scheduled { at } if at <= now => None,
-            _ => Some(&renewal.old),
-        }
+        self.renewal.as_deref().and_then(|r| r.live_old_token(now))
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A

@@ -45,7 +45,7 @@ impl Serialize for ApiKey {
             created_at: self.created_at,
             policy: self.policy,
             current_token: Cow::Borrowed(&self.current),
-            renewal: self.renewal.as_ref().map(Cow::Borrowed),
+            renewal: self.renewal.as_deref().map(Cow::Borrowed),
         }
         .serialize(s)
     }
@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             created_at: record.created_at,
             policy: record.policy,
             current: record.current_token.into_owned(),
-            renewal: record.renewal.map(Cow::into_owned),
+            renewal: record.renewal.map(|r| Box::new(r.into_owned())),
         };
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;

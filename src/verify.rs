@@ -3,7 +3,8 @@
 use subtle::Choice;
 use time::OffsetDateTime;
 
-use crate::key::{ApiKey, KeyStatus, TokenInfo};
+use crate::id::KeyId;
+use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
 use crate::policy::{Expiry, Policy};
 use crate::token::TokenHash;
 
@@ -130,14 +131,46 @@ impl ApiKey {
     /// # Ok::<(), keyroll::InvalidKeyId>(())
     /// ```
     pub fn verify(&self, presented: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        self.view().verify(presented, now)
+    }
+
+    /// What verification reads of this key.
+    pub(crate) fn view(&self) -> KeyView<'_> {
+        KeyView {
+            id: &self.id,
+            policy: &self.policy,
+            status: self.status,
+            current: &self.current,
+            renewal: self.renewal.as_deref(),
+        }
+    }
+}
+
+/// What verification reads of a key, borrowed from an [`ApiKey`] or from a
+/// store's own compact copy of one, so that both verify the same way.
+pub(crate) struct KeyView<'a> {
+    pub(crate) id: &'a KeyId,
+    pub(crate) policy: &'a Policy,
+    pub(crate) status: KeyStatus,
+    pub(crate) current: &'a TokenInfo,
+    pub(crate) renewal: Option<&'a Renewal>,
+}
+
+impl KeyView<'_> {
+    /// See [`ApiKey::verify`].
+    pub(crate) fn verify(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<TokenMatch, VerifyError> {
         let secret = self.policy.token_format.secret_of(presented)?;
-        let hash = TokenHash::of(&self.id, secret);
+        let hash = TokenHash::of(self.id, &secret);
 
         let is_current = hash.ct_eq(&self.current.hash);
         // With no old token (none, or past its scheduled deletion), compare
         // against the current hash once more so that every shape of key
         // costs the same, and mask the result.
-        let old = self.live_old_token(now);
+        let old = self.renewal.and_then(|r| r.live_old_token(now));
         let (old_hash, has_old) = match old {
             Some(old) => (&old.hash, Choice::from(1)),
             None => (&self.current.hash, Choice::from(0)),
@@ -146,7 +179,7 @@ impl ApiKey {
 
         // The comparisons are done; which token matched is no secret.
         let (matched, token) = match old {
-            _ if bool::from(is_current) => (TokenMatch::Current, &self.current),
+            _ if bool::from(is_current) => (TokenMatch::Current, self.current),
             Some(old) if bool::from(is_old) => (TokenMatch::Old, old),
             _ => return Err(VerifyError::Mismatch),
         };

@@ -1,23 +1,31 @@
-//! [`InMemoryStore`]: a store in a hash map, for tests and single-process services.
+//! [`InMemoryStore`]: keys in memory, compact and cheap to verify against.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::ops::Bound;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use hashbrown::HashTable;
 use time::OffsetDateTime;
 
 use super::{AsyncKeyStore, KeyStore, StoreError};
 use crate::id::KeyId;
-use crate::key::ApiKey;
-use crate::verify::{TokenMatch, VerifyError};
+use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
+use crate::policy::Policy;
+use crate::verify::{KeyView, TokenMatch, VerifyError};
 
 /// Keys in memory, safe to share between threads.
 ///
-/// Reads (`get`, `verify`) take a shared lock, so they never wait for each
-/// other; `verify` checks the token in place without copying the key. Writes
-/// take the lock exclusively for the time of a map operation. Implements
-/// both [`KeyStore`] and [`AsyncKeyStore`] (its futures are ready at once).
+/// Reads (`get`, `verify`, `list`) take a shared lock, so they never wait
+/// for each other; `verify` checks the token in place without copying the
+/// key. Writes take the lock exclusively for the time of one table
+/// operation. Implements both [`KeyStore`] and [`AsyncKeyStore`] (its futures
+/// are ready at once).
+///
+/// Keys are kept compactly (a policy shared by many keys is stored once), so
+/// a million keys take about 300 MB (see `BENCHMARKS.md`). `list` sorts the
+/// ids once after keys were added or removed, then pages by binary search.
+/// It holds at most `u32::MAX` keys; inserting more panics.
 ///
 /// # Example
 ///
@@ -36,13 +44,96 @@ use crate::verify::{TokenMatch, VerifyError};
 #[derive(Debug, Default)]
 pub struct InMemoryStore {
     inner: RwLock<Inner>,
+    /// Slot numbers in id order, or `None` after an insert or delete.
+    order: Mutex<Option<Vec<u32>>>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    keys: HashMap<KeyId, ApiKey>,
-    /// The same ids, in order, for `list`.
-    order: BTreeSet<KeyId>,
+    /// The keys, densely packed.
+    slots: Vec<Slot>,
+    /// Slot numbers, hashed by the id of the key in the slot.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Every distinct policy, stored once.
+    policies: Vec<Policy>,
+    policy_numbers: HashMap<Policy, u32>,
+}
+
+/// An [`ApiKey`] with its policy replaced by a number.
+#[derive(Debug)]
+struct Slot {
+    id: KeyId,
+    label: Box<str>,
+    version: u64,
+    created_at: OffsetDateTime,
+    policy: u32,
+    status: KeyStatus,
+    current: TokenInfo,
+    renewal: Option<Box<Renewal>>,
+}
+
+impl Inner {
+    fn hash(&self, id: &KeyId) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn find(&self, id: &KeyId) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(self.hash(id), |&n| slots[n as usize].id == *id)
+            .map(|&n| n as usize)
+    }
+
+    fn pack(&mut self, key: &ApiKey) -> Slot {
+        let next = self.policies.len() as u32;
+        let policy = *self.policy_numbers.entry(key.policy).or_insert(next);
+        if policy == next {
+            self.policies.push(key.policy);
+        }
+        Slot {
+            id: key.id.clone(),
+            label: key.label.clone(),
+            version: key.version,
+            created_at: key.created_at,
+            policy,
+            status: key.status,
+            current: key.current.clone(),
+            renewal: key.renewal.clone(),
+        }
+    }
+
+    fn unpack(&self, slot: &Slot) -> ApiKey {
+        ApiKey {
+            id: slot.id.clone(),
+            label: slot.label.clone(),
+            status: slot.status,
+            version: slot.version,
+            created_at: slot.created_at,
+            policy: self.policies[slot.policy as usize],
+            current: slot.current.clone(),
+            renewal: slot.renewal.clone(),
+        }
+    }
+
+    fn view<'a>(&'a self, slot: &'a Slot) -> KeyView<'a> {
+        KeyView {
+            id: &slot.id,
+            policy: &self.policies[slot.policy as usize],
+            status: slot.status,
+            current: &slot.current,
+            renewal: slot.renewal.as_deref(),
+        }
+    }
+
+    /// The slot of key `id`, checked against `expected_version`.
+    fn check_version(&self, id: &KeyId, expected: u64) -> Result<usize, StoreError<Infallible>> {
+        let n = self.find(id).ok_or(StoreError::NotFound)?;
+        match self.slots[n].version {
+            found if found == expected => Ok(n),
+            found => Err(StoreError::Conflict { expected, found }),
+        }
+    }
 }
 
 impl InMemoryStore {
@@ -53,7 +144,7 @@ impl InMemoryStore {
 
     /// The number of keys stored.
     pub fn len(&self) -> usize {
-        self.read().keys.len()
+        self.read().slots.len()
     }
 
     /// Whether no key is stored.
@@ -61,9 +152,9 @@ impl InMemoryStore {
         self.len() == 0
     }
 
-    // A panic while the lock was held cannot leave the maps half-written
-    // (every write is one map operation after the checks), so a poisoned
-    // lock is still consistent and is used as it is.
+    // A panic while a lock was held cannot leave the tables half-written
+    // (each write checks first, then changes them in steps that cannot
+    // fail), so a poisoned lock is still consistent and is used as it is.
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -72,20 +163,8 @@ impl InMemoryStore {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The stored key `id`, checked against `expected_version`.
-    fn check_version<'a>(
-        inner: &'a mut Inner,
-        id: &KeyId,
-        expected_version: u64,
-    ) -> Result<&'a mut ApiKey, StoreError<Infallible>> {
-        let stored = inner.keys.get_mut(id).ok_or(StoreError::NotFound)?;
-        if stored.version() != expected_version {
-            return Err(StoreError::Conflict {
-                expected: expected_version,
-                found: stored.version(),
-            });
-        }
-        Ok(stored)
+    fn forget_order(&self) {
+        *self.order.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -93,41 +172,84 @@ impl KeyStore for InMemoryStore {
     type Error = Infallible;
 
     fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
-        Ok(self.read().keys.get(id).cloned())
+        let inner = self.read();
+        Ok(inner.find(id).map(|n| inner.unpack(&inner.slots[n])))
     }
 
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
         let mut inner = self.write();
-        if inner.keys.contains_key(key.id()) {
+        if inner.find(key.id()).is_some() {
             return Err(StoreError::AlreadyExists);
         }
-        inner.order.insert(key.id().clone());
-        inner.keys.insert(key.id().clone(), key.clone());
+        let n = u32::try_from(inner.slots.len())
+            .unwrap_or_else(|_| panic!("InMemoryStore holds at most {} keys", u32::MAX));
+        let slot = inner.pack(key);
+        let hash = inner.hash(key.id());
+        let Inner {
+            slots,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        slots.push(slot);
+        index.insert_unique(hash, n, |&m| hasher.hash_one(&slots[m as usize].id));
+        drop(inner);
+        self.forget_order();
         Ok(())
     }
 
     fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<Infallible>> {
         let mut inner = self.write();
-        *Self::check_version(&mut inner, key.id(), expected_version)? = key.clone();
+        let n = inner.check_version(key.id(), expected_version)?;
+        inner.slots[n] = inner.pack(key);
         Ok(())
     }
 
     fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<Infallible>> {
         let mut inner = self.write();
-        Self::check_version(&mut inner, id, expected_version)?;
-        inner.keys.remove(id);
-        inner.order.remove(id);
+        let n = inner.check_version(id, expected_version)?;
+        let Inner {
+            slots,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        // Remove the slot number of `id`, move the last slot into its place
+        // and renumber it.
+        let hash = hasher.hash_one(id);
+        if let Ok(entry) = index.find_entry(hash, |&m| m as usize == n) {
+            entry.remove();
+        }
+        let last = slots.len() - 1;
+        if n != last {
+            let moved = hasher.hash_one(&slots[last].id);
+            if let Some(number) = index.find_mut(moved, |&m| m as usize == last) {
+                *number = n as u32;
+            }
+        }
+        slots.swap_remove(n);
+        drop(inner);
+        self.forget_order();
         Ok(())
     }
 
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         let inner = self.read();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(inner
-            .order
-            .range((start, Bound::Unbounded))
+        let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let order = order.get_or_insert_with(|| {
+            let mut order: Vec<u32> = (0..inner.slots.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| {
+                inner.slots[a as usize].id.cmp(&inner.slots[b as usize].id)
+            });
+            order
+        });
+        let start = after.map_or(0, |after| {
+            order.partition_point(|&n| inner.slots[n as usize].id <= *after)
+        });
+        Ok(order[start..]
+            .iter()
             .take(limit)
-            .filter_map(|id| inner.keys.get(id).cloned())
+            .map(|&n| inner.unpack(&inner.slots[n as usize]))
             .collect())
     }
 
@@ -137,11 +259,10 @@ impl KeyStore for InMemoryStore {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Result<TokenMatch, VerifyError>>, Infallible> {
-        Ok(self
-            .read()
-            .keys
-            .get(id)
-            .map(|key| key.verify(presented, now)))
+        let inner = self.read();
+        Ok(inner
+            .find(id)
+            .map(|n| inner.view(&inner.slots[n]).verify(presented, now)))
     }
 }
 
@@ -183,5 +304,54 @@ impl AsyncKeyStore for InMemoryStore {
         now: OffsetDateTime,
     ) -> Result<Option<Result<TokenMatch, VerifyError>>, Infallible> {
         KeyStore::verify(self, id, presented, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn deleting_renumbers_the_moved_slot() {
+        let store = InMemoryStore::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let ids: Vec<KeyId> = (0..50)
+            .map(|i| KeyId::new(format!("k{i:02}")).unwrap())
+            .collect();
+        for id in &ids {
+            let key = ApiKey::issue(
+                id.clone(),
+                "",
+                Policy::default(),
+                OffsetDateTime::UNIX_EPOCH,
+                &mut rng,
+            )
+            .0;
+            KeyStore::insert(&store, &key).unwrap();
+        }
+        for id in ids.iter().step_by(3) {
+            KeyStore::delete(&store, id, 1).unwrap();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let found = KeyStore::get(&store, id).unwrap();
+            assert_eq!(
+                found.map(|k| k.id().clone()),
+                (i % 3 != 0).then(|| id.clone()),
+                "{id}"
+            );
+        }
+        let listed: Vec<KeyId> = KeyStore::list(&store, None, 100)
+            .unwrap()
+            .iter()
+            .map(|k| k.id().clone())
+            .collect();
+        let expected: Vec<KeyId> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(listed, expected);
     }
 }
