@@ -1,0 +1,321 @@
+//! The PostgreSQL example store against a real server, read from
+//! `KEYROLL_PG_URL` (`.ci/run` starts one): the conformance suite, two
+//! replicas racing in one process and in two, and read-your-writes across
+//! replicas.
+
+#[path = "../examples/postgres/store.rs"]
+#[allow(dead_code)] // the tests use part of the store module
+mod store;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
+use keyroll::{
+    AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, OldTokenDeletion, Policy, StoreError, Token,
+    TokenMatch, VerifyError, conformance,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use store::{PgStore, PgStoreError};
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+/// The server to test against, or `None` (with one line saying so) when
+/// none is configured. Under CI a missing server is a failure, not a skip.
+fn server_url() -> Option<String> {
+    match std::env::var("KEYROLL_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!("KEYROLL_PG_URL must be set in CI"),
+        _ => {
+            eprintln!(
+                "skipped: KEYROLL_PG_URL is not set; `bash .ci/run` starts a server and sets it"
+            );
+            None
+        }
+    }
+}
+
+fn pool(url: &str, size: usize) -> Pool {
+    let mut config = Config::new();
+    config.url = Some(url.to_owned());
+    config.pool = Some(PoolConfig::new(size));
+    config
+        .create_pool(Some(Runtime::Tokio1), NoTls)
+        .expect("a valid pool configuration")
+}
+
+/// A table name no other test (or test run) uses.
+fn fresh_table(what: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "kr_{what}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_the_conformance_suite() {
+    let Some(url) = server_url() else { return };
+    let pool = pool(&url, 10);
+    let tables = Mutex::new(Vec::new());
+    conformance::run_all_async(|| {
+        let table = fresh_table("conformance");
+        tables.lock().unwrap().push(table.clone());
+        PgStore::with_table(pool.clone(), &table)
+    })
+    .await;
+    for table in tables.into_inner().unwrap() {
+        PgStore::with_table(pool.clone(), &table)
+            .drop_table()
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates `n` keys through `manager`; returns their ids and first tokens.
+async fn create_keys(manager: &AsyncKeyManager<PgStore>, n: usize) -> (Vec<KeyId>, Vec<Token>) {
+    let mut rng = StdRng::seed_from_u64(99);
+    let now = OffsetDateTime::now_utc();
+    let mut ids = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let id = KeyId::new(format!("replicated-{i}")).unwrap();
+        let (token, _) = manager
+            .create_key(id.clone(), "race", Policy::default(), now, &mut rng)
+            .await
+            .unwrap();
+        ids.push(id);
+        tokens.push(token);
+    }
+    (ids, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_replicas_racing_lose_nothing() {
+    let Some(url) = server_url() else { return };
+    let table = fresh_table("race");
+    // Two replicas: separate pools, separate managers, one table.
+    let a = Arc::new(
+        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table)).with_max_retries(64),
+    );
+    let b = Arc::new(
+        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table)).with_max_retries(64),
+    );
+    let (ids, first_tokens) = create_keys(&a, 3).await;
+    let ids = Arc::new(ids);
+    let successes: Arc<Vec<AtomicU64>> = Arc::new(ids.iter().map(|_| AtomicU64::new(0)).collect());
+    let issued: Arc<Mutex<Vec<Token>>> = Arc::new(Mutex::new(first_tokens));
+
+    let mut tasks = Vec::new();
+    for task in 0..8u64 {
+        let manager = if task % 2 == 0 { a.clone() } else { b.clone() };
+        let (ids, successes, issued) = (ids.clone(), successes.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(task);
+            for _ in 0..200 {
+                let k = rng.random_range(0..ids.len());
+                let now = OffsetDateTime::now_utc();
+                let ok = match rng.random_range(0..4) {
+                    0 => match manager.renew(&ids[k], now, &mut rng).await {
+                        Ok((token, _)) => {
+                            issued.lock().unwrap().push(token);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    1 => manager.undo_renewal(&ids[k], now).await.is_ok(),
+                    2 => manager
+                        .finalize(&ids[k], OldTokenDeletion::Later, now)
+                        .await
+                        .is_ok(),
+                    _ => manager.delete_old(&ids[k], now).await.is_ok(),
+                };
+                successes[k].fetch_add(u64::from(ok), Ordering::SeqCst);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let issued = std::mem::take(&mut *issued.lock().unwrap());
+    let by_id: HashMap<_, _> = issued.iter().map(|t| (t.id(), t)).collect();
+    let now = OffsetDateTime::now_utc();
+    for (k, id) in ids.iter().enumerate() {
+        let through_a = a.get(id).await.unwrap().unwrap();
+        let through_b = b.get(id).await.unwrap().unwrap();
+        assert_eq!(through_a, through_b);
+        let count = successes[k].load(Ordering::SeqCst);
+        assert_eq!(
+            through_a.version(),
+            1 + count,
+            "{id}: version vs successful transitions"
+        );
+        // The current token was handed out by one replica; it verifies through both.
+        let current = by_id[&through_a.current_token().id()];
+        assert_eq!(
+            a.authenticate(id, current.expose_secret(), now)
+                .await
+                .unwrap(),
+            TokenMatch::Current
+        );
+        assert_eq!(
+            b.authenticate(id, current.expose_secret(), now)
+                .await
+                .unwrap(),
+            TokenMatch::Current
+        );
+    }
+    a.store().drop_table().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at_once() {
+    let Some(url) = server_url() else { return };
+    let table = fresh_table("visible");
+    let a = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
+    let b = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
+    let (ids, first) = create_keys(&a, 1).await;
+    let (id, first) = (&ids[0], &first[0]);
+    let now = OffsetDateTime::now_utc();
+    let mut rng = StdRng::seed_from_u64(5);
+
+    let (second, _) = a.renew(id, now, &mut rng).await.unwrap();
+    assert_eq!(
+        b.authenticate(id, second.expose_secret(), now)
+            .await
+            .unwrap(),
+        TokenMatch::Current
+    );
+    assert_eq!(
+        b.authenticate(id, first.expose_secret(), now)
+            .await
+            .unwrap(),
+        TokenMatch::Old
+    );
+    b.finalize(id, OldTokenDeletion::Now, now).await.unwrap();
+    assert!(matches!(
+        a.authenticate(id, first.expose_secret(), now).await,
+        Err(AuthError::Verify(VerifyError::Mismatch))
+    ));
+    b.deactivate(id, now).await.unwrap();
+    assert!(matches!(
+        a.authenticate(id, second.expose_secret(), now).await,
+        Err(AuthError::Verify(VerifyError::KeyInactive))
+    ));
+    a.delete_key(id, now).await.unwrap();
+    assert!(matches!(
+        b.authenticate(id, second.expose_secret(), now).await,
+        Err(AuthError::UnknownKey)
+    ));
+    a.store().drop_table().await.unwrap();
+}
+
+/// The `postgres` example binary next to this test binary.
+fn replica_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("postgres");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --all-features --example postgres`",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_racing_lose_nothing() {
+    let Some(url) = server_url() else { return };
+    let table = fresh_table("processes");
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
+    let (ids, _) = create_keys(&manager, 3).await;
+    let keys = ids.iter().map(KeyId::as_str).collect::<Vec<_>>().join(",");
+
+    let children: Vec<_> = (0..2)
+        .map(|seed| {
+            Command::new(replica_binary())
+                .args([
+                    "--url", &url, "--table", &table, "race", "--keys", &keys, "--ops", "200",
+                ])
+                .args(["--seed", &seed.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut successes: HashMap<String, u64> = HashMap::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "replica failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let (id, n) = line.split_once(' ').unwrap();
+            *successes.entry(id.to_owned()).or_default() += n.parse::<u64>().unwrap();
+        }
+    }
+    for id in &ids {
+        let key = manager.get(id).await.unwrap().unwrap();
+        let count = successes[id.as_str()];
+        assert!(count > 0, "{id}: the race did something");
+        assert_eq!(
+            key.version(),
+            1 + count,
+            "{id}: version vs successful transitions of both processes"
+        );
+    }
+    manager.store().drop_table().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_errors_keep_the_sql_state() {
+    let Some(url) = server_url() else { return };
+    let pool = pool(&url, 2);
+    let table = fresh_table("broken");
+    let store = PgStore::with_table(pool.clone(), &table);
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap(); // idempotent
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(&format!("ALTER TABLE {table} DROP COLUMN updated_at"))
+        .await
+        .unwrap();
+    let (key, _, _) = keyroll::ApiKey::issue(
+        KeyId::new("k").unwrap(),
+        "",
+        Policy::default(),
+        OffsetDateTime::now_utc(),
+        &mut rand::rng(),
+    );
+    match store.insert(&key).await {
+        Err(StoreError::Backend(e)) => {
+            assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
+            assert!(e.to_string().contains("42703"), "{e}");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ADD COLUMN updated_at TIMESTAMPTZ; \
+             INSERT INTO {table} VALUES ('bad', 1, '{{\"schema\": 7}}', now())"
+        ))
+        .await
+        .unwrap();
+    let err = store.get(&KeyId::new("bad").unwrap()).await.unwrap_err();
+    assert!(matches!(err, PgStoreError::Corrupt { .. }), "{err}");
+    store.drop_table().await.unwrap();
+}
