@@ -46,6 +46,19 @@ pub enum StoreError<E> {
     Backend(E),
 }
 
+impl<E> StoreError<E> {
+    /// The same refusal with its backend error mapped by `f`: for stores
+    /// that wrap other stores.
+    pub fn map_backend<F>(self, f: impl FnOnce(E) -> F) -> StoreError<F> {
+        match self {
+            StoreError::AlreadyExists => StoreError::AlreadyExists,
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::Conflict { expected, found } => StoreError::Conflict { expected, found },
+            StoreError::Backend(e) => StoreError::Backend(f(e)),
+        }
+    }
+}
+
 /// A synchronous store of API keys.
 ///
 /// # The contract

@@ -1,0 +1,484 @@
+//! An HTTP service that embeds keyroll: an authentication middleware and an
+//! admin API, over axum.
+//!
+//! ```text
+//! KEYROLL_ADMIN_TOKEN=change-me cargo run --example http_service -- \
+//!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL]
+//! ```
+//!
+//! - `GET /v1/whoami` with headers `X-Api-Key` (key id) and `X-Api-Token`
+//!   answers `{"key_id": ..., "token": "current" | "old"}`; anything else is
+//!   a 401 with a JSON error. `GET /v1/ping` is the same handler without
+//!   authentication, to measure what authentication costs.
+//! - The admin API, with `Authorization: Bearer $KEYROLL_ADMIN_TOKEN`:
+//!   `POST /admin/keys` (`{"id"?, "label"}`), `GET /admin/keys?after=&limit=`,
+//!   `GET /admin/keys/{id}`, `POST /admin/keys/{id}/renew`,
+//!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
+//!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
+//!   `POST /admin/keys/{id}/activate`, `POST /admin/keys/{id}/deactivate`,
+//!   `DELETE /admin/keys/{id}`.
+//!
+//! Every event is written to stdout as one JSON line, `{"audit": {...}}`:
+//! ids and times only, never a token.
+
+#[path = "postgres/store.rs"]
+#[allow(dead_code)] // a module to copy: the service uses part of it
+mod pg;
+#[path = "sqlite/store.rs"]
+#[allow(dead_code)] // a module to copy: the service uses part of it
+mod sqlite;
+
+use std::error::Error;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use clap::Parser;
+use keyroll::{
+    ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Event, InMemoryStore, KeyId, KeyState,
+    KeyStatus, KeyStore, ManagerError, OldTokenDeletion, Policy, StoreError, TokenInfo, TokenMatch,
+    VerifyError,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+#[derive(Parser)]
+struct Cli {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// `memory`, `sqlite:PATH` or `postgres:URL`.
+    #[arg(long, default_value = "memory")]
+    store: String,
+}
+
+// ---------------------------------------------------------------- the store
+
+/// One of the three stores, chosen at start.
+enum AnyStore {
+    Memory(InMemoryStore),
+    Sqlite(sqlite::SqliteStore),
+    Postgres(pg::PgStore),
+}
+
+/// Any store's error.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct AnyError(Box<dyn Error + Send + Sync>);
+
+fn any<E: Error + Send + Sync + 'static>(e: E) -> AnyError {
+    AnyError(Box::new(e))
+}
+
+/// Dispatches one store call; SQLite calls are short and run in place.
+macro_rules! dispatch {
+    ($self:ident, $method:ident($($arg:expr),*), $map:expr) => {
+        match $self {
+            AnyStore::Memory(s) => AsyncKeyStore::$method(s, $($arg),*).await.map_err($map),
+            AnyStore::Sqlite(s) => KeyStore::$method(s, $($arg),*).map_err($map),
+            AnyStore::Postgres(s) => AsyncKeyStore::$method(s, $($arg),*).await.map_err($map),
+        }
+    };
+}
+
+impl AsyncKeyStore for AnyStore {
+    type Error = AnyError;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, AnyError> {
+        dispatch!(self, get(id), any)
+    }
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<AnyError>> {
+        dispatch!(self, insert(key), |e| e.map_backend(any))
+    }
+    async fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<AnyError>> {
+        dispatch!(self, update(key, expected), |e| e.map_backend(any))
+    }
+    async fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<AnyError>> {
+        dispatch!(self, delete(id, expected), |e| e.map_backend(any))
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, AnyError> {
+        dispatch!(self, list(after, limit), any)
+    }
+}
+
+fn open_store(spec: &str) -> Result<AnyStore, Box<dyn Error>> {
+    match spec.split_once(':') {
+        None if spec == "memory" => Ok(AnyStore::Memory(InMemoryStore::new())),
+        Some(("sqlite", path)) => Ok(AnyStore::Sqlite(sqlite::SqliteStore::open(path)?)),
+        Some(("postgres", url)) => {
+            let mut config = deadpool_postgres::Config::new();
+            config.url = Some(url.to_owned());
+            let pool = config.create_pool(
+                Some(deadpool_postgres::Runtime::Tokio1),
+                tokio_postgres::NoTls,
+            )?;
+            Ok(AnyStore::Postgres(pg::PgStore::new(pool)))
+        }
+        _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error answer: a status and `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ManagerError<AnyError>> for ApiError {
+    fn from(e: ManagerError<AnyError>) -> Self {
+        let status = match &e {
+            ManagerError::NotFound => StatusCode::NOT_FOUND,
+            ManagerError::AlreadyExists | ManagerError::Transition(_) | ManagerError::Conflict => {
+                StatusCode::CONFLICT
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError(e.status(), e.body_text())
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, message.to_owned())
+}
+
+fn key_id(raw: &str) -> Result<KeyId, ApiError> {
+    KeyId::new(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+// ---------------------------------------------------------------- state
+
+struct App {
+    keys: AsyncKeyManager<AnyStore>,
+    /// SHA-256 of the admin token, compared in constant time.
+    admin_token_hash: [u8; 32],
+}
+
+type Shared = State<Arc<App>>;
+
+impl App {
+    /// Writes one audit line: ids and times only, never a token.
+    fn audit(&self, event: &Event) {
+        println!("{}", json!({ "audit": event }));
+    }
+}
+
+/// A random source that is `Send`, for handlers' futures.
+fn rng() -> StdRng {
+    StdRng::from_rng(&mut rand::rng())
+}
+
+// ---------------------------------------------------------------- API keys
+
+/// Which key and token authenticated a request, for the handlers.
+#[derive(Clone)]
+struct Authenticated {
+    key_id: KeyId,
+    matched: TokenMatch,
+}
+
+/// The middleware: `X-Api-Key` and `X-Api-Token`, or a 401.
+async fn authenticate(
+    State(app): Shared,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    // Owned copies: the request (whose body is not `Sync`) cannot be
+    // borrowed across the store call.
+    let (raw_id, token) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        };
+        (header("x-api-key"), header("x-api-token"))
+    };
+    let (Some(raw_id), Some(token)) = (raw_id, token) else {
+        return Err(unauthorized(
+            "missing or unreadable X-Api-Key or X-Api-Token header",
+        ));
+    };
+    let key_id = KeyId::new(raw_id).map_err(|_| unauthorized("invalid key id"))?;
+    let matched = match app
+        .keys
+        .authenticate(&key_id, &token, OffsetDateTime::now_utc())
+        .await
+    {
+        Ok(matched) => matched,
+        Err(AuthError::UnknownKey | AuthError::Verify(VerifyError::Mismatch)) => {
+            return Err(unauthorized("invalid key or token"));
+        }
+        Err(AuthError::Verify(e)) => return Err(unauthorized(&e.to_string())),
+        Err(e) => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    request
+        .extensions_mut()
+        .insert(Authenticated { key_id, matched });
+    Ok(next.run(request).await)
+}
+
+async fn whoami(Extension(who): Extension<Authenticated>) -> Json<serde_json::Value> {
+    Json(json!({ "key_id": who.key_id, "token": who.matched }))
+}
+
+/// The same shape of answer, with no authentication: the load baseline.
+async fn ping() -> Json<serde_json::Value> {
+    Json(json!({ "key_id": null, "token": null }))
+}
+
+// ---------------------------------------------------------------- admin
+
+async fn admin_only(
+    State(app): Shared,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("missing admin bearer token"))?;
+    let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if !bool::from(hash.ct_eq(&app.admin_token_hash)) {
+        return Err(unauthorized("wrong admin token"));
+    }
+    Ok(next.run(request).await)
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    id: String,
+    created_at: String,
+    due_at: String,
+    freshness: &'static str,
+    last_used_at: Option<String>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn token_view(token: &TokenInfo, now: OffsetDateTime) -> TokenView {
+    TokenView {
+        id: token.id().to_string(),
+        created_at: rfc3339(token.created_at()),
+        due_at: rfc3339(token.due_at()),
+        freshness: match token.freshness(now) {
+            keyroll::Freshness::Fresh { .. } => "fresh",
+            keyroll::Freshness::Outdated { .. } => "outdated",
+            _ => "long_outdated",
+        },
+        last_used_at: token.last_used_at().map(rfc3339),
+    }
+}
+
+fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
+    json!({
+        "id": key.id(),
+        "label": key.label(),
+        "status": match key.status() { KeyStatus::Active => "active", KeyStatus::Inactive => "inactive" },
+        "version": key.version(),
+        "created_at": rfc3339(key.created_at()),
+        "current_token": token_view(key.current_token(), now),
+        "old_token": key.old_token().map(|t| token_view(t, now)),
+        "pending_deletion": matches!(key.state(), KeyState::Renewing { .. }),
+        "decision": match key.state() {
+            KeyState::Single => json!(null),
+            KeyState::Renewing { decision } => json!(format!("{decision:?}")),
+        },
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    id: Option<String>,
+    label: String,
+}
+
+async fn create_key(
+    State(app): Shared,
+    body: Result<Json<CreateKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(body) = body?;
+    let mut rng = rng();
+    let id = match body.id {
+        Some(raw) => key_id(&raw)?,
+        None => KeyId::generate(&mut rng),
+    };
+    let now = OffsetDateTime::now_utc();
+    let (token, event) = app
+        .keys
+        .create_key(id.clone(), body.label, Policy::default(), now, &mut rng)
+        .await?;
+    app.audit(&event);
+    let key = app.keys.get(&id).await?.ok_or(ManagerError::NotFound)?;
+    let mut view = key_view(&key, now);
+    view["token"] = json!(token.expose_secret());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_keys(
+    State(app): Shared,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let after = page.after.as_deref().map(key_id).transpose()?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let keys = app.keys.list(after.as_ref(), limit).await?;
+    let now = OffsetDateTime::now_utc();
+    let next = (keys.len() == limit)
+        .then(|| keys.last().map(|k| k.id().to_string()))
+        .flatten();
+    Ok(Json(json!({
+        "keys": keys.iter().map(|k| key_view(k, now)).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+async fn show_key(
+    State(app): Shared,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = app
+        .keys
+        .get(&key_id(&raw)?)
+        .await?
+        .ok_or(ManagerError::NotFound)?;
+    Ok(Json(key_view(&key, OffsetDateTime::now_utc())))
+}
+
+async fn renew(
+    State(app): Shared,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = key_id(&raw)?;
+    let (token, event) = app
+        .keys
+        .renew(&id, OffsetDateTime::now_utc(), &mut rng())
+        .await?;
+    app.audit(&event);
+    Ok(Json(
+        json!({ "id": id, "token": token.expose_secret(), "token_id": token.id().to_string() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Finalize {
+    delete_old: OldTokenDeletion,
+}
+
+/// Answers a transition with its event.
+fn done(app: &App, event: Event) -> Json<serde_json::Value> {
+    app.audit(&event);
+    Json(json!({ "event": event }))
+}
+
+async fn finalize(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    body: Result<Json<Finalize>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let event = app
+        .keys
+        .finalize(&key_id(&raw)?, body.delete_old, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&app, event))
+}
+
+/// The transitions that take only the key id.
+macro_rules! simple_transition {
+    ($name:ident, $method:ident) => {
+        async fn $name(
+            State(app): Shared,
+            Path(raw): Path<String>,
+        ) -> Result<Json<serde_json::Value>, ApiError> {
+            let event = app
+                .keys
+                .$method(&key_id(&raw)?, OffsetDateTime::now_utc())
+                .await?;
+            Ok(done(&app, event))
+        }
+    };
+}
+
+simple_transition!(delete_old, delete_old);
+simple_transition!(undo_renewal, undo_renewal);
+simple_transition!(activate, activate);
+simple_transition!(deactivate, deactivate);
+simple_transition!(delete_key, delete_key);
+
+fn router(app: Arc<App>) -> Router {
+    let admin = Router::new()
+        .route("/admin/keys", post(create_key).get(list_keys))
+        .route("/admin/keys/{id}", get(show_key).delete(delete_key))
+        .route("/admin/keys/{id}/renew", post(renew))
+        .route("/admin/keys/{id}/finalize", post(finalize))
+        .route(
+            "/admin/keys/{id}/old-token",
+            axum::routing::delete(delete_old),
+        )
+        .route("/admin/keys/{id}/undo-renewal", post(undo_renewal))
+        .route("/admin/keys/{id}/activate", post(activate))
+        .route("/admin/keys/{id}/deactivate", post(deactivate))
+        .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
+    let api = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .merge(admin)
+        .merge(api)
+        .route("/v1/ping", get(ping))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .with_state(app)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let cli = Cli::parse();
+    let admin_token = std::env::var("KEYROLL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
+    let app = Arc::new(App {
+        keys: AsyncKeyManager::new(open_store(&cli.store)?).with_usage_recording(true),
+        admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+    });
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, router(app)).await?;
+    Ok(())
+}

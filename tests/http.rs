@@ -1,0 +1,398 @@
+//! The HTTP service example, end to end: started as a child process on a
+//! free loopback port and driven by a real HTTP client.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use ureq::Agent;
+
+const ADMIN: &str = "test-admin-token-1234";
+
+struct Service {
+    child: Child,
+    base: String,
+    agent: Agent,
+    /// Everything the service printed after its first line.
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("http_service");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --all-features --example http_service`",
+        path.display()
+    );
+    path
+}
+
+fn start() -> Service {
+    let mut child = Command::new(binary())
+        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+        .env("KEYROLL_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line: {first:?}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stdout.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            sink.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    let agent = Agent::new_with_config(Agent::config_builder().http_status_as_error(false).build());
+    Service {
+        child,
+        base: format!("http://{addr}"),
+        agent,
+        log,
+    }
+}
+
+/// A response's status and JSON body (`Null` if not JSON).
+type Answer = (u16, Value);
+
+fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut response = response.unwrap();
+    let status = response.status().as_u16();
+    let mut text = String::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl Service {
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let bearer = format!("Bearer {ADMIN}");
+        match (method, body) {
+            ("GET", _) => answer(self.agent.get(&url).header("Authorization", &bearer).call()),
+            ("DELETE", _) => answer(
+                self.agent
+                    .delete(&url)
+                    .header("Authorization", &bearer)
+                    .call(),
+            ),
+            (_, Some(body)) => answer(
+                self.agent
+                    .post(&url)
+                    .header("Authorization", &bearer)
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string()),
+            ),
+            (_, None) => answer(
+                self.agent
+                    .post(&url)
+                    .header("Authorization", &bearer)
+                    .send_empty(),
+            ),
+        }
+    }
+
+    fn whoami(&self, key: &str, token: &str) -> Answer {
+        answer(
+            self.agent
+                .get(format!("{}/v1/whoami", self.base))
+                .header("X-Api-Key", key)
+                .header("X-Api-Token", token)
+                .call(),
+        )
+    }
+}
+
+fn token_of(answer: &Answer) -> String {
+    answer.1["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {answer:?}"))
+        .to_owned()
+}
+
+#[test]
+fn http_the_whole_renewal_story() {
+    let service = start();
+    let created = service.admin(
+        "POST",
+        "/admin/keys",
+        Some(json!({"id": "acme-orders", "label": "orders"})),
+    );
+    assert_eq!(created.0, 201, "{created:?}");
+    let first = token_of(&created);
+    assert_eq!(
+        service.whoami("acme-orders", &first),
+        (200, json!({"key_id": "acme-orders", "token": "current"}))
+    );
+
+    let renewed = service.admin("POST", "/admin/keys/acme-orders/renew", None);
+    assert_eq!(renewed.0, 200);
+    let second = token_of(&renewed);
+    assert_eq!(service.whoami("acme-orders", &second).1["token"], "current");
+    assert_eq!(service.whoami("acme-orders", &first).1["token"], "old");
+
+    let listing = service.admin("GET", "/admin/keys", None);
+    assert_eq!(listing.0, 200);
+    let key = &listing.1["keys"][0];
+    assert_eq!(key["id"], "acme-orders");
+    assert_eq!(key["pending_deletion"], true);
+    assert!(
+        key["old_token"]["created_at"].is_string() && key["current_token"]["due_at"].is_string()
+    );
+    assert!(
+        key["current_token"]["last_used_at"].is_string(),
+        "uses are tracked: {key}"
+    );
+    assert_eq!(key["current_token"]["freshness"], "fresh");
+    assert!(
+        !listing.1.to_string().contains(&second),
+        "the listing shows no token"
+    );
+
+    assert_eq!(
+        service
+            .admin(
+                "POST",
+                "/admin/keys/acme-orders/finalize",
+                Some(json!({"delete_old": "later"}))
+            )
+            .0,
+        200
+    );
+    let again = service.admin(
+        "POST",
+        "/admin/keys/acme-orders/finalize",
+        Some(json!({"delete_old": "now"})),
+    );
+    assert_eq!(again.0, 409);
+    assert!(
+        again.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("already finalized"),
+        "{again:?}"
+    );
+    assert_eq!(
+        service
+            .admin("DELETE", "/admin/keys/acme-orders/old-token", None)
+            .0,
+        200
+    );
+    assert_eq!(service.whoami("acme-orders", &first).0, 401);
+
+    let third = token_of(&service.admin("POST", "/admin/keys/acme-orders/renew", None));
+    assert_eq!(
+        service
+            .admin("POST", "/admin/keys/acme-orders/undo-renewal", None)
+            .0,
+        200
+    );
+    assert_eq!(service.whoami("acme-orders", &third).0, 401);
+    assert_eq!(service.whoami("acme-orders", &second).0, 200);
+
+    assert_eq!(
+        service
+            .admin("POST", "/admin/keys/acme-orders/deactivate", None)
+            .0,
+        200
+    );
+    let inactive = service.whoami("acme-orders", &second);
+    assert_eq!(inactive.0, 401);
+    assert!(inactive.1["error"].as_str().unwrap().contains("inactive"));
+    assert_eq!(
+        service
+            .admin("POST", "/admin/keys/acme-orders/deactivate", None)
+            .0,
+        409
+    );
+    assert_eq!(
+        service
+            .admin("POST", "/admin/keys/acme-orders/activate", None)
+            .0,
+        200
+    );
+    assert_eq!(service.whoami("acme-orders", &second).0, 200);
+
+    let shown = service.admin("GET", "/admin/keys/acme-orders", None);
+    assert_eq!(
+        (shown.0, shown.1["version"].clone()),
+        (200, json!(shown.1["version"].as_u64().unwrap()))
+    );
+    assert_eq!(
+        service.admin("DELETE", "/admin/keys/acme-orders", None).0,
+        200
+    );
+    assert_eq!(service.admin("GET", "/admin/keys/acme-orders", None).0, 404);
+    assert_eq!(service.whoami("acme-orders", &second).0, 401);
+
+    // The audit log: one JSON line per event, and no secret anywhere.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = service.log.lock().unwrap().clone();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["audit"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "key_issued",
+            "token_renewed",
+            "renewal_finalized",
+            "old_token_deleted",
+            "token_renewed",
+            "renewal_undone",
+            "key_deactivated",
+            "key_activated",
+            "key_deleted"
+        ]
+    );
+    for token in [&first, &second, &third] {
+        assert!(!log.contains(&token[3..]), "a token in the audit log");
+    }
+}
+
+#[test]
+fn http_bad_input_gets_a_clear_4xx() {
+    let service = start();
+    let created = service.admin(
+        "POST",
+        "/admin/keys",
+        Some(json!({"label": "generated id"})),
+    );
+    assert_eq!(created.0, 201);
+    let id = created.1["id"].as_str().unwrap().to_owned();
+    let token = token_of(&created);
+    let whoami = format!("{}/v1/whoami", service.base);
+    let error_of = |a: &Answer| a.1["error"].as_str().map(str::to_owned);
+
+    // Missing headers.
+    let a = answer(service.agent.get(&whoami).call());
+    assert_eq!(a.0, 401);
+    assert!(error_of(&a).unwrap().contains("missing"));
+    let a = answer(service.agent.get(&whoami).header("X-Api-Key", &id).call());
+    assert_eq!(a.0, 401);
+    // Malformed, wrong, 10 KB, non-UTF-8 tokens; an invalid key id.
+    assert_eq!(
+        service.whoami(&id, "kr_typo").1,
+        json!({"error": "malformed token"})
+    );
+    let mut wrong = token.clone();
+    wrong.replace_range(10..11, if &token[10..11] == "A" { "B" } else { "A" });
+    assert_eq!(service.whoami(&id, &wrong).0, 401);
+    assert_eq!(service.whoami(&id, &"x".repeat(10 * 1024)).0, 401);
+    let a = answer(
+        service
+            .agent
+            .get(&whoami)
+            .header("X-Api-Key", &id)
+            .header_raw("X-Api-Token", b"kr_\xff\xfe")
+            .call(),
+    );
+    assert_eq!(a.0, 401);
+    assert_eq!(service.whoami("bad id!", &token).0, 401);
+    assert_eq!(service.whoami("nobody", &token).0, 401);
+
+    // Admin: wrong or missing bearer token.
+    let keys = format!("{}/admin/keys", service.base);
+    assert_eq!(
+        answer(
+            service
+                .agent
+                .get(&keys)
+                .header("Authorization", "Bearer nope")
+                .call()
+        )
+        .0,
+        401
+    );
+    assert_eq!(answer(service.agent.get(&keys).call()).0, 401);
+    // Malformed JSON, unknown fields, wrong types, invalid ids, unknown keys.
+    let post = |path: &str, body: &str| {
+        answer(
+            service
+                .agent
+                .post(format!("{}{path}", service.base))
+                .header("Authorization", &format!("Bearer {ADMIN}"))
+                .header("Content-Type", "application/json")
+                .send(body),
+        )
+    };
+    for (body, status) in [
+        ("{", 400),
+        ("{\"label\": 5}", 422),
+        ("{\"label\": \"x\", \"admin\": true}", 422),
+    ] {
+        let a = post("/admin/keys", body);
+        assert_eq!(a.0, status, "{body}: {a:?}");
+        assert!(error_of(&a).is_some(), "{body}: a JSON error");
+    }
+    assert_eq!(
+        post("/admin/keys", "{\"id\": \"bad id\", \"label\": \"x\"}").0,
+        400
+    );
+    assert_eq!(
+        post(
+            "/admin/keys",
+            &format!("{{\"id\": \"{id}\", \"label\": \"x\"}}")
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        post(
+            &format!("/admin/keys/{id}/finalize"),
+            "{\"delete_old\": \"someday\"}"
+        )
+        .0,
+        422
+    );
+    assert_eq!(
+        service.admin("POST", "/admin/keys/nobody/renew", None).0,
+        404
+    );
+    assert_eq!(service.admin("GET", "/admin/keys?limit=abc", None).0, 400);
+    assert_eq!(service.admin("GET", "/admin/nothing-here", None).0, 404);
+    // The service is still up and answering.
+    assert_eq!(service.whoami(&id, &token).0, 200);
+}
+
+#[test]
+fn http_refuses_to_start_without_an_admin_token() {
+    let out = Command::new(binary())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("KEYROLL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEYROLL_ADMIN_TOKEN"));
+}
