@@ -34,6 +34,8 @@
 //!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`] and the small enums.
 //! - `conformance`: [`conformance`], the suite any [`KeyStore`] or
 //!   [`AsyncKeyStore`] backend runs to show it keeps the store contract.
+//! - `proptest`: [`testing`], a reference model of the lifecycle and
+//!   strategies for your own property tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -50,6 +52,8 @@ mod policy;
 #[cfg(feature = "serde")]
 mod record;
 mod store;
+#[cfg(feature = "proptest")]
+pub mod testing;
 mod token;
 mod verify;
 

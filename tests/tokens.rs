@@ -10,6 +10,7 @@ use keyroll::{
     VerifyError,
 };
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use rand::SeedableRng;
 use time::Duration;
 
@@ -333,6 +334,11 @@ fn format_check_is_the_same_as_verify_malformed() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/tokens.txt"))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn arbitrary_strings_never_verify_and_never_panic(s in any::<String>()) {
         let (key, _, _) = renewing();

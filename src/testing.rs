@@ -1,0 +1,485 @@
+//! A proptest kit for your own property tests (feature `proptest`).
+//!
+//! - [`Model`]: a plain reference model of the key lifecycle contract,
+//!   written from the contract and sharing no logic with [`ApiKey`]. It
+//!   implements [`ReferenceStateMachine`], so `proptest-state-machine` can
+//!   generate sequences of [`Op`]s and run them against your system: your
+//!   service, your store, or a wrapper of your own.
+//! - Strategies: [`key_id`], [`timestamp`], [`op`] and [`api_key`] (keys in
+//!   every state).
+//!
+//! The model tracks tokens by *handle*: handle 0 is the token of the issue,
+//! and each successful renewal hands out the next one. After each
+//! transition, [`Model::expected`] says what the system should have answered,
+//! and the model's fields say what state it should be in. It assumes the
+//! default [`Policy`] (advisory expiry, a 60-second usage resolution).
+//!
+//! # Example: testing your own system against the model
+//!
+//! Here the system is a bare [`ApiKey`]; put your service or store in its
+//! place, mapping each [`Op`] to its call.
+//!
+//! ```
+//! use keyroll::testing::{Expected, Model, Op};
+//! use keyroll::{ApiKey, KeyId, Policy, Token};
+//! use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+//!
+//! /// The system under test and the tokens it handed out, by handle.
+//! struct Sut { key: ApiKey, tokens: Vec<Token>, stranger: Token }
+//!
+//! struct MyTest;
+//!
+//! impl StateMachineTest for MyTest {
+//!     type SystemUnderTest = Sut;
+//!     type Reference = Model;
+//!
+//!     fn init_test(model: &Model) -> Sut {
+//!         let issue = || ApiKey::issue(KeyId::new("k").unwrap(), "", Policy::default(), model.now, &mut rand::rng());
+//!         let ((key, token, _), (_, stranger, _)) = (issue(), issue());
+//!         Sut { key, tokens: vec![token], stranger }
+//!     }
+//!
+//!     /// `model` is the state after `op`; `model.expected` what `op` should answer.
+//!     fn apply(mut sut: Sut, model: &Model, op: Op) -> Sut {
+//!         let now = model.now;
+//!         let token = |sut: &Sut, which| match model.handle(which) {
+//!             Some(handle) => sut.tokens[handle].expose_secret().to_owned(),
+//!             None => sut.stranger.expose_secret().to_owned(),
+//!         };
+//!         let done = |r: Result<_, _>| r.map_or_else(Expected::Refused, |_| Expected::Done);
+//!         let seen = match op {
+//!             Op::Renew => match sut.key.renew(now, &mut rand::rng()) {
+//!                 Ok((new, _)) => { sut.tokens.push(new); Expected::Done }
+//!                 Err(e) => Expected::Refused(e),
+//!             },
+//!             Op::Finalize(deletion) => done(sut.key.finalize(deletion, now)),
+//!             Op::DeleteOld => done(sut.key.delete_old(now)),
+//!             Op::Undo => done(sut.key.undo_renewal(now)),
+//!             Op::Activate => done(sut.key.activate(now)),
+//!             Op::Deactivate => done(sut.key.deactivate(now)),
+//!             Op::Verify(which) => Expected::Verified(sut.key.verify(&token(&sut, which), now)),
+//!             Op::Use(which) => match sut.key.verify(&token(&sut, which), now) {
+//!                 Ok(matched) => Expected::Used(matched, sut.key.record_use(matched, now)),
+//!                 Err(e) => Expected::Verified(Err(e)),
+//!             },
+//!             Op::Housekeep => Expected::Housekept(sut.key.housekeep(now).is_some()),
+//!             Op::Advance(_) | Op::Reload => Expected::Nothing,
+//!             _ => unreachable!("every Op is handled above"),
+//!         };
+//!         assert_eq!(seen, model.expected, "{op:?}");
+//!         assert_eq!(sut.key.version(), model.version);
+//!         assert_eq!(sut.key.current_token().id(), sut.tokens[model.current].id());
+//!         sut
+//!     }
+//! }
+//!
+//! prop_state_machine! {
+//!     // In a test file, put `#[test]` here.
+//!     fn my_system_follows_the_model(sequential 1..32 => MyTest);
+//! }
+//! # fn main() { my_system_follows_the_model(); }
+//! ```
+//!
+//! To test only the operations your system supports, filter them in your own
+//! [`ReferenceStateMachine`] that delegates to `Model`.
+
+use proptest::prelude::*;
+use proptest::strategy::BoxedStrategy;
+use proptest_state_machine::ReferenceStateMachine;
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    ApiKey, Decision, KeyId, OldTokenDeletion, Policy, TokenMatch, TransitionError, VerifyError,
+};
+
+/// Which token an [`Op::Verify`] or [`Op::Use`] presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Which {
+    /// The current token.
+    Current,
+    /// The old token (only generated while there is one).
+    Old,
+    /// The most recently deleted or discarded token (only generated once
+    /// there is one).
+    Discarded,
+    /// A well-formed token that was never issued for this key.
+    Random,
+}
+
+/// One operation on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// [`ApiKey::renew`].
+    Renew,
+    /// [`ApiKey::finalize`] with this mode.
+    Finalize(OldTokenDeletion),
+    /// [`ApiKey::delete_old`].
+    DeleteOld,
+    /// [`ApiKey::undo_renewal`].
+    Undo,
+    /// [`ApiKey::activate`].
+    Activate,
+    /// [`ApiKey::deactivate`].
+    Deactivate,
+    /// [`ApiKey::verify`] of a token.
+    Verify(Which),
+    /// [`ApiKey::verify`] of a token, then [`ApiKey::record_use`] if it matched.
+    Use(Which),
+    /// [`ApiKey::housekeep`].
+    Housekeep,
+    /// Moves the clock forward (the system under test reads the model's
+    /// `now`).
+    Advance(Duration),
+    /// Serializes the key and loads it back (or, for a store, reloads it).
+    Reload,
+}
+
+/// What the system should have answered to the last [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expected {
+    /// Nothing to check (the initial state, `Advance`, `Reload`).
+    Nothing,
+    /// The transition succeeded.
+    Done,
+    /// The transition was refused with this error, changing nothing.
+    Refused(TransitionError),
+    /// `verify` answered this.
+    Verified(Result<TokenMatch, VerifyError>),
+    /// `verify` answered `Ok`, then `record_use` returned this.
+    Used(TokenMatch, bool),
+    /// `housekeep` returned an event (`true`) or nothing.
+    Housekept(bool),
+}
+
+/// The reference model of one key: its state as the contract describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// The clock.
+    pub now: OffsetDateTime,
+    /// The key's version.
+    pub version: u64,
+    /// Whether the key is active.
+    pub active: bool,
+    /// The handle of the current token.
+    pub current: usize,
+    /// The handle of the old token, while renewing.
+    pub old: Option<usize>,
+    /// The decision about the old token (meaningful while renewing).
+    pub decision: Decision,
+    /// Handles of deleted or discarded tokens, oldest first.
+    pub gone: Vec<usize>,
+    /// The last recorded use of each handle.
+    pub last_used: Vec<Option<OffsetDateTime>>,
+    /// What the system should have answered to the last operation.
+    pub expected: Expected,
+}
+
+/// The usage resolution of the default policy.
+const RESOLUTION: Duration = Duration::seconds(60);
+
+impl Model {
+    /// A key just issued at `now`: version 1, active, one token (handle 0).
+    pub fn new(now: OffsetDateTime) -> Model {
+        Model {
+            now,
+            version: 1,
+            active: true,
+            current: 0,
+            old: None,
+            decision: Decision::Undecided,
+            gone: Vec::new(),
+            last_used: vec![None],
+            expected: Expected::Nothing,
+        }
+    }
+
+    /// The number of tokens handed out so far (handles `0..issued()`).
+    pub fn issued(&self) -> usize {
+        self.last_used.len()
+    }
+
+    /// The old token, unless there is none or its scheduled deletion is due.
+    pub fn live_old(&self) -> Option<usize> {
+        match self.decision {
+            Decision::Scheduled { at } if at <= self.now => None,
+            _ => self.old,
+        }
+    }
+
+    /// The handle [`Op::Verify`] or [`Op::Use`] presents (`None`: a token
+    /// never issued).
+    pub fn handle(&self, which: Which) -> Option<usize> {
+        match which {
+            Which::Current => Some(self.current),
+            Which::Old => self.old,
+            Which::Discarded => self.gone.last().copied(),
+            Which::Random => None,
+        }
+    }
+
+    /// What `verify` answers for the token with this handle.
+    pub fn verify(&self, handle: Option<usize>) -> Result<TokenMatch, VerifyError> {
+        let matched = match handle {
+            Some(h) if h == self.current => TokenMatch::Current,
+            Some(h) if Some(h) == self.live_old() => TokenMatch::Old,
+            _ => return Err(VerifyError::Mismatch),
+        };
+        if self.active {
+            Ok(matched)
+        } else {
+            Err(VerifyError::KeyInactive)
+        }
+    }
+
+    fn succeed(&mut self) {
+        self.version += 1;
+        self.expected = Expected::Done;
+    }
+
+    fn delete_old(&mut self) {
+        if let Some(old) = self.old.take() {
+            self.gone.push(old);
+        }
+    }
+
+    /// Applies one operation, setting [`expected`](Model::expected).
+    pub fn step(&mut self, op: &Op) {
+        let refuse = |m: &mut Model, e| m.expected = Expected::Refused(e);
+        match op {
+            Op::Renew if self.old.is_some() => refuse(self, TransitionError::RenewalPending),
+            Op::Renew => {
+                self.old = Some(self.current);
+                self.current = self.issued();
+                self.last_used.push(None);
+                self.decision = Decision::Undecided;
+                self.succeed();
+            }
+            Op::Finalize(_) if self.old.is_none() => {
+                refuse(self, TransitionError::NoRenewalPending)
+            }
+            Op::Finalize(_) if self.decision != Decision::Undecided => {
+                refuse(self, TransitionError::AlreadyFinalized)
+            }
+            Op::Finalize(deletion) => {
+                match *deletion {
+                    OldTokenDeletion::Later => self.decision = Decision::Later,
+                    OldTokenDeletion::At(at) if at > self.now => {
+                        self.decision = Decision::Scheduled { at }
+                    }
+                    OldTokenDeletion::AfterNewTokenUse { grace } => {
+                        self.decision = Decision::AfterNewTokenUse { grace }
+                    }
+                    _ => self.delete_old(),
+                }
+                self.succeed();
+            }
+            Op::DeleteOld if self.old.is_none() => refuse(self, TransitionError::NoOldToken),
+            Op::DeleteOld => {
+                self.delete_old();
+                self.succeed();
+            }
+            Op::Undo => match self.live_old() {
+                None => refuse(self, TransitionError::NoOldToken),
+                Some(old) => {
+                    self.gone.push(self.current);
+                    self.current = old;
+                    self.old = None;
+                    self.succeed();
+                }
+            },
+            Op::Activate if self.active => refuse(self, TransitionError::AlreadyActive),
+            Op::Deactivate if !self.active => refuse(self, TransitionError::AlreadyInactive),
+            Op::Activate | Op::Deactivate => {
+                self.active = !self.active;
+                self.succeed();
+            }
+            Op::Verify(which) => {
+                self.expected = Expected::Verified(self.verify(self.handle(*which)))
+            }
+            Op::Use(which) => {
+                let handle = self.handle(*which);
+                self.expected = match (handle, self.verify(handle)) {
+                    (Some(h), Ok(matched)) => {
+                        let stale = self.last_used[h].is_none_or(|t| self.now >= t + RESOLUTION);
+                        let schedule = match (matched, self.decision) {
+                            (TokenMatch::Current, Decision::AfterNewTokenUse { grace })
+                                if self.old.is_some() =>
+                            {
+                                Some(self.now + grace)
+                            }
+                            _ => None,
+                        };
+                        if stale || schedule.is_some() {
+                            self.last_used[h] = Some(self.now);
+                            if let Some(at) = schedule {
+                                self.decision = Decision::Scheduled { at };
+                            }
+                            self.version += 1;
+                        }
+                        Expected::Used(matched, stale || schedule.is_some())
+                    }
+                    (_, result) => Expected::Verified(result),
+                };
+            }
+            Op::Housekeep => {
+                let due = self.old.is_some() && self.live_old().is_none();
+                if due {
+                    self.delete_old();
+                    self.version += 1;
+                }
+                self.expected = Expected::Housekept(due);
+            }
+            Op::Advance(by) => {
+                self.now += *by;
+                self.expected = Expected::Nothing;
+            }
+            Op::Reload => self.expected = Expected::Nothing,
+        }
+    }
+}
+
+impl ReferenceStateMachine for Model {
+    type State = Model;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        timestamp().prop_map(Model::new).boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Op> {
+        op_at(state.now, state.old.is_some(), !state.gone.is_empty())
+    }
+
+    fn apply(mut state: Model, op: &Op) -> Model {
+        state.step(op);
+        state
+    }
+
+    fn preconditions(state: &Model, op: &Op) -> bool {
+        match op {
+            Op::Verify(Which::Old) | Op::Use(Which::Old) => state.old.is_some(),
+            Op::Verify(Which::Discarded) | Op::Use(Which::Discarded) => !state.gone.is_empty(),
+            _ => true,
+        }
+    }
+}
+
+/// Key ids: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub fn key_id() -> impl Strategy<Value = KeyId> {
+    "[A-Za-z0-9._-]{1,64}".prop_map(|id| KeyId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
+}
+
+/// Instants between 2000 and 2100, with nanoseconds.
+pub fn timestamp() -> impl Strategy<Value = OffsetDateTime> {
+    (946_684_800i64..4_102_444_800, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
+        OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            + Duration::nanoseconds(i64::from(nanos))
+    })
+}
+
+/// Operations, with deletion instants, graces and clock steps of seconds to
+/// days (instants for `Finalize(At(..))` around 2030; see also
+/// [`ReferenceStateMachine::transitions`] on [`Model`], which places them
+/// around the model's clock).
+pub fn op() -> impl Strategy<Value = Op> {
+    op_at(op_now(), true, true)
+}
+
+fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<Op> {
+    let span = || (-3_600i64..7_200).prop_map(Duration::seconds);
+    let deletion = prop_oneof![
+        Just(OldTokenDeletion::Now),
+        Just(OldTokenDeletion::Later),
+        span().prop_map(move |d| OldTokenDeletion::At(now + d)),
+        (0i64..7_200).prop_map(|s| OldTokenDeletion::AfterNewTokenUse {
+            grace: Duration::seconds(s)
+        }),
+    ];
+    let mut which = vec![Just(Which::Current).boxed(), Just(Which::Random).boxed()];
+    if renewing {
+        which.push(Just(Which::Old).boxed());
+    }
+    if any_gone {
+        which.push(Just(Which::Discarded).boxed());
+    }
+    let which = proptest::strategy::Union::new(which);
+    prop_oneof![
+        4 => Just(Op::Renew),
+        3 => deletion.prop_map(Op::Finalize),
+        2 => Just(Op::DeleteOld),
+        2 => Just(Op::Undo),
+        1 => Just(Op::Activate),
+        1 => Just(Op::Deactivate),
+        3 => which.clone().prop_map(Op::Verify),
+        3 => which.prop_map(Op::Use),
+        1 => Just(Op::Housekeep),
+        3 => prop_oneof![(0i64..120).prop_map(Duration::seconds), (0i64..4).prop_map(Duration::hours)]
+            .prop_map(Op::Advance),
+        1 => Just(Op::Reload),
+    ]
+    .boxed()
+}
+
+/// Keys in every state: issued with a generated id, label and time, then
+/// put through a random sequence of operations (refused ones change
+/// nothing). Active and inactive, single and renewing with every decision,
+/// with and without recorded uses.
+pub fn api_key() -> impl Strategy<Value = ApiKey> {
+    (
+        key_id(),
+        ".{0,40}",
+        timestamp(),
+        proptest::collection::vec(op(), 0..24),
+        any::<u64>(),
+    )
+        .prop_map(|(id, label, issued, ops, seed)| {
+            use rand::SeedableRng;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let (mut key, _, _) = ApiKey::issue(id, label, Policy::default(), issued, &mut rng);
+            let mut now = issued;
+            for op in ops {
+                // Results are irrelevant here: only the states reached matter.
+                let _ = match op {
+                    Op::Renew => key.renew(now, &mut rng).map(|_| ()),
+                    Op::Finalize(deletion) => {
+                        let deletion = match deletion {
+                            OldTokenDeletion::At(at) => OldTokenDeletion::At(now + (at - op_now())),
+                            other => other,
+                        };
+                        key.finalize(deletion, now).map(|_| ())
+                    }
+                    Op::DeleteOld => key.delete_old(now).map(|_| ()),
+                    Op::Undo => key.undo_renewal(now).map(|_| ()),
+                    Op::Activate => key.activate(now).map(|_| ()),
+                    Op::Deactivate => key.deactivate(now).map(|_| ()),
+                    Op::Use(which) => {
+                        let matched = if which == Which::Old {
+                            TokenMatch::Old
+                        } else {
+                            TokenMatch::Current
+                        };
+                        key.record_use(matched, now);
+                        Ok(())
+                    }
+                    Op::Housekeep => {
+                        key.housekeep(now);
+                        Ok(())
+                    }
+                    Op::Advance(by) => {
+                        now += by;
+                        Ok(())
+                    }
+                    Op::Verify(_) | Op::Reload => Ok(()),
+                };
+            }
+            key
+        })
+}
+
+/// The clock `op()` places its instants around.
+fn op_now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

@@ -1,0 +1,349 @@
+//! Model-based tests: random sequences of operations applied to the
+//! reference model of `keyroll::testing` and to (a) an `ApiKey`, (b) a
+//! `KeyManager` over `InMemoryStore`. After every step the answers, the
+//! state, the status, the version and the token ids must agree, and only the
+//! current and the live old token may verify.
+#![cfg(all(feature = "proptest", feature = "serde"))]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use keyroll::testing::{Expected, Model, Op, Which};
+use keyroll::{
+    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, ManagerError, Policy, Token,
+    TokenId, TokenMatch, TransitionError, VerifyError,
+};
+use proptest::test_runner::{Config, FileFailurePersistence};
+use proptest_state_machine::{StateMachineTest, prop_state_machine};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use time::OffsetDateTime;
+
+/// What the harness needs of a system that manages one key.
+trait Subject: Sized {
+    fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token);
+    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError>;
+    /// Finalize, delete-old, undo, activate, deactivate.
+    fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError>;
+    fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
+    /// Verify, then record the use if it matched; whether the key changed.
+    fn use_token(
+        &mut self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(TokenMatch, bool), VerifyError>;
+    fn housekeep(&mut self, now: OffsetDateTime) -> bool;
+    fn reload(&mut self);
+    fn key(&self) -> ApiKey;
+}
+
+/// (a) the state machine itself, reloaded through JSON on `Reload`.
+struct Plain(ApiKey);
+
+impl Subject for Plain {
+    fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
+        let (key, token, _) = ApiKey::issue(id, "model", Policy::default(), now, rng);
+        (Plain(key), token)
+    }
+    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
+        self.0.renew(now, rng).map(|(token, _)| token)
+    }
+    fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError> {
+        let key = &mut self.0;
+        match op {
+            Op::Finalize(deletion) => key.finalize(*deletion, now),
+            Op::DeleteOld => key.delete_old(now),
+            Op::Undo => key.undo_renewal(now),
+            Op::Activate => key.activate(now),
+            Op::Deactivate => key.deactivate(now),
+            other => unreachable!("{other:?} is not a plain transition"),
+        }
+        .map(|event| assert_eq!(event.version(), key.version()))
+    }
+    fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        self.0.verify(token, now)
+    }
+    fn use_token(
+        &mut self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(TokenMatch, bool), VerifyError> {
+        let matched = self.0.verify(token, now)?;
+        Ok((matched, self.0.record_use(matched, now)))
+    }
+    fn housekeep(&mut self, now: OffsetDateTime) -> bool {
+        self.0.housekeep(now).is_some()
+    }
+    fn reload(&mut self) {
+        let json = serde_json::to_string(&self.0).unwrap();
+        let back: ApiKey = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, self.0);
+        self.0 = back;
+    }
+    fn key(&self) -> ApiKey {
+        self.0.clone()
+    }
+}
+
+/// (b) the manager over a store; uses go through a second manager that
+/// records them.
+struct Managed {
+    id: KeyId,
+    plain: KeyManager<Arc<InMemoryStore>>,
+    recording: KeyManager<Arc<InMemoryStore>>,
+}
+
+fn refusal(e: ManagerError<std::convert::Infallible>) -> TransitionError {
+    match e {
+        ManagerError::Transition(e) => e,
+        other => panic!("the manager failed: {other}"),
+    }
+}
+
+impl Subject for Managed {
+    fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
+        let store = Arc::new(InMemoryStore::new());
+        let plain = KeyManager::new(store.clone());
+        let recording = KeyManager::new(store).with_usage_recording(true);
+        let (token, _) = plain
+            .create_key(id.clone(), "model", Policy::default(), now, rng)
+            .unwrap();
+        (
+            Managed {
+                id,
+                plain,
+                recording,
+            },
+            token,
+        )
+    }
+    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
+        self.plain
+            .renew(&self.id, now, rng)
+            .map(|(token, _)| token)
+            .map_err(refusal)
+    }
+    fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError> {
+        let (m, id) = (&self.plain, &self.id);
+        match op {
+            Op::Finalize(deletion) => m.finalize(id, *deletion, now),
+            Op::DeleteOld => m.delete_old(id, now),
+            Op::Undo => m.undo_renewal(id, now),
+            Op::Activate => m.activate(id, now),
+            Op::Deactivate => m.deactivate(id, now),
+            other => unreachable!("{other:?} is not a plain transition"),
+        }
+        .map(|_| ())
+        .map_err(refusal)
+    }
+    fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        self.plain
+            .authenticate(&self.id, token, now)
+            .map_err(|e| match e {
+                keyroll::AuthError::Verify(e) => e,
+                other => panic!("authenticate failed: {other}"),
+            })
+    }
+    fn use_token(
+        &mut self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(TokenMatch, bool), VerifyError> {
+        let before = self.key().version();
+        let matched = self
+            .recording
+            .authenticate(&self.id, token, now)
+            .map_err(|e| match e {
+                keyroll::AuthError::Verify(e) => e,
+                other => panic!("authenticate failed: {other}"),
+            })?;
+        Ok((matched, self.key().version() != before))
+    }
+    fn housekeep(&mut self, now: OffsetDateTime) -> bool {
+        self.plain.housekeep(&self.id, now).unwrap().is_some()
+    }
+    fn reload(&mut self) {}
+    fn key(&self) -> ApiKey {
+        self.plain
+            .get(&self.id)
+            .unwrap()
+            .expect("the key is stored")
+    }
+}
+
+/// The system under test and every token it handed out, by handle.
+struct Harness<S> {
+    subject: S,
+    tokens: Vec<Token>,
+    /// A well-formed token of another key.
+    stranger: Token,
+    rng: StdRng,
+}
+
+impl<S: Subject> Harness<S> {
+    fn token(&self, model: &Model, which: Which) -> &str {
+        match model.handle(which) {
+            Some(h) => self.tokens[h].expose_secret(),
+            None => self.stranger.expose_secret(),
+        }
+    }
+}
+
+struct Against<S>(std::marker::PhantomData<S>);
+
+impl<S: Subject> StateMachineTest for Against<S> {
+    type SystemUnderTest = Harness<S>;
+    type Reference = Model;
+
+    fn init_test(model: &Model) -> Harness<S> {
+        let mut rng = StdRng::seed_from_u64(model.now.unix_timestamp() as u64);
+        let (subject, token) = S::start(KeyId::new("model-key").unwrap(), model.now, &mut rng);
+        let (_, stranger, _) = ApiKey::issue(
+            KeyId::new("model-key").unwrap(),
+            "",
+            Policy::default(),
+            model.now,
+            &mut rng,
+        );
+        Harness {
+            subject,
+            tokens: vec![token],
+            stranger,
+            rng,
+        }
+    }
+
+    /// `model` is the state after `op`.
+    fn apply(mut sut: Harness<S>, model: &Model, op: Op) -> Harness<S> {
+        let now = model.now;
+        let seen = match &op {
+            Op::Renew => match sut.subject.renew(now, &mut sut.rng) {
+                Ok(token) => {
+                    sut.tokens.push(token);
+                    Expected::Done
+                }
+                Err(e) => Expected::Refused(e),
+            },
+            Op::Finalize(_) | Op::DeleteOld | Op::Undo | Op::Activate | Op::Deactivate => {
+                let before = sut.subject.key();
+                match sut.subject.transition(&op, now) {
+                    Ok(()) => Expected::Done,
+                    Err(e) => {
+                        assert_eq!(
+                            sut.subject.key(),
+                            before,
+                            "a refused {op:?} changed the key"
+                        );
+                        Expected::Refused(e)
+                    }
+                }
+            }
+            Op::Verify(which) => {
+                // `model` is after the op, which changes nothing.
+                Expected::Verified(sut.subject.verify(sut.token(model, *which), now))
+            }
+            Op::Use(which) => {
+                let token = sut.token(model, *which).to_owned();
+                match sut.subject.use_token(&token, now) {
+                    Ok((matched, changed)) => Expected::Used(matched, changed),
+                    Err(e) => Expected::Verified(Err(e)),
+                }
+            }
+            Op::Housekeep => Expected::Housekept(sut.subject.housekeep(now)),
+            Op::Advance(_) => Expected::Nothing,
+            Op::Reload => {
+                sut.subject.reload();
+                Expected::Nothing
+            }
+        };
+        assert_eq!(seen, model.expected, "{op:?}");
+        sut
+    }
+
+    fn check_invariants(sut: &Harness<S>, model: &Model) {
+        let key = sut.subject.key();
+        assert_eq!(key.version(), model.version, "version");
+        let status = if model.active {
+            KeyStatus::Active
+        } else {
+            KeyStatus::Inactive
+        };
+        assert_eq!(key.status(), status);
+        match (key.state(), model.old) {
+            (KeyState::Single, None) => {}
+            (KeyState::Renewing { decision }, Some(_)) => assert_eq!(decision, model.decision),
+            (state, old) => panic!("state {state:?}, model old token {old:?}"),
+        }
+        assert_eq!(
+            key.current_token().id(),
+            sut.tokens[model.current].id(),
+            "current token"
+        );
+        assert_eq!(
+            key.old_token().map(|t| t.id()),
+            model.old.map(|h| sut.tokens[h].id()),
+            "old token"
+        );
+        // Every token handed out is distinct, and only the current and the
+        // live old token verify: at most two; discarded ones never again.
+        let ids: HashSet<TokenId> = sut.tokens.iter().map(Token::id).collect();
+        assert_eq!(ids.len(), sut.tokens.len(), "a token id repeated");
+        for (h, token) in sut.tokens.iter().enumerate() {
+            let result = sut.subject.verify(token.expose_secret(), model.now);
+            assert_eq!(result, model.verify(Some(h)), "token {h}");
+        }
+        assert_eq!(
+            sut.subject.verify(sut.stranger.expose_secret(), model.now),
+            Err(VerifyError::Mismatch)
+        );
+    }
+}
+
+type AgainstKey = Against<Plain>;
+type AgainstManager = Against<Managed>;
+
+prop_state_machine! {
+    #![proptest_config(Config {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/model.txt"))),
+        ..Config::default()
+    })]
+
+    #[test]
+    fn api_key_follows_the_model(sequential 1..64 => AgainstKey);
+
+    #[test]
+    fn key_manager_follows_the_model(sequential 1..64 => AgainstManager);
+}
+
+#[test]
+fn the_kit_generates_keys_in_every_state() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut seen = HashSet::new();
+    for _ in 0..500 {
+        let key = keyroll::testing::api_key()
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        seen.insert(format!("{:?} {:?}", key.state(), key.status()));
+        let back: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+        assert_eq!(back, key);
+    }
+    for expected in [
+        "Single Active",
+        "Single Inactive",
+        "Renewing { decision: Undecided } Active",
+        "Renewing { decision: Later } Active",
+    ] {
+        assert!(
+            seen.contains(expected),
+            "{expected} never generated: {seen:?}"
+        );
+    }
+    assert!(seen.iter().any(|s| s.contains("Scheduled")), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s.contains("AfterNewTokenUse")),
+        "{seen:?}"
+    );
+}
