@@ -255,6 +255,7 @@ impl<S: Subject> StateMachineTest for Against<S> {
                 sut.subject.reload();
                 Expected::Nothing
             }
+            other => unreachable!("the harness does not know {other:?}"),
         };
         assert_eq!(seen, model.expected, "{op:?}");
         sut
