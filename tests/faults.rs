@@ -1,0 +1,299 @@
+//! Fault injection: a store that, driven by a seed, fails reads, fails
+//! writes before applying them, and loses acknowledgements (applies a write,
+//! then reports an error). Whatever the schedule, no call panics, the stored
+//! key always loads and keeps its invariants, every token a manager returned
+//! verifies until a transition that may have removed it, and no removed
+//! token ever comes back.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use common::{assert_invariants, t0};
+use keyroll::{
+    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStore, ManagerError, OldTokenDeletion,
+    Policy, StoreError, Token, TokenId, TokenMatch, VerifyError,
+};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected fault: {0}")]
+struct Fault(&'static str);
+
+/// What a fault schedule does to each call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Normal,
+    FailRead,
+    FailWrite,
+    LoseAck,
+}
+
+/// An `InMemoryStore` behind a seeded fault schedule.
+struct FaultyStore {
+    inner: InMemoryStore,
+    schedule: Mutex<StdRng>,
+    /// Percent chance of each fault per call.
+    rate: u32,
+    /// A fault forced on the next write, for the scripted test.
+    forced: Mutex<Option<Outcome>>,
+}
+
+impl FaultyStore {
+    fn new(seed: u64, rate: u32) -> Self {
+        FaultyStore {
+            inner: InMemoryStore::new(),
+            schedule: Mutex::new(StdRng::seed_from_u64(seed)),
+            rate,
+            forced: Mutex::new(None),
+        }
+    }
+
+    fn draw(&self, write: bool) -> Outcome {
+        if write && let Some(forced) = self.forced.lock().unwrap().take() {
+            return forced;
+        }
+        let roll = self.schedule.lock().unwrap().random_range(0..100);
+        match (write, roll) {
+            (_, r) if r < self.rate => Outcome::FailRead,
+            (true, r) if r < 2 * self.rate => Outcome::FailWrite,
+            (true, r) if r < 3 * self.rate => Outcome::LoseAck,
+            _ => Outcome::Normal,
+        }
+    }
+
+    /// Runs a write under the schedule.
+    fn write(
+        &self,
+        apply: impl FnOnce() -> Result<(), StoreError<std::convert::Infallible>>,
+    ) -> Result<(), StoreError<Fault>> {
+        match self.draw(true) {
+            Outcome::FailRead | Outcome::FailWrite => {
+                Err(StoreError::Backend(Fault("write refused")))
+            }
+            Outcome::LoseAck => {
+                let _ = apply();
+                Err(StoreError::Backend(Fault("acknowledgement lost")))
+            }
+            Outcome::Normal => apply().map_err(|e| e.map_backend(|e| match e {})),
+        }
+    }
+}
+
+impl KeyStore for FaultyStore {
+    type Error = Fault;
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Fault> {
+        match self.draw(false) {
+            Outcome::Normal => Ok(self.inner.get(id).unwrap()),
+            _ => Err(Fault("read failed")),
+        }
+    }
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Fault>> {
+        self.write(|| self.inner.insert(key))
+    }
+    fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<Fault>> {
+        self.write(|| self.inner.update(key, expected))
+    }
+    fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<Fault>> {
+        self.write(|| self.inner.delete(id, expected))
+    }
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Fault> {
+        match self.draw(false) {
+            Outcome::Normal => Ok(self.inner.list(after, limit).unwrap()),
+            _ => Err(Fault("read failed")),
+        }
+    }
+}
+
+fn id() -> KeyId {
+    KeyId::new("faulty").unwrap()
+}
+
+/// The stored key, read past the faults, checked to load and keep its invariants.
+fn stored(manager: &KeyManager<FaultyStore>) -> ApiKey {
+    let key = manager
+        .store()
+        .inner
+        .get(&id())
+        .unwrap()
+        .expect("the key exists");
+    let loaded: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+    assert_eq!(loaded, key);
+    assert_invariants(&key);
+    key
+}
+
+/// What a token verifies as against the stored key.
+fn role(key: &ApiKey, token: &Token) -> Result<TokenMatch, VerifyError> {
+    key.verify(token.expose_secret(), t0())
+}
+
+/// Which of the key's tokens this is, whatever the key's status.
+fn held(key: &ApiKey, token: &Token) -> Option<TokenMatch> {
+    if key.current_token().id() == token.id() {
+        Some(TokenMatch::Current)
+    } else if key.old_token().map(|t| t.id()) == Some(token.id()) {
+        Some(TokenMatch::Old)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Renew,
+    FinalizeLater,
+    FinalizeNow,
+    DeleteOld,
+    Undo,
+    Activate,
+    Deactivate,
+    Authenticate,
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    prop_oneof![
+        3 => Just(Call::Renew),
+        1 => Just(Call::FinalizeLater),
+        1 => Just(Call::FinalizeNow),
+        1 => Just(Call::DeleteOld),
+        2 => Just(Call::Undo),
+        1 => Just(Call::Activate),
+        1 => Just(Call::Deactivate),
+        2 => Just(Call::Authenticate),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/faults.txt"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn no_token_is_lost_or_resurrected_under_any_fault_schedule(
+        seed in any::<u64>(),
+        rate in 0u32..20,
+        calls in proptest::collection::vec(call(), 1..64),
+    ) {
+        let manager = KeyManager::new(FaultyStore::new(seed, rate)).with_max_retries(3);
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Create the key past the faults: the schedule applies from here on.
+        let (first, _) = KeyManager::new(&manager.store().inner)
+            .create_key(id(), "faulty", Policy::default(), t0(), &mut rng)
+            .unwrap();
+        let mut returned: Vec<Token> = vec![first];
+        let mut removed: HashMap<TokenId, usize> = HashMap::new();
+
+        for (step, call) in calls.into_iter().enumerate() {
+            let before = stored(&manager);
+            let result: Result<(), ManagerError<Fault>> = match call {
+                Call::Renew => manager.renew(&id(), t0(), &mut rng).map(|(token, _)| returned.push(token)),
+                Call::FinalizeLater => manager.finalize(&id(), OldTokenDeletion::Later, t0()).map(drop),
+                Call::FinalizeNow => manager.finalize(&id(), OldTokenDeletion::Now, t0()).map(drop),
+                Call::DeleteOld => manager.delete_old(&id(), t0()).map(drop),
+                Call::Undo => manager.undo_renewal(&id(), t0()).map(drop),
+                Call::Activate => manager.activate(&id(), t0()).map(drop),
+                Call::Deactivate => manager.deactivate(&id(), t0()).map(drop),
+                Call::Authenticate => {
+                    for token in &returned {
+                        match manager.authenticate(&id(), token.expose_secret(), t0()) {
+                            Err(keyroll::AuthError::Store(_)) => {}
+                            seen => prop_assert_eq!(seen.ok(), role(&before, token).ok()),
+                        }
+                    }
+                    Ok(())
+                }
+            };
+            let after = stored(&manager);
+            if let (Call::Renew, Ok(())) = (call, &result) {
+                let handed_out = returned.last().expect("renew returned a token");
+                prop_assert_eq!(held(&after, handed_out), Some(TokenMatch::Current), "a returned token is not stored");
+            }
+            // A refused or failed-before-applying call changed nothing; only a
+            // success or a store error (a lost acknowledgement) may have.
+            if matches!(result, Err(ManagerError::Transition(_) | ManagerError::Conflict)) {
+                prop_assert_eq!(&after, &before);
+            }
+            for token in &returned {
+                let (was, is) = (held(&before, token), held(&after, token));
+                if was.is_some() && is.is_none() {
+                    // Only a call that deletes or discards a token may remove it.
+                    prop_assert!(
+                        matches!(call, Call::FinalizeNow | Call::DeleteOld | Call::Undo),
+                        "{:?} removed a token", call
+                    );
+                    removed.insert(token.id(), step);
+                }
+                let verified = role(&after, token);
+                match is {
+                    Some(_) if removed.contains_key(&token.id()) => prop_assert!(false, "a removed token came back"),
+                    None => prop_assert_eq!(verified, Err(VerifyError::Mismatch)),
+                    Some(_) if after.status() == keyroll::KeyStatus::Inactive => {
+                        prop_assert_eq!(verified, Err(VerifyError::KeyInactive))
+                    }
+                    Some(matched) => prop_assert_eq!(verified, Ok(matched)),
+                }
+            }
+            // Versions never go back, and move only with a write.
+            prop_assert!(after.version() >= before.version());
+        }
+    }
+}
+
+#[test]
+fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
+    let manager = KeyManager::new(FaultyStore::new(0, 0));
+    let (first, _) = manager
+        .create_key(id(), "faulty", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    *manager.store().forced.lock().unwrap() = Some(Outcome::LoseAck);
+    let result = manager.renew(&id(), t0(), &mut rand::rng());
+    assert!(
+        matches!(result, Err(ManagerError::Store(_))),
+        "no token is handed out"
+    );
+    let key = stored(&manager);
+    assert_eq!(
+        key.state(),
+        KeyState::Renewing {
+            decision: keyroll::Decision::Undecided
+        }
+    );
+    assert_eq!(
+        role(&key, &first),
+        Ok(TokenMatch::Old),
+        "the old token still works"
+    );
+    // A retry of the renewal is refused; undo recovers.
+    assert!(matches!(
+        manager.renew(&id(), t0(), &mut rand::rng()),
+        Err(ManagerError::Transition(_))
+    ));
+    manager.undo_renewal(&id(), t0()).unwrap();
+    let key = stored(&manager);
+    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(role(&key, &first), Ok(TokenMatch::Current));
+    let (second, _) = manager.renew(&id(), t0(), &mut rand::rng()).unwrap();
+    assert_eq!(role(&stored(&manager), &second), Ok(TokenMatch::Current));
+}
+
+#[test]
+fn a_failed_write_before_applying_changes_nothing() {
+    let manager = KeyManager::new(FaultyStore::new(0, 0));
+    manager
+        .create_key(id(), "faulty", Policy::default(), t0(), &mut rand::rng())
+        .unwrap();
+    let before = stored(&manager);
+    *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
+    assert!(matches!(
+        manager.deactivate(&id(), t0()),
+        Err(ManagerError::Store(_))
+    ));
+    assert_eq!(stored(&manager), before);
+}
