@@ -1,0 +1,120 @@
+//! Constant-time evidence for `verify`, in the manner of dudect: Welch's
+//! t-test between the timings of two classes of input, measured interleaved
+//! in random order. |t| < 4.5 means no timing difference was detected.
+//!
+//! `cargo bench --bench constant_time [-- SAMPLES]` (default 2,000,000 per
+//! comparison, both classes together)
+//!
+//! Classes: the right token, and well-formed tokens (valid checksum, so they
+//! reach the hash comparison) that differ from it in the first, the middle
+//! or the last character of the secret. Also first-vs-last, both wrong.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use keyroll::{ApiKey, KeyId, Policy};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use time::OffsetDateTime;
+
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `token` with the secret character at `index` changed, checksum fixed.
+fn differing_at(token: &str, index: usize) -> String {
+    let prefix_len = token.find('_').unwrap() + 1;
+    let mut bytes = token.as_bytes()[..token.len() - 6].to_vec();
+    let at = prefix_len + index;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let mut crc = crc32fast::hash(&bytes) as u64;
+    let mut checksum = [b'0'; 6];
+    for slot in checksum.iter_mut().rev() {
+        *slot = ALPHABET[(crc % 62) as usize];
+        crc /= 62;
+    }
+    bytes.extend_from_slice(&checksum);
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Welch's t statistic of two samples.
+fn welch_t(a: &[f64], b: &[f64]) -> f64 {
+    let stats = |x: &[f64]| {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var, n)
+    };
+    let ((ma, va, na), (mb, vb, nb)) = (stats(a), stats(b));
+    (ma - mb) / (va / na + vb / nb).sqrt()
+}
+
+/// Drops measurements above the pooled `percentile` (interrupts, page faults).
+fn crop(a: &[f64], b: &[f64], percentile: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut all: Vec<f64> = a.iter().chain(b).copied().collect();
+    all.sort_by(f64::total_cmp);
+    let cut = all[((all.len() as f64 * percentile) as usize).min(all.len() - 1)];
+    (
+        a.iter().copied().filter(|&v| v <= cut).collect(),
+        b.iter().copied().filter(|&v| v <= cut).collect(),
+    )
+}
+
+fn main() {
+    let samples: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let now = OffsetDateTime::UNIX_EPOCH;
+    let mut rng = StdRng::seed_from_u64(3);
+    let (mut key, _, _) = ApiKey::issue(
+        KeyId::new("acme-orders").unwrap(),
+        "ct",
+        Policy::default(),
+        now,
+        &mut rng,
+    );
+    let (token, _) = key.renew(now, &mut rng).unwrap();
+    let right = token.expose_secret().to_owned();
+    let first = differing_at(&right, 0);
+    let middle = differing_at(&right, 20);
+    let last = differing_at(&right, 39);
+    assert!(key.verify(&right, now).is_ok());
+    for wrong in [&first, &middle, &last] {
+        assert_eq!(key.verify(wrong, now), Err(keyroll::VerifyError::Mismatch));
+    }
+
+    println!("{samples} samples per comparison (both classes), interleaved at random\n");
+    println!("| classes | t (all) | t (cropped at p99) | verdict |");
+    println!("|---|---|---|---|");
+    for (name, a, b) in [
+        ("right vs first character wrong", &right, &first),
+        ("right vs middle character wrong", &right, &middle),
+        ("right vs last character wrong", &right, &last),
+        ("first vs last character wrong", &first, &last),
+    ] {
+        let (mut ta, mut tb) = (
+            Vec::with_capacity(samples / 2),
+            Vec::with_capacity(samples / 2),
+        );
+        for _ in 0..samples {
+            let class_b = rng.random::<bool>();
+            let input = if class_b { b.as_str() } else { a.as_str() };
+            let start = Instant::now();
+            let _ = black_box(key.verify(black_box(input), now));
+            let elapsed = start.elapsed().as_nanos() as f64;
+            if class_b {
+                tb.push(elapsed)
+            } else {
+                ta.push(elapsed)
+            }
+        }
+        let t_all = welch_t(&ta, &tb);
+        let (ca, cb) = crop(&ta, &tb, 0.99);
+        let t_cropped = welch_t(&ca, &cb);
+        let verdict = if t_all.abs() < 4.5 && t_cropped.abs() < 4.5 {
+            "no difference detected"
+        } else {
+            "DIFFERENCE"
+        };
+        println!("| {name} | {t_all:.2} | {t_cropped:.2} | {verdict} |");
+    }
+}
