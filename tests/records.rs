@@ -245,3 +245,63 @@ fn ten_thousand_byte_mutations_never_build_an_impossible_key() {
         "some mutations (in labels, dates) should still load"
     );
 }
+
+mod fuzz_mirror {
+    //! The `key_json` fuzz target's property, on its seed records and
+    //! arbitrary bytes: loading never panics, and what loads keeps its
+    //! invariants and serializes back to itself.
+    use super::common::assert_invariants;
+    use keyroll::ApiKey;
+    use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
+
+    const SEEDS: [&str; 5] = [
+        include_str!("../fuzz/seeds/key_json/single.json"),
+        include_str!("../fuzz/seeds/key_json/renewing.json"),
+        include_str!("../fuzz/seeds/key_json/later.json"),
+        include_str!("../fuzz/seeds/key_json/sched.json"),
+        include_str!("../fuzz/seeds/key_json/after.json"),
+    ];
+
+    fn check(bytes: &[u8]) {
+        if let Ok(key) = serde_json::from_slice::<ApiKey>(bytes) {
+            assert_invariants(&key);
+            let again: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+            assert_eq!(again, key);
+        }
+    }
+
+    #[test]
+    fn the_seed_records_load() {
+        for seed in SEEDS {
+            let key: ApiKey = serde_json::from_str(seed).unwrap();
+            assert_invariants(&key);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 2048,
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/records.txt"))),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check(&bytes);
+        }
+
+        #[test]
+        fn mutated_seed_records_never_build_an_impossible_key(
+            seed in 0usize..SEEDS.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = SEEDS[seed].as_bytes().to_vec();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            check(&bytes);
+        }
+    }
+}
