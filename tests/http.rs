@@ -1,10 +1,13 @@
 //! The HTTP service example, end to end: started as a child process on a
 //! free loopback port and driven by a real HTTP client.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::example_binary;
 use serde_json::{Value, json};
 use ureq::Agent;
 
@@ -25,25 +28,8 @@ impl Drop for Service {
     }
 }
 
-fn binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("http_service");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --all-features --example http_service`",
-        path.display()
-    );
-    path
-}
-
 fn start() -> Service {
-    let mut child = Command::new(binary())
+    let mut child = Command::new(example_binary("http_service"))
         .args(["--listen", "127.0.0.1:0", "--store", "memory"])
         .env("KEYROLL_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::piped())
@@ -388,7 +374,7 @@ fn http_bad_input_gets_a_clear_4xx() {
 
 #[test]
 fn http_refuses_to_start_without_an_admin_token() {
-    let out = Command::new(binary())
+    let out = Command::new(example_binary("http_service"))
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("KEYROLL_ADMIN_TOKEN")
         .output()

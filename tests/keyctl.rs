@@ -1,22 +1,11 @@
 //! `keyctl`, run as a user would: the built example binary, as a process.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-/// The keyctl example next to this test binary (`cargo test` builds examples).
-fn keyctl_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir
-        .join("examples")
-        .join(format!("keyctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --example keyctl` first",
-        path.display()
-    );
-    path
-}
+use std::path::PathBuf;
+
+use common::example_binary;
+use std::process::{Command, Output, Stdio};
 
 struct Ctl {
     db: PathBuf,
@@ -33,7 +22,7 @@ impl Ctl {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(keyctl_binary())
+        Command::new(example_binary("keyctl"))
             .arg("--db")
             .arg(&self.db)
             .args(args)
@@ -138,7 +127,7 @@ fn keyctl_runs_the_whole_renewal_story() {
     ctl.ok(&["activate", "acme-orders"]);
 
     // Token from standard input.
-    let mut child = Command::new(keyctl_binary())
+    let mut child = Command::new(example_binary("keyctl"))
         .arg("--db")
         .arg(&ctl.db)
         .args(["verify", "acme-orders", "-"])
@@ -231,7 +220,7 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-    let out = Command::new(keyctl_binary())
+    let out = Command::new(example_binary("keyctl"))
         .arg("--db")
         .arg(&junk)
         .arg("list")

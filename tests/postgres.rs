@@ -3,6 +3,8 @@
 //! replicas racing in one process and in two, and read-your-writes across
 //! replicas.
 
+mod common;
+
 #[path = "../examples/postgres/store.rs"]
 #[allow(dead_code)] // the tests use part of the store module
 mod store;
@@ -12,6 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::example_binary;
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
 use keyroll::{
     AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, OldTokenDeletion, Policy, StoreError, Token,
@@ -216,24 +219,6 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
     a.store().drop_table().await.unwrap();
 }
 
-/// The `postgres` example binary next to this test binary.
-fn replica_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("postgres");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --all-features --example postgres`",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_processes_racing_lose_nothing() {
     let Some(url) = server_url() else { return };
@@ -244,7 +229,7 @@ async fn postgres_two_processes_racing_lose_nothing() {
 
     let children: Vec<_> = (0..2)
         .map(|seed| {
-            Command::new(replica_binary())
+            Command::new(example_binary("postgres"))
                 .args([
                     "--url", &url, "--table", &table, "race", "--keys", &keys, "--ops", "200",
                 ])

@@ -266,7 +266,8 @@ mod fuzz_mirror {
     fn check(bytes: &[u8]) {
         if let Ok(key) = serde_json::from_slice::<ApiKey>(bytes) {
             assert_invariants(&key);
-            let again: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+            let again: ApiKey =
+                serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
             assert_eq!(again, key);
         }
     }
