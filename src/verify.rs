@@ -177,18 +177,28 @@ impl KeyView<'_> {
         };
         let is_old = hash.ct_eq(old_hash) & has_old;
 
-        // The comparisons are done; which token matched is no secret.
-        let (matched, token) = match old {
-            _ if bool::from(is_current) => (TokenMatch::Current, self.current),
-            Some(old) if bool::from(is_old) => (TokenMatch::Old, old),
-            _ => return Err(VerifyError::Mismatch),
-        };
-        if self.status == KeyStatus::Inactive {
-            return Err(VerifyError::KeyInactive);
-        }
-        if self.policy.expiry == Expiry::Enforced && now >= token.due_at {
-            return Err(VerifyError::Expired);
-        }
-        Ok(matched)
+        // From here on a match and a mismatch run the same instructions:
+        // status and expiry are read for both tokens whatever matched, and
+        // the answer is picked from a table by an index computed with
+        // arithmetic, not branches. (What matched is no secret once
+        // answered; this keeps the answer's timing from telling it early.)
+        const ANSWERS: [Result<TokenMatch, VerifyError>; 5] = [
+            Err(VerifyError::Mismatch),
+            Err(VerifyError::KeyInactive),
+            Err(VerifyError::Expired),
+            Ok(TokenMatch::Current),
+            Ok(TokenMatch::Old),
+        ];
+        let current = u8::from(bool::from(is_current));
+        let matched = u8::from(bool::from(is_current | is_old));
+        let enforced = self.policy.expiry == Expiry::Enforced;
+        let due =
+            |token: Option<&TokenInfo>| u8::from(enforced & token.is_some_and(|t| now >= t.due_at));
+        let expired = current * due(Some(self.current)) + (1 - current) * due(old);
+        let inactive = u8::from(self.status == KeyStatus::Inactive);
+        let if_valid = 4 - current; // Ok(Current) or Ok(Old)
+        let if_active = expired * 2 + (1 - expired) * if_valid;
+        let answer = matched * (inactive + (1 - inactive) * if_active);
+        ANSWERS[usize::from(answer)]
     }
 }
