@@ -429,11 +429,10 @@ impl ApiKey {
     /// [`TransitionError::NoOldToken`] once the old token is gone (deleted,
     /// or past its scheduled deletion): renew again or delete the key.
     pub fn undo_renewal(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
-        if self.live_old_token(now).is_none() {
-            return Err(TransitionError::NoOldToken);
-        }
-        let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
-        let Renewal { old, .. } = *renewal;
+        let Renewal { old, .. } = *self
+            .renewal
+            .take_if(|r| r.live_old_token(now).is_some())
+            .ok_or(TransitionError::NoOldToken)?;
         let discarded = std::mem::replace(&mut self.current, old);
         let version = self.bump();
         Ok(Event::RenewalUndone {
@@ -546,20 +545,9 @@ impl ApiKey {
     /// nothing is due. [`verify`](ApiKey::verify) already refuses a token
     /// past its scheduled deletion; this removes it from the key.
     pub fn housekeep(&mut self, now: OffsetDateTime) -> Option<Event> {
-        let renewal = self.renewal.as_ref()?;
-        match renewal.decision {
-            Decision::Scheduled { at } if at <= now => {
-                let old = renewal.old.id;
-                self.renewal = None;
-                Some(self.old_deleted(old, DeletionReason::Scheduled, now))
-            }
-            _ => None,
-        }
-    }
-
-    /// The old token, unless there is none or its scheduled deletion is due.
-    pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
-        self.renewal.as_deref().and_then(|r| r.live_old_token(now))
+        // An old token that is no longer live is one whose deletion is due.
+        let due = self.renewal.take_if(|r| r.live_old_token(now).is_none())?;
+        Some(self.old_deleted(due.old.id, DeletionReason::Scheduled, now))
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A
