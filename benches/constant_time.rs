@@ -18,7 +18,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use keyroll::{ApiKey, KeyId, Policy};
+use keyroll::{ApiKey, KeyId, NewKey};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use time::OffsetDateTime;
@@ -75,12 +75,11 @@ fn main() {
     let now = OffsetDateTime::UNIX_EPOCH;
     let mut rng = StdRng::seed_from_u64(3);
     let (mut key, _, _) = ApiKey::issue(
-        KeyId::new("acme-orders").unwrap(),
-        "ct",
-        Policy::default(),
+        NewKey::new(KeyId::new("acme-orders").unwrap()).label("ct"),
         now,
         &mut rng,
-    );
+    )
+    .unwrap();
     let (token, _) = key.renew(now, &mut rng).unwrap();
     let right = token.expose_secret().to_owned();
     let first = differing_at(&right, 0);

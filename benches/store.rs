@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyroll::{InMemoryStore, KeyId, KeyManager, Policy, Token};
+use keyroll::{InMemoryStore, KeyId, KeyManager, NewKey, Token};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -46,7 +46,7 @@ fn bench_store(c: &mut Criterion) {
     for i in 0..KEYS {
         let id = KeyId::new(format!("key-{i:07}")).expect("valid id");
         let (token, _) = manager
-            .create_key(id.clone(), "bench", Policy::default(), now, &mut rng)
+            .create_key(NewKey::new(id.clone()).label("bench"), now, &mut rng)
             .expect("fresh id");
         keys.push((id, token));
     }

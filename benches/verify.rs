@@ -4,7 +4,7 @@
 //! `cargo bench --bench verify`
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use keyroll::{ApiKey, KeyId, Policy};
+use keyroll::{ApiKey, KeyId, NewKey};
 use prefixed_api_key::{PakControllerOsSha256, PrefixedApiKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -22,20 +22,13 @@ fn bench_verify(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
     let now = OffsetDateTime::UNIX_EPOCH;
     let (mut key, old, _) = ApiKey::issue(
-        KeyId::new(KEY_ID).unwrap(),
-        "bench",
-        Policy::default(),
+        NewKey::new(KeyId::new(KEY_ID).unwrap()).label("bench"),
         now,
         &mut rng,
-    );
+    )
+    .unwrap();
     let (current, _) = key.renew(now, &mut rng).unwrap();
-    let (_, stranger, _) = ApiKey::issue(
-        KeyId::new("x").unwrap(),
-        "",
-        Policy::default(),
-        now,
-        &mut rng,
-    );
+    let (_, stranger, _) = ApiKey::issue(KeyId::new("x").unwrap(), now, &mut rng).unwrap();
     let mut malformed = current.expose_secret().to_owned();
     malformed.pop();
     malformed.push(if current.expose_secret().ends_with('0') {
@@ -100,12 +93,11 @@ fn bench_verify(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("renew");
     let (single, _, _) = ApiKey::issue(
-        KeyId::new(KEY_ID).unwrap(),
-        "bench",
-        Policy::default(),
+        NewKey::new(KeyId::new(KEY_ID).unwrap()).label("bench"),
         now,
         &mut rng,
-    );
+    )
+    .unwrap();
     let mut thread_rng = rand::rng();
     group.bench_function("keyroll", |b| {
         b.iter_batched(
@@ -117,12 +109,11 @@ fn bench_verify(c: &mut Criterion) {
     group.bench_function("issue", |b| {
         b.iter(|| {
             ApiKey::issue(
-                KeyId::new(KEY_ID).unwrap(),
-                "bench",
-                Policy::default(),
+                NewKey::new(KeyId::new(KEY_ID).unwrap()).label("bench"),
                 now,
                 &mut thread_rng,
             )
+            .unwrap()
         })
     });
     group.finish();

@@ -7,11 +7,15 @@
 //! ```
 //!
 //! - `GET /v1/whoami` with headers `X-Api-Key` (key id) and `X-Api-Token`
-//!   answers `{"key_id": ..., "token": "current" | "old"}`; anything else is
-//!   a 401 with a JSON error. `GET /v1/ping` is the same handler without
-//!   authentication, to measure what authentication costs.
+//!   answers `{"key_id": ..., "token": "current" | "old"}`. Every refused
+//!   credential (missing, unknown key, malformed, wrong, inactive, expired)
+//!   gets the same 401 and body, so that answers reveal nothing (not even
+//!   whether a key id exists); the cause goes to the server's log on stderr,
+//!   never a token. A store failure is a 503 with a generic body.
+//!   `GET /v1/ping` is the same handler without authentication, to measure
+//!   what authentication costs.
 //! - The admin API, with `Authorization: Bearer $KEYROLL_ADMIN_TOKEN`:
-//!   `POST /admin/keys` (`{"id"?, "label"}`), `GET /admin/keys?after=&limit=`,
+//!   `POST /admin/keys` (`{"id"?, "label"?}`), `GET /admin/keys?after=&limit=`,
 //!   `GET /admin/keys/{id}`, `POST /admin/keys/{id}/renew`,
 //!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
@@ -19,7 +23,11 @@
 //!   `DELETE /admin/keys/{id}`.
 //!
 //! Every event is written to stdout as one JSON line, `{"audit": {...}}`:
-//! ids and times only, never a token.
+//! ids and times only, never a token. Answers that carry a token have
+//! `Cache-Control: no-store`, and are built from what the store call
+//! returned, so a token already stored is never lost to a later failure.
+//! Renewing a key whose old token's scheduled deletion is due applies that
+//! deletion first (and audits it). SQLite calls run on tokio's blocking pool.
 
 #[path = "postgres/store.rs"]
 #[allow(dead_code)] // a module to copy: the service uses part of it
@@ -33,7 +41,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,8 +49,8 @@ use axum::{Extension, Json, Router};
 use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Event, InMemoryStore, KeyId, KeyState,
-    KeyStatus, KeyStore, ManagerError, OldTokenDeletion, Policy, StoreError, TokenInfo, TokenMatch,
-    VerifyError,
+    KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError, Token,
+    TokenInfo, TokenMatch, TransitionError,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -67,7 +75,7 @@ struct Cli {
 /// One of the three stores, chosen at start.
 enum AnyStore {
     Memory(InMemoryStore),
-    Sqlite(sqlite::SqliteStore),
+    Sqlite(Arc<sqlite::SqliteStore>),
     Postgres(pg::PgStore),
 }
 
@@ -80,41 +88,97 @@ fn any<E: Error + Send + Sync + 'static>(e: E) -> AnyError {
     AnyError(Box::new(e))
 }
 
-/// Dispatches one store call; SQLite calls are short and run in place.
-macro_rules! dispatch {
-    ($self:ident, $method:ident($($arg:expr),*), $map:expr) => {
-        match $self {
-            AnyStore::Memory(s) => AsyncKeyStore::$method(s, $($arg),*).await.map_err($map),
-            AnyStore::Sqlite(s) => KeyStore::$method(s, $($arg),*).map_err($map),
-            AnyStore::Postgres(s) => AsyncKeyStore::$method(s, $($arg),*).await.map_err($map),
-        }
-    };
+/// Runs a call of the (blocking) SQLite store on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<sqlite::SqliteStore>,
+    call: impl FnOnce(&sqlite::SqliteStore) -> T + Send + 'static,
+) -> T {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl AsyncKeyStore for AnyStore {
     type Error = AnyError;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, AnyError> {
-        dispatch!(self, get(id), any)
+        match self {
+            AnyStore::Memory(s) => AsyncKeyStore::get(s, id).await.map_err(any),
+            AnyStore::Sqlite(s) => {
+                let id = id.clone();
+                blocking(s, move |s| s.get(&id)).await.map_err(any)
+            }
+            AnyStore::Postgres(s) => s.get(id).await.map_err(any),
+        }
     }
+
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<AnyError>> {
-        dispatch!(self, insert(key), |e| e.map_backend(any))
+        match self {
+            AnyStore::Memory(s) => AsyncKeyStore::insert(s, key)
+                .await
+                .map_err(|e| e.map_backend(any)),
+            AnyStore::Sqlite(s) => {
+                let key = key.clone();
+                blocking(s, move |s| s.insert(&key))
+                    .await
+                    .map_err(|e| e.map_backend(any))
+            }
+            AnyStore::Postgres(s) => s.insert(key).await.map_err(|e| e.map_backend(any)),
+        }
     }
-    async fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<AnyError>> {
-        dispatch!(self, update(key, expected), |e| e.map_backend(any))
+
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<AnyError>> {
+        match self {
+            AnyStore::Memory(s) => AsyncKeyStore::update(s, key, expected)
+                .await
+                .map_err(|e| e.map_backend(any)),
+            AnyStore::Sqlite(s) => {
+                let key = key.clone();
+                blocking(s, move |s| s.update(&key, expected))
+                    .await
+                    .map_err(|e| e.map_backend(any))
+            }
+            AnyStore::Postgres(s) => s
+                .update(key, expected)
+                .await
+                .map_err(|e| e.map_backend(any)),
+        }
     }
-    async fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<AnyError>> {
-        dispatch!(self, delete(id, expected), |e| e.map_backend(any))
+
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<AnyError>> {
+        match self {
+            AnyStore::Memory(s) => AsyncKeyStore::delete(s, id, expected)
+                .await
+                .map_err(|e| e.map_backend(any)),
+            AnyStore::Sqlite(s) => {
+                let id = id.clone();
+                blocking(s, move |s| s.delete(&id, expected))
+                    .await
+                    .map_err(|e| e.map_backend(any))
+            }
+            AnyStore::Postgres(s) => s.delete(id, expected).await.map_err(|e| e.map_backend(any)),
+        }
     }
+
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, AnyError> {
-        dispatch!(self, list(after, limit), any)
+        match self {
+            AnyStore::Memory(s) => AsyncKeyStore::list(s, after, limit).await.map_err(any),
+            AnyStore::Sqlite(s) => {
+                let after = after.cloned();
+                blocking(s, move |s| s.list(after.as_ref(), limit))
+                    .await
+                    .map_err(any)
+            }
+            AnyStore::Postgres(s) => s.list(after, limit).await.map_err(any),
+        }
     }
 }
 
 fn open_store(spec: &str) -> Result<AnyStore, Box<dyn Error>> {
     match spec.split_once(':') {
         None if spec == "memory" => Ok(AnyStore::Memory(InMemoryStore::new())),
-        Some(("sqlite", path)) => Ok(AnyStore::Sqlite(sqlite::SqliteStore::open(path)?)),
+        Some(("sqlite", path)) => Ok(AnyStore::Sqlite(Arc::new(sqlite::SqliteStore::open(path)?))),
         Some(("postgres", url)) => {
             let mut config = deadpool_postgres::Config::new();
             config.url = Some(url.to_owned());
@@ -143,13 +207,29 @@ impl From<ManagerError<AnyError>> for ApiError {
     fn from(e: ManagerError<AnyError>) -> Self {
         let status = match &e {
             ManagerError::NotFound => StatusCode::NOT_FOUND,
+            ManagerError::Transition(
+                TransitionError::InvalidLabel(_)
+                | TransitionError::InvalidPolicy { .. }
+                | TransitionError::InvalidGrace { .. }
+                | TransitionError::TimeOutOfRange { .. },
+            ) => StatusCode::BAD_REQUEST,
             ManagerError::AlreadyExists | ManagerError::Transition(_) | ManagerError::Conflict => {
                 StatusCode::CONFLICT
             }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+            ManagerError::Store(e) => return unavailable(e),
+            _ => return unavailable(&e),
         };
         ApiError(status, e.to_string())
     }
+}
+
+/// A store failure: logged, and answered with a generic 503.
+fn unavailable(cause: &dyn Error) -> ApiError {
+    eprintln!("{}", json!({ "store_error": cause.to_string() }));
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service is unavailable; try again later".into(),
+    )
 }
 
 impl From<JsonRejection> for ApiError {
@@ -160,6 +240,16 @@ impl From<JsonRejection> for ApiError {
 
 fn unauthorized(message: &str) -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, message.to_owned())
+}
+
+/// The one answer to every refused API credential. The cause is logged for
+/// operators (with the key id, never the token) and not told to the caller.
+fn refused(cause: &str, key_id: Option<&KeyId>) -> ApiError {
+    eprintln!(
+        "{}",
+        json!({ "auth_refused": { "cause": cause, "key_id": key_id } })
+    );
+    unauthorized("invalid credentials")
 }
 
 fn key_id(raw: &str) -> Result<KeyId, ApiError> {
@@ -217,22 +307,20 @@ async fn authenticate(
         (header("x-api-key"), header("x-api-token"))
     };
     let (Some(raw_id), Some(token)) = (raw_id, token) else {
-        return Err(unauthorized(
+        return Err(refused(
             "missing or unreadable X-Api-Key or X-Api-Token header",
+            None,
         ));
     };
-    let key_id = KeyId::new(raw_id).map_err(|_| unauthorized("invalid key id"))?;
+    let key_id = KeyId::new(raw_id).map_err(|_| refused("invalid key id", None))?;
     let matched = match app
         .keys
         .authenticate(&key_id, &token, OffsetDateTime::now_utc())
         .await
     {
         Ok(matched) => matched,
-        Err(AuthError::UnknownKey | AuthError::Verify(VerifyError::Mismatch)) => {
-            return Err(unauthorized("invalid key or token"));
-        }
-        Err(AuthError::Verify(e)) => return Err(unauthorized(&e.to_string())),
-        Err(e) => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(AuthError::Store(e)) => return Err(unavailable(&e)),
+        Err(e) => return Err(refused(&e.to_string(), Some(&key_id))),
     };
     request
         .extensions_mut()
@@ -318,13 +406,34 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     id: Option<String>,
+    #[serde(default)]
     label: String,
+}
+
+/// An answer that carries a token: never to be cached.
+type WithToken = (
+    [(header::HeaderName, HeaderValue); 1],
+    Json<serde_json::Value>,
+);
+
+/// The answer to `create_key` or `renew`, built from what the call returned
+/// (the token is stored by then: nothing after may lose it).
+fn with_token(id: &KeyId, token: &Token, event: &Event) -> WithToken {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(json!({
+            "id": id,
+            "token": token.expose_secret(),
+            "token_id": token.id().to_string(),
+            "event": event,
+        })),
+    )
 }
 
 async fn create_key(
     State(app): Shared,
     body: Result<Json<CreateKey>, JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, WithToken), ApiError> {
     let Json(body) = body?;
     let mut rng = rng();
     let id = match body.id {
@@ -334,13 +443,10 @@ async fn create_key(
     let now = OffsetDateTime::now_utc();
     let (token, event) = app
         .keys
-        .create_key(id.clone(), body.label, Policy::default(), now, &mut rng)
+        .create_key(NewKey::new(id.clone()).label(body.label), now, &mut rng)
         .await?;
     app.audit(&event);
-    let key = app.keys.get(&id).await?.ok_or(ManagerError::NotFound)?;
-    let mut view = key_view(&key, now);
-    view["token"] = json!(token.expose_secret());
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, with_token(&id, &token, &event)))
 }
 
 #[derive(Deserialize)]
@@ -379,19 +485,17 @@ async fn show_key(
     Ok(Json(key_view(&key, OffsetDateTime::now_utc())))
 }
 
-async fn renew(
-    State(app): Shared,
-    Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn renew(State(app): Shared, Path(raw): Path<String>) -> Result<WithToken, ApiError> {
     let id = key_id(&raw)?;
-    let (token, event) = app
-        .keys
-        .renew(&id, OffsetDateTime::now_utc(), &mut rng())
-        .await?;
+    let now = OffsetDateTime::now_utc();
+    // An old token whose scheduled deletion is due no longer verifies:
+    // apply the deletion (audited) so that the renewal is not refused.
+    if let Some(deleted) = app.keys.housekeep(&id, now).await? {
+        app.audit(&deleted);
+    }
+    let (token, event) = app.keys.renew(&id, now, &mut rng()).await?;
     app.audit(&event);
-    Ok(Json(
-        json!({ "id": id, "token": token.expose_secret(), "token_id": token.id().to_string() }),
-    ))
+    Ok(with_token(&id, &token, &event))
 }
 
 #[derive(Deserialize)]

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::{
-    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus,
+    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, NewKey,
     OldTokenDeletion, Policy, TokenFormat, TokenInfo,
 };
 use store::SqliteStore;
@@ -287,7 +287,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 ..Policy::default()
             };
             let id = id.unwrap_or_else(|| KeyId::generate(&mut rng));
-            let (token, event) = manager.create_key(id.clone(), label, policy, now, &mut rng)?;
+            let (token, event) = manager.create_key(
+                NewKey::new(id.clone()).label(label).policy(policy),
+                now,
+                &mut rng,
+            )?;
             print_event(&event)?;
             println!("key id: {id}");
             println!("token:  {}", token.expose_secret());

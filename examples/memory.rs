@@ -7,7 +7,7 @@
 
 use std::error::Error;
 
-use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, Policy};
+use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, NewKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::OffsetDateTime;
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     for i in 0..keys {
         let id = KeyId::new(format!("key-{i:07}"))?;
         let (mut key, _token, _) =
-            ApiKey::issue(id, format!("service {i}"), Policy::default(), now, &mut rng);
+            ApiKey::issue(NewKey::new(id).label(format!("service {i}")), now, &mut rng)?;
         if i % 4 == 0 {
             key.renew(now, &mut rng)?;
         }

@@ -10,8 +10,8 @@
 use std::process::ExitCode;
 
 use keyroll::{
-    ApiKey, Event, Expiry, Freshness, KeyId, KeyState, OldTokenDeletion, Policy, TokenMatch,
-    TransitionError, VerifyError,
+    ApiKey, Event, Expiry, Freshness, KeyId, KeyState, NewKey, OldTokenDeletion, Policy,
+    TokenMatch, TransitionError, VerifyError,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -36,7 +36,8 @@ fn run() -> Result<(), String> {
     println!("1. issue a key");
     let id = KeyId::new("acme-orders").map_err(|e| e.to_string())?;
     let (mut key, first, event) =
-        ApiKey::issue(id, "orders service", Policy::default(), day(0), &mut rng);
+        ApiKey::issue(NewKey::new(id).label("orders service"), day(0), &mut rng)
+            .map_err(|e| e.to_string())?;
     show(&event);
     println!("  token (shown once): {}", first.expose_secret());
     step(
@@ -157,12 +158,13 @@ fn run() -> Result<(), String> {
         ..Policy::default()
     };
     let (strict, token, _) = ApiKey::issue(
-        KeyId::generate(&mut rng),
-        "strict",
-        enforced,
+        NewKey::new(KeyId::generate(&mut rng))
+            .label("strict")
+            .policy(enforced),
         day(0),
         &mut rng,
-    );
+    )
+    .map_err(|e| e.to_string())?;
     step(
         strict.verify(token.expose_secret(), day(90)) == Err(VerifyError::Expired),
         "enforced: it expires",

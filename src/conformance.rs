@@ -39,8 +39,8 @@ use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
 use crate::{
-    ApiKey, AsyncKeyStore, Expiry, KeyId, KeyStore, OldTokenDeletion, Policy, StoreError, Token,
-    TokenFormat,
+    ApiKey, AsyncKeyStore, Expiry, KeyId, KeyStore, NewKey, OldTokenDeletion, Policy, Revision,
+    StoreError, Token, TokenFormat,
 };
 
 /// Panics naming the behaviour that was violated.
@@ -64,15 +64,18 @@ fn key_id(id: &str) -> KeyId {
     KeyId::new(id).unwrap_or_else(|e| unreachable!("test id {id:?}: {e}"))
 }
 
-fn issue(id: &str, seed: u64) -> (ApiKey, Token) {
-    let (key, token, _) = ApiKey::issue(
-        key_id(id),
-        format!("label of {id}"),
-        Policy::default(),
-        t0(),
-        &mut rng(seed),
-    );
+fn issue_new(new: NewKey, at: OffsetDateTime, seed: u64) -> (ApiKey, Token) {
+    let (key, token, _) =
+        ApiKey::issue(new, at, &mut rng(seed)).unwrap_or_else(|e| unreachable!("{e}"));
     (key, token)
+}
+
+fn issue(id: &str, seed: u64) -> (ApiKey, Token) {
+    issue_new(
+        NewKey::new(key_id(id)).label(format!("label of {id}")),
+        t0(),
+        seed,
+    )
 }
 
 /// Keys in every state and shape, with tokens and how each verified.
@@ -97,7 +100,7 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
     out.push((key, vec![old, new]));
 
     let policy = Policy {
-        token_format: TokenFormat::new("acme9").unwrap_or_default(),
+        token_format: TokenFormat::new("acme9").unwrap_or_else(|e| unreachable!("{e}")),
         renewal_period: Duration::new(86_399, 999_999_999),
         expiry: Expiry::Enforced,
         usage_resolution: Duration::milliseconds(1500),
@@ -105,13 +108,10 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
     let odd_time = (t0() + Duration::nanoseconds(123_456_789))
         .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap_or(UtcOffset::UTC));
     let long_id = "x".repeat(64);
-    let (key, token, _) = ApiKey::issue(
-        key_id(&long_id),
-        "ünïcødé \"quotes\" \\ 🔑",
-        policy,
-        odd_time,
-        &mut rng(6),
-    );
+    let new = NewKey::new(key_id(&long_id))
+        .label("ünïcødé \"quotes\" \\ 🔑")
+        .policy(policy);
+    let (key, token) = issue_new(new, odd_time, 6);
     out.push((key, vec![token]));
     out
 }
@@ -171,15 +171,11 @@ impl<S: KeyStore> AsyncKeyStore for Blocking<S> {
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
         self.0.insert(key)
     }
-    async fn update(
-        &self,
-        key: &ApiKey,
-        expected_version: u64,
-    ) -> Result<(), StoreError<S::Error>> {
-        self.0.update(key, expected_version)
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        self.0.update(key, expected)
     }
-    async fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<S::Error>> {
-        self.0.delete(id, expected_version)
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        self.0.delete(id, expected)
     }
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
         self.0.list(after, limit)
@@ -305,7 +301,7 @@ async fn update_persists_body<S: AsyncKeyStore>(store: S) {
     let mut r = rng(21);
     for step in 0..12u32 {
         let now = t0() + Duration::hours(i64::from(step));
-        let loaded = key.version();
+        let loaded = key.revision();
         let changed = match step % 6 {
             0 => key.renew(now, &mut r).map(|_| ()),
             1 => key.finalize(OldTokenDeletion::Later, now).map(|_| ()),
@@ -325,42 +321,90 @@ async fn update_persists_body<S: AsyncKeyStore>(store: S) {
     }
 }
 
-async fn update_checks_the_version_body<S: AsyncKeyStore>(store: S) {
-    const B: &str = "update_checks_the_version";
+/// Checks that `result`, a write expecting `expected`, was refused with
+/// `Conflict { expected, found }`.
+fn expect_conflict<E: Debug>(
+    behaviour: &str,
+    what: impl std::fmt::Display,
+    result: Result<(), StoreError<E>>,
+    expected: Revision,
+    found: Revision,
+) {
+    match result {
+        Err(StoreError::Conflict {
+            expected: e,
+            found: f,
+        }) if e == expected && f == found => {}
+        Err(StoreError::Conflict {
+            expected: e,
+            found: f,
+        }) => violated(
+            behaviour,
+            format_args!(
+                "{what} reported Conflict {{ expected: {e}, found: {f} }}, not {{ expected: {expected}, found: {found} }}"
+            ),
+        ),
+        Ok(()) => violated(behaviour, format_args!("{what} succeeded")),
+        Err(e) => violated(behaviour, format_args!("{what} gave {e:?}, not Conflict")),
+    }
+}
+
+/// Revisions a write must not accept when the stored key is at `stored`:
+/// other versions of it, and its version in other incarnations.
+fn wrong_revisions(stored: Revision) -> [Revision; 5] {
+    let (incarnation, version) = (stored.incarnation(), stored.version());
+    [
+        Revision::new(incarnation, version - 1),
+        Revision::new(incarnation, version + 1),
+        Revision::new(incarnation, 0),
+        Revision::new(incarnation ^ 1, version),
+        Revision::new(0, version),
+    ]
+}
+
+async fn update_checks_the_revision_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "update_checks_the_revision";
     let (mut key, _) = issue("versioned", 30);
     ok(B, "insert", store.insert(&key).await);
+    let issued = key.revision();
     let _ = key.deactivate(t0());
-    ok(B, "update", store.update(&key, 1).await);
+    ok(B, "update", store.update(&key, issued).await);
     let stored = key.clone();
     let _ = key.activate(t0());
-    for wrong in [1, 3, 0, 1000] {
-        match store.update(&key, wrong).await {
-            Err(StoreError::Conflict { expected, found }) if expected == wrong && found == 2 => {}
-            Err(StoreError::Conflict { expected, found }) => violated(
-                B,
-                format_args!(
-                    "update expecting {wrong} over version 2 reported Conflict {{ expected: {expected}, found: {found} }}"
-                ),
+    for wrong in wrong_revisions(stored.revision()) {
+        let result = store.update(&key, wrong).await;
+        expect_conflict(
+            B,
+            format_args!(
+                "update expecting {wrong} over revision {}",
+                stored.revision()
             ),
-            Ok(()) => violated(
-                B,
-                format_args!("update expecting version {wrong} succeeded over version 2"),
-            ),
-            Err(e) => violated(
-                B,
-                format_args!(
-                    "update expecting version {wrong} over version 2 gave {e:?}, not Conflict"
-                ),
-            ),
-        }
+            result,
+            wrong,
+            stored.revision(),
+        );
         assert_stored(&store, B, &stored).await;
     }
+    // A key of another incarnation (another key under the same id) never
+    // replaces this one, even when it names the stored revision.
+    let (mut impostor, _) = issue("versioned", 31);
+    let _ = impostor.deactivate(t0());
+    let _ = impostor.activate(t0());
+    let result = store.update(&impostor, stored.revision()).await;
+    expect_conflict(
+        B,
+        "update of a key of another incarnation, expecting the stored revision,",
+        result,
+        stored.revision(),
+        stored.revision(),
+    );
+    assert_stored(&store, B, &stored).await;
 }
 
 async fn update_missing_is_not_found_body<S: AsyncKeyStore>(store: S) {
     const B: &str = "update_missing_is_not_found";
     let (key, _) = issue("ghost", 40);
-    match store.update(&key, 1).await {
+    match store.update(&key, key.revision()).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
@@ -378,7 +422,7 @@ async fn delete_removes_the_key_body<S: AsyncKeyStore>(store: S) {
     let (neighbour, _) = issue("neighbour", 51);
     ok(B, "insert", store.insert(&key).await);
     ok(B, "insert", store.insert(&neighbour).await);
-    ok(B, "delete", store.delete(key.id(), 1).await);
+    ok(B, "delete", store.delete(key.id(), key.revision()).await);
     if ok(B, "get", store.get(key.id()).await).is_some() {
         violated(B, "get returned a deleted key");
     }
@@ -389,14 +433,14 @@ async fn delete_removes_the_key_body<S: AsyncKeyStore>(store: S) {
         violated(B, "list returned a deleted key");
     }
     assert_stored(&store, B, &neighbour).await;
-    match store.delete(key.id(), 1).await {
+    match store.delete(key.id(), key.revision()).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
             format_args!("a second delete gave {other:?}, not NotFound"),
         ),
     }
-    match store.update(&key, 1).await {
+    match store.update(&key, key.revision()).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
@@ -407,26 +451,92 @@ async fn delete_removes_the_key_body<S: AsyncKeyStore>(store: S) {
     assert_stored(&store, B, &key).await;
 }
 
-async fn delete_checks_the_version_body<S: AsyncKeyStore>(store: S) {
-    const B: &str = "delete_checks_the_version";
+async fn delete_checks_the_revision_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "delete_checks_the_revision";
     let (mut key, _) = issue("guarded", 60);
     ok(B, "insert", store.insert(&key).await);
+    let issued = key.revision();
     let _ = key.deactivate(t0());
-    ok(B, "update", store.update(&key, 1).await);
-    for wrong in [1, 3, 0] {
-        match store.delete(key.id(), wrong).await {
-            Err(StoreError::Conflict { expected, found }) if expected == wrong && found == 2 => {}
-            Ok(()) => violated(
-                B,
-                format_args!("delete expecting version {wrong} succeeded over version 2"),
-            ),
-            other => violated(
-                B,
-                format_args!("delete expecting {wrong} over version 2 gave {other:?}"),
-            ),
-        }
+    ok(B, "update", store.update(&key, issued).await);
+    for wrong in wrong_revisions(key.revision()) {
+        let result = store.delete(key.id(), wrong).await;
+        expect_conflict(
+            B,
+            format_args!("delete expecting {wrong} over revision {}", key.revision()),
+            result,
+            wrong,
+            key.revision(),
+        );
         assert_stored(&store, B, &key).await;
     }
+}
+
+/// A key, a changed copy of it as a writer that loaded it would hold, and
+/// the same id issued again after the key was deleted (another
+/// incarnation, back at version 1).
+async fn deleted_and_recreated<S: AsyncKeyStore>(
+    store: &S,
+    behaviour: &str,
+    id: &str,
+) -> (ApiKey, ApiKey) {
+    let (original, _) = issue(id, 90);
+    ok(behaviour, "insert", store.insert(&original).await);
+    let mut stale = original.clone();
+    let _ = stale.record_use(crate::TokenMatch::Current, t0());
+    ok(
+        behaviour,
+        "delete",
+        store.delete(original.id(), original.revision()).await,
+    );
+    match store.update(&stale, original.revision()).await {
+        Err(StoreError::NotFound) => {}
+        other => violated(
+            behaviour,
+            format_args!("update of a deleted key gave {other:?}, not NotFound"),
+        ),
+    }
+    let (recreated, _) = issue(id, 91);
+    if recreated.revision().incarnation() == original.revision().incarnation() {
+        unreachable!("seeds 90 and 91 draw different incarnations");
+    }
+    ok(behaviour, "insert", store.insert(&recreated).await);
+    (stale, recreated)
+}
+
+async fn stale_update_after_recreate_is_refused_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "stale_update_after_recreate_is_refused";
+    let (stale, recreated) = deleted_and_recreated(&store, B, "reborn").await;
+    // The stale writer expects the revision it loaded: version 1 of the old
+    // incarnation. Versions alone would match the new key's.
+    let loaded = Revision::new(stale.revision().incarnation(), 1);
+    let result = store.update(&stale, loaded).await;
+    expect_conflict(
+        B,
+        format_args!(
+            "a stale update expecting {loaded}, after the id was deleted and created again,"
+        ),
+        result,
+        loaded,
+        recreated.revision(),
+    );
+    assert_stored(&store, B, &recreated).await;
+}
+
+async fn stale_delete_after_recreate_is_refused_body<S: AsyncKeyStore>(store: S) {
+    const B: &str = "stale_delete_after_recreate_is_refused";
+    let (stale, recreated) = deleted_and_recreated(&store, B, "reborn").await;
+    let loaded = Revision::new(stale.revision().incarnation(), 1);
+    let result = store.delete(recreated.id(), loaded).await;
+    expect_conflict(
+        B,
+        format_args!(
+            "a stale delete expecting {loaded}, after the id was deleted and created again,"
+        ),
+        result,
+        loaded,
+        recreated.revision(),
+    );
+    assert_stored(&store, B, &recreated).await;
 }
 
 async fn list_is_ordered_after_and_limited_body<S: AsyncKeyStore>(store: S) {
@@ -564,14 +674,14 @@ fn successors(key: &ApiKey, round: u64) -> Vec<ApiKey> {
 async fn updates_race_body<S, F>(store: &S, race: F)
 where
     S: AsyncKeyStore,
-    F: AsyncFn(&S, &[ApiKey], u64) -> RaceResults<S::Error>,
+    F: AsyncFn(&S, &[ApiKey], Revision) -> RaceResults<S::Error>,
 {
     const B: &str = "concurrent_updates_have_one_winner";
     let (mut key, _) = issue("contended", 80);
     ok(B, "insert", store.insert(&key).await);
     for round in 0..ROUNDS {
         let candidates = successors(&key, round);
-        let results = race(store, &candidates, key.version()).await;
+        let results = race(store, &candidates, key.revision()).await;
         check_race(store, B, results, &candidates).await;
         key =
             ok(B, "get", store.get(key.id()).await).unwrap_or_else(|| violated(B, "key vanished"));
@@ -582,7 +692,7 @@ where
 async fn inserts_race_body<S, F>(store: &S, race: F)
 where
     S: AsyncKeyStore,
-    F: AsyncFn(&S, &[ApiKey], u64) -> RaceResults<S::Error>,
+    F: AsyncFn(&S, &[ApiKey], Revision) -> RaceResults<S::Error>,
 {
     const B: &str = "concurrent_inserts_have_one_winner";
     for round in 0..ROUNDS {
@@ -590,7 +700,7 @@ where
         let candidates: Vec<ApiKey> = (0..RACERS as u64)
             .map(|i| issue(&id, round * 100 + i).0)
             .collect();
-        let results = race(store, &candidates, 0).await;
+        let results = race(store, &candidates, Revision::new(0, 0)).await;
         check_race(store, B, results, &candidates).await;
     }
 }
@@ -598,8 +708,8 @@ where
 /// Sync racers: one OS thread each, released together.
 fn thread_race<S: KeyStore>(
     insert: bool,
-) -> impl AsyncFn(&Blocking<S>, &[ApiKey], u64) -> RaceResults<S::Error> {
-    async move |store: &Blocking<S>, candidates: &[ApiKey], version: u64| {
+) -> impl AsyncFn(&Blocking<S>, &[ApiKey], Revision) -> RaceResults<S::Error> {
+    async move |store: &Blocking<S>, candidates: &[ApiKey], expected: Revision| {
         let barrier = Barrier::new(candidates.len());
         std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
@@ -611,7 +721,7 @@ fn thread_race<S: KeyStore>(
                         if insert {
                             store.0.insert(key)
                         } else {
-                            store.0.update(key, version)
+                            store.0.update(key, expected)
                         }
                     })
                 })
@@ -631,7 +741,7 @@ fn thread_race<S: KeyStore>(
 async fn future_race<S: AsyncKeyStore>(
     store: &S,
     candidates: &[ApiKey],
-    version: u64,
+    expected: Revision,
     insert: bool,
 ) -> RaceResults<S::Error> {
     join_all(
@@ -641,7 +751,7 @@ async fn future_race<S: AsyncKeyStore>(
                 if insert {
                     store.insert(key).await
                 } else {
-                    store.update(key, version).await
+                    store.update(key, expected).await
                 }
             })
             .collect(),
@@ -709,14 +819,22 @@ behaviours! {
     insert_existing_is_refused / insert_existing_is_refused_async => insert_existing_is_refused_body;
     /// Each `update` with the loaded version is persisted and read back at once.
     update_persists / update_persists_async => update_persists_body;
-    /// `update` with any other version is `Conflict { expected, found }` and changes nothing.
-    update_checks_the_version / update_checks_the_version_async => update_checks_the_version_body;
+    /// `update` expecting any other revision (another version, or another
+    /// incarnation), or of a key of another incarnation, is
+    /// `Conflict { expected, found }` and changes nothing.
+    update_checks_the_revision / update_checks_the_revision_async => update_checks_the_revision_body;
     /// `update` of a missing key is `NotFound` and creates nothing.
     update_missing_is_not_found / update_missing_is_not_found_async => update_missing_is_not_found_body;
     /// `delete` removes the key from `get` and `list`, then `NotFound`; the id can be reused.
     delete_removes_the_key / delete_removes_the_key_async => delete_removes_the_key_body;
-    /// `delete` with another version is `Conflict` and keeps the key.
-    delete_checks_the_version / delete_checks_the_version_async => delete_checks_the_version_body;
+    /// `delete` expecting another revision is `Conflict` and keeps the key.
+    delete_checks_the_revision / delete_checks_the_revision_async => delete_checks_the_revision_body;
+    /// After a key is deleted and its id issued again (versions restart at
+    /// 1), an `update` from a copy loaded before the delete is `Conflict`,
+    /// and the new key stays; before the re-create it is `NotFound`.
+    stale_update_after_recreate_is_refused / stale_update_after_recreate_is_refused_async => stale_update_after_recreate_is_refused_body;
+    /// The same for a `delete` expecting the old key's revision.
+    stale_delete_after_recreate_is_refused / stale_delete_after_recreate_is_refused_async => stale_delete_after_recreate_is_refused_body;
     /// `list` orders by id bytes, starts strictly after `after`, returns at
     /// most `limit`, and pages through every key once.
     list_is_ordered_after_and_limited / list_is_ordered_after_and_limited_async => list_is_ordered_after_and_limited_body;

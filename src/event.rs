@@ -15,12 +15,12 @@ use crate::key::OldTokenDeletion;
 /// # Example
 ///
 /// ```
-/// use keyroll::{ApiKey, Event, KeyId, Policy};
+/// use keyroll::{ApiKey, Event, KeyId, NewKey};
 /// use time::OffsetDateTime;
 ///
 /// let now = OffsetDateTime::UNIX_EPOCH;
-/// let (mut key, _token, issued) =
-///     ApiKey::issue(KeyId::new("acme")?, "orders", Policy::default(), now, &mut rand::rng());
+/// let new = NewKey::new(KeyId::new("acme")?).label("orders");
+/// let (mut key, _token, issued) = ApiKey::issue(new, now, &mut rand::rng())?;
 /// assert!(matches!(issued, Event::KeyIssued { .. }));
 /// let (_new, renewed) = key.renew(now, &mut rand::rng())?;
 /// assert_eq!((renewed.key_id().as_str(), renewed.version()), ("acme", 2));

@@ -9,7 +9,10 @@ use time::{Duration, OffsetDateTime};
 
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
+use crate::input::{self, InvalidLabel};
+use crate::new_key::NewKey;
 use crate::policy::Policy;
+use crate::revision::Revision;
 use crate::token::{Token, TokenHash};
 use crate::verify::TokenMatch;
 
@@ -22,13 +25,13 @@ use crate::verify::TokenMatch;
 /// # Example
 ///
 /// ```
-/// use keyroll::{ApiKey, KeyId, KeyState, OldTokenDeletion, Policy, TokenMatch};
+/// use keyroll::{ApiKey, KeyId, KeyState, NewKey, OldTokenDeletion, TokenMatch};
 /// use time::{Duration, OffsetDateTime};
 ///
 /// let mut rng = rand::rng();
 /// let t0 = OffsetDateTime::now_utc();
-/// let (mut key, first, _event) =
-///     ApiKey::issue(KeyId::new("acme-orders")?, "orders service", Policy::default(), t0, &mut rng);
+/// let new = NewKey::new(KeyId::new("acme-orders")?).label("orders service");
+/// let (mut key, first, _event) = ApiKey::issue(new, t0, &mut rng)?;
 /// assert_eq!(key.verify(first.expose_secret(), t0)?, TokenMatch::Current);
 ///
 /// // Renew: the new token is shown once; the first one keeps working.
@@ -49,6 +52,8 @@ pub struct ApiKey {
     pub(crate) id: KeyId,
     pub(crate) label: Box<str>,
     pub(crate) status: KeyStatus,
+    /// Random, below 2^63, fixed at issue: see [`Revision`].
+    pub(crate) incarnation: u64,
     pub(crate) version: u64,
     pub(crate) created_at: OffsetDateTime,
     pub(crate) policy: Policy,
@@ -102,11 +107,17 @@ pub struct TokenInfo {
 }
 
 impl TokenInfo {
-    fn new(token: &Token, hash: TokenHash, policy: &Policy, now: OffsetDateTime) -> TokenInfo {
+    /// A new token's record; `due_at` comes from [`input::due_date`].
+    fn new(
+        token: &Token,
+        hash: TokenHash,
+        now: OffsetDateTime,
+        due_at: OffsetDateTime,
+    ) -> TokenInfo {
         TokenInfo {
             id: token.id(),
             created_at: now,
-            due_at: now.saturating_add(policy.renewal_period),
+            due_at,
             hash,
             last_used_at: None,
         }
@@ -209,8 +220,9 @@ pub enum OldTokenDeletion {
     },
 }
 
-/// A transition refused because of the key's state. The key is unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// A transition refused because of the key's state or because of its input.
+/// The key is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransitionError {
     /// `renew` while a renewal is pending.
@@ -245,25 +257,95 @@ pub enum TransitionError {
         /// The old token's last recorded use.
         last_used_at: OffsetDateTime,
     },
+    /// A label longer than 256 bytes or holding a control character.
+    #[error(transparent)]
+    InvalidLabel(#[from] InvalidLabel),
+    /// A policy a key cannot live by: a renewal period that is not positive,
+    /// or a negative usage resolution.
+    #[error("invalid policy: {field} is {value}, and it must be {rule}")]
+    InvalidPolicy {
+        /// The refused field of [`Policy`].
+        field: &'static str,
+        /// Its value.
+        value: Duration,
+        /// What it must be.
+        rule: &'static str,
+    },
+    /// A negative grace in [`OldTokenDeletion::AfterNewTokenUse`].
+    #[error("invalid grace {grace}: a grace must be zero or positive")]
+    InvalidGrace {
+        /// The refused grace.
+        grace: Duration,
+    },
+    /// An instant outside the years 1 to 9999 (UTC), the range a key's
+    /// record can hold: the `now` given, a deletion time, or the due date it
+    /// would give a token.
+    #[error("{what} {at} is outside the years 1 to 9999 (UTC)")]
+    TimeOutOfRange {
+        /// Which instant.
+        what: &'static str,
+        /// The instant given.
+        at: OffsetDateTime,
+    },
 }
+
+/// What every transition calls its `now` in errors.
+const NOW: &str = "the time given";
 
 impl ApiKey {
     /// Issues a new key with its first token, which is shown only here.
     ///
-    /// The key starts `Active`, in state `Single`, at version 1.
+    /// The key starts `Active`, in state `Single`, at version 1, with a
+    /// random incarnation (see [`Revision`]).
+    ///
+    /// `rng` must be a cryptographically secure generator seeded from the
+    /// operating system, such as `rand::rng()`. The `CryptoRng` bound is only
+    /// a marker: a generator seeded with a known value makes every token it
+    /// draws predictable, and the public token ids in events give away its
+    /// position. Seeded generators are for tests.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is issued when the input could not make a key that can be
+    /// stored: [`TransitionError::InvalidLabel`],
+    /// [`TransitionError::InvalidPolicy`], or
+    /// [`TransitionError::TimeOutOfRange`] for a `now` (or a due date) outside
+    /// the years 1 to 9999.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, NewKey, TransitionError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (key, token, _event) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+    /// assert!(key.verify(token.expose_secret(), now).is_ok());
+    ///
+    /// let bad = NewKey::new(KeyId::new("acme")?).label("line\nbreak");
+    /// assert!(matches!(
+    ///     ApiKey::issue(bad, now, &mut rand::rng()),
+    ///     Err(TransitionError::InvalidLabel(_))
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn issue<R: rand::CryptoRng + ?Sized>(
-        id: KeyId,
-        label: impl Into<String>,
-        policy: Policy,
+        new: impl Into<NewKey>,
         now: OffsetDateTime,
         rng: &mut R,
-    ) -> (ApiKey, Token, Event) {
+    ) -> Result<(ApiKey, Token, Event), TransitionError> {
+        let NewKey { id, label, policy } = new.into();
+        let label = input::check_label(label)?;
+        input::check_policy(&policy)?;
+        let now = input::instant(now, NOW)?;
+        let due_at = input::due_date(now, &policy)?;
         let (token, hash) = policy.token_format.generate(&id, rng);
         let key = ApiKey {
-            current: TokenInfo::new(&token, hash, &policy, now),
+            current: TokenInfo::new(&token, hash, now, due_at),
             id,
-            label: label.into().into_boxed_str(),
+            label,
             status: KeyStatus::Active,
+            incarnation: rng.next_u64() >> 1,
             version: 1,
             created_at: now,
             policy,
@@ -276,7 +358,7 @@ impl ApiKey {
             label: key.label.to_string(),
             token_id: key.current.id,
         };
-        (key, token, event)
+        Ok((key, token, event))
     }
 
     /// The key's public id.
@@ -305,10 +387,15 @@ impl ApiKey {
     }
 
     /// 1 after issue, one more after each successful transition; never
-    /// changed by a refused transition or by `verify`. Stores use it for
-    /// optimistic concurrency.
+    /// changed by a refused transition or by `verify`.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The key's incarnation and version: what stores compare before they
+    /// replace or delete it (optimistic concurrency).
+    pub fn revision(&self) -> Revision {
+        Revision::new(self.incarnation, self.version)
     }
 
     /// When the key was issued.
@@ -337,17 +424,19 @@ impl ApiKey {
     /// # Errors
     ///
     /// [`TransitionError::RenewalPending`] while a previous renewal still has
-    /// its old token.
+    /// its old token; [`TransitionError::TimeOutOfRange`].
     pub fn renew<R: rand::CryptoRng + ?Sized>(
         &mut self,
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(Token, Event), TransitionError> {
+        let now = input::instant(now, NOW)?;
         if self.renewal.is_some() {
             return Err(TransitionError::RenewalPending);
         }
+        let due_at = input::due_date(now, &self.policy)?;
         let (token, hash) = self.policy.token_format.generate(&self.id, rng);
-        let new = TokenInfo::new(&token, hash, &self.policy, now);
+        let new = TokenInfo::new(&token, hash, now, due_at);
         let old = std::mem::replace(&mut self.current, new);
         let old_token_id = old.id;
         self.renewal = Some(Box::new(Renewal {
@@ -376,12 +465,25 @@ impl ApiKey {
     /// # Errors
     ///
     /// [`TransitionError::NoRenewalPending`] with no renewal pending;
-    /// [`TransitionError::AlreadyFinalized`] when it was already decided.
+    /// [`TransitionError::AlreadyFinalized`] when it was already decided;
+    /// [`TransitionError::InvalidGrace`] for a negative grace;
+    /// [`TransitionError::TimeOutOfRange`] for a `now` or an `At` instant
+    /// outside the years 1 to 9999.
     pub fn finalize(
         &mut self,
         deletion: OldTokenDeletion,
         now: OffsetDateTime,
     ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        let deletion = match deletion {
+            OldTokenDeletion::At(at) => {
+                OldTokenDeletion::At(input::instant(at, "the deletion time")?)
+            }
+            OldTokenDeletion::AfterNewTokenUse { grace } if grace.is_negative() => {
+                return Err(TransitionError::InvalidGrace { grace });
+            }
+            other => other,
+        };
         let renewal = self
             .renewal
             .as_mut()
@@ -414,8 +516,10 @@ impl ApiKey {
     ///
     /// # Errors
     ///
-    /// [`TransitionError::NoOldToken`] with no renewal pending.
+    /// [`TransitionError::NoOldToken`] with no renewal pending;
+    /// [`TransitionError::TimeOutOfRange`].
     pub fn delete_old(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
         let renewal = self.renewal.take().ok_or(TransitionError::NoOldToken)?;
         Ok(self.old_deleted(renewal.old.id, DeletionReason::Manual, now))
     }
@@ -427,8 +531,10 @@ impl ApiKey {
     /// # Errors
     ///
     /// [`TransitionError::NoOldToken`] once the old token is gone (deleted,
-    /// or past its scheduled deletion): renew again or delete the key.
+    /// or past its scheduled deletion): renew again or delete the key;
+    /// [`TransitionError::TimeOutOfRange`].
     pub fn undo_renewal(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
         let Renewal { old, .. } = *self
             .renewal
             .take_if(|r| r.live_old_token(now).is_some())
@@ -449,8 +555,9 @@ impl ApiKey {
     ///
     /// # Errors
     ///
-    /// [`TransitionError::AlreadyInactive`].
+    /// [`TransitionError::AlreadyInactive`]; [`TransitionError::TimeOutOfRange`].
     pub fn deactivate(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
         if self.status == KeyStatus::Inactive {
             return Err(TransitionError::AlreadyInactive);
         }
@@ -467,8 +574,9 @@ impl ApiKey {
     ///
     /// # Errors
     ///
-    /// [`TransitionError::AlreadyActive`].
+    /// [`TransitionError::AlreadyActive`]; [`TransitionError::TimeOutOfRange`].
     pub fn activate(&mut self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
         if self.status == KeyStatus::Active {
             return Err(TransitionError::AlreadyActive);
         }
@@ -488,12 +596,14 @@ impl ApiKey {
     /// # Errors
     ///
     /// [`TransitionError::NoOldToken`] with no renewal pending;
-    /// [`TransitionError::OldTokenInUse`] when it was used too recently.
+    /// [`TransitionError::OldTokenInUse`] when it was used too recently;
+    /// [`TransitionError::TimeOutOfRange`].
     pub fn delete_old_if_idle(
         &mut self,
         min_idle: Duration,
         now: OffsetDateTime,
     ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
         let old = self.old_token().ok_or(TransitionError::NoOldToken)?;
         if let Some(last_used_at) = old.last_used_at
             && now < last_used_at.saturating_add(min_idle)
@@ -512,15 +622,19 @@ impl ApiKey {
     /// is at least the policy's `usage_resolution` old, or when it is the
     /// first use of the new token under
     /// [`Decision::AfterNewTokenUse`], which schedules the old token's
-    /// deletion at `now + grace`. A change bumps the version like a
-    /// transition, but emits no event.
+    /// deletion at `now + grace` (saturated at the end of year 9999). A
+    /// change bumps the version like a transition, but emits no event. A
+    /// `now` outside the years 1 to 9999 changes nothing.
     pub fn record_use(&mut self, matched: TokenMatch, now: OffsetDateTime) -> bool {
+        let Some(now) = input::in_range(now) else {
+            return false;
+        };
         let resolution = self.policy.usage_resolution;
         let (token, schedule) = match (matched, &mut self.renewal) {
             (TokenMatch::Current, Some(renewal)) => match renewal.decision {
                 Decision::AfterNewTokenUse { grace } => {
                     renewal.decision = Decision::Scheduled {
-                        at: now.saturating_add(grace),
+                        at: input::saturating_add(now, grace),
                     };
                     (&mut self.current, true)
                 }
@@ -543,8 +657,10 @@ impl ApiKey {
     /// Applies a scheduled deletion of the old token that is due at `now`,
     /// returning its `OldTokenDeleted` event; `None` (and no change) when
     /// nothing is due. [`verify`](ApiKey::verify) already refuses a token
-    /// past its scheduled deletion; this removes it from the key.
+    /// past its scheduled deletion; this removes it from the key. A `now`
+    /// outside the years 1 to 9999 changes nothing.
     pub fn housekeep(&mut self, now: OffsetDateTime) -> Option<Event> {
+        let now = input::in_range(now)?;
         // An old token that is no longer live is one whose deletion is due.
         let due = self.renewal.take_if(|r| r.live_old_token(now).is_none())?;
         Some(self.old_deleted(due.old.id, DeletionReason::Scheduled, now))
@@ -552,12 +668,17 @@ impl ApiKey {
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A
     /// store removes its record; the managers do both.
-    pub fn delete(self, now: OffsetDateTime) -> Event {
-        Event::KeyDeleted {
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`].
+    pub fn delete(self, now: OffsetDateTime) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        Ok(Event::KeyDeleted {
             key_id: self.id,
             at: now,
             version: self.version + 1,
-        }
+        })
     }
 
     /// Completes the deletion of the old token `old`, already removed.

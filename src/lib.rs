@@ -12,12 +12,12 @@
 //! # Example
 //!
 //! ```
-//! use keyroll::{ApiKey, KeyId, OldTokenDeletion, Policy, TokenMatch, VerifyError};
+//! use keyroll::{ApiKey, KeyId, OldTokenDeletion, TokenMatch, VerifyError};
 //! use time::OffsetDateTime;
 //!
 //! let mut rng = rand::rng();
 //! let now = OffsetDateTime::now_utc();
-//! let (mut key, first, _) = ApiKey::issue(KeyId::new("acme")?, "acme", Policy::default(), now, &mut rng);
+//! let (mut key, first, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rng)?;
 //!
 //! let (second, _) = key.renew(now, &mut rng)?;
 //! assert_eq!(key.verify(first.expose_secret(), now)?, TokenMatch::Old);
@@ -46,11 +46,14 @@ pub mod conformance;
 mod event;
 mod hex;
 mod id;
+mod input;
 mod key;
 mod manager;
+mod new_key;
 mod policy;
 #[cfg(feature = "serde")]
 mod record;
+mod revision;
 mod store;
 #[cfg(feature = "proptest")]
 pub mod testing;
@@ -59,11 +62,14 @@ mod verify;
 
 pub use event::{DeletionReason, Event};
 pub use id::{InvalidKeyId, InvalidTokenId, KeyId, TokenId};
+pub use input::InvalidLabel;
 pub use key::{
     ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
 };
 pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, ManagerError};
+pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};
+pub use revision::Revision;
 pub use store::{AsyncKeyStore, InMemoryStore, KeyStore, StoreError};
 pub use token::{InvalidPrefix, Token, TokenFormat};
 pub use verify::{Freshness, TokenMatch, VerifyError};

@@ -2,7 +2,7 @@
 //! optimistic concurrency.
 //!
 //! Each mutating call loads the key, applies the transition to the copy, and
-//! writes it back with `update(key, version_it_loaded)`. If another writer got
+//! writes it back with `update(key, revision_it_loaded)`. If another writer got
 //! there first (`Conflict`), it loads again and retries, up to
 //! [`max_retries`](KeyManager::with_max_retries) times. A [`Token`] is returned
 //! only once the write that holds its hash has succeeded; a failed write
@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::event::Event;
 use crate::id::KeyId;
 use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
-use crate::policy::Policy;
+use crate::new_key::NewKey;
 use crate::store::{AsyncKeyStore, KeyStore, StoreError};
 use crate::token::Token;
 use crate::verify::{TokenMatch, VerifyError};
@@ -116,7 +116,7 @@ fn updating<T>(
 /// # Example
 ///
 /// ```
-/// use keyroll::{InMemoryStore, KeyId, KeyManager, OldTokenDeletion, Policy, TokenMatch};
+/// use keyroll::{InMemoryStore, KeyId, KeyManager, NewKey, OldTokenDeletion, TokenMatch};
 /// use time::OffsetDateTime;
 ///
 /// let manager = KeyManager::new(InMemoryStore::new());
@@ -124,7 +124,7 @@ fn updating<T>(
 /// let now = OffsetDateTime::now_utc();
 /// let id = KeyId::new("acme-orders")?;
 ///
-/// let (first, _) = manager.create_key(id.clone(), "orders", Policy::default(), now, &mut rng)?;
+/// let (first, _) = manager.create_key(NewKey::new(id.clone()).label("orders"), now, &mut rng)?;
 /// let (second, _) = manager.renew(&id, now, &mut rng)?;
 /// assert_eq!(manager.authenticate(&id, first.expose_secret(), now)?, TokenMatch::Old);
 /// manager.finalize(&id, OldTokenDeletion::Now, now)?;
@@ -186,21 +186,21 @@ macro_rules! manager_methods {
             &self.store
         }
 
-        /// Issues a new key and stores it; returns its first token, shown once.
+        /// Issues a new key ([`ApiKey::issue`]) and stores it; returns its
+        /// first token, shown once.
         ///
         /// # Errors
         ///
+        /// [`ManagerError::Transition`] for input `issue` refuses;
         /// [`ManagerError::AlreadyExists`] if the id is taken;
         /// [`ManagerError::Store`].
         pub $($async)? fn create_key<R: rand::CryptoRng + ?Sized>(
             &self,
-            id: KeyId,
-            label: impl Into<String>,
-            policy: Policy,
+            new: impl Into<NewKey>,
             now: OffsetDateTime,
             rng: &mut R,
         ) -> Result<(Token, Event), ManagerError<S::Error>> {
-            let (key, token, event) = ApiKey::issue(id, label, policy, now, rng);
+            let (key, token, event) = ApiKey::issue(new, now, rng)?;
             $Store::insert(&self.store, &key)$($aw)*?;
             Ok((token, event))
         }
@@ -278,7 +278,7 @@ macro_rules! manager_methods {
         /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
         /// [`ManagerError::Store`].
         pub $($async)? fn delete_key(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, |key| Ok((Write::Delete, key.delete(now))))$($aw)*
+            self.transition(id, |key| Ok((Write::Delete, key.delete(now)?)))$($aw)*
         }
 
         /// [`ApiKey::delete_old_if_idle`] on the stored key.
@@ -379,7 +379,7 @@ macro_rules! manager_methods {
                 .map_err(AuthError::Store)?
                 .ok_or(AuthError::UnknownKey)?;
             let matched = key.verify(presented, now)?;
-            let loaded = key.version();
+            let loaded = key.revision();
             if key.record_use(matched, now) {
                 // Best effort: a lost race means another request wrote a
                 // use (or a transition) first; the token was still valid.
@@ -388,7 +388,7 @@ macro_rules! manager_methods {
             Ok(matched)
         }
 
-        /// Loads, applies `apply`, writes back with the loaded version, and
+        /// Loads, applies `apply`, writes back with the loaded revision, and
         /// retries on conflict.
         $($async)? fn transition<T>(
             &self,
@@ -399,7 +399,7 @@ macro_rules! manager_methods {
                 let key = $Store::get(&self.store, id)$($aw)*
                     .map_err(ManagerError::Store)?
                     .ok_or(ManagerError::NotFound)?;
-                let loaded = key.version();
+                let loaded = key.revision();
                 let (next, out) = apply(key)?;
                 let result = match &next {
                     Write::Update(key) => $Store::update(&self.store, key, loaded)$($aw)*,

@@ -1,22 +1,31 @@
 //! The serialized form of an [`ApiKey`] (feature `serde`), checked on load.
 //!
-//! A record carries `"schema": 1`. Loading refuses, with a message saying
-//! what is wrong, any record that would build an impossible key: an unknown
-//! schema, a version too low for the key's state, two tokens with one id, a
-//! hash that is not 64 lower-case hex digits, or a due date that is not the
-//! token's creation plus the policy's renewal period.
+//! A record carries `"schema": 2` and the key's `incarnation`. Records of
+//! schema 1 (keyroll 0.1) have no incarnation: they load with one derived
+//! from the key id and creation time, so every load of one record agrees,
+//! and are written back as schema 2.
+//!
+//! Loading refuses, with a message saying what is wrong, any record that
+//! would build an impossible key: an unknown schema, a missing or
+//! out-of-range incarnation, a version too low for the key's state, two
+//! tokens with one id or one hash, a hash that is not 64 lower-case hex
+//! digits, or a due date that is not the token's creation plus the policy's
+//! renewal period.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::id::KeyId;
 use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
 use crate::policy::Policy;
 
-/// The record schema this version writes and reads.
-const SCHEMA: u32 = 1;
+/// The record schema this version writes.
+const SCHEMA: u32 = 2;
+/// The schema of keyroll 0.1, which this version still reads.
+const SCHEMA_1: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +34,9 @@ struct KeyRecord<'a> {
     id: Cow<'a, KeyId>,
     label: Cow<'a, str>,
     status: KeyStatus,
+    /// Absent in schema 1.
+    #[serde(default)]
+    incarnation: Option<u64>,
     version: u64,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
@@ -41,6 +53,7 @@ impl Serialize for ApiKey {
             id: Cow::Borrowed(&self.id),
             label: Cow::Borrowed(&self.label),
             status: self.status,
+            incarnation: Some(self.incarnation),
             version: self.version,
             created_at: self.created_at,
             policy: self.policy,
@@ -54,16 +67,25 @@ impl Serialize for ApiKey {
 impl<'de> Deserialize<'de> for ApiKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let record = KeyRecord::deserialize(d)?;
-        if record.schema != SCHEMA {
-            return Err(D::Error::custom(format_args!(
-                "unsupported key record schema {}: this version of keyroll reads schema {SCHEMA}",
-                record.schema
-            )));
-        }
+        let incarnation = match (record.schema, record.incarnation) {
+            (SCHEMA, Some(incarnation)) => incarnation,
+            (SCHEMA, None) => {
+                return Err(D::Error::custom(
+                    "invalid key record: schema 2 needs an incarnation",
+                ));
+            }
+            (SCHEMA_1, _) => schema_1_incarnation(&record.id, record.created_at),
+            (other, _) => {
+                return Err(D::Error::custom(format_args!(
+                    "unsupported key record schema {other}: this version of keyroll reads schemas {SCHEMA_1} and {SCHEMA}"
+                )));
+            }
+        };
         let key = ApiKey {
             id: record.id.into_owned(),
             label: record.label.into_owned().into_boxed_str(),
             status: record.status,
+            incarnation,
             version: record.version,
             created_at: record.created_at,
             policy: record.policy,
@@ -76,9 +98,27 @@ impl<'de> Deserialize<'de> for ApiKey {
     }
 }
 
+/// The incarnation of a schema-1 record, which has none: derived from what
+/// never changes in a key's life (its id and creation time), so that every
+/// load of the record, by any replica, gets the same.
+fn schema_1_incarnation(id: &KeyId, created_at: OffsetDateTime) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(b"keyroll schema-1 incarnation\0")
+        .chain_update(id.as_str().as_bytes())
+        .chain_update(created_at.unix_timestamp_nanos().to_le_bytes())
+        .finalize();
+    let (first, _) = digest
+        .split_first_chunk::<8>()
+        .unwrap_or_else(|| unreachable!("32 bytes"));
+    u64::from_le_bytes(*first) >> 1
+}
+
 impl ApiKey {
     /// Every invariant a key built by transitions keeps, or what breaks one.
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        if self.incarnation > i64::MAX as u64 {
+            return Err(format!("incarnation {} is out of range", self.incarnation));
+        }
         // Each of these took a transition of its own.
         let min_version = 1
             + u64::from(self.renewal.is_some())
@@ -101,6 +141,9 @@ impl ApiKey {
         if let Some(renewal) = &self.renewal {
             if renewal.old.id == self.current.id {
                 return Err("the current and the old token have the same id".into());
+            }
+            if bool::from(renewal.old.hash.ct_eq(&self.current.hash)) {
+                return Err("the current and the old token have the same hash".into());
             }
             tokens.push(("old", &renewal.old));
         }

@@ -12,7 +12,7 @@
 //! and each successful renewal hands out the next one. After each
 //! transition, [`Model::expected`] says what the system should have answered,
 //! and the model's fields say what state it should be in. It assumes the
-//! default [`Policy`] (advisory expiry, a 60-second usage resolution).
+//! default [`Policy`](crate::Policy) (advisory expiry, a 60-second usage resolution).
 //!
 //! # Example: testing your own system against the model
 //!
@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use keyroll::testing::{Expected, Model, Op};
-//! use keyroll::{ApiKey, KeyId, Policy, Token};
+//! use keyroll::{ApiKey, KeyId, Token};
 //! use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 //!
 //! /// The system under test and the tokens it handed out, by handle.
@@ -34,7 +34,7 @@
 //!     type Reference = Model;
 //!
 //!     fn init_test(model: &Model) -> Sut {
-//!         let issue = || ApiKey::issue(KeyId::new("k").unwrap(), "", Policy::default(), model.now, &mut rand::rng());
+//!         let issue = || ApiKey::issue(KeyId::new("k").unwrap(), model.now, &mut rand::rng()).unwrap();
 //!         let ((key, token, _), (_, stranger, _)) = (issue(), issue());
 //!         Sut { key, tokens: vec![token], stranger }
 //!     }
@@ -89,7 +89,7 @@ use proptest_state_machine::ReferenceStateMachine;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    ApiKey, Decision, KeyId, OldTokenDeletion, Policy, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Decision, KeyId, NewKey, OldTokenDeletion, TokenMatch, TransitionError, VerifyError,
 };
 
 /// Which token an [`Op::Verify`] or [`Op::Use`] presents.
@@ -430,7 +430,7 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
 pub fn api_key() -> impl Strategy<Value = ApiKey> {
     (
         key_id(),
-        ".{0,40}",
+        "\\PC{0,40}",
         timestamp(),
         proptest::collection::vec(op(), 0..24),
         any::<u64>(),
@@ -438,7 +438,9 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
         .prop_map(|(id, label, issued, ops, seed)| {
             use rand::SeedableRng;
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let (mut key, _, _) = ApiKey::issue(id, label, Policy::default(), issued, &mut rng);
+            let new = NewKey::new(id).label(label);
+            let (mut key, _, _) = ApiKey::issue(new, issued, &mut rng)
+                .unwrap_or_else(|e| unreachable!("valid labels and times: {e}"));
             let mut now = issued;
             for op in ops {
                 // Results are irrelevant here: only the states reached matter.

@@ -73,6 +73,12 @@ impl fmt::Debug for Token {
 /// `verify`.
 pub(crate) struct Secret([u8; PACKED_LEN]);
 
+impl zeroize::Zeroize for Secret {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 /// The SHA-256 of a token's secret, bound to its key id.
 #[derive(Clone, Copy)]
 pub(crate) struct TokenHash(pub(crate) [u8; 32]);
@@ -81,27 +87,39 @@ impl TokenHash {
     /// Hashes, in one call, the domain tag, the key id (length-prefixed) and
     /// the packed secret.
     pub(crate) fn of(key: &KeyId, secret: &Secret) -> TokenHash {
-        let id = key.as_str().as_bytes();
         let mut input = [0u8; HASHED_MAX];
-        let tag = HASH_DOMAIN.len();
-        input[..tag].copy_from_slice(HASH_DOMAIN);
-        // A KeyId is at most 64 bytes, so its length fits one byte.
-        input[tag] = id.len() as u8;
-        input[tag + 1..tag + 1 + id.len()].copy_from_slice(id);
-        let len = tag + 1 + id.len() + PACKED_LEN;
-        input[tag + 1 + id.len()..len].copy_from_slice(&secret.0);
+        let len = hash_input(key, secret, &mut input);
         TokenHash(Sha256::digest(&input[..len]).into())
     }
 
     /// Constant-time equality, a 64-bit word at a time.
     pub(crate) fn ct_eq(&self, other: &TokenHash) -> subtle::Choice {
-        let word = |h: &[u8; 32], i: usize| {
-            u64::from_ne_bytes(h[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+        let (ours, []) = self.0.as_chunks::<8>() else {
+            unreachable!("32 bytes are 4 words")
         };
-        (0..4).fold(subtle::Choice::from(1), |equal, i| {
-            equal & word(&self.0, i).ct_eq(&word(&other.0, i))
-        })
+        let (theirs, []) = other.0.as_chunks::<8>() else {
+            unreachable!("32 bytes are 4 words")
+        };
+        ours.iter()
+            .zip(theirs)
+            .fold(subtle::Choice::from(1), |equal, (a, b)| {
+                equal & u64::from_ne_bytes(*a).ct_eq(&u64::from_ne_bytes(*b))
+            })
     }
+}
+
+/// Writes what is hashed (the domain tag, the key id's length, the key id,
+/// the packed secret) into `input` and returns its length.
+fn hash_input(key: &KeyId, secret: &Secret, input: &mut [u8; HASHED_MAX]) -> usize {
+    let id = key.as_str().as_bytes();
+    let tag = HASH_DOMAIN.len();
+    input[..tag].copy_from_slice(HASH_DOMAIN);
+    // A KeyId is at most 64 bytes, so its length fits one byte.
+    input[tag] = id.len() as u8;
+    input[tag + 1..tag + 1 + id.len()].copy_from_slice(id);
+    let len = tag + 1 + id.len() + PACKED_LEN;
+    input[tag + 1 + id.len()..len].copy_from_slice(&secret.0);
+    len
 }
 
 impl PartialEq for TokenHash {
@@ -166,8 +184,8 @@ impl TokenFormat {
 
     /// The prefix, without the `_` that follows it in a token.
     pub fn prefix(&self) -> &str {
-        // Only ASCII from `new` is ever stored.
-        std::str::from_utf8(self.prefix_bytes()).unwrap_or_default()
+        std::str::from_utf8(self.prefix_bytes())
+            .unwrap_or_else(|_| unreachable!("`new` stores only ASCII"))
     }
 
     fn prefix_bytes(&self) -> &[u8] {
@@ -234,12 +252,17 @@ impl TokenFormat {
         let chars: &[u8; SECRET_LEN] = text[secret_at]
             .try_into()
             .unwrap_or_else(|_| unreachable!("the secret is {SECRET_LEN} characters"));
-        let secret = base62::pack40(chars)
-            .map(Secret)
-            .unwrap_or_else(|| unreachable!("generated from the alphabet"));
-        let hash = TokenHash::of(key, &secret);
-        // Only ASCII was written, so this neither fails nor copies.
-        let text = String::from_utf8(std::mem::take(&mut *text)).unwrap_or_default();
+        let secret = Zeroizing::new(
+            base62::pack40(chars)
+                .map(Secret)
+                .unwrap_or_else(|| unreachable!("generated from the alphabet")),
+        );
+        // Issue time is not the hot path: wipe the hash input too.
+        let mut input = Zeroizing::new([0u8; HASHED_MAX]);
+        let len = hash_input(key, &secret, &mut input);
+        let hash = TokenHash(Sha256::digest(&input[..len]).into());
+        let text = String::from_utf8(std::mem::take(&mut *text))
+            .unwrap_or_else(|_| unreachable!("only ASCII was written"));
         let token = Token {
             text: Zeroizing::new(text),
             id: TokenId::generate(rng),

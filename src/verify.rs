@@ -121,14 +121,14 @@ impl ApiKey {
     /// # Example
     ///
     /// ```
-    /// use keyroll::{ApiKey, KeyId, Policy, TokenMatch, VerifyError};
+    /// use keyroll::{ApiKey, KeyId, TokenMatch, VerifyError};
     /// use time::OffsetDateTime;
     ///
     /// let now = OffsetDateTime::now_utc();
-    /// let (key, token, _) = ApiKey::issue(KeyId::new("k")?, "", Policy::default(), now, &mut rand::rng());
+    /// let (key, token, _) = ApiKey::issue(KeyId::new("k")?, now, &mut rand::rng())?;
     /// assert_eq!(key.verify(token.expose_secret(), now), Ok(TokenMatch::Current));
     /// assert_eq!(key.verify("kr_typo", now), Err(VerifyError::Malformed));
-    /// # Ok::<(), keyroll::InvalidKeyId>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify(&self, presented: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
         self.view().verify(presented, now)

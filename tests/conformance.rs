@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, StoreError, conformance};
+use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, Revision, StoreError, conformance};
 
 #[test]
 fn in_memory_store_passes_the_whole_suite() {
@@ -40,6 +40,10 @@ enum Flaw {
     UpdateCreatesMissing,
     DeleteIgnoresVersion,
     DeleteIsLost,
+    /// Compares the version and not the incarnation, as keyroll 0.1 stores
+    /// did: a stale copy overwrites a key deleted and created again.
+    UpdateComparesVersionsOnly,
+    DeleteComparesVersionsOnly,
     ListUnordered,
     ListIgnoresAfter,
     ListIncludesAfter,
@@ -120,27 +124,27 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
-    fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<Infallible>> {
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
         let mut keys = self.keys.lock().unwrap();
-        let found = keys.get(key.id()).map(ApiKey::version);
+        let found = keys.get(key.id()).map(ApiKey::revision);
         if self.has(Flaw::RacyUpdate) {
             keys = self.window(keys);
         }
         match found {
             None if self.has(Flaw::UpdateCreatesMissing) => {}
             None => return Err(StoreError::NotFound),
-            Some(found) if found != expected_version && !self.has(Flaw::UpdateIgnoresVersion) => {
+            Some(_) if self.has(Flaw::UpdateIgnoresVersion) => {}
+            Some(found)
+                if self.has(Flaw::UpdateComparesVersionsOnly)
+                    && found.version() == expected.version() => {}
+            Some(found) => {
                 let found = if self.has(Flaw::UpdateReportsWrongVersion) {
-                    expected_version
+                    expected
                 } else {
                     found
                 };
-                return Err(StoreError::Conflict {
-                    expected: expected_version,
-                    found,
-                });
+                StoreError::check_revision(expected, found, Some(key.revision()))?;
             }
-            Some(_) => {}
         }
         if !self.has(Flaw::UpdateIsLost) {
             keys.insert(key.id().clone(), key.clone());
@@ -148,17 +152,16 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
-    fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<Infallible>> {
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
         let mut keys = self.keys.lock().unwrap();
         let found = keys
             .get(id)
-            .map(ApiKey::version)
+            .map(ApiKey::revision)
             .ok_or(StoreError::NotFound)?;
-        if found != expected_version && !self.has(Flaw::DeleteIgnoresVersion) {
-            return Err(StoreError::Conflict {
-                expected: expected_version,
-                found,
-            });
+        let versions_only =
+            self.has(Flaw::DeleteComparesVersionsOnly) && found.version() == expected.version();
+        if !self.has(Flaw::DeleteIgnoresVersion) && !versions_only {
+            StoreError::check_revision(expected, found, None)?;
         }
         if !self.has(Flaw::DeleteIsLost) {
             keys.remove(id);
@@ -213,11 +216,22 @@ fn each_flaw_is_caught_and_named() {
     let cases = [
         (Flaw::InsertOverwrites, "insert_existing_is_refused"),
         (Flaw::GetIsStale, "update_persists"),
-        (Flaw::UpdateIgnoresVersion, "update_checks_the_version"),
+        (Flaw::UpdateIgnoresVersion, "update_checks_the_revision"),
         (Flaw::UpdateIsLost, "update_persists"),
-        (Flaw::UpdateReportsWrongVersion, "update_checks_the_version"),
+        (
+            Flaw::UpdateReportsWrongVersion,
+            "update_checks_the_revision",
+        ),
         (Flaw::UpdateCreatesMissing, "update_missing_is_not_found"),
-        (Flaw::DeleteIgnoresVersion, "delete_checks_the_version"),
+        (Flaw::DeleteIgnoresVersion, "delete_checks_the_revision"),
+        (
+            Flaw::UpdateComparesVersionsOnly,
+            "update_checks_the_revision",
+        ),
+        (
+            Flaw::DeleteComparesVersionsOnly,
+            "delete_checks_the_revision",
+        ),
         (Flaw::DeleteIsLost, "delete_removes_the_key"),
         (Flaw::ListUnordered, "list_is_ordered_after_and_limited"),
         (Flaw::ListIgnoresAfter, "list_is_ordered_after_and_limited"),
@@ -232,6 +246,30 @@ fn each_flaw_is_caught_and_named() {
             message.contains(behaviour),
             "flaw {flaw:?} should fail {behaviour}, but the suite said: {message}"
         );
+    }
+}
+
+/// The lost update of keyroll 0.1: a store comparing versions alone passes
+/// every other behaviour, and the delete/re-create behaviours catch it.
+#[test]
+fn a_version_only_store_fails_the_recreate_behaviours() {
+    let caught = |behaviour: fn(Flawed), flaw| {
+        catch_unwind(AssertUnwindSafe(|| behaviour(Flawed::new(flaw)))).is_err()
+    };
+    assert!(caught(
+        conformance::stale_update_after_recreate_is_refused,
+        Flaw::UpdateComparesVersionsOnly
+    ));
+    assert!(caught(
+        conformance::stale_delete_after_recreate_is_refused,
+        Flaw::DeleteComparesVersionsOnly
+    ));
+    for flaw in [
+        Flaw::UpdateComparesVersionsOnly,
+        Flaw::DeleteComparesVersionsOnly,
+    ] {
+        assert!(!caught(conformance::update_persists, flaw));
+        assert!(!caught(conformance::delete_removes_the_key, flaw));
     }
 }
 

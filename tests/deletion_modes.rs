@@ -332,7 +332,7 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
     let id = KeyId::new("k").unwrap();
     let quiet = KeyManager::new(InMemoryStore::new());
     let (token, _) = quiet
-        .create_key(id.clone(), "", Policy::default(), t0(), &mut rand::rng())
+        .create_key(id.clone(), t0(), &mut rand::rng())
         .unwrap();
     quiet
         .authenticate(&id, token.expose_secret(), t0())
@@ -345,7 +345,7 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
 
     let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
     let (token, _) = manager
-        .create_key(id.clone(), "", Policy::default(), t0(), &mut rand::rng())
+        .create_key(id.clone(), t0(), &mut rand::rng())
         .unwrap();
     for s in 0..30 {
         manager
@@ -369,13 +369,21 @@ impl KeyStore for AlwaysConflicts {
     fn insert(&self, key: &ApiKey) -> Result<(), keyroll::StoreError<Self::Error>> {
         self.0.insert(key)
     }
-    fn update(&self, _: &ApiKey, expected: u64) -> Result<(), keyroll::StoreError<Self::Error>> {
+    fn update(
+        &self,
+        _: &ApiKey,
+        expected: keyroll::Revision,
+    ) -> Result<(), keyroll::StoreError<Self::Error>> {
         Err(keyroll::StoreError::Conflict {
             expected,
-            found: expected + 1,
+            found: keyroll::Revision::new(expected.incarnation(), expected.version() + 1),
         })
     }
-    fn delete(&self, id: &KeyId, v: u64) -> Result<(), keyroll::StoreError<Self::Error>> {
+    fn delete(
+        &self,
+        id: &KeyId,
+        v: keyroll::Revision,
+    ) -> Result<(), keyroll::StoreError<Self::Error>> {
         self.0.delete(id, v)
     }
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
@@ -388,7 +396,7 @@ fn a_lost_race_on_recording_never_fails_authentication() {
     let id = KeyId::new("k").unwrap();
     let manager = KeyManager::new(AlwaysConflicts(InMemoryStore::new())).with_usage_recording(true);
     let (token, _) = manager
-        .create_key(id.clone(), "", Policy::default(), t0(), &mut rand::rng())
+        .create_key(id.clone(), t0(), &mut rand::rng())
         .unwrap();
     assert_eq!(
         manager
@@ -408,7 +416,7 @@ fn manager_after_use_story_with_housekeeping() {
     let mut news = Vec::new();
     for id in &ids {
         let (old, _) = manager
-            .create_key(id.clone(), "", Policy::default(), t0(), &mut rand::rng())
+            .create_key(id.clone(), t0(), &mut rand::rng())
             .unwrap();
         let (new, _) = manager.renew(id, t0(), &mut rand::rng()).unwrap();
         manager

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 
 use common::{assert_invariants, t0};
 use keyroll::{
-    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStore, ManagerError, OldTokenDeletion,
-    Policy, StoreError, Token, TokenId, TokenMatch, VerifyError,
+    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStore, ManagerError, NewKey,
+    OldTokenDeletion, Revision, StoreError, Token, TokenId, TokenMatch, VerifyError,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -95,10 +95,10 @@ impl KeyStore for FaultyStore {
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Fault>> {
         self.write(|| self.inner.insert(key))
     }
-    fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<Fault>> {
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Fault>> {
         self.write(|| self.inner.update(key, expected))
     }
-    fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<Fault>> {
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Fault>> {
         self.write(|| self.inner.delete(id, expected))
     }
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Fault> {
@@ -185,7 +185,7 @@ proptest! {
         let mut rng = StdRng::seed_from_u64(seed);
         // Create the key past the faults: the schedule applies from here on.
         let (first, _) = KeyManager::new(&manager.store().inner)
-            .create_key(id(), "faulty", Policy::default(), t0(), &mut rng)
+            .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rng)
             .unwrap();
         let mut returned: Vec<Token> = vec![first];
         let mut removed: HashMap<TokenId, usize> = HashMap::new();
@@ -250,7 +250,7 @@ proptest! {
 fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
     let manager = KeyManager::new(FaultyStore::new(0, 0));
     let (first, _) = manager
-        .create_key(id(), "faulty", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng())
         .unwrap();
     *manager.store().forced.lock().unwrap() = Some(Outcome::LoseAck);
     let result = manager.renew(&id(), t0(), &mut rand::rng());
@@ -287,7 +287,7 @@ fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
 fn a_failed_write_before_applying_changes_nothing() {
     let manager = KeyManager::new(FaultyStore::new(0, 0));
     manager
-        .create_key(id(), "faulty", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng())
         .unwrap();
     let before = stored(&manager);
     *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);

@@ -17,8 +17,11 @@ struct Service {
     child: Child,
     base: String,
     agent: Agent,
-    /// Everything the service printed after its first line.
+    /// Everything the service printed on stdout after its first line: the
+    /// audit log.
     log: Arc<Mutex<String>>,
+    /// Everything it printed on stderr: the server log.
+    server_log: Arc<Mutex<String>>,
 }
 
 impl Drop for Service {
@@ -33,9 +36,14 @@ fn start() -> Service {
         .args(["--listen", "127.0.0.1:0", "--store", "memory"])
         .env("KEYROLL_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let server_log = Arc::new(Mutex::new(String::new()));
+    collect(
+        BufReader::new(child.stderr.take().unwrap()),
+        server_log.clone(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -44,28 +52,45 @@ fn start() -> Service {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("first line: {first:?}"));
     let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stdout.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            sink.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
+    collect(stdout, log.clone());
     let agent = Agent::new_with_config(Agent::config_builder().http_status_as_error(false).build());
     Service {
         child,
         base: format!("http://{addr}"),
         agent,
         log,
+        server_log,
     }
+}
+
+/// Copies every line `from` prints into `into`, on a thread of its own.
+fn collect(mut from: impl BufRead + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while from.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            into.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
 }
 
 /// A response's status and JSON body (`Null` if not JSON).
 type Answer = (u16, Value);
 
 fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let (status, _, body) = answer_with_headers(response);
+    (status, body)
+}
+
+/// A response's status, `Cache-Control` header and JSON body.
+fn answer_with_headers(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> (u16, Option<String>, Value) {
     let mut response = response.unwrap();
+    let cache_control = response
+        .headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_owned());
     let status = response.status().as_u16();
     let mut text = String::new();
     response
@@ -73,7 +98,16 @@ fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> An
         .as_reader()
         .read_to_string(&mut text)
         .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        status,
+        cache_control,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+/// The one answer to every refused credential.
+fn refusal() -> Answer {
+    (401, json!({"error": "invalid credentials"}))
 }
 
 impl Service {
@@ -208,9 +242,7 @@ fn http_the_whole_renewal_story() {
             .0,
         200
     );
-    let inactive = service.whoami("acme-orders", &second);
-    assert_eq!(inactive.0, 401);
-    assert!(inactive.1["error"].as_str().unwrap().contains("inactive"));
+    assert_eq!(service.whoami("acme-orders", &second), refusal());
     assert_eq!(
         service
             .admin("POST", "/admin/keys/acme-orders/deactivate", None)
@@ -281,21 +313,16 @@ fn http_bad_input_gets_a_clear_4xx() {
     let whoami = format!("{}/v1/whoami", service.base);
     let error_of = |a: &Answer| a.1["error"].as_str().map(str::to_owned);
 
-    // Missing headers.
-    let a = answer(service.agent.get(&whoami).call());
-    assert_eq!(a.0, 401);
-    assert!(error_of(&a).unwrap().contains("missing"));
+    // Missing headers; malformed, wrong, 10 KB, non-UTF-8 tokens; an
+    // invalid key id: one answer for all.
+    assert_eq!(answer(service.agent.get(&whoami).call()), refusal());
     let a = answer(service.agent.get(&whoami).header("X-Api-Key", &id).call());
-    assert_eq!(a.0, 401);
-    // Malformed, wrong, 10 KB, non-UTF-8 tokens; an invalid key id.
-    assert_eq!(
-        service.whoami(&id, "kr_typo").1,
-        json!({"error": "malformed token"})
-    );
+    assert_eq!(a, refusal());
+    assert_eq!(service.whoami(&id, "kr_typo"), refusal());
     let mut wrong = token.clone();
     wrong.replace_range(10..11, if &token[10..11] == "A" { "B" } else { "A" });
-    assert_eq!(service.whoami(&id, &wrong).0, 401);
-    assert_eq!(service.whoami(&id, &"x".repeat(10 * 1024)).0, 401);
+    assert_eq!(service.whoami(&id, &wrong), refusal());
+    assert_eq!(service.whoami(&id, &"x".repeat(10 * 1024)), refusal());
     let a = answer(
         service
             .agent
@@ -304,9 +331,9 @@ fn http_bad_input_gets_a_clear_4xx() {
             .header_raw("X-Api-Token", b"kr_\xff\xfe")
             .call(),
     );
-    assert_eq!(a.0, 401);
-    assert_eq!(service.whoami("bad id!", &token).0, 401);
-    assert_eq!(service.whoami("nobody", &token).0, 401);
+    assert_eq!(a, refusal());
+    assert_eq!(service.whoami("bad id!", &token), refusal());
+    assert_eq!(service.whoami("nobody", &token), refusal());
 
     // Admin: wrong or missing bearer token.
     let keys = format!("{}/admin/keys", service.base);
@@ -370,6 +397,130 @@ fn http_bad_input_gets_a_clear_4xx() {
     assert_eq!(service.admin("GET", "/admin/nothing-here", None).0, 404);
     // The service is still up and answering.
     assert_eq!(service.whoami(&id, &token).0, 200);
+}
+
+/// An unknown key, a malformed token (of an existing key or not), a wrong
+/// token and an inactive key all get one answer: nothing tells a caller
+/// whether a key id exists. The causes are in the server's log, with no
+/// token.
+#[test]
+fn http_credential_refusals_do_not_reveal_which_keys_exist() {
+    let service = start();
+    let created = service.admin(
+        "POST",
+        "/admin/keys",
+        Some(json!({"id": "real", "label": "x"})),
+    );
+    let token = token_of(&created);
+    let (_, other) = {
+        let created = service.admin("POST", "/admin/keys", Some(json!({"id": "other"})));
+        (created.0, token_of(&created))
+    };
+    let answers = [
+        service.whoami("real", "kr_typo"),
+        service.whoami("nobody", "kr_typo"),
+        service.whoami("nobody", &token),
+        service.whoami("real", &other),
+    ];
+    service.admin("POST", "/admin/keys/real/deactivate", None);
+    let inactive = service.whoami("real", &token);
+    for a in answers.iter().chain([&inactive]) {
+        assert_eq!(a, &refusal());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let server_log = service.server_log.lock().unwrap().clone();
+    for cause in ["malformed", "unknown key", "does not match", "inactive"] {
+        assert!(server_log.contains(cause), "{cause} in {server_log}");
+    }
+    let everything = server_log + &service.log.lock().unwrap();
+    for secret in [&token, &other] {
+        assert!(!everything.contains(&secret[3..]), "a token in the logs");
+    }
+}
+
+/// What an admin call gets back when it hands out a token, and how the
+/// service deals with bad input and due deletions.
+#[test]
+fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
+    let service = start();
+    let url = format!("{}/admin/keys", service.base);
+    let bearer = format!("Bearer {ADMIN}");
+    let created = answer_with_headers(
+        service
+            .agent
+            .post(&url)
+            .header("Authorization", &bearer)
+            .header("Content-Type", "application/json")
+            .send(json!({"id": "k"}).to_string()),
+    );
+    assert_eq!((created.0, created.1.as_deref()), (201, Some("no-store")));
+    let first = created.2["token"].as_str().unwrap().to_owned();
+    let renewed = answer_with_headers(
+        service
+            .agent
+            .post(format!("{url}/k/renew"))
+            .header("Authorization", &bearer)
+            .send_empty(),
+    );
+    assert_eq!((renewed.0, renewed.1.as_deref()), (200, Some("no-store")));
+    let second = renewed.2["token"].as_str().unwrap().to_owned();
+    let listed = answer_with_headers(
+        service
+            .agent
+            .get(&url)
+            .header("Authorization", &bearer)
+            .call(),
+    );
+    assert_eq!(listed.1, None, "no token, nothing to forbid");
+
+    // A negative grace is refused at the call; nothing changed, and later
+    // requests are served (0.1 stored a key in a negative year, and every
+    // request after it panicked).
+    let grace =
+        json!({"delete_old": {"after_new_token_use": {"grace": {"secs": -100_000_000_000i64}}}});
+    let refused = service.admin("POST", "/admin/keys/k/finalize", Some(grace));
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(
+        refused.1["error"].as_str().unwrap().contains("grace"),
+        "{refused:?}"
+    );
+    assert_eq!(service.whoami("k", &second).1["token"], "current");
+    assert_eq!(service.whoami("k", &first).1["token"], "old");
+    let label = "x".repeat(257);
+    assert_eq!(
+        service
+            .admin(
+                "POST",
+                "/admin/keys",
+                Some(json!({"id": "long", "label": label}))
+            )
+            .0,
+        400
+    );
+
+    // A renewal once the old token's scheduled deletion is due goes
+    // through, and the deletion is audited.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let scheduled = service.admin(
+        "POST",
+        "/admin/keys/k/finalize",
+        Some(json!({"delete_old": {"at": soon}})),
+    );
+    assert_eq!(scheduled.0, 200, "{scheduled:?}");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let third = service.admin("POST", "/admin/keys/k/renew", None);
+    assert_eq!(third.0, 200, "{third:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = service.log.lock().unwrap().clone();
+    let deletion = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["audit"]["event"] == "old_token_deleted")
+        .unwrap_or_else(|| panic!("no deletion audited: {log}"));
+    assert_eq!(deletion["audit"]["reason"], "scheduled");
+    assert_eq!(service.whoami("k", &first), refusal());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use common::t0;
 use keyroll::{
     ApiKey, AsyncKeyManager, AuthError, Event, InMemoryStore, KeyId, KeyManager, KeyState,
-    KeyStatus, KeyStore, ManagerError, OldTokenDeletion, Policy, StoreError, TokenMatch,
+    KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError, TokenMatch,
     TransitionError, VerifyError,
 };
 use rand::SeedableRng;
@@ -24,7 +24,7 @@ fn the_whole_story_through_the_manager() {
     let manager = KeyManager::new(InMemoryStore::new());
     let mut rng = rand::rng();
     let (first, event) = manager
-        .create_key(id(), "orders", Policy::default(), t0(), &mut rng)
+        .create_key(NewKey::new(id()).label("orders"), t0(), &mut rng)
         .unwrap();
     assert!(matches!(event, Event::KeyIssued { version: 1, .. }));
     assert_eq!(
@@ -100,11 +100,11 @@ fn the_whole_story_through_the_manager() {
 fn create_key_with_a_taken_id_is_already_exists() {
     let manager = KeyManager::new(InMemoryStore::new());
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     let before = manager.get(&id()).unwrap();
     assert!(matches!(
-        manager.create_key(id(), "b", Policy::default(), t0(), &mut rand::rng()),
+        manager.create_key(NewKey::new(id()).label("b"), t0(), &mut rand::rng()),
         Err(ManagerError::AlreadyExists)
     ));
     assert_eq!(manager.get(&id()).unwrap(), before);
@@ -114,7 +114,7 @@ fn create_key_with_a_taken_id_is_already_exists() {
 fn a_refused_transition_writes_nothing() {
     let manager = KeyManager::new(InMemoryStore::new());
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     let before = manager.get(&id()).unwrap();
     for result in [
@@ -150,7 +150,7 @@ impl KeyStore for Contested {
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<DiskOnFire>> {
         KeyStore::insert(&self.inner, key).map_err(|_| StoreError::AlreadyExists)
     }
-    fn update(&self, key: &ApiKey, expected: u64) -> Result<(), StoreError<DiskOnFire>> {
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<DiskOnFire>> {
         self.updates.fetch_add(1, Ordering::SeqCst);
         if self.fail_updates {
             return Err(StoreError::Backend(DiskOnFire));
@@ -159,18 +159,19 @@ impl KeyStore for Contested {
             self.interfere.fetch_sub(1, Ordering::SeqCst);
             // Another replica toggles the key's status twice in between.
             let mut other = KeyStore::get(&self.inner, key.id()).unwrap().unwrap();
-            let v = other.version();
+            let loaded = other.revision();
             other.deactivate(t0()).unwrap();
-            KeyStore::update(&self.inner, &other, v).unwrap();
+            KeyStore::update(&self.inner, &other, loaded).unwrap();
+            let loaded = other.revision();
             other.activate(t0()).unwrap();
-            KeyStore::update(&self.inner, &other, v + 1).unwrap();
+            KeyStore::update(&self.inner, &other, loaded).unwrap();
         }
         KeyStore::update(&self.inner, key, expected).map_err(|e| match e {
             StoreError::Conflict { expected, found } => StoreError::Conflict { expected, found },
             _ => StoreError::NotFound,
         })
     }
-    fn delete(&self, id: &KeyId, expected: u64) -> Result<(), StoreError<DiskOnFire>> {
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<DiskOnFire>> {
         KeyStore::delete(&self.inner, id, expected).map_err(|_| StoreError::NotFound)
     }
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, DiskOnFire> {
@@ -182,7 +183,7 @@ impl KeyStore for Contested {
 fn conflicts_are_retried_on_a_fresh_copy() {
     let manager = KeyManager::new(Contested::default());
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     manager.store().interfere.store(3, Ordering::SeqCst);
     let (token, event) = manager.renew(&id(), t0(), &mut rand::rng()).unwrap();
@@ -201,7 +202,7 @@ fn conflicts_are_retried_on_a_fresh_copy() {
 fn endless_conflicts_give_up_and_hand_out_no_token() {
     let manager = KeyManager::new(Contested::default()).with_max_retries(2);
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     manager.store().interfere.store(100, Ordering::SeqCst);
     let result = manager.renew(&id(), t0(), &mut rand::rng());
@@ -222,7 +223,7 @@ fn a_failed_write_hands_out_nothing_and_changes_nothing() {
         ..Contested::default()
     });
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     let before = manager.get(&id()).unwrap();
     let result = manager.renew(&id(), t0(), &mut rand::rng());
@@ -235,7 +236,7 @@ fn a_failed_write_hands_out_nothing_and_changes_nothing() {
 fn racing_threads_lose_no_update() {
     let manager = Arc::new(KeyManager::new(InMemoryStore::new()));
     manager
-        .create_key(id(), "a", Policy::default(), t0(), &mut rand::rng())
+        .create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())
         .unwrap();
     let successes = AtomicU64::new(0);
     std::thread::scope(|scope| {
@@ -275,7 +276,7 @@ async fn the_async_manager_behaves_the_same_and_its_futures_are_send() {
         tokio::spawn(async move {
             let mut rng = StdRng::from_rng(&mut rand::rng());
             let (first, _) = manager
-                .create_key(id(), "a", Policy::default(), t0(), &mut rng)
+                .create_key(NewKey::new(id()).label("a"), t0(), &mut rng)
                 .await
                 .unwrap();
             let (second, _) = manager.renew(&id(), t0(), &mut rng).await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use keyroll::testing::{Expected, Model, Op, Which};
 use keyroll::{
-    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, ManagerError, Policy, Token,
+    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, ManagerError, NewKey, Token,
     TokenId, TokenMatch, TransitionError, VerifyError,
 };
 use proptest::test_runner::{Config, FileFailurePersistence};
@@ -42,7 +42,7 @@ struct Plain(ApiKey);
 
 impl Subject for Plain {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
-        let (key, token, _) = ApiKey::issue(id, "model", Policy::default(), now, rng);
+        let (key, token, _) = ApiKey::issue(NewKey::new(id).label("model"), now, rng).unwrap();
         (Plain(key), token)
     }
     fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
@@ -106,7 +106,7 @@ impl Subject for Managed {
         let plain = KeyManager::new(store.clone());
         let recording = KeyManager::new(store).with_usage_recording(true);
         let (token, _) = plain
-            .create_key(id.clone(), "model", Policy::default(), now, rng)
+            .create_key(NewKey::new(id.clone()).label("model"), now, rng)
             .unwrap();
         (
             Managed {
@@ -198,13 +198,8 @@ impl<S: Subject> StateMachineTest for Against<S> {
     fn init_test(model: &Model) -> Harness<S> {
         let mut rng = StdRng::seed_from_u64(model.now.unix_timestamp() as u64);
         let (subject, token) = S::start(KeyId::new("model-key").unwrap(), model.now, &mut rng);
-        let (_, stranger, _) = ApiKey::issue(
-            KeyId::new("model-key").unwrap(),
-            "",
-            Policy::default(),
-            model.now,
-            &mut rng,
-        );
+        let (_, stranger, _) =
+            ApiKey::issue(KeyId::new("model-key").unwrap(), model.now, &mut rng).unwrap();
         Harness {
             subject,
             tokens: vec![token],

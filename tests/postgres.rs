@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use common::example_binary;
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
 use keyroll::{
-    AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, OldTokenDeletion, Policy, StoreError, Token,
+    AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, NewKey, OldTokenDeletion, StoreError, Token,
     TokenMatch, VerifyError, conformance,
 };
 use rand::rngs::StdRng;
@@ -89,7 +89,7 @@ async fn create_keys(manager: &AsyncKeyManager<PgStore>, n: usize) -> (Vec<KeyId
     for i in 0..n {
         let id = KeyId::new(format!("replicated-{i}")).unwrap();
         let (token, _) = manager
-            .create_key(id.clone(), "race", Policy::default(), now, &mut rng)
+            .create_key(NewKey::new(id.clone()).label("race"), now, &mut rng)
             .await
             .unwrap();
         ids.push(id);
@@ -281,11 +281,10 @@ async fn postgres_errors_keep_the_sql_state() {
         .unwrap();
     let (key, _, _) = keyroll::ApiKey::issue(
         KeyId::new("k").unwrap(),
-        "",
-        Policy::default(),
         OffsetDateTime::now_utc(),
         &mut rand::rng(),
-    );
+    )
+    .unwrap();
     match store.insert(&key).await {
         Err(StoreError::Backend(e)) => {
             assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
@@ -296,11 +295,87 @@ async fn postgres_errors_keep_the_sql_state() {
     client
         .batch_execute(&format!(
             "ALTER TABLE {table} ADD COLUMN updated_at TIMESTAMPTZ; \
-             INSERT INTO {table} VALUES ('bad', 1, '{{\"schema\": 7}}', now())"
+             INSERT INTO {table} (id, incarnation, version, record, updated_at) \
+             VALUES ('bad', 1, 1, '{{\"schema\": 7}}', now())"
         ))
         .await
         .unwrap();
     let err = store.get(&KeyId::new("bad").unwrap()).await.unwrap_err();
     assert!(matches!(err, PgStoreError::Corrupt { .. }), "{err}");
     store.drop_table().await.unwrap();
+}
+
+/// A record copied into another key's row never authenticates as that key,
+/// and a record at another revision than its row is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_record_that_does_not_match_its_row() {
+    let Some(url) = server_url() else { return };
+    let pool = pool(&url, 2);
+    let table = fresh_table("tampered");
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table));
+    let now = OffsetDateTime::now_utc();
+    let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
+    let mut rng = StdRng::seed_from_u64(5);
+    let (token_a, _) = manager.create_key(a.clone(), now, &mut rng).await.unwrap();
+    manager.create_key(b.clone(), now, &mut rng).await.unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "UPDATE {table} SET record = (SELECT record FROM {table} WHERE id = 'key-a') WHERE id = 'key-b'"
+        ))
+        .await
+        .unwrap();
+    let err = manager.store().get(&b).await.unwrap_err();
+    assert!(matches!(err, PgStoreError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("key-a"), "{err}");
+    assert!(matches!(
+        manager.authenticate(&b, token_a.expose_secret(), now).await,
+        Err(AuthError::Store(_))
+    ));
+    client
+        .batch_execute(&format!(
+            "UPDATE {table} SET incarnation = incarnation # 1 WHERE id = 'key-a'"
+        ))
+        .await
+        .unwrap();
+    let err = manager.store().get(&a).await.unwrap_err();
+    assert!(err.to_string().contains("revision"), "{err}");
+    manager.store().drop_table().await.unwrap();
+}
+
+/// A table written by keyroll 0.1 (no incarnation column, schema-1 records)
+/// is upgraded by `migrate`, and its keys load and take updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
+    let Some(url) = server_url() else { return };
+    let pool = pool(&url, 2);
+    let table = fresh_table("old");
+    let record = include_str!("fixtures/schema-1/later.json");
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id TEXT COLLATE \"C\" PRIMARY KEY, version BIGINT NOT NULL, \
+             record JSONB NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("INSERT INTO {table} VALUES ('later', 3, $1::text::jsonb, now())"),
+            &[&record],
+        )
+        .await
+        .unwrap();
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table));
+    let id = KeyId::new("later").unwrap();
+    let key = manager.get(&id).await.unwrap().unwrap();
+    assert_eq!(key, serde_json::from_str(record).unwrap());
+    manager
+        .delete_old(&id, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let again = PgStore::with_table(pool.clone(), &table);
+    again.migrate().await.unwrap();
+    assert_eq!(again.get(&id).await.unwrap().unwrap().version(), 4);
+    again.drop_table().await.unwrap();
 }

@@ -5,7 +5,8 @@ mod common;
 
 use common::{assert_invariants, issue, renewing, rng, t0};
 use keyroll::{
-    ApiKey, Event, Expiry, KeyId, OldTokenDeletion, Policy, TokenFormat, TokenId, TokenMatch,
+    ApiKey, Event, Expiry, KeyId, NewKey, OldTokenDeletion, Policy, TokenFormat, TokenId,
+    TokenMatch,
 };
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -29,12 +30,13 @@ fn keys_in_every_state() -> Vec<(ApiKey, Vec<keyroll::Token>)> {
         usage_resolution: Duration::seconds(5),
     };
     let (key, token, _) = ApiKey::issue(
-        KeyId::new("acme").unwrap(),
-        "ünïcode \"label\"",
-        policy,
+        NewKey::new(KeyId::new("acme").unwrap())
+            .label("ünïcode \"label\"")
+            .policy(policy),
         t0(),
         &mut rng(),
-    );
+    )
+    .unwrap();
     out.push((key, vec![token]));
     out
 }
@@ -59,8 +61,10 @@ fn records_round_trip_and_tokens_still_verify() {
 fn the_record_has_a_schema_and_readable_fields() {
     let (key, _, _) = renewing();
     let value = serde_json::to_value(&key).unwrap();
-    assert_eq!(value["schema"], 1);
+    assert_eq!(value["schema"], 2);
     assert_eq!(value["id"], "acme-orders");
+    assert_eq!(value["incarnation"], key.revision().incarnation());
+    assert!(key.revision().incarnation() < 1 << 63);
     assert_eq!(value["status"], "active");
     assert_eq!(value["version"], 2);
     assert_eq!(
@@ -104,7 +108,7 @@ fn events_serialize_with_a_tag_and_round_trip() {
     let (_, renewed) = key.renew(t0(), &mut rand::rng()).unwrap();
     let finalized = key.finalize(OldTokenDeletion::Later, t0()).unwrap();
     let undone = key.undo_renewal(t0()).unwrap();
-    let deleted = key.delete(t0());
+    let deleted = key.delete(t0()).unwrap();
     for event in [renewed, finalized, undone, deleted] {
         let value = serde_json::to_value(&event).unwrap();
         assert_eq!(value["event"], event.name());
@@ -148,8 +152,20 @@ fn refused(value: Value, needle: &str) {
 #[test]
 fn bad_records_are_refused_with_a_clear_error() {
     let mut v = record();
-    v["schema"] = json!(2);
-    refused(v, "schema 2");
+    v["schema"] = json!(3);
+    refused(v, "schema 3");
+
+    let mut v = record();
+    v.as_object_mut().unwrap().remove("incarnation");
+    refused(v, "incarnation");
+
+    let mut v = record();
+    v["incarnation"] = json!(1u64 << 63);
+    refused(v, "incarnation");
+
+    let mut v = record();
+    v["renewal"]["old_token"]["hash"] = v["current_token"]["hash"].clone();
+    refused(v, "same hash");
 
     let mut v = record();
     v["version"] = json!(0);
@@ -243,6 +259,43 @@ fn ten_thousand_byte_mutations_never_build_an_impossible_key() {
     assert!(
         loaded > 0,
         "some mutations (in labels, dates) should still load"
+    );
+}
+
+/// Records written by keyroll 0.1 (schema 1, no incarnation), kept as they
+/// were written.
+const SCHEMA_1: [&str; 5] = [
+    include_str!("fixtures/schema-1/single.json"),
+    include_str!("fixtures/schema-1/renewing.json"),
+    include_str!("fixtures/schema-1/later.json"),
+    include_str!("fixtures/schema-1/sched.json"),
+    include_str!("fixtures/schema-1/after.json"),
+];
+
+#[test]
+fn schema_1_records_load_with_a_stable_derived_incarnation() {
+    let mut incarnations = Vec::new();
+    for record in SCHEMA_1 {
+        assert!(record.contains("\"schema\":1"), "{record}");
+        let key: ApiKey = serde_json::from_str(record).unwrap();
+        assert_invariants(&key);
+        // Every load of one record, by any replica, agrees.
+        let again: ApiKey = serde_json::from_str(record).unwrap();
+        assert_eq!(again.revision(), key.revision());
+        assert!(key.revision().incarnation() < 1 << 63);
+        incarnations.push(key.revision().incarnation());
+        // Written back as schema 2, with that incarnation.
+        let written = serde_json::to_value(&key).unwrap();
+        assert_eq!(written["schema"], 2);
+        assert_eq!(written["incarnation"], key.revision().incarnation());
+        assert_eq!(serde_json::from_value::<ApiKey>(written).unwrap(), key);
+    }
+    incarnations.sort_unstable();
+    incarnations.dedup();
+    assert_eq!(
+        incarnations.len(),
+        SCHEMA_1.len(),
+        "keys of other ids differ"
     );
 }
 

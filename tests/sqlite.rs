@@ -6,7 +6,7 @@ mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyroll::{KeyId, KeyManager, KeyStore, Policy, conformance};
+use keyroll::{KeyId, KeyManager, KeyStore, NewKey, conformance};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use store::{SqliteStore, SqliteStoreError};
@@ -39,7 +39,7 @@ fn sqlite_two_connections_racing_lose_no_update() {
         .map(|i| KeyId::new(format!("key-{i}")).unwrap())
         .collect();
     for id in &ids {
-        a.create_key(id.clone(), "race", Policy::default(), now, &mut rand::rng())
+        a.create_key(NewKey::new(id.clone()).label("race"), now, &mut rand::rng())
             .unwrap();
     }
     let successes: Vec<AtomicU64> = ids.iter().map(|_| AtomicU64::new(0)).collect();
@@ -79,7 +79,7 @@ fn sqlite_corrupt_rows_are_errors_not_panics() {
     let store = SqliteStore::open(&path).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
-        "INSERT INTO keyroll_keys (id, version, record) VALUES ('bad', 1, '{\"schema\": 9}')",
+        "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES ('bad', 1, 1, '{\"schema\": 9}')",
         [],
     )
     .unwrap();
@@ -87,6 +87,98 @@ fn sqlite_corrupt_rows_are_errors_not_panics() {
     assert!(matches!(err, SqliteStoreError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("bad"), "{err}");
     assert!(store.list(None, 10).is_err());
+}
+
+/// A record copied into another key's row must not make the first key's
+/// token authenticate as the second; a record whose revision differs from
+/// its row's columns is refused too.
+#[test]
+fn sqlite_refuses_a_record_that_does_not_match_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tampered.db");
+    let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
+    let now = OffsetDateTime::now_utc();
+    let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
+    let (token_a, _) = manager
+        .create_key(a.clone(), now, &mut rand::rng())
+        .unwrap();
+    manager
+        .create_key(b.clone(), now, &mut rand::rng())
+        .unwrap();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE keyroll_keys SET record = (SELECT record FROM keyroll_keys WHERE id = 'key-a') WHERE id = 'key-b'",
+        [],
+    )
+    .unwrap();
+    let err = manager.store().get(&b).unwrap_err();
+    assert!(matches!(err, SqliteStoreError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("key-a"), "{err}");
+    assert!(
+        manager
+            .authenticate(&b, token_a.expose_secret(), now)
+            .is_err()
+    );
+    assert!(manager.store().list(None, 10).is_err());
+
+    // The right record, but its version column says otherwise.
+    conn.execute(
+        "UPDATE keyroll_keys SET version = version + 1 WHERE id = 'key-a'",
+        [],
+    )
+    .unwrap();
+    let err = manager.store().get(&a).unwrap_err();
+    assert!(err.to_string().contains("revision"), "{err}");
+}
+
+#[test]
+fn sqlite_files_are_private_and_writes_are_durable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.db");
+    let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
+    let now = OffsetDateTime::now_utc();
+    manager
+        .create_key(KeyId::new("k").unwrap(), now, &mut rand::rng())
+        .unwrap();
+    // synchronous=FULL (2): with WAL, NORMAL can lose a committed write.
+    assert_eq!(manager.store().pragma("synchronous").unwrap(), "2");
+    assert_eq!(manager.store().pragma("journal_mode").unwrap(), "wal");
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("private.db{suffix}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+}
+
+/// A database written by keyroll 0.1 (no incarnation column, schema-1
+/// records) opens, loads and takes updates.
+#[test]
+fn sqlite_upgrades_a_table_of_keyroll_0_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let record = include_str!("fixtures/schema-1/later.json");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE keyroll_keys (id TEXT PRIMARY KEY, version INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO keyroll_keys (id, version, record) VALUES ('later', 3, ?1)",
+        [record],
+    )
+    .unwrap();
+    drop(conn);
+    let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
+    let id = KeyId::new("later").unwrap();
+    let key = manager.get(&id).unwrap().unwrap();
+    assert_eq!(key, serde_json::from_str(record).unwrap());
+    manager.delete_old(&id, OffsetDateTime::now_utc()).unwrap();
+    assert_eq!(manager.get(&id).unwrap().unwrap().version(), 4);
+    // Opening it again changes nothing.
+    let again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.get(&id).unwrap().unwrap().version(), 4);
 }
 
 #[test]

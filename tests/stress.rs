@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
-    DeletionReason, Event, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, KeyStore,
-    OldTokenDeletion, Policy, TokenId,
+    DeletionReason, Event, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, KeyStore, NewKey,
+    OldTokenDeletion, TokenId,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -37,9 +37,7 @@ fn stress<S: KeyStore>(manager: &KeyManager<S>) -> (Vec<KeyId>, Vec<Event>) {
     for id in &ids {
         let (_, event) = manager
             .create_key(
-                id.clone(),
-                "stress",
-                Policy::default(),
+                NewKey::new(id.clone()).label("stress"),
                 t0(),
                 &mut rand::rng(),
             )

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use common::{issue, renewing, t0};
 use keyroll::{
-    ApiKey, Expiry, Freshness, KeyId, OldTokenDeletion, Policy, TokenFormat, TokenMatch,
+    ApiKey, Expiry, Freshness, KeyId, NewKey, OldTokenDeletion, Policy, TokenFormat, TokenMatch,
     VerifyError,
 };
 use proptest::prelude::*;
@@ -55,7 +55,12 @@ fn tokens_have_the_documented_format_and_checksum() {
             ..Policy::default()
         };
         for _ in 0..200 {
-            let (_, token, _) = ApiKey::issue(KeyId::new("k").unwrap(), "", policy, t0(), &mut rng);
+            let (_, token, _) = ApiKey::issue(
+                NewKey::new(KeyId::new("k").unwrap()).policy(policy),
+                t0(),
+                &mut rng,
+            )
+            .unwrap();
             let text = token.expose_secret();
             let rest = text
                 .strip_prefix(&format!("{prefix}_"))
@@ -72,13 +77,7 @@ fn tokens_have_the_documented_format_and_checksum() {
 #[test]
 fn ten_thousand_tokens_from_one_seeded_rng_are_distinct() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let (mut key, first, _) = ApiKey::issue(
-        KeyId::new("k").unwrap(),
-        "",
-        Policy::default(),
-        t0(),
-        &mut rng,
-    );
+    let (mut key, first, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rng).unwrap();
     let mut secrets = HashSet::from([first.expose_secret().to_owned()]);
     let mut ids = HashSet::from([first.id()]);
     for _ in 1..10_000 {
@@ -94,13 +93,7 @@ fn secret_characters_are_uniform_enough() {
     // 40 * 2000 = 80,000 characters over 62 symbols: about 1290 each.
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut counts = [0u32; 62];
-    let (mut key, _, _) = ApiKey::issue(
-        KeyId::new("k").unwrap(),
-        "",
-        Policy::default(),
-        t0(),
-        &mut rng,
-    );
+    let (mut key, _, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rng).unwrap();
     for _ in 0..2000 {
         let (token, _) = key.renew(t0(), &mut rng).unwrap();
         key.delete_old(t0()).unwrap();
@@ -167,13 +160,8 @@ fn malformed_inputs_are_malformed() {
 #[test]
 fn a_well_formed_token_of_another_key_is_a_mismatch() {
     let (key, _) = issue(Policy::default());
-    let (other, other_token, _) = ApiKey::issue(
-        KeyId::new("other").unwrap(),
-        "",
-        Policy::default(),
-        t0(),
-        &mut rand::rng(),
-    );
+    let (other, other_token, _) =
+        ApiKey::issue(KeyId::new("other").unwrap(), t0(), &mut rand::rng()).unwrap();
     assert_eq!(
         other.verify(other_token.expose_secret(), t0()),
         Ok(TokenMatch::Current)
@@ -192,12 +180,11 @@ fn a_token_of_another_prefix_is_malformed() {
         ..Policy::default()
     };
     let (_, token, _) = ApiKey::issue(
-        KeyId::new("acme-orders").unwrap(),
-        "",
-        acme,
+        NewKey::new(KeyId::new("acme-orders").unwrap()).policy(acme),
         t0(),
         &mut rand::rng(),
-    );
+    )
+    .unwrap();
     assert_eq!(
         key.verify(token.expose_secret(), t0()),
         Err(VerifyError::Malformed)
@@ -300,8 +287,12 @@ fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
         Err(VerifyError::Expired)
     );
     // A wrong token is a mismatch, not expired; an inactive key says so first.
-    let (_, stranger, _) =
-        ApiKey::issue(KeyId::new("k").unwrap(), "", policy, t0(), &mut rand::rng());
+    let (_, stranger, _) = ApiKey::issue(
+        NewKey::new(KeyId::new("k").unwrap()).policy(policy),
+        t0(),
+        &mut rand::rng(),
+    )
+    .unwrap();
     assert_eq!(
         key.verify(stranger.expose_secret(), due),
         Err(VerifyError::Mismatch)

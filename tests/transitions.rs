@@ -4,7 +4,7 @@ mod common;
 
 use common::{issue, renewing, rng, t0};
 use keyroll::{
-    ApiKey, Decision, DeletionReason, Event, KeyState, KeyStatus, OldTokenDeletion, Policy,
+    ApiKey, Decision, DeletionReason, Event, KeyState, KeyStatus, NewKey, OldTokenDeletion, Policy,
     TokenMatch, TransitionError, VerifyError,
 };
 use time::Duration;
@@ -29,12 +29,11 @@ fn undecided() -> KeyState {
 #[test]
 fn issue_starts_active_single_at_version_1() {
     let (key, token, event) = ApiKey::issue(
-        keyroll::KeyId::new("k").unwrap(),
-        "label",
-        Policy::default(),
+        NewKey::new(keyroll::KeyId::new("k").unwrap()).label("label"),
         t0(),
         &mut rng(),
-    );
+    )
+    .unwrap();
     assert_eq!(key.status(), KeyStatus::Active);
     assert_eq!(key.state(), KeyState::Single);
     assert_eq!(key.version(), 1);
@@ -305,7 +304,7 @@ fn inactive_keys_still_transition_and_old_tokens_are_inactive_too() {
 fn delete_consumes_the_key_and_reports_the_next_version() {
     let (key, _) = issue(Policy::default());
     let id = key.id().clone();
-    let event = key.delete(t0());
+    let event = key.delete(t0()).unwrap();
     assert!(matches!(event, Event::KeyDeleted { version: 2, .. }));
     assert_eq!(event.key_id(), &id);
 }

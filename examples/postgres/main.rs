@@ -18,7 +18,7 @@ use std::error::Error;
 
 use clap::{Parser, Subcommand};
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
-use keyroll::{AsyncKeyManager, KeyId, OldTokenDeletion, Policy};
+use keyroll::{AsyncKeyManager, KeyId, NewKey, OldTokenDeletion};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use store::PgStore;
@@ -67,9 +67,7 @@ async fn demo(manager: &AsyncKeyManager<PgStore>) -> Result<(), Box<dyn Error>> 
     let id = KeyId::generate(&mut rng);
     let (first, event) = manager
         .create_key(
-            id.clone(),
-            "postgres demo",
-            Policy::default(),
+            NewKey::new(id.clone()).label("postgres demo"),
             now,
             &mut rng,
         )

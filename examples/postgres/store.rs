@@ -5,21 +5,25 @@
 //!
 //! ```sql
 //! CREATE TABLE keyroll_keys (
-//!     id         TEXT COLLATE "C" PRIMARY KEY,  -- byte order, as KeyId's Ord
-//!     version    BIGINT NOT NULL,
-//!     record     JSONB NOT NULL,                -- the ApiKey: hashes only, no secret
-//!     updated_at TIMESTAMPTZ NOT NULL
+//!     id          TEXT COLLATE "C" PRIMARY KEY,  -- byte order, as KeyId's Ord
+//!     incarnation BIGINT NOT NULL,
+//!     version     BIGINT NOT NULL,
+//!     record      JSONB NOT NULL,                -- the ApiKey: hashes only, no secret
+//!     updated_at  TIMESTAMPTZ NOT NULL
 //! );
 //! ```
 //!
 //! Writes are single statements; `update` and `delete` are a compare-and-swap
-//! (`... WHERE id = $1 AND version = $2`), so two replicas that loaded the
-//! same version cannot both write: no update is lost, and a write is visible
-//! to every replica as soon as it returns. `list` pages by key (`id > $1
-//! ORDER BY id LIMIT $2`), never by OFFSET.
+//! on the whole revision (`... WHERE id = $1 AND incarnation = $2 AND version
+//! = $3`), so two replicas that loaded the same revision cannot both write,
+//! and a copy loaded before a delete and re-create of its id matches
+//! nothing: no update is lost, and a write is visible to every replica as
+//! soon as it returns. `list` pages by key (`id > $1 ORDER BY id LIMIT $2`),
+//! never by OFFSET. A row whose record names another id or revision than its
+//! columns is refused as corrupt.
 
 use deadpool_postgres::{Pool, PoolError};
-use keyroll::{ApiKey, AsyncKeyStore, KeyId, StoreError};
+use keyroll::{ApiKey, AsyncKeyStore, KeyId, Revision, StoreError};
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 
@@ -45,9 +49,25 @@ pub enum PgStoreError {
         /// Why it does not load.
         source: serde_json::Error,
     },
-    /// A version beyond BIGINT.
-    #[error("version {0} does not fit a BIGINT")]
-    VersionOutOfRange(u64),
+    /// A stored record names another id or revision than its row.
+    #[error("stored key {id} does not match its row: {problem}")]
+    Mismatch {
+        /// The row's id.
+        id: String,
+        /// What differs.
+        problem: String,
+    },
+    /// A key that could not be written as JSON.
+    #[error("key {id} cannot be encoded: {source}")]
+    Encode {
+        /// The key's id.
+        id: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A version or incarnation beyond BIGINT.
+    #[error("{0} does not fit a BIGINT")]
+    OutOfRange(u64),
 }
 
 impl From<tokio_postgres::Error> for PgStoreError {
@@ -83,7 +103,7 @@ struct Statements {
     insert: String,
     update: String,
     delete: String,
-    version: String,
+    revision: String,
     list: String,
 }
 
@@ -107,18 +127,26 @@ impl PgStore {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         assert!(plain, "not a plain SQL identifier: {table:?}");
         let sql = Statements {
-            get: format!("SELECT record::text FROM {table} WHERE id = $1"),
+            get: format!(
+                "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
+            ),
             insert: format!(
-                "INSERT INTO {table} (id, version, record, updated_at) VALUES ($1, $2, $3::text::jsonb, now())"
+                "INSERT INTO {table} (id, incarnation, version, record, updated_at) \
+                 VALUES ($1, $2, $3, $4::text::jsonb, now())"
             ),
+            // $5 is the new record's incarnation: a key of another
+            // incarnation never replaces the stored one.
             update: format!(
-                "UPDATE {table} SET version = $3, record = $4::text::jsonb, updated_at = now() \
-                 WHERE id = $1 AND version = $2"
+                "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now() \
+                 WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5"
             ),
-            delete: format!("DELETE FROM {table} WHERE id = $1 AND version = $2"),
-            version: format!("SELECT version FROM {table} WHERE id = $1"),
+            delete: format!(
+                "DELETE FROM {table} WHERE id = $1 AND incarnation = $2 AND version = $3"
+            ),
+            revision: format!("SELECT incarnation, version FROM {table} WHERE id = $1"),
             list: format!(
-                "SELECT id, record::text FROM {table} WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+                "SELECT id, incarnation, version, record::text FROM {table} \
+                 WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
             ),
         };
         PgStore {
@@ -137,14 +165,41 @@ impl PgStore {
         // Serializes concurrent migrations (CREATE IF NOT EXISTS alone races).
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&self.table])
             .await?;
+        let table = &self.table;
         tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (
+            "CREATE TABLE IF NOT EXISTS {table} (
                  id TEXT COLLATE \"C\" PRIMARY KEY,
+                 incarnation BIGINT NOT NULL,
                  version BIGINT NOT NULL,
                  record JSONB NOT NULL,
                  updated_at TIMESTAMPTZ NOT NULL
-             )",
-            self.table
+             );
+             -- Tables of keyroll 0.1 have no incarnation: add it, filled below.
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS incarnation BIGINT;"
+        ))
+        .await?;
+        let old = tx
+            .query(
+                &format!("SELECT id, record::text FROM {table} WHERE incarnation IS NULL"),
+                &[],
+            )
+            .await?;
+        for row in old {
+            let id: String = row.get(0);
+            let key: ApiKey =
+                serde_json::from_str(row.get(1)).map_err(|source| PgStoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
+            let incarnation = bigint(key.revision().incarnation())?;
+            tx.execute(
+                &format!("UPDATE {table} SET incarnation = $2 WHERE id = $1"),
+                &[&id, &incarnation],
+            )
+            .await?;
+        }
+        tx.batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN incarnation SET NOT NULL"
         ))
         .await?;
         tx.commit().await?;
@@ -170,32 +225,68 @@ impl PgStore {
         &self,
         client: &deadpool_postgres::Object,
         id: &KeyId,
-        expected: u64,
+        expected: Revision,
     ) -> StoreError<PgStoreError> {
         match client
-            .query_opt(self.sql.version.as_str(), &[&id.as_str()])
+            .query_opt(self.sql.revision.as_str(), &[&id.as_str()])
             .await
         {
             Ok(None) => StoreError::NotFound,
             Ok(Some(row)) => StoreError::Conflict {
                 expected,
-                found: row.get::<_, i64>(0) as u64,
+                found: revision(row.get(0), row.get(1)),
             },
             Err(e) => StoreError::Backend(e.into()),
         }
     }
 }
 
-fn bigint(version: u64) -> Result<i64, PgStoreError> {
-    i64::try_from(version).map_err(|_| PgStoreError::VersionOutOfRange(version))
+fn bigint(n: u64) -> Result<i64, PgStoreError> {
+    i64::try_from(n).map_err(|_| PgStoreError::OutOfRange(n))
 }
 
-fn record_of(key: &ApiKey) -> String {
-    serde_json::to_string(key).unwrap_or_else(|e| unreachable!("an ApiKey serializes: {e}"))
+/// A revision read from the columns (written from `u64`s below 2^63).
+fn revision(incarnation: i64, version: i64) -> Revision {
+    Revision::new(incarnation as u64, version as u64)
 }
 
-fn load(id: String, record: &str) -> Result<ApiKey, PgStoreError> {
-    serde_json::from_str(record).map_err(|source| PgStoreError::Corrupt { id, source })
+/// The columns and record of a key, ready to bind.
+fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> {
+    let revision = key.revision();
+    let columns = (|| {
+        let record = serde_json::to_string(key).map_err(|source| PgStoreError::Encode {
+            id: key.id().to_string(),
+            source,
+        })?;
+        Ok((
+            bigint(revision.incarnation())?,
+            bigint(revision.version())?,
+            record,
+        ))
+    })();
+    columns.map_err(StoreError::Backend)
+}
+
+/// Loads a row (id, incarnation, version, record), refusing a record that
+/// names another id or revision.
+fn decode(row: &tokio_postgres::Row) -> Result<ApiKey, PgStoreError> {
+    let id: String = row.get(0);
+    let at = revision(row.get(1), row.get(2));
+    let key: ApiKey = match serde_json::from_str(row.get(3)) {
+        Ok(key) => key,
+        Err(source) => return Err(PgStoreError::Corrupt { id, source }),
+    };
+    let problem = if key.id().as_str() != id {
+        format!("the record is of key {}", key.id())
+    } else if key.revision() != at {
+        format!(
+            "the record is at revision {}, the row at {at}",
+            key.revision()
+        )
+    } else {
+        return Ok(key);
+    };
+    Err(PgStoreError::Mismatch { id, problem })
 }
 
 impl AsyncKeyStore for PgStore {
@@ -206,16 +297,16 @@ impl AsyncKeyStore for PgStore {
         let row = client
             .query_opt(self.sql.get.as_str(), &[&id.as_str()])
             .await?;
-        row.map(|row| load(id.to_string(), row.get(0))).transpose()
+        row.as_ref().map(decode).transpose()
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
-        let version = bigint(key.version()).map_err(StoreError::Backend)?;
+        let (incarnation, version, record) = row_of(key)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
         let inserted = client
             .execute(
                 self.sql.insert.as_str(),
-                &[&key.id().as_str(), &version, &record_of(key)],
+                &[&key.id().as_str(), &incarnation, &version, &record],
             )
             .await;
         match inserted {
@@ -230,40 +321,48 @@ impl AsyncKeyStore for PgStore {
     async fn update(
         &self,
         key: &ApiKey,
-        expected_version: u64,
+        expected: Revision,
     ) -> Result<(), StoreError<PgStoreError>> {
-        let version = bigint(key.version()).map_err(StoreError::Backend)?;
-        let expected = bigint(expected_version).map_err(StoreError::Backend)?;
+        let (incarnation, version, record) = row_of(key)?;
+        let expected_incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
+        let expected_version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
         let changed = client
             .execute(
                 self.sql.update.as_str(),
-                &[&key.id().as_str(), &expected, &version, &record_of(key)],
+                &[
+                    &key.id().as_str(),
+                    &expected_incarnation,
+                    &expected_version,
+                    &version,
+                    &incarnation,
+                    &record,
+                ],
             )
             .await
             .map_err(|e| StoreError::Backend(e.into()))?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(self.refusal(&client, key.id(), expected_version).await)
+            Err(self.refusal(&client, key.id(), expected).await)
         }
     }
 
-    async fn delete(
-        &self,
-        id: &KeyId,
-        expected_version: u64,
-    ) -> Result<(), StoreError<PgStoreError>> {
-        let expected = bigint(expected_version).map_err(StoreError::Backend)?;
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<PgStoreError>> {
+        let incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
+        let version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
         let changed = client
-            .execute(self.sql.delete.as_str(), &[&id.as_str(), &expected])
+            .execute(
+                self.sql.delete.as_str(),
+                &[&id.as_str(), &incarnation, &version],
+            )
             .await
             .map_err(|e| StoreError::Backend(e.into()))?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(self.refusal(&client, id, expected_version).await)
+            Err(self.refusal(&client, id, expected).await)
         }
     }
 
@@ -273,8 +372,6 @@ impl AsyncKeyStore for PgStore {
         let rows = client
             .query(self.sql.list.as_str(), &[&after.map(KeyId::as_str), &limit])
             .await?;
-        rows.iter()
-            .map(|row| load(row.get(0), row.get(1)))
-            .collect()
+        rows.iter().map(decode).collect()
     }
 }

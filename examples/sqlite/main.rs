@@ -11,7 +11,7 @@ mod store;
 
 use std::error::Error;
 
-use keyroll::{KeyId, KeyManager, OldTokenDeletion, Policy};
+use keyroll::{KeyId, KeyManager, NewKey, OldTokenDeletion};
 use store::SqliteStore;
 use time::OffsetDateTime;
 
@@ -21,13 +21,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         Some(path) => SqliteStore::open(path)?,
         None => SqliteStore::open_in_memory()?,
     };
+    println!(
+        "journal_mode={} synchronous={} (2 = FULL)",
+        store.pragma("journal_mode")?,
+        store.pragma("synchronous")?
+    );
     let manager = KeyManager::new(store);
     let mut rng = rand::rng();
     let now = OffsetDateTime::now_utc();
 
     let id = KeyId::generate(&mut rng);
     let (first, event) =
-        manager.create_key(id.clone(), "sqlite demo", Policy::default(), now, &mut rng)?;
+        manager.create_key(NewKey::new(id.clone()).label("sqlite demo"), now, &mut rng)?;
     println!("{}", serde_json::to_string(&event)?);
     let (second, event) = manager.renew(&id, now, &mut rng)?;
     println!("{}", serde_json::to_string(&event)?);

@@ -1,18 +1,28 @@
 //! A `KeyStore` over SQLite: a real backend to copy into your service.
 //!
-//! One table, `keyroll_keys (id TEXT PRIMARY KEY, version INTEGER NOT NULL,
-//! record TEXT NOT NULL)`, where `record` is the key serialized as JSON (hashes
-//! only, never a secret). The database runs in WAL mode so readers never wait
-//! for the writer; every write is one statement, and `update`/`delete` are a
-//! compare-and-swap: `... WHERE id = ? AND version = ?`. Several processes or
-//! connections may share one file: SQLite serializes their writes and the
-//! version check keeps them from overwriting each other.
+//! One table, `keyroll_keys (id TEXT PRIMARY KEY, incarnation INTEGER NOT
+//! NULL, version INTEGER NOT NULL, record TEXT NOT NULL)`, where `record` is
+//! the key serialized as JSON (hashes only, never a secret). The database
+//! runs in WAL mode so readers never wait for the writer, with
+//! `synchronous=FULL` so that a committed write (a revocation, or a token
+//! already shown) survives a power loss. A new database file is created
+//! readable by its owner only (0600), and SQLite gives its `-wal` and `-shm`
+//! files the same mode.
+//!
+//! Every write is one statement, and `update`/`delete` are a compare-and-swap
+//! on the whole revision: `... WHERE id = ? AND incarnation = ? AND version =
+//! ?`. Several processes or connections may share one file: SQLite
+//! serializes their writes and the revision check keeps them from
+//! overwriting each other, even across a delete and re-create of an id.
+//!
+//! A row whose record names another id or revision than its columns (a
+//! record copied into another row) is refused as corrupt, never returned.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use keyroll::{ApiKey, KeyId, KeyStore, StoreError};
+use keyroll::{ApiKey, KeyId, KeyStore, Revision, StoreError};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 /// What can go wrong in the SQLite store.
@@ -21,6 +31,9 @@ pub enum SqliteStoreError {
     /// SQLite refused or failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be created.
+    #[error("cannot create the database file: {0}")]
+    Create(#[from] std::io::Error),
     /// A stored record does not load (its JSON is bad or breaks an invariant).
     #[error("stored key {id} is unreadable: {source}")]
     Corrupt {
@@ -29,9 +42,25 @@ pub enum SqliteStoreError {
         /// Why it does not load.
         source: serde_json::Error,
     },
-    /// A version beyond SQLite's 64-bit signed integers.
-    #[error("version {0} does not fit an SQLite integer")]
-    VersionOutOfRange(u64),
+    /// A stored record names another id or revision than its row.
+    #[error("stored key {id} does not match its row: {problem}")]
+    Mismatch {
+        /// The row's id.
+        id: String,
+        /// What differs.
+        problem: String,
+    },
+    /// A key that could not be written as JSON.
+    #[error("key {id} cannot be encoded: {source}")]
+    Encode {
+        /// The key's id.
+        id: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A version or incarnation beyond SQLite's 64-bit signed integers.
+    #[error("{0} does not fit an SQLite integer")]
+    OutOfRange(u64),
 }
 
 /// A [`KeyStore`] in one SQLite database file.
@@ -40,9 +69,11 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path` and creates the table if it
-    /// is missing.
+    /// Opens (or creates, with mode 0600) the database at `path` and creates
+    /// the table if it is missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SqliteStoreError> {
+        let path = path.as_ref();
+        create_private(path)?;
         Self::setup(Connection::open(path)?)
     }
 
@@ -51,20 +82,37 @@ impl SqliteStore {
         Self::setup(Connection::open_in_memory()?)
     }
 
-    fn setup(conn: Connection) -> Result<Self, SqliteStoreError> {
+    fn setup(mut conn: Connection) -> Result<Self, SqliteStoreError> {
         // Wait for another connection's write instead of failing at once.
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS keyroll_keys (
                  id TEXT PRIMARY KEY,
+                 incarnation INTEGER NOT NULL,
                  version INTEGER NOT NULL,
                  record TEXT NOT NULL
              ) WITHOUT ROWID;",
         )?;
+        upgrade_0_1(&tx)?;
+        tx.commit()?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+        })
+    }
+
+    /// The value of a pragma on this store's connection (e.g.
+    /// `synchronous`, `journal_mode`), to check how it runs.
+    pub fn pragma(&self, name: &str) -> Result<String, SqliteStoreError> {
+        let value = self
+            .conn()
+            .pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))?;
+        Ok(match value {
+            rusqlite::types::Value::Integer(n) => n.to_string(),
+            rusqlite::types::Value::Text(text) => text,
+            other => format!("{other:?}"),
         })
     }
 
@@ -73,62 +121,135 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The version stored for `id`, if any (to tell `NotFound` from `Conflict`).
-    fn stored_version(conn: &Connection, id: &KeyId) -> Result<Option<u64>, SqliteStoreError> {
-        let version: Option<i64> = conn
-            .query_row(
-                "SELECT version FROM keyroll_keys WHERE id = ?1",
-                [id.as_str()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        Ok(version.map(|v| v as u64))
-    }
-
     /// After a compare-and-swap changed no row: why.
-    fn refusal(conn: &Connection, id: &KeyId, expected: u64) -> StoreError<SqliteStoreError> {
-        match Self::stored_version(conn, id) {
+    fn refusal(conn: &Connection, id: &KeyId, expected: Revision) -> StoreError<SqliteStoreError> {
+        let found = conn
+            .query_row(
+                "SELECT incarnation, version FROM keyroll_keys WHERE id = ?1",
+                [id.as_str()],
+                |row| Ok(revision(row.get(0)?, row.get(1)?)),
+            )
+            .optional();
+        match found {
             Ok(None) => StoreError::NotFound,
             Ok(Some(found)) => StoreError::Conflict { expected, found },
-            Err(e) => StoreError::Backend(e),
+            Err(e) => StoreError::Backend(e.into()),
         }
     }
 }
 
-fn to_sql_version(version: u64) -> Result<i64, SqliteStoreError> {
-    i64::try_from(version).map_err(|_| SqliteStoreError::VersionOutOfRange(version))
+/// Creates `path` readable and writable by its owner only, unless it exists.
+fn create_private(path: &Path) -> Result<(), SqliteStoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-fn record_of(key: &ApiKey) -> String {
-    // An ApiKey always serializes: its fields are plain strings, numbers and
-    // dates keyroll built itself.
-    serde_json::to_string(key).unwrap_or_else(|e| unreachable!("an ApiKey serializes: {e}"))
+/// Tables written by keyroll 0.1 have no incarnation column: add it, and
+/// fill it from each record (schema-1 records derive theirs on load).
+fn upgrade_0_1(conn: &Connection) -> Result<(), SqliteStoreError> {
+    let has_column: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('keyroll_keys') WHERE name = 'incarnation'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_column {
+        return Ok(());
+    }
+    conn.execute_batch("ALTER TABLE keyroll_keys ADD COLUMN incarnation INTEGER")?;
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT id, record FROM keyroll_keys")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, record) in rows {
+        let key: ApiKey =
+            serde_json::from_str(&record).map_err(|source| SqliteStoreError::Corrupt {
+                id: id.clone(),
+                source,
+            })?;
+        conn.execute(
+            "UPDATE keyroll_keys SET incarnation = ?1 WHERE id = ?2",
+            params![integer(key.revision().incarnation())?, id],
+        )?;
+    }
+    Ok(())
 }
 
-fn load(id: String, record: String) -> Result<ApiKey, SqliteStoreError> {
-    serde_json::from_str(&record).map_err(|source| SqliteStoreError::Corrupt { id, source })
+fn integer(n: u64) -> Result<i64, SqliteStoreError> {
+    i64::try_from(n).map_err(|_| SqliteStoreError::OutOfRange(n))
+}
+
+/// A revision read from the columns (written from `u64`s below 2^63).
+fn revision(incarnation: i64, version: i64) -> Revision {
+    Revision::new(incarnation as u64, version as u64)
+}
+
+fn encode(key: &ApiKey) -> Result<String, SqliteStoreError> {
+    serde_json::to_string(key).map_err(|source| SqliteStoreError::Encode {
+        id: key.id().to_string(),
+        source,
+    })
+}
+
+/// Loads a row's record, refusing one that names another id or revision.
+fn decode(id: String, row: Revision, record: &str) -> Result<ApiKey, SqliteStoreError> {
+    let key: ApiKey = match serde_json::from_str(record) {
+        Ok(key) => key,
+        Err(source) => return Err(SqliteStoreError::Corrupt { id, source }),
+    };
+    let problem = if key.id().as_str() != id {
+        format!("the record is of key {}", key.id())
+    } else if key.revision() != row {
+        format!(
+            "the record is at revision {}, the row at {row}",
+            key.revision()
+        )
+    } else {
+        return Ok(key);
+    };
+    Err(SqliteStoreError::Mismatch { id, problem })
+}
+
+/// The columns and record of a key, ready to bind.
+fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<SqliteStoreError>> {
+    let revision = key.revision();
+    let columns = (|| {
+        Ok((
+            integer(revision.incarnation())?,
+            integer(revision.version())?,
+            encode(key)?,
+        ))
+    })();
+    columns.map_err(StoreError::Backend)
 }
 
 impl KeyStore for SqliteStore {
     type Error = SqliteStoreError;
 
     fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
-        let record: Option<String> = self
+        let row: Option<(i64, i64, String)> = self
             .conn()
             .query_row(
-                "SELECT record FROM keyroll_keys WHERE id = ?1",
+                "SELECT incarnation, version, record FROM keyroll_keys WHERE id = ?1",
                 [id.as_str()],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        record.map(|r| load(id.to_string(), r)).transpose()
+        row.map(|(i, v, record)| decode(id.to_string(), revision(i, v), &record))
+            .transpose()
     }
 
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
-        let version = to_sql_version(key.version()).map_err(StoreError::Backend)?;
+        let (incarnation, version, record) = row_of(key)?;
         let inserted = self.conn().execute(
-            "INSERT INTO keyroll_keys (id, version, record) VALUES (?1, ?2, ?3)",
-            params![key.id().as_str(), version, record_of(key)],
+            "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES (?1, ?2, ?3, ?4)",
+            params![key.id().as_str(), incarnation, version, record],
         );
         match inserted {
             Ok(_) => Ok(()),
@@ -141,45 +262,50 @@ impl KeyStore for SqliteStore {
         }
     }
 
-    fn update(
-        &self,
-        key: &ApiKey,
-        expected_version: u64,
-    ) -> Result<(), StoreError<SqliteStoreError>> {
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<SqliteStoreError>> {
+        let (incarnation, version, record) = row_of(key)?;
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
-        let version = to_sql_version(key.version()).map_err(backend)?;
-        let expected = to_sql_version(expected_version).map_err(backend)?;
+        let expected_version = integer(expected.version()).map_err(backend)?;
+        let expected_incarnation = integer(expected.incarnation()).map_err(backend)?;
         let conn = self.conn();
+        // The new record's incarnation must be the expected one too: a key
+        // of another incarnation never replaces this one.
         let changed = conn
             .execute(
-                "UPDATE keyroll_keys SET version = ?1, record = ?2 WHERE id = ?3 AND version = ?4",
-                params![version, record_of(key), key.id().as_str(), expected],
+                "UPDATE keyroll_keys SET version = ?1, record = ?2
+                 WHERE id = ?3 AND incarnation = ?4 AND version = ?5 AND incarnation = ?6",
+                params![
+                    version,
+                    record,
+                    key.id().as_str(),
+                    expected_incarnation,
+                    expected_version,
+                    incarnation
+                ],
             )
             .map_err(|e| backend(e.into()))?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(Self::refusal(&conn, key.id(), expected_version))
+            Err(Self::refusal(&conn, key.id(), expected))
         }
     }
 
-    fn delete(
-        &self,
-        id: &KeyId,
-        expected_version: u64,
-    ) -> Result<(), StoreError<SqliteStoreError>> {
-        let expected = to_sql_version(expected_version).map_err(StoreError::Backend)?;
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<SqliteStoreError>> {
+        let backend = |e: SqliteStoreError| StoreError::Backend(e);
+        let version = integer(expected.version()).map_err(backend)?;
+        let incarnation = integer(expected.incarnation()).map_err(backend)?;
         let conn = self.conn();
         let changed = conn
             .execute(
-                "DELETE FROM keyroll_keys WHERE id = ?1 AND version = ?2",
-                params![id.as_str(), expected],
+                "DELETE FROM keyroll_keys WHERE id = ?1 AND incarnation = ?2 AND version = ?3",
+                params![id.as_str(), incarnation, version],
             )
-            .map_err(|e| StoreError::Backend(e.into()))?;
+            .map_err(|e| backend(e.into()))?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(Self::refusal(&conn, id, expected_version))
+            Err(Self::refusal(&conn, id, expected))
         }
     }
 
@@ -187,15 +313,20 @@ impl KeyStore for SqliteStore {
         // TEXT compares with the BINARY collation: byte order, as KeyId's Ord.
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, record FROM keyroll_keys WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, incarnation, version, record FROM keyroll_keys
+             WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = statement.query_map(params![after.map(KeyId::as_str), limit], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                revision(row.get(1)?, row.get(2)?),
+                row.get::<_, String>(3)?,
+            ))
         })?;
         rows.map(|row| {
-            let (id, record) = row?;
-            load(id, record)
+            let (id, revision, record) = row?;
+            decode(id, revision, &record)
         })
         .collect()
     }

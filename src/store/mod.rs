@@ -1,9 +1,10 @@
 //! Storage: the [`KeyStore`] and [`AsyncKeyStore`] traits a backend implements.
 //!
 //! A store keeps [`ApiKey`] records by [`KeyId`] and offers optimistic
-//! concurrency: every write names the version it expects to replace, so two
-//! writers that loaded the same version cannot both succeed. The managers
-//! build every transition on that.
+//! concurrency: every write names the [`Revision`] it expects to replace, so
+//! two writers that loaded the same revision cannot both succeed, and a copy
+//! loaded before the key was deleted and created again matches nothing. The
+//! managers build every transition on that.
 //!
 //! The contract a backend keeps is in [`KeyStore`]'s docs.
 
@@ -18,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::revision::Revision;
 use crate::verify::{TokenMatch, VerifyError};
 
 /// Why a write to a store was refused.
@@ -30,16 +32,17 @@ pub enum StoreError<E> {
     /// `update` or `delete` of an id that is not stored.
     #[error("key not found")]
     NotFound,
-    /// `update` or `delete` expected another version: someone else changed
-    /// the key since it was loaded. Reload it and try again.
+    /// `update` or `delete` expected another revision: someone else changed
+    /// the key (or deleted it and created another under its id) since it
+    /// was loaded. Reload it and try again.
     #[error(
-        "version conflict: expected version {expected}, found {found}; reload the key and try again"
+        "revision conflict: expected revision {expected}, found {found}; reload the key and try again"
     )]
     Conflict {
-        /// The version the caller expected.
-        expected: u64,
-        /// The version stored.
-        found: u64,
+        /// The revision the caller expected.
+        expected: Revision,
+        /// The revision stored.
+        found: Revision,
     },
     /// The backend itself failed.
     #[error("store backend error: {0}")]
@@ -68,14 +71,20 @@ impl<E> StoreError<E> {
 ///   stale copy once a write has returned `Ok`.
 /// - `insert(key)` stores a key under `key.id()` only if no key has that id;
 ///   otherwise [`StoreError::AlreadyExists`] and the stored key is untouched.
-/// - `update(key, expected_version)` replaces the key with id `key.id()` only
-///   if its stored version is `expected_version`, atomically (a
-///   compare-and-swap). A missing key is [`StoreError::NotFound`]; another
-///   version is [`StoreError::Conflict`] with the version found, and the
-///   stored key is untouched. Of any number of concurrent updates from the
-///   same version, exactly one succeeds.
-/// - `delete(id, expected_version)`: the same compare-and-swap, removing the
-///   key.
+/// - `update(key, expected)` replaces the key with id `key.id()` only if its
+///   stored [`Revision`] (incarnation *and* version) is `expected` and
+///   `key.revision().incarnation()` is `expected.incarnation()`, atomically
+///   (a compare-and-swap). A missing key is [`StoreError::NotFound`];
+///   anything else is [`StoreError::Conflict`] with the revision found, and
+///   the stored key is untouched. Of any number of concurrent updates from
+///   the same revision, exactly one succeeds. Comparing versions alone is
+///   not enough: versions restart at 1 when an id is deleted and created
+///   again, and a stale copy would overwrite the new key.
+/// - `delete(id, expected)`: the same compare-and-swap on the stored
+///   revision, removing the key.
+/// - A backend that keeps the id or the revision outside the record (in
+///   columns) refuses, as a `Backend` error, a record whose id or revision
+///   differs from its row's.
 /// - `list(after, limit)` returns at most `limit` keys, ordered by `KeyId`
 ///   (byte order of the id strings, as `KeyId`'s `Ord`), all strictly
 ///   greater than `after` when it is given. Paging with the last id of each
@@ -102,19 +111,20 @@ pub trait KeyStore: Send + Sync {
     /// [`StoreError::AlreadyExists`] if its id is taken; `Backend`.
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>>;
 
-    /// Replaces the stored key if its version is `expected_version`.
+    /// Replaces the stored key if its revision is `expected` (and `key` is
+    /// of the same incarnation).
     ///
     /// # Errors
     ///
     /// [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend`.
-    fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<Self::Error>>;
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Self::Error>>;
 
-    /// Removes the stored key if its version is `expected_version`.
+    /// Removes the stored key if its revision is `expected`.
     ///
     /// # Errors
     ///
     /// [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend`.
-    fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<Self::Error>>;
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>>;
 
     /// At most `limit` keys with ids strictly after `after`, ordered by id.
     ///
@@ -159,14 +169,14 @@ pub trait AsyncKeyStore: Send + Sync {
     fn update(
         &self,
         key: &ApiKey,
-        expected_version: u64,
+        expected: Revision,
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
     /// See [`KeyStore::delete`].
     fn delete(
         &self,
         id: &KeyId,
-        expected_version: u64,
+        expected: Revision,
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
     /// See [`KeyStore::list`].
@@ -188,6 +198,25 @@ pub trait AsyncKeyStore: Send + Sync {
     }
 }
 
+impl<E> StoreError<E> {
+    /// The refusal of a compare-and-swap expecting `expected` over a stored
+    /// key at `found`, for a write of a key at `writing`; `None` when the
+    /// write may go ahead. Backends that compare in memory use it to keep
+    /// the rule in one place.
+    pub fn check_revision(
+        expected: Revision,
+        found: Revision,
+        writing: Option<Revision>,
+    ) -> Result<(), StoreError<E>> {
+        let same_key = writing.is_none_or(|w| w.incarnation() == expected.incarnation());
+        if found == expected && same_key {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict { expected, found })
+        }
+    }
+}
+
 /// Implements both traits for a pointer type by forwarding to its target.
 macro_rules! forward {
     ($($ptr:ty),*) => {$(
@@ -199,11 +228,11 @@ macro_rules! forward {
             fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
                 (**self).insert(key)
             }
-            fn update(&self, key: &ApiKey, expected_version: u64) -> Result<(), StoreError<S::Error>> {
-                (**self).update(key, expected_version)
+            fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+                (**self).update(key, expected)
             }
-            fn delete(&self, id: &KeyId, expected_version: u64) -> Result<(), StoreError<S::Error>> {
-                (**self).delete(id, expected_version)
+            fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+                (**self).delete(id, expected)
             }
             fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
                 (**self).list(after, limit)
@@ -229,16 +258,16 @@ macro_rules! forward {
             fn update(
                 &self,
                 key: &ApiKey,
-                expected_version: u64,
+                expected: Revision,
             ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).update(key, expected_version)
+                (**self).update(key, expected)
             }
             fn delete(
                 &self,
                 id: &KeyId,
-                expected_version: u64,
+                expected: Revision,
             ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).delete(id, expected_version)
+                (**self).delete(id, expected)
             }
             fn list(
                 &self,

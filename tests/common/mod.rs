@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use keyroll::{ApiKey, KeyId, KeyState, Policy, Token};
+use keyroll::{ApiKey, KeyId, KeyState, NewKey, Policy, Token};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime};
@@ -16,13 +16,10 @@ pub fn rng() -> StdRng {
 }
 
 pub fn issue(policy: Policy) -> (ApiKey, Token) {
-    let (key, token, _) = ApiKey::issue(
-        KeyId::new("acme-orders").unwrap(),
-        "orders",
-        policy,
-        t0(),
-        &mut rng(),
-    );
+    let new = NewKey::new(KeyId::new("acme-orders").unwrap())
+        .label("orders")
+        .policy(policy);
+    let (key, token, _) = ApiKey::issue(new, t0(), &mut rng()).unwrap();
     (key, token)
 }
 
