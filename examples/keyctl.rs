@@ -7,10 +7,15 @@
 //! list | show ID | renew ID | undo ID | activate ID | deactivate ID | delete ID
 //! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
 //! delete-old ID [--if-idle 7d] | housekeep
-//! verify ID TOKEN           (TOKEN "-" reads it from standard input; records the use)
+//! verify ID                 (reads the token from standard input; records the use)
 //! ```
 //!
-//! Every error is one line on stderr and a non-zero exit status.
+//! Tokens are read from standard input, never taken as arguments: arguments
+//! are visible to other users in `ps` and stay in shell history. Durations
+//! are humantime's (`90s`, `30m`, `1h 30m`, `7d`). `--now T` is for looking
+//! at keys as they will be at `T` (freshness, expiry, scheduled deletions):
+//! with it, nothing is written. Labels are printed with control characters
+//! escaped. Every error is one line on stderr and a non-zero exit status.
 
 #[path = "sqlite/store.rs"]
 #[allow(dead_code)] // keyctl uses part of the store module
@@ -40,7 +45,9 @@ struct Cli {
     /// The SQLite database file.
     #[arg(long, global = true, default_value = "keys.db")]
     db: PathBuf,
-    /// Act as if the time were this RFC 3339 instant (to try freshness and expiry).
+    /// Look at the keys as if the time were this RFC 3339 instant (to see
+    /// freshness, expiry and scheduled deletions). Nothing is written:
+    /// commands that change keys are refused, and `verify` records no use.
     #[arg(long, global = true, value_parser = parse_time)]
     now: Option<OffsetDateTime>,
     #[command(subcommand)]
@@ -98,8 +105,18 @@ enum Command {
     Deactivate { id: KeyId },
     /// Delete a key, irreversibly.
     Delete { id: KeyId },
-    /// Check a token against a key ("-" reads the token from standard input).
-    Verify { id: KeyId, token: String },
+    /// Check a token, read from standard input, against a key.
+    Verify { id: KeyId },
+}
+
+impl Command {
+    /// Whether the command only reads keys (and may run with `--now`).
+    fn only_looks(&self) -> bool {
+        matches!(
+            self,
+            Command::List | Command::Show { .. } | Command::Verify { .. }
+        )
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,22 +139,11 @@ fn parse_deletion(text: &str) -> Result<OldTokenDeletion, String> {
     }
 }
 
-/// `90s`, `30m`, `1h`, `7d`.
+/// A duration such as `90s`, `30m`, `1h 30m` or `7d` (never negative).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.len().saturating_sub(1);
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (use e.g. 90s, 30m, 1h, 7d)"))?;
-    match unit {
-        "s" => Ok(Duration::seconds(n)),
-        "m" => Ok(Duration::minutes(n)),
-        "h" => Ok(Duration::hours(n)),
-        "d" => Ok(Duration::days(n)),
-        _ => Err(format!(
-            "not a duration: {text:?} (use e.g. 90s, 30m, 1h, 7d)"
-        )),
-    }
+    let std = humantime::parse_duration(text)
+        .map_err(|e| format!("not a duration: {text:?} ({e}; use e.g. 90s, 30m, 1h, 7d)"))?;
+    Duration::try_from(std).map_err(|_| format!("duration {text:?} is too long"))
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -195,9 +201,15 @@ fn status(key: &ApiKey) -> &'static str {
     }
 }
 
+/// A label as printed: control characters (which keyroll 0.1 accepted)
+/// escaped, so that a label cannot rewrite the terminal.
+fn label(key: &ApiKey) -> String {
+    key.label().escape_debug().to_string()
+}
+
 fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("id       {}", key.id());
-    println!("label    {}", key.label());
+    println!("label    {}", label(key));
     println!("status   {}", status(key));
     println!("version  {}", key.version());
     println!(
@@ -240,7 +252,7 @@ fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Bo
             println!(
                 "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {}",
                 key.id().as_str(),
-                key.label().chars().take(20).collect::<String>(),
+                label(key).chars().take(20).collect::<String>(),
                 status(key),
                 date(current.created_at()),
                 date(current.due_at()),
@@ -262,8 +274,12 @@ fn print_event(event: &Event) -> Result<(), Box<dyn Error>> {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+    if cli.now.is_some() && !cli.command.only_looks() {
+        return Err("--now is for looking (list, show, verify): it never changes keys".into());
+    }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
-    let manager = KeyManager::new(SqliteStore::open(&cli.db)?).with_usage_recording(true);
+    let manager =
+        KeyManager::new(SqliteStore::open(&cli.db)?).with_usage_recording(cli.now.is_none());
     let mut rng = rand::rng();
     match cli.command {
         Command::Create {
@@ -334,15 +350,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Activate { id } => print_event(&manager.activate(&id, now)?)?,
         Command::Deactivate { id } => print_event(&manager.deactivate(&id, now)?)?,
         Command::Delete { id } => print_event(&manager.delete_key(&id, now)?)?,
-        Command::Verify { id, token } => {
-            let token = if token == "-" {
-                let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line)?;
-                line.trim_end().to_owned()
-            } else {
-                token
-            };
-            let matched = manager.authenticate(&id, &token, now)?;
+        Command::Verify { id } => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().lock().read_line(&mut line)?;
+            let token = line.trim_end();
+            let matched = manager.authenticate(&id, token, now)?;
             let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
                 KeyState::Single => "",

@@ -421,6 +421,8 @@ impl ApiKey {
     /// Renews the key: a new token becomes current and the previous one
     /// stays valid as the old token. The new token is shown only here.
     ///
+    /// `rng` must be seeded by the operating system: see [`Token`].
+    ///
     /// # Errors
     ///
     /// [`TransitionError::RenewalPending`] while a previous renewal still has

@@ -38,6 +38,14 @@ const PACKED_LEN: usize = SECRET_LEN * 6 / 8;
 /// cloned, displayed or serialized, its `Debug` shows only its [`TokenId`], and
 /// its memory is zeroized when it is dropped. Show it to the user with
 /// [`expose_secret`](Token::expose_secret), then let it go.
+///
+/// A token is only as secret as the generator it was drawn from. The
+/// `CryptoRng` bound of `issue` and `renew` is a marker, not a guarantee:
+/// pass `rand::rng()` or another generator seeded by the operating system.
+/// A generator seeded with a known value (`StdRng::seed_from_u64`) makes
+/// every token predictable, and the public token ids in events and records
+/// tell an attacker where in its stream it is. Seeded generators are for
+/// tests only.
 pub struct Token {
     text: Zeroizing<String>,
     id: TokenId,
@@ -342,6 +350,17 @@ mod tests {
             TokenHash::of(&key(), &secret),
             TokenHash::of(&other, &secret)
         );
+    }
+
+    #[test]
+    fn hashes_differing_in_any_byte_compare_unequal() {
+        let base = TokenHash([0x5a; 32]);
+        assert!(bool::from(base.ct_eq(&base)));
+        for i in 0..32 {
+            let mut other = base;
+            other.0[i] ^= 1;
+            assert!(!bool::from(base.ct_eq(&other)), "byte {i}");
+        }
     }
 
     #[test]

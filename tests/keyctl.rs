@@ -4,8 +4,12 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::example_binary;
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
+
+use common::example_binary;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 struct Ctl {
     db: PathBuf,
@@ -42,13 +46,55 @@ impl Ctl {
 
     /// Runs a command that must fail with one line on stderr, and returns it.
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "keyctl {args:?} should fail");
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        stderr
+        one_line_failure(self.run(args), args)
     }
+
+    /// `verify ID` (with `--now NOW` if given), the token on standard input.
+    fn verify(&self, now: Option<&str>, id: &str, token: &str) -> Output {
+        let mut args = vec!["--db", self.db.to_str().unwrap()];
+        if let Some(now) = now {
+            args.extend(["--now", now]);
+        }
+        args.extend(["verify", id]);
+        let mut child = Command::new(example_binary("keyctl"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn verify_ok(&self, now: Option<&str>, id: &str, token: &str) -> String {
+        let out = self.verify(now, id, token);
+        assert!(
+            out.status.success(),
+            "verify {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn verify_fails(&self, now: Option<&str>, id: &str, token: &str) -> String {
+        one_line_failure(self.verify(now, id, token), &["verify", id])
+    }
+}
+
+fn one_line_failure(out: Output, args: &[&str]) -> String {
+    assert!(!out.status.success(), "keyctl {args:?} should fail");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// An RFC 3339 instant `days` from now.
+fn in_days(days: i64) -> String {
+    (OffsetDateTime::now_utc() + time::Duration::days(days))
+        .format(&Rfc3339)
+        .unwrap()
 }
 
 fn token_from(stdout: &str, label: &str) -> String {
@@ -66,7 +112,7 @@ fn keyctl_runs_the_whole_renewal_story() {
     let first = token_from(&created, "token:");
     assert!(first.starts_with("kr_"));
     assert!(
-        ctl.ok(&["verify", "acme-orders", &first])
+        ctl.verify_ok(None, "acme-orders", &first)
             .contains("Current")
     );
 
@@ -89,7 +135,7 @@ fn keyctl_runs_the_whole_renewal_story() {
         !listing.contains(&first) && !listing.contains(&second),
         "no secret in the listing"
     );
-    assert!(ctl.ok(&["verify", "acme-orders", &first]).contains("Old"));
+    assert!(ctl.verify_ok(None, "acme-orders", &first).contains("Old"));
     assert!(
         ctl.fails(&["renew", "acme-orders"])
             .contains("already has a renewed token pending")
@@ -102,7 +148,7 @@ fn keyctl_runs_the_whole_renewal_story() {
     );
     ctl.ok(&["delete-old", "acme-orders"]);
     assert!(
-        ctl.fails(&["verify", "acme-orders", &first])
+        ctl.verify_fails(None, "acme-orders", &first)
             .contains("does not match")
     );
     assert!(!ctl.ok(&["list"]).contains("pending deletion"));
@@ -110,7 +156,7 @@ fn keyctl_runs_the_whole_renewal_story() {
     let third = token_from(&ctl.ok(&["renew", "acme-orders"]), "new token:");
     ctl.ok(&["undo", "acme-orders"]);
     assert!(
-        ctl.fails(&["verify", "acme-orders", &third])
+        ctl.verify_fails(None, "acme-orders", &third)
             .contains("does not match")
     );
     assert!(
@@ -120,25 +166,21 @@ fn keyctl_runs_the_whole_renewal_story() {
 
     ctl.ok(&["deactivate", "acme-orders"]);
     assert!(
-        ctl.fails(&["verify", "acme-orders", &second])
+        ctl.verify_fails(None, "acme-orders", &second)
             .contains("inactive")
     );
     assert!(ctl.ok(&["show", "acme-orders"]).contains("inactive"));
     ctl.ok(&["activate", "acme-orders"]);
 
-    // Token from standard input.
-    let mut child = Command::new(example_binary("keyctl"))
-        .arg("--db")
-        .arg(&ctl.db)
-        .args(["verify", "acme-orders", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{second}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(String::from_utf8(out.stdout).unwrap().contains("Current"));
+    assert!(
+        ctl.verify_ok(None, "acme-orders", &second)
+            .contains("Current")
+    );
+    // Never from the command line, where `ps` and shell history see it.
+    assert_eq!(
+        ctl.run(&["verify", "acme-orders", &second]).status.code(),
+        Some(2)
+    );
 
     ctl.ok(&["delete", "acme-orders"]);
     assert!(ctl.fails(&["show", "acme-orders"]).contains("acme-orders"));
@@ -147,23 +189,13 @@ fn keyctl_runs_the_whole_renewal_story() {
 #[test]
 fn keyctl_shows_freshness_alerts_over_time() {
     let ctl = Ctl::new();
-    ctl.ok(&[
-        "--now",
-        "2026-01-01T00:00:00Z",
-        "create",
-        "--label",
-        "x",
-        "--id",
-        "k",
-        "--period",
-        "6m",
-    ]);
-    let at = |now: &str| ctl.ok(&["--now", now, "list"]);
-    assert!(at("2026-06-01T00:00:00Z").contains("fresh"));
-    assert!(at("2026-07-01T00:00:00Z").contains("outdated"));
-    assert!(at("2026-10-01T00:00:00Z").contains("long outdated"));
+    ctl.ok(&["create", "--label", "x", "--id", "k", "--period", "6m"]);
+    let at = |days: i64| ctl.ok(&["--now", &in_days(days), "list"]);
+    assert!(at(150).contains("fresh"));
+    assert!(at(200).contains("outdated"));
+    assert!(at(300).contains("long outdated"));
     assert!(
-        ctl.ok(&["--now", "2026-07-01T00:00:00Z", "show", "k"])
+        ctl.ok(&["--now", &in_days(200), "show", "k"])
             .contains("outdated")
     );
 }
@@ -172,8 +204,6 @@ fn keyctl_shows_freshness_alerts_over_time() {
 fn keyctl_enforced_keys_expire() {
     let ctl = Ctl::new();
     let out = ctl.ok(&[
-        "--now",
-        "2026-01-01T00:00:00Z",
         "create",
         "--label",
         "x",
@@ -186,13 +216,67 @@ fn keyctl_enforced_keys_expire() {
     let token = token_from(&out, "token:");
     assert!(token.starts_with("acme_"));
     assert!(
-        ctl.ok(&["--now", "2026-03-01T00:00:00Z", "verify", "k", &token])
+        ctl.verify_ok(Some(&in_days(60)), "k", &token)
             .contains("Current")
     );
     assert!(
-        ctl.fails(&["--now", "2026-04-01T00:00:00Z", "verify", "k", &token])
+        ctl.verify_fails(Some(&in_days(100)), "k", &token)
             .contains("renewal period")
     );
+}
+
+/// `--now` is for looking: it never writes, so looking ahead cannot apply
+/// a deletion early or record a use at a time that has not come.
+#[test]
+fn keyctl_now_never_writes() {
+    let ctl = Ctl::new();
+    let token = token_from(&ctl.ok(&["create", "--id", "k", "--label", "x"]), "token:");
+    let later = in_days(30);
+    for args in [
+        vec!["renew", "k"],
+        vec!["housekeep"],
+        vec!["deactivate", "k"],
+        vec!["delete", "k"],
+        vec!["create", "--label", "y"],
+    ] {
+        let mut all = vec!["--now", later.as_str()];
+        all.extend(args);
+        assert!(ctl.fails(&all).contains("--now is for looking"), "{all:?}");
+    }
+    assert!(ctl.verify_ok(Some(&later), "k", &token).contains("Current"));
+    let shown = ctl.ok(&["show", "k"]);
+    assert!(
+        shown.contains("last used never"),
+        "no use recorded: {shown}"
+    );
+    assert!(shown.contains("version  1"), "{shown}");
+}
+
+/// Labels are printed with control characters escaped (keyroll 0.1 stored
+/// them; a label must not rewrite the operator's terminal).
+#[test]
+fn keyctl_escapes_control_characters_in_labels() {
+    let ctl = Ctl::new();
+    ctl.ok(&["list"]); // creates the database
+    let record = include_str!("fixtures/schema-1/single.json")
+        .replace("\"label\":\"single\"", "\"label\":\"\\u001b[2Jgotcha\"");
+    let key: keyroll::ApiKey = serde_json::from_str(&record).unwrap();
+    assert_eq!(key.label(), "\u{1b}[2Jgotcha");
+    let conn = rusqlite::Connection::open(&ctl.db).unwrap();
+    conn.execute(
+        "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![
+            key.id().as_str(),
+            key.revision().incarnation() as i64,
+            key.version() as i64,
+            record
+        ],
+    )
+    .unwrap();
+    for out in [ctl.ok(&["list"]), ctl.ok(&["show", key.id().as_str()])] {
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains("\\u{1b}[2Jgotcha"), "{out}");
+    }
 }
 
 #[test]
@@ -201,9 +285,9 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
     ctl.ok(&["create", "--label", "x", "--id", "k"]);
     assert!(ctl.fails(&["show", "nobody"]).contains("nobody"));
     assert!(ctl.fails(&["renew", "nobody"]).contains("not found"));
-    assert!(ctl.fails(&["verify", "k", "kr_typo"]).contains("malformed"));
+    assert!(ctl.verify_fails(None, "k", "kr_typo").contains("malformed"));
     assert!(
-        ctl.fails(&["verify", "nobody", "kr_typo"])
+        ctl.verify_fails(None, "nobody", "kr_typo")
             .contains("unknown key")
     );
     assert!(
@@ -233,84 +317,68 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
         "{stderr}"
     );
 
-    // An invalid key id is refused by the argument parser, without a panic.
-    let out = ctl.run(&["show", "bad id"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    // An invalid key id, or a duration that is not one (a character
+    // spanning bytes, an overflow, a negative), is refused by the argument
+    // parser, without a panic.
+    for args in [
+        vec!["show", "bad id"],
+        vec!["delete-old", "k", "--if-idle", "1é"],
+        vec!["delete-old", "k", "--if-idle", "999999999999999999d"],
+        vec!["delete-old", "k", "--if-idle", "-1h"],
+        vec!["finalize", "k", "--delete-old", "after-use=-5m"],
+        vec!["finalize", "k", "--delete-old", "after-use=1é"],
+    ] {
+        let out = ctl.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
 }
 
 #[test]
 fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
     let ctl = Ctl::new();
-    let at = |now: &str, args: &[&str]| {
-        let mut all = vec!["--now", now];
-        all.extend_from_slice(args);
-        ctl.ok(&all)
-    };
-    let first = token_from(
-        &at(
-            "2026-01-01T00:00:00Z",
-            &["create", "--label", "x", "--id", "k"],
-        ),
-        "token:",
-    );
-    let second = token_from(&at("2026-01-02T00:00:00Z", &["renew", "k"]), "new token:");
-    at(
-        "2026-01-02T00:00:00Z",
-        &["finalize", "k", "--delete-old", "after-use=1h"],
-    );
-    assert!(at("2026-01-02T00:00:00Z", &["list"]).contains("after the new one is used"));
-    assert!(at("2026-01-03T00:00:00Z", &["verify", "k", &first]).contains("Old"));
+    let first = token_from(&ctl.ok(&["create", "--label", "x", "--id", "k"]), "token:");
+    let second = token_from(&ctl.ok(&["renew", "k"]), "new token:");
+    ctl.ok(&["finalize", "k", "--delete-old", "after-use=1h"]);
+    assert!(ctl.ok(&["list"]).contains("after the new one is used"));
+    assert!(ctl.verify_ok(None, "k", &first).contains("Old"));
+    let shown = ctl.ok(&["show", "k"]);
+    let old_line = shown.lines().find(|l| l.starts_with("old")).unwrap();
     assert!(
-        at("2026-01-03T00:00:00Z", &["list"]).contains("2026-01-03 00:00"),
-        "last use shown"
+        !old_line.contains("last used never"),
+        "last use shown: {shown}"
     );
 
-    // The first use of the new token schedules the old token's deletion.
-    at("2026-01-04T00:00:00Z", &["verify", "k", &second]);
+    // The first use of the new token schedules the old token's deletion an
+    // hour later; looking two hours ahead, the old token is gone.
+    ctl.verify_ok(None, "k", &second);
+    assert!(ctl.ok(&["show", "k"]).contains("old token deleted at"));
+    assert!(ctl.verify_ok(None, "k", &first).contains("Old"));
     assert!(
-        at("2026-01-04T00:00:00Z", &["show", "k"])
-            .contains("old token deleted at 2026-01-04 01:00")
-    );
-    assert!(at("2026-01-04T00:30:00Z", &["verify", "k", &first]).contains("Old"));
-    assert!(
-        ctl.fails(&["--now", "2026-01-04T01:00:00Z", "verify", "k", &first])
+        ctl.verify_fails(Some(&in_days(1)), "k", &first)
             .contains("does not match")
     );
-    let out = ctl.run(&["--now", "2026-01-04T02:00:00Z", "housekeep"]);
-    assert!(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .contains("\"reason\":\"scheduled\"")
-    );
-    assert!(!at("2026-01-04T02:00:00Z", &["list"]).contains("old token"));
 
-    // A scheduled instant, and an idle-guarded deletion.
-    at("2026-02-01T00:00:00Z", &["renew", "k"]);
-    at(
-        "2026-02-01T00:00:00Z",
-        &["finalize", "k", "--delete-old", "at=2026-03-01T00:00:00Z"],
-    );
+    // A scheduled instant two seconds away, applied by housekeep.
+    ctl.ok(&["undo", "k"]);
+    let third = token_from(&ctl.ok(&["renew", "k"]), "new token:");
+    let soon = (OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&Rfc3339)
+        .unwrap();
+    ctl.ok(&["finalize", "k", "--delete-old", &format!("at={soon}")]);
+    assert!(ctl.ok(&["show", "k"]).contains("old token deleted at"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(ctl.ok(&["housekeep"]).contains("\"reason\":\"scheduled\""));
+    assert!(!ctl.ok(&["list"]).contains("old token"));
+
+    // An idle-guarded deletion: refused while the old token was just used.
+    ctl.ok(&["renew", "k"]);
+    assert!(ctl.verify_ok(None, "k", &third).contains("Old"));
     assert!(
-        at("2026-02-01T00:00:00Z", &["show", "k"])
-            .contains("old token deleted at 2026-03-01 00:00")
+        ctl.fails(&["delete-old", "k", "--if-idle", "7d"])
+            .contains("used at")
     );
-    at("2026-02-10T00:00:00Z", &["verify", "k", &second]);
-    assert!(
-        ctl.fails(&[
-            "--now",
-            "2026-02-11T00:00:00Z",
-            "delete-old",
-            "k",
-            "--if-idle",
-            "7d"
-        ])
-        .contains("used at")
-    );
-    at(
-        "2026-02-18T00:00:00Z",
-        &["delete-old", "k", "--if-idle", "7d"],
-    );
+    ctl.ok(&["delete-old", "k", "--if-idle", "0s"]);
     let out = ctl.run(&["finalize", "k", "--delete-old", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -232,6 +232,41 @@ fn a_failed_write_hands_out_nothing_and_changes_nothing() {
     assert_eq!(manager.get(&id()).unwrap(), before);
 }
 
+/// The lost update of keyroll 0.1, as reported: a copy loaded before a
+/// delete and re-create of its id is written back over the new key, and the
+/// deleted key's token authenticates again. Revisions refuse that write.
+#[test]
+fn a_copy_loaded_before_delete_and_recreate_never_comes_back() {
+    let manager = KeyManager::new(InMemoryStore::new());
+    let mut rng = rand::rng();
+    let (t_old, _) = manager.create_key(id(), t0(), &mut rng).unwrap();
+    let mut stale = manager.get(&id()).unwrap().unwrap();
+    let loaded = stale.revision();
+    assert!(stale.record_use(TokenMatch::Current, t0()));
+    manager.delete_key(&id(), t0()).unwrap();
+    let (t_new, _) = manager.create_key(id(), t0(), &mut rng).unwrap();
+    let recreated = manager.get(&id()).unwrap().unwrap();
+    assert_eq!(recreated.version(), loaded.version(), "versions restart");
+
+    assert_eq!(
+        manager.store().update(&stale, loaded),
+        Err(StoreError::Conflict {
+            expected: loaded,
+            found: recreated.revision()
+        })
+    );
+    assert!(matches!(
+        manager.authenticate(&id(), t_old.expose_secret(), t0()),
+        Err(AuthError::Verify(VerifyError::Mismatch))
+    ));
+    assert_eq!(
+        manager
+            .authenticate(&id(), t_new.expose_secret(), t0())
+            .unwrap(),
+        TokenMatch::Current
+    );
+}
+
 #[test]
 fn racing_threads_lose_no_update() {
     let manager = Arc::new(KeyManager::new(InMemoryStore::new()));
