@@ -315,8 +315,9 @@ async fn authenticate(
     let key_id = KeyId::new(raw_id).map_err(|_| refused("invalid key id", None))?;
     let matched = match app
         .keys
-        .authenticate(&key_id, &token, OffsetDateTime::now_utc())
+        .authenticate_key(&key_id, &token, OffsetDateTime::now_utc())
         .await
+        .map(|a| a.matched)
     {
         Ok(matched) => matched,
         Err(AuthError::Store(e)) => return Err(unavailable(&e)),

@@ -354,7 +354,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             let mut line = zeroize::Zeroizing::new(String::new());
             std::io::stdin().lock().read_line(&mut line)?;
             let token = line.trim_end();
-            let matched = manager.authenticate(&id, token, now)?;
+            let matched = manager
+                .authenticate_key(&id, token, now)
+                .map(|a| a.matched)?;
             let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
                 KeyState::Single => "",

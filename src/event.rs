@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use crate::id::{KeyId, TokenId};
 use crate::key::OldTokenDeletion;
+use crate::verify::TokenMatch;
 
 /// What happened to a key. Every successful transition returns exactly one.
 ///
@@ -46,7 +47,8 @@ pub enum Event {
         /// The first token.
         token_id: TokenId,
     },
-    /// A new token was issued; the previous one is now the old token.
+    /// A new token was issued; the previous one is now the old token, or,
+    /// if it was revoked, dropped.
     #[non_exhaustive]
     TokenRenewed {
         /// The key.
@@ -58,8 +60,29 @@ pub enum Event {
         version: u64,
         /// The new, current token.
         new_token_id: TokenId,
-        /// The previous token, still valid as the old token.
+        /// The previous token: still valid as the old token, unless
+        /// `previous_revoked`.
         old_token_id: TokenId,
+        /// Whether the previous token had been revoked, and was dropped
+        /// rather than kept as the old token (the key is then `Single`).
+        #[cfg_attr(feature = "serde", serde(default))]
+        previous_revoked: bool,
+    },
+    /// A live token was revoked ([`ApiKey::revoke_token`](crate::ApiKey::revoke_token)):
+    /// an old token is deleted, a current token never verifies again.
+    #[non_exhaustive]
+    TokenRevoked {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The revoked token.
+        token_id: TokenId,
+        /// Whether it was the current or the old token.
+        which: TokenMatch,
     },
     /// A pending renewal was finalized with a deletion mode that keeps the old
     /// token for now (a renewal finalized with [`OldTokenDeletion::Now`]
@@ -164,6 +187,7 @@ impl Event {
         match self {
             Event::KeyIssued { .. } => "key_issued",
             Event::TokenRenewed { .. } => "token_renewed",
+            Event::TokenRevoked { .. } => "token_revoked",
             Event::RenewalFinalized { .. } => "renewal_finalized",
             Event::OldTokenDeleted { .. } => "old_token_deleted",
             Event::RenewalUndone { .. } => "renewal_undone",
@@ -182,6 +206,12 @@ impl Event {
                 ..
             }
             | Event::TokenRenewed {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::TokenRevoked {
                 key_id,
                 at,
                 version,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::base62;
+use crate::verify::VerifyError;
 
 /// The public, stable id of an API key (the product's `appKey`).
 ///
@@ -40,15 +41,22 @@ impl KeyId {
     /// character outside `[A-Za-z0-9._-]`.
     pub fn new(id: impl Into<String>) -> Result<KeyId, InvalidKeyId> {
         let id = id.into();
-        let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if valid {
-            Ok(KeyId(id.into_boxed_str()))
+        let problem = if id.is_empty() {
+            "it is empty"
+        } else if id.len() > KEY_ID_MAX_LEN {
+            "it is longer than 64 bytes"
+        } else if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            "it holds a character outside the alphabet"
         } else {
-            Err(InvalidKeyId(()))
-        }
+            return Ok(KeyId(id.into_boxed_str()));
+        };
+        Err(InvalidKeyId {
+            quoted: crate::input::quote(&id),
+            problem,
+        })
     }
 
     /// A new random id of 16 base62 characters (about 95 bits).
@@ -62,6 +70,38 @@ impl KeyId {
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key id a token names (`{prefix}_{key_id}_{secret}{checksum}`),
+    /// after checking the token's shape and checksum; nothing is hashed
+    /// and no prefix is assumed. Inputs longer than the longest token (128
+    /// bytes) are refused before any other work. This is how a service
+    /// finds the key of a one-string bearer token, and a secret scanner's
+    /// report the key of a leaked one.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Malformed`] for anything that is not a well-formed
+    /// token naming a key (a token of keyroll 0.1 names none).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, VerifyError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let (_, token, _) = ApiKey::issue(KeyId::new("acme_orders")?, OffsetDateTime::now_utc(), &mut rand::rng())?;
+    /// assert_eq!(KeyId::from_token(token.expose_secret())?.as_str(), "acme_orders");
+    /// assert_eq!(KeyId::from_token("kr_acme_typo"), Err(VerifyError::Malformed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_token(presented: &str) -> Result<KeyId, VerifyError> {
+        let id = crate::token::parse(presented)?
+            .key_id
+            .ok_or(VerifyError::Malformed)?;
+        // Checked by the parser: 1 to 64 bytes of the id alphabet.
+        let id = std::str::from_utf8(id).map_err(|_| VerifyError::Malformed)?;
+        KeyId::new(id).map_err(|_| VerifyError::Malformed)
     }
 }
 
@@ -91,10 +131,16 @@ impl AsRef<str> for KeyId {
     }
 }
 
-/// A string that is not a valid [`KeyId`].
+/// A string that is not a valid [`KeyId`]: 1 to 64 characters of
+/// `[A-Za-z0-9._-]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid key id: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
-pub struct InvalidKeyId(());
+#[error(
+    "invalid key id {quoted}: {problem}; use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+)]
+pub struct InvalidKeyId {
+    quoted: String,
+    problem: &'static str,
+}
 
 /// The public, non-secret id of one token of a key, for audit trails.
 ///
@@ -186,8 +232,11 @@ mod tests {
         assert!(KeyId::new("x".repeat(65)).is_err());
         assert!(KeyId::new("").is_err());
         for bad in ["a b", "a/b", "é", "a\0", "a:b"] {
-            assert_eq!(KeyId::new(bad), Err(InvalidKeyId(())), "{bad:?}");
+            let error = KeyId::new(bad).unwrap_err().to_string();
+            assert!(error.contains("outside the alphabet"), "{error}");
+            assert!(error.contains(&format!("{:?}", bad)), "{error}");
         }
+        assert!(KeyId::new("").unwrap_err().to_string().contains("empty"));
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub(crate) fn instant(
     in_range(at).ok_or(TransitionError::TimeOutOfRange { what, at })
 }
 
+/// `at` in UTC, clamped into the years 1 to 9999.
+pub(crate) fn clamp(at: OffsetDateTime) -> OffsetDateTime {
+    in_range(at).unwrap_or_else(|| if at > latest() { latest() } else { earliest() })
+}
+
 /// `at + d`, saturated inside the years 1 to 9999 (UTC).
 pub(crate) fn saturating_add(at: OffsetDateTime, d: Duration) -> OffsetDateTime {
     match at.checked_add(d).and_then(in_range) {

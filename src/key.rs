@@ -14,7 +14,7 @@ use crate::new_key::NewKey;
 use crate::policy::Policy;
 use crate::revision::Revision;
 use crate::token::{Token, TokenHash};
-use crate::verify::TokenMatch;
+use crate::verify::{TokenMatch, VerifyError};
 
 /// An API key: a stable public id, a label, a status and one or two tokens.
 ///
@@ -104,6 +104,15 @@ pub struct TokenInfo {
         )
     )]
     pub(crate) last_used_at: Option<OffsetDateTime>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub(crate) revoked_at: Option<OffsetDateTime>,
 }
 
 impl TokenInfo {
@@ -120,6 +129,7 @@ impl TokenInfo {
             due_at,
             hash,
             last_used_at: None,
+            revoked_at: None,
         }
     }
 
@@ -143,6 +153,13 @@ impl TokenInfo {
     /// policy's `usage_resolution`; `None` if no use was recorded.
     pub fn last_used_at(&self) -> Option<OffsetDateTime> {
         self.last_used_at
+    }
+
+    /// When the token was revoked with [`ApiKey::revoke_token`]: from then
+    /// on it never verifies again. Only a current token can be revoked and
+    /// kept (a revoked old token is deleted).
+    pub fn revoked_at(&self) -> Option<OffsetDateTime> {
+        self.revoked_at
     }
 }
 
@@ -421,6 +438,9 @@ impl ApiKey {
     /// Renews the key: a new token becomes current and the previous one
     /// stays valid as the old token. The new token is shown only here.
     ///
+    /// If the current token was revoked, it is replaced outright: the key
+    /// ends `Single`, with the new token only (`TokenRenewed` says so).
+    ///
     /// `rng` must be seeded by the operating system: see [`Token`].
     ///
     /// # Errors
@@ -439,12 +459,15 @@ impl ApiKey {
         let due_at = input::due_date(now, &self.policy)?;
         let (token, hash) = self.policy.token_format.generate(&self.id, rng);
         let new = TokenInfo::new(&token, hash, now, due_at);
-        let old = std::mem::replace(&mut self.current, new);
-        let old_token_id = old.id;
-        self.renewal = Some(Box::new(Renewal {
-            old,
-            decision: Decision::Undecided,
-        }));
+        let previous = std::mem::replace(&mut self.current, new);
+        let old_token_id = previous.id;
+        let previous_revoked = previous.revoked_at.is_some();
+        if !previous_revoked {
+            self.renewal = Some(Box::new(Renewal {
+                old: previous,
+                decision: Decision::Undecided,
+            }));
+        }
         let version = self.bump();
         let event = Event::TokenRenewed {
             key_id: self.id.clone(),
@@ -452,6 +475,7 @@ impl ApiKey {
             version,
             new_token_id: token.id(),
             old_token_id,
+            previous_revoked,
         };
         Ok((token, event))
     }
@@ -666,6 +690,70 @@ impl ApiKey {
         // An old token that is no longer live is one whose deletion is due.
         let due = self.renewal.take_if(|r| r.live_old_token(now).is_none())?;
         Some(self.old_deleted(due.old.id, DeletionReason::Scheduled, now))
+    }
+
+    /// Revokes the live token that `presented` matches, whatever the key's
+    /// status or expiry: the response to a leaked token. An old token is
+    /// deleted (as by [`delete_old`](ApiKey::delete_old)); the current token
+    /// is marked revoked ([`TokenInfo::revoked_at`]) and never verifies
+    /// again, whatever follows: renew then replaces it outright. Returns one
+    /// `TokenRevoked` event. A `now` outside the years 1 to 9999 is clamped
+    /// into them.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Malformed`] for a token that is not well-formed for
+    /// this key's format; [`VerifyError::Mismatch`] for anything that is not
+    /// a live token of this key (a wrong token, another key's, one already
+    /// revoked or deleted). The key is unchanged.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, VerifyError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (mut key, leaked, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+    /// key.revoke_token(leaked.expose_secret(), now)?;
+    /// assert_eq!(key.verify(leaked.expose_secret(), now), Err(VerifyError::Mismatch));
+    /// assert!(key.current_token().revoked_at().is_some());
+    ///
+    /// // A renewal replaces the revoked token outright.
+    /// let (fresh, _) = key.renew(now, &mut rand::rng())?;
+    /// assert!(key.verify(fresh.expose_secret(), now).is_ok());
+    /// assert!(key.old_token().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn revoke_token(
+        &mut self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Event, VerifyError> {
+        let now = input::clamp(now);
+        let (is_current, is_old, _) = self.view().compare(presented, now)?;
+        // Revocation is not the hot path, and what matched is no secret once
+        // the call returns.
+        let (token_id, which) = if bool::from(is_current) {
+            self.current.revoked_at = Some(now);
+            (self.current.id, TokenMatch::Current)
+        } else if bool::from(is_old) {
+            let renewal = self
+                .renewal
+                .take()
+                .unwrap_or_else(|| unreachable!("a live old token was matched"));
+            (renewal.old.id, TokenMatch::Old)
+        } else {
+            return Err(VerifyError::Mismatch);
+        };
+        let version = self.bump();
+        Ok(Event::TokenRevoked {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            token_id,
+            which,
+        })
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A

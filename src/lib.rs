@@ -70,6 +70,6 @@ pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, M
 pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};
 pub use revision::Revision;
-pub use store::{AsyncKeyStore, InMemoryStore, KeyStore, StoreError};
+pub use store::{AsyncKeyStore, InMemoryStore, KeyStore, StoreError, Verification};
 pub use token::{InvalidPrefix, Token, TokenFormat};
-pub use verify::{Freshness, TokenMatch, VerifyError};
+pub use verify::{Authenticated, Freshness, TokenMatch, VerifyError};

@@ -145,6 +145,11 @@ impl ApiKey {
             if bool::from(renewal.old.hash.ct_eq(&self.current.hash)) {
                 return Err("the current and the old token have the same hash".into());
             }
+            if renewal.old.revoked_at.is_some() {
+                return Err(
+                    "the old token is marked revoked (a revoked old token is deleted)".into(),
+                );
+            }
             tokens.push(("old", &renewal.old));
         }
         for (which, token) in tokens {

@@ -1,9 +1,14 @@
 //! The token format: generation, parsing and hashing of the one plaintext secret.
 //!
-//! A token reads `{prefix}_{secret}{checksum}`: a prefix of 1 to 16 characters
-//! of `[a-z0-9]`, 40 base62 characters drawn uniformly from a `CryptoRng`, and
-//! a 6-character base62 CRC-32 of everything before it. Only its SHA-256 hash,
-//! bound to the key id, is ever kept.
+//! A token reads `{prefix}_{key_id}_{secret}{checksum}`: a prefix of 1 to 16
+//! characters of `[a-z0-9]`, the key's id (which may itself hold `_`), 40
+//! base62 characters drawn uniformly from a `CryptoRng`, and a 6-character
+//! base62 CRC-32 of everything before it. Parsing takes the prefix up to the
+//! first `_` and the secret and checksum from the last 46 characters. Only the
+//! SHA-256 hash of the secret, bound to the key id, is ever kept.
+//!
+//! Keyroll 0.1 wrote tokens without the key id (`{prefix}_{secret}{checksum}`);
+//! their hashes are the same, so `verify` still accepts them for their key.
 
 use std::fmt;
 
@@ -19,14 +24,20 @@ use crate::verify::VerifyError;
 pub(crate) const SECRET_LEN: usize = 40;
 /// Number of base62 characters of the checksum.
 const CHECKSUM_LEN: usize = 6;
+/// The secret and checksum: the tail every token ends with.
+const TAIL_LEN: usize = SECRET_LEN + CHECKSUM_LEN;
 /// The longest prefix, in bytes.
 const PREFIX_MAX_LEN: usize = 16;
+/// The longest key id, in bytes.
+const KEY_ID_MAX_LEN: usize = 64;
+/// The longest token: prefix, `_`, key id, `_`, secret, checksum.
+pub(crate) const TOKEN_MAX_LEN: usize = PREFIX_MAX_LEN + 1 + KEY_ID_MAX_LEN + 1 + TAIL_LEN;
 /// Separates the hashes of keyroll tokens from any other SHA-256 use. Kept
 /// short so that, with a key id of up to 21 bytes, the hashed input fits one
 /// SHA-256 block.
 const HASH_DOMAIN: &[u8; 3] = b"kr\x01";
 /// The longest hashed input: tag, id length, id, packed secret.
-const HASHED_MAX: usize = HASH_DOMAIN.len() + 1 + 64 + PACKED_LEN;
+const HASHED_MAX: usize = HASH_DOMAIN.len() + 1 + KEY_ID_MAX_LEN + PACKED_LEN;
 /// The secret packed 6 bits per character.
 const PACKED_LEN: usize = SECRET_LEN * 6 / 8;
 
@@ -52,7 +63,8 @@ pub struct Token {
 }
 
 impl Token {
-    /// The full token, `{prefix}_{secret}{checksum}`, to show the user once.
+    /// The full token, `{prefix}_{key_id}_{secret}{checksum}`, to show the
+    /// user once.
     pub fn expose_secret(&self) -> &str {
         &self.text
     }
@@ -144,6 +156,84 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// A presented token taken apart: where its prefix and key id are, and its
+/// secret, packed. Every part has been checked, the checksum included.
+pub(crate) struct Parsed<'a> {
+    pub(crate) prefix: &'a [u8],
+    /// The key id the token names; `None` for a token of keyroll 0.1, which
+    /// names none.
+    pub(crate) key_id: Option<&'a [u8]>,
+    pub(crate) secret: Secret,
+}
+
+/// Whether each byte may appear in a [`KeyId`].
+const KEY_ID_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
+/// Takes a presented token apart, checking its shape, alphabets and
+/// checksum; nothing is hashed. Inputs longer than the longest token are
+/// refused before anything else.
+pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
+    let bytes = presented.as_bytes();
+    if bytes.len() > TOKEN_MAX_LEN || bytes.len() < 1 + 1 + TAIL_LEN {
+        return Err(VerifyError::Malformed);
+    }
+    // The prefix ends at the first `_`.
+    let prefix_len = bytes
+        .iter()
+        .take(PREFIX_MAX_LEN + 1)
+        .position(|&b| b == b'_')
+        .ok_or(VerifyError::Malformed)?;
+    let tail_at = bytes.len() - TAIL_LEN;
+    if prefix_len + 1 > tail_at {
+        return Err(VerifyError::Malformed);
+    }
+    let prefix = &bytes[..prefix_len];
+    let valid_prefix = !prefix.is_empty()
+        && prefix
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    // The tail is the last 46 characters; between them and the prefix, the
+    // key id framed by `_` (nothing, for a token of keyroll 0.1).
+    let key_id = match &bytes[prefix_len + 1..tail_at] {
+        [] => None,
+        [id @ .., b'_']
+            if (1..=KEY_ID_MAX_LEN).contains(&id.len())
+                && id.iter().all(|&b| KEY_ID_BYTE[usize::from(b)]) =>
+        {
+            Some(id)
+        }
+        _ => return Err(VerifyError::Malformed),
+    };
+    let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    let mut written = 0u64;
+    for &c in checksum {
+        written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
+    }
+    let chars: &[u8; SECRET_LEN] = signed[tail_at..]
+        .try_into()
+        .map_err(|_| VerifyError::Malformed)?;
+    let secret = base62::pack40(chars)
+        .map(Secret)
+        .ok_or(VerifyError::Malformed)?;
+    if !valid_prefix || written != u64::from(crc32fast::hash(signed)) {
+        return Err(VerifyError::Malformed);
+    }
+    Ok(Parsed {
+        prefix,
+        key_id,
+        secret,
+    })
+}
+
 /// The shape of a key's tokens: their prefix.
 ///
 /// The prefix (default `kr`) lets secret scanners and humans recognise a
@@ -175,12 +265,23 @@ impl TokenFormat {
     /// [`InvalidPrefix`] unless `prefix` is 1 to 16 characters of `[a-z0-9]`.
     pub fn new(prefix: &str) -> Result<TokenFormat, InvalidPrefix> {
         let bytes = prefix.as_bytes();
-        let valid = (1..=PREFIX_MAX_LEN).contains(&bytes.len())
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !valid {
-            return Err(InvalidPrefix(()));
+        let problem = if bytes.is_empty() {
+            Some("it is empty")
+        } else if bytes.len() > PREFIX_MAX_LEN {
+            Some("it is longer than 16 characters")
+        } else if !bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            Some("it holds a character outside a-z and 0-9")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(InvalidPrefix {
+                quoted: crate::input::quote(prefix),
+                problem,
+            });
         }
         let mut stored = [0u8; PREFIX_MAX_LEN];
         stored[..bytes.len()].copy_from_slice(bytes);
@@ -196,50 +297,58 @@ impl TokenFormat {
             .unwrap_or_else(|_| unreachable!("`new` stores only ASCII"))
     }
 
-    fn prefix_bytes(&self) -> &[u8] {
+    pub(crate) fn prefix_bytes(&self) -> &[u8] {
         &self.prefix[..usize::from(self.len)]
     }
 
-    /// The length of every token of this format.
-    pub fn token_len(&self) -> usize {
-        usize::from(self.len) + 1 + SECRET_LEN + CHECKSUM_LEN
+    /// The length of the tokens of this format for the key `id`.
+    pub fn token_len(&self, id: &KeyId) -> usize {
+        usize::from(self.len) + 1 + id.as_str().len() + 1 + TAIL_LEN
     }
 
     /// Checks that `presented` is a well-formed token of this format: prefix,
-    /// length, alphabet and checksum. Nothing is hashed.
+    /// shape, key id, alphabet and checksum. Nothing is hashed.
     ///
     /// # Errors
     ///
     /// [`VerifyError::Malformed`] on any failure.
     pub fn check(&self, presented: &str) -> Result<(), VerifyError> {
-        self.secret_of(presented).map(|_| ())
+        match parse(presented)? {
+            Parsed {
+                prefix,
+                key_id: Some(_),
+                ..
+            } if prefix == self.prefix_bytes() => Ok(()),
+            _ => Err(VerifyError::Malformed),
+        }
     }
 
-    /// The secret of a well-formed token of this format.
-    pub(crate) fn secret_of(&self, presented: &str) -> Result<Secret, VerifyError> {
-        let bytes = presented.as_bytes();
-        let prefix = self.prefix_bytes();
-        if bytes.len() != self.token_len()
-            || !bytes.starts_with(prefix)
-            || bytes[prefix.len()] != b'_'
-        {
-            return Err(VerifyError::Malformed);
-        }
-        let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        let mut written = 0u64;
-        for &c in checksum {
-            written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
-        }
-        let chars: &[u8; SECRET_LEN] = signed[prefix.len() + 1..]
-            .try_into()
-            .map_err(|_| VerifyError::Malformed)?;
-        let secret = base62::pack40(chars)
-            .map(Secret)
-            .ok_or(VerifyError::Malformed)?;
-        if written != u64::from(crc32fast::hash(signed)) {
-            return Err(VerifyError::Malformed);
-        }
-        Ok(secret)
+    /// The regular expression secret scanners register to find this
+    /// format's tokens in any text: GitHub's secret scanning partner
+    /// program, GitLab, gitleaks, trufflehog.
+    ///
+    /// It matches every token of this format, whole, and nothing shorter; a
+    /// token counts only where it is not preceded or followed by an ASCII
+    /// letter, digit or `_` (so `zzkr_...`, a token of another prefix that
+    /// ends in this one, is not a `kr` token). It uses plain ASCII classes
+    /// and word boundaries, no look-around, so that every common engine
+    /// reads it the same.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::TokenFormat;
+    ///
+    /// assert_eq!(
+    ///     TokenFormat::default().scan_pattern(),
+    ///     r"\bkr_[A-Za-z0-9._-]{1,64}_[0-9A-Za-z]{46}\b"
+    /// );
+    /// ```
+    pub fn scan_pattern(&self) -> String {
+        format!(
+            r"\b{}_[A-Za-z0-9._-]{{1,{KEY_ID_MAX_LEN}}}_[0-9A-Za-z]{{{TAIL_LEN}}}\b",
+            self.prefix()
+        )
     }
 
     /// A new token of this format for `key`, with the hash to keep.
@@ -249,10 +358,14 @@ impl TokenFormat {
         rng: &mut R,
     ) -> (Token, TokenHash) {
         let prefix = self.prefix_bytes();
-        let mut text = Zeroizing::new(vec![0u8; self.token_len()]);
+        let id = key.as_str().as_bytes();
+        let mut text = Zeroizing::new(vec![0u8; self.token_len(key)]);
         text[..prefix.len()].copy_from_slice(prefix);
         text[prefix.len()] = b'_';
-        let secret_at = prefix.len() + 1..prefix.len() + 1 + SECRET_LEN;
+        let id_at = prefix.len() + 1;
+        text[id_at..id_at + id.len()].copy_from_slice(id);
+        text[id_at + id.len()] = b'_';
+        let secret_at = id_at + id.len() + 1..id_at + id.len() + 1 + SECRET_LEN;
         base62::fill_random(rng, &mut text[secret_at.clone()]);
         let checksum = crc32fast::hash(&text[..secret_at.end]);
         text[secret_at.end..]
@@ -307,10 +420,14 @@ impl<'de> serde::Deserialize<'de> for TokenFormat {
     }
 }
 
-/// A string that is not a valid token prefix.
+/// A string that is not a valid token prefix: 1 to 16 characters of
+/// `[a-z0-9]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid token prefix: use 1 to 16 characters of a-z or 0-9")]
-pub struct InvalidPrefix(());
+#[error("invalid token prefix {quoted}: {problem}; use 1 to 16 characters of a-z or 0-9")]
+pub struct InvalidPrefix {
+    quoted: String,
+    problem: &'static str,
+}
 
 #[cfg(test)]
 mod tests {
@@ -325,20 +442,35 @@ mod tests {
     fn generated_tokens_pass_their_own_check() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for prefix in ["kr", "a", "0123456789abcdef"] {
-            let format = TokenFormat::new(prefix).unwrap();
-            let (token, hash) = format.generate(&key(), &mut rng);
-            let text = token.expose_secret();
-            assert_eq!(text.len(), format.token_len());
-            assert!(text.starts_with(&format!("{prefix}_")));
-            let secret = format.secret_of(text).unwrap();
-            assert_eq!(TokenHash::of(&key(), &secret), hash);
+            for id in ["k1", "a_b_c", &"x".repeat(64)] {
+                let id = KeyId::new(id).unwrap();
+                let format = TokenFormat::new(prefix).unwrap();
+                let (token, hash) = format.generate(&id, &mut rng);
+                let text = token.expose_secret();
+                assert_eq!(text.len(), format.token_len(&id));
+                assert!(text.len() <= TOKEN_MAX_LEN);
+                assert!(text.starts_with(&format!("{prefix}_{id}_")));
+                format.check(text).unwrap();
+                let parsed = parse(text).unwrap();
+                assert_eq!(parsed.key_id, Some(id.as_str().as_bytes()));
+                assert_eq!(TokenHash::of(&id, &parsed.secret), hash);
+            }
         }
     }
 
     #[test]
     fn prefix_rules() {
-        for bad in ["", "KR", "k_r", "k-r", "0123456789abcdefg", "ü"] {
-            assert_eq!(TokenFormat::new(bad), Err(InvalidPrefix(())), "{bad:?}");
+        for (bad, problem) in [
+            ("", "empty"),
+            ("KR", "outside"),
+            ("k_r", "outside"),
+            ("k-r", "outside"),
+            ("0123456789abcdefg", "longer"),
+            ("ü", "outside"),
+        ] {
+            let error = TokenFormat::new(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+            assert!(error.contains(problem), "{error}");
         }
     }
 

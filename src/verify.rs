@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::id::KeyId;
 use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
 use crate::policy::{Expiry, Policy};
-use crate::token::TokenHash;
+use crate::token::{self, TokenHash};
 
 /// Which of a key's tokens a presented token matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,11 +25,12 @@ pub enum TokenMatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
-    /// Not a well-formed token of the key's format (prefix, length, alphabet
-    /// or checksum). Nothing was hashed.
+    /// Not a well-formed token of the key's format (prefix, shape, key id,
+    /// alphabet or checksum). Nothing was hashed.
     #[error("malformed token")]
     Malformed,
-    /// A well-formed token that is neither the current nor the old token.
+    /// A well-formed token that is neither the current nor the old token:
+    /// a wrong token, a token of another key, or a revoked token.
     #[error("token does not match the key")]
     Mismatch,
     /// The token matched, but the key is inactive.
@@ -39,6 +40,28 @@ pub enum VerifyError {
     /// enforces it.
     #[error("the token is past its renewal period; renew the key")]
     Expired,
+}
+
+/// Who a request authenticated as: the key, which of its tokens matched,
+/// and (from the attributes issue on) what the key may do.
+///
+/// Returned by the managers' `authenticate` and `authenticate_key`, and by
+/// stores that verify in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Authenticated {
+    /// The key the token belongs to.
+    pub key_id: KeyId,
+    /// Which of the key's tokens matched: `Old` tells that the caller uses
+    /// the old token of a pending renewal and should move to the new one.
+    pub matched: TokenMatch,
+}
+
+impl Authenticated {
+    /// What authenticating as `key_id` with its `matched` token gives.
+    pub fn new(key_id: KeyId, matched: TokenMatch) -> Authenticated {
+        Authenticated { key_id, matched }
+    }
 }
 
 /// How the current token stands against its renewal period.
@@ -110,7 +133,13 @@ impl ApiKey {
     /// hashed once and compared, in constant time and without an early exit,
     /// against both the current and the old token; only then are the key's
     /// status and, under [`Expiry::Enforced`], the matched token's due date
-    /// applied. `verify` never changes the key.
+    /// applied. A well-formed token that names another key id, and a revoked
+    /// token, are a [`VerifyError::Mismatch`], at the same cost as any other.
+    /// `verify` never changes the key.
+    ///
+    /// Tokens issued by keyroll 0.1 (`{prefix}_{secret}{checksum}`, without
+    /// the key id) still verify against their key: renew to hand out a token
+    /// that names its key.
     ///
     /// # Errors
     ///
@@ -128,10 +157,22 @@ impl ApiKey {
     /// let (key, token, _) = ApiKey::issue(KeyId::new("k")?, now, &mut rand::rng())?;
     /// assert_eq!(key.verify(token.expose_secret(), now), Ok(TokenMatch::Current));
     /// assert_eq!(key.verify("kr_typo", now), Err(VerifyError::Malformed));
+    ///
+    /// let (_, other, _) = ApiKey::issue(KeyId::new("other")?, now, &mut rand::rng())?;
+    /// assert_eq!(key.verify(other.expose_secret(), now), Err(VerifyError::Mismatch));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify(&self, presented: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
         self.view().verify(presented, now)
+    }
+
+    /// [`verify`](ApiKey::verify), answered as an authentication.
+    pub(crate) fn authenticate(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, VerifyError> {
+        self.view().authenticate(presented, now)
     }
 
     /// What verification reads of this key.
@@ -157,25 +198,23 @@ pub(crate) struct KeyView<'a> {
 }
 
 impl KeyView<'_> {
+    /// [`verify`](Self::verify), answered as an authentication.
+    pub(crate) fn authenticate(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, VerifyError> {
+        let matched = self.verify(presented, now)?;
+        Ok(Authenticated::new(self.id.clone(), matched))
+    }
+
     /// See [`ApiKey::verify`].
     pub(crate) fn verify(
         &self,
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<TokenMatch, VerifyError> {
-        let secret = self.policy.token_format.secret_of(presented)?;
-        let hash = TokenHash::of(self.id, &secret);
-
-        let is_current = hash.ct_eq(&self.current.hash);
-        // With no old token (none, or past its scheduled deletion), compare
-        // against the current hash once more so that every shape of key
-        // costs the same, and mask the result.
-        let old = self.renewal.and_then(|r| r.live_old_token(now));
-        let (old_hash, has_old) = match old {
-            Some(old) => (&old.hash, Choice::from(1)),
-            None => (&self.current.hash, Choice::from(0)),
-        };
-        let is_old = hash.ct_eq(old_hash) & has_old;
+        let (is_current, is_old, old) = self.compare(presented, now)?;
 
         // From here on a match and a mismatch run the same instructions:
         // status and expiry are read for both tokens whatever matched, and
@@ -200,5 +239,39 @@ impl KeyView<'_> {
         let if_active = expired * 2 + (1 - expired) * if_valid;
         let answer = matched * (inactive + (1 - inactive) * if_active);
         ANSWERS[usize::from(answer)]
+    }
+
+    /// Whether `presented` is the current token and whether it is the (live)
+    /// old token, whatever the key's status and expiry; and the live old
+    /// token. Hashes once and compares against both, without an early exit.
+    pub(crate) fn compare(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Choice, Choice, Option<&TokenInfo>), VerifyError> {
+        let parsed = token::parse(presented)?;
+        if parsed.prefix != self.policy.token_format.prefix_bytes() {
+            return Err(VerifyError::Malformed);
+        }
+        // The key id a token names is public: comparing it may branch. A
+        // token of keyroll 0.1 names none; its hash binds it to its key.
+        let names_this_key = parsed
+            .key_id
+            .is_none_or(|id| id == self.id.as_str().as_bytes());
+        let named = Choice::from(u8::from(names_this_key));
+        let hash = TokenHash::of(self.id, &parsed.secret);
+
+        let current_live = Choice::from(u8::from(self.current.revoked_at.is_none()));
+        let is_current = hash.ct_eq(&self.current.hash) & current_live & named;
+        // With no old token (none, or past its scheduled deletion), compare
+        // against the current hash once more so that every shape of key
+        // costs the same, and mask the result.
+        let old = self.renewal.and_then(|r| r.live_old_token(now));
+        let (old_hash, has_old) = match old {
+            Some(old) => (&old.hash, Choice::from(1)),
+            None => (&self.current.hash, Choice::from(0)),
+        };
+        let is_old = hash.ct_eq(old_hash) & has_old & named;
+        Ok((is_current, is_old, old))
     }
 }

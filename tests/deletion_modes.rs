@@ -335,7 +335,8 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
         .create_key(id.clone(), t0(), &mut rand::rng())
         .unwrap();
     quiet
-        .authenticate(&id, token.expose_secret(), t0())
+        .authenticate_key(&id, token.expose_secret(), t0())
+        .map(|a| a.matched)
         .unwrap();
     assert_eq!(
         quiet.get(&id).unwrap().unwrap().version(),
@@ -349,13 +350,19 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
         .unwrap();
     for s in 0..30 {
         manager
-            .authenticate(&id, token.expose_secret(), t0() + Duration::seconds(s))
+            .authenticate_key(&id, token.expose_secret(), t0() + Duration::seconds(s))
+            .map(|a| a.matched)
             .unwrap();
     }
     let key = manager.get(&id).unwrap().unwrap();
     assert_eq!(key.version(), 2, "one write per resolution");
     assert_eq!(key.current_token().last_used_at(), Some(t0()));
-    assert!(manager.authenticate(&id, "kr_bad", t0()).is_err());
+    assert!(
+        manager
+            .authenticate_key(&id, "kr_bad", t0())
+            .map(|a| a.matched)
+            .is_err()
+    );
 }
 
 /// A store whose updates always lose the race.
@@ -400,7 +407,8 @@ fn a_lost_race_on_recording_never_fails_authentication() {
         .unwrap();
     assert_eq!(
         manager
-            .authenticate(&id, token.expose_secret(), t0())
+            .authenticate_key(&id, token.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
@@ -433,7 +441,8 @@ fn manager_after_use_story_with_housekeeping() {
     for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
         assert_eq!(
             manager
-                .authenticate(id, news[i].expose_secret(), t0() + minutes(1))
+                .authenticate_key(id, news[i].expose_secret(), t0() + minutes(1))
+                .map(|a| a.matched)
                 .unwrap(),
             TokenMatch::Current
         );
@@ -445,7 +454,9 @@ fn manager_after_use_story_with_housekeeping() {
         let key = manager.get(id).unwrap().unwrap();
         let moved = i % 2 == 0;
         assert_eq!(key.old_token().is_none(), moved, "{id}");
-        let old = manager.authenticate(id, olds[i].expose_secret(), t0() + minutes(12));
+        let old = manager
+            .authenticate_key(id, olds[i].expose_secret(), t0() + minutes(12))
+            .map(|a| a.matched);
         assert_eq!(old.is_ok(), !moved);
     }
     assert_eq!(
@@ -454,7 +465,8 @@ fn manager_after_use_story_with_housekeeping() {
     );
 
     manager
-        .authenticate(&ids[1], olds[1].expose_secret(), t0() + minutes(30))
+        .authenticate_key(&ids[1], olds[1].expose_secret(), t0() + minutes(30))
+        .map(|a| a.matched)
         .unwrap();
     let refused = manager.delete_old_if_idle(&ids[1], Duration::hours(1), t0() + minutes(40));
     assert!(matches!(

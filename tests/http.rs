@@ -416,9 +416,12 @@ fn http_credential_refusals_do_not_reveal_which_keys_exist() {
         let created = service.admin("POST", "/admin/keys", Some(json!({"id": "other"})));
         (created.0, token_of(&created))
     };
+    let ghost = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "ghost"}))));
+    service.admin("DELETE", "/admin/keys/ghost", None);
     let answers = [
         service.whoami("real", "kr_typo"),
         service.whoami("nobody", "kr_typo"),
+        service.whoami("ghost", &ghost),
         service.whoami("nobody", &token),
         service.whoami("real", &other),
     ];

@@ -29,7 +29,8 @@ fn the_whole_story_through_the_manager() {
     assert!(matches!(event, Event::KeyIssued { version: 1, .. }));
     assert_eq!(
         manager
-            .authenticate(&id(), first.expose_secret(), t0())
+            .authenticate_key(&id(), first.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
@@ -38,13 +39,15 @@ fn the_whole_story_through_the_manager() {
     assert_eq!(event.version(), 2);
     assert_eq!(
         manager
-            .authenticate(&id(), first.expose_secret(), t0())
+            .authenticate_key(&id(), first.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Old
     );
     assert_eq!(
         manager
-            .authenticate(&id(), second.expose_secret(), t0())
+            .authenticate_key(&id(), second.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
@@ -58,7 +61,9 @@ fn the_whole_story_through_the_manager() {
     ));
     manager.delete_old(&id(), t0()).unwrap();
     assert!(matches!(
-        manager.authenticate(&id(), first.expose_secret(), t0()),
+        manager
+            .authenticate_key(&id(), first.expose_secret(), t0())
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
 
@@ -66,13 +71,16 @@ fn the_whole_story_through_the_manager() {
     manager.undo_renewal(&id(), t0()).unwrap();
     assert!(
         manager
-            .authenticate(&id(), third.expose_secret(), t0())
+            .authenticate_key(&id(), third.expose_secret(), t0())
+            .map(|a| a.matched)
             .is_err()
     );
 
     manager.deactivate(&id(), t0()).unwrap();
     assert!(matches!(
-        manager.authenticate(&id(), second.expose_secret(), t0()),
+        manager
+            .authenticate_key(&id(), second.expose_secret(), t0())
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::KeyInactive))
     ));
     manager.activate(&id(), t0()).unwrap();
@@ -83,7 +91,9 @@ fn the_whole_story_through_the_manager() {
     assert!(matches!(event, Event::KeyDeleted { version: 9, .. }));
     assert!(manager.get(&id()).unwrap().is_none());
     assert!(matches!(
-        manager.authenticate(&id(), second.expose_secret(), t0()),
+        manager
+            .authenticate_key(&id(), second.expose_secret(), t0())
+            .map(|a| a.matched),
         Err(AuthError::UnknownKey)
     ));
     assert!(matches!(
@@ -192,7 +202,8 @@ fn conflicts_are_retried_on_a_fresh_copy() {
     assert_eq!(manager.store().updates.load(Ordering::SeqCst), 4);
     assert_eq!(
         manager
-            .authenticate(&id(), token.expose_secret(), t0())
+            .authenticate_key(&id(), token.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
@@ -256,12 +267,15 @@ fn a_copy_loaded_before_delete_and_recreate_never_comes_back() {
         })
     );
     assert!(matches!(
-        manager.authenticate(&id(), t_old.expose_secret(), t0()),
+        manager
+            .authenticate_key(&id(), t_old.expose_secret(), t0())
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
     assert_eq!(
         manager
-            .authenticate(&id(), t_new.expose_secret(), t0())
+            .authenticate_key(&id(), t_new.expose_secret(), t0())
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
@@ -321,8 +335,9 @@ async fn the_async_manager_behaves_the_same_and_its_futures_are_send() {
     let (first, second) = task.await.unwrap();
     assert_eq!(
         manager
-            .authenticate(&id(), first.expose_secret(), t0())
+            .authenticate_key(&id(), first.expose_secret(), t0())
             .await
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Old
     );
@@ -332,14 +347,16 @@ async fn the_async_manager_behaves_the_same_and_its_futures_are_send() {
         .unwrap();
     assert!(matches!(
         manager
-            .authenticate(&id(), first.expose_secret(), t0())
-            .await,
+            .authenticate_key(&id(), first.expose_secret(), t0())
+            .await
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
     assert_eq!(
         manager
-            .authenticate(&id(), second.expose_secret(), t0())
+            .authenticate_key(&id(), second.expose_secret(), t0())
             .await
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );

@@ -138,7 +138,8 @@ impl Subject for Managed {
     }
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
         self.plain
-            .authenticate(&self.id, token, now)
+            .authenticate_key(&self.id, token, now)
+            .map(|a| a.matched)
             .map_err(|e| match e {
                 keyroll::AuthError::Verify(e) => e,
                 other => panic!("authenticate failed: {other}"),
@@ -152,7 +153,8 @@ impl Subject for Managed {
         let before = self.key().version();
         let matched = self
             .recording
-            .authenticate(&self.id, token, now)
+            .authenticate_key(&self.id, token, now)
+            .map(|a| a.matched)
             .map_err(|e| match e {
                 keyroll::AuthError::Verify(e) => e,
                 other => panic!("authenticate failed: {other}"),

@@ -162,14 +162,16 @@ async fn postgres_two_replicas_racing_lose_nothing() {
         // The current token was handed out by one replica; it verifies through both.
         let current = by_id[&through_a.current_token().id()];
         assert_eq!(
-            a.authenticate(id, current.expose_secret(), now)
+            a.authenticate_key(id, current.expose_secret(), now)
                 .await
+                .map(|a| a.matched)
                 .unwrap(),
             TokenMatch::Current
         );
         assert_eq!(
-            b.authenticate(id, current.expose_secret(), now)
+            b.authenticate_key(id, current.expose_secret(), now)
                 .await
+                .map(|a| a.matched)
                 .unwrap(),
             TokenMatch::Current
         );
@@ -190,30 +192,38 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
 
     let (second, _) = a.renew(id, now, &mut rng).await.unwrap();
     assert_eq!(
-        b.authenticate(id, second.expose_secret(), now)
+        b.authenticate_key(id, second.expose_secret(), now)
             .await
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
     assert_eq!(
-        b.authenticate(id, first.expose_secret(), now)
+        b.authenticate_key(id, first.expose_secret(), now)
             .await
+            .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Old
     );
     b.finalize(id, OldTokenDeletion::Now, now).await.unwrap();
     assert!(matches!(
-        a.authenticate(id, first.expose_secret(), now).await,
+        a.authenticate_key(id, first.expose_secret(), now)
+            .await
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
     b.deactivate(id, now).await.unwrap();
     assert!(matches!(
-        a.authenticate(id, second.expose_secret(), now).await,
+        a.authenticate_key(id, second.expose_secret(), now)
+            .await
+            .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::KeyInactive))
     ));
     a.delete_key(id, now).await.unwrap();
     assert!(matches!(
-        b.authenticate(id, second.expose_secret(), now).await,
+        b.authenticate_key(id, second.expose_secret(), now)
+            .await
+            .map(|a| a.matched),
         Err(AuthError::UnknownKey)
     ));
     a.store().drop_table().await.unwrap();
@@ -328,10 +338,15 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
     let err = manager.store().get(&b).await.unwrap_err();
     assert!(matches!(err, PgStoreError::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("key-a"), "{err}");
-    assert!(matches!(
-        manager.authenticate(&b, token_a.expose_secret(), now).await,
-        Err(AuthError::Store(_))
-    ));
+    // The store itself refuses the row (the manager already refuses a
+    // token that names another key before reading any).
+    assert!(
+        manager
+            .store()
+            .verify(&b, token_a.expose_secret(), now)
+            .await
+            .is_err()
+    );
     client
         .batch_execute(&format!(
             "UPDATE {table} SET incarnation = incarnation # 1 WHERE id = 'key-a'"

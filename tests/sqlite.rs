@@ -117,7 +117,8 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
     assert!(err.to_string().contains("key-a"), "{err}");
     assert!(
         manager
-            .authenticate(&b, token_a.expose_secret(), now)
+            .store()
+            .verify(&b, token_a.expose_secret(), now)
             .is_err()
     );
     assert!(manager.store().list(None, 10).is_err());

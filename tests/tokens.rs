@@ -46,6 +46,18 @@ fn crc_reference_matches_the_standard_check_value() {
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
 }
 
+/// `{prefix}_{key_id}_{secret}{checksum}`, CRC-32 over everything before
+/// the checksum.
+fn token_of(prefix: &str, id: &str, secret: &str) -> String {
+    let signed = format!("{prefix}_{id}_{secret}");
+    format!("{signed}{}", base62_6(crc32(signed.as_bytes())))
+}
+
+/// The 40 secret characters of a token.
+fn secret_of(token: &str) -> &str {
+    &token[token.len() - 46..token.len() - 6]
+}
+
 #[test]
 fn tokens_have_the_documented_format_and_checksum() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -54,24 +66,140 @@ fn tokens_have_the_documented_format_and_checksum() {
             token_format: TokenFormat::new(prefix).unwrap(),
             ..Policy::default()
         };
-        for _ in 0..200 {
-            let (_, token, _) = ApiKey::issue(
-                NewKey::new(KeyId::new("k").unwrap()).policy(policy),
-                t0(),
-                &mut rng,
-            )
-            .unwrap();
-            let text = token.expose_secret();
-            let rest = text
-                .strip_prefix(&format!("{prefix}_"))
-                .expect("prefix and underscore");
-            assert_eq!(rest.len(), 46);
-            assert!(rest.chars().all(|c| BASE62.contains(c)), "{text}");
-            let (signed, checksum) = text.split_at(text.len() - 6);
-            assert_eq!(checksum, base62_6(crc32(signed.as_bytes())), "{text}");
-            assert_eq!(policy.token_format.check(text), Ok(()));
+        for id in ["k", "acme_orders", "a.b-c_d", &"x_".repeat(32)] {
+            let key_id = KeyId::new(id).unwrap();
+            for _ in 0..50 {
+                let new = NewKey::new(key_id.clone()).policy(policy);
+                let (_, token, _) = ApiKey::issue(new, t0(), &mut rng).unwrap();
+                let text = token.expose_secret();
+                let rest = text
+                    .strip_prefix(&format!("{prefix}_{id}_"))
+                    .expect("prefix, key id and underscores");
+                assert_eq!(rest.len(), 46);
+                assert!(rest.chars().all(|c| BASE62.contains(c)), "{text}");
+                let (signed, checksum) = text.split_at(text.len() - 6);
+                assert_eq!(checksum, base62_6(crc32(signed.as_bytes())), "{text}");
+                assert_eq!(text, token_of(prefix, id, secret_of(text)));
+                assert_eq!(policy.token_format.check(text), Ok(()));
+                assert_eq!(KeyId::from_token(text), Ok(key_id.clone()));
+                assert!(text.len() <= 128);
+            }
         }
     }
+}
+
+#[test]
+fn key_ids_come_out_of_tokens_without_hashing() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for _ in 0..500 {
+        let id = KeyId::generate(&mut rng);
+        let (_, token, _) = ApiKey::issue(id.clone(), t0(), &mut rng).unwrap();
+        assert_eq!(KeyId::from_token(token.expose_secret()), Ok(id));
+    }
+    // The longest id, and ids made of the separator and the other symbols.
+    for id in [
+        "x".repeat(64),
+        "_".into(),
+        "__".into(),
+        "-".into(),
+        ".".into(),
+        "a_".into(),
+        "_a".into(),
+    ] {
+        let token = token_of("kr", &id, &"A".repeat(40));
+        assert_eq!(KeyId::from_token(&token).unwrap().as_str(), id);
+    }
+}
+
+#[test]
+fn tokens_of_every_wrong_shape_are_malformed() {
+    let (key, token) = issue(Policy::default());
+    let good = token.expose_secret();
+    let secret = secret_of(good);
+    let mut off_by_one = good.to_owned();
+    let last = off_by_one.pop().unwrap();
+    off_by_one.push(if last == 'z' { 'y' } else { 'z' });
+    let mut swapped: Vec<char> = good.chars().collect();
+    let n = swapped.len();
+    swapped.swap(n - 10, n - 12);
+    let swapped: String = swapped.into_iter().collect();
+    let cases = [
+        String::new(),
+        "x".repeat(10 * 1024),
+        "kr".into(),
+        "kr_".into(),
+        "kr_acme-orders_".into(),
+        format!("kr_acme-orders_{secret}"), // no checksum
+        off_by_one,                         // checksum off by one character
+        good.replacen("acme-orders_", "acme-orders", 1), // `_` missing
+        token_of("kr", "bad id", secret),   // invalid id character
+        token_of("kr", &"x".repeat(65), secret), // id too long
+        token_of("kr", "", secret),         // empty id
+        token_of("kr", "ünï", secret),      // non-ASCII
+        good.replacen("kr_", "ünï_", 1),
+        format!("{good}\n"),
+        format!(" {good}"),
+        good.to_uppercase(),
+    ];
+    for case in cases {
+        assert_eq!(
+            KeyId::from_token(&case),
+            Err(VerifyError::Malformed),
+            "{case:?}"
+        );
+        assert_eq!(
+            key.verify(&case, t0()),
+            Err(VerifyError::Malformed),
+            "{case:?}"
+        );
+    }
+    // Swapped characters keep the shape: the checksum catches them.
+    if swapped != good {
+        assert_eq!(KeyId::from_token(&swapped), Err(VerifyError::Malformed));
+    }
+    // Longer than the longest token: refused before anything else.
+    let long = token_of("abcdefghijklmnop", &"x".repeat(64), secret);
+    assert_eq!(long.len(), 128);
+    assert!(KeyId::from_token(&long).is_ok());
+    assert_eq!(
+        KeyId::from_token(&format!("{long}0")),
+        Err(VerifyError::Malformed)
+    );
+}
+
+#[test]
+fn a_token_naming_another_key_is_a_mismatch_even_with_a_valid_checksum() {
+    let (key, token) = issue(Policy::default());
+    let (other, _, _) =
+        ApiKey::issue(KeyId::new("other").unwrap(), t0(), &mut rand::rng()).unwrap();
+    // The same secret, relabelled to name `other`, checksum recomputed.
+    let relabelled = token_of("kr", "other", secret_of(token.expose_secret()));
+    assert_eq!(KeyId::from_token(&relabelled).unwrap(), *other.id());
+    assert_eq!(other.verify(&relabelled, t0()), Err(VerifyError::Mismatch));
+    assert_eq!(key.verify(&relabelled, t0()), Err(VerifyError::Mismatch));
+}
+
+/// Tokens handed out by keyroll 0.1 (`kr_{secret}{checksum}`, no key id)
+/// keep verifying against their key, whose stored hash is unchanged; they
+/// name no key, so only the two-credential form can use them.
+#[test]
+fn tokens_of_keyroll_0_1_still_verify_against_their_key() {
+    let (key, old, new) = renewing();
+    for (token, matched) in [(&old, TokenMatch::Old), (&new, TokenMatch::Current)] {
+        let signed = format!("kr_{}", secret_of(token.expose_secret()));
+        let v1 = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
+        assert_eq!(key.verify(&v1, t0()), Ok(matched));
+        assert_eq!(KeyId::from_token(&v1), Err(VerifyError::Malformed));
+        assert_eq!(
+            TokenFormat::default().check(&v1),
+            Err(VerifyError::Malformed)
+        );
+    }
+    let (other, _, _) =
+        ApiKey::issue(KeyId::new("other").unwrap(), t0(), &mut rand::rng()).unwrap();
+    let signed = format!("kr_{}", secret_of(new.expose_secret()));
+    let v1 = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
+    assert_eq!(other.verify(&v1, t0()), Err(VerifyError::Mismatch));
 }
 
 #[test]
@@ -97,7 +225,7 @@ fn secret_characters_are_uniform_enough() {
     for _ in 0..2000 {
         let (token, _) = key.renew(t0(), &mut rng).unwrap();
         key.delete_old(t0()).unwrap();
-        for c in token.expose_secret()[3..43].chars() {
+        for c in secret_of(token.expose_secret()).chars() {
             counts[BASE62.find(c).unwrap()] += 1;
         }
     }
@@ -320,7 +448,7 @@ fn format_check_is_the_same_as_verify_malformed() {
     let (key, token) = issue(Policy::default());
     assert_eq!(format.check(token.expose_secret()), Ok(()));
     assert_eq!(format.check("kr_abc"), Err(VerifyError::Malformed));
-    assert_eq!(format.token_len(), token.expose_secret().len());
+    assert_eq!(format.token_len(key.id()), token.expose_secret().len());
     assert_eq!(key.policy().token_format, format);
 }
 
@@ -337,21 +465,28 @@ proptest! {
     }
 
     #[test]
-    fn well_formed_random_tokens_are_mismatches(secret in "[0-9A-Za-z]{40}") {
+    fn well_formed_random_tokens_are_mismatches(
+        id in "[A-Za-z0-9._-]{1,64}",
+        secret in "[0-9A-Za-z]{40}",
+    ) {
         let (key, _, _) = renewing();
-        let signed = format!("kr_{secret}");
-        let token = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
-        prop_assert_eq!(TokenFormat::default().check(&token), Ok(()));
-        prop_assert_eq!(key.verify(&token, t0()), Err(VerifyError::Mismatch));
+        for id in [id.as_str(), "acme-orders"] {
+            let token = token_of("kr", id, &secret);
+            prop_assert_eq!(TokenFormat::default().check(&token), Ok(()));
+            let named = KeyId::from_token(&token).unwrap();
+            prop_assert_eq!(named.as_str(), id);
+            prop_assert_eq!(key.verify(&token, t0()), Err(VerifyError::Mismatch));
+        }
     }
 
     #[test]
     fn byte_mutations_of_a_valid_token_are_refused(
-        index in 0usize..49,
+        index in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
         let (key, _, new) = renewing();
         let mut bytes = new.expose_secret().as_bytes().to_vec();
+        let index = index.index(bytes.len());
         prop_assume!(bytes[index] != byte);
         bytes[index] = byte;
         let text = String::from_utf8_lossy(&bytes);

@@ -78,14 +78,16 @@ async fn demo(manager: &AsyncKeyManager<PgStore>) -> Result<(), Box<dyn Error>> 
     println!(
         "old token: {:?}",
         manager
-            .authenticate(&id, first.expose_secret(), now)
-            .await?
+            .authenticate_key(&id, first.expose_secret(), now)
+            .await
+            .map(|a| a.matched)?
     );
     println!(
         "new token: {:?}",
         manager
-            .authenticate(&id, second.expose_secret(), now)
-            .await?
+            .authenticate_key(&id, second.expose_secret(), now)
+            .await
+            .map(|a| a.matched)?
     );
     println!(
         "{}",

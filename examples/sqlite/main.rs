@@ -38,17 +38,24 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("{}", serde_json::to_string(&event)?);
     println!(
         "old token: {:?}",
-        manager.authenticate(&id, first.expose_secret(), now)?
+        manager
+            .authenticate_key(&id, first.expose_secret(), now)
+            .map(|a| a.matched)?
     );
     println!(
         "new token: {:?}",
-        manager.authenticate(&id, second.expose_secret(), now)?
+        manager
+            .authenticate_key(&id, second.expose_secret(), now)
+            .map(|a| a.matched)?
     );
     let event = manager.finalize(&id, OldTokenDeletion::Now, now)?;
     println!("{}", serde_json::to_string(&event)?);
     println!(
         "old token after finalize(Now): {:?}",
-        manager.authenticate(&id, first.expose_secret(), now).err()
+        manager
+            .authenticate_key(&id, first.expose_secret(), now)
+            .map(|a| a.matched)
+            .err()
     );
     if let Some(path) = path {
         println!("stored in {}", path.display());

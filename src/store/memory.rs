@@ -8,12 +8,12 @@ use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use hashbrown::HashTable;
 use time::OffsetDateTime;
 
-use super::{AsyncKeyStore, KeyStore, StoreError};
+use super::{AsyncKeyStore, KeyStore, StoreError, Verification};
 use crate::id::KeyId;
 use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
 use crate::policy::Policy;
 use crate::revision::Revision;
-use crate::verify::{KeyView, TokenMatch, VerifyError};
+use crate::verify::KeyView;
 
 /// Keys in memory, safe to share between threads.
 ///
@@ -38,7 +38,7 @@ use crate::verify::{KeyView, TokenMatch, VerifyError};
 /// let now = OffsetDateTime::now_utc();
 /// let id = KeyId::new("acme")?;
 /// let (token, _event) = manager.create_key(id.clone(), now, &mut rand::rng())?;
-/// assert!(manager.authenticate(&id, token.expose_secret(), now).is_ok());
+/// assert_eq!(manager.authenticate(token.expose_secret(), now)?.key_id, id);
 /// assert_eq!(manager.store().len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -269,11 +269,15 @@ impl KeyStore for InMemoryStore {
         id: &KeyId,
         presented: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<Result<TokenMatch, VerifyError>>, Infallible> {
+    ) -> Result<Verification, Infallible> {
         let inner = self.read();
-        Ok(inner
-            .find(id)
-            .map(|n| inner.view(&inner.slots[n]).verify(presented, now)))
+        Ok(match inner.find(id) {
+            None => Verification::UnknownKey,
+            Some(n) => match inner.view(&inner.slots[n]).authenticate(presented, now) {
+                Ok(authenticated) => Verification::Accepted(authenticated),
+                Err(refused) => Verification::Refused(refused),
+            },
+        })
     }
 }
 
@@ -305,7 +309,7 @@ impl AsyncKeyStore for InMemoryStore {
         id: &KeyId,
         presented: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<Result<TokenMatch, VerifyError>>, Infallible> {
+    ) -> Result<Verification, Infallible> {
         KeyStore::verify(self, id, presented, now)
     }
 }

@@ -20,7 +20,32 @@ use time::OffsetDateTime;
 use crate::id::KeyId;
 use crate::key::ApiKey;
 use crate::revision::Revision;
-use crate::verify::{TokenMatch, VerifyError};
+use crate::verify::{Authenticated, VerifyError};
+
+/// What a store found when it verified a token against the key stored
+/// under an id ([`KeyStore::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verification {
+    /// The token is a live token of the key, and the key accepts it.
+    Accepted(Authenticated),
+    /// The key refused the token.
+    Refused(VerifyError),
+    /// No key is stored under the id.
+    UnknownKey,
+}
+
+impl Verification {
+    /// The answer for `key` (`None`: not stored) to `presented` at `now`,
+    /// as a store that loaded the key gives it.
+    pub fn of(key: Option<&ApiKey>, presented: &str, now: OffsetDateTime) -> Verification {
+        match key.map(|key| key.authenticate(presented, now)) {
+            None => Verification::UnknownKey,
+            Some(Ok(authenticated)) => Verification::Accepted(authenticated),
+            Some(Err(refused)) => Verification::Refused(refused),
+        }
+    }
+}
 
 /// Why a write to a store was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,9 +158,10 @@ pub trait KeyStore: Send + Sync {
     /// The backend's error.
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error>;
 
-    /// Verifies `presented` against the key stored under `id`: `None` when
-    /// there is no such key. The default loads the key with `get`; a store
-    /// that can verify in place, without copying the key, overrides it.
+    /// Verifies `presented` against the key stored under `id`, as
+    /// [`ApiKey::verify`] does. The default loads the key with `get`; a
+    /// store that can verify in place, without copying the key, overrides
+    /// it.
     ///
     /// # Errors
     ///
@@ -145,8 +171,8 @@ pub trait KeyStore: Send + Sync {
         id: &KeyId,
         presented: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<Result<TokenMatch, VerifyError>>, Self::Error> {
-        Ok(self.get(id)?.map(|key| key.verify(presented, now)))
+    ) -> Result<Verification, Self::Error> {
+        Ok(Verification::of(self.get(id)?.as_ref(), presented, now))
     }
 }
 
@@ -192,9 +218,14 @@ pub trait AsyncKeyStore: Send + Sync {
         id: &KeyId,
         presented: &str,
         now: OffsetDateTime,
-    ) -> impl Future<Output = Result<Option<Result<TokenMatch, VerifyError>>, Self::Error>> + Send
-    {
-        async move { Ok(self.get(id).await?.map(|key| key.verify(presented, now))) }
+    ) -> impl Future<Output = Result<Verification, Self::Error>> + Send {
+        async move {
+            Ok(Verification::of(
+                self.get(id).await?.as_ref(),
+                presented,
+                now,
+            ))
+        }
     }
 }
 
@@ -242,7 +273,7 @@ macro_rules! forward {
                 id: &KeyId,
                 presented: &str,
                 now: OffsetDateTime,
-            ) -> Result<Option<Result<TokenMatch, VerifyError>>, S::Error> {
+            ) -> Result<Verification, S::Error> {
                 (**self).verify(id, presented, now)
             }
         }
@@ -281,7 +312,7 @@ macro_rules! forward {
                 id: &KeyId,
                 presented: &str,
                 now: OffsetDateTime,
-            ) -> impl Future<Output = Result<Option<Result<TokenMatch, VerifyError>>, S::Error>> + Send {
+            ) -> impl Future<Output = Result<Verification, S::Error>> + Send {
                 (**self).verify(id, presented, now)
             }
         }
