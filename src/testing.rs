@@ -42,7 +42,7 @@
 //!     /// `model` is the state after `op`; `model.expected` what `op` should answer.
 //!     fn apply(mut sut: Sut, model: &Model, op: Op) -> Sut {
 //!         let now = model.now;
-//!         let token = |sut: &Sut, which| match model.handle(which) {
+//!         let token = |sut: &Sut| match model.presented {
 //!             Some(handle) => sut.tokens[handle].expose_secret().to_owned(),
 //!             None => sut.stranger.expose_secret().to_owned(),
 //!         };
@@ -57,12 +57,18 @@
 //!             Op::Undo => done(sut.key.undo_renewal(now)),
 //!             Op::Activate => done(sut.key.activate(now)),
 //!             Op::Deactivate => done(sut.key.deactivate(now)),
-//!             Op::Verify(which) => Expected::Verified(sut.key.verify(&token(&sut, which), now)),
-//!             Op::Use(which) => match sut.key.verify(&token(&sut, which), now) {
+//!             Op::Verify(_) => Expected::Verified(sut.key.verify(&token(&sut), now)),
+//!             Op::Use(_) => match sut.key.verify(&token(&sut), now) {
 //!                 Ok(matched) => Expected::Used(matched, sut.key.record_use(matched, now)),
 //!                 Err(e) => Expected::Verified(Err(e)),
 //!             },
 //!             Op::Housekeep => Expected::Housekept(sut.key.housekeep(now).is_some()),
+//!             Op::Revoke(_) => Expected::Revoked(
+//!                 sut.key.revoke_token(&token(&sut), now).map(|event| match event {
+//!                     keyroll::Event::TokenRevoked { which, .. } => which,
+//!                     other => unreachable!("{other:?}"),
+//!                 }),
+//!             ),
 //!             Op::Advance(_) | Op::Reload => Expected::Nothing,
 //!             _ => unreachable!("every Op is handled above"),
 //!         };
@@ -92,7 +98,7 @@ use crate::{
     ApiKey, Decision, KeyId, NewKey, OldTokenDeletion, TokenMatch, TransitionError, VerifyError,
 };
 
-/// Which token an [`Op::Verify`] or [`Op::Use`] presents.
+/// Which token an [`Op::Verify`], [`Op::Use`] or [`Op::Revoke`] presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Which {
@@ -129,6 +135,8 @@ pub enum Op {
     Use(Which),
     /// [`ApiKey::housekeep`].
     Housekeep,
+    /// [`ApiKey::revoke_token`] of a token.
+    Revoke(Which),
     /// Moves the clock forward (the system under test reads the model's
     /// `now`).
     Advance(Duration),
@@ -152,6 +160,8 @@ pub enum Expected {
     Used(TokenMatch, bool),
     /// `housekeep` returned an event (`true`) or nothing.
     Housekept(bool),
+    /// `revoke_token` revoked this token (`Ok`), or refused.
+    Revoked(Result<TokenMatch, VerifyError>),
 }
 
 /// The reference model of one key: its state as the contract describes it.
@@ -171,6 +181,17 @@ pub struct Model {
     pub decision: Decision,
     /// Handles of deleted or discarded tokens, oldest first.
     pub gone: Vec<usize>,
+    /// Whether the current token was revoked (it then never verifies, and
+    /// a renewal replaces it outright).
+    pub current_revoked: bool,
+    /// Handles of every token revoked so far: none of them may ever verify
+    /// again.
+    pub revoked: Vec<usize>,
+    /// The handle the last [`Op::Verify`], [`Op::Use`] or [`Op::Revoke`]
+    /// presented (`None`: a token never issued). A revocation can delete the
+    /// token it names, so this, not [`handle`](Model::handle) of the state
+    /// after it, says which token it was.
+    pub presented: Option<usize>,
     /// The last recorded use of each handle.
     pub last_used: Vec<Option<OffsetDateTime>>,
     /// What the system should have answered to the last operation.
@@ -191,6 +212,9 @@ impl Model {
             old: None,
             decision: Decision::Undecided,
             gone: Vec::new(),
+            current_revoked: false,
+            revoked: Vec::new(),
+            presented: None,
             last_used: vec![None],
             expected: Expected::Nothing,
         }
@@ -223,7 +247,7 @@ impl Model {
     /// What `verify` answers for the token with this handle.
     pub fn verify(&self, handle: Option<usize>) -> Result<TokenMatch, VerifyError> {
         let matched = match handle {
-            Some(h) if h == self.current => TokenMatch::Current,
+            Some(h) if h == self.current && !self.current_revoked => TokenMatch::Current,
             Some(h) if Some(h) == self.live_old() => TokenMatch::Old,
             _ => return Err(VerifyError::Mismatch),
         };
@@ -231,6 +255,15 @@ impl Model {
             Ok(matched)
         } else {
             Err(VerifyError::KeyInactive)
+        }
+    }
+
+    /// Which live token `handle` is, whatever the key's status.
+    fn verify_ignoring_status(&self, handle: Option<usize>) -> Option<TokenMatch> {
+        match handle {
+            Some(h) if h == self.current && !self.current_revoked => Some(TokenMatch::Current),
+            Some(h) if Some(h) == self.live_old() => Some(TokenMatch::Old),
+            _ => None,
         }
     }
 
@@ -250,6 +283,14 @@ impl Model {
         let refuse = |m: &mut Model, e| m.expected = Expected::Refused(e);
         match op {
             Op::Renew if self.old.is_some() => refuse(self, TransitionError::RenewalPending),
+            Op::Renew if self.current_revoked => {
+                // The revoked token is replaced outright: no old token.
+                self.gone.push(self.current);
+                self.current = self.issued();
+                self.current_revoked = false;
+                self.last_used.push(None);
+                self.succeed();
+            }
             Op::Renew => {
                 self.old = Some(self.current);
                 self.current = self.issued();
@@ -286,6 +327,7 @@ impl Model {
                 Some(old) => {
                     self.gone.push(self.current);
                     self.current = old;
+                    self.current_revoked = false;
                     self.old = None;
                     self.succeed();
                 }
@@ -297,10 +339,12 @@ impl Model {
                 self.succeed();
             }
             Op::Verify(which) => {
-                self.expected = Expected::Verified(self.verify(self.handle(*which)))
+                self.presented = self.handle(*which);
+                self.expected = Expected::Verified(self.verify(self.presented))
             }
             Op::Use(which) => {
                 let handle = self.handle(*which);
+                self.presented = handle;
                 self.expected = match (handle, self.verify(handle)) {
                     (Some(h), Ok(matched)) => {
                         let stale = self.last_used[h].is_none_or(|t| self.now >= t + RESOLUTION);
@@ -331,6 +375,25 @@ impl Model {
                     self.version += 1;
                 }
                 self.expected = Expected::Housekept(due);
+            }
+            Op::Revoke(which) => {
+                let handle = self.handle(*which);
+                self.presented = handle;
+                self.expected = Expected::Revoked(match self.verify_ignoring_status(handle) {
+                    Some(TokenMatch::Current) => {
+                        self.current_revoked = true;
+                        self.revoked.push(self.current);
+                        self.version += 1;
+                        Ok(TokenMatch::Current)
+                    }
+                    Some(TokenMatch::Old) => {
+                        self.revoked.extend(self.old);
+                        self.delete_old();
+                        self.version += 1;
+                        Ok(TokenMatch::Old)
+                    }
+                    None => Err(VerifyError::Mismatch),
+                });
             }
             Op::Advance(by) => {
                 self.now += *by;
@@ -414,7 +477,8 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         1 => Just(Op::Activate),
         1 => Just(Op::Deactivate),
         3 => which.clone().prop_map(Op::Verify),
-        3 => which.prop_map(Op::Use),
+        3 => which.clone().prop_map(Op::Use),
+        1 => which.prop_map(Op::Revoke),
         1 => Just(Op::Housekeep),
         3 => prop_oneof![(0i64..120).prop_map(Duration::seconds), (0i64..4).prop_map(Duration::hours)]
             .prop_map(Op::Advance),
@@ -439,13 +503,24 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
             use rand::SeedableRng;
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let new = NewKey::new(id).label(label);
-            let (mut key, _, _) = ApiKey::issue(new, issued, &mut rng)
+            let (mut key, first, _) = ApiKey::issue(new, issued, &mut rng)
                 .unwrap_or_else(|e| unreachable!("valid labels and times: {e}"));
+            let mut tokens = vec![first];
             let mut now = issued;
             for op in ops {
                 // Results are irrelevant here: only the states reached matter.
                 let _ = match op {
-                    Op::Renew => key.renew(now, &mut rng).map(|_| ()),
+                    Op::Renew => key
+                        .renew(now, &mut rng)
+                        .map(|(token, _)| tokens.push(token)),
+                    Op::Revoke(_) => {
+                        // Revokes the newest live token.
+                        let _ = tokens
+                            .iter()
+                            .rev()
+                            .find(|t| key.revoke_token(t.expose_secret(), now).is_ok());
+                        Ok(())
+                    }
                     Op::Finalize(deletion) => {
                         let deletion = match deletion {
                             OldTokenDeletion::At(at) => OldTokenDeletion::At(now + (at - op_now())),

@@ -286,10 +286,19 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
     assert!(ctl.fails(&["show", "nobody"]).contains("nobody"));
     assert!(ctl.fails(&["renew", "nobody"]).contains("not found"));
     assert!(ctl.verify_fails(None, "k", "kr_typo").contains("malformed"));
-    let gone = token_from(&ctl.ok(&["create", "--id", "gone", "--label", "x"]), "token:");
+    let gone = token_from(
+        &ctl.ok(&["create", "--id", "gone", "--label", "x"]),
+        "token:",
+    );
     ctl.ok(&["delete", "gone"]);
-    assert!(ctl.verify_fails(None, "gone", &gone).contains("unknown key"));
-    assert!(ctl.verify_fails(None, "k", &gone).contains("does not match"));
+    assert!(
+        ctl.verify_fails(None, "gone", &gone)
+            .contains("unknown key")
+    );
+    assert!(
+        ctl.verify_fails(None, "k", &gone)
+            .contains("does not match")
+    );
     assert!(
         ctl.fails(&["create", "--label", "x", "--id", "k"])
             .contains("already exists")

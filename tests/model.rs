@@ -33,8 +33,18 @@ trait Subject: Sized {
         now: OffsetDateTime,
     ) -> Result<(TokenMatch, bool), VerifyError>;
     fn housekeep(&mut self, now: OffsetDateTime) -> bool;
+    /// Revokes a leaked token: which one it was, or the refusal.
+    fn revoke(&mut self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
     fn reload(&mut self);
     fn key(&self) -> ApiKey;
+}
+
+/// Which token a `TokenRevoked` event revoked.
+fn revoked(event: &keyroll::Event) -> TokenMatch {
+    match event {
+        keyroll::Event::TokenRevoked { which, .. } => *which,
+        other => panic!("expected TokenRevoked, got {other:?}"),
+    }
 }
 
 /// (a) the state machine itself, reloaded through JSON on `Reload`.
@@ -73,6 +83,11 @@ impl Subject for Plain {
     }
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {
         self.0.housekeep(now).is_some()
+    }
+    fn revoke(&mut self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        let event = self.0.revoke_token(token, now)?;
+        assert_eq!(event.version(), self.0.version());
+        Ok(revoked(&event))
     }
     fn reload(&mut self) {
         let json = serde_json::to_string(&self.0).unwrap();
@@ -164,6 +179,13 @@ impl Subject for Managed {
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {
         self.plain.housekeep(&self.id, now).unwrap().is_some()
     }
+    fn revoke(&mut self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
+        // The manager answers `None` for anything that is not a live token.
+        match self.plain.revoke_token(token, now).unwrap() {
+            Some(event) => Ok(revoked(&event)),
+            None => Err(VerifyError::Mismatch),
+        }
+    }
     fn reload(&mut self) {}
     fn key(&self) -> ApiKey {
         self.plain
@@ -183,8 +205,9 @@ struct Harness<S> {
 }
 
 impl<S: Subject> Harness<S> {
-    fn token(&self, model: &Model, which: Which) -> &str {
-        match model.handle(which) {
+    /// The token the last operation presented.
+    fn token(&self, model: &Model) -> &str {
+        match model.presented {
             Some(h) => self.tokens[h].expose_secret(),
             None => self.stranger.expose_secret(),
         }
@@ -237,16 +260,29 @@ impl<S: Subject> StateMachineTest for Against<S> {
             }
             Op::Verify(which) => {
                 // `model` is after the op, which changes nothing.
-                Expected::Verified(sut.subject.verify(sut.token(model, *which), now))
+                Expected::Verified(sut.subject.verify(sut.token(model), now))
             }
             Op::Use(which) => {
-                let token = sut.token(model, *which).to_owned();
+                let token = sut.token(model).to_owned();
                 match sut.subject.use_token(&token, now) {
                     Ok((matched, changed)) => Expected::Used(matched, changed),
                     Err(e) => Expected::Verified(Err(e)),
                 }
             }
             Op::Housekeep => Expected::Housekept(sut.subject.housekeep(now)),
+            Op::Revoke(which) => {
+                let token = sut.token(model).to_owned();
+                let before = sut.subject.key();
+                let result = sut.subject.revoke(&token, now);
+                if result.is_err() {
+                    assert_eq!(
+                        sut.subject.key(),
+                        before,
+                        "a refused revocation changed the key"
+                    );
+                }
+                Expected::Revoked(result)
+            }
             Op::Advance(_) => Expected::Nothing,
             Op::Reload => {
                 sut.subject.reload();
@@ -293,6 +329,19 @@ impl<S: Subject> StateMachineTest for Against<S> {
         assert_eq!(
             sut.subject.verify(sut.stranger.expose_secret(), model.now),
             Err(VerifyError::Mismatch)
+        );
+        // A revoked token never verifies again, whatever followed.
+        for &h in &model.revoked {
+            assert_eq!(
+                sut.subject.verify(sut.tokens[h].expose_secret(), model.now),
+                Err(VerifyError::Mismatch),
+                "revoked token {h} verified"
+            );
+        }
+        assert_eq!(
+            key.current_token().revoked_at().is_some(),
+            model.current_revoked,
+            "current token revoked"
         );
     }
 }
