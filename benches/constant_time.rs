@@ -30,9 +30,9 @@ const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 
 /// `token` with the secret character at `index` changed, checksum fixed.
 fn differing_at(token: &str, index: usize) -> String {
-    let prefix_len = token.find('_').unwrap() + 1;
+    // The secret is the 40 characters before the 6 of the checksum.
     let mut bytes = token.as_bytes()[..token.len() - 6].to_vec();
-    let at = prefix_len + index;
+    let at = token.len() - 46 + index;
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     let mut crc = crc32fast::hash(&bytes) as u64;
     let mut checksum = [b'0'; 6];

@@ -28,7 +28,9 @@ fn bench_verify(c: &mut Criterion) {
     )
     .unwrap();
     let (current, _) = key.renew(now, &mut rng).unwrap();
-    let (_, stranger, _) = ApiKey::issue(KeyId::new("x").unwrap(), now, &mut rng).unwrap();
+    // A well-formed wrong token: it names this key (so it is parsed and
+    // hashed like the right one), with a secret the key never issued.
+    let (_, stranger, _) = ApiKey::issue(KeyId::new(KEY_ID).unwrap(), now, &mut rng).unwrap();
     let mut malformed = current.expose_secret().to_owned();
     malformed.pop();
     malformed.push(if current.expose_secret().ends_with('0') {

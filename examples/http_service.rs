@@ -6,8 +6,11 @@
 //!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL]
 //! ```
 //!
-//! - `GET /v1/whoami` with headers `X-Api-Key` (key id) and `X-Api-Token`
-//!   answers `{"key_id": ..., "token": "current" | "old"}`. Every refused
+//! - `GET /v1/whoami` with `Authorization: Bearer <token>` (the token names
+//!   its key), or with headers `X-Api-Key` (key id) and `X-Api-Token`,
+//!   answers `{"key_id": ..., "token": "current" | "old"}`. A request that
+//!   sends a bearer token and an `X-Api-Key` naming another key is refused.
+//!   Every refused
 //!   credential (missing, unknown key, malformed, wrong, inactive, expired)
 //!   gets the same 401 and body, so that answers reveal nothing (not even
 //!   whether a key id exists); the cause goes to the server's log on stderr,
@@ -21,6 +24,14 @@
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
 //!   `POST /admin/keys/{id}/activate`, `POST /admin/keys/{id}/deactivate`,
 //!   `DELETE /admin/keys/{id}`.
+//! - `POST /secret-scanning/github`, when started with `--github-keys PATH`
+//!   (a PEM file of the public keys GitHub signs with): GitHub's secret
+//!   scanning partner format. The raw body must be signed (headers
+//!   `Github-Public-Key-Identifier` and `Github-Public-Key-Signature`, a
+//!   base64 DER ECDSA P-256 / SHA-256 signature); an unsigned or badly
+//!   signed request is a 401 and changes nothing. Each reported token that
+//!   is a live token of a stored key is revoked (and audited); the answer
+//!   labels each `true_positive` or `false_positive`.
 //!
 //! Every event is written to stdout as one JSON line, `{"audit": {...}}`:
 //! ids and times only, never a token. Answers that carry a token have
@@ -46,12 +57,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use base64::Engine;
 use clap::Parser;
 use keyroll::{
-    ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Event, InMemoryStore, KeyId, KeyState,
-    KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError, Token,
-    TokenInfo, TokenMatch, TransitionError,
+    ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Authenticated, Event, InMemoryStore, KeyId,
+    KeyState, KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError,
+    Token, TokenInfo, TransitionError,
 };
+use p256::ecdsa::VerifyingKey;
+use p256::ecdsa::signature::Verifier;
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -68,6 +83,10 @@ struct Cli {
     /// `memory`, `sqlite:PATH` or `postgres:URL`.
     #[arg(long, default_value = "memory")]
     store: String,
+    /// A PEM file of the public keys GitHub signs secret scanning reports
+    /// with; enables `POST /secret-scanning/github`.
+    #[arg(long)]
+    github_keys: Option<std::path::PathBuf>,
 }
 
 // ---------------------------------------------------------------- the store
@@ -260,6 +279,8 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
 
 struct App {
     keys: AsyncKeyManager<AnyStore>,
+    /// The keys secret scanning reports are signed with, if enabled.
+    scanner_keys: Option<ScannerKeys>,
     /// SHA-256 of the admin token, compared in constant time.
     admin_token_hash: [u8; 32],
 }
@@ -280,23 +301,18 @@ fn rng() -> StdRng {
 
 // ---------------------------------------------------------------- API keys
 
-/// Which key and token authenticated a request, for the handlers.
-#[derive(Clone)]
-struct Authenticated {
-    key_id: KeyId,
-    matched: TokenMatch,
+/// The credentials of a request: a bearer token, and the product's
+/// two-header form. Owned copies: the request (whose body is not `Sync`)
+/// cannot be borrowed across the store call.
+struct Credentials {
+    bearer: Option<String>,
+    key_id: Option<String>,
+    token: Option<String>,
 }
 
-/// The middleware: `X-Api-Key` and `X-Api-Token`, or a 401.
-async fn authenticate(
-    State(app): Shared,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    // Owned copies: the request (whose body is not `Sync`) cannot be
-    // borrowed across the store call.
-    let (raw_id, token) = {
-        let header = |name: &str| {
+impl Credentials {
+    fn of(request: &Request) -> Credentials {
+        let header = |name: header::HeaderName| {
             request
                 .headers()
                 .get(name)?
@@ -304,33 +320,180 @@ async fn authenticate(
                 .ok()
                 .map(str::to_owned)
         };
-        (header("x-api-key"), header("x-api-token"))
+        let bearer = header(header::AUTHORIZATION)
+            .and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned));
+        Credentials {
+            bearer,
+            key_id: header(header::HeaderName::from_static("x-api-key")),
+            token: header(header::HeaderName::from_static("x-api-token")),
+        }
+    }
+}
+
+/// The middleware: `Authorization: Bearer <token>`, or `X-Api-Key` and
+/// `X-Api-Token`; anything else is the one 401.
+async fn authenticate(
+    State(app): Shared,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let credentials = Credentials::of(&request);
+    let now = OffsetDateTime::now_utc();
+    let authenticated = match credentials {
+        Credentials {
+            bearer: Some(token),
+            key_id,
+            ..
+        } => {
+            // A key id sent beside a bearer token must be the one it names.
+            if let Some(raw) = key_id
+                && KeyId::from_token(&token).is_ok_and(|named| named.as_str() != raw)
+            {
+                return Err(refused(
+                    "X-Api-Key names another key than the bearer token",
+                    None,
+                ));
+            }
+            app.keys.authenticate(&token, now).await
+        }
+        Credentials {
+            key_id: Some(raw),
+            token: Some(token),
+            ..
+        } => {
+            let key_id = KeyId::new(raw).map_err(|_| refused("invalid key id", None))?;
+            app.keys.authenticate_key(&key_id, &token, now).await
+        }
+        _ => {
+            return Err(refused(
+                "no bearer token, and no X-Api-Key and X-Api-Token",
+                None,
+            ));
+        }
     };
-    let (Some(raw_id), Some(token)) = (raw_id, token) else {
-        return Err(refused(
-            "missing or unreadable X-Api-Key or X-Api-Token header",
-            None,
-        ));
-    };
-    let key_id = KeyId::new(raw_id).map_err(|_| refused("invalid key id", None))?;
-    let matched = match app
-        .keys
-        .authenticate_key(&key_id, &token, OffsetDateTime::now_utc())
-        .await
-        .map(|a| a.matched)
-    {
-        Ok(matched) => matched,
+    let authenticated = match authenticated {
+        Ok(authenticated) => authenticated,
         Err(AuthError::Store(e)) => return Err(unavailable(&e)),
-        Err(e) => return Err(refused(&e.to_string(), Some(&key_id))),
+        Err(e) => return Err(refused(&e.to_string(), None)),
     };
-    request
-        .extensions_mut()
-        .insert(Authenticated { key_id, matched });
+    request.extensions_mut().insert(authenticated);
     Ok(next.run(request).await)
 }
 
 async fn whoami(Extension(who): Extension<Authenticated>) -> Json<serde_json::Value> {
     Json(json!({ "key_id": who.key_id, "token": who.matched }))
+}
+
+// ---------------------------------------------------------------- secret scanning
+
+/// The public keys a secret scanning report may be signed with, by their
+/// identifier (the hex SHA-256 of the key's DER encoding).
+struct ScannerKeys(Vec<(String, VerifyingKey)>);
+
+impl ScannerKeys {
+    /// Every `PUBLIC KEY` block of a PEM file.
+    fn load(path: &std::path::Path) -> Result<ScannerKeys, Box<dyn Error>> {
+        let text = std::fs::read_to_string(path)?;
+        let mut keys = Vec::new();
+        for block in text.split_inclusive("-----END PUBLIC KEY-----") {
+            let Some(start) = block.find("-----BEGIN PUBLIC KEY-----") else {
+                continue;
+            };
+            let key = VerifyingKey::from_public_key_pem(&block[start..])
+                .map_err(|e| format!("{}: not a P-256 public key: {e}", path.display()))?;
+            let der = key.to_public_key_der().map_err(|e| e.to_string())?;
+            keys.push((hex(&Sha256::digest(der.as_bytes())), key));
+        }
+        if keys.is_empty() {
+            return Err(format!("{}: no PUBLIC KEY in it", path.display()).into());
+        }
+        Ok(ScannerKeys(keys))
+    }
+
+    /// Whether `signature` (base64 of a DER ECDSA signature) is a signature
+    /// of `body` by one of the keys: the one `identifier` names first.
+    fn verify(&self, identifier: &str, signature: &str, body: &[u8]) -> bool {
+        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(signature) else {
+            return false;
+        };
+        let Ok(signature) = p256::ecdsa::Signature::from_der(&der) else {
+            return false;
+        };
+        let mut keys: Vec<&(String, VerifyingKey)> = self.0.iter().collect();
+        keys.sort_by_key(|(id, _)| id != identifier);
+        keys.iter()
+            .any(|(_, key)| key.verify(body, &signature).is_ok())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One match GitHub reports.
+#[derive(Deserialize)]
+struct ScanMatch {
+    token: String,
+    #[serde(rename = "type")]
+    token_type: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// GitHub's secret scanning partner endpoint: verifies the signature of the
+/// raw body, revokes every live token reported, and labels each match.
+async fn github_secret_scanning(
+    State(app): Shared,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(keys) = &app.scanner_keys else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such route".into()));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = match (
+        header("github-public-key-identifier"),
+        header("github-public-key-signature"),
+    ) {
+        (Some(identifier), Some(signature)) => keys.verify(identifier, signature, &body),
+        _ => false,
+    };
+    if !signed {
+        eprintln!(
+            "{}",
+            json!({ "secret_scanning_refused": "missing or bad signature" })
+        );
+        return Err(unauthorized("invalid signature"));
+    }
+    let matches: Vec<ScanMatch> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
+    let now = OffsetDateTime::now_utc();
+    let mut answers = Vec::with_capacity(matches.len());
+    for found in matches {
+        let revoked = app.keys.revoke_token(&found.token, now).await?;
+        let label = match &revoked {
+            Some(event) => {
+                app.audit(event);
+                // Where it leaked, for the operators; never the token.
+                eprintln!(
+                    "{}",
+                    json!({ "leaked_token_revoked": {
+                        "key_id": event.key_id(), "url": found.url, "source": found.source,
+                    } })
+                );
+                "true_positive"
+            }
+            None => "false_positive",
+        };
+        answers.push(json!({
+            "token_raw": found.token,
+            "token_type": found.token_type,
+            "label": label,
+        }));
+    }
+    Ok(Json(json!(answers)))
 }
 
 /// The same shape of answer, with no authentication: the load baseline.
@@ -567,6 +730,7 @@ fn router(app: Arc<App>) -> Router {
         .merge(admin)
         .merge(api)
         .route("/v1/ping", get(ping))
+        .route("/secret-scanning/github", post(github_secret_scanning))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .with_state(app)
 }
@@ -580,6 +744,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
     let app = Arc::new(App {
         keys: AsyncKeyManager::new(open_store(&cli.store)?).with_usage_recording(true),
+        scanner_keys: cli
+            .github_keys
+            .as_deref()
+            .map(ScannerKeys::load)
+            .transpose()?,
         admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
     });
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;

@@ -8,6 +8,8 @@
 //! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
 //! delete-old ID [--if-idle 7d] | housekeep
 //! verify ID                 (reads the token from standard input; records the use)
+//! revoke                    (reads a leaked token from standard input and revokes it)
+//! whois                     (reads a token from standard input; prints the key id it names)
 //! ```
 //!
 //! Tokens are read from standard input, never taken as arguments: arguments
@@ -107,6 +109,12 @@ enum Command {
     Delete { id: KeyId },
     /// Check a token, read from standard input, against a key.
     Verify { id: KeyId },
+    /// Revoke a leaked token, read from standard input: an old token is
+    /// deleted, a current token never verifies again (renew the key).
+    Revoke,
+    /// Print the key id a token (read from standard input) names, after
+    /// checking its shape and checksum. Reads no database.
+    Whois,
 }
 
 impl Command {
@@ -114,7 +122,7 @@ impl Command {
     fn only_looks(&self) -> bool {
         matches!(
             self,
-            Command::List | Command::Show { .. } | Command::Verify { .. }
+            Command::List | Command::Show { .. } | Command::Verify { .. } | Command::Whois
         )
     }
 }
@@ -168,8 +176,11 @@ fn last_used(token: &TokenInfo) -> String {
 }
 
 fn token_line(which: &str, token: &TokenInfo, now: OffsetDateTime) -> String {
+    let revoked = token
+        .revoked_at()
+        .map_or_else(String::new, |at| format!("  REVOKED {}", date(at)));
     format!(
-        "{which:<7} created {}  due {}  last used {}  {}",
+        "{which:<7} created {}  due {}  last used {}  {}{revoked}",
         date(token.created_at()),
         date(token.due_at()),
         last_used(token),
@@ -273,9 +284,24 @@ fn print_event(event: &Event) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// The first line of standard input, wiped from memory when dropped.
+fn token_from_stdin() -> Result<zeroize::Zeroizing<String>, Box<dyn Error>> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line)?;
+    let len = line.trim_end().len();
+    line.truncate(len);
+    Ok(line)
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     if cli.now.is_some() && !cli.command.only_looks() {
-        return Err("--now is for looking (list, show, verify): it never changes keys".into());
+        return Err(
+            "--now is for looking (list, show, verify, whois): it never changes keys".into(),
+        );
+    }
+    if let Command::Whois = cli.command {
+        println!("{}", KeyId::from_token(&token_from_stdin()?)?);
+        return Ok(());
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
     let manager =
@@ -350,13 +376,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Activate { id } => print_event(&manager.activate(&id, now)?)?,
         Command::Deactivate { id } => print_event(&manager.deactivate(&id, now)?)?,
         Command::Delete { id } => print_event(&manager.delete_key(&id, now)?)?,
+        Command::Revoke => match manager.revoke_token(&token_from_stdin()?, now)? {
+            Some(event) => print_event(&event)?,
+            None => return Err("not a live token of any key: nothing was revoked".into()),
+        },
+        Command::Whois => unreachable!("answered before the database is opened"),
         Command::Verify { id } => {
-            let mut line = zeroize::Zeroizing::new(String::new());
-            std::io::stdin().lock().read_line(&mut line)?;
-            let token = line.trim_end();
-            let matched = manager
-                .authenticate_key(&id, token, now)
-                .map(|a| a.matched)?;
+            let token = token_from_stdin()?;
+            let matched = manager.authenticate_key(&id, &token, now)?.matched;
             let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
                 KeyState::Single => "",

@@ -12,7 +12,6 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -36,8 +35,6 @@ pub(crate) const TOKEN_MAX_LEN: usize = PREFIX_MAX_LEN + 1 + KEY_ID_MAX_LEN + 1 
 /// short so that, with a key id of up to 21 bytes, the hashed input fits one
 /// SHA-256 block.
 const HASH_DOMAIN: &[u8; 3] = b"kr\x01";
-/// The longest hashed input: tag, id length, id, packed secret.
-const HASHED_MAX: usize = HASH_DOMAIN.len() + 1 + KEY_ID_MAX_LEN + PACKED_LEN;
 /// The secret packed 6 bits per character.
 const PACKED_LEN: usize = SECRET_LEN * 6 / 8;
 
@@ -104,15 +101,42 @@ impl zeroize::Zeroize for Secret {
 pub(crate) struct TokenHash(pub(crate) [u8; 32]);
 
 impl TokenHash {
-    /// Hashes, in one call, the domain tag, the key id (length-prefixed) and
-    /// the packed secret.
+    /// Hashes the domain tag, the key id (length-prefixed) and the packed
+    /// secret: SHA-256 of those bytes.
     pub(crate) fn of(key: &KeyId, secret: &Secret) -> TokenHash {
-        let mut input = [0u8; HASHED_MAX];
-        let len = hash_input(key, secret, &mut input);
-        TokenHash(Sha256::digest(&input[..len]).into())
+        let mut blocks = [[0u8; 64]; 2];
+        TokenHash::of_blocks(key, secret, &mut blocks)
     }
 
-    /// Constant-time equality, a 64-bit word at a time.
+    /// [`of`](TokenHash::of), padding the input in `blocks` as SHA-256
+    /// does and compressing them directly: one block for key ids of up to
+    /// 21 bytes, two beyond. (Going through `Digest` would copy the input
+    /// into a buffer of its own first; this is `verify`'s hot path.)
+    fn of_blocks(key: &KeyId, secret: &Secret, blocks: &mut [[u8; 64]; 2]) -> TokenHash {
+        let id = key.as_str().as_bytes();
+        let bytes = blocks.as_flattened_mut();
+        let tag = HASH_DOMAIN.len();
+        bytes[..tag].copy_from_slice(HASH_DOMAIN);
+        // A KeyId is at most 64 bytes, so its length fits one byte.
+        bytes[tag] = id.len() as u8;
+        bytes[tag + 1..tag + 1 + id.len()].copy_from_slice(id);
+        let len = tag + 1 + id.len() + PACKED_LEN;
+        bytes[tag + 1 + id.len()..len].copy_from_slice(&secret.0);
+        bytes[len] = 0x80;
+        let used = if len + 9 <= 64 { 1 } else { 2 };
+        let bits = (len as u64) * 8;
+        bytes[used * 64 - 8..used * 64].copy_from_slice(&bits.to_be_bytes());
+        let mut state = SHA256_IV;
+        sha2::block_api::compress256(&mut state, &blocks[..used]);
+        let mut hash = [0u8; 32];
+        for (out, word) in hash.chunks_exact_mut(4).zip(state) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        TokenHash(hash)
+    }
+
+    /// Constant-time equality: the four 64-bit words' differences are
+    /// folded with `|`, and only the fold is compared (by `subtle`).
     pub(crate) fn ct_eq(&self, other: &TokenHash) -> subtle::Choice {
         let (ours, []) = self.0.as_chunks::<8>() else {
             unreachable!("32 bytes are 4 words")
@@ -120,27 +144,24 @@ impl TokenHash {
         let (theirs, []) = other.0.as_chunks::<8>() else {
             unreachable!("32 bytes are 4 words")
         };
-        ours.iter()
-            .zip(theirs)
-            .fold(subtle::Choice::from(1), |equal, (a, b)| {
-                equal & u64::from_ne_bytes(*a).ct_eq(&u64::from_ne_bytes(*b))
-            })
+        let difference = ours.iter().zip(theirs).fold(0u64, |difference, (a, b)| {
+            difference | (u64::from_ne_bytes(*a) ^ u64::from_ne_bytes(*b))
+        });
+        difference.ct_eq(&0)
     }
 }
 
-/// Writes what is hashed (the domain tag, the key id's length, the key id,
-/// the packed secret) into `input` and returns its length.
-fn hash_input(key: &KeyId, secret: &Secret, input: &mut [u8; HASHED_MAX]) -> usize {
-    let id = key.as_str().as_bytes();
-    let tag = HASH_DOMAIN.len();
-    input[..tag].copy_from_slice(HASH_DOMAIN);
-    // A KeyId is at most 64 bytes, so its length fits one byte.
-    input[tag] = id.len() as u8;
-    input[tag + 1..tag + 1 + id.len()].copy_from_slice(id);
-    let len = tag + 1 + id.len() + PACKED_LEN;
-    input[tag + 1 + id.len()..len].copy_from_slice(&secret.0);
-    len
-}
+/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 
 impl PartialEq for TokenHash {
     fn eq(&self, other: &Self) -> bool {
@@ -178,6 +199,36 @@ const KEY_ID_BYTE: [bool; 256] = {
     table
 };
 
+/// What a presented token is to one key, by its shape.
+pub(crate) enum Presented {
+    /// A well-formed token naming this key, with its secret.
+    ThisKey(Secret),
+    /// A well-formed token of keyroll 0.1, which names no key.
+    Legacy(Secret),
+    /// A well-formed token naming another key.
+    OtherKey,
+}
+
+/// Checks the checksum at the end of `bytes` and packs the secret before it.
+/// `bytes` is at least a tail long.
+fn tail(bytes: &[u8]) -> Result<Secret, VerifyError> {
+    let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    let mut written = 0u64;
+    for &c in checksum {
+        written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
+    }
+    let (_, chars) = signed
+        .split_last_chunk::<SECRET_LEN>()
+        .ok_or(VerifyError::Malformed)?;
+    let secret = base62::pack40(chars)
+        .map(Secret)
+        .ok_or(VerifyError::Malformed)?;
+    if written != u64::from(crc32fast::hash(signed)) {
+        return Err(VerifyError::Malformed);
+    }
+    Ok(secret)
+}
+
 /// Takes a presented token apart, checking its shape, alphabets and
 /// checksum; nothing is hashed. Inputs longer than the longest token are
 /// refused before anything else.
@@ -213,20 +264,10 @@ pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
         }
         _ => return Err(VerifyError::Malformed),
     };
-    let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    let mut written = 0u64;
-    for &c in checksum {
-        written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
-    }
-    let chars: &[u8; SECRET_LEN] = signed[tail_at..]
-        .try_into()
-        .map_err(|_| VerifyError::Malformed)?;
-    let secret = base62::pack40(chars)
-        .map(Secret)
-        .ok_or(VerifyError::Malformed)?;
-    if !valid_prefix || written != u64::from(crc32fast::hash(signed)) {
+    if !valid_prefix {
         return Err(VerifyError::Malformed);
     }
+    let secret = tail(bytes)?;
     Ok(Parsed {
         prefix,
         key_id,
@@ -323,6 +364,37 @@ impl TokenFormat {
         }
     }
 
+    /// What `presented` is to the key `id` of this format. The shape every
+    /// token of that key has is checked directly (its prefix and id are
+    /// known); anything else is taken apart by [`parse`], to tell a token of
+    /// another key or of keyroll 0.1 from a malformed one.
+    pub(crate) fn presented_to(
+        &self,
+        presented: &str,
+        id: &KeyId,
+    ) -> Result<Presented, VerifyError> {
+        let bytes = presented.as_bytes();
+        let prefix = self.prefix_bytes();
+        let id = id.as_str().as_bytes();
+        let (p, i) = (prefix.len(), id.len());
+        if bytes.len() == p + 1 + i + 1 + TAIL_LEN
+            && &bytes[..p] == prefix
+            && bytes[p] == b'_'
+            && &bytes[p + 1..p + 1 + i] == id
+            && bytes[p + 1 + i] == b'_'
+        {
+            return tail(bytes).map(Presented::ThisKey);
+        }
+        let parsed = parse(presented)?;
+        if parsed.prefix != prefix {
+            return Err(VerifyError::Malformed);
+        }
+        Ok(match parsed.key_id {
+            None => Presented::Legacy(parsed.secret),
+            Some(_) => Presented::OtherKey,
+        })
+    }
+
     /// The regular expression secret scanners register to find this
     /// format's tokens in any text: GitHub's secret scanning partner
     /// program, GitLab, gitleaks, trufflehog.
@@ -379,9 +451,8 @@ impl TokenFormat {
                 .unwrap_or_else(|| unreachable!("generated from the alphabet")),
         );
         // Issue time is not the hot path: wipe the hash input too.
-        let mut input = Zeroizing::new([0u8; HASHED_MAX]);
-        let len = hash_input(key, &secret, &mut input);
-        let hash = TokenHash(Sha256::digest(&input[..len]).into());
+        let mut blocks = Zeroizing::new([[0u8; 64]; 2]);
+        let hash = TokenHash::of_blocks(key, &secret, &mut blocks);
         let text = String::from_utf8(std::mem::take(&mut *text))
             .unwrap_or_else(|_| unreachable!("only ASCII was written"));
         let token = Token {
@@ -433,6 +504,7 @@ pub struct InvalidPrefix {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use sha2::{Digest, Sha256};
 
     fn key() -> KeyId {
         KeyId::new("k1").unwrap()
@@ -482,6 +554,22 @@ mod tests {
             TokenHash::of(&key(), &secret),
             TokenHash::of(&other, &secret)
         );
+    }
+
+    /// The hand-padded SHA-256 is SHA-256, for every id length (one block
+    /// and two).
+    #[test]
+    fn the_hash_is_sha256_of_tag_id_and_packed_secret() {
+        let secret = Secret(std::array::from_fn(|i| i as u8 * 7));
+        for len in 1..=64 {
+            let id = KeyId::new("k".repeat(len)).unwrap();
+            let mut input = HASH_DOMAIN.to_vec();
+            input.push(len as u8);
+            input.extend_from_slice(id.as_str().as_bytes());
+            input.extend_from_slice(&secret.0);
+            let expected: [u8; 32] = Sha256::digest(&input).into();
+            assert_eq!(TokenHash::of(&id, &secret).0, expected, "id of {len} bytes");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::id::KeyId;
 use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
 use crate::policy::{Expiry, Policy};
-use crate::token::{self, TokenHash};
+use crate::token::{Presented, TokenHash};
 
 /// Which of a key's tokens a presented token matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,8 +133,9 @@ impl ApiKey {
     /// hashed once and compared, in constant time and without an early exit,
     /// against both the current and the old token; only then are the key's
     /// status and, under [`Expiry::Enforced`], the matched token's due date
-    /// applied. A well-formed token that names another key id, and a revoked
-    /// token, are a [`VerifyError::Mismatch`], at the same cost as any other.
+    /// applied. A revoked token is a [`VerifyError::Mismatch`] at the same
+    /// cost as any other; so is a well-formed token that names another key
+    /// id, refused before hashing (the id is no secret).
     /// `verify` never changes the key.
     ///
     /// Tokens issued by keyroll 0.1 (`{prefix}_{secret}{checksum}`, without
@@ -249,20 +250,17 @@ impl KeyView<'_> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<(Choice, Choice, Option<&TokenInfo>), VerifyError> {
-        let parsed = token::parse(presented)?;
-        if parsed.prefix != self.policy.token_format.prefix_bytes() {
-            return Err(VerifyError::Malformed);
-        }
-        // The key id a token names is public: comparing it may branch. A
-        // token of keyroll 0.1 names none; its hash binds it to its key.
-        let names_this_key = parsed
-            .key_id
-            .is_none_or(|id| id == self.id.as_str().as_bytes());
-        let named = Choice::from(u8::from(names_this_key));
-        let hash = TokenHash::of(self.id, &parsed.secret);
+        // The key id a token names is public: branching on it tells the
+        // presenter nothing it did not know. A token of keyroll 0.1 names
+        // none; its hash binds it to its key.
+        let secret = match self.policy.token_format.presented_to(presented, self.id)? {
+            Presented::ThisKey(secret) | Presented::Legacy(secret) => secret,
+            Presented::OtherKey => return Err(VerifyError::Mismatch),
+        };
+        let hash = TokenHash::of(self.id, &secret);
 
         let current_live = Choice::from(u8::from(self.current.revoked_at.is_none()));
-        let is_current = hash.ct_eq(&self.current.hash) & current_live & named;
+        let is_current = hash.ct_eq(&self.current.hash) & current_live;
         // With no old token (none, or past its scheduled deletion), compare
         // against the current hash once more so that every shape of key
         // costs the same, and mask the result.
@@ -271,7 +269,7 @@ impl KeyView<'_> {
             Some(old) => (&old.hash, Choice::from(1)),
             None => (&self.current.hash, Choice::from(0)),
         };
-        let is_old = hash.ct_eq(old_hash) & has_old & named;
+        let is_old = hash.ct_eq(old_hash) & has_old;
         Ok((is_current, is_old, old))
     }
 }

@@ -32,8 +32,13 @@ impl Drop for Service {
 }
 
 fn start() -> Service {
+    start_with(&[])
+}
+
+fn start_with(args: &[&str]) -> Service {
     let mut child = Command::new(example_binary("http_service"))
         .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(args)
         .env("KEYROLL_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -136,6 +141,15 @@ impl Service {
                     .send_empty(),
             ),
         }
+    }
+
+    fn bearer(&self, token: &str) -> Answer {
+        answer(
+            self.agent
+                .get(format!("{}/v1/whoami", self.base))
+                .header("Authorization", &format!("Bearer {token}"))
+                .call(),
+        )
     }
 
     fn whoami(&self, key: &str, token: &str) -> Answer {
@@ -535,4 +549,164 @@ fn http_refuses_to_start_without_an_admin_token() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEYROLL_ADMIN_TOKEN"));
+}
+
+#[test]
+fn http_one_string_bearer_tokens_and_the_two_header_form() {
+    let service = start();
+    let token =
+        token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "acme_orders.v2"}))));
+    let other = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "other"}))));
+    assert_eq!(
+        service.bearer(&token),
+        (200, json!({"key_id": "acme_orders.v2", "token": "current"}))
+    );
+    assert_eq!(service.whoami("acme_orders.v2", &token).0, 200);
+    // Another key's token in the two-header form, and a bearer token beside
+    // an X-Api-Key naming another key: refused.
+    assert_eq!(service.whoami("acme_orders.v2", &other), refusal());
+    let both = |key: &str| {
+        answer(
+            service
+                .agent
+                .get(format!("{}/v1/whoami", service.base))
+                .header("Authorization", &format!("Bearer {token}"))
+                .header("X-Api-Key", key)
+                .call(),
+        )
+    };
+    assert_eq!(both("other"), refusal());
+    assert_eq!(both("acme_orders.v2").0, 200);
+    for bad in [
+        "",
+        "kr_typo",
+        &token[..token.len() - 1],
+        &"x".repeat(10_000),
+    ] {
+        assert_eq!(service.bearer(bad), refusal(), "{bad:?}");
+    }
+    let renewed = token_of(&service.admin("POST", "/admin/keys/acme_orders.v2/renew", None));
+    assert_eq!(service.bearer(&token).1["token"], "old");
+    assert_eq!(service.bearer(&renewed).1["token"], "current");
+}
+
+/// A GitHub secret scanning partner: a key pair GitHub would sign with.
+struct Scanner {
+    key: p256::ecdsa::SigningKey,
+    identifier: String,
+}
+
+impl Scanner {
+    fn new(dir: &std::path::Path) -> (Scanner, std::path::PathBuf) {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        use sha2::Digest;
+        let key = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate_from_rng(
+            &mut rand::rng(),
+        );
+        let public = p256::ecdsa::VerifyingKey::from(&key);
+        let pem = public.to_public_key_pem(LineEnding::LF).unwrap();
+        let der = public.to_public_key_der().unwrap();
+        let identifier = sha2::Sha256::digest(der.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = dir.join("github-keys.pem");
+        std::fs::write(&path, pem).unwrap();
+        (Scanner { key, identifier }, path)
+    }
+
+    fn signature(&self, body: &str) -> String {
+        use base64::Engine;
+        use p256::ecdsa::signature::Signer;
+        let signature: p256::ecdsa::DerSignature = self.key.sign(body.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(signature.as_bytes())
+    }
+}
+
+#[test]
+fn http_github_secret_scanning_revokes_reported_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scanner, keys) = Scanner::new(dir.path());
+    let service = start_with(&["--github-keys", keys.to_str().unwrap()]);
+    let leaked = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "acme"}))));
+    let safe = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "safe"}))));
+    let url = format!("{}/secret-scanning/github", service.base);
+    let report = json!([
+        {"token": leaked, "type": "keyroll_token", "url": "https://github.com/o/r/blob/x/.env", "source": "content"},
+        {"token": "kr_nobody_0000000000000000000000000000000000000000000000", "type": "keyroll_token", "url": "https://github.com/o/r", "source": "content"},
+    ])
+    .to_string();
+    let post = |identifier: Option<&str>, signature: Option<&str>, body: &str| {
+        let mut request = service
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(identifier) = identifier {
+            request = request.header("Github-Public-Key-Identifier", identifier);
+        }
+        if let Some(signature) = signature {
+            request = request.header("Github-Public-Key-Signature", signature);
+        }
+        answer(request.send(body))
+    };
+
+    // Unsigned, signed by another key, or a signature of another body: 401,
+    // and nothing is revoked.
+    let (stranger, _) = Scanner::new(tempfile::tempdir().unwrap().path());
+    let tampered = report.replace("content", "commit");
+    for (identifier, signature) in [
+        (None, None),
+        (Some(scanner.identifier.as_str()), None),
+        (Some(&scanner.identifier), Some(stranger.signature(&report))),
+        (
+            Some(&scanner.identifier),
+            Some(scanner.signature(&tampered)),
+        ),
+        (
+            Some(&scanner.identifier),
+            Some("bm90IGEgc2lnbmF0dXJl".to_owned()),
+        ),
+    ] {
+        let a = post(identifier, signature.as_deref(), &report);
+        assert_eq!(a.0, 401, "{a:?}");
+    }
+    assert_eq!(service.bearer(&leaked).0, 200);
+
+    let a = post(
+        Some(&scanner.identifier),
+        Some(&scanner.signature(&report)),
+        &report,
+    );
+    assert_eq!(
+        a,
+        (
+            200,
+            json!([
+                {"token_raw": leaked, "token_type": "keyroll_token", "label": "true_positive"},
+                {"token_raw": "kr_nobody_0000000000000000000000000000000000000000000000", "token_type": "keyroll_token", "label": "false_positive"},
+            ])
+        )
+    );
+    assert_eq!(service.bearer(&leaked), refusal());
+    assert_eq!(service.bearer(&safe).0, 200);
+    // Reported again: already revoked, a false positive now.
+    let again = post(
+        Some(&scanner.identifier),
+        Some(&scanner.signature(&report)),
+        &report,
+    );
+    assert_eq!(again.1[0]["label"], "false_positive");
+
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = service.log.lock().unwrap().clone();
+    let revocations = log.matches("\"token_revoked\"").count();
+    assert_eq!(revocations, 1, "one audit line per revocation: {log}");
+    let server_log = service.server_log.lock().unwrap().clone();
+    assert!(server_log.contains("https://github.com/o/r/blob/x/.env"));
+    for text in [&log, &server_log] {
+        assert!(
+            !text.contains(&leaked[leaked.len() - 46..]),
+            "a token in the logs"
+        );
+    }
 }

@@ -49,22 +49,29 @@ impl Ctl {
         one_line_failure(self.run(args), args)
     }
 
-    /// `verify ID` (with `--now NOW` if given), the token on standard input.
-    fn verify(&self, now: Option<&str>, id: &str, token: &str) -> Output {
-        let mut args = vec!["--db", self.db.to_str().unwrap()];
-        if let Some(now) = now {
-            args.extend(["--now", now]);
-        }
-        args.extend(["verify", id]);
+    /// Runs `args` with `input` as a line on standard input.
+    fn with_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut child = Command::new(example_binary("keyctl"))
-            .args(&args)
+            .arg("--db")
+            .arg(&self.db)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// `verify ID` (with `--now NOW` if given), the token on standard input.
+    fn verify(&self, now: Option<&str>, id: &str, token: &str) -> Output {
+        let mut args = Vec::new();
+        if let Some(now) = now {
+            args.extend(["--now", now]);
+        }
+        args.extend(["verify", id]);
+        self.with_stdin(&args, token)
     }
 
     fn verify_ok(&self, now: Option<&str>, id: &str, token: &str) -> String {
@@ -394,5 +401,56 @@ fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
         String::from_utf8(out.stderr)
             .unwrap()
             .contains("expected now, later")
+    );
+}
+
+#[test]
+fn keyctl_revokes_leaked_tokens_and_tells_whose_a_token_is() {
+    let ctl = Ctl::new();
+    let first = token_from(
+        &ctl.ok(&["create", "--label", "x", "--id", "acme_orders"]),
+        "token:",
+    );
+    let second = token_from(&ctl.ok(&["renew", "acme_orders"]), "new token:");
+
+    // whois reads no database: it works on one that does not exist.
+    let nowhere = Ctl::new();
+    let out = nowhere.with_stdin(&["whois"], &second);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "acme_orders");
+    assert!(!nowhere.db.exists(), "whois created a database");
+    let out = nowhere.with_stdin(&["whois"], "kr_typo");
+    assert!(String::from_utf8(out.stderr).unwrap().contains("malformed"));
+
+    // Revoking the old token deletes it; revoking the current one kills it.
+    let out = ctl.with_stdin(&["revoke"], &first);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("\"which\":\"old\"")
+    );
+    assert!(!ctl.ok(&["list"]).contains("pending deletion"));
+    let out = ctl.with_stdin(&["revoke"], &second);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("\"which\":\"current\"")
+    );
+    assert!(
+        ctl.verify_fails(None, "acme_orders", &second)
+            .contains("does not match")
+    );
+    // Nothing left to revoke; a renewal brings a working token back.
+    let out = ctl.with_stdin(&["revoke"], &second);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("nothing was revoked")
+    );
+    let third = token_from(&ctl.ok(&["renew", "acme_orders"]), "new token:");
+    assert!(
+        ctl.verify_ok(None, "acme_orders", &third)
+            .contains("Current")
     );
 }

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use keyroll::testing::{Expected, Model, Op, Which};
+use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
     ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, ManagerError, NewKey, Token,
     TokenId, TokenMatch, TransitionError, VerifyError,
@@ -258,11 +258,11 @@ impl<S: Subject> StateMachineTest for Against<S> {
                     }
                 }
             }
-            Op::Verify(which) => {
+            Op::Verify(_) => {
                 // `model` is after the op, which changes nothing.
                 Expected::Verified(sut.subject.verify(sut.token(model), now))
             }
-            Op::Use(which) => {
+            Op::Use(_) => {
                 let token = sut.token(model).to_owned();
                 match sut.subject.use_token(&token, now) {
                     Ok((matched, changed)) => Expected::Used(matched, changed),
@@ -270,7 +270,7 @@ impl<S: Subject> StateMachineTest for Against<S> {
                 }
             }
             Op::Housekeep => Expected::Housekept(sut.subject.housekeep(now)),
-            Op::Revoke(which) => {
+            Op::Revoke(_) => {
                 let token = sut.token(model).to_owned();
                 let before = sut.subject.key();
                 let result = sut.subject.revoke(&token, now);
