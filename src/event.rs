@@ -2,6 +2,7 @@
 
 use time::OffsetDateTime;
 
+use crate::attributes::{Metadata, Scopes};
 use crate::id::{KeyId, TokenId};
 use crate::key::OldTokenDeletion;
 use crate::verify::TokenMatch;
@@ -46,6 +47,19 @@ pub enum Event {
         label: String,
         /// The first token.
         token_id: TokenId,
+        /// The key's scopes: with the `*Changed` events, the audit trail
+        /// alone rebuilds what a key could do, when.
+        #[cfg_attr(feature = "serde", serde(default))]
+        scopes: Scopes,
+        /// The key's metadata.
+        #[cfg_attr(feature = "serde", serde(default))]
+        metadata: Metadata,
+        /// The key's hard expiry.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, with = "time::serde::rfc3339::option")
+        )]
+        expires_at: Option<OffsetDateTime>,
     },
     /// A new token was issued; the previous one is now the old token, or,
     /// if it was revoked, dropped.
@@ -152,6 +166,59 @@ pub enum Event {
         /// The key's version after the transition.
         version: u64,
     },
+    /// The label was changed.
+    #[non_exhaustive]
+    LabelChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new label.
+        label: String,
+    },
+    /// The scopes were replaced.
+    #[non_exhaustive]
+    ScopesChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new scopes.
+        scopes: Scopes,
+    },
+    /// The metadata was replaced.
+    #[non_exhaustive]
+    MetadataChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new metadata.
+        metadata: Metadata,
+    },
+    /// The hard expiry was moved or removed.
+    #[non_exhaustive]
+    ExpiryChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new expiry (`None`: removed).
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339::option"))]
+        expires_at: Option<OffsetDateTime>,
+    },
     /// The key was deleted, irreversibly, with all its tokens.
     #[non_exhaustive]
     KeyDeleted {
@@ -194,6 +261,10 @@ impl Event {
             Event::KeyDeactivated { .. } => "key_deactivated",
             Event::KeyActivated { .. } => "key_activated",
             Event::KeyDeleted { .. } => "key_deleted",
+            Event::LabelChanged { .. } => "label_changed",
+            Event::ScopesChanged { .. } => "scopes_changed",
+            Event::MetadataChanged { .. } => "metadata_changed",
+            Event::ExpiryChanged { .. } => "expiry_changed",
         }
     }
 
@@ -212,6 +283,30 @@ impl Event {
                 ..
             }
             | Event::TokenRevoked {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::LabelChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::ScopesChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::MetadataChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::ExpiryChanged {
                 key_id,
                 at,
                 version,

@@ -7,6 +7,7 @@
 
 use time::{Duration, OffsetDateTime};
 
+use crate::attributes::{Metadata, Scopes};
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
 use crate::input::{self, InvalidLabel};
@@ -57,6 +58,9 @@ pub struct ApiKey {
     pub(crate) version: u64,
     pub(crate) created_at: OffsetDateTime,
     pub(crate) policy: Policy,
+    pub(crate) scopes: Scopes,
+    pub(crate) metadata: Metadata,
+    pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) current: TokenInfo,
     /// Boxed: most keys are not renewing, and a key stays small.
     pub(crate) renewal: Option<Box<Renewal>>,
@@ -76,10 +80,15 @@ pub(crate) struct Renewal {
 impl Renewal {
     /// The old token, unless its scheduled deletion is due at `now`.
     pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
-        match self.decision {
-            Decision::Scheduled { at } if at <= now => None,
-            _ => Some(&self.old),
-        }
+        self.decision.keeps_old_token(now).then_some(&self.old)
+    }
+}
+
+impl Decision {
+    /// Whether the old token still lives at `now`: not once its scheduled
+    /// deletion is due.
+    pub(crate) fn keeps_old_token(&self, now: OffsetDateTime) -> bool {
+        !matches!(*self, Decision::Scheduled { at } if at <= now)
     }
 }
 
@@ -294,9 +303,19 @@ pub enum TransitionError {
         /// The refused grace.
         grace: Duration,
     },
+    /// `renew` of a key past its hard expiry
+    /// ([`ApiKey::expires_at`]): renewals never extend it. Move or remove it
+    /// with [`ApiKey::set_expiry`] first.
+    #[error(
+        "cannot renew: the key expired at {expires_at}; move or remove its expiry with set_expiry first"
+    )]
+    KeyExpired {
+        /// When the key expired.
+        expires_at: OffsetDateTime,
+    },
     /// An instant outside the years 1 to 9999 (UTC), the range a key's
-    /// record can hold: the `now` given, a deletion time, or the due date it
-    /// would give a token.
+    /// record can hold: the `now` given, a deletion time, an expiry, or the
+    /// due date it would give a token.
     #[error("{what} {at} is outside the years 1 to 9999 (UTC)")]
     TimeOutOfRange {
         /// Which instant.
@@ -308,6 +327,8 @@ pub enum TransitionError {
 
 /// What every transition calls its `now` in errors.
 const NOW: &str = "the time given";
+/// What errors call a hard expiry.
+const EXPIRY: &str = "the expiry";
 
 impl ApiKey {
     /// Issues a new key with its first token, which is shown only here.
@@ -351,10 +372,20 @@ impl ApiKey {
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(ApiKey, Token, Event), TransitionError> {
-        let NewKey { id, label, policy } = new.into();
+        let NewKey {
+            id,
+            label,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+        } = new.into();
         let label = input::check_label(label)?;
         input::check_policy(&policy)?;
         let now = input::instant(now, NOW)?;
+        let expires_at = expires_at
+            .map(|at| input::instant(at, EXPIRY))
+            .transpose()?;
         let due_at = input::due_date(now, &policy)?;
         let (token, hash) = policy.token_format.generate(&id, rng);
         let key = ApiKey {
@@ -366,6 +397,9 @@ impl ApiKey {
             version: 1,
             created_at: now,
             policy,
+            scopes,
+            metadata,
+            expires_at,
             renewal: None,
         };
         let event = Event::KeyIssued {
@@ -374,6 +408,9 @@ impl ApiKey {
             version: key.version,
             label: key.label.to_string(),
             token_id: key.current.id,
+            scopes: key.scopes.clone(),
+            metadata: key.metadata.clone(),
+            expires_at: key.expires_at,
         };
         Ok((key, token, event))
     }
@@ -425,6 +462,129 @@ impl ApiKey {
         &self.policy
     }
 
+    /// What the key may do.
+    pub fn scopes(&self) -> &Scopes {
+        &self.scopes
+    }
+
+    /// Whose the key is, or anything else the service keeps on it.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The key's hard expiry: from this instant on it verifies nothing.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+
+    /// Whether the key is past its hard expiry at `now`.
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Changes the label.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::InvalidLabel`], [`TransitionError::TimeOutOfRange`].
+    pub fn set_label(
+        &mut self,
+        label: impl Into<String>,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        self.label = input::check_label(label.into())?;
+        let version = self.bump();
+        Ok(Event::LabelChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            label: self.label.to_string(),
+        })
+    }
+
+    /// Replaces the key's scopes. A renewal, finalize, undo, activate or
+    /// deactivate never changes them.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, Scopes};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (mut key, _, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+    /// key.set_scopes(Scopes::new(["orders:read"])?, now)?;
+    /// assert!(key.scopes().contains("orders:read"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_scopes(
+        &mut self,
+        scopes: Scopes,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        self.scopes = scopes;
+        let version = self.bump();
+        Ok(Event::ScopesChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            scopes: self.scopes.clone(),
+        })
+    }
+
+    /// Replaces the key's metadata.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`].
+    pub fn set_metadata(
+        &mut self,
+        metadata: Metadata,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        self.metadata = metadata;
+        let version = self.bump();
+        Ok(Event::MetadataChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// Moves (`Some`) or removes (`None`) the key's hard expiry; an instant
+    /// not after `now` expires the key at once.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`] for a `now` or an expiry outside
+    /// the years 1 to 9999.
+    pub fn set_expiry(
+        &mut self,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        let expires_at = expires_at
+            .map(|at| input::instant(at, EXPIRY))
+            .transpose()?;
+        self.expires_at = expires_at;
+        let version = self.bump();
+        Ok(Event::ExpiryChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            expires_at,
+        })
+    }
+
     /// The current token: the only one, or the new one while renewing.
     pub fn current_token(&self) -> &TokenInfo {
         &self.current
@@ -445,14 +605,18 @@ impl ApiKey {
     ///
     /// # Errors
     ///
-    /// [`TransitionError::RenewalPending`] while a previous renewal still has
-    /// its old token; [`TransitionError::TimeOutOfRange`].
+    /// [`TransitionError::KeyExpired`] past the key's hard expiry (checked
+    /// first); [`TransitionError::RenewalPending`] while a previous renewal
+    /// still has its old token; [`TransitionError::TimeOutOfRange`].
     pub fn renew<R: rand::CryptoRng + ?Sized>(
         &mut self,
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(Token, Event), TransitionError> {
         let now = input::instant(now, NOW)?;
+        if let Some(expires_at) = self.expires_at.filter(|&at| now >= at) {
+            return Err(TransitionError::KeyExpired { expires_at });
+        }
         if self.renewal.is_some() {
             return Err(TransitionError::RenewalPending);
         }

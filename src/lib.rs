@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod attributes;
 mod base62;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -60,6 +61,7 @@ pub mod testing;
 mod token;
 mod verify;
 
+pub use attributes::{InvalidMetadata, InvalidScope, Metadata, Scope, Scopes};
 pub use event::{DeletionReason, Event};
 pub use id::{InvalidKeyId, InvalidTokenId, KeyId, TokenId};
 pub use input::InvalidLabel;

@@ -10,6 +10,7 @@
 
 use time::OffsetDateTime;
 
+use crate::attributes::{Metadata, Scopes};
 use crate::event::Event;
 use crate::id::KeyId;
 use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
@@ -286,6 +287,43 @@ macro_rules! manager_methods {
         /// As [`renew`](Self::renew).
         pub $($async)? fn deactivate(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
             self.transition(id, updating(|key| key.deactivate(now)))$($aw)*
+        }
+
+        /// [`ApiKey::set_label`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew); the transition error
+        /// [`TransitionError::InvalidLabel`].
+        pub $($async)? fn set_label(&self, id: &KeyId, label: &str, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.set_label(label, now)))$($aw)*
+        }
+
+        /// [`ApiKey::set_scopes`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn set_scopes(&self, id: &KeyId, scopes: Scopes, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.set_scopes(scopes.clone(), now)))$($aw)*
+        }
+
+        /// [`ApiKey::set_metadata`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn set_metadata(&self, id: &KeyId, metadata: Metadata, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.set_metadata(metadata.clone(), now)))$($aw)*
+        }
+
+        /// [`ApiKey::set_expiry`] on the stored key.
+        ///
+        /// # Errors
+        ///
+        /// As [`renew`](Self::renew).
+        pub $($async)? fn set_expiry(&self, id: &KeyId, expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
+            self.transition(id, updating(|key| key.set_expiry(expires_at, now)))$($aw)*
         }
 
         /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.

@@ -1,24 +1,33 @@
 //! [`NewKey`]: what [`ApiKey::issue`](crate::ApiKey::issue) and the
 //! managers' `create_key` take.
 
+use time::OffsetDateTime;
+
+use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::policy::Policy;
 
-/// A description of a key to issue: its id, and optionally a label and a
-/// policy. A bare [`KeyId`] converts into one with the defaults.
+/// A description of a key to issue: its id, and optionally a label, a
+/// policy, scopes, metadata and a hard expiry. A bare [`KeyId`] converts
+/// into one with the defaults.
 ///
 /// # Example
 ///
 /// ```
-/// use keyroll::{ApiKey, Expiry, KeyId, NewKey, Policy};
+/// use keyroll::{ApiKey, Expiry, KeyId, Metadata, NewKey, Policy, Scopes};
 /// use time::OffsetDateTime;
 ///
 /// let now = OffsetDateTime::now_utc();
 /// let new = NewKey::new(KeyId::new("acme-orders")?)
 ///     .label("orders service")
-///     .policy(Policy { expiry: Expiry::Enforced, ..Policy::default() });
+///     .policy(Policy { expiry: Expiry::Enforced, ..Policy::default() })
+///     .scopes(Scopes::new(["orders:read", "orders:write"])?)
+///     .metadata(Metadata::new([("tenant", "acme")])?)
+///     .expires_at(now + time::Duration::days(365));
 /// let (key, _token, _event) = ApiKey::issue(new, now, &mut rand::rng())?;
 /// assert_eq!(key.label(), "orders service");
+/// assert!(key.scopes().contains("orders:read"));
+/// assert_eq!(key.metadata().get("tenant"), Some("acme"));
 ///
 /// // The defaults: no label, `Policy::default()`.
 /// let (plain, _token, _event) = ApiKey::issue(KeyId::new("plain")?, now, &mut rand::rng())?;
@@ -31,15 +40,22 @@ pub struct NewKey {
     pub(crate) id: KeyId,
     pub(crate) label: String,
     pub(crate) policy: Policy,
+    pub(crate) scopes: Scopes,
+    pub(crate) metadata: Metadata,
+    pub(crate) expires_at: Option<OffsetDateTime>,
 }
 
 impl NewKey {
-    /// A key with this id, an empty label and [`Policy::default()`].
+    /// A key with this id, an empty label, [`Policy::default()`], no
+    /// scopes, no metadata and no expiry.
     pub fn new(id: KeyId) -> NewKey {
         NewKey {
             id,
             label: String::new(),
             policy: Policy::default(),
+            scopes: Scopes::default(),
+            metadata: Metadata::default(),
+            expires_at: None,
         }
     }
 
@@ -53,6 +69,26 @@ impl NewKey {
     /// The policy the key lives by.
     pub fn policy(mut self, policy: Policy) -> NewKey {
         self.policy = policy;
+        self
+    }
+
+    /// What the key may do.
+    pub fn scopes(mut self, scopes: Scopes) -> NewKey {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Whose the key is, or anything else the service wants on it.
+    pub fn metadata(mut self, metadata: Metadata) -> NewKey {
+        self.metadata = metadata;
+        self
+    }
+
+    /// A hard expiry of the whole key: from this instant on it verifies
+    /// nothing ([`VerifyError::KeyExpired`](crate::VerifyError::KeyExpired)),
+    /// and renewals never extend it.
+    pub fn expires_at(mut self, at: OffsetDateTime) -> NewKey {
+        self.expires_at = Some(at);
         self
     }
 

@@ -1,9 +1,10 @@
 //! The serialized form of an [`ApiKey`] (feature `serde`), checked on load.
 //!
-//! A record carries `"schema": 2` and the key's `incarnation`. Records of
-//! schema 1 (keyroll 0.1) have no incarnation: they load with one derived
-//! from the key id and creation time, so every load of one record agrees,
-//! and are written back as schema 2.
+//! A record carries `"schema": 2`, the key's `incarnation` and, when it has
+//! them, its `scopes`, `metadata` and `expires_at`. Records of schema 1
+//! (keyroll 0.1) have none of these: they load with no attributes and an
+//! incarnation derived from the key id and creation time, so every load of
+//! one record agrees, and are written back as schema 2.
 //!
 //! Loading refuses, with a message saying what is wrong, any record that
 //! would build an impossible key: an unknown schema, a missing or
@@ -18,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
 use crate::policy::Policy;
@@ -41,6 +43,19 @@ struct KeyRecord<'a> {
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     policy: Policy,
+    /// Absent in schema 1, and when empty.
+    #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+    scopes: Cow<'a, Scopes>,
+    /// Absent in schema 1, and when empty.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    metadata: Cow<'a, Metadata>,
+    /// Absent in schema 1, and when the key has none.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    expires_at: Option<OffsetDateTime>,
     current_token: Cow<'a, TokenInfo>,
     #[serde(default)]
     renewal: Option<Cow<'a, Renewal>>,
@@ -57,6 +72,9 @@ impl Serialize for ApiKey {
             version: self.version,
             created_at: self.created_at,
             policy: self.policy,
+            scopes: Cow::Borrowed(&self.scopes),
+            metadata: Cow::Borrowed(&self.metadata),
+            expires_at: self.expires_at,
             current_token: Cow::Borrowed(&self.current),
             renewal: self.renewal.as_deref().map(Cow::Borrowed),
         }
@@ -89,6 +107,9 @@ impl<'de> Deserialize<'de> for ApiKey {
             version: record.version,
             created_at: record.created_at,
             policy: record.policy,
+            scopes: record.scopes.into_owned(),
+            metadata: record.metadata.into_owned(),
+            expires_at: record.expires_at,
             current: record.current_token.into_owned(),
             renewal: record.renewal.map(|r| Box::new(r.into_owned())),
         };

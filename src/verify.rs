@@ -3,8 +3,9 @@
 use subtle::Choice;
 use time::OffsetDateTime;
 
+use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
-use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
+use crate::key::{ApiKey, Decision, KeyStatus, TokenInfo};
 use crate::policy::{Expiry, Policy};
 use crate::token::{Presented, TokenHash};
 
@@ -36,6 +37,10 @@ pub enum VerifyError {
     /// The token matched, but the key is inactive.
     #[error("the key is inactive")]
     KeyInactive,
+    /// The token matched, but the key is past its hard expiry
+    /// ([`ApiKey::expires_at`]).
+    #[error("the key has expired")]
+    KeyExpired,
     /// The token matched, but it is past its renewal period and the policy
     /// enforces it.
     #[error("the token is past its renewal period; renew the key")]
@@ -43,7 +48,7 @@ pub enum VerifyError {
 }
 
 /// Who a request authenticated as: the key, which of its tokens matched,
-/// and (from the attributes issue on) what the key may do.
+/// and what the key may do and whose it is.
 ///
 /// Returned by the managers' `authenticate` and `authenticate_key`, and by
 /// stores that verify in place.
@@ -55,12 +60,27 @@ pub struct Authenticated {
     /// Which of the key's tokens matched: `Old` tells that the caller uses
     /// the old token of a pending renewal and should move to the new one.
     pub matched: TokenMatch,
+    /// What the key may do (shared with the key, not copied).
+    pub scopes: Scopes,
+    /// Whose the key is (shared with the key, not copied).
+    pub metadata: Metadata,
 }
 
 impl Authenticated {
-    /// What authenticating as `key_id` with its `matched` token gives.
-    pub fn new(key_id: KeyId, matched: TokenMatch) -> Authenticated {
-        Authenticated { key_id, matched }
+    /// Authentication as `key_id` with its `matched` token, with the key's
+    /// scopes and metadata.
+    pub fn new(
+        key_id: KeyId,
+        matched: TokenMatch,
+        scopes: Scopes,
+        metadata: Metadata,
+    ) -> Authenticated {
+        Authenticated {
+            key_id,
+            matched,
+            scopes,
+            metadata,
+        }
     }
 }
 
@@ -145,8 +165,8 @@ impl ApiKey {
     /// # Errors
     ///
     /// [`VerifyError::Malformed`], [`VerifyError::Mismatch`],
-    /// [`VerifyError::KeyInactive`] or [`VerifyError::Expired`], in that
-    /// order of checks.
+    /// [`VerifyError::KeyInactive`], [`VerifyError::KeyExpired`] or
+    /// [`VerifyError::Expired`], in that order of checks.
     ///
     /// # Example
     ///
@@ -182,8 +202,32 @@ impl ApiKey {
             id: &self.id,
             policy: &self.policy,
             status: self.status,
-            current: &self.current,
-            renewal: self.renewal.as_deref(),
+            expires_at: self.expires_at,
+            scopes: &self.scopes,
+            metadata: &self.metadata,
+            current: TokenView::of(&self.current),
+            old: self
+                .renewal
+                .as_deref()
+                .map(|r| (TokenView::of(&r.old), r.decision)),
+        }
+    }
+}
+
+/// What verification reads of one token.
+#[derive(Clone, Copy)]
+pub(crate) struct TokenView<'a> {
+    pub(crate) hash: &'a TokenHash,
+    pub(crate) due_at: OffsetDateTime,
+    pub(crate) revoked: bool,
+}
+
+impl<'a> TokenView<'a> {
+    pub(crate) fn of(token: &'a TokenInfo) -> TokenView<'a> {
+        TokenView {
+            hash: &token.hash,
+            due_at: token.due_at,
+            revoked: token.revoked_at.is_some(),
         }
     }
 }
@@ -194,19 +238,29 @@ pub(crate) struct KeyView<'a> {
     pub(crate) id: &'a KeyId,
     pub(crate) policy: &'a Policy,
     pub(crate) status: KeyStatus,
-    pub(crate) current: &'a TokenInfo,
-    pub(crate) renewal: Option<&'a Renewal>,
+    pub(crate) expires_at: Option<OffsetDateTime>,
+    pub(crate) scopes: &'a Scopes,
+    pub(crate) metadata: &'a Metadata,
+    pub(crate) current: TokenView<'a>,
+    /// The old token of a pending renewal, and what was decided about it.
+    pub(crate) old: Option<(TokenView<'a>, Decision)>,
 }
 
 impl KeyView<'_> {
-    /// [`verify`](Self::verify), answered as an authentication.
+    /// [`verify`](Self::verify), answered as an authentication: the key's
+    /// scopes and metadata are shared, not copied.
     pub(crate) fn authenticate(
         &self,
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, VerifyError> {
         let matched = self.verify(presented, now)?;
-        Ok(Authenticated::new(self.id.clone(), matched))
+        Ok(Authenticated {
+            key_id: self.id.clone(),
+            matched,
+            scopes: self.scopes.clone(),
+            metadata: self.metadata.clone(),
+        })
     }
 
     /// See [`ApiKey::verify`].
@@ -218,13 +272,14 @@ impl KeyView<'_> {
         let (is_current, is_old, old) = self.compare(presented, now)?;
 
         // From here on a match and a mismatch run the same instructions:
-        // status and expiry are read for both tokens whatever matched, and
+        // status and expiries are read for both tokens whatever matched, and
         // the answer is picked from a table by an index computed with
         // arithmetic, not branches. (What matched is no secret once
         // answered; this keeps the answer's timing from telling it early.)
-        const ANSWERS: [Result<TokenMatch, VerifyError>; 5] = [
+        const ANSWERS: [Result<TokenMatch, VerifyError>; 6] = [
             Err(VerifyError::Mismatch),
             Err(VerifyError::KeyInactive),
+            Err(VerifyError::KeyExpired),
             Err(VerifyError::Expired),
             Ok(TokenMatch::Current),
             Ok(TokenMatch::Old),
@@ -232,12 +287,15 @@ impl KeyView<'_> {
         let current = u8::from(bool::from(is_current));
         let matched = u8::from(bool::from(is_current | is_old));
         let enforced = self.policy.expiry == Expiry::Enforced;
-        let due =
-            |token: Option<&TokenInfo>| u8::from(enforced & token.is_some_and(|t| now >= t.due_at));
+        let due = |token: Option<TokenView<'_>>| {
+            u8::from(enforced & token.is_some_and(|t| now >= t.due_at))
+        };
         let expired = current * due(Some(self.current)) + (1 - current) * due(old);
+        let key_expired = u8::from(self.expires_at.is_some_and(|at| now >= at));
         let inactive = u8::from(self.status == KeyStatus::Inactive);
-        let if_valid = 4 - current; // Ok(Current) or Ok(Old)
-        let if_active = expired * 2 + (1 - expired) * if_valid;
+        let if_valid = 5 - current; // Ok(Current) or Ok(Old)
+        let if_key_live = expired * 3 + (1 - expired) * if_valid;
+        let if_active = key_expired * 2 + (1 - key_expired) * if_key_live;
         let answer = matched * (inactive + (1 - inactive) * if_active);
         ANSWERS[usize::from(answer)]
     }
@@ -249,7 +307,7 @@ impl KeyView<'_> {
         &self,
         presented: &str,
         now: OffsetDateTime,
-    ) -> Result<(Choice, Choice, Option<&TokenInfo>), VerifyError> {
+    ) -> Result<(Choice, Choice, Option<TokenView<'_>>), VerifyError> {
         // The key id a token names is public: branching on it tells the
         // presenter nothing it did not know. A token of keyroll 0.1 names
         // none; its hash binds it to its key.
@@ -259,15 +317,18 @@ impl KeyView<'_> {
         };
         let hash = TokenHash::of(self.id, &secret);
 
-        let current_live = Choice::from(u8::from(self.current.revoked_at.is_none()));
-        let is_current = hash.ct_eq(&self.current.hash) & current_live;
+        let current_live = Choice::from(u8::from(!self.current.revoked));
+        let is_current = hash.ct_eq(self.current.hash) & current_live;
         // With no old token (none, or past its scheduled deletion), compare
         // against the current hash once more so that every shape of key
         // costs the same, and mask the result.
-        let old = self.renewal.and_then(|r| r.live_old_token(now));
+        let old = self
+            .old
+            .filter(|(_, decision)| decision.keeps_old_token(now))
+            .map(|(old, _)| old);
         let (old_hash, has_old) = match old {
-            Some(old) => (&old.hash, Choice::from(1)),
-            None => (&self.current.hash, Choice::from(0)),
+            Some(old) => (old.hash, Choice::from(1)),
+            None => (self.current.hash, Choice::from(0)),
         };
         let is_old = hash.ct_eq(old_hash) & has_old;
         Ok((is_current, is_old, old))

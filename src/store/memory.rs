@@ -9,11 +9,14 @@ use hashbrown::HashTable;
 use time::OffsetDateTime;
 
 use super::{AsyncKeyStore, KeyStore, StoreError, Verification};
+use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
-use crate::key::{ApiKey, KeyStatus, Renewal, TokenInfo};
+use crate::id::TokenId;
+use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
 use crate::policy::Policy;
 use crate::revision::Revision;
-use crate::verify::KeyView;
+use crate::token::TokenHash;
+use crate::verify::{KeyView, TokenView};
 
 /// Keys in memory, safe to share between threads.
 ///
@@ -61,7 +64,10 @@ struct Inner {
     policy_numbers: HashMap<Policy, u32>,
 }
 
-/// An [`ApiKey`] with its policy replaced by a number.
+/// An [`ApiKey`], compactly: its policy replaced by a number, its tokens
+/// without their due dates (always creation + renewal period), and what
+/// most keys lack (a revoked token, scopes, metadata, an expiry) in a box
+/// that is not there when it would be empty.
 #[derive(Debug)]
 struct Slot {
     id: KeyId,
@@ -71,9 +77,66 @@ struct Slot {
     created_at: OffsetDateTime,
     policy: u32,
     status: KeyStatus,
-    current: TokenInfo,
-    renewal: Option<Box<Renewal>>,
+    current: SlotToken,
+    renewal: Option<Box<(SlotToken, Decision)>>,
+    rare: Option<Box<Rare>>,
 }
+
+/// A [`TokenInfo`] without its due date, and without `revoked_at` (only a
+/// current token can be revoked: that is in [`Rare`]).
+#[derive(Debug)]
+struct SlotToken {
+    id: TokenId,
+    created_at: OffsetDateTime,
+    hash: TokenHash,
+    last_used_at: Option<OffsetDateTime>,
+}
+
+/// What most keys do not have.
+#[derive(Debug, Default)]
+struct Rare {
+    current_revoked_at: Option<OffsetDateTime>,
+    scopes: Scopes,
+    metadata: Metadata,
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl SlotToken {
+    fn pack(token: &TokenInfo) -> SlotToken {
+        SlotToken {
+            id: token.id,
+            created_at: token.created_at,
+            hash: token.hash,
+            last_used_at: token.last_used_at,
+        }
+    }
+
+    fn unpack(&self, policy: &Policy, revoked_at: Option<OffsetDateTime>) -> TokenInfo {
+        TokenInfo {
+            id: self.id,
+            created_at: self.created_at,
+            due_at: self.due_at(policy),
+            hash: self.hash,
+            last_used_at: self.last_used_at,
+            revoked_at,
+        }
+    }
+
+    /// The due date a key's tokens always have (checked on load).
+    fn due_at(&self, policy: &Policy) -> OffsetDateTime {
+        self.created_at.saturating_add(policy.renewal_period)
+    }
+
+    fn view(&self, policy: &Policy, revoked: bool) -> TokenView<'_> {
+        TokenView {
+            hash: &self.hash,
+            due_at: self.due_at(policy),
+            revoked,
+        }
+    }
+}
+
+static EMPTY: std::sync::LazyLock<Rare> = std::sync::LazyLock::new(Rare::default);
 
 impl Inner {
     fn hash(&self, id: &KeyId) -> u64 {
@@ -93,6 +156,16 @@ impl Inner {
         if policy == next {
             self.policies.push(key.policy);
         }
+        let rare = Rare {
+            current_revoked_at: key.current.revoked_at,
+            scopes: key.scopes.clone(),
+            metadata: key.metadata.clone(),
+            expires_at: key.expires_at,
+        };
+        let empty = rare.current_revoked_at.is_none()
+            && rare.scopes.is_empty()
+            && rare.metadata.is_empty()
+            && rare.expires_at.is_none();
         Slot {
             id: key.id.clone(),
             label: key.label.clone(),
@@ -101,12 +174,18 @@ impl Inner {
             created_at: key.created_at,
             policy,
             status: key.status,
-            current: key.current.clone(),
-            renewal: key.renewal.clone(),
+            current: SlotToken::pack(&key.current),
+            renewal: key
+                .renewal
+                .as_ref()
+                .map(|r| Box::new((SlotToken::pack(&r.old), r.decision))),
+            rare: (!empty).then(|| Box::new(rare)),
         }
     }
 
     fn unpack(&self, slot: &Slot) -> ApiKey {
+        let policy = self.policies[slot.policy as usize];
+        let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
         ApiKey {
             id: slot.id.clone(),
             label: slot.label.clone(),
@@ -114,19 +193,35 @@ impl Inner {
             incarnation: slot.incarnation,
             version: slot.version,
             created_at: slot.created_at,
-            policy: self.policies[slot.policy as usize],
-            current: slot.current.clone(),
-            renewal: slot.renewal.clone(),
+            policy,
+            scopes: rare.scopes.clone(),
+            metadata: rare.metadata.clone(),
+            expires_at: rare.expires_at,
+            current: slot.current.unpack(&policy, rare.current_revoked_at),
+            renewal: slot.renewal.as_deref().map(|(old, decision)| {
+                Box::new(Renewal {
+                    old: old.unpack(&policy, None),
+                    decision: *decision,
+                })
+            }),
         }
     }
 
     fn view<'a>(&'a self, slot: &'a Slot) -> KeyView<'a> {
+        let policy = &self.policies[slot.policy as usize];
+        let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
         KeyView {
             id: &slot.id,
-            policy: &self.policies[slot.policy as usize],
+            policy,
             status: slot.status,
-            current: &slot.current,
-            renewal: slot.renewal.as_deref(),
+            expires_at: rare.expires_at,
+            scopes: &rare.scopes,
+            metadata: &rare.metadata,
+            current: slot.current.view(policy, rare.current_revoked_at.is_some()),
+            old: slot
+                .renewal
+                .as_deref()
+                .map(|(old, decision)| (old.view(policy, false), *decision)),
         }
     }
 
