@@ -212,7 +212,10 @@ impl<'a> IntoIterator for &'a Scopes {
 /// # Ok::<(), keyroll::InvalidMetadata>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Metadata(Option<Arc<[(Box<str>, Box<str>)]>>);
+pub struct Metadata(Option<Arc<[Entry]>>);
+
+/// One metadata entry: key, value.
+type Entry = (Box<str>, Box<str>);
 
 impl Metadata {
     /// Checks every entry and builds the map.
@@ -299,7 +302,7 @@ impl Metadata {
         self.0.is_none()
     }
 
-    fn as_slice(&self) -> &[(Box<str>, Box<str>)] {
+    fn as_slice(&self) -> &[Entry] {
         self.0.as_deref().unwrap_or_default()
     }
 }
