@@ -47,7 +47,7 @@
 //!             None => sut.stranger.expose_secret().to_owned(),
 //!         };
 //!         let done = |r: Result<_, _>| r.map_or_else(Expected::Refused, |_| Expected::Done);
-//!         let seen = match op {
+//!         let seen = match op.clone() {
 //!             Op::Renew => match sut.key.renew(now, &mut rand::rng()) {
 //!                 Ok((new, _)) => { sut.tokens.push(new); Expected::Done }
 //!                 Err(e) => Expected::Refused(e),
@@ -57,6 +57,10 @@
 //!             Op::Undo => done(sut.key.undo_renewal(now)),
 //!             Op::Activate => done(sut.key.activate(now)),
 //!             Op::Deactivate => done(sut.key.deactivate(now)),
+//!             Op::SetLabel(label) => done(sut.key.set_label(label, now)),
+//!             Op::SetScopes(scopes) => done(sut.key.set_scopes(scopes, now)),
+//!             Op::SetMetadata(metadata) => done(sut.key.set_metadata(metadata, now)),
+//!             Op::SetExpiry(at) => done(sut.key.set_expiry(at, now)),
 //!             Op::Verify(_) => Expected::Verified(sut.key.verify(&token(&sut), now)),
 //!             Op::Use(_) => match sut.key.verify(&token(&sut), now) {
 //!                 Ok(matched) => Expected::Used(matched, sut.key.record_use(matched, now)),
@@ -95,7 +99,8 @@ use proptest_state_machine::ReferenceStateMachine;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    ApiKey, Decision, KeyId, NewKey, OldTokenDeletion, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, Scopes, TokenMatch,
+    TransitionError, VerifyError,
 };
 
 /// Which token an [`Op::Verify`], [`Op::Use`] or [`Op::Revoke`] presents.
@@ -137,6 +142,14 @@ pub enum Op {
     Housekeep,
     /// [`ApiKey::revoke_token`] of a token.
     Revoke(Which),
+    /// [`ApiKey::set_label`].
+    SetLabel(String),
+    /// [`ApiKey::set_scopes`].
+    SetScopes(Scopes),
+    /// [`ApiKey::set_metadata`].
+    SetMetadata(Metadata),
+    /// [`ApiKey::set_expiry`].
+    SetExpiry(Option<OffsetDateTime>),
     /// Moves the clock forward (the system under test reads the model's
     /// `now`).
     Advance(Duration),
@@ -192,6 +205,14 @@ pub struct Model {
     /// token it names, so this, not [`handle`](Model::handle) of the state
     /// after it, says which token it was.
     pub presented: Option<usize>,
+    /// The key's label.
+    pub label: String,
+    /// The key's scopes.
+    pub scopes: Scopes,
+    /// The key's metadata.
+    pub metadata: Metadata,
+    /// The key's hard expiry.
+    pub expires_at: Option<OffsetDateTime>,
     /// The last recorded use of each handle.
     pub last_used: Vec<Option<OffsetDateTime>>,
     /// What the system should have answered to the last operation.
@@ -202,9 +223,14 @@ pub struct Model {
 const RESOLUTION: Duration = Duration::seconds(60);
 
 impl Model {
-    /// A key just issued at `now`: version 1, active, one token (handle 0).
+    /// A key just issued at `now`: version 1, active, one token (handle 0),
+    /// no label, scopes, metadata or expiry.
     pub fn new(now: OffsetDateTime) -> Model {
         Model {
+            label: String::new(),
+            scopes: Scopes::default(),
+            metadata: Metadata::default(),
+            expires_at: None,
             now,
             version: 1,
             active: true,
@@ -251,10 +277,12 @@ impl Model {
             Some(h) if Some(h) == self.live_old() => TokenMatch::Old,
             _ => return Err(VerifyError::Mismatch),
         };
-        if self.active {
-            Ok(matched)
-        } else {
+        if !self.active {
             Err(VerifyError::KeyInactive)
+        } else if self.expired() {
+            Err(VerifyError::KeyExpired)
+        } else {
+            Ok(matched)
         }
     }
 
@@ -265,6 +293,11 @@ impl Model {
             Some(h) if Some(h) == self.live_old() => Some(TokenMatch::Old),
             _ => None,
         }
+    }
+
+    /// Whether the key is past its hard expiry.
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| self.now >= at)
     }
 
     fn succeed(&mut self) {
@@ -282,6 +315,10 @@ impl Model {
     pub fn step(&mut self, op: &Op) {
         let refuse = |m: &mut Model, e| m.expected = Expected::Refused(e);
         match op {
+            Op::Renew if self.expired() => {
+                let expires_at = self.expires_at.unwrap_or(self.now);
+                refuse(self, TransitionError::KeyExpired { expires_at })
+            }
             Op::Renew if self.old.is_some() => refuse(self, TransitionError::RenewalPending),
             Op::Renew if self.current_revoked => {
                 // The revoked token is replaced outright: no old token.
@@ -336,6 +373,22 @@ impl Model {
             Op::Deactivate if !self.active => refuse(self, TransitionError::AlreadyInactive),
             Op::Activate | Op::Deactivate => {
                 self.active = !self.active;
+                self.succeed();
+            }
+            Op::SetLabel(label) => {
+                self.label = label.clone();
+                self.succeed();
+            }
+            Op::SetScopes(scopes) => {
+                self.scopes = scopes.clone();
+                self.succeed();
+            }
+            Op::SetMetadata(metadata) => {
+                self.metadata = metadata.clone();
+                self.succeed();
+            }
+            Op::SetExpiry(expires_at) => {
+                self.expires_at = *expires_at;
                 self.succeed();
             }
             Op::Verify(which) => {
@@ -451,6 +504,21 @@ pub fn op() -> impl Strategy<Value = Op> {
     op_at(op_now(), true, true)
 }
 
+/// Sets of up to 4 scopes from a small pool (so that sets repeat).
+pub fn scopes() -> impl Strategy<Value = Scopes> {
+    proptest::sample::subsequence(
+        vec!["orders:read", "orders:write", "keyroll:admin", "a/b.c-d_e"],
+        0..=4,
+    )
+    .prop_map(|chosen| Scopes::new(chosen).unwrap_or_else(|e| unreachable!("{e}")))
+}
+
+/// Metadata of up to 3 entries, with values of any UTF-8.
+pub fn metadata() -> impl Strategy<Value = Metadata> {
+    proptest::collection::btree_map("[a-z][a-z0-9._-]{0,8}", ".{0,24}", 0..=3)
+        .prop_map(|entries| Metadata::new(entries).unwrap_or_else(|e| unreachable!("{e}")))
+}
+
 fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<Op> {
     let span = || (-3_600i64..7_200).prop_map(Duration::seconds);
     let deletion = prop_oneof![
@@ -483,77 +551,98 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         3 => prop_oneof![(0i64..120).prop_map(Duration::seconds), (0i64..4).prop_map(Duration::hours)]
             .prop_map(Op::Advance),
         1 => Just(Op::Reload),
+        1 => "\\PC{0,16}".prop_map(Op::SetLabel),
+        1 => scopes().prop_map(Op::SetScopes),
+        1 => metadata().prop_map(Op::SetMetadata),
+        1 => proptest::option::of(span().prop_map(move |d| now + d)).prop_map(Op::SetExpiry),
     ]
     .boxed()
 }
 
-/// Keys in every state: issued with a generated id, label and time, then
-/// put through a random sequence of operations (refused ones change
-/// nothing). Active and inactive, single and renewing with every decision,
-/// with and without recorded uses.
+/// Keys in every state: issued with a generated id, label, scopes,
+/// metadata, expiry and time, then put through a random sequence of
+/// operations (refused ones change nothing). Active and inactive, single and
+/// renewing with every decision, with and without recorded uses, revoked
+/// tokens and expiries.
 pub fn api_key() -> impl Strategy<Value = ApiKey> {
     (
-        key_id(),
-        "\\PC{0,40}",
+        (key_id(), "\\PC{0,40}", scopes(), metadata()),
         timestamp(),
+        proptest::option::of(0i64..1_000_000),
         proptest::collection::vec(op(), 0..24),
         any::<u64>(),
     )
-        .prop_map(|(id, label, issued, ops, seed)| {
-            use rand::SeedableRng;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let new = NewKey::new(id).label(label);
-            let (mut key, first, _) = ApiKey::issue(new, issued, &mut rng)
-                .unwrap_or_else(|e| unreachable!("valid labels and times: {e}"));
-            let mut tokens = vec![first];
-            let mut now = issued;
-            for op in ops {
-                // Results are irrelevant here: only the states reached matter.
-                let _ = match op {
-                    Op::Renew => key
-                        .renew(now, &mut rng)
-                        .map(|(token, _)| tokens.push(token)),
-                    Op::Revoke(_) => {
-                        // Revokes the newest live token.
-                        let _ = tokens
-                            .iter()
-                            .rev()
-                            .find(|t| key.revoke_token(t.expose_secret(), now).is_ok());
-                        Ok(())
-                    }
-                    Op::Finalize(deletion) => {
-                        let deletion = match deletion {
-                            OldTokenDeletion::At(at) => OldTokenDeletion::At(now + (at - op_now())),
-                            other => other,
-                        };
-                        key.finalize(deletion, now).map(|_| ())
-                    }
-                    Op::DeleteOld => key.delete_old(now).map(|_| ()),
-                    Op::Undo => key.undo_renewal(now).map(|_| ()),
-                    Op::Activate => key.activate(now).map(|_| ()),
-                    Op::Deactivate => key.deactivate(now).map(|_| ()),
-                    Op::Use(which) => {
-                        let matched = if which == Which::Old {
-                            TokenMatch::Old
-                        } else {
-                            TokenMatch::Current
-                        };
-                        key.record_use(matched, now);
-                        Ok(())
-                    }
-                    Op::Housekeep => {
-                        key.housekeep(now);
-                        Ok(())
-                    }
-                    Op::Advance(by) => {
-                        now += by;
-                        Ok(())
-                    }
-                    Op::Verify(_) | Op::Reload => Ok(()),
-                };
-            }
-            key
-        })
+        .prop_map(
+            |((id, label, scopes, metadata), issued, expiry, ops, seed)| {
+                use rand::SeedableRng;
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut new = NewKey::new(id)
+                    .label(label)
+                    .scopes(scopes)
+                    .metadata(metadata);
+                if let Some(seconds) = expiry {
+                    new = new.expires_at(issued + Duration::seconds(seconds));
+                }
+                let (mut key, first, _) = ApiKey::issue(new, issued, &mut rng)
+                    .unwrap_or_else(|e| unreachable!("valid labels and times: {e}"));
+                let mut tokens = vec![first];
+                let mut now = issued;
+                for op in ops {
+                    // Results are irrelevant here: only the states reached matter.
+                    let _ = match op {
+                        Op::Renew => key
+                            .renew(now, &mut rng)
+                            .map(|(token, _)| tokens.push(token)),
+                        Op::Revoke(_) => {
+                            // Revokes the newest live token.
+                            let _ = tokens
+                                .iter()
+                                .rev()
+                                .find(|t| key.revoke_token(t.expose_secret(), now).is_ok());
+                            Ok(())
+                        }
+                        Op::Finalize(deletion) => {
+                            let deletion = match deletion {
+                                OldTokenDeletion::At(at) => {
+                                    OldTokenDeletion::At(now + (at - op_now()))
+                                }
+                                other => other,
+                            };
+                            key.finalize(deletion, now).map(|_| ())
+                        }
+                        Op::DeleteOld => key.delete_old(now).map(|_| ()),
+                        Op::Undo => key.undo_renewal(now).map(|_| ()),
+                        Op::Activate => key.activate(now).map(|_| ()),
+                        Op::Deactivate => key.deactivate(now).map(|_| ()),
+                        Op::Use(which) => {
+                            let matched = if which == Which::Old {
+                                TokenMatch::Old
+                            } else {
+                                TokenMatch::Current
+                            };
+                            key.record_use(matched, now);
+                            Ok(())
+                        }
+                        Op::Housekeep => {
+                            key.housekeep(now);
+                            Ok(())
+                        }
+                        Op::Advance(by) => {
+                            now += by;
+                            Ok(())
+                        }
+                        Op::SetLabel(label) => key.set_label(label, now).map(|_| ()),
+                        Op::SetScopes(scopes) => key.set_scopes(scopes, now).map(|_| ()),
+                        Op::SetMetadata(metadata) => key.set_metadata(metadata, now).map(|_| ()),
+                        Op::SetExpiry(at) => key
+                            .set_expiry(at.map(|at| now + (at - op_now())), now)
+                            .map(|_| ()),
+                        Op::Verify(_) | Op::Reload => Ok(()),
+                    };
+                }
+                key
+            },
+        )
 }
 
 /// The clock `op()` places its instants around.

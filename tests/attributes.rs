@@ -140,8 +140,7 @@ fn hard_expiry_comes_after_inactive_and_before_the_renewal_period() {
     let late = t0() + Duration::days(200);
     assert_eq!(key.verify(t, late), Err(VerifyError::KeyExpired));
     // A wrong token is still a mismatch; an inactive key says so first.
-    let (_, stranger, _) =
-        ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rand::rng()).unwrap();
+    let (_, stranger, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rand::rng()).unwrap();
     assert_eq!(
         key.verify(stranger.expose_secret(), late),
         Err(VerifyError::Mismatch)

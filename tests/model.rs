@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 trait Subject: Sized {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token);
     fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError>;
-    /// Finalize, delete-old, undo, activate, deactivate.
+    /// Finalize, delete-old, undo, activate, deactivate, and the set_* calls.
     fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError>;
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
     /// Verify, then record the use if it matched; whether the key changed.
@@ -52,7 +52,7 @@ struct Plain(ApiKey);
 
 impl Subject for Plain {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
-        let (key, token, _) = ApiKey::issue(NewKey::new(id).label("model"), now, rng).unwrap();
+        let (key, token, _) = ApiKey::issue(NewKey::new(id), now, rng).unwrap();
         (Plain(key), token)
     }
     fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
@@ -66,6 +66,10 @@ impl Subject for Plain {
             Op::Undo => key.undo_renewal(now),
             Op::Activate => key.activate(now),
             Op::Deactivate => key.deactivate(now),
+            Op::SetLabel(label) => key.set_label(label.as_str(), now),
+            Op::SetScopes(scopes) => key.set_scopes(scopes.clone(), now),
+            Op::SetMetadata(metadata) => key.set_metadata(metadata.clone(), now),
+            Op::SetExpiry(at) => key.set_expiry(*at, now),
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|event| assert_eq!(event.version(), key.version()))
@@ -120,9 +124,7 @@ impl Subject for Managed {
         let store = Arc::new(InMemoryStore::new());
         let plain = KeyManager::new(store.clone());
         let recording = KeyManager::new(store).with_usage_recording(true);
-        let (token, _) = plain
-            .create_key(NewKey::new(id.clone()).label("model"), now, rng)
-            .unwrap();
+        let (token, _) = plain.create_key(NewKey::new(id.clone()), now, rng).unwrap();
         (
             Managed {
                 id,
@@ -146,6 +148,10 @@ impl Subject for Managed {
             Op::Undo => m.undo_renewal(id, now),
             Op::Activate => m.activate(id, now),
             Op::Deactivate => m.deactivate(id, now),
+            Op::SetLabel(label) => m.set_label(id, label, now),
+            Op::SetScopes(scopes) => m.set_scopes(id, scopes.clone(), now),
+            Op::SetMetadata(metadata) => m.set_metadata(id, metadata.clone(), now),
+            Op::SetExpiry(at) => m.set_expiry(id, *at, now),
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|_| ())
@@ -244,7 +250,15 @@ impl<S: Subject> StateMachineTest for Against<S> {
                 }
                 Err(e) => Expected::Refused(e),
             },
-            Op::Finalize(_) | Op::DeleteOld | Op::Undo | Op::Activate | Op::Deactivate => {
+            Op::Finalize(_)
+            | Op::DeleteOld
+            | Op::Undo
+            | Op::Activate
+            | Op::Deactivate
+            | Op::SetLabel(_)
+            | Op::SetScopes(_)
+            | Op::SetMetadata(_)
+            | Op::SetExpiry(_) => {
                 let before = sut.subject.key();
                 match sut.subject.transition(&op, now) {
                     Ok(()) => Expected::Done,
@@ -303,6 +317,11 @@ impl<S: Subject> StateMachineTest for Against<S> {
             KeyStatus::Inactive
         };
         assert_eq!(key.status(), status);
+        // Only the set_* calls change these; renewals never extend expiry.
+        assert_eq!(key.label(), model.label, "label");
+        assert_eq!(key.scopes(), &model.scopes, "scopes");
+        assert_eq!(key.metadata(), &model.metadata, "metadata");
+        assert_eq!(key.expires_at(), model.expires_at, "expiry");
         match (key.state(), model.old) {
             (KeyState::Single, None) => {}
             (KeyState::Renewing { decision }, Some(_)) => assert_eq!(decision, model.decision),
