@@ -8,7 +8,8 @@
 //!
 //! - `GET /v1/whoami` with `Authorization: Bearer <token>` (the token names
 //!   its key), or with headers `X-Api-Key` (key id) and `X-Api-Token`,
-//!   answers `{"key_id": ..., "token": "current" | "old"}`. A request that
+//!   answers `{"key_id", "token": "current" | "old", "scopes": [..],
+//!   "metadata": {..}}`. A request that
 //!   sends a bearer token and an `X-Api-Key` naming another key is refused.
 //!   Every refused
 //!   credential (missing, unknown key, malformed, wrong, inactive, expired)
@@ -17,8 +18,17 @@
 //!   never a token. A store failure is a 503 with a generic body.
 //!   `GET /v1/ping` is the same handler without authentication, to measure
 //!   what authentication costs.
-//! - The admin API, with `Authorization: Bearer $KEYROLL_ADMIN_TOKEN`:
-//!   `POST /admin/keys` (`{"id"?, "label"?}`), `GET /admin/keys?after=&limit=`,
+//! - `GET /v1/orders` is guarded by the scope `orders:read`: a key without
+//!   it gets a 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
+//!   scope="orders:read"` (RFC 6750, 3.1).
+//! - The admin API, for keys holding the scope `keyroll:admin` (as VTEX
+//!   manages keys through a key with that permission), or the bootstrap
+//!   `Authorization: Bearer $KEYROLL_ADMIN_TOKEN` (to create the first admin
+//!   key): `POST /admin/keys` (`{"id"?, "label"?, "scopes"?: [..],
+//!   "metadata"?: {..}, "expires_at"?: RFC 3339}`), `PUT
+//!   /admin/keys/{id}/scopes` (`{"scopes"}`), `/metadata` (`{"metadata"}`),
+//!   `/expiry` (`{"expires_at"}`, `null` removes it) and `/label`
+//!   (`{"label"}`), `GET /admin/keys?after=&limit=`,
 //!   `GET /admin/keys/{id}`, `POST /admin/keys/{id}/renew`,
 //!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
@@ -61,8 +71,8 @@ use base64::Engine;
 use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Authenticated, Event, InMemoryStore, KeyId,
-    KeyState, KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError,
-    Token, TokenInfo, TransitionError,
+    KeyState, KeyStatus, KeyStore, ManagerError, Metadata, NewKey, OldTokenDeletion, Revision,
+    Scopes, StoreError, Token, TokenInfo, TransitionError,
 };
 use p256::ecdsa::VerifyingKey;
 use p256::ecdsa::signature::Verifier;
@@ -213,12 +223,34 @@ fn open_store(spec: &str) -> Result<AnyStore, Box<dyn Error>> {
 
 // ---------------------------------------------------------------- errors
 
-/// An error answer: a status and `{"error": message}`.
-struct ApiError(StatusCode, String);
+/// An error answer: a status and `{"error": message}`, and for a 401 or a
+/// 403 the `WWW-Authenticate` challenge of RFC 6750.
+struct ApiError(StatusCode, String, Option<String>);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into(), None)
+    }
+
+    fn with_header(status: StatusCode, message: String, challenge: String) -> ApiError {
+        ApiError(status, message, Some(challenge))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let challenge = match (self.0, self.2) {
+            (_, Some(challenge)) => Some(challenge),
+            (StatusCode::UNAUTHORIZED, None) => Some("Bearer realm=\"keyroll\"".to_owned()),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
     }
 }
 
@@ -238,27 +270,27 @@ impl From<ManagerError<AnyError>> for ApiError {
             ManagerError::Store(e) => return unavailable(e),
             _ => return unavailable(&e),
         };
-        ApiError(status, e.to_string())
+        ApiError::new(status, e.to_string())
     }
 }
 
 /// A store failure: logged, and answered with a generic 503.
 fn unavailable(cause: &dyn Error) -> ApiError {
     eprintln!("{}", json!({ "store_error": cause.to_string() }));
-    ApiError(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "the service is unavailable; try again later".into(),
+        "the service is unavailable; try again later",
     )
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError(e.status(), e.body_text())
+        ApiError::new(e.status(), e.body_text())
     }
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError(StatusCode::UNAUTHORIZED, message.to_owned())
+    ApiError::new(StatusCode::UNAUTHORIZED, message.to_owned())
 }
 
 /// The one answer to every refused API credential. The cause is logged for
@@ -272,7 +304,7 @@ fn refused(cause: &str, key_id: Option<&KeyId>) -> ApiError {
 }
 
 fn key_id(raw: &str) -> Result<KeyId, ApiError> {
-    KeyId::new(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+    KeyId::new(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 // ---------------------------------------------------------------- state
@@ -381,7 +413,23 @@ async fn authenticate(
 }
 
 async fn whoami(Extension(who): Extension<Authenticated>) -> Json<serde_json::Value> {
-    Json(json!({ "key_id": who.key_id, "token": who.matched }))
+    Json(json!({
+        "key_id": who.key_id,
+        "token": who.matched,
+        "scopes": who.scopes,
+        "metadata": who.metadata,
+    }))
+}
+
+/// A resource guarded by a scope: the key must hold `orders:read`.
+async fn orders(
+    Extension(who): Extension<Authenticated>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    const SCOPE: &str = "orders:read";
+    if !who.scopes.contains(SCOPE) {
+        return Err(insufficient_scope(SCOPE, &who));
+    }
+    Ok(Json(json!({ "orders": [], "key_id": who.key_id })))
 }
 
 // ---------------------------------------------------------------- secret scanning
@@ -450,7 +498,7 @@ async fn github_secret_scanning(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(keys) = &app.scanner_keys else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "no such route".into()));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signed = match (
@@ -468,7 +516,7 @@ async fn github_secret_scanning(
         return Err(unauthorized("invalid signature"));
     }
     let matches: Vec<ScanMatch> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
     let now = OffsetDateTime::now_utc();
     let mut answers = Vec::with_capacity(matches.len());
     for found in matches {
@@ -503,22 +551,47 @@ async fn ping() -> Json<serde_json::Value> {
 
 // ---------------------------------------------------------------- admin
 
+/// The scope that authorizes the admin API.
+const ADMIN_SCOPE: &str = "keyroll:admin";
+
+/// The admin API's guard: an API key holding `keyroll:admin` (VTEX's rule:
+/// keys are managed through a key with that permission), or the bootstrap
+/// `KEYROLL_ADMIN_TOKEN`, to create the first admin key.
 async fn admin_only(
     State(app): Shared,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("missing admin bearer token"))?;
+    let Some(presented) = Credentials::of(&request).bearer else {
+        return Err(refused("no bearer token on the admin API", None));
+    };
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    if !bool::from(hash.ct_eq(&app.admin_token_hash)) {
-        return Err(unauthorized("wrong admin token"));
+    if bool::from(hash.ct_eq(&app.admin_token_hash)) {
+        return Ok(next.run(request).await);
     }
-    Ok(next.run(request).await)
+    match app
+        .keys
+        .authenticate(&presented, OffsetDateTime::now_utc())
+        .await
+    {
+        Ok(who) if who.scopes.contains(ADMIN_SCOPE) => Ok(next.run(request).await),
+        Ok(who) => Err(insufficient_scope(ADMIN_SCOPE, &who)),
+        Err(AuthError::Store(e)) => Err(unavailable(&e)),
+        Err(e) => Err(refused(&e.to_string(), None)),
+    }
+}
+
+/// A 403 for a key that authenticated but lacks `scope` (RFC 6750, 3.1).
+fn insufficient_scope(scope: &str, who: &Authenticated) -> ApiError {
+    eprintln!(
+        "{}",
+        json!({ "insufficient_scope": { "key_id": who.key_id, "scope": scope } })
+    );
+    ApiError::with_header(
+        StatusCode::FORBIDDEN,
+        format!("this key lacks the scope {scope}"),
+        format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+    )
 }
 
 #[derive(Serialize)]
@@ -556,6 +629,10 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
         "status": match key.status() { KeyStatus::Active => "active", KeyStatus::Inactive => "inactive" },
         "version": key.version(),
         "created_at": rfc3339(key.created_at()),
+        "scopes": key.scopes(),
+        "metadata": key.metadata(),
+        "expires_at": key.expires_at().map(rfc3339),
+        "expired": key.is_expired(now),
         "current_token": token_view(key.current_token(), now),
         "old_token": key.old_token().map(|t| token_view(t, now)),
         "pending_deletion": matches!(key.state(), KeyState::Renewing { .. }),
@@ -572,6 +649,41 @@ struct CreateKey {
     id: Option<String>,
     #[serde(default)]
     label: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default, deserialize_with = "entries")]
+    metadata: Vec<(String, String)>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+/// A JSON object of strings as its entries, in order and with any key given
+/// twice kept twice, so that `Metadata::new` refuses it by name (a map
+/// would silently keep the last).
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                all.push(entry);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_map(Entries)
+}
+
+/// A 400 naming the bad input.
+fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 /// An answer that carries a token: never to be cached.
@@ -605,10 +717,14 @@ async fn create_key(
         None => KeyId::generate(&mut rng),
     };
     let now = OffsetDateTime::now_utc();
-    let (token, event) = app
-        .keys
-        .create_key(NewKey::new(id.clone()).label(body.label), now, &mut rng)
-        .await?;
+    let mut new = NewKey::new(id.clone())
+        .label(body.label)
+        .scopes(Scopes::new(body.scopes).map_err(bad_request)?)
+        .metadata(Metadata::new(body.metadata).map_err(bad_request)?);
+    if let Some(at) = body.expires_at {
+        new = new.expires_at(at);
+    }
+    let (token, event) = app.keys.create_key(new, now, &mut rng).await?;
     app.audit(&event);
     Ok((StatusCode::CREATED, with_token(&id, &token, &event)))
 }
@@ -687,6 +803,90 @@ async fn finalize(
     Ok(done(&app, event))
 }
 
+/// `PUT /admin/keys/{id}/scopes`: `{"scopes": [..]}`.
+async fn set_scopes(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    body: Result<Json<SetScopes>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let scopes = Scopes::new(body.scopes).map_err(bad_request)?;
+    let event = app
+        .keys
+        .set_scopes(&key_id(&raw)?, scopes, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&app, event))
+}
+
+/// `PUT /admin/keys/{id}/metadata`: `{"metadata": {..}}`.
+async fn set_metadata(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    body: Result<Json<SetMetadata>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let metadata = Metadata::new(body.metadata).map_err(bad_request)?;
+    let event = app
+        .keys
+        .set_metadata(&key_id(&raw)?, metadata, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&app, event))
+}
+
+/// `PUT /admin/keys/{id}/expiry`: `{"expires_at": RFC 3339 | null}`.
+async fn set_expiry(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    body: Result<Json<SetExpiry>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let event = app
+        .keys
+        .set_expiry(&key_id(&raw)?, body.expires_at, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&app, event))
+}
+
+/// `PUT /admin/keys/{id}/label`: `{"label": ".."}`.
+async fn set_label(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    body: Result<Json<SetLabel>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let event = app
+        .keys
+        .set_label(&key_id(&raw)?, &body.label, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&app, event))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetScopes {
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetMetadata {
+    #[serde(deserialize_with = "entries")]
+    metadata: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetExpiry {
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetLabel {
+    label: String,
+}
+
 /// The transitions that take only the key id.
 macro_rules! simple_transition {
     ($name:ident, $method:ident) => {
@@ -722,16 +922,24 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/undo-renewal", post(undo_renewal))
         .route("/admin/keys/{id}/activate", post(activate))
         .route("/admin/keys/{id}/deactivate", post(deactivate))
+        .route("/admin/keys/{id}/scopes", axum::routing::put(set_scopes))
+        .route(
+            "/admin/keys/{id}/metadata",
+            axum::routing::put(set_metadata),
+        )
+        .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
+        .route("/admin/keys/{id}/label", axum::routing::put(set_label))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
     let api = Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/orders", get(orders))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .merge(admin)
         .merge(api)
         .route("/v1/ping", get(ping))
         .route("/secret-scanning/github", post(github_secret_scanning))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(app)
 }
 

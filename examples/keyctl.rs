@@ -4,6 +4,9 @@
 //! cargo run --example keyctl -- [--db keys.db] <command>
 //!
 //! create --label L [--id ID] [--prefix kr] [--period 3m|6m] [--enforced]
+//!        [--scope S]... [--meta K=V]... [--expires RFC3339]
+//! set-scopes ID [--scope S]... | set-meta ID [--meta K=V]... | set-expiry ID RFC3339|none
+//! set-label ID LABEL
 //! list | show ID | renew ID | undo ID | activate ID | deactivate ID | delete ID
 //! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
 //! delete-old ID [--if-idle 7d] | housekeep
@@ -30,8 +33,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::{
-    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, NewKey,
-    OldTokenDeletion, Policy, TokenFormat, TokenInfo,
+    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, Metadata,
+    NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
 };
 use store::SqliteStore;
 use time::format_description::well_known::Rfc3339;
@@ -75,7 +78,38 @@ enum Command {
         /// Refuse tokens past their renewal period (default: only warn).
         #[arg(long)]
         enforced: bool,
+        /// A scope the key holds (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A metadata entry, `KEY=VALUE` (repeat for more).
+        #[arg(long = "meta", value_parser = parse_entry)]
+        metadata: Vec<(String, String)>,
+        /// A hard expiry of the whole key (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        expires: Option<OffsetDateTime>,
     },
+    /// Replace a key's scopes (none given: no scopes).
+    SetScopes {
+        id: KeyId,
+        /// A scope the key holds (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Replace a key's metadata (none given: no metadata).
+    SetMeta {
+        id: KeyId,
+        /// A metadata entry, `KEY=VALUE` (repeat for more).
+        #[arg(long = "meta", value_parser = parse_entry)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Move a key's hard expiry (RFC 3339), or remove it (`none`).
+    SetExpiry {
+        id: KeyId,
+        #[arg(value_parser = parse_expiry)]
+        expires: Expiry2,
+    },
+    /// Change a key's label.
+    SetLabel { id: KeyId, label: String },
     /// List every key, like the admin page.
     List,
     /// Show one key.
@@ -154,6 +188,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from(std).map_err(|_| format!("duration {text:?} is too long"))
 }
 
+/// `KEY=VALUE`.
+fn parse_entry(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, not {text:?}"))
+}
+
+/// An expiry, or its removal.
+#[derive(Clone, Copy)]
+struct Expiry2(Option<OffsetDateTime>);
+
+fn parse_expiry(text: &str) -> Result<Expiry2, String> {
+    match text {
+        "none" => Ok(Expiry2(None)),
+        _ => parse_time(text).map(|at| Expiry2(Some(at))),
+    }
+}
+
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
@@ -212,6 +264,28 @@ fn status(key: &ApiKey) -> &'static str {
     }
 }
 
+fn scopes(key: &ApiKey) -> String {
+    let all: Vec<&str> = key.scopes().iter().map(Scope::as_str).collect();
+    all.join(" ")
+}
+
+fn metadata(key: &ApiKey) -> String {
+    let all: Vec<String> = key
+        .metadata()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.escape_debug()))
+        .collect();
+    all.join(" ")
+}
+
+fn expiry(key: &ApiKey, now: OffsetDateTime) -> String {
+    match key.expires_at() {
+        None => "never".into(),
+        Some(at) if key.is_expired(now) => format!("{} (EXPIRED)", date(at)),
+        Some(at) => date(at),
+    }
+}
+
 /// A label as printed: control characters (which keyroll 0.1 accepted)
 /// escaped, so that a label cannot rewrite the terminal.
 fn label(key: &ApiKey) -> String {
@@ -223,6 +297,9 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("label    {}", label(key));
     println!("status   {}", status(key));
     println!("version  {}", key.version());
+    println!("scopes   {}", scopes(key));
+    println!("metadata {}", metadata(key));
+    println!("expires  {}", expiry(key, now));
     println!(
         "{}",
         token_line("current", key.current_token(), now).trim_end()
@@ -235,15 +312,19 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
 
 fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Box<dyn Error>> {
     println!(
-        "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} NOTE",
+        "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} NOTE",
         "ID",
         "LABEL",
         "STATUS",
         "TOKEN CREATED",
         "TOKEN DUE",
         "FRESHNESS",
+        "LAST USED",
         "OLD CREATED",
-        "OLD DUE"
+        "OLD DUE",
+        "OLD LAST USED",
+        "EXPIRES",
+        "SCOPES"
     );
     let mut after: Option<KeyId> = None;
     loop {
@@ -261,7 +342,7 @@ fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Bo
                 other => other,
             };
             println!(
-                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {}",
+                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} {}",
                 key.id().as_str(),
                 label(key).chars().take(20).collect::<String>(),
                 status(key),
@@ -272,6 +353,8 @@ fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Bo
                 old_created,
                 old_due,
                 old_used,
+                expiry(key, now),
+                scopes(key),
                 decision(key),
             );
         }
@@ -314,6 +397,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             prefix,
             period,
             enforced,
+            scopes,
+            metadata,
+            expires,
         } => {
             let policy = Policy {
                 token_format: TokenFormat::new(&prefix)?,
@@ -329,16 +415,30 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 ..Policy::default()
             };
             let id = id.unwrap_or_else(|| KeyId::generate(&mut rng));
-            let (token, event) = manager.create_key(
-                NewKey::new(id.clone()).label(label).policy(policy),
-                now,
-                &mut rng,
-            )?;
+            let mut new = NewKey::new(id.clone())
+                .label(label)
+                .policy(policy)
+                .scopes(Scopes::new(scopes)?)
+                .metadata(Metadata::new(metadata)?);
+            if let Some(at) = expires {
+                new = new.expires_at(at);
+            }
+            let (token, event) = manager.create_key(new, now, &mut rng)?;
             print_event(&event)?;
             println!("key id: {id}");
             println!("token:  {}", token.expose_secret());
             eprintln!("warning: copy the token now; it will not be shown again");
         }
+        Command::SetScopes { id, scopes } => {
+            print_event(&manager.set_scopes(&id, Scopes::new(scopes)?, now)?)?;
+        }
+        Command::SetMeta { id, metadata } => {
+            print_event(&manager.set_metadata(&id, Metadata::new(metadata)?, now)?)?;
+        }
+        Command::SetExpiry { id, expires } => {
+            print_event(&manager.set_expiry(&id, expires.0, now)?)?;
+        }
+        Command::SetLabel { id, label } => print_event(&manager.set_label(&id, &label, now)?)?,
         Command::List => list(&manager, now)?,
         Command::Show { id } => {
             let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;

@@ -182,7 +182,10 @@ fn http_the_whole_renewal_story() {
     let first = token_of(&created);
     assert_eq!(
         service.whoami("acme-orders", &first),
-        (200, json!({"key_id": "acme-orders", "token": "current"}))
+        (
+            200,
+            json!({"key_id": "acme-orders", "token": "current", "scopes": [], "metadata": {}})
+        )
     );
 
     let renewed = service.admin("POST", "/admin/keys/acme-orders/renew", None);
@@ -559,7 +562,10 @@ fn http_one_string_bearer_tokens_and_the_two_header_form() {
     let other = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "other"}))));
     assert_eq!(
         service.bearer(&token),
-        (200, json!({"key_id": "acme_orders.v2", "token": "current"}))
+        (
+            200,
+            json!({"key_id": "acme_orders.v2", "token": "current", "scopes": [], "metadata": {}})
+        )
     );
     assert_eq!(service.whoami("acme_orders.v2", &token).0, 200);
     // Another key's token in the two-header form, and a bearer token beside
@@ -709,4 +715,197 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
             "a token in the logs"
         );
     }
+}
+
+/// Scopes and metadata on keys through the admin API, a route guarded by a
+/// scope, and the admin API itself authorized by a key holding
+/// `keyroll:admin` (the bootstrap token only creates the first one).
+#[test]
+fn http_scopes_guard_routes_and_the_admin_api() {
+    let service = start();
+    let admin = token_of(&service.admin(
+        "POST",
+        "/admin/keys",
+        Some(json!({"id": "ops", "scopes": ["keyroll:admin"]})),
+    ));
+    let request = |method: &str, path: &str, bearer: &str, body: Option<Value>| {
+        let url = format!("{}{path}", service.base);
+        let auth = format!("Bearer {bearer}");
+        let response = match (method, body) {
+            ("GET", _) => service
+                .agent
+                .get(&url)
+                .header("Authorization", &auth)
+                .call(),
+            ("PUT", Some(body)) => service
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+            (_, body) => service
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or(json!({})).to_string()),
+        };
+        let mut response = response.unwrap();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let mut text = String::new();
+        response
+            .body_mut()
+            .as_reader()
+            .read_to_string(&mut text)
+            .unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (response.status().as_u16(), challenge, body)
+    };
+
+    // The admin key manages keys: one with scopes, metadata and an expiry.
+    let created = request(
+        "POST",
+        "/admin/keys",
+        &admin,
+        Some(json!({
+            "id": "acme",
+            "label": "orders",
+            "scopes": ["orders:read"],
+            "metadata": {"tenant": "acme"},
+            "expires_at": "2099-01-01T00:00:00Z",
+        })),
+    );
+    assert_eq!(created.0, 201, "{created:?}");
+    let acme = created.2["token"].as_str().unwrap().to_owned();
+    let shown = service.admin("GET", "/admin/keys/acme", None);
+    assert_eq!(shown.1["scopes"], json!(["orders:read"]));
+    assert_eq!(shown.1["metadata"], json!({"tenant": "acme"}));
+    assert_eq!(shown.1["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(
+        service.bearer(&acme).1,
+        json!({"key_id": "acme", "token": "current", "scopes": ["orders:read"], "metadata": {"tenant": "acme"}})
+    );
+
+    // A route guarded by orders:read.
+    let orders = request("GET", "/v1/orders", &acme, None);
+    assert_eq!(orders.0, 200, "{orders:?}");
+    let put = request(
+        "PUT",
+        "/admin/keys/acme/scopes",
+        &admin,
+        Some(json!({"scopes": ["billing:read"]})),
+    );
+    assert_eq!(put.0, 200, "{put:?}");
+    let refused = request("GET", "/v1/orders", &acme, None);
+    assert_eq!(refused.0, 403);
+    assert_eq!(
+        refused.1.as_deref(),
+        Some("Bearer error=\"insufficient_scope\", scope=\"orders:read\"")
+    );
+    // A key without keyroll:admin cannot use the admin API.
+    let denied = request("GET", "/admin/keys", &acme, None);
+    assert_eq!(denied.0, 403);
+    assert_eq!(
+        denied.1.as_deref(),
+        Some("Bearer error=\"insufficient_scope\", scope=\"keyroll:admin\"")
+    );
+    // No valid credential at all: 401 with a challenge.
+    let unauthenticated = request("GET", "/admin/keys", "kr_nope", None);
+    assert_eq!(unauthenticated.0, 401);
+    assert_eq!(
+        unauthenticated.1.as_deref(),
+        Some("Bearer realm=\"keyroll\"")
+    );
+
+    // The other setters.
+    for (path, body) in [
+        (
+            "/admin/keys/acme/metadata",
+            json!({"metadata": {"tenant": "globex", "owner": "ops"}}),
+        ),
+        ("/admin/keys/acme/label", json!({"label": "orders v2"})),
+        ("/admin/keys/acme/expiry", json!({"expires_at": null})),
+    ] {
+        let answer = request("PUT", path, &admin, Some(body));
+        assert_eq!(answer.0, 200, "{path}: {answer:?}");
+    }
+    let shown = service.admin("GET", "/admin/keys/acme", None);
+    assert_eq!(
+        shown.1["metadata"],
+        json!({"owner": "ops", "tenant": "globex"})
+    );
+    assert_eq!(shown.1["label"], "orders v2");
+    assert_eq!(shown.1["expires_at"], Value::Null);
+    let expired = request(
+        "PUT",
+        "/admin/keys/acme/expiry",
+        &admin,
+        Some(json!({"expires_at": "2020-01-01T00:00:00Z"})),
+    );
+    assert_eq!(expired.0, 200);
+    assert_eq!(service.bearer(&acme), refusal());
+
+    // Bad input: 400 naming it, nothing changed.
+    let many_scopes: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+    let many_entries: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (path, body, needle) in [
+        (
+            "/admin/keys/acme/scopes",
+            json!({"scopes": ["has space"]}).to_string(),
+            "invalid scope \"has space\"",
+        ),
+        (
+            "/admin/keys/acme/scopes",
+            json!({"scopes": many_scopes}).to_string(),
+            "too many scopes: 65",
+        ),
+        (
+            "/admin/keys/acme/metadata",
+            json!({"metadata": many_entries}).to_string(),
+            "too many metadata entries: 33",
+        ),
+        (
+            "/admin/keys/acme/metadata",
+            r#"{"metadata": {"tenant": "a", "tenant": "b"}}"#.to_owned(),
+            "\"tenant\" is given twice",
+        ),
+        (
+            "/admin/keys/acme/metadata",
+            json!({"metadata": {"note": "v".repeat(513)}}).to_string(),
+            "513 bytes",
+        ),
+        (
+            "/admin/keys/acme/metadata",
+            json!({"metadata": {"": "v"}}).to_string(),
+            "the key is empty",
+        ),
+        (
+            "/admin/keys/acme/label",
+            json!({"label": "bell\u{7}"}).to_string(),
+            "control character",
+        ),
+    ] {
+        let answer = answer(
+            service
+                .agent
+                .put(format!("{}{path}", service.base))
+                .header("Authorization", &format!("Bearer {admin}"))
+                .header("Content-Type", "application/json")
+                .send(body),
+        );
+        assert_eq!(answer.0, 400, "{path}: {answer:?}");
+        let message = answer.1["error"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{message} should contain {needle}"
+        );
+    }
+    assert_eq!(
+        service.admin("GET", "/admin/keys/acme", None).1["label"],
+        "orders v2"
+    );
 }

@@ -454,3 +454,74 @@ fn keyctl_revokes_leaked_tokens_and_tells_whose_a_token_is() {
             .contains("Current")
     );
 }
+
+#[test]
+fn keyctl_keeps_scopes_metadata_and_expiry_on_keys() {
+    let ctl = Ctl::new();
+    let token = token_from(
+        &ctl.ok(&[
+            "create",
+            "--label",
+            "orders",
+            "--id",
+            "acme",
+            "--scope",
+            "orders:read",
+            "--scope",
+            "orders:write",
+            "--meta",
+            "tenant=acme",
+            "--expires",
+            "2099-06-30T00:00:00Z",
+        ]),
+        "token:",
+    );
+    let shown = ctl.ok(&["show", "acme"]);
+    assert!(
+        shown.contains("scopes   orders:read orders:write"),
+        "{shown}"
+    );
+    assert!(shown.contains("metadata tenant=acme"), "{shown}");
+    assert!(shown.contains("expires  2099-06-30 00:00"), "{shown}");
+    assert!(ctl.ok(&["list"]).contains("2099-06-30 00:00"));
+
+    ctl.ok(&["set-scopes", "acme", "--scope", "orders:read"]);
+    ctl.ok(&[
+        "set-meta",
+        "acme",
+        "--meta",
+        "tenant=globex",
+        "--meta",
+        "owner=ops",
+    ]);
+    ctl.ok(&["set-label", "acme", "orders v2"]);
+    let shown = ctl.ok(&["show", "acme"]);
+    assert!(shown.contains("scopes   orders:read\n"), "{shown}");
+    assert!(
+        shown.contains("metadata owner=ops tenant=globex"),
+        "{shown}"
+    );
+    assert!(shown.contains("label    orders v2"), "{shown}");
+
+    // Expired: nothing verifies, renewals are refused until the expiry moves.
+    ctl.ok(&["set-expiry", "acme", "2020-01-01T00:00:00Z"]);
+    assert!(ctl.ok(&["show", "acme"]).contains("EXPIRED"));
+    assert!(ctl.verify_fails(None, "acme", &token).contains("expired"));
+    assert!(ctl.fails(&["renew", "acme"]).contains("set_expiry"));
+    ctl.ok(&["set-expiry", "acme", "none"]);
+    assert!(ctl.verify_ok(None, "acme", &token).contains("Current"));
+
+    // Bad input: one line naming it.
+    assert!(
+        ctl.fails(&["set-scopes", "acme", "--scope", "has space"])
+            .contains("invalid scope \"has space\"")
+    );
+    assert!(
+        ctl.fails(&["set-meta", "acme", "--meta", "a=1", "--meta", "a=2"])
+            .contains("given twice")
+    );
+    assert!(
+        ctl.fails(&["set-label", "acme", "bad\u{7}"])
+            .contains("control character")
+    );
+}
