@@ -1,13 +1,14 @@
 //! Memory per key: fills an `InMemoryStore` with 1,000,000 keys, a quarter of
 //! them renewing, and prints the growth of the process's resident memory.
+//! With `attributes`, every key also has 3 scopes and 2 metadata entries.
 //!
 //! ```text
-//! cargo run --release --example memory [KEYS]
+//! cargo run --release --example memory [KEYS] [attributes]
 //! ```
 
 use std::error::Error;
 
-use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, NewKey};
+use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, Metadata, NewKey, Scopes};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::OffsetDateTime;
@@ -28,6 +29,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let keys: usize = std::env::args()
         .nth(1)
         .map_or(Ok(1_000_000), |n| n.parse())?;
+    let attributes = std::env::args().nth(2).as_deref() == Some("attributes");
     let mut rng = StdRng::seed_from_u64(1);
     let now = OffsetDateTime::now_utc();
     let store = InMemoryStore::new();
@@ -35,8 +37,20 @@ fn main() -> Result<(), Box<dyn Error>> {
     let before = resident_bytes()?;
     for i in 0..keys {
         let id = KeyId::new(format!("key-{i:07}"))?;
-        let (mut key, _token, _) =
-            ApiKey::issue(NewKey::new(id).label(format!("service {i}")), now, &mut rng)?;
+        let mut new = NewKey::new(id).label(format!("service {i}"));
+        if attributes {
+            new = new
+                .scopes(Scopes::new([
+                    "orders:read",
+                    "orders:write",
+                    "billing:read",
+                ])?)
+                .metadata(Metadata::new([
+                    ("tenant", format!("t-{i}")),
+                    ("owner", "ops".into()),
+                ])?);
+        }
+        let (mut key, _token, _) = ApiKey::issue(new, now, &mut rng)?;
         if i % 4 == 0 {
             key.renew(now, &mut rng)?;
         }

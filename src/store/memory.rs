@@ -1,6 +1,6 @@
 //! [`InMemoryStore`]: keys in memory, compact and cheap to verify against.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,8 +26,9 @@ use crate::verify::{KeyView, TokenView};
 /// operation. Implements both [`KeyStore`] and [`AsyncKeyStore`] (its futures
 /// are ready at once).
 ///
-/// Keys are kept compactly (a policy shared by many keys is stored once), so
-/// a million keys take about 300 MB (see `BENCHMARKS.md`). `list` sorts the
+/// Keys are kept compactly (a policy or a set of scopes shared by many keys
+/// is stored once, and never freed while the store lives), so a million keys
+/// take about 270 MB (see `BENCHMARKS.md`). `list` sorts the
 /// ids once after keys were added or removed, then pages by binary search.
 /// It holds at most `u32::MAX` keys; inserting more panics.
 ///
@@ -62,6 +63,9 @@ struct Inner {
     /// Every distinct policy, stored once.
     policies: Vec<Policy>,
     policy_numbers: HashMap<Policy, u32>,
+    /// Every distinct set of scopes, stored once: keys holding equal sets
+    /// share one (services have few permission sets and many keys).
+    scope_sets: HashSet<Scopes>,
 }
 
 /// An [`ApiKey`], compactly: its policy replaced by a number, its tokens
@@ -156,9 +160,16 @@ impl Inner {
         if policy == next {
             self.policies.push(key.policy);
         }
+        let scopes = match self.scope_sets.get(&key.scopes) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.scope_sets.insert(key.scopes.clone());
+                key.scopes.clone()
+            }
+        };
         let rare = Rare {
             current_revoked_at: key.current.revoked_at,
-            scopes: key.scopes.clone(),
+            scopes,
             metadata: key.metadata.clone(),
             expires_at: key.expires_at,
         };
