@@ -31,7 +31,8 @@
 //! # Features
 //!
 //! - `serde` (default): `Serialize`/`Deserialize` for [`ApiKey`] (checked on
-//!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`] and the small enums.
+//!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`], the attributes and
+//!   the small enums; [`record`], the JSON record codec stores share.
 //! - `conformance`: [`conformance`], the suite any [`KeyStore`] or
 //!   [`AsyncKeyStore`] backend runs to show it keeps the store contract.
 //! - `proptest`: [`testing`], a reference model of the lifecycle and
@@ -53,7 +54,7 @@ mod manager;
 mod new_key;
 mod policy;
 #[cfg(feature = "serde")]
-mod record;
+pub mod record;
 mod revision;
 mod store;
 #[cfg(feature = "proptest")]
@@ -72,6 +73,8 @@ pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, M
 pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};
 pub use revision::Revision;
-pub use store::{AsyncKeyStore, InMemoryStore, KeyStore, StoreError, Verification};
+pub use store::{
+    AsyncKeyStore, DynKeyStore, DynStoreError, InMemoryStore, KeyStore, StoreError, Verification,
+};
 pub use token::{InvalidPrefix, Token, TokenFormat};
 pub use verify::{Authenticated, Freshness, TokenMatch, VerifyError};

@@ -1,4 +1,21 @@
-//! The serialized form of an [`ApiKey`] (feature `serde`), checked on load.
+//! The record codec (feature `serde`): the JSON form of an [`ApiKey`] that
+//! stores keep, checked on load. Every backend writes and reads keys through
+//! [`encode`] and [`decode_row`] (or serde directly), so a change of the
+//! record schema reaches every backend at once.
+//!
+//! # Example
+//!
+//! ```
+//! use keyroll::{ApiKey, KeyId, Revision, record};
+//! use time::OffsetDateTime;
+//!
+//! let (key, _, _) = ApiKey::issue(KeyId::new("acme")?, OffsetDateTime::now_utc(), &mut rand::rng())?;
+//! let json = record::encode(&key)?;
+//! // A store that keeps the id and the revision in columns checks them too.
+//! assert_eq!(record::decode_row(&json, "acme", key.revision())?, key);
+//! assert!(record::decode_row(&json, "other", key.revision()).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! A record carries `"schema": 2`, the key's `incarnation` and, when it has
 //! them, its `scopes`, `metadata` and `expires_at`. Records of schema 1
@@ -23,6 +40,95 @@ use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
 use crate::policy::Policy;
+use crate::revision::Revision;
+
+/// Why a record could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The key could not be encoded (it cannot happen to a key built by
+    /// keyroll's public calls; kept as an error rather than a panic).
+    #[error("key {id} cannot be encoded: {source}")]
+    Encode {
+        /// The key's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored record does not load: bad JSON, an unknown schema, or a
+    /// broken invariant (the message says which).
+    #[error("stored key {id} is unreadable: {source}")]
+    Corrupt {
+        /// The row's id.
+        id: String,
+        /// Why it does not load.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored record names another id or revision than its row (a record
+    /// copied into another row must never authenticate there).
+    #[error("stored key {id} does not match its row: {problem}")]
+    Mismatch {
+        /// The row's id.
+        id: String,
+        /// What differs.
+        problem: String,
+    },
+}
+
+/// The JSON record of `key`.
+///
+/// # Errors
+///
+/// [`RecordError::Encode`].
+pub fn encode(key: &ApiKey) -> Result<String, RecordError> {
+    serde_json::to_string(key).map_err(|source| RecordError::Encode {
+        id: key.id().to_string(),
+        source,
+    })
+}
+
+/// The key in a JSON record, checked (as serde's `Deserialize` does).
+///
+/// # Errors
+///
+/// [`RecordError::Corrupt`], naming `row_id`.
+pub fn decode(record: &str, row_id: &str) -> Result<ApiKey, RecordError> {
+    serde_json::from_str(record).map_err(|source| RecordError::Corrupt {
+        id: row_id.to_owned(),
+        source,
+    })
+}
+
+/// The key in a row's JSON record, refused unless its id is the row's id
+/// and its revision the row's revision: for backends that keep those in
+/// columns (and compare-and-swap on them).
+///
+/// # Errors
+///
+/// [`RecordError::Corrupt`], [`RecordError::Mismatch`].
+pub fn decode_row(
+    record: &str,
+    row_id: &str,
+    row_revision: Revision,
+) -> Result<ApiKey, RecordError> {
+    let key = decode(record, row_id)?;
+    let problem = if key.id().as_str() != row_id {
+        format!("the record is of key {}", key.id())
+    } else if key.revision() != row_revision {
+        format!(
+            "the record is at revision {}, the row at {row_revision}",
+            key.revision()
+        )
+    } else {
+        return Ok(key);
+    };
+    Err(RecordError::Mismatch {
+        id: row_id.to_owned(),
+        problem,
+    })
+}
 
 /// The record schema this version writes.
 const SCHEMA: u32 = 2;

@@ -8,8 +8,10 @@
 //!
 //! The contract a backend keeps is in [`KeyStore`]'s docs.
 
+mod dynamic;
 mod memory;
 
+pub use dynamic::{DynKeyStore, DynStoreError};
 pub use memory::InMemoryStore;
 
 use std::future::Future;

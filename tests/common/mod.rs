@@ -51,19 +51,3 @@ pub fn assert_invariants(key: &ApiKey) {
         assert_eq!(token.due_at(), token.created_at().saturating_add(period));
     }
 }
-
-/// A built example next to the running test binary (`cargo test` builds
-/// the examples before it runs the tests).
-pub fn example_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --all-features --example {name}` first",
-        path.display()
-    );
-    path
-}

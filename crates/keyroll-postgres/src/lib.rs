@@ -1,5 +1,10 @@
-//! An `AsyncKeyStore` over PostgreSQL: keys shared by the replicas of a
+//! A [`keyroll`] store in PostgreSQL: API keys shared by the replicas of a
 //! service running on many machines.
+//!
+//! [`PgStore`] is an [`AsyncKeyStore`] over `tokio-postgres` and a
+//! `deadpool-postgres` pool: [`PgStore::connect`] from a URL (TLS through
+//! rustls when the URL's `sslmode` asks for it, certificates verified), or
+//! [`PgStore::from_pool`] with a pool of yours.
 //!
 //! One table (created by [`PgStore::migrate`], idempotent):
 //!
@@ -19,16 +24,46 @@
 //! and a copy loaded before a delete and re-create of its id matches
 //! nothing: no update is lost, and a write is visible to every replica as
 //! soon as it returns. `list` pages by key (`id > $1 ORDER BY id LIMIT $2`),
-//! never by OFFSET. A row whose record names another id or revision than its
-//! columns is refused as corrupt.
+//! never by OFFSET. Records are written and read through
+//! [`keyroll::record`]; a row whose record names another id or revision than
+//! its columns is refused. Backend errors keep their SQLSTATE
+//! ([`PgStoreError::code`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use keyroll::{AsyncKeyManager, KeyId};
+//! use keyroll_postgres::PgStore;
+//! use rand::SeedableRng;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgStore::connect("postgres://keyroll@db.internal/keys?sslmode=require").await?;
+//! store.migrate().await?;
+//! let manager = AsyncKeyManager::new(store);
+//! let now = time::OffsetDateTime::now_utc();
+//! let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+//! let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rng).await?;
+//! assert!(manager.authenticate(token.expose_secret(), now).await.is_ok());
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
+use keyroll::record::{self, RecordError};
 use keyroll::{ApiKey, AsyncKeyStore, KeyId, Revision, StoreError};
 use tokio::sync::OnceCell;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+
+pub use rustls::RootCertStore;
 
 /// What can go wrong in the PostgreSQL store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PgStoreError {
     /// No connection could be had from the pool.
     #[error("postgres pool: {0}")]
@@ -39,32 +74,16 @@ pub enum PgStoreError {
         /// The SQLSTATE, when the server sent one.
         code: Option<SqlState>,
         /// The driver's error.
+        #[source]
         source: tokio_postgres::Error,
     },
-    /// A stored record does not load.
-    #[error("stored key {id} is unreadable: {source}")]
-    Corrupt {
-        /// The row's id.
-        id: String,
-        /// Why it does not load.
-        source: serde_json::Error,
-    },
-    /// A stored record names another id or revision than its row.
-    #[error("stored key {id} does not match its row: {problem}")]
-    Mismatch {
-        /// The row's id.
-        id: String,
-        /// What differs.
-        problem: String,
-    },
-    /// A key that could not be written as JSON.
-    #[error("key {id} cannot be encoded: {source}")]
-    Encode {
-        /// The key's id.
-        id: String,
-        /// Why.
-        source: serde_json::Error,
-    },
+    /// A stored record could not be read, or names another id or revision
+    /// than its row; or a key could not be written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The URL or the TLS settings could not make a pool.
+    #[error("cannot connect: {0}")]
+    Config(String),
     /// A version or incarnation beyond BIGINT.
     #[error("{0} does not fit a BIGINT")]
     OutOfRange(u64),
@@ -89,7 +108,7 @@ impl PgStoreError {
     }
 }
 
-/// A [`AsyncKeyStore`] in one PostgreSQL table.
+/// An [`AsyncKeyStore`] in one PostgreSQL table.
 pub struct PgStore {
     pool: Pool,
     table: String,
@@ -108,24 +127,92 @@ struct Statements {
 }
 
 impl PgStore {
-    /// A store in the table `keyroll_keys`.
-    pub fn new(pool: Pool) -> Self {
-        Self::with_table(pool, "keyroll_keys")
+    /// A store over a pool made from `url` (`postgres://user@host/db?...`),
+    /// in the table `keyroll_keys`. With `sslmode=require` (or `prefer`,
+    /// the default) the connection uses TLS through rustls, the server's
+    /// certificate verified against the system's root certificates;
+    /// `sslmode=disable` connects in the clear.
+    ///
+    /// # Errors
+    ///
+    /// [`PgStoreError::Config`] for a URL the driver refuses or no root
+    /// certificates. Connecting is lazy: a server that cannot be reached is
+    /// an error of the first call.
+    pub async fn connect(url: &str) -> Result<PgStore, PgStoreError> {
+        let mut roots = RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
+        PgStore::connect_with_roots(url, roots).await
+    }
+
+    /// [`connect`](PgStore::connect), verifying the server's certificate
+    /// against `roots` (for instance your own CA) instead of the system's.
+    ///
+    /// # Errors
+    ///
+    /// [`PgStoreError::Config`].
+    pub async fn connect_with_roots(
+        url: &str,
+        roots: RootCertStore,
+    ) -> Result<PgStore, PgStoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| PgStoreError::Config(format!("{e}")))?;
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let pool = if config.get_ssl_mode() == SslMode::Disable {
+            let manager = deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                manager_config,
+            );
+            Pool::builder(manager).build()
+        } else {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| PgStoreError::Config(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let manager = deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            );
+            Pool::builder(manager).build()
+        };
+        let pool = pool.map_err(|e| PgStoreError::Config(e.to_string()))?;
+        Ok(PgStore::from_pool(pool))
+    }
+
+    /// A store over your pool, in the table `keyroll_keys`.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self::in_table(pool, "keyroll_keys".into())
     }
 
     /// A store in another table: `table` must be a plain lower-case SQL
-    /// identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
+    /// identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes), since it is
+    /// spliced into SQL.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If `table` is not such an identifier: it is spliced into SQL.
-    pub fn with_table(pool: Pool, table: &str) -> Self {
+    /// [`PgStoreError::Config`] for any other name.
+    pub fn with_table(pool: Pool, table: &str) -> Result<Self, PgStoreError> {
         let plain = table.len() <= 63
             && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && table
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        assert!(plain, "not a plain SQL identifier: {table:?}");
+        if !plain {
+            return Err(PgStoreError::Config(format!(
+                "not a plain lower-case SQL identifier: {table:?}"
+            )));
+        }
+        Ok(Self::in_table(pool, table.to_owned()))
+    }
+
+    fn in_table(pool: Pool, table: String) -> Self {
         let sql = Statements {
             get: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
@@ -151,14 +238,20 @@ impl PgStore {
         };
         PgStore {
             pool,
-            table: table.to_owned(),
+            table,
             migrated: OnceCell::new(),
             sql,
         }
     }
 
-    /// Creates the table if it does not exist. Safe to run from many
-    /// replicas at once; every other method runs it once first.
+    /// Creates the table if it does not exist, and upgrades a table written
+    /// by keyroll 0.1 (adds and fills the incarnation column). Safe to run
+    /// from many replicas at once; every other method runs it once first.
+    ///
+    /// # Errors
+    ///
+    /// The server's, or [`PgStoreError::Record`] for an old row that does
+    /// not load.
     pub async fn migrate(&self) -> Result<(), PgStoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -186,11 +279,7 @@ impl PgStore {
             .await?;
         for row in old {
             let id: String = row.get(0);
-            let key: ApiKey =
-                serde_json::from_str(row.get(1)).map_err(|source| PgStoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
+            let key = record::decode(row.get(1), &id)?;
             let incarnation = bigint(key.revision().incarnation())?;
             tx.execute(
                 &format!("UPDATE {table} SET incarnation = $2 WHERE id = $1"),
@@ -206,7 +295,16 @@ impl PgStore {
         Ok(())
     }
 
+    /// The pool the store uses.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Drops the table: for tests.
+    ///
+    /// # Errors
+    ///
+    /// The server's.
     pub async fn drop_table(&self) -> Result<(), PgStoreError> {
         let client = self.pool.get().await?;
         client
@@ -254,14 +352,10 @@ fn revision(incarnation: i64, version: i64) -> Revision {
 fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> {
     let revision = key.revision();
     let columns = (|| {
-        let record = serde_json::to_string(key).map_err(|source| PgStoreError::Encode {
-            id: key.id().to_string(),
-            source,
-        })?;
         Ok((
             bigint(revision.incarnation())?,
             bigint(revision.version())?,
-            record,
+            record::encode(key)?,
         ))
     })();
     columns.map_err(StoreError::Backend)
@@ -270,23 +364,12 @@ fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> 
 /// Loads a row (id, incarnation, version, record), refusing a record that
 /// names another id or revision.
 fn decode(row: &tokio_postgres::Row) -> Result<ApiKey, PgStoreError> {
-    let id: String = row.get(0);
-    let at = revision(row.get(1), row.get(2));
-    let key: ApiKey = match serde_json::from_str(row.get(3)) {
-        Ok(key) => key,
-        Err(source) => return Err(PgStoreError::Corrupt { id, source }),
-    };
-    let problem = if key.id().as_str() != id {
-        format!("the record is of key {}", key.id())
-    } else if key.revision() != at {
-        format!(
-            "the record is at revision {}, the row at {at}",
-            key.revision()
-        )
-    } else {
-        return Ok(key);
-    };
-    Err(PgStoreError::Mismatch { id, problem })
+    let id: &str = row.get(0);
+    Ok(record::decode_row(
+        row.get(3),
+        id,
+        revision(row.get(1), row.get(2)),
+    )?)
 }
 
 impl AsyncKeyStore for PgStore {

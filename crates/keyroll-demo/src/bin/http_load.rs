@@ -3,8 +3,8 @@
 //! without authentication), from a loopback client.
 //!
 //! ```text
-//! KEYROLL_ADMIN_TOKEN=load cargo run --release --example http_service -- --listen 127.0.0.1:8080 &
-//! KEYROLL_ADMIN_TOKEN=load cargo run --release --example http_load -- --url http://127.0.0.1:8080
+//! KEYROLL_ADMIN_TOKEN=load cargo run --release -p keyroll-demo --bin http_service -- --listen 127.0.0.1:8080 &
+//! KEYROLL_ADMIN_TOKEN=load cargo run --release -p keyroll-demo --bin http_load -- --url http://127.0.0.1:8080
 //! ```
 //!
 //! Bounded: each run stops after `--seconds` or `--max-requests`, whichever

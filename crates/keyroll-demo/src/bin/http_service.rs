@@ -2,7 +2,7 @@
 //! admin API, over axum.
 //!
 //! ```text
-//! KEYROLL_ADMIN_TOKEN=change-me cargo run --example http_service -- \
+//! KEYROLL_ADMIN_TOKEN=change-me cargo run -p keyroll-demo --bin http_service -- \
 //!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL]
 //! ```
 //!
@@ -50,13 +50,6 @@
 //! Renewing a key whose old token's scheduled deletion is due applies that
 //! deletion first (and audits it). SQLite calls run on tokio's blocking pool.
 
-#[path = "postgres/store.rs"]
-#[allow(dead_code)] // a module to copy: the service uses part of it
-mod pg;
-#[path = "sqlite/store.rs"]
-#[allow(dead_code)] // a module to copy: the service uses part of it
-mod sqlite;
-
 use std::error::Error;
 use std::sync::Arc;
 
@@ -70,10 +63,12 @@ use axum::{Extension, Json, Router};
 use base64::Engine;
 use clap::Parser;
 use keyroll::{
-    ApiKey, AsyncKeyManager, AsyncKeyStore, AuthError, Authenticated, Event, InMemoryStore, KeyId,
-    KeyState, KeyStatus, KeyStore, ManagerError, Metadata, NewKey, OldTokenDeletion, Revision,
-    Scopes, StoreError, Token, TokenInfo, TransitionError,
+    ApiKey, AsyncKeyManager, AuthError, Authenticated, DynKeyStore, DynStoreError, Event,
+    InMemoryStore, KeyId, KeyState, KeyStatus, ManagerError, Metadata, NewKey, OldTokenDeletion,
+    Scopes, Token, TokenInfo, TransitionError,
 };
+use keyroll_postgres::PgStore;
+use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
 use p256::ecdsa::signature::Verifier;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
@@ -101,121 +96,16 @@ struct Cli {
 
 // ---------------------------------------------------------------- the store
 
-/// One of the three stores, chosen at start.
-enum AnyStore {
-    Memory(InMemoryStore),
-    Sqlite(Arc<sqlite::SqliteStore>),
-    Postgres(pg::PgStore),
-}
-
-/// Any store's error.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct AnyError(Box<dyn Error + Send + Sync>);
-
-fn any<E: Error + Send + Sync + 'static>(e: E) -> AnyError {
-    AnyError(Box::new(e))
-}
-
-/// Runs a call of the (blocking) SQLite store on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<sqlite::SqliteStore>,
-    call: impl FnOnce(&sqlite::SqliteStore) -> T + Send + 'static,
-) -> T {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || call(&store))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
-impl AsyncKeyStore for AnyStore {
-    type Error = AnyError;
-
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, AnyError> {
-        match self {
-            AnyStore::Memory(s) => AsyncKeyStore::get(s, id).await.map_err(any),
-            AnyStore::Sqlite(s) => {
-                let id = id.clone();
-                blocking(s, move |s| s.get(&id)).await.map_err(any)
-            }
-            AnyStore::Postgres(s) => s.get(id).await.map_err(any),
-        }
-    }
-
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<AnyError>> {
-        match self {
-            AnyStore::Memory(s) => AsyncKeyStore::insert(s, key)
-                .await
-                .map_err(|e| e.map_backend(any)),
-            AnyStore::Sqlite(s) => {
-                let key = key.clone();
-                blocking(s, move |s| s.insert(&key))
-                    .await
-                    .map_err(|e| e.map_backend(any))
-            }
-            AnyStore::Postgres(s) => s.insert(key).await.map_err(|e| e.map_backend(any)),
-        }
-    }
-
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<AnyError>> {
-        match self {
-            AnyStore::Memory(s) => AsyncKeyStore::update(s, key, expected)
-                .await
-                .map_err(|e| e.map_backend(any)),
-            AnyStore::Sqlite(s) => {
-                let key = key.clone();
-                blocking(s, move |s| s.update(&key, expected))
-                    .await
-                    .map_err(|e| e.map_backend(any))
-            }
-            AnyStore::Postgres(s) => s
-                .update(key, expected)
-                .await
-                .map_err(|e| e.map_backend(any)),
-        }
-    }
-
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<AnyError>> {
-        match self {
-            AnyStore::Memory(s) => AsyncKeyStore::delete(s, id, expected)
-                .await
-                .map_err(|e| e.map_backend(any)),
-            AnyStore::Sqlite(s) => {
-                let id = id.clone();
-                blocking(s, move |s| s.delete(&id, expected))
-                    .await
-                    .map_err(|e| e.map_backend(any))
-            }
-            AnyStore::Postgres(s) => s.delete(id, expected).await.map_err(|e| e.map_backend(any)),
-        }
-    }
-
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, AnyError> {
-        match self {
-            AnyStore::Memory(s) => AsyncKeyStore::list(s, after, limit).await.map_err(any),
-            AnyStore::Sqlite(s) => {
-                let after = after.cloned();
-                blocking(s, move |s| s.list(after.as_ref(), limit))
-                    .await
-                    .map_err(any)
-            }
-            AnyStore::Postgres(s) => s.list(after, limit).await.map_err(any),
-        }
-    }
-}
-
-fn open_store(spec: &str) -> Result<AnyStore, Box<dyn Error>> {
+/// The store `--store` names: in memory, SQLite (on tokio's blocking pool)
+/// or PostgreSQL, behind one type.
+async fn open_store(spec: &str) -> Result<DynKeyStore, Box<dyn Error>> {
     match spec.split_once(':') {
-        None if spec == "memory" => Ok(AnyStore::Memory(InMemoryStore::new())),
-        Some(("sqlite", path)) => Ok(AnyStore::Sqlite(Arc::new(sqlite::SqliteStore::open(path)?))),
+        None if spec == "memory" => Ok(DynKeyStore::new(InMemoryStore::new())),
+        Some(("sqlite", path)) => Ok(DynKeyStore::new(SqliteStore::open(path)?)),
         Some(("postgres", url)) => {
-            let mut config = deadpool_postgres::Config::new();
-            config.url = Some(url.to_owned());
-            let pool = config.create_pool(
-                Some(deadpool_postgres::Runtime::Tokio1),
-                tokio_postgres::NoTls,
-            )?;
-            Ok(AnyStore::Postgres(pg::PgStore::new(pool)))
+            let store = PgStore::connect(url).await?;
+            store.migrate().await?;
+            Ok(DynKeyStore::new(store))
         }
         _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
     }
@@ -254,8 +144,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ManagerError<AnyError>> for ApiError {
-    fn from(e: ManagerError<AnyError>) -> Self {
+impl From<ManagerError<DynStoreError>> for ApiError {
+    fn from(e: ManagerError<DynStoreError>) -> Self {
         let status = match &e {
             ManagerError::NotFound => StatusCode::NOT_FOUND,
             ManagerError::Transition(
@@ -310,7 +200,7 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
 // ---------------------------------------------------------------- state
 
 struct App {
-    keys: AsyncKeyManager<AnyStore>,
+    keys: AsyncKeyManager<DynKeyStore>,
     /// The keys secret scanning reports are signed with, if enabled.
     scanner_keys: Option<ScannerKeys>,
     /// SHA-256 of the admin token, compared in constant time.
@@ -951,7 +841,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
     let app = Arc::new(App {
-        keys: AsyncKeyManager::new(open_store(&cli.store)?).with_usage_recording(true),
+        keys: AsyncKeyManager::new(open_store(&cli.store).await?).with_usage_recording(true),
         scanner_keys: cli
             .github_keys
             .as_deref()

@@ -1,13 +1,10 @@
 //! `keyctl`, run as a user would: the built example binary, as a process.
 
-mod common;
-
 use std::path::PathBuf;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::example_binary;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -26,7 +23,7 @@ impl Ctl {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(example_binary("keyctl"))
+        Command::new(env!("CARGO_BIN_EXE_keyctl"))
             .arg("--db")
             .arg(&self.db)
             .args(args)
@@ -51,7 +48,7 @@ impl Ctl {
 
     /// Runs `args` with `input` as a line on standard input.
     fn with_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = Command::new(example_binary("keyctl"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyctl"))
             .arg("--db")
             .arg(&self.db)
             .args(args)
@@ -265,7 +262,7 @@ fn keyctl_now_never_writes() {
 fn keyctl_escapes_control_characters_in_labels() {
     let ctl = Ctl::new();
     ctl.ok(&["list"]); // creates the database
-    let record = include_str!("fixtures/schema-1/single.json")
+    let record = include_str!("../../../tests/fixtures/schema-1/single.json")
         .replace("\"label\":\"single\"", "\"label\":\"\\u001b[2Jgotcha\"");
     let key: keyroll::ApiKey = serde_json::from_str(&record).unwrap();
     assert_eq!(key.label(), "\u{1b}[2Jgotcha");
@@ -320,7 +317,7 @@ fn keyctl_bad_input_is_one_line_and_a_failure() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-    let out = Command::new(example_binary("keyctl"))
+    let out = Command::new(env!("CARGO_BIN_EXE_keyctl"))
         .arg("--db")
         .arg(&junk)
         .arg("list")
@@ -524,4 +521,30 @@ fn keyctl_keeps_scopes_metadata_and_expiry_on_keys() {
         ctl.fails(&["set-label", "acme", "bad\u{7}"])
             .contains("control character")
     );
+}
+
+/// keyctl over PostgreSQL (`--store postgres:URL`), when a server is given
+/// (`.ci/run` starts one and sets `KEYROLL_PG_URL`).
+#[test]
+fn keyctl_works_over_postgres() {
+    let Ok(url) = std::env::var("KEYROLL_PG_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "KEYROLL_PG_URL must be set in CI"
+        );
+        eprintln!("skipped: KEYROLL_PG_URL is not set");
+        return;
+    };
+    let ctl = Ctl::new();
+    let store = format!("postgres:{url}");
+    let id = format!("keyctl-pg-{}", std::process::id());
+    let created = ctl.ok(&["--store", &store, "create", "--id", &id, "--label", "pg"]);
+    let token = token_from(&created, "token:");
+    let out = ctl.with_stdin(&["--store", &store, "verify", &id], &token);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("Current"));
+    assert!(
+        ctl.ok(&["--store", &store, "show", &id])
+            .contains("label    pg")
+    );
+    ctl.ok(&["--store", &store, "delete", &id]);
 }

@@ -1,28 +1,21 @@
-//! The PostgreSQL example store against a real server, read from
-//! `KEYROLL_PG_URL` (`.ci/run` starts one): the conformance suite, two
-//! replicas racing in one process and in two, and read-your-writes across
-//! replicas.
-
-mod common;
-
-#[path = "../examples/postgres/store.rs"]
-#[allow(dead_code)] // the tests use part of the store module
-mod store;
+//! The PostgreSQL store against a real server, read from `KEYROLL_PG_URL`
+//! (`.ci/run` starts one): the conformance suite, two replicas racing in one
+//! process and in two, read-your-writes across replicas, tampered rows,
+//! tables of keyroll 0.1, and TLS with certificate verification.
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::example_binary;
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
 use keyroll::{
     AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, NewKey, OldTokenDeletion, StoreError, Token,
     TokenMatch, VerifyError, conformance,
 };
+use keyroll_postgres::{PgStore, PgStoreError};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use store::{PgStore, PgStoreError};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -69,11 +62,12 @@ async fn postgres_store_passes_the_conformance_suite() {
     conformance::run_all_async(|| {
         let table = fresh_table("conformance");
         tables.lock().unwrap().push(table.clone());
-        PgStore::with_table(pool.clone(), &table)
+        PgStore::with_table(pool.clone(), &table).unwrap()
     })
     .await;
     for table in tables.into_inner().unwrap() {
         PgStore::with_table(pool.clone(), &table)
+            .unwrap()
             .drop_table()
             .await
             .unwrap();
@@ -104,10 +98,12 @@ async fn postgres_two_replicas_racing_lose_nothing() {
     let table = fresh_table("race");
     // Two replicas: separate pools, separate managers, one table.
     let a = Arc::new(
-        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table)).with_max_retries(64),
+        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table).unwrap())
+            .with_max_retries(64),
     );
     let b = Arc::new(
-        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table)).with_max_retries(64),
+        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table).unwrap())
+            .with_max_retries(64),
     );
     let (ids, first_tokens) = create_keys(&a, 3).await;
     let ids = Arc::new(ids);
@@ -183,8 +179,8 @@ async fn postgres_two_replicas_racing_lose_nothing() {
 async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at_once() {
     let Some(url) = server_url() else { return };
     let table = fresh_table("visible");
-    let a = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
-    let b = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
+    let a = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
+    let b = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
     let (ids, first) = create_keys(&a, 1).await;
     let (id, first) = (&ids[0], &first[0]);
     let now = OffsetDateTime::now_utc();
@@ -233,17 +229,15 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
 async fn postgres_two_processes_racing_lose_nothing() {
     let Some(url) = server_url() else { return };
     let table = fresh_table("processes");
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table));
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
     let (ids, _) = create_keys(&manager, 3).await;
     let keys = ids.iter().map(KeyId::as_str).collect::<Vec<_>>().join(",");
 
     let children: Vec<_> = (0..2)
         .map(|seed| {
-            Command::new(example_binary("postgres"))
-                .args([
-                    "--url", &url, "--table", &table, "race", "--keys", &keys, "--ops", "200",
-                ])
-                .args(["--seed", &seed.to_string()])
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "race_child", "--nocapture", "--test-threads=1"])
+                .env(RACE_CHILD, format!("{table} {keys} {seed}"))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -258,8 +252,11 @@ async fn postgres_two_processes_racing_lose_nothing() {
             "replica failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The harness prints lines of its own around the child's.
         for line in String::from_utf8(out.stdout).unwrap().lines() {
-            let (id, n) = line.split_once(' ').unwrap();
+            let Some((id, n)) = line.strip_prefix("RACE ").and_then(|l| l.split_once(' ')) else {
+                continue;
+            };
             *successes.entry(id.to_owned()).or_default() += n.parse::<u64>().unwrap();
         }
     }
@@ -281,7 +278,7 @@ async fn postgres_errors_keep_the_sql_state() {
     let Some(url) = server_url() else { return };
     let pool = pool(&url, 2);
     let table = fresh_table("broken");
-    let store = PgStore::with_table(pool.clone(), &table);
+    let store = PgStore::with_table(pool.clone(), &table).unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap(); // idempotent
     let client = pool.get().await.unwrap();
@@ -311,7 +308,13 @@ async fn postgres_errors_keep_the_sql_state() {
         .await
         .unwrap();
     let err = store.get(&KeyId::new("bad").unwrap()).await.unwrap_err();
-    assert!(matches!(err, PgStoreError::Corrupt { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PgStoreError::Record(keyroll::record::RecordError::Corrupt { .. })
+        ),
+        "{err}"
+    );
     store.drop_table().await.unwrap();
 }
 
@@ -322,7 +325,7 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
     let Some(url) = server_url() else { return };
     let pool = pool(&url, 2);
     let table = fresh_table("tampered");
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table));
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table).unwrap());
     let now = OffsetDateTime::now_utc();
     let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
     let mut rng = StdRng::seed_from_u64(5);
@@ -336,7 +339,13 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
         .await
         .unwrap();
     let err = manager.store().get(&b).await.unwrap_err();
-    assert!(matches!(err, PgStoreError::Mismatch { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PgStoreError::Record(keyroll::record::RecordError::Mismatch { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("key-a"), "{err}");
     // The store itself refuses the row (the manager already refuses a
     // token that names another key before reading any).
@@ -365,7 +374,7 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
     let Some(url) = server_url() else { return };
     let pool = pool(&url, 2);
     let table = fresh_table("old");
-    let record = include_str!("fixtures/schema-1/later.json");
+    let record = include_str!("../../../tests/fixtures/schema-1/later.json");
     let client = pool.get().await.unwrap();
     client
         .batch_execute(&format!(
@@ -381,7 +390,7 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
         )
         .await
         .unwrap();
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table));
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table).unwrap());
     let id = KeyId::new("later").unwrap();
     let key = manager.get(&id).await.unwrap().unwrap();
     assert_eq!(key, serde_json::from_str(record).unwrap());
@@ -389,8 +398,58 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
         .delete_old(&id, OffsetDateTime::now_utc())
         .await
         .unwrap();
-    let again = PgStore::with_table(pool.clone(), &table);
+    let again = PgStore::with_table(pool.clone(), &table).unwrap();
     again.migrate().await.unwrap();
     assert_eq!(again.get(&id).await.unwrap().unwrap().version(), 4);
     again.drop_table().await.unwrap();
+}
+
+/// Set to `TABLE KEY,KEY.. SEED` when this test binary runs as one racing
+/// replica of `postgres_two_processes_racing_lose_nothing`.
+const RACE_CHILD: &str = "KEYROLL_PG_RACE_CHILD";
+
+/// One replica in its own process (a no-op unless run as the child): 200
+/// random transitions on the keys, then one `RACE id successes` line per
+/// key.
+#[tokio::test(flavor = "current_thread")]
+async fn race_child() {
+    let Ok(spec) = std::env::var(RACE_CHILD) else {
+        return;
+    };
+    let url = server_url().expect("the parent had a server");
+    let mut parts = spec.split(' ');
+    let (table, keys, seed) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let keys: Vec<KeyId> = keys.split(',').map(|k| KeyId::new(k).unwrap()).collect();
+    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), table).unwrap())
+        .with_max_retries(64);
+    let mut rng = StdRng::seed_from_u64(seed.parse().unwrap());
+    let mut successes = vec![0u32; keys.len()];
+    for _ in 0..200 {
+        let k = rng.random_range(0..keys.len());
+        let id = &keys[k];
+        let now = OffsetDateTime::now_utc();
+        let result = match rng.random_range(0..4) {
+            0 => manager.renew(id, now, &mut rng).await.map(|_| ()),
+            1 => manager.undo_renewal(id, now).await.map(|_| ()),
+            2 => manager
+                .finalize(id, OldTokenDeletion::Later, now)
+                .await
+                .map(|_| ()),
+            _ => manager.delete_old(id, now).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => successes[k] += 1,
+            Err(keyroll::ManagerError::Transition(_)) => {}
+            Err(e) => panic!("replica failed: {e}"),
+        }
+    }
+    // The harness has printed "test race_child ... " with no newline.
+    println!();
+    for (id, n) in keys.iter().zip(successes) {
+        println!("RACE {id} {n}");
+    }
 }

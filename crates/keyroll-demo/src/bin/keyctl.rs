@@ -1,7 +1,7 @@
 //! `keyctl`: manage API keys in an SQLite database from the command line.
 //!
 //! ```text
-//! cargo run --example keyctl -- [--db keys.db] <command>
+//! cargo run -p keyroll-demo --bin keyctl -- [--db keys.db] <command>
 //!
 //! create --label L [--id ID] [--prefix kr] [--period 3m|6m] [--enforced]
 //!        [--scope S]... [--meta K=V]... [--expires RFC3339]
@@ -22,10 +22,6 @@
 //! with it, nothing is written. Labels are printed with control characters
 //! escaped. Every error is one line on stderr and a non-zero exit status.
 
-#[path = "sqlite/store.rs"]
-#[allow(dead_code)] // keyctl uses part of the store module
-mod store;
-
 use std::error::Error;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -33,10 +29,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::{
-    ApiKey, Decision, Event, Expiry, Freshness, KeyId, KeyManager, KeyState, KeyStatus, Metadata,
-    NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
+    ApiKey, AsyncKeyManager, Decision, DynKeyStore, Event, Expiry, Freshness, KeyId, KeyState,
+    KeyStatus, Metadata, NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
 };
-use store::SqliteStore;
+use keyroll_postgres::PgStore;
+use keyroll_sqlite::SqliteStore;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Duration, OffsetDateTime};
@@ -47,9 +44,13 @@ use time::{Duration, OffsetDateTime};
     about = "Manage API keys whose tokens are renewed with an overlap"
 )]
 struct Cli {
-    /// The SQLite database file.
+    /// The SQLite database file (when no `--store` is given).
     #[arg(long, global = true, default_value = "keys.db")]
     db: PathBuf,
+    /// Where the keys are: `sqlite:PATH` or `postgres:URL` (default: the
+    /// SQLite file `--db`).
+    #[arg(long, global = true, env = "KEYROLL_STORE")]
+    store: Option<String>,
     /// Look at the keys as if the time were this RFC 3339 instant (to see
     /// freshness, expiry and scheduled deletions). Nothing is written:
     /// commands that change keys are refused, and `verify` records no use.
@@ -310,7 +311,24 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     }
 }
 
-fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Box<dyn Error>> {
+/// The store `--store` (or `--db`) names.
+async fn open_store(cli: &Cli) -> Result<DynKeyStore, Box<dyn Error>> {
+    match cli.store.as_deref().map(|spec| spec.split_once(':')) {
+        None => Ok(DynKeyStore::new(SqliteStore::open(&cli.db)?)),
+        Some(Some(("sqlite", path))) => Ok(DynKeyStore::new(SqliteStore::open(path)?)),
+        Some(Some(("postgres", url))) => {
+            let store = PgStore::connect(url).await?;
+            store.migrate().await?;
+            Ok(DynKeyStore::new(store))
+        }
+        _ => Err("unknown --store: use sqlite:PATH or postgres:URL".into()),
+    }
+}
+
+async fn list(
+    manager: &AsyncKeyManager<DynKeyStore>,
+    now: OffsetDateTime,
+) -> Result<(), Box<dyn Error>> {
     println!(
         "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} NOTE",
         "ID",
@@ -328,7 +346,7 @@ fn list(manager: &KeyManager<SqliteStore>, now: OffsetDateTime) -> Result<(), Bo
     );
     let mut after: Option<KeyId> = None;
     loop {
-        let page = manager.list(after.as_ref(), 100)?;
+        let page = manager.list(after.as_ref(), 100).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id().clone());
         for key in &page {
@@ -376,7 +394,7 @@ fn token_from_stdin() -> Result<zeroize::Zeroizing<String>, Box<dyn Error>> {
     Ok(line)
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     if cli.now.is_some() && !cli.command.only_looks() {
         return Err(
             "--now is for looking (list, show, verify, whois): it never changes keys".into(),
@@ -388,7 +406,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
     let manager =
-        KeyManager::new(SqliteStore::open(&cli.db)?).with_usage_recording(cli.now.is_none());
+        AsyncKeyManager::new(open_store(&cli).await?).with_usage_recording(cli.now.is_none());
     let mut rng = rand::rng();
     match cli.command {
         Command::Create {
@@ -423,29 +441,38 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             if let Some(at) = expires {
                 new = new.expires_at(at);
             }
-            let (token, event) = manager.create_key(new, now, &mut rng)?;
+            let (token, event) = manager.create_key(new, now, &mut rng).await?;
             print_event(&event)?;
             println!("key id: {id}");
             println!("token:  {}", token.expose_secret());
             eprintln!("warning: copy the token now; it will not be shown again");
         }
         Command::SetScopes { id, scopes } => {
-            print_event(&manager.set_scopes(&id, Scopes::new(scopes)?, now)?)?;
+            print_event(&manager.set_scopes(&id, Scopes::new(scopes)?, now).await?)?;
         }
         Command::SetMeta { id, metadata } => {
-            print_event(&manager.set_metadata(&id, Metadata::new(metadata)?, now)?)?;
+            print_event(
+                &manager
+                    .set_metadata(&id, Metadata::new(metadata)?, now)
+                    .await?,
+            )?;
         }
         Command::SetExpiry { id, expires } => {
-            print_event(&manager.set_expiry(&id, expires.0, now)?)?;
+            print_event(&manager.set_expiry(&id, expires.0, now).await?)?;
         }
-        Command::SetLabel { id, label } => print_event(&manager.set_label(&id, &label, now)?)?,
-        Command::List => list(&manager, now)?,
+        Command::SetLabel { id, label } => {
+            print_event(&manager.set_label(&id, &label, now).await?)?
+        }
+        Command::List => list(&manager, now).await?,
         Command::Show { id } => {
-            let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
+            let key = manager
+                .get(&id)
+                .await?
+                .ok_or_else(|| format!("no key {id}"))?;
             show(&key, now);
         }
         Command::Renew { id } => {
-            let (token, event) = manager.renew(&id, now, &mut rng)?;
+            let (token, event) = manager.renew(&id, now, &mut rng).await?;
             print_event(&event)?;
             println!("new token: {}", token.expose_secret());
             eprintln!("warning: copy the new token now; it will not be shown again");
@@ -454,37 +481,40 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             );
         }
         Command::Finalize { id, delete_old } => {
-            print_event(&manager.finalize(&id, delete_old, now)?)?;
+            print_event(&manager.finalize(&id, delete_old, now).await?)?;
         }
         Command::DeleteOld { id, if_idle: None } => {
-            print_event(&manager.delete_old(&id, now)?)?;
+            print_event(&manager.delete_old(&id, now).await?)?;
         }
         Command::DeleteOld {
             id,
             if_idle: Some(min_idle),
         } => {
-            print_event(&manager.delete_old_if_idle(&id, min_idle, now)?)?;
+            print_event(&manager.delete_old_if_idle(&id, min_idle, now).await?)?;
         }
         Command::Housekeep => {
-            let events = manager.housekeep_all(now)?;
+            let events = manager.housekeep_all(now).await?;
             for event in &events {
                 print_event(event)?;
             }
             eprintln!("{} old token(s) deleted on schedule", events.len());
         }
-        Command::Undo { id } => print_event(&manager.undo_renewal(&id, now)?)?,
-        Command::Activate { id } => print_event(&manager.activate(&id, now)?)?,
-        Command::Deactivate { id } => print_event(&manager.deactivate(&id, now)?)?,
-        Command::Delete { id } => print_event(&manager.delete_key(&id, now)?)?,
-        Command::Revoke => match manager.revoke_token(&token_from_stdin()?, now)? {
+        Command::Undo { id } => print_event(&manager.undo_renewal(&id, now).await?)?,
+        Command::Activate { id } => print_event(&manager.activate(&id, now).await?)?,
+        Command::Deactivate { id } => print_event(&manager.deactivate(&id, now).await?)?,
+        Command::Delete { id } => print_event(&manager.delete_key(&id, now).await?)?,
+        Command::Revoke => match manager.revoke_token(&token_from_stdin()?, now).await? {
             Some(event) => print_event(&event)?,
             None => return Err("not a live token of any key: nothing was revoked".into()),
         },
         Command::Whois => unreachable!("answered before the database is opened"),
         Command::Verify { id } => {
             let token = token_from_stdin()?;
-            let matched = manager.authenticate_key(&id, &token, now)?.matched;
-            let key = manager.get(&id)?.ok_or_else(|| format!("no key {id}"))?;
+            let matched = manager.authenticate_key(&id, &token, now).await?.matched;
+            let key = manager
+                .get(&id)
+                .await?
+                .ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
                 KeyState::Single => "",
                 KeyState::Renewing { .. } => " (a renewal is pending)",
@@ -495,9 +525,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyctl: {e}");

@@ -1,9 +1,9 @@
-//! A `KeyStore` over SQLite: a real backend to copy into your service.
+//! A [`keyroll`] store in one SQLite file.
 //!
 //! One table, `keyroll_keys (id TEXT PRIMARY KEY, incarnation INTEGER NOT
 //! NULL, version INTEGER NOT NULL, record TEXT NOT NULL)`, where `record` is
-//! the key serialized as JSON (hashes only, never a secret). The database
-//! runs in WAL mode so readers never wait for the writer, with
+//! the key as [`keyroll::record`] encodes it (hashes only, never a secret).
+//! The database runs in WAL mode so readers never wait for the writer, with
 //! `synchronous=FULL` so that a committed write (a revocation, or a token
 //! already shown) survives a power loss. A new database file is created
 //! readable by its owner only (0600), and SQLite gives its `-wal` and `-shm`
@@ -13,64 +13,86 @@
 //! on the whole revision: `... WHERE id = ? AND incarnation = ? AND version =
 //! ?`. Several processes or connections may share one file: SQLite
 //! serializes their writes and the revision check keeps them from
-//! overwriting each other, even across a delete and re-create of an id.
+//! overwriting each other, even across a delete and re-create of an id. A
+//! row whose record names another id or revision than its columns (a record
+//! copied into another row) is refused, never returned.
 //!
-//! A row whose record names another id or revision than its columns (a
-//! record copied into another row) is refused as corrupt, never returned.
+//! [`SqliteStore`] is a [`KeyStore`]; with the default feature `tokio` it is
+//! also an [`AsyncKeyStore`](keyroll::AsyncKeyStore) whose calls run on
+//! tokio's blocking pool, never on the async workers.
+//!
+//! # Example
+//!
+//! ```
+//! use keyroll::{KeyId, KeyManager};
+//! use keyroll_sqlite::SqliteStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let manager = KeyManager::new(SqliteStore::open(dir.path().join("keys.db"))?);
+//! let now = time::OffsetDateTime::now_utc();
+//! let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng())?;
+//! assert_eq!(manager.authenticate(token.expose_secret(), now)?.key_id.as_str(), "acme");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use keyroll::record::{self, RecordError};
 use keyroll::{ApiKey, KeyId, KeyStore, Revision, StoreError};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 /// What can go wrong in the SQLite store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SqliteStoreError {
     /// SQLite refused or failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The database file could not be created.
     #[error("cannot create the database file: {0}")]
-    Create(#[from] std::io::Error),
-    /// A stored record does not load (its JSON is bad or breaks an invariant).
-    #[error("stored key {id} is unreadable: {source}")]
-    Corrupt {
-        /// The row's id.
-        id: String,
-        /// Why it does not load.
-        source: serde_json::Error,
-    },
-    /// A stored record names another id or revision than its row.
-    #[error("stored key {id} does not match its row: {problem}")]
-    Mismatch {
-        /// The row's id.
-        id: String,
-        /// What differs.
-        problem: String,
-    },
-    /// A key that could not be written as JSON.
-    #[error("key {id} cannot be encoded: {source}")]
-    Encode {
-        /// The key's id.
-        id: String,
-        /// Why.
-        source: serde_json::Error,
-    },
+    Create(#[source] std::io::Error),
+    /// A stored record could not be read, or names another id or revision
+    /// than its row; or a key could not be written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
     /// A version or incarnation beyond SQLite's 64-bit signed integers.
     #[error("{0} does not fit an SQLite integer")]
     OutOfRange(u64),
+    /// `PRAGMA integrity_check` found problems (listed).
+    #[error("the database failed its integrity check: {0}")]
+    IntegrityCheck(String),
+    /// The blocking task running the call could not finish (the runtime is
+    /// shutting down).
+    #[cfg(feature = "tokio")]
+    #[error("the blocking task was cancelled: {0}")]
+    Cancelled(#[source] tokio::task::JoinError),
 }
 
-/// A [`KeyStore`] in one SQLite database file.
+/// A [`KeyStore`] in one SQLite database. Cheap to clone: clones share one
+/// connection.
+#[derive(Clone)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
-    /// Opens (or creates, with mode 0600) the database at `path` and creates
-    /// the table if it is missing.
+    /// Opens (or creates, with mode 0600) the database at `path`, creates
+    /// the table if it is missing and upgrades a table of keyroll 0.1.
+    ///
+    /// # Errors
+    ///
+    /// [`SqliteStoreError::Create`], or SQLite's refusal (for instance of a
+    /// file that is not a database).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SqliteStoreError> {
         let path = path.as_ref();
         create_private(path)?;
@@ -78,6 +100,10 @@ impl SqliteStore {
     }
 
     /// A private database in memory, for tests.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
     pub fn open_in_memory() -> Result<Self, SqliteStoreError> {
         Self::setup(Connection::open_in_memory()?)
     }
@@ -99,12 +125,16 @@ impl SqliteStore {
         upgrade_0_1(&tx)?;
         tx.commit()?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
     /// The value of a pragma on this store's connection (e.g.
     /// `synchronous`, `journal_mode`), to check how it runs.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
     pub fn pragma(&self, name: &str) -> Result<String, SqliteStoreError> {
         let value = self
             .conn()
@@ -114,6 +144,19 @@ impl SqliteStore {
             rusqlite::types::Value::Text(text) => text,
             other => format!("{other:?}"),
         })
+    }
+
+    /// `PRAGMA integrity_check`: `Ok` when SQLite finds the database sound.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's, or [`SqliteStoreError::IntegrityCheck`] with the problems
+    /// it found.
+    pub fn integrity_check(&self) -> Result<(), SqliteStoreError> {
+        match self.pragma("integrity_check")?.as_str() {
+            "ok" => Ok(()),
+            problems => Err(SqliteStoreError::IntegrityCheck(problems.to_owned())),
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -147,7 +190,7 @@ fn create_private(path: &Path) -> Result<(), SqliteStoreError> {
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(SqliteStoreError::Create(e)),
     }
 }
 
@@ -167,12 +210,8 @@ fn upgrade_0_1(conn: &Connection) -> Result<(), SqliteStoreError> {
         .prepare("SELECT id, record FROM keyroll_keys")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    for (id, record) in rows {
-        let key: ApiKey =
-            serde_json::from_str(&record).map_err(|source| SqliteStoreError::Corrupt {
-                id: id.clone(),
-                source,
-            })?;
+    for (id, json) in rows {
+        let key = record::decode(&json, &id)?;
         conn.execute(
             "UPDATE keyroll_keys SET incarnation = ?1 WHERE id = ?2",
             params![integer(key.revision().incarnation())?, id],
@@ -190,32 +229,6 @@ fn revision(incarnation: i64, version: i64) -> Revision {
     Revision::new(incarnation as u64, version as u64)
 }
 
-fn encode(key: &ApiKey) -> Result<String, SqliteStoreError> {
-    serde_json::to_string(key).map_err(|source| SqliteStoreError::Encode {
-        id: key.id().to_string(),
-        source,
-    })
-}
-
-/// Loads a row's record, refusing one that names another id or revision.
-fn decode(id: String, row: Revision, record: &str) -> Result<ApiKey, SqliteStoreError> {
-    let key: ApiKey = match serde_json::from_str(record) {
-        Ok(key) => key,
-        Err(source) => return Err(SqliteStoreError::Corrupt { id, source }),
-    };
-    let problem = if key.id().as_str() != id {
-        format!("the record is of key {}", key.id())
-    } else if key.revision() != row {
-        format!(
-            "the record is at revision {}, the row at {row}",
-            key.revision()
-        )
-    } else {
-        return Ok(key);
-    };
-    Err(SqliteStoreError::Mismatch { id, problem })
-}
-
 /// The columns and record of a key, ready to bind.
 fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<SqliteStoreError>> {
     let revision = key.revision();
@@ -223,7 +236,7 @@ fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<SqliteStoreErro
         Ok((
             integer(revision.incarnation())?,
             integer(revision.version())?,
-            encode(key)?,
+            record::encode(key)?,
         ))
     })();
     columns.map_err(StoreError::Backend)
@@ -241,15 +254,15 @@ impl KeyStore for SqliteStore {
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        row.map(|(i, v, record)| decode(id.to_string(), revision(i, v), &record))
-            .transpose()
+        let key = row.map(|(i, v, json)| record::decode_row(&json, id.as_str(), revision(i, v)));
+        Ok(key.transpose()?)
     }
 
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
-        let (incarnation, version, record) = row_of(key)?;
+        let (incarnation, version, json) = row_of(key)?;
         let inserted = self.conn().execute(
             "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES (?1, ?2, ?3, ?4)",
-            params![key.id().as_str(), incarnation, version, record],
+            params![key.id().as_str(), incarnation, version, json],
         );
         match inserted {
             Ok(_) => Ok(()),
@@ -263,7 +276,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<SqliteStoreError>> {
-        let (incarnation, version, record) = row_of(key)?;
+        let (incarnation, version, json) = row_of(key)?;
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
         let expected_version = integer(expected.version()).map_err(backend)?;
         let expected_incarnation = integer(expected.incarnation()).map_err(backend)?;
@@ -276,7 +289,7 @@ impl KeyStore for SqliteStore {
                  WHERE id = ?3 AND incarnation = ?4 AND version = ?5 AND incarnation = ?6",
                 params![
                     version,
-                    record,
+                    json,
                     key.id().as_str(),
                     expected_incarnation,
                     expected_version,
@@ -325,9 +338,83 @@ impl KeyStore for SqliteStore {
             ))
         })?;
         rows.map(|row| {
-            let (id, revision, record) = row?;
-            decode(id, revision, &record)
+            let (id, revision, json) = row?;
+            Ok(record::decode_row(&json, &id, revision)?)
         })
         .collect()
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod blocking {
+    //! [`AsyncKeyStore`] on tokio's blocking pool.
+
+    use keyroll::{ApiKey, AsyncKeyStore, KeyId, KeyStore, Revision, StoreError};
+
+    use super::{SqliteStore, SqliteStoreError};
+
+    impl SqliteStore {
+        /// Runs `call` on a clone of the store on tokio's blocking pool.
+        async fn blocking<T: Send + 'static>(
+            &self,
+            call: impl FnOnce(&SqliteStore) -> T + Send + 'static,
+        ) -> Result<T, SqliteStoreError> {
+            let store = self.clone();
+            match tokio::task::spawn_blocking(move || call(&store)).await {
+                Ok(answer) => Ok(answer),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(SqliteStoreError::Cancelled(e)),
+            }
+        }
+    }
+
+    /// Every call runs on tokio's blocking pool (SQLite blocks on disk and
+    /// on other connections' writes), so it needs a tokio runtime.
+    impl AsyncKeyStore for SqliteStore {
+        type Error = SqliteStoreError;
+
+        async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
+            let id = id.clone();
+            self.blocking(move |s| KeyStore::get(s, &id)).await?
+        }
+
+        async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
+            let key = key.clone();
+            self.blocking(move |s| KeyStore::insert(s, &key))
+                .await
+                .map_err(StoreError::Backend)?
+        }
+
+        async fn update(
+            &self,
+            key: &ApiKey,
+            expected: Revision,
+        ) -> Result<(), StoreError<SqliteStoreError>> {
+            let key = key.clone();
+            self.blocking(move |s| KeyStore::update(s, &key, expected))
+                .await
+                .map_err(StoreError::Backend)?
+        }
+
+        async fn delete(
+            &self,
+            id: &KeyId,
+            expected: Revision,
+        ) -> Result<(), StoreError<SqliteStoreError>> {
+            let id = id.clone();
+            self.blocking(move |s| KeyStore::delete(s, &id, expected))
+                .await
+                .map_err(StoreError::Backend)?
+        }
+
+        async fn list(
+            &self,
+            after: Option<&KeyId>,
+            limit: usize,
+        ) -> Result<Vec<ApiKey>, SqliteStoreError> {
+            let after = after.cloned();
+            self.blocking(move |s| KeyStore::list(s, after.as_ref(), limit))
+                .await?
+        }
     }
 }

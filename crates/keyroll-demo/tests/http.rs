@@ -1,13 +1,10 @@
 //! The HTTP service example, end to end: started as a child process on a
 //! free loopback port and driven by a real HTTP client.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::example_binary;
 use serde_json::{Value, json};
 use ureq::Agent;
 
@@ -36,7 +33,7 @@ fn start() -> Service {
 }
 
 fn start_with(args: &[&str]) -> Service {
-    let mut child = Command::new(example_binary("http_service"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_http_service"))
         .args(["--listen", "127.0.0.1:0", "--store", "memory"])
         .args(args)
         .env("KEYROLL_ADMIN_TOKEN", ADMIN)
@@ -545,7 +542,7 @@ fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
 
 #[test]
 fn http_refuses_to_start_without_an_admin_token() {
-    let out = Command::new(example_binary("http_service"))
+    let out = Command::new(env!("CARGO_BIN_EXE_http_service"))
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("KEYROLL_ADMIN_TOKEN")
         .output()

@@ -1,15 +1,14 @@
-//! The SQLite example store: the whole conformance suite on a file-backed
-//! database, and two managers on two connections racing on one file.
-
-#[path = "../examples/sqlite/store.rs"]
-mod store;
+//! The SQLite store: the whole conformance suite (sync and async) on a
+//! file-backed database, two managers on two connections racing on one
+//! file, tampered rows, file modes and durability settings, tables of
+//! keyroll 0.1, and a writer killed with SIGKILL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyroll::{KeyId, KeyManager, KeyStore, NewKey, conformance};
+use keyroll_sqlite::{SqliteStore, SqliteStoreError};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use store::{SqliteStore, SqliteStoreError};
 use time::OffsetDateTime;
 
 #[test]
@@ -25,6 +24,17 @@ fn sqlite_store_passes_the_conformance_suite() {
 #[test]
 fn sqlite_in_memory_store_passes_the_conformance_suite() {
     conformance::run_all(|| SqliteStore::open_in_memory().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_async_conformance_suite_on_the_blocking_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    conformance::run_all_async(|| {
+        n += 1;
+        SqliteStore::open(dir.path().join(format!("async-{n}.db"))).unwrap()
+    })
+    .await;
 }
 
 #[test]
@@ -84,7 +94,13 @@ fn sqlite_corrupt_rows_are_errors_not_panics() {
     )
     .unwrap();
     let err = store.get(&KeyId::new("bad").unwrap()).unwrap_err();
-    assert!(matches!(err, SqliteStoreError::Corrupt { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SqliteStoreError::Record(keyroll::record::RecordError::Corrupt { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("bad"), "{err}");
     assert!(store.list(None, 10).is_err());
 }
@@ -113,7 +129,13 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
     )
     .unwrap();
     let err = manager.store().get(&b).unwrap_err();
-    assert!(matches!(err, SqliteStoreError::Mismatch { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SqliteStoreError::Record(keyroll::record::RecordError::Mismatch { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("key-a"), "{err}");
     assert!(
         manager
@@ -159,7 +181,7 @@ fn sqlite_files_are_private_and_writes_are_durable() {
 fn sqlite_upgrades_a_table_of_keyroll_0_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    let record = include_str!("fixtures/schema-1/later.json");
+    let record = include_str!("../../../tests/fixtures/schema-1/later.json");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "CREATE TABLE keyroll_keys (id TEXT PRIMARY KEY, version INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;",

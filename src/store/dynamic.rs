@@ -1,0 +1,212 @@
+//! [`DynKeyStore`]: any [`AsyncKeyStore`] behind one type, for a store
+//! chosen at run time.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::{AsyncKeyStore, StoreError, Verification};
+use crate::id::KeyId;
+use crate::key::ApiKey;
+use crate::revision::Revision;
+
+/// A boxed future, as the object-safe half of [`DynKeyStore`] returns them.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Any [`AsyncKeyStore`] behind one type: for a service that picks its store
+/// at start (`--store memory | sqlite:PATH | postgres:URL`) and still wants
+/// one `AsyncKeyManager<DynKeyStore>`. Each call costs one boxed future; the
+/// backend's error comes back as a [`DynStoreError`] whose `source` is the
+/// original. Cheap to clone.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{AsyncKeyManager, DynKeyStore, InMemoryStore, KeyId};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = DynKeyStore::new(InMemoryStore::new()); // or any other AsyncKeyStore
+/// let manager = AsyncKeyManager::new(store);
+/// let now = time::OffsetDateTime::now_utc();
+/// let (token, _) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
+/// assert!(manager.authenticate(token.expose_secret(), now).await.is_ok());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct DynKeyStore(Arc<dyn ObjectStore>);
+
+impl DynKeyStore {
+    /// `store`, behind the common type.
+    pub fn new<S: AsyncKeyStore + 'static>(store: S) -> DynKeyStore {
+        DynKeyStore(Arc::new(store))
+    }
+}
+
+impl fmt::Debug for DynKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DynKeyStore(..)")
+    }
+}
+
+/// The error of the store behind a [`DynKeyStore`]: its message, and the
+/// original as `source()`.
+#[derive(Debug)]
+pub struct DynStoreError(Box<dyn Error + Send + Sync>);
+
+impl DynStoreError {
+    fn new<E: Error + Send + Sync + 'static>(e: E) -> DynStoreError {
+        DynStoreError(Box::new(e))
+    }
+
+    /// The original error, to downcast to the backend's type.
+    pub fn into_inner(self) -> Box<dyn Error + Send + Sync> {
+        self.0
+    }
+}
+
+impl fmt::Display for DynStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for DynStoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// [`AsyncKeyStore`] with boxed futures and one error type: what a trait
+/// object can be.
+trait ObjectStore: Send + Sync {
+    fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>>;
+    fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
+    fn update<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        expected: Revision,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
+    fn delete<'a>(
+        &'a self,
+        id: &'a KeyId,
+        expected: Revision,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
+    fn list<'a>(
+        &'a self,
+        after: Option<&'a KeyId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>>;
+    fn verify<'a>(
+        &'a self,
+        id: &'a KeyId,
+        presented: &'a str,
+        now: OffsetDateTime,
+    ) -> Boxed<'a, Result<Verification, DynStoreError>>;
+}
+
+impl<S: AsyncKeyStore> ObjectStore for S {
+    fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>> {
+        Box::pin(async move {
+            AsyncKeyStore::get(self, id)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
+        Box::pin(async move {
+            AsyncKeyStore::insert(self, key)
+                .await
+                .map_err(|e| e.map_backend(DynStoreError::new))
+        })
+    }
+    fn update<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        expected: Revision,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
+        Box::pin(async move {
+            AsyncKeyStore::update(self, key, expected)
+                .await
+                .map_err(|e| e.map_backend(DynStoreError::new))
+        })
+    }
+    fn delete<'a>(
+        &'a self,
+        id: &'a KeyId,
+        expected: Revision,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
+        Box::pin(async move {
+            AsyncKeyStore::delete(self, id, expected)
+                .await
+                .map_err(|e| e.map_backend(DynStoreError::new))
+        })
+    }
+    fn list<'a>(
+        &'a self,
+        after: Option<&'a KeyId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>> {
+        Box::pin(async move {
+            AsyncKeyStore::list(self, after, limit)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn verify<'a>(
+        &'a self,
+        id: &'a KeyId,
+        presented: &'a str,
+        now: OffsetDateTime,
+    ) -> Boxed<'a, Result<Verification, DynStoreError>> {
+        Box::pin(async move {
+            AsyncKeyStore::verify(self, id, presented, now)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+}
+
+impl AsyncKeyStore for DynKeyStore {
+    type Error = DynStoreError;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, DynStoreError> {
+        self.0.get(id).await
+    }
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<DynStoreError>> {
+        self.0.insert(key).await
+    }
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+    ) -> Result<(), StoreError<DynStoreError>> {
+        self.0.update(key, expected).await
+    }
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+    ) -> Result<(), StoreError<DynStoreError>> {
+        self.0.delete(id, expected).await
+    }
+    async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, DynStoreError> {
+        self.0.list(after, limit).await
+    }
+    async fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Verification, DynStoreError> {
+        self.0.verify(id, presented, now).await
+    }
+}
