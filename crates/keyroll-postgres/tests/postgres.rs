@@ -453,3 +453,71 @@ async fn race_child() {
         println!("RACE {id} {n}");
     }
 }
+
+/// Roots holding the certificates of the PEM file named by `var`.
+fn roots_from(var: &str) -> Option<keyroll_postgres::RootCertStore> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = std::env::var(var).ok()?;
+    let mut roots = keyroll_postgres::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&path).expect("a PEM file") {
+        roots
+            .add(cert.expect("a certificate"))
+            .expect("a usable CA");
+    }
+    Some(roots)
+}
+
+/// TLS through rustls: with the CA that signed the server's certificate the
+/// connection is encrypted; with another CA it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_verifies_the_server_certificate() {
+    let Some(url) = server_url() else { return };
+    let (Some(ca), Some(wrong)) = (
+        roots_from("KEYROLL_PG_CA"),
+        roots_from("KEYROLL_PG_WRONG_CA"),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "KEYROLL_PG_CA and KEYROLL_PG_WRONG_CA must be set in CI"
+        );
+        eprintln!("skipped: KEYROLL_PG_CA is not set; `bash .ci/run` makes a CA and sets it");
+        return;
+    };
+    let tls_url = format!("{url}?sslmode=require");
+
+    let store = PgStore::connect_with_roots(&tls_url, ca).await.unwrap();
+    let client = store.pool().get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the connection is encrypted");
+    drop(client);
+    let manager = AsyncKeyManager::new(store);
+    let now = OffsetDateTime::now_utc();
+    let id = KeyId::new(format!("tls-{}", std::process::id())).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let (token, _) = manager.create_key(id.clone(), now, &mut rng).await.unwrap();
+    assert!(
+        manager
+            .authenticate(token.expose_secret(), now)
+            .await
+            .is_ok()
+    );
+    manager.delete_key(&id, now).await.unwrap();
+
+    let refused = PgStore::connect_with_roots(&tls_url, wrong).await.unwrap();
+    let error = refused.migrate().await.unwrap_err();
+    // The whole chain of causes: the pool's, the driver's, rustls's.
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+}
