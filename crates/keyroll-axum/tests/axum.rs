@@ -1,0 +1,262 @@
+//! The layer in an axum `Router`: in process (`tower::ServiceExt::oneshot`)
+//! and over a real socket.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use axum::{Json, Router};
+use keyroll::{AsyncKeyManager, InMemoryStore, KeyId, NewKey, Scopes, Token};
+use keyroll_axum::{Authenticated, KeyrollLayer, RequireScope, TOKEN_RENEWED};
+use time::OffsetDateTime;
+use tower::ServiceExt;
+
+async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "key_id": who.key_id, "scopes": who.scopes.len() }))
+}
+
+struct Fixture {
+    app: Router,
+    keys: Arc<AsyncKeyManager<InMemoryStore>>,
+    reader: Token,
+    plain: Token,
+}
+
+async fn fixture() -> Fixture {
+    let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()));
+    let now = OffsetDateTime::now_utc();
+    let mut rng = rand::rng();
+    let new =
+        NewKey::new(KeyId::new("reader").unwrap()).scopes(Scopes::new(["orders:read"]).unwrap());
+    let (reader, _) = keys.create_key(new, now, &mut rng).await.unwrap();
+    let (plain, _) = keys
+        .create_key(KeyId::new("plain").unwrap(), now, &mut rng)
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/orders",
+            get(whoami).layer(RequireScope::new("orders:read")),
+        )
+        .route("/whoami", get(whoami))
+        .layer(KeyrollLayer::new(keys.clone()).realm("orders").two_headers(
+            "x-vtex-api-appkey".parse().unwrap(),
+            "x-vtex-api-apptoken".parse().unwrap(),
+        ));
+    Fixture {
+        app,
+        keys,
+        reader,
+        plain,
+    }
+}
+
+async fn send(
+    app: &Router,
+    request: Request<Body>,
+) -> (StatusCode, Option<String>, Option<String>, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let (challenge, renewed) = (header(header::WWW_AUTHENTICATE), header(TOKEN_RENEWED));
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        challenge,
+        renewed,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn bearer(path: &str, token: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bearer_tokens_authenticate_and_refusals_are_uniform() {
+    let f = fixture().await;
+    let (status, _, renewed, body) =
+        send(&f.app, bearer("/whoami", f.reader.expose_secret())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, r#"{"key_id":"reader","scopes":1}"#);
+    assert_eq!(renewed, None);
+
+    // No credential: a challenge without an error code.
+    let (status, challenge, _, body) =
+        send(&f.app, Request::get("/whoami").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
+    let uniform = body;
+
+    // Malformed, unknown key, wrong token, revoked token: one answer.
+    let mut wrong = f.plain.expose_secret().to_owned();
+    let at = wrong.len() - 20;
+    let swap = if &wrong[at..at + 1] == "A" { "B" } else { "A" };
+    wrong.replace_range(at..at + 1, swap);
+    f.keys
+        .delete_key(&KeyId::new("plain").unwrap(), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    for token in ["kr_typo", f.plain.expose_secret(), &wrong] {
+        let (status, challenge, _, body) = send(&f.app, bearer("/whoami", token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some(r#"Bearer realm="orders", error="invalid_token""#)
+        );
+        assert_eq!(body, uniform);
+    }
+}
+
+#[tokio::test]
+async fn the_two_header_form_and_conflicting_headers() {
+    let f = fixture().await;
+    let two = |key: &str, token: &str| {
+        Request::get("/whoami")
+            .header("X-VTEX-API-AppKey", key)
+            .header("X-VTEX-API-AppToken", token)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(&f.app, two("reader", f.reader.expose_secret()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&f.app, two("plain", f.reader.expose_secret())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&f.app, two("bad id!", f.reader.expose_secret()))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let conflicting = Request::get("/whoami")
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", f.reader.expose_secret()),
+        )
+        .header("X-VTEX-API-AppKey", "plain")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&f.app, conflicting).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn scopes_guard_routes_and_old_tokens_are_told_to_move() {
+    let f = fixture().await;
+    assert_eq!(
+        send(&f.app, bearer("/orders", f.reader.expose_secret()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, challenge, _, _) = send(&f.app, bearer("/orders", f.plain.expose_secret())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer error="insufficient_scope", scope="orders:read""#)
+    );
+
+    let id = KeyId::new("reader").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let (newer, _) = f.keys.renew(&id, now, &mut rand::rng()).await.unwrap();
+    let (_, _, renewed, _) = send(&f.app, bearer("/whoami", f.reader.expose_secret())).await;
+    assert_eq!(renewed.as_deref(), Some("true"));
+    let (_, _, renewed, _) = send(&f.app, bearer("/whoami", newer.expose_secret())).await;
+    assert_eq!(renewed, None);
+}
+
+#[tokio::test]
+async fn store_failures_are_a_generic_503() {
+    /// A store whose reads always fail.
+    struct Down;
+    impl keyroll::AsyncKeyStore for Down {
+        type Error = std::io::Error;
+        async fn get(&self, _: &KeyId) -> Result<Option<keyroll::ApiKey>, std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
+        async fn insert(
+            &self,
+            _: &keyroll::ApiKey,
+        ) -> Result<(), keyroll::StoreError<std::io::Error>> {
+            unreachable!()
+        }
+        async fn update(
+            &self,
+            _: &keyroll::ApiKey,
+            _: keyroll::Revision,
+        ) -> Result<(), keyroll::StoreError<std::io::Error>> {
+            unreachable!()
+        }
+        async fn delete(
+            &self,
+            _: &KeyId,
+            _: keyroll::Revision,
+        ) -> Result<(), keyroll::StoreError<std::io::Error>> {
+            unreachable!()
+        }
+        async fn list(
+            &self,
+            _: Option<&KeyId>,
+            _: usize,
+        ) -> Result<Vec<keyroll::ApiKey>, std::io::Error> {
+            unreachable!()
+        }
+    }
+    let f = fixture().await;
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .layer(KeyrollLayer::new(Arc::new(AsyncKeyManager::new(Down))));
+    let (status, _, _, body) = send(&app, bearer("/whoami", f.reader.expose_secret())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !body.contains("database"),
+        "no detail for the caller: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, f.app.clone()).into_future());
+    let get = |token: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let ok = get(f.reader.expose_secret().to_owned()).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let refused = get("kr_nope".to_owned()).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(
+        refused
+            .to_lowercase()
+            .contains("www-authenticate: bearer realm=\"orders\", error=\"invalid_token\"")
+    );
+    let forbidden = get(f.plain.expose_secret().to_owned()).await;
+    assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
+    server.abort();
+}
