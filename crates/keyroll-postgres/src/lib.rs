@@ -129,8 +129,10 @@ struct Statements {
 impl PgStore {
     /// A store over a pool made from `url` (`postgres://user@host/db?...`),
     /// in the table `keyroll_keys`. With `sslmode=require` (or `prefer`,
-    /// the default) the connection uses TLS through rustls, the server's
-    /// certificate verified against the system's root certificates;
+    /// the default) the connection uses TLS through rustls whenever the
+    /// server offers it, and the server's certificate is always verified
+    /// against the system's root certificates (unlike libpq's `prefer`, a
+    /// certificate that does not verify is refused, never ignored);
     /// `sslmode=disable` connects in the clear.
     ///
     /// # Errors

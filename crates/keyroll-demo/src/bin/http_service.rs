@@ -59,7 +59,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::Engine;
 use clap::Parser;
 use keyroll::{
@@ -67,6 +67,7 @@ use keyroll::{
     InMemoryStore, KeyId, KeyState, KeyStatus, ManagerError, Metadata, NewKey, OldTokenDeletion,
     Scopes, Token, TokenInfo, TransitionError,
 };
+use keyroll_axum::{KeyrollLayer, RequireScope};
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
@@ -200,7 +201,7 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
 // ---------------------------------------------------------------- state
 
 struct App {
-    keys: AsyncKeyManager<DynKeyStore>,
+    keys: Arc<AsyncKeyManager<DynKeyStore>>,
     /// The keys secret scanning reports are signed with, if enabled.
     scanner_keys: Option<ScannerKeys>,
     /// SHA-256 of the admin token, compared in constant time.
@@ -223,86 +224,21 @@ fn rng() -> StdRng {
 
 // ---------------------------------------------------------------- API keys
 
-/// The credentials of a request: a bearer token, and the product's
-/// two-header form. Owned copies: the request (whose body is not `Sync`)
-/// cannot be borrowed across the store call.
-struct Credentials {
-    bearer: Option<String>,
-    key_id: Option<String>,
-    token: Option<String>,
+/// The bearer token of a request, if any (owned: the request, whose body
+/// is not `Sync`, cannot be borrowed across a store call).
+fn bearer(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
 }
 
-impl Credentials {
-    fn of(request: &Request) -> Credentials {
-        let header = |name: header::HeaderName| {
-            request
-                .headers()
-                .get(name)?
-                .to_str()
-                .ok()
-                .map(str::to_owned)
-        };
-        let bearer = header(header::AUTHORIZATION)
-            .and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned));
-        Credentials {
-            bearer,
-            key_id: header(header::HeaderName::from_static("x-api-key")),
-            token: header(header::HeaderName::from_static("x-api-token")),
-        }
-    }
-}
-
-/// The middleware: `Authorization: Bearer <token>`, or `X-Api-Key` and
-/// `X-Api-Token`; anything else is the one 401.
-async fn authenticate(
-    State(app): Shared,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let credentials = Credentials::of(&request);
-    let now = OffsetDateTime::now_utc();
-    let authenticated = match credentials {
-        Credentials {
-            bearer: Some(token),
-            key_id,
-            ..
-        } => {
-            // A key id sent beside a bearer token must be the one it names.
-            if let Some(raw) = key_id
-                && KeyId::from_token(&token).is_ok_and(|named| named.as_str() != raw)
-            {
-                return Err(refused(
-                    "X-Api-Key names another key than the bearer token",
-                    None,
-                ));
-            }
-            app.keys.authenticate(&token, now).await
-        }
-        Credentials {
-            key_id: Some(raw),
-            token: Some(token),
-            ..
-        } => {
-            let key_id = KeyId::new(raw).map_err(|_| refused("invalid key id", None))?;
-            app.keys.authenticate_key(&key_id, &token, now).await
-        }
-        _ => {
-            return Err(refused(
-                "no bearer token, and no X-Api-Key and X-Api-Token",
-                None,
-            ));
-        }
-    };
-    let authenticated = match authenticated {
-        Ok(authenticated) => authenticated,
-        Err(AuthError::Store(e)) => return Err(unavailable(&e)),
-        Err(e) => return Err(refused(&e.to_string(), None)),
-    };
-    request.extensions_mut().insert(authenticated);
-    Ok(next.run(request).await)
-}
-
-async fn whoami(Extension(who): Extension<Authenticated>) -> Json<serde_json::Value> {
+/// Who the request is: `keyroll_axum::Authenticated`, put there by the
+/// layer in front of the `/v1` routes.
+async fn whoami(who: keyroll_axum::Authenticated) -> Json<serde_json::Value> {
     Json(json!({
         "key_id": who.key_id,
         "token": who.matched,
@@ -311,15 +247,10 @@ async fn whoami(Extension(who): Extension<Authenticated>) -> Json<serde_json::Va
     }))
 }
 
-/// A resource guarded by a scope: the key must hold `orders:read`.
-async fn orders(
-    Extension(who): Extension<Authenticated>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    const SCOPE: &str = "orders:read";
-    if !who.scopes.contains(SCOPE) {
-        return Err(insufficient_scope(SCOPE, &who));
-    }
-    Ok(Json(json!({ "orders": [], "key_id": who.key_id })))
+/// A resource guarded by the scope `orders:read` (`RequireScope` in the
+/// router).
+async fn orders(who: keyroll_axum::Authenticated) -> Json<serde_json::Value> {
+    Json(json!({ "orders": [], "key_id": who.key_id }))
 }
 
 // ---------------------------------------------------------------- secret scanning
@@ -452,7 +383,7 @@ async fn admin_only(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(presented) = Credentials::of(&request).bearer else {
+    let Some(presented) = bearer(&request) else {
         return Err(refused("no bearer token on the admin API", None));
     };
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -820,10 +751,18 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
         .route("/admin/keys/{id}/label", axum::routing::put(set_label))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
+    // The API routes: keyroll-axum's layer (bearer tokens, and the
+    // two-header form `X-Api-Key` + `X-Api-Token`), and a scope guard.
     let api = Router::new()
         .route("/v1/whoami", get(whoami))
-        .route("/v1/orders", get(orders))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+        .route(
+            "/v1/orders",
+            get(orders).layer(RequireScope::new("orders:read")),
+        )
+        .layer(KeyrollLayer::new(app.keys.clone()).two_headers(
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderName::from_static("x-api-token"),
+        ));
     Router::new()
         .merge(admin)
         .merge(api)
@@ -836,12 +775,19 @@ fn router(app: Arc<App>) -> Router {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let cli = Cli::parse();
+    // keyroll-axum's refusals and their causes, on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let admin_token = std::env::var("KEYROLL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
     let app = Arc::new(App {
-        keys: AsyncKeyManager::new(open_store(&cli.store).await?).with_usage_recording(true),
+        keys: Arc::new(
+            AsyncKeyManager::new(open_store(&cli.store).await?).with_usage_recording(true),
+        ),
         scanner_keys: cli
             .github_keys
             .as_deref()
