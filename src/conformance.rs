@@ -23,6 +23,11 @@
 //! }
 //! ```
 //!
+//! The suite is not covered by semver: a release may add behaviours (that
+//! a store which kept the contract already has) or tighten one, and a store
+//! that passed may then fail. Pin keyroll's version in your backend's
+//! dev-dependencies and read the CHANGELOG when you move it.
+//!
 //! Every behaviour is written once against [`AsyncKeyStore`]; the sync
 //! functions run it on the calling thread through a blocking adapter, and the
 //! race behaviours use real threads for sync stores and concurrent futures

@@ -41,7 +41,7 @@ pub enum ManagerError<E> {
     /// The store failed. A write may or may not have been applied: reload
     /// the key to see.
     #[error("store error: {0}")]
-    Store(E),
+    Store(#[source] E),
 }
 
 /// Why [`KeyManager::authenticate`] refused a request.
@@ -61,7 +61,7 @@ pub enum AuthError<E> {
     Verify(#[from] VerifyError),
     /// The store failed.
     #[error("store error: {0}")]
-    Store(E),
+    Store(#[source] E),
 }
 
 /// What a transition writes back.

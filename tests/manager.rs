@@ -239,7 +239,11 @@ fn a_failed_write_hands_out_nothing_and_changes_nothing() {
     let before = manager.get(&id()).unwrap();
     let result = manager.renew(&id(), t0(), &mut rand::rng());
     assert!(matches!(result, Err(ManagerError::Store(DiskOnFire))));
-    assert_eq!(result.unwrap_err().to_string(), "store error: disk on fire");
+    let error = result.unwrap_err();
+    assert_eq!(error.to_string(), "store error: disk on fire");
+    // The backend's error is the source, for error reporters that walk it.
+    let source = std::error::Error::source(&error).expect("a source");
+    assert_eq!(source.to_string(), "disk on fire");
     assert_eq!(manager.get(&id()).unwrap(), before);
 }
 

@@ -5,9 +5,12 @@
 //! model reproduces the stored key exactly: no lost and no phantom update.
 #![cfg(all(feature = "proptest", feature = "serde"))]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use common::t0;
 use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
     DeletionReason, Event, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, KeyStore, NewKey,
@@ -15,15 +18,11 @@ use keyroll::{
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 const KEYS: usize = 4;
 const THREADS: u64 = 8;
 const CALLS: usize = 300;
-
-fn t0() -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap()
-}
 
 /// Runs the stress on `manager`; returns every event of a successful call.
 fn stress<S: KeyStore>(manager: &KeyManager<S>) -> (Vec<KeyId>, Vec<Event>) {

@@ -73,7 +73,7 @@ pub enum StoreError<E> {
     },
     /// The backend itself failed.
     #[error("store backend error: {0}")]
-    Backend(E),
+    Backend(#[source] E),
 }
 
 impl<E> StoreError<E> {
