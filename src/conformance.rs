@@ -43,6 +43,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+use crate::store::Ready;
 use crate::{
     ApiKey, AsyncKeyStore, Expiry, KeyId, KeyStore, NewKey, OldTokenDeletion, Policy, Revision,
     StoreError, Token, TokenFormat, Verification,
@@ -163,36 +164,6 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     outputs.into_iter().flatten().collect()
-}
-
-/// A sync store seen as an async one.
-struct Blocking<S>(S);
-
-impl<S: KeyStore> AsyncKeyStore for Blocking<S> {
-    type Error = S::Error;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
-        self.0.get(id)
-    }
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        self.0.insert(key)
-    }
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        self.0.update(key, expected)
-    }
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        self.0.delete(id, expected)
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
-        self.0.list(after, limit)
-    }
-    async fn verify(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Verification, S::Error> {
-        self.0.verify(id, presented, now)
-    }
 }
 
 /// Checks that the stored copy of `expected` is equal to it.
@@ -717,8 +688,8 @@ where
 /// Sync racers: one OS thread each, released together.
 fn thread_race<S: KeyStore>(
     insert: bool,
-) -> impl AsyncFn(&Blocking<S>, &[ApiKey], Revision) -> RaceResults<S::Error> {
-    async move |store: &Blocking<S>, candidates: &[ApiKey], expected: Revision| {
+) -> impl AsyncFn(&Ready<S>, &[ApiKey], Revision) -> RaceResults<S::Error> {
+    async move |store: &Ready<S>, candidates: &[ApiKey], expected: Revision| {
         let barrier = Barrier::new(candidates.len());
         std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
@@ -778,7 +749,7 @@ macro_rules! behaviours {
             ///
             /// On a violation, naming the behaviour and what was seen.
             pub fn $name<S: KeyStore>(store: S) {
-                block_on($body(Blocking(store)));
+                block_on($body(Ready(store)));
             }
 
             #[doc = concat!("The async form of [`", stringify!($name), "`].")]
@@ -856,7 +827,7 @@ behaviours! {
 ///
 /// On a violation, naming the behaviour and what was seen.
 pub fn concurrent_updates_have_one_winner<S: KeyStore>(store: S) {
-    let store = Blocking(store);
+    let store = Ready(store);
     block_on(updates_race_body(&store, thread_race::<S>(false)));
 }
 
@@ -880,7 +851,7 @@ pub async fn concurrent_updates_have_one_winner_async<S: AsyncKeyStore>(store: S
 ///
 /// On a violation, naming the behaviour and what was seen.
 pub fn concurrent_inserts_have_one_winner<S: KeyStore>(store: S) {
-    let store = Blocking(store);
+    let store = Ready(store);
     block_on(inserts_race_body(&store, thread_race::<S>(true)));
 }
 

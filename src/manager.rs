@@ -15,7 +15,7 @@ use crate::event::Event;
 use crate::id::KeyId;
 use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
 use crate::new_key::NewKey;
-use crate::store::{AsyncKeyStore, KeyStore, StoreError, Verification};
+use crate::store::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification};
 use crate::token::{self, Token};
 use crate::verify::{Authenticated, VerifyError};
 
@@ -73,6 +73,17 @@ enum Write {
     Delete,
     /// Nothing: the transition found nothing to do.
     Nothing,
+}
+
+/// Runs a future of [`KeyManager`]'s to its end: over a sync store every
+/// future is ready at its first poll.
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => unreachable!("a sync store's futures are ready at once"),
+    }
 }
 
 /// How many keys `housekeep_all` loads per page.
@@ -152,13 +163,14 @@ fn updating<T>(
 /// ```
 #[derive(Debug, Clone)]
 pub struct KeyManager<S> {
-    store: S,
-    max_retries: u32,
-    record_uses: bool,
+    /// The one implementation, over the store seen as an async one whose
+    /// futures are ready at once.
+    inner: AsyncKeyManager<Ready<S>>,
 }
 
 /// Manages keys over an [`AsyncKeyStore`]: [`KeyManager`]'s methods as
-/// `async fn`, with the same behaviour.
+/// `async fn`, with the same behaviour (`KeyManager` is this manager over
+/// its sync store, whose futures are ready at once: one implementation).
 ///
 /// Its futures are `Send` when the arguments are: to call `renew` or
 /// `create_key` from a spawned task, pass a `Send` random source such as
@@ -171,374 +183,766 @@ pub struct AsyncKeyManager<S> {
     record_uses: bool,
 }
 
-/// The methods both managers share, written once; `$($aw)*` is `.await` for
-/// the async one and nothing for the sync one.
-macro_rules! manager_methods {
-    ($Store:ident, [$($async:tt)?], [$($aw:tt)*]) => {
-        /// A manager over `store`, retrying conflicts up to
-        /// [`DEFAULT_MAX_RETRIES`] times.
-        pub fn new(store: S) -> Self {
-            Self { store, max_retries: DEFAULT_MAX_RETRIES, record_uses: false }
+impl<S: AsyncKeyStore> AsyncKeyManager<S> {
+    /// A manager over `store`, retrying conflicts up to
+    /// [`DEFAULT_MAX_RETRIES`] times.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            max_retries: DEFAULT_MAX_RETRIES,
+            record_uses: false,
         }
+    }
 
-        /// Makes [`authenticate`](Self::authenticate) record each use with
-        /// [`ApiKey::record_use`] (off by default). The key is written back
-        /// only when that changes it (at most once per token per the policy's
-        /// `usage_resolution`, or to start an after-use deletion schedule);
-        /// a write that fails or loses a race never fails the
-        /// authentication.
-        pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
-            self.record_uses = record_uses;
-            self
-        }
+    /// Makes [`authenticate`](Self::authenticate) record each use with
+    /// [`ApiKey::record_use`] (off by default). The key is written back
+    /// only when that changes it (at most once per token per the policy's
+    /// `usage_resolution`, or to start an after-use deletion schedule);
+    /// a write that fails or loses a race never fails the
+    /// authentication.
+    pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
+        self.record_uses = record_uses;
+        self
+    }
 
-        /// Sets how many times a transition is retried after a version
-        /// conflict before it fails with [`ManagerError::Conflict`].
-        pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-            self.max_retries = max_retries;
-            self
-        }
+    /// Sets how many times a transition is retried after a version
+    /// conflict before it fails with [`ManagerError::Conflict`].
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
 
-        /// The store.
-        pub fn store(&self) -> &S {
-            &self.store
-        }
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
 
-        /// Issues a new key ([`ApiKey::issue`]) and stores it; returns its
-        /// first token, shown once.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::Transition`] for input `issue` refuses;
-        /// [`ManagerError::AlreadyExists`] if the id is taken;
-        /// [`ManagerError::Store`].
-        pub $($async)? fn create_key<R: rand::CryptoRng + ?Sized>(
-            &self,
-            new: impl Into<NewKey>,
-            now: OffsetDateTime,
-            rng: &mut R,
-        ) -> Result<(Token, Event), ManagerError<S::Error>> {
-            let (key, token, event) = ApiKey::issue(new, now, rng)?;
-            $Store::insert(&self.store, &key)$($aw)*?;
-            Ok((token, event))
-        }
+    /// Issues a new key ([`ApiKey::issue`]) and stores it; returns its
+    /// first token, shown once.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Transition`] for input `issue` refuses;
+    /// [`ManagerError::AlreadyExists`] if the id is taken;
+    /// [`ManagerError::Store`].
+    pub async fn create_key<R: rand::CryptoRng + ?Sized>(
+        &self,
+        new: impl Into<NewKey>,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), ManagerError<S::Error>> {
+        let (key, token, event) = ApiKey::issue(new, now, rng)?;
+        AsyncKeyStore::insert(&self.store, &key).await?;
+        Ok((token, event))
+    }
 
-        /// [`ApiKey::renew`] on the stored key. The new token is returned only
-        /// once it is stored.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
-        /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-        pub $($async)? fn renew<R: rand::CryptoRng + ?Sized>(
-            &self,
-            id: &KeyId,
-            now: OffsetDateTime,
-            rng: &mut R,
-        ) -> Result<(Token, Event), ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.renew(now, &mut *rng)))$($aw)*
-        }
+    /// [`ApiKey::renew`] on the stored key. The new token is returned only
+    /// once it is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub async fn renew<R: rand::CryptoRng + ?Sized>(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.renew(now, &mut *rng)))
+            .await
+    }
 
-        /// [`ApiKey::finalize`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn finalize(
-            &self,
-            id: &KeyId,
-            deletion: OldTokenDeletion,
-            now: OffsetDateTime,
-        ) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.finalize(deletion, now)))$($aw)*
-        }
+    /// [`ApiKey::finalize`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn finalize(
+        &self,
+        id: &KeyId,
+        deletion: OldTokenDeletion,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.finalize(deletion, now)))
+            .await
+    }
 
-        /// [`ApiKey::delete_old`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn delete_old(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.delete_old(now)))$($aw)*
-        }
+    /// [`ApiKey::delete_old`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn delete_old(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.delete_old(now)))
+            .await
+    }
 
-        /// [`ApiKey::undo_renewal`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn undo_renewal(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.undo_renewal(now)))$($aw)*
-        }
+    /// [`ApiKey::undo_renewal`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn undo_renewal(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.undo_renewal(now)))
+            .await
+    }
 
-        /// [`ApiKey::activate`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn activate(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.activate(now)))$($aw)*
-        }
+    /// [`ApiKey::activate`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn activate(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.activate(now))).await
+    }
 
-        /// [`ApiKey::deactivate`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn deactivate(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.deactivate(now)))$($aw)*
-        }
+    /// [`ApiKey::deactivate`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn deactivate(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.deactivate(now)))
+            .await
+    }
 
-        /// [`ApiKey::set_label`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew); the transition error
-        /// [`TransitionError::InvalidLabel`].
-        pub $($async)? fn set_label(&self, id: &KeyId, label: &str, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.set_label(label, now)))$($aw)*
-        }
+    /// [`ApiKey::set_label`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); the transition error
+    /// [`TransitionError::InvalidLabel`].
+    pub async fn set_label(
+        &self,
+        id: &KeyId,
+        label: &str,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_label(label, now)))
+            .await
+    }
 
-        /// [`ApiKey::set_scopes`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn set_scopes(&self, id: &KeyId, scopes: Scopes, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.set_scopes(scopes.clone(), now)))$($aw)*
-        }
+    /// [`ApiKey::set_scopes`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn set_scopes(
+        &self,
+        id: &KeyId,
+        scopes: Scopes,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_scopes(scopes.clone(), now)))
+            .await
+    }
 
-        /// [`ApiKey::set_metadata`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn set_metadata(&self, id: &KeyId, metadata: Metadata, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.set_metadata(metadata.clone(), now)))$($aw)*
-        }
+    /// [`ApiKey::set_metadata`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn set_metadata(
+        &self,
+        id: &KeyId,
+        metadata: Metadata,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_metadata(metadata.clone(), now)))
+            .await
+    }
 
-        /// [`ApiKey::set_expiry`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew).
-        pub $($async)? fn set_expiry(&self, id: &KeyId, expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.set_expiry(expires_at, now)))$($aw)*
-        }
+    /// [`ApiKey::set_expiry`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn set_expiry(
+        &self,
+        id: &KeyId,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_expiry(expires_at, now)))
+            .await
+    }
 
-        /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
-        /// [`ManagerError::Store`].
-        pub $($async)? fn delete_key(&self, id: &KeyId, now: OffsetDateTime) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, |key| Ok((Write::Delete, key.delete(now)?)))$($aw)*
-        }
+    /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+    /// [`ManagerError::Store`].
+    pub async fn delete_key(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, |key| Ok((Write::Delete, key.delete(now)?)))
+            .await
+    }
 
-        /// [`ApiKey::delete_old_if_idle`] on the stored key.
-        ///
-        /// # Errors
-        ///
-        /// As [`renew`](Self::renew); the transition error
-        /// [`TransitionError::OldTokenInUse`] when the old token was used
-        /// less than `min_idle` ago.
-        pub $($async)? fn delete_old_if_idle(
-            &self,
-            id: &KeyId,
-            min_idle: time::Duration,
-            now: OffsetDateTime,
-        ) -> Result<Event, ManagerError<S::Error>> {
-            self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))$($aw)*
-        }
+    /// [`ApiKey::delete_old_if_idle`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); the transition error
+    /// [`TransitionError::OldTokenInUse`] when the old token was used
+    /// less than `min_idle` ago.
+    pub async fn delete_old_if_idle(
+        &self,
+        id: &KeyId,
+        min_idle: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))
+            .await
+    }
 
-        /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
-        /// deletion of its old token that is due. Writes only when one is.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
-        /// [`ManagerError::Store`].
-        pub $($async)? fn housekeep(&self, id: &KeyId, now: OffsetDateTime) -> Result<Option<Event>, ManagerError<S::Error>> {
-            self.transition(id, |mut key| Ok(match key.housekeep(now) {
+    /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
+    /// deletion of its old token that is due. Writes only when one is.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+    /// [`ManagerError::Store`].
+    pub async fn housekeep(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        self.transition(id, |mut key| {
+            Ok(match key.housekeep(now) {
                 Some(event) => (Write::Update(key), Some(event)),
                 None => (Write::Nothing, None),
-            }))$($aw)*
-        }
+            })
+        })
+        .await
+    }
 
-        /// Housekeeps every stored key, paging through `list`, and returns the
-        /// events of the deletions it applied. Run it periodically.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
-        /// kept changing; keys done before the error stay done.
-        pub $($async)? fn housekeep_all(&self, now: OffsetDateTime) -> Result<Vec<Event>, ManagerError<S::Error>> {
-            let mut events = Vec::new();
-            let mut after: Option<KeyId> = None;
-            loop {
-                let page = $Store::list(&self.store, after.as_ref(), HOUSEKEEPING_PAGE)$($aw)*
-                    .map_err(ManagerError::Store)?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id().clone());
-                for mut key in page {
-                    if key.housekeep(now).is_none() {
-                        continue;
-                    }
-                    match self.housekeep(key.id(), now)$($aw)* {
-                        Ok(event) => events.extend(event),
-                        Err(ManagerError::NotFound) => {} // deleted meanwhile
-                        Err(e) => return Err(e),
-                    }
+    /// Housekeeps every stored key, paging through `list`, and returns the
+    /// events of the deletions it applied. Run it periodically.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
+    /// kept changing; keys done before the error stay done.
+    pub async fn housekeep_all(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, ManagerError<S::Error>> {
+        let mut events = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = AsyncKeyStore::list(&self.store, after.as_ref(), HOUSEKEEPING_PAGE)
+                .await
+                .map_err(ManagerError::Store)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id().clone());
+            for mut key in page {
+                if key.housekeep(now).is_none() {
+                    continue;
+                }
+                match self.housekeep(key.id(), now).await {
+                    Ok(event) => events.extend(event),
+                    Err(ManagerError::NotFound) => {} // deleted meanwhile
+                    Err(e) => return Err(e),
                 }
             }
-            Ok(events)
         }
+        Ok(events)
+    }
 
-        /// The stored key, if any.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::Store`].
-        pub $($async)? fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
-            $Store::get(&self.store, id)$($aw)*.map_err(ManagerError::Store)
+    /// The stored key, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
+        AsyncKeyStore::get(&self.store, id)
+            .await
+            .map_err(ManagerError::Store)
+    }
+
+    /// At most `limit` keys with ids after `after`, in id order: one page
+    /// of [`KeyStore::list`].
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
+        AsyncKeyStore::list(&self.store, after, limit)
+            .await
+            .map_err(ManagerError::Store)
+    }
+
+    /// Authenticates a request by its token alone (a one-string bearer
+    /// token names its key). A token that is not well-formed
+    /// ([`KeyId::from_token`] fails) is refused without any store read.
+    /// Writes nothing, unless [usage recording](Self::with_usage_recording)
+    /// is on.
+    ///
+    /// The token is parsed twice (here, for its key id, and by the
+    /// key's `verify`); that costs tens of nanoseconds against a store
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Verify`] with `Malformed`, or the key's refusal;
+    /// [`AuthError::UnknownKey`]; [`AuthError::Store`].
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        let id = KeyId::from_token(presented)?;
+        self.authenticate_stored(&id, presented, now).await
+    }
+
+    /// Authenticates a request that names its key and token apart (the
+    /// product's two-credential form, e.g. headers `X-Api-Key` and
+    /// `X-Api-Token`). A token that is not well-formed, or that names
+    /// another key, is refused without any store read. Tokens issued by
+    /// keyroll 0.1, which name no key, are accepted here.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Verify`] (`Mismatch` for a token naming another
+    /// key), [`AuthError::UnknownKey`], [`AuthError::Store`].
+    pub async fn authenticate_key(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        check_names(id, presented)?;
+        self.authenticate_stored(id, presented, now).await
+    }
+
+    /// [`ApiKey::revoke_token`] on the key the token names: the answer
+    /// to a leaked token (for instance one reported by a secret
+    /// scanner). `None`, with nothing written, for anything that is not
+    /// a live token of a stored key: malformed, of an unknown key,
+    /// wrong, already revoked or deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub async fn revoke_token(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        let Ok(id) = KeyId::from_token(presented) else {
+            return Ok(None);
+        };
+        let revoked = self
+            .transition(&id, |mut key| {
+                Ok(match key.revoke_token(presented, now) {
+                    Ok(event) => (Write::Update(key), Some(event)),
+                    Err(_) => (Write::Nothing, None),
+                })
+            })
+            .await;
+        match revoked {
+            Err(ManagerError::NotFound) => Ok(None),
+            other => other,
         }
+    }
 
-        /// At most `limit` keys with ids after `after`, in id order: one page
-        /// of [`KeyStore::list`].
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::Store`].
-        pub $($async)? fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
-            $Store::list(&self.store, after, limit)$($aw)*.map_err(ManagerError::Store)
+    /// Verifies `presented` against the key stored under `id`, recording
+    /// the use if asked to.
+    async fn authenticate_stored(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        if !self.record_uses {
+            return auth_result(AsyncKeyStore::verify(&self.store, id, presented, now).await);
         }
-
-        /// Authenticates a request by its token alone (a one-string bearer
-        /// token names its key). A token that is not well-formed
-        /// ([`KeyId::from_token`] fails) is refused without any store read.
-        /// Writes nothing, unless [usage recording](Self::with_usage_recording)
-        /// is on.
-        ///
-        /// The token is parsed twice (here, for its key id, and by the
-        /// key's `verify`); that costs tens of nanoseconds against a store
-        /// read.
-        ///
-        /// # Errors
-        ///
-        /// [`AuthError::Verify`] with `Malformed`, or the key's refusal;
-        /// [`AuthError::UnknownKey`]; [`AuthError::Store`].
-        pub $($async)? fn authenticate(
-            &self,
-            presented: &str,
-            now: OffsetDateTime,
-        ) -> Result<Authenticated, AuthError<S::Error>> {
-            let id = KeyId::from_token(presented)?;
-            self.authenticate_stored(&id, presented, now)$($aw)*
+        let mut key = AsyncKeyStore::get(&self.store, id)
+            .await
+            .map_err(AuthError::Store)?
+            .ok_or(AuthError::UnknownKey)?;
+        let authenticated = key.authenticate(presented, now)?;
+        let loaded = key.revision();
+        if key.record_use(authenticated.matched, now) {
+            // Best effort: a lost race means another request wrote a
+            // use (or a transition) first; the token was still valid.
+            let _ = AsyncKeyStore::update(&self.store, &key, loaded).await;
         }
+        Ok(authenticated)
+    }
 
-        /// Authenticates a request that names its key and token apart (the
-        /// product's two-credential form, e.g. headers `X-Api-Key` and
-        /// `X-Api-Token`). A token that is not well-formed, or that names
-        /// another key, is refused without any store read. Tokens issued by
-        /// keyroll 0.1, which name no key, are accepted here.
-        ///
-        /// # Errors
-        ///
-        /// [`AuthError::Verify`] (`Mismatch` for a token naming another
-        /// key), [`AuthError::UnknownKey`], [`AuthError::Store`].
-        pub $($async)? fn authenticate_key(
-            &self,
-            id: &KeyId,
-            presented: &str,
-            now: OffsetDateTime,
-        ) -> Result<Authenticated, AuthError<S::Error>> {
-            check_names(id, presented)?;
-            self.authenticate_stored(id, presented, now)$($aw)*
-        }
-
-        /// [`ApiKey::revoke_token`] on the key the token names: the answer
-        /// to a leaked token (for instance one reported by a secret
-        /// scanner). `None`, with nothing written, for anything that is not
-        /// a live token of a stored key: malformed, of an unknown key,
-        /// wrong, already revoked or deleted.
-        ///
-        /// # Errors
-        ///
-        /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-        pub $($async)? fn revoke_token(
-            &self,
-            presented: &str,
-            now: OffsetDateTime,
-        ) -> Result<Option<Event>, ManagerError<S::Error>> {
-            let Ok(id) = KeyId::from_token(presented) else {
-                return Ok(None);
-            };
-            let revoked = self.transition(&id, |mut key| Ok(match key.revoke_token(presented, now) {
-                Ok(event) => (Write::Update(key), Some(event)),
-                Err(_) => (Write::Nothing, None),
-            }))$($aw)*;
-            match revoked {
-                Err(ManagerError::NotFound) => Ok(None),
-                other => other,
-            }
-        }
-
-        /// Verifies `presented` against the key stored under `id`, recording
-        /// the use if asked to.
-        $($async)? fn authenticate_stored(
-            &self,
-            id: &KeyId,
-            presented: &str,
-            now: OffsetDateTime,
-        ) -> Result<Authenticated, AuthError<S::Error>> {
-            if !self.record_uses {
-                return auth_result($Store::verify(&self.store, id, presented, now)$($aw)*);
-            }
-            let mut key = $Store::get(&self.store, id)$($aw)*
-                .map_err(AuthError::Store)?
-                .ok_or(AuthError::UnknownKey)?;
-            let authenticated = key.authenticate(presented, now)?;
+    /// Loads, applies `apply`, writes back with the loaded revision, and
+    /// retries on conflict.
+    async fn transition<T>(
+        &self,
+        id: &KeyId,
+        mut apply: impl FnMut(ApiKey) -> Result<(Write, T), TransitionError>,
+    ) -> Result<T, ManagerError<S::Error>> {
+        for _ in 0..=self.max_retries {
+            let key = AsyncKeyStore::get(&self.store, id)
+                .await
+                .map_err(ManagerError::Store)?
+                .ok_or(ManagerError::NotFound)?;
             let loaded = key.revision();
-            if key.record_use(authenticated.matched, now) {
-                // Best effort: a lost race means another request wrote a
-                // use (or a transition) first; the token was still valid.
-                let _ = $Store::update(&self.store, &key, loaded)$($aw)*;
+            let (next, out) = apply(key)?;
+            let result = match &next {
+                Write::Update(key) => AsyncKeyStore::update(&self.store, key, loaded).await,
+                Write::Delete => AsyncKeyStore::delete(&self.store, id, loaded).await,
+                Write::Nothing => Ok(()),
+            };
+            if written(result)? {
+                return Ok(out);
             }
-            Ok(authenticated)
         }
-
-        /// Loads, applies `apply`, writes back with the loaded revision, and
-        /// retries on conflict.
-        $($async)? fn transition<T>(
-            &self,
-            id: &KeyId,
-            mut apply: impl FnMut(ApiKey) -> Result<(Write, T), TransitionError>,
-        ) -> Result<T, ManagerError<S::Error>> {
-            for _ in 0..=self.max_retries {
-                let key = $Store::get(&self.store, id)$($aw)*
-                    .map_err(ManagerError::Store)?
-                    .ok_or(ManagerError::NotFound)?;
-                let loaded = key.revision();
-                let (next, out) = apply(key)?;
-                let result = match &next {
-                    Write::Update(key) => $Store::update(&self.store, key, loaded)$($aw)*,
-                    Write::Delete => $Store::delete(&self.store, id, loaded)$($aw)*,
-                    Write::Nothing => Ok(()),
-                };
-                if written(result)? {
-                    return Ok(out);
-                }
-            }
-            Err(ManagerError::Conflict)
-        }
-    };
+        Err(ManagerError::Conflict)
+    }
 }
 
 impl<S: KeyStore> KeyManager<S> {
-    manager_methods!(KeyStore, [], []);
-}
+    /// A manager over `store`, retrying conflicts up to
+    /// [`DEFAULT_MAX_RETRIES`] times.
+    pub fn new(store: S) -> Self {
+        KeyManager {
+            inner: AsyncKeyManager::new(Ready(store)),
+        }
+    }
 
-impl<S: AsyncKeyStore> AsyncKeyManager<S> {
-    manager_methods!(AsyncKeyStore, [async], [.await]);
+    /// Makes [`authenticate`](Self::authenticate) record each use: see
+    /// [`AsyncKeyManager::with_usage_recording`].
+    pub fn with_usage_recording(self, record_uses: bool) -> Self {
+        KeyManager {
+            inner: self.inner.with_usage_recording(record_uses),
+        }
+    }
+
+    /// Sets how many times a transition is retried after a version
+    /// conflict before it fails with [`ManagerError::Conflict`].
+    pub fn with_max_retries(self, max_retries: u32) -> Self {
+        KeyManager {
+            inner: self.inner.with_max_retries(max_retries),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store().0
+    }
+
+    /// Issues a new key ([`ApiKey::issue`]) and stores it; returns its
+    /// first token, shown once.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Transition`] for input `issue` refuses;
+    /// [`ManagerError::AlreadyExists`] if the id is taken;
+    /// [`ManagerError::Store`].
+    pub fn create_key<R: rand::CryptoRng + ?Sized>(
+        &self,
+        new: impl Into<NewKey>,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), ManagerError<S::Error>> {
+        ready(self.inner.create_key(new, now, rng))
+    }
+
+    /// [`ApiKey::renew`] on the stored key. The new token is returned only
+    /// once it is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub fn renew<R: rand::CryptoRng + ?Sized>(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), ManagerError<S::Error>> {
+        ready(self.inner.renew(id, now, rng))
+    }
+
+    /// [`ApiKey::finalize`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn finalize(
+        &self,
+        id: &KeyId,
+        deletion: OldTokenDeletion,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.finalize(id, deletion, now))
+    }
+
+    /// [`ApiKey::delete_old`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn delete_old(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.delete_old(id, now))
+    }
+
+    /// [`ApiKey::undo_renewal`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn undo_renewal(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.undo_renewal(id, now))
+    }
+
+    /// [`ApiKey::activate`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn activate(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.activate(id, now))
+    }
+
+    /// [`ApiKey::deactivate`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn deactivate(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.deactivate(id, now))
+    }
+
+    /// [`ApiKey::set_label`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); the transition error
+    /// [`TransitionError::InvalidLabel`].
+    pub fn set_label(
+        &self,
+        id: &KeyId,
+        label: &str,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.set_label(id, label, now))
+    }
+
+    /// [`ApiKey::set_scopes`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn set_scopes(
+        &self,
+        id: &KeyId,
+        scopes: Scopes,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.set_scopes(id, scopes, now))
+    }
+
+    /// [`ApiKey::set_metadata`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn set_metadata(
+        &self,
+        id: &KeyId,
+        metadata: Metadata,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.set_metadata(id, metadata, now))
+    }
+
+    /// [`ApiKey::set_expiry`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub fn set_expiry(
+        &self,
+        id: &KeyId,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.set_expiry(id, expires_at, now))
+    }
+
+    /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+    /// [`ManagerError::Store`].
+    pub fn delete_key(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.delete_key(id, now))
+    }
+
+    /// [`ApiKey::delete_old_if_idle`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); the transition error
+    /// [`TransitionError::OldTokenInUse`] when the old token was used
+    /// less than `min_idle` ago.
+    pub fn delete_old_if_idle(
+        &self,
+        id: &KeyId,
+        min_idle: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        ready(self.inner.delete_old_if_idle(id, min_idle, now))
+    }
+
+    /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
+    /// deletion of its old token that is due. Writes only when one is.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
+    /// [`ManagerError::Store`].
+    pub fn housekeep(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        ready(self.inner.housekeep(id, now))
+    }
+
+    /// Housekeeps every stored key, paging through `list`, and returns the
+    /// events of the deletions it applied. Run it periodically.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
+    /// kept changing; keys done before the error stay done.
+    pub fn housekeep_all(&self, now: OffsetDateTime) -> Result<Vec<Event>, ManagerError<S::Error>> {
+        ready(self.inner.housekeep_all(now))
+    }
+
+    /// The stored key, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
+        ready(self.inner.get(id))
+    }
+
+    /// At most `limit` keys with ids after `after`, in id order: one page
+    /// of [`KeyStore::list`].
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
+        ready(self.inner.list(after, limit))
+    }
+
+    /// Authenticates a request by its token alone (a one-string bearer
+    /// token names its key). A token that is not well-formed
+    /// ([`KeyId::from_token`] fails) is refused without any store read.
+    /// Writes nothing, unless [usage recording](Self::with_usage_recording)
+    /// is on.
+    ///
+    /// The token is parsed twice (here, for its key id, and by the
+    /// key's `verify`); that costs tens of nanoseconds against a store
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Verify`] with `Malformed`, or the key's refusal;
+    /// [`AuthError::UnknownKey`]; [`AuthError::Store`].
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        ready(self.inner.authenticate(presented, now))
+    }
+
+    /// Authenticates a request that names its key and token apart (the
+    /// product's two-credential form, e.g. headers `X-Api-Key` and
+    /// `X-Api-Token`). A token that is not well-formed, or that names
+    /// another key, is refused without any store read. Tokens issued by
+    /// keyroll 0.1, which name no key, are accepted here.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Verify`] (`Mismatch` for a token naming another
+    /// key), [`AuthError::UnknownKey`], [`AuthError::Store`].
+    pub fn authenticate_key(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        ready(self.inner.authenticate_key(id, presented, now))
+    }
+
+    /// [`ApiKey::revoke_token`] on the key the token names: the answer
+    /// to a leaked token (for instance one reported by a secret
+    /// scanner). `None`, with nothing written, for anything that is not
+    /// a live token of a stored key: malformed, of an unknown key,
+    /// wrong, already revoked or deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub fn revoke_token(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        ready(self.inner.revoke_token(presented, now))
+    }
 }

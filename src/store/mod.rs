@@ -250,6 +250,40 @@ impl<E> StoreError<E> {
     }
 }
 
+/// A sync store seen as an async one: its futures are ready at once. The
+/// sync [`KeyManager`](crate::KeyManager) drives the async one over it, and
+/// the conformance suite runs its behaviours on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready<S>(pub(crate) S);
+
+impl<S: KeyStore> AsyncKeyStore for Ready<S> {
+    type Error = S::Error;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
+        self.0.get(id)
+    }
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+        self.0.insert(key)
+    }
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        self.0.update(key, expected)
+    }
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        self.0.delete(id, expected)
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
+        self.0.list(after, limit)
+    }
+    async fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Verification, S::Error> {
+        self.0.verify(id, presented, now)
+    }
+}
+
 /// Implements both traits for a pointer type by forwarding to its target.
 macro_rules! forward {
     ($($ptr:ty),*) => {$(
