@@ -51,6 +51,7 @@ mod id;
 mod input;
 mod key;
 mod manager;
+mod names;
 mod new_key;
 mod policy;
 #[cfg(feature = "serde")]
@@ -70,6 +71,7 @@ pub use key::{
     ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
 };
 pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, ManagerError};
+pub use names::ParseError;
 pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};
 pub use revision::Revision;

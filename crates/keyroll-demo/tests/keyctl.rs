@@ -117,7 +117,7 @@ fn keyctl_runs_the_whole_renewal_story() {
     assert!(first.starts_with("kr_"));
     assert!(
         ctl.verify_ok(None, "acme-orders", &first)
-            .contains("Current")
+            .contains("valid: current")
     );
 
     let out = ctl.run(&["renew", "acme-orders"]);
@@ -139,7 +139,10 @@ fn keyctl_runs_the_whole_renewal_story() {
         !listing.contains(&first) && !listing.contains(&second),
         "no secret in the listing"
     );
-    assert!(ctl.verify_ok(None, "acme-orders", &first).contains("Old"));
+    assert!(
+        ctl.verify_ok(None, "acme-orders", &first)
+            .contains("valid: old")
+    );
     assert!(
         ctl.fails(&["renew", "acme-orders"])
             .contains("already has a renewed token pending")
@@ -178,7 +181,7 @@ fn keyctl_runs_the_whole_renewal_story() {
 
     assert!(
         ctl.verify_ok(None, "acme-orders", &second)
-            .contains("Current")
+            .contains("valid: current")
     );
     // Never from the command line, where `ps` and shell history see it.
     assert_eq!(
@@ -221,7 +224,7 @@ fn keyctl_enforced_keys_expire() {
     assert!(token.starts_with("acme_"));
     assert!(
         ctl.verify_ok(Some(&in_days(60)), "k", &token)
-            .contains("Current")
+            .contains("valid: current")
     );
     assert!(
         ctl.verify_fails(Some(&in_days(100)), "k", &token)
@@ -247,7 +250,10 @@ fn keyctl_now_never_writes() {
         all.extend(args);
         assert!(ctl.fails(&all).contains("--now is for looking"), "{all:?}");
     }
-    assert!(ctl.verify_ok(Some(&later), "k", &token).contains("Current"));
+    assert!(
+        ctl.verify_ok(Some(&later), "k", &token)
+            .contains("valid: current")
+    );
     let shown = ctl.ok(&["show", "k"]);
     assert!(
         shown.contains("last used never"),
@@ -354,7 +360,7 @@ fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
     let second = token_from(&ctl.ok(&["renew", "k"]), "new token:");
     ctl.ok(&["finalize", "k", "--delete-old", "after-use=1h"]);
     assert!(ctl.ok(&["list"]).contains("after the new one is used"));
-    assert!(ctl.verify_ok(None, "k", &first).contains("Old"));
+    assert!(ctl.verify_ok(None, "k", &first).contains("valid: old"));
     let shown = ctl.ok(&["show", "k"]);
     let old_line = shown.lines().find(|l| l.starts_with("old")).unwrap();
     assert!(
@@ -366,7 +372,7 @@ fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
     // hour later; looking two hours ahead, the old token is gone.
     ctl.verify_ok(None, "k", &second);
     assert!(ctl.ok(&["show", "k"]).contains("old token deleted at"));
-    assert!(ctl.verify_ok(None, "k", &first).contains("Old"));
+    assert!(ctl.verify_ok(None, "k", &first).contains("valid: old"));
     assert!(
         ctl.verify_fails(Some(&in_days(1)), "k", &first)
             .contains("does not match")
@@ -386,7 +392,7 @@ fn keyctl_scheduled_and_after_use_deletion_with_last_use() {
 
     // An idle-guarded deletion: refused while the old token was just used.
     ctl.ok(&["renew", "k"]);
-    assert!(ctl.verify_ok(None, "k", &third).contains("Old"));
+    assert!(ctl.verify_ok(None, "k", &third).contains("valid: old"));
     assert!(
         ctl.fails(&["delete-old", "k", "--if-idle", "7d"])
             .contains("used at")
@@ -448,7 +454,7 @@ fn keyctl_revokes_leaked_tokens_and_tells_whose_a_token_is() {
     let third = token_from(&ctl.ok(&["renew", "acme_orders"]), "new token:");
     assert!(
         ctl.verify_ok(None, "acme_orders", &third)
-            .contains("Current")
+            .contains("valid: current")
     );
 }
 
@@ -506,7 +512,10 @@ fn keyctl_keeps_scopes_metadata_and_expiry_on_keys() {
     assert!(ctl.verify_fails(None, "acme", &token).contains("expired"));
     assert!(ctl.fails(&["renew", "acme"]).contains("set_expiry"));
     ctl.ok(&["set-expiry", "acme", "none"]);
-    assert!(ctl.verify_ok(None, "acme", &token).contains("Current"));
+    assert!(
+        ctl.verify_ok(None, "acme", &token)
+            .contains("valid: current")
+    );
 
     // Bad input: one line naming it.
     assert!(
@@ -542,7 +551,11 @@ fn keyctl_works_over_postgres() {
     let created = ctl.ok(&["--store", &store, "create", "--id", &id, "--label", "pg"]);
     let token = token_from(&created, "token:");
     let out = ctl.with_stdin(&["--store", &store, "verify", &id], &token);
-    assert!(String::from_utf8(out.stdout).unwrap().contains("Current"));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("valid: current")
+    );
     assert!(
         ctl.ok(&["--store", &store, "show", &id])
             .contains("label    pg")

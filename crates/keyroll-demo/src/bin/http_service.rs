@@ -64,8 +64,8 @@ use base64::Engine;
 use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AuthError, Authenticated, DynKeyStore, DynStoreError, Event,
-    InMemoryStore, KeyId, KeyState, KeyStatus, ManagerError, Metadata, NewKey, OldTokenDeletion,
-    Scopes, Token, TokenInfo, TransitionError,
+    InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion, Scopes,
+    Token, TokenInfo, TransitionError,
 };
 use keyroll_axum::{KeyrollLayer, RequireScope};
 use keyroll_postgres::PgStore;
@@ -447,7 +447,7 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
     json!({
         "id": key.id(),
         "label": key.label(),
-        "status": match key.status() { KeyStatus::Active => "active", KeyStatus::Inactive => "inactive" },
+        "status": key.status().to_string(),
         "version": key.version(),
         "created_at": rfc3339(key.created_at()),
         "scopes": key.scopes(),
@@ -459,7 +459,7 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
         "pending_deletion": matches!(key.state(), KeyState::Renewing { .. }),
         "decision": match key.state() {
             KeyState::Single => json!(null),
-            KeyState::Renewing { decision } => json!(format!("{decision:?}")),
+            KeyState::Renewing { decision } => json!(decision.to_string()),
         },
     })
 }

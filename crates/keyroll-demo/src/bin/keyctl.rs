@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::{
     ApiKey, AsyncKeyManager, Decision, DynKeyStore, Event, Expiry, Freshness, KeyId, KeyState,
-    KeyStatus, Metadata, NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
+    Metadata, NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -258,13 +258,6 @@ fn decision(key: &ApiKey) -> String {
     }
 }
 
-fn status(key: &ApiKey) -> &'static str {
-    match key.status() {
-        KeyStatus::Active => "active",
-        KeyStatus::Inactive => "inactive",
-    }
-}
-
 fn scopes(key: &ApiKey) -> String {
     let all: Vec<&str> = key.scopes().iter().map(Scope::as_str).collect();
     all.join(" ")
@@ -296,7 +289,7 @@ fn label(key: &ApiKey) -> String {
 fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("id       {}", key.id());
     println!("label    {}", label(key));
-    println!("status   {}", status(key));
+    println!("status   {}", key.status());
     println!("version  {}", key.version());
     println!("scopes   {}", scopes(key));
     println!("metadata {}", metadata(key));
@@ -363,7 +356,7 @@ async fn list(
                 "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} {}",
                 key.id().as_str(),
                 label(key).chars().take(20).collect::<String>(),
-                status(key),
+                key.status(),
                 date(current.created_at()),
                 date(current.due_at()),
                 freshness,
@@ -519,7 +512,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 KeyState::Single => "",
                 KeyState::Renewing { .. } => " (a renewal is pending)",
             };
-            println!("valid: {matched:?} token{state}");
+            println!("valid: {matched} token{state}");
         }
     }
     Ok(())
