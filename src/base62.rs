@@ -8,7 +8,7 @@ pub(crate) const ALPHABET: &[u8; 62] =
 ///
 /// Rejection sampling: a random byte is used only when it is below 248
 /// (= 4 × 62), so `byte % 62` carries no modulo bias.
-pub(crate) fn fill_random<R: rand::CryptoRng + ?Sized>(rng: &mut R, out: &mut [u8]) {
+pub(crate) fn fill_random<R: rand_core::CryptoRng + ?Sized>(rng: &mut R, out: &mut [u8]) {
     let mut pool = [0u8; 64];
     let mut used = pool.len();
     for slot in out.iter_mut() {

@@ -60,7 +60,7 @@ impl KeyId {
     }
 
     /// A new random id of 16 base62 characters (about 95 bits).
-    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> KeyId {
+    pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> KeyId {
         let mut bytes = [0u8; GENERATED_LEN];
         base62::fill_random(rng, &mut bytes);
         let id = bytes.iter().map(|&b| char::from(b)).collect::<String>();
@@ -151,7 +151,7 @@ pub struct InvalidKeyId {
 pub struct TokenId([u8; 16]);
 
 impl TokenId {
-    pub(crate) fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> TokenId {
+    pub(crate) fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> TokenId {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
         TokenId(bytes)

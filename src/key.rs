@@ -367,7 +367,7 @@ impl ApiKey {
     /// ));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn issue<R: rand::CryptoRng + ?Sized>(
+    pub fn issue<R: rand_core::CryptoRng + ?Sized>(
         new: impl Into<NewKey>,
         now: OffsetDateTime,
         rng: &mut R,
@@ -608,7 +608,7 @@ impl ApiKey {
     /// [`TransitionError::KeyExpired`] past the key's hard expiry (checked
     /// first); [`TransitionError::RenewalPending`] while a previous renewal
     /// still has its old token; [`TransitionError::TimeOutOfRange`].
-    pub fn renew<R: rand::CryptoRng + ?Sized>(
+    pub fn renew<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         now: OffsetDateTime,
         rng: &mut R,

@@ -57,6 +57,7 @@ mod policy;
 #[cfg(feature = "serde")]
 pub mod record;
 mod revision;
+mod rng;
 mod store;
 #[cfg(feature = "proptest")]
 pub mod testing;
@@ -75,6 +76,7 @@ pub use names::ParseError;
 pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};
 pub use revision::Revision;
+pub use rng::os_rng;
 pub use store::{
     AsyncKeyStore, DynKeyStore, DynStoreError, InMemoryStore, KeyStore, StoreError, Verification,
 };

@@ -173,9 +173,9 @@ pub struct KeyManager<S> {
 /// its sync store, whose futures are ready at once: one implementation).
 ///
 /// Its futures are `Send` when the arguments are: to call `renew` or
-/// `create_key` from a spawned task, pass a `Send` random source such as
-/// `rand::rngs::StdRng::from_rng(&mut rand::rng())` rather than
-/// `&mut rand::rng()` itself.
+/// `create_key` from a spawned task, pass `&mut keyroll::os_rng()` (see
+/// [`os_rng`](crate::os_rng)) rather than `&mut rand::rng()`, which is
+/// thread-local.
 #[derive(Debug, Clone)]
 pub struct AsyncKeyManager<S> {
     store: S,
@@ -225,7 +225,7 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     /// [`ManagerError::Transition`] for input `issue` refuses;
     /// [`ManagerError::AlreadyExists`] if the id is taken;
     /// [`ManagerError::Store`].
-    pub async fn create_key<R: rand::CryptoRng + ?Sized>(
+    pub async fn create_key<R: rand_core::CryptoRng + ?Sized>(
         &self,
         new: impl Into<NewKey>,
         now: OffsetDateTime,
@@ -243,7 +243,7 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     ///
     /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
     /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub async fn renew<R: rand::CryptoRng + ?Sized>(
+    pub async fn renew<R: rand_core::CryptoRng + ?Sized>(
         &self,
         id: &KeyId,
         now: OffsetDateTime,
@@ -661,7 +661,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// [`ManagerError::Transition`] for input `issue` refuses;
     /// [`ManagerError::AlreadyExists`] if the id is taken;
     /// [`ManagerError::Store`].
-    pub fn create_key<R: rand::CryptoRng + ?Sized>(
+    pub fn create_key<R: rand_core::CryptoRng + ?Sized>(
         &self,
         new: impl Into<NewKey>,
         now: OffsetDateTime,
@@ -677,7 +677,7 @@ impl<S: KeyStore> KeyManager<S> {
     ///
     /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
     /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub fn renew<R: rand::CryptoRng + ?Sized>(
+    pub fn renew<R: rand_core::CryptoRng + ?Sized>(
         &self,
         id: &KeyId,
         now: OffsetDateTime,

@@ -424,7 +424,7 @@ impl TokenFormat {
     }
 
     /// A new token of this format for `key`, with the hash to keep.
-    pub(crate) fn generate<R: rand::CryptoRng + ?Sized>(
+    pub(crate) fn generate<R: rand_core::CryptoRng + ?Sized>(
         &self,
         key: &KeyId,
         rng: &mut R,

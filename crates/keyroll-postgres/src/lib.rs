@@ -34,14 +34,13 @@
 //! ```no_run
 //! use keyroll::{AsyncKeyManager, KeyId};
 //! use keyroll_postgres::PgStore;
-//! use rand::SeedableRng;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgStore::connect("postgres://keyroll@db.internal/keys?sslmode=require").await?;
 //! store.migrate().await?;
 //! let manager = AsyncKeyManager::new(store);
 //! let now = time::OffsetDateTime::now_utc();
-//! let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+//! let mut rng = keyroll::os_rng(); // Send, unlike rand::rng()
 //! let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rng).await?;
 //! assert!(manager.authenticate(token.expose_secret(), now).await.is_ok());
 //! # Ok(())

@@ -73,8 +73,6 @@ use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
 use p256::ecdsa::signature::Verifier;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -215,11 +213,6 @@ impl App {
     fn audit(&self, event: &Event) {
         println!("{}", json!({ "audit": event }));
     }
-}
-
-/// A random source that is `Send`, for handlers' futures.
-fn rng() -> StdRng {
-    StdRng::from_rng(&mut rand::rng())
 }
 
 // ---------------------------------------------------------------- API keys
@@ -532,7 +525,7 @@ async fn create_key(
     body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<(StatusCode, WithToken), ApiError> {
     let Json(body) = body?;
-    let mut rng = rng();
+    let mut rng = keyroll::os_rng();
     let id = match body.id {
         Some(raw) => key_id(&raw)?,
         None => KeyId::generate(&mut rng),
@@ -594,7 +587,7 @@ async fn renew(State(app): Shared, Path(raw): Path<String>) -> Result<WithToken,
     if let Some(deleted) = app.keys.housekeep(&id, now).await? {
         app.audit(&deleted);
     }
-    let (token, event) = app.keys.renew(&id, now, &mut rng()).await?;
+    let (token, event) = app.keys.renew(&id, now, &mut keyroll::os_rng()).await?;
     app.audit(&event);
     Ok(with_token(&id, &token, &event))
 }
