@@ -183,8 +183,10 @@ pub enum KeyStatus {
     Inactive,
 }
 
-/// Where a key is in its renewal cycle.
+/// Where a key is in its renewal cycle. `#[non_exhaustive]`, like
+/// [`Decision`]: match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KeyState {
     /// One token.
     Single,

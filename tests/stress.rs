@@ -144,6 +144,7 @@ fn check_replay<S: KeyStore>(manager: &KeyManager<S>, ids: &[KeyId], events: Vec
         match key.state() {
             KeyState::Single => assert_eq!(model.old, None, "{id}"),
             KeyState::Renewing { decision } => assert_eq!(decision, model.decision, "{id}"),
+            other => panic!("{id}: a state this test does not know: {other:?}"),
         }
         assert_eq!(key.current_token().id(), handles[model.current], "{id}");
         assert_eq!(

@@ -451,8 +451,8 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
         "old_token": key.old_token().map(|t| token_view(t, now)),
         "pending_deletion": matches!(key.state(), KeyState::Renewing { .. }),
         "decision": match key.state() {
-            KeyState::Single => json!(null),
             KeyState::Renewing { decision } => json!(decision.to_string()),
+            _ => json!(null),
         },
     })
 }

@@ -243,7 +243,6 @@ fn token_line(which: &str, token: &TokenInfo, now: OffsetDateTime) -> String {
 
 fn decision(key: &ApiKey) -> String {
     match key.state() {
-        KeyState::Single => String::new(),
         KeyState::Renewing {
             decision: Decision::Scheduled { at },
         } => {
@@ -255,6 +254,7 @@ fn decision(key: &ApiKey) -> String {
             format!("old token deleted {grace} after the new one is used")
         }
         KeyState::Renewing { .. } => "pending deletion: old token".into(),
+        _ => String::new(),
     }
 }
 
@@ -509,8 +509,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 .await?
                 .ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
-                KeyState::Single => "",
                 KeyState::Renewing { .. } => " (a renewal is pending)",
+                _ => "",
             };
             println!("valid: {matched} token{state}");
         }
