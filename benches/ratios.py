@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the medians of the last `cargo bench` run and the ratios BENCHMARKS.md reports.
+"""Prints the medians of the last `cargo bench -p keyroll-bench` run and the ratios BENCHMARKS.md reports.
 
 Reads criterion's own target/criterion/<group>/<id>/new/estimates.json.
 Usage: python3 benches/ratios.py [target-dir]

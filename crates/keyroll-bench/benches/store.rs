@@ -3,7 +3,7 @@
 //! authentication), next to a bare hash map doing the least work possible: one lookup,
 //! one SHA-256, one constant-time compare.
 //!
-//! `cargo bench --bench store`
+//! `cargo bench -p keyroll-bench --bench store`
 
 use std::collections::HashMap;
 use std::hint::black_box;

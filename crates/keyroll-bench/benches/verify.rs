@@ -1,7 +1,7 @@
 //! The hot path: `ApiKey::verify`, next to its hardware floor and the peer
 //! crate `prefixed-api-key`, and the cost of a renewal.
 //!
-//! `cargo bench --bench verify`
+//! `cargo bench -p keyroll-bench --bench verify`
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use keyroll::{ApiKey, KeyId, NewKey};

@@ -2,7 +2,7 @@
 //! t-test between the timings of two classes of input, measured interleaved
 //! in random order. |t| < 4.5 means no timing difference was detected.
 //!
-//! `cargo bench --bench constant_time [-- SAMPLES]` (default 1,000,000
+//! `cargo bench -p keyroll-bench --bench constant_time [-- SAMPLES]` (default 1,000,000
 //! measurements per comparison, both classes together, each the mean time
 //! of 16 calls)
 //!

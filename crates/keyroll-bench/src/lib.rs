@@ -1,0 +1,1 @@
+//! keyroll's benchmarks live in `benches/`: `cargo bench -p keyroll-bench`.
