@@ -60,6 +60,9 @@ use tower_service::Service;
 /// of a pending renewal: `keyroll-token-renewed: true`.
 pub const TOKEN_RENEWED: HeaderName = HeaderName::from_static("keyroll-token-renewed");
 
+/// The future both services return.
+type Answer<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
 /// The one body of every refused credential.
 const REFUSED: &str = "invalid credentials";
 
@@ -219,7 +222,7 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, I::Error>> + Send>>;
+    type Future = Answer<I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -382,7 +385,7 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, I::Error>> + Send>>;
+    type Future = Answer<I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
