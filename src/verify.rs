@@ -218,6 +218,7 @@ impl ApiKey {
 #[derive(Clone, Copy)]
 pub(crate) struct TokenView<'a> {
     pub(crate) hash: &'a TokenHash,
+    /// Read only under [`Expiry::Enforced`].
     pub(crate) due_at: OffsetDateTime,
     pub(crate) revoked: bool,
 }

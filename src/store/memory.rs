@@ -13,7 +13,7 @@ use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::id::TokenId;
 use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
-use crate::policy::Policy;
+use crate::policy::{Expiry, Policy};
 use crate::revision::Revision;
 use crate::token::TokenHash;
 use crate::verify::{KeyView, TokenView};
@@ -97,7 +97,7 @@ struct SlotToken {
 }
 
 /// What most keys do not have.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Rare {
     current_revoked_at: Option<OffsetDateTime>,
     scopes: Scopes,
@@ -131,16 +131,27 @@ impl SlotToken {
         self.created_at.saturating_add(policy.renewal_period)
     }
 
+    /// The due date is only read under [`Expiry::Enforced`]; it is not
+    /// computed on `verify`'s path otherwise.
     fn view(&self, policy: &Policy, revoked: bool) -> TokenView<'_> {
         TokenView {
             hash: &self.hash,
-            due_at: self.due_at(policy),
+            due_at: match policy.expiry {
+                Expiry::Enforced => self.due_at(policy),
+                Expiry::Advisory => self.created_at,
+            },
             revoked,
         }
     }
 }
 
-static EMPTY: std::sync::LazyLock<Rare> = std::sync::LazyLock::new(Rare::default);
+/// What a slot without a [`Rare`] box has: nothing.
+static EMPTY: Rare = Rare {
+    current_revoked_at: None,
+    scopes: Scopes::EMPTY,
+    metadata: Metadata::EMPTY,
+    expires_at: None,
+};
 
 impl Inner {
     fn hash(&self, id: &KeyId) -> u64 {

@@ -107,7 +107,7 @@ enum Command {
     SetExpiry {
         id: KeyId,
         #[arg(value_parser = parse_expiry)]
-        expires: Expiry2,
+        expires: ExpiryArg,
     },
     /// Change a key's label.
     SetLabel { id: KeyId, label: String },
@@ -198,12 +198,12 @@ fn parse_entry(text: &str) -> Result<(String, String), String> {
 
 /// An expiry, or its removal.
 #[derive(Clone, Copy)]
-struct Expiry2(Option<OffsetDateTime>);
+struct ExpiryArg(Option<OffsetDateTime>);
 
-fn parse_expiry(text: &str) -> Result<Expiry2, String> {
+fn parse_expiry(text: &str) -> Result<ExpiryArg, String> {
     match text {
-        "none" => Ok(Expiry2(None)),
-        _ => parse_time(text).map(|at| Expiry2(Some(at))),
+        "none" => Ok(ExpiryArg(None)),
+        _ => parse_time(text).map(|at| ExpiryArg(Some(at))),
     }
 }
 
