@@ -124,9 +124,6 @@ pub struct InvalidScope(String);
 pub struct Scopes(Option<Arc<[Scope]>>);
 
 impl Scopes {
-    /// No scopes (what `Default` gives), usable in constants.
-    pub(crate) const EMPTY: Scopes = Scopes(None);
-
     /// Checks every scope and builds the set.
     ///
     /// # Errors
@@ -221,9 +218,6 @@ pub struct Metadata(Option<Arc<[Entry]>>);
 type Entry = (Box<str>, Box<str>);
 
 impl Metadata {
-    /// No entries (what `Default` gives), usable in constants.
-    pub(crate) const EMPTY: Metadata = Metadata(None);
-
     /// Checks every entry and builds the map.
     ///
     /// # Errors

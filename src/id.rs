@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use smol_str::SmolStr;
+
 use crate::base62;
 use crate::verify::VerifyError;
 
@@ -25,7 +27,7 @@ use crate::verify::VerifyError;
 /// # Ok::<(), keyroll::InvalidKeyId>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct KeyId(Box<str>);
+pub struct KeyId(SmolStr);
 
 /// The longest [`KeyId`], in bytes.
 const KEY_ID_MAX_LEN: usize = 64;
@@ -51,7 +53,7 @@ impl KeyId {
         {
             "it holds a character outside the alphabet"
         } else {
-            return Ok(KeyId(id.into_boxed_str()));
+            return Ok(KeyId(SmolStr::from(id)));
         };
         Err(InvalidKeyId {
             quoted: crate::input::quote(&id),
@@ -63,8 +65,7 @@ impl KeyId {
     pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> KeyId {
         let mut bytes = [0u8; GENERATED_LEN];
         base62::fill_random(rng, &mut bytes);
-        let id = bytes.iter().map(|&b| char::from(b)).collect::<String>();
-        KeyId(id.into_boxed_str())
+        KeyId(bytes.iter().map(|&b| char::from(b)).collect())
     }
 
     /// The id as a string.
@@ -113,7 +114,7 @@ impl fmt::Display for KeyId {
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({:?})", &*self.0)
+        write!(f, "KeyId({:?})", self.0.as_str())
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`InMemoryStore`]: keys in memory, compact and cheap to verify against.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -65,13 +65,15 @@ struct Inner {
     policy_numbers: HashMap<Policy, u32>,
     /// Every distinct set of scopes, stored once: keys holding equal sets
     /// share one (services have few permission sets and many keys).
-    scope_sets: HashSet<Scopes>,
+    scope_sets: Vec<Scopes>,
+    scope_numbers: HashMap<Scopes, u32>,
 }
 
-/// An [`ApiKey`], compactly: its policy replaced by a number, its tokens
-/// without their due dates (always creation + renewal period), and what
-/// most keys lack (a revoked token, scopes, metadata, an expiry) in a box
-/// that is not there when it would be empty.
+/// An [`ApiKey`], compactly: its policy and scopes replaced by numbers,
+/// its tokens without their due dates (always creation + renewal period),
+/// and what most keys lack (a revoked token, an expiry) in a box that is
+/// not there when it would be empty. What `verify` hands out (scopes,
+/// metadata) is in the slot itself: no box to follow per request.
 #[derive(Debug)]
 struct Slot {
     id: KeyId,
@@ -80,7 +82,9 @@ struct Slot {
     version: u64,
     created_at: OffsetDateTime,
     policy: u32,
+    scopes: u32,
     status: KeyStatus,
+    metadata: Metadata,
     current: SlotToken,
     renewal: Option<Box<(SlotToken, Decision)>>,
     rare: Option<Box<Rare>>,
@@ -100,8 +104,6 @@ struct SlotToken {
 #[derive(Debug)]
 struct Rare {
     current_revoked_at: Option<OffsetDateTime>,
-    scopes: Scopes,
-    metadata: Metadata,
     expires_at: Option<OffsetDateTime>,
 }
 
@@ -148,8 +150,6 @@ impl SlotToken {
 /// What a slot without a [`Rare`] box has: nothing.
 static EMPTY: Rare = Rare {
     current_revoked_at: None,
-    scopes: Scopes::EMPTY,
-    metadata: Metadata::EMPTY,
     expires_at: None,
 };
 
@@ -171,23 +171,20 @@ impl Inner {
         if policy == next {
             self.policies.push(key.policy);
         }
-        let scopes = match self.scope_sets.get(&key.scopes) {
-            Some(shared) => shared.clone(),
+        let next = self.scope_sets.len() as u32;
+        let scopes = match self.scope_numbers.get(&key.scopes) {
+            Some(&shared) => shared,
             None => {
-                self.scope_sets.insert(key.scopes.clone());
-                key.scopes.clone()
+                self.scope_numbers.insert(key.scopes.clone(), next);
+                self.scope_sets.push(key.scopes.clone());
+                next
             }
         };
         let rare = Rare {
             current_revoked_at: key.current.revoked_at,
-            scopes,
-            metadata: key.metadata.clone(),
             expires_at: key.expires_at,
         };
-        let empty = rare.current_revoked_at.is_none()
-            && rare.scopes.is_empty()
-            && rare.metadata.is_empty()
-            && rare.expires_at.is_none();
+        let empty = rare.current_revoked_at.is_none() && rare.expires_at.is_none();
         Slot {
             id: key.id.clone(),
             label: key.label.clone(),
@@ -195,7 +192,9 @@ impl Inner {
             version: key.version,
             created_at: key.created_at,
             policy,
+            scopes,
             status: key.status,
+            metadata: key.metadata.clone(),
             current: SlotToken::pack(&key.current),
             renewal: key
                 .renewal
@@ -216,8 +215,8 @@ impl Inner {
             version: slot.version,
             created_at: slot.created_at,
             policy,
-            scopes: rare.scopes.clone(),
-            metadata: rare.metadata.clone(),
+            scopes: self.scope_sets[slot.scopes as usize].clone(),
+            metadata: slot.metadata.clone(),
             expires_at: rare.expires_at,
             current: slot.current.unpack(&policy, rare.current_revoked_at),
             renewal: slot.renewal.as_deref().map(|(old, decision)| {
@@ -237,8 +236,8 @@ impl Inner {
             policy,
             status: slot.status,
             expires_at: rare.expires_at,
-            scopes: &rare.scopes,
-            metadata: &rare.metadata,
+            scopes: &self.scope_sets[slot.scopes as usize],
+            metadata: &slot.metadata,
             current: slot.current.view(policy, rare.current_revoked_at.is_some()),
             old: slot
                 .renewal
