@@ -62,6 +62,7 @@ mod store;
 #[cfg(feature = "proptest")]
 pub mod testing;
 mod token;
+mod usage;
 mod verify;
 
 pub use attributes::{InvalidMetadata, InvalidScope, Metadata, Scope, Scopes};
@@ -78,7 +79,8 @@ pub use policy::{Expiry, Policy};
 pub use revision::Revision;
 pub use rng::os_rng;
 pub use store::{
-    AsyncKeyStore, DynKeyStore, DynStoreError, InMemoryStore, KeyStore, StoreError, Verification,
+    AsyncKeyStore, CachedStore, DynKeyStore, DynStoreError, InMemoryStore, KeyStore, StoreError,
+    Verification,
 };
 pub use token::{InvalidPrefix, Token, TokenFormat};
 pub use verify::{Authenticated, Freshness, TokenMatch, VerifyError};

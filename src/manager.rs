@@ -8,6 +8,8 @@
 //! only once the write that holds its hash has succeeded; a failed write
 //! hands out nothing.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
@@ -17,6 +19,7 @@ use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
 use crate::new_key::NewKey;
 use crate::store::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification};
 use crate::token::{self, Token};
+use crate::usage::{self, Noted, UsageLog};
 use crate::verify::{Authenticated, VerifyError};
 
 /// The default number of retries after a version conflict.
@@ -180,7 +183,9 @@ pub struct KeyManager<S> {
 pub struct AsyncKeyManager<S> {
     store: S,
     max_retries: u32,
-    record_uses: bool,
+    /// Uses noted by `authenticate`, when recording is on; shared by
+    /// clones of the manager.
+    usage: Option<Arc<UsageLog>>,
 }
 
 impl<S: AsyncKeyStore> AsyncKeyManager<S> {
@@ -190,19 +195,112 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         Self {
             store,
             max_retries: DEFAULT_MAX_RETRIES,
-            record_uses: false,
+            usage: None,
         }
     }
 
-    /// Makes [`authenticate`](Self::authenticate) record each use with
-    /// [`ApiKey::record_use`] (off by default). The key is written back
-    /// only when that changes it (at most once per token per the policy's
-    /// `usage_resolution`, or to start an after-use deletion schedule);
-    /// a write that fails or loses a race never fails the
-    /// authentication.
+    /// Makes [`authenticate`](Self::authenticate) and
+    /// [`authenticate_key`](Self::authenticate_key) note each use (off by
+    /// default), in memory: no store call and no copy of the key on the
+    /// request's path. [`flush_usage`](Self::flush_usage) writes the notes
+    /// with [`ApiKey::record_use`]; call it periodically (every few seconds,
+    /// well under the policies' `usage_resolution`; `keyroll-axum` has a
+    /// task for it). Clones of the manager share the notes.
+    ///
+    /// What a crash loses: the uses noted since the last flush, i.e. at
+    /// most one flush interval of `last_used_at` times, and the start of an
+    /// after-use deletion schedule whose first use was not flushed (the old
+    /// token then stays valid until a later use is flushed: the deletion
+    /// comes later, never earlier). Never a transition: those are written
+    /// before the call that makes them returns.
     pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
-        self.record_uses = record_uses;
+        self.usage = record_uses.then(Arc::default);
         self
+    }
+
+    /// Writes the uses noted since the last flush: for each key with
+    /// notes, one compare-and-swap (retried on conflict like a
+    /// transition) applying [`ApiKey::record_use`] to the first and the
+    /// last use of each of its tokens, skipped when that changes nothing
+    /// (a token's use is written at most once per `usage_resolution`). The
+    /// first use of a new token under [`Decision::AfterNewTokenUse`]
+    /// schedules the old token's deletion from *that use's* time, not the
+    /// flush's. Noted times later than `now` are taken as `now`; uses of
+    /// tokens a key no longer has, and of deleted keys, are dropped.
+    /// Returns how many keys were written.
+    ///
+    /// [`Decision::AfterNewTokenUse`]: crate::Decision::AfterNewTokenUse
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`] or [`ManagerError::Store`] from the first
+    /// key that could not be written: its notes and those not yet written
+    /// are kept for the next flush.
+    pub async fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, ManagerError<S::Error>> {
+        let Some(usage) = &self.usage else {
+            return Ok(0);
+        };
+        let mut pending = usage.take_all().into_iter();
+        let mut written = 0;
+        while let Some((id, notes)) = pending.next() {
+            match self.record_noted(&id, &notes, now).await {
+                Ok(changed) => written += usize::from(changed),
+                Err(e) => {
+                    usage.put_back(id, notes);
+                    pending.for_each(|(id, notes)| usage.put_back(id, notes));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// How many keys have uses noted and not yet flushed.
+    pub fn pending_usage(&self) -> usize {
+        self.usage.as_ref().map_or(0, |usage| usage.keys())
+    }
+
+    /// Writes the noted uses of key `id`: see `flush_usage`.
+    async fn flush_key(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<(), ManagerError<S::Error>> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        let notes = usage.take(id);
+        if notes.is_empty() {
+            return Ok(());
+        }
+        self.record_noted(id, &notes, now)
+            .await
+            .map(drop)
+            .inspect_err(|_| {
+                usage.put_back(id.clone(), notes.clone());
+            })
+    }
+
+    /// Applies `notes` to the stored key `id`; whether it was written.
+    async fn record_noted(
+        &self,
+        id: &KeyId,
+        notes: &[Noted],
+        now: OffsetDateTime,
+    ) -> Result<bool, ManagerError<S::Error>> {
+        let recorded = self
+            .transition(id, |mut key| {
+                Ok(if usage::apply(&mut key, notes, now) {
+                    (Write::Update(key), true)
+                } else {
+                    (Write::Nothing, false)
+                })
+            })
+            .await;
+        match recorded {
+            Err(ManagerError::NotFound) => Ok(false),
+            other => other,
+        }
     }
 
     /// Sets how many times a transition is retried after a version
@@ -412,6 +510,8 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         min_idle: time::Duration,
         now: OffsetDateTime,
     ) -> Result<Event, ManagerError<S::Error>> {
+        // This manager's own unflushed uses count.
+        self.flush_key(id, now).await?;
         self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))
             .await
     }
@@ -571,7 +671,7 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         }
     }
 
-    /// Verifies `presented` against the key stored under `id`, recording
+    /// Verifies `presented` against the key stored under `id`, noting
     /// the use if asked to.
     async fn authenticate_stored(
         &self,
@@ -579,19 +679,10 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        if !self.record_uses {
-            return auth_result(AsyncKeyStore::verify(&self.store, id, presented, now).await);
-        }
-        let mut key = AsyncKeyStore::get(&self.store, id)
-            .await
-            .map_err(AuthError::Store)?
-            .ok_or(AuthError::UnknownKey)?;
-        let authenticated = key.authenticate(presented, now)?;
-        let loaded = key.revision();
-        if key.record_use(authenticated.matched, now) {
-            // Best effort: a lost race means another request wrote a
-            // use (or a transition) first; the token was still valid.
-            let _ = AsyncKeyStore::update(&self.store, &key, loaded).await;
+        let authenticated =
+            auth_result(AsyncKeyStore::verify(&self.store, id, presented, now).await)?;
+        if let Some(usage) = &self.usage {
+            usage.note(&authenticated.key_id, authenticated.token_id, now);
         }
         Ok(authenticated)
     }
@@ -863,6 +954,22 @@ impl<S: KeyStore> KeyManager<S> {
     /// kept changing; keys done before the error stay done.
     pub fn housekeep_all(&self, now: OffsetDateTime) -> Result<Vec<Event>, ManagerError<S::Error>> {
         ready(self.inner.housekeep_all(now))
+    }
+
+    /// Writes the uses noted by `authenticate`: see
+    /// [`AsyncKeyManager::flush_usage`].
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`] or [`ManagerError::Store`]; the notes not
+    /// written are kept for the next flush.
+    pub fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, ManagerError<S::Error>> {
+        ready(self.inner.flush_usage(now))
+    }
+
+    /// How many keys have uses noted and not yet flushed.
+    pub fn pending_usage(&self) -> usize {
+        self.inner.pending_usage()
     }
 
     /// The stored key, if any.

@@ -4,7 +4,7 @@ use subtle::Choice;
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
-use crate::id::KeyId;
+use crate::id::{KeyId, TokenId};
 use crate::key::{ApiKey, Decision, KeyStatus, TokenInfo};
 use crate::policy::{Expiry, Policy};
 use crate::token::{Presented, TokenHash};
@@ -60,6 +60,9 @@ pub struct Authenticated {
     /// Which of the key's tokens matched: `Old` tells that the caller uses
     /// the old token of a pending renewal and should move to the new one.
     pub matched: TokenMatch,
+    /// The public id of the token that matched (what a log line may name;
+    /// usage recording notes uses by it).
+    pub token_id: TokenId,
     /// What the key may do (shared with the key, not copied).
     pub scopes: Scopes,
     /// Whose the key is (shared with the key, not copied).
@@ -67,17 +70,19 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
-    /// Authentication as `key_id` with its `matched` token, with the key's
-    /// scopes and metadata.
+    /// Authentication as `key_id` with its `matched` token `token_id`, with
+    /// the key's scopes and metadata.
     pub fn new(
         key_id: KeyId,
         matched: TokenMatch,
+        token_id: TokenId,
         scopes: Scopes,
         metadata: Metadata,
     ) -> Authenticated {
         Authenticated {
             key_id,
             matched,
+            token_id,
             scopes,
             metadata,
         }
@@ -217,6 +222,7 @@ impl ApiKey {
 /// What verification reads of one token.
 #[derive(Clone, Copy)]
 pub(crate) struct TokenView<'a> {
+    pub(crate) id: &'a TokenId,
     pub(crate) hash: &'a TokenHash,
     /// Read only under [`Expiry::Enforced`].
     pub(crate) due_at: OffsetDateTime,
@@ -226,6 +232,7 @@ pub(crate) struct TokenView<'a> {
 impl<'a> TokenView<'a> {
     pub(crate) fn of(token: &'a TokenInfo) -> TokenView<'a> {
         TokenView {
+            id: &token.id,
             hash: &token.hash,
             due_at: token.due_at,
             revoked: token.revoked_at.is_some(),
@@ -256,9 +263,14 @@ impl KeyView<'_> {
         now: OffsetDateTime,
     ) -> Result<Authenticated, VerifyError> {
         let matched = self.verify(presented, now)?;
+        let token_id = match (matched, &self.old) {
+            (TokenMatch::Old, Some((old, _))) => *old.id,
+            _ => *self.current.id,
+        };
         Ok(Authenticated {
             key_id: self.id.clone(),
             matched,
+            token_id,
             scopes: self.scopes.clone(),
             metadata: self.metadata.clone(),
         })

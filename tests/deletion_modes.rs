@@ -354,9 +354,41 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
             .map(|a| a.matched)
             .unwrap();
     }
+    assert_eq!(
+        manager.get(&id).unwrap().unwrap().version(),
+        1,
+        "uses are noted in memory, not written on the request's path"
+    );
+    assert_eq!(manager.pending_usage(), 1);
+    assert_eq!(
+        manager.flush_usage(t0() + Duration::seconds(30)).unwrap(),
+        1
+    );
+    assert_eq!(manager.pending_usage(), 0);
     let key = manager.get(&id).unwrap().unwrap();
     assert_eq!(key.version(), 2, "one write per resolution");
     assert_eq!(key.current_token().last_used_at(), Some(t0()));
+    assert_eq!(
+        manager.flush_usage(t0() + Duration::seconds(31)).unwrap(),
+        0
+    );
+    // A use a resolution later is written by the next flush.
+    for s in [59, 60, 61] {
+        manager
+            .authenticate(token.expose_secret(), t0() + Duration::seconds(s))
+            .unwrap();
+    }
+    assert_eq!(
+        manager.flush_usage(t0() + Duration::seconds(62)).unwrap(),
+        1
+    );
+    let key = manager.get(&id).unwrap().unwrap();
+    assert_eq!(key.version(), 3);
+    assert_eq!(
+        key.current_token().last_used_at(),
+        Some(t0() + Duration::seconds(61)),
+        "the last use noted"
+    );
     assert!(
         manager
             .authenticate_key(&id, "kr_bad", t0())
@@ -399,7 +431,7 @@ impl KeyStore for AlwaysConflicts {
 }
 
 #[test]
-fn a_lost_race_on_recording_never_fails_authentication() {
+fn a_lost_race_on_recording_never_fails_authentication_and_keeps_the_notes() {
     let id = KeyId::new("k").unwrap();
     let manager = KeyManager::new(AlwaysConflicts(InMemoryStore::new())).with_usage_recording(true);
     let (token, _) = manager
@@ -411,6 +443,106 @@ fn a_lost_race_on_recording_never_fails_authentication() {
             .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
+    );
+    assert!(matches!(
+        manager.flush_usage(t0()),
+        Err(keyroll::ManagerError::Conflict)
+    ));
+    assert_eq!(manager.pending_usage(), 1, "kept for the next flush");
+}
+
+#[test]
+fn a_use_noted_before_a_renewal_is_flushed_to_the_token_that_was_used() {
+    let id = KeyId::new("k").unwrap();
+    let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
+    let (first, _) = manager
+        .create_key(id.clone(), t0(), &mut rand::rng())
+        .unwrap();
+    manager
+        .authenticate(first.expose_secret(), t0() + minutes(1))
+        .unwrap();
+    // The token used becomes the old one before the flush.
+    manager
+        .renew(&id, t0() + minutes(2), &mut rand::rng())
+        .unwrap();
+    manager
+        .finalize(
+            &id,
+            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+            t0() + minutes(2),
+        )
+        .unwrap();
+    manager.flush_usage(t0() + minutes(3)).unwrap();
+    let key = manager.get(&id).unwrap().unwrap();
+    assert_eq!(
+        key.old_token().unwrap().last_used_at(),
+        Some(t0() + minutes(1))
+    );
+    assert_eq!(key.current_token().last_used_at(), None);
+    assert_eq!(
+        key.state(),
+        KeyState::Renewing {
+            decision: Decision::AfterNewTokenUse { grace: minutes(10) }
+        },
+        "a use of the old token starts no deletion schedule"
+    );
+}
+
+#[test]
+fn a_crash_loses_unflushed_uses_never_a_transition() {
+    let id = KeyId::new("k").unwrap();
+    let store = std::sync::Arc::new(InMemoryStore::new());
+    let manager = KeyManager::new(store.clone()).with_usage_recording(true);
+    let (old, _) = manager
+        .create_key(id.clone(), t0(), &mut rand::rng())
+        .unwrap();
+    let (new, _) = manager.renew(&id, t0(), &mut rand::rng()).unwrap();
+    manager
+        .finalize(
+            &id,
+            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+            t0(),
+        )
+        .unwrap();
+    manager
+        .authenticate(new.expose_secret(), t0() + minutes(1))
+        .unwrap();
+    drop(manager); // the process dies before any flush
+
+    let restarted = KeyManager::new(store).with_usage_recording(true);
+    let key = restarted.get(&id).unwrap().unwrap();
+    assert_eq!(
+        key.state(),
+        KeyState::Renewing {
+            decision: Decision::AfterNewTokenUse { grace: minutes(10) }
+        },
+        "the renewal and the decision were written"
+    );
+    assert_eq!(key.current_token().last_used_at(), None, "the use was lost");
+    // The lost use delays the old token's deletion, never hastens it.
+    assert!(
+        restarted
+            .housekeep_all(t0() + minutes(20))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        restarted
+            .authenticate(old.expose_secret(), t0() + minutes(20))
+            .is_ok()
+    );
+    restarted
+        .authenticate(new.expose_secret(), t0() + minutes(21))
+        .unwrap();
+    restarted.flush_usage(t0() + minutes(22)).unwrap();
+    assert_eq!(
+        restarted.housekeep_all(t0() + minutes(31)).unwrap().len(),
+        1
+    );
+    assert!(
+        restarted
+            .authenticate(old.expose_secret(), t0() + minutes(31))
+            .is_err()
     );
 }
 
@@ -447,6 +579,8 @@ fn manager_after_use_story_with_housekeeping() {
             TokenMatch::Current
         );
     }
+    // Flushed a minute later: the schedules start from the uses' time.
+    assert_eq!(manager.flush_usage(t0() + minutes(2)).unwrap(), 300);
     assert!(manager.housekeep_all(t0() + minutes(5)).unwrap().is_empty());
     let events = manager.housekeep_all(t0() + minutes(11)).unwrap();
     assert_eq!(events.len(), 300);

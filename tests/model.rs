@@ -180,6 +180,8 @@ impl Subject for Managed {
                 keyroll::AuthError::Verify(e) => e,
                 other => panic!("authenticate failed: {other}"),
             })?;
+        // Uses are noted in memory; the flush writes them.
+        self.recording.flush_usage(now).unwrap();
         Ok((matched, self.key().version() != before))
     }
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {

@@ -137,6 +137,7 @@ impl SlotToken {
     /// computed on `verify`'s path otherwise.
     fn view(&self, policy: &Policy, revoked: bool) -> TokenView<'_> {
         TokenView {
+            id: &self.id,
             hash: &self.hash,
             due_at: match policy.expiry {
                 Expiry::Enforced => self.due_at(policy),

@@ -8,9 +8,11 @@
 //!
 //! The contract a backend keeps is in [`KeyStore`]'s docs.
 
+mod cached;
 mod dynamic;
 mod memory;
 
+pub use cached::CachedStore;
 pub use dynamic::{DynKeyStore, DynStoreError};
 pub use memory::InMemoryStore;
 

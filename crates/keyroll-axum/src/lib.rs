@@ -18,6 +18,8 @@
 //! - A request made with the old token of a pending renewal gets the response
 //!   header [`TOKEN_RENEWED`] (`keyroll-token-renewed: true`): the client
 //!   should move to the newer token before the old one is deleted.
+//! - [`UsageFlusher`] writes the uses a manager with usage recording noted
+//!   in memory, every few seconds, off the requests' path.
 //!
 //! # Example
 //!
@@ -55,6 +57,10 @@ use keyroll::{AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, TokenMatch};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
+
+mod usage;
+
+pub use usage::UsageFlusher;
 
 /// The response header set on answers to a request made with the old token
 /// of a pending renewal: `keyroll-token-renewed: true`.

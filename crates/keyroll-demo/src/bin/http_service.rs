@@ -67,7 +67,7 @@ use keyroll::{
     InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion, Scopes,
     Token, TokenInfo, TransitionError,
 };
-use keyroll_axum::{KeyrollLayer, RequireScope};
+use keyroll_axum::{KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
@@ -91,6 +91,9 @@ struct Cli {
     /// with; enables `POST /secret-scanning/github`.
     #[arg(long)]
     github_keys: Option<std::path::PathBuf>,
+    /// How often the uses noted in memory are written to the store.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    flush_usage_every: std::time::Duration,
 }
 
 // ---------------------------------------------------------------- the store
@@ -556,8 +559,10 @@ async fn list_keys(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let after = page.after.as_deref().map(key_id).transpose()?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
-    let keys = app.keys.list(after.as_ref(), limit).await?;
     let now = OffsetDateTime::now_utc();
+    // Show the uses noted so far, not only those the periodic flush wrote.
+    app.keys.flush_usage(now).await?;
+    let keys = app.keys.list(after.as_ref(), limit).await?;
     let next = (keys.len() == limit)
         .then(|| keys.last().map(|k| k.id().to_string()))
         .flatten();
@@ -788,8 +793,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .transpose()?,
         admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
     });
+    let flusher = UsageFlusher::spawn(app.keys.clone(), cli.flush_usage_every);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, router(app)).await?;
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    flusher.shutdown().await;
     Ok(())
 }

@@ -504,6 +504,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Verify { id } => {
             let token = token_from_stdin()?;
             let matched = manager.authenticate_key(&id, &token, now).await?.matched;
+            // The use is noted in memory; write it before the process ends.
+            manager.flush_usage(now).await?;
             let key = manager
                 .get(&id)
                 .await?

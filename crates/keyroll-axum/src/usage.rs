@@ -1,0 +1,89 @@
+//! [`UsageFlusher`]: the periodic task that writes the uses a manager
+//! noted in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyroll::{AsyncKeyManager, AsyncKeyStore};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A tokio task calling [`AsyncKeyManager::flush_usage`] every `period`,
+/// for a manager [with usage recording](AsyncKeyManager::with_usage_recording)
+/// on. A failed flush is a `tracing` warning (its notes are kept for the
+/// next one).
+///
+/// [`shutdown`](Self::shutdown) stops it after one last flush; so does
+/// dropping it (the last flush then runs in the background). Aborting the
+/// runtime without either loses at most one period of uses, never a
+/// transition.
+///
+/// # Example
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use keyroll::{AsyncKeyManager, InMemoryStore};
+/// use keyroll_axum::{KeyrollLayer, UsageFlusher};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+/// let flusher = UsageFlusher::spawn(keys.clone(), Duration::from_secs(5));
+/// let layer = KeyrollLayer::new(keys);
+/// // ... serve with the layer; on shutdown:
+/// flusher.shutdown().await;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct UsageFlusher {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl UsageFlusher {
+    /// Starts the task on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or if `period` is zero.
+    pub fn spawn<S>(keys: Arc<AsyncKeyManager<S>>, period: Duration) -> UsageFlusher
+    where
+        S: AsyncKeyStore + 'static,
+    {
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is at once
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => flush(&keys).await,
+                    _ = &mut stopped => break,
+                }
+            }
+            flush(&keys).await;
+        });
+        UsageFlusher {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the task after one last flush, and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn flush<S: AsyncKeyStore>(keys: &AsyncKeyManager<S>) {
+    match keys.flush_usage(OffsetDateTime::now_utc()).await {
+        Ok(written) => tracing::debug!(written, "keyroll: uses flushed"),
+        Err(error) => {
+            tracing::warn!(%error, "keyroll: flushing uses failed; kept for the next flush")
+        }
+    }
+}

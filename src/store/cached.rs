@@ -1,0 +1,413 @@
+//! [`CachedStore`]: keys kept in memory in front of a slower store, for at
+//! most a bounded time.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::{AsyncKeyStore, KeyStore, StoreError, Verification};
+use crate::id::KeyId;
+use crate::key::ApiKey;
+use crate::revision::Revision;
+
+/// Entries are spread over this many locks.
+const SHARDS: usize = 16;
+
+/// A store that keeps the keys it reads in memory, in front of `inner` (a
+/// [`KeyStore`] or an [`AsyncKeyStore`]; `CachedStore` is the same kind).
+///
+/// - **Authentication** (`verify`) is answered from memory for at most
+///   `max_staleness` after the key was read from `inner` (measured with
+///   [`Instant`], from before the read), checking the token against the
+///   cached key in place, without copying it.
+/// - **`get`** reads `inner` and refreshes the entry: the managers load a
+///   key with `get` to change it, and a transition decided on a stale copy
+///   could be refused for a state the key has left (say `AlreadyActive`
+///   after another replica deactivated it), which no compare-and-swap
+///   would catch, since nothing is written.
+/// - **Writes** go through to `inner`; one that succeeds refreshes the
+///   entry, so a write made through this `CachedStore` is seen by its next
+///   read. One that `inner` refuses (a `Conflict` above all) drops the
+///   entry, so a manager's retry reads the stored key.
+/// - **Other writers** (other replicas, other processes) are seen when the
+///   entry expires, or sooner when something calls
+///   [`invalidate`](Self::invalidate) / [`invalidate_all`](Self::invalidate_all):
+///   `keyroll-postgres`'s listener does on every change notification, so a
+///   revocation reaches every replica in milliseconds, and never later
+///   than `max_staleness`.
+/// - **Capacity** is bounded: when full, an entry not read since the
+///   eviction hand last passed it makes room (the CLOCK policy: keys in use
+///   stay, keys read once go first).
+/// - **Unknown ids** can be remembered too, for a short time of your choice
+///   ([`with_negative_caching`](Self::with_negative_caching)), so a flood of
+///   requests naming junk ids does not reach the database.
+///
+/// A read that raced with a write or an invalidation of its key is
+/// answered but not kept, so the cache never keeps a key older than the
+/// last invalidation it was told of. `list` is not cached.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use keyroll::{CachedStore, InMemoryStore, KeyId, KeyManager};
+/// use time::OffsetDateTime;
+///
+/// // Any store: in a service, the PostgreSQL one.
+/// let store = CachedStore::new(InMemoryStore::new(), 100_000, Duration::from_secs(5));
+/// let manager = KeyManager::new(store);
+/// let now = OffsetDateTime::now_utc();
+/// let (token, _) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng())?;
+/// // Answered from memory: the write went through the cache.
+/// assert!(manager.authenticate(token.expose_secret(), now).is_ok());
+/// manager.store().invalidate(&KeyId::new("acme")?); // e.g. on a notification
+/// assert_eq!(manager.store().len(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct CachedStore<S> {
+    inner: S,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+    per_shard: usize,
+    max_staleness: Duration,
+    negative_ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Position in `entries` of each id's entry.
+    index: HashMap<KeyId, usize>,
+    entries: Vec<Entry>,
+    /// The CLOCK hand: the next entry eviction looks at.
+    hand: usize,
+    /// Bumped by every write and invalidation in this shard: a read that
+    /// began at another epoch does not keep what it read.
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: KeyId,
+    /// `None`: no key has this id (negative caching).
+    key: Option<ApiKey>,
+    /// Served until then.
+    until: Instant,
+    /// Read since the hand last passed.
+    referenced: AtomicBool,
+}
+
+/// A read or a write that began at `epoch` of a shard, at `started`.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    epoch: u64,
+    started: Instant,
+}
+
+impl<S> CachedStore<S> {
+    /// A cache of at most `capacity` keys (0 keeps none) in front of
+    /// `inner`, serving each for at most `max_staleness`.
+    pub fn new(inner: S, capacity: usize, max_staleness: Duration) -> CachedStore<S> {
+        CachedStore {
+            inner,
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS),
+            max_staleness,
+            negative_ttl: Duration::ZERO,
+        }
+    }
+
+    /// Also remembers, for `ttl` (at most `max_staleness`), that no key has
+    /// an id: requests naming unknown ids then reach `inner` once per id
+    /// per `ttl`. A key created through this cache, or announced by an
+    /// invalidation, is seen at once; one created elsewhere without an
+    /// invalidation is seen after `ttl`. Off (zero) by default.
+    pub fn with_negative_caching(mut self, ttl: Duration) -> CachedStore<S> {
+        self.negative_ttl = ttl.min(self.max_staleness);
+        self
+    }
+
+    /// Forgets key `id`: its next read goes to `inner`.
+    pub fn invalidate(&self, id: &KeyId) {
+        let mut shard = self.write(id);
+        shard.epoch += 1;
+        shard.remove(id);
+    }
+
+    /// Forgets every key.
+    pub fn invalidate_all(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard.epoch += 1;
+            shard.index.clear();
+            shard.entries.clear();
+            shard.hand = 0;
+        }
+    }
+
+    /// The store behind the cache.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// How long an entry is served at most.
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness
+    }
+
+    /// How many entries (keys and remembered unknown ids) are held,
+    /// including expired ones not yet replaced.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entries
+                    .len()
+            })
+            .sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard_of(&self, id: &KeyId) -> &RwLock<Shard> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    // An entry is a plain value: a panic elsewhere cannot leave one half
+    // written, so a poisoned lock is still good to use.
+    fn read(&self, id: &KeyId) -> RwLockReadGuard<'_, Shard> {
+        self.shard_of(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, id: &KeyId) -> RwLockWriteGuard<'_, Shard> {
+        self.shard_of(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `answer` applied to the fresh entry of `id` (`None`: known unknown),
+    /// or the ticket to read it from `inner` with.
+    fn cached<T>(
+        &self,
+        id: &KeyId,
+        answer: impl FnOnce(Option<&ApiKey>) -> T,
+    ) -> Result<T, Ticket> {
+        let now = Instant::now();
+        let shard = self.read(id);
+        match shard.index.get(id).map(|&n| &shard.entries[n]) {
+            Some(entry) if now < entry.until => {
+                if !entry.referenced.load(Ordering::Relaxed) {
+                    entry.referenced.store(true, Ordering::Relaxed);
+                }
+                Ok(answer(entry.key.as_ref()))
+            }
+            _ => Err(Ticket {
+                epoch: shard.epoch,
+                started: now,
+            }),
+        }
+    }
+
+    /// Keeps what a read that began with `ticket` found in `inner`, unless
+    /// the key was written or invalidated since.
+    fn fill(&self, id: &KeyId, found: Option<&ApiKey>, ticket: Ticket) {
+        let ttl = match found {
+            Some(_) => self.max_staleness,
+            None => self.negative_ttl,
+        };
+        if ttl.is_zero() || self.per_shard == 0 {
+            return;
+        }
+        let mut shard = self.write(id);
+        if shard.epoch == ticket.epoch {
+            shard.put(id, found.cloned(), ticket.started + ttl, self.per_shard);
+        }
+    }
+
+    /// Begins a read or a write of key `id` in `inner`.
+    fn begin_read(&self, id: &KeyId) -> Ticket {
+        let shard = self.read(id);
+        Ticket {
+            epoch: shard.epoch,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends a write of key `id` begun with `ticket`: keeps `written` (the
+    /// key now stored) if no other write or invalidation came between,
+    /// and forgets the key otherwise, or when the write failed or deleted.
+    fn end_write(&self, id: &KeyId, written: Option<&ApiKey>, ticket: Ticket) {
+        let mut shard = self.write(id);
+        let undisturbed = shard.epoch == ticket.epoch;
+        shard.epoch += 1;
+        match written {
+            Some(key) if undisturbed && self.per_shard > 0 && !self.max_staleness.is_zero() => {
+                let until = ticket.started + self.max_staleness;
+                shard.put(id, Some(key.clone()), until, self.per_shard);
+            }
+            _ => shard.remove(id),
+        }
+    }
+}
+
+impl Shard {
+    fn remove(&mut self, id: &KeyId) {
+        let Some(n) = self.index.remove(id) else {
+            return;
+        };
+        self.entries.swap_remove(n);
+        if let Some(moved) = self.entries.get(n) {
+            self.index.insert(moved.id.clone(), n);
+        }
+        if self.hand >= self.entries.len() {
+            self.hand = 0;
+        }
+    }
+
+    /// Stores the entry of `id`, evicting one if the shard is full.
+    fn put(&mut self, id: &KeyId, key: Option<ApiKey>, until: Instant, capacity: usize) {
+        let entry = Entry {
+            id: id.clone(),
+            key,
+            until,
+            referenced: AtomicBool::new(false),
+        };
+        if let Some(&n) = self.index.get(id) {
+            self.entries[n] = entry;
+        } else if self.entries.len() < capacity {
+            self.index.insert(id.clone(), self.entries.len());
+            self.entries.push(entry);
+        } else {
+            // CLOCK: pass over (and clear) entries read since the last
+            // pass; the first one not read makes room. Ends within two
+            // turns, since the first turn clears every mark.
+            loop {
+                let n = self.hand;
+                self.hand = (n + 1) % self.entries.len();
+                if !self.entries[n].referenced.swap(false, Ordering::Relaxed) {
+                    self.index.remove(&self.entries[n].id);
+                    self.index.insert(id.clone(), n);
+                    self.entries[n] = entry;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl<S: KeyStore> KeyStore for CachedStore<S> {
+    type Error = S::Error;
+
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
+        let ticket = self.begin_read(id);
+        let found = self.inner.get(id)?;
+        self.fill(id, found.as_ref(), ticket);
+        Ok(found)
+    }
+
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(key.id());
+        let result = self.inner.insert(key);
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(key.id());
+        let result = self.inner.update(key, expected);
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(id);
+        let result = self.inner.delete(id, expected);
+        self.end_write(id, None, ticket);
+        result
+    }
+
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
+        self.inner.list(after, limit)
+    }
+
+    fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Verification, S::Error> {
+        match self.cached(id, |key| Verification::of(key, presented, now)) {
+            Ok(verification) => Ok(verification),
+            Err(ticket) => {
+                let found = self.inner.get(id)?;
+                self.fill(id, found.as_ref(), ticket);
+                Ok(Verification::of(found.as_ref(), presented, now))
+            }
+        }
+    }
+}
+
+impl<S: AsyncKeyStore> AsyncKeyStore for CachedStore<S> {
+    type Error = S::Error;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
+        let ticket = self.begin_read(id);
+        let found = self.inner.get(id).await?;
+        self.fill(id, found.as_ref(), ticket);
+        Ok(found)
+    }
+
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(key.id());
+        let result = self.inner.insert(key).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(key.id());
+        let result = self.inner.update(key, expected).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+        let ticket = self.begin_read(id);
+        let result = self.inner.delete(id, expected).await;
+        self.end_write(id, None, ticket);
+        result
+    }
+
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
+        self.inner.list(after, limit).await
+    }
+
+    async fn verify(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Verification, S::Error> {
+        match self.cached(id, |key| Verification::of(key, presented, now)) {
+            Ok(verification) => Ok(verification),
+            Err(ticket) => {
+                let found = self.inner.get(id).await?;
+                self.fill(id, found.as_ref(), ticket);
+                Ok(Verification::of(found.as_ref(), presented, now))
+            }
+        }
+    }
+}

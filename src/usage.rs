@@ -1,0 +1,186 @@
+//! Uses of tokens noted in memory by the managers' `authenticate`, and
+//! written to the store later by their `flush_usage`: recording uses costs
+//! a request no store call and no copy of its key.
+//!
+//! A note is per token (by [`TokenId`], not by "current" or "old": a
+//! renewal between a use and its flush must not move the use to the other
+//! token). It keeps the first and the last use since the last flush: the
+//! first is what an after-use deletion schedule starts from, the last what
+//! `last_used_at` shows.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use time::OffsetDateTime;
+
+use crate::id::{KeyId, TokenId};
+use crate::key::ApiKey;
+use crate::verify::TokenMatch;
+
+/// Locks taken by `authenticate` are spread over this many maps, so
+/// concurrent requests seldom wait for each other.
+const SHARDS: usize = 16;
+
+/// The uses of one token since the last flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Noted {
+    pub(crate) token: TokenId,
+    pub(crate) first: OffsetDateTime,
+    pub(crate) last: OffsetDateTime,
+}
+
+/// The notes of some keys.
+type Notes = HashMap<KeyId, Vec<Noted>>;
+
+/// The notes of every key, in shards.
+#[derive(Debug)]
+pub(crate) struct UsageLog {
+    shards: Box<[Mutex<Notes>]>,
+    hasher: RandomState,
+}
+
+impl Default for UsageLog {
+    fn default() -> Self {
+        UsageLog {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl UsageLog {
+    fn shard(&self, id: &KeyId) -> MutexGuard<'_, Notes> {
+        let n = self.hasher.hash_one(id) as usize % SHARDS;
+        // A note is a plain value: a panic elsewhere cannot leave it half
+        // written, so a poisoned lock is still good to use.
+        self.shards[n]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a use of `token` of key `id` at `at`.
+    pub(crate) fn note(&self, id: &KeyId, token: TokenId, at: OffsetDateTime) {
+        let mut shard = self.shard(id);
+        let notes = match shard.get_mut(id) {
+            Some(notes) => notes,
+            None => shard.entry(id.clone()).or_default(),
+        };
+        merge(
+            notes,
+            Noted {
+                token,
+                first: at,
+                last: at,
+            },
+        );
+    }
+
+    /// Takes every note out.
+    pub(crate) fn take_all(&self) -> Vec<(KeyId, Vec<Noted>)> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            all.extend(taken);
+        }
+        all
+    }
+
+    /// Takes the notes of key `id` out.
+    pub(crate) fn take(&self, id: &KeyId) -> Vec<Noted> {
+        self.shard(id).remove(id).unwrap_or_default()
+    }
+
+    /// Puts back notes that could not be written, merged with any noted
+    /// since they were taken.
+    pub(crate) fn put_back(&self, id: KeyId, notes: Vec<Noted>) {
+        let mut shard = self.shard(&id);
+        let kept = shard.entry(id).or_default();
+        for noted in notes {
+            merge(kept, noted);
+        }
+    }
+
+    /// How many keys have notes waiting.
+    pub(crate) fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+fn merge(notes: &mut Vec<Noted>, new: Noted) {
+    match notes.iter_mut().find(|n| n.token == new.token) {
+        Some(n) => {
+            n.first = n.first.min(new.first);
+            n.last = n.last.max(new.last);
+        }
+        None => notes.push(new),
+    }
+}
+
+/// Records `notes` on `key` with [`ApiKey::record_use`]: the first use of
+/// each token, then its last, none later than `now`. Notes of a token the
+/// key no longer has are dropped. Returns whether the key changed.
+pub(crate) fn apply(key: &mut ApiKey, notes: &[Noted], now: OffsetDateTime) -> bool {
+    let mut changed = false;
+    for noted in notes {
+        let matched = if key.current_token().id() == noted.token {
+            TokenMatch::Current
+        } else if key.old_token().is_some_and(|old| old.id() == noted.token) {
+            TokenMatch::Old
+        } else {
+            continue;
+        };
+        changed |= key.record_use(matched, noted.first.min(now));
+        changed |= key.record_use(matched, noted.last.min(now));
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    fn token(n: u8) -> TokenId {
+        format!("{n:032x}").parse().unwrap()
+    }
+
+    #[test]
+    fn notes_keep_the_first_and_last_use_of_each_token() {
+        let log = UsageLog::default();
+        let id = KeyId::new("acme").unwrap();
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        log.note(&id, token(1), t0 + Duration::seconds(5));
+        log.note(&id, token(1), t0);
+        log.note(&id, token(1), t0 + Duration::seconds(9));
+        log.note(&id, token(2), t0 + Duration::seconds(1));
+        assert_eq!(log.keys(), 1);
+        let notes = log.take(&id);
+        assert_eq!(
+            notes,
+            [
+                Noted {
+                    token: token(1),
+                    first: t0,
+                    last: t0 + Duration::seconds(9)
+                },
+                Noted {
+                    token: token(2),
+                    first: t0 + Duration::seconds(1),
+                    last: t0 + Duration::seconds(1)
+                },
+            ]
+        );
+        assert_eq!(log.keys(), 0);
+        log.note(&id, token(1), t0 + Duration::seconds(20));
+        log.put_back(id.clone(), notes);
+        let all = log.take_all();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1[0].first, t0);
+        assert_eq!(all[0].1[0].last, t0 + Duration::seconds(20));
+    }
+}

@@ -1,0 +1,279 @@
+//! `CachedStore`: what it serves from memory, for how long, and what makes
+//! it read the store again.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::t0;
+use keyroll::{
+    ApiKey, AuthError, CachedStore, InMemoryStore, KeyId, KeyManager, KeyStore, Revision,
+    StoreError, Verification, VerifyError, conformance,
+};
+
+const LONG: Duration = Duration::from_secs(3600);
+
+/// An `InMemoryStore` that counts its reads, and can hold one `get` until
+/// told to go on.
+#[derive(Default)]
+struct Counted {
+    keys: InMemoryStore,
+    gets: AtomicUsize,
+    /// While set, `get` reports that it started and waits for a go.
+    hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl Counted {
+    fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+impl KeyStore for Counted {
+    type Error = Infallible;
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let found = self.keys.get(id);
+        if let Some((started, go)) = self.hold.lock().unwrap().take() {
+            started.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        found
+    }
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+        self.keys.insert(key)
+    }
+    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        self.keys.update(key, expected)
+    }
+    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        self.keys.delete(id, expected)
+    }
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+        self.keys.list(after, limit)
+    }
+}
+
+fn key(id: &str) -> (ApiKey, keyroll::Token) {
+    let (key, token, _) = ApiKey::issue(KeyId::new(id).unwrap(), t0(), &mut rand::rng()).unwrap();
+    (key, token)
+}
+
+fn accepted(v: Verification) -> bool {
+    matches!(v, Verification::Accepted(_))
+}
+
+#[test]
+fn the_suite_passes_on_a_cache_in_front_of_memory() {
+    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 1000, LONG));
+    // Tiny: every shard evicts all the time.
+    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 16, LONG));
+    conformance::run_all(|| {
+        CachedStore::new(InMemoryStore::new(), 1000, LONG).with_negative_caching(LONG)
+    });
+    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 0, LONG));
+}
+
+#[tokio::test]
+async fn the_async_suite_passes_too() {
+    conformance::run_all_async(|| CachedStore::new(InMemoryStore::new(), 1000, LONG)).await;
+}
+
+#[test]
+fn reads_are_served_from_memory_until_max_staleness() {
+    let staleness = Duration::from_millis(200);
+    let cache = CachedStore::new(Counted::default(), 100, staleness);
+    let (key, token) = key("acme");
+    cache.inner().insert(&key).unwrap();
+    for _ in 0..100 {
+        assert!(accepted(
+            cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
+        ));
+    }
+    assert_eq!(cache.inner().gets(), 1);
+    std::thread::sleep(staleness + Duration::from_millis(50));
+    assert!(accepted(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
+    ));
+    assert_eq!(cache.inner().gets(), 2, "read again once stale");
+}
+
+#[test]
+fn another_writer_is_seen_after_an_invalidation() {
+    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let (mut key, token) = key("acme");
+    cache.insert(&key).unwrap();
+    assert!(accepted(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
+    ));
+    // Another replica revokes the token, behind this cache's back.
+    let loaded = key.revision();
+    key.revoke_token(token.expose_secret(), t0()).unwrap();
+    cache.inner().update(&key, loaded).unwrap();
+    assert!(
+        accepted(cache.verify(key.id(), token.expose_secret(), t0()).unwrap()),
+        "served from memory"
+    );
+    cache.invalidate(key.id());
+    assert_eq!(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        Verification::Refused(VerifyError::Mismatch)
+    );
+    cache.invalidate_all();
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn writes_through_the_cache_are_read_back_at_once() {
+    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let (mut key, token) = key("acme");
+    cache.insert(&key).unwrap();
+    let loaded = key.revision();
+    key.revoke_token(token.expose_secret(), t0()).unwrap();
+    cache.update(&key, loaded).unwrap();
+    assert_eq!(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        Verification::Refused(VerifyError::Mismatch),
+        "the update is served"
+    );
+    assert_eq!(cache.inner().gets(), 0, "from memory");
+    cache.delete(key.id(), key.revision()).unwrap();
+    assert_eq!(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        Verification::UnknownKey
+    );
+    assert_eq!(cache.inner().gets(), 1, "only the read after the delete");
+}
+
+#[test]
+fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
+    let manager = KeyManager::new(CachedStore::new(Counted::default(), 100, LONG));
+    let id = KeyId::new("acme").unwrap();
+    let (token, _) = manager
+        .create_key(id.clone(), t0(), &mut rand::rng())
+        .unwrap();
+    // Another replica deactivates the key: this cache still has it active.
+    let inner = manager.store().inner();
+    let mut stored = inner.get(&id).unwrap().unwrap();
+    let loaded = stored.revision();
+    stored.deactivate(t0()).unwrap();
+    inner.update(&stored, loaded).unwrap();
+    assert!(
+        manager.authenticate(token.expose_secret(), t0()).is_ok(),
+        "stale"
+    );
+    // `activate` loads the stored key (inactive), not the cached one.
+    manager.activate(&id, t0()).unwrap();
+    assert!(manager.authenticate(token.expose_secret(), t0()).is_ok());
+    manager.deactivate(&id, t0()).unwrap();
+    assert!(matches!(
+        manager.authenticate(token.expose_secret(), t0()),
+        Err(AuthError::Verify(VerifyError::KeyInactive))
+    ));
+}
+
+#[test]
+fn a_refused_write_drops_the_entry() {
+    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let (mut key, token) = key("acme");
+    cache.insert(&key).unwrap();
+    let stale = key.clone();
+    let loaded = key.revision();
+    key.revoke_token(token.expose_secret(), t0()).unwrap();
+    cache.inner().update(&key, loaded).unwrap(); // behind the cache's back
+    assert!(matches!(
+        cache.update(&stale, loaded),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        Verification::Refused(VerifyError::Mismatch),
+        "the next read went to the store"
+    );
+}
+
+#[test]
+fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
+    let cache = Arc::new(CachedStore::new(Counted::default(), 100, LONG));
+    let (mut key, token) = key("acme");
+    cache.inner().insert(&key).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    *cache.inner().hold.lock().unwrap() = Some((started_tx, go_rx));
+    let reader = {
+        let cache = cache.clone();
+        let id = key.id().clone();
+        std::thread::spawn(move || cache.get(&id).unwrap())
+    };
+    started.recv().unwrap(); // the reader has read the key, not yet kept it
+    let loaded = key.revision();
+    key.revoke_token(token.expose_secret(), t0()).unwrap();
+    cache.inner().update(&key, loaded).unwrap();
+    cache.invalidate(key.id()); // the notification of that write
+    go.send(()).unwrap();
+    let read = reader.join().unwrap().unwrap();
+    assert_eq!(read.revision(), loaded, "the reader got the copy it read");
+    assert_eq!(
+        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        Verification::Refused(VerifyError::Mismatch),
+        "but did not keep it past the invalidation"
+    );
+}
+
+#[test]
+fn unknown_ids_are_remembered_only_when_asked() {
+    let plain = CachedStore::new(Counted::default(), 100, LONG);
+    let junk = KeyId::new("junk").unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            plain.verify(&junk, "kr_junk_x", t0()).unwrap(),
+            Verification::UnknownKey
+        );
+    }
+    assert_eq!(plain.inner().gets(), 10);
+
+    let negative = CachedStore::new(Counted::default(), 100, LONG)
+        .with_negative_caching(Duration::from_secs(1));
+    let manager = KeyManager::new(negative);
+    for _ in 0..10 {
+        assert!(matches!(
+            manager.store().verify(&junk, "kr_junk_x", t0()).unwrap(),
+            Verification::UnknownKey
+        ));
+    }
+    assert_eq!(manager.store().inner().gets(), 1);
+    // A key created through the cache is seen at once.
+    let (token, _) = manager
+        .create_key(junk.clone(), t0(), &mut rand::rng())
+        .unwrap();
+    assert!(manager.authenticate(token.expose_secret(), t0()).is_ok());
+    assert!(matches!(
+        manager.authenticate("kr_other_0123456789", t0()),
+        Err(AuthError::Verify(VerifyError::Malformed))
+    ));
+}
+
+#[test]
+fn when_full_keys_in_use_stay_and_keys_read_once_go() {
+    // 16 shards of 4 entries.
+    let cache = CachedStore::new(Counted::default(), 64, LONG);
+    let (hot, hot_token) = key("hot");
+    cache.inner().insert(&hot).unwrap();
+    for i in 0..2000 {
+        let (cold, _) = key(&format!("cold-{i}"));
+        cache.inner().insert(&cold).unwrap();
+        cache.get(cold.id()).unwrap();
+        assert!(accepted(
+            cache
+                .verify(hot.id(), hot_token.expose_secret(), t0())
+                .unwrap()
+        ));
+        assert!(cache.len() <= 64);
+    }
+    // 2000 cold reads, and the hot key read once from the store.
+    assert_eq!(cache.inner().gets(), 2001);
+}
