@@ -53,10 +53,15 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::record::{self, RecordError};
-use keyroll::{ApiKey, AsyncKeyStore, KeyId, Revision, StoreError};
+use keyroll::{ApiKey, AsyncKeyStore, CachedStore, KeyId, Revision, StoreError};
 use tokio::sync::OnceCell;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+
+mod listen;
+
+use listen::Connector;
+pub use listen::{Listener, ListenerState};
 
 pub use rustls::RootCertStore;
 
@@ -113,6 +118,9 @@ pub struct PgStore {
     table: String,
     migrated: OnceCell<()>,
     sql: Statements,
+    /// The pool's settings, for a listener's own connection (unknown for
+    /// a pool of yours).
+    connector: Option<Connector>,
 }
 
 /// The statements, written once for the table's name.
@@ -162,13 +170,13 @@ impl PgStore {
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
-        let pool = if config.get_ssl_mode() == SslMode::Disable {
+        let (pool, connector) = if config.get_ssl_mode() == SslMode::Disable {
             let manager = deadpool_postgres::Manager::from_config(
-                config,
+                config.clone(),
                 tokio_postgres::NoTls,
                 manager_config,
             );
-            Pool::builder(manager).build()
+            (Pool::builder(manager).build(), Connector::Plain(config))
         } else {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -176,20 +184,24 @@ impl PgStore {
                 .map_err(|e| PgStoreError::Config(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
             let manager = deadpool_postgres::Manager::from_config(
-                config,
-                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                config.clone(),
+                tls.clone(),
                 manager_config,
             );
-            Pool::builder(manager).build()
+            (Pool::builder(manager).build(), Connector::Tls(config, tls))
         };
         let pool = pool.map_err(|e| PgStoreError::Config(e.to_string()))?;
-        Ok(PgStore::from_pool(pool))
+        Ok(PgStore {
+            connector: Some(connector),
+            ..PgStore::from_pool(pool)
+        })
     }
 
     /// A store over your pool, in the table `keyroll_keys`.
     pub fn from_pool(pool: Pool) -> Self {
-        Self::in_table(pool, "keyroll_keys".into())
+        Self::for_table(pool, "keyroll_keys".into())
     }
 
     /// A store in another table: `table` must be a plain lower-case SQL
@@ -210,10 +222,10 @@ impl PgStore {
                 "not a plain lower-case SQL identifier: {table:?}"
             )));
         }
-        Ok(Self::in_table(pool, table.to_owned()))
+        Ok(Self::for_table(pool, table.to_owned()))
     }
 
-    fn in_table(pool: Pool, table: String) -> Self {
+    fn for_table(pool: Pool, table: String) -> Self {
         let sql = Statements {
             get: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
@@ -242,12 +254,84 @@ impl PgStore {
             table,
             migrated: OnceCell::new(),
             sql,
+            connector: None,
         }
     }
 
+    /// Starts a [`Listener`]: a task on its own connection that invalidates
+    /// `cache`'s entry of every key written to this store's table by
+    /// anyone (the trigger [`migrate`](PgStore::migrate) installs notifies
+    /// each write, in its transaction), and clears the whole cache each
+    /// time it connects or loses its connection. A write on one replica
+    /// then reaches the others' caches in milliseconds (see the crate's
+    /// README for measured figures), and never later than the cache's
+    /// `max_staleness`, which bounds staleness while the listener is
+    /// reconnecting or a connection dies silently. Reconnects on its own,
+    /// waiting 50 ms, then twice as long each time, up to 5 s.
+    ///
+    /// Needs a tokio runtime. The cache can be in front of this store or
+    /// of anything else reading the same table.
+    ///
+    /// # Errors
+    ///
+    /// [`PgStoreError::Config`] for a store made with
+    /// [`from_pool`](PgStore::from_pool) or [`with_table`](PgStore::with_table):
+    /// the pool does not tell its connection settings; use
+    /// [`connect`](PgStore::connect) (and [`PgStore::in_table`] for
+    /// another table).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::{sync::Arc, time::Duration};
+    /// use keyroll::{AsyncKeyManager, CachedStore};
+    /// use keyroll_postgres::PgStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PgStore::connect("postgres://keyroll@db.internal/keys?sslmode=require").await?;
+    /// store.migrate().await?;
+    /// let cache = Arc::new(CachedStore::new(store, 100_000, Duration::from_secs(30)));
+    /// let listener = cache.inner().listen(cache.clone())?;
+    /// let manager = AsyncKeyManager::new(cache);
+    /// // ... serve; keep `listener` alive as long as the cache.
+    /// # drop(listener); Ok(())
+    /// # }
+    /// ```
+    pub fn listen<S>(&self, cache: Arc<CachedStore<S>>) -> Result<Listener, PgStoreError>
+    where
+        S: Send + Sync + 'static,
+    {
+        let connector = self.connector.clone().ok_or_else(|| {
+            PgStoreError::Config(
+                "a store made from a pool of yours cannot listen: make it with PgStore::connect"
+                    .into(),
+            )
+        })?;
+        Ok(Listener::spawn(connector, self.table.clone(), cache))
+    }
+
+    /// The same store in another table (see [`with_table`](PgStore::with_table)
+    /// for the names allowed), keeping the connection settings a
+    /// [`listen`](PgStore::listen)er needs.
+    ///
+    /// # Errors
+    ///
+    /// [`PgStoreError::Config`] for a name that is not a plain lower-case
+    /// SQL identifier.
+    pub fn in_table(self, table: &str) -> Result<Self, PgStoreError> {
+        let connector = self.connector;
+        Ok(PgStore {
+            connector,
+            ..PgStore::with_table(self.pool, table)?
+        })
+    }
+
     /// Creates the table if it does not exist, and upgrades a table written
-    /// by keyroll 0.1 (adds and fills the incarnation column). Safe to run
-    /// from many replicas at once; every other method runs it once first.
+    /// by keyroll 0.1 (adds and fills the incarnation column); installs the
+    /// trigger that notifies every write (the function `keyroll_notify()`
+    /// and, on the table, the trigger `keyroll_notify`: see
+    /// [`listen`](PgStore::listen)). Safe to run from many replicas at once;
+    /// every other method runs it once first.
     ///
     /// # Errors
     ///
@@ -290,6 +374,34 @@ impl PgStore {
         }
         tx.batch_execute(&format!(
             "ALTER TABLE {table} ALTER COLUMN incarnation SET NOT NULL"
+        ))
+        .await?;
+        // Every write notifies the id on the channel named after the table,
+        // in the writing transaction (for `listen`). The function is shared
+        // by every keyroll table: serialize its replacement too.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('keyroll_notify()'))",
+            &[],
+        )
+        .await?;
+        tx.batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION keyroll_notify() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF TG_OP = 'DELETE' THEN
+                     PERFORM pg_notify(TG_TABLE_NAME, OLD.id);
+                 ELSE
+                     PERFORM pg_notify(TG_TABLE_NAME, NEW.id);
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                                WHERE tgname = 'keyroll_notify' AND tgrelid = '{table}'::regclass) THEN
+                     CREATE TRIGGER keyroll_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
+                         FOR EACH ROW EXECUTE FUNCTION keyroll_notify();
+                 END IF;
+             END $$;"
         ))
         .await?;
         tx.commit().await?;
@@ -340,6 +452,17 @@ impl PgStore {
     }
 }
 
+/// A statement prepared once per pooled connection.
+async fn prepare(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError<PgStoreError>> {
+    client
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| StoreError::Backend(e.into()))
+}
+
 fn bigint(n: u64) -> Result<i64, PgStoreError> {
     i64::try_from(n).map_err(|_| PgStoreError::OutOfRange(n))
 }
@@ -378,18 +501,18 @@ impl AsyncKeyStore for PgStore {
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, PgStoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(self.sql.get.as_str(), &[&id.as_str()])
-            .await?;
+        let statement = client.prepare_cached(&self.sql.get).await?;
+        let row = client.query_opt(&statement, &[&id.as_str()]).await?;
         row.as_ref().map(decode).transpose()
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
         let (incarnation, version, record) = row_of(key)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
+        let statement = prepare(&client, &self.sql.insert).await?;
         let inserted = client
             .execute(
-                self.sql.insert.as_str(),
+                &statement,
                 &[&key.id().as_str(), &incarnation, &version, &record],
             )
             .await;
@@ -411,9 +534,10 @@ impl AsyncKeyStore for PgStore {
         let expected_incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let expected_version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
+        let statement = prepare(&client, &self.sql.update).await?;
         let changed = client
             .execute(
-                self.sql.update.as_str(),
+                &statement,
                 &[
                     &key.id().as_str(),
                     &expected_incarnation,
@@ -436,11 +560,9 @@ impl AsyncKeyStore for PgStore {
         let incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
+        let statement = prepare(&client, &self.sql.delete).await?;
         let changed = client
-            .execute(
-                self.sql.delete.as_str(),
-                &[&id.as_str(), &incarnation, &version],
-            )
+            .execute(&statement, &[&id.as_str(), &incarnation, &version])
             .await
             .map_err(|e| StoreError::Backend(e.into()))?;
         if changed == 1 {

@@ -63,12 +63,12 @@ use axum::{Json, Router};
 use base64::Engine;
 use clap::Parser;
 use keyroll::{
-    ApiKey, AsyncKeyManager, AuthError, Authenticated, DynKeyStore, DynStoreError, Event,
-    InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion, Scopes,
-    Token, TokenInfo, TransitionError,
+    ApiKey, AsyncKeyManager, AuthError, Authenticated, CachedStore, DynKeyStore, DynStoreError,
+    Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion,
+    Scopes, Token, TokenInfo, TransitionError,
 };
 use keyroll_axum::{KeyrollLayer, RequireScope, UsageFlusher};
-use keyroll_postgres::PgStore;
+use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
 use p256::ecdsa::signature::Verifier;
@@ -94,20 +94,30 @@ struct Cli {
     /// How often the uses noted in memory are written to the store.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     flush_usage_every: std::time::Duration,
+    /// With PostgreSQL: how long a key is served from memory at most
+    /// (changes notified by other replicas are seen in milliseconds).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_staleness: std::time::Duration,
 }
 
 // ---------------------------------------------------------------- the store
 
 /// The store `--store` names: in memory, SQLite (on tokio's blocking pool)
-/// or PostgreSQL, behind one type.
-async fn open_store(spec: &str) -> Result<DynKeyStore, Box<dyn Error>> {
+/// or PostgreSQL, behind one type. PostgreSQL is read through a cache kept
+/// in step by a listener (returned: it runs as long as it is kept).
+async fn open_store(
+    spec: &str,
+    max_staleness: std::time::Duration,
+) -> Result<(DynKeyStore, Option<Listener>), Box<dyn Error>> {
     match spec.split_once(':') {
-        None if spec == "memory" => Ok(DynKeyStore::new(InMemoryStore::new())),
-        Some(("sqlite", path)) => Ok(DynKeyStore::new(SqliteStore::open(path)?)),
+        None if spec == "memory" => Ok((DynKeyStore::new(InMemoryStore::new()), None)),
+        Some(("sqlite", path)) => Ok((DynKeyStore::new(SqliteStore::open(path)?), None)),
         Some(("postgres", url)) => {
             let store = PgStore::connect(url).await?;
             store.migrate().await?;
-            Ok(DynKeyStore::new(store))
+            let cache = Arc::new(CachedStore::new(store, 100_000, max_staleness));
+            let listener = cache.inner().listen(cache.clone())?;
+            Ok((DynKeyStore::new(cache), Some(listener)))
         }
         _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
     }
@@ -782,10 +792,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
+    let (store, _listener) = open_store(&cli.store, cli.max_staleness).await?;
     let app = Arc::new(App {
-        keys: Arc::new(
-            AsyncKeyManager::new(open_store(&cli.store).await?).with_usage_recording(true),
-        ),
+        keys: Arc::new(AsyncKeyManager::new(store).with_usage_recording(true)),
         scanner_keys: cli
             .github_keys
             .as_deref()
