@@ -102,7 +102,7 @@ impl KeyId {
             .ok_or(VerifyError::Malformed)?;
         // Checked by the parser: 1 to 64 bytes of the id alphabet.
         let id = std::str::from_utf8(id).map_err(|_| VerifyError::Malformed)?;
-        KeyId::new(id).map_err(|_| VerifyError::Malformed)
+        Ok(KeyId(SmolStr::new(id)))
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 use time::OffsetDateTime;
 
@@ -22,6 +22,10 @@ use crate::verify::TokenMatch;
 /// Locks taken by `authenticate` are spread over this many maps, so
 /// concurrent requests seldom wait for each other.
 const SHARDS: usize = 16;
+
+/// A use this close after the last one noted of its token is not noted
+/// again: requests on a busy key take a shared lock only.
+const GRANULARITY: time::Duration = time::Duration::SECOND;
 
 /// The uses of one token since the last flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,32 +41,49 @@ type Notes = HashMap<KeyId, Vec<Noted>>;
 /// The notes of every key, in shards.
 #[derive(Debug)]
 pub(crate) struct UsageLog {
-    shards: Box<[Mutex<Notes>]>,
+    shards: Box<[RwLock<Notes>]>,
     hasher: RandomState,
 }
 
 impl Default for UsageLog {
     fn default() -> Self {
         UsageLog {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
         }
     }
 }
 
 impl UsageLog {
-    fn shard(&self, id: &KeyId) -> MutexGuard<'_, Notes> {
-        let n = self.hasher.hash_one(id) as usize % SHARDS;
+    fn shard_of(&self, id: &KeyId) -> &RwLock<Notes> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    fn shard(&self, id: &KeyId) -> RwLockWriteGuard<'_, Notes> {
         // A note is a plain value: a panic elsewhere cannot leave it half
         // written, so a poisoned lock is still good to use.
-        self.shards[n]
-            .lock()
+        self.shard_of(id)
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Notes a use of `token` of key `id` at `at`.
+    /// Notes a use of `token` of key `id` at `at` (the last use of a
+    /// token to within a second).
     pub(crate) fn note(&self, id: &KeyId, token: TokenId, at: OffsetDateTime) {
-        let mut shard = self.shard(id);
+        let shard = self.shard_of(id);
+        let noted = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .is_some_and(|notes| {
+                notes.iter().any(|n| {
+                    n.token == token && n.first <= at && at < n.last.saturating_add(GRANULARITY)
+                })
+            });
+        if noted {
+            return;
+        }
+        let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
         let notes = match shard.get_mut(id) {
             Some(notes) => notes,
             None => shard.entry(id.clone()).or_default(),
@@ -81,7 +102,7 @@ impl UsageLog {
     pub(crate) fn take_all(&self) -> Vec<(KeyId, Vec<Noted>)> {
         let mut all = Vec::new();
         for shard in &self.shards {
-            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            let taken = std::mem::take(&mut *shard.write().unwrap_or_else(PoisonError::into_inner));
             all.extend(taken);
         }
         all
@@ -106,7 +127,7 @@ impl UsageLog {
     pub(crate) fn keys(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 }
@@ -158,6 +179,8 @@ mod tests {
         log.note(&id, token(1), t0);
         log.note(&id, token(1), t0 + Duration::seconds(9));
         log.note(&id, token(2), t0 + Duration::seconds(1));
+        // Within a second of the last use noted: not noted again.
+        log.note(&id, token(1), t0 + Duration::milliseconds(9500));
         assert_eq!(log.keys(), 1);
         let notes = log.take(&id);
         assert_eq!(

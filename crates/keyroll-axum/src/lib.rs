@@ -173,30 +173,23 @@ impl<S, I: Clone> Clone for KeyrollService<S, I> {
     }
 }
 
-/// What a request presented.
-enum Presented {
+/// What a request presented, borrowed from its headers.
+enum Presented<'a> {
     Bearer {
-        token: String,
-        key_id: Option<String>,
+        token: &'a str,
+        key_id: Option<&'a str>,
     },
     TwoHeaders {
-        key_id: String,
-        token: String,
+        key_id: &'a str,
+        token: &'a str,
     },
     Nothing,
 }
 
-impl Presented {
-    fn of(parts: &Parts, config: &Config) -> Presented {
-        let header = |name: &HeaderName| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let bearer = header(&header::AUTHORIZATION)
-            .and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned));
+impl<'a> Presented<'a> {
+    fn of(parts: &'a Parts, config: &Config) -> Presented<'a> {
+        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
         let (key_id, token) = match &config.two_headers {
             Some((key_id, token)) => (header(key_id), header(token)),
             None => (None, None),
@@ -243,7 +236,7 @@ where
             let (mut parts, body) = request.into_parts();
             let config = &layer.config;
             let now = OffsetDateTime::now_utc();
-            let (outcome, presented) = match Presented::of(&parts, config) {
+            let outcome = match Presented::of(&parts, config) {
                 Presented::Nothing => {
                     tracing::info!(cause = "no credentials", "keyroll: request refused");
                     return Ok(refusal(
@@ -254,8 +247,8 @@ where
                 }
                 Presented::Bearer { token, key_id } => {
                     // A key id sent beside a bearer token must be the one it names.
-                    let conflict = key_id.as_deref().is_some_and(|sent| {
-                        KeyId::from_token(&token).is_ok_and(|named| named.as_str() != sent)
+                    let conflict = key_id.is_some_and(|sent| {
+                        KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
                     });
                     if conflict {
                         tracing::info!(
@@ -264,16 +257,17 @@ where
                         );
                         return Ok(invalid_token(config));
                     }
-                    (
-                        layer.keys.authenticate(&token, now).await,
-                        KeyId::from_token(&token).ok(),
-                    )
+                    match layer.keys.authenticate(token, now).await {
+                        Ok(who) => Ok(who),
+                        // The key id, for the log: the token's, if it names one.
+                        Err(e) => Err((e, KeyId::from_token(token).ok())),
+                    }
                 }
                 Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
-                    Ok(id) => (
-                        layer.keys.authenticate_key(&id, &token, now).await,
-                        Some(id),
-                    ),
+                    Ok(id) => match layer.keys.authenticate_key(&id, token, now).await {
+                        Ok(who) => Ok(who),
+                        Err(e) => Err((e, Some(id))),
+                    },
                     Err(_) => {
                         tracing::info!(cause = "invalid key id", "keyroll: request refused");
                         return Ok(invalid_token(config));
@@ -282,7 +276,7 @@ where
             };
             let who = match outcome {
                 Ok(who) => who,
-                Err(AuthError::Store(e)) => {
+                Err((AuthError::Store(e), _)) => {
                     tracing::error!(error = %e, "keyroll: the key store failed");
                     return Ok(refusal(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -290,7 +284,7 @@ where
                         None,
                     ));
                 }
-                Err(e) => {
+                Err((e, presented)) => {
                     let key_id = presented.as_ref().map(KeyId::as_str);
                     tracing::info!(cause = %e, key_id, "keyroll: request refused");
                     return Ok(invalid_token(config));

@@ -373,7 +373,7 @@ async fn github_secret_scanning(
 
 /// The same shape of answer, with no authentication: the load baseline.
 async fn ping() -> Json<serde_json::Value> {
-    Json(json!({ "key_id": null, "token": null }))
+    Json(json!({ "key_id": null, "token": null, "scopes": [], "metadata": {} }))
 }
 
 // ---------------------------------------------------------------- admin
