@@ -7,10 +7,16 @@
 //! token). It keeps the first and the last use since the last flush: the
 //! first is what an after-use deletion schedule starts from, the last what
 //! `last_used_at` shows.
+//!
+//! The notes are spread over shards by key *and* by thread: threads noting
+//! uses of one busy key take different locks, so no lock word travels
+//! between cores on every request. A flush merges a key's notes from every
+//! shard.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 use time::OffsetDateTime;
@@ -22,6 +28,15 @@ use crate::verify::TokenMatch;
 /// Locks taken by `authenticate` are spread over this many maps, so
 /// concurrent requests seldom wait for each other.
 const SHARDS: usize = 16;
+
+/// This thread's stripe: mixed into the shard choice.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    STRIPE.with(|s| *s)
+}
 
 /// A use this close after the last one noted of its token is not noted
 /// again: requests on a busy key take a shared lock only.
@@ -55,8 +70,9 @@ impl Default for UsageLog {
 }
 
 impl UsageLog {
+    /// The shard this thread notes key `id` in.
     fn shard_of(&self, id: &KeyId) -> &RwLock<Notes> {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+        &self.shards[(self.hasher.hash_one(id) as usize ^ stripe()) % SHARDS]
     }
 
     fn shard(&self, id: &KeyId) -> RwLockWriteGuard<'_, Notes> {
@@ -98,19 +114,33 @@ impl UsageLog {
         );
     }
 
-    /// Takes every note out.
+    /// Takes every note out, one entry per key.
     pub(crate) fn take_all(&self) -> Vec<(KeyId, Vec<Noted>)> {
-        let mut all = Vec::new();
+        let mut all = Notes::new();
         for shard in &self.shards {
             let taken = std::mem::take(&mut *shard.write().unwrap_or_else(PoisonError::into_inner));
-            all.extend(taken);
+            for (id, notes) in taken {
+                let kept = all.entry(id).or_default();
+                notes.into_iter().for_each(|noted| merge(kept, noted));
+            }
         }
-        all
+        all.into_iter().collect()
     }
 
     /// Takes the notes of key `id` out.
     pub(crate) fn take(&self, id: &KeyId) -> Vec<Noted> {
-        self.shard(id).remove(id).unwrap_or_default()
+        let mut kept = Vec::new();
+        for shard in &self.shards {
+            let taken = shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+            taken
+                .into_iter()
+                .flatten()
+                .for_each(|noted| merge(&mut kept, noted));
+        }
+        kept
     }
 
     /// Puts back notes that could not be written, merged with any noted
@@ -125,10 +155,12 @@ impl UsageLog {
 
     /// How many keys have notes waiting.
     pub(crate) fn keys(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        let mut ids = std::collections::HashSet::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            ids.extend(shard.keys().cloned());
+        }
+        ids.len()
     }
 }
 
@@ -205,5 +237,30 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1[0].first, t0);
         assert_eq!(all[0].1[0].last, t0 + Duration::seconds(20));
+    }
+
+    #[test]
+    fn notes_from_many_threads_are_taken_as_one() {
+        let log = UsageLog::default();
+        let id = KeyId::new("busy").unwrap();
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let (log, id) = (&log, &id);
+                scope.spawn(move || log.note(id, token(1), t0 + Duration::seconds(thread)));
+            }
+        });
+        assert_eq!(log.keys(), 1);
+        let all = log.take_all();
+        assert_eq!(all.len(), 1, "one entry for the key");
+        assert_eq!(
+            all[0].1,
+            [Noted {
+                token: token(1),
+                first: t0,
+                last: t0 + Duration::seconds(7)
+            }]
+        );
+        assert_eq!(log.keys(), 0);
     }
 }

@@ -75,20 +75,21 @@ const REFUSED: &str = "invalid credentials";
 /// A tower [`Layer`] that authenticates every request with keyroll. See the
 /// crate's docs.
 pub struct KeyrollLayer<S> {
-    keys: Arc<AsyncKeyManager<S>>,
-    config: Arc<Config>,
+    /// One reference per request (a reference count shared by the
+    /// runtime's threads costs a cache line transfer per clone).
+    shared: Arc<Shared<S>>,
 }
 
 impl<S> Clone for KeyrollLayer<S> {
     fn clone(&self) -> Self {
         KeyrollLayer {
-            keys: self.keys.clone(),
-            config: self.config.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
-struct Config {
+struct Shared<S> {
+    keys: Arc<AsyncKeyManager<S>>,
     /// `WWW-Authenticate: Bearer realm="<realm>"`.
     challenge: String,
     /// The two-header form's key id and token headers.
@@ -100,8 +101,8 @@ impl<S> KeyrollLayer<S> {
     /// `keyroll`.
     pub fn new(keys: Arc<AsyncKeyManager<S>>) -> Self {
         KeyrollLayer {
-            keys,
-            config: Arc::new(Config {
+            shared: Arc::new(Shared {
+                keys,
                 challenge: challenge("keyroll"),
                 two_headers: None,
             }),
@@ -110,7 +111,7 @@ impl<S> KeyrollLayer<S> {
 
     /// The realm named in `WWW-Authenticate` challenges.
     pub fn realm(self, realm: &str) -> Self {
-        self.configure(|config| config.challenge = challenge(realm))
+        self.configure(|shared| shared.challenge = challenge(realm))
     }
 
     /// Also accepts the two-header form: the key id in `key_id` and the
@@ -118,18 +119,18 @@ impl<S> KeyrollLayer<S> {
     /// A bearer token wins when both are sent; a key id beside it must be
     /// the one the token names.
     pub fn two_headers(self, key_id: HeaderName, token: HeaderName) -> Self {
-        self.configure(|config| config.two_headers = Some((key_id, token)))
+        self.configure(|shared| shared.two_headers = Some((key_id, token)))
     }
 
-    fn configure(self, change: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config {
-            challenge: self.config.challenge.clone(),
-            two_headers: self.config.two_headers.clone(),
+    fn configure(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
+        let mut shared = Shared {
+            keys: self.shared.keys.clone(),
+            challenge: self.shared.challenge.clone(),
+            two_headers: self.shared.two_headers.clone(),
         };
-        change(&mut config);
+        change(&mut shared);
         KeyrollLayer {
-            keys: self.keys,
-            config: Arc::new(config),
+            shared: Arc::new(shared),
         }
     }
 }
@@ -187,7 +188,7 @@ enum Presented<'a> {
 }
 
 impl<'a> Presented<'a> {
-    fn of(parts: &'a Parts, config: &Config) -> Presented<'a> {
+    fn of<S>(parts: &'a Parts, config: &Shared<S>) -> Presented<'a> {
         let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
         let (key_id, token) = match &config.two_headers {
@@ -231,10 +232,10 @@ where
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let shared = self.layer.shared.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let config = &layer.config;
+            let config = &*shared;
             let now = OffsetDateTime::now_utc();
             let outcome = match Presented::of(&parts, config) {
                 Presented::Nothing => {
@@ -257,14 +258,14 @@ where
                         );
                         return Ok(invalid_token(config));
                     }
-                    match layer.keys.authenticate(token, now).await {
+                    match config.keys.authenticate(token, now).await {
                         Ok(who) => Ok(who),
                         // The key id, for the log: the token's, if it names one.
                         Err(e) => Err((e, KeyId::from_token(token).ok())),
                     }
                 }
                 Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
-                    Ok(id) => match layer.keys.authenticate_key(&id, token, now).await {
+                    Ok(id) => match config.keys.authenticate_key(&id, token, now).await {
                         Ok(who) => Ok(who),
                         Err(e) => Err((e, Some(id))),
                     },
@@ -304,7 +305,7 @@ where
 }
 
 /// The 401 for a presented credential that did not authenticate.
-fn invalid_token(config: &Config) -> Response {
+fn invalid_token<S>(config: &Shared<S>) -> Response {
     refusal(
         StatusCode::UNAUTHORIZED,
         REFUSED,

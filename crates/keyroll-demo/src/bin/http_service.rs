@@ -65,7 +65,7 @@ use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AuthError, Authenticated, CachedStore, DynKeyStore, DynStoreError,
     Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion,
-    Scopes, Token, TokenInfo, TransitionError,
+    Scopes, Token, TokenInfo, TokenMatch, TransitionError,
 };
 use keyroll_axum::{KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
@@ -244,13 +244,22 @@ fn bearer(request: &Request) -> Option<String> {
 
 /// Who the request is: `keyroll_axum::Authenticated`, put there by the
 /// layer in front of the `/v1` routes.
-async fn whoami(who: keyroll_axum::Authenticated) -> Json<serde_json::Value> {
-    Json(json!({
-        "key_id": who.key_id,
-        "token": who.matched,
-        "scopes": who.scopes,
-        "metadata": who.metadata,
-    }))
+async fn whoami(who: keyroll_axum::Authenticated) -> Json<Whoami> {
+    Json(Whoami {
+        key_id: Some(who.key_id.clone()),
+        token: Some(who.matched),
+        scopes: who.scopes.clone(),
+        metadata: who.metadata.clone(),
+    })
+}
+
+/// `whoami`'s answer (and `ping`'s, with nobody in it).
+#[derive(serde::Serialize, Default)]
+struct Whoami {
+    key_id: Option<KeyId>,
+    token: Option<TokenMatch>,
+    scopes: Scopes,
+    metadata: Metadata,
 }
 
 /// A resource guarded by the scope `orders:read` (`RequireScope` in the
@@ -372,8 +381,8 @@ async fn github_secret_scanning(
 }
 
 /// The same shape of answer, with no authentication: the load baseline.
-async fn ping() -> Json<serde_json::Value> {
-    Json(json!({ "key_id": null, "token": null, "scopes": [], "metadata": {} }))
+async fn ping() -> Json<Whoami> {
+    Json(Whoami::default())
 }
 
 // ---------------------------------------------------------------- admin
