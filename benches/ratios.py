@@ -20,6 +20,7 @@ ids = [
     "verify/floor", "verify/floor_wordwise", "verify/current", "verify/old", "verify/mismatch",
     "verify/malformed", "peer/pak_parse_check", "peer/pak_generate", "renew/keyroll",
     "renew/issue", "store/floor_1m", "store/authenticate_1m", "store/authenticate_token_1m",
+    "cache/memory_authenticate", "cache/pg_cached_authenticate", "cache/pg_authenticate",
 ]
 m = {}
 print("| bench | median |\n|---|---|")
@@ -37,6 +38,8 @@ ratios = [
     ("renew/keyroll", "peer/pak_generate", "<= 0.3"),
     ("store/authenticate_1m", "store/floor_1m", "<= 1.5"),
     ("store/authenticate_token_1m", "store/floor_1m", "<= 1.5"),
+    ("cache/pg_cached_authenticate", "cache/memory_authenticate", "<= 2.0"),
+    ("cache/pg_authenticate", "cache/memory_authenticate", "(for the record)"),
     ("verify/current", "verify/floor_wordwise", "(not a target)"),
 ]
 print("\n| ratio | measured | target |\n|---|---|---|")
