@@ -203,10 +203,11 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     /// [`authenticate_key`](Self::authenticate_key) note each use (off by
     /// default), in memory: no store call and no copy of the key on the
     /// request's path (a token's first use exactly, its last to within a
-    /// second; on a busy key, a shared lock only). [`flush_usage`](Self::flush_usage) writes the notes
-    /// with [`ApiKey::record_use`]; call it periodically (every few seconds,
-    /// well under the policies' `usage_resolution`; `keyroll-axum` has a
-    /// task for it). Clones of the manager share the notes.
+    /// second; on a busy key, a shared lock only).
+    /// [`flush_usage`](Self::flush_usage) writes the notes with
+    /// [`ApiKey::record_use`]; call it periodically (every few seconds, well
+    /// under the policies' `usage_resolution`; `keyroll-axum` has a task for
+    /// it). Clones of the manager share the notes.
     ///
     /// What a crash loses: the uses noted since the last flush, i.e. at
     /// most one flush interval of `last_used_at` times, and the start of an
