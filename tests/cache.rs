@@ -277,3 +277,32 @@ fn when_full_keys_in_use_stay_and_keys_read_once_go() {
     // 2000 cold reads, and the hot key read once from the store.
     assert_eq!(cache.inner().gets(), 2001);
 }
+
+#[test]
+fn a_cache_sized_for_every_key_holds_every_key() {
+    let cache = CachedStore::new(Counted::default(), 1000, LONG);
+    let keys: Vec<_> = (0..1000).map(|i| key(&format!("k-{i}"))).collect();
+    for (key, _) in &keys {
+        cache.inner().insert(key).unwrap();
+    }
+    for _ in 0..3 {
+        for (key, token) in &keys {
+            assert!(accepted(
+                cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
+            ));
+        }
+    }
+    assert_eq!(cache.len(), 1000);
+    assert_eq!(
+        cache.inner().gets(),
+        1000,
+        "each key read once, however the ids hash"
+    );
+    // One more key than the capacity: something makes room, never more.
+    let (extra, _) = key("extra");
+    cache.inner().insert(&extra).unwrap();
+    cache.get(extra.id()).unwrap();
+    assert_eq!(cache.len(), 1000);
+    cache.invalidate_all();
+    assert!(cache.is_empty());
+}

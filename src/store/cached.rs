@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -40,9 +40,11 @@ const SHARDS: usize = 16;
 ///   `keyroll-postgres`'s listener does on every change notification, so a
 ///   revocation reaches every replica in milliseconds, and never later
 ///   than `max_staleness`.
-/// - **Capacity** is bounded: when full, an entry not read since the
-///   eviction hand last passed it makes room (the CLOCK policy: keys in use
-///   stay, keys read once go first).
+/// - **Capacity** is bounded: at most `capacity` entries in all. When full,
+///   an entry of the same shard (one of 16; each may hold up to twice its
+///   share, so uneven hashing loses nothing) not read since the eviction
+///   hand last passed it makes room (the CLOCK policy: keys in use stay,
+///   keys read once go first).
 /// - **Unknown ids** can be remembered too, for a short time of your choice
 ///   ([`with_negative_caching`](Self::with_negative_caching)), so a flood of
 ///   requests naming junk ids does not reach the database.
@@ -74,9 +76,32 @@ pub struct CachedStore<S> {
     inner: S,
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
-    per_shard: usize,
+    room: Room,
     max_staleness: Duration,
     negative_ttl: Duration,
+}
+
+/// How many entries the cache may hold, and holds.
+#[derive(Debug)]
+struct Room {
+    capacity: usize,
+    per_shard: usize,
+    held: AtomicUsize,
+}
+
+impl Room {
+    /// Takes a place for a new entry, if there is one.
+    fn take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +142,11 @@ impl<S> CachedStore<S> {
             inner,
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
-            per_shard: capacity.div_ceil(SHARDS),
+            room: Room {
+                capacity,
+                per_shard: (2 * capacity).div_ceil(SHARDS),
+                held: AtomicUsize::new(0),
+            },
             max_staleness,
             negative_ttl: Duration::ZERO,
         }
@@ -137,7 +166,7 @@ impl<S> CachedStore<S> {
     pub fn invalidate(&self, id: &KeyId) {
         let mut shard = self.write(id);
         shard.epoch += 1;
-        shard.remove(id);
+        shard.remove(id, &self.room);
     }
 
     /// Forgets every key.
@@ -145,6 +174,7 @@ impl<S> CachedStore<S> {
         for shard in &self.shards {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             shard.epoch += 1;
+            self.room.give_back(shard.entries.len());
             shard.index.clear();
             shard.entries.clear();
             shard.hand = 0;
@@ -164,15 +194,7 @@ impl<S> CachedStore<S> {
     /// How many entries (keys and remembered unknown ids) are held,
     /// including expired ones not yet replaced.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entries
-                    .len()
-            })
-            .sum()
+        self.room.held.load(Ordering::Relaxed)
     }
 
     /// Whether no entry is held.
@@ -228,12 +250,12 @@ impl<S> CachedStore<S> {
             Some(_) => self.max_staleness,
             None => self.negative_ttl,
         };
-        if ttl.is_zero() || self.per_shard == 0 {
+        if ttl.is_zero() || self.room.capacity == 0 {
             return;
         }
         let mut shard = self.write(id);
         if shard.epoch == ticket.epoch {
-            shard.put(id, found.cloned(), ticket.started + ttl, self.per_shard);
+            shard.put(id, found.cloned(), ticket.started + ttl, &self.room);
         }
     }
 
@@ -254,21 +276,22 @@ impl<S> CachedStore<S> {
         let undisturbed = shard.epoch == ticket.epoch;
         shard.epoch += 1;
         match written {
-            Some(key) if undisturbed && self.per_shard > 0 && !self.max_staleness.is_zero() => {
+            Some(key) if undisturbed && self.room.capacity > 0 && !self.max_staleness.is_zero() => {
                 let until = ticket.started + self.max_staleness;
-                shard.put(id, Some(key.clone()), until, self.per_shard);
+                shard.put(id, Some(key.clone()), until, &self.room);
             }
-            _ => shard.remove(id),
+            _ => shard.remove(id, &self.room),
         }
     }
 }
 
 impl Shard {
-    fn remove(&mut self, id: &KeyId) {
+    fn remove(&mut self, id: &KeyId, room: &Room) {
         let Some(n) = self.index.remove(id) else {
             return;
         };
         self.entries.swap_remove(n);
+        room.give_back(1);
         if let Some(moved) = self.entries.get(n) {
             self.index.insert(moved.id.clone(), n);
         }
@@ -277,8 +300,9 @@ impl Shard {
         }
     }
 
-    /// Stores the entry of `id`, evicting one if the shard is full.
-    fn put(&mut self, id: &KeyId, key: Option<ApiKey>, until: Instant, capacity: usize) {
+    /// Stores the entry of `id`, evicting one of this shard's if there is
+    /// no room; keeps nothing if there is none and nothing to evict.
+    fn put(&mut self, id: &KeyId, key: Option<ApiKey>, until: Instant, room: &Room) {
         let entry = Entry {
             id: id.clone(),
             key,
@@ -287,10 +311,10 @@ impl Shard {
         };
         if let Some(&n) = self.index.get(id) {
             self.entries[n] = entry;
-        } else if self.entries.len() < capacity {
+        } else if self.entries.len() < room.per_shard && room.take() {
             self.index.insert(id.clone(), self.entries.len());
             self.entries.push(entry);
-        } else {
+        } else if !self.entries.is_empty() {
             // CLOCK: pass over (and clear) entries read since the last
             // pass; the first one not read makes room. Ends within two
             // turns, since the first turn clears every mark.

@@ -113,8 +113,7 @@ fn bench_cache(c: &mut Criterion) {
     // Loopback: the TLS handshake is not what is measured.
     let sep = if url.contains('?') { '&' } else { '?' };
     let store = runtime.block_on(postgres(&format!("{url}{sep}sslmode=disable"), &keys));
-    // Room for every key: each of the cache's 16 shards holds capacity / 16.
-    let cached = AsyncKeyManager::new(CachedStore::new(store, 2 * KEYS, Duration::from_secs(3600)));
+    let cached = AsyncKeyManager::new(CachedStore::new(store, KEYS, Duration::from_secs(3600)));
     runtime.block_on(async {
         for (_, token) in &keys {
             cached
