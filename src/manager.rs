@@ -17,7 +17,7 @@ use crate::event::Event;
 use crate::id::KeyId;
 use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
 use crate::new_key::NewKey;
-use crate::store::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification};
+use crate::store::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification, ready};
 use crate::token::{self, Token};
 use crate::usage::{self, Noted, UsageLog};
 use crate::verify::{Authenticated, VerifyError};
@@ -76,17 +76,6 @@ enum Write {
     Delete,
     /// Nothing: the transition found nothing to do.
     Nothing,
-}
-
-/// Runs a future of [`KeyManager`]'s to its end: over a sync store every
-/// future is ready at its first poll.
-fn ready<F: std::future::Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => output,
-        std::task::Poll::Pending => unreachable!("a sync store's futures are ready at once"),
-    }
 }
 
 /// How many keys `housekeep_all` loads per page.

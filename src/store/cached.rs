@@ -1,16 +1,16 @@
 //! [`CachedStore`]: keys kept in memory in front of a slower store, for at
 //! most a bounded time.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use time::OffsetDateTime;
 
-use super::{AsyncKeyStore, KeyStore, StoreError, Verification};
+use super::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification, ready};
 use crate::id::KeyId;
 use crate::key::ApiKey;
 use crate::revision::Revision;
@@ -106,8 +106,9 @@ impl Room {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Position in `entries` of each id's entry.
-    index: HashMap<KeyId, usize>,
+    /// Positions in `entries`, by the hash of their id (the hash that also
+    /// chose the shard: an id is hashed once per lookup).
+    index: HashTable<usize>,
     entries: Vec<Entry>,
     /// The CLOCK hand: the next entry eviction looks at.
     hand: usize,
@@ -118,6 +119,7 @@ struct Shard {
 
 #[derive(Debug)]
 struct Entry {
+    hash: u64,
     id: KeyId,
     /// `None`: no key has this id (negative caching).
     key: Option<ApiKey>,
@@ -164,20 +166,18 @@ impl<S> CachedStore<S> {
 
     /// Forgets key `id`: its next read goes to `inner`.
     pub fn invalidate(&self, id: &KeyId) {
-        let mut shard = self.write(id);
+        let (hash, shard) = self.locate(id);
+        let mut shard = write(shard);
         shard.epoch += 1;
-        shard.remove(id, &self.room);
+        shard.remove(hash, id, &self.room);
     }
 
     /// Forgets every key.
     pub fn invalidate_all(&self) {
         for shard in &self.shards {
-            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let mut shard = write(shard);
             shard.epoch += 1;
-            self.room.give_back(shard.entries.len());
-            shard.index.clear();
-            shard.entries.clear();
-            shard.hand = 0;
+            shard.clear(&self.room);
         }
     }
 
@@ -202,22 +202,11 @@ impl<S> CachedStore<S> {
         self.len() == 0
     }
 
-    fn shard_of(&self, id: &KeyId) -> &RwLock<Shard> {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
-    }
-
-    // An entry is a plain value: a panic elsewhere cannot leave one half
-    // written, so a poisoned lock is still good to use.
-    fn read(&self, id: &KeyId) -> RwLockReadGuard<'_, Shard> {
-        self.shard_of(id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self, id: &KeyId) -> RwLockWriteGuard<'_, Shard> {
-        self.shard_of(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The hash of `id` and its shard. The shard is chosen by bits the
+    /// shard's table does not use for its buckets or tags.
+    fn locate(&self, id: &KeyId) -> (u64, &RwLock<Shard>) {
+        let hash = self.hasher.hash_one(id);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     /// `answer` applied to the fresh entry of `id` (`None`: known unknown),
@@ -228,8 +217,9 @@ impl<S> CachedStore<S> {
         answer: impl FnOnce(Option<&ApiKey>) -> T,
     ) -> Result<T, Ticket> {
         let now = Instant::now();
-        let shard = self.read(id);
-        match shard.index.get(id).map(|&n| &shard.entries[n]) {
+        let (hash, shard) = self.locate(id);
+        let shard = read(shard);
+        match shard.find(hash, id).map(|n| &shard.entries[n]) {
             Some(entry) if now < entry.until => {
                 if !entry.referenced.load(Ordering::Relaxed) {
                     entry.referenced.store(true, Ordering::Relaxed);
@@ -253,17 +243,18 @@ impl<S> CachedStore<S> {
         if ttl.is_zero() || self.room.capacity == 0 {
             return;
         }
-        let mut shard = self.write(id);
+        let (hash, shard) = self.locate(id);
+        let mut shard = write(shard);
         if shard.epoch == ticket.epoch {
-            shard.put(id, found.cloned(), ticket.started + ttl, &self.room);
+            shard.put(hash, id, found.cloned(), ticket.started + ttl, &self.room);
         }
     }
 
     /// Begins a read or a write of key `id` in `inner`.
-    fn begin_read(&self, id: &KeyId) -> Ticket {
-        let shard = self.read(id);
+    fn begin(&self, id: &KeyId) -> Ticket {
+        let epoch = read(self.locate(id).1).epoch;
         Ticket {
-            epoch: shard.epoch,
+            epoch,
             started: Instant::now(),
         }
     }
@@ -272,28 +263,124 @@ impl<S> CachedStore<S> {
     /// key now stored) if no other write or invalidation came between,
     /// and forgets the key otherwise, or when the write failed or deleted.
     fn end_write(&self, id: &KeyId, written: Option<&ApiKey>, ticket: Ticket) {
-        let mut shard = self.write(id);
+        let (hash, shard) = self.locate(id);
+        let mut shard = write(shard);
         let undisturbed = shard.epoch == ticket.epoch;
         shard.epoch += 1;
         match written {
             Some(key) if undisturbed && self.room.capacity > 0 && !self.max_staleness.is_zero() => {
                 let until = ticket.started + self.max_staleness;
-                shard.put(id, Some(key.clone()), until, &self.room);
+                shard.put(hash, id, Some(key.clone()), until, &self.room);
             }
-            _ => shard.remove(id, &self.room),
+            _ => shard.remove(hash, id, &self.room),
+        }
+    }
+
+    // The store calls, once for both traits: a sync `inner` is driven as a
+    // `Ready` async one.
+
+    async fn get_in<A: AsyncKeyStore>(
+        &self,
+        inner: &A,
+        id: &KeyId,
+    ) -> Result<Option<ApiKey>, A::Error> {
+        let ticket = self.begin(id);
+        let found = inner.get(id).await?;
+        self.fill(id, found.as_ref(), ticket);
+        Ok(found)
+    }
+
+    async fn insert_in<A: AsyncKeyStore>(
+        &self,
+        inner: &A,
+        key: &ApiKey,
+    ) -> Result<(), StoreError<A::Error>> {
+        let ticket = self.begin(key.id());
+        let result = inner.insert(key).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    async fn update_in<A: AsyncKeyStore>(
+        &self,
+        inner: &A,
+        key: &ApiKey,
+        expected: Revision,
+    ) -> Result<(), StoreError<A::Error>> {
+        let ticket = self.begin(key.id());
+        let result = inner.update(key, expected).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
+    }
+
+    async fn delete_in<A: AsyncKeyStore>(
+        &self,
+        inner: &A,
+        id: &KeyId,
+        expected: Revision,
+    ) -> Result<(), StoreError<A::Error>> {
+        let ticket = self.begin(id);
+        let result = inner.delete(id, expected).await;
+        self.end_write(id, None, ticket);
+        result
+    }
+
+    async fn verify_in<A: AsyncKeyStore>(
+        &self,
+        inner: &A,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Verification, A::Error> {
+        match self.cached(id, |key| Verification::of(key, presented, now)) {
+            Ok(verification) => Ok(verification),
+            Err(ticket) => {
+                let found = inner.get(id).await?;
+                self.fill(id, found.as_ref(), ticket);
+                Ok(Verification::of(found.as_ref(), presented, now))
+            }
         }
     }
 }
 
+// An entry is a plain value: a panic elsewhere cannot leave one half
+// written, so a poisoned lock is still good to use.
+fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    shard.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shard {
-    fn remove(&mut self, id: &KeyId, room: &Room) {
-        let Some(n) = self.index.remove(id) else {
+    /// The position of `id`'s entry.
+    fn find(&self, hash: u64, id: &KeyId) -> Option<usize> {
+        let entries = &self.entries;
+        self.index.find(hash, |&n| entries[n].id == *id).copied()
+    }
+
+    fn clear(&mut self, room: &Room) {
+        room.give_back(self.entries.len());
+        self.index.clear();
+        self.entries.clear();
+        self.hand = 0;
+    }
+
+    fn remove(&mut self, hash: u64, id: &KeyId, room: &Room) {
+        let entries = &self.entries;
+        let Ok(found) = self.index.find_entry(hash, |&n| entries[n].id == *id) else {
             return;
         };
+        let (n, _) = found.remove();
         self.entries.swap_remove(n);
         room.give_back(1);
+        // The last entry moved into the hole: point its index there.
         if let Some(moved) = self.entries.get(n) {
-            self.index.insert(moved.id.clone(), n);
+            let last = self.entries.len();
+            if let Some(position) = self.index.find_mut(moved.hash, |&m| m == last) {
+                *position = n;
+            }
         }
         if self.hand >= self.entries.len() {
             self.hand = 0;
@@ -302,18 +389,21 @@ impl Shard {
 
     /// Stores the entry of `id`, evicting one of this shard's if there is
     /// no room; keeps nothing if there is none and nothing to evict.
-    fn put(&mut self, id: &KeyId, key: Option<ApiKey>, until: Instant, room: &Room) {
+    fn put(&mut self, hash: u64, id: &KeyId, key: Option<ApiKey>, until: Instant, room: &Room) {
         let entry = Entry {
+            hash,
             id: id.clone(),
             key,
             until,
             referenced: AtomicBool::new(false),
         };
-        if let Some(&n) = self.index.get(id) {
+        if let Some(n) = self.find(hash, id) {
             self.entries[n] = entry;
         } else if self.entries.len() < room.per_shard && room.take() {
-            self.index.insert(id.clone(), self.entries.len());
             self.entries.push(entry);
+            let entries = &self.entries;
+            self.index
+                .insert_unique(hash, entries.len() - 1, |&m| entries[m].hash);
         } else if !self.entries.is_empty() {
             // CLOCK: pass over (and clear) entries read since the last
             // pass; the first one not read makes room. Ends within two
@@ -322,9 +412,12 @@ impl Shard {
                 let n = self.hand;
                 self.hand = (n + 1) % self.entries.len();
                 if !self.entries[n].referenced.swap(false, Ordering::Relaxed) {
-                    self.index.remove(&self.entries[n].id);
-                    self.index.insert(id.clone(), n);
+                    if let Ok(old) = self.index.find_entry(self.entries[n].hash, |&m| m == n) {
+                        old.remove();
+                    }
                     self.entries[n] = entry;
+                    let entries = &self.entries;
+                    self.index.insert_unique(hash, n, |&m| entries[m].hash);
                     break;
                 }
             }
@@ -336,31 +429,19 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
     type Error = S::Error;
 
     fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
-        let ticket = self.begin_read(id);
-        let found = self.inner.get(id)?;
-        self.fill(id, found.as_ref(), ticket);
-        Ok(found)
+        ready(self.get_in(&Ready(&self.inner), id))
     }
 
     fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(key.id());
-        let result = self.inner.insert(key);
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
+        ready(self.insert_in(&Ready(&self.inner), key))
     }
 
     fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(key.id());
-        let result = self.inner.update(key, expected);
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
+        ready(self.update_in(&Ready(&self.inner), key, expected))
     }
 
     fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(id);
-        let result = self.inner.delete(id, expected);
-        self.end_write(id, None, ticket);
-        result
+        ready(self.delete_in(&Ready(&self.inner), id, expected))
     }
 
     fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
@@ -373,14 +454,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Verification, S::Error> {
-        match self.cached(id, |key| Verification::of(key, presented, now)) {
-            Ok(verification) => Ok(verification),
-            Err(ticket) => {
-                let found = self.inner.get(id)?;
-                self.fill(id, found.as_ref(), ticket);
-                Ok(Verification::of(found.as_ref(), presented, now))
-            }
-        }
+        ready(self.verify_in(&Ready(&self.inner), id, presented, now))
     }
 }
 
@@ -388,31 +462,19 @@ impl<S: AsyncKeyStore> AsyncKeyStore for CachedStore<S> {
     type Error = S::Error;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
-        let ticket = self.begin_read(id);
-        let found = self.inner.get(id).await?;
-        self.fill(id, found.as_ref(), ticket);
-        Ok(found)
+        self.get_in(&self.inner, id).await
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(key.id());
-        let result = self.inner.insert(key).await;
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
+        self.insert_in(&self.inner, key).await
     }
 
     async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(key.id());
-        let result = self.inner.update(key, expected).await;
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
+        self.update_in(&self.inner, key, expected).await
     }
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        let ticket = self.begin_read(id);
-        let result = self.inner.delete(id, expected).await;
-        self.end_write(id, None, ticket);
-        result
+        self.delete_in(&self.inner, id, expected).await
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
@@ -425,13 +487,44 @@ impl<S: AsyncKeyStore> AsyncKeyStore for CachedStore<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Verification, S::Error> {
-        match self.cached(id, |key| Verification::of(key, presented, now)) {
-            Ok(verification) => Ok(verification),
-            Err(ticket) => {
-                let found = self.inner.get(id).await?;
-                self.fill(id, found.as_ref(), ticket);
-                Ok(Verification::of(found.as_ref(), presented, now))
+        self.verify_in(&self.inner, id, presented, now).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InMemoryStore;
+
+    /// Removing entries moves others inside their shards; every key left
+    /// is still found in memory, and every key removed is not.
+    #[test]
+    fn removals_keep_every_other_entry_findable() {
+        let cache = CachedStore::new(InMemoryStore::new(), 1000, Duration::from_secs(3600));
+        let mut rng = rand::rng();
+        let ids: Vec<KeyId> = (0..200)
+            .map(|i| {
+                let id = KeyId::new(format!("k{i}")).unwrap();
+                let (key, _, _) =
+                    ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rng).unwrap();
+                KeyStore::insert(&cache, &key).unwrap();
+                id
+            })
+            .collect();
+        assert_eq!(cache.len(), 200);
+        for id in ids.iter().step_by(3) {
+            cache.invalidate(id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let held = cache.cached(id, |key| key.map(|k| k.id().clone()));
+            match held {
+                Ok(found) => {
+                    assert!(i % 3 != 0, "{id} was invalidated");
+                    assert_eq!(found.as_ref(), Some(id));
+                }
+                Err(_) => assert!(i % 3 == 0, "{id} should be held"),
             }
         }
+        assert_eq!(cache.len(), 200 - 67);
     }
 }

@@ -253,10 +253,22 @@ impl<E> StoreError<E> {
 }
 
 /// A sync store seen as an async one: its futures are ready at once. The
-/// sync [`KeyManager`](crate::KeyManager) drives the async one over it, and
-/// the conformance suite runs its behaviours on it.
+/// sync [`KeyManager`](crate::KeyManager) drives the async one over it
+/// (with [`ready`]), [`CachedStore`] does the same, and the conformance
+/// suite runs its behaviours on it.
 #[derive(Debug, Clone)]
 pub(crate) struct Ready<S>(pub(crate) S);
+
+/// Runs a future over [`Ready`] stores to its end: every such future is
+/// ready at its first poll.
+pub(crate) fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => unreachable!("a sync store's futures are ready at once"),
+    }
+}
 
 impl<S: KeyStore> AsyncKeyStore for Ready<S> {
     type Error = S::Error;
