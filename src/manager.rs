@@ -237,8 +237,8 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
             match self.record_noted(&id, &notes, now).await {
                 Ok(changed) => written += usize::from(changed),
                 Err(e) => {
-                    usage.put_back(id, notes);
-                    pending.for_each(|(id, notes)| usage.put_back(id, notes));
+                    usage.put_back(&id, notes);
+                    pending.for_each(|(id, notes)| usage.put_back(&id, notes));
                     return Err(e);
                 }
             }
@@ -264,12 +264,13 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         if notes.is_empty() {
             return Ok(());
         }
-        self.record_noted(id, &notes, now)
-            .await
-            .map(drop)
-            .inspect_err(|_| {
-                usage.put_back(id.clone(), notes.clone());
-            })
+        match self.record_noted(id, &notes, now).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                usage.put_back(id, notes);
+                Err(e)
+            }
+        }
     }
 
     /// Applies `notes` to the stored key `id`; whether it was written.

@@ -13,12 +13,12 @@
 //! between cores on every request. A flush merges a key's notes from every
 //! shard.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
+use hashbrown::HashTable;
 use time::OffsetDateTime;
 
 use crate::id::{KeyId, TokenId};
@@ -50,8 +50,17 @@ pub(crate) struct Noted {
     pub(crate) last: OffsetDateTime,
 }
 
-/// The notes of some keys.
-type Notes = HashMap<KeyId, Vec<Noted>>;
+/// The notes of one key, under the hash of its id.
+#[derive(Debug)]
+struct Pending {
+    hash: u64,
+    id: KeyId,
+    notes: Vec<Noted>,
+}
+
+/// The notes of some keys, by the hash of their id (the hash that also
+/// chose the shard: an id is hashed once per use noted).
+type Notes = HashTable<Pending>;
 
 /// The notes of every key, in shards.
 #[derive(Debug)]
@@ -69,88 +78,75 @@ impl Default for UsageLog {
     }
 }
 
-impl UsageLog {
-    /// The shard this thread notes key `id` in.
-    fn shard_of(&self, id: &KeyId) -> &RwLock<Notes> {
-        &self.shards[(self.hasher.hash_one(id) as usize ^ stripe()) % SHARDS]
-    }
+// A note is a plain value: a panic elsewhere cannot leave it half written,
+// so a poisoned lock is still good to use.
+fn write(shard: &RwLock<Notes>) -> RwLockWriteGuard<'_, Notes> {
+    shard.write().unwrap_or_else(PoisonError::into_inner)
+}
 
-    fn shard(&self, id: &KeyId) -> RwLockWriteGuard<'_, Notes> {
-        // A note is a plain value: a panic elsewhere cannot leave it half
-        // written, so a poisoned lock is still good to use.
-        self.shard_of(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+impl UsageLog {
+    /// The hash of `id`, and the shard this thread notes it in (chosen by
+    /// bits the shard's table does not use for its buckets or tags).
+    fn locate(&self, id: &KeyId) -> (u64, &RwLock<Notes>) {
+        let hash = self.hasher.hash_one(id);
+        (
+            hash,
+            &self.shards[((hash >> 32) as usize ^ stripe()) % SHARDS],
+        )
     }
 
     /// Notes a use of `token` of key `id` at `at` (the last use of a
     /// token to within a second).
     pub(crate) fn note(&self, id: &KeyId, token: TokenId, at: OffsetDateTime) {
-        let shard = self.shard_of(id);
+        let (hash, shard) = self.locate(id);
         let noted = shard
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .is_some_and(|notes| {
-                notes.iter().any(|n| {
+            .find(hash, |p| p.id == *id)
+            .is_some_and(|p| {
+                p.notes.iter().any(|n| {
                     n.token == token && n.first <= at && at < n.last.saturating_add(GRANULARITY)
                 })
             });
-        if noted {
-            return;
-        }
-        let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-        let notes = match shard.get_mut(id) {
-            Some(notes) => notes,
-            None => shard.entry(id.clone()).or_default(),
-        };
-        merge(
-            notes,
-            Noted {
+        if !noted {
+            let first_and_last = Noted {
                 token,
                 first: at,
                 last: at,
-            },
-        );
+            };
+            add(&mut write(shard), hash, id, [first_and_last]);
+        }
     }
 
     /// Takes every note out, one entry per key.
     pub(crate) fn take_all(&self) -> Vec<(KeyId, Vec<Noted>)> {
         let mut all = Notes::new();
         for shard in &self.shards {
-            let taken = std::mem::take(&mut *shard.write().unwrap_or_else(PoisonError::into_inner));
-            for (id, notes) in taken {
-                let kept = all.entry(id).or_default();
-                notes.into_iter().for_each(|noted| merge(kept, noted));
+            for taken in std::mem::take(&mut *write(shard)) {
+                add(&mut all, taken.hash, &taken.id, taken.notes);
             }
         }
-        all.into_iter().collect()
+        all.into_iter().map(|p| (p.id, p.notes)).collect()
     }
 
     /// Takes the notes of key `id` out.
     pub(crate) fn take(&self, id: &KeyId) -> Vec<Noted> {
+        let hash = self.hasher.hash_one(id);
         let mut kept = Vec::new();
         for shard in &self.shards {
-            let taken = shard
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(id);
-            taken
-                .into_iter()
-                .flatten()
-                .for_each(|noted| merge(&mut kept, noted));
+            if let Ok(found) = write(shard).find_entry(hash, |p| p.id == *id) {
+                let (taken, _) = found.remove();
+                taken.notes.into_iter().for_each(|n| merge(&mut kept, n));
+            }
         }
         kept
     }
 
     /// Puts back notes that could not be written, merged with any noted
     /// since they were taken.
-    pub(crate) fn put_back(&self, id: KeyId, notes: Vec<Noted>) {
-        let mut shard = self.shard(&id);
-        let kept = shard.entry(id).or_default();
-        for noted in notes {
-            merge(kept, noted);
-        }
+    pub(crate) fn put_back(&self, id: &KeyId, notes: Vec<Noted>) {
+        let (hash, shard) = self.locate(id);
+        add(&mut write(shard), hash, id, notes);
     }
 
     /// How many keys have notes waiting.
@@ -158,10 +154,29 @@ impl UsageLog {
         let mut ids = std::collections::HashSet::new();
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            ids.extend(shard.keys().cloned());
+            ids.extend(shard.iter().map(|p| p.id.clone()));
         }
         ids.len()
     }
+}
+
+/// Merges `notes` into key `id`'s in `table`.
+fn add(table: &mut Notes, hash: u64, id: &KeyId, notes: impl IntoIterator<Item = Noted>) {
+    let kept = match table.find_mut(hash, |p| p.id == *id) {
+        Some(pending) => &mut pending.notes,
+        None => {
+            let pending = Pending {
+                hash,
+                id: id.clone(),
+                notes: Vec::new(),
+            };
+            &mut table
+                .insert_unique(hash, pending, |p| p.hash)
+                .into_mut()
+                .notes
+        }
+    };
+    notes.into_iter().for_each(|n| merge(kept, n));
 }
 
 fn merge(notes: &mut Vec<Noted>, new: Noted) {
@@ -232,7 +247,7 @@ mod tests {
         );
         assert_eq!(log.keys(), 0);
         log.note(&id, token(1), t0 + Duration::seconds(20));
-        log.put_back(id.clone(), notes);
+        log.put_back(&id, notes);
         let all = log.take_all();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1[0].first, t0);

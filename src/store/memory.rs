@@ -61,12 +61,47 @@ struct Inner {
     index: HashTable<u32>,
     hasher: RandomState,
     /// Every distinct policy, stored once.
-    policies: Vec<Policy>,
-    policy_numbers: HashMap<Policy, u32>,
+    policies: Interned<Policy>,
     /// Every distinct set of scopes, stored once: keys holding equal sets
     /// share one (services have few permission sets and many keys).
-    scope_sets: Vec<Scopes>,
-    scope_numbers: HashMap<Scopes, u32>,
+    scope_sets: Interned<Scopes>,
+}
+
+/// Distinct values, each stored once and named by a number.
+#[derive(Debug)]
+struct Interned<T> {
+    values: Vec<T>,
+    numbers: HashMap<T, u32>,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            values: Vec::new(),
+            numbers: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Interned<T> {
+    /// The number of `value`, stored if it is new.
+    fn number(&mut self, value: &T) -> u32 {
+        if let Some(&n) = self.numbers.get(value) {
+            return n;
+        }
+        let n = self.values.len() as u32;
+        self.values.push(value.clone());
+        self.numbers.insert(value.clone(), n);
+        n
+    }
+}
+
+impl<T> std::ops::Index<u32> for Interned<T> {
+    type Output = T;
+
+    fn index(&self, n: u32) -> &T {
+        &self.values[n as usize]
+    }
 }
 
 /// An [`ApiKey`], compactly: its policy and scopes replaced by numbers,
@@ -167,20 +202,8 @@ impl Inner {
     }
 
     fn pack(&mut self, key: &ApiKey) -> Slot {
-        let next = self.policies.len() as u32;
-        let policy = *self.policy_numbers.entry(key.policy).or_insert(next);
-        if policy == next {
-            self.policies.push(key.policy);
-        }
-        let next = self.scope_sets.len() as u32;
-        let scopes = match self.scope_numbers.get(&key.scopes) {
-            Some(&shared) => shared,
-            None => {
-                self.scope_numbers.insert(key.scopes.clone(), next);
-                self.scope_sets.push(key.scopes.clone());
-                next
-            }
-        };
+        let policy = self.policies.number(&key.policy);
+        let scopes = self.scope_sets.number(&key.scopes);
         let rare = Rare {
             current_revoked_at: key.current.revoked_at,
             expires_at: key.expires_at,
@@ -206,7 +229,7 @@ impl Inner {
     }
 
     fn unpack(&self, slot: &Slot) -> ApiKey {
-        let policy = self.policies[slot.policy as usize];
+        let policy = self.policies[slot.policy];
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
         ApiKey {
             id: slot.id.clone(),
@@ -216,7 +239,7 @@ impl Inner {
             version: slot.version,
             created_at: slot.created_at,
             policy,
-            scopes: self.scope_sets[slot.scopes as usize].clone(),
+            scopes: self.scope_sets[slot.scopes].clone(),
             metadata: slot.metadata.clone(),
             expires_at: rare.expires_at,
             current: slot.current.unpack(&policy, rare.current_revoked_at),
@@ -230,14 +253,14 @@ impl Inner {
     }
 
     fn view<'a>(&'a self, slot: &'a Slot) -> KeyView<'a> {
-        let policy = &self.policies[slot.policy as usize];
+        let policy = &self.policies[slot.policy];
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
         KeyView {
             id: &slot.id,
             policy,
             status: slot.status,
             expires_at: rare.expires_at,
-            scopes: &self.scope_sets[slot.scopes as usize],
+            scopes: &self.scope_sets[slot.scopes],
             metadata: &slot.metadata,
             current: slot.current.view(policy, rare.current_revoked_at.is_some()),
             old: slot
