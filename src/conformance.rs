@@ -35,15 +35,15 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::pin::{Pin, pin};
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Wake, Waker};
+use std::pin::Pin;
+use std::sync::Barrier;
+use std::task::Poll;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::store::Ready;
+use crate::store::{Ready, ready};
 use crate::{
     ApiKey, AsyncKeyStore, Expiry, KeyId, KeyStore, NewKey, OldTokenDeletion, Policy, Revision,
     StoreError, Token, TokenFormat, Verification,
@@ -120,26 +120,6 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
     let (key, token) = issue_new(new, odd_time, 6);
     out.push((key, vec![token]));
     out
-}
-
-/// Runs a future to completion on this thread (for sync stores only: their
-/// futures never wait on anything).
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(output) => return output,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }
 
 /// Polls all `futures` concurrently until every one is done.
@@ -749,7 +729,7 @@ macro_rules! behaviours {
             ///
             /// On a violation, naming the behaviour and what was seen.
             pub fn $name<S: KeyStore>(store: S) {
-                block_on($body(Ready(store)));
+                ready($body(Ready(store)));
             }
 
             #[doc = concat!("The async form of [`", stringify!($name), "`].")]
@@ -828,7 +808,7 @@ behaviours! {
 /// On a violation, naming the behaviour and what was seen.
 pub fn concurrent_updates_have_one_winner<S: KeyStore>(store: S) {
     let store = Ready(store);
-    block_on(updates_race_body(&store, thread_race::<S>(false)));
+    ready(updates_race_body(&store, thread_race::<S>(false)));
 }
 
 /// The async form of [`concurrent_updates_have_one_winner`], racing 8
@@ -852,7 +832,7 @@ pub async fn concurrent_updates_have_one_winner_async<S: AsyncKeyStore>(store: S
 /// On a violation, naming the behaviour and what was seen.
 pub fn concurrent_inserts_have_one_winner<S: KeyStore>(store: S) {
     let store = Ready(store);
-    block_on(inserts_race_body(&store, thread_race::<S>(true)));
+    ready(inserts_race_body(&store, thread_race::<S>(true)));
 }
 
 /// The async form of [`concurrent_inserts_have_one_winner`], racing 8

@@ -251,10 +251,6 @@ fn unknown_ids_are_remembered_only_when_asked() {
         .create_key(junk.clone(), t0(), &mut rand::rng())
         .unwrap();
     assert!(manager.authenticate(token.expose_secret(), t0()).is_ok());
-    assert!(matches!(
-        manager.authenticate("kr_other_0123456789", t0()),
-        Err(AuthError::Verify(VerifyError::Malformed))
-    ));
 }
 
 #[test]
