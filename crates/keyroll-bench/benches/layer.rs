@@ -1,0 +1,130 @@
+//! keyroll-axum's cost per request, in process (no sockets): an axum
+//! router with `GET /v1/ping` (no authentication) and `GET /v1/whoami`
+//! (behind `KeyrollLayer`, usage recording on, `InMemoryStore`), both
+//! answering the same JSON shape and both sent the same bearer token, as
+//! `http_service` does. The difference of the two is what authenticating a
+//! request costs a server.
+//!
+//! - `layer/ping`, `layer/whoami`: one thread.
+//! - `layer/ping_2_threads`, `layer/whoami_2_threads`: two threads sending
+//!   at once (time per request), which shows what the threads share.
+//!
+//! `cargo bench -p keyroll-bench --bench layer`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
+use criterion::{Criterion, criterion_group, criterion_main};
+use keyroll::{AsyncKeyManager, InMemoryStore, KeyId, Metadata, Scopes, TokenMatch};
+use keyroll_axum::{Authenticated, KeyrollLayer};
+use time::OffsetDateTime;
+use tower::ServiceExt;
+
+/// `whoami`'s answer, and `ping`'s with nobody in it.
+#[derive(serde::Serialize, Default)]
+struct Whoami {
+    key_id: Option<KeyId>,
+    token: Option<TokenMatch>,
+    scopes: Scopes,
+    metadata: Metadata,
+}
+
+async fn whoami(who: Authenticated) -> axum::Json<Whoami> {
+    axum::Json(Whoami {
+        key_id: Some(who.key_id.clone()),
+        token: Some(who.matched),
+        scopes: who.scopes.clone(),
+        metadata: who.metadata.clone(),
+    })
+}
+
+async fn ping() -> axum::Json<Whoami> {
+    axum::Json(Whoami::default())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+}
+
+/// The router and a bearer header for it.
+fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
+    let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+    let now = OffsetDateTime::now_utc();
+    let (token, _) = rt
+        .block_on(keys.create_key(
+            KeyId::new("bench-key").expect("valid id"),
+            now,
+            &mut rand::rng(),
+        ))
+        .expect("created");
+    let router = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .layer(KeyrollLayer::new(keys))
+        .route("/v1/ping", get(ping));
+    (router, format!("Bearer {}", token.expose_secret()))
+}
+
+/// One request through `router`; panics unless it is answered 200.
+async fn send(router: &Router, path: &'static str, bearer: &str) {
+    let request = Request::get(path)
+        .header("authorization", bearer)
+        .body(Body::empty())
+        .expect("a request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await;
+    std::hint::black_box(body.expect("a body"));
+}
+
+fn bench_layer(c: &mut Criterion) {
+    let rt = runtime();
+    let (router, bearer) = app(&rt);
+    let mut group = c.benchmark_group("layer");
+    for (name, path) in [("ping", "/v1/ping"), ("whoami", "/v1/whoami")] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| send(&router, path, &bearer))
+        });
+    }
+    for (name, path) in [
+        ("ping_2_threads", "/v1/ping"),
+        ("whoami_2_threads", "/v1/whoami"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    for _ in 0..2 {
+                        scope.spawn(|| {
+                            runtime().block_on(async {
+                                for _ in 0..iters {
+                                    send(&router, path, &bearer).await;
+                                }
+                            })
+                        });
+                    }
+                });
+                // Two requests per iteration, one per thread: the time
+                // per request of the pair.
+                start.elapsed() / 2
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4));
+    targets = bench_layer
+}
+criterion_main!(benches);
