@@ -53,6 +53,7 @@ mod key;
 mod manager;
 mod names;
 mod new_key;
+mod padded;
 mod policy;
 #[cfg(feature = "serde")]
 pub mod record;

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::id::{KeyId, TokenId};
 use crate::key::ApiKey;
+use crate::padded::Padded;
 use crate::verify::TokenMatch;
 
 /// Locks taken by `authenticate` are spread over this many maps, so
@@ -65,14 +66,14 @@ type Notes = HashTable<Pending>;
 /// The notes of every key, in shards.
 #[derive(Debug)]
 pub(crate) struct UsageLog {
-    shards: Box<[RwLock<Notes>]>,
+    shards: Box<[Padded<RwLock<Notes>>]>,
     hasher: RandomState,
 }
 
 impl Default for UsageLog {
     fn default() -> Self {
         UsageLog {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
             hasher: RandomState::new(),
         }
     }

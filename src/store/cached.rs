@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use super::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification, ready};
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::padded::Padded;
 use crate::revision::Revision;
 
 /// Entries are spread over this many locks.
@@ -74,7 +75,7 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub struct CachedStore<S> {
     inner: S,
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Padded<RwLock<Shard>>]>,
     hasher: RandomState,
     room: Room,
     max_staleness: Duration,
@@ -142,7 +143,7 @@ impl<S> CachedStore<S> {
     pub fn new(inner: S, capacity: usize, max_staleness: Duration) -> CachedStore<S> {
         CachedStore {
             inner,
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
             hasher: RandomState::new(),
             room: Room {
                 capacity,

@@ -154,6 +154,13 @@ async fn the_two_header_form_and_conflicting_headers() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&f.app, conflicting).await.0, StatusCode::UNAUTHORIZED);
+    // An `Authorization` header of another scheme is not a bearer token:
+    // the two headers beside it are the credential.
+    let mut basic = two("reader", f.reader.expose_secret());
+    basic
+        .headers_mut()
+        .insert(header::AUTHORIZATION, "Basic cmVhZGVyOg==".parse().unwrap());
+    assert_eq!(send(&f.app, basic).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -259,4 +266,72 @@ async fn over_a_real_socket() {
     let forbidden = get(f.plain.expose_secret().to_owned()).await;
     assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
     server.abort();
+}
+
+#[tokio::test]
+async fn a_store_that_answers_later_gets_the_same_answers() {
+    /// `InMemoryStore` behind reads that first yield to the runtime, as a
+    /// store doing I/O does: the layer cannot answer during its `call`.
+    struct Later(InMemoryStore);
+    impl keyroll::AsyncKeyStore for Later {
+        type Error = std::convert::Infallible;
+        async fn get(&self, id: &KeyId) -> Result<Option<keyroll::ApiKey>, Self::Error> {
+            tokio::task::yield_now().await;
+            keyroll::KeyStore::get(&self.0, id)
+        }
+        async fn insert(
+            &self,
+            key: &keyroll::ApiKey,
+        ) -> Result<(), keyroll::StoreError<Self::Error>> {
+            keyroll::KeyStore::insert(&self.0, key)
+        }
+        async fn update(
+            &self,
+            key: &keyroll::ApiKey,
+            expected: keyroll::Revision,
+        ) -> Result<(), keyroll::StoreError<Self::Error>> {
+            keyroll::KeyStore::update(&self.0, key, expected)
+        }
+        async fn delete(
+            &self,
+            id: &KeyId,
+            expected: keyroll::Revision,
+        ) -> Result<(), keyroll::StoreError<Self::Error>> {
+            keyroll::KeyStore::delete(&self.0, id, expected)
+        }
+        async fn list(
+            &self,
+            after: Option<&KeyId>,
+            limit: usize,
+        ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
+            keyroll::KeyStore::list(&self.0, after, limit)
+        }
+    }
+    let keys = Arc::new(AsyncKeyManager::new(Later(InMemoryStore::new())));
+    let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
+    let id = KeyId::new("later").unwrap();
+    let (old, _) = keys.create_key(id.clone(), now, &mut rng).await.unwrap();
+    let (new, _) = keys.renew(&id, now, &mut rng).await.unwrap();
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .layer(KeyrollLayer::new(keys));
+
+    let (status, _, renewed, body) = send(&app, bearer("/whoami", new.expose_secret())).await;
+    assert_eq!((status, renewed), (StatusCode::OK, None));
+    assert_eq!(body, r#"{"key_id":"later","scopes":0}"#);
+    let (status, _, renewed, _) = send(&app, bearer("/whoami", old.expose_secret())).await;
+    assert_eq!((status, renewed.as_deref()), (StatusCode::OK, Some("true")));
+    let (status, challenge, _, _) = send(
+        &app,
+        bearer(
+            "/whoami",
+            "kr_later_0000000000000000000000000000000000000000000000",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer realm="keyroll", error="invalid_token""#)
+    );
 }

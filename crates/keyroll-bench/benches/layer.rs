@@ -6,6 +6,10 @@
 //! request costs a server.
 //!
 //! - `layer/ping`, `layer/whoami`: one thread.
+//! - `layer/extension_whoami`: `whoami` behind axum's `Extension` layer
+//!   handing it a fixed identity: what any layer giving a handler an
+//!   identity costs, so `whoami - extension_whoami` is the cost of
+//!   authenticating.
 //! - `layer/ping_2_threads`, `layer/whoami_2_threads`: two threads sending
 //!   at once (time per request), which shows what the threads share.
 //!
@@ -63,10 +67,14 @@ fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
             &mut rand::rng(),
         ))
         .expect("created");
+    let fixed = rt
+        .block_on(keys.authenticate(token.expose_secret(), now))
+        .expect("authenticated");
     let router = Router::new()
         .route("/v1/whoami", get(whoami))
         .layer(KeyrollLayer::new(keys))
-        .route("/v1/ping", get(ping));
+        .route("/v1/ping", get(ping))
+        .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)));
     (router, format!("Bearer {}", token.expose_secret()))
 }
 
@@ -90,7 +98,11 @@ fn bench_layer(c: &mut Criterion) {
     let rt = runtime();
     let (router, bearer) = app(&rt);
     let mut group = c.benchmark_group("layer");
-    for (name, path) in [("ping", "/v1/ping"), ("whoami", "/v1/whoami")] {
+    for (name, path) in [
+        ("ping", "/v1/ping"),
+        ("whoami", "/v1/whoami"),
+        ("extension_whoami", "/fixed/whoami"),
+    ] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| send(&router, path, &bearer))
         });
