@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # wrk against the HTTP example, usage recording on: GET /v1/ping (no
 # authentication) and GET /v1/whoami (keyroll), the same bearer token sent
-# to both, `wrk -t1 -c8 -d5s` per measurement, routes interleaved ROUNDS
-# times; prints each rate and the medians' ratio.
+# to both, `wrk -t1 -c8 -d5s` per measurement. ROUNDS rounds, each a pair
+# of measurements, in the order ping-whoami, then whoami-ping, and so on
+# (so a machine slowing down or speeding up favours neither route); prints
+# each rate, the ratio of the medians, and the median of the rounds' ratios
+# (each round's two measurements ran back to back, under the same load).
 #
 #   bash benches/http.sh [ROUNDS]      (needs wrk: apt-get install wrk)
 set -euo pipefail
@@ -26,12 +29,20 @@ rate() {
 }
 ping=() whoami=()
 for round in $(seq "$rounds"); do
-    ping+=("$(rate /v1/ping)")
-    whoami+=("$(rate /v1/whoami)")
+    if ((round % 2)); then
+        ping+=("$(rate /v1/ping)")
+        whoami+=("$(rate /v1/whoami)")
+    else
+        whoami+=("$(rate /v1/whoami)")
+        ping+=("$(rate /v1/ping)")
+    fi
     echo "round $round: ping ${ping[-1]} req/s, whoami ${whoami[-1]} req/s"
 done
 python3 - "${ping[*]}" "${whoami[*]}" <<'PY'
 import statistics, sys
-ping, whoami = (statistics.median(map(float, a.split())) for a in sys.argv[1:3])
-print(f"medians: ping {ping:.0f} req/s, whoami {whoami:.0f} req/s, ratio whoami/ping {whoami / ping:.3f}")
+ping, whoami = ([float(r) for r in a.split()] for a in sys.argv[1:3])
+p, w = statistics.median(ping), statistics.median(whoami)
+paired = statistics.median(b / a for a, b in zip(ping, whoami))
+print(f"medians: ping {p:.0f} req/s, whoami {w:.0f} req/s, ratio whoami/ping {w / p:.3f}")
+print(f"median of the rounds' ratios whoami/ping: {paired:.3f}")
 PY

@@ -149,7 +149,6 @@ pub struct InvalidKeyId {
 /// was issued, renewed, used or deleted without revealing anything of the
 /// secret.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(align(8))]
 pub struct TokenId([u8; 16]);
 
 impl TokenId {

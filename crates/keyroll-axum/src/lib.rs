@@ -44,38 +44,30 @@
 #![deny(missing_docs)]
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll::{AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, TokenMatch};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
-mod future;
 mod usage;
 
-pub use future::ResponseFuture;
 pub use usage::UsageFlusher;
-
-use future::mark_renewed;
 
 /// The response header set on answers to a request made with the old token
 /// of a pending renewal: `keyroll-token-renewed: true`.
 pub const TOKEN_RENEWED: HeaderName = HeaderName::from_static("keyroll-token-renewed");
 
-/// A header's text; empty if it is not visible ASCII.
-fn text(value: &HeaderValue) -> &str {
-    value.to_str().unwrap_or_default()
-}
-
-/// What starts an `Authorization` header carrying a bearer token.
-const BEARER: &str = "Bearer ";
+/// The future both services return.
+type Answer<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
 /// The one body of every refused credential.
 const REFUSED: &str = "invalid credentials";
@@ -182,36 +174,31 @@ impl<S, I: Clone> Clone for KeyrollService<S, I> {
     }
 }
 
-/// What a request presented: its credential headers' values (clones
-/// sharing the request's buffer).
-enum Presented {
+/// What a request presented, borrowed from its headers.
+enum Presented<'a> {
     Bearer {
-        authorization: HeaderValue,
-        key_id: Option<HeaderValue>,
+        token: &'a str,
+        key_id: Option<&'a str>,
     },
     TwoHeaders {
-        key_id: HeaderValue,
-        token: HeaderValue,
+        key_id: &'a str,
+        token: &'a str,
     },
     Nothing,
 }
 
-impl Presented {
-    fn of<S>(headers: &HeaderMap, config: &Shared<S>) -> Presented {
-        let header = |name: &HeaderName| headers.get(name).cloned();
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .filter(|value| value.as_bytes().starts_with(BEARER.as_bytes()));
-        match (bearer.cloned(), &config.two_headers) {
-            (Some(authorization), two) => Presented::Bearer {
-                authorization,
-                key_id: two.as_ref().and_then(|(key_id, _)| header(key_id)),
-            },
-            (None, Some((key_id, token))) => match (header(key_id), header(token)) {
-                (Some(key_id), Some(token)) => Presented::TwoHeaders { key_id, token },
-                _ => Presented::Nothing,
-            },
-            (None, None) => Presented::Nothing,
+impl<'a> Presented<'a> {
+    fn of<S>(parts: &'a Parts, config: &Shared<S>) -> Presented<'a> {
+        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
+        let (key_id, token) = match &config.two_headers {
+            Some((key_id, token)) => (header(key_id), header(token)),
+            None => (None, None),
+        };
+        match (bearer, key_id, token) {
+            (Some(token), key_id, _) => Presented::Bearer { token, key_id },
+            (None, Some(key_id), Some(token)) => Presented::TwoHeaders { key_id, token },
+            _ => Presented::Nothing,
         }
     }
 }
@@ -235,115 +222,86 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = ResponseFuture<I::Future, I::Error>;
+    type Future = Answer<I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let presented = Presented::of(request.headers(), &self.layer.shared);
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.layer.shared.clone();
-        let mut check = Box::pin(async move { authenticate(&shared, &presented).await });
-        // A store answering from memory (`InMemoryStore`, a warm
-        // `CachedStore`) is done at the first poll: the inner service, which
-        // was polled ready, is then called now, with nothing more allocated.
-        // Otherwise the check goes on in the returned future (polled again
-        // there, with the task's waker), with a clone of the inner service.
-        match check.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(who)) => {
-                let renewed = who.matched == TokenMatch::Old;
-                request.extensions_mut().insert(who);
-                ResponseFuture::inner(self.inner.call(request), renewed)
-            }
-            Poll::Ready(Err(refused)) => ResponseFuture::answered(refused),
-            Poll::Pending => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(async move {
-                    let who = match check.await {
-                        Ok(who) => who,
-                        Err(refused) => return Ok(refused),
-                    };
-                    let renewed = who.matched == TokenMatch::Old;
-                    request.extensions_mut().insert(who);
-                    let mut response = inner.call(request).await?;
-                    if renewed {
-                        mark_renewed(&mut response);
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let config = &*shared;
+            let now = OffsetDateTime::now_utc();
+            let outcome = match Presented::of(&parts, config) {
+                Presented::Nothing => {
+                    tracing::info!(cause = "no credentials", "keyroll: request refused");
+                    return Ok(refusal(
+                        StatusCode::UNAUTHORIZED,
+                        REFUSED,
+                        Some(config.challenge.clone()),
+                    ));
+                }
+                Presented::Bearer { token, key_id } => {
+                    // A key id sent beside a bearer token must be the one it names.
+                    let conflict = key_id.is_some_and(|sent| {
+                        KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
+                    });
+                    if conflict {
+                        tracing::info!(
+                            cause = "a key id header names another key than the bearer token",
+                            "keyroll: request refused"
+                        );
+                        return Ok(invalid_token(config));
                     }
-                    Ok(response)
-                })
+                    match config.keys.authenticate(token, now).await {
+                        Ok(who) => Ok(who),
+                        // The key id, for the log: the token's, if it names one.
+                        Err(e) => Err((e, KeyId::from_token(token).ok())),
+                    }
+                }
+                Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
+                    Ok(id) => match config.keys.authenticate_key(&id, token, now).await {
+                        Ok(who) => Ok(who),
+                        Err(e) => Err((e, Some(id))),
+                    },
+                    Err(_) => {
+                        tracing::info!(cause = "invalid key id", "keyroll: request refused");
+                        return Ok(invalid_token(config));
+                    }
+                },
+            };
+            let who = match outcome {
+                Ok(who) => who,
+                Err((AuthError::Store(e), _)) => {
+                    tracing::error!(error = %e, "keyroll: the key store failed");
+                    return Ok(refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the service is unavailable; try again later",
+                        None,
+                    ));
+                }
+                Err((e, presented)) => {
+                    let key_id = presented.as_ref().map(KeyId::as_str);
+                    tracing::info!(cause = %e, key_id, "keyroll: request refused");
+                    return Ok(invalid_token(config));
+                }
+            };
+            let old = who.matched == TokenMatch::Old;
+            parts.extensions.insert(who);
+            let mut response = inner.call(Request::from_parts(parts, body)).await?;
+            if old {
+                response
+                    .headers_mut()
+                    .insert(TOKEN_RENEWED, HeaderValue::from_static("true"));
             }
-        }
+            Ok(response)
+        })
     }
-}
-
-/// Who the credentials `presented` authenticate as, or the answer
-/// refusing them (the cause logged).
-async fn authenticate<S: AsyncKeyStore>(
-    config: &Shared<S>,
-    presented: &Presented,
-) -> Result<keyroll::Authenticated, Response> {
-    let now = OffsetDateTime::now_utc();
-    let outcome = match presented {
-        Presented::Nothing => {
-            tracing::info!(cause = "no credentials", "keyroll: request refused");
-            return Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                REFUSED,
-                Some(config.challenge.clone()),
-            ));
-        }
-        Presented::Bearer {
-            authorization,
-            key_id,
-        } => {
-            let token = text(authorization).strip_prefix(BEARER).unwrap_or_default();
-            // A key id sent beside a bearer token must be the one it names.
-            let conflict = key_id.as_ref().map(text).is_some_and(|sent| {
-                KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
-            });
-            if conflict {
-                tracing::info!(
-                    cause = "a key id header names another key than the bearer token",
-                    "keyroll: request refused"
-                );
-                return Err(invalid_token(config));
-            }
-            // The key id, for the log: the token's, if it names one.
-            config
-                .keys
-                .authenticate(token, now)
-                .await
-                .map_err(|e| (e, KeyId::from_token(token).ok()))
-        }
-        Presented::TwoHeaders { key_id, token } => match KeyId::new(text(key_id)) {
-            Ok(id) => config
-                .keys
-                .authenticate_key(&id, text(token), now)
-                .await
-                .map_err(|e| (e, Some(id))),
-            Err(_) => {
-                tracing::info!(cause = "invalid key id", "keyroll: request refused");
-                return Err(invalid_token(config));
-            }
-        },
-    };
-    outcome.map_err(|refused| match refused {
-        (AuthError::Store(e), _) => {
-            tracing::error!(error = %e, "keyroll: the key store failed");
-            refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service is unavailable; try again later",
-                None,
-            )
-        }
-        (e, presented) => {
-            let key_id = presented.as_ref().map(KeyId::as_str);
-            tracing::info!(cause = %e, key_id, "keyroll: request refused");
-            invalid_token(config)
-        }
-    })
 }
 
 /// The 401 for a presented credential that did not authenticate.
@@ -428,7 +386,7 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = ResponseFuture<I::Future, I::Error>;
+    type Future = Answer<I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -462,8 +420,8 @@ where
             }
         };
         match answer {
-            Some(refused) => ResponseFuture::answered(refused),
-            None => ResponseFuture::inner(self.inner.call(request), false),
+            Some(refused) => Box::pin(async move { Ok(refused) }),
+            None => Box::pin(self.inner.call(request)),
         }
     }
 }
