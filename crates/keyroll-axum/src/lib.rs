@@ -191,14 +191,18 @@ impl<'a> Presented<'a> {
     fn of<S>(parts: &'a Parts, config: &Shared<S>) -> Presented<'a> {
         let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
-        let (key_id, token) = match &config.two_headers {
-            Some((key_id, token)) => (header(key_id), header(token)),
-            None => (None, None),
-        };
-        match (bearer, key_id, token) {
-            (Some(token), key_id, _) => Presented::Bearer { token, key_id },
-            (None, Some(key_id), Some(token)) => Presented::TwoHeaders { key_id, token },
-            _ => Presented::Nothing,
+        // Beside a bearer token only the key id header matters (it must
+        // name the same key); the token header is read only without one.
+        match (bearer, &config.two_headers) {
+            (Some(token), two) => Presented::Bearer {
+                token,
+                key_id: two.as_ref().and_then(|(key_id, _)| header(key_id)),
+            },
+            (None, Some((key_id, token))) => match (header(key_id), header(token)) {
+                (Some(key_id), Some(token)) => Presented::TwoHeaders { key_id, token },
+                _ => Presented::Nothing,
+            },
+            (None, None) => Presented::Nothing,
         }
     }
 }
