@@ -140,6 +140,13 @@ impl Service {
         }
     }
 
+    /// Creates a key with `body` through the admin API; its token.
+    fn create(&self, body: Value) -> String {
+        let created = self.admin("POST", "/admin/keys", Some(body));
+        assert_eq!(created.0, 201, "{created:?}");
+        token_of(&created)
+    }
+
     fn bearer(&self, token: &str) -> Answer {
         answer(
             self.agent
@@ -420,17 +427,9 @@ fn http_bad_input_gets_a_clear_4xx() {
 #[test]
 fn http_credential_refusals_do_not_reveal_which_keys_exist() {
     let service = start();
-    let created = service.admin(
-        "POST",
-        "/admin/keys",
-        Some(json!({"id": "real", "label": "x"})),
-    );
-    let token = token_of(&created);
-    let (_, other) = {
-        let created = service.admin("POST", "/admin/keys", Some(json!({"id": "other"})));
-        (created.0, token_of(&created))
-    };
-    let ghost = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "ghost"}))));
+    let token = service.create(json!({"id": "real", "label": "x"}));
+    let other = service.create(json!({"id": "other"}));
+    let ghost = service.create(json!({"id": "ghost"}));
     service.admin("DELETE", "/admin/keys/ghost", None);
     let answers = [
         service.whoami("real", "kr_typo"),
@@ -554,9 +553,8 @@ fn http_refuses_to_start_without_an_admin_token() {
 #[test]
 fn http_one_string_bearer_tokens_and_the_two_header_form() {
     let service = start();
-    let token =
-        token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "acme_orders.v2"}))));
-    let other = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "other"}))));
+    let token = service.create(json!({"id": "acme_orders.v2"}));
+    let other = service.create(json!({"id": "other"}));
     assert_eq!(
         service.bearer(&token),
         (
@@ -631,8 +629,8 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let (scanner, keys) = Scanner::new(dir.path());
     let service = start_with(&["--github-keys", keys.to_str().unwrap()]);
-    let leaked = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "acme"}))));
-    let safe = token_of(&service.admin("POST", "/admin/keys", Some(json!({"id": "safe"}))));
+    let leaked = service.create(json!({"id": "acme"}));
+    let safe = service.create(json!({"id": "safe"}));
     let url = format!("{}/secret-scanning/github", service.base);
     let report = json!([
         {"token": leaked, "type": "keyroll_token", "url": "https://github.com/o/r/blob/x/.env", "source": "content"},
@@ -720,11 +718,7 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
 #[test]
 fn http_scopes_guard_routes_and_the_admin_api() {
     let service = start();
-    let admin = token_of(&service.admin(
-        "POST",
-        "/admin/keys",
-        Some(json!({"id": "ops", "scopes": ["keyroll:admin"]})),
-    ));
+    let admin = service.create(json!({"id": "ops", "scopes": ["keyroll:admin"]}));
     let request = |method: &str, path: &str, bearer: &str, body: Option<Value>| {
         let url = format!("{}{path}", service.base);
         let auth = format!("Bearer {bearer}");
