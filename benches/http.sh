@@ -7,13 +7,17 @@
 # each rate, the ratio of the medians, and the median of the rounds' ratios
 # (each round's two measurements ran back to back, under the same load).
 #
-#   bash benches/http.sh [ROUNDS]      (needs wrk: apt-get install wrk)
+# Arguments after ROUNDS go to the service (`--no-usage-recording`
+# measures the same without noting uses).
+#
+#   bash benches/http.sh [ROUNDS [SERVICE ARGS...]]   (needs wrk: apt-get install wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
+shift || true
 port=18089
 cargo build --release -q -p keyroll-demo --bin http_service
-KEYROLL_ADMIN_TOKEN=bench ./target/release/http_service --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+KEYROLL_ADMIN_TOKEN=bench ./target/release/http_service --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
 service=$!
 trap 'kill $service' EXIT
 for _ in $(seq 50); do

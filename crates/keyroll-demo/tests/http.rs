@@ -425,6 +425,21 @@ fn http_bad_input_gets_a_clear_4xx() {
 /// whether a key id exists. The causes are in the server's log, with no
 /// token.
 #[test]
+fn http_without_usage_recording_last_use_stays_empty() {
+    let service = start_with(&["--no-usage-recording"]);
+    let token = service.create(json!({"id": "quiet"}));
+    assert_eq!(service.bearer(&token).0, 200);
+    // The listing flushes noted uses first: there are none to write.
+    let listing = service.admin("GET", "/admin/keys", None);
+    let key = &listing.1["keys"][0];
+    assert_eq!(key["id"], "quiet");
+    assert!(
+        key["current_token"]["last_used_at"].is_null(),
+        "no use recorded: {key}"
+    );
+}
+
+#[test]
 fn http_credential_refusals_do_not_reveal_which_keys_exist() {
     let service = start();
     let token = service.create(json!({"id": "real", "label": "x"}));

@@ -98,6 +98,11 @@ struct Cli {
     /// (changes notified by other replicas are seen in milliseconds).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     max_staleness: std::time::Duration,
+    /// Does not note token uses (last-use times stop moving; deleting an
+    /// old token "once nothing uses it" needs them). For measuring what
+    /// recording costs.
+    #[arg(long)]
+    no_usage_recording: bool,
 }
 
 // ---------------------------------------------------------------- the store
@@ -803,7 +808,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
     let (store, _listener) = open_store(&cli.store, cli.max_staleness).await?;
     let app = Arc::new(App {
-        keys: Arc::new(AsyncKeyManager::new(store).with_usage_recording(true)),
+        keys: Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording)),
         scanner_keys: cli
             .github_keys
             .as_deref()
