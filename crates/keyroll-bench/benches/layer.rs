@@ -37,12 +37,12 @@ struct Whoami {
     metadata: Metadata,
 }
 
-async fn whoami(who: Authenticated) -> axum::Json<Whoami> {
+async fn whoami(Authenticated(who): Authenticated) -> axum::Json<Whoami> {
     axum::Json(Whoami {
-        key_id: Some(who.key_id.clone()),
+        key_id: Some(who.key_id),
         token: Some(who.matched),
-        scopes: who.scopes.clone(),
-        metadata: who.metadata.clone(),
+        scopes: who.scopes,
+        metadata: who.metadata,
     })
 }
 

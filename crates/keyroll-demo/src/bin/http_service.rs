@@ -249,12 +249,12 @@ fn bearer(request: &Request) -> Option<String> {
 
 /// Who the request is: `keyroll_axum::Authenticated`, put there by the
 /// layer in front of the `/v1` routes.
-async fn whoami(who: keyroll_axum::Authenticated) -> Json<Whoami> {
+async fn whoami(keyroll_axum::Authenticated(who): keyroll_axum::Authenticated) -> Json<Whoami> {
     Json(Whoami {
-        key_id: Some(who.key_id.clone()),
+        key_id: Some(who.key_id),
         token: Some(who.matched),
-        scopes: who.scopes.clone(),
-        metadata: who.metadata.clone(),
+        scopes: who.scopes,
+        metadata: who.metadata,
     })
 }
 
