@@ -69,6 +69,16 @@ pub(crate) fn pack40(chars: &[u8; 40]) -> Option<[u8; 30]> {
     (invalid & 0xC0 == 0).then_some(out)
 }
 
+/// Whether every byte of `chars` is in the alphabet: [`pack40`]'s check
+/// alone. One pass, no branch per character.
+pub(crate) fn all_digits(chars: &[u8]) -> bool {
+    chars
+        .iter()
+        .fold(0, |invalid, &c| invalid | DIGITS[usize::from(c)])
+        & 0xC0
+        == 0
+}
+
 /// Writes `value` as exactly `N` base62 digits, most significant first,
 /// left-padded with `0`. `N` must be large enough to hold `value`.
 pub(crate) fn encode_fixed<const N: usize>(mut value: u64) -> [u8; N] {
@@ -111,10 +121,12 @@ mod tests {
             })
             .collect();
         assert_eq!(unpacked, chars);
+        assert!(all_digits(&chars));
         for bad in [b'_', b'-', 0, 0x80, 0xFF, b' '] {
             let mut tampered = chars;
             tampered[17] = bad;
             assert_eq!(pack40(&tampered), None, "{bad:#x}");
+            assert!(!all_digits(&tampered), "{bad:#x}");
         }
     }
 

@@ -172,6 +172,28 @@ async fn assert_stored<S: AsyncKeyStore>(store: &S, behaviour: &str, expected: &
     }
 }
 
+/// The store's `verify`, checked against its `verify_now` (which, when it
+/// answers, must answer the same).
+async fn store_verify<S: AsyncKeyStore>(
+    store: &S,
+    behaviour: &str,
+    id: &KeyId,
+    presented: &str,
+    now: OffsetDateTime,
+) -> Verification {
+    let verified = ok(behaviour, "verify", store.verify(id, presented, now).await);
+    if let Some(answer) = store.verify_now(id, presented, now) {
+        let answer = ok(behaviour, "verify_now", answer);
+        if answer != verified {
+            violated(
+                behaviour,
+                format_args!("verify_now of {id} gave {answer:?}, verify gave {verified:?}"),
+            );
+        }
+    }
+    verified
+}
+
 async fn get_missing_returns_none_body<S: AsyncKeyStore>(store: S) {
     const B: &str = "get_missing_returns_none";
     let found = ok(B, "get", store.get(&key_id("nobody")).await);
@@ -181,11 +203,7 @@ async fn get_missing_returns_none_body<S: AsyncKeyStore>(store: S) {
             format_args!("get of a key never stored returned {}", key.id()),
         );
     }
-    let verified = ok(
-        B,
-        "verify",
-        store.verify(&key_id("nobody"), "kr_x", t0()).await,
-    );
+    let verified = store_verify(&store, B, &key_id("nobody"), "kr_x", t0()).await;
     if verified != Verification::UnknownKey {
         violated(
             B,
@@ -215,11 +233,7 @@ async fn insert_then_get_round_trips_body<S: AsyncKeyStore>(store: S) {
                         ),
                     );
                 }
-                let via_store = ok(
-                    B,
-                    "verify",
-                    store.verify(key.id(), token.expose_secret(), now).await,
-                );
+                let via_store = store_verify(&store, B, key.id(), token.expose_secret(), now).await;
                 if via_store != expected {
                     violated(
                         B,
@@ -256,7 +270,7 @@ async fn insert_existing_is_refused_body<S: AsyncKeyStore>(store: S) {
 
 async fn update_persists_body<S: AsyncKeyStore>(store: S) {
     const B: &str = "update_persists";
-    let (mut key, _) = issue("updated", 20);
+    let (mut key, first) = issue("updated", 20);
     ok(B, "insert", store.insert(&key).await);
     let mut r = rng(21);
     for step in 0..12u32 {
@@ -278,6 +292,17 @@ async fn update_persists_body<S: AsyncKeyStore>(store: S) {
         }
         ok(B, "update", store.update(&key, loaded).await);
         assert_stored(&store, B, &key).await;
+        // The first token's fate follows the key's (current, old, refused).
+        let expected = Verification::of(Some(&key), first.expose_secret(), now);
+        let seen = store_verify(&store, B, key.id(), first.expose_secret(), now).await;
+        if seen != expected {
+            violated(
+                B,
+                format_args!(
+                    "after update {step}, verify gave {seen:?}, the key gives {expected:?}"
+                ),
+            );
+        }
     }
 }
 
@@ -378,13 +403,20 @@ async fn update_missing_is_not_found_body<S: AsyncKeyStore>(store: S) {
 
 async fn delete_removes_the_key_body<S: AsyncKeyStore>(store: S) {
     const B: &str = "delete_removes_the_key";
-    let (key, _) = issue("doomed", 50);
+    let (key, token) = issue("doomed", 50);
     let (neighbour, _) = issue("neighbour", 51);
     ok(B, "insert", store.insert(&key).await);
     ok(B, "insert", store.insert(&neighbour).await);
     ok(B, "delete", store.delete(key.id(), key.revision()).await);
     if ok(B, "get", store.get(key.id()).await).is_some() {
         violated(B, "get returned a deleted key");
+    }
+    let seen = store_verify(&store, B, key.id(), token.expose_secret(), t0()).await;
+    if seen != Verification::UnknownKey {
+        violated(
+            B,
+            format_args!("verify of a deleted key gave {seen:?}, not UnknownKey"),
+        );
     }
     if ok(B, "list", store.list(None, 100).await)
         .iter()
@@ -768,7 +800,9 @@ macro_rules! behaviours {
 }
 
 behaviours! {
-    /// `get` and `verify` of an id never stored return `None`.
+    /// `get` and `verify` of an id never stored return `None` and
+    /// `UnknownKey`. (Wherever the suite calls `verify`, a `verify_now`
+    /// that answers must answer the same.)
     get_missing_returns_none / get_missing_returns_none_async => get_missing_returns_none_body;
     /// Keys in every state (renewing, decided, inactive, enforced, custom
     /// prefix, sub-second dates, non-UTC offsets, long ids, unicode labels)
@@ -777,7 +811,8 @@ behaviours! {
     insert_then_get_round_trips / insert_then_get_round_trips_async => insert_then_get_round_trips_body;
     /// `insert` of a taken id is `AlreadyExists` and leaves the stored key alone.
     insert_existing_is_refused / insert_existing_is_refused_async => insert_existing_is_refused_body;
-    /// Each `update` with the loaded version is persisted and read back at once.
+    /// Each `update` with the loaded version is persisted and read back at
+    /// once, and `verify` follows it.
     update_persists / update_persists_async => update_persists_body;
     /// `update` expecting any other revision (another version, or another
     /// incarnation), or of a key of another incarnation, is
@@ -785,7 +820,8 @@ behaviours! {
     update_checks_the_revision / update_checks_the_revision_async => update_checks_the_revision_body;
     /// `update` of a missing key is `NotFound` and creates nothing.
     update_missing_is_not_found / update_missing_is_not_found_async => update_missing_is_not_found_body;
-    /// `delete` removes the key from `get` and `list`, then `NotFound`; the id can be reused.
+    /// `delete` removes the key from `get`, `list` and `verify`, then
+    /// `NotFound`; the id can be reused.
     delete_removes_the_key / delete_removes_the_key_async => delete_removes_the_key_body;
     /// `delete` expecting another revision is `Conflict` and keeps the key.
     delete_checks_the_revision / delete_checks_the_revision_async => delete_checks_the_revision_body;

@@ -113,7 +113,7 @@ fn auth_result<E>(verified: Result<Verification, E>) -> Result<Authenticated, Au
 /// Refuses, before any store read, a token that is not well-formed or that
 /// names a key other than `id` (a token of keyroll 0.1 names none).
 fn check_names(id: &KeyId, presented: &str) -> Result<(), VerifyError> {
-    match token::parse(presented)?.key_id {
+    match token::named_key(presented)? {
         Some(named) if named != id.as_str().as_bytes() => Err(VerifyError::Mismatch),
         _ => Ok(()),
     }
@@ -612,6 +612,66 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         self.authenticate_stored(&id, presented, now).await
     }
 
+    /// [`authenticate`](Self::authenticate)'s answer if it needs no
+    /// waiting: the token is malformed, or the store answers from memory
+    /// ([`AsyncKeyStore::verify_now`]: `InMemoryStore`, a `CachedStore`
+    /// holding the key). `None` otherwise, with nothing done: await
+    /// `authenticate`. For callers that can go on at once without a future
+    /// (a tower layer calling its inner service).
+    ///
+    /// # Errors
+    ///
+    /// As [`authenticate`](Self::authenticate).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{AsyncKeyManager, InMemoryStore, KeyId};
+    /// use time::OffsetDateTime;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// let keys = AsyncKeyManager::new(InMemoryStore::new());
+    /// let now = OffsetDateTime::now_utc();
+    /// let (token, _) = keys.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
+    /// let who = match keys.authenticate_now(token.expose_secret(), now) {
+    ///     Some(answered) => answered?,
+    ///     None => keys.authenticate(token.expose_secret(), now).await?,
+    /// };
+    /// assert_eq!(who.key_id.as_str(), "acme");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn authenticate_now(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Authenticated, AuthError<S::Error>>> {
+        match KeyId::from_token(presented) {
+            Ok(id) => self.authenticate_stored_now(&id, presented, now),
+            Err(malformed) => Some(Err(malformed.into())),
+        }
+    }
+
+    /// [`authenticate_key`](Self::authenticate_key)'s answer if it needs no
+    /// waiting, as [`authenticate_now`](Self::authenticate_now) is
+    /// `authenticate`'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`authenticate_key`](Self::authenticate_key).
+    pub fn authenticate_key_now(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Authenticated, AuthError<S::Error>>> {
+        match check_names(id, presented) {
+            Ok(()) => self.authenticate_stored_now(id, presented, now),
+            Err(refused) => Some(Err(refused.into())),
+        }
+    }
+
     /// Authenticates a request that names its key and token apart (the
     /// product's two-credential form, e.g. headers `X-Api-Key` and
     /// `X-Api-Token`). A token that is not well-formed, or that names
@@ -671,8 +731,32 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        let authenticated =
-            auth_result(AsyncKeyStore::verify(&self.store, id, presented, now).await)?;
+        let verified = match self.store.verify_now(id, presented, now) {
+            Some(verified) => verified,
+            None => AsyncKeyStore::verify(&self.store, id, presented, now).await,
+        };
+        self.noted(verified, now)
+    }
+
+    /// [`authenticate_stored`](Self::authenticate_stored) if the store
+    /// answers without waiting.
+    fn authenticate_stored_now(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Authenticated, AuthError<S::Error>>> {
+        let verified = self.store.verify_now(id, presented, now)?;
+        Some(self.noted(verified, now))
+    }
+
+    /// The store's answer as an authentication, its use noted if asked to.
+    fn noted(
+        &self,
+        verified: Result<Verification, S::Error>,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        let authenticated = auth_result(verified)?;
         if let Some(usage) = &self.usage {
             usage.note(&authenticated.key_id, authenticated.token_id, now);
         }

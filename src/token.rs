@@ -178,13 +178,14 @@ impl fmt::Debug for TokenHash {
 }
 
 /// A presented token taken apart: where its prefix and key id are, and its
-/// secret, packed. Every part has been checked, the checksum included.
-pub(crate) struct Parsed<'a> {
+/// secret, packed (or, for [`named_key`], only checked: `()`). Every part
+/// has been checked, the checksum included.
+pub(crate) struct Parsed<'a, T = Secret> {
     pub(crate) prefix: &'a [u8],
     /// The key id the token names; `None` for a token of keyroll 0.1, which
     /// names none.
     pub(crate) key_id: Option<&'a [u8]>,
-    pub(crate) secret: Secret,
+    pub(crate) secret: T,
 }
 
 /// Whether each byte may appear in a [`KeyId`].
@@ -209,10 +210,25 @@ pub(crate) enum Presented {
     OtherKey,
 }
 
-/// Checks the checksum at the end of `bytes` and packs the secret before it.
-/// `bytes` is at least a tail long.
+/// The secret of a tail, packed; `None` if it is not base62.
+fn packed(chars: &[u8; SECRET_LEN]) -> Option<Secret> {
+    base62::pack40(chars).map(Secret)
+}
+
+/// Nothing of the secret of a tail but that it is base62 (for a caller
+/// that only wants the key id: cheaper than packing).
+fn checked(chars: &[u8; SECRET_LEN]) -> Option<()> {
+    base62::all_digits(chars).then_some(())
+}
+
+/// Checks the checksum at the end of `bytes` and the secret before it,
+/// which `secret` checks and makes what the caller wants of it ([`packed`]
+/// or [`checked`]). `bytes` is at least a tail long.
 #[inline(always)] // its 30-byte answer is read at once: no trip through memory
-fn tail(bytes: &[u8]) -> Result<Secret, VerifyError> {
+fn tail<T>(
+    bytes: &[u8],
+    secret: impl FnOnce(&[u8; SECRET_LEN]) -> Option<T>,
+) -> Result<T, VerifyError> {
     let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
     let mut written = 0u64;
     for &c in checksum {
@@ -221,9 +237,7 @@ fn tail(bytes: &[u8]) -> Result<Secret, VerifyError> {
     let (_, chars) = signed
         .split_last_chunk::<SECRET_LEN>()
         .ok_or(VerifyError::Malformed)?;
-    let secret = base62::pack40(chars)
-        .map(Secret)
-        .ok_or(VerifyError::Malformed)?;
+    let secret = secret(chars).ok_or(VerifyError::Malformed)?;
     if written != u64::from(crc32fast::hash(signed)) {
         return Err(VerifyError::Malformed);
     }
@@ -234,6 +248,21 @@ fn tail(bytes: &[u8]) -> Result<Secret, VerifyError> {
 /// checksum; nothing is hashed. Inputs longer than the longest token are
 /// refused before anything else.
 pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
+    parse_with(presented, packed)
+}
+
+/// The key id `presented` names (`None` for a token of keyroll 0.1),
+/// checked as [`parse`] checks it, without packing the secret.
+pub(crate) fn named_key(presented: &str) -> Result<Option<&[u8]>, VerifyError> {
+    parse_with(presented, checked).map(|parsed| parsed.key_id)
+}
+
+/// [`parse`], the secret made by `secret`.
+#[inline(always)]
+fn parse_with<T>(
+    presented: &str,
+    secret: impl FnOnce(&[u8; SECRET_LEN]) -> Option<T>,
+) -> Result<Parsed<'_, T>, VerifyError> {
     let bytes = presented.as_bytes();
     if bytes.len() > TOKEN_MAX_LEN || bytes.len() < 1 + 1 + TAIL_LEN {
         return Err(VerifyError::Malformed);
@@ -268,7 +297,7 @@ pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
     if !valid_prefix {
         return Err(VerifyError::Malformed);
     }
-    let secret = tail(bytes)?;
+    let secret = tail(bytes, secret)?;
     Ok(Parsed {
         prefix,
         key_id,
@@ -385,7 +414,7 @@ impl TokenFormat {
             && &bytes[p + 1..p + 1 + i] == id
             && bytes[p + 1 + i] == b'_'
         {
-            return tail(bytes).map(Presented::ThisKey);
+            return tail(bytes, packed).map(Presented::ThisKey);
         }
         let parsed = parse(presented)?;
         if parsed.prefix != prefix {

@@ -13,7 +13,6 @@
 //! between cores on every request. A flush merges a key's notes from every
 //! shard.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
@@ -67,14 +66,16 @@ type Notes = HashTable<Pending>;
 #[derive(Debug)]
 pub(crate) struct UsageLog {
     shards: Box<[Padded<RwLock<Notes>>]>,
-    hasher: RandomState,
+    /// foldhash: only the ids of keys that authenticated are noted, so no
+    /// one outside can pile up colliding ids.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for UsageLog {
     fn default() -> Self {
         UsageLog {
             shards: (0..SHARDS).map(|_| Padded::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }

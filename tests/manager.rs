@@ -5,12 +5,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use common::t0;
 use keyroll::{
-    ApiKey, AsyncKeyManager, AuthError, Event, InMemoryStore, KeyId, KeyManager, KeyState,
-    KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError, TokenMatch,
-    TransitionError, VerifyError,
+    ApiKey, AsyncKeyManager, AuthError, CachedStore, Event, InMemoryStore, KeyId, KeyManager,
+    KeyState, KeyStatus, KeyStore, ManagerError, NewKey, OldTokenDeletion, Revision, StoreError,
+    TokenMatch, TransitionError, VerifyError,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -370,4 +371,64 @@ async fn the_async_manager_behaves_the_same_and_its_futures_are_send() {
     assert_eq!(manager.list(None, 10).await.unwrap(), vec![key]);
     manager.delete_key(&id(), t0()).await.unwrap();
     assert!(manager.get(&id()).await.unwrap().is_none());
+}
+
+/// `authenticate_now` answers what `authenticate` answers whenever the
+/// store has the key in memory (noting the use), and nothing, with nothing
+/// noted, when the store would have to be waited for.
+#[tokio::test]
+async fn authenticate_now_answers_from_memory_and_leaves_the_rest_to_authenticate() {
+    let cache = Arc::new(CachedStore::new(
+        InMemoryStore::new(),
+        100,
+        Duration::from_secs(60),
+    ));
+    let manager = AsyncKeyManager::new(cache.clone()).with_usage_recording(true);
+    let mut rng = StdRng::seed_from_u64(7);
+    let (old, _) = manager.create_key(id(), t0(), &mut rng).await.unwrap();
+    let (new, _) = manager.renew(&id(), t0(), &mut rng).await.unwrap();
+
+    // Written through the cache, so held: answered now, as `authenticate` does.
+    for (token, matched) in [(&old, TokenMatch::Old), (&new, TokenMatch::Current)] {
+        let now = manager.authenticate_now(token.expose_secret(), t0());
+        let later = manager.authenticate(token.expose_secret(), t0()).await;
+        assert_eq!(now.unwrap().unwrap(), later.unwrap());
+        let now = manager.authenticate_key_now(&id(), token.expose_secret(), t0());
+        assert_eq!(now.unwrap().unwrap().matched, matched);
+    }
+    assert!(matches!(
+        manager.authenticate_now("kr_typo", t0()),
+        Some(Err(AuthError::Verify(VerifyError::Malformed)))
+    ));
+    let other = KeyId::new("someone-else").unwrap();
+    assert!(matches!(
+        manager.authenticate_key_now(&other, new.expose_secret(), t0()),
+        Some(Err(AuthError::Verify(VerifyError::Mismatch)))
+    ));
+    manager.flush_usage(t0()).await.unwrap();
+    assert_eq!(manager.pending_usage(), 0);
+
+    // Not held: no answer now and no use noted; `authenticate` reads the
+    // key, and from then on it is answered now again.
+    cache.invalidate_all();
+    assert!(
+        manager
+            .authenticate_now(new.expose_secret(), t0())
+            .is_none()
+    );
+    assert!(
+        manager
+            .authenticate_key_now(&id(), new.expose_secret(), t0())
+            .is_none()
+    );
+    assert_eq!(manager.pending_usage(), 0);
+    manager
+        .authenticate(new.expose_secret(), t0())
+        .await
+        .unwrap();
+    assert_eq!(manager.pending_usage(), 1);
+    assert!(matches!(
+        manager.authenticate_now(new.expose_secret(), t0()),
+        Some(Ok(_))
+    ));
 }

@@ -479,6 +479,24 @@ proptest! {
         }
     }
 
+    /// A secret with a byte outside base62 is malformed even under a
+    /// checksum that matches it (as only a forger would send): for naming
+    /// the key as for verifying.
+    #[test]
+    fn a_foreign_byte_in_the_secret_is_malformed_under_a_valid_checksum(
+        secret in "[0-9A-Za-z]{40}",
+        index in 0..40usize,
+        byte in prop::sample::select(b"_-.~+/= !".to_vec()),
+    ) {
+        let mut secret = secret.into_bytes();
+        secret[index] = byte;
+        let token = token_of("kr", "acme-orders", std::str::from_utf8(&secret).unwrap());
+        let (key, _, _) = renewing();
+        prop_assert_eq!(KeyId::from_token(&token), Err(VerifyError::Malformed));
+        prop_assert_eq!(TokenFormat::default().check(&token), Err(VerifyError::Malformed));
+        prop_assert_eq!(key.verify(&token, t0()), Err(VerifyError::Malformed));
+    }
+
     #[test]
     fn byte_mutations_of_a_valid_token_are_refused(
         index in any::<prop::sample::Index>(),

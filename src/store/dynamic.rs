@@ -107,6 +107,12 @@ trait ObjectStore: Send + Sync {
         presented: &'a str,
         now: OffsetDateTime,
     ) -> Boxed<'a, Result<Verification, DynStoreError>>;
+    fn verify_now(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Verification, DynStoreError>>;
 }
 
 impl<S: AsyncKeyStore> ObjectStore for S {
@@ -169,6 +175,15 @@ impl<S: AsyncKeyStore> ObjectStore for S {
                 .map_err(DynStoreError::new)
         })
     }
+    fn verify_now(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Verification, DynStoreError>> {
+        AsyncKeyStore::verify_now(self, id, presented, now)
+            .map(|verified| verified.map_err(DynStoreError::new))
+    }
 }
 
 impl AsyncKeyStore for DynKeyStore {
@@ -208,5 +223,13 @@ impl AsyncKeyStore for DynKeyStore {
         now: OffsetDateTime,
     ) -> Result<Verification, DynStoreError> {
         self.0.verify(id, presented, now).await
+    }
+    fn verify_now(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Option<Result<Verification, DynStoreError>> {
+        self.0.verify_now(id, presented, now)
     }
 }

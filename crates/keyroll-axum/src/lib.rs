@@ -43,31 +43,29 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use future::mark_renewed;
 use keyroll::{AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, TokenMatch};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod future;
 mod usage;
 
+pub use future::ResponseFuture;
 pub use usage::UsageFlusher;
 
 /// The response header set on answers to a request made with the old token
 /// of a pending renewal: `keyroll-token-renewed: true`.
 pub const TOKEN_RENEWED: HeaderName = HeaderName::from_static("keyroll-token-renewed");
-
-/// The future both services return.
-type Answer<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
 /// The one body of every refused credential.
 const REFUSED: &str = "invalid credentials";
@@ -188,8 +186,8 @@ enum Presented<'a> {
 }
 
 impl<'a> Presented<'a> {
-    fn of<S>(parts: &'a Parts, config: &Shared<S>) -> Presented<'a> {
-        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    fn of<S>(headers: &'a HeaderMap, config: &Shared<S>) -> Presented<'a> {
+        let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
         // Beside a bearer token only the key id header matters (it must
         // name the same key); the token header is read only without one.
@@ -226,95 +224,180 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = Answer<I::Error>;
+    type Future = ResponseFuture<I::Future, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The clone that was polled ready is the one to call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.layer.shared.clone();
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            let config = &*shared;
-            let now = OffsetDateTime::now_utc();
-            let outcome = match Presented::of(&parts, config) {
-                Presented::Nothing => {
-                    tracing::info!(cause = "no credentials", "keyroll: request refused");
-                    return Ok(refusal(
-                        StatusCode::UNAUTHORIZED,
-                        REFUSED,
-                        Some(config.challenge.clone()),
-                    ));
-                }
-                Presented::Bearer { token, key_id } => {
-                    // A key id sent beside a bearer token must be the one it names.
-                    let conflict = key_id.is_some_and(|sent| {
-                        KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
-                    });
-                    if conflict {
-                        tracing::info!(
-                            cause = "a key id header names another key than the bearer token",
-                            "keyroll: request refused"
-                        );
-                        return Ok(invalid_token(config));
-                    }
-                    match config.keys.authenticate(token, now).await {
-                        Ok(who) => Ok(who),
-                        // The key id, for the log: the token's, if it names one.
-                        Err(e) => Err((e, KeyId::from_token(token).ok())),
-                    }
-                }
-                Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
-                    Ok(id) => match config.keys.authenticate_key(&id, token, now).await {
-                        Ok(who) => Ok(who),
-                        Err(e) => Err((e, Some(id))),
-                    },
-                    Err(_) => {
-                        tracing::info!(cause = "invalid key id", "keyroll: request refused");
-                        return Ok(invalid_token(config));
-                    }
-                },
-            };
-            let who = match outcome {
-                Ok(who) => who,
-                Err((AuthError::Store(e), _)) => {
-                    tracing::error!(error = %e, "keyroll: the key store failed");
-                    return Ok(refusal(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the service is unavailable; try again later",
-                        None,
-                    ));
-                }
-                Err((e, presented)) => {
-                    let key_id = presented.as_ref().map(KeyId::as_str);
-                    tracing::info!(cause = %e, key_id, "keyroll: request refused");
-                    return Ok(invalid_token(config));
-                }
-            };
-            let old = who.matched == TokenMatch::Old;
-            parts.extensions.insert(who);
-            let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            if old {
-                response
-                    .headers_mut()
-                    .insert(TOKEN_RENEWED, HeaderValue::from_static("true"));
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let config = &*self.layer.shared;
+        let now = OffsetDateTime::now_utc();
+        // A store answering from memory (`InMemoryStore`, a `CachedStore`
+        // holding the key) answers here: the inner service, which was
+        // polled ready, is called now, and nothing is boxed or cloned.
+        let answered = match config.check(request.headers()) {
+            Ok(check) => config.authenticate_now(&check, now),
+            Err(refused) => Some(Err(refused)),
+        };
+        match answered {
+            Some(Ok(who)) => {
+                let renewed = who.matched == TokenMatch::Old;
+                request.extensions_mut().insert(who);
+                ResponseFuture::inner(self.inner.call(request), renewed)
             }
-            Ok(response)
-        })
+            Some(Err(refused)) => ResponseFuture::answered(refused.answer(config)),
+            // The store reads: the request waits in a future of its own,
+            // with the inner service that was polled ready (a clone stays).
+            None => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let shared = self.layer.shared.clone();
+                ResponseFuture::waiting(async move {
+                    let checked = match shared.check(request.headers()) {
+                        Ok(check) => shared.authenticate(&check, now).await,
+                        Err(refused) => Err(refused),
+                    };
+                    let who = match checked {
+                        Ok(who) => who,
+                        Err(refused) => return Ok(refused.answer(&shared)),
+                    };
+                    let renewed = who.matched == TokenMatch::Old;
+                    request.extensions_mut().insert(who);
+                    let mut response = inner.call(request).await?;
+                    if renewed {
+                        mark_renewed(&mut response);
+                    }
+                    Ok(response)
+                })
+            }
+        }
     }
 }
 
-/// The 401 for a presented credential that did not authenticate.
-fn invalid_token<S>(config: &Shared<S>) -> Response {
-    refusal(
-        StatusCode::UNAUTHORIZED,
-        REFUSED,
-        Some(format!("{}, error=\"invalid_token\"", config.challenge)),
-    )
+/// Why a request is refused: each has one answer.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// No credentials: 401 with the realm's challenge.
+    NoCredentials,
+    /// Credentials that did not authenticate: 401, `error="invalid_token"`.
+    InvalidToken,
+    /// The key store failed: 503.
+    Unavailable,
+}
+
+impl Refusal {
+    fn answer<S>(self, config: &Shared<S>) -> Response {
+        match self {
+            Refusal::NoCredentials => refusal(
+                StatusCode::UNAUTHORIZED,
+                REFUSED,
+                Some(config.challenge.clone()),
+            ),
+            Refusal::InvalidToken => refusal(
+                StatusCode::UNAUTHORIZED,
+                REFUSED,
+                Some(format!("{}, error=\"invalid_token\"", config.challenge)),
+            ),
+            Refusal::Unavailable => refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is unavailable; try again later",
+                None,
+            ),
+        }
+    }
+}
+
+/// What a request's credentials ask of the manager, their shape checked.
+enum Check<'a> {
+    Bearer(&'a str),
+    TwoHeaders(KeyId, &'a str),
+}
+
+impl<S: AsyncKeyStore> Shared<S> {
+    /// The credentials in `headers`, or their refusal unread (none
+    /// presented; a key id header naming another key than the bearer
+    /// token; an invalid key id), the cause logged.
+    fn check<'a>(&self, headers: &'a HeaderMap) -> Result<Check<'a>, Refusal> {
+        match Presented::of(headers, self) {
+            Presented::Nothing => {
+                tracing::info!(cause = "no credentials", "keyroll: request refused");
+                Err(Refusal::NoCredentials)
+            }
+            Presented::Bearer { token, key_id } => {
+                // A key id sent beside a bearer token must be the one it names.
+                let conflict = key_id.is_some_and(|sent| {
+                    KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
+                });
+                if conflict {
+                    tracing::info!(
+                        cause = "a key id header names another key than the bearer token",
+                        "keyroll: request refused"
+                    );
+                    return Err(Refusal::InvalidToken);
+                }
+                Ok(Check::Bearer(token))
+            }
+            Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
+                Ok(id) => Ok(Check::TwoHeaders(id, token)),
+                Err(_) => {
+                    tracing::info!(cause = "invalid key id", "keyroll: request refused");
+                    Err(Refusal::InvalidToken)
+                }
+            },
+        }
+    }
+
+    /// Who `check` authenticates as, if the store answers without waiting.
+    fn authenticate_now(
+        &self,
+        check: &Check<'_>,
+        now: OffsetDateTime,
+    ) -> Option<Result<keyroll::Authenticated, Refusal>> {
+        let outcome = match check {
+            Check::Bearer(token) => self.keys.authenticate_now(token, now),
+            Check::TwoHeaders(id, token) => self.keys.authenticate_key_now(id, token, now),
+        }?;
+        Some(self.answer(outcome, check))
+    }
+
+    /// Who `check` authenticates as.
+    async fn authenticate(
+        &self,
+        check: &Check<'_>,
+        now: OffsetDateTime,
+    ) -> Result<keyroll::Authenticated, Refusal> {
+        let outcome = match check {
+            Check::Bearer(token) => self.keys.authenticate(token, now).await,
+            Check::TwoHeaders(id, token) => self.keys.authenticate_key(id, token, now).await,
+        };
+        self.answer(outcome, check)
+    }
+
+    /// The refusal of a failed authentication, its cause logged (with the
+    /// key id, never the token).
+    fn answer(
+        &self,
+        outcome: Result<keyroll::Authenticated, AuthError<S::Error>>,
+        check: &Check<'_>,
+    ) -> Result<keyroll::Authenticated, Refusal> {
+        outcome.map_err(|refused| match refused {
+            AuthError::Store(e) => {
+                tracing::error!(error = %e, "keyroll: the key store failed");
+                Refusal::Unavailable
+            }
+            e => {
+                // The key id, for the log: the token's, if it names one.
+                let presented = match check {
+                    Check::Bearer(token) => KeyId::from_token(token).ok(),
+                    Check::TwoHeaders(id, _) => Some(id.clone()),
+                };
+                let key_id = presented.as_ref().map(KeyId::as_str);
+                tracing::info!(cause = %e, key_id, "keyroll: request refused");
+                Refusal::InvalidToken
+            }
+        })
+    }
 }
 
 /// Who a request authenticated as, for handlers behind a [`KeyrollLayer`]:
@@ -390,7 +473,7 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = Answer<I::Error>;
+    type Future = ResponseFuture<I::Future, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -424,8 +507,8 @@ where
             }
         };
         match answer {
-            Some(refused) => Box::pin(async move { Ok(refused) }),
-            None => Box::pin(self.inner.call(request)),
+            Some(refused) => ResponseFuture::answered(refused),
+            None => ResponseFuture::inner(self.inner.call(request), false),
         }
     }
 }

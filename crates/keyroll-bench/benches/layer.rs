@@ -74,7 +74,10 @@ fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
         .route("/v1/whoami", get(whoami))
         .layer(KeyrollLayer::new(keys))
         .route("/v1/ping", get(ping))
-        .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)));
+        .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)))
+        // As `axum::serve` does: handlers (and the layers around them)
+        // become services once, not on every request.
+        .with_state(());
     (router, format!("Bearer {}", token.expose_secret()))
 }
 
