@@ -246,9 +246,10 @@ where
                 request.extensions_mut().insert(who);
                 ResponseFuture::inner(self.inner.call(request), renewed)
             }
-            Some(Err(refused)) => ResponseFuture::answered(refused.answer(config)),
-            // The store reads: the request waits in a future of its own,
-            // with the inner service that was polled ready (a clone stays).
+            Some(Err(refused)) => ResponseFuture::answered(refused.response(config)),
+            // The store has to be waited for (a cache miss): the request
+            // waits in a future of its own, with the inner service that was
+            // polled ready (a clone stays).
             None => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -260,7 +261,7 @@ where
                     };
                     let who = match checked {
                         Ok(who) => who,
-                        Err(refused) => return Ok(refused.answer(&shared)),
+                        Err(refused) => return Ok(refused.response(&shared)),
                     };
                     let renewed = who.matched == TokenMatch::Old;
                     request.extensions_mut().insert(who);
@@ -287,7 +288,8 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn answer<S>(self, config: &Shared<S>) -> Response {
+    /// The answer to send.
+    fn response<S>(self, config: &Shared<S>) -> Response {
         match self {
             Refusal::NoCredentials => refusal(
                 StatusCode::UNAUTHORIZED,
@@ -358,7 +360,7 @@ impl<S: AsyncKeyStore> Shared<S> {
             Check::Bearer(token) => self.keys.authenticate_now(token, now),
             Check::TwoHeaders(id, token) => self.keys.authenticate_key_now(id, token, now),
         }?;
-        Some(self.answer(outcome, check))
+        Some(self.logged(outcome, check))
     }
 
     /// Who `check` authenticates as.
@@ -371,12 +373,12 @@ impl<S: AsyncKeyStore> Shared<S> {
             Check::Bearer(token) => self.keys.authenticate(token, now).await,
             Check::TwoHeaders(id, token) => self.keys.authenticate_key(id, token, now).await,
         };
-        self.answer(outcome, check)
+        self.logged(outcome, check)
     }
 
     /// The refusal of a failed authentication, its cause logged (with the
     /// key id, never the token).
-    fn answer(
+    fn logged(
         &self,
         outcome: Result<keyroll::Authenticated, AuthError<S::Error>>,
         check: &Check<'_>,
