@@ -31,6 +31,19 @@ pin_project! {
     }
 }
 
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Answered { .. } => "answered",
+            State::Inner { .. } => "inner",
+            State::Waiting { .. } => "waiting",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
 impl<F, E> ResponseFuture<F, E> {
     /// Answers `response` without the inner service.
     pub(crate) fn answered(response: Response) -> Self {

@@ -78,6 +78,15 @@ pub struct KeyrollLayer<S> {
     shared: Arc<Shared<S>>,
 }
 
+impl<S> std::fmt::Debug for KeyrollLayer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyrollLayer")
+            .field("challenge", &self.shared.challenge)
+            .field("two_headers", &self.shared.two_headers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> Clone for KeyrollLayer<S> {
     fn clone(&self) -> Self {
         KeyrollLayer {
@@ -161,6 +170,15 @@ impl<S, I> Layer<I> for KeyrollLayer<S> {
 pub struct KeyrollService<S, I> {
     inner: I,
     layer: KeyrollLayer<S>,
+}
+
+impl<S, I: std::fmt::Debug> std::fmt::Debug for KeyrollService<S, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyrollService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
 }
 
 impl<S, I: Clone> Clone for KeyrollService<S, I> {
