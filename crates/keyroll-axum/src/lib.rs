@@ -10,7 +10,12 @@
 //!   with `WWW-Authenticate: Bearer realm="..."` (and `error="invalid_token"`
 //!   when a token was presented) and one body, so that answers do not tell
 //!   which key ids exist; the cause is a `tracing` event (with the key id,
-//!   never the token). A store failure is a 503 with a generic body.
+//!   never the token). A store failure is a 503 with a generic body. A
+//!   store that answers from memory (`InMemoryStore`, a `CachedStore`
+//!   holding the key: [`AsyncKeyStore::verify_now`]) is answered during the
+//!   layer's `call`, which then calls your service with nothing boxed or
+//!   cloned; one that has to be waited for (a cache miss) is awaited in a
+//!   boxed future.
 //! - The [`Authenticated`] extractor hands the handler the key, the token
 //!   that matched, and the key's scopes and metadata.
 //! - [`RequireScope`] answers 403 with `WWW-Authenticate: Bearer
