@@ -97,9 +97,8 @@ impl KeyId {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_token(presented: &str) -> Result<KeyId, VerifyError> {
-        let id = crate::token::named_key(presented)?.ok_or(VerifyError::Malformed)?;
         // Checked by the parser: 1 to 64 bytes of the id alphabet.
-        let id = std::str::from_utf8(id).map_err(|_| VerifyError::Malformed)?;
+        let id = crate::token::named_key(presented)?.ok_or(VerifyError::Malformed)?;
         Ok(KeyId(SmolStr::new(id)))
     }
 }

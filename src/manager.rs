@@ -114,7 +114,7 @@ fn auth_result<E>(verified: Result<Verification, E>) -> Result<Authenticated, Au
 /// names a key other than `id` (a token of keyroll 0.1 names none).
 fn check_names(id: &KeyId, presented: &str) -> Result<(), VerifyError> {
     match token::named_key(presented)? {
-        Some(named) if named != id.as_str().as_bytes() => Err(VerifyError::Mismatch),
+        Some(named) if named != id.as_str() => Err(VerifyError::Mismatch),
         _ => Ok(()),
     }
 }

@@ -184,7 +184,7 @@ pub(crate) struct Parsed<'a, T = Secret> {
     pub(crate) prefix: &'a [u8],
     /// The key id the token names; `None` for a token of keyroll 0.1, which
     /// names none.
-    pub(crate) key_id: Option<&'a [u8]>,
+    pub(crate) key_id: Option<&'a str>,
     pub(crate) secret: T,
 }
 
@@ -253,7 +253,7 @@ pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
 
 /// The key id `presented` names (`None` for a token of keyroll 0.1),
 /// checked as [`parse`] checks it, without packing the secret.
-pub(crate) fn named_key(presented: &str) -> Result<Option<&[u8]>, VerifyError> {
+pub(crate) fn named_key(presented: &str) -> Result<Option<&str>, VerifyError> {
     parse_with(presented, checked).map(|parsed| parsed.key_id)
 }
 
@@ -290,7 +290,8 @@ fn parse_with<T>(
             if (1..=KEY_ID_MAX_LEN).contains(&id.len())
                 && id.iter().all(|&b| KEY_ID_BYTE[usize::from(b)]) =>
         {
-            Some(id)
+            // ASCII, so the slice of the text needs no UTF-8 check.
+            Some(&presented[prefix_len + 1..prefix_len + 1 + id.len()])
         }
         _ => return Err(VerifyError::Malformed),
     };
@@ -555,7 +556,7 @@ mod tests {
                 assert!(text.starts_with(&format!("{prefix}_{id}_")));
                 format.check(text).unwrap();
                 let parsed = parse(text).unwrap();
-                assert_eq!(parsed.key_id, Some(id.as_str().as_bytes()));
+                assert_eq!(parsed.key_id, Some(id.as_str()));
                 assert_eq!(TokenHash::of(&id, &parsed.secret), hash);
             }
         }
