@@ -731,11 +731,13 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        let verified = match self.store.verify_now(id, presented, now) {
-            Some(verified) => verified,
-            None => AsyncKeyStore::verify(&self.store, id, presented, now).await,
-        };
-        self.noted(verified, now)
+        match self.authenticate_stored_now(id, presented, now) {
+            Some(answered) => answered,
+            None => {
+                let verified = AsyncKeyStore::verify(&self.store, id, presented, now).await;
+                self.noted(verified, now)
+            }
+        }
     }
 
     /// [`authenticate_stored`](Self::authenticate_stored) if the store

@@ -195,39 +195,6 @@ impl<S, I: Clone> Clone for KeyrollService<S, I> {
     }
 }
 
-/// What a request presented, borrowed from its headers.
-enum Presented<'a> {
-    Bearer {
-        token: &'a str,
-        key_id: Option<&'a str>,
-    },
-    TwoHeaders {
-        key_id: &'a str,
-        token: &'a str,
-    },
-    Nothing,
-}
-
-impl<'a> Presented<'a> {
-    fn of<S>(headers: &'a HeaderMap, config: &Shared<S>) -> Presented<'a> {
-        let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
-        // Beside a bearer token only the key id header matters (it must
-        // name the same key); the token header is read only without one.
-        match (bearer, &config.two_headers) {
-            (Some(token), two) => Presented::Bearer {
-                token,
-                key_id: two.as_ref().and_then(|(key_id, _)| header(key_id)),
-            },
-            (None, Some((key_id, token))) => match (header(key_id), header(token)) {
-                (Some(key_id), Some(token)) => Presented::TwoHeaders { key_id, token },
-                _ => Presented::Nothing,
-            },
-            (None, None) => Presented::Nothing,
-        }
-    }
-}
-
 /// A JSON error answer with a challenge.
 fn refusal(status: StatusCode, message: &str, challenge: Option<String>) -> Response {
     let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
@@ -344,32 +311,41 @@ impl<S: AsyncKeyStore> Shared<S> {
     /// presented; a key id header naming another key than the bearer
     /// token; an invalid key id), the cause logged.
     fn check<'a>(&self, headers: &'a HeaderMap) -> Result<Check<'a>, Refusal> {
-        match Presented::of(headers, self) {
-            Presented::Nothing => {
-                tracing::info!(cause = "no credentials", "keyroll: request refused");
-                Err(Refusal::NoCredentials)
+        let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
+        if let Some(token) = bearer {
+            // Beside a bearer token only the key id header is read: it must
+            // name the key the token names.
+            let sent = self
+                .two_headers
+                .as_ref()
+                .and_then(|(key_id, _)| header(key_id));
+            let conflict = sent.is_some_and(|sent| {
+                KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
+            });
+            if conflict {
+                tracing::info!(
+                    cause = "a key id header names another key than the bearer token",
+                    "keyroll: request refused"
+                );
+                return Err(Refusal::InvalidToken);
             }
-            Presented::Bearer { token, key_id } => {
-                // A key id sent beside a bearer token must be the one it names.
-                let conflict = key_id.is_some_and(|sent| {
-                    KeyId::from_token(token).is_ok_and(|named| named.as_str() != sent)
-                });
-                if conflict {
-                    tracing::info!(
-                        cause = "a key id header names another key than the bearer token",
-                        "keyroll: request refused"
-                    );
-                    return Err(Refusal::InvalidToken);
-                }
-                Ok(Check::Bearer(token))
+            return Ok(Check::Bearer(token));
+        }
+        let two = self
+            .two_headers
+            .as_ref()
+            .and_then(|(key_id, token)| Some((header(key_id)?, header(token)?)));
+        let Some((key_id, token)) = two else {
+            tracing::info!(cause = "no credentials", "keyroll: request refused");
+            return Err(Refusal::NoCredentials);
+        };
+        match KeyId::new(key_id) {
+            Ok(id) => Ok(Check::TwoHeaders(id, token)),
+            Err(_) => {
+                tracing::info!(cause = "invalid key id", "keyroll: request refused");
+                Err(Refusal::InvalidToken)
             }
-            Presented::TwoHeaders { key_id, token } => match KeyId::new(key_id) {
-                Ok(id) => Ok(Check::TwoHeaders(id, token)),
-                Err(_) => {
-                    tracing::info!(cause = "invalid key id", "keyroll: request refused");
-                    Err(Refusal::InvalidToken)
-                }
-            },
         }
     }
 

@@ -145,6 +145,16 @@ async fn the_two_header_form_and_conflicting_headers() {
             .0,
         StatusCode::UNAUTHORIZED
     );
+    // One of the two headers alone is no credential: no error code.
+    let alone = Request::get("/whoami")
+        .header("X-VTEX-API-AppKey", "reader")
+        .body(Body::empty())
+        .unwrap();
+    let (status, challenge, _, _) = send(&f.app, alone).await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (StatusCode::UNAUTHORIZED, Some(r#"Bearer realm="orders""#))
+    );
     let conflicting = Request::get("/whoami")
         .header(
             header::AUTHORIZATION,

@@ -420,10 +420,8 @@ fn http_bad_input_gets_a_clear_4xx() {
     assert_eq!(service.whoami(&id, &token).0, 200);
 }
 
-/// An unknown key, a malformed token (of an existing key or not), a wrong
-/// token and an inactive key all get one answer: nothing tells a caller
-/// whether a key id exists. The causes are in the server's log, with no
-/// token.
+/// With `--no-usage-recording`, requests authenticate but no use is
+/// ever written: a key's last use stays empty.
 #[test]
 fn http_without_usage_recording_last_use_stays_empty() {
     let service = start_with(&["--no-usage-recording"]);
@@ -439,6 +437,10 @@ fn http_without_usage_recording_last_use_stays_empty() {
     );
 }
 
+/// An unknown key, a malformed token (of an existing key or not), a wrong
+/// token and an inactive key all get one answer: nothing tells a caller
+/// whether a key id exists. The causes are in the server's log, with no
+/// token.
 #[test]
 fn http_credential_refusals_do_not_reveal_which_keys_exist() {
     let service = start();
