@@ -45,7 +45,8 @@ const SHARDS: usize = 16;
 ///   an entry of the same shard (one of 16; each may hold up to twice its
 ///   share, so uneven hashing loses nothing) not read since the eviction
 ///   hand last passed it makes room (the CLOCK policy: keys in use stay,
-///   keys read once go first).
+///   keys read once go first); if every entry of the shard was read since,
+///   the newcomer is not kept.
 /// - **Unknown ids** can be remembered too, for a short time of your choice
 ///   ([`with_negative_caching`](Self::with_negative_caching)), so a flood of
 ///   requests naming junk ids does not reach the database.
@@ -405,11 +406,13 @@ impl Shard {
             let entries = &self.entries;
             self.index
                 .insert_unique(hash, entries.len() - 1, |&m| entries[m].hash);
-        } else if !self.entries.is_empty() {
-            // CLOCK: pass over (and clear) entries read since the last
-            // pass; the first one not read makes room. Ends within two
-            // turns, since the first turn clears every mark.
-            loop {
+        } else {
+            // CLOCK: pass over (and clear) entries read since the hand last
+            // passed; the first one not read makes room. At most one turn:
+            // if every entry was read, the newcomer is not kept (the marks
+            // are cleared, so an entry not read again goes next time). A
+            // shard holding a single key in use keeps it.
+            for _ in 0..self.entries.len() {
                 let n = self.hand;
                 self.hand = (n + 1) % self.entries.len();
                 if !self.entries[n].referenced.swap(false, Ordering::Relaxed) {
@@ -419,7 +422,7 @@ impl Shard {
                     self.entries[n] = entry;
                     let entries = &self.entries;
                     self.index.insert_unique(hash, n, |&m| entries[m].hash);
-                    break;
+                    return;
                 }
             }
         }
@@ -540,5 +543,38 @@ mod tests {
             }
         }
         assert_eq!(cache.len(), 200 - 67);
+    }
+
+    /// Puts a (negative) entry for `id` into `shard`.
+    fn put(shard: &mut Shard, id: &str, room: &Room) -> (u64, KeyId) {
+        let id = KeyId::new(id).unwrap();
+        let hash = RandomState::new().hash_one(&id);
+        shard.put(hash, &id, None, Instant::now(), room);
+        (hash, id)
+    }
+
+    fn held(shard: &Shard) -> Vec<&str> {
+        shard.entries.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    /// A key in use that is alone in its shard when the cache is full is
+    /// not evicted by keys read once; once it is not read again, it is.
+    #[test]
+    fn a_key_in_use_alone_in_its_shard_stays() {
+        let room = Room {
+            capacity: 1,
+            per_shard: 2,
+            held: AtomicUsize::new(0),
+        };
+        let mut shard = Shard::default();
+        put(&mut shard, "hot", &room);
+        for cold in ["cold-1", "cold-2", "cold-3"] {
+            shard.entries[0].referenced.store(true, Ordering::Relaxed); // read
+            put(&mut shard, cold, &room);
+            assert_eq!(held(&shard), ["hot"]);
+        }
+        let (hash, id) = put(&mut shard, "cold-4", &room);
+        assert_eq!(held(&shard), ["cold-4"]);
+        assert_eq!(shard.find(hash, &id), Some(0));
     }
 }
