@@ -18,6 +18,12 @@
 //!   boxed future.
 //! - The [`Authenticated`] extractor hands the handler the key, the token
 //!   that matched, and the key's scopes and metadata.
+//! - The [`Authenticate`] extractor authenticates by itself, with the
+//!   settings of a `KeyrollLayer` in the router's state ([`KeyrollState`]),
+//!   for routes without the layer: the same credentials and answers, at a
+//!   lower cost per request (axum wraps every route under a layer in one
+//!   more boxed service); the renewal header and scopes are then the
+//!   handler's to send and check.
 //! - [`RequireScope`] answers 403 with `WWW-Authenticate: Bearer
 //!   error="insufficient_scope", scope="..."` to a key without the scope.
 //! - A request made with the old token of a pending renewal gets the response
@@ -62,9 +68,11 @@ use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod authenticate;
 mod future;
 mod usage;
 
+pub use authenticate::{Authenticate, KeyrollState};
 pub use future::ResponseFuture;
 pub use usage::UsageFlusher;
 
@@ -487,17 +495,7 @@ where
             .map(|who| (who.key_id.clone(), who.scopes.contains(&self.scope)));
         let answer = match held {
             Some((_, true)) => None,
-            Some((key_id, false)) => {
-                tracing::info!(key_id = %key_id, scope = %self.scope, "keyroll: insufficient scope");
-                Some(refusal(
-                    StatusCode::FORBIDDEN,
-                    &format!("this key lacks the scope {}", self.scope),
-                    Some(format!(
-                        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                        self.scope
-                    )),
-                ))
-            }
+            Some((key_id, false)) => Some(insufficient_scope(&key_id, &self.scope)),
             None => {
                 tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
                 Some(refusal(
@@ -512,4 +510,16 @@ where
             None => ResponseFuture::inner(self.inner.call(request), false),
         }
     }
+}
+
+/// The 403 to a key without `scope` (RFC 6750, 3.1), logged.
+fn insufficient_scope(key_id: &KeyId, scope: &str) -> Response {
+    tracing::info!(key_id = %key_id, scope = %scope, "keyroll: insufficient scope");
+    refusal(
+        StatusCode::FORBIDDEN,
+        &format!("this key lacks the scope {scope}"),
+        Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+        )),
+    )
 }

@@ -197,6 +197,19 @@ fn http_the_whole_renewal_story() {
     let second = token_of(&renewed);
     assert_eq!(service.whoami("acme-orders", &second).1["token"], "current");
     assert_eq!(service.whoami("acme-orders", &first).1["token"], "old");
+    // Answers to the old token tell the client to move to the new one.
+    let renewal_header = |token: &str| {
+        let response = service
+            .agent
+            .get(format!("{}/v1/whoami", service.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let header = response.headers().get("keyroll-token-renewed");
+        header.map(|value| value.to_str().unwrap().to_owned())
+    };
+    assert_eq!(renewal_header(&first).as_deref(), Some("true"));
+    assert_eq!(renewal_header(&second), None);
 
     let listing = service.admin("GET", "/admin/keys", None);
     assert_eq!(listing.0, 200);

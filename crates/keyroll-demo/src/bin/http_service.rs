@@ -9,7 +9,10 @@
 //! - `GET /v1/whoami` with `Authorization: Bearer <token>` (the token names
 //!   its key), or with headers `X-Api-Key` (key id) and `X-Api-Token`,
 //!   answers `{"key_id", "token": "current" | "old", "scopes": [..],
-//!   "metadata": {..}}`. A request that
+//!   "metadata": {..}}`, and to an old token of a pending renewal with the
+//!   header `keyroll-token-renewed: true`. It authenticates in its handler
+//!   (keyroll-axum's `Authenticate` extractor); `/v1/orders` under
+//!   keyroll-axum's layer; both with the same settings and answers. A request that
 //!   sends a bearer token and an `X-Api-Key` naming another key is refused.
 //!   Every refused
 //!   credential (missing, unknown key, malformed, wrong, inactive, expired)
@@ -67,7 +70,7 @@ use keyroll::{
     Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion,
     Scopes, Token, TokenInfo, TokenMatch, TransitionError,
 };
-use keyroll_axum::{KeyrollLayer, RequireScope, UsageFlusher};
+use keyroll_axum::{Authenticate, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
@@ -218,6 +221,9 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
 
 struct App {
     keys: Arc<AsyncKeyManager<DynKeyStore>>,
+    /// How the API routes authenticate: bearer tokens, and the two-header
+    /// form `X-Api-Key` + `X-Api-Token`.
+    auth: KeyrollLayer<DynKeyStore>,
     /// The keys secret scanning reports are signed with, if enabled.
     scanner_keys: Option<ScannerKeys>,
     /// SHA-256 of the admin token, compared in constant time.
@@ -225,6 +231,15 @@ struct App {
 }
 
 type Shared = State<Arc<App>>;
+
+/// What keyroll-axum's `Authenticate` extractor authenticates with.
+impl KeyrollState for App {
+    type Store = DynKeyStore;
+
+    fn keyroll(&self) -> &KeyrollLayer<DynKeyStore> {
+        &self.auth
+    }
+}
 
 impl App {
     /// Writes one audit line: ids and times only, never a token.
@@ -249,13 +264,18 @@ fn bearer(request: &Request) -> Option<String> {
 
 /// Who the request is: `keyroll_axum::Authenticated`, put there by the
 /// layer in front of the `/v1` routes.
-async fn whoami(keyroll_axum::Authenticated(who): keyroll_axum::Authenticated) -> Json<Whoami> {
-    Json(Whoami {
+/// Authenticated in the handler (keyroll-axum's `Authenticate` extractor,
+/// no layer): an answer to an old token carries the renewal header.
+async fn whoami(who: Authenticate) -> impl IntoResponse {
+    let hint = who.renewal_hint();
+    let Authenticate(who) = who;
+    let answer = Whoami {
         key_id: Some(who.key_id),
         token: Some(who.matched),
         scopes: who.scopes,
         metadata: who.metadata,
-    })
+    };
+    (hint, Json(answer))
 }
 
 /// `whoami`'s answer (and `ping`'s, with nobody in it).
@@ -773,21 +793,18 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
         .route("/admin/keys/{id}/label", axum::routing::put(set_label))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
-    // The API routes: keyroll-axum's layer (bearer tokens, and the
-    // two-header form `X-Api-Key` + `X-Api-Token`), and a scope guard.
+    // `/v1/orders` under keyroll-axum's layer and scope guard; `/v1/whoami`
+    // authenticates in its extractor, with the same settings.
     let api = Router::new()
-        .route("/v1/whoami", get(whoami))
         .route(
             "/v1/orders",
             get(orders).layer(RequireScope::new("orders:read")),
         )
-        .layer(KeyrollLayer::new(app.keys.clone()).two_headers(
-            header::HeaderName::from_static("x-api-key"),
-            header::HeaderName::from_static("x-api-token"),
-        ));
+        .layer(app.auth.clone());
     Router::new()
         .merge(admin)
         .merge(api)
+        .route("/v1/whoami", get(whoami))
         .route("/v1/ping", get(ping))
         .route("/secret-scanning/github", post(github_secret_scanning))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -807,8 +824,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
     let (store, _listener) = open_store(&cli.store, cli.max_staleness).await?;
+    let keys = Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
     let app = Arc::new(App {
-        keys: Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording)),
+        auth: KeyrollLayer::new(keys.clone()).two_headers(
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderName::from_static("x-api-token"),
+        ),
+        keys,
         scanner_keys: cli
             .github_keys
             .as_deref()
