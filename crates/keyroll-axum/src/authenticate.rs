@@ -129,7 +129,9 @@ where
             .map_err(|refused| refused.response(config))?;
         let answer = match config.authenticate_now(&check, now) {
             Some(answer) => answer,
-            None => config.authenticate(&check, now).await,
+            // Boxed: the store's future would otherwise make every
+            // handler's future as large as its own, to move on each request.
+            None => Box::pin(config.authenticate(&check, now)).await,
         };
         answer
             .map(Authenticate)
