@@ -10,7 +10,7 @@ use axum::response::Response;
 use keyroll::{AsyncKeyStore, TokenMatch};
 use time::OffsetDateTime;
 
-use crate::{KeyrollLayer, TOKEN_RENEWED, insufficient_scope};
+use crate::{InsufficientScope, KeyrollLayer, TOKEN_RENEWED};
 
 /// A router state that holds the [`KeyrollLayer`] the [`Authenticate`]
 /// extractor authenticates with (its key manager, realm and headers).
@@ -58,16 +58,16 @@ impl<T: KeyrollState> KeyrollState for Arc<T> {
 /// ```
 /// use std::sync::Arc;
 ///
-/// use axum::response::{IntoResponse, Response};
+/// use axum::response::IntoResponse;
 /// use axum::{Router, routing::get};
 /// use keyroll::{AsyncKeyManager, InMemoryStore};
-/// use keyroll_axum::{Authenticate, KeyrollLayer};
+/// use keyroll_axum::{Authenticate, InsufficientScope, KeyrollLayer};
 ///
 /// async fn whoami(who: Authenticate) -> impl IntoResponse {
 ///     (who.renewal_hint(), who.key_id.to_string())
 /// }
 ///
-/// async fn orders(who: Authenticate) -> Result<String, Response> {
+/// async fn orders(who: Authenticate) -> Result<String, InsufficientScope> {
 ///     who.require_scope("orders:read")?;
 ///     Ok(format!("orders of {}", who.key_id))
 /// }
@@ -103,14 +103,13 @@ impl Authenticate {
     ///
     /// # Errors
     ///
-    /// [`RequireScope`](crate::RequireScope)'s answer when it does not: a
-    /// 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
-    /// scope="..."`, the refusal logged.
-    pub fn require_scope(&self, scope: &str) -> Result<(), Response> {
+    /// [`InsufficientScope`] (logged) when it does not: as a response,
+    /// [`RequireScope`](crate::RequireScope)'s 403.
+    pub fn require_scope(&self, scope: &str) -> Result<(), InsufficientScope> {
         if self.scopes.contains(scope) {
             Ok(())
         } else {
-            Err(insufficient_scope(&self.key_id, scope))
+            Err(InsufficientScope::logged(&self.key_id, scope))
         }
     }
 }

@@ -495,7 +495,9 @@ where
             .map(|who| (who.key_id.clone(), who.scopes.contains(&self.scope)));
         let answer = match held {
             Some((_, true)) => None,
-            Some((key_id, false)) => Some(insufficient_scope(&key_id, &self.scope)),
+            Some((key_id, false)) => {
+                Some(InsufficientScope::logged(&key_id, &self.scope).into_response())
+            }
             None => {
                 tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
                 Some(refusal(
@@ -512,14 +514,53 @@ where
     }
 }
 
-/// The 403 to a key without `scope` (RFC 6750, 3.1), logged.
-fn insufficient_scope(key_id: &KeyId, scope: &str) -> Response {
-    tracing::info!(key_id = %key_id, scope = %scope, "keyroll: insufficient scope");
-    refusal(
-        StatusCode::FORBIDDEN,
-        &format!("this key lacks the scope {scope}"),
-        Some(format!(
-            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
-        )),
-    )
+/// The refusal of a key that lacks a scope: a 403 with
+/// `WWW-Authenticate: Bearer error="insufficient_scope", scope="..."`
+/// (RFC 6750, 3.1) as a response. [`RequireScope`] answers it;
+/// [`Authenticate::require_scope`] returns it.
+#[derive(Debug, Clone)]
+pub struct InsufficientScope {
+    scope: Box<str>,
+}
+
+impl InsufficientScope {
+    /// The refusal of `key_id` for lacking `scope`, logged.
+    fn logged(key_id: &KeyId, scope: &str) -> Self {
+        tracing::info!(key_id = %key_id, scope = %scope, "keyroll: insufficient scope");
+        InsufficientScope {
+            scope: scope.into(),
+        }
+    }
+
+    /// The scope the key lacks.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+}
+
+impl std::fmt::Display for InsufficientScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "this key lacks the scope {}", self.scope)
+    }
+}
+
+impl std::error::Error for InsufficientScope {}
+
+impl IntoResponse for InsufficientScope {
+    fn into_response(self) -> Response {
+        refusal(
+            StatusCode::FORBIDDEN,
+            &self.to_string(),
+            Some(format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                self.scope
+            )),
+        )
+    }
+}
+
+impl From<InsufficientScope> for Response {
+    fn from(refused: InsufficientScope) -> Response {
+        refused.into_response()
+    }
 }
