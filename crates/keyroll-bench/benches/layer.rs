@@ -10,6 +10,8 @@
 //!   handing it a fixed identity: what any layer giving a handler an
 //!   identity costs, so `whoami - extension_whoami` is the cost of
 //!   authenticating.
+//! - `layer/extractor_whoami`: `whoami` authenticated by the `Authenticate`
+//!   extractor, no layer (what `http_service` serves `/v1/whoami` with).
 //! - `layer/ping_2_threads`, `layer/whoami_2_threads`: two threads sending
 //!   at once (time per request), which shows what the threads share.
 //!
@@ -24,7 +26,7 @@ use axum::http::{HeaderValue, Request};
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyroll::{AsyncKeyManager, InMemoryStore, KeyId, Metadata, Scopes, TokenMatch};
-use keyroll_axum::{Authenticated, KeyrollLayer};
+use keyroll_axum::{Authenticate, Authenticated, KeyrollLayer};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -44,6 +46,10 @@ async fn whoami(Authenticated(who): Authenticated) -> axum::Json<Whoami> {
         scopes: who.scopes,
         metadata: who.metadata,
     })
+}
+
+async fn extractor_whoami(Authenticate(who): Authenticate) -> axum::Json<Whoami> {
+    whoami(Authenticated(who)).await
 }
 
 async fn ping() -> axum::Json<Whoami> {
@@ -70,9 +76,14 @@ fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
     let fixed = rt
         .block_on(keys.authenticate(token.expose_secret(), now))
         .expect("authenticated");
+    let layer = KeyrollLayer::new(keys);
+    let extracting = Router::new()
+        .route("/extractor/whoami", get(extractor_whoami))
+        .with_state(layer.clone());
     let router = Router::new()
         .route("/v1/whoami", get(whoami))
-        .layer(KeyrollLayer::new(keys))
+        .layer(layer)
+        .merge(extracting)
         .route("/v1/ping", get(ping))
         .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)))
         // As `axum::serve` does: handlers (and the layers around them)
@@ -113,6 +124,7 @@ fn bench_layer(c: &mut Criterion) {
         ("ping", "/v1/ping"),
         ("whoami", "/v1/whoami"),
         ("extension_whoami", "/fixed/whoami"),
+        ("extractor_whoami", "/extractor/whoami"),
     ] {
         group.bench_function(name, |b| {
             let bearer = shared(&bearer);
