@@ -413,7 +413,8 @@ impl<S: AsyncKeyStore> Shared<S> {
 /// the key, the token that matched, and the key's scopes and metadata.
 ///
 /// Extracting it without the layer in front is a 500 (a routing mistake,
-/// logged), never an anonymous pass.
+/// logged), never an anonymous pass; routes without the layer use
+/// [`Authenticate`].
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub keyroll::Authenticated);
 
