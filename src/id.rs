@@ -97,9 +97,14 @@ impl KeyId {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_token(presented: &str) -> Result<KeyId, VerifyError> {
-        // Checked by the parser: 1 to 64 bytes of the id alphabet.
         let id = crate::token::named_key(presented)?.ok_or(VerifyError::Malformed)?;
-        Ok(KeyId(SmolStr::new(id)))
+        Ok(KeyId::named(id))
+    }
+
+    /// The key id a token's framing names (`token::named_key` or
+    /// `token::framed_key` checked it: 1 to 64 bytes of the id alphabet).
+    pub(crate) fn named(id: &str) -> KeyId {
+        KeyId(SmolStr::new(id))
     }
 }
 

@@ -257,12 +257,34 @@ pub(crate) fn named_key(presented: &str) -> Result<Option<&str>, VerifyError> {
     parse_with(presented, checked).map(|parsed| parsed.key_id)
 }
 
+/// The key id `presented` names by its framing alone (its prefix, the id
+/// between `_`s, and a tail's length; `None` for a token of keyroll 0.1):
+/// its secret and checksum are not read. For a caller whose token will be
+/// checked whole by what answers it (a key's `verify`), and that checks it
+/// itself before anything reads storage.
+pub(crate) fn framed_key(presented: &str) -> Result<Option<&str>, VerifyError> {
+    frame(presented).map(|framed| framed.key_id)
+}
+
 /// [`parse`], the secret made by `secret`.
 #[inline(always)]
 fn parse_with<T>(
     presented: &str,
     secret: impl FnOnce(&[u8; SECRET_LEN]) -> Option<T>,
 ) -> Result<Parsed<'_, T>, VerifyError> {
+    let Parsed { prefix, key_id, .. } = frame(presented)?;
+    let secret = tail(presented.as_bytes(), secret)?;
+    Ok(Parsed {
+        prefix,
+        key_id,
+        secret,
+    })
+}
+
+/// A presented token's framing checked (length, prefix, key id), its
+/// tail not read.
+#[inline(always)]
+fn frame(presented: &str) -> Result<Parsed<'_, ()>, VerifyError> {
     let bytes = presented.as_bytes();
     if bytes.len() > TOKEN_MAX_LEN || bytes.len() < 1 + 1 + TAIL_LEN {
         return Err(VerifyError::Malformed);
@@ -298,11 +320,10 @@ fn parse_with<T>(
     if !valid_prefix {
         return Err(VerifyError::Malformed);
     }
-    let secret = tail(bytes, secret)?;
     Ok(Parsed {
         prefix,
         key_id,
-        secret,
+        secret: (),
     })
 }
 

@@ -432,3 +432,44 @@ async fn authenticate_now_answers_from_memory_and_leaves_the_rest_to_authenticat
         Some(Ok(_))
     ));
 }
+
+/// The token's framing names the key the store is asked about; a token
+/// whose framing is sound but whose secret or checksum is not is still
+/// `Malformed`, whether or not its key is stored, from memory or not, and
+/// notes no use.
+#[tokio::test]
+async fn a_broken_checksum_is_malformed_whether_or_not_the_key_is_stored() {
+    let manager = AsyncKeyManager::new(InMemoryStore::new()).with_usage_recording(true);
+    let mut rng = StdRng::seed_from_u64(11);
+    let (token, _) = manager.create_key(id(), t0(), &mut rng).await.unwrap();
+    let text = token.expose_secret();
+    // One secret character changed: the checksum no longer matches.
+    let at = text.len() - 20;
+    let swap = if &text[at..at + 1] == "A" { "B" } else { "A" };
+    let broken = format!("{}{swap}{}", &text[..at], &text[at + 1..]);
+    // The same token naming a key that is not stored.
+    let unknown = text.replacen("acme-orders", "nobody", 1);
+    let unknown_id = KeyId::new("nobody").unwrap();
+    let malformed = |answer: &Result<_, AuthError<_>>| {
+        matches!(answer, Err(AuthError::Verify(VerifyError::Malformed)))
+    };
+    for presented in [broken.as_str(), unknown.as_str()] {
+        assert!(malformed(&manager.authenticate(presented, t0()).await));
+        assert!(malformed(
+            &manager.authenticate_now(presented, t0()).unwrap()
+        ));
+        for key in [id(), unknown_id.clone()] {
+            let answer = manager.authenticate_key(&key, presented, t0()).await;
+            assert!(malformed(&answer), "{key}");
+            let answer = manager.authenticate_key_now(&key, presented, t0());
+            assert!(malformed(&answer.unwrap()), "{key}");
+        }
+    }
+    assert_eq!(manager.pending_usage(), 0);
+    // A well-formed token of a key that is not stored is an unknown key.
+    let (_, stranger, _) = ApiKey::issue(unknown_id, t0(), &mut rng).unwrap();
+    assert!(matches!(
+        manager.authenticate(stranger.expose_secret(), t0()).await,
+        Err(AuthError::UnknownKey)
+    ));
+}

@@ -217,11 +217,13 @@ fn the_manager_revokes_what_a_scanner_reports() {
 
 #[test]
 fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
-    /// A store that fails every read: any read shows up as a store error.
-    struct NoReads;
+    /// A store that counts its reads and fails every one.
+    #[derive(Default)]
+    struct NoReads(std::sync::atomic::AtomicUsize);
     impl keyroll::KeyStore for NoReads {
         type Error = std::io::Error;
         fn get(&self, _: &KeyId) -> Result<Option<ApiKey>, std::io::Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(std::io::Error::other("read"))
         }
         fn insert(&self, _: &ApiKey) -> Result<(), keyroll::StoreError<std::io::Error>> {
@@ -245,14 +247,21 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
             Err(std::io::Error::other("read"))
         }
     }
-    let manager = KeyManager::new(NoReads);
+    let manager = KeyManager::new(NoReads::default());
+    let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);
     let (_, token, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rng()).unwrap();
+    // Framed as a token of `k`, one secret character changed.
+    let mut broken = token.expose_secret().to_owned();
+    let at = broken.len() - 20;
+    let swap = if &broken[at..at + 1] == "A" { "B" } else { "A" };
+    broken.replace_range(at..at + 1, swap);
     let malformed = [
         "",
         "kr_typo",
         &"x".repeat(10_000),
         "kr_k_ünïcødé",
         &token.expose_secret()[1..],
+        &broken,
     ];
     for presented in malformed {
         assert!(matches!(
@@ -270,6 +279,7 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
         manager.authenticate_key(&KeyId::new("j").unwrap(), token.expose_secret(), t0()),
         Err(keyroll::AuthError::Verify(VerifyError::Mismatch))
     ));
+    assert_eq!(reads(), 0);
     // A well-formed token does read.
     assert!(matches!(
         manager.authenticate(token.expose_secret(), t0()),

@@ -238,6 +238,13 @@ pub trait AsyncKeyStore: Send + Sync {
     /// `verify` would. The managers ask it first, so that an answer from
     /// memory costs no future; the default answers `None`.
     ///
+    /// The managers ask it with a token whose framing names `id` but whose
+    /// secret and checksum they have not checked (`verify`, through
+    /// [`ApiKey::verify`], checks them), so that a well-formed token is
+    /// parsed once. A store that would read storage to answer must not: a
+    /// malformed token is to cost no read. Answer `None` for it
+    /// ([`KeyId::from_token`] fails), and the managers refuse it.
+    ///
     /// # Errors
     ///
     /// The backend's error, as `verify` would return it.
@@ -321,6 +328,9 @@ impl<S: KeyStore> AsyncKeyStore for Ready<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Option<Result<Verification, S::Error>> {
+        // A sync store may read storage: a token the managers have only
+        // framed waits for their whole check (no read for a malformed one).
+        crate::token::named_key(presented).ok()?;
         Some(self.0.verify(id, presented, now))
     }
 }
