@@ -262,10 +262,9 @@ fn bearer(request: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Who the request is: `keyroll_axum::Authenticated`, put there by the
-/// layer in front of the `/v1` routes.
-/// Authenticated in the handler (keyroll-axum's `Authenticate` extractor,
-/// no layer): an answer to an old token carries the renewal header.
+/// Who the request is, authenticated in the handler (keyroll-axum's
+/// `Authenticate` extractor, no layer): an answer to an old token carries
+/// the renewal header.
 async fn whoami(who: Authenticate) -> impl IntoResponse {
     let hint = who.renewal_hint();
     let Authenticate(who) = who;
