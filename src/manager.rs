@@ -162,7 +162,8 @@ pub struct KeyManager<S> {
 
 /// Manages keys over an [`AsyncKeyStore`]: [`KeyManager`]'s methods as
 /// `async fn`, with the same behaviour (`KeyManager` is this manager over
-/// its sync store, whose futures are ready at once: one implementation).
+/// its sync store, whose futures are ready at once: one implementation;
+/// only its authentication calls the sync store's `verify` directly).
 ///
 /// Its futures are `Send` when the arguments are: to call `renew` or
 /// `create_key` from a spawned task, pass `&mut keyroll::os_rng()` (see
@@ -1107,7 +1108,8 @@ impl<S: KeyStore> KeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        ready(self.inner.authenticate(presented, now))
+        let id = KeyId::from_token(presented)?;
+        self.verified(&id, presented, now)
     }
 
     /// Authenticates a request that names its key and token apart (the
@@ -1126,7 +1128,20 @@ impl<S: KeyStore> KeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        ready(self.inner.authenticate_key(id, presented, now))
+        check_names(id, presented)?;
+        self.verified(id, presented, now)
+    }
+
+    /// The store's verification of `presented` (checked whole) against
+    /// the key stored under `id`, the use noted if asked to.
+    fn verified(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
+        let verified = KeyStore::verify(&self.inner.store.0, id, presented, now);
+        self.inner.noted(verified, now)
     }
 
     /// [`ApiKey::revoke_token`] on the key the token names: the answer
