@@ -123,16 +123,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &T) -> Result<Self, Response> {
         let config = &*state.keyroll().shared;
         let now = OffsetDateTime::now_utc();
-        let check = config
-            .check(&parts.headers)
-            .map_err(|refused| refused.response(config))?;
-        let answer = match config.authenticate_now(&check, now) {
-            Some(answer) => answer,
-            // Boxed: the store's future would otherwise make every
-            // handler's future as large as its own, to move on each request.
-            None => Box::pin(config.authenticate(&check, now)).await,
-        };
-        answer
+        config
+            .authenticated(&parts.headers, now)
+            .await
             .map(Authenticate)
             .map_err(|refused| refused.response(config))
     }

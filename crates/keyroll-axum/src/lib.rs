@@ -253,11 +253,7 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = self.layer.shared.clone();
                 ResponseFuture::waiting(async move {
-                    let checked = match shared.check(request.headers()) {
-                        Ok(check) => shared.authenticate(&check, now).await,
-                        Err(refused) => Err(refused),
-                    };
-                    let who = match checked {
+                    let who = match shared.authenticated(request.headers(), now).await {
                         Ok(who) => who,
                         Err(refused) => return Ok(refused.response(&shared)),
                     };
@@ -368,6 +364,21 @@ impl<S: AsyncKeyStore> Shared<S> {
             Check::TwoHeaders(id, token) => self.keys.authenticate_key_now(id, token, now),
         }?;
         Some(self.logged(outcome, check))
+    }
+
+    /// Who `headers` authenticate as: answered at once when the store has
+    /// the key at hand, else the store awaited in a boxed future (so that a
+    /// caller's future does not carry its size on every request).
+    async fn authenticated(
+        &self,
+        headers: &HeaderMap,
+        now: OffsetDateTime,
+    ) -> Result<keyroll::Authenticated, Refusal> {
+        let check = self.check(headers)?;
+        match self.authenticate_now(&check, now) {
+            Some(answer) => answer,
+            None => Box::pin(self.authenticate(&check, now)).await,
+        }
     }
 
     /// Who `check` authenticates as.
