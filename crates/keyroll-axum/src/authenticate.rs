@@ -8,7 +8,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use keyroll::{AsyncKeyStore, TokenMatch};
-use time::OffsetDateTime;
 
 use crate::{InsufficientScope, KeyrollLayer, TOKEN_RENEWED};
 
@@ -122,7 +121,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &T) -> Result<Self, Response> {
         let config = &*state.keyroll().shared;
-        let now = OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         config
             .authenticated(&parts.headers, now)
             .await

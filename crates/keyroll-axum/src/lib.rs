@@ -69,6 +69,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 mod authenticate;
+mod clock;
 mod future;
 mod usage;
 
@@ -230,7 +231,7 @@ where
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let config = &*self.layer.shared;
-        let now = OffsetDateTime::now_utc();
+        let now = clock::now();
         // A store answering from memory (`InMemoryStore`, a `CachedStore`
         // holding the key) answers here: the inner service, which was
         // polled ready, is called now, and nothing is boxed or cloned.
