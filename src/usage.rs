@@ -48,6 +48,20 @@ pub(crate) struct Noted {
     pub(crate) token: TokenId,
     pub(crate) first: OffsetDateTime,
     pub(crate) last: OffsetDateTime,
+    /// `last` + [`GRANULARITY`], kept so that a use, noted or not, is two
+    /// comparisons and no date arithmetic.
+    quiet_until: OffsetDateTime,
+}
+
+impl Noted {
+    pub(crate) fn new(token: TokenId, first: OffsetDateTime, last: OffsetDateTime) -> Noted {
+        Noted {
+            token,
+            first,
+            last,
+            quiet_until: last.saturating_add(GRANULARITY),
+        }
+    }
 }
 
 /// The notes of one key, under the hash of its id.
@@ -106,17 +120,12 @@ impl UsageLog {
             .unwrap_or_else(PoisonError::into_inner)
             .find(hash, |p| p.id == *id)
             .is_some_and(|p| {
-                p.notes.iter().any(|n| {
-                    n.token == token && n.first <= at && at < n.last.saturating_add(GRANULARITY)
-                })
+                p.notes
+                    .iter()
+                    .any(|n| n.token == token && n.first <= at && at < n.quiet_until)
             });
         if !noted {
-            let first_and_last = Noted {
-                token,
-                first: at,
-                last: at,
-            };
-            add(&mut write(shard), hash, id, [first_and_last]);
+            add(&mut write(shard), hash, id, [Noted::new(token, at, at)]);
         }
     }
 
@@ -183,10 +192,7 @@ fn add(table: &mut Notes, hash: u64, id: &KeyId, notes: impl IntoIterator<Item =
 
 fn merge(notes: &mut Vec<Noted>, new: Noted) {
     match notes.iter_mut().find(|n| n.token == new.token) {
-        Some(n) => {
-            n.first = n.first.min(new.first);
-            n.last = n.last.max(new.last);
-        }
+        Some(n) => *n = Noted::new(n.token, n.first.min(new.first), n.last.max(new.last)),
         None => notes.push(new),
     }
 }
@@ -235,16 +241,12 @@ mod tests {
         assert_eq!(
             notes,
             [
-                Noted {
-                    token: token(1),
-                    first: t0,
-                    last: t0 + Duration::seconds(9)
-                },
-                Noted {
-                    token: token(2),
-                    first: t0 + Duration::seconds(1),
-                    last: t0 + Duration::seconds(1)
-                },
+                Noted::new(token(1), t0, t0 + Duration::seconds(9)),
+                Noted::new(
+                    token(2),
+                    t0 + Duration::seconds(1),
+                    t0 + Duration::seconds(1)
+                ),
             ]
         );
         assert_eq!(log.keys(), 0);
@@ -272,11 +274,7 @@ mod tests {
         assert_eq!(all.len(), 1, "one entry for the key");
         assert_eq!(
             all[0].1,
-            [Noted {
-                token: token(1),
-                first: t0,
-                last: t0 + Duration::seconds(7)
-            }]
+            [Noted::new(token(1), t0, t0 + Duration::seconds(7))]
         );
         assert_eq!(log.keys(), 0);
     }

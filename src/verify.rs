@@ -300,8 +300,10 @@ impl KeyView<'_> {
         let current = u8::from(bool::from(is_current));
         let matched = u8::from(bool::from(is_current | is_old));
         let enforced = self.policy.expiry == Expiry::Enforced;
+        // Due dates are compared only under an enforced policy: a property
+        // of the key, the same whatever matched.
         let due = |token: Option<TokenView<'_>>| {
-            u8::from(enforced & token.is_some_and(|t| now >= t.due_at))
+            u8::from(enforced && token.is_some_and(|t| now >= t.due_at))
         };
         let expired = current * due(Some(self.current)) + (1 - current) * due(old);
         let key_expired = u8::from(self.expires_at.is_some_and(|at| now >= at));
