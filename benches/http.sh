@@ -5,7 +5,8 @@
 # of measurements, in the order ping-whoami, then whoami-ping, and so on
 # (so a machine slowing down or speeding up favours neither route); prints
 # each rate, the ratio of the medians, and the median of the rounds' ratios
-# (each round's two measurements ran back to back, under the same load).
+# (each round's two measurements ran back to back, under the same load)
+# with its 95% confidence interval (6 rounds or more).
 #
 # Arguments after ROUNDS go to the service (`--no-usage-recording`
 # measures the same without noting uses).
@@ -43,10 +44,22 @@ for round in $(seq "$rounds"); do
     echo "round $round: ping ${ping[-1]} req/s, whoami ${whoami[-1]} req/s"
 done
 python3 - "${ping[*]}" "${whoami[*]}" <<'PY'
-import statistics, sys
+import math, statistics, sys
 ping, whoami = ([float(r) for r in a.split()] for a in sys.argv[1:3])
 p, w = statistics.median(ping), statistics.median(whoami)
-paired = statistics.median(b / a for a, b in zip(ping, whoami))
+ratios = sorted(b / a for a, b in zip(ping, whoami))
+paired = statistics.median(ratios)
 print(f"medians: ping {p:.0f} req/s, whoami {w:.0f} req/s, ratio whoami/ping {w / p:.3f}")
-print(f"median of the rounds' ratios whoami/ping: {paired:.3f}")
+print(f"median of the rounds' ratios whoami/ping: {paired:.3f}", end="")
+# A 95% confidence interval for that median, from order statistics (no
+# assumption on how rounds vary): the k-th smallest and k-th largest ratio,
+# k the largest with P(Binomial(n, 1/2) < k) <= 2.5%.
+n, k, below = len(ratios), 0, 0.0
+while below + math.comb(n, k) / 2**n <= 0.025:
+    below += math.comb(n, k) / 2**n
+    k += 1
+if k > 0:
+    print(f" (95% confidence interval {ratios[k - 1]:.3f}-{ratios[n - k]:.3f})")
+else:
+    print(" (too few rounds for a 95% confidence interval)")
 PY
