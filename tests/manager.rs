@@ -444,9 +444,7 @@ async fn a_broken_checksum_is_malformed_whether_or_not_the_key_is_stored() {
     let (token, _) = manager.create_key(id(), t0(), &mut rng).await.unwrap();
     let text = token.expose_secret();
     // One secret character changed: the checksum no longer matches.
-    let at = text.len() - 20;
-    let swap = if &text[at..at + 1] == "A" { "B" } else { "A" };
-    let broken = format!("{}{swap}{}", &text[..at], &text[at + 1..]);
+    let broken = common::with_a_secret_character_changed(text);
     // The same token naming a key that is not stored.
     let unknown = text.replacen("acme-orders", "nobody", 1);
     let unknown_id = KeyId::new("nobody").unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{issue, renewing, rng, t0};
+use common::{issue, renewing, rng, t0, with_a_secret_character_changed};
 use keyroll::{
     ApiKey, Event, Expiry, InMemoryStore, KeyId, KeyManager, KeyState, NewKey, OldTokenDeletion,
     Policy, TokenFormat, TokenMatch, TransitionError, VerifyError,
@@ -194,14 +194,7 @@ fn the_manager_revokes_what_a_scanner_reports() {
 
     // Nothing to revoke: already revoked, malformed, of an unknown key,
     // wrong. Nothing is written.
-    let mut wrong = other.expose_secret().to_owned();
-    let len = wrong.len();
-    let c = if wrong.as_bytes()[len - 20] == b'A' {
-        "B"
-    } else {
-        "A"
-    };
-    wrong.replace_range(len - 20..len - 19, c);
+    let wrong = with_a_secret_character_changed(other.expose_secret());
     for presented in [leaked.expose_secret(), "kr_nope", wrong.as_str()] {
         assert_eq!(manager.revoke_token(presented, t0()).unwrap(), None);
     }
@@ -251,10 +244,7 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
     let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);
     let (_, token, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rng()).unwrap();
     // Framed as a token of `k`, one secret character changed.
-    let mut broken = token.expose_secret().to_owned();
-    let at = broken.len() - 20;
-    let swap = if &broken[at..at + 1] == "A" { "B" } else { "A" };
-    broken.replace_range(at..at + 1, swap);
+    let broken = with_a_secret_character_changed(token.expose_secret());
     let malformed = [
         "",
         "kr_typo",

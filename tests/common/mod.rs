@@ -23,6 +23,14 @@ pub fn issue(policy: Policy) -> (ApiKey, Token) {
     (key, token)
 }
 
+/// `token` with one character of its secret changed: well framed, its
+/// checksum broken.
+pub fn with_a_secret_character_changed(token: &str) -> String {
+    let at = token.len() - 20;
+    let swap = if &token[at..at + 1] == "A" { "B" } else { "A" };
+    format!("{}{swap}{}", &token[..at], &token[at + 1..])
+}
+
 /// A key that is renewing, with its old and new tokens.
 pub fn renewing() -> (ApiKey, Token, Token) {
     let (mut key, old) = issue(Policy::default());
