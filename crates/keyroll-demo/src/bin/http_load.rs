@@ -83,6 +83,23 @@ fn median(mut rates: Vec<f64>) -> f64 {
     rates[rates.len() / 2]
 }
 
+/// A 95% confidence interval for the median of `sorted` (ascending), from
+/// order statistics, with no assumption on how the values vary: the k-th
+/// smallest and the k-th largest value, k the largest with
+/// P(Binomial(n, 1/2) < k) <= 2.5%. None for fewer than 6 values.
+fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    let (mut k, mut below) = (0, 0.0);
+    // P(Binomial(n, 1/2) = k), from k = 0 on.
+    let mut term = 0.5f64.powi(i32::try_from(n).ok()?);
+    while k < n && below + term <= 0.025 {
+        below += term;
+        k += 1;
+        term *= (n - k + 1) as f64 / k as f64;
+    }
+    (k > 0).then(|| (sorted[k - 1], sorted[n - k]))
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let cli = Cli::parse();
     if cli.rounds == 0 {
@@ -127,7 +144,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     }
     // Each round's ratio compares measurements made moments apart.
-    let paired = median(rates[1].iter().zip(&rates[0]).map(|(w, p)| w / p).collect());
+    let mut ratios: Vec<f64> = rates[1].iter().zip(&rates[0]).map(|(w, p)| w / p).collect();
+    ratios.sort_by(f64::total_cmp);
+    let paired = ratios[ratios.len() / 2];
     let [plain, authenticated, two_headers] = rates.map(median);
     println!(
         "medians of {} measurements of {} s each:",
@@ -137,6 +156,31 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("GET /v1/whoami (keyroll, bearer token):    {authenticated:.0} requests/s");
     println!("GET /v1/whoami (keyroll, two headers):     {two_headers:.0} requests/s");
     println!("ratio whoami/ping: {:.3}", authenticated / plain);
-    println!("median of the rounds' ratios whoami/ping: {paired:.3}");
+    match median_interval(&ratios) {
+        Some((low, high)) => println!(
+            "median of the rounds' ratios whoami/ping: {paired:.3} \
+             (95% confidence interval {low:.3}-{high:.3})"
+        ),
+        None => println!(
+            "median of the rounds' ratios whoami/ping: {paired:.3} \
+             (too few rounds for a 95% confidence interval)"
+        ),
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn the_median_interval_is_the_order_statistics_binomial_tables_give() {
+        let values = |n: usize| (0..n).map(|i| i as f64).collect::<Vec<_>>();
+        // P(B(5, 1/2) = 0) = 1/32 > 2.5%: five values bound nothing.
+        assert_eq!(median_interval(&values(5)), None);
+        // n = 6 and 9: k = 1 and 2; n = 40: k = 14 (P(B < 14) = 1.9%, P(B < 15) = 4.0%).
+        assert_eq!(median_interval(&values(6)), Some((0.0, 5.0)));
+        assert_eq!(median_interval(&values(9)), Some((1.0, 7.0)));
+        assert_eq!(median_interval(&values(40)), Some((13.0, 26.0)));
+    }
 }
