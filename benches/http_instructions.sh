@@ -13,6 +13,11 @@
 # ~3,400 instructions a token, where x86-64 with SHA-NI runs ~200. The
 # figures are printed with and without that part.
 #
+# Also printed: the code a request runs, in 64-byte lines (those executed
+# in at least a third of the requests): what a route needs of the
+# instruction caches, and what it brings into them when other work (the
+# client, the kernel) has pushed it out.
+#
 #   bash benches/http_instructions.sh [SERVICE ARGS...]   (needs valgrind and wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +28,7 @@ cargo build --release -q -p keyroll-demo --bin http_service
 count() {
     local route=$1
     shift
-    KEYROLL_ADMIN_TOKEN=bench valgrind --tool=callgrind --instr-atstart=no \
+    KEYROLL_ADMIN_TOKEN=bench valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
         --callgrind-out-file="$out/$route" ./target/release/http_service \
         --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
     local service=$!
@@ -61,4 +66,45 @@ print(f"ping:   {p:7.0f} instructions/request over {pn} requests")
 print(f"whoami: {w:7.0f} instructions/request over {wn} requests "
       f"({w - ws:.0f} without portable SHA-256)")
 print(f"whoami - ping: {w - p:.0f} ({w - ws - p:.0f} without portable SHA-256)")
+
+def hot_lines(route, requests):
+    """(object, 64-byte line) -> function, for the lines of code executed in
+    at least a third of the requests (the dump's positions are addresses,
+    absolute or relative to the previous one)."""
+    names, counts, where = {}, {}, {}
+    obj = fn = None
+    address, call = 0, False
+    for line in open(f"{out}/{route}.1"):
+        m = re.match(r"(c?ob|c?fn)=\((\d+)\)(?: (.*))?", line)
+        if m:
+            kind, number, name = m.groups()
+            if name:
+                names[kind[-2:], number] = name.strip()
+            if kind == "ob":
+                obj = names["ob", number]
+            elif kind == "fn":
+                fn = names["fn", number]
+        elif line.startswith("calls="):
+            call = True  # the next line is the call's inclusive cost
+        elif line[:1] in "0123456789+-*":
+            position, *rest = line.split()
+            if position.startswith("0x"):
+                address = int(position, 16)
+            elif position[0] in "+-":
+                address += int(position)
+            if call:
+                call = False
+            elif len(rest) >= 2:
+                key = (obj, address >> 6)
+                counts[key] = max(counts.get(key, 0), int(rest[1]))
+                where[key] = fn
+    return {k: where[k] for k, n in counts.items() if n >= requests / 3}
+
+hot = {route: hot_lines(route, int(open(f"{out}/{route}.requests").read()))
+       for route in ("ping", "whoami")}
+own = {k: f for k, f in hot["whoami"].items() if k not in hot["ping"]}
+soft = sum("sha256::soft" in f for f in own.values())
+print(f"code run per request, 64-byte lines: ping {len(hot['ping'])}, "
+      f"whoami {len(hot['whoami'])}; whoami's own {len(own)} "
+      f"({len(own) - soft} without portable SHA-256)")
 PY
