@@ -156,16 +156,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("GET /v1/whoami (keyroll, bearer token):    {authenticated:.0} requests/s");
     println!("GET /v1/whoami (keyroll, two headers):     {two_headers:.0} requests/s");
     println!("ratio whoami/ping: {:.3}", authenticated / plain);
-    match median_interval(&ratios) {
-        Some((low, high)) => println!(
-            "median of the rounds' ratios whoami/ping: {paired:.3} \
-             (95% confidence interval {low:.3}-{high:.3})"
-        ),
-        None => println!(
-            "median of the rounds' ratios whoami/ping: {paired:.3} \
-             (too few rounds for a 95% confidence interval)"
-        ),
-    }
+    let interval = match median_interval(&ratios) {
+        Some((low, high)) => format!("95% confidence interval {low:.3}-{high:.3}"),
+        None => "too few rounds for a 95% confidence interval".to_owned(),
+    };
+    println!("median of the rounds' ratios whoami/ping: {paired:.3} ({interval})");
     Ok(())
 }
 
