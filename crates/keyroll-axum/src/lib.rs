@@ -502,15 +502,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let held = request
-            .extensions()
-            .get::<keyroll::Authenticated>()
-            .map(|who| (who.key_id.clone(), who.scopes.contains(&self.scope)));
-        let answer = match held {
-            Some((_, true)) => None,
-            Some((key_id, false)) => {
-                Some(InsufficientScope::logged(&key_id, &self.scope).into_response())
-            }
+        let answer = match request.extensions().get::<keyroll::Authenticated>() {
+            Some(who) if who.scopes.contains(&self.scope) => None,
+            Some(who) => Some(InsufficientScope::logged(&who.key_id, &self.scope).into_response()),
             None => {
                 tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
                 Some(refusal(
