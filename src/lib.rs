@@ -38,6 +38,7 @@
 //! - `proptest`: [`testing`], a reference model of the lifecycle and
 //!   strategies for your own property tests.
 #![forbid(unsafe_code)]
+#![doc(html_root_url = "https://docs.rs/keyroll/0.2.0")]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -47,11 +47,13 @@
 //!
 //! let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()));
 //! let app: Router = Router::new()
-//!     .route("/v1/orders", get(whoami).layer(RequireScope::new("orders:read")))
+//!     .route("/v1/orders", get(whoami).layer(RequireScope::new("orders:read".parse()?)))
 //!     .route("/v1/whoami", get(whoami))
 //!     .layer(KeyrollLayer::new(keys).realm("orders"));
+//! # Ok::<(), keyroll::InvalidScope>(())
 //! ```
 #![forbid(unsafe_code)]
+#![doc(html_root_url = "https://docs.rs/keyroll-axum/0.2.0")]
 #![deny(missing_docs)]
 
 use std::sync::Arc;
@@ -63,7 +65,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use future::mark_renewed;
-use keyroll::{AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, TokenMatch};
+use keyroll::{AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, Scope, TokenMatch};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -84,7 +86,8 @@ pub const TOKEN_RENEWED: HeaderName = HeaderName::from_static("keyroll-token-ren
 /// The one body of every refused credential.
 const REFUSED: &str = "invalid credentials";
 
-/// A tower [`Layer`] that authenticates every request with keyroll. See the
+/// A tower [`Layer`](https://docs.rs/tower-layer/0.3/tower_layer/trait.Layer.html)
+/// that authenticates every request with keyroll. See the
 /// crate's docs.
 pub struct KeyrollLayer<S> {
     /// One reference per request (a reference count shared by the
@@ -156,17 +159,45 @@ impl<S> KeyrollLayer<S> {
     }
 }
 
-/// `Bearer realm="<realm>"`, the realm's quotes and backslashes escaped.
+/// The token of an `Authorization` header value of the `Bearer` scheme,
+/// which RFC 7235 makes case-insensitive (`Bearer`, `bearer`, `BEARER`),
+/// followed by one or more spaces; `None` for any other scheme or an empty
+/// token.
+///
+/// # Example
+///
+/// ```
+/// use keyroll_axum::bearer_token;
+///
+/// assert_eq!(bearer_token("Bearer kr_abc"), Some("kr_abc"));
+/// assert_eq!(bearer_token("bearer  kr_abc"), Some("kr_abc"));
+/// assert_eq!(bearer_token("Basic a2V5OnRva2Vu"), None);
+/// assert_eq!(bearer_token("Bearer "), None);
+/// ```
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// `Bearer realm="<realm>"`.
 fn challenge(realm: &str) -> String {
-    let escaped: String = realm
-        .chars()
-        .flat_map(|c| match c {
-            '"' | '\\' => vec!['\\', c],
-            c if c.is_control() => vec![],
-            c => vec![c],
-        })
-        .collect();
-    format!("Bearer realm=\"{escaped}\"")
+    format!("Bearer realm={}", quoted(realm))
+}
+
+/// `value` as an HTTP quoted-string: its quotes and backslashes escaped,
+/// control characters left out.
+fn quoted(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 impl<S, I> Layer<I> for KeyrollLayer<S> {
@@ -317,7 +348,7 @@ impl<S: AsyncKeyStore> Shared<S> {
     /// token; an invalid key id), the cause logged.
     fn check<'a>(&self, headers: &'a HeaderMap) -> Result<Check<'a>, Refusal> {
         let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(&header::AUTHORIZATION).and_then(|value| value.strip_prefix("Bearer "));
+        let bearer = header(&header::AUTHORIZATION).and_then(bearer_token);
         if let Some(token) = bearer {
             // Beside a bearer token only the key id header is read: it must
             // name the key the token names.
@@ -460,13 +491,28 @@ impl<T: Send + Sync> FromRequestParts<T> for Authenticated {
 /// inside a [`KeyrollLayer`] (for instance on one route). Others get a 403
 /// with `WWW-Authenticate: Bearer error="insufficient_scope", scope="..."`
 /// (RFC 6750, 3.1).
+///
+/// The scope is a [`Scope`], checked when it is made, so nothing in it can
+/// break the `WWW-Authenticate` header.
 #[derive(Debug, Clone)]
-pub struct RequireScope(Arc<str>);
+pub struct RequireScope(Scope);
 
 impl RequireScope {
     /// Requires `scope` (compared exactly, as `Scopes::contains` does).
-    pub fn new(scope: &str) -> Self {
-        RequireScope(scope.into())
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::Scope;
+    /// use keyroll_axum::RequireScope;
+    ///
+    /// let guard = RequireScope::new(Scope::new("orders:read")?);
+    /// assert!(Scope::new("orders\", read").is_err());
+    /// # let _ = guard;
+    /// # Ok::<(), keyroll::InvalidScope>(())
+    /// ```
+    pub fn new(scope: Scope) -> Self {
+        RequireScope(scope)
     }
 }
 
@@ -485,7 +531,7 @@ impl<I> Layer<I> for RequireScope {
 #[derive(Debug, Clone)]
 pub struct RequireScopeService<I> {
     inner: I,
-    scope: Arc<str>,
+    scope: Scope,
 }
 
 impl<I> Service<Request> for RequireScopeService<I>
@@ -503,8 +549,10 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let answer = match request.extensions().get::<keyroll::Authenticated>() {
-            Some(who) if who.scopes.contains(&self.scope) => None,
-            Some(who) => Some(InsufficientScope::logged(&who.key_id, &self.scope).into_response()),
+            Some(who) if who.scopes.contains(self.scope.as_str()) => None,
+            Some(who) => {
+                Some(InsufficientScope::logged(&who.key_id, self.scope.as_str()).into_response())
+            }
             None => {
                 tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
                 Some(refusal(
@@ -559,8 +607,8 @@ impl IntoResponse for InsufficientScope {
             StatusCode::FORBIDDEN,
             &self.to_string(),
             Some(format!(
-                "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                self.scope
+                "Bearer error=\"insufficient_scope\", scope={}",
+                quoted(&self.scope)
             )),
         )
     }

@@ -37,7 +37,7 @@ fn routers<S: AsyncKeyStore + 'static>(layer: KeyrollLayer<S>) -> [Router; 2] {
     let layered = Router::new()
         .route(
             "/orders",
-            get(whoami).layer(RequireScope::new("orders:read")),
+            get(whoami).layer(RequireScope::new("orders:read".parse().unwrap())),
         )
         .route("/whoami", get(whoami))
         .layer(layer.clone());
@@ -146,6 +146,56 @@ async fn bearer_tokens_authenticate_and_refusals_are_uniform() {
             assert_eq!(body, uniform);
         }
     }
+}
+
+/// RFC 7235 makes the scheme case-insensitive, and allows more than one
+/// space before the token.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    for mode in 0..2 {
+        let f = fixture().await;
+        let token = f.reader.expose_secret();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            for value in [format!("{scheme} {token}"), format!("{scheme}   {token}")] {
+                let request = Request::get("/whoami")
+                    .header(header::AUTHORIZATION, value.clone())
+                    .body(Body::empty())
+                    .unwrap();
+                let (status, _, _, _) = send(&f.apps[mode], request).await;
+                assert_eq!(status, StatusCode::OK, "{scheme:?} ({mode})");
+            }
+        }
+        for value in [format!("Bearer{token}"), format!("Bearers {token}"), "Bearer ".into()] {
+            let request = Request::get("/whoami")
+                .header(header::AUTHORIZATION, value.clone())
+                .body(Body::empty())
+                .unwrap();
+            let (status, challenge, _, _) = send(&f.apps[mode], request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{value:?}");
+            assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
+        }
+    }
+}
+
+/// A scope guard's scope is a `Scope`: nothing in the challenge can be
+/// broken out of its quotes; `require_scope` quotes what it is given.
+#[test]
+fn scopes_in_challenges_stay_quoted() {
+    assert!("orders\", error=\"x".parse::<keyroll::Scope>().is_err());
+    let refused = Authenticate(keyroll::Authenticated::new(
+        KeyId::new("k").unwrap(),
+        keyroll::TokenMatch::Current,
+        "00000000000000000000000000000000".parse().unwrap(),
+        Scopes::default(),
+        keyroll::Metadata::default(),
+    ))
+    .require_scope("a\"b")
+    .unwrap_err()
+    .into_response();
+    assert_eq!(
+        refused.headers()[header::WWW_AUTHENTICATE],
+        r#"Bearer error="insufficient_scope", scope="a\"b""#
+    );
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+#![doc(html_root_url = "https://docs.rs/keyroll-postgres/0.2.0")]
 #![deny(missing_docs)]
 
 use std::sync::Arc;
@@ -63,6 +64,9 @@ mod listen;
 use listen::Connector;
 pub use listen::{Listener, ListenerState};
 
+/// The root certificates [`PgStore::connect_with_roots`] verifies the server against
+/// (rustls's).
+#[doc(no_inline)]
 pub use rustls::RootCertStore;
 
 /// What can go wrong in the PostgreSQL store.

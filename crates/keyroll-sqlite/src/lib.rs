@@ -35,6 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+#![doc(html_root_url = "https://docs.rs/keyroll-sqlite/0.2.0")]
 #![deny(missing_docs)]
 
 use std::path::Path;

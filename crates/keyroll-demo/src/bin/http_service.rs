@@ -68,7 +68,7 @@ use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AuthError, Authenticated, CachedStore, DynKeyStore, DynStoreError,
     Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion,
-    Scopes, Token, TokenInfo, TokenMatch, TransitionError,
+    Scope, Scopes, Token, TokenInfo, TokenMatch, TransitionError,
 };
 use keyroll_axum::{Authenticate, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
@@ -257,8 +257,8 @@ fn bearer(request: &Request) -> Option<String> {
         .headers()
         .get(header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+        .ok()
+        .and_then(keyroll_axum::bearer_token)
         .map(str::to_owned)
 }
 
@@ -797,7 +797,9 @@ fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route(
             "/v1/orders",
-            get(orders).layer(RequireScope::new("orders:read")),
+            get(orders).layer(RequireScope::new(
+                Scope::new("orders:read").expect("a valid scope"),
+            )),
         )
         .layer(app.auth.clone());
     Router::new()
