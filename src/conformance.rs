@@ -20,6 +20,8 @@
 //! #[tokio::test]
 //! async fn my_store_conforms() {
 //!     keyroll::conformance::run_all_async(|| MyStore::connect_fresh()).await;
+//!     // or, when making one is not async:
+//!     keyroll::conformance::run_all_async(|| async { MyStore::new() }).await;
 //! }
 //! ```
 //!
@@ -785,16 +787,21 @@ macro_rules! behaviours {
             concurrent_inserts_have_one_winner(make());
         }
 
-        /// Runs every behaviour on an async store, each on a fresh store from
-        /// `make`.
+        /// Runs every behaviour on an async store, each on a fresh store
+        /// that `make` resolves to (so that making one may wait: create a
+        /// table, say).
         ///
         /// # Panics
         ///
         /// At the first violation, naming the behaviour and what was seen.
-        pub async fn run_all_async<S: AsyncKeyStore>(mut make: impl FnMut() -> S) {
-            $($name_async(make()).await;)*
-            concurrent_updates_have_one_winner_async(make()).await;
-            concurrent_inserts_have_one_winner_async(make()).await;
+        pub async fn run_all_async<S, F>(mut make: impl FnMut() -> F)
+        where
+            S: AsyncKeyStore,
+            F: Future<Output = S>,
+        {
+            $($name_async(make().await).await;)*
+            concurrent_updates_have_one_winner_async(make().await).await;
+            concurrent_inserts_have_one_winner_async(make().await).await;
         }
     };
 }

@@ -80,7 +80,8 @@ fn the_suite_passes_on_a_cache_in_front_of_memory() {
 
 #[tokio::test]
 async fn the_async_suite_passes_too() {
-    conformance::run_all_async(|| CachedStore::new(InMemoryStore::new(), 1000, LONG)).await;
+    conformance::run_all_async(|| async { CachedStore::new(InMemoryStore::new(), 1000, LONG) })
+        .await;
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn in_memory_store_passes_the_whole_suite() {
 
 #[tokio::test]
 async fn in_memory_store_passes_the_whole_async_suite() {
-    conformance::run_all_async(InMemoryStore::new).await;
+    conformance::run_all_async(|| async { InMemoryStore::new() }).await;
 }
 
 #[test]

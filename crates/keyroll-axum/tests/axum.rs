@@ -165,7 +165,11 @@ async fn the_bearer_scheme_is_case_insensitive() {
                 assert_eq!(status, StatusCode::OK, "{scheme:?} ({mode})");
             }
         }
-        for value in [format!("Bearer{token}"), format!("Bearers {token}"), "Bearer ".into()] {
+        for value in [
+            format!("Bearer{token}"),
+            format!("Bearers {token}"),
+            "Bearer ".into(),
+        ] {
             let request = Request::get("/whoami")
                 .header(header::AUTHORIZATION, value.clone())
                 .body(Body::empty())

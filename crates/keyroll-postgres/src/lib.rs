@@ -2,11 +2,15 @@
 //! service running on many machines.
 //!
 //! [`PgStore`] is an [`AsyncKeyStore`] over `tokio-postgres` and a
-//! `deadpool-postgres` pool: [`PgStore::connect`] from a URL (TLS through
-//! rustls when the URL's `sslmode` asks for it, certificates verified), or
-//! [`PgStore::from_pool`] with a pool of yours.
+//! `deadpool-postgres` pool: [`PgStore::connect`] from a URL, or
+//! [`PgStore::from_pool`] with a pool of yours. `connect` requires TLS
+//! (through rustls, the server's certificate verified) unless the URL says
+//! `sslmode=disable`: a server that declines TLS is refused, never used in
+//! the clear.
 //!
-//! One table (created by [`PgStore::migrate`], idempotent):
+//! One table, created by [`PgStore::migrate`] (idempotent), an explicit
+//! step run by a role that may create tables; the service's own role needs
+//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE`:
 //!
 //! ```sql
 //! CREATE TABLE keyroll_keys (
@@ -36,8 +40,10 @@
 //! use keyroll_postgres::PgStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = PgStore::connect("postgres://keyroll@db.internal/keys?sslmode=require").await?;
-//! store.migrate().await?;
+//! // Once, at deployment, as a role that may create tables:
+//! PgStore::connect("postgres://admin@db.internal/keys").await?.migrate().await?;
+//! // The service, as a role with DML rights only; TLS is required.
+//! let store = PgStore::connect("postgres://keyroll@db.internal/keys").await?;
 //! let manager = AsyncKeyManager::new(store);
 //! let now = time::OffsetDateTime::now_utc();
 //! let mut rng = keyroll::os_rng(); // Send, unlike rand::rng()
@@ -55,7 +61,6 @@ use std::sync::Arc;
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::record::{self, RecordError};
 use keyroll::{ApiKey, AsyncKeyStore, CachedStore, KeyId, Revision, StoreError};
-use tokio::sync::OnceCell;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
@@ -95,6 +100,14 @@ pub enum PgStoreError {
     /// A version or incarnation beyond BIGINT.
     #[error("{0} does not fit a BIGINT")]
     OutOfRange(u64),
+    /// The store's table does not exist: [`PgStore::migrate`] has not run.
+    #[error(
+        "table {table} does not exist: create it with PgStore::migrate (keyctl migrate), as a role that may"
+    )]
+    NotMigrated {
+        /// The table's name.
+        table: String,
+    },
 }
 
 impl From<tokio_postgres::Error> for PgStoreError {
@@ -120,7 +133,6 @@ impl PgStoreError {
 pub struct PgStore {
     pool: Pool,
     table: String,
-    migrated: OnceCell<()>,
     sql: Statements,
     /// The pool's settings, for a listener's own connection (unknown for
     /// a pool of yours).
@@ -139,12 +151,17 @@ struct Statements {
 
 impl PgStore {
     /// A store over a pool made from `url` (`postgres://user@host/db?...`),
-    /// in the table `keyroll_keys`. With `sslmode=require` (or `prefer`,
-    /// the default) the connection uses TLS through rustls whenever the
-    /// server offers it, and the server's certificate is always verified
-    /// against the system's root certificates (unlike libpq's `prefer`, a
-    /// certificate that does not verify is refused, never ignored);
-    /// `sslmode=disable` connects in the clear.
+    /// in the table `keyroll_keys`.
+    ///
+    /// **TLS is required** unless the URL says `sslmode=disable`: without
+    /// `sslmode`, and with `sslmode=prefer` or `require`, every connection
+    /// uses TLS through rustls and verifies the server's certificate
+    /// against the system's root certificates. A server (or anyone in the
+    /// middle) that declines TLS is refused, never used in the clear:
+    /// unlike libpq's `prefer`, which falls back to plaintext, and so lets
+    /// whoever sits on the path rewrite key rows. Only an explicit
+    /// `sslmode=disable` connects in the clear, and says so in a `tracing`
+    /// warning.
     ///
     /// # Errors
     ///
@@ -168,13 +185,21 @@ impl PgStore {
         url: &str,
         roots: RootCertStore,
     ) -> Result<PgStore, PgStoreError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| PgStoreError::Config(format!("{e}")))?;
+        // The driver's default, `prefer`, goes on in the clear when TLS is
+        // declined: a downgrade anyone on the path can force.
+        if config.get_ssl_mode() == SslMode::Prefer {
+            config.ssl_mode(SslMode::Require);
+        }
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
         let (pool, connector) = if config.get_ssl_mode() == SslMode::Disable {
+            tracing::warn!(
+                "keyroll-postgres: sslmode=disable: connections to the database are not encrypted"
+            );
             let manager = deadpool_postgres::Manager::from_config(
                 config.clone(),
                 tokio_postgres::NoTls,
@@ -256,7 +281,6 @@ impl PgStore {
         PgStore {
             pool,
             table,
-            migrated: OnceCell::new(),
             sql,
             connector: None,
         }
@@ -292,8 +316,7 @@ impl PgStore {
     /// use keyroll_postgres::PgStore;
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let store = PgStore::connect("postgres://keyroll@db.internal/keys?sslmode=require").await?;
-    /// store.migrate().await?;
+    /// let store = PgStore::connect("postgres://keyroll@db.internal/keys").await?;
     /// let cache = Arc::new(CachedStore::new(store, 100_000, Duration::from_secs(30)));
     /// let listener = cache.inner().listen(cache.clone())?;
     /// let manager = AsyncKeyManager::new(cache);
@@ -332,10 +355,19 @@ impl PgStore {
 
     /// Creates the table if it does not exist, and upgrades a table written
     /// by keyroll 0.1 (adds and fills the incarnation column); installs the
-    /// trigger that notifies every write (the function `keyroll_notify()`
-    /// and, on the table, the trigger `keyroll_notify`: see
-    /// [`listen`](PgStore::listen)). Safe to run from many replicas at once;
-    /// every other method runs it once first.
+    /// triggers that notify every write (the function `keyroll_notify()`
+    /// and, on the table, the triggers `keyroll_notify` for each row
+    /// written and `keyroll_notify_truncate` for a `TRUNCATE`: see
+    /// [`listen`](PgStore::listen)). Idempotent, and safe to run from many
+    /// replicas at once.
+    ///
+    /// It is an explicit step, run by a role that may create tables (a
+    /// deployment step, `keyctl migrate`, or the demo service's
+    /// `--migrate`). No other method runs it: the service itself needs
+    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the table, so it
+    /// can neither drop the table nor the triggers that keep caches in
+    /// step. Until it has run, every call fails with
+    /// [`PgStoreError::NotMigrated`].
     ///
     /// # Errors
     ///
@@ -392,7 +424,10 @@ impl PgStore {
             "CREATE OR REPLACE FUNCTION keyroll_notify() RETURNS trigger
                  LANGUAGE plpgsql AS $$
              BEGIN
-                 IF TG_OP = 'DELETE' THEN
+                 IF TG_OP = 'TRUNCATE' THEN
+                     -- No id: listeners forget every key.
+                     PERFORM pg_notify(TG_TABLE_NAME, '');
+                 ELSIF TG_OP = 'DELETE' THEN
                      PERFORM pg_notify(TG_TABLE_NAME, OLD.id);
                  ELSE
                      PERFORM pg_notify(TG_TABLE_NAME, NEW.id);
@@ -404,6 +439,11 @@ impl PgStore {
                                 WHERE tgname = 'keyroll_notify' AND tgrelid = '{table}'::regclass) THEN
                      CREATE TRIGGER keyroll_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
                          FOR EACH ROW EXECUTE FUNCTION keyroll_notify();
+                 END IF;
+                 IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                                WHERE tgname = 'keyroll_notify_truncate' AND tgrelid = '{table}'::regclass) THEN
+                     CREATE TRIGGER keyroll_notify_truncate AFTER TRUNCATE ON {table}
+                         FOR EACH STATEMENT EXECUTE FUNCTION keyroll_notify();
                  END IF;
              END $$;"
         ))
@@ -431,8 +471,54 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, PgStoreError> {
-        self.migrated.get_or_try_init(|| self.migrate()).await?;
         Ok(self.pool.get().await?)
+    }
+
+    /// The driver's error, or [`PgStoreError::NotMigrated`] when it says
+    /// the table does not exist.
+    fn error(&self, e: tokio_postgres::Error) -> PgStoreError {
+        if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            PgStoreError::NotMigrated {
+                table: self.table.clone(),
+            }
+        } else {
+            e.into()
+        }
+    }
+
+    /// Runs `sql`, prepared once per pooled connection; the rows changed.
+    async fn execute(
+        &self,
+        client: &deadpool_postgres::Object,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, PgStoreError> {
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.error(e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs the query `sql`, prepared once per pooled connection; its one
+    /// row, if any.
+    async fn query_opt(
+        &self,
+        client: &deadpool_postgres::Object,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, PgStoreError> {
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.error(e))?;
+        client
+            .query_opt(&statement, params)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// After a compare-and-swap changed no row: why.
@@ -442,8 +528,8 @@ impl PgStore {
         id: &KeyId,
         expected: Revision,
     ) -> StoreError<PgStoreError> {
-        match client
-            .query_opt(self.sql.revision.as_str(), &[&id.as_str()])
+        match self
+            .query_opt(client, &self.sql.revision, &[&id.as_str()])
             .await
         {
             Ok(None) => StoreError::NotFound,
@@ -451,20 +537,9 @@ impl PgStore {
                 expected,
                 found: revision(row.get(0), row.get(1)),
             },
-            Err(e) => StoreError::Backend(e.into()),
+            Err(e) => StoreError::Backend(e),
         }
     }
-}
-
-/// A statement prepared once per pooled connection.
-async fn prepare(
-    client: &deadpool_postgres::Object,
-    sql: &str,
-) -> Result<tokio_postgres::Statement, StoreError<PgStoreError>> {
-    client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| StoreError::Backend(e.into()))
 }
 
 fn bigint(n: u64) -> Result<i64, PgStoreError> {
@@ -505,27 +580,29 @@ impl AsyncKeyStore for PgStore {
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, PgStoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(&self.sql.get).await?;
-        let row = client.query_opt(&statement, &[&id.as_str()]).await?;
+        let row = self
+            .query_opt(&client, &self.sql.get, &[&id.as_str()])
+            .await?;
         row.as_ref().map(decode).transpose()
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
         let (incarnation, version, record) = row_of(key)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
-        let statement = prepare(&client, &self.sql.insert).await?;
-        let inserted = client
+        let inserted = self
             .execute(
-                &statement,
+                &client,
+                &self.sql.insert,
                 &[&key.id().as_str(), &incarnation, &version, &record],
             )
             .await;
         match inserted {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(StoreError::AlreadyExists)
-            }
-            Err(e) => Err(StoreError::Backend(e.into())),
+            Err(PgStoreError::Postgres {
+                code: Some(SqlState::UNIQUE_VIOLATION),
+                ..
+            }) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(StoreError::Backend(e)),
         }
     }
 
@@ -538,10 +615,10 @@ impl AsyncKeyStore for PgStore {
         let expected_incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let expected_version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
-        let statement = prepare(&client, &self.sql.update).await?;
-        let changed = client
+        let changed = self
             .execute(
-                &statement,
+                &client,
+                &self.sql.update,
                 &[
                     &key.id().as_str(),
                     &expected_incarnation,
@@ -552,7 +629,7 @@ impl AsyncKeyStore for PgStore {
                 ],
             )
             .await
-            .map_err(|e| StoreError::Backend(e.into()))?;
+            .map_err(StoreError::Backend)?;
         if changed == 1 {
             Ok(())
         } else {
@@ -564,11 +641,14 @@ impl AsyncKeyStore for PgStore {
         let incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
-        let statement = prepare(&client, &self.sql.delete).await?;
-        let changed = client
-            .execute(&statement, &[&id.as_str(), &incarnation, &version])
+        let changed = self
+            .execute(
+                &client,
+                &self.sql.delete,
+                &[&id.as_str(), &incarnation, &version],
+            )
             .await
-            .map_err(|e| StoreError::Backend(e.into()))?;
+            .map_err(StoreError::Backend)?;
         if changed == 1 {
             Ok(())
         } else {
@@ -581,7 +661,8 @@ impl AsyncKeyStore for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(self.sql.list.as_str(), &[&after.map(KeyId::as_str), &limit])
-            .await?;
+            .await
+            .map_err(|e| self.error(e))?;
         rows.iter().map(decode).collect()
     }
 }

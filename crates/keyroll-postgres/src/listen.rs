@@ -4,7 +4,8 @@
 //! [`PgStore::migrate`](crate::PgStore::migrate) installs a trigger that
 //! sends, in the writing transaction, a notification on the channel named
 //! after the table with the key id as payload, for every inserted, updated
-//! or deleted row (whoever writes it: a replica, `keyctl`, plain SQL). The
+//! or deleted row, and with an empty payload for a `TRUNCATE` (whoever
+//! writes it: a replica, `keyctl`, plain SQL). The
 //! listener holds its own connection (outside the pool: `LISTEN` belongs
 //! to a session), invalidates each notified id, and clears the whole cache
 //! whenever it connects or loses its connection, since notifications sent
@@ -119,6 +120,8 @@ async fn run<S>(
                 report.send_replace(ListenerState::Listening { connects });
                 let error = loop {
                     match notifications.recv().await {
+                        // A payload that is no id (empty, for a TRUNCATE)
+                        // names every key.
                         Some(Ok(notification)) => match KeyId::new(notification.payload()) {
                             Ok(id) => cache.invalidate(&id),
                             Err(_) => cache.invalidate_all(),

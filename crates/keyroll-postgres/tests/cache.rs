@@ -14,16 +14,9 @@ use time::OffsetDateTime;
 
 mod common;
 
-use common::{fresh_table, pool, server_url};
+use common::{fresh_table, plain, pool, server_url};
 
 type Replica = AsyncKeyManager<Arc<CachedStore<PgStore>>>;
-
-/// The server's URL without TLS (the listener connects as the pool does;
-/// the TLS tests are in `postgres.rs`).
-fn plain(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}sslmode=disable")
-}
 
 /// A replica: its own pool, its own cache, and a listener on `table`.
 async fn replica(
@@ -65,9 +58,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_another_replica_within_milliseconds() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("replicas");
     // A long max_staleness: only the notifications can make this fast.
     let staleness = Duration::from_secs(60);
@@ -118,9 +115,13 @@ async fn revocation_reaches_another_replica_within_milliseconds() {
     a.store().inner().drop_table().await.unwrap();
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listener_never_lets_a_revoked_token_outlive_max_staleness() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("killed");
     let staleness = Duration::from_secs(1);
     let (a, _listening_a) = replica(&url, &table, staleness).await;
@@ -182,9 +183,13 @@ async fn a_killed_listener_never_lets_a_revoked_token_outlive_max_staleness() {
     a.store().inner().drop_table().await.unwrap();
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_by_anyone_are_notified() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("plainsql");
     let (b, _listening) = replica(&url, &table, Duration::from_secs(60)).await;
     let (token, _) = b
@@ -211,9 +216,47 @@ async fn writes_by_anyone_are_notified() {
     b.store().inner().drop_table().await.unwrap();
 }
 
+/// A `TRUNCATE` fires no row trigger: a statement trigger notifies it, and
+/// listeners forget every key at once rather than after `max_staleness`.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_is_notified() {
+    let url = server_url();
+    let table = fresh_table("truncate");
+    let (b, _listening) = replica(&url, &table, Duration::from_secs(3600)).await;
+    let now = OffsetDateTime::now_utc();
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut tokens = Vec::new();
+    for id in ["one", "two"] {
+        let (token, _) = b
+            .create_key(KeyId::new(id).unwrap(), now, &mut rng)
+            .await
+            .unwrap();
+        assert!(b.authenticate(token.expose_secret(), now).await.is_ok());
+        tokens.push(token);
+    }
+    let admin = pool(&url, 1).get().await.unwrap();
+    admin
+        .batch_execute(&format!("TRUNCATE {table}"))
+        .await
+        .unwrap();
+    for token in &tokens {
+        let took = time_until_refused(&b, token, Duration::from_secs(5)).await;
+        assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "{took:?}");
+    }
+    b.store().inner().drop_table().await.unwrap();
+}
+
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_from_a_pool_of_yours_cannot_listen() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let cache = Arc::new(CachedStore::new(
         PgStore::from_pool(pool(&url, 1)),
         10,
@@ -226,19 +269,23 @@ async fn a_store_from_a_pool_of_yours_cannot_listen() {
     );
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_in_front_of_postgres_passes_the_conformance_suite() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let pool = pool(&url, 10);
     let mut tables = Vec::new();
     conformance::run_all_async(|| {
         let table = fresh_table("cachedconf");
         tables.push(table.clone());
-        CachedStore::new(
-            PgStore::with_table(pool.clone(), &table).unwrap(),
-            1000,
-            Duration::from_secs(60),
-        )
+        let store = PgStore::with_table(pool.clone(), &table).unwrap();
+        async {
+            store.migrate().await.unwrap();
+            CachedStore::new(store, 1000, Duration::from_secs(60))
+        }
     })
     .await;
     for table in tables {

@@ -20,17 +20,25 @@ use tokio_postgres::error::SqlState;
 
 mod common;
 
-use common::{fresh_table, pool, server_url};
+use common::{fresh_table, migrated, plain, pool, server_url};
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_conformance_suite() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let pool = pool(&url, 10);
     let tables = Mutex::new(Vec::new());
     conformance::run_all_async(|| {
         let table = fresh_table("conformance");
         tables.lock().unwrap().push(table.clone());
-        PgStore::with_table(pool.clone(), &table).unwrap()
+        let store = PgStore::with_table(pool.clone(), &table).unwrap();
+        async {
+            store.migrate().await.unwrap();
+            store
+        }
     })
     .await;
     for table in tables.into_inner().unwrap() {
@@ -60,19 +68,19 @@ async fn create_keys(manager: &AsyncKeyManager<PgStore>, n: usize) -> (Vec<KeyId
     (ids, tokens)
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_replicas_racing_lose_nothing() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("race");
     // Two replicas: separate pools, separate managers, one table.
-    let a = Arc::new(
-        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table).unwrap())
-            .with_max_retries(64),
-    );
-    let b = Arc::new(
-        AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), &table).unwrap())
-            .with_max_retries(64),
-    );
+    let a =
+        Arc::new(AsyncKeyManager::new(migrated(pool(&url, 4), &table).await).with_max_retries(64));
+    let b =
+        Arc::new(AsyncKeyManager::new(migrated(pool(&url, 4), &table).await).with_max_retries(64));
     let (ids, first_tokens) = create_keys(&a, 3).await;
     let ids = Arc::new(ids);
     let successes: Arc<Vec<AtomicU64>> = Arc::new(ids.iter().map(|_| AtomicU64::new(0)).collect());
@@ -143,12 +151,16 @@ async fn postgres_two_replicas_racing_lose_nothing() {
     a.store().drop_table().await.unwrap();
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at_once() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("visible");
-    let a = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
-    let b = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
+    let a = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
+    let b = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
     let (ids, first) = create_keys(&a, 1).await;
     let (id, first) = (&ids[0], &first[0]);
     let now = OffsetDateTime::now_utc();
@@ -193,11 +205,15 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
     a.store().drop_table().await.unwrap();
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_processes_racing_lose_nothing() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let table = fresh_table("processes");
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 2), &table).unwrap());
+    let manager = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
     let (ids, _) = create_keys(&manager, 3).await;
     let keys = ids.iter().map(KeyId::as_str).collect::<Vec<_>>().join(",");
 
@@ -241,9 +257,13 @@ async fn postgres_two_processes_racing_lose_nothing() {
     manager.store().drop_table().await.unwrap();
 }
 
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_errors_keep_the_sql_state() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let pool = pool(&url, 2);
     let table = fresh_table("broken");
     let store = PgStore::with_table(pool.clone(), &table).unwrap();
@@ -288,12 +308,16 @@ async fn postgres_errors_keep_the_sql_state() {
 
 /// A record copied into another key's row never authenticates as that key,
 /// and a record at another revision than its row is refused.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_record_that_does_not_match_its_row() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let pool = pool(&url, 2);
     let table = fresh_table("tampered");
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table).unwrap());
+    let manager = AsyncKeyManager::new(migrated(pool.clone(), &table).await);
     let now = OffsetDateTime::now_utc();
     let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
     let mut rng = StdRng::seed_from_u64(5);
@@ -337,9 +361,13 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
 
 /// A table written by keyroll 0.1 (no incarnation column, schema-1 records)
 /// is upgraded by `migrate`, and its keys load and take updates.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let pool = pool(&url, 2);
     let table = fresh_table("old");
     let record = include_str!("../../../tests/fixtures/schema-1/later.json");
@@ -358,7 +386,7 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
         )
         .await
         .unwrap();
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool.clone(), &table).unwrap());
+    let manager = AsyncKeyManager::new(migrated(pool.clone(), &table).await);
     let id = KeyId::new("later").unwrap();
     let key = manager.get(&id).await.unwrap().unwrap();
     assert_eq!(key, serde_json::from_str(record).unwrap());
@@ -384,7 +412,7 @@ async fn race_child() {
     let Ok(spec) = std::env::var(RACE_CHILD) else {
         return;
     };
-    let url = server_url().expect("the parent had a server");
+    let url = server_url();
     let mut parts = spec.split(' ');
     let (table, keys, seed) = (
         parts.next().unwrap(),
@@ -438,9 +466,13 @@ fn roots_from(var: &str) -> Option<keyroll_postgres::RootCertStore> {
 
 /// TLS through rustls: with the CA that signed the server's certificate the
 /// connection is encrypted; with another CA it is refused.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tls_verifies_the_server_certificate() {
-    let Some(url) = server_url() else { return };
+    let url = server_url();
     let (Some(ca), Some(wrong)) = (
         roots_from("KEYROLL_PG_CA"),
         roots_from("KEYROLL_PG_WRONG_CA"),
@@ -455,6 +487,7 @@ async fn postgres_tls_verifies_the_server_certificate() {
     let tls_url = format!("{url}?sslmode=require");
 
     let store = PgStore::connect_with_roots(&tls_url, ca).await.unwrap();
+    store.migrate().await.unwrap();
     let client = store.pool().get().await.unwrap();
     let row = client
         .query_one(
@@ -488,4 +521,141 @@ async fn postgres_tls_verifies_the_server_certificate() {
         source = cause.source();
     }
     assert!(chain.contains("UnknownIssuer"), "{chain}");
+}
+
+/// Until `migrate` has run, every call says so, and names the table.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_calls_before_migrate_say_to_migrate() {
+    let url = server_url();
+    let table = fresh_table("unmigrated");
+    let store = PgStore::with_table(pool(&url, 1), &table).unwrap();
+    let id = KeyId::new("k").unwrap();
+    let error = store.get(&id).await.unwrap_err();
+    assert!(
+        matches!(&error, PgStoreError::NotMigrated { table: t } if *t == table),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("migrate"), "{error}");
+    // Nothing was created behind the caller's back.
+    let client = store.pool().get().await.unwrap();
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists);
+}
+
+/// The service's role needs no DDL: with only SELECT, INSERT, UPDATE and
+/// DELETE on the table (migrated by another role), it creates, renews,
+/// authenticates, deletes and listens; and it cannot migrate.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_role_with_only_dml_runs_the_service() {
+    let url = server_url();
+    let table = fresh_table("dml");
+    let role = format!("{table}_role");
+    let owner = migrated(pool(&url, 2), &table).await;
+    let admin = owner.pool().get().await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role};"
+        ))
+        .await
+        .unwrap();
+    // The same server, as that role.
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("a TCP host, not {other:?}"),
+    };
+    let as_role = format!(
+        "postgres://{role}@{host}:{}/{}?sslmode=disable",
+        config.get_ports()[0],
+        config.get_dbname().unwrap_or("postgres")
+    );
+    let store = PgStore::connect(&as_role)
+        .await
+        .unwrap()
+        .in_table(&table)
+        .unwrap();
+    let cache = std::sync::Arc::new(keyroll::CachedStore::new(
+        store,
+        100,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut listener = cache.inner().listen(cache.clone()).unwrap();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), listener.listening(1))
+        .await
+        .is_err()
+    {
+        panic!("listener: {:?}", listener.state());
+    }
+    let manager = AsyncKeyManager::new(cache.clone());
+    let now = OffsetDateTime::now_utc();
+    let mut rng = StdRng::seed_from_u64(8);
+    let id = KeyId::new("dml").unwrap();
+    let (first, _) = manager.create_key(id.clone(), now, &mut rng).await.unwrap();
+    let (second, _) = manager.renew(&id, now, &mut rng).await.unwrap();
+    manager.delete_old(&id, now).await.unwrap();
+    assert!(
+        manager
+            .authenticate(first.expose_secret(), now)
+            .await
+            .is_err()
+    );
+    assert!(
+        manager
+            .authenticate(second.expose_secret(), now)
+            .await
+            .is_ok()
+    );
+    manager.delete_key(&id, now).await.unwrap();
+    let refused = cache.inner().migrate().await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    drop((manager, listener, cache));
+    owner.drop_table().await.unwrap();
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+/// A server with `ssl=off` (`KEYROLL_PG_PLAIN_URL`; `.ci/run` starts one):
+/// refused without `sslmode`, or with `prefer`; used with `sslmode=disable`.
+#[cfg_attr(
+    not(keyroll_pg_plain),
+    ignore = "needs a PostgreSQL with ssl=off: set KEYROLL_PG_PLAIN_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_server_without_tls_is_refused_unless_sslmode_disable() {
+    let url = std::env::var("KEYROLL_PG_PLAIN_URL")
+        .expect("KEYROLL_PG_PLAIN_URL must be set: `bash .ci/run` starts a server and sets it");
+    let id = KeyId::new("probe").unwrap();
+    for refused in [url.clone(), format!("{url}?sslmode=prefer")] {
+        let store = PgStore::connect(&refused).await.unwrap();
+        let error = store.get(&id).await.unwrap_err();
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            chain.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(chain.contains("TLS"), "{refused}: {chain}");
+    }
+    let store = PgStore::connect(&plain(&url)).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap(), None);
 }

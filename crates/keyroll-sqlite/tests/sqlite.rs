@@ -32,7 +32,8 @@ async fn sqlite_store_passes_the_async_conformance_suite_on_the_blocking_pool() 
     let mut n = 0;
     conformance::run_all_async(|| {
         n += 1;
-        SqliteStore::open(dir.path().join(format!("async-{n}.db"))).unwrap()
+        let store = SqliteStore::open(dir.path().join(format!("async-{n}.db"))).unwrap();
+        async { store }
     })
     .await;
 }

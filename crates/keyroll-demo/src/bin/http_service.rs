@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! KEYROLL_ADMIN_TOKEN=change-me cargo run -p keyroll-demo --bin http_service -- \
-//!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL]
+//!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL] [--migrate]
 //! ```
+//!
+//! With PostgreSQL, the table is created by `keyctl migrate` or by
+//! `--migrate` (as a role that may create tables); the service itself needs
+//! only SELECT, INSERT, UPDATE and DELETE on it. A URL without `sslmode`
+//! requires TLS; `sslmode=disable` connects in the clear, and the log says
+//! so at startup.
 //!
 //! - `GET /v1/whoami` with `Authorization: Bearer <token>` (the token names
 //!   its key), or with headers `X-Api-Key` (key id) and `X-Api-Token`,
@@ -67,8 +73,8 @@ use base64::Engine;
 use clap::Parser;
 use keyroll::{
     ApiKey, AsyncKeyManager, AuthError, Authenticated, CachedStore, DynKeyStore, DynStoreError,
-    Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion,
-    Scope, Scopes, Token, TokenInfo, TokenMatch, TransitionError,
+    Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion, Scope,
+    Scopes, Token, TokenInfo, TokenMatch, TransitionError,
 };
 use keyroll_axum::{Authenticate, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
@@ -106,6 +112,11 @@ struct Cli {
     /// recording costs.
     #[arg(long)]
     no_usage_recording: bool,
+    /// With PostgreSQL: create or upgrade the table and its triggers
+    /// first (needs a role that may create tables; without it the
+    /// service needs only SELECT, INSERT, UPDATE and DELETE).
+    #[arg(long)]
+    migrate: bool,
 }
 
 // ---------------------------------------------------------------- the store
@@ -116,13 +127,16 @@ struct Cli {
 async fn open_store(
     spec: &str,
     max_staleness: std::time::Duration,
+    migrate: bool,
 ) -> Result<(DynKeyStore, Option<Listener>), Box<dyn Error>> {
     match spec.split_once(':') {
         None if spec == "memory" => Ok((DynKeyStore::new(InMemoryStore::new()), None)),
         Some(("sqlite", path)) => Ok((DynKeyStore::new(SqliteStore::open(path)?), None)),
         Some(("postgres", url)) => {
             let store = PgStore::connect(url).await?;
-            store.migrate().await?;
+            if migrate {
+                store.migrate().await?;
+            }
             let cache = Arc::new(CachedStore::new(store, 100_000, max_staleness));
             let listener = cache.inner().listen(cache.clone())?;
             Ok((DynKeyStore::new(cache), Some(listener)))
@@ -824,7 +838,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
-    let (store, _listener) = open_store(&cli.store, cli.max_staleness).await?;
+    let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
     let keys = Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
     let app = Arc::new(App {
         auth: KeyrollLayer::new(keys.clone()).two_headers(

@@ -13,6 +13,8 @@
 //! verify ID                 (reads the token from standard input; records the use)
 //! revoke                    (reads a leaked token from standard input and revokes it)
 //! whois                     (reads a token from standard input; prints the key id it names)
+//! migrate                   (creates or upgrades the PostgreSQL table: run it once, as a role
+//!                            that may create tables; the service's role needs only DML)
 //! ```
 //!
 //! Tokens are read from standard input, never taken as arguments: arguments
@@ -150,6 +152,10 @@ enum Command {
     /// Print the key id a token (read from standard input) names, after
     /// checking its shape and checksum. Reads no database.
     Whois,
+    /// Create or upgrade the store's table and its notification triggers
+    /// (PostgreSQL; SQLite creates its table when it opens). Run it once,
+    /// as a role that may create tables: other commands never do.
+    Migrate,
 }
 
 impl Command {
@@ -304,18 +310,47 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     }
 }
 
+/// Where `--store` (or `--db`) says the keys are.
+enum Location<'a> {
+    Sqlite(&'a std::path::Path),
+    Postgres(&'a str),
+}
+
+impl Cli {
+    fn location(&self) -> Result<Location<'_>, Box<dyn Error>> {
+        match self.store.as_deref().map(|spec| spec.split_once(':')) {
+            None => Ok(Location::Sqlite(&self.db)),
+            Some(Some(("sqlite", path))) => Ok(Location::Sqlite(path.as_ref())),
+            Some(Some(("postgres", url))) => Ok(Location::Postgres(url)),
+            _ => Err("unknown --store: use sqlite:PATH or postgres:URL".into()),
+        }
+    }
+}
+
 /// The store `--store` (or `--db`) names.
 async fn open_store(cli: &Cli) -> Result<DynKeyStore, Box<dyn Error>> {
-    match cli.store.as_deref().map(|spec| spec.split_once(':')) {
-        None => Ok(DynKeyStore::new(SqliteStore::open(&cli.db)?)),
-        Some(Some(("sqlite", path))) => Ok(DynKeyStore::new(SqliteStore::open(path)?)),
-        Some(Some(("postgres", url))) => {
-            let store = PgStore::connect(url).await?;
-            store.migrate().await?;
-            Ok(DynKeyStore::new(store))
+    Ok(match cli.location()? {
+        Location::Sqlite(path) => DynKeyStore::new(SqliteStore::open(path)?),
+        Location::Postgres(url) => DynKeyStore::new(PgStore::connect(url).await?),
+    })
+}
+
+/// `keyctl migrate`.
+async fn migrate(cli: &Cli) -> Result<(), Box<dyn Error>> {
+    match cli.location()? {
+        Location::Sqlite(path) => {
+            SqliteStore::open(path)?;
+            println!(
+                "SQLite creates its table when it opens: {} is ready",
+                path.display()
+            );
         }
-        _ => Err("unknown --store: use sqlite:PATH or postgres:URL".into()),
+        Location::Postgres(url) => {
+            PgStore::connect(url).await?.migrate().await?;
+            println!("the PostgreSQL table keyroll_keys and its triggers are ready");
+        }
     }
+    Ok(())
 }
 
 async fn list(
@@ -393,9 +428,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             "--now is for looking (list, show, verify, whois): it never changes keys".into(),
         );
     }
-    if let Command::Whois = cli.command {
-        println!("{}", KeyId::from_token(&token_from_stdin()?)?);
-        return Ok(());
+    match cli.command {
+        Command::Whois => {
+            println!("{}", KeyId::from_token(&token_from_stdin()?)?);
+            return Ok(());
+        }
+        Command::Migrate => return migrate(&cli).await,
+        _ => {}
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
     let manager =
@@ -500,7 +539,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             Some(event) => print_event(&event)?,
             None => return Err("not a live token of any key: nothing was revoked".into()),
         },
-        Command::Whois => unreachable!("answered before the database is opened"),
+        Command::Whois | Command::Migrate => {
+            unreachable!("answered before the database is opened")
+        }
         Command::Verify { id } => {
             let token = token_from_stdin()?;
             let matched = manager.authenticate_key(&id, &token, now).await?.matched;
@@ -523,6 +564,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings of the stores (a PostgreSQL connection without TLS), on
+    // stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,24 +1,34 @@
 //! What the PostgreSQL tests share.
+//!
+//! A test that needs the server carries
+//! `#[cfg_attr(not(keyroll_pg), ignore = "...")]`: the crate's build script
+//! sets `keyroll_pg` when `KEYROLL_PG_URL` (or `CI`) is set, so without a
+//! server `cargo test` lists those tests as ignored, with the reason.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime};
+use keyroll_postgres::PgStore;
 use tokio_postgres::NoTls;
 
-/// The server to test against, or `None` (with one line saying so) when
-/// none is configured. Under CI a missing server is a failure, not a skip.
-pub fn server_url() -> Option<String> {
-    match std::env::var("KEYROLL_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!("KEYROLL_PG_URL must be set in CI"),
-        _ => {
-            eprintln!(
-                "skipped: KEYROLL_PG_URL is not set; `bash .ci/run` starts a server and sets it"
-            );
-            None
-        }
-    }
+/// The server to test against, from `KEYROLL_PG_URL`.
+///
+/// # Panics
+///
+/// When it is not set: in CI, where a missing server is a failure, or
+/// when an ignored test is run by hand.
+pub fn server_url() -> String {
+    std::env::var("KEYROLL_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .expect("KEYROLL_PG_URL must be set: `bash .ci/run` starts a server and sets it")
+}
+
+/// `url` with `sslmode=disable`: the tests' server uses a CA of its own.
+pub fn plain(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
 }
 
 pub fn pool(url: &str, size: usize) -> Pool {
@@ -28,6 +38,13 @@ pub fn pool(url: &str, size: usize) -> Pool {
     config
         .create_pool(Some(Runtime::Tokio1), NoTls)
         .expect("a valid pool configuration")
+}
+
+/// A store over `pool` in `table`, created by `migrate`.
+pub async fn migrated(pool: Pool, table: &str) -> PgStore {
+    let store = PgStore::with_table(pool, table).unwrap();
+    store.migrate().await.unwrap();
+    store
 }
 
 /// A table name no other test (or test run) uses.
