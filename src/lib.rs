@@ -74,7 +74,9 @@ pub use input::InvalidLabel;
 pub use key::{
     ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
 };
-pub use manager::{AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, KeyManager, ManagerError};
+pub use manager::{
+    AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, FlushError, KeyManager, ManagerError,
+};
 pub use names::ParseError;
 pub use new_key::NewKey;
 pub use policy::{Expiry, Policy};

@@ -67,6 +67,36 @@ pub enum AuthError<E> {
     Store(#[source] E),
 }
 
+/// Why [`flush_usage`](AsyncKeyManager::flush_usage) could not write the
+/// uses of some keys. The others were written; the notes of these are kept
+/// for the next flush.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FlushError<E> {
+    /// How many keys were written.
+    pub written: usize,
+    /// Each key whose uses were not written, and why.
+    pub failed: Vec<(KeyId, ManagerError<E>)>,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for FlushError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the uses of {} key(s) were not written and are kept for the next flush",
+            self.failed.len()
+        )?;
+        let mut separator = ": ";
+        for (id, e) in &self.failed {
+            write!(f, "{separator}{id}: {e}")?;
+            separator = "; ";
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for FlushError<E> {}
+
 /// What a transition writes back.
 #[allow(clippy::large_enum_variant)] // lives on the stack for one write
 enum Write {
@@ -221,30 +251,36 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     /// tokens a key no longer has, and of deleted keys, are dropped.
     /// Returns how many keys were written.
     ///
+    /// A key that cannot be written (its record does not load, the store
+    /// fails on it, it keeps changing) holds up no other: it is skipped,
+    /// its notes are kept for the next flush, and the flush goes on.
+    ///
     /// [`Decision::AfterNewTokenUse`]: crate::Decision::AfterNewTokenUse
     ///
     /// # Errors
     ///
-    /// [`ManagerError::Conflict`] or [`ManagerError::Store`] from the first
-    /// key that could not be written: its notes and those not yet written
-    /// are kept for the next flush.
-    pub async fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, ManagerError<S::Error>> {
+    /// [`FlushError`], naming each key that could not be written and why,
+    /// once every other key has been written.
+    pub async fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, FlushError<S::Error>> {
         let Some(usage) = &self.usage else {
             return Ok(0);
         };
-        let mut pending = usage.take_all().into_iter();
         let mut written = 0;
-        while let Some((id, notes)) = pending.next() {
+        let mut failed = Vec::new();
+        for (id, notes) in usage.take_all() {
             match self.record_noted(&id, &notes, now).await {
                 Ok(changed) => written += usize::from(changed),
                 Err(e) => {
                     usage.put_back(&id, notes);
-                    pending.for_each(|(id, notes)| usage.put_back(&id, notes));
-                    return Err(e);
+                    failed.push((id, e));
                 }
             }
         }
-        Ok(written)
+        if failed.is_empty() {
+            Ok(written)
+        } else {
+            Err(FlushError { written, failed })
+        }
     }
 
     /// How many keys have uses noted and not yet flushed.
@@ -1055,9 +1091,9 @@ impl<S: KeyStore> KeyManager<S> {
     ///
     /// # Errors
     ///
-    /// [`ManagerError::Conflict`] or [`ManagerError::Store`]; the notes not
-    /// written are kept for the next flush.
-    pub fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, ManagerError<S::Error>> {
+    /// [`FlushError`], naming the keys that could not be written (their
+    /// notes are kept for the next flush; every other key was written).
+    pub fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, FlushError<S::Error>> {
         ready(self.inner.flush_usage(now))
     }
 

@@ -444,11 +444,124 @@ fn a_lost_race_on_recording_never_fails_authentication_and_keeps_the_notes() {
             .unwrap(),
         TokenMatch::Current
     );
+    let refused = manager.flush_usage(t0()).unwrap_err();
     assert!(matches!(
-        manager.flush_usage(t0()),
-        Err(keyroll::ManagerError::Conflict)
+        refused.failed.as_slice(),
+        [(failed, keyroll::ManagerError::Conflict)] if *failed == id
     ));
     assert_eq!(manager.pending_usage(), 1, "kept for the next flush");
+}
+
+/// A store in which one key's record cannot be read (a corrupt row, say).
+struct Poisoned {
+    keys: InMemoryStore,
+    poisoned: std::sync::Mutex<Option<KeyId>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the record of {0} does not load")]
+struct Unreadable(KeyId);
+
+impl KeyStore for Poisoned {
+    type Error = Unreadable;
+    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
+        if self.poisoned.lock().unwrap().as_ref() == Some(id) {
+            return Err(Unreadable(id.clone()));
+        }
+        Ok(self.keys.get(id).unwrap_or_else(|never| match never {}))
+    }
+    fn insert(&self, key: &ApiKey) -> Result<(), keyroll::StoreError<Self::Error>> {
+        self.keys
+            .insert(key)
+            .map_err(|e| e.map_backend(|never| match never {}))
+    }
+    fn update(
+        &self,
+        key: &ApiKey,
+        expected: keyroll::Revision,
+    ) -> Result<(), keyroll::StoreError<Self::Error>> {
+        self.keys
+            .update(key, expected)
+            .map_err(|e| e.map_backend(|never| match never {}))
+    }
+    fn delete(
+        &self,
+        id: &KeyId,
+        expected: keyroll::Revision,
+    ) -> Result<(), keyroll::StoreError<Self::Error>> {
+        self.keys
+            .delete(id, expected)
+            .map_err(|e| e.map_backend(|never| match never {}))
+    }
+    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
+        Ok(self
+            .keys
+            .list(after, limit)
+            .unwrap_or_else(|never| match never {}))
+    }
+}
+
+/// One key whose record cannot be read holds up no other: the flush skips
+/// it, writes the rest (their last use moves, an after-use deletion is
+/// scheduled), keeps only that key's notes, and names it in its error.
+#[test]
+fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
+    let manager = KeyManager::new(Poisoned {
+        keys: InMemoryStore::new(),
+        poisoned: std::sync::Mutex::new(None),
+    })
+    .with_usage_recording(true);
+    let mut rng = rand::rng();
+    let ids: Vec<KeyId> = ["a", "m", "z"].map(|id| KeyId::new(id).unwrap()).into();
+    let mut tokens = Vec::new();
+    for id in &ids {
+        let (first, _) = manager.create_key(id.clone(), t0(), &mut rng).unwrap();
+        let (second, _) = manager.renew(id, t0(), &mut rng).unwrap();
+        manager
+            .finalize(
+                id,
+                OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+                t0(),
+            )
+            .unwrap();
+        tokens.push((first, second));
+    }
+    for (_, second) in &tokens {
+        manager
+            .authenticate(second.expose_secret(), t0() + minutes(1))
+            .unwrap();
+    }
+    *manager.store().poisoned.lock().unwrap() = Some(ids[1].clone());
+
+    let refused = manager.flush_usage(t0() + minutes(2)).unwrap_err();
+    assert_eq!(refused.written, 2);
+    let failed: Vec<&KeyId> = refused.failed.iter().map(|(id, _)| id).collect();
+    assert_eq!(failed, [&ids[1]]);
+    assert!(refused.to_string().contains("m: "), "{refused}");
+    assert_eq!(
+        manager.pending_usage(),
+        1,
+        "only the failed key's notes kept"
+    );
+    for id in [&ids[0], &ids[2]] {
+        let key = manager.store().keys.get(id).unwrap().unwrap();
+        assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));
+        assert_eq!(
+            key.state(),
+            KeyState::Renewing {
+                decision: Decision::Scheduled {
+                    at: t0() + minutes(11)
+                }
+            }
+        );
+    }
+
+    // Readable again: the kept notes are written, from the use's time.
+    *manager.store().poisoned.lock().unwrap() = None;
+    assert_eq!(manager.flush_usage(t0() + minutes(3)).unwrap(), 1);
+    let key = manager.store().keys.get(&ids[1]).unwrap().unwrap();
+    assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));
+    assert_eq!(manager.pending_usage(), 0);
 }
 
 #[test]

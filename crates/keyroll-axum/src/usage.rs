@@ -82,8 +82,10 @@ impl UsageFlusher {
 async fn flush<S: AsyncKeyStore>(keys: &AsyncKeyManager<S>) {
     match keys.flush_usage(OffsetDateTime::now_utc()).await {
         Ok(written) => tracing::debug!(written, "keyroll: uses flushed"),
-        Err(error) => {
-            tracing::warn!(%error, "keyroll: flushing uses failed; kept for the next flush")
-        }
+        Err(error) => tracing::warn!(
+            written = error.written,
+            %error,
+            "keyroll: the uses of some keys were not flushed"
+        ),
     }
 }
