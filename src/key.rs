@@ -122,6 +122,18 @@ pub struct TokenInfo {
         )
     )]
     pub(crate) revoked_at: Option<OffsetDateTime>,
+    /// Issued by keyroll 0.1, whose tokens name no key
+    /// (`{prefix}_{secret}{checksum}`): only such a token is accepted in
+    /// that framing.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            rename = "legacy_framing",
+            skip_serializing_if = "std::ops::Not::not"
+        )
+    )]
+    pub(crate) legacy: bool,
 }
 
 impl TokenInfo {
@@ -139,6 +151,7 @@ impl TokenInfo {
             hash,
             last_used_at: None,
             revoked_at: None,
+            legacy: false,
         }
     }
 
@@ -162,6 +175,15 @@ impl TokenInfo {
     /// policy's `usage_resolution`; `None` if no use was recorded.
     pub fn last_used_at(&self) -> Option<OffsetDateTime> {
         self.last_used_at
+    }
+
+    /// Whether the token was issued by keyroll 0.1, in the framing that
+    /// names no key (`{prefix}_{secret}{checksum}`). Only such a token
+    /// verifies in that framing, and only in the two-credential form (it
+    /// names no key); secret scanners do not find it. Renew the key to
+    /// hand out a token that names it.
+    pub fn legacy_framing(&self) -> bool {
+        self.legacy
     }
 
     /// When the token was revoked with [`ApiKey::revoke_token`]: from then

@@ -759,11 +759,31 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        let Ok(id) = KeyId::from_token(presented) else {
+        match KeyId::from_token(presented) {
+            Ok(id) => self.revoke_token_of(&id, presented, now).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// [`ApiKey::revoke_token`] on key `id`: the two-credential form of
+    /// [`revoke_token`](Self::revoke_token), which also revokes a token in
+    /// the framing of keyroll 0.1 (which names no key). `None`, with
+    /// nothing written, for anything that is not a live token of that key.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub async fn revoke_token_of(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        if check_names(id, presented).is_err() {
             return Ok(None);
-        };
+        }
         let revoked = self
-            .transition(&id, |mut key| {
+            .transition(id, |mut key| {
                 Ok(match key.revoke_token(presented, now) {
                     Ok(event) => (Write::Update(key), Some(event)),
                     Err(_) => (Write::Nothing, None),
@@ -1195,5 +1215,20 @@ impl<S: KeyStore> KeyManager<S> {
         now: OffsetDateTime,
     ) -> Result<Option<Event>, ManagerError<S::Error>> {
         ready(self.inner.revoke_token(presented, now))
+    }
+
+    /// [`ApiKey::revoke_token`] on key `id`: see
+    /// [`AsyncKeyManager::revoke_token_of`].
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
+    pub fn revoke_token_of(
+        &self,
+        id: &KeyId,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Event>, ManagerError<S::Error>> {
+        ready(self.inner.revoke_token_of(id, presented, now))
     }
 }

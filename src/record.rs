@@ -17,11 +17,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! A record carries `"schema": 2`, the key's `incarnation` and, when it has
-//! them, its `scopes`, `metadata` and `expires_at`. Records of schema 1
-//! (keyroll 0.1) have none of these: they load with no attributes and an
-//! incarnation derived from the key id and creation time, so every load of
-//! one record agrees, and are written back as schema 2.
+//! A record carries `"schema": 3`, the key's `incarnation` and, when it has
+//! them, its `scopes`, `metadata` and `expires_at`; a token issued by
+//! keyroll 0.1 carries `"legacy_framing": true`. Records of schema 1
+//! (keyroll 0.1) have none of these: they load with no attributes, an
+//! incarnation derived from the key id and creation time (so every load of
+//! one record agrees), and their tokens marked as issued by keyroll 0.1.
+//! Records of schema 2 (keyroll 0.2) load as written; 0.2 kept no mark on
+//! tokens, so the tokens of a key that it loaded from a schema-1 record
+//! (whose incarnation is still the derived one) are marked too. Every
+//! record is written back as schema 3.
 //!
 //! Loading refuses, with a message saying what is wrong, any record that
 //! would build an impossible key: an unknown schema, a missing or
@@ -131,7 +136,9 @@ pub fn decode_row(
 }
 
 /// The record schema this version writes.
-const SCHEMA: u32 = 2;
+const SCHEMA: u32 = 3;
+/// The schema of keyroll 0.2, which this version still reads.
+const SCHEMA_2: u32 = 2;
 /// The schema of keyroll 0.1, which this version still reads.
 const SCHEMA_1: u32 = 1;
 
@@ -191,20 +198,36 @@ impl Serialize for ApiKey {
 impl<'de> Deserialize<'de> for ApiKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let record = KeyRecord::deserialize(d)?;
-        let incarnation = match (record.schema, record.incarnation) {
-            (SCHEMA, Some(incarnation)) => incarnation,
-            (SCHEMA, None) => {
-                return Err(D::Error::custom(
-                    "invalid key record: schema 2 needs an incarnation",
-                ));
+        let derived = schema_1_incarnation(&record.id, record.created_at);
+        // Whether keyroll 0.1 issued the key, and so maybe its tokens.
+        let (incarnation, of_0_1) = match (record.schema, record.incarnation) {
+            (SCHEMA, Some(incarnation)) => (incarnation, false),
+            // Keyroll 0.2 kept no mark on tokens issued by 0.1. A key it
+            // loaded from a schema-1 record kept the incarnation derived
+            // for it; one 0.2 issued has a random one (equal to the derived
+            // one with odds of 2^-63).
+            (SCHEMA_2, Some(incarnation)) => (incarnation, incarnation == derived),
+            (SCHEMA | SCHEMA_2, None) => {
+                return Err(D::Error::custom(format_args!(
+                    "invalid key record: schema {} needs an incarnation",
+                    record.schema
+                )));
             }
-            (SCHEMA_1, _) => schema_1_incarnation(&record.id, record.created_at),
+            (SCHEMA_1, _) => (derived, true),
             (other, _) => {
                 return Err(D::Error::custom(format_args!(
-                    "unsupported key record schema {other}: this version of keyroll reads schemas {SCHEMA_1} and {SCHEMA}"
+                    "unsupported key record schema {other}: this version of keyroll reads schemas {SCHEMA_1} to {SCHEMA}"
                 )));
             }
         };
+        let mut current = record.current_token.into_owned();
+        let mut renewal = record.renewal.map(|r| Box::new(r.into_owned()));
+        if of_0_1 {
+            current.legacy = true;
+            if let Some(renewal) = &mut renewal {
+                renewal.old.legacy = true;
+            }
+        }
         let key = ApiKey {
             id: record.id.into_owned(),
             label: record.label.into_owned().into_boxed_str(),
@@ -216,8 +239,8 @@ impl<'de> Deserialize<'de> for ApiKey {
             scopes: record.scopes.into_owned(),
             metadata: record.metadata.into_owned(),
             expires_at: record.expires_at,
-            current: record.current_token.into_owned(),
-            renewal: record.renewal.map(|r| Box::new(r.into_owned())),
+            current,
+            renewal,
         };
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;

@@ -164,8 +164,10 @@ impl ApiKey {
     /// `verify` never changes the key.
     ///
     /// Tokens issued by keyroll 0.1 (`{prefix}_{secret}{checksum}`, without
-    /// the key id) still verify against their key: renew to hand out a token
-    /// that names its key.
+    /// the key id) still verify against their key, in that framing, as long
+    /// as its record says keyroll 0.1 issued them
+    /// ([`TokenInfo::legacy_framing`]); a token issued since is refused in
+    /// that framing. Renew to hand out a token that names its key.
     ///
     /// # Errors
     ///
@@ -227,6 +229,8 @@ pub(crate) struct TokenView<'a> {
     /// Read only under [`Expiry::Enforced`].
     pub(crate) due_at: OffsetDateTime,
     pub(crate) revoked: bool,
+    /// Issued by keyroll 0.1: accepted in the framing that names no key.
+    pub(crate) legacy: bool,
 }
 
 impl<'a> TokenView<'a> {
@@ -236,6 +240,7 @@ impl<'a> TokenView<'a> {
             hash: &token.hash,
             due_at: token.due_at,
             revoked: token.revoked_at.is_some(),
+            legacy: token.legacy,
         }
     }
 }
@@ -325,15 +330,18 @@ impl KeyView<'_> {
         now: OffsetDateTime,
     ) -> Result<(Choice, Choice, Option<TokenView<'_>>), VerifyError> {
         // The key id a token names is public: branching on it tells the
-        // presenter nothing it did not know. A token of keyroll 0.1 names
-        // none; its hash binds it to its key.
-        let secret = match self.policy.token_format.presented_to(presented, self.id)? {
-            Presented::ThisKey(secret) | Presented::Legacy(secret) => secret,
+        // presenter nothing it did not know. A token in the framing of
+        // keyroll 0.1 names none: it may match only a token that keyroll
+        // 0.1 issued (its hash binds it to its key).
+        let (secret, legacy) = match self.policy.token_format.presented_to(presented, self.id)? {
+            Presented::ThisKey(secret) => (secret, false),
+            Presented::Legacy(secret) => (secret, true),
             Presented::OtherKey => return Err(VerifyError::Mismatch),
         };
         let hash = TokenHash::of(self.id, &secret);
+        let framed = |token: &TokenView<'_>| Choice::from(u8::from(!legacy || token.legacy));
 
-        let current_live = Choice::from(u8::from(!self.current.revoked));
+        let current_live = Choice::from(u8::from(!self.current.revoked)) & framed(&self.current);
         let is_current = hash.ct_eq(self.current.hash) & current_live;
         // With no old token (none, or past its scheduled deletion), compare
         // against the current hash once more so that every shape of key
@@ -343,7 +351,7 @@ impl KeyView<'_> {
             .filter(|(_, decision)| decision.keeps_old_token(now))
             .map(|(old, _)| old);
         let (old_hash, has_old) = match old {
-            Some(old) => (old.hash, Choice::from(1)),
+            Some(old) => (old.hash, framed(&old)),
             None => (self.current.hash, Choice::from(0)),
         };
         let is_old = hash.ct_eq(old_hash) & has_old;

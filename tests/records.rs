@@ -61,7 +61,7 @@ fn records_round_trip_and_tokens_still_verify() {
 fn the_record_has_a_schema_and_readable_fields() {
     let (key, _, _) = renewing();
     let value = serde_json::to_value(&key).unwrap();
-    assert_eq!(value["schema"], 2);
+    assert_eq!(value["schema"], 3);
     assert_eq!(value["id"], "acme-orders");
     assert_eq!(value["incarnation"], key.revision().incarnation());
     assert!(key.revision().incarnation() < 1 << 63);
@@ -152,8 +152,8 @@ fn refused(value: Value, needle: &str) {
 #[test]
 fn bad_records_are_refused_with_a_clear_error() {
     let mut v = record();
-    v["schema"] = json!(3);
-    refused(v, "schema 3");
+    v["schema"] = json!(4);
+    refused(v, "schema 4");
 
     let mut v = record();
     v.as_object_mut().unwrap().remove("incarnation");
@@ -284,9 +284,13 @@ fn schema_1_records_load_with_a_stable_derived_incarnation() {
         assert_eq!(again.revision(), key.revision());
         assert!(key.revision().incarnation() < 1 << 63);
         incarnations.push(key.revision().incarnation());
-        // Written back as schema 2, with that incarnation.
+        // Written back as schema 3, with that incarnation, and its tokens
+        // marked as keyroll 0.1's.
         let written = serde_json::to_value(&key).unwrap();
-        assert_eq!(written["schema"], 2);
+        assert_eq!(written["schema"], 3);
+        assert!(key.current_token().legacy_framing());
+        assert!(key.old_token().is_none_or(|old| old.legacy_framing()));
+        assert_eq!(written["current_token"]["legacy_framing"], true);
         assert_eq!(written["incarnation"], key.revision().incarnation());
         assert_eq!(serde_json::from_value::<ApiKey>(written).unwrap(), key);
     }
@@ -297,6 +301,77 @@ fn schema_1_records_load_with_a_stable_derived_incarnation() {
         SCHEMA_1.len(),
         "keys of other ids differ"
     );
+}
+
+/// Records written by keyroll 0.2 (schema 2), kept as they were written
+/// (`tests/fixtures/schema-2/tokens.txt` holds the tokens it handed out).
+const SCHEMA_2: [(&str, &str); 4] = [
+    (
+        "attributes",
+        include_str!("fixtures/schema-2/attributes.json"),
+    ),
+    (
+        "scheduled",
+        include_str!("fixtures/schema-2/scheduled.json"),
+    ),
+    ("revoked", include_str!("fixtures/schema-2/revoked.json")),
+    ("from-0.1", include_str!("fixtures/schema-2/from-0.1.json")),
+];
+
+fn fixture_token(name: &str) -> &'static str {
+    include_str!("fixtures/schema-2/tokens.txt")
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap()
+}
+
+#[test]
+fn schema_2_records_load_and_their_tokens_verify() {
+    let mut loaded = std::collections::HashMap::new();
+    for (name, record) in SCHEMA_2 {
+        assert!(record.contains("\"schema\":2"), "{name}");
+        let key: ApiKey = serde_json::from_str(record).unwrap();
+        assert_invariants(&key);
+        let written = serde_json::to_value(&key).unwrap();
+        assert_eq!(written["schema"], 3);
+        assert_eq!(serde_json::from_value::<ApiKey>(written).unwrap(), key);
+        loaded.insert(name, key);
+    }
+    let t0 = time::OffsetDateTime::from_unix_timestamp(1_764_000_000).unwrap();
+    let key = &loaded["attributes"];
+    assert!(key.scopes().contains("orders:write"));
+    assert_eq!(key.metadata().get("owner"), Some("acme"));
+    assert_eq!(key.expires_at(), Some(t0 + time::Duration::days(365)));
+    assert_eq!(
+        key.verify(fixture_token("attributes"), t0),
+        Ok(keyroll::TokenMatch::Current)
+    );
+    let key = &loaded["scheduled"];
+    let day_85 = t0 + time::Duration::days(85);
+    assert_eq!(
+        key.verify(fixture_token("sched-old"), day_85),
+        Ok(keyroll::TokenMatch::Old)
+    );
+    assert_eq!(
+        key.verify(fixture_token("sched-current"), day_85),
+        Ok(keyroll::TokenMatch::Current)
+    );
+    assert_eq!(
+        key.old_token().unwrap().last_used_at(),
+        Some(t0 + time::Duration::days(81))
+    );
+    assert!(loaded["revoked"].current_token().revoked_at().is_some());
+    // 0.2 marked no token; its keys' tokens are not 0.1's, but those of a
+    // key it loaded from a schema-1 record (its derived incarnation tells)
+    // may be.
+    for name in ["attributes", "scheduled", "revoked"] {
+        assert!(!loaded[name].current_token().legacy_framing(), "{name}");
+    }
+    let from_0_1 = &loaded["from-0.1"];
+    assert!(from_0_1.current_token().legacy_framing());
+    assert!(from_0_1.old_token().unwrap().legacy_framing());
+    let schema_1: ApiKey = serde_json::from_str(SCHEMA_1[2]).unwrap();
+    assert_eq!(*from_0_1, schema_1);
 }
 
 mod fuzz_mirror {

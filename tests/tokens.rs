@@ -179,15 +179,30 @@ fn a_token_naming_another_key_is_a_mismatch_even_with_a_valid_checksum() {
     assert_eq!(key.verify(&relabelled, t0()), Err(VerifyError::Mismatch));
 }
 
+/// `token` in the framing of keyroll 0.1: `kr_{secret}{checksum}`, no key id.
+fn framed_as_0_1(token: &keyroll::Token) -> String {
+    let signed = format!("kr_{}", secret_of(token.expose_secret()));
+    format!("{signed}{}", base62_6(crc32(signed.as_bytes())))
+}
+
+/// `key` as keyroll 0.1 stored it (schema 1): its tokens are then known
+/// to be 0.1's.
+fn as_written_by_0_1(key: &ApiKey) -> ApiKey {
+    let mut record = serde_json::to_value(key).unwrap();
+    record["schema"] = serde_json::json!(1);
+    record.as_object_mut().unwrap().remove("incarnation");
+    serde_json::from_value(record).unwrap()
+}
+
 /// Tokens handed out by keyroll 0.1 (`kr_{secret}{checksum}`, no key id)
-/// keep verifying against their key, whose stored hash is unchanged; they
-/// name no key, so only the two-credential form can use them.
+/// keep verifying against their key, whose record says 0.1 issued them;
+/// they name no key, so only the two-credential form can use them.
 #[test]
 fn tokens_of_keyroll_0_1_still_verify_against_their_key() {
     let (key, old, new) = renewing();
+    let key = as_written_by_0_1(&key);
     for (token, matched) in [(&old, TokenMatch::Old), (&new, TokenMatch::Current)] {
-        let signed = format!("kr_{}", secret_of(token.expose_secret()));
-        let v1 = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
+        let v1 = framed_as_0_1(token);
         assert_eq!(key.verify(&v1, t0()), Ok(matched));
         assert_eq!(KeyId::from_token(&v1), Err(VerifyError::Malformed));
         assert_eq!(
@@ -197,9 +212,79 @@ fn tokens_of_keyroll_0_1_still_verify_against_their_key() {
     }
     let (other, _, _) =
         ApiKey::issue(KeyId::new("other").unwrap(), t0(), &mut rand::rng()).unwrap();
-    let signed = format!("kr_{}", secret_of(new.expose_secret()));
-    let v1 = format!("{signed}{}", base62_6(crc32(signed.as_bytes())));
-    assert_eq!(other.verify(&v1, t0()), Err(VerifyError::Mismatch));
+    assert_eq!(
+        other.verify(&framed_as_0_1(&new), t0()),
+        Err(VerifyError::Mismatch)
+    );
+}
+
+/// The framing of keyroll 0.1 is accepted only for a token that 0.1
+/// issued: never for a key issued since, nor for a token renewed since on
+/// a key of 0.1, whatever its secret.
+#[test]
+fn the_framing_of_keyroll_0_1_is_refused_for_tokens_issued_since() {
+    let (key, old, new) = renewing();
+    assert!(!key.current_token().legacy_framing());
+    for token in [&old, &new] {
+        assert_eq!(
+            key.verify(&framed_as_0_1(token), t0()),
+            Err(VerifyError::Mismatch)
+        );
+        assert!(key.verify(token.expose_secret(), t0()).is_ok());
+    }
+
+    // A key of 0.1, renewed now: its 0.1 token keeps that framing, the new
+    // one does not get it.
+    let (single, first) = issue(Policy::default());
+    let mut key = as_written_by_0_1(&single);
+    let (second, _) = key.renew(t0(), &mut rand::rng()).unwrap();
+    assert_eq!(
+        key.verify(&framed_as_0_1(&first), t0()),
+        Ok(TokenMatch::Old)
+    );
+    assert_eq!(
+        key.verify(&framed_as_0_1(&second), t0()),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(
+        key.verify(second.expose_secret(), t0()),
+        Ok(TokenMatch::Current)
+    );
+    // Undone, the 0.1 token is current again, with its framing.
+    key.undo_renewal(t0()).unwrap();
+    assert_eq!(
+        key.verify(&framed_as_0_1(&first), t0()),
+        Ok(TokenMatch::Current)
+    );
+    let reloaded: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+    assert_eq!(reloaded, key);
+}
+
+/// A token in the framing of 0.1 names no key: it is revoked by key id
+/// plus token; the token alone finds no key.
+#[test]
+fn tokens_of_keyroll_0_1_are_revoked_by_key_id_and_token() {
+    let (single, first) = issue(Policy::default());
+    let store = keyroll::InMemoryStore::new();
+    keyroll::KeyStore::insert(&store, &as_written_by_0_1(&single)).unwrap();
+    let manager = keyroll::KeyManager::new(store);
+    let v1 = framed_as_0_1(&first);
+    assert!(manager.revoke_token(&v1, t0()).unwrap().is_none());
+    let id = single.id();
+    assert!(manager.authenticate_key(id, &v1, t0()).is_ok());
+    let revoked = manager.revoke_token_of(id, &v1, t0()).unwrap();
+    assert!(matches!(revoked, Some(keyroll::Event::TokenRevoked { .. })));
+    assert!(manager.authenticate_key(id, &v1, t0()).is_err());
+    assert!(manager.authenticate(first.expose_secret(), t0()).is_err());
+    // Nothing more to revoke; another key's id revokes nothing.
+    assert!(manager.revoke_token_of(id, &v1, t0()).unwrap().is_none());
+    let other = KeyId::new("other").unwrap();
+    assert!(
+        manager
+            .revoke_token_of(&other, &v1, t0())
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

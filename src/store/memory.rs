@@ -137,6 +137,7 @@ struct SlotToken {
     created_at: OffsetDateTime,
     hash: TokenHash,
     last_used_at: Option<OffsetDateTime>,
+    legacy: bool,
 }
 
 /// What most keys do not have.
@@ -153,6 +154,7 @@ impl SlotToken {
             created_at: token.created_at,
             hash: token.hash,
             last_used_at: token.last_used_at,
+            legacy: token.legacy,
         }
     }
 
@@ -164,6 +166,7 @@ impl SlotToken {
             hash: self.hash,
             last_used_at: self.last_used_at,
             revoked_at,
+            legacy: self.legacy,
         }
     }
 
@@ -183,6 +186,7 @@ impl SlotToken {
                 Expiry::Advisory => self.created_at,
             },
             revoked,
+            legacy: self.legacy,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
 //! delete-old ID [--if-idle 7d] | housekeep
 //! verify ID                 (reads the token from standard input; records the use)
-//! revoke                    (reads a leaked token from standard input and revokes it)
+//! revoke [--id ID]          (reads a leaked token from standard input and revokes it;
+//!                            --id for a token of keyroll 0.1, which names no key)
 //! whois                     (reads a token from standard input; prints the key id it names)
 //! migrate                   (creates or upgrades the PostgreSQL table: run it once, as a role
 //!                            that may create tables; the service's role needs only DML)
@@ -148,7 +149,12 @@ enum Command {
     Verify { id: KeyId },
     /// Revoke a leaked token, read from standard input: an old token is
     /// deleted, a current token never verifies again (renew the key).
-    Revoke,
+    Revoke {
+        /// The key the token belongs to: needed for a token issued by
+        /// keyroll 0.1, which names no key.
+        #[arg(long)]
+        id: Option<KeyId>,
+    },
     /// Print the key id a token (read from standard input) names, after
     /// checking its shape and checksum. Reads no database.
     Whois,
@@ -535,10 +541,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Activate { id } => print_event(&manager.activate(&id, now).await?)?,
         Command::Deactivate { id } => print_event(&manager.deactivate(&id, now).await?)?,
         Command::Delete { id } => print_event(&manager.delete_key(&id, now).await?)?,
-        Command::Revoke => match manager.revoke_token(&token_from_stdin()?, now).await? {
-            Some(event) => print_event(&event)?,
-            None => return Err("not a live token of any key: nothing was revoked".into()),
-        },
+        Command::Revoke { id } => {
+            let token = token_from_stdin()?;
+            let revoked = match &id {
+                Some(id) => manager.revoke_token_of(id, &token, now).await?,
+                None => manager.revoke_token(&token, now).await?,
+            };
+            match revoked {
+                Some(event) => print_event(&event)?,
+                None => return Err("not a live token of any key: nothing was revoked".into()),
+            }
+        }
         Command::Whois | Command::Migrate => {
             unreachable!("answered before the database is opened")
         }
