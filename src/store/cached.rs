@@ -47,9 +47,15 @@ const SHARDS: usize = 16;
 ///   hand last passed it makes room (the CLOCK policy: keys in use stay,
 ///   keys read once go first); if every entry of the shard was read since,
 ///   the newcomer is not kept.
-/// - **Unknown ids** can be remembered too, for a short time of your choice
-///   ([`with_negative_caching`](Self::with_negative_caching)), so a flood of
-///   requests naming junk ids does not reach the database.
+/// - **Unknown ids** are remembered too, under the same bound
+///   (`max_staleness`, or less with
+///   [`with_negative_caching`](Self::with_negative_caching)): a flood of
+///   requests naming junk ids does not reach the database, and an unknown
+///   id is answered from memory as fast as a known one, so the time of an
+///   answer does not tell whether an id exists beyond its first probe.
+///   Key ids are not secrets anyway: every token names its key, and events
+///   and logs carry ids. A key created through this cache, or announced by
+///   an invalidation (the listener's), is seen at once.
 ///
 /// A read that raced with a write or an invalidation of its key is
 /// answered but not kept, so the cache never keeps a key older than the
@@ -152,15 +158,15 @@ impl<S> CachedStore<S> {
                 held: AtomicUsize::new(0),
             },
             max_staleness,
-            negative_ttl: Duration::ZERO,
+            negative_ttl: max_staleness,
         }
     }
 
-    /// Also remembers, for `ttl` (at most `max_staleness`), that no key has
-    /// an id: requests naming unknown ids then reach `inner` once per id
-    /// per `ttl`. A key created through this cache, or announced by an
-    /// invalidation, is seen at once; one created elsewhere without an
-    /// invalidation is seen after `ttl`. Off (zero) by default.
+    /// Remembers for `ttl` (at most `max_staleness`, the default) that no
+    /// key has an id: requests naming unknown ids then reach `inner` once
+    /// per id per `ttl`. A key created through this cache, or announced by
+    /// an invalidation, is seen at once; one created elsewhere without an
+    /// invalidation is seen after `ttl`. Zero turns it off.
     pub fn with_negative_caching(mut self, ttl: Duration) -> CachedStore<S> {
         self.negative_ttl = ttl.min(self.max_staleness);
         self
