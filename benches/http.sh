@@ -13,19 +13,21 @@
 #
 #   bash benches/http.sh [ROUNDS [SERVICE ARGS...]]   (needs wrk: apt-get install wrk)
 set -euo pipefail
+# The bootstrap token: at least 32 bytes, or the service does not start.
+bootstrap=bench-bootstrap-token-0123456789abcdef
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 shift || true
 port=18089
 cargo build --release -q -p keyroll-demo --bin http_service
-KEYROLL_ADMIN_TOKEN=bench ./target/release/http_service --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
+KEYROLL_ADMIN_TOKEN=$bootstrap ./target/release/http_service --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
 service=$!
 trap 'kill $service' EXIT
 for _ in $(seq 50); do
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
 done
-token=$(curl -s -X POST -H "Authorization: Bearer bench" -H "Content-Type: application/json" \
+token=$(curl -s -X POST -H "Authorization: Bearer $bootstrap" -H "Content-Type: application/json" \
     -d '{"label": "wrk"}' "http://127.0.0.1:$port/admin/keys" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 rate() {

@@ -20,6 +20,8 @@
 #
 #   bash benches/http_instructions.sh [SERVICE ARGS...]   (needs valgrind and wrk)
 set -euo pipefail
+# The bootstrap token: at least 32 bytes, or the service does not start.
+bootstrap=bench-bootstrap-token-0123456789abcdef
 cd "$(dirname "$0")/.."
 port=18088
 out=$(mktemp -d)
@@ -28,7 +30,7 @@ cargo build --release -q -p keyroll-demo --bin http_service
 count() {
     local route=$1
     shift
-    KEYROLL_ADMIN_TOKEN=bench valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
+    KEYROLL_ADMIN_TOKEN=$bootstrap valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
         --callgrind-out-file="$out/$route" ./target/release/http_service \
         --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
     local service=$!
@@ -37,7 +39,7 @@ count() {
         sleep 0.2
     done
     local token
-    token=$(curl -s -X POST -H "Authorization: Bearer bench" -H "Content-Type: application/json" \
+    token=$(curl -s -X POST -H "Authorization: Bearer $bootstrap" -H "Content-Type: application/json" \
         -d '{"label": "wrk"}' "http://127.0.0.1:$port/admin/keys" |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
     wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/$route" >/dev/null

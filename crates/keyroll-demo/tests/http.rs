@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use ureq::Agent;
 
-const ADMIN: &str = "test-admin-token-1234";
+/// The bootstrap token: at least 32 bytes, or the service does not start.
+const ADMIN: &str = "test-bootstrap-token-0123456789abcdef";
 
 struct Service {
     child: Child,
@@ -33,6 +34,12 @@ fn start() -> Service {
 }
 
 fn start_with(args: &[&str]) -> Service {
+    start_collecting(args, true)
+}
+
+/// Starts the service; with `collect_stdout` false, its stdout is closed
+/// once it has said where it listens (every later write to it fails).
+fn start_collecting(args: &[&str], collect_stdout: bool) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_http_service"))
         .args(["--listen", "127.0.0.1:0", "--store", "memory"])
         .args(args)
@@ -54,7 +61,11 @@ fn start_with(args: &[&str]) -> Service {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("first line: {first:?}"));
     let log = Arc::new(Mutex::new(String::new()));
-    collect(stdout, log.clone());
+    if collect_stdout {
+        collect(stdout, log.clone());
+    } else {
+        drop(stdout);
+    }
     let agent = Agent::new_with_config(Agent::config_builder().http_status_as_error(false).build());
     Service {
         child,
@@ -113,9 +124,15 @@ fn refusal() -> Answer {
 }
 
 impl Service {
+    /// An admin call with the bootstrap token.
     fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.admin_as(ADMIN, method, path, body)
+    }
+
+    /// An admin call with the bearer token `admin`.
+    fn admin_as(&self, admin: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
         let url = format!("{}{path}", self.base);
-        let bearer = format!("Bearer {ADMIN}");
+        let bearer = format!("Bearer {admin}");
         match (method, body) {
             ("GET", _) => answer(self.agent.get(&url).header("Authorization", &bearer).call()),
             ("DELETE", _) => answer(
@@ -682,11 +699,14 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
     };
 
     // Unsigned, signed by another key, or a signature of another body: 401,
-    // and nothing is revoked.
+    // and nothing is revoked. Nor is a good signature sent with an
+    // identifier that names no key, or another key.
     let (stranger, _) = Scanner::new(tempfile::tempdir().unwrap().path());
     let tampered = report.replace("content", "commit");
     for (identifier, signature) in [
         (None, None),
+        (Some("unknown"), Some(scanner.signature(&report))),
+        (Some(&stranger.identifier), Some(scanner.signature(&report))),
         (Some(scanner.identifier.as_str()), None),
         (Some(&scanner.identifier), Some(stranger.signature(&report))),
         (
@@ -720,11 +740,20 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
     );
     assert_eq!(service.bearer(&leaked), refusal());
     assert_eq!(service.bearer(&safe).0, 200);
-    // Reported again: already revoked, a false positive now.
+    // The same report again (a replay, or a retry): the same answer, and
+    // nothing done again.
     let again = post(
         Some(&scanner.identifier),
         Some(&scanner.signature(&report)),
         &report,
+    );
+    assert_eq!(again, a);
+    // A new report of the token: already revoked, a false positive now.
+    let later = json!([{"token": leaked, "type": "keyroll_token", "url": "https://github.com/o/r2", "source": "content"}]).to_string();
+    let again = post(
+        Some(&scanner.identifier),
+        Some(&scanner.signature(&later)),
+        &later,
     );
     assert_eq!(again.1[0]["label"], "false_positive");
 
@@ -732,6 +761,10 @@ fn http_github_secret_scanning_revokes_reported_tokens() {
     let log = service.log.lock().unwrap().clone();
     let revocations = log.matches("\"token_revoked\"").count();
     assert_eq!(revocations, 1, "one audit line per revocation: {log}");
+    assert!(
+        log.contains("\"actor\":\"github-secret-scanning\""),
+        "{log}"
+    );
     let server_log = service.server_log.lock().unwrap().clone();
     assert!(server_log.contains("https://github.com/o/r/blob/x/.env"));
     for text in [&log, &server_log] {
@@ -801,7 +834,7 @@ fn http_scopes_guard_routes_and_the_admin_api() {
     );
     assert_eq!(created.0, 201, "{created:?}");
     let acme = created.2["token"].as_str().unwrap().to_owned();
-    let shown = service.admin("GET", "/admin/keys/acme", None);
+    let shown = service.admin_as(&admin, "GET", "/admin/keys/acme", None);
     assert_eq!(shown.1["scopes"], json!(["orders:read"]));
     assert_eq!(shown.1["metadata"], json!({"tenant": "acme"}));
     assert_eq!(shown.1["expires_at"], "2099-01-01T00:00:00Z");
@@ -853,7 +886,7 @@ fn http_scopes_guard_routes_and_the_admin_api() {
         let answer = request("PUT", path, &admin, Some(body));
         assert_eq!(answer.0, 200, "{path}: {answer:?}");
     }
-    let shown = service.admin("GET", "/admin/keys/acme", None);
+    let shown = service.admin_as(&admin, "GET", "/admin/keys/acme", None);
     assert_eq!(
         shown.1["metadata"],
         json!({"owner": "ops", "tenant": "globex"})
@@ -926,7 +959,121 @@ fn http_scopes_guard_routes_and_the_admin_api() {
         );
     }
     assert_eq!(
-        service.admin("GET", "/admin/keys/acme", None).1["label"],
+        service.admin_as(&admin, "GET", "/admin/keys/acme", None).1["label"],
         "orders v2"
+    );
+}
+
+#[test]
+fn http_refuses_a_short_bootstrap_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_http_service"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KEYROLL_ADMIN_TOKEN", "only-31-bytes-long-0123456789ab")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("31 bytes") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+}
+
+/// The bootstrap token creates the first admin key, then retires: it is
+/// accepted only while no active key holds `keyroll:admin`. Every audit
+/// line names who acted.
+#[test]
+fn http_the_bootstrap_token_retires_once_an_admin_key_exists() {
+    let service = start();
+    assert_eq!(service.admin("GET", "/admin/keys", None).0, 200);
+    // A key without the admin scope does not retire it.
+    service.create(json!({"id": "plain"}));
+    assert_eq!(service.admin("GET", "/admin/keys", None).0, 200);
+    let ops = service.create(json!({"id": "ops", "scopes": ["keyroll:admin"]}));
+    for (method, path, body) in [
+        ("GET", "/admin/keys", None),
+        ("POST", "/admin/keys", Some(json!({"id": "sneaky"}))),
+        ("DELETE", "/admin/keys/ops", None),
+    ] {
+        assert_eq!(
+            service.admin(method, path, body),
+            refusal(),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(
+        service.admin_as(&ops, "GET", "/admin/keys/sneaky", None).0,
+        404
+    );
+    let created = service.admin_as(&ops, "POST", "/admin/keys", Some(json!({"id": "acme"})));
+    assert_eq!(created.0, 201, "{created:?}");
+    // With no active admin key left (the only one deactivated), the
+    // bootstrap token is the way back in.
+    assert_eq!(
+        service
+            .admin_as(&ops, "POST", "/admin/keys/ops/deactivate", None)
+            .0,
+        200
+    );
+    assert_eq!(
+        service.admin("POST", "/admin/keys/ops/activate", None).0,
+        200
+    );
+    assert_eq!(service.admin("GET", "/admin/keys", None), refusal());
+
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = service.log.lock().unwrap().clone();
+    let actors: Vec<(String, String)> = log
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| {
+            let kind = line["audit"]["event"].as_str().unwrap().to_owned();
+            (kind, line["actor"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let actors: Vec<(&str, &str)> = actors
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("key_issued", "bootstrap"),
+            ("key_issued", "bootstrap"),
+            ("key_issued", "ops"),
+            ("key_deactivated", "ops"),
+            ("key_activated", "bootstrap"),
+        ],
+        "{log}"
+    );
+    let server_log = service.server_log.lock().unwrap().clone();
+    assert!(
+        server_log.contains("bootstrap token is retired"),
+        "{server_log}"
+    );
+}
+
+/// With stdout closed, the audit line cannot be written: the failure goes
+/// to stderr, and the answer that carries a new token still goes out.
+#[test]
+fn http_a_failed_audit_write_never_loses_a_token() {
+    let service = start_collecting(&[], false);
+    let created = service.admin("POST", "/admin/keys", Some(json!({"id": "acme"})));
+    assert_eq!(created.0, 201, "{created:?}");
+    let token = token_of(&created);
+    assert_eq!(service.bearer(&token).0, 200);
+    let renewed = service.admin("POST", "/admin/keys/acme/renew", None);
+    assert_eq!(renewed.0, 200, "{renewed:?}");
+    assert_eq!(service.bearer(&token_of(&renewed)).1["token"], "current");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let server_log = service.server_log.lock().unwrap().clone();
+    assert_eq!(
+        server_log.matches("audit_failed").count(),
+        2,
+        "{server_log}"
+    );
+    assert!(
+        !server_log.contains(&token[token.len() - 46..]),
+        "a token in the log"
     );
 }

@@ -4,8 +4,8 @@
 //! token, from a loopback client; then whoami in the two-header form.
 //!
 //! ```text
-//! KEYROLL_ADMIN_TOKEN=load cargo run --release -p keyroll-demo --bin http_service -- --listen 127.0.0.1:8080 &
-//! KEYROLL_ADMIN_TOKEN=load cargo run --release -p keyroll-demo --bin http_load -- --url http://127.0.0.1:8080
+//! KEYROLL_ADMIN_TOKEN=load-bootstrap-token-0123456789abcdef cargo run --release -p keyroll-demo --bin http_service -- --listen 127.0.0.1:8080 &
+//! KEYROLL_ADMIN_TOKEN=load-bootstrap-token-0123456789abcdef cargo run --release -p keyroll-demo --bin http_load -- --url http://127.0.0.1:8080
 //! ```
 //!
 //! Bounded: each run stops after `--seconds` or `--max-requests`, whichever

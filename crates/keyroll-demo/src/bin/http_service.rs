@@ -32,8 +32,10 @@
 //!   scope="orders:read"` (RFC 6750, 3.1).
 //! - The admin API, for keys holding the scope `keyroll:admin` (as VTEX
 //!   manages keys through a key with that permission), or the bootstrap
-//!   `Authorization: Bearer $KEYROLL_ADMIN_TOKEN` (to create the first admin
-//!   key): `POST /admin/keys` (`{"id"?, "label"?, "scopes"?: [..],
+//!   `Authorization: Bearer $KEYROLL_ADMIN_TOKEN` (at least 32 bytes, or
+//!   the service does not start), only to create the first admin key: it
+//!   is refused as soon as an active key holds `keyroll:admin`:
+//!   `POST /admin/keys` (`{"id"?, "label"?, "scopes"?: [..],
 //!   "metadata"?: {..}, "expires_at"?: RFC 3339}`), `PUT
 //!   /admin/keys/{id}/scopes` (`{"scopes"}`), `/metadata` (`{"metadata"}`),
 //!   `/expiry` (`{"expires_at"}`, `null` removes it) and `/label`
@@ -47,15 +49,22 @@
 //!   (a PEM file of the public keys GitHub signs with): GitHub's secret
 //!   scanning partner format. The raw body must be signed (headers
 //!   `Github-Public-Key-Identifier` and `Github-Public-Key-Signature`, a
-//!   base64 DER ECDSA P-256 / SHA-256 signature); an unsigned or badly
-//!   signed request is a 401 and changes nothing. Each reported token that
-//!   is a live token of a stored key is revoked (and audited); the answer
-//!   labels each `true_positive` or `false_positive`.
+//!   base64 DER ECDSA P-256 / SHA-256 signature, verified with the key the
+//!   identifier names and no other); an unsigned or badly signed request,
+//!   or one naming an unknown key, is a 401 and changes nothing. Each
+//!   reported token that is a live token of a stored key is revoked (and
+//!   audited); the answer labels each `true_positive` or `false_positive`.
+//!   A report sent again within 10 minutes (the SHA-256 of the last 10,000
+//!   bodies is kept) gets the same answer and is not acted on again.
 //!
-//! Every event is written to stdout as one JSON line, `{"audit": {...}}`:
-//! ids and times only, never a token. Answers that carry a token have
-//! `Cache-Control: no-store`, and are built from what the store call
-//! returned, so a token already stored is never lost to a later failure.
+//! Every event is written to stdout as one JSON line, `{"audit": {...},
+//! "actor": ..}`, the actor being the key id that made the call,
+//! `"bootstrap"` or `"github-secret-scanning"`: ids and times only, never a
+//! token. Answers that carry a token have `Cache-Control: no-store`, and
+//! are built from what the store call returned before the audit line is
+//! written, so a token already stored is never lost to a later failure: a
+//! failed audit write (stdout closed) is reported on stderr, and the
+//! answer still goes out.
 //! Renewing a key whose old token's scheduled deletion is due applies that
 //! deletion first (and audits it). SQLite calls run on tokio's blocking pool.
 
@@ -63,7 +72,7 @@ use std::error::Error;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -240,6 +249,8 @@ struct App {
     auth: KeyrollLayer<DynKeyStore>,
     /// The keys secret scanning reports are signed with, if enabled.
     scanner_keys: Option<ScannerKeys>,
+    /// The answers to the reports of the last minutes, for replays.
+    scanned: Scanned,
     /// SHA-256 of the admin token, compared in constant time.
     admin_token_hash: [u8; 32],
 }
@@ -255,10 +266,40 @@ impl KeyrollState for App {
     }
 }
 
-impl App {
-    /// Writes one audit line: ids and times only, never a token.
-    fn audit(&self, event: &Event) {
-        println!("{}", json!({ "audit": event }));
+/// Who made an admin call: the key that authenticated it, or the
+/// bootstrap token. Every audit line names it.
+#[derive(Debug, Clone)]
+enum Actor {
+    Key(KeyId),
+    Bootstrap,
+    /// A signed report of GitHub's secret scanning.
+    SecretScanning,
+}
+
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Actor::Key(id) => id.serialize(s),
+            Actor::Bootstrap => s.serialize_str("bootstrap"),
+            Actor::SecretScanning => s.serialize_str("github-secret-scanning"),
+        }
+    }
+}
+
+/// Writes one audit line on stdout, `{"audit": event, "actor": ..}`: ids
+/// and times only, never a token. Call it once the answer is built: a
+/// failed write (stdout closed, a full disk) is reported on stderr and
+/// never loses an answer, least of all one that carries a new token.
+fn audit(actor: &Actor, event: &Event) {
+    use std::io::Write;
+    let line = json!({ "audit": event, "actor": actor });
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}",
+            json!({ "audit_failed": e.to_string(), "line": line })
+        );
     }
 }
 
@@ -333,18 +374,21 @@ impl ScannerKeys {
     }
 
     /// Whether `signature` (base64 of a DER ECDSA signature) is a signature
-    /// of `body` by one of the keys: the one `identifier` names first.
-    fn verify(&self, identifier: &str, signature: &str, body: &[u8]) -> bool {
-        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(signature) else {
-            return false;
-        };
-        let Ok(signature) = p256::ecdsa::Signature::from_der(&der) else {
-            return false;
-        };
-        let mut keys: Vec<&(String, VerifyingKey)> = self.0.iter().collect();
-        keys.sort_by_key(|(id, _)| id != identifier);
-        keys.iter()
-            .any(|(_, key)| key.verify(body, &signature).is_ok())
+    /// of `body` by the key `identifier` names, and only by that one; why
+    /// not, otherwise.
+    fn verify(&self, identifier: &str, signature: &str, body: &[u8]) -> Result<(), &'static str> {
+        let (_, key) = self
+            .0
+            .iter()
+            .find(|(id, _)| id == identifier)
+            .ok_or("unknown Github-Public-Key-Identifier")?;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .map_err(|_| "the signature is not base64")?;
+        let signature =
+            p256::ecdsa::Signature::from_der(&der).map_err(|_| "the signature is not DER")?;
+        key.verify(body, &signature)
+            .map_err(|_| "the signature does not verify")
     }
 }
 
@@ -380,24 +424,27 @@ async fn github_secret_scanning(
         header("github-public-key-signature"),
     ) {
         (Some(identifier), Some(signature)) => keys.verify(identifier, signature, &body),
-        _ => false,
+        _ => Err("missing signature headers"),
     };
-    if !signed {
-        eprintln!(
-            "{}",
-            json!({ "secret_scanning_refused": "missing or bad signature" })
-        );
+    if let Err(cause) = signed {
+        eprintln!("{}", json!({ "secret_scanning_refused": cause }));
         return Err(unauthorized("invalid signature"));
+    }
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    if let Some(answered) = app.scanned.answered(&digest) {
+        eprintln!("{}", json!({ "secret_scanning_replay": hex(&digest) }));
+        return Ok(Json(answered));
     }
     let matches: Vec<ScanMatch> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
     let now = OffsetDateTime::now_utc();
     let mut answers = Vec::with_capacity(matches.len());
+    let mut events = Vec::new();
     for found in matches {
         let revoked = app.keys.revoke_token(&found.token, now).await?;
-        let label = match &revoked {
+        let label = match revoked {
             Some(event) => {
-                app.audit(event);
+                events.push(event.clone());
                 // Where it leaked, for the operators; never the token.
                 eprintln!(
                     "{}",
@@ -415,7 +462,56 @@ async fn github_secret_scanning(
             "label": label,
         }));
     }
-    Ok(Json(json!(answers)))
+    let answer = json!(answers);
+    app.scanned.remember(digest, &answer);
+    for event in &events {
+        audit(&Actor::SecretScanning, event);
+    }
+    Ok(Json(answer))
+}
+
+/// The answers to the secret scanning reports of the last
+/// [`REPLAY_WINDOW`], at most [`REPLAYS_KEPT`] of them, by the SHA-256 of
+/// the report's body: a report sent again (replayed by whoever saw it, or
+/// retried) gets the same answer and is not acted on twice.
+#[derive(Default)]
+struct Scanned(
+    std::sync::Mutex<std::collections::VecDeque<([u8; 32], std::time::Instant, serde_json::Value)>>,
+);
+
+/// How long a report's answer is kept.
+const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// How many answers are kept at most.
+const REPLAYS_KEPT: usize = 10_000;
+
+impl Scanned {
+    fn answered(&self, digest: &[u8; 32]) -> Option<serde_json::Value> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        while kept
+            .front()
+            .is_some_and(|(_, at, _)| now.duration_since(*at) >= REPLAY_WINDOW)
+        {
+            kept.pop_front();
+        }
+        kept.iter()
+            .find(|(kept, _, _)| kept == digest)
+            .map(|(_, _, answer)| answer.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], answer: &serde_json::Value) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() == REPLAYS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((digest, std::time::Instant::now(), answer.clone()));
+    }
 }
 
 /// The same shape of answer, with no authentication: the load baseline.
@@ -428,30 +524,64 @@ async fn ping() -> Json<Whoami> {
 /// The scope that authorizes the admin API.
 const ADMIN_SCOPE: &str = "keyroll:admin";
 
+/// The shortest bootstrap token accepted, in bytes.
+const BOOTSTRAP_MIN_LEN: usize = 32;
+
 /// The admin API's guard: an API key holding `keyroll:admin` (VTEX's rule:
 /// keys are managed through a key with that permission), or the bootstrap
-/// `KEYROLL_ADMIN_TOKEN`, to create the first admin key.
+/// `KEYROLL_ADMIN_TOKEN`, only to create the first admin key: it is
+/// accepted only while no active key holds `keyroll:admin`. The handler
+/// finds who acts (an [`Actor`]) in the request's extensions.
 async fn admin_only(
     State(app): Shared,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let Some(presented) = bearer(&request) else {
         return Err(refused("no bearer token on the admin API", None));
     };
+    let now = OffsetDateTime::now_utc();
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    if bool::from(hash.ct_eq(&app.admin_token_hash)) {
-        return Ok(next.run(request).await);
-    }
-    match app
-        .keys
-        .authenticate(&presented, OffsetDateTime::now_utc())
-        .await
-    {
-        Ok(who) if who.scopes.contains(ADMIN_SCOPE) => Ok(next.run(request).await),
-        Ok(who) => Err(insufficient_scope(ADMIN_SCOPE, &who)),
-        Err(AuthError::Store(e)) => Err(unavailable(&e)),
-        Err(e) => Err(refused(&e.to_string(), None)),
+    let actor = if bool::from(hash.ct_eq(&app.admin_token_hash)) {
+        if admin_key_exists(&app.keys, now).await? {
+            return Err(refused(
+                "the bootstrap token is retired: an active key holds keyroll:admin",
+                None,
+            ));
+        }
+        Actor::Bootstrap
+    } else {
+        match app.keys.authenticate(&presented, now).await {
+            Ok(who) if who.scopes.contains(ADMIN_SCOPE) => Actor::Key(who.key_id),
+            Ok(who) => return Err(insufficient_scope(ADMIN_SCOPE, &who)),
+            Err(AuthError::Store(e)) => return Err(unavailable(&e)),
+            Err(e) => return Err(refused(&e.to_string(), None)),
+        }
+    };
+    request.extensions_mut().insert(actor);
+    Ok(next.run(request).await)
+}
+
+/// Whether an active, unexpired key holds `keyroll:admin` (a scan of the
+/// keys: it runs only when the bootstrap token is presented).
+async fn admin_key_exists(
+    keys: &AsyncKeyManager<DynKeyStore>,
+    now: OffsetDateTime,
+) -> Result<bool, ApiError> {
+    let mut after: Option<KeyId> = None;
+    loop {
+        let page = keys.list(after.as_ref(), 500).await?;
+        if page.iter().any(|key| {
+            key.status() == keyroll::KeyStatus::Active
+                && !key.is_expired(now)
+                && key.scopes().contains(ADMIN_SCOPE)
+        }) {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(last) => after = Some(last.id().clone()),
+            None => return Ok(false),
+        }
     }
 }
 
@@ -582,6 +712,7 @@ fn with_token(id: &KeyId, token: &Token, event: &Event) -> WithToken {
 
 async fn create_key(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<(StatusCode, WithToken), ApiError> {
     let Json(body) = body?;
@@ -599,8 +730,9 @@ async fn create_key(
         new = new.expires_at(at);
     }
     let (token, event) = app.keys.create_key(new, now, &mut rng).await?;
-    app.audit(&event);
-    Ok((StatusCode::CREATED, with_token(&id, &token, &event)))
+    let answer = with_token(&id, &token, &event);
+    audit(&actor, &event);
+    Ok((StatusCode::CREATED, answer))
 }
 
 #[derive(Deserialize)]
@@ -644,17 +776,22 @@ async fn show_key(
     Ok(Json(key_view(&key, OffsetDateTime::now_utc())))
 }
 
-async fn renew(State(app): Shared, Path(raw): Path<String>) -> Result<WithToken, ApiError> {
+async fn renew(
+    State(app): Shared,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+) -> Result<WithToken, ApiError> {
     let id = key_id(&raw)?;
     let now = OffsetDateTime::now_utc();
     // An old token whose scheduled deletion is due no longer verifies:
     // apply the deletion (audited) so that the renewal is not refused.
     if let Some(deleted) = app.keys.housekeep(&id, now).await? {
-        app.audit(&deleted);
+        audit(&actor, &deleted);
     }
     let (token, event) = app.keys.renew(&id, now, &mut keyroll::os_rng()).await?;
-    app.audit(&event);
-    Ok(with_token(&id, &token, &event))
+    let answer = with_token(&id, &token, &event);
+    audit(&actor, &event);
+    Ok(answer)
 }
 
 #[derive(Deserialize)]
@@ -663,14 +800,16 @@ struct Finalize {
     delete_old: OldTokenDeletion,
 }
 
-/// Answers a transition with its event.
-fn done(app: &App, event: Event) -> Json<serde_json::Value> {
-    app.audit(&event);
-    Json(json!({ "event": event }))
+/// Answers a transition with its event, and audits it.
+fn done(actor: &Actor, event: Event) -> Json<serde_json::Value> {
+    let answer = Json(json!({ "event": &event }));
+    audit(actor, &event);
+    answer
 }
 
 async fn finalize(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     body: Result<Json<Finalize>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -679,12 +818,13 @@ async fn finalize(
         .keys
         .finalize(&key_id(&raw)?, body.delete_old, OffsetDateTime::now_utc())
         .await?;
-    Ok(done(&app, event))
+    Ok(done(&actor, event))
 }
 
 /// `PUT /admin/keys/{id}/scopes`: `{"scopes": [..]}`.
 async fn set_scopes(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     body: Result<Json<SetScopes>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -694,12 +834,13 @@ async fn set_scopes(
         .keys
         .set_scopes(&key_id(&raw)?, scopes, OffsetDateTime::now_utc())
         .await?;
-    Ok(done(&app, event))
+    Ok(done(&actor, event))
 }
 
 /// `PUT /admin/keys/{id}/metadata`: `{"metadata": {..}}`.
 async fn set_metadata(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     body: Result<Json<SetMetadata>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -709,12 +850,13 @@ async fn set_metadata(
         .keys
         .set_metadata(&key_id(&raw)?, metadata, OffsetDateTime::now_utc())
         .await?;
-    Ok(done(&app, event))
+    Ok(done(&actor, event))
 }
 
 /// `PUT /admin/keys/{id}/expiry`: `{"expires_at": RFC 3339 | null}`.
 async fn set_expiry(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     body: Result<Json<SetExpiry>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -723,12 +865,13 @@ async fn set_expiry(
         .keys
         .set_expiry(&key_id(&raw)?, body.expires_at, OffsetDateTime::now_utc())
         .await?;
-    Ok(done(&app, event))
+    Ok(done(&actor, event))
 }
 
 /// `PUT /admin/keys/{id}/label`: `{"label": ".."}`.
 async fn set_label(
     State(app): Shared,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     body: Result<Json<SetLabel>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -737,7 +880,7 @@ async fn set_label(
         .keys
         .set_label(&key_id(&raw)?, &body.label, OffsetDateTime::now_utc())
         .await?;
-    Ok(done(&app, event))
+    Ok(done(&actor, event))
 }
 
 #[derive(Deserialize)]
@@ -771,13 +914,14 @@ macro_rules! simple_transition {
     ($name:ident, $method:ident) => {
         async fn $name(
             State(app): Shared,
+            Extension(actor): Extension<Actor>,
             Path(raw): Path<String>,
         ) -> Result<Json<serde_json::Value>, ApiError> {
             let event = app
                 .keys
                 .$method(&key_id(&raw)?, OffsetDateTime::now_utc())
                 .await?;
-            Ok(done(&app, event))
+            Ok(done(&actor, event))
         }
     };
 }
@@ -840,7 +984,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let admin_token = std::env::var("KEYROLL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
-        .ok_or("set KEYROLL_ADMIN_TOKEN to the admin API's bearer token")?;
+        .ok_or("set KEYROLL_ADMIN_TOKEN to a bootstrap token for the admin API")?;
+    if admin_token.len() < BOOTSTRAP_MIN_LEN {
+        return Err(format!(
+            "KEYROLL_ADMIN_TOKEN is {} bytes long: use at least {BOOTSTRAP_MIN_LEN} random \
+             bytes (e.g. `openssl rand -hex 32`)",
+            admin_token.len()
+        )
+        .into());
+    }
     let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
     let keys = Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
     let app = Arc::new(App {
@@ -854,6 +1006,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .as_deref()
             .map(ScannerKeys::load)
             .transpose()?,
+        scanned: Scanned::default(),
         admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
     });
     let flusher = UsageFlusher::spawn(app.keys.clone(), cli.flush_usage_every);
