@@ -15,7 +15,8 @@ import glob
 import re
 import sys
 
-LINK = re.compile(r"\[`?[A-Za-z_][A-Za-z0-9_:]*(?:\(\))?`?\]")
+# Not an attribute such as `#[non_exhaustive]`.
+LINK = re.compile(r"(?<!#)\[`?[A-Za-z_][A-Za-z0-9_:]*(?:\(\))?`?\]")
 FOREIGN = ('id="trait-implementations"', 'id="synthetic-implementations"',
            'id="blanket-implementations"')
 

@@ -2,7 +2,9 @@
 //!
 //! - [`Model`]: a plain reference model of the key lifecycle contract,
 //!   written from the contract and sharing no logic with [`ApiKey`]. It
-//!   implements [`ReferenceStateMachine`], so `proptest-state-machine` can
+//!   implements `proptest-state-machine`'s
+//!   [`ReferenceStateMachine`](https://docs.rs/proptest-state-machine/0.9/proptest_state_machine/trait.ReferenceStateMachine.html),
+//!   so that crate can
 //!   generate sequences of [`Op`]s and run them against your system: your
 //!   service, your store, or a wrapper of your own.
 //! - Strategies: [`key_id`], [`timestamp`], [`op`] and [`api_key`] (keys in
@@ -91,7 +93,7 @@
 //! ```
 //!
 //! To test only the operations your system supports, filter them in your own
-//! [`ReferenceStateMachine`] that delegates to `Model`.
+//! `ReferenceStateMachine` that delegates to `Model`.
 
 use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
@@ -498,7 +500,7 @@ pub fn timestamp() -> impl Strategy<Value = OffsetDateTime> {
 
 /// Operations, with deletion instants, graces and clock steps of seconds to
 /// days (instants for `Finalize(At(..))` around 2030; see also
-/// [`ReferenceStateMachine::transitions`] on [`Model`], which places them
+/// [`Model`]'s `ReferenceStateMachine::transitions`, which places them
 /// around the model's clock).
 pub fn op() -> impl Strategy<Value = Op> {
     op_at(op_now(), true, true)
