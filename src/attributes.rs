@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::input::quote;
+use crate::errors::{InvalidMetadata, InvalidScope, quote};
 
 /// The longest scope, in bytes.
 const SCOPE_MAX_LEN: usize = 64;
@@ -35,7 +35,7 @@ const METADATA_VALUE_MAX_LEN: usize = 512;
 /// assert_eq!(scope.as_str(), "orders:read");
 /// let error = Scope::new("has space").unwrap_err();
 /// assert!(error.to_string().starts_with("invalid scope \"has space\""));
-/// # Ok::<(), keyroll::InvalidScope>(())
+/// # Ok::<(), keyroll::error::InvalidScope>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Scope(Box<str>);
@@ -98,12 +98,6 @@ impl AsRef<str> for Scope {
     }
 }
 
-/// A refused scope or set of scopes. The message quotes the scope
-/// (truncated) and says what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidScope(String);
-
 /// The scopes of a key: a set of at most 64 [`Scope`]s, sorted, cheap to
 /// clone (duplicates collapse). The default is empty.
 ///
@@ -118,7 +112,7 @@ pub struct InvalidScope(String);
 /// assert!(!scopes.contains("orders"));
 /// let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
 /// assert_eq!(names, ["orders:read", "orders:write"]);
-/// # Ok::<(), keyroll::InvalidScope>(())
+/// # Ok::<(), keyroll::error::InvalidScope>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Scopes(Option<Arc<[Scope]>>);
@@ -209,7 +203,7 @@ impl<'a> IntoIterator for &'a Scopes {
 /// let keys: Vec<&str> = metadata.iter().map(|(k, _)| k).collect();
 /// assert_eq!(keys, ["owner", "tenant"]);
 /// assert!(Metadata::new([("tenant", "a"), ("tenant", "b")]).is_err());
-/// # Ok::<(), keyroll::InvalidMetadata>(())
+/// # Ok::<(), keyroll::error::InvalidMetadata>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Metadata(Option<Arc<[Entry]>>);
@@ -312,12 +306,6 @@ impl fmt::Debug for Metadata {
         f.debug_map().entries(self.iter()).finish()
     }
 }
-
-/// Refused metadata. The message quotes the entry (truncated) and says what
-/// is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidMetadata(String);
 
 #[cfg(feature = "serde")]
 mod serde_impls {

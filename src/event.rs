@@ -4,8 +4,7 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::id::{KeyId, TokenId};
-use crate::key::OldTokenDeletion;
-use crate::verify::TokenMatch;
+use crate::state::{OldTokenDeletion, TokenMatch};
 
 /// What happened to a key. Every successful transition returns exactly one.
 ///
@@ -81,6 +80,16 @@ pub enum Event {
         /// rather than kept as the old token (the key is then `Single`).
         #[cfg_attr(feature = "serde", serde(default))]
         previous_revoked: bool,
+        /// What was chosen for the previous token in the same call
+        /// ([`ApiKey::renew_with`](crate::ApiKey::renew_with)); `None` for
+        /// [`ApiKey::renew`](crate::ApiKey::renew), which leaves it
+        /// undecided.
+        #[cfg_attr(feature = "serde", serde(default))]
+        deletion: Option<OldTokenDeletion>,
+        /// The old token of an earlier renewal, deleted first because its
+        /// scheduled deletion was due (it blocked nothing but this renewal).
+        #[cfg_attr(feature = "serde", serde(default))]
+        deleted_as_scheduled: Option<TokenId>,
     },
     /// A live token was revoked ([`ApiKey::revoke_token`](crate::ApiKey::revoke_token)):
     /// an old token is deleted, a current token never verifies again.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use smol_str::SmolStr;
 
 use crate::base62;
-use crate::verify::VerifyError;
+use crate::errors::{InvalidKeyId, InvalidTokenId, quote};
 
 /// The public, stable id of an API key (the product's `appKey`).
 ///
@@ -24,7 +24,7 @@ use crate::verify::VerifyError;
 ///
 /// let generated = KeyId::generate(&mut rand::rng());
 /// assert_eq!(generated.as_str().len(), 16);
-/// # Ok::<(), keyroll::InvalidKeyId>(())
+/// # Ok::<(), keyroll::error::InvalidKeyId>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(SmolStr);
@@ -56,7 +56,8 @@ impl KeyId {
             return Ok(KeyId(SmolStr::from(id)));
         };
         Err(InvalidKeyId {
-            quoted: crate::input::quote(&id),
+            what: "key id",
+            quoted: quote(&id),
             problem,
         })
     }
@@ -73,36 +74,8 @@ impl KeyId {
         &self.0
     }
 
-    /// The key id a token names (`{prefix}_{key_id}_{secret}{checksum}`),
-    /// after checking the token's shape and checksum; nothing is hashed
-    /// and no prefix is assumed. Inputs longer than the longest token (128
-    /// bytes) are refused before any other work. This is how a service
-    /// finds the key of a one-string bearer token, and a secret scanner's
-    /// report the key of a leaked one.
-    ///
-    /// # Errors
-    ///
-    /// [`VerifyError::Malformed`] for anything that is not a well-formed
-    /// token naming a key (a token of keyroll 0.1 names none).
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use keyroll::{ApiKey, KeyId, VerifyError};
-    /// use time::OffsetDateTime;
-    ///
-    /// let (_, token, _) = ApiKey::issue(KeyId::new("acme_orders")?, OffsetDateTime::now_utc(), &mut rand::rng())?;
-    /// assert_eq!(KeyId::from_token(token.expose_secret())?.as_str(), "acme_orders");
-    /// assert_eq!(KeyId::from_token("kr_acme_typo"), Err(VerifyError::Malformed));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn from_token(presented: &str) -> Result<KeyId, VerifyError> {
-        let id = crate::token::named_key(presented)?.ok_or(VerifyError::Malformed)?;
-        Ok(KeyId::named(id))
-    }
-
-    /// The key id a token's framing names (`token::named_key` or
-    /// `token::framed_key` checked it: 1 to 64 bytes of the id alphabet).
+    /// The key id a token's framing names (`PresentedToken::parse` checked
+    /// it: 1 to 64 bytes of the id alphabet).
     pub(crate) fn named(id: &str) -> KeyId {
         KeyId(SmolStr::new(id))
     }
@@ -132,17 +105,6 @@ impl AsRef<str> for KeyId {
     fn as_ref(&self) -> &str {
         &self.0
     }
-}
-
-/// A string that is not a valid [`KeyId`]: 1 to 64 characters of
-/// `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid key id {quoted}: {problem}; use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
-)]
-pub struct InvalidKeyId {
-    quoted: String,
-    problem: &'static str,
 }
 
 /// The public, non-secret id of one token of a key, for audit trails.
@@ -183,11 +145,6 @@ impl FromStr for TokenId {
             .ok_or(InvalidTokenId(()))
     }
 }
-
-/// A string that is not a valid [`TokenId`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid token id: expected 32 lower-case hex digits")]
-pub struct InvalidTokenId(());
 
 #[cfg(feature = "serde")]
 mod serde_impls {

@@ -5,18 +5,13 @@
 //! range RFC 3339 records can hold. Sums of an instant and a duration that
 //! are not refused (a use plus a grace) saturate inside that range.
 
-use std::fmt;
-
 use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-use crate::key::TransitionError;
+use crate::errors::{InvalidLabel, TransitionError};
 use crate::policy::Policy;
 
 /// The longest label, in bytes.
 pub(crate) const LABEL_MAX_LEN: usize = 256;
-
-/// How many characters of a bad value an error message quotes.
-const QUOTED_CHARS: usize = 32;
 
 /// The earliest instant a key keeps: 0001-01-01T00:00:00Z.
 fn earliest() -> OffsetDateTime {
@@ -95,74 +90,21 @@ pub(crate) fn check_policy(policy: &Policy) -> Result<(), TransitionError> {
     Ok(())
 }
 
-/// A label a key can keep: at most 256 bytes, no control characters.
+/// `label`, refused if it is longer than 256 bytes or holds a control
+/// character.
 pub(crate) fn check_label(label: String) -> Result<Box<str>, InvalidLabel> {
-    let problem = if label.len() > LABEL_MAX_LEN {
-        LabelProblem::TooLong(label.len())
-    } else if let Some(c) = label.chars().find(|c| c.is_control()) {
-        LabelProblem::ControlCharacter(c)
-    } else {
-        return Ok(label.into_boxed_str());
-    };
-    Err(InvalidLabel {
-        quoted: quote(&label),
-        problem,
-    })
-}
-
-/// A value quoted for an error message: escaped, and cut after 32
-/// characters.
-pub(crate) fn quote(value: &str) -> String {
-    let mut quoted: String = value
-        .chars()
-        .take(QUOTED_CHARS)
-        .flat_map(char::escape_debug)
-        .collect();
-    if value.chars().nth(QUOTED_CHARS).is_some() {
-        quoted.push('…');
+    if label.len() > LABEL_MAX_LEN {
+        return Err(InvalidLabel::too_long(&label, LABEL_MAX_LEN));
     }
-    format!("\"{quoted}\"")
-}
-
-/// A label refused by [`ApiKey::issue`](crate::ApiKey::issue) or a label
-/// change: longer than 256 bytes, or holding a control character.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid label {quoted}: {problem}")]
-pub struct InvalidLabel {
-    quoted: String,
-    problem: LabelProblem,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LabelProblem {
-    TooLong(usize),
-    ControlCharacter(char),
-}
-
-impl fmt::Display for LabelProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LabelProblem::TooLong(len) => write!(
-                f,
-                "it is {len} bytes long, and a label holds at most {LABEL_MAX_LEN}"
-            ),
-            LabelProblem::ControlCharacter(c) => {
-                write!(f, "it holds the control character {:?}", c)
-            }
-        }
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return Err(InvalidLabel::control_character(&label, c));
     }
+    Ok(label.into_boxed_str())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_escape_and_truncate() {
-        assert_eq!(quote("a\u{1}b"), "\"a\\u{1}b\"");
-        assert_eq!(quote(&"x".repeat(40)), format!("\"{}…\"", "x".repeat(32)));
-        assert_eq!(quote(&"x".repeat(32)), format!("\"{}\"", "x".repeat(32)));
-    }
 
     #[test]
     fn labels() {

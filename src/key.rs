@@ -8,14 +8,15 @@
 use time::{Duration, OffsetDateTime};
 
 use crate::attributes::{Metadata, Scopes};
+use crate::errors::TransitionError;
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
-use crate::input::{self, InvalidLabel};
+use crate::input;
 use crate::new_key::NewKey;
 use crate::policy::Policy;
 use crate::revision::Revision;
+use crate::state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
 use crate::token::{Token, TokenHash};
-use crate::verify::{TokenMatch, VerifyError};
 
 /// An API key: a stable public id, a label, a status and one or two tokens.
 ///
@@ -26,7 +27,7 @@ use crate::verify::{TokenMatch, VerifyError};
 /// # Example
 ///
 /// ```
-/// use keyroll::{ApiKey, KeyId, KeyState, NewKey, OldTokenDeletion, TokenMatch};
+/// use keyroll::{ApiKey, KeyId, RenewalState, NewKey, OldTokenDeletion, TokenMatch};
 /// use time::{Duration, OffsetDateTime};
 ///
 /// let mut rng = rand::rng();
@@ -45,7 +46,7 @@ use crate::verify::{TokenMatch, VerifyError};
 /// key.finalize(OldTokenDeletion::Later, t1)?;
 /// key.delete_old(t1 + Duration::days(7))?;
 /// assert!(key.verify(first.expose_secret(), t1).is_err());
-/// assert_eq!(key.state(), KeyState::Single);
+/// assert_eq!(key.state(), RenewalState::Single);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,14 +82,6 @@ impl Renewal {
     /// The old token, unless its scheduled deletion is due at `now`.
     pub(crate) fn live_old_token(&self, now: OffsetDateTime) -> Option<&TokenInfo> {
         self.decision.keeps_old_token(now).then_some(&self.old)
-    }
-}
-
-impl Decision {
-    /// Whether the old token still lives at `now`: not once its scheduled
-    /// deletion is due.
-    pub(crate) fn keeps_old_token(&self, now: OffsetDateTime) -> bool {
-        !matches!(*self, Decision::Scheduled { at } if at <= now)
     }
 }
 
@@ -186,167 +179,25 @@ impl TokenInfo {
         self.legacy
     }
 
+    /// This token's freshness at `now`: `Fresh` before `due_at`, `Outdated`
+    /// from `due_at`, `LongOutdated` from 3 months (90 days) past `due_at`.
+    pub fn freshness(&self, now: OffsetDateTime) -> Freshness {
+        let due_at = self.due_at;
+        if now < due_at {
+            Freshness::Fresh { due_at }
+        } else if now < due_at.saturating_add(Policy::THREE_MONTHS) {
+            Freshness::Outdated { due_at }
+        } else {
+            Freshness::LongOutdated { due_at }
+        }
+    }
+
     /// When the token was revoked with [`ApiKey::revoke_token`]: from then
     /// on it never verifies again. Only a current token can be revoked and
     /// kept (a revoked old token is deleted).
     pub fn revoked_at(&self) -> Option<OffsetDateTime> {
         self.revoked_at
     }
-}
-
-/// Whether requests made with the key can verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum KeyStatus {
-    /// Requests verify.
-    Active,
-    /// Every request fails with [`VerifyError::KeyInactive`](crate::VerifyError::KeyInactive).
-    Inactive,
-}
-
-/// Where a key is in its renewal cycle. `#[non_exhaustive]`, like
-/// [`Decision`]: match with a wildcard arm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum KeyState {
-    /// One token.
-    Single,
-    /// Two tokens: the new (current) one and the old one, until the old one
-    /// is deleted or the renewal undone.
-    Renewing {
-        /// What was decided about the old token.
-        decision: Decision,
-    },
-}
-
-/// What was decided about the old token of a pending renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum Decision {
-    /// Nothing yet. Behaves exactly like `Later`, as in the product when the
-    /// page is closed before a choice.
-    Undecided,
-    /// Kept until [`ApiKey::delete_old`] or [`ApiKey::undo_renewal`].
-    Later,
-    /// Deleted at `at`: from then on it no longer verifies, and
-    /// [`ApiKey::housekeep`] removes it.
-    Scheduled {
-        /// When the old token stops verifying.
-        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
-        at: OffsetDateTime,
-    },
-    /// Kept until the new token's first recorded use, then for `grace`
-    /// more: that use turns this into `Scheduled { at: use + grace }`.
-    AfterNewTokenUse {
-        /// How long the old token lives after the new one is first used.
-        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
-        grace: Duration,
-    },
-}
-
-/// How [`ApiKey::finalize`] treats the old token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum OldTokenDeletion {
-    /// Delete it now; only the new token stays valid.
-    Now,
-    /// Keep both valid until the old one is deleted by hand.
-    Later,
-    /// Keep the old token until this instant; an instant not after `now`
-    /// deletes it at once, as [`Now`](OldTokenDeletion::Now).
-    #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
-    At(OffsetDateTime),
-    /// Keep the old token until the new one has been used (as recorded by
-    /// [`ApiKey::record_use`]), then for `grace` more.
-    AfterNewTokenUse {
-        /// How long the old token lives after the new one's first use.
-        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
-        grace: Duration,
-    },
-}
-
-/// A transition refused because of the key's state or because of its input.
-/// The key is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransitionError {
-    /// `renew` while a renewal is pending.
-    #[error(
-        "cannot renew: the key already has a renewed token pending; delete the old token or undo the renewal first"
-    )]
-    RenewalPending,
-    /// `finalize` with no renewal pending.
-    #[error("cannot finalize: no renewed token was found; renew the key first")]
-    NoRenewalPending,
-    /// `finalize` of a renewal already finalized.
-    #[error(
-        "cannot finalize: the renewal was already finalized; delete the old token or undo the renewal"
-    )]
-    AlreadyFinalized,
-    /// `delete_old` or `undo_renewal` with no old token.
-    #[error(
-        "cannot delete or restore the old token: the key has none; renew again or delete the key"
-    )]
-    NoOldToken,
-    /// `activate` of an active key.
-    #[error("cannot activate: the key is already active")]
-    AlreadyActive,
-    /// `deactivate` of an inactive key.
-    #[error("cannot deactivate: the key is already inactive")]
-    AlreadyInactive,
-    /// `delete_old_if_idle` while the old token was used recently.
-    #[error(
-        "cannot delete the old token: it was used at {last_used_at}; wait until it is idle or delete it anyway with delete_old"
-    )]
-    OldTokenInUse {
-        /// The old token's last recorded use.
-        last_used_at: OffsetDateTime,
-    },
-    /// A label longer than 256 bytes or holding a control character.
-    #[error(transparent)]
-    InvalidLabel(#[from] InvalidLabel),
-    /// A policy a key cannot live by: a renewal period that is not positive,
-    /// or a negative usage resolution.
-    #[error("invalid policy: {field} is {value}, and it must be {rule}")]
-    InvalidPolicy {
-        /// The refused field of [`Policy`].
-        field: &'static str,
-        /// Its value.
-        value: Duration,
-        /// What it must be.
-        rule: &'static str,
-    },
-    /// A negative grace in [`OldTokenDeletion::AfterNewTokenUse`].
-    #[error("invalid grace {grace}: a grace must be zero or positive")]
-    InvalidGrace {
-        /// The refused grace.
-        grace: Duration,
-    },
-    /// `renew` of a key past its hard expiry
-    /// ([`ApiKey::expires_at`]): renewals never extend it. Move or remove it
-    /// with [`ApiKey::set_expiry`] first.
-    #[error(
-        "cannot renew: the key expired at {expires_at}; move or remove its expiry with set_expiry first"
-    )]
-    KeyExpired {
-        /// When the key expired.
-        expires_at: OffsetDateTime,
-    },
-    /// An instant outside the years 1 to 9999 (UTC), the range a key's
-    /// record can hold: the `now` given, a deletion time, an expiry, or the
-    /// due date it would give a token.
-    #[error("{what} {at} is outside the years 1 to 9999 (UTC)")]
-    TimeOutOfRange {
-        /// Which instant.
-        what: &'static str,
-        /// The instant given.
-        at: OffsetDateTime,
-    },
 }
 
 /// What every transition calls its `now` in errors.
@@ -455,10 +306,10 @@ impl ApiKey {
     }
 
     /// `Single`, or `Renewing` with the decision about the old token.
-    pub fn state(&self) -> KeyState {
+    pub fn state(&self) -> RenewalState {
         match &self.renewal {
-            None => KeyState::Single,
-            Some(renewal) => KeyState::Renewing {
+            None => RenewalState::Single,
+            Some(renewal) => RenewalState::Renewing {
                 decision: renewal.decision,
             },
         }
@@ -609,6 +460,12 @@ impl ApiKey {
         })
     }
 
+    /// The freshness of the current token at `now`. See
+    /// [`TokenInfo::freshness`].
+    pub fn freshness(&self, now: OffsetDateTime) -> Freshness {
+        self.current.freshness(now)
+    }
+
     /// The current token: the only one, or the new one while renewing.
     pub fn current_token(&self) -> &TokenInfo {
         &self.current
@@ -620,10 +477,16 @@ impl ApiKey {
     }
 
     /// Renews the key: a new token becomes current and the previous one
-    /// stays valid as the old token. The new token is shown only here.
+    /// stays valid as the old token, until [`finalize`](ApiKey::finalize),
+    /// [`delete_old`](ApiKey::delete_old) or [`undo_renewal`](ApiKey::undo_renewal)
+    /// decides its fate. The new token is shown only here.
+    /// [`renew_with`](ApiKey::renew_with) renews and decides in one step.
     ///
     /// If the current token was revoked, it is replaced outright: the key
-    /// ends `Single`, with the new token only (`TokenRenewed` says so).
+    /// ends `Single`, with the new token only (`TokenRenewed` says so). If
+    /// the only obstacle is an old token whose scheduled deletion is due,
+    /// the deletion is applied first, in the same transition (the event
+    /// names the token deleted as scheduled).
     ///
     /// `rng` must be seeded by the operating system: see [`Token`].
     ///
@@ -637,23 +500,84 @@ impl ApiKey {
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(Token, Event), TransitionError> {
+        self.renew_deciding(None, now, rng)
+    }
+
+    /// Renews the key and decides what becomes of the old token, in one
+    /// transition: one version, one `TokenRenewed` event carrying the
+    /// choice. [`OldTokenDeletion::Now`] (or an instant not after `now`)
+    /// leaves only the new token; the other choices keep the old token as
+    /// [`finalize`](ApiKey::finalize) would. When there is no old token to
+    /// keep (the current one was revoked), the choice is moot and the call
+    /// succeeds all the same. Otherwise as [`renew`](ApiKey::renew).
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](ApiKey::renew); [`TransitionError::InvalidGrace`] for a
+    /// negative grace and [`TransitionError::TimeOutOfRange`] for an `At`
+    /// instant outside the years 1 to 9999, checked before anything
+    /// changes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, OldTokenDeletion, RenewalState, VerifyError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (mut key, first, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+    /// let (second, _) = key.renew_with(OldTokenDeletion::Now, now, &mut rand::rng())?;
+    /// assert_eq!(key.state(), RenewalState::Single);
+    /// assert_eq!(key.verify(first.expose_secret(), now), Err(VerifyError::Mismatch));
+    /// assert!(key.verify(second.expose_secret(), now).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn renew_with<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        deletion: OldTokenDeletion,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), TransitionError> {
+        self.renew_deciding(Some(deletion), now, rng)
+    }
+
+    /// `renew`, and with `deletion`, `renew_with`.
+    fn renew_deciding<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        deletion: Option<OldTokenDeletion>,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), TransitionError> {
         let now = input::instant(now, NOW)?;
+        let deletion = deletion.map(|d| checked_deletion(d)).transpose()?;
         if let Some(expires_at) = self.expires_at.filter(|&at| now >= at) {
             return Err(TransitionError::KeyExpired { expires_at });
         }
-        if self.renewal.is_some() {
+        // An old token past its scheduled deletion no longer verifies: it
+        // blocks nothing.
+        let due = self
+            .renewal
+            .as_ref()
+            .filter(|r| r.live_old_token(now).is_none())
+            .map(|r| r.old.id);
+        if self.renewal.is_some() && due.is_none() {
             return Err(TransitionError::RenewalPending);
         }
         let due_at = input::due_date(now, &self.policy)?;
+        self.renewal = None;
         let (token, hash) = self.policy.token_format.generate(&self.id, rng);
         let new = TokenInfo::new(&token, hash, now, due_at);
         let previous = std::mem::replace(&mut self.current, new);
         let old_token_id = previous.id;
         let previous_revoked = previous.revoked_at.is_some();
-        if !previous_revoked {
+        let decision = match deletion {
+            None => Some(Decision::Undecided),
+            Some(deletion) => decision_of(deletion, now),
+        };
+        if let (false, Some(decision)) = (previous_revoked, decision) {
             self.renewal = Some(Box::new(Renewal {
                 old: previous,
-                decision: Decision::Undecided,
+                decision,
             }));
         }
         let version = self.bump();
@@ -664,6 +588,8 @@ impl ApiKey {
             new_token_id: token.id(),
             old_token_id,
             previous_revoked,
+            deletion,
+            deleted_as_scheduled: due,
         };
         Ok((token, event))
     }
@@ -689,15 +615,7 @@ impl ApiKey {
         now: OffsetDateTime,
     ) -> Result<Event, TransitionError> {
         let now = input::instant(now, NOW)?;
-        let deletion = match deletion {
-            OldTokenDeletion::At(at) => {
-                OldTokenDeletion::At(input::instant(at, "the deletion time")?)
-            }
-            OldTokenDeletion::AfterNewTokenUse { grace } if grace.is_negative() => {
-                return Err(TransitionError::InvalidGrace { grace });
-            }
-            other => other,
-        };
+        let deletion = checked_deletion(deletion)?;
         let renewal = self
             .renewal
             .as_mut()
@@ -705,12 +623,9 @@ impl ApiKey {
         if renewal.decision != Decision::Undecided {
             return Err(TransitionError::AlreadyFinalized);
         }
-        renewal.decision = match deletion {
-            OldTokenDeletion::Later => Decision::Later,
-            OldTokenDeletion::At(at) if at > now => Decision::Scheduled { at },
-            OldTokenDeletion::AfterNewTokenUse { grace } => Decision::AfterNewTokenUse { grace },
-            // `Now`, or an instant already past.
-            OldTokenDeletion::Now | OldTokenDeletion::At(_) => {
+        renewal.decision = match decision_of(deletion, now) {
+            Some(decision) => decision,
+            None => {
                 let old = renewal.old.id;
                 self.renewal = None;
                 return Ok(self.old_deleted(old, DeletionReason::FinalizedNow, now));
@@ -880,70 +795,6 @@ impl ApiKey {
         Some(self.old_deleted(due.old.id, DeletionReason::Scheduled, now))
     }
 
-    /// Revokes the live token that `presented` matches, whatever the key's
-    /// status or expiry: the response to a leaked token. An old token is
-    /// deleted (as by [`delete_old`](ApiKey::delete_old)); the current token
-    /// is marked revoked ([`TokenInfo::revoked_at`]) and never verifies
-    /// again, whatever follows: renew then replaces it outright. Returns one
-    /// `TokenRevoked` event. A `now` outside the years 1 to 9999 is clamped
-    /// into them.
-    ///
-    /// # Errors
-    ///
-    /// [`VerifyError::Malformed`] for a token that is not well-formed for
-    /// this key's format; [`VerifyError::Mismatch`] for anything that is not
-    /// a live token of this key (a wrong token, another key's, one already
-    /// revoked or deleted). The key is unchanged.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use keyroll::{ApiKey, KeyId, VerifyError};
-    /// use time::OffsetDateTime;
-    ///
-    /// let now = OffsetDateTime::now_utc();
-    /// let (mut key, leaked, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
-    /// key.revoke_token(leaked.expose_secret(), now)?;
-    /// assert_eq!(key.verify(leaked.expose_secret(), now), Err(VerifyError::Mismatch));
-    /// assert!(key.current_token().revoked_at().is_some());
-    ///
-    /// // A renewal replaces the revoked token outright.
-    /// let (fresh, _) = key.renew(now, &mut rand::rng())?;
-    /// assert!(key.verify(fresh.expose_secret(), now).is_ok());
-    /// assert!(key.old_token().is_none());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn revoke_token(
-        &mut self,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Event, VerifyError> {
-        let now = input::clamp(now);
-        let (is_current, is_old, _) = self.view().compare(presented, now)?;
-        // Revocation is not the hot path, and what matched is no secret once
-        // the call returns.
-        let (token_id, which) = if bool::from(is_current) {
-            self.current.revoked_at = Some(now);
-            (self.current.id, TokenMatch::Current)
-        } else if bool::from(is_old) {
-            let renewal = self
-                .renewal
-                .take()
-                .unwrap_or_else(|| unreachable!("a live old token was matched"));
-            (renewal.old.id, TokenMatch::Old)
-        } else {
-            return Err(VerifyError::Mismatch);
-        };
-        let version = self.bump();
-        Ok(Event::TokenRevoked {
-            key_id: self.id.clone(),
-            at: now,
-            version,
-            token_id,
-            which,
-        })
-    }
-
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event. A
     /// store removes its record; the managers do both.
     ///
@@ -971,8 +822,34 @@ impl ApiKey {
         }
     }
 
-    fn bump(&mut self) -> u64 {
+    pub(crate) fn bump(&mut self) -> u64 {
         self.version += 1;
         self.version
+    }
+}
+
+/// `deletion`, refused if it could not be kept: a negative grace, an
+/// instant outside the years 1 to 9999.
+fn checked_deletion(deletion: OldTokenDeletion) -> Result<OldTokenDeletion, TransitionError> {
+    match deletion {
+        OldTokenDeletion::At(at) => Ok(OldTokenDeletion::At(input::instant(
+            at,
+            "the deletion time",
+        )?)),
+        OldTokenDeletion::AfterNewTokenUse { grace } if grace.is_negative() => {
+            Err(TransitionError::InvalidGrace { grace })
+        }
+        other => Ok(other),
+    }
+}
+
+/// What `deletion`, chosen at `now`, decides about an old token; `None`:
+/// delete it now (`Now`, or an instant not after `now`).
+fn decision_of(deletion: OldTokenDeletion, now: OffsetDateTime) -> Option<Decision> {
+    match deletion {
+        OldTokenDeletion::Later => Some(Decision::Later),
+        OldTokenDeletion::At(at) if at > now => Some(Decision::Scheduled { at }),
+        OldTokenDeletion::AfterNewTokenUse { grace } => Some(Decision::AfterNewTokenUse { grace }),
+        OldTokenDeletion::Now | OldTokenDeletion::At(_) => None,
     }
 }

@@ -28,63 +28,76 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Around it: [`KeyManager`] runs the transitions over a
+//! [`store::KeyStore`] (in memory, behind a cache, SQLite and PostgreSQL in
+//! their own crates) with optimistic concurrency, and authenticates
+//! requests; [`PresentedToken`] is a presented token parsed once;
+//! [`error`] holds every error type.
+//!
 //! # Features
 //!
 //! - `serde` (default): `Serialize`/`Deserialize` for [`ApiKey`] (checked on
 //!   load), [`Policy`], [`Event`], [`KeyId`], [`TokenId`], the attributes and
-//!   the small enums; [`record`], the JSON record codec stores share.
-//! - `conformance`: [`conformance`], the suite any [`KeyStore`] or
-//!   [`AsyncKeyStore`] backend runs to show it keeps the store contract.
-//! - `proptest`: [`testing`], a reference model of the lifecycle and
+//!   the small enums; `record`, the JSON record codec stores share.
+//! - `conformance`: `conformance`, the suite any [`store::KeyStore`]
+//!   runs to show it keeps the store contract.
+//! - `proptest`: `testing`, a reference model of the lifecycle and
 //!   strategies for your own property tests.
 #![forbid(unsafe_code)]
-#![doc(html_root_url = "https://docs.rs/keyroll/0.2.0")]
+#![doc(html_root_url = "https://docs.rs/keyroll/0.3.0")]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod attributes;
+// From the bottom up: each module imports only from those above it in
+// this list.
 mod base62;
-#[cfg(feature = "conformance")]
-pub mod conformance;
-mod event;
 mod hex;
+mod errors;
+mod revision;
 mod id;
-mod input;
-mod key;
-mod manager;
-mod names;
-mod new_key;
-mod padded;
+mod attributes;
+mod state;
+mod token;
 mod policy;
+mod input;
+mod event;
+mod new_key;
+mod key;
+mod verify;
 #[cfg(feature = "serde")]
 pub mod record;
-mod revision;
+mod padded;
 mod rng;
-mod store;
+pub mod store;
+mod usage;
+mod manager;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 #[cfg(feature = "proptest")]
 pub mod testing;
-mod token;
-mod usage;
-mod verify;
 
-pub use attributes::{InvalidMetadata, InvalidScope, Metadata, Scope, Scopes};
+pub mod error {
+    //! Every error type of keyroll, in one place. The ones a caller meets
+    //! daily ([`VerifyError`], [`TransitionError`], [`ManagerError`],
+    //! [`AuthError`]) are also at the crate root.
+    pub use crate::errors::{
+        AuthError, InvalidKeyId, InvalidLabel, InvalidMetadata, InvalidPrefix, InvalidScope,
+        InvalidTokenId, ManagerError, ParseError, StoreError, TransitionError, VerifyError,
+    };
+    pub use crate::manager::FlushError;
+    #[cfg(feature = "serde")]
+    pub use crate::record::RecordError;
+}
+
+pub use attributes::{Metadata, Scope, Scopes};
+pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};
-pub use id::{InvalidKeyId, InvalidTokenId, KeyId, TokenId};
-pub use input::InvalidLabel;
-pub use key::{
-    ApiKey, Decision, KeyState, KeyStatus, OldTokenDeletion, TokenInfo, TransitionError,
-};
-pub use manager::{
-    AsyncKeyManager, AuthError, DEFAULT_MAX_RETRIES, FlushError, KeyManager, ManagerError,
-};
-pub use names::ParseError;
+pub use id::{KeyId, TokenId};
+pub use key::{ApiKey, TokenInfo};
+pub use manager::{Credentials, KeyManager};
 pub use new_key::NewKey;
-pub use policy::{Expiry, Policy};
-pub use revision::Revision;
+pub use policy::{Policy, RenewalEnforcement};
 pub use rng::os_rng;
-pub use store::{
-    AsyncKeyStore, CachedStore, DynKeyStore, DynStoreError, InMemoryStore, KeyStore, StoreError,
-    Verification,
-};
-pub use token::{InvalidPrefix, Token, TokenFormat};
-pub use verify::{Authenticated, Freshness, TokenMatch, VerifyError};
+pub use state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
+pub use token::{PresentedToken, Token, TokenFormat};
+pub use verify::Authenticated;

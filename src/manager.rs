@@ -1,5 +1,5 @@
-//! [`KeyManager`] and [`AsyncKeyManager`]: transitions over a store, with
-//! optimistic concurrency.
+//! [`KeyManager`]: transitions over a store, with optimistic concurrency,
+//! and authentication.
 //!
 //! Each mutating call loads the key, applies the transition to the copy, and
 //! writes it back with `update(key, revision_it_loaded)`. If another writer got
@@ -13,63 +13,103 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
+use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
 use crate::id::KeyId;
-use crate::key::{ApiKey, OldTokenDeletion, TransitionError};
+use crate::key::ApiKey;
 use crate::new_key::NewKey;
-use crate::store::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification, ready};
-use crate::token::{self, Token};
+use crate::state::OldTokenDeletion;
+use crate::store::{KeyStore, Verification};
+use crate::token::{PresentedToken, Token};
 use crate::usage::{self, Noted, UsageLog};
-use crate::verify::{Authenticated, VerifyError};
+use crate::verify::Authenticated;
 
-/// The default number of retries after a version conflict.
-pub const DEFAULT_MAX_RETRIES: u32 = 8;
-
-/// Why a manager call failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ManagerError<E> {
-    /// No key has this id.
-    #[error("key not found")]
-    NotFound,
-    /// `create_key` with an id already taken.
-    #[error("a key with this id already exists; choose another id")]
-    AlreadyExists,
-    /// The transition was refused in the key's state; nothing was written.
-    #[error(transparent)]
-    Transition(#[from] TransitionError),
-    /// Every retry met a concurrent change to the key; nothing was written.
-    #[error("the key kept changing under concurrent updates; try again")]
-    Conflict,
-    /// The store failed. A write may or may not have been applied: reload
-    /// the key to see.
-    #[error("store error: {0}")]
-    Store(#[source] E),
-}
-
-/// Why [`KeyManager::authenticate`] refused a request.
+/// What a request presents to [`KeyManager::authenticate`] (and what
+/// [`KeyManager::revoke_token`] revokes): a token, and the options of the
+/// call.
 ///
-/// The variants keep the causes apart for logs. A service should answer
-/// every refusal of a credential the same way (an unknown key, a malformed,
-/// wrong or revoked token, an inactive key), so that answers do not tell
-/// which key ids exist, and answer `Store` with a generic "unavailable".
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError<E> {
-    /// No key has the id the request named.
-    #[error("unknown key")]
-    UnknownKey,
-    /// The key refused the token.
-    #[error(transparent)]
-    Verify(#[from] VerifyError),
-    /// The store failed.
-    #[error("store error: {0}")]
-    Store(#[source] E),
+/// - `Credentials::bearer(token)`: the token alone (it names its key), as
+///   sent in `Authorization: Bearer <token>`. A `&str` converts to it.
+/// - `.with_id(&id)`: the product's two-credential form (VTEX's `appKey`
+///   and `appToken`, two headers). The token must name that key; a token
+///   of keyroll 0.1, which names none, is accepted in this form only.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{Credentials, KeyId};
+///
+/// let id = KeyId::new("acme")?;
+/// let bearer = Credentials::bearer("kr_acme_...");
+/// let two_headers = Credentials::bearer("kr_acme_...").with_id(&id);
+/// # let _ = (bearer, two_headers);
+/// # Ok::<(), keyroll::error::InvalidKeyId>(())
+/// ```
+#[derive(Clone, Copy)]
+#[must_use]
+pub struct Credentials<'a> {
+    token: &'a str,
+    id: Option<&'a KeyId>,
 }
 
-/// Why [`flush_usage`](AsyncKeyManager::flush_usage) could not write the
-/// uses of some keys. The others were written; the notes of these are kept
-/// for the next flush.
+impl<'a> Credentials<'a> {
+    /// A token presented alone: it names its key.
+    pub fn bearer(token: &'a str) -> Credentials<'a> {
+        Credentials { token, id: None }
+    }
+
+    /// The key id presented beside the token (the two-credential form): the
+    /// token must name this key, or name none (keyroll 0.1's framing).
+    pub fn with_id(self, id: &'a KeyId) -> Credentials<'a> {
+        Credentials {
+            id: Some(id),
+            ..self
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Credentials<'a> {
+    fn from(token: &'a str) -> Credentials<'a> {
+        Credentials::bearer(token)
+    }
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &"<redacted>")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// A presented token parsed, and the key it is to be checked against.
+struct Resolved<'a> {
+    token: PresentedToken<'a>,
+    id: KeyId,
+}
+
+impl<'a> Credentials<'a> {
+    /// Parses the token and names its key, before any store read: a
+    /// malformed token, or one naming another key than the id given, is
+    /// refused here.
+    fn resolve(self) -> Result<Resolved<'a>, VerifyError> {
+        let token = PresentedToken::parse(self.token)?;
+        let id = match (self.id, token.key_id()) {
+            (Some(given), Some(named)) if *given != named => return Err(VerifyError::Mismatch),
+            (Some(given), _) => given.clone(),
+            (None, Some(named)) => named,
+            // The framing of keyroll 0.1 names no key: only the
+            // two-credential form can use it.
+            (None, None) => return Err(VerifyError::Malformed),
+        };
+        Ok(Resolved { token, id })
+    }
+}
+
+/// Why [`flush_usage`](KeyManager::flush_usage) could not write the uses
+/// of some keys. The others were written; the notes of these are kept for
+/// the next flush.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FlushError<E> {
@@ -111,41 +151,12 @@ enum Write {
 /// How many keys `housekeep_all` loads per page.
 const HOUSEKEEPING_PAGE: usize = 256;
 
-impl<E> From<StoreError<E>> for ManagerError<E> {
-    fn from(e: StoreError<E>) -> Self {
-        match e {
-            StoreError::AlreadyExists => ManagerError::AlreadyExists,
-            StoreError::NotFound => ManagerError::NotFound,
-            StoreError::Conflict { .. } => ManagerError::Conflict,
-            StoreError::Backend(e) => ManagerError::Store(e),
-        }
-    }
-}
-
 /// Whether a write went through (`false`: a conflict, retry).
 fn written<E>(result: Result<(), StoreError<E>>) -> Result<bool, ManagerError<E>> {
     match result {
         Ok(()) => Ok(true),
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Maps the store's answer to `verify` to an authentication result.
-fn auth_result<E>(verified: Result<Verification, E>) -> Result<Authenticated, AuthError<E>> {
-    match verified.map_err(AuthError::Store)? {
-        Verification::Accepted(authenticated) => Ok(authenticated),
-        Verification::Refused(refused) => Err(AuthError::Verify(refused)),
-        Verification::UnknownKey => Err(AuthError::UnknownKey),
-    }
-}
-
-/// Refuses, before any store read, a token that is not well-formed or that
-/// names a key other than `id` (a token of keyroll 0.1 names none).
-fn check_names(id: &KeyId, presented: &str) -> Result<(), VerifyError> {
-    match token::named_key(presented)? {
-        Some(named) if named != id.as_str() => Err(VerifyError::Mismatch),
-        _ => Ok(()),
     }
 }
 
@@ -156,51 +167,52 @@ fn updating<T>(
     move |mut key| transition(&mut key).map(|out| (Write::Update(key), out))
 }
 
-/// Manages keys over a synchronous [`KeyStore`]. `Send + Sync` when its store
-/// is; wrap it in an `Arc` (or give it an `Arc` store and clone it) to share.
+/// Manages keys over a [`KeyStore`]: every transition of [`ApiKey`] on
+/// the stored key, and authentication.
+///
+/// Its calls are `async`. A service awaits them; a synchronous program
+/// drives them with any `block_on` (`pollster::block_on`,
+/// `futures::executor::block_on`, a tokio runtime's): the in-memory store's
+/// futures complete at once, SQLite's wait on its own thread. Its futures
+/// are `Send` when the arguments are: to call `renew` or `create_key` from
+/// a spawned task, pass `&mut keyroll::os_rng()` (see [`os_rng`](crate::os_rng))
+/// rather than `&mut rand::rng()`, which is thread-local.
+///
+/// `Send + Sync` when its store is; wrap it in an `Arc` to share it.
 ///
 /// # Example
 ///
 /// ```
-/// use keyroll::{InMemoryStore, KeyId, KeyManager, NewKey, OldTokenDeletion, TokenMatch};
+/// use keyroll::store::InMemoryStore;
+/// use keyroll::{Credentials, KeyId, KeyManager, NewKey, OldTokenDeletion, TokenMatch};
 /// use time::OffsetDateTime;
 ///
-/// let manager = KeyManager::new(InMemoryStore::new());
-/// let mut rng = rand::rng();
-/// let now = OffsetDateTime::now_utc();
-/// let id = KeyId::new("acme-orders")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// pollster::block_on(async {
+///     let manager = KeyManager::new(InMemoryStore::new());
+///     let mut rng = keyroll::os_rng();
+///     let now = OffsetDateTime::now_utc();
+///     let id = KeyId::new("acme-orders")?;
 ///
-/// let (first, _) = manager.create_key(NewKey::new(id.clone()).label("orders"), now, &mut rng)?;
-/// let (second, _) = manager.renew(&id, now, &mut rng)?;
+///     let new = NewKey::new(id.clone()).label("orders");
+///     let (first, _) = manager.create_key(new, now, &mut rng).await?;
+///     let (second, _) = manager.renew(&id, now, &mut rng).await?;
 ///
-/// // The token alone names its key (`Authorization: Bearer <token>`).
-/// let who = manager.authenticate(first.expose_secret(), now)?;
-/// assert_eq!((who.key_id.as_str(), who.matched), ("acme-orders", TokenMatch::Old));
-/// manager.finalize(&id, OldTokenDeletion::Now, now)?;
-/// assert!(manager.authenticate(first.expose_secret(), now).is_err());
+///     // The token alone names its key (`Authorization: Bearer <token>`).
+///     let who = manager.authenticate(first.expose_secret(), now).await?;
+///     assert_eq!((who.key_id.as_str(), who.matched), ("acme-orders", TokenMatch::Old));
+///     manager.finalize(&id, OldTokenDeletion::Now, now).await?;
+///     assert!(manager.authenticate(first.expose_secret(), now).await.is_err());
 ///
-/// // The two-credential form: the id given must be the one the token names.
-/// assert_eq!(manager.authenticate_key(&id, second.expose_secret(), now)?.matched, TokenMatch::Current);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+///     // The two-credential form: the id given must be the one the token names.
+///     let both = Credentials::bearer(second.expose_secret()).with_id(&id);
+///     assert_eq!(manager.authenticate(both, now).await?.matched, TokenMatch::Current);
+///     Ok(())
+/// })
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct KeyManager<S> {
-    /// The one implementation, over the store seen as an async one whose
-    /// futures are ready at once.
-    inner: AsyncKeyManager<Ready<S>>,
-}
-
-/// Manages keys over an [`AsyncKeyStore`]: [`KeyManager`]'s methods as
-/// `async fn`, with the same behaviour (`KeyManager` is this manager over
-/// its sync store, whose futures are ready at once: one implementation;
-/// only its authentication calls the sync store's `verify` directly).
-///
-/// Its futures are `Send` when the arguments are: to call `renew` or
-/// `create_key` from a spawned task, pass `&mut keyroll::os_rng()` (see
-/// [`os_rng`](crate::os_rng)) rather than `&mut rand::rng()`, which is
-/// thread-local.
-#[derive(Debug, Clone)]
-pub struct AsyncKeyManager<S> {
     store: S,
     max_retries: u32,
     /// Uses noted by `authenticate`, when recording is on; shared by
@@ -208,19 +220,28 @@ pub struct AsyncKeyManager<S> {
     usage: Option<Arc<UsageLog>>,
 }
 
-impl<S: AsyncKeyStore> AsyncKeyManager<S> {
+impl<S: KeyStore> KeyManager<S> {
+    /// The default number of retries after a revision conflict.
+    pub const DEFAULT_MAX_RETRIES: u32 = 8;
+
     /// A manager over `store`, retrying conflicts up to
-    /// [`DEFAULT_MAX_RETRIES`] times.
+    /// [`DEFAULT_MAX_RETRIES`](Self::DEFAULT_MAX_RETRIES) times.
     pub fn new(store: S) -> Self {
         Self {
             store,
-            max_retries: DEFAULT_MAX_RETRIES,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
             usage: None,
         }
     }
 
-    /// Makes [`authenticate`](Self::authenticate) and
-    /// [`authenticate_key`](Self::authenticate_key) note each use (off by
+    /// Sets how many times a transition is retried after a revision
+    /// conflict before it fails with [`ManagerError::Conflict`].
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Makes [`authenticate`](Self::authenticate) note each use (off by
     /// default), in memory: no store call and no copy of the key on the
     /// request's path (a token's first use exactly, its last to within a
     /// second; on a busy key, a shared lock only).
@@ -237,105 +258,6 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     /// before the call that makes them returns.
     pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
         self.usage = record_uses.then(Arc::default);
-        self
-    }
-
-    /// Writes the uses noted since the last flush: for each key with
-    /// notes, one compare-and-swap (retried on conflict like a
-    /// transition) applying [`ApiKey::record_use`] to the first and the
-    /// last use of each of its tokens, skipped when that changes nothing
-    /// (a token's use is written at most once per `usage_resolution`). The
-    /// first use of a new token under [`Decision::AfterNewTokenUse`]
-    /// schedules the old token's deletion from *that use's* time, not the
-    /// flush's. Noted times later than `now` are taken as `now`; uses of
-    /// tokens a key no longer has, and of deleted keys, are dropped.
-    /// Returns how many keys were written.
-    ///
-    /// A key that cannot be written (its record does not load, the store
-    /// fails on it, it keeps changing) holds up no other: it is skipped,
-    /// its notes are kept for the next flush, and the flush goes on.
-    ///
-    /// [`Decision::AfterNewTokenUse`]: crate::Decision::AfterNewTokenUse
-    ///
-    /// # Errors
-    ///
-    /// [`FlushError`], naming each key that could not be written and why,
-    /// once every other key has been written.
-    pub async fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, FlushError<S::Error>> {
-        let Some(usage) = &self.usage else {
-            return Ok(0);
-        };
-        let mut written = 0;
-        let mut failed = Vec::new();
-        for (id, notes) in usage.take_all() {
-            match self.record_noted(&id, &notes, now).await {
-                Ok(changed) => written += usize::from(changed),
-                Err(e) => {
-                    usage.put_back(&id, notes);
-                    failed.push((id, e));
-                }
-            }
-        }
-        if failed.is_empty() {
-            Ok(written)
-        } else {
-            Err(FlushError { written, failed })
-        }
-    }
-
-    /// How many keys have uses noted and not yet flushed.
-    pub fn pending_usage(&self) -> usize {
-        self.usage.as_ref().map_or(0, |usage| usage.keys())
-    }
-
-    /// Writes the noted uses of key `id`: see `flush_usage`.
-    async fn flush_key(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<(), ManagerError<S::Error>> {
-        let Some(usage) = &self.usage else {
-            return Ok(());
-        };
-        let notes = usage.take(id);
-        if notes.is_empty() {
-            return Ok(());
-        }
-        match self.record_noted(id, &notes, now).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                usage.put_back(id, notes);
-                Err(e)
-            }
-        }
-    }
-
-    /// Applies `notes` to the stored key `id`; whether it was written.
-    async fn record_noted(
-        &self,
-        id: &KeyId,
-        notes: &[Noted],
-        now: OffsetDateTime,
-    ) -> Result<bool, ManagerError<S::Error>> {
-        let recorded = self
-            .transition(id, |mut key| {
-                Ok(if usage::apply(&mut key, notes, now) {
-                    (Write::Update(key), true)
-                } else {
-                    (Write::Nothing, false)
-                })
-            })
-            .await;
-        match recorded {
-            Err(ManagerError::NotFound) => Ok(false),
-            other => other,
-        }
-    }
-
-    /// Sets how many times a transition is retried after a version
-    /// conflict before it fails with [`ManagerError::Conflict`].
-    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-        self.max_retries = max_retries;
         self
     }
 
@@ -359,7 +281,7 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         rng: &mut R,
     ) -> Result<(Token, Event), ManagerError<S::Error>> {
         let (key, token, event) = ApiKey::issue(new, now, rng)?;
-        AsyncKeyStore::insert(&self.store, &key).await?;
+        self.store.insert(&key).await?;
         Ok((token, event))
     }
 
@@ -377,6 +299,24 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         rng: &mut R,
     ) -> Result<(Token, Event), ManagerError<S::Error>> {
         self.transition(id, updating(|key| key.renew(now, &mut *rng)))
+            .await
+    }
+
+    /// [`ApiKey::renew_with`] on the stored key: renews and decides what
+    /// becomes of the old token in one write. The new token is returned
+    /// only once it is stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn renew_with<R: rand_core::CryptoRng + ?Sized>(
+        &self,
+        id: &KeyId,
+        deletion: OldTokenDeletion,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(Token, Event), ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.renew_with(deletion, now, &mut *rng)))
             .await
     }
 
@@ -406,6 +346,25 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         now: OffsetDateTime,
     ) -> Result<Event, ManagerError<S::Error>> {
         self.transition(id, updating(|key| key.delete_old(now)))
+            .await
+    }
+
+    /// [`ApiKey::delete_old_if_idle`] on the stored key, after writing the
+    /// uses this manager noted of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); the transition error
+    /// [`TransitionError::OldTokenInUse`] when the old token was used
+    /// less than `min_idle` ago.
+    pub async fn delete_old_if_idle(
+        &self,
+        id: &KeyId,
+        min_idle: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.flush_key(id, now).await?;
+        self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))
             .await
     }
 
@@ -526,25 +485,6 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
             .await
     }
 
-    /// [`ApiKey::delete_old_if_idle`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew); the transition error
-    /// [`TransitionError::OldTokenInUse`] when the old token was used
-    /// less than `min_idle` ago.
-    pub async fn delete_old_if_idle(
-        &self,
-        id: &KeyId,
-        min_idle: time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        // This manager's own unflushed uses count.
-        self.flush_key(id, now).await?;
-        self.transition(id, updating(|key| key.delete_old_if_idle(min_idle, now)))
-            .await
-    }
-
     /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
     /// deletion of its old token that is due. Writes only when one is.
     ///
@@ -580,7 +520,9 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         let mut events = Vec::new();
         let mut after: Option<KeyId> = None;
         loop {
-            let page = AsyncKeyStore::list(&self.store, after.as_ref(), HOUSEKEEPING_PAGE)
+            let page = self
+                .store
+                .list(after.as_ref(), HOUSEKEEPING_PAGE)
                 .await
                 .map_err(ManagerError::Store)?;
             let Some(last) = page.last() else { break };
@@ -605,9 +547,7 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
     ///
     /// [`ManagerError::Store`].
     pub async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
-        AsyncKeyStore::get(&self.store, id)
-            .await
-            .map_err(ManagerError::Store)
+        self.store.get(id).await.map_err(ManagerError::Store)
     }
 
     /// At most `limit` keys with ids after `after`, in id order: one page
@@ -621,170 +561,64 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
-        AsyncKeyStore::list(&self.store, after, limit)
+        self.store
+            .list(after, limit)
             .await
             .map_err(ManagerError::Store)
     }
 
-    /// Authenticates a request by its token alone (a one-string bearer
-    /// token names its key). A token that is not well-formed
-    /// ([`KeyId::from_token`] fails) is refused without any store read.
-    /// Writes nothing, unless [usage recording](Self::with_usage_recording)
-    /// is on.
-    ///
-    /// When the store answers from memory, the token is parsed once, by
-    /// the key's `verify`; otherwise twice (here, for its key id, before
-    /// the store read), which costs tens of nanoseconds against the read.
+    /// Authenticates a request: a bearer token (a `&str`, or
+    /// [`Credentials::bearer`]), or the two-credential form
+    /// ([`Credentials::with_id`]). The token is parsed once; one that is
+    /// not well-formed, or that names another key than the id given, is
+    /// refused without any store read. Writes nothing, unless
+    /// [usage recording](Self::with_usage_recording) is on.
     ///
     /// # Errors
     ///
-    /// [`AuthError::Verify`] with `Malformed`, or the key's refusal;
-    /// [`AuthError::UnknownKey`]; [`AuthError::Store`].
-    pub async fn authenticate(
+    /// [`AuthError::Verify`] with `Malformed`, `Mismatch` (a token naming
+    /// another key), or the key's refusal; [`AuthError::UnknownKey`];
+    /// [`AuthError::Store`].
+    pub async fn authenticate<'a>(
         &self,
-        presented: &str,
+        credentials: impl Into<Credentials<'a>>,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        if let Some(answered) = self.authenticate_now(presented, now) {
-            return answered;
-        }
-        let id = KeyId::from_token(presented)?;
-        self.authenticate_waiting(&id, presented, now).await
-    }
-
-    /// [`authenticate`](Self::authenticate)'s answer if it needs no
-    /// waiting: the token is malformed, or the store answers from memory
-    /// ([`AsyncKeyStore::verify_now`]: `InMemoryStore`, a `CachedStore`
-    /// holding the key). `None` otherwise, with nothing done: await
-    /// `authenticate`. For callers that can go on at once without a future
-    /// (a tower layer calling its inner service).
-    ///
-    /// # Errors
-    ///
-    /// As [`authenticate`](Self::authenticate).
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use keyroll::{AsyncKeyManager, InMemoryStore, KeyId};
-    /// use time::OffsetDateTime;
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// let keys = AsyncKeyManager::new(InMemoryStore::new());
-    /// let now = OffsetDateTime::now_utc();
-    /// let (token, _) = keys.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
-    /// let who = match keys.authenticate_now(token.expose_secret(), now) {
-    ///     Some(answered) => answered?,
-    ///     None => keys.authenticate(token.expose_secret(), now).await?,
-    /// };
-    /// assert_eq!(who.key_id.as_str(), "acme");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # })?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn authenticate_now(
-        &self,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Authenticated, AuthError<S::Error>>> {
-        // The key the token's framing names: a store answering from
-        // memory checks the whole token (as `verify` does), so it is
-        // parsed once.
-        let id = match token::framed_key(presented) {
-            Ok(Some(id)) => KeyId::named(id),
-            _ => return Some(Err(VerifyError::Malformed.into())),
+        let Resolved { token, id } = credentials.into().resolve()?;
+        let verified = self.store.verify(&id, &token, now).await;
+        let authenticated = match verified.map_err(AuthError::Store)? {
+            Verification::Accepted(authenticated) => authenticated,
+            Verification::Refused(refused) => return Err(AuthError::Verify(refused)),
+            Verification::UnknownKey => return Err(AuthError::UnknownKey),
         };
-        let verified = self.store.verify_now(&id, presented, now)?;
-        Some(self.checked(verified, presented, now))
-    }
-
-    /// [`authenticate_key`](Self::authenticate_key)'s answer if it needs no
-    /// waiting, as [`authenticate_now`](Self::authenticate_now) is
-    /// `authenticate`'s.
-    ///
-    /// # Errors
-    ///
-    /// As [`authenticate_key`](Self::authenticate_key).
-    pub fn authenticate_key_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Authenticated, AuthError<S::Error>>> {
-        let framed = token::framed_key(presented);
-        if !matches!(framed, Ok(None)) && framed != Ok(Some(id.as_str())) {
-            // Refused by its framing (or naming another key): the whole
-            // check tells which.
-            let refused = check_names(id, presented).err();
-            return Some(Err(refused.unwrap_or(VerifyError::Mismatch).into()));
+        if let Some(usage) = &self.usage {
+            usage.note(&authenticated.key_id, authenticated.token_id, now);
         }
-        let verified = self.store.verify_now(id, presented, now)?;
-        Some(self.checked(verified, presented, now))
+        Ok(authenticated)
     }
 
-    /// Authenticates a request that names its key and token apart (the
-    /// product's two-credential form, e.g. headers `X-Api-Key` and
-    /// `X-Api-Token`). A token that is not well-formed, or that names
-    /// another key, is refused without any store read. Tokens issued by
-    /// keyroll 0.1, which name no key, are accepted here.
-    ///
-    /// # Errors
-    ///
-    /// [`AuthError::Verify`] (`Mismatch` for a token naming another
-    /// key), [`AuthError::UnknownKey`], [`AuthError::Store`].
-    pub async fn authenticate_key(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        if let Some(answered) = self.authenticate_key_now(id, presented, now) {
-            return answered;
-        }
-        check_names(id, presented)?;
-        self.authenticate_waiting(id, presented, now).await
-    }
-
-    /// [`ApiKey::revoke_token`] on the key the token names: the answer
-    /// to a leaked token (for instance one reported by a secret
-    /// scanner). `None`, with nothing written, for anything that is not
-    /// a live token of a stored key: malformed, of an unknown key,
-    /// wrong, already revoked or deleted.
+    /// [`ApiKey::revoke_token`] on the key the credentials name: the
+    /// answer to a leaked token (for instance one reported by a secret
+    /// scanner). A token in the framing of keyroll 0.1 names no key: give
+    /// its key id ([`Credentials::with_id`]). `None`, with nothing written,
+    /// for anything that is not a live token of a stored key: malformed,
+    /// of an unknown key, wrong, already revoked or deleted.
     ///
     /// # Errors
     ///
     /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub async fn revoke_token(
+    pub async fn revoke_token<'a>(
         &self,
-        presented: &str,
+        credentials: impl Into<Credentials<'a>>,
         now: OffsetDateTime,
     ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        match KeyId::from_token(presented) {
-            Ok(id) => self.revoke_token_of(&id, presented, now).await,
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// [`ApiKey::revoke_token`] on key `id`: the two-credential form of
-    /// [`revoke_token`](Self::revoke_token), which also revokes a token in
-    /// the framing of keyroll 0.1 (which names no key). `None`, with
-    /// nothing written, for anything that is not a live token of that key.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub async fn revoke_token_of(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        if check_names(id, presented).is_err() {
+        let credentials = credentials.into();
+        let Ok(Resolved { id, .. }) = credentials.resolve() else {
             return Ok(None);
-        }
+        };
         let revoked = self
-            .transition(id, |mut key| {
-                Ok(match key.revoke_token(presented, now) {
+            .transition(&id, |mut key| {
+                Ok(match key.revoke_token(credentials.token, now) {
                     Ok(event) => (Write::Update(key), Some(event)),
                     Err(_) => (Write::Nothing, None),
                 })
@@ -796,45 +630,95 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         }
     }
 
-    /// Awaits the store's verification of `presented` (checked whole)
-    /// against the key stored under `id`, noting the use if asked to.
-    async fn authenticate_waiting(
+    /// Writes the uses noted since the last flush: for each key with
+    /// notes, one compare-and-swap (retried on conflict like a
+    /// transition) applying [`ApiKey::record_use`] to the first and the
+    /// last use of each of its tokens, skipped when that changes nothing
+    /// (a token's use is written at most once per `usage_resolution`). The
+    /// first use of a new token under
+    /// [`Decision::AfterNewTokenUse`](crate::Decision::AfterNewTokenUse)
+    /// schedules the old token's deletion from *that use's* time, not the
+    /// flush's. Noted times later than `now` are taken as `now`; uses of
+    /// tokens a key no longer has, and of deleted keys, are dropped.
+    /// Returns how many keys were written.
+    ///
+    /// A key that cannot be written (its record does not load, the store
+    /// fails on it, it keeps changing) holds up no other: it is skipped,
+    /// its notes are kept for the next flush, and the flush goes on.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`], naming each key that could not be written and why,
+    /// once every other key has been written.
+    pub async fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, FlushError<S::Error>> {
+        let Some(usage) = &self.usage else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        let mut failed = Vec::new();
+        for (id, notes) in usage.take_all() {
+            match self.record_noted(&id, &notes, now).await {
+                Ok(changed) => written += usize::from(changed),
+                Err(e) => {
+                    usage.put_back(&id, notes);
+                    failed.push((id, e));
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(written)
+        } else {
+            Err(FlushError { written, failed })
+        }
+    }
+
+    /// How many keys have uses noted and not yet flushed.
+    pub fn pending_usage(&self) -> usize {
+        self.usage.as_ref().map_or(0, |usage| usage.keys())
+    }
+
+    /// Writes the noted uses of key `id`: see `flush_usage`.
+    async fn flush_key(
         &self,
         id: &KeyId,
-        presented: &str,
         now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        let verified = AsyncKeyStore::verify(&self.store, id, presented, now).await;
-        self.noted(verified, now)
+    ) -> Result<(), ManagerError<S::Error>> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        let notes = usage.take(id);
+        if notes.is_empty() {
+            return Ok(());
+        }
+        match self.record_noted(id, &notes, now).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                usage.put_back(id, notes);
+                Err(e)
+            }
+        }
     }
 
-    /// `verify_now`'s answer to a token only framed: anything but an
-    /// acceptance is `Malformed` for a malformed token (the store of an
-    /// unknown id cannot tell), the store's answer otherwise.
-    fn checked(
+    /// Applies `notes` to the stored key `id`; whether it was written.
+    async fn record_noted(
         &self,
-        verified: Result<Verification, S::Error>,
-        presented: &str,
+        id: &KeyId,
+        notes: &[Noted],
         now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        let accepted = matches!(verified, Ok(Verification::Accepted(_)));
-        if !accepted && token::named_key(presented).is_err() {
-            return Err(VerifyError::Malformed.into());
+    ) -> Result<bool, ManagerError<S::Error>> {
+        let recorded = self
+            .transition(id, |mut key| {
+                Ok(if usage::apply(&mut key, notes, now) {
+                    (Write::Update(key), true)
+                } else {
+                    (Write::Nothing, false)
+                })
+            })
+            .await;
+        match recorded {
+            Err(ManagerError::NotFound) => Ok(false),
+            other => other,
         }
-        self.noted(verified, now)
-    }
-
-    /// The store's answer as an authentication, its use noted if asked to.
-    fn noted(
-        &self,
-        verified: Result<Verification, S::Error>,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        let authenticated = auth_result(verified)?;
-        if let Some(usage) = &self.usage {
-            usage.note(&authenticated.key_id, authenticated.token_id, now);
-        }
-        Ok(authenticated)
     }
 
     /// Loads, applies `apply`, writes back with the loaded revision, and
@@ -845,15 +729,17 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
         mut apply: impl FnMut(ApiKey) -> Result<(Write, T), TransitionError>,
     ) -> Result<T, ManagerError<S::Error>> {
         for _ in 0..=self.max_retries {
-            let key = AsyncKeyStore::get(&self.store, id)
+            let key = self
+                .store
+                .get(id)
                 .await
                 .map_err(ManagerError::Store)?
                 .ok_or(ManagerError::NotFound)?;
             let loaded = key.revision();
             let (next, out) = apply(key)?;
             let result = match &next {
-                Write::Update(key) => AsyncKeyStore::update(&self.store, key, loaded).await,
-                Write::Delete => AsyncKeyStore::delete(&self.store, id, loaded).await,
+                Write::Update(key) => self.store.update(key, loaded).await,
+                Write::Delete => self.store.delete(id, loaded).await,
                 Write::Nothing => Ok(()),
             };
             if written(result)? {
@@ -861,374 +747,5 @@ impl<S: AsyncKeyStore> AsyncKeyManager<S> {
             }
         }
         Err(ManagerError::Conflict)
-    }
-}
-
-impl<S: KeyStore> KeyManager<S> {
-    /// A manager over `store`, retrying conflicts up to
-    /// [`DEFAULT_MAX_RETRIES`] times.
-    pub fn new(store: S) -> Self {
-        KeyManager {
-            inner: AsyncKeyManager::new(Ready(store)),
-        }
-    }
-
-    /// Makes [`authenticate`](Self::authenticate) record each use: see
-    /// [`AsyncKeyManager::with_usage_recording`].
-    pub fn with_usage_recording(self, record_uses: bool) -> Self {
-        KeyManager {
-            inner: self.inner.with_usage_recording(record_uses),
-        }
-    }
-
-    /// Sets how many times a transition is retried after a version
-    /// conflict before it fails with [`ManagerError::Conflict`].
-    pub fn with_max_retries(self, max_retries: u32) -> Self {
-        KeyManager {
-            inner: self.inner.with_max_retries(max_retries),
-        }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &S {
-        &self.inner.store().0
-    }
-
-    /// Issues a new key ([`ApiKey::issue`]) and stores it; returns its
-    /// first token, shown once.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Transition`] for input `issue` refuses;
-    /// [`ManagerError::AlreadyExists`] if the id is taken;
-    /// [`ManagerError::Store`].
-    pub fn create_key<R: rand_core::CryptoRng + ?Sized>(
-        &self,
-        new: impl Into<NewKey>,
-        now: OffsetDateTime,
-        rng: &mut R,
-    ) -> Result<(Token, Event), ManagerError<S::Error>> {
-        ready(self.inner.create_key(new, now, rng))
-    }
-
-    /// [`ApiKey::renew`] on the stored key. The new token is returned only
-    /// once it is stored.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::NotFound`], [`ManagerError::Transition`],
-    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub fn renew<R: rand_core::CryptoRng + ?Sized>(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-        rng: &mut R,
-    ) -> Result<(Token, Event), ManagerError<S::Error>> {
-        ready(self.inner.renew(id, now, rng))
-    }
-
-    /// [`ApiKey::finalize`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn finalize(
-        &self,
-        id: &KeyId,
-        deletion: OldTokenDeletion,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.finalize(id, deletion, now))
-    }
-
-    /// [`ApiKey::delete_old`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn delete_old(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.delete_old(id, now))
-    }
-
-    /// [`ApiKey::undo_renewal`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn undo_renewal(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.undo_renewal(id, now))
-    }
-
-    /// [`ApiKey::activate`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn activate(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.activate(id, now))
-    }
-
-    /// [`ApiKey::deactivate`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn deactivate(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.deactivate(id, now))
-    }
-
-    /// [`ApiKey::set_label`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew); the transition error
-    /// [`TransitionError::InvalidLabel`].
-    pub fn set_label(
-        &self,
-        id: &KeyId,
-        label: &str,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.set_label(id, label, now))
-    }
-
-    /// [`ApiKey::set_scopes`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn set_scopes(
-        &self,
-        id: &KeyId,
-        scopes: Scopes,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.set_scopes(id, scopes, now))
-    }
-
-    /// [`ApiKey::set_metadata`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn set_metadata(
-        &self,
-        id: &KeyId,
-        metadata: Metadata,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.set_metadata(id, metadata, now))
-    }
-
-    /// [`ApiKey::set_expiry`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub fn set_expiry(
-        &self,
-        id: &KeyId,
-        expires_at: Option<OffsetDateTime>,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.set_expiry(id, expires_at, now))
-    }
-
-    /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
-    /// [`ManagerError::Store`].
-    pub fn delete_key(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.delete_key(id, now))
-    }
-
-    /// [`ApiKey::delete_old_if_idle`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew); the transition error
-    /// [`TransitionError::OldTokenInUse`] when the old token was used
-    /// less than `min_idle` ago.
-    pub fn delete_old_if_idle(
-        &self,
-        id: &KeyId,
-        min_idle: time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        ready(self.inner.delete_old_if_idle(id, min_idle, now))
-    }
-
-    /// [`ApiKey::housekeep`] on the stored key: applies a scheduled
-    /// deletion of its old token that is due. Writes only when one is.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`],
-    /// [`ManagerError::Store`].
-    pub fn housekeep(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        ready(self.inner.housekeep(id, now))
-    }
-
-    /// Housekeeps every stored key, paging through `list`, and returns the
-    /// events of the deletions it applied. Run it periodically.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
-    /// kept changing; keys done before the error stay done.
-    pub fn housekeep_all(&self, now: OffsetDateTime) -> Result<Vec<Event>, ManagerError<S::Error>> {
-        ready(self.inner.housekeep_all(now))
-    }
-
-    /// Writes the uses noted by `authenticate`: see
-    /// [`AsyncKeyManager::flush_usage`].
-    ///
-    /// # Errors
-    ///
-    /// [`FlushError`], naming the keys that could not be written (their
-    /// notes are kept for the next flush; every other key was written).
-    pub fn flush_usage(&self, now: OffsetDateTime) -> Result<usize, FlushError<S::Error>> {
-        ready(self.inner.flush_usage(now))
-    }
-
-    /// How many keys have uses noted and not yet flushed.
-    pub fn pending_usage(&self) -> usize {
-        self.inner.pending_usage()
-    }
-
-    /// The stored key, if any.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Store`].
-    pub fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, ManagerError<S::Error>> {
-        ready(self.inner.get(id))
-    }
-
-    /// At most `limit` keys with ids after `after`, in id order: one page
-    /// of [`KeyStore::list`].
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Store`].
-    pub fn list(
-        &self,
-        after: Option<&KeyId>,
-        limit: usize,
-    ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
-        ready(self.inner.list(after, limit))
-    }
-
-    /// Authenticates a request by its token alone (a one-string bearer
-    /// token names its key). A token that is not well-formed
-    /// ([`KeyId::from_token`] fails) is refused without any store read.
-    /// Writes nothing, unless [usage recording](Self::with_usage_recording)
-    /// is on.
-    ///
-    /// The token is parsed twice (here, for its key id, and by the
-    /// key's `verify`); that costs tens of nanoseconds against a store
-    /// read.
-    ///
-    /// # Errors
-    ///
-    /// [`AuthError::Verify`] with `Malformed`, or the key's refusal;
-    /// [`AuthError::UnknownKey`]; [`AuthError::Store`].
-    pub fn authenticate(
-        &self,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        let id = KeyId::from_token(presented)?;
-        self.verified(&id, presented, now)
-    }
-
-    /// Authenticates a request that names its key and token apart (the
-    /// product's two-credential form, e.g. headers `X-Api-Key` and
-    /// `X-Api-Token`). A token that is not well-formed, or that names
-    /// another key, is refused without any store read. Tokens issued by
-    /// keyroll 0.1, which name no key, are accepted here.
-    ///
-    /// # Errors
-    ///
-    /// [`AuthError::Verify`] (`Mismatch` for a token naming another
-    /// key), [`AuthError::UnknownKey`], [`AuthError::Store`].
-    pub fn authenticate_key(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        check_names(id, presented)?;
-        self.verified(id, presented, now)
-    }
-
-    /// The store's verification of `presented` (checked whole) against
-    /// the key stored under `id`, the use noted if asked to.
-    fn verified(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated, AuthError<S::Error>> {
-        let verified = KeyStore::verify(&self.inner.store.0, id, presented, now);
-        self.inner.noted(verified, now)
-    }
-
-    /// [`ApiKey::revoke_token`] on the key the token names: the answer
-    /// to a leaked token (for instance one reported by a secret
-    /// scanner). `None`, with nothing written, for anything that is not
-    /// a live token of a stored key: malformed, of an unknown key,
-    /// wrong, already revoked or deleted.
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub fn revoke_token(
-        &self,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        ready(self.inner.revoke_token(presented, now))
-    }
-
-    /// [`ApiKey::revoke_token`] on key `id`: see
-    /// [`AsyncKeyManager::revoke_token_of`].
-    ///
-    /// # Errors
-    ///
-    /// [`ManagerError::Conflict`], [`ManagerError::Store`].
-    pub fn revoke_token_of(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Event>, ManagerError<S::Error>> {
-        ready(self.inner.revoke_token_of(id, presented, now))
     }
 }

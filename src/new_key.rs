@@ -14,13 +14,13 @@ use crate::policy::Policy;
 /// # Example
 ///
 /// ```
-/// use keyroll::{ApiKey, Expiry, KeyId, Metadata, NewKey, Policy, Scopes};
+/// use keyroll::{ApiKey, KeyId, Metadata, NewKey, Policy, RenewalEnforcement, Scopes};
 /// use time::OffsetDateTime;
 ///
 /// let now = OffsetDateTime::now_utc();
 /// let new = NewKey::new(KeyId::new("acme-orders")?)
 ///     .label("orders service")
-///     .policy(Policy { expiry: Expiry::Enforced, ..Policy::default() })
+///     .policy(Policy { enforcement: RenewalEnforcement::Enforced, ..Policy::default() })
 ///     .scopes(Scopes::new(["orders:read", "orders:write"])?)
 ///     .metadata(Metadata::new([("tenant", "acme")])?)
 ///     .expires_at(now + time::Duration::days(365));

@@ -11,9 +11,13 @@ use crate::token::TokenFormat;
 /// # Example
 ///
 /// ```
-/// use keyroll::{Expiry, Policy};
+/// use keyroll::{Policy, RenewalEnforcement};
 ///
-/// let strict = Policy { renewal_period: Policy::SIX_MONTHS, expiry: Expiry::Enforced, ..Policy::default() };
+/// let strict = Policy {
+///     renewal_period: Policy::SIX_MONTHS,
+///     enforcement: RenewalEnforcement::Enforced,
+///     ..Policy::default()
+/// };
 /// assert_eq!(strict.token_format.prefix(), "kr");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,8 +32,10 @@ pub struct Policy {
     /// [`Policy::SIX_MONTHS`] in the product; any duration is accepted.
     #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
     pub renewal_period: Duration,
-    /// Whether a token past its renewal period still verifies.
-    pub expiry: Expiry,
+    /// Whether a token past its renewal period still verifies. (Records
+    /// written before 0.3 name this field `expiry`, and still load.)
+    #[cfg_attr(feature = "serde", serde(alias = "expiry"))]
+    pub enforcement: RenewalEnforcement,
     /// How fine [`TokenInfo::last_used_at`](crate::TokenInfo::last_used_at)
     /// is: [`ApiKey::record_use`](crate::ApiKey::record_use) changes the key
     /// at most once per token per this duration (default 60 seconds), so
@@ -57,12 +63,12 @@ impl Policy {
 
 impl Default for Policy {
     /// Prefix `kr`, a renewal period of [`Policy::THREE_MONTHS`],
-    /// [`Expiry::Advisory`], a usage resolution of 60 seconds.
+    /// [`RenewalEnforcement::Advisory`], a usage resolution of 60 seconds.
     fn default() -> Self {
         Policy {
             token_format: TokenFormat::default(),
             renewal_period: Policy::THREE_MONTHS,
-            expiry: Expiry::Advisory,
+            enforcement: RenewalEnforcement::Advisory,
             usage_resolution: Policy::DEFAULT_USAGE_RESOLUTION,
         }
     }
@@ -72,11 +78,11 @@ impl Default for Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum Expiry {
+pub enum RenewalEnforcement {
     /// As in the product: a token past its period is shown as outdated
     /// ([`Freshness`](crate::Freshness)) but keeps verifying.
     #[default]
     Advisory,
-    /// A token past its period fails with [`VerifyError::Expired`](crate::VerifyError::Expired).
+    /// A token past its period fails with [`VerifyError::RenewalOverdue`](crate::VerifyError::RenewalOverdue).
     Enforced,
 }

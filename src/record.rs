@@ -6,7 +6,7 @@
 //! # Example
 //!
 //! ```
-//! use keyroll::{ApiKey, KeyId, Revision, record};
+//! use keyroll::{ApiKey, KeyId, record};
 //! use time::OffsetDateTime;
 //!
 //! let (key, _, _) = ApiKey::issue(KeyId::new("acme")?, OffsetDateTime::now_utc(), &mut rand::rng())?;
@@ -43,7 +43,8 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
-use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
+use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::state::{Decision, KeyStatus};
 use crate::policy::Policy;
 use crate::revision::Revision;
 

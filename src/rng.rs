@@ -3,7 +3,9 @@
 /// A random source that asks the operating system for every draw: a
 /// `CryptoRng` that is also `Send` and `Sync` (and zero-sized), so an async
 /// handler can hold it across an `.await` where `rand::rng()` (thread-local)
-/// cannot.
+/// cannot: in an axum handler, `rand::rng()` held across an `.await` makes
+/// the handler's future not `Send`, which axum reports as an opaque
+/// "the trait `Handler` is not implemented" error. Use this one there.
 ///
 /// # Panics
 ///
@@ -13,9 +15,10 @@
 /// # Example
 ///
 /// ```
-/// use keyroll::{AsyncKeyManager, InMemoryStore, KeyId};
+/// use keyroll::store::InMemoryStore;
+/// use keyroll::{KeyId, KeyManager};
 ///
-/// async fn create(manager: &AsyncKeyManager<InMemoryStore>) -> Result<(), Box<dyn std::error::Error>> {
+/// async fn create(manager: &KeyManager<InMemoryStore>) -> Result<(), Box<dyn std::error::Error>> {
 ///     let now = time::OffsetDateTime::now_utc();
 ///     let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut keyroll::os_rng()).await?;
 ///     println!("shown once: {}", token.expose_secret());
@@ -24,7 +27,7 @@
 ///
 /// // The future is Send: it can run on any runtime's worker threads.
 /// fn assert_send<T: Send>(_: T) {}
-/// let manager = AsyncKeyManager::new(InMemoryStore::new());
+/// let manager = KeyManager::new(InMemoryStore::new());
 /// assert_send(create(&manager));
 /// ```
 pub fn os_rng() -> impl rand_core::CryptoRng + Send + Sync {

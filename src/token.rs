@@ -1,4 +1,5 @@
-//! The token format: generation, parsing and hashing of the one plaintext secret.
+//! The token format: generation, parsing and hashing of the one plaintext
+//! secret.
 //!
 //! A token reads `{prefix}_{key_id}_{secret}{checksum}`: a prefix of 1 to 16
 //! characters of `[a-z0-9]`, the key's id (which may itself hold `_`), 40
@@ -8,19 +9,25 @@
 //! SHA-256 hash of the secret, bound to the key id, is ever kept.
 //!
 //! Keyroll 0.1 wrote tokens without the key id (`{prefix}_{secret}{checksum}`);
-//! their hashes are the same, so `verify` still accepts them for their key.
+//! their hashes are the same, so a key whose record says 0.1 issued its
+//! token still accepts it.
+//!
+//! [`PresentedToken::parse`] is the one parser of this framing: everything
+//! that reads a presented token (a key's `verify`, the stores, the manager,
+//! [`KeyId::from_token`]) goes through it, once per token.
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::base62;
+use crate::errors::{InvalidPrefix, VerifyError, quote};
 use crate::id::{KeyId, TokenId};
-use crate::verify::VerifyError;
 
 /// Number of base62 characters of the secret (about 238 bits).
-pub(crate) const SECRET_LEN: usize = 40;
+const SECRET_LEN: usize = 40;
 /// Number of base62 characters of the checksum.
 const CHECKSUM_LEN: usize = 6;
 /// The secret and checksum: the tail every token ends with.
@@ -30,13 +37,9 @@ const PREFIX_MAX_LEN: usize = 16;
 /// The longest key id, in bytes.
 const KEY_ID_MAX_LEN: usize = 64;
 /// The longest token: prefix, `_`, key id, `_`, secret, checksum.
-pub(crate) const TOKEN_MAX_LEN: usize = PREFIX_MAX_LEN + 1 + KEY_ID_MAX_LEN + 1 + TAIL_LEN;
-/// Separates the hashes of keyroll tokens from any other SHA-256 use. Kept
-/// short so that, with a key id of up to 21 bytes, the hashed input fits one
-/// SHA-256 block.
+const TOKEN_MAX_LEN: usize = PREFIX_MAX_LEN + 1 + KEY_ID_MAX_LEN + 1 + TAIL_LEN;
+/// Separates the hashes of keyroll tokens from any other SHA-256 use.
 const HASH_DOMAIN: &[u8; 3] = b"kr\x01";
-/// The secret packed 6 bits per character.
-const PACKED_LEN: usize = SECRET_LEN * 6 / 8;
 
 /// A freshly generated token: the only value in keyroll that holds a plaintext
 /// secret.
@@ -49,11 +52,11 @@ const PACKED_LEN: usize = SECRET_LEN * 6 / 8;
 ///
 /// A token is only as secret as the generator it was drawn from. The
 /// `CryptoRng` bound of `issue` and `renew` is a marker, not a guarantee:
-/// pass `rand::rng()` or another generator seeded by the operating system.
-/// A generator seeded with a known value (`StdRng::seed_from_u64`) makes
-/// every token predictable, and the public token ids in events and records
-/// tell an attacker where in its stream it is. Seeded generators are for
-/// tests only.
+/// pass `rand::rng()`, [`os_rng`](crate::os_rng) or another generator seeded
+/// by the operating system. A generator seeded with a known value
+/// (`StdRng::seed_from_u64`) makes every token predictable, and the public
+/// token ids in events and records tell an attacker where in its stream it
+/// is. Seeded generators are for tests only.
 pub struct Token {
     text: Zeroizing<String>,
     id: TokenId,
@@ -66,7 +69,8 @@ impl Token {
         &self.text
     }
 
-    /// The public id of this token, as found in events and [`TokenInfo`](crate::TokenInfo).
+    /// The public id of this token, as found in events and
+    /// [`TokenInfo`](crate::TokenInfo).
     pub fn id(&self) -> TokenId {
         self.id
     }
@@ -82,16 +86,12 @@ impl fmt::Debug for Token {
 }
 
 /// A token's secret, checked and packed 6 bits per character (a lossless
-/// encoding of its 40 characters).
-///
-/// Unlike [`Token`], it is not zeroized: it lives on the stack for one
-/// `verify`, whose input (the presented token) stays in the caller's request
-/// buffer anyway, and wiping it and the hash input would cost a sixth of
-/// `verify`.
-pub(crate) struct Secret([u8; PACKED_LEN]);
+/// encoding of its 40 characters, and what its hash is computed over).
+/// Wiped when dropped.
+struct Secret([u8; 30]);
 
-impl zeroize::Zeroize for Secret {
-    fn zeroize(&mut self) {
+impl Drop for Secret {
+    fn drop(&mut self) {
         self.0.zeroize();
     }
 }
@@ -101,67 +101,25 @@ impl zeroize::Zeroize for Secret {
 pub(crate) struct TokenHash(pub(crate) [u8; 32]);
 
 impl TokenHash {
-    /// Hashes the domain tag, the key id (length-prefixed) and the packed
-    /// secret: SHA-256 of those bytes.
-    pub(crate) fn of(key: &KeyId, secret: &Secret) -> TokenHash {
-        let mut blocks = [[0u8; 64]; 2];
-        TokenHash::of_blocks(key, secret, &mut blocks)
-    }
-
-    /// [`of`](TokenHash::of), padding the input in `blocks` as SHA-256
-    /// does and compressing them directly: one block for key ids of up to
-    /// 21 bytes, two beyond. (Going through `Digest` would copy the input
-    /// into a buffer of its own first; this is `verify`'s hot path.)
-    fn of_blocks(key: &KeyId, secret: &Secret, blocks: &mut [[u8; 64]; 2]) -> TokenHash {
+    /// SHA-256 of the domain tag, the key id (length-prefixed) and the
+    /// packed secret.
+    fn of(key: &KeyId, secret: &Secret) -> TokenHash {
         let id = key.as_str().as_bytes();
-        let bytes = blocks.as_flattened_mut();
-        let tag = HASH_DOMAIN.len();
-        bytes[..tag].copy_from_slice(HASH_DOMAIN);
         // A KeyId is at most 64 bytes, so its length fits one byte.
-        bytes[tag] = id.len() as u8;
-        bytes[tag + 1..tag + 1 + id.len()].copy_from_slice(id);
-        let len = tag + 1 + id.len() + PACKED_LEN;
-        bytes[tag + 1 + id.len()..len].copy_from_slice(&secret.0);
-        bytes[len] = 0x80;
-        let used = if len + 9 <= 64 { 1 } else { 2 };
-        let bits = (len as u64) * 8;
-        bytes[used * 64 - 8..used * 64].copy_from_slice(&bits.to_be_bytes());
-        let mut state = SHA256_IV;
-        sha2::block_api::compress256(&mut state, &blocks[..used]);
-        let mut hash = [0u8; 32];
-        for (out, word) in hash.chunks_exact_mut(4).zip(state) {
-            out.copy_from_slice(&word.to_be_bytes());
-        }
-        TokenHash(hash)
+        let digest = Sha256::new()
+            .chain_update(HASH_DOMAIN)
+            .chain_update([id.len() as u8])
+            .chain_update(id)
+            .chain_update(secret.0)
+            .finalize();
+        TokenHash(digest.into())
     }
 
-    /// Constant-time equality: the four 64-bit words' differences are
-    /// folded with `|`, and only the fold is compared (by `subtle`).
+    /// Constant-time equality (`subtle`).
     pub(crate) fn ct_eq(&self, other: &TokenHash) -> subtle::Choice {
-        let (ours, []) = self.0.as_chunks::<8>() else {
-            unreachable!("32 bytes are 4 words")
-        };
-        let (theirs, []) = other.0.as_chunks::<8>() else {
-            unreachable!("32 bytes are 4 words")
-        };
-        let difference = ours.iter().zip(theirs).fold(0u64, |difference, (a, b)| {
-            difference | (u64::from_ne_bytes(*a) ^ u64::from_ne_bytes(*b))
-        });
-        difference.ct_eq(&0)
+        self.0.ct_eq(&other.0)
     }
 }
-
-/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
-const SHA256_IV: [u32; 8] = [
-    0x6a09_e667,
-    0xbb67_ae85,
-    0x3c6e_f372,
-    0xa54f_f53a,
-    0x510e_527f,
-    0x9b05_688c,
-    0x1f83_d9ab,
-    0x5be0_cd19,
-];
 
 impl PartialEq for TokenHash {
     fn eq(&self, other: &Self) -> bool {
@@ -177,154 +135,166 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// A presented token taken apart: where its prefix and key id are, and its
-/// secret, packed (or, for [`named_key`], only checked: `()`). Every part
-/// has been checked, the checksum included.
-pub(crate) struct Parsed<'a, T = Secret> {
-    pub(crate) prefix: &'a [u8],
-    /// The key id the token names; `None` for a token of keyroll 0.1, which
-    /// names none.
-    pub(crate) key_id: Option<&'a str>,
-    pub(crate) secret: T,
+/// A presented token whose framing is checked: prefix, key id, secret
+/// alphabet and checksum. Nothing is hashed and no store is read to make
+/// one; a key hashes it when it verifies it.
+///
+/// [`parse`](PresentedToken::parse) is the one parser of the token
+/// framing. A manager parses the token of a request once and hands the
+/// result to its store and, through it, to the key. It holds the secret
+/// packed (wiped when dropped) and borrows nothing: its `Debug` shows only
+/// the prefix and the key id.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::{ApiKey, KeyId, PresentedToken, TokenMatch, VerifyError};
+/// use time::OffsetDateTime;
+///
+/// let now = OffsetDateTime::now_utc();
+/// let (key, token, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+/// let presented = PresentedToken::parse(token.expose_secret())?;
+/// assert_eq!(presented.key_id().map(|id| id.to_string()).as_deref(), Some("acme"));
+/// assert_eq!(presented.prefix(), "kr");
+/// assert_eq!(key.verify_presented(&presented, now), Ok(TokenMatch::Current));
+/// assert_eq!(PresentedToken::parse("kr_acme_typo").err(), Some(VerifyError::Malformed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PresentedToken<'a> {
+    prefix: &'a str,
+    /// `None`: the framing of keyroll 0.1, which names no key.
+    key_id: Option<&'a str>,
+    secret: Secret,
 }
 
-/// Whether each byte may appear in a [`KeyId`].
-const KEY_ID_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
-        b += 1;
-    }
-    table
-};
-
-/// What a presented token is to one key, by its shape.
-pub(crate) enum Presented {
-    /// A well-formed token naming this key, with its secret.
-    ThisKey(Secret),
-    /// A well-formed token of keyroll 0.1, which names no key.
-    Legacy(Secret),
-    /// A well-formed token naming another key.
-    OtherKey,
-}
-
-/// The secret of a tail, packed; `None` if it is not base62.
-fn packed(chars: &[u8; SECRET_LEN]) -> Option<Secret> {
-    base62::pack40(chars).map(Secret)
-}
-
-/// Nothing of the secret of a tail but that it is base62 (for a caller
-/// that only wants the key id: cheaper than packing).
-fn checked(chars: &[u8; SECRET_LEN]) -> Option<()> {
-    base62::all_digits(chars).then_some(())
-}
-
-/// Checks the checksum at the end of `bytes` and the secret before it,
-/// which `secret` checks and makes what the caller wants of it ([`packed`]
-/// or [`checked`]). `bytes` is at least a tail long.
-#[inline(always)] // its 30-byte answer is read at once: no trip through memory
-fn tail<T>(
-    bytes: &[u8],
-    secret: impl FnOnce(&[u8; SECRET_LEN]) -> Option<T>,
-) -> Result<T, VerifyError> {
-    let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    let mut written = 0u64;
-    for &c in checksum {
-        written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
-    }
-    let (_, chars) = signed
-        .split_last_chunk::<SECRET_LEN>()
-        .ok_or(VerifyError::Malformed)?;
-    let secret = secret(chars).ok_or(VerifyError::Malformed)?;
-    if written != u64::from(crc32fast::hash(signed)) {
-        return Err(VerifyError::Malformed);
-    }
-    Ok(secret)
-}
-
-/// Takes a presented token apart, checking its shape, alphabets and
-/// checksum; nothing is hashed. Inputs longer than the longest token are
-/// refused before anything else.
-pub(crate) fn parse(presented: &str) -> Result<Parsed<'_>, VerifyError> {
-    parse_with(presented, packed)
-}
-
-/// The key id `presented` names (`None` for a token of keyroll 0.1),
-/// checked as [`parse`] checks it, without packing the secret.
-pub(crate) fn named_key(presented: &str) -> Result<Option<&str>, VerifyError> {
-    parse_with(presented, checked).map(|parsed| parsed.key_id)
-}
-
-/// The key id `presented` names by its framing alone (its prefix, the id
-/// between `_`s, and a tail's length; `None` for a token of keyroll 0.1):
-/// its secret and checksum are not read. For a caller whose token will be
-/// checked whole by what answers it (a key's `verify`), and that checks it
-/// itself before anything reads storage.
-pub(crate) fn framed_key(presented: &str) -> Result<Option<&str>, VerifyError> {
-    frame(presented).map(|framed| framed.key_id)
-}
-
-/// [`parse`], the secret made by `secret`.
-#[inline(always)]
-fn parse_with<T>(
-    presented: &str,
-    secret: impl FnOnce(&[u8; SECRET_LEN]) -> Option<T>,
-) -> Result<Parsed<'_, T>, VerifyError> {
-    let Parsed { prefix, key_id, .. } = frame(presented)?;
-    let secret = tail(presented.as_bytes(), secret)?;
-    Ok(Parsed {
-        prefix,
-        key_id,
-        secret,
-    })
-}
-
-/// A presented token's framing checked (length, prefix, key id), its
-/// tail not read.
-#[inline(always)]
-fn frame(presented: &str) -> Result<Parsed<'_, ()>, VerifyError> {
-    let bytes = presented.as_bytes();
-    if bytes.len() > TOKEN_MAX_LEN || bytes.len() < 1 + 1 + TAIL_LEN {
-        return Err(VerifyError::Malformed);
-    }
-    // The prefix ends at the first `_`.
-    let prefix_len = bytes
-        .iter()
-        .take(PREFIX_MAX_LEN + 1)
-        .position(|&b| b == b'_')
-        .ok_or(VerifyError::Malformed)?;
-    let tail_at = bytes.len() - TAIL_LEN;
-    if prefix_len + 1 > tail_at {
-        return Err(VerifyError::Malformed);
-    }
-    let prefix = &bytes[..prefix_len];
-    let valid_prefix = !prefix.is_empty()
-        && prefix
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    // The tail is the last 46 characters; between them and the prefix, the
-    // key id framed by `_` (nothing, for a token of keyroll 0.1).
-    let key_id = match &bytes[prefix_len + 1..tail_at] {
-        [] => None,
-        [id @ .., b'_']
-            if (1..=KEY_ID_MAX_LEN).contains(&id.len())
-                && id.iter().all(|&b| KEY_ID_BYTE[usize::from(b)]) =>
-        {
-            // ASCII, so the slice of the text needs no UTF-8 check.
-            Some(&presented[prefix_len + 1..prefix_len + 1 + id.len()])
+impl<'a> PresentedToken<'a> {
+    /// Checks the framing of `presented` and takes it apart. Inputs longer
+    /// than the longest possible token (128 bytes) are refused before
+    /// anything else.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Malformed`] for anything that is not a well-formed
+    /// token: wrong length, a prefix outside `[a-z0-9]{1,16}`, a key id
+    /// outside the id alphabet, a secret outside base62, a bad checksum.
+    pub fn parse(presented: &'a str) -> Result<PresentedToken<'a>, VerifyError> {
+        let bytes = presented.as_bytes();
+        if bytes.len() > TOKEN_MAX_LEN || bytes.len() < 1 + 1 + TAIL_LEN {
+            return Err(VerifyError::Malformed);
         }
-        _ => return Err(VerifyError::Malformed),
-    };
-    if !valid_prefix {
-        return Err(VerifyError::Malformed);
+        // The prefix ends at the first `_`; the tail is the last 46
+        // characters; between them, the key id framed by `_` (nothing, for
+        // a token of keyroll 0.1).
+        let prefix_len = bytes
+            .iter()
+            .take(PREFIX_MAX_LEN + 1)
+            .position(|&b| b == b'_')
+            .ok_or(VerifyError::Malformed)?;
+        let tail_at = bytes.len() - TAIL_LEN;
+        if prefix_len == 0 || prefix_len + 1 > tail_at {
+            return Err(VerifyError::Malformed);
+        }
+        let prefix = &presented[..prefix_len];
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(VerifyError::Malformed);
+        }
+        let key_id = match &presented[prefix_len + 1..tail_at] {
+            "" => None,
+            framed => {
+                let id = framed.strip_suffix('_').ok_or(VerifyError::Malformed)?;
+                let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !valid {
+                    return Err(VerifyError::Malformed);
+                }
+                Some(id)
+            }
+        };
+        let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        let mut written = 0u64;
+        for &c in checksum {
+            written = written * 62 + u64::from(base62::digit(c).ok_or(VerifyError::Malformed)?);
+        }
+        let chars: &[u8; SECRET_LEN] = signed[signed.len() - SECRET_LEN..]
+            .try_into()
+            .map_err(|_| VerifyError::Malformed)?;
+        let secret = Secret(base62::pack40(chars).ok_or(VerifyError::Malformed)?);
+        if written != u64::from(crc32fast::hash(signed)) {
+            return Err(VerifyError::Malformed);
+        }
+        Ok(PresentedToken {
+            prefix,
+            key_id,
+            secret,
+        })
     }
-    Ok(Parsed {
-        prefix,
-        key_id,
-        secret: (),
-    })
+
+    /// The prefix, without the `_` that follows it.
+    pub fn prefix(&self) -> &'a str {
+        self.prefix
+    }
+
+    /// The key the token names; `None` for a token in the framing of
+    /// keyroll 0.1, which names none (such a token is used in the
+    /// two-credential form, its key id given apart).
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key_id.map(KeyId::named)
+    }
+
+    /// Whether the token names `id` (`None`: it names no key).
+    pub(crate) fn names(&self, id: &KeyId) -> Option<bool> {
+        self.key_id.map(|named| named == id.as_str())
+    }
+
+    /// The hash this token would have as a token of key `id`.
+    pub(crate) fn hash_for(&self, id: &KeyId) -> TokenHash {
+        TokenHash::of(id, &self.secret)
+    }
+}
+
+impl fmt::Debug for PresentedToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedToken")
+            .field("prefix", &self.prefix)
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl KeyId {
+    /// The key id a token names (`{prefix}_{key_id}_{secret}{checksum}`),
+    /// after checking the token's framing ([`PresentedToken::parse`]):
+    /// nothing is hashed and no prefix is assumed. This is how a service
+    /// finds the key of a one-string bearer token, and a secret scanner's
+    /// report the key of a leaked one.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Malformed`] for anything that is not a well-formed
+    /// token naming a key (a token of keyroll 0.1 names none).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, KeyId, VerifyError};
+    /// use time::OffsetDateTime;
+    ///
+    /// let (_, token, _) = ApiKey::issue(KeyId::new("acme_orders")?, OffsetDateTime::now_utc(), &mut rand::rng())?;
+    /// assert_eq!(KeyId::from_token(token.expose_secret())?.as_str(), "acme_orders");
+    /// assert_eq!(KeyId::from_token("kr_acme_typo"), Err(VerifyError::Malformed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_token(presented: &str) -> Result<KeyId, VerifyError> {
+        PresentedToken::parse(presented)?
+            .key_id()
+            .ok_or(VerifyError::Malformed)
+    }
 }
 
 /// The shape of a key's tokens: their prefix.
@@ -342,7 +312,7 @@ fn frame(presented: &str) -> Result<Parsed<'_, ()>, VerifyError> {
 /// assert_eq!(format.prefix(), "acme");
 /// assert_eq!(format.check("acme_nope"), Err(VerifyError::Malformed));
 /// assert_eq!(TokenFormat::default().prefix(), "kr");
-/// # Ok::<(), keyroll::InvalidPrefix>(())
+/// # Ok::<(), keyroll::error::InvalidPrefix>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenFormat {
@@ -372,7 +342,7 @@ impl TokenFormat {
         };
         if let Some(problem) = problem {
             return Err(InvalidPrefix {
-                quoted: crate::input::quote(prefix),
+                quoted: quote(prefix),
                 problem,
             });
         }
@@ -386,12 +356,8 @@ impl TokenFormat {
 
     /// The prefix, without the `_` that follows it in a token.
     pub fn prefix(&self) -> &str {
-        std::str::from_utf8(self.prefix_bytes())
+        std::str::from_utf8(&self.prefix[..usize::from(self.len)])
             .unwrap_or_else(|_| unreachable!("`new` stores only ASCII"))
-    }
-
-    pub(crate) fn prefix_bytes(&self) -> &[u8] {
-        &self.prefix[..usize::from(self.len)]
     }
 
     /// The length of the tokens of this format for the key `id`.
@@ -399,53 +365,20 @@ impl TokenFormat {
         usize::from(self.len) + 1 + id.as_str().len() + 1 + TAIL_LEN
     }
 
-    /// Checks that `presented` is a well-formed token of this format: prefix,
-    /// shape, key id, alphabet and checksum. Nothing is hashed.
+    /// Checks that `presented` is a well-formed token of this format that
+    /// names a key: prefix, shape, key id, alphabet and checksum. Nothing
+    /// is hashed.
     ///
     /// # Errors
     ///
     /// [`VerifyError::Malformed`] on any failure.
     pub fn check(&self, presented: &str) -> Result<(), VerifyError> {
-        match parse(presented)? {
-            Parsed {
-                prefix,
-                key_id: Some(_),
-                ..
-            } if prefix == self.prefix_bytes() => Ok(()),
-            _ => Err(VerifyError::Malformed),
+        let token = PresentedToken::parse(presented)?;
+        if token.prefix == self.prefix() && token.key_id.is_some() {
+            Ok(())
+        } else {
+            Err(VerifyError::Malformed)
         }
-    }
-
-    /// What `presented` is to the key `id` of this format. The shape every
-    /// token of that key has is checked directly (its prefix and id are
-    /// known); anything else is taken apart by [`parse`], to tell a token of
-    /// another key or of keyroll 0.1 from a malformed one.
-    #[inline(always)] // as `tail`
-    pub(crate) fn presented_to(
-        &self,
-        presented: &str,
-        id: &KeyId,
-    ) -> Result<Presented, VerifyError> {
-        let bytes = presented.as_bytes();
-        let prefix = self.prefix_bytes();
-        let id = id.as_str().as_bytes();
-        let (p, i) = (prefix.len(), id.len());
-        if bytes.len() == p + 1 + i + 1 + TAIL_LEN
-            && &bytes[..p] == prefix
-            && bytes[p] == b'_'
-            && &bytes[p + 1..p + 1 + i] == id
-            && bytes[p + 1 + i] == b'_'
-        {
-            return tail(bytes, packed).map(Presented::ThisKey);
-        }
-        let parsed = parse(presented)?;
-        if parsed.prefix != prefix {
-            return Err(VerifyError::Malformed);
-        }
-        Ok(match parsed.key_id {
-            None => Presented::Legacy(parsed.secret),
-            Some(_) => Presented::OtherKey,
-        })
     }
 
     /// The regular expression secret scanners register to find this
@@ -457,7 +390,8 @@ impl TokenFormat {
     /// letter, digit or `_` (so `zzkr_...`, a token of another prefix that
     /// ends in this one, is not a `kr` token). It uses plain ASCII classes
     /// and word boundaries, no look-around, so that every common engine
-    /// reads it the same.
+    /// reads it the same. Tokens in the framing of keyroll 0.1, which name
+    /// no key, do not match: renew their keys.
     ///
     /// # Example
     ///
@@ -482,34 +416,28 @@ impl TokenFormat {
         key: &KeyId,
         rng: &mut R,
     ) -> (Token, TokenHash) {
-        let prefix = self.prefix_bytes();
-        let id = key.as_str().as_bytes();
-        let mut text = Zeroizing::new(vec![0u8; self.token_len(key)]);
-        text[..prefix.len()].copy_from_slice(prefix);
-        text[prefix.len()] = b'_';
-        let id_at = prefix.len() + 1;
-        text[id_at..id_at + id.len()].copy_from_slice(id);
-        text[id_at + id.len()] = b'_';
-        let secret_at = id_at + id.len() + 1..id_at + id.len() + 1 + SECRET_LEN;
-        base62::fill_random(rng, &mut text[secret_at.clone()]);
-        let checksum = crc32fast::hash(&text[..secret_at.end]);
-        text[secret_at.end..]
-            .copy_from_slice(&base62::encode_fixed::<CHECKSUM_LEN>(u64::from(checksum)));
-        let chars: &[u8; SECRET_LEN] = text[secret_at]
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("the secret is {SECRET_LEN} characters"));
-        let secret = Zeroizing::new(
-            base62::pack40(chars)
-                .map(Secret)
-                .unwrap_or_else(|| unreachable!("generated from the alphabet")),
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        base62::fill_random(rng, &mut secret[..]);
+        let mut text = Zeroizing::new(String::with_capacity(self.token_len(key)));
+        text.push_str(self.prefix());
+        text.push('_');
+        text.push_str(key.as_str());
+        text.push('_');
+        for &c in secret.iter() {
+            text.push(char::from(c));
+        }
+        let checksum = base62::encode_fixed::<CHECKSUM_LEN>(u64::from(crc32fast::hash(
+            text.as_bytes(),
+        )));
+        for c in checksum {
+            text.push(char::from(c));
+        }
+        let packed = Secret(
+            base62::pack40(&secret).unwrap_or_else(|| unreachable!("generated from the alphabet")),
         );
-        // Issue time is not the hot path: wipe the hash input too.
-        let mut blocks = Zeroizing::new([[0u8; 64]; 2]);
-        let hash = TokenHash::of_blocks(key, &secret, &mut blocks);
-        let text = String::from_utf8(std::mem::take(&mut *text))
-            .unwrap_or_else(|_| unreachable!("only ASCII was written"));
+        let hash = TokenHash::of(key, &packed);
         let token = Token {
-            text: Zeroizing::new(text),
+            text,
             id: TokenId::generate(rng),
         };
         (token, hash)
@@ -544,27 +472,17 @@ impl<'de> serde::Deserialize<'de> for TokenFormat {
     }
 }
 
-/// A string that is not a valid token prefix: 1 to 16 characters of
-/// `[a-z0-9]`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid token prefix {quoted}: {problem}; use 1 to 16 characters of a-z or 0-9")]
-pub struct InvalidPrefix {
-    quoted: String,
-    problem: &'static str,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
-    use sha2::{Digest, Sha256};
 
     fn key() -> KeyId {
         KeyId::new("k1").unwrap()
     }
 
     #[test]
-    fn generated_tokens_pass_their_own_check() {
+    fn generated_tokens_parse_back_to_their_hash() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for prefix in ["kr", "a", "0123456789abcdef"] {
             for id in ["k1", "a_b_c", &"x".repeat(64)] {
@@ -576,9 +494,10 @@ mod tests {
                 assert!(text.len() <= TOKEN_MAX_LEN);
                 assert!(text.starts_with(&format!("{prefix}_{id}_")));
                 format.check(text).unwrap();
-                let parsed = parse(text).unwrap();
-                assert_eq!(parsed.key_id, Some(id.as_str()));
-                assert_eq!(TokenHash::of(&id, &parsed.secret), hash);
+                let parsed = PresentedToken::parse(text).unwrap();
+                assert_eq!(parsed.key_id(), Some(id.clone()));
+                assert_eq!(parsed.prefix(), prefix);
+                assert_eq!(parsed.hash_for(&id), hash);
             }
         }
     }
@@ -601,20 +520,19 @@ mod tests {
 
     #[test]
     fn the_hash_is_bound_to_the_key_id() {
-        let secret = Secret([7; PACKED_LEN]);
+        let (token, _) = TokenFormat::default().generate(&key(), &mut rand::rng());
+        let parsed = PresentedToken::parse(token.expose_secret()).unwrap();
         let other = KeyId::new("k2").unwrap();
-        assert_ne!(
-            TokenHash::of(&key(), &secret),
-            TokenHash::of(&other, &secret)
-        );
+        assert_ne!(parsed.hash_for(&key()), parsed.hash_for(&other));
     }
 
-    /// The hand-padded SHA-256 is SHA-256, for every id length (one block
-    /// and two).
+    /// The hash is SHA-256 of the domain tag, the id's length, the id and
+    /// the secret packed 6 bits a character: the stored form since keyroll
+    /// 0.1, which must not change.
     #[test]
     fn the_hash_is_sha256_of_tag_id_and_packed_secret() {
         let secret = Secret(std::array::from_fn(|i| i as u8 * 7));
-        for len in 1..=64 {
+        for len in [1, 21, 22, 64] {
             let id = KeyId::new("k".repeat(len)).unwrap();
             let mut input = HASH_DOMAIN.to_vec();
             input.push(len as u8);
@@ -637,10 +555,14 @@ mod tests {
     }
 
     #[test]
-    fn token_debug_hides_the_secret() {
+    fn no_debug_shows_a_secret() {
         let (token, _) = TokenFormat::default().generate(&key(), &mut rand::rng());
+        let secret = &token.expose_secret()[6..46];
         let debug = format!("{token:?}");
-        assert!(!debug.contains(&token.expose_secret()[3..43]), "{debug}");
+        assert!(!debug.contains(secret), "{debug}");
         assert!(debug.contains(&token.id().to_string()));
+        let parsed = format!("{:?}", PresentedToken::parse(token.expose_secret()).unwrap());
+        assert!(!parsed.contains(secret), "{parsed}");
+        assert!(parsed.contains("k1"), "{parsed}");
     }
 }

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use crate::id::{KeyId, TokenId};
 use crate::key::ApiKey;
 use crate::padded::Padded;
-use crate::verify::TokenMatch;
+use crate::state::TokenMatch;
 
 /// Locks taken by `authenticate` are spread over this many maps, so
 /// concurrent requests seldom wait for each other.

@@ -10,17 +10,18 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use time::OffsetDateTime;
 
-use super::{AsyncKeyStore, KeyStore, Ready, StoreError, Verification, ready};
+use super::{KeyStore, StoreError, Verification};
 use crate::id::KeyId;
 use crate::key::ApiKey;
 use crate::padded::Padded;
 use crate::revision::Revision;
+use crate::token::PresentedToken;
 
 /// Entries are spread over this many locks.
 const SHARDS: usize = 16;
 
-/// A store that keeps the keys it reads in memory, in front of `inner` (a
-/// [`KeyStore`] or an [`AsyncKeyStore`]; `CachedStore` is the same kind).
+/// A store that keeps the keys it reads in memory, in front of `inner`,
+/// another [`KeyStore`].
 ///
 /// - **Authentication** (`verify`) is answered from memory for at most
 ///   `max_staleness` after the key was read from `inner` (measured with
@@ -65,18 +66,22 @@ const SHARDS: usize = 16;
 ///
 /// ```
 /// use std::time::Duration;
-/// use keyroll::{CachedStore, InMemoryStore, KeyId, KeyManager};
+/// use keyroll::store::{CachedStore, InMemoryStore};
+/// use keyroll::{KeyId, KeyManager};
 /// use time::OffsetDateTime;
 ///
+/// # pollster::block_on(async {
 /// // Any store: in a service, the PostgreSQL one.
 /// let store = CachedStore::new(InMemoryStore::new(), 100_000, Duration::from_secs(5));
 /// let manager = KeyManager::new(store);
 /// let now = OffsetDateTime::now_utc();
-/// let (token, _) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng())?;
+/// let (token, _) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
 /// // Answered from memory: the write went through the cache.
-/// assert!(manager.authenticate(token.expose_secret(), now).is_ok());
+/// assert!(manager.authenticate(token.expose_secret(), now).await.is_ok());
 /// manager.store().invalidate(&KeyId::new("acme")?); // e.g. on a notification
 /// assert_eq!(manager.store().len(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -283,72 +288,6 @@ impl<S> CachedStore<S> {
             _ => shard.remove(hash, id, &self.room),
         }
     }
-
-    // The store calls, once for both traits: a sync `inner` is driven as a
-    // `Ready` async one.
-
-    async fn get_in<A: AsyncKeyStore>(
-        &self,
-        inner: &A,
-        id: &KeyId,
-    ) -> Result<Option<ApiKey>, A::Error> {
-        let ticket = self.begin(id);
-        let found = inner.get(id).await?;
-        self.fill(id, found.as_ref(), ticket);
-        Ok(found)
-    }
-
-    async fn insert_in<A: AsyncKeyStore>(
-        &self,
-        inner: &A,
-        key: &ApiKey,
-    ) -> Result<(), StoreError<A::Error>> {
-        let ticket = self.begin(key.id());
-        let result = inner.insert(key).await;
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
-    }
-
-    async fn update_in<A: AsyncKeyStore>(
-        &self,
-        inner: &A,
-        key: &ApiKey,
-        expected: Revision,
-    ) -> Result<(), StoreError<A::Error>> {
-        let ticket = self.begin(key.id());
-        let result = inner.update(key, expected).await;
-        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
-        result
-    }
-
-    async fn delete_in<A: AsyncKeyStore>(
-        &self,
-        inner: &A,
-        id: &KeyId,
-        expected: Revision,
-    ) -> Result<(), StoreError<A::Error>> {
-        let ticket = self.begin(id);
-        let result = inner.delete(id, expected).await;
-        self.end_write(id, None, ticket);
-        result
-    }
-
-    async fn verify_in<A: AsyncKeyStore>(
-        &self,
-        inner: &A,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Verification, A::Error> {
-        match self.cached(id, |key| Verification::of(key, presented, now)) {
-            Ok(verification) => Ok(verification),
-            Err(ticket) => {
-                let found = inner.get(id).await?;
-                self.fill(id, found.as_ref(), ticket);
-                Ok(Verification::of(found.as_ref(), presented, now))
-            }
-        }
-    }
 }
 
 // An entry is a plain value: a panic elsewhere cannot leave one half
@@ -438,79 +377,54 @@ impl Shard {
 impl<S: KeyStore> KeyStore for CachedStore<S> {
     type Error = S::Error;
 
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
-        ready(self.get_in(&Ready(&self.inner), id))
-    }
-
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        ready(self.insert_in(&Ready(&self.inner), key))
-    }
-
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        ready(self.update_in(&Ready(&self.inner), key, expected))
-    }
-
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        ready(self.delete_in(&Ready(&self.inner), id, expected))
-    }
-
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
-        self.inner.list(after, limit)
-    }
-
-    fn verify(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Verification, S::Error> {
-        ready(self.verify_in(&Ready(&self.inner), id, presented, now))
-    }
-}
-
-impl<S: AsyncKeyStore> AsyncKeyStore for CachedStore<S> {
-    type Error = S::Error;
-
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, S::Error> {
-        self.get_in(&self.inner, id).await
+        let ticket = self.begin(id);
+        let found = self.inner.get(id).await?;
+        self.fill(id, found.as_ref(), ticket);
+        Ok(found)
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        self.insert_in(&self.inner, key).await
+        let ticket = self.begin(key.id());
+        let result = self.inner.insert(key).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
     }
 
     async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        self.update_in(&self.inner, key, expected).await
+        let ticket = self.begin(key.id());
+        let result = self.inner.update(key, expected).await;
+        self.end_write(key.id(), result.is_ok().then_some(key), ticket);
+        result
     }
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        self.delete_in(&self.inner, id, expected).await
+        let ticket = self.begin(id);
+        let result = self.inner.delete(id, expected).await;
+        self.end_write(id, None, ticket);
+        result
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
         self.inner.list(after, limit).await
     }
 
+    /// Answered from a fresh entry (of a key, or of a known absence), else
+    /// from `inner`'s key, which is then kept.
     async fn verify(
         &self,
         id: &KeyId,
-        presented: &str,
+        token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, S::Error> {
-        self.verify_in(&self.inner, id, presented, now).await
-    }
-
-    /// The answer of a fresh entry (of a key, or of a known absence);
-    /// `None` when `verify` would read the inner store.
-    fn verify_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Verification, S::Error>> {
-        self.cached(id, |key| Verification::of(key, presented, now))
-            .ok()
-            .map(Ok)
+        match self.cached(id, |key| Verification::of(key, token, now)) {
+            Ok(verification) => Ok(verification),
+            Err(ticket) => {
+                let found = self.inner.get(id).await?;
+                self.fill(id, found.as_ref(), ticket);
+                Ok(Verification::of(found.as_ref(), token, now))
+            }
+        }
     }
 }
 
@@ -530,7 +444,7 @@ mod tests {
                 let id = KeyId::new(format!("k{i}")).unwrap();
                 let (key, _, _) =
                     ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rng).unwrap();
-                KeyStore::insert(&cache, &key).unwrap();
+                pollster::block_on(cache.insert(&key)).unwrap();
                 id
             })
             .collect();

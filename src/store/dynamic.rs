@@ -1,4 +1,4 @@
-//! [`DynKeyStore`]: any [`AsyncKeyStore`] behind one type, for a store
+//! [`DynKeyStore`]: any [`KeyStore`] behind one type, for a store
 //! chosen at run time.
 
 use std::error::Error;
@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::{AsyncKeyStore, StoreError, Verification};
+use super::{KeyStore, StoreError, Verification};
+use crate::token::PresentedToken;
 use crate::id::KeyId;
 use crate::key::ApiKey;
 use crate::revision::Revision;
@@ -17,20 +18,21 @@ use crate::revision::Revision;
 /// A boxed future, as the object-safe half of [`DynKeyStore`] returns them.
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Any [`AsyncKeyStore`] behind one type: for a service that picks its store
+/// Any [`KeyStore`] behind one type: for a service that picks its store
 /// at start (`--store memory | sqlite:PATH | postgres:URL`) and still wants
-/// one `AsyncKeyManager<DynKeyStore>`. Each call costs one boxed future; the
+/// one `KeyManager<DynKeyStore>`. Each call costs one boxed future; the
 /// backend's error comes back as a [`DynStoreError`] whose `source` is the
 /// original. Cheap to clone.
 ///
 /// # Example
 ///
 /// ```
-/// use keyroll::{AsyncKeyManager, DynKeyStore, InMemoryStore, KeyId};
+/// use keyroll::store::{DynKeyStore, InMemoryStore};
+/// use keyroll::{KeyId, KeyManager};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = DynKeyStore::new(InMemoryStore::new()); // or any other AsyncKeyStore
-/// let manager = AsyncKeyManager::new(store);
+/// let store = DynKeyStore::new(InMemoryStore::new()); // or any other KeyStore
+/// let manager = KeyManager::new(store);
 /// let now = time::OffsetDateTime::now_utc();
 /// let (token, _) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
 /// assert!(manager.authenticate(token.expose_secret(), now).await.is_ok());
@@ -42,7 +44,7 @@ pub struct DynKeyStore(Arc<dyn ObjectStore>);
 
 impl DynKeyStore {
     /// `store`, behind the common type.
-    pub fn new<S: AsyncKeyStore + 'static>(store: S) -> DynKeyStore {
+    pub fn new<S: KeyStore + 'static>(store: S) -> DynKeyStore {
         DynKeyStore(Arc::new(store))
     }
 }
@@ -81,7 +83,7 @@ impl Error for DynStoreError {
     }
 }
 
-/// [`AsyncKeyStore`] with boxed futures and one error type: what a trait
+/// [`KeyStore`] with boxed futures and one error type: what a trait
 /// object can be.
 trait ObjectStore: Send + Sync {
     fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>>;
@@ -104,28 +106,22 @@ trait ObjectStore: Send + Sync {
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
-        presented: &'a str,
+        token: &'a PresentedToken<'a>,
         now: OffsetDateTime,
     ) -> Boxed<'a, Result<Verification, DynStoreError>>;
-    fn verify_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Verification, DynStoreError>>;
 }
 
-impl<S: AsyncKeyStore> ObjectStore for S {
+impl<S: KeyStore> ObjectStore for S {
     fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>> {
         Box::pin(async move {
-            AsyncKeyStore::get(self, id)
+            KeyStore::get(self, id)
                 .await
                 .map_err(DynStoreError::new)
         })
     }
     fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            AsyncKeyStore::insert(self, key)
+            KeyStore::insert(self, key)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -136,7 +132,7 @@ impl<S: AsyncKeyStore> ObjectStore for S {
         expected: Revision,
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            AsyncKeyStore::update(self, key, expected)
+            KeyStore::update(self, key, expected)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -147,7 +143,7 @@ impl<S: AsyncKeyStore> ObjectStore for S {
         expected: Revision,
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            AsyncKeyStore::delete(self, id, expected)
+            KeyStore::delete(self, id, expected)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -158,7 +154,7 @@ impl<S: AsyncKeyStore> ObjectStore for S {
         limit: usize,
     ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>> {
         Box::pin(async move {
-            AsyncKeyStore::list(self, after, limit)
+            KeyStore::list(self, after, limit)
                 .await
                 .map_err(DynStoreError::new)
         })
@@ -166,27 +162,18 @@ impl<S: AsyncKeyStore> ObjectStore for S {
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
-        presented: &'a str,
+        token: &'a PresentedToken<'a>,
         now: OffsetDateTime,
     ) -> Boxed<'a, Result<Verification, DynStoreError>> {
         Box::pin(async move {
-            AsyncKeyStore::verify(self, id, presented, now)
+            KeyStore::verify(self, id, token, now)
                 .await
                 .map_err(DynStoreError::new)
         })
     }
-    fn verify_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Verification, DynStoreError>> {
-        AsyncKeyStore::verify_now(self, id, presented, now)
-            .map(|verified| verified.map_err(DynStoreError::new))
-    }
 }
 
-impl AsyncKeyStore for DynKeyStore {
+impl KeyStore for DynKeyStore {
     type Error = DynStoreError;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, DynStoreError> {
@@ -219,17 +206,9 @@ impl AsyncKeyStore for DynKeyStore {
     async fn verify(
         &self,
         id: &KeyId,
-        presented: &str,
+        token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, DynStoreError> {
-        self.0.verify(id, presented, now).await
-    }
-    fn verify_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Verification, DynStoreError>> {
-        self.0.verify_now(id, presented, now)
+        self.0.verify(id, token, now).await
     }
 }

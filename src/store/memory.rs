@@ -1,4 +1,5 @@
-//! [`InMemoryStore`]: keys in memory, compact and cheap to verify against.
+//! [`InMemoryStore`]: keys in memory, compact, sharded, and cheap to
+//! verify against.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -8,46 +9,68 @@ use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use hashbrown::HashTable;
 use time::OffsetDateTime;
 
-use super::{AsyncKeyStore, KeyStore, StoreError, Verification};
+use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
-use crate::id::KeyId;
-use crate::id::TokenId;
-use crate::key::{ApiKey, Decision, KeyStatus, Renewal, TokenInfo};
-use crate::policy::{Expiry, Policy};
+use crate::id::{KeyId, TokenId};
+use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::padded::Padded;
+use crate::policy::Policy;
 use crate::revision::Revision;
-use crate::token::TokenHash;
+use crate::state::{Decision, KeyStatus};
+use crate::token::{PresentedToken, TokenHash};
 use crate::verify::{KeyView, TokenView};
+
+/// How many shards the keys are spread over.
+const SHARDS: usize = 64;
 
 /// Keys in memory, safe to share between threads.
 ///
-/// Reads (`get`, `verify`, `list`) take a shared lock, so they never wait
+/// The keys are spread over 64 shards by the hash of their id, each behind
+/// its own lock, so that requests on different keys take different locks
+/// and authentication scales with cores (see `BENCHMARKS.md`). Reads
+/// (`get`, `verify`, `list`) take a shard's lock shared, so they never wait
 /// for each other; `verify` checks the token in place without copying the
-/// key. Writes take the lock exclusively for the time of one table
-/// operation. Implements both [`KeyStore`] and [`AsyncKeyStore`] (its futures
-/// are ready at once).
+/// key. A write takes one shard's lock for the time of one table operation.
+/// Its futures complete at their first poll.
 ///
 /// Keys are kept compactly (a policy or a set of scopes shared by many keys
-/// is stored once, and never freed while the store lives), so a million keys
-/// take about 270 MB (see `BENCHMARKS.md`). `list` sorts the
-/// ids once after keys were added or removed, then pages by binary search.
-/// It holds at most `u32::MAX` keys; inserting more panics.
+/// of a shard is stored once, and never freed while the store lives), so a
+/// million keys take about 270 MB (see `BENCHMARKS.md`). `list` sorts the
+/// ids of a shard once after keys were added to it or removed, then pages by
+/// binary search, and merges the shards' pages. Each shard holds at most
+/// `u32::MAX` keys; inserting more panics.
 ///
 /// # Example
 ///
 /// ```
-/// use keyroll::{InMemoryStore, KeyManager, KeyId};
+/// use keyroll::{KeyId, KeyManager};
+/// use keyroll::store::InMemoryStore;
 /// use time::OffsetDateTime;
 ///
-/// let manager = KeyManager::new(InMemoryStore::default());
+/// # pollster::block_on(async {
+/// let manager = KeyManager::new(InMemoryStore::new());
 /// let now = OffsetDateTime::now_utc();
 /// let id = KeyId::new("acme")?;
-/// let (token, _event) = manager.create_key(id.clone(), now, &mut rand::rng())?;
-/// assert_eq!(manager.authenticate(token.expose_secret(), now)?.key_id, id);
+/// let (token, _event) = manager.create_key(id.clone(), now, &mut rand::rng()).await?;
+/// assert_eq!(manager.authenticate(token.expose_secret(), now).await?.key_id, id);
 /// assert_eq!(manager.store().len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InMemoryStore {
+    shards: Box<[Padded<Shard>]>,
+    /// foldhash, seeded per store: several times faster than SipHash on
+    /// short ids. Only the store's own inserts add ids (a request's id is
+    /// looked up, never added), so no one outside can pile up colliding
+    /// ids, which is what SipHash would guard against.
+    hasher: foldhash::fast::RandomState,
+}
+
+/// The keys whose id hashes to one shard.
+#[derive(Debug, Default)]
+struct Shard {
     inner: RwLock<Inner>,
     /// Slot numbers in id order, or `None` after an insert or delete.
     order: Mutex<Option<Vec<u32>>>,
@@ -59,10 +82,7 @@ struct Inner {
     slots: Vec<Slot>,
     /// Slot numbers, hashed by the id of the key in the slot.
     index: HashTable<u32>,
-    /// foldhash, seeded per store: several times faster than SipHash on
-    /// short ids. Only the store's own inserts add ids (a request's id is
-    /// looked up, never added), so no one outside can pile up colliding
-    /// ids, which is what SipHash would guard against.
+    /// The store's hasher, to rehash the index as it grows.
     hasher: foldhash::fast::RandomState,
     /// Every distinct policy, stored once.
     policies: Interned<Policy>,
@@ -175,16 +195,11 @@ impl SlotToken {
         self.created_at.saturating_add(policy.renewal_period)
     }
 
-    /// The due date is only read under [`Expiry::Enforced`]; it is not
-    /// computed on `verify`'s path otherwise.
     fn view(&self, policy: &Policy, revoked: bool) -> TokenView<'_> {
         TokenView {
-            id: &self.id,
+            id: self.id,
             hash: &self.hash,
-            due_at: match policy.expiry {
-                Expiry::Enforced => self.due_at(policy),
-                Expiry::Advisory => self.created_at,
-            },
+            due_at: self.due_at(policy),
             revoked,
             legacy: self.legacy,
         }
@@ -198,14 +213,11 @@ static EMPTY: Rare = Rare {
 };
 
 impl Inner {
-    fn hash(&self, id: &KeyId) -> u64 {
-        self.hasher.hash_one(id)
-    }
-
-    fn find(&self, id: &KeyId) -> Option<usize> {
+    /// The slot of key `id`, whose hash is `hash`.
+    fn find(&self, hash: u64, id: &KeyId) -> Option<usize> {
         let slots = &self.slots;
         self.index
-            .find(self.hash(id), |&n| slots[n as usize].id == *id)
+            .find(hash, |&n| slots[n as usize].id == *id)
             .map(|&n| n as usize)
     }
 
@@ -282,14 +294,33 @@ impl Inner {
     /// at `writing` (none for a delete).
     fn check_revision(
         &self,
+        hash: u64,
         id: &KeyId,
         expected: Revision,
         writing: Option<Revision>,
     ) -> Result<usize, StoreError<Infallible>> {
-        let n = self.find(id).ok_or(StoreError::NotFound)?;
+        let n = self.find(hash, id).ok_or(StoreError::NotFound)?;
         let slot = &self.slots[n];
         let found = Revision::new(slot.incarnation, slot.version);
         StoreError::check_revision(expected, found, writing).map(|()| n)
+    }
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        let hasher = foldhash::fast::RandomState::default();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Padded(Shard {
+                    inner: RwLock::new(Inner {
+                        hasher: hasher.clone(),
+                        ..Inner::default()
+                    }),
+                    order: Mutex::default(),
+                })
+            })
+            .collect();
+        InMemoryStore { shards, hasher }
     }
 }
 
@@ -301,7 +332,7 @@ impl InMemoryStore {
 
     /// The number of keys stored.
     pub fn len(&self) -> usize {
-        self.read().slots.len()
+        self.shards.iter().map(|shard| shard.read().slots.len()).sum()
     }
 
     /// Whether no key is stored.
@@ -309,6 +340,15 @@ impl InMemoryStore {
         self.len() == 0
     }
 
+    /// The hash of `id` and its shard, chosen by bits the shard's index
+    /// does not use for its buckets or tags.
+    fn locate(&self, id: &KeyId) -> (u64, &Shard) {
+        let hash = self.hasher.hash_one(id);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
+    }
+}
+
+impl Shard {
     // A panic while a lock was held cannot leave the tables half-written
     // (each write checks first, then changes them in steps that cannot
     // fail), so a poisoned lock is still consistent and is used as it is.
@@ -325,74 +365,10 @@ impl InMemoryStore {
     fn forget_order(&self) {
         *self.order.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
-}
 
-impl KeyStore for InMemoryStore {
-    type Error = Infallible;
-
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
-        let inner = self.read();
-        Ok(inner.find(id).map(|n| inner.unpack(&inner.slots[n])))
-    }
-
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
-        let mut inner = self.write();
-        if inner.find(key.id()).is_some() {
-            return Err(StoreError::AlreadyExists);
-        }
-        let n = u32::try_from(inner.slots.len())
-            .unwrap_or_else(|_| panic!("InMemoryStore holds at most {} keys", u32::MAX));
-        let slot = inner.pack(key);
-        let hash = inner.hash(key.id());
-        let Inner {
-            slots,
-            index,
-            hasher,
-            ..
-        } = &mut *inner;
-        slots.push(slot);
-        index.insert_unique(hash, n, |&m| hasher.hash_one(&slots[m as usize].id));
-        self.forget_order();
-        drop(inner);
-        Ok(())
-    }
-
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        let mut inner = self.write();
-        let n = inner.check_revision(key.id(), expected, Some(key.revision()))?;
-        inner.slots[n] = inner.pack(key);
-        Ok(())
-    }
-
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        let mut inner = self.write();
-        let n = inner.check_revision(id, expected, None)?;
-        let Inner {
-            slots,
-            index,
-            hasher,
-            ..
-        } = &mut *inner;
-        // Remove the slot number of `id`, move the last slot into its place
-        // and renumber it.
-        let hash = hasher.hash_one(id);
-        if let Ok(entry) = index.find_entry(hash, |&m| m as usize == n) {
-            entry.remove();
-        }
-        let last = slots.len() - 1;
-        if n != last {
-            let moved = hasher.hash_one(&slots[last].id);
-            if let Some(number) = index.find_mut(moved, |&m| m as usize == last) {
-                *number = n as u32;
-            }
-        }
-        slots.swap_remove(n);
-        self.forget_order();
-        drop(inner);
-        Ok(())
-    }
-
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+    /// The ids of at most `limit` of this shard's keys after `after`, in
+    /// order.
+    fn ids_after(&self, after: Option<&KeyId>, limit: usize) -> Vec<KeyId> {
         let inner = self.read();
         let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
         let order = order.get_or_insert_with(|| {
@@ -405,23 +381,110 @@ impl KeyStore for InMemoryStore {
         let start = after.map_or(0, |after| {
             order.partition_point(|&n| inner.slots[n as usize].id <= *after)
         });
-        Ok(order[start..]
+        order[start..]
             .iter()
             .take(limit)
-            .map(|&n| inner.unpack(&inner.slots[n as usize]))
-            .collect())
+            .map(|&n| inner.slots[n as usize].id.clone())
+            .collect()
+    }
+}
+
+impl KeyStore for InMemoryStore {
+    type Error = Infallible;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
+        let (hash, shard) = self.locate(id);
+        let inner = shard.read();
+        Ok(inner.find(hash, id).map(|n| inner.unpack(&inner.slots[n])))
     }
 
-    fn verify(
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+        let (hash, shard) = self.locate(key.id());
+        let mut inner = shard.write();
+        if inner.find(hash, key.id()).is_some() {
+            return Err(StoreError::AlreadyExists);
+        }
+        let n = u32::try_from(inner.slots.len())
+            .unwrap_or_else(|_| panic!("an InMemoryStore shard holds at most {} keys", u32::MAX));
+        let slot = inner.pack(key);
+        let Inner {
+            slots,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        slots.push(slot);
+        index.insert_unique(hash, n, |&m| hasher.hash_one(&slots[m as usize].id));
+        shard.forget_order();
+        drop(inner);
+        Ok(())
+    }
+
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        let (hash, shard) = self.locate(key.id());
+        let mut inner = shard.write();
+        let n = inner.check_revision(hash, key.id(), expected, Some(key.revision()))?;
+        inner.slots[n] = inner.pack(key);
+        Ok(())
+    }
+
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        let (hash, shard) = self.locate(id);
+        let mut inner = shard.write();
+        let n = inner.check_revision(hash, id, expected, None)?;
+        let Inner {
+            slots,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        // Remove the slot number of `id`, move the last slot into its place
+        // and renumber it.
+        if let Ok(entry) = index.find_entry(hash, |&m| m as usize == n) {
+            entry.remove();
+        }
+        let last = slots.len() - 1;
+        if n != last {
+            let moved = hasher.hash_one(&slots[last].id);
+            if let Some(number) = index.find_mut(moved, |&m| m as usize == last) {
+                *number = n as u32;
+            }
+        }
+        slots.swap_remove(n);
+        shard.forget_order();
+        drop(inner);
+        Ok(())
+    }
+
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+        // Each shard's first `limit` ids after `after`; the first `limit` of
+        // them all; each key read from its shard (a key deleted meanwhile is
+        // left out, as if it had been deleted before).
+        let mut ids: Vec<KeyId> = self
+            .shards
+            .iter()
+            .flat_map(|shard| shard.ids_after(after, limit))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in &ids {
+            keys.extend(self.get(id).await?);
+        }
+        Ok(keys)
+    }
+
+    async fn verify(
         &self,
         id: &KeyId,
-        presented: &str,
+        token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, Infallible> {
-        let inner = self.read();
-        Ok(match inner.find(id) {
+        let (hash, shard) = self.locate(id);
+        let inner = shard.read();
+        Ok(match inner.find(hash, id) {
             None => Verification::UnknownKey,
-            Some(n) => match inner.view(&inner.slots[n]).authenticate(presented, now) {
+            Some(n) => match inner.view(&inner.slots[n]).authenticate(token, now) {
                 Ok(authenticated) => Verification::Accepted(authenticated),
                 Err(refused) => Verification::Refused(refused),
             },
@@ -429,51 +492,10 @@ impl KeyStore for InMemoryStore {
     }
 }
 
-impl AsyncKeyStore for InMemoryStore {
-    type Error = Infallible;
-
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
-        KeyStore::get(self, id)
-    }
-
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
-        KeyStore::insert(self, key)
-    }
-
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        KeyStore::update(self, key, expected)
-    }
-
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        KeyStore::delete(self, id, expected)
-    }
-
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
-        KeyStore::list(self, after, limit)
-    }
-
-    async fn verify(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Result<Verification, Infallible> {
-        KeyStore::verify(self, id, presented, now)
-    }
-
-    fn verify_now(
-        &self,
-        id: &KeyId,
-        presented: &str,
-        now: OffsetDateTime,
-    ) -> Option<Result<Verification, Infallible>> {
-        Some(KeyStore::verify(self, id, presented, now))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pollster::block_on;
     use rand::SeedableRng;
 
     /// `list` racing inserts and deletes never pairs a changed table with
@@ -493,17 +515,17 @@ mod tests {
             .collect();
         for round in 0..200 {
             for key in &keys {
-                KeyStore::insert(&store, key).unwrap();
+                block_on(store.insert(key)).unwrap();
             }
             std::thread::scope(|scope| {
                 scope.spawn(|| {
                     for key in keys.iter().rev() {
-                        KeyStore::delete(&store, key.id(), key.revision()).unwrap();
+                        block_on(store.delete(key.id(), key.revision())).unwrap();
                     }
                 });
                 scope.spawn(|| {
                     while !store.is_empty() {
-                        let listed = KeyStore::list(&store, None, 100).unwrap();
+                        let listed = block_on(store.list(None, 100)).unwrap();
                         assert!(
                             listed.windows(2).all(|w| w[0].id() < w[1].id()),
                             "round {round}"
@@ -525,21 +547,21 @@ mod tests {
             let key = ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rng)
                 .unwrap()
                 .0;
-            KeyStore::insert(&store, &key).unwrap();
+            block_on(store.insert(&key)).unwrap();
         }
         for id in ids.iter().step_by(3) {
-            let revision = KeyStore::get(&store, id).unwrap().unwrap().revision();
-            KeyStore::delete(&store, id, revision).unwrap();
+            let revision = block_on(store.get(id)).unwrap().unwrap().revision();
+            block_on(store.delete(id, revision)).unwrap();
         }
         for (i, id) in ids.iter().enumerate() {
-            let found = KeyStore::get(&store, id).unwrap();
+            let found = block_on(store.get(id)).unwrap();
             assert_eq!(
                 found.map(|k| k.id().clone()),
                 (i % 3 != 0).then(|| id.clone()),
                 "{id}"
             );
         }
-        let listed: Vec<KeyId> = KeyStore::list(&store, None, 100)
+        let listed: Vec<KeyId> = block_on(store.list(None, 100))
             .unwrap()
             .iter()
             .map(|k| k.id().clone())

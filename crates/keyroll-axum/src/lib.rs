@@ -53,7 +53,7 @@
 //! # Ok::<(), keyroll::InvalidScope>(())
 //! ```
 #![forbid(unsafe_code)]
-#![doc(html_root_url = "https://docs.rs/keyroll-axum/0.2.0")]
+#![doc(html_root_url = "https://docs.rs/keyroll-axum/0.3.0")]
 #![deny(missing_docs)]
 
 use std::sync::Arc;

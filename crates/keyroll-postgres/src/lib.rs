@@ -53,7 +53,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-#![doc(html_root_url = "https://docs.rs/keyroll-postgres/0.2.0")]
+#![doc(html_root_url = "https://docs.rs/keyroll-postgres/0.3.0")]
 #![deny(missing_docs)]
 
 use std::sync::Arc;

@@ -35,7 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
-#![doc(html_root_url = "https://docs.rs/keyroll-sqlite/0.2.0")]
+#![doc(html_root_url = "https://docs.rs/keyroll-sqlite/0.3.0")]
 #![deny(missing_docs)]
 
 use std::path::Path;

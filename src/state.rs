@@ -1,7 +1,8 @@
-//! The small enums as text: `Display` and `FromStr` for [`TokenMatch`],
-//! [`KeyStatus`], [`Decision`] and [`OldTokenDeletion`], for command lines
-//! and HTTP APIs. Each reads what it writes; the names are those of the
-//! serde forms.
+//! The small enums that describe a key and what happens to its tokens
+//! ([`KeyStatus`], [`RenewalState`], [`Decision`], [`OldTokenDeletion`],
+//! [`TokenMatch`], [`Freshness`]), with their text forms: `Display` and
+//! `FromStr`, for command lines and HTTP APIs. Each reads what it writes;
+//! the names are those of the serde forms.
 //!
 //! | type | text |
 //! |---|---|
@@ -16,26 +17,141 @@ use std::str::FromStr;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-use crate::input::quote;
-use crate::key::{Decision, KeyStatus, OldTokenDeletion};
-use crate::verify::TokenMatch;
+use crate::errors::ParseError;
 
-/// A string that names none of a small enum's values. The message quotes it
-/// and lists what is accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {quoted}: expected {expected}")]
-pub struct ParseError {
-    what: &'static str,
-    quoted: String,
-    expected: &'static str,
+/// Whether requests made with the key can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum KeyStatus {
+    /// Requests verify.
+    Active,
+    /// Every request fails with [`VerifyError::KeyInactive`](crate::VerifyError::KeyInactive).
+    Inactive,
 }
 
-impl ParseError {
-    fn new(what: &'static str, text: &str, expected: &'static str) -> ParseError {
-        ParseError {
-            what,
-            quoted: quote(text),
-            expected,
+/// Where a key is in its renewal cycle. `#[non_exhaustive]`, like
+/// [`Decision`]: match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RenewalState {
+    /// One token.
+    Single,
+    /// Two tokens: the new (current) one and the old one, until the old one
+    /// is deleted or the renewal undone.
+    Renewing {
+        /// What was decided about the old token.
+        decision: Decision,
+    },
+}
+
+/// What was decided about the old token of a pending renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Decision {
+    /// Nothing yet. Behaves exactly like `Later`, as in the product when the
+    /// page is closed before a choice.
+    Undecided,
+    /// Kept until [`ApiKey::delete_old`] or [`ApiKey::undo_renewal`].
+    Later,
+    /// Deleted at `at`: from then on it no longer verifies, and
+    /// [`ApiKey::housekeep`] removes it.
+    Scheduled {
+        /// When the old token stops verifying.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+    },
+    /// Kept until the new token's first recorded use, then for `grace`
+    /// more: that use turns this into `Scheduled { at: use + grace }`.
+    AfterNewTokenUse {
+        /// How long the old token lives after the new one is first used.
+        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        grace: Duration,
+    },
+}
+
+/// How [`ApiKey::finalize`] treats the old token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum OldTokenDeletion {
+    /// Delete it now; only the new token stays valid.
+    Now,
+    /// Keep both valid until the old one is deleted by hand.
+    Later,
+    /// Keep the old token until this instant; an instant not after `now`
+    /// deletes it at once, as [`Now`](OldTokenDeletion::Now).
+    #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+    At(OffsetDateTime),
+    /// Keep the old token until the new one has been used (as recorded by
+    /// [`ApiKey::record_use`]), then for `grace` more.
+    AfterNewTokenUse {
+        /// How long the old token lives after the new one's first use.
+        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        grace: Duration,
+    },
+}
+
+impl Decision {
+    /// Whether the old token still lives at `now`: not once its scheduled
+    /// deletion is due.
+    pub(crate) fn keeps_old_token(&self, now: OffsetDateTime) -> bool {
+        !matches!(*self, Decision::Scheduled { at } if at <= now)
+    }
+}
+
+/// Which of a key's tokens a presented token matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum TokenMatch {
+    /// The current token.
+    Current,
+    /// The old token of a pending renewal: the integration using it should
+    /// move to the new one.
+    Old,
+}
+
+/// How the current token stands against its renewal period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "freshness", rename_all = "snake_case"))]
+pub enum Freshness {
+    /// Before its due date.
+    Fresh {
+        /// When it becomes due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+    /// Due, for less than 3 months (the product's orange alert).
+    Outdated {
+        /// When it became due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+    /// Due for 3 months or more (the product's red alert).
+    LongOutdated {
+        /// When it became due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+    },
+}
+
+impl Freshness {
+    /// Whether the token is past its due date (`Outdated` or `LongOutdated`).
+    pub fn is_outdated(&self) -> bool {
+        !matches!(self, Freshness::Fresh { .. })
+    }
+
+    /// The due date, whatever the variant.
+    pub fn due_at(&self) -> OffsetDateTime {
+        match *self {
+            Freshness::Fresh { due_at }
+            | Freshness::Outdated { due_at }
+            | Freshness::LongOutdated { due_at } => due_at,
         }
     }
 }
@@ -176,6 +292,7 @@ impl FromStr for OldTokenDeletion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::quote;
 
     #[test]
     fn every_value_reads_back_what_it_writes() {

@@ -1,0 +1,414 @@
+//! Every error of keyroll but two that need types from above (the
+//! managers' `FlushError`, the record codec's `RecordError`), kept here, at
+//! the bottom of the crate, so that the modules that return them import
+//! them from one place and never from each other. `keyroll::error` re-exports
+//! them all.
+//!
+//! Messages are short and lower-case. Those that refuse a value quote it
+//! (truncated, control characters escaped) and say what is wrong and, where
+//! there is one, the way out.
+
+use std::fmt;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::revision::Revision;
+
+/// How many characters of a refused value an error quotes.
+const QUOTED_CHARS: usize = 32;
+
+/// `value` as errors quote it: in double quotes, its first 32 characters
+/// with control characters escaped, and `…` if there were more.
+pub(crate) fn quote(value: &str) -> String {
+    let mut quoted: String = value
+        .chars()
+        .take(QUOTED_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().nth(QUOTED_CHARS).is_some() {
+        quoted.push('…');
+    }
+    format!("\"{quoted}\"")
+}
+
+/// Why a presented token was refused. It says no more than this: a caller
+/// cannot learn which part of a wrong token was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not a well-formed token of the key's format (prefix, shape, key id,
+    /// alphabet or checksum). Nothing was hashed.
+    #[error("malformed token")]
+    Malformed,
+    /// A well-formed token that is neither the current nor the old token:
+    /// a wrong token, a token of another key, or a revoked token.
+    #[error("token does not match the key")]
+    Mismatch,
+    /// The token matched, but the key is inactive.
+    #[error("the key is inactive")]
+    KeyInactive,
+    /// The token matched, but the key is past its hard expiry
+    /// ([`ApiKey::expires_at`](crate::ApiKey::expires_at)).
+    #[error("the key has expired")]
+    KeyExpired,
+    /// The token matched, but it is past its renewal period and the key's
+    /// policy enforces the period
+    /// ([`RenewalEnforcement::Enforced`](crate::RenewalEnforcement::Enforced)).
+    #[error("the token is past its renewal period; renew the key")]
+    RenewalOverdue,
+}
+
+/// A transition refused because of the key's state or because of its input.
+/// The key is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// `renew` while a renewal is pending.
+    #[error(
+        "cannot renew: the key already has a renewed token pending; delete the old token or undo the renewal first"
+    )]
+    RenewalPending,
+    /// `finalize` with no renewal pending.
+    #[error("cannot finalize: no renewed token was found; renew the key first")]
+    NoRenewalPending,
+    /// `finalize` of a renewal already finalized.
+    #[error(
+        "cannot finalize: the renewal was already finalized; delete the old token or undo the renewal"
+    )]
+    AlreadyFinalized,
+    /// `delete_old` or `undo_renewal` with no old token.
+    #[error(
+        "cannot delete or restore the old token: the key has none; renew again or delete the key"
+    )]
+    NoOldToken,
+    /// `activate` of an active key.
+    #[error("cannot activate: the key is already active")]
+    AlreadyActive,
+    /// `deactivate` of an inactive key.
+    #[error("cannot deactivate: the key is already inactive")]
+    AlreadyInactive,
+    /// `delete_old_if_idle` while the old token was used recently.
+    #[error(
+        "cannot delete the old token: it was used at {last_used_at}; wait until it is idle or delete it anyway with delete_old"
+    )]
+    OldTokenInUse {
+        /// The old token's last recorded use.
+        last_used_at: OffsetDateTime,
+    },
+    /// A label longer than 256 bytes or holding a control character.
+    #[error(transparent)]
+    InvalidLabel(#[from] InvalidLabel),
+    /// A policy a key cannot live by: a renewal period that is not positive,
+    /// or a negative usage resolution.
+    #[error("invalid policy: {field} is {value}, and it must be {rule}")]
+    InvalidPolicy {
+        /// The refused field of [`Policy`](crate::Policy).
+        field: &'static str,
+        /// Its value.
+        value: Duration,
+        /// What it must be.
+        rule: &'static str,
+    },
+    /// A negative grace in
+    /// [`OldTokenDeletion::AfterNewTokenUse`](crate::OldTokenDeletion::AfterNewTokenUse).
+    #[error("invalid grace {grace}: a grace must be zero or positive")]
+    InvalidGrace {
+        /// The refused grace.
+        grace: Duration,
+    },
+    /// `renew` of a key past its hard expiry
+    /// ([`ApiKey::expires_at`](crate::ApiKey::expires_at)): renewals never
+    /// extend it. Move or remove it with `set_expiry` first.
+    #[error(
+        "cannot renew: the key expired at {expires_at}; move or remove its expiry with set_expiry first"
+    )]
+    KeyExpired {
+        /// When the key expired.
+        expires_at: OffsetDateTime,
+    },
+    /// An instant outside the years 1 to 9999 (UTC), the range a key's
+    /// record can hold: the `now` given, a deletion time, an expiry, or the
+    /// due date it would give a token.
+    #[error("{what} {at} is outside the years 1 to 9999 (UTC)")]
+    TimeOutOfRange {
+        /// Which instant.
+        what: &'static str,
+        /// The instant given.
+        at: OffsetDateTime,
+    },
+}
+
+impl TransitionError {
+    /// Whether the call was refused for its input (a label, a policy, a
+    /// grace, an instant), which no state of the key would accept, rather
+    /// than for the key's state. Over HTTP: 400 rather than 409.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::TransitionError;
+    ///
+    /// assert!(!TransitionError::RenewalPending.is_bad_input());
+    /// let grace = time::Duration::seconds(-1);
+    /// assert!(TransitionError::InvalidGrace { grace }.is_bad_input());
+    /// ```
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            TransitionError::InvalidLabel(_)
+                | TransitionError::InvalidPolicy { .. }
+                | TransitionError::InvalidGrace { .. }
+                | TransitionError::TimeOutOfRange { .. }
+        )
+    }
+}
+
+/// A refused label: longer than 256 bytes, or holding a control character.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid label {quoted}: {problem}")]
+pub struct InvalidLabel {
+    quoted: String,
+    problem: LabelProblem,
+}
+
+impl InvalidLabel {
+    pub(crate) fn too_long(label: &str, max: usize) -> InvalidLabel {
+        InvalidLabel {
+            quoted: quote(label),
+            problem: LabelProblem::TooLong(label.len(), max),
+        }
+    }
+
+    pub(crate) fn control_character(label: &str, c: char) -> InvalidLabel {
+        InvalidLabel {
+            quoted: quote(label),
+            problem: LabelProblem::ControlCharacter(c),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LabelProblem {
+    /// Its length, and the most allowed.
+    TooLong(usize, usize),
+    ControlCharacter(char),
+}
+
+impl fmt::Display for LabelProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabelProblem::TooLong(len, max) => {
+                write!(f, "it is {len} bytes long, and a label holds at most {max}")
+            }
+            LabelProblem::ControlCharacter(c) => {
+                write!(f, "it holds the control character {c:?}")
+            }
+        }
+    }
+}
+
+/// A string that is not a valid [`KeyId`](crate::KeyId): 1 to 64
+/// characters of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid {what} {quoted}: {problem}; use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+)]
+pub struct InvalidKeyId {
+    pub(crate) what: &'static str,
+    pub(crate) quoted: String,
+    pub(crate) problem: &'static str,
+}
+
+/// A string that is not a valid [`TokenId`](crate::TokenId).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token id: expected 32 lower-case hex digits")]
+pub struct InvalidTokenId(pub(crate) ());
+
+/// A string that is not a valid token prefix: 1 to 16 characters of
+/// `[a-z0-9]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token prefix {quoted}: {problem}; use 1 to 16 characters of a-z or 0-9")]
+pub struct InvalidPrefix {
+    pub(crate) quoted: String,
+    pub(crate) problem: &'static str,
+}
+
+/// A refused scope or set of scopes. The message quotes the scope
+/// (truncated) and says what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidScope(pub(crate) String);
+
+/// Refused metadata. The message quotes the entry (truncated) and says what
+/// is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidMetadata(pub(crate) String);
+
+/// A string that names none of a small enum's values. The message quotes it
+/// and lists what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {quoted}: expected {expected}")]
+pub struct ParseError {
+    what: &'static str,
+    quoted: String,
+    expected: &'static str,
+}
+
+impl ParseError {
+    pub(crate) fn new(what: &'static str, text: &str, expected: &'static str) -> ParseError {
+        ParseError {
+            what,
+            quoted: quote(text),
+            expected,
+        }
+    }
+}
+
+/// Why a write to a store was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError<E> {
+    /// `insert` of an id that is already stored.
+    #[error("a key with this id already exists")]
+    AlreadyExists,
+    /// `update` or `delete` of an id that is not stored.
+    #[error("key not found")]
+    NotFound,
+    /// `update` or `delete` expected another revision: someone else changed
+    /// the key (or deleted it and created another under its id) since it
+    /// was loaded. Reload it and try again.
+    #[error(
+        "revision conflict: expected revision {expected}, found {found}; reload the key and try again"
+    )]
+    Conflict {
+        /// The revision the caller expected.
+        expected: Revision,
+        /// The revision stored.
+        found: Revision,
+    },
+    /// The backend itself failed.
+    #[error("store backend error: {0}")]
+    Backend(#[source] E),
+}
+
+impl<E> StoreError<E> {
+    /// The same refusal with its backend error mapped by `f`: for stores
+    /// that wrap other stores.
+    pub fn map_backend<F>(self, f: impl FnOnce(E) -> F) -> StoreError<F> {
+        match self {
+            StoreError::AlreadyExists => StoreError::AlreadyExists,
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::Conflict { expected, found } => StoreError::Conflict { expected, found },
+            StoreError::Backend(e) => StoreError::Backend(f(e)),
+        }
+    }
+
+    /// The refusal of a compare-and-swap expecting `expected` over a stored
+    /// key at `found`, for a write of a key at `writing` (`None` for a
+    /// delete); `Ok` when the write may go ahead. Backends that compare in
+    /// memory use it to keep the rule in one place.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] unless `found` is `expected` and `writing`
+    /// is of the same incarnation.
+    pub fn check_revision(
+        expected: Revision,
+        found: Revision,
+        writing: Option<Revision>,
+    ) -> Result<(), StoreError<E>> {
+        let same_key = writing.is_none_or(|w| w.incarnation() == expected.incarnation());
+        if found == expected && same_key {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict { expected, found })
+        }
+    }
+}
+
+/// Why a manager call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError<E> {
+    /// No key has this id.
+    #[error("key not found")]
+    NotFound,
+    /// `create_key` with an id already taken.
+    #[error("a key with this id already exists; choose another id")]
+    AlreadyExists,
+    /// The transition was refused, for the key's state or its input;
+    /// nothing was written.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// Every retry met a concurrent change to the key; nothing was written.
+    #[error("the key kept changing under concurrent updates; try again")]
+    Conflict,
+    /// The store failed. A write may or may not have been applied: reload
+    /// the key to see.
+    #[error("store error: {0}")]
+    Store(#[source] E),
+}
+
+impl<E> ManagerError<E> {
+    /// Whether the call was refused for its input (see
+    /// [`TransitionError::is_bad_input`]), rather than for the key's state,
+    /// a missing key, a conflict or the store.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ManagerError::Transition(e) if e.is_bad_input())
+    }
+}
+
+impl<E> From<StoreError<E>> for ManagerError<E> {
+    fn from(e: StoreError<E>) -> Self {
+        match e {
+            StoreError::AlreadyExists => ManagerError::AlreadyExists,
+            StoreError::NotFound => ManagerError::NotFound,
+            StoreError::Conflict { .. } => ManagerError::Conflict,
+            StoreError::Backend(e) => ManagerError::Store(e),
+        }
+    }
+}
+
+/// Why [`KeyManager::authenticate`](crate::KeyManager::authenticate)
+/// refused a request.
+///
+/// The variants keep the causes apart for logs. A service should answer
+/// every refusal of a credential the same way (an unknown key, a malformed,
+/// wrong or revoked token, an inactive key), so that answers do not tell
+/// which key ids exist, and answer `Store` with a generic "unavailable".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError<E> {
+    /// No key has the id the request named.
+    #[error("unknown key")]
+    UnknownKey,
+    /// The key refused the token.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(#[source] E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_escape_and_truncate() {
+        assert_eq!(quote("a\u{1}b"), "\"a\\u{1}b\"");
+        assert_eq!(quote(&"x".repeat(40)), format!("\"{}…\"", "x".repeat(32)));
+        assert_eq!(quote(&"x".repeat(32)), format!("\"{}\"", "x".repeat(32)));
+    }
+
+    #[test]
+    fn bad_input_is_told_apart_from_the_key_state() {
+        let bad: ManagerError<std::convert::Infallible> =
+            TransitionError::InvalidLabel(InvalidLabel::control_character("a\nb", '\n')).into();
+        assert!(bad.is_bad_input());
+        let state: ManagerError<std::convert::Infallible> = TransitionError::NoOldToken.into();
+        assert!(!state.is_bad_input());
+        assert!(!ManagerError::<std::convert::Infallible>::NotFound.is_bad_input());
+    }
+}
