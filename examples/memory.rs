@@ -8,7 +8,8 @@
 
 use std::error::Error;
 
-use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, Metadata, NewKey, Scopes};
+use keyroll::store::{InMemoryStore, KeyStore};
+use keyroll::{ApiKey, KeyId, Metadata, NewKey, Scopes};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::OffsetDateTime;
@@ -54,7 +55,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         if i % 4 == 0 {
             key.renew(now, &mut rng)?;
         }
-        store.insert(&key).map_err(|e| format!("{e}"))?;
+        // The in-memory store's futures complete at once.
+        pollster::block_on(store.insert(&key)).map_err(|e| format!("{e}"))?;
     }
     let after = resident_bytes()?;
 

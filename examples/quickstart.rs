@@ -9,10 +9,12 @@
 
 use std::process::ExitCode;
 
+use keyroll::store::InMemoryStore;
 use keyroll::{
-    ApiKey, Event, Expiry, Freshness, InMemoryStore, KeyId, KeyManager, KeyState, NewKey,
-    OldTokenDeletion, Policy, TokenFormat, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Event, Freshness, KeyId, KeyManager, NewKey, OldTokenDeletion, Policy,
+    RenewalEnforcement, RenewalState, TokenFormat, TokenMatch, TransitionError, VerifyError,
 };
+use pollster::block_on;
 use time::{Duration, OffsetDateTime};
 
 /// Prints one step and checks it.
@@ -101,14 +103,15 @@ fn run() -> Result<(), String> {
         "undo twice is refused",
     )?;
 
-    println!("5. renew and finalize Now");
-    let (fourth, event) = key.renew(day(120), &mut rng).map_err(|e| e.to_string())?;
+    println!("5. renew and delete the old token now, in one step");
+    let (fourth, event) = key
+        .renew_with(OldTokenDeletion::Now, day(120), &mut rng)
+        .map_err(|e| e.to_string())?;
     show(&event);
-    show(
-        &key.finalize(OldTokenDeletion::Now, day(120))
-            .map_err(|e| e.to_string())?,
-    );
-    step(key.state() == KeyState::Single, "only one token is left")?;
+    step(
+        key.state() == RenewalState::Single,
+        "only one token is left",
+    )?;
     step(
         key.verify(second.expose_secret(), day(120)) == Err(VerifyError::Mismatch),
         "the old token is gone",
@@ -158,7 +161,7 @@ fn run() -> Result<(), String> {
     )?;
 
     let enforced = Policy {
-        expiry: Expiry::Enforced,
+        enforcement: RenewalEnforcement::Enforced,
         ..Policy::default()
     };
     let (strict, token, _) = ApiKey::issue(
@@ -170,8 +173,8 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     step(
-        strict.verify(token.expose_secret(), day(90)) == Err(VerifyError::Expired),
-        "enforced: it expires",
+        strict.verify(token.expose_secret(), day(90)) == Err(VerifyError::RenewalOverdue),
+        "enforced: an overdue token is refused",
     )?;
 
     println!("8. delete the old token only once the new one is in use");
@@ -208,7 +211,7 @@ fn run() -> Result<(), String> {
         .housekeep(first_use + grace)
         .ok_or("housekeep found nothing due")?;
     show(&event);
-    step(key.state() == KeyState::Single, "housekeep removed it")?;
+    step(key.state() == RenewalState::Single, "housekeep removed it")?;
     step(
         key.current_token().last_used_at() == Some(first_use),
         "last use is known",
@@ -228,17 +231,17 @@ fn run() -> Result<(), String> {
     )?;
 
     println!("10. a service: one-string bearer tokens through a manager and a store");
+    // The manager is async; a program without a runtime drives it with any
+    // `block_on` (the in-memory store's futures complete at once).
     let manager = KeyManager::new(InMemoryStore::new());
-    let (token, _) = manager
-        .create_key(
-            KeyId::new("acme-billing").map_err(|e| e.to_string())?,
-            day(0),
-            &mut rng,
-        )
-        .map_err(|e| e.to_string())?;
-    let who = manager
-        .authenticate(token.expose_secret(), day(1))
-        .map_err(|e| e.to_string())?;
+    let (token, _) = block_on(manager.create_key(
+        KeyId::new("acme-billing").map_err(|e| e.to_string())?,
+        day(0),
+        &mut rng,
+    ))
+    .map_err(|e| e.to_string())?;
+    let who =
+        block_on(manager.authenticate(token.expose_secret(), day(1))).map_err(|e| e.to_string())?;
     step(
         who.key_id.as_str() == "acme-billing" && who.matched == TokenMatch::Current,
         "authenticate(token) finds the key and checks the token",
@@ -249,25 +252,20 @@ fn run() -> Result<(), String> {
         "  scanners look for {}",
         TokenFormat::default().scan_pattern()
     );
-    let event = manager
-        .revoke_token(token.expose_secret(), day(2))
+    let event = block_on(manager.revoke_token(token.expose_secret(), day(2)))
         .map_err(|e| e.to_string())?
         .ok_or("nothing was revoked")?;
     show(&event);
     step(
-        manager.authenticate(token.expose_secret(), day(2)).is_err(),
+        block_on(manager.authenticate(token.expose_secret(), day(2))).is_err(),
         "the leaked token never verifies again",
     )?;
-    let (fresh, _) = manager
-        .renew(&who.key_id, day(2), &mut rng)
-        .map_err(|e| e.to_string())?;
+    let (fresh, _) =
+        block_on(manager.renew(&who.key_id, day(2), &mut rng)).map_err(|e| e.to_string())?;
+    let stored = block_on(manager.get(&who.key_id)).map_err(|e| e.to_string())?;
     step(
-        manager.authenticate(fresh.expose_secret(), day(2)).is_ok()
-            && manager
-                .get(&who.key_id)
-                .map_err(|e| e.to_string())?
-                .and_then(|k| k.old_token().cloned())
-                .is_none(),
+        block_on(manager.authenticate(fresh.expose_secret(), day(2))).is_ok()
+            && stored.and_then(|k| k.old_token().cloned()).is_none(),
         "a renewal hands out a new token, with no old one to delete",
     )?;
     println!("version {}: all steps behaved as documented", key.version());

@@ -50,31 +50,31 @@
 
 // From the bottom up: each module imports only from those above it in
 // this list.
-mod base62;
-mod hex;
-mod errors;
-mod revision;
-mod id;
 mod attributes;
-mod state;
-mod token;
-mod policy;
-mod input;
-mod event;
-mod new_key;
-mod key;
-mod verify;
-#[cfg(feature = "serde")]
-pub mod record;
-mod padded;
-mod rng;
-pub mod store;
-mod usage;
-mod manager;
+mod base62;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod errors;
+mod event;
+mod hex;
+mod id;
+mod input;
+mod key;
+mod manager;
+mod new_key;
+mod padded;
+mod policy;
+#[cfg(feature = "serde")]
+pub mod record;
+mod revision;
+mod rng;
+mod state;
+pub mod store;
 #[cfg(feature = "proptest")]
 pub mod testing;
+mod token;
+mod usage;
+mod verify;
 
 pub mod error {
     //! Every error type of keyroll, in one place. The ones a caller meets

@@ -74,6 +74,12 @@ impl<'a> From<&'a str> for Credentials<'a> {
     }
 }
 
+impl<'a> From<&'a String> for Credentials<'a> {
+    fn from(token: &'a String) -> Credentials<'a> {
+        Credentials::bearer(token)
+    }
+}
+
 impl std::fmt::Debug for Credentials<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

@@ -44,9 +44,9 @@ use time::OffsetDateTime;
 use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::key::{ApiKey, Renewal, TokenInfo};
-use crate::state::{Decision, KeyStatus};
 use crate::policy::Policy;
 use crate::revision::Revision;
+use crate::state::KeyStatus;
 
 /// Why a record could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -270,15 +270,10 @@ impl ApiKey {
         if self.incarnation > i64::MAX as u64 {
             return Err(format!("incarnation {} is out of range", self.incarnation));
         }
-        // Each of these took a transition of its own.
-        let min_version = 1
-            + u64::from(self.renewal.is_some())
-            + u64::from(
-                self.renewal
-                    .as_ref()
-                    .is_some_and(|r| r.decision != Decision::Undecided),
-            )
-            + u64::from(self.status == KeyStatus::Inactive);
+        // Each of these took a transition of its own (a renewal and its
+        // decision may take one: `renew_with`).
+        let min_version =
+            1 + u64::from(self.renewal.is_some()) + u64::from(self.status == KeyStatus::Inactive);
         if self.version < min_version {
             return Err(format!(
                 "version {} is too low for the key's state (at least {min_version})",

@@ -50,10 +50,16 @@
 //!         };
 //!         let done = |r: Result<_, _>| r.map_or_else(Expected::Refused, |_| Expected::Done);
 //!         let seen = match op.clone() {
-//!             Op::Renew => match sut.key.renew(now, &mut rand::rng()) {
-//!                 Ok((new, _)) => { sut.tokens.push(new); Expected::Done }
-//!                 Err(e) => Expected::Refused(e),
-//!             },
+//!             Op::Renew | Op::RenewWith(_) => {
+//!                 let renewed = match &op {
+//!                     Op::RenewWith(deletion) => sut.key.renew_with(*deletion, now, &mut rand::rng()),
+//!                     _ => sut.key.renew(now, &mut rand::rng()),
+//!                 };
+//!                 match renewed {
+//!                     Ok((new, _)) => { sut.tokens.push(new); Expected::Done }
+//!                     Err(e) => Expected::Refused(e),
+//!                 }
+//!             }
 //!             Op::Finalize(deletion) => done(sut.key.finalize(deletion, now)),
 //!             Op::DeleteOld => done(sut.key.delete_old(now)),
 //!             Op::Undo => done(sut.key.undo_renewal(now)),
@@ -126,6 +132,8 @@ pub enum Which {
 pub enum Op {
     /// [`ApiKey::renew`].
     Renew,
+    /// [`ApiKey::renew_with`] with this mode.
+    RenewWith(OldTokenDeletion),
     /// [`ApiKey::finalize`] with this mode.
     Finalize(OldTokenDeletion),
     /// [`ApiKey::delete_old`].
@@ -313,28 +321,49 @@ impl Model {
         }
     }
 
+    /// Decides the fate of the old token, as `finalize` does.
+    fn decide(&mut self, deletion: OldTokenDeletion) {
+        match deletion {
+            OldTokenDeletion::Later => self.decision = Decision::Later,
+            OldTokenDeletion::At(at) if at > self.now => self.decision = Decision::Scheduled { at },
+            OldTokenDeletion::AfterNewTokenUse { grace } => {
+                self.decision = Decision::AfterNewTokenUse { grace }
+            }
+            _ => self.delete_old(),
+        }
+    }
+
     /// Applies one operation, setting [`expected`](Model::expected).
     pub fn step(&mut self, op: &Op) {
         let refuse = |m: &mut Model, e| m.expected = Expected::Refused(e);
         match op {
-            Op::Renew if self.expired() => {
+            Op::RenewWith(OldTokenDeletion::AfterNewTokenUse { grace }) if grace.is_negative() => {
+                refuse(self, TransitionError::InvalidGrace { grace: *grace })
+            }
+            Op::Renew | Op::RenewWith(_) if self.expired() => {
                 let expires_at = self.expires_at.unwrap_or(self.now);
                 refuse(self, TransitionError::KeyExpired { expires_at })
             }
-            Op::Renew if self.old.is_some() => refuse(self, TransitionError::RenewalPending),
-            Op::Renew if self.current_revoked => {
-                // The revoked token is replaced outright: no old token.
-                self.gone.push(self.current);
-                self.current = self.issued();
-                self.current_revoked = false;
-                self.last_used.push(None);
-                self.succeed();
+            Op::Renew | Op::RenewWith(_) if self.live_old().is_some() => {
+                refuse(self, TransitionError::RenewalPending)
             }
-            Op::Renew => {
-                self.old = Some(self.current);
-                self.current = self.issued();
+            Op::Renew | Op::RenewWith(_) => {
+                // An old token past its scheduled deletion blocks nothing:
+                // it is deleted first, in the same transition.
+                self.delete_old();
+                let issued = self.issued();
+                let previous = std::mem::replace(&mut self.current, issued);
                 self.last_used.push(None);
-                self.decision = Decision::Undecided;
+                if std::mem::take(&mut self.current_revoked) {
+                    // The revoked token is replaced outright: no old token.
+                    self.gone.push(previous);
+                } else {
+                    self.old = Some(previous);
+                    self.decision = Decision::Undecided;
+                    if let Op::RenewWith(deletion) = op {
+                        self.decide(*deletion);
+                    }
+                }
                 self.succeed();
             }
             Op::Finalize(_) if self.old.is_none() => {
@@ -344,16 +373,7 @@ impl Model {
                 refuse(self, TransitionError::AlreadyFinalized)
             }
             Op::Finalize(deletion) => {
-                match *deletion {
-                    OldTokenDeletion::Later => self.decision = Decision::Later,
-                    OldTokenDeletion::At(at) if at > self.now => {
-                        self.decision = Decision::Scheduled { at }
-                    }
-                    OldTokenDeletion::AfterNewTokenUse { grace } => {
-                        self.decision = Decision::AfterNewTokenUse { grace }
-                    }
-                    _ => self.delete_old(),
-                }
+                self.decide(*deletion);
                 self.succeed();
             }
             Op::DeleteOld if self.old.is_none() => refuse(self, TransitionError::NoOldToken),
@@ -540,7 +560,8 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
     }
     let which = proptest::strategy::Union::new(which);
     prop_oneof![
-        4 => Just(Op::Renew),
+        3 => Just(Op::Renew),
+        2 => deletion.clone().prop_map(Op::RenewWith),
         3 => deletion.prop_map(Op::Finalize),
         2 => Just(Op::DeleteOld),
         2 => Just(Op::Undo),
@@ -595,6 +616,9 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                         Op::Renew => key
                             .renew(now, &mut rng)
                             .map(|(token, _)| tokens.push(token)),
+                        Op::RenewWith(deletion) => key
+                            .renew_with(shifted(deletion, now), now, &mut rng)
+                            .map(|(token, _)| tokens.push(token)),
                         Op::Revoke(_) => {
                             // Revokes the newest live token.
                             let _ = tokens
@@ -604,13 +628,7 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                             Ok(())
                         }
                         Op::Finalize(deletion) => {
-                            let deletion = match deletion {
-                                OldTokenDeletion::At(at) => {
-                                    OldTokenDeletion::At(now + (at - op_now()))
-                                }
-                                other => other,
-                            };
-                            key.finalize(deletion, now).map(|_| ())
+                            key.finalize(shifted(deletion, now), now).map(|_| ())
                         }
                         Op::DeleteOld => key.delete_old(now).map(|_| ()),
                         Op::Undo => key.undo_renewal(now).map(|_| ()),
@@ -645,6 +663,14 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                 key
             },
         )
+}
+
+/// `deletion`, its instant (placed around [`op_now`]) moved around `now`.
+fn shifted(deletion: OldTokenDeletion, now: OffsetDateTime) -> OldTokenDeletion {
+    match deletion {
+        OldTokenDeletion::At(at) => OldTokenDeletion::At(now + (at - op_now())),
+        other => other,
+    }
 }
 
 /// The clock `op()` places its instants around.

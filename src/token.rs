@@ -194,26 +194,26 @@ impl<'a> PresentedToken<'a> {
         if prefix_len == 0 || prefix_len + 1 > tail_at {
             return Err(VerifyError::Malformed);
         }
-        let prefix = &presented[..prefix_len];
-        if !prefix
-            .bytes()
+        // Bytes are checked before any slice of the text is taken: every
+        // boundary is then next to an ASCII byte.
+        if !bytes[..prefix_len]
+            .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             return Err(VerifyError::Malformed);
         }
-        let key_id = match &presented[prefix_len + 1..tail_at] {
-            "" => None,
-            framed => {
-                let id = framed.strip_suffix('_').ok_or(VerifyError::Malformed)?;
-                let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+        let prefix = &presented[..prefix_len];
+        let key_id = match &bytes[prefix_len + 1..tail_at] {
+            [] => None,
+            [id @ .., b'_']
+                if (1..=KEY_ID_MAX_LEN).contains(&id.len())
                     && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !valid {
-                    return Err(VerifyError::Malformed);
-                }
-                Some(id)
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+            {
+                Some(&presented[prefix_len + 1..prefix_len + 1 + id.len()])
             }
+            _ => return Err(VerifyError::Malformed),
         };
         let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
         let mut written = 0u64;
@@ -426,9 +426,8 @@ impl TokenFormat {
         for &c in secret.iter() {
             text.push(char::from(c));
         }
-        let checksum = base62::encode_fixed::<CHECKSUM_LEN>(u64::from(crc32fast::hash(
-            text.as_bytes(),
-        )));
+        let checksum =
+            base62::encode_fixed::<CHECKSUM_LEN>(u64::from(crc32fast::hash(text.as_bytes())));
         for c in checksum {
             text.push(char::from(c));
         }
@@ -561,7 +560,10 @@ mod tests {
         let debug = format!("{token:?}");
         assert!(!debug.contains(secret), "{debug}");
         assert!(debug.contains(&token.id().to_string()));
-        let parsed = format!("{:?}", PresentedToken::parse(token.expose_secret()).unwrap());
+        let parsed = format!(
+            "{:?}",
+            PresentedToken::parse(token.expose_secret()).unwrap()
+        );
         assert!(!parsed.contains(secret), "{parsed}");
         assert!(parsed.contains("k1"), "{parsed}");
     }

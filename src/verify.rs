@@ -320,9 +320,8 @@ impl KeyView<'_> {
         let hash = token.hash_for(self.id);
 
         let current = &self.current;
-        let is_current = hash.ct_eq(current.hash)
-            & Choice::from(u8::from(!current.revoked))
-            & framed(current);
+        let is_current =
+            hash.ct_eq(current.hash) & Choice::from(u8::from(!current.revoked)) & framed(current);
         let old = self
             .old
             .filter(|(_, decision)| decision.keeps_old_token(now))

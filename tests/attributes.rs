@@ -5,10 +5,12 @@
 mod common;
 
 use common::{issue, renewing, rng, t0};
+use keyroll::store::{InMemoryStore, KeyStore};
 use keyroll::{
-    ApiKey, Event, Expiry, InMemoryStore, KeyId, KeyManager, KeyStore, Metadata, NewKey,
-    OldTokenDeletion, Policy, Scopes, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Event, KeyId, KeyManager, Metadata, NewKey, OldTokenDeletion, Policy,
+    RenewalEnforcement, Scopes, TokenMatch, TransitionError, VerifyError,
 };
+use pollster::block_on;
 use time::Duration;
 
 fn scopes() -> Scopes {
@@ -121,7 +123,7 @@ fn bad_attributes_are_refused_and_change_nothing() {
 #[test]
 fn hard_expiry_comes_after_inactive_and_before_the_renewal_period() {
     let policy = Policy {
-        expiry: Expiry::Enforced,
+        enforcement: RenewalEnforcement::Enforced,
         ..Policy::default()
     };
     let expires = t0() + Duration::days(30);
@@ -222,40 +224,35 @@ fn attributes_round_trip_through_records_and_schema_1_records_have_none() {
 #[test]
 fn authentication_hands_out_the_keys_scopes_and_metadata() {
     let manager = KeyManager::new(InMemoryStore::new());
-    let (token, _) = manager.create_key(attributed(), t0(), &mut rng()).unwrap();
-    let who = manager.authenticate(token.expose_secret(), t0()).unwrap();
+    let (token, _) = block_on(manager.create_key(attributed(), t0(), &mut rng())).unwrap();
+    let who = block_on(manager.authenticate(token.expose_secret(), t0())).unwrap();
     assert_eq!(who.scopes, scopes());
     assert_eq!(who.metadata, metadata());
     assert!(who.scopes.contains("orders:read"));
     assert_eq!(who.metadata.get("tenant"), Some("acme"));
     // The same through the store's default (load, then verify) path.
-    let key = manager.get(&who.key_id).unwrap().unwrap();
+    let key = block_on(manager.get(&who.key_id)).unwrap().unwrap();
     let store = InMemoryStore::new();
-    store.insert(&key).unwrap();
+    block_on(store.insert(&key)).unwrap();
+    let presented = keyroll::PresentedToken::parse(token.expose_secret()).unwrap();
     assert_eq!(
-        keyroll::Verification::of(Some(&key), token.expose_secret(), t0()),
-        store.verify(key.id(), token.expose_secret(), t0()).unwrap()
+        keyroll::store::Verification::of(Some(&key), &presented, t0()),
+        block_on(store.verify(key.id(), &presented, t0())).unwrap()
     );
 
     let id = who.key_id;
-    manager
-        .set_scopes(&id, Scopes::new(["orders:read"]).unwrap(), t0())
-        .unwrap();
-    manager
-        .set_metadata(&id, Metadata::default(), t0())
-        .unwrap();
-    manager.set_label(&id, "orders v2", t0()).unwrap();
-    manager
-        .set_expiry(&id, Some(t0() + Duration::days(1)), t0())
-        .unwrap();
-    let who = manager.authenticate(token.expose_secret(), t0()).unwrap();
+    block_on(manager.set_scopes(&id, Scopes::new(["orders:read"]).unwrap(), t0())).unwrap();
+    block_on(manager.set_metadata(&id, Metadata::default(), t0())).unwrap();
+    block_on(manager.set_label(&id, "orders v2", t0())).unwrap();
+    block_on(manager.set_expiry(&id, Some(t0() + Duration::days(1)), t0())).unwrap();
+    let who = block_on(manager.authenticate(token.expose_secret(), t0())).unwrap();
     assert!(!who.scopes.contains("orders:write") && who.metadata.is_empty());
     assert!(matches!(
-        manager.authenticate(token.expose_secret(), t0() + Duration::days(1)),
+        block_on(manager.authenticate(token.expose_secret(), t0() + Duration::days(1))),
         Err(keyroll::AuthError::Verify(VerifyError::KeyExpired))
     ));
     assert!(matches!(
-        manager.set_label(&id, "bad\nlabel", t0()),
+        block_on(manager.set_label(&id, "bad\nlabel", t0())),
         Err(keyroll::ManagerError::Transition(
             TransitionError::InvalidLabel(_)
         ))

@@ -7,7 +7,7 @@ mod common;
 
 use common::{issue, renewing, rng, t0};
 use keyroll::{
-    ApiKey, Decision, KeyId, KeyState, NewKey, OldTokenDeletion, Policy, TokenMatch,
+    ApiKey, Decision, KeyId, NewKey, OldTokenDeletion, Policy, RenewalState, TokenMatch,
     TransitionError,
 };
 use proptest::prelude::*;
@@ -167,7 +167,7 @@ fn a_huge_grace_saturates_at_the_end_of_year_9999() {
     )
     .unwrap();
     assert!(key.record_use(TokenMatch::Current, t0()));
-    let KeyState::Renewing {
+    let RenewalState::Renewing {
         decision: Decision::Scheduled { at },
     } = key.state()
     else {

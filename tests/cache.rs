@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::t0;
-use keyroll::{
-    ApiKey, AuthError, CachedStore, InMemoryStore, KeyId, KeyManager, KeyStore, Revision,
-    StoreError, Verification, VerifyError, conformance,
-};
+use keyroll::store::{CachedStore, InMemoryStore, KeyStore, Revision, StoreError, Verification};
+use keyroll::{ApiKey, AuthError, KeyId, KeyManager, VerifyError, conformance};
+use pollster::block_on;
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -35,26 +34,26 @@ impl Counted {
 
 impl KeyStore for Counted {
     type Error = Infallible;
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        let found = self.keys.get(id);
+        let found = self.keys.get(id).await;
         if let Some((started, go)) = self.hold.lock().unwrap().take() {
             started.send(()).unwrap();
             go.recv().unwrap();
         }
         found
     }
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
-        self.keys.insert(key)
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+        self.keys.insert(key).await
     }
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        self.keys.update(key, expected)
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        self.keys.update(key, expected).await
     }
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        self.keys.delete(id, expected)
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        self.keys.delete(id, expected).await
     }
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
-        self.keys.list(after, limit)
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+        self.keys.list(after, limit).await
     }
 }
 
@@ -63,25 +62,31 @@ fn key(id: &str) -> (ApiKey, keyroll::Token) {
     (key, token)
 }
 
+/// The store's verification of `token` (well-formed) against key `id`.
+fn verified<S: KeyStore>(store: &S, id: &KeyId, token: &str) -> Verification
+where
+    S::Error: std::fmt::Debug,
+{
+    let token = keyroll::PresentedToken::parse(token).unwrap();
+    block_on(store.verify(id, &token, t0())).unwrap()
+}
+
 fn accepted(v: Verification) -> bool {
     matches!(v, Verification::Accepted(_))
 }
 
 #[test]
 fn the_suite_passes_on_a_cache_in_front_of_memory() {
-    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 1000, LONG));
+    let suite = |capacity, negative| {
+        block_on(conformance::run_all(|| async move {
+            CachedStore::new(InMemoryStore::new(), capacity, LONG).with_negative_caching(negative)
+        }))
+    };
+    suite(1000, LONG);
     // Tiny: every shard evicts all the time.
-    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 16, LONG));
-    conformance::run_all(|| {
-        CachedStore::new(InMemoryStore::new(), 1000, LONG).with_negative_caching(Duration::ZERO)
-    });
-    conformance::run_all(|| CachedStore::new(InMemoryStore::new(), 0, LONG));
-}
-
-#[tokio::test]
-async fn the_async_suite_passes_too() {
-    conformance::run_all_async(|| async { CachedStore::new(InMemoryStore::new(), 1000, LONG) })
-        .await;
+    suite(16, LONG);
+    suite(1000, Duration::ZERO);
+    suite(0, LONG);
 }
 
 #[test]
@@ -89,17 +94,13 @@ fn reads_are_served_from_memory_until_max_staleness() {
     let staleness = Duration::from_millis(200);
     let cache = CachedStore::new(Counted::default(), 100, staleness);
     let (key, token) = key("acme");
-    cache.inner().insert(&key).unwrap();
+    block_on(cache.inner().insert(&key)).unwrap();
     for _ in 0..100 {
-        assert!(accepted(
-            cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
-        ));
+        assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
     }
     assert_eq!(cache.inner().gets(), 1);
     std::thread::sleep(staleness + Duration::from_millis(50));
-    assert!(accepted(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
-    ));
+    assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
     assert_eq!(cache.inner().gets(), 2, "read again once stale");
 }
 
@@ -107,21 +108,19 @@ fn reads_are_served_from_memory_until_max_staleness() {
 fn another_writer_is_seen_after_an_invalidation() {
     let cache = CachedStore::new(Counted::default(), 100, LONG);
     let (mut key, token) = key("acme");
-    cache.insert(&key).unwrap();
-    assert!(accepted(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
-    ));
+    block_on(cache.insert(&key)).unwrap();
+    assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
     // Another replica revokes the token, behind this cache's back.
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    cache.inner().update(&key, loaded).unwrap();
+    block_on(cache.inner().update(&key, loaded)).unwrap();
     assert!(
-        accepted(cache.verify(key.id(), token.expose_secret(), t0()).unwrap()),
+        accepted(verified(&cache, key.id(), token.expose_secret())),
         "served from memory"
     );
     cache.invalidate(key.id());
     assert_eq!(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused(VerifyError::Mismatch)
     );
     cache.invalidate_all();
@@ -132,19 +131,19 @@ fn another_writer_is_seen_after_an_invalidation() {
 fn writes_through_the_cache_are_read_back_at_once() {
     let cache = CachedStore::new(Counted::default(), 100, LONG);
     let (mut key, token) = key("acme");
-    cache.insert(&key).unwrap();
+    block_on(cache.insert(&key)).unwrap();
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    cache.update(&key, loaded).unwrap();
+    block_on(cache.update(&key, loaded)).unwrap();
     assert_eq!(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused(VerifyError::Mismatch),
         "the update is served"
     );
     assert_eq!(cache.inner().gets(), 0, "from memory");
-    cache.delete(key.id(), key.revision()).unwrap();
+    block_on(cache.delete(key.id(), key.revision())).unwrap();
     assert_eq!(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        verified(&cache, key.id(), token.expose_secret()),
         Verification::UnknownKey
     );
     assert_eq!(cache.inner().gets(), 1, "only the read after the delete");
@@ -154,25 +153,23 @@ fn writes_through_the_cache_are_read_back_at_once() {
 fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
     let manager = KeyManager::new(CachedStore::new(Counted::default(), 100, LONG));
     let id = KeyId::new("acme").unwrap();
-    let (token, _) = manager
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
+    let (token, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
     // Another replica deactivates the key: this cache still has it active.
     let inner = manager.store().inner();
-    let mut stored = inner.get(&id).unwrap().unwrap();
+    let mut stored = block_on(inner.get(&id)).unwrap().unwrap();
     let loaded = stored.revision();
     stored.deactivate(t0()).unwrap();
-    inner.update(&stored, loaded).unwrap();
+    block_on(inner.update(&stored, loaded)).unwrap();
     assert!(
-        manager.authenticate(token.expose_secret(), t0()).is_ok(),
+        block_on(manager.authenticate(token.expose_secret(), t0())).is_ok(),
         "stale"
     );
     // `activate` loads the stored key (inactive), not the cached one.
-    manager.activate(&id, t0()).unwrap();
-    assert!(manager.authenticate(token.expose_secret(), t0()).is_ok());
-    manager.deactivate(&id, t0()).unwrap();
+    block_on(manager.activate(&id, t0())).unwrap();
+    assert!(block_on(manager.authenticate(token.expose_secret(), t0())).is_ok());
+    block_on(manager.deactivate(&id, t0())).unwrap();
     assert!(matches!(
-        manager.authenticate(token.expose_secret(), t0()),
+        block_on(manager.authenticate(token.expose_secret(), t0())),
         Err(AuthError::Verify(VerifyError::KeyInactive))
     ));
 }
@@ -181,17 +178,17 @@ fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
 fn a_refused_write_drops_the_entry() {
     let cache = CachedStore::new(Counted::default(), 100, LONG);
     let (mut key, token) = key("acme");
-    cache.insert(&key).unwrap();
+    block_on(cache.insert(&key)).unwrap();
     let stale = key.clone();
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    cache.inner().update(&key, loaded).unwrap(); // behind the cache's back
+    block_on(cache.inner().update(&key, loaded)).unwrap(); // behind the cache's back
     assert!(matches!(
-        cache.update(&stale, loaded),
+        block_on(cache.update(&stale, loaded)),
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused(VerifyError::Mismatch),
         "the next read went to the store"
     );
@@ -201,25 +198,25 @@ fn a_refused_write_drops_the_entry() {
 fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
     let cache = Arc::new(CachedStore::new(Counted::default(), 100, LONG));
     let (mut key, token) = key("acme");
-    cache.inner().insert(&key).unwrap();
+    block_on(cache.inner().insert(&key)).unwrap();
     let (started_tx, started) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
     *cache.inner().hold.lock().unwrap() = Some((started_tx, go_rx));
     let reader = {
         let cache = cache.clone();
         let id = key.id().clone();
-        std::thread::spawn(move || cache.get(&id).unwrap())
+        std::thread::spawn(move || block_on(cache.get(&id)).unwrap())
     };
     started.recv().unwrap(); // the reader has read the key, not yet kept it
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    cache.inner().update(&key, loaded).unwrap();
+    block_on(cache.inner().update(&key, loaded)).unwrap();
     cache.invalidate(key.id()); // the notification of that write
     go.send(()).unwrap();
     let read = reader.join().unwrap().unwrap();
     assert_eq!(read.revision(), loaded, "the reader got the copy it read");
     assert_eq!(
-        cache.verify(key.id(), token.expose_secret(), t0()).unwrap(),
+        verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused(VerifyError::Mismatch),
         "but did not keep it past the invalidation"
     );
@@ -231,37 +228,39 @@ fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
 #[test]
 fn unknown_ids_are_remembered_unless_told_not_to() {
     let junk = KeyId::new("junk").unwrap();
+    // A well-formed token naming an id no store holds.
+    let junk_token = key("junk").1.expose_secret().to_owned();
     let default = CachedStore::new(Counted::default(), 100, LONG);
     let (known, token) = key("known");
-    default.insert(&known).unwrap();
+    block_on(default.insert(&known)).unwrap();
     default.invalidate(known.id());
     for _ in 0..10 {
         assert_eq!(
-            default.verify(&junk, "kr_junk_x", t0()).unwrap(),
+            verified(&default, &junk, &junk_token),
             Verification::UnknownKey
         );
-        assert!(accepted(
-            default
-                .verify(known.id(), token.expose_secret(), t0())
-                .unwrap()
-        ));
+        assert!(accepted(verified(
+            &default,
+            known.id(),
+            token.expose_secret()
+        )));
     }
     assert_eq!(default.inner().gets(), 2, "one read of each id");
     // A key created elsewhere is seen once an invalidation announces it.
     let (late, late_token) = key("junk");
-    default.inner().insert(&late).unwrap();
+    block_on(default.inner().insert(&late)).unwrap();
     default.invalidate(&junk);
-    assert!(accepted(
-        default
-            .verify(&junk, late_token.expose_secret(), t0())
-            .unwrap()
-    ));
+    assert!(accepted(verified(
+        &default,
+        &junk,
+        late_token.expose_secret()
+    )));
 
     let plain =
         CachedStore::new(Counted::default(), 100, LONG).with_negative_caching(Duration::ZERO);
     for _ in 0..10 {
         assert_eq!(
-            plain.verify(&junk, "kr_junk_x", t0()).unwrap(),
+            verified(&plain, &junk, &junk_token),
             Verification::UnknownKey
         );
     }
@@ -272,16 +271,14 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
     let manager = KeyManager::new(negative);
     for _ in 0..10 {
         assert!(matches!(
-            manager.store().verify(&junk, "kr_junk_x", t0()).unwrap(),
+            verified(&manager.store(), &junk, &junk_token),
             Verification::UnknownKey
         ));
     }
     assert_eq!(manager.store().inner().gets(), 1);
     // A key created through the cache is seen at once.
-    let (token, _) = manager
-        .create_key(junk.clone(), t0(), &mut rand::rng())
-        .unwrap();
-    assert!(manager.authenticate(token.expose_secret(), t0()).is_ok());
+    let (token, _) = block_on(manager.create_key(junk.clone(), t0(), &mut rand::rng())).unwrap();
+    assert!(block_on(manager.authenticate(token.expose_secret(), t0())).is_ok());
 }
 
 #[test]
@@ -289,16 +286,16 @@ fn when_full_keys_in_use_stay_and_keys_read_once_go() {
     // 16 shards of 4 entries.
     let cache = CachedStore::new(Counted::default(), 64, LONG);
     let (hot, hot_token) = key("hot");
-    cache.inner().insert(&hot).unwrap();
+    block_on(cache.inner().insert(&hot)).unwrap();
     for i in 0..2000 {
         let (cold, _) = key(&format!("cold-{i}"));
-        cache.inner().insert(&cold).unwrap();
-        cache.get(cold.id()).unwrap();
-        assert!(accepted(
-            cache
-                .verify(hot.id(), hot_token.expose_secret(), t0())
-                .unwrap()
-        ));
+        block_on(cache.inner().insert(&cold)).unwrap();
+        block_on(cache.get(cold.id())).unwrap();
+        assert!(accepted(verified(
+            &cache,
+            hot.id(),
+            hot_token.expose_secret()
+        )));
         assert!(cache.len() <= 64);
     }
     // 2000 cold reads, and the hot key read once from the store.
@@ -310,13 +307,11 @@ fn a_cache_sized_for_every_key_holds_every_key() {
     let cache = CachedStore::new(Counted::default(), 1000, LONG);
     let keys: Vec<_> = (0..1000).map(|i| key(&format!("k-{i}"))).collect();
     for (key, _) in &keys {
-        cache.inner().insert(key).unwrap();
+        block_on(cache.inner().insert(key)).unwrap();
     }
     for _ in 0..3 {
         for (key, token) in &keys {
-            assert!(accepted(
-                cache.verify(key.id(), token.expose_secret(), t0()).unwrap()
-            ));
+            assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
         }
     }
     assert_eq!(cache.len(), 1000);
@@ -327,8 +322,8 @@ fn a_cache_sized_for_every_key_holds_every_key() {
     );
     // One more key than the capacity: something makes room, never more.
     let (extra, _) = key("extra");
-    cache.inner().insert(&extra).unwrap();
-    cache.get(extra.id()).unwrap();
+    block_on(cache.inner().insert(&extra)).unwrap();
+    block_on(cache.get(extra.id())).unwrap();
     assert_eq!(cache.len(), 1000);
     cache.invalidate_all();
     assert!(cache.is_empty());

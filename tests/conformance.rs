@@ -4,27 +4,33 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use keyroll::{ApiKey, InMemoryStore, KeyId, KeyStore, Revision, StoreError, conformance};
+use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
+use keyroll::{ApiKey, KeyId, conformance};
+use pollster::block_on;
 
+/// Under a plain `block_on`, and under tokio: the suite needs no runtime.
 #[test]
 fn in_memory_store_passes_the_whole_suite() {
-    conformance::run_all(InMemoryStore::new);
+    block_on(conformance::run_all(|| async { InMemoryStore::new() }));
 }
 
 #[tokio::test]
-async fn in_memory_store_passes_the_whole_async_suite() {
-    conformance::run_all_async(|| async { InMemoryStore::new() }).await;
+async fn in_memory_store_passes_the_whole_suite_under_tokio() {
+    conformance::run_all(|| async { InMemoryStore::new() }).await;
 }
 
 #[test]
 fn pointer_types_pass_too() {
-    conformance::run_all(|| std::sync::Arc::new(InMemoryStore::new()));
-    conformance::run_all(|| Box::new(InMemoryStore::new()));
+    block_on(conformance::run_all(|| async {
+        std::sync::Arc::new(InMemoryStore::new())
+    }));
+    block_on(conformance::run_all(|| async {
+        Box::new(InMemoryStore::new())
+    }));
     let store = InMemoryStore::new();
-    conformance::get_missing_returns_none(&store);
+    block_on(conformance::get_missing_returns_none(&store));
 }
 
 /// One way a store can break the contract.
@@ -73,21 +79,28 @@ impl Flawed {
         self.flaw == flaw
     }
 
-    /// Lets other threads in between a check and an act.
-    fn window<'a>(
-        &'a self,
-        guard: MutexGuard<'a, BTreeMap<KeyId, ApiKey>>,
-    ) -> MutexGuard<'a, BTreeMap<KeyId, ApiKey>> {
-        drop(guard);
-        std::thread::sleep(Duration::from_millis(2));
-        self.keys.lock().unwrap()
+    /// Lets other callers in between a check and an act: releases the
+    /// lock and yields once to the executor, so that concurrent futures
+    /// (the suite's racers) run their own check.
+    async fn window(&self) {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
 impl KeyStore for Flawed {
     type Error = Infallible;
 
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
         let Some(current) = self.keys.lock().unwrap().get(id).cloned() else {
             return Ok(None);
         };
@@ -111,12 +124,12 @@ impl KeyStore for Flawed {
         }))
     }
 
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
-        let mut keys = self.keys.lock().unwrap();
-        let exists = keys.contains_key(key.id());
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+        let exists = self.keys.lock().unwrap().contains_key(key.id());
         if self.has(Flaw::RacyInsert) {
-            keys = self.window(keys);
+            self.window().await;
         }
+        let mut keys = self.keys.lock().unwrap();
         if exists && !self.has(Flaw::InsertOverwrites) {
             return Err(StoreError::AlreadyExists);
         }
@@ -124,12 +137,17 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        let mut keys = self.keys.lock().unwrap();
-        let found = keys.get(key.id()).map(ApiKey::revision);
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+        let found = self
+            .keys
+            .lock()
+            .unwrap()
+            .get(key.id())
+            .map(ApiKey::revision);
         if self.has(Flaw::RacyUpdate) {
-            keys = self.window(keys);
+            self.window().await;
         }
+        let mut keys = self.keys.lock().unwrap();
         match found {
             None if self.has(Flaw::UpdateCreatesMissing) => {}
             None => return Err(StoreError::NotFound),
@@ -152,7 +170,7 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
         let mut keys = self.keys.lock().unwrap();
         let found = keys
             .get(id)
@@ -169,7 +187,7 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         let keys = self.keys.lock().unwrap();
         let mut out: Vec<ApiKey> = keys
             .values()
@@ -194,7 +212,7 @@ impl KeyStore for Flawed {
 
 fn failure_of(flaw: Flaw) -> String {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        conformance::run_all(|| Flawed::new(flaw))
+        block_on(conformance::run_all(|| async move { Flawed::new(flaw) }))
     }));
     match outcome {
         Ok(()) => panic!("the suite accepted a store with flaw {flaw:?}"),
@@ -208,7 +226,7 @@ fn failure_of(flaw: Flaw) -> String {
 
 #[test]
 fn the_test_store_without_a_flaw_passes() {
-    conformance::run_all(|| Flawed::new(Flaw::None));
+    block_on(conformance::run_all(|| async { Flawed::new(Flaw::None) }));
 }
 
 #[test]
@@ -253,23 +271,32 @@ fn each_flaw_is_caught_and_named() {
 /// every other behaviour, and the delete/re-create behaviours catch it.
 #[test]
 fn a_version_only_store_fails_the_recreate_behaviours() {
-    let caught = |behaviour: fn(Flawed), flaw| {
-        catch_unwind(AssertUnwindSafe(|| behaviour(Flawed::new(flaw)))).is_err()
+    let caught = |flaw, behaviour: &str| {
+        catch_unwind(AssertUnwindSafe(|| {
+            let store = Flawed::new(flaw);
+            block_on(async {
+                match behaviour {
+                    "stale_update" => {
+                        conformance::stale_update_after_recreate_is_refused(store).await
+                    }
+                    "stale_delete" => {
+                        conformance::stale_delete_after_recreate_is_refused(store).await
+                    }
+                    "update_persists" => conformance::update_persists(store).await,
+                    _ => conformance::delete_removes_the_key(store).await,
+                }
+            })
+        }))
+        .is_err()
     };
-    assert!(caught(
-        conformance::stale_update_after_recreate_is_refused,
-        Flaw::UpdateComparesVersionsOnly
-    ));
-    assert!(caught(
-        conformance::stale_delete_after_recreate_is_refused,
-        Flaw::DeleteComparesVersionsOnly
-    ));
+    assert!(caught(Flaw::UpdateComparesVersionsOnly, "stale_update"));
+    assert!(caught(Flaw::DeleteComparesVersionsOnly, "stale_delete"));
     for flaw in [
         Flaw::UpdateComparesVersionsOnly,
         Flaw::DeleteComparesVersionsOnly,
     ] {
-        assert!(!caught(conformance::update_persists, flaw));
-        assert!(!caught(conformance::delete_removes_the_key, flaw));
+        assert!(!caught(flaw, "update_persists"));
+        assert!(!caught(flaw, "delete_removes_the_key"));
     }
 }
 

@@ -4,10 +4,12 @@
 mod common;
 
 use common::{issue, renewing, t0};
+use keyroll::store::{InMemoryStore, KeyStore};
 use keyroll::{
-    ApiKey, Decision, DeletionReason, Event, InMemoryStore, KeyId, KeyManager, KeyState, KeyStore,
-    OldTokenDeletion, Policy, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Decision, DeletionReason, Event, KeyId, KeyManager, OldTokenDeletion, Policy,
+    RenewalState, TokenMatch, TransitionError, VerifyError,
 };
+use pollster::block_on;
 use time::Duration;
 
 fn minutes(n: i64) -> Duration {
@@ -24,7 +26,7 @@ fn scheduled_deletion_before_at_and_after_the_instant() {
     );
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Scheduled { at }
         }
     );
@@ -59,7 +61,7 @@ fn scheduled_deletion_before_at_and_after_the_instant() {
         Event::OldTokenDeleted { reason: DeletionReason::Scheduled, token_id, .. } if *token_id == old.id()
     ));
     assert_eq!(event.version(), before.version() + 1);
-    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(key.state(), RenewalState::Single);
     assert_eq!(key.housekeep(at + minutes(10)), None);
 }
 
@@ -75,7 +77,7 @@ fn finalize_at_an_instant_already_past_deletes_now() {
                 ..
             }
         ));
-        assert_eq!(key.state(), KeyState::Single);
+        assert_eq!(key.state(), RenewalState::Single);
         assert_eq!(
             key.verify(old.expose_secret(), t0()),
             Err(VerifyError::Mismatch)
@@ -91,7 +93,7 @@ fn after_use_with_no_use_keeps_the_old_token() {
         .unwrap();
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::AfterNewTokenUse { grace }
         }
     );
@@ -118,7 +120,7 @@ fn after_use_with_only_the_old_token_used_keeps_it() {
     }
     assert!(matches!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::AfterNewTokenUse { .. }
         }
     ));
@@ -148,7 +150,7 @@ fn after_use_the_first_use_of_the_new_token_starts_the_grace() {
     assert_eq!(key.version(), version + 1);
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Scheduled { at: used + grace }
         }
     );
@@ -165,7 +167,7 @@ fn after_use_the_first_use_of_the_new_token_starts_the_grace() {
     key.record_use(TokenMatch::Current, used + minutes(10));
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Scheduled { at: used + grace }
         }
     );
@@ -272,12 +274,39 @@ fn undo_after_the_scheduled_instant_is_refused() {
     let before = key.clone();
     assert_eq!(key.undo_renewal(at), Err(TransitionError::NoOldToken));
     assert_eq!(key, before);
+    // Before the instant, the pending renewal blocks a new one.
     assert_eq!(
-        key.renew(at, &mut rand::rng()).unwrap_err(),
+        key.renew(at - Duration::seconds(1), &mut rand::rng())
+            .unwrap_err(),
         TransitionError::RenewalPending
     );
-    key.housekeep(at).unwrap();
-    assert!(key.renew(at, &mut rand::rng()).is_ok());
+}
+
+/// A renewal that only a due scheduled deletion blocks applies the
+/// deletion first, in the same transition: one version, one event naming
+/// the token deleted as scheduled.
+#[test]
+fn renewing_past_a_due_scheduled_deletion_housekeeps_first() {
+    let (mut key, old, new) = renewing();
+    let at = t0() + Duration::days(1);
+    key.finalize(OldTokenDeletion::At(at), t0()).unwrap();
+    let old_id = key.old_token().unwrap().id();
+    let version = key.version();
+    let (newest, event) = key.renew(at, &mut rand::rng()).unwrap();
+    assert_eq!(key.version(), version + 1);
+    assert!(matches!(
+        event,
+        Event::TokenRenewed { deleted_as_scheduled: Some(id), .. } if id == old_id
+    ));
+    assert_eq!(
+        key.verify(old.expose_secret(), at),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(key.verify(new.expose_secret(), at), Ok(TokenMatch::Old));
+    assert_eq!(
+        key.verify(newest.expose_secret(), at),
+        Ok(TokenMatch::Current)
+    );
 }
 
 #[cfg(feature = "serde")]
@@ -321,7 +350,7 @@ fn records_written_before_usage_tracking_still_load() {
     assert_eq!(key.current_token().last_used_at(), None);
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Undecided
         }
     );
@@ -331,58 +360,56 @@ fn records_written_before_usage_tracking_still_load() {
 fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
     let id = KeyId::new("k").unwrap();
     let quiet = KeyManager::new(InMemoryStore::new());
-    let (token, _) = quiet
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
-    quiet
-        .authenticate_key(&id, token.expose_secret(), t0())
-        .map(|a| a.matched)
-        .unwrap();
+    let (token, _) = block_on(quiet.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
+    block_on(quiet.authenticate(
+        keyroll::Credentials::bearer(token.expose_secret()).with_id(&id),
+        t0(),
+    ))
+    .map(|a| a.matched)
+    .unwrap();
     assert_eq!(
-        quiet.get(&id).unwrap().unwrap().version(),
+        block_on(quiet.get(&id)).unwrap().unwrap().version(),
         1,
         "off by default"
     );
 
     let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
-    let (token, _) = manager
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
+    let (token, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
     for s in 0..30 {
-        manager
-            .authenticate_key(&id, token.expose_secret(), t0() + Duration::seconds(s))
-            .map(|a| a.matched)
-            .unwrap();
+        block_on(manager.authenticate(
+            keyroll::Credentials::bearer(token.expose_secret()).with_id(&id),
+            t0() + Duration::seconds(s),
+        ))
+        .map(|a| a.matched)
+        .unwrap();
     }
     assert_eq!(
-        manager.get(&id).unwrap().unwrap().version(),
+        block_on(manager.get(&id)).unwrap().unwrap().version(),
         1,
         "uses are noted in memory, not written on the request's path"
     );
     assert_eq!(manager.pending_usage(), 1);
     assert_eq!(
-        manager.flush_usage(t0() + Duration::seconds(30)).unwrap(),
+        block_on(manager.flush_usage(t0() + Duration::seconds(30))).unwrap(),
         1
     );
     assert_eq!(manager.pending_usage(), 0);
-    let key = manager.get(&id).unwrap().unwrap();
+    let key = block_on(manager.get(&id)).unwrap().unwrap();
     assert_eq!(key.version(), 2, "one write per resolution");
     assert_eq!(key.current_token().last_used_at(), Some(t0()));
     assert_eq!(
-        manager.flush_usage(t0() + Duration::seconds(31)).unwrap(),
+        block_on(manager.flush_usage(t0() + Duration::seconds(31))).unwrap(),
         0
     );
     // A use a resolution later is written by the next flush.
     for s in [59, 60, 61] {
-        manager
-            .authenticate(token.expose_secret(), t0() + Duration::seconds(s))
-            .unwrap();
+        block_on(manager.authenticate(token.expose_secret(), t0() + Duration::seconds(s))).unwrap();
     }
     assert_eq!(
-        manager.flush_usage(t0() + Duration::seconds(62)).unwrap(),
+        block_on(manager.flush_usage(t0() + Duration::seconds(62))).unwrap(),
         1
     );
-    let key = manager.get(&id).unwrap().unwrap();
+    let key = block_on(manager.get(&id)).unwrap().unwrap();
     assert_eq!(key.version(), 3);
     assert_eq!(
         key.current_token().last_used_at(),
@@ -390,8 +417,7 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
         "the last use noted"
     );
     assert!(
-        manager
-            .authenticate_key(&id, "kr_bad", t0())
+        block_on(manager.authenticate(keyroll::Credentials::bearer("kr_bad").with_id(&id), t0()))
             .map(|a| a.matched)
             .is_err()
     );
@@ -402,31 +428,31 @@ struct AlwaysConflicts(InMemoryStore);
 
 impl KeyStore for AlwaysConflicts {
     type Error = std::convert::Infallible;
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
-        self.0.get(id)
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
+        self.0.get(id).await
     }
-    fn insert(&self, key: &ApiKey) -> Result<(), keyroll::StoreError<Self::Error>> {
-        self.0.insert(key)
+    async fn insert(&self, key: &ApiKey) -> Result<(), keyroll::store::StoreError<Self::Error>> {
+        self.0.insert(key).await
     }
-    fn update(
+    async fn update(
         &self,
         _: &ApiKey,
-        expected: keyroll::Revision,
-    ) -> Result<(), keyroll::StoreError<Self::Error>> {
-        Err(keyroll::StoreError::Conflict {
+        expected: keyroll::store::Revision,
+    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
+        Err(keyroll::store::StoreError::Conflict {
             expected,
-            found: keyroll::Revision::new(expected.incarnation(), expected.version() + 1),
+            found: keyroll::store::Revision::new(expected.incarnation(), expected.version() + 1),
         })
     }
-    fn delete(
+    async fn delete(
         &self,
         id: &KeyId,
-        v: keyroll::Revision,
-    ) -> Result<(), keyroll::StoreError<Self::Error>> {
-        self.0.delete(id, v)
+        v: keyroll::store::Revision,
+    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
+        self.0.delete(id, v).await
     }
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
-        self.0.list(after, limit)
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
+        self.0.list(after, limit).await
     }
 }
 
@@ -434,17 +460,17 @@ impl KeyStore for AlwaysConflicts {
 fn a_lost_race_on_recording_never_fails_authentication_and_keeps_the_notes() {
     let id = KeyId::new("k").unwrap();
     let manager = KeyManager::new(AlwaysConflicts(InMemoryStore::new())).with_usage_recording(true);
-    let (token, _) = manager
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
+    let (token, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
     assert_eq!(
-        manager
-            .authenticate_key(&id, token.expose_secret(), t0())
-            .map(|a| a.matched)
-            .unwrap(),
+        block_on(manager.authenticate(
+            keyroll::Credentials::bearer(token.expose_secret()).with_id(&id),
+            t0()
+        ))
+        .map(|a| a.matched)
+        .unwrap(),
         TokenMatch::Current
     );
-    let refused = manager.flush_usage(t0()).unwrap_err();
+    let refused = block_on(manager.flush_usage(t0())).unwrap_err();
     assert!(matches!(
         refused.failed.as_slice(),
         [(failed, keyroll::ManagerError::Conflict)] if *failed == id
@@ -464,39 +490,47 @@ struct Unreadable(KeyId);
 
 impl KeyStore for Poisoned {
     type Error = Unreadable;
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
         if self.poisoned.lock().unwrap().as_ref() == Some(id) {
             return Err(Unreadable(id.clone()));
         }
-        Ok(self.keys.get(id).unwrap_or_else(|never| match never {}))
+        Ok(self
+            .keys
+            .get(id)
+            .await
+            .unwrap_or_else(|never| match never {}))
     }
-    fn insert(&self, key: &ApiKey) -> Result<(), keyroll::StoreError<Self::Error>> {
+    async fn insert(&self, key: &ApiKey) -> Result<(), keyroll::store::StoreError<Self::Error>> {
         self.keys
             .insert(key)
+            .await
             .map_err(|e| e.map_backend(|never| match never {}))
     }
-    fn update(
+    async fn update(
         &self,
         key: &ApiKey,
-        expected: keyroll::Revision,
-    ) -> Result<(), keyroll::StoreError<Self::Error>> {
+        expected: keyroll::store::Revision,
+    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
         self.keys
             .update(key, expected)
+            .await
             .map_err(|e| e.map_backend(|never| match never {}))
     }
-    fn delete(
+    async fn delete(
         &self,
         id: &KeyId,
-        expected: keyroll::Revision,
-    ) -> Result<(), keyroll::StoreError<Self::Error>> {
+        expected: keyroll::store::Revision,
+    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
         self.keys
             .delete(id, expected)
+            .await
             .map_err(|e| e.map_backend(|never| match never {}))
     }
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
         Ok(self
             .keys
             .list(after, limit)
+            .await
             .unwrap_or_else(|never| match never {}))
     }
 }
@@ -515,25 +549,22 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
     let ids: Vec<KeyId> = ["a", "m", "z"].map(|id| KeyId::new(id).unwrap()).into();
     let mut tokens = Vec::new();
     for id in &ids {
-        let (first, _) = manager.create_key(id.clone(), t0(), &mut rng).unwrap();
-        let (second, _) = manager.renew(id, t0(), &mut rng).unwrap();
-        manager
-            .finalize(
-                id,
-                OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
-                t0(),
-            )
-            .unwrap();
+        let (first, _) = block_on(manager.create_key(id.clone(), t0(), &mut rng)).unwrap();
+        let (second, _) = block_on(manager.renew(id, t0(), &mut rng)).unwrap();
+        block_on(manager.finalize(
+            id,
+            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+            t0(),
+        ))
+        .unwrap();
         tokens.push((first, second));
     }
     for (_, second) in &tokens {
-        manager
-            .authenticate(second.expose_secret(), t0() + minutes(1))
-            .unwrap();
+        block_on(manager.authenticate(second.expose_secret(), t0() + minutes(1))).unwrap();
     }
     *manager.store().poisoned.lock().unwrap() = Some(ids[1].clone());
 
-    let refused = manager.flush_usage(t0() + minutes(2)).unwrap_err();
+    let refused = block_on(manager.flush_usage(t0() + minutes(2))).unwrap_err();
     assert_eq!(refused.written, 2);
     let failed: Vec<&KeyId> = refused.failed.iter().map(|(id, _)| id).collect();
     assert_eq!(failed, [&ids[1]]);
@@ -544,11 +575,11 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
         "only the failed key's notes kept"
     );
     for id in [&ids[0], &ids[2]] {
-        let key = manager.store().keys.get(id).unwrap().unwrap();
+        let key = block_on(manager.store().keys.get(id)).unwrap().unwrap();
         assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));
         assert_eq!(
             key.state(),
-            KeyState::Renewing {
+            RenewalState::Renewing {
                 decision: Decision::Scheduled {
                     at: t0() + minutes(11)
                 }
@@ -558,8 +589,10 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
 
     // Readable again: the kept notes are written, from the use's time.
     *manager.store().poisoned.lock().unwrap() = None;
-    assert_eq!(manager.flush_usage(t0() + minutes(3)).unwrap(), 1);
-    let key = manager.store().keys.get(&ids[1]).unwrap().unwrap();
+    assert_eq!(block_on(manager.flush_usage(t0() + minutes(3))).unwrap(), 1);
+    let key = block_on(manager.store().keys.get(&ids[1]))
+        .unwrap()
+        .unwrap();
     assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));
     assert_eq!(manager.pending_usage(), 0);
 }
@@ -568,25 +601,18 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
 fn a_use_noted_before_a_renewal_is_flushed_to_the_token_that_was_used() {
     let id = KeyId::new("k").unwrap();
     let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
-    let (first, _) = manager
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
-    manager
-        .authenticate(first.expose_secret(), t0() + minutes(1))
-        .unwrap();
+    let (first, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
+    block_on(manager.authenticate(first.expose_secret(), t0() + minutes(1))).unwrap();
     // The token used becomes the old one before the flush.
-    manager
-        .renew(&id, t0() + minutes(2), &mut rand::rng())
-        .unwrap();
-    manager
-        .finalize(
-            &id,
-            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
-            t0() + minutes(2),
-        )
-        .unwrap();
-    manager.flush_usage(t0() + minutes(3)).unwrap();
-    let key = manager.get(&id).unwrap().unwrap();
+    block_on(manager.renew(&id, t0() + minutes(2), &mut rand::rng())).unwrap();
+    block_on(manager.finalize(
+        &id,
+        OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+        t0() + minutes(2),
+    ))
+    .unwrap();
+    block_on(manager.flush_usage(t0() + minutes(3))).unwrap();
+    let key = block_on(manager.get(&id)).unwrap().unwrap();
     assert_eq!(
         key.old_token().unwrap().last_used_at(),
         Some(t0() + minutes(1))
@@ -594,7 +620,7 @@ fn a_use_noted_before_a_renewal_is_flushed_to_the_token_that_was_used() {
     assert_eq!(key.current_token().last_used_at(), None);
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::AfterNewTokenUse { grace: minutes(10) }
         },
         "a use of the old token starts no deletion schedule"
@@ -606,27 +632,22 @@ fn a_crash_loses_unflushed_uses_never_a_transition() {
     let id = KeyId::new("k").unwrap();
     let store = std::sync::Arc::new(InMemoryStore::new());
     let manager = KeyManager::new(store.clone()).with_usage_recording(true);
-    let (old, _) = manager
-        .create_key(id.clone(), t0(), &mut rand::rng())
-        .unwrap();
-    let (new, _) = manager.renew(&id, t0(), &mut rand::rng()).unwrap();
-    manager
-        .finalize(
-            &id,
-            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
-            t0(),
-        )
-        .unwrap();
-    manager
-        .authenticate(new.expose_secret(), t0() + minutes(1))
-        .unwrap();
+    let (old, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
+    let (new, _) = block_on(manager.renew(&id, t0(), &mut rand::rng())).unwrap();
+    block_on(manager.finalize(
+        &id,
+        OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+        t0(),
+    ))
+    .unwrap();
+    block_on(manager.authenticate(new.expose_secret(), t0() + minutes(1))).unwrap();
     drop(manager); // the process dies before any flush
 
     let restarted = KeyManager::new(store).with_usage_recording(true);
-    let key = restarted.get(&id).unwrap().unwrap();
+    let key = block_on(restarted.get(&id)).unwrap().unwrap();
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::AfterNewTokenUse { grace: minutes(10) }
         },
         "the renewal and the decision were written"
@@ -634,29 +655,20 @@ fn a_crash_loses_unflushed_uses_never_a_transition() {
     assert_eq!(key.current_token().last_used_at(), None, "the use was lost");
     // The lost use delays the old token's deletion, never hastens it.
     assert!(
-        restarted
-            .housekeep_all(t0() + minutes(20))
+        block_on(restarted.housekeep_all(t0() + minutes(20)))
             .unwrap()
             .is_empty()
     );
-    assert!(
-        restarted
-            .authenticate(old.expose_secret(), t0() + minutes(20))
-            .is_ok()
-    );
-    restarted
-        .authenticate(new.expose_secret(), t0() + minutes(21))
-        .unwrap();
-    restarted.flush_usage(t0() + minutes(22)).unwrap();
+    assert!(block_on(restarted.authenticate(old.expose_secret(), t0() + minutes(20))).is_ok());
+    block_on(restarted.authenticate(new.expose_secret(), t0() + minutes(21))).unwrap();
+    block_on(restarted.flush_usage(t0() + minutes(22))).unwrap();
     assert_eq!(
-        restarted.housekeep_all(t0() + minutes(31)).unwrap().len(),
+        block_on(restarted.housekeep_all(t0() + minutes(31)))
+            .unwrap()
+            .len(),
         1
     );
-    assert!(
-        restarted
-            .authenticate(old.expose_secret(), t0() + minutes(31))
-            .is_err()
-    );
+    assert!(block_on(restarted.authenticate(old.expose_secret(), t0() + minutes(31))).is_err());
 }
 
 #[test]
@@ -668,54 +680,65 @@ fn manager_after_use_story_with_housekeeping() {
     let mut olds = Vec::new();
     let mut news = Vec::new();
     for id in &ids {
-        let (old, _) = manager
-            .create_key(id.clone(), t0(), &mut rand::rng())
-            .unwrap();
-        let (new, _) = manager.renew(id, t0(), &mut rand::rng()).unwrap();
-        manager
-            .finalize(
-                id,
-                OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
-                t0(),
-            )
-            .unwrap();
+        let (old, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
+        let (new, _) = block_on(manager.renew(id, t0(), &mut rand::rng())).unwrap();
+        block_on(manager.finalize(
+            id,
+            OldTokenDeletion::AfterNewTokenUse { grace: minutes(10) },
+            t0(),
+        ))
+        .unwrap();
         olds.push(old);
         news.push(new);
     }
     // Half the integrations move to the new token at minute 1.
     for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
         assert_eq!(
-            manager
-                .authenticate_key(id, news[i].expose_secret(), t0() + minutes(1))
-                .map(|a| a.matched)
-                .unwrap(),
+            block_on(manager.authenticate(
+                keyroll::Credentials::bearer(news[i].expose_secret()).with_id(id),
+                t0() + minutes(1)
+            ))
+            .map(|a| a.matched)
+            .unwrap(),
             TokenMatch::Current
         );
     }
     // Flushed a minute later: the schedules start from the uses' time.
-    assert_eq!(manager.flush_usage(t0() + minutes(2)).unwrap(), 300);
-    assert!(manager.housekeep_all(t0() + minutes(5)).unwrap().is_empty());
-    let events = manager.housekeep_all(t0() + minutes(11)).unwrap();
+    assert_eq!(
+        block_on(manager.flush_usage(t0() + minutes(2))).unwrap(),
+        300
+    );
+    assert!(
+        block_on(manager.housekeep_all(t0() + minutes(5)))
+            .unwrap()
+            .is_empty()
+    );
+    let events = block_on(manager.housekeep_all(t0() + minutes(11))).unwrap();
     assert_eq!(events.len(), 300);
     for (i, id) in ids.iter().enumerate() {
-        let key = manager.get(id).unwrap().unwrap();
+        let key = block_on(manager.get(id)).unwrap().unwrap();
         let moved = i % 2 == 0;
         assert_eq!(key.old_token().is_none(), moved, "{id}");
-        let old = manager
-            .authenticate_key(id, olds[i].expose_secret(), t0() + minutes(12))
-            .map(|a| a.matched);
+        let old = block_on(manager.authenticate(
+            keyroll::Credentials::bearer(olds[i].expose_secret()).with_id(id),
+            t0() + minutes(12),
+        ))
+        .map(|a| a.matched);
         assert_eq!(old.is_ok(), !moved);
     }
     assert_eq!(
-        manager.housekeep(&ids[0], t0() + minutes(20)).unwrap(),
+        block_on(manager.housekeep(&ids[0], t0() + minutes(20))).unwrap(),
         None
     );
 
-    manager
-        .authenticate_key(&ids[1], olds[1].expose_secret(), t0() + minutes(30))
-        .map(|a| a.matched)
-        .unwrap();
-    let refused = manager.delete_old_if_idle(&ids[1], Duration::hours(1), t0() + minutes(40));
+    block_on(manager.authenticate(
+        keyroll::Credentials::bearer(olds[1].expose_secret()).with_id(&ids[1]),
+        t0() + minutes(30),
+    ))
+    .map(|a| a.matched)
+    .unwrap();
+    let refused =
+        block_on(manager.delete_old_if_idle(&ids[1], Duration::hours(1), t0() + minutes(40)));
     assert!(matches!(
         refused,
         Err(keyroll::ManagerError::Transition(
@@ -723,8 +746,7 @@ fn manager_after_use_story_with_housekeeping() {
         ))
     ));
     assert!(
-        manager
-            .delete_old_if_idle(&ids[1], Duration::hours(1), t0() + minutes(91))
+        block_on(manager.delete_old_if_idle(&ids[1], Duration::hours(1), t0() + minutes(91)))
             .is_ok()
     );
 }

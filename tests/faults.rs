@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use common::{assert_invariants, t0};
+use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
 use keyroll::{
-    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStore, ManagerError, NewKey,
-    OldTokenDeletion, Revision, StoreError, Token, TokenId, TokenMatch, VerifyError,
+    ApiKey, KeyId, KeyManager, ManagerError, NewKey, OldTokenDeletion, RenewalState, Token,
+    TokenId, TokenMatch, VerifyError,
 };
+use pollster::block_on;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use rand::rngs::StdRng;
@@ -66,44 +68,44 @@ impl FaultyStore {
         }
     }
 
-    /// Runs a write under the schedule.
-    fn write(
+    /// Runs a write under the schedule (`apply` does nothing until awaited).
+    async fn write(
         &self,
-        apply: impl FnOnce() -> Result<(), StoreError<std::convert::Infallible>>,
+        apply: impl Future<Output = Result<(), StoreError<std::convert::Infallible>>>,
     ) -> Result<(), StoreError<Fault>> {
         match self.draw(true) {
             Outcome::FailRead | Outcome::FailWrite => {
                 Err(StoreError::Backend(Fault("write refused")))
             }
             Outcome::LoseAck => {
-                let _ = apply();
+                let _ = apply.await;
                 Err(StoreError::Backend(Fault("acknowledgement lost")))
             }
-            Outcome::Normal => apply().map_err(|e| e.map_backend(|e| match e {})),
+            Outcome::Normal => apply.await.map_err(|e| e.map_backend(|e| match e {})),
         }
     }
 }
 
 impl KeyStore for FaultyStore {
     type Error = Fault;
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Fault> {
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Fault> {
         match self.draw(false) {
-            Outcome::Normal => Ok(self.inner.get(id).unwrap()),
+            Outcome::Normal => Ok(self.inner.get(id).await.unwrap()),
             _ => Err(Fault("read failed")),
         }
     }
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Fault>> {
-        self.write(|| self.inner.insert(key))
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Fault>> {
+        self.write(self.inner.insert(key)).await
     }
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Fault>> {
-        self.write(|| self.inner.update(key, expected))
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Fault>> {
+        self.write(self.inner.update(key, expected)).await
     }
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Fault>> {
-        self.write(|| self.inner.delete(id, expected))
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Fault>> {
+        self.write(self.inner.delete(id, expected)).await
     }
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Fault> {
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Fault> {
         match self.draw(false) {
-            Outcome::Normal => Ok(self.inner.list(after, limit).unwrap()),
+            Outcome::Normal => Ok(self.inner.list(after, limit).await.unwrap()),
             _ => Err(Fault("read failed")),
         }
     }
@@ -115,10 +117,7 @@ fn id() -> KeyId {
 
 /// The stored key, read past the faults, checked to load and keep its invariants.
 fn stored(manager: &KeyManager<FaultyStore>) -> ApiKey {
-    let key = manager
-        .store()
-        .inner
-        .get(&id())
+    let key = block_on(manager.store().inner.get(&id()))
         .unwrap()
         .expect("the key exists");
     let loaded: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
@@ -184,8 +183,8 @@ proptest! {
         let manager = KeyManager::new(FaultyStore::new(seed, rate)).with_max_retries(3);
         let mut rng = StdRng::seed_from_u64(seed);
         // Create the key past the faults: the schedule applies from here on.
-        let (first, _) = KeyManager::new(&manager.store().inner)
-            .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rng)
+        let (first, _) = block_on(KeyManager::new(&manager.store().inner)
+            .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rng))
             .unwrap();
         let mut returned: Vec<Token> = vec![first];
         let mut removed: HashMap<TokenId, usize> = HashMap::new();
@@ -193,16 +192,16 @@ proptest! {
         for (step, call) in calls.into_iter().enumerate() {
             let before = stored(&manager);
             let result: Result<(), ManagerError<Fault>> = match call {
-                Call::Renew => manager.renew(&id(), t0(), &mut rng).map(|(token, _)| returned.push(token)),
-                Call::FinalizeLater => manager.finalize(&id(), OldTokenDeletion::Later, t0()).map(drop),
-                Call::FinalizeNow => manager.finalize(&id(), OldTokenDeletion::Now, t0()).map(drop),
-                Call::DeleteOld => manager.delete_old(&id(), t0()).map(drop),
-                Call::Undo => manager.undo_renewal(&id(), t0()).map(drop),
-                Call::Activate => manager.activate(&id(), t0()).map(drop),
-                Call::Deactivate => manager.deactivate(&id(), t0()).map(drop),
+                Call::Renew => block_on(manager.renew(&id(), t0(), &mut rng)).map(|(token, _)| returned.push(token)),
+                Call::FinalizeLater => block_on(manager.finalize(&id(), OldTokenDeletion::Later, t0())).map(drop),
+                Call::FinalizeNow => block_on(manager.finalize(&id(), OldTokenDeletion::Now, t0())).map(drop),
+                Call::DeleteOld => block_on(manager.delete_old(&id(), t0())).map(drop),
+                Call::Undo => block_on(manager.undo_renewal(&id(), t0())).map(drop),
+                Call::Activate => block_on(manager.activate(&id(), t0())).map(drop),
+                Call::Deactivate => block_on(manager.deactivate(&id(), t0())).map(drop),
                 Call::Authenticate => {
                     for token in &returned {
-                        match manager.authenticate_key(&id(), token.expose_secret(), t0()).map(|a| a.matched) {
+                        match block_on(manager.authenticate(keyroll::Credentials::bearer(token.expose_secret()).with_id(&id()), t0())).map(|a| a.matched) {
                             Err(keyroll::AuthError::Store(_)) => {}
                             seen => prop_assert_eq!(seen.ok(), role(&before, token).ok()),
                         }
@@ -249,11 +248,11 @@ proptest! {
 #[test]
 fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
     let manager = KeyManager::new(FaultyStore::new(0, 0));
-    let (first, _) = manager
-        .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng())
-        .unwrap();
+    let (first, _) =
+        block_on(manager.create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng()))
+            .unwrap();
     *manager.store().forced.lock().unwrap() = Some(Outcome::LoseAck);
-    let result = manager.renew(&id(), t0(), &mut rand::rng());
+    let result = block_on(manager.renew(&id(), t0(), &mut rand::rng()));
     assert!(
         matches!(result, Err(ManagerError::Store(_))),
         "no token is handed out"
@@ -261,7 +260,7 @@ fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
     let key = stored(&manager);
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: keyroll::Decision::Undecided
         }
     );
@@ -272,27 +271,26 @@ fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
     );
     // A retry of the renewal is refused; undo recovers.
     assert!(matches!(
-        manager.renew(&id(), t0(), &mut rand::rng()),
+        block_on(manager.renew(&id(), t0(), &mut rand::rng())),
         Err(ManagerError::Transition(_))
     ));
-    manager.undo_renewal(&id(), t0()).unwrap();
+    block_on(manager.undo_renewal(&id(), t0())).unwrap();
     let key = stored(&manager);
-    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(key.state(), RenewalState::Single);
     assert_eq!(role(&key, &first), Ok(TokenMatch::Current));
-    let (second, _) = manager.renew(&id(), t0(), &mut rand::rng()).unwrap();
+    let (second, _) = block_on(manager.renew(&id(), t0(), &mut rand::rng())).unwrap();
     assert_eq!(role(&stored(&manager), &second), Ok(TokenMatch::Current));
 }
 
 #[test]
 fn a_failed_write_before_applying_changes_nothing() {
     let manager = KeyManager::new(FaultyStore::new(0, 0));
-    manager
-        .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng())
+    block_on(manager.create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng()))
         .unwrap();
     let before = stored(&manager);
     *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
     assert!(matches!(
-        manager.deactivate(&id(), t0()),
+        block_on(manager.deactivate(&id(), t0())),
         Err(ManagerError::Store(_))
     ));
     assert_eq!(stored(&manager), before);

@@ -8,11 +8,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use keyroll::store::InMemoryStore;
 use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
-    ApiKey, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, ManagerError, NewKey, Token,
-    TokenId, TokenMatch, TransitionError, VerifyError,
+    ApiKey, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion, RenewalState,
+    Token, TokenId, TokenMatch, TransitionError, VerifyError,
 };
+use pollster::block_on;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest_state_machine::{StateMachineTest, prop_state_machine};
 use rand::SeedableRng;
@@ -22,7 +24,13 @@ use time::OffsetDateTime;
 /// What the harness needs of a system that manages one key.
 trait Subject: Sized {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token);
-    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError>;
+    /// Renew, or with a deletion, renew with it.
+    fn renew(
+        &mut self,
+        deletion: Option<OldTokenDeletion>,
+        now: OffsetDateTime,
+        rng: &mut StdRng,
+    ) -> Result<Token, TransitionError>;
     /// Finalize, delete-old, undo, activate, deactivate, and the set_* calls.
     fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError>;
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
@@ -55,8 +63,17 @@ impl Subject for Plain {
         let (key, token, _) = ApiKey::issue(NewKey::new(id), now, rng).unwrap();
         (Plain(key), token)
     }
-    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
-        self.0.renew(now, rng).map(|(token, _)| token)
+    fn renew(
+        &mut self,
+        deletion: Option<OldTokenDeletion>,
+        now: OffsetDateTime,
+        rng: &mut StdRng,
+    ) -> Result<Token, TransitionError> {
+        match deletion {
+            None => self.0.renew(now, rng),
+            Some(deletion) => self.0.renew_with(deletion, now, rng),
+        }
+        .map(|(token, _)| token)
     }
     fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError> {
         let key = &mut self.0;
@@ -124,7 +141,7 @@ impl Subject for Managed {
         let store = Arc::new(InMemoryStore::new());
         let plain = KeyManager::new(store.clone());
         let recording = KeyManager::new(store).with_usage_recording(true);
-        let (token, _) = plain.create_key(NewKey::new(id.clone()), now, rng).unwrap();
+        let (token, _) = block_on(plain.create_key(NewKey::new(id.clone()), now, rng)).unwrap();
         (
             Managed {
                 id,
@@ -134,37 +151,46 @@ impl Subject for Managed {
             token,
         )
     }
-    fn renew(&mut self, now: OffsetDateTime, rng: &mut StdRng) -> Result<Token, TransitionError> {
-        self.plain
-            .renew(&self.id, now, rng)
-            .map(|(token, _)| token)
-            .map_err(refusal)
+    fn renew(
+        &mut self,
+        deletion: Option<OldTokenDeletion>,
+        now: OffsetDateTime,
+        rng: &mut StdRng,
+    ) -> Result<Token, TransitionError> {
+        match deletion {
+            None => block_on(self.plain.renew(&self.id, now, rng)),
+            Some(deletion) => block_on(self.plain.renew_with(&self.id, deletion, now, rng)),
+        }
+        .map(|(token, _)| token)
+        .map_err(refusal)
     }
     fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError> {
         let (m, id) = (&self.plain, &self.id);
         match op {
-            Op::Finalize(deletion) => m.finalize(id, *deletion, now),
-            Op::DeleteOld => m.delete_old(id, now),
-            Op::Undo => m.undo_renewal(id, now),
-            Op::Activate => m.activate(id, now),
-            Op::Deactivate => m.deactivate(id, now),
-            Op::SetLabel(label) => m.set_label(id, label, now),
-            Op::SetScopes(scopes) => m.set_scopes(id, scopes.clone(), now),
-            Op::SetMetadata(metadata) => m.set_metadata(id, metadata.clone(), now),
-            Op::SetExpiry(at) => m.set_expiry(id, *at, now),
+            Op::Finalize(deletion) => block_on(m.finalize(id, *deletion, now)),
+            Op::DeleteOld => block_on(m.delete_old(id, now)),
+            Op::Undo => block_on(m.undo_renewal(id, now)),
+            Op::Activate => block_on(m.activate(id, now)),
+            Op::Deactivate => block_on(m.deactivate(id, now)),
+            Op::SetLabel(label) => block_on(m.set_label(id, label, now)),
+            Op::SetScopes(scopes) => block_on(m.set_scopes(id, scopes.clone(), now)),
+            Op::SetMetadata(metadata) => block_on(m.set_metadata(id, metadata.clone(), now)),
+            Op::SetExpiry(at) => block_on(m.set_expiry(id, *at, now)),
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|_| ())
         .map_err(refusal)
     }
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
-        self.plain
-            .authenticate_key(&self.id, token, now)
-            .map(|a| a.matched)
-            .map_err(|e| match e {
-                keyroll::AuthError::Verify(e) => e,
-                other => panic!("authenticate failed: {other}"),
-            })
+        block_on(
+            self.plain
+                .authenticate(keyroll::Credentials::bearer(token).with_id(&self.id), now),
+        )
+        .map(|a| a.matched)
+        .map_err(|e| match e {
+            keyroll::AuthError::Verify(e) => e,
+            other => panic!("authenticate failed: {other}"),
+        })
     }
     fn use_token(
         &mut self,
@@ -172,32 +198,34 @@ impl Subject for Managed {
         now: OffsetDateTime,
     ) -> Result<(TokenMatch, bool), VerifyError> {
         let before = self.key().version();
-        let matched = self
-            .recording
-            .authenticate_key(&self.id, token, now)
-            .map(|a| a.matched)
-            .map_err(|e| match e {
-                keyroll::AuthError::Verify(e) => e,
-                other => panic!("authenticate failed: {other}"),
-            })?;
+        let matched = block_on(
+            self.recording
+                .authenticate(keyroll::Credentials::bearer(token).with_id(&self.id), now),
+        )
+        .map(|a| a.matched)
+        .map_err(|e| match e {
+            keyroll::AuthError::Verify(e) => e,
+            other => panic!("authenticate failed: {other}"),
+        })?;
         // Uses are noted in memory; the flush writes them.
-        self.recording.flush_usage(now).unwrap();
+        block_on(self.recording.flush_usage(now)).unwrap();
         Ok((matched, self.key().version() != before))
     }
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {
-        self.plain.housekeep(&self.id, now).unwrap().is_some()
+        block_on(self.plain.housekeep(&self.id, now))
+            .unwrap()
+            .is_some()
     }
     fn revoke(&mut self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
         // The manager answers `None` for anything that is not a live token.
-        match self.plain.revoke_token(token, now).unwrap() {
+        match block_on(self.plain.revoke_token(token, now)).unwrap() {
             Some(event) => Ok(revoked(&event)),
             None => Err(VerifyError::Mismatch),
         }
     }
     fn reload(&mut self) {}
     fn key(&self) -> ApiKey {
-        self.plain
-            .get(&self.id)
+        block_on(self.plain.get(&self.id))
             .unwrap()
             .expect("the key is stored")
     }
@@ -245,7 +273,14 @@ impl<S: Subject> StateMachineTest for Against<S> {
     fn apply(mut sut: Harness<S>, model: &Model, op: Op) -> Harness<S> {
         let now = model.now;
         let seen = match &op {
-            Op::Renew => match sut.subject.renew(now, &mut sut.rng) {
+            Op::Renew | Op::RenewWith(_) => match sut.subject.renew(
+                match &op {
+                    Op::RenewWith(deletion) => Some(*deletion),
+                    _ => None,
+                },
+                now,
+                &mut sut.rng,
+            ) {
                 Ok(token) => {
                     sut.tokens.push(token);
                     Expected::Done
@@ -325,8 +360,8 @@ impl<S: Subject> StateMachineTest for Against<S> {
         assert_eq!(key.metadata(), &model.metadata, "metadata");
         assert_eq!(key.expires_at(), model.expires_at, "expiry");
         match (key.state(), model.old) {
-            (KeyState::Single, None) => {}
-            (KeyState::Renewing { decision }, Some(_)) => assert_eq!(decision, model.decision),
+            (RenewalState::Single, None) => {}
+            (RenewalState::Renewing { decision }, Some(_)) => assert_eq!(decision, model.decision),
             (state, old) => panic!("state {state:?}, model old token {old:?}"),
         }
         assert_eq!(

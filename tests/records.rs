@@ -5,8 +5,8 @@ mod common;
 
 use common::{assert_invariants, issue, renewing, rng, t0};
 use keyroll::{
-    ApiKey, Event, Expiry, KeyId, NewKey, OldTokenDeletion, Policy, TokenFormat, TokenId,
-    TokenMatch,
+    ApiKey, Event, KeyId, NewKey, OldTokenDeletion, Policy, RenewalEnforcement, TokenFormat,
+    TokenId, TokenMatch,
 };
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -26,7 +26,7 @@ fn keys_in_every_state() -> Vec<(ApiKey, Vec<keyroll::Token>)> {
     let policy = Policy {
         token_format: TokenFormat::new("acme").unwrap(),
         renewal_period: Duration::new(12_345, 678_901),
-        expiry: Expiry::Enforced,
+        enforcement: RenewalEnforcement::Enforced,
         usage_resolution: Duration::seconds(5),
     };
     let (key, token, _) = ApiKey::issue(
@@ -69,7 +69,7 @@ fn the_record_has_a_schema_and_readable_fields() {
     assert_eq!(value["version"], 2);
     assert_eq!(
         value["policy"],
-        json!({"token_prefix": "kr", "renewal_period": {"secs": 7_776_000}, "expiry": "advisory", "usage_resolution": {"secs": 60}})
+        json!({"token_prefix": "kr", "renewal_period": {"secs": 7_776_000}, "enforcement": "advisory", "usage_resolution": {"secs": 60}})
     );
     assert_eq!(value["renewal"]["decision"], "undecided");
     assert_eq!(value["current_token"]["hash"].as_str().unwrap().len(), 64);
@@ -208,9 +208,13 @@ fn bad_records_are_refused_with_a_clear_error() {
     v["surprise"] = json!(true);
     refused(v, "surprise");
 
+    // A renewal decided in the same transition (`renew_with`) is at version
+    // 2; an inactive one needs one more.
     let mut v = record();
     v["renewal"]["decision"] = json!("later");
-    v["version"] = json!(2); // renew + finalize needs at least 3
+    v["version"] = json!(2);
+    serde_json::from_value::<ApiKey>(v.clone()).unwrap();
+    v["status"] = json!("inactive");
     refused(v, "version 2");
 
     let mut v = record();

@@ -4,10 +4,12 @@
 mod common;
 
 use common::{issue, renewing, rng, t0, with_a_secret_character_changed};
+use keyroll::store::InMemoryStore;
 use keyroll::{
-    ApiKey, Event, Expiry, InMemoryStore, KeyId, KeyManager, KeyState, NewKey, OldTokenDeletion,
-    Policy, TokenFormat, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Event, KeyId, KeyManager, NewKey, OldTokenDeletion, Policy, RenewalEnforcement,
+    RenewalState, TokenFormat, TokenMatch, TransitionError, VerifyError,
 };
+use pollster::block_on;
 use rand::{RngExt, SeedableRng};
 use time::Duration;
 
@@ -59,7 +61,7 @@ fn a_revoked_current_token_never_verifies_again() {
     ));
     assert_eq!(
         key.state(),
-        KeyState::Single,
+        RenewalState::Single,
         "the revoked token is dropped"
     );
     assert!(key.old_token().is_none());
@@ -83,7 +85,7 @@ fn a_revoked_old_token_is_deleted() {
     let (mut key, old, new) = renewing();
     let event = key.revoke_token(old.expose_secret(), t0()).unwrap();
     assert_eq!(revoked(&event), (TokenMatch::Old, old.id()));
-    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(key.state(), RenewalState::Single);
     assert_eq!(
         key.verify(old.expose_secret(), t0()),
         Err(VerifyError::Mismatch)
@@ -119,7 +121,7 @@ fn revoking_the_new_token_of_a_renewal_then_undoing_keeps_it_dead() {
 #[test]
 fn revocation_ignores_status_and_expiry_but_not_scheduled_deletion() {
     let policy = Policy {
-        expiry: Expiry::Enforced,
+        enforcement: RenewalEnforcement::Enforced,
         ..Policy::default()
     };
     let (mut key, token) = issue(policy);
@@ -177,35 +179,38 @@ fn the_manager_revokes_what_a_scanner_reports() {
     let manager = KeyManager::new(InMemoryStore::new());
     let mut rng = rand::rng();
     let id = KeyId::new("acme_orders.v2").unwrap();
-    let (leaked, _) = manager.create_key(id.clone(), t0(), &mut rng).unwrap();
-    let (_, other) = manager
-        .create_key(NewKey::new(KeyId::new("other").unwrap()), t0(), &mut rng)
-        .map(|(t, e)| (e, t))
-        .unwrap();
+    let (leaked, _) = block_on(manager.create_key(id.clone(), t0(), &mut rng)).unwrap();
+    let (_, other) =
+        block_on(manager.create_key(NewKey::new(KeyId::new("other").unwrap()), t0(), &mut rng))
+            .map(|(t, e)| (e, t))
+            .unwrap();
 
-    let event = manager
-        .revoke_token(leaked.expose_secret(), t0())
+    let event = block_on(manager.revoke_token(leaked.expose_secret(), t0()))
         .unwrap()
         .expect("a live token was revoked");
     assert_eq!(event.key_id(), &id);
-    assert!(manager.authenticate(leaked.expose_secret(), t0()).is_err());
-    assert!(manager.authenticate(other.expose_secret(), t0()).is_ok());
-    let version = manager.get(&id).unwrap().unwrap().version();
+    assert!(block_on(manager.authenticate(leaked.expose_secret(), t0())).is_err());
+    assert!(block_on(manager.authenticate(other.expose_secret(), t0())).is_ok());
+    let version = block_on(manager.get(&id)).unwrap().unwrap().version();
 
     // Nothing to revoke: already revoked, malformed, of an unknown key,
     // wrong. Nothing is written.
     let wrong = with_a_secret_character_changed(other.expose_secret());
     for presented in [leaked.expose_secret(), "kr_nope", wrong.as_str()] {
-        assert_eq!(manager.revoke_token(presented, t0()).unwrap(), None);
+        assert_eq!(
+            block_on(manager.revoke_token(presented, t0())).unwrap(),
+            None
+        );
     }
-    manager
-        .delete_key(&KeyId::new("other").unwrap(), t0())
-        .unwrap();
+    block_on(manager.delete_key(&KeyId::new("other").unwrap(), t0())).unwrap();
     assert_eq!(
-        manager.revoke_token(other.expose_secret(), t0()).unwrap(),
+        block_on(manager.revoke_token(other.expose_secret(), t0())).unwrap(),
         None
     );
-    assert_eq!(manager.get(&id).unwrap().unwrap().version(), version);
+    assert_eq!(
+        block_on(manager.get(&id)).unwrap().unwrap().version(),
+        version
+    );
 }
 
 #[test]
@@ -213,30 +218,33 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
     /// A store that counts its reads and fails every one.
     #[derive(Default)]
     struct NoReads(std::sync::atomic::AtomicUsize);
-    impl keyroll::KeyStore for NoReads {
+    impl keyroll::store::KeyStore for NoReads {
         type Error = std::io::Error;
-        fn get(&self, _: &KeyId) -> Result<Option<ApiKey>, std::io::Error> {
+        async fn get(&self, _: &KeyId) -> Result<Option<ApiKey>, std::io::Error> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(std::io::Error::other("read"))
         }
-        fn insert(&self, _: &ApiKey) -> Result<(), keyroll::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        fn update(
+        async fn insert(
             &self,
             _: &ApiKey,
-            _: keyroll::Revision,
-        ) -> Result<(), keyroll::StoreError<std::io::Error>> {
+        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
             unreachable!()
         }
-        fn delete(
+        async fn update(
+            &self,
+            _: &ApiKey,
+            _: keyroll::store::Revision,
+        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
+            unreachable!()
+        }
+        async fn delete(
             &self,
             _: &KeyId,
-            _: keyroll::Revision,
-        ) -> Result<(), keyroll::StoreError<std::io::Error>> {
+            _: keyroll::store::Revision,
+        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
             unreachable!()
         }
-        fn list(&self, _: Option<&KeyId>, _: usize) -> Result<Vec<ApiKey>, std::io::Error> {
+        async fn list(&self, _: Option<&KeyId>, _: usize) -> Result<Vec<ApiKey>, std::io::Error> {
             Err(std::io::Error::other("read"))
         }
     }
@@ -255,24 +263,33 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
     ];
     for presented in malformed {
         assert!(matches!(
-            manager.authenticate(presented, t0()),
+            block_on(manager.authenticate(presented, t0())),
             Err(keyroll::AuthError::Verify(VerifyError::Malformed))
         ));
         assert!(matches!(
-            manager.authenticate_key(&KeyId::new("k").unwrap(), presented, t0()),
+            block_on(manager.authenticate(
+                keyroll::Credentials::bearer(presented).with_id(&KeyId::new("k").unwrap()),
+                t0()
+            )),
             Err(keyroll::AuthError::Verify(VerifyError::Malformed))
         ));
-        assert_eq!(manager.revoke_token(presented, t0()).unwrap(), None);
+        assert_eq!(
+            block_on(manager.revoke_token(presented, t0())).unwrap(),
+            None
+        );
     }
     // A token naming another key, in the two-credential form: no read.
     assert!(matches!(
-        manager.authenticate_key(&KeyId::new("j").unwrap(), token.expose_secret(), t0()),
+        block_on(manager.authenticate(
+            keyroll::Credentials::bearer(token.expose_secret()).with_id(&KeyId::new("j").unwrap()),
+            t0()
+        )),
         Err(keyroll::AuthError::Verify(VerifyError::Mismatch))
     ));
     assert_eq!(reads(), 0);
     // A well-formed token does read.
     assert!(matches!(
-        manager.authenticate(token.expose_secret(), t0()),
+        block_on(manager.authenticate(token.expose_secret(), t0())),
         Err(keyroll::AuthError::Store(_))
     ));
 }

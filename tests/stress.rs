@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use common::t0;
+use keyroll::store::{InMemoryStore, KeyStore};
 use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
-    DeletionReason, Event, InMemoryStore, KeyId, KeyManager, KeyState, KeyStatus, KeyStore, NewKey,
-    OldTokenDeletion, TokenId,
+    DeletionReason, Event, KeyId, KeyManager, KeyStatus, NewKey, OldTokenDeletion, RenewalState,
+    TokenId,
 };
+use pollster::block_on;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use time::Duration;
@@ -31,13 +33,12 @@ fn stress<S: KeyStore>(manager: &KeyManager<S>) -> (Vec<KeyId>, Vec<Event>) {
         .collect();
     let events = Mutex::new(Vec::new());
     for id in &ids {
-        let (_, event) = manager
-            .create_key(
-                NewKey::new(id.clone()).label("stress"),
-                t0(),
-                &mut rand::rng(),
-            )
-            .unwrap();
+        let (_, event) = block_on(manager.create_key(
+            NewKey::new(id.clone()).label("stress"),
+            t0(),
+            &mut rand::rng(),
+        ))
+        .unwrap();
         events.lock().unwrap().push(event);
     }
     std::thread::scope(|scope| {
@@ -57,16 +58,15 @@ fn stress<S: KeyStore>(manager: &KeyManager<S>) -> (Vec<KeyId>, Vec<Event>) {
                         },
                     };
                     let event = match rng.random_range(0..9) {
-                        0 | 1 => manager.renew(id, now, &mut rng).map(|(_, e)| Some(e)),
-                        2 => manager.finalize(id, deletion, now).map(Some),
-                        3 => manager.delete_old(id, now).map(Some),
-                        4 => manager.undo_renewal(id, now).map(Some),
-                        5 => manager.activate(id, now).map(Some),
-                        6 => manager.deactivate(id, now).map(Some),
-                        7 => manager
-                            .delete_old_if_idle(id, Duration::hours(1), now)
+                        0 | 1 => block_on(manager.renew(id, now, &mut rng)).map(|(_, e)| Some(e)),
+                        2 => block_on(manager.finalize(id, deletion, now)).map(Some),
+                        3 => block_on(manager.delete_old(id, now)).map(Some),
+                        4 => block_on(manager.undo_renewal(id, now)).map(Some),
+                        5 => block_on(manager.activate(id, now)).map(Some),
+                        6 => block_on(manager.deactivate(id, now)).map(Some),
+                        7 => block_on(manager.delete_old_if_idle(id, Duration::hours(1), now))
                             .map(Some),
-                        _ => manager.housekeep(id, now),
+                        _ => block_on(manager.housekeep(id, now)),
                     };
                     if let Ok(Some(event)) = event {
                         events.lock().unwrap().push(event);
@@ -138,12 +138,12 @@ fn check_replay<S: KeyStore>(manager: &KeyManager<S>, ids: &[KeyId], events: Vec
                 }
             }
         }
-        let key = manager.get(id).unwrap().unwrap();
+        let key = block_on(manager.get(id)).unwrap().unwrap();
         assert_eq!(key.version(), model.version, "{id}");
         assert_eq!(key.status() == KeyStatus::Active, model.active, "{id}");
         match key.state() {
-            KeyState::Single => assert_eq!(model.old, None, "{id}"),
-            KeyState::Renewing { decision } => assert_eq!(decision, model.decision, "{id}"),
+            RenewalState::Single => assert_eq!(model.old, None, "{id}"),
+            RenewalState::Renewing { decision } => assert_eq!(decision, model.decision, "{id}"),
             other => panic!("{id}: a state this test does not know: {other:?}"),
         }
         assert_eq!(key.current_token().id(), handles[model.current], "{id}");

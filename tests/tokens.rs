@@ -6,9 +6,10 @@ use std::collections::HashSet;
 
 use common::{issue, renewing, t0};
 use keyroll::{
-    ApiKey, Expiry, Freshness, KeyId, NewKey, OldTokenDeletion, Policy, TokenFormat, TokenMatch,
-    VerifyError,
+    ApiKey, Freshness, KeyId, NewKey, OldTokenDeletion, Policy, RenewalEnforcement, TokenFormat,
+    TokenMatch, VerifyError,
 };
+use pollster::block_on;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use rand::SeedableRng;
@@ -265,23 +266,37 @@ fn the_framing_of_keyroll_0_1_is_refused_for_tokens_issued_since() {
 #[test]
 fn tokens_of_keyroll_0_1_are_revoked_by_key_id_and_token() {
     let (single, first) = issue(Policy::default());
-    let store = keyroll::InMemoryStore::new();
-    keyroll::KeyStore::insert(&store, &as_written_by_0_1(&single)).unwrap();
+    let store = keyroll::store::InMemoryStore::new();
+    block_on(keyroll::store::KeyStore::insert(
+        &store,
+        &as_written_by_0_1(&single),
+    ))
+    .unwrap();
     let manager = keyroll::KeyManager::new(store);
     let v1 = framed_as_0_1(&first);
-    assert!(manager.revoke_token(&v1, t0()).unwrap().is_none());
+    assert!(block_on(manager.revoke_token(&v1, t0())).unwrap().is_none());
     let id = single.id();
-    assert!(manager.authenticate_key(id, &v1, t0()).is_ok());
-    let revoked = manager.revoke_token_of(id, &v1, t0()).unwrap();
+    assert!(
+        block_on(manager.authenticate(keyroll::Credentials::bearer(&v1).with_id(id), t0())).is_ok()
+    );
+    let revoked =
+        block_on(manager.revoke_token(keyroll::Credentials::bearer(&v1).with_id(id), t0()))
+            .unwrap();
     assert!(matches!(revoked, Some(keyroll::Event::TokenRevoked { .. })));
-    assert!(manager.authenticate_key(id, &v1, t0()).is_err());
-    assert!(manager.authenticate(first.expose_secret(), t0()).is_err());
+    assert!(
+        block_on(manager.authenticate(keyroll::Credentials::bearer(&v1).with_id(id), t0()))
+            .is_err()
+    );
+    assert!(block_on(manager.authenticate(first.expose_secret(), t0())).is_err());
     // Nothing more to revoke; another key's id revokes nothing.
-    assert!(manager.revoke_token_of(id, &v1, t0()).unwrap().is_none());
+    assert!(
+        block_on(manager.revoke_token(keyroll::Credentials::bearer(&v1).with_id(id), t0()))
+            .unwrap()
+            .is_none()
+    );
     let other = KeyId::new("other").unwrap();
     assert!(
-        manager
-            .revoke_token_of(&other, &v1, t0())
+        block_on(manager.revoke_token(keyroll::Credentials::bearer(&v1).with_id(&other), t0()))
             .unwrap()
             .is_none()
     );
@@ -468,7 +483,7 @@ fn advisory_expiry_keeps_outdated_tokens_working() {
 #[test]
 fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
     let policy = Policy {
-        expiry: Expiry::Enforced,
+        enforcement: RenewalEnforcement::Enforced,
         ..Policy::default()
     };
     let (mut key, old) = issue(policy);
@@ -479,7 +494,7 @@ fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
     );
     assert_eq!(
         key.verify(old.expose_secret(), due),
-        Err(VerifyError::Expired)
+        Err(VerifyError::RenewalOverdue)
     );
 
     // Renewed at day 80: the old token expires at day 90, the new at day 170.
@@ -489,7 +504,7 @@ fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
     assert_eq!(key.verify(old.expose_secret(), t1), Ok(TokenMatch::Old));
     assert_eq!(
         key.verify(old.expose_secret(), due),
-        Err(VerifyError::Expired)
+        Err(VerifyError::RenewalOverdue)
     );
     assert_eq!(
         key.verify(new.expose_secret(), due),
@@ -497,7 +512,7 @@ fn enforced_expiry_refuses_tokens_past_their_own_due_date() {
     );
     assert_eq!(
         key.verify(new.expose_secret(), t1 + Duration::days(90)),
-        Err(VerifyError::Expired)
+        Err(VerifyError::RenewalOverdue)
     );
     // A wrong token is a mismatch, not expired; an inactive key says so first.
     let (_, stranger, _) = ApiKey::issue(

@@ -4,8 +4,8 @@ mod common;
 
 use common::{issue, renewing, rng, t0};
 use keyroll::{
-    ApiKey, Decision, DeletionReason, Event, KeyState, KeyStatus, NewKey, OldTokenDeletion, Policy,
-    TokenMatch, TransitionError, VerifyError,
+    ApiKey, Decision, DeletionReason, Event, KeyStatus, NewKey, OldTokenDeletion, Policy,
+    RenewalState, TokenMatch, TransitionError, VerifyError,
 };
 use time::Duration;
 
@@ -20,8 +20,8 @@ fn refused(
     err
 }
 
-fn undecided() -> KeyState {
-    KeyState::Renewing {
+fn undecided() -> RenewalState {
+    RenewalState::Renewing {
         decision: Decision::Undecided,
     }
 }
@@ -35,7 +35,7 @@ fn issue_starts_active_single_at_version_1() {
     )
     .unwrap();
     assert_eq!(key.status(), KeyStatus::Active);
-    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(key.state(), RenewalState::Single);
     assert_eq!(key.version(), 1);
     assert_eq!(key.label(), "label");
     assert_eq!(key.created_at(), t0());
@@ -93,7 +93,7 @@ fn renewing_renew_is_refused_with_renewal_pending() {
 fn finalize_now_deletes_the_old_token() {
     let (mut key, old, new) = renewing();
     let event = key.finalize(OldTokenDeletion::Now, t0()).unwrap();
-    assert_eq!(key.state(), KeyState::Single);
+    assert_eq!(key.state(), RenewalState::Single);
     assert!(key.old_token().is_none());
     assert_eq!(key.version(), 3);
     assert_eq!(
@@ -117,7 +117,7 @@ fn finalize_later_keeps_both_tokens() {
     let event = key.finalize(OldTokenDeletion::Later, t0()).unwrap();
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Later
         }
     );
@@ -176,7 +176,7 @@ fn delete_old_works_undecided_and_later() {
         }
         let version = key.version();
         let event = key.delete_old(t0()).unwrap();
-        assert_eq!(key.state(), KeyState::Single);
+        assert_eq!(key.state(), RenewalState::Single);
         assert_eq!(key.version(), version + 1);
         assert_eq!(
             key.verify(old.expose_secret(), t0()),
@@ -212,7 +212,7 @@ fn undo_restores_the_old_token_and_discards_the_new() {
         }
         let version = key.version();
         let event = key.undo_renewal(t0()).unwrap();
-        assert_eq!(key.state(), KeyState::Single);
+        assert_eq!(key.state(), RenewalState::Single);
         assert_eq!(key.version(), version + 1);
         assert_eq!(
             key.current_token(),
@@ -293,7 +293,7 @@ fn inactive_keys_still_transition_and_old_tokens_are_inactive_too() {
     key.finalize(OldTokenDeletion::Later, t0()).unwrap();
     assert_eq!(
         key.state(),
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Later
         }
     );
@@ -358,7 +358,7 @@ fn error_messages_are_short_lower_case_and_name_the_call() {
         VerifyError::Malformed,
         VerifyError::Mismatch,
         VerifyError::KeyInactive,
-        VerifyError::Expired,
+        VerifyError::RenewalOverdue,
     ] {
         assert!(err.to_string().starts_with(char::is_lowercase));
     }

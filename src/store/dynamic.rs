@@ -10,10 +10,10 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
-use crate::token::PresentedToken;
 use crate::id::KeyId;
 use crate::key::ApiKey;
 use crate::revision::Revision;
+use crate::token::PresentedToken;
 
 /// A boxed future, as the object-safe half of [`DynKeyStore`] returns them.
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,11 +113,7 @@ trait ObjectStore: Send + Sync {
 
 impl<S: KeyStore> ObjectStore for S {
     fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>> {
-        Box::pin(async move {
-            KeyStore::get(self, id)
-                .await
-                .map_err(DynStoreError::new)
-        })
+        Box::pin(async move { KeyStore::get(self, id).await.map_err(DynStoreError::new) })
     }
     fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {

@@ -332,7 +332,10 @@ impl InMemoryStore {
 
     /// The number of keys stored.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.read().slots.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.read().slots.len())
+            .sum()
     }
 
     /// Whether no key is stored.

@@ -54,7 +54,11 @@ pub enum Verification {
 impl Verification {
     /// The answer for `key` (`None`: not stored) to `token` at `now`, as a
     /// store that loaded the key gives it.
-    pub fn of(key: Option<&ApiKey>, token: &PresentedToken<'_>, now: OffsetDateTime) -> Verification {
+    pub fn of(
+        key: Option<&ApiKey>,
+        token: &PresentedToken<'_>,
+        now: OffsetDateTime,
+    ) -> Verification {
         match key.map(|key| key.authenticate(token, now)) {
             None => Verification::UnknownKey,
             Some(Ok(authenticated)) => Verification::Accepted(authenticated),

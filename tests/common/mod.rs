@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use keyroll::{ApiKey, KeyId, KeyState, NewKey, Policy, Token};
+use keyroll::{ApiKey, KeyId, NewKey, Policy, RenewalState, Token};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime};
@@ -44,8 +44,8 @@ pub fn renewing() -> (ApiKey, Token, Token) {
 pub fn assert_invariants(key: &ApiKey) {
     assert!(key.version() >= 1);
     match key.state() {
-        KeyState::Single => assert!(key.old_token().is_none()),
-        KeyState::Renewing { .. } => {
+        RenewalState::Single => assert!(key.old_token().is_none()),
+        RenewalState::Renewing { .. } => {
             let old = key.old_token().expect("renewing without an old token");
             assert_ne!(old.id(), key.current_token().id());
             assert!(key.version() >= 2);
