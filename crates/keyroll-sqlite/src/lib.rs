@@ -11,15 +11,19 @@
 //!
 //! Every write is one statement, and `update`/`delete` are a compare-and-swap
 //! on the whole revision: `... WHERE id = ? AND incarnation = ? AND version =
-//! ?`. Several processes or connections may share one file: SQLite
-//! serializes their writes and the revision check keeps them from
-//! overwriting each other, even across a delete and re-create of an id. A
-//! row whose record names another id or revision than its columns (a record
-//! copied into another row) is refused, never returned.
+//! ?`. Several processes or stores may share one file: SQLite serializes
+//! their writes and the revision check keeps them from overwriting each
+//! other, even across a delete and re-create of an id. A row whose record
+//! names another id or revision than its columns (a record copied into
+//! another row) is refused, never returned.
 //!
-//! [`SqliteStore`] is a [`KeyStore`]; with the default feature `tokio` it is
-//! also an [`AsyncKeyStore`](keyroll::AsyncKeyStore) whose calls run on
-//! tokio's blocking pool, never on the async workers.
+//! [`SqliteStore`] is a [`KeyStore`] whose connection lives on a thread of
+//! its own: each call is sent to that thread and its answer comes back on a
+//! channel that any executor can wait on (tokio, or a plain `block_on`).
+//! SQLite blocks on disk and on other connections' writes; it never blocks
+//! an async worker. One store is one connection, so its calls run one at a
+//! time, in order; open several stores on one file for reads in parallel
+//! (WAL lets them).
 //!
 //! # Example
 //!
@@ -30,8 +34,12 @@
 //! let dir = tempfile::tempdir()?;
 //! let manager = KeyManager::new(SqliteStore::open(dir.path().join("keys.db"))?);
 //! let now = time::OffsetDateTime::now_utc();
-//! let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng())?;
-//! assert_eq!(manager.authenticate(token.expose_secret(), now)?.key_id.as_str(), "acme");
+//! pollster::block_on(async {
+//!     let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rand::rng()).await?;
+//!     let who = manager.authenticate(token.expose_secret(), now).await?;
+//!     assert_eq!(who.key_id.as_str(), "acme");
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -39,11 +47,13 @@
 #![deny(missing_docs)]
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use keyroll::record::{self, RecordError};
-use keyroll::{ApiKey, KeyId, KeyStore, Revision, StoreError};
+use keyroll::store::{KeyStore, Revision, StoreError};
+use keyroll::{ApiKey, KeyId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 /// What can go wrong in the SQLite store.
@@ -66,19 +76,22 @@ pub enum SqliteStoreError {
     /// `PRAGMA integrity_check` found problems (listed).
     #[error("the database failed its integrity check: {0}")]
     IntegrityCheck(String),
-    /// The blocking task running the call could not finish (the runtime is
-    /// shutting down).
-    #[cfg(feature = "tokio")]
-    #[error("the blocking task was cancelled: {0}")]
-    Cancelled(#[source] tokio::task::JoinError),
+    /// The store's thread is gone: a call panicked on it (the panic was
+    /// printed), and the store is closed.
+    #[error("the SQLite store's thread has stopped; open the store again")]
+    Closed,
 }
 
-/// A [`KeyStore`] in one SQLite database. Cheap to clone: clones share one
-/// connection.
+/// A [`KeyStore`] in one SQLite database: one connection, on a thread of
+/// its own. Cheap to clone: clones share the connection. The thread ends
+/// when the last clone is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
 }
+
+/// A call, run on the store's thread with its connection.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,9 +138,30 @@ impl SqliteStore {
         )?;
         upgrade_0_1(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("keyroll-sqlite".into())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut conn);
+                }
+            })
+            .map_err(SqliteStoreError::Create)?;
+        Ok(SqliteStore { jobs })
+    }
+
+    /// Runs `call` with the connection, on the store's thread, and waits
+    /// for its answer without blocking the caller's thread.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, SqliteStoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = answer.send(call(conn));
+        });
+        self.jobs.send(job).map_err(|_| SqliteStoreError::Closed)?;
+        answered.await.map_err(|_| SqliteStoreError::Closed)
     }
 
     /// The value of a pragma on this store's connection (e.g.
@@ -136,10 +170,13 @@ impl SqliteStore {
     /// # Errors
     ///
     /// SQLite's.
-    pub fn pragma(&self, name: &str) -> Result<String, SqliteStoreError> {
+    pub async fn pragma(&self, name: &str) -> Result<String, SqliteStoreError> {
+        let name = name.to_owned();
         let value = self
-            .conn()
-            .pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))?;
+            .call(move |conn| {
+                conn.pragma_query_value(None, &name, |row| row.get::<_, rusqlite::types::Value>(0))
+            })
+            .await??;
         Ok(match value {
             rusqlite::types::Value::Integer(n) => n.to_string(),
             rusqlite::types::Value::Text(text) => text,
@@ -153,16 +190,11 @@ impl SqliteStore {
     ///
     /// SQLite's, or [`SqliteStoreError::IntegrityCheck`] with the problems
     /// it found.
-    pub fn integrity_check(&self) -> Result<(), SqliteStoreError> {
-        match self.pragma("integrity_check")?.as_str() {
+    pub async fn integrity_check(&self) -> Result<(), SqliteStoreError> {
+        match self.pragma("integrity_check").await?.as_str() {
             "ok" => Ok(()),
             problems => Err(SqliteStoreError::IntegrityCheck(problems.to_owned())),
         }
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic cannot leave a connection mid-statement; keep using it.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// After a compare-and-swap changed no row: why.
@@ -243,25 +275,27 @@ fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<SqliteStoreErro
     columns.map_err(StoreError::Backend)
 }
 
-impl KeyStore for SqliteStore {
-    type Error = SqliteStoreError;
+/// The calls, each run with the connection on the store's thread.
+mod calls {
+    use super::*;
 
-    fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
-        let row: Option<(i64, i64, String)> = self
-            .conn()
-            .query_row(
-                "SELECT incarnation, version, record FROM keyroll_keys WHERE id = ?1",
-                [id.as_str()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
+    pub(super) fn get(conn: &Connection, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
+        let row: Option<(i64, i64, String)> = conn
+            .prepare_cached("SELECT incarnation, version, record FROM keyroll_keys WHERE id = ?1")?
+            .query_row([id.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
             .optional()?;
         let key = row.map(|(i, v, json)| record::decode_row(&json, id.as_str(), revision(i, v)));
         Ok(key.transpose()?)
     }
 
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
+    pub(super) fn insert(
+        conn: &Connection,
+        key: &ApiKey,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
         let (incarnation, version, json) = row_of(key)?;
-        let inserted = self.conn().execute(
+        let inserted = conn.execute(
             "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES (?1, ?2, ?3, ?4)",
             params![key.id().as_str(), incarnation, version, json],
         );
@@ -276,12 +310,15 @@ impl KeyStore for SqliteStore {
         }
     }
 
-    fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<SqliteStoreError>> {
+    pub(super) fn update(
+        conn: &Connection,
+        key: &ApiKey,
+        expected: Revision,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
         let (incarnation, version, json) = row_of(key)?;
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
         let expected_version = integer(expected.version()).map_err(backend)?;
         let expected_incarnation = integer(expected.incarnation()).map_err(backend)?;
-        let conn = self.conn();
         // The new record's incarnation must be the expected one too: a key
         // of another incarnation never replaces this one.
         let changed = conn
@@ -301,15 +338,18 @@ impl KeyStore for SqliteStore {
         if changed == 1 {
             Ok(())
         } else {
-            Err(Self::refusal(&conn, key.id(), expected))
+            Err(SqliteStore::refusal(conn, key.id(), expected))
         }
     }
 
-    fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<SqliteStoreError>> {
+    pub(super) fn delete(
+        conn: &Connection,
+        id: &KeyId,
+        expected: Revision,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
         let version = integer(expected.version()).map_err(backend)?;
         let incarnation = integer(expected.incarnation()).map_err(backend)?;
-        let conn = self.conn();
         let changed = conn
             .execute(
                 "DELETE FROM keyroll_keys WHERE id = ?1 AND incarnation = ?2 AND version = ?3",
@@ -319,13 +359,16 @@ impl KeyStore for SqliteStore {
         if changed == 1 {
             Ok(())
         } else {
-            Err(Self::refusal(&conn, id, expected))
+            Err(SqliteStore::refusal(conn, id, expected))
         }
     }
 
-    fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, SqliteStoreError> {
+    pub(super) fn list(
+        conn: &Connection,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, SqliteStoreError> {
         // TEXT compares with the BINARY collation: byte order, as KeyId's Ord.
-        let conn = self.conn();
         let mut statement = conn.prepare_cached(
             "SELECT id, incarnation, version, record FROM keyroll_keys
              WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
@@ -346,76 +389,50 @@ impl KeyStore for SqliteStore {
     }
 }
 
-#[cfg(feature = "tokio")]
-mod blocking {
-    //! [`AsyncKeyStore`] on tokio's blocking pool.
+impl KeyStore for SqliteStore {
+    type Error = SqliteStoreError;
 
-    use keyroll::{ApiKey, AsyncKeyStore, KeyId, KeyStore, Revision, StoreError};
-
-    use super::{SqliteStore, SqliteStoreError};
-
-    impl SqliteStore {
-        /// Runs `call` on a clone of the store on tokio's blocking pool.
-        async fn blocking<T: Send + 'static>(
-            &self,
-            call: impl FnOnce(&SqliteStore) -> T + Send + 'static,
-        ) -> Result<T, SqliteStoreError> {
-            let store = self.clone();
-            match tokio::task::spawn_blocking(move || call(&store)).await {
-                Ok(answer) => Ok(answer),
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => Err(SqliteStoreError::Cancelled(e)),
-            }
-        }
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
+        let id = id.clone();
+        self.call(move |conn| calls::get(conn, &id)).await?
     }
 
-    /// Every call runs on tokio's blocking pool (SQLite blocks on disk and
-    /// on other connections' writes), so it needs a tokio runtime.
-    impl AsyncKeyStore for SqliteStore {
-        type Error = SqliteStoreError;
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
+        let key = key.clone();
+        self.call(move |conn| calls::insert(conn, &key))
+            .await
+            .map_err(StoreError::Backend)?
+    }
 
-        async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
-            let id = id.clone();
-            self.blocking(move |s| KeyStore::get(s, &id)).await?
-        }
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
+        let key = key.clone();
+        self.call(move |conn| calls::update(conn, &key, expected))
+            .await
+            .map_err(StoreError::Backend)?
+    }
 
-        async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
-            let key = key.clone();
-            self.blocking(move |s| KeyStore::insert(s, &key))
-                .await
-                .map_err(StoreError::Backend)?
-        }
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
+        let id = id.clone();
+        self.call(move |conn| calls::delete(conn, &id, expected))
+            .await
+            .map_err(StoreError::Backend)?
+    }
 
-        async fn update(
-            &self,
-            key: &ApiKey,
-            expected: Revision,
-        ) -> Result<(), StoreError<SqliteStoreError>> {
-            let key = key.clone();
-            self.blocking(move |s| KeyStore::update(s, &key, expected))
-                .await
-                .map_err(StoreError::Backend)?
-        }
-
-        async fn delete(
-            &self,
-            id: &KeyId,
-            expected: Revision,
-        ) -> Result<(), StoreError<SqliteStoreError>> {
-            let id = id.clone();
-            self.blocking(move |s| KeyStore::delete(s, &id, expected))
-                .await
-                .map_err(StoreError::Backend)?
-        }
-
-        async fn list(
-            &self,
-            after: Option<&KeyId>,
-            limit: usize,
-        ) -> Result<Vec<ApiKey>, SqliteStoreError> {
-            let after = after.cloned();
-            self.blocking(move |s| KeyStore::list(s, after.as_ref(), limit))
-                .await?
-        }
+    async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, SqliteStoreError> {
+        let after = after.cloned();
+        self.call(move |conn| calls::list(conn, after.as_ref(), limit))
+            .await?
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use keyroll::{KeyId, KeyManager};
 use keyroll_sqlite::SqliteStore;
+use pollster::block_on;
 use rand::{RngExt, SeedableRng};
 use time::OffsetDateTime;
 
@@ -34,9 +35,9 @@ fn crash_child() {
     println!();
     for i in 0.. {
         let id = KeyId::new(format!("r{round}-k{i}")).unwrap();
-        let (first, _) = manager.create_key(id.clone(), now, &mut rng).unwrap();
+        let (first, _) = block_on(manager.create_key(id.clone(), now, &mut rng)).unwrap();
         println!("{}", first.expose_secret());
-        let (second, _) = manager.renew(&id, now, &mut rng).unwrap();
+        let (second, _) = block_on(manager.renew(&id, now, &mut rng)).unwrap();
         println!("{}", second.expose_secret());
     }
 }
@@ -81,12 +82,11 @@ fn sqlite_tokens_survive_a_writer_killed_with_sigkill() {
         printed.extend(new);
 
         let store = SqliteStore::open(&path).unwrap();
-        store.integrity_check().unwrap();
+        block_on(store.integrity_check()).unwrap();
         let manager = KeyManager::new(store);
         let now = OffsetDateTime::now_utc();
         for token in &printed {
-            manager
-                .authenticate(token, now)
+            block_on(manager.authenticate(token, now))
                 .unwrap_or_else(|e| panic!("round {round}: a printed token failed: {e}"));
         }
     }

@@ -5,32 +5,35 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyroll::{KeyId, KeyManager, KeyStore, NewKey, conformance};
+use keyroll::store::KeyStore;
+use keyroll::{KeyId, KeyManager, NewKey, conformance};
 use keyroll_sqlite::{SqliteStore, SqliteStoreError};
+use pollster::block_on;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::OffsetDateTime;
 
+/// The suite under a plain `block_on` (SQLite's calls wait on its own
+/// thread, not on a runtime), and under tokio.
 #[test]
 fn sqlite_store_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
-    conformance::run_all(|| {
+    block_on(conformance::run_all(|| {
         n += 1;
-        SqliteStore::open(dir.path().join(format!("keys-{n}.db"))).unwrap()
-    });
-}
-
-#[test]
-fn sqlite_in_memory_store_passes_the_conformance_suite() {
-    conformance::run_all(|| SqliteStore::open_in_memory().unwrap());
+        let store = SqliteStore::open(dir.path().join(format!("keys-{n}.db"))).unwrap();
+        async { store }
+    }));
+    block_on(conformance::run_all(|| async {
+        SqliteStore::open_in_memory().unwrap()
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_store_passes_the_async_conformance_suite_on_the_blocking_pool() {
+async fn sqlite_store_passes_the_conformance_suite_under_tokio() {
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
-    conformance::run_all_async(|| {
+    conformance::run_all(|| {
         n += 1;
         let store = SqliteStore::open(dir.path().join(format!("async-{n}.db"))).unwrap();
         async { store }
@@ -50,7 +53,7 @@ fn sqlite_two_connections_racing_lose_no_update() {
         .map(|i| KeyId::new(format!("key-{i}")).unwrap())
         .collect();
     for id in &ids {
-        a.create_key(NewKey::new(id.clone()).label("race"), now, &mut rand::rng())
+        block_on(a.create_key(NewKey::new(id.clone()).label("race"), now, &mut rand::rng()))
             .unwrap();
     }
     let successes: Vec<AtomicU64> = ids.iter().map(|_| AtomicU64::new(0)).collect();
@@ -62,8 +65,8 @@ fn sqlite_two_connections_racing_lose_no_update() {
                 let mut rng = StdRng::seed_from_u64(thread);
                 for i in 0..100u64 {
                     let k = ((thread + i) % 3) as usize;
-                    let renewed = manager.renew(&ids[k], now, &mut rng).is_ok();
-                    let undone = manager.undo_renewal(&ids[k], now).is_ok();
+                    let renewed = block_on(manager.renew(&ids[k], now, &mut rng)).is_ok();
+                    let undone = block_on(manager.undo_renewal(&ids[k], now)).is_ok();
                     successes[k]
                         .fetch_add(u64::from(renewed) + u64::from(undone), Ordering::SeqCst);
                 }
@@ -71,8 +74,8 @@ fn sqlite_two_connections_racing_lose_no_update() {
         }
     });
     for (id, count) in ids.iter().zip(&successes) {
-        let through_a = a.get(id).unwrap().unwrap();
-        let through_b = b.get(id).unwrap().unwrap();
+        let through_a = block_on(a.get(id)).unwrap().unwrap();
+        let through_b = block_on(b.get(id)).unwrap().unwrap();
         assert_eq!(through_a, through_b);
         assert_eq!(
             through_a.version(),
@@ -94,7 +97,7 @@ fn sqlite_corrupt_rows_are_errors_not_panics() {
         [],
     )
     .unwrap();
-    let err = store.get(&KeyId::new("bad").unwrap()).unwrap_err();
+    let err = block_on(store.get(&KeyId::new("bad").unwrap())).unwrap_err();
     assert!(
         matches!(
             err,
@@ -103,7 +106,7 @@ fn sqlite_corrupt_rows_are_errors_not_panics() {
         "{err}"
     );
     assert!(err.to_string().contains("bad"), "{err}");
-    assert!(store.list(None, 10).is_err());
+    assert!(block_on(store.list(None, 10)).is_err());
 }
 
 /// A record copied into another key's row must not make the first key's
@@ -116,12 +119,8 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
     let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
     let now = OffsetDateTime::now_utc();
     let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
-    let (token_a, _) = manager
-        .create_key(a.clone(), now, &mut rand::rng())
-        .unwrap();
-    manager
-        .create_key(b.clone(), now, &mut rand::rng())
-        .unwrap();
+    let (token_a, _) = block_on(manager.create_key(a.clone(), now, &mut rand::rng())).unwrap();
+    block_on(manager.create_key(b.clone(), now, &mut rand::rng())).unwrap();
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
@@ -129,7 +128,7 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
         [],
     )
     .unwrap();
-    let err = manager.store().get(&b).unwrap_err();
+    let err = block_on(manager.store().get(&b)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -138,13 +137,9 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
         "{err}"
     );
     assert!(err.to_string().contains("key-a"), "{err}");
-    assert!(
-        manager
-            .store()
-            .verify(&b, token_a.expose_secret(), now)
-            .is_err()
-    );
-    assert!(manager.store().list(None, 10).is_err());
+    let presented = keyroll::PresentedToken::parse(token_a.expose_secret()).unwrap();
+    assert!(block_on(manager.store().verify(&b, &presented, now)).is_err());
+    assert!(block_on(manager.store().list(None, 10)).is_err());
 
     // The right record, but its version column says otherwise.
     conn.execute(
@@ -152,7 +147,7 @@ fn sqlite_refuses_a_record_that_does_not_match_its_row() {
         [],
     )
     .unwrap();
-    let err = manager.store().get(&a).unwrap_err();
+    let err = block_on(manager.store().get(&a)).unwrap_err();
     assert!(err.to_string().contains("revision"), "{err}");
 }
 
@@ -163,12 +158,16 @@ fn sqlite_files_are_private_and_writes_are_durable() {
     let path = dir.path().join("private.db");
     let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
     let now = OffsetDateTime::now_utc();
-    manager
-        .create_key(KeyId::new("k").unwrap(), now, &mut rand::rng())
-        .unwrap();
+    block_on(manager.create_key(KeyId::new("k").unwrap(), now, &mut rand::rng())).unwrap();
     // synchronous=FULL (2): with WAL, NORMAL can lose a committed write.
-    assert_eq!(manager.store().pragma("synchronous").unwrap(), "2");
-    assert_eq!(manager.store().pragma("journal_mode").unwrap(), "wal");
+    assert_eq!(
+        block_on(manager.store().pragma("synchronous")).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        block_on(manager.store().pragma("journal_mode")).unwrap(),
+        "wal"
+    );
     for suffix in ["", "-wal", "-shm"] {
         let file = dir.path().join(format!("private.db{suffix}"));
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
@@ -196,13 +195,13 @@ fn sqlite_upgrades_a_table_of_keyroll_0_1() {
     drop(conn);
     let manager = KeyManager::new(SqliteStore::open(&path).unwrap());
     let id = KeyId::new("later").unwrap();
-    let key = manager.get(&id).unwrap().unwrap();
+    let key = block_on(manager.get(&id)).unwrap().unwrap();
     assert_eq!(key, serde_json::from_str(record).unwrap());
-    manager.delete_old(&id, OffsetDateTime::now_utc()).unwrap();
-    assert_eq!(manager.get(&id).unwrap().unwrap().version(), 4);
+    block_on(manager.delete_old(&id, OffsetDateTime::now_utc())).unwrap();
+    assert_eq!(block_on(manager.get(&id)).unwrap().unwrap().version(), 4);
     // Opening it again changes nothing.
     let again = SqliteStore::open(&path).unwrap();
-    assert_eq!(again.get(&id).unwrap().unwrap().version(), 4);
+    assert_eq!(block_on(again.get(&id)).unwrap().unwrap().version(), 4);
 }
 
 #[test]
