@@ -1,9 +1,10 @@
 //! A [`keyroll`] store in PostgreSQL: API keys shared by the replicas of a
 //! service running on many machines.
 //!
-//! [`PgStore`] is an [`AsyncKeyStore`] over `tokio-postgres` and a
-//! `deadpool-postgres` pool: [`PgStore::connect`] from a URL, or
-//! [`PgStore::from_pool`] with a pool of yours. `connect` requires TLS
+//! [`PgStore`] is a [`KeyStore`] over `tokio-postgres` and a
+//! `deadpool-postgres` pool, made from a URL by [`PgStore::connect`]
+//! (and [`PgStore::in_table`] for another table than `keyroll_keys`); its
+//! calls need a tokio runtime. `connect` requires TLS
 //! (through rustls, the server's certificate verified) unless the URL says
 //! `sslmode=disable`: a server that declines TLS is refused, never used in
 //! the clear.
@@ -36,7 +37,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use keyroll::{AsyncKeyManager, KeyId};
+//! use keyroll::{KeyManager, KeyId};
 //! use keyroll_postgres::PgStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,7 +45,7 @@
 //! PgStore::connect("postgres://admin@db.internal/keys").await?.migrate().await?;
 //! // The service, as a role with DML rights only; TLS is required.
 //! let store = PgStore::connect("postgres://keyroll@db.internal/keys").await?;
-//! let manager = AsyncKeyManager::new(store);
+//! let manager = KeyManager::new(store);
 //! let now = time::OffsetDateTime::now_utc();
 //! let mut rng = keyroll::os_rng(); // Send, unlike rand::rng()
 //! let (token, _event) = manager.create_key(KeyId::new("acme")?, now, &mut rng).await?;
@@ -59,8 +60,10 @@
 use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
+use keyroll::ApiKey;
+use keyroll::KeyId;
 use keyroll::record::{self, RecordError};
-use keyroll::{ApiKey, AsyncKeyStore, CachedStore, KeyId, Revision, StoreError};
+use keyroll::store::{CachedStore, KeyStore, Revision, StoreError};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
@@ -129,14 +132,14 @@ impl PgStoreError {
     }
 }
 
-/// An [`AsyncKeyStore`] in one PostgreSQL table.
+/// A [`KeyStore`] in one PostgreSQL table. Its calls need a tokio runtime
+/// (`tokio-postgres` drives its connections on one).
 pub struct PgStore {
     pool: Pool,
     table: String,
     sql: Statements,
-    /// The pool's settings, for a listener's own connection (unknown for
-    /// a pool of yours).
-    connector: Option<Connector>,
+    /// The pool's settings, for a listener's own connection.
+    connector: Connector,
 }
 
 /// The statements, written once for the table's name.
@@ -222,39 +225,14 @@ impl PgStore {
             (Pool::builder(manager).build(), Connector::Tls(config, tls))
         };
         let pool = pool.map_err(|e| PgStoreError::Config(e.to_string()))?;
-        Ok(PgStore {
-            connector: Some(connector),
-            ..PgStore::from_pool(pool)
-        })
+        Ok(PgStore::in_named_table(
+            pool,
+            connector,
+            "keyroll_keys".into(),
+        ))
     }
 
-    /// A store over your pool, in the table `keyroll_keys`.
-    pub fn from_pool(pool: Pool) -> Self {
-        Self::for_table(pool, "keyroll_keys".into())
-    }
-
-    /// A store in another table: `table` must be a plain lower-case SQL
-    /// identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes), since it is
-    /// spliced into SQL.
-    ///
-    /// # Errors
-    ///
-    /// [`PgStoreError::Config`] for any other name.
-    pub fn with_table(pool: Pool, table: &str) -> Result<Self, PgStoreError> {
-        let plain = table.len() <= 63
-            && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && table
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !plain {
-            return Err(PgStoreError::Config(format!(
-                "not a plain lower-case SQL identifier: {table:?}"
-            )));
-        }
-        Ok(Self::for_table(pool, table.to_owned()))
-    }
-
-    fn for_table(pool: Pool, table: String) -> Self {
+    fn in_named_table(pool: Pool, connector: Connector, table: String) -> Self {
         let sql = Statements {
             get: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
@@ -282,7 +260,7 @@ impl PgStore {
             pool,
             table,
             sql,
-            connector: None,
+            connector,
         }
     }
 
@@ -300,57 +278,54 @@ impl PgStore {
     /// Needs a tokio runtime. The cache can be in front of this store or
     /// of anything else reading the same table.
     ///
-    /// # Errors
-    ///
-    /// [`PgStoreError::Config`] for a store made with
-    /// [`from_pool`](PgStore::from_pool) or [`with_table`](PgStore::with_table):
-    /// the pool does not tell its connection settings; use
-    /// [`connect`](PgStore::connect) (and [`PgStore::in_table`] for
-    /// another table).
-    ///
     /// # Example
     ///
     /// ```no_run
     /// use std::{sync::Arc, time::Duration};
-    /// use keyroll::{AsyncKeyManager, CachedStore};
+    /// use keyroll::KeyManager;
+    /// use keyroll::store::CachedStore;
     /// use keyroll_postgres::PgStore;
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = PgStore::connect("postgres://keyroll@db.internal/keys").await?;
     /// let cache = Arc::new(CachedStore::new(store, 100_000, Duration::from_secs(30)));
-    /// let listener = cache.inner().listen(cache.clone())?;
-    /// let manager = AsyncKeyManager::new(cache);
+    /// let listener = cache.inner().listen(cache.clone());
+    /// let manager = KeyManager::new(cache);
     /// // ... serve; keep `listener` alive as long as the cache.
     /// # drop(listener); Ok(())
     /// # }
     /// ```
-    pub fn listen<S>(&self, cache: Arc<CachedStore<S>>) -> Result<Listener, PgStoreError>
+    pub fn listen<S>(&self, cache: Arc<CachedStore<S>>) -> Listener
     where
         S: Send + Sync + 'static,
     {
-        let connector = self.connector.clone().ok_or_else(|| {
-            PgStoreError::Config(
-                "a store made from a pool of yours cannot listen: make it with PgStore::connect"
-                    .into(),
-            )
-        })?;
-        Ok(Listener::spawn(connector, self.table.clone(), cache))
+        Listener::spawn(self.connector.clone(), self.table.clone(), cache)
     }
 
-    /// The same store in another table (see [`with_table`](PgStore::with_table)
-    /// for the names allowed), keeping the connection settings a
-    /// [`listen`](PgStore::listen)er needs.
+    /// The same store (the same pool) in another table than
+    /// `keyroll_keys`: the one way to name a table. `table` must be a plain
+    /// lower-case SQL identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes),
+    /// since it is spliced into SQL.
     ///
     /// # Errors
     ///
-    /// [`PgStoreError::Config`] for a name that is not a plain lower-case
-    /// SQL identifier.
+    /// [`PgStoreError::Config`] for any other name.
     pub fn in_table(self, table: &str) -> Result<Self, PgStoreError> {
-        let connector = self.connector;
-        Ok(PgStore {
-            connector,
-            ..PgStore::with_table(self.pool, table)?
-        })
+        let plain = table.len() <= 63
+            && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !plain {
+            return Err(PgStoreError::Config(format!(
+                "not a plain lower-case SQL identifier: {table:?}"
+            )));
+        }
+        Ok(PgStore::in_named_table(
+            self.pool,
+            self.connector,
+            table.to_owned(),
+        ))
     }
 
     /// Creates the table if it does not exist, and upgrades a table written
@@ -575,7 +550,7 @@ fn decode(row: &tokio_postgres::Row) -> Result<ApiKey, PgStoreError> {
     )?)
 }
 
-impl AsyncKeyStore for PgStore {
+impl KeyStore for PgStore {
     type Error = PgStoreError;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, PgStoreError> {

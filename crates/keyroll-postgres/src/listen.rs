@@ -14,7 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyroll::{CachedStore, KeyId};
+use keyroll::KeyId;
+use keyroll::store::CachedStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyroll::{AsyncKeyManager, AuthError, CachedStore, KeyId, Token, conformance};
+use keyroll::store::CachedStore;
+use keyroll::{AuthError, KeyId, KeyManager, Token, conformance};
 use keyroll_postgres::{ListenerState, PgStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -14,9 +15,9 @@ use time::OffsetDateTime;
 
 mod common;
 
-use common::{fresh_table, plain, pool, server_url};
+use common::{fresh_table, migrated, plain, pool, server_url, store};
 
-type Replica = AsyncKeyManager<Arc<CachedStore<PgStore>>>;
+type Replica = KeyManager<Arc<CachedStore<PgStore>>>;
 
 /// A replica: its own pool, its own cache, and a listener on `table`.
 async fn replica(
@@ -31,9 +32,9 @@ async fn replica(
         .unwrap();
     store.migrate().await.unwrap();
     let cache = Arc::new(CachedStore::new(store, 10_000, max_staleness));
-    let mut listener = cache.inner().listen(cache.clone()).unwrap();
+    let mut listener = cache.inner().listen(cache.clone());
     listener.listening(1).await;
-    (AsyncKeyManager::new(cache), listener)
+    (KeyManager::new(cache), listener)
 }
 
 /// Authenticates `token` on `replica` until it is refused; how long that
@@ -255,44 +256,17 @@ async fn a_truncate_is_notified() {
     ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_from_a_pool_of_yours_cannot_listen() {
-    let url = server_url();
-    let cache = Arc::new(CachedStore::new(
-        PgStore::from_pool(pool(&url, 1)),
-        10,
-        Duration::from_secs(1),
-    ));
-    let refused = cache.inner().listen(cache.clone()).unwrap_err();
-    assert!(
-        refused.to_string().contains("PgStore::connect"),
-        "{refused}"
-    );
-}
-
-#[cfg_attr(
-    not(keyroll_pg),
-    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_in_front_of_postgres_passes_the_conformance_suite() {
     let url = server_url();
-    let pool = pool(&url, 10);
     let mut tables = Vec::new();
-    conformance::run_all_async(|| {
+    conformance::run_all(|| {
         let table = fresh_table("cachedconf");
         tables.push(table.clone());
-        let store = PgStore::with_table(pool.clone(), &table).unwrap();
-        async {
-            store.migrate().await.unwrap();
-            CachedStore::new(store, 1000, Duration::from_secs(60))
-        }
+        let url = url.clone();
+        async move { CachedStore::new(migrated(&url, &table).await, 1000, Duration::from_secs(60)) }
     })
     .await;
     for table in tables {
-        PgStore::with_table(pool.clone(), &table)
-            .unwrap()
-            .drop_table()
-            .await
-            .unwrap();
+        store(&url, &table).await.drop_table().await.unwrap();
     }
 }

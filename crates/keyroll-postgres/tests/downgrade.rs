@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use keyroll::{AsyncKeyStore, KeyId};
+use keyroll::KeyId;
+use keyroll::store::KeyStore;
 use keyroll_postgres::PgStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -8,9 +8,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use keyroll::store::KeyStore;
+use keyroll::store::StoreError;
 use keyroll::{
-    AsyncKeyManager, AsyncKeyStore, AuthError, KeyId, NewKey, OldTokenDeletion, StoreError, Token,
-    TokenMatch, VerifyError, conformance,
+    AuthError, Credentials, KeyId, KeyManager, NewKey, OldTokenDeletion, Token, TokenMatch,
+    VerifyError, conformance,
 };
 use keyroll_postgres::{PgStore, PgStoreError};
 use rand::rngs::StdRng;
@@ -20,7 +22,7 @@ use tokio_postgres::error::SqlState;
 
 mod common;
 
-use common::{fresh_table, migrated, plain, pool, server_url};
+use common::{fresh_table, migrated, plain, pool, server_url, store};
 
 #[cfg_attr(
     not(keyroll_pg),
@@ -29,29 +31,21 @@ use common::{fresh_table, migrated, plain, pool, server_url};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_conformance_suite() {
     let url = server_url();
-    let pool = pool(&url, 10);
     let tables = Mutex::new(Vec::new());
-    conformance::run_all_async(|| {
+    conformance::run_all(|| {
         let table = fresh_table("conformance");
         tables.lock().unwrap().push(table.clone());
-        let store = PgStore::with_table(pool.clone(), &table).unwrap();
-        async {
-            store.migrate().await.unwrap();
-            store
-        }
+        let url = url.clone();
+        async move { migrated(&url, &table).await }
     })
     .await;
     for table in tables.into_inner().unwrap() {
-        PgStore::with_table(pool.clone(), &table)
-            .unwrap()
-            .drop_table()
-            .await
-            .unwrap();
+        store(&url, &table).await.drop_table().await.unwrap();
     }
 }
 
 /// Creates `n` keys through `manager`; returns their ids and first tokens.
-async fn create_keys(manager: &AsyncKeyManager<PgStore>, n: usize) -> (Vec<KeyId>, Vec<Token>) {
+async fn create_keys(manager: &KeyManager<PgStore>, n: usize) -> (Vec<KeyId>, Vec<Token>) {
     let mut rng = StdRng::seed_from_u64(99);
     let now = OffsetDateTime::now_utc();
     let mut ids = Vec::new();
@@ -77,10 +71,8 @@ async fn postgres_two_replicas_racing_lose_nothing() {
     let url = server_url();
     let table = fresh_table("race");
     // Two replicas: separate pools, separate managers, one table.
-    let a =
-        Arc::new(AsyncKeyManager::new(migrated(pool(&url, 4), &table).await).with_max_retries(64));
-    let b =
-        Arc::new(AsyncKeyManager::new(migrated(pool(&url, 4), &table).await).with_max_retries(64));
+    let a = Arc::new(KeyManager::new(migrated(&url, &table).await).with_max_retries(64));
+    let b = Arc::new(KeyManager::new(migrated(&url, &table).await).with_max_retries(64));
     let (ids, first_tokens) = create_keys(&a, 3).await;
     let ids = Arc::new(ids);
     let successes: Arc<Vec<AtomicU64>> = Arc::new(ids.iter().map(|_| AtomicU64::new(0)).collect());
@@ -134,17 +126,23 @@ async fn postgres_two_replicas_racing_lose_nothing() {
         // The current token was handed out by one replica; it verifies through both.
         let current = by_id[&through_a.current_token().id()];
         assert_eq!(
-            a.authenticate_key(id, current.expose_secret(), now)
-                .await
-                .map(|a| a.matched)
-                .unwrap(),
+            a.authenticate(
+                Credentials::bearer(current.expose_secret()).with_id(id),
+                now
+            )
+            .await
+            .map(|a| a.matched)
+            .unwrap(),
             TokenMatch::Current
         );
         assert_eq!(
-            b.authenticate_key(id, current.expose_secret(), now)
-                .await
-                .map(|a| a.matched)
-                .unwrap(),
+            b.authenticate(
+                Credentials::bearer(current.expose_secret()).with_id(id),
+                now
+            )
+            .await
+            .map(|a| a.matched)
+            .unwrap(),
             TokenMatch::Current
         );
     }
@@ -159,8 +157,8 @@ async fn postgres_two_replicas_racing_lose_nothing() {
 async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at_once() {
     let url = server_url();
     let table = fresh_table("visible");
-    let a = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
-    let b = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
+    let a = KeyManager::new(migrated(&url, &table).await);
+    let b = KeyManager::new(migrated(&url, &table).await);
     let (ids, first) = create_keys(&a, 1).await;
     let (id, first) = (&ids[0], &first[0]);
     let now = OffsetDateTime::now_utc();
@@ -168,14 +166,14 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
 
     let (second, _) = a.renew(id, now, &mut rng).await.unwrap();
     assert_eq!(
-        b.authenticate_key(id, second.expose_secret(), now)
+        b.authenticate(Credentials::bearer(second.expose_secret()).with_id(id), now)
             .await
             .map(|a| a.matched)
             .unwrap(),
         TokenMatch::Current
     );
     assert_eq!(
-        b.authenticate_key(id, first.expose_secret(), now)
+        b.authenticate(Credentials::bearer(first.expose_secret()).with_id(id), now)
             .await
             .map(|a| a.matched)
             .unwrap(),
@@ -183,21 +181,21 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
     );
     b.finalize(id, OldTokenDeletion::Now, now).await.unwrap();
     assert!(matches!(
-        a.authenticate_key(id, first.expose_secret(), now)
+        a.authenticate(Credentials::bearer(first.expose_secret()).with_id(id), now)
             .await
             .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
     b.deactivate(id, now).await.unwrap();
     assert!(matches!(
-        a.authenticate_key(id, second.expose_secret(), now)
+        a.authenticate(Credentials::bearer(second.expose_secret()).with_id(id), now)
             .await
             .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::KeyInactive))
     ));
     a.delete_key(id, now).await.unwrap();
     assert!(matches!(
-        b.authenticate_key(id, second.expose_secret(), now)
+        b.authenticate(Credentials::bearer(second.expose_secret()).with_id(id), now)
             .await
             .map(|a| a.matched),
         Err(AuthError::UnknownKey)
@@ -213,7 +211,7 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
 async fn postgres_two_processes_racing_lose_nothing() {
     let url = server_url();
     let table = fresh_table("processes");
-    let manager = AsyncKeyManager::new(migrated(pool(&url, 2), &table).await);
+    let manager = KeyManager::new(migrated(&url, &table).await);
     let (ids, _) = create_keys(&manager, 3).await;
     let keys = ids.iter().map(KeyId::as_str).collect::<Vec<_>>().join(",");
 
@@ -264,10 +262,9 @@ async fn postgres_two_processes_racing_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_errors_keep_the_sql_state() {
     let url = server_url();
-    let pool = pool(&url, 2);
     let table = fresh_table("broken");
-    let store = PgStore::with_table(pool.clone(), &table).unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated(&url, &table).await;
+    let pool = store.pool().clone();
     store.migrate().await.unwrap(); // idempotent
     let client = pool.get().await.unwrap();
     client
@@ -317,7 +314,7 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
     let url = server_url();
     let pool = pool(&url, 2);
     let table = fresh_table("tampered");
-    let manager = AsyncKeyManager::new(migrated(pool.clone(), &table).await);
+    let manager = KeyManager::new(migrated(&url, &table).await);
     let now = OffsetDateTime::now_utc();
     let (a, b) = (KeyId::new("key-a").unwrap(), KeyId::new("key-b").unwrap());
     let mut rng = StdRng::seed_from_u64(5);
@@ -344,7 +341,11 @@ async fn postgres_refuses_a_record_that_does_not_match_its_row() {
     assert!(
         manager
             .store()
-            .verify(&b, token_a.expose_secret(), now)
+            .verify(
+                &b,
+                &keyroll::PresentedToken::parse(token_a.expose_secret()).unwrap(),
+                now
+            )
             .await
             .is_err()
     );
@@ -386,7 +387,7 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
         )
         .await
         .unwrap();
-    let manager = AsyncKeyManager::new(migrated(pool.clone(), &table).await);
+    let manager = KeyManager::new(migrated(&url, &table).await);
     let id = KeyId::new("later").unwrap();
     let key = manager.get(&id).await.unwrap().unwrap();
     assert_eq!(key, serde_json::from_str(record).unwrap());
@@ -394,7 +395,7 @@ async fn postgres_migrate_upgrades_a_table_of_keyroll_0_1() {
         .delete_old(&id, OffsetDateTime::now_utc())
         .await
         .unwrap();
-    let again = PgStore::with_table(pool.clone(), &table).unwrap();
+    let again = store(&url, &table).await;
     again.migrate().await.unwrap();
     assert_eq!(again.get(&id).await.unwrap().unwrap().version(), 4);
     again.drop_table().await.unwrap();
@@ -420,8 +421,7 @@ async fn race_child() {
         parts.next().unwrap(),
     );
     let keys: Vec<KeyId> = keys.split(',').map(|k| KeyId::new(k).unwrap()).collect();
-    let manager = AsyncKeyManager::new(PgStore::with_table(pool(&url, 4), table).unwrap())
-        .with_max_retries(64);
+    let manager = KeyManager::new(store(&url, table).await).with_max_retries(64);
     let mut rng = StdRng::seed_from_u64(seed.parse().unwrap());
     let mut successes = vec![0u32; keys.len()];
     for _ in 0..200 {
@@ -498,7 +498,7 @@ async fn postgres_tls_verifies_the_server_certificate() {
         .unwrap();
     assert!(row.get::<_, bool>(0), "the connection is encrypted");
     drop(client);
-    let manager = AsyncKeyManager::new(store);
+    let manager = KeyManager::new(store);
     let now = OffsetDateTime::now_utc();
     let id = KeyId::new(format!("tls-{}", std::process::id())).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
@@ -532,7 +532,7 @@ async fn postgres_tls_verifies_the_server_certificate() {
 async fn postgres_calls_before_migrate_say_to_migrate() {
     let url = server_url();
     let table = fresh_table("unmigrated");
-    let store = PgStore::with_table(pool(&url, 1), &table).unwrap();
+    let store = store(&url, &table).await;
     let id = KeyId::new("k").unwrap();
     let error = store.get(&id).await.unwrap_err();
     assert!(
@@ -562,7 +562,7 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
     let url = server_url();
     let table = fresh_table("dml");
     let role = format!("{table}_role");
-    let owner = migrated(pool(&url, 2), &table).await;
+    let owner = migrated(&url, &table).await;
     let admin = owner.pool().get().await.unwrap();
     admin
         .batch_execute(&format!(
@@ -587,19 +587,19 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
         .unwrap()
         .in_table(&table)
         .unwrap();
-    let cache = std::sync::Arc::new(keyroll::CachedStore::new(
+    let cache = std::sync::Arc::new(keyroll::store::CachedStore::new(
         store,
         100,
         std::time::Duration::from_secs(60),
     ));
-    let mut listener = cache.inner().listen(cache.clone()).unwrap();
+    let mut listener = cache.inner().listen(cache.clone());
     if tokio::time::timeout(std::time::Duration::from_secs(5), listener.listening(1))
         .await
         .is_err()
     {
         panic!("listener: {:?}", listener.state());
     }
-    let manager = AsyncKeyManager::new(cache.clone());
+    let manager = KeyManager::new(cache.clone());
     let now = OffsetDateTime::now_utc();
     let mut rng = StdRng::seed_from_u64(8);
     let id = KeyId::new("dml").unwrap();

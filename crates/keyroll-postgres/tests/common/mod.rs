@@ -40,9 +40,18 @@ pub fn pool(url: &str, size: usize) -> Pool {
         .expect("a valid pool configuration")
 }
 
-/// A store over `pool` in `table`, created by `migrate`.
-pub async fn migrated(pool: Pool, table: &str) -> PgStore {
-    let store = PgStore::with_table(pool, table).unwrap();
+/// A store in `table` of the server at `url`, in the clear.
+pub async fn store(url: &str, table: &str) -> PgStore {
+    PgStore::connect(&plain(url))
+        .await
+        .unwrap()
+        .in_table(table)
+        .unwrap()
+}
+
+/// [`store`], its table created by `migrate`.
+pub async fn migrated(url: &str, table: &str) -> PgStore {
+    let store = store(url, table).await;
     store.migrate().await.unwrap();
     store
 }
