@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyroll::{AsyncKeyManager, AsyncKeyStore};
+use keyroll::KeyManager;
+use keyroll::store::KeyStore;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A tokio task calling [`AsyncKeyManager::flush_usage`] every `period`,
-/// for a manager [with usage recording](AsyncKeyManager::with_usage_recording)
+/// A tokio task calling [`KeyManager::flush_usage`] every `period`,
+/// for a manager [with usage recording](KeyManager::with_usage_recording)
 /// on. A failed flush is a `tracing` warning (its notes are kept for the
 /// next one).
 ///
@@ -23,12 +24,13 @@ use tokio::task::JoinHandle;
 ///
 /// ```
 /// use std::{sync::Arc, time::Duration};
-/// use keyroll::{AsyncKeyManager, InMemoryStore};
+/// use keyroll::KeyManager;
+/// use keyroll::store::InMemoryStore;
 /// use keyroll_axum::{KeyrollLayer, UsageFlusher};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+/// let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
 /// let flusher = UsageFlusher::spawn(keys.clone(), Duration::from_secs(5));
 /// let layer = KeyrollLayer::new(keys);
 /// // ... serve with the layer; on shutdown:
@@ -47,9 +49,9 @@ impl UsageFlusher {
     /// # Panics
     ///
     /// Outside a tokio runtime, or if `period` is zero.
-    pub fn spawn<S>(keys: Arc<AsyncKeyManager<S>>, period: Duration) -> UsageFlusher
+    pub fn spawn<S>(keys: Arc<KeyManager<S>>, period: Duration) -> UsageFlusher
     where
-        S: AsyncKeyStore + 'static,
+        S: KeyStore + 'static,
     {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -79,7 +81,7 @@ impl UsageFlusher {
     }
 }
 
-async fn flush<S: AsyncKeyStore>(keys: &AsyncKeyManager<S>) {
+async fn flush<S: KeyStore>(keys: &KeyManager<S>) {
     match keys.flush_usage(OffsetDateTime::now_utc()).await {
         Ok(written) => tracing::debug!(written, "keyroll: uses flushed"),
         Err(error) => tracing::warn!(

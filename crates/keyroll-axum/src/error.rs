@@ -1,0 +1,179 @@
+//! [`ApiError`]: keyroll's errors as HTTP answers, written once, and the
+//! JSON shape of every refusal this crate sends.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyroll::ManagerError;
+
+/// An error answer: a status and `{"error": code, "message": text}`, the
+/// shape of every refusal this crate sends.
+///
+/// `From<ManagerError<E>>` maps a manager's errors once, so that a handler
+/// returning `Result<_, ApiError>` writes no table of its own:
+///
+/// | error | status | code |
+/// |---|---|---|
+/// | bad input ([`ManagerError::is_bad_input`]: a label, a policy, a grace, an instant) | 400 | `bad_request`, the message quoting it |
+/// | `NotFound` | 404 | `not_found` |
+/// | the key's state, `AlreadyExists`, a revision `Conflict` | 409 | `conflict` |
+/// | `Store` | 503 | `unavailable`; the store's message goes to the log only |
+///
+/// # Example
+///
+/// ```
+/// use axum::extract::{Path, State};
+/// use keyroll::store::InMemoryStore;
+/// use keyroll::{KeyId, KeyManager};
+/// use keyroll_axum::ApiError;
+/// use std::sync::Arc;
+///
+/// async fn activate(
+///     State(keys): State<Arc<KeyManager<InMemoryStore>>>,
+///     Path(id): Path<String>,
+/// ) -> Result<String, ApiError> {
+///     let id = KeyId::new(id).map_err(ApiError::bad_request)?;
+///     let event = keys.activate(&id, time::OffsetDateTime::now_utc()).await?;
+///     Ok(event.name().to_owned())
+/// }
+///
+/// let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+/// let app: axum::Router = axum::Router::new()
+///     .route("/keys/{id}/activate", axum::routing::post(activate))
+///     .with_state(keys);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    challenge: Option<String>,
+}
+
+impl ApiError {
+    /// An answer with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            challenge: None,
+        }
+    }
+
+    /// A 400 for bad input, its message that of `error` (keyroll's input
+    /// errors quote the value they refuse).
+    pub fn bad_request(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.to_string())
+    }
+
+    /// The same answer with a `WWW-Authenticate` challenge.
+    pub(crate) fn with_challenge(mut self, challenge: String) -> ApiError {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The answer's code, the `error` field of its body.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(value) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+impl<E: std::fmt::Display> From<ManagerError<E>> for ApiError {
+    fn from(e: ManagerError<E>) -> ApiError {
+        if e.is_bad_input() {
+            return ApiError::bad_request(e);
+        }
+        match e {
+            ManagerError::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ManagerError::AlreadyExists | ManagerError::Transition(_) | ManagerError::Conflict => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ManagerError::Store(cause) => {
+                tracing::error!(error = %cause, "keyroll: the key store failed");
+                unavailable()
+            }
+            other => {
+                tracing::error!(error = %other, "keyroll: unexpected manager error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+/// The answer to a store failure: 503, with nothing of the store's message.
+pub(crate) fn unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the service is unavailable; try again later",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyroll::TransitionError;
+
+    fn mapped(e: ManagerError<std::io::Error>) -> (StatusCode, &'static str, String) {
+        let error = ApiError::from(e);
+        (error.status, error.code, error.message)
+    }
+
+    #[test]
+    fn manager_errors_map_to_one_status_each() {
+        let bad = TransitionError::InvalidGrace {
+            grace: time::Duration::seconds(-5),
+        };
+        let (status, code, message) = mapped(bad.into());
+        assert_eq!((status, code), (StatusCode::BAD_REQUEST, "bad_request"));
+        assert!(message.contains("-5s"), "{message}");
+        assert_eq!(mapped(ManagerError::NotFound).0, StatusCode::NOT_FOUND);
+        for conflict in [
+            ManagerError::Transition(TransitionError::RenewalPending),
+            ManagerError::AlreadyExists,
+            ManagerError::Conflict,
+        ] {
+            assert_eq!(mapped(conflict).0, StatusCode::CONFLICT);
+        }
+        let store = std::io::Error::other("password=hunter2 at db.internal");
+        let (status, code, message) = mapped(ManagerError::Store(store));
+        assert_eq!(
+            (status, code),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
