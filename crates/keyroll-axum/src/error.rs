@@ -68,7 +68,7 @@ impl ApiError {
     }
 
     /// The same answer with a `WWW-Authenticate` challenge.
-    pub(crate) fn with_challenge(mut self, challenge: String) -> ApiError {
+    pub fn with_challenge(mut self, challenge: String) -> ApiError {
         self.challenge = Some(challenge);
         self
     }

@@ -120,7 +120,10 @@ fn answer_with_headers(
 
 /// The one answer to every refused credential.
 fn refusal() -> Answer {
-    (401, json!({"error": "invalid credentials"}))
+    (
+        401,
+        json!({"error": "invalid_credentials", "message": "invalid credentials"}),
+    )
 }
 
 impl Service {
@@ -263,7 +266,7 @@ fn http_the_whole_renewal_story() {
     );
     assert_eq!(again.0, 409);
     assert!(
-        again.1["error"]
+        again.1["message"]
             .as_str()
             .unwrap()
             .contains("already finalized"),
@@ -544,7 +547,7 @@ fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
     let refused = service.admin("POST", "/admin/keys/k/finalize", Some(grace));
     assert_eq!(refused.0, 400, "{refused:?}");
     assert!(
-        refused.1["error"].as_str().unwrap().contains("grace"),
+        refused.1["message"].as_str().unwrap().contains("grace"),
         "{refused:?}"
     );
     assert_eq!(service.whoami("k", &second).1["token"], "current");
@@ -562,7 +565,7 @@ fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
     );
 
     // A renewal once the old token's scheduled deletion is due goes
-    // through, and the deletion is audited.
+    // through, and its one audit line names the token deleted as scheduled.
     let soon = (time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -577,12 +580,16 @@ fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
     assert_eq!(third.0, 200, "{third:?}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = service.log.lock().unwrap().clone();
-    let deletion = log
+    let renewal = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|e| e["audit"]["event"] == "old_token_deleted")
-        .unwrap_or_else(|| panic!("no deletion audited: {log}"));
-    assert_eq!(deletion["audit"]["reason"], "scheduled");
+        .filter(|e| e["audit"]["event"] == "token_renewed")
+        .last()
+        .unwrap_or_else(|| panic!("no renewal audited: {log}"));
+    assert!(
+        renewal["audit"]["deleted_as_scheduled"].is_string(),
+        "{renewal}"
+    );
     assert_eq!(service.whoami("k", &first), refusal());
 }
 
@@ -952,7 +959,7 @@ fn http_scopes_guard_routes_and_the_admin_api() {
                 .send(body),
         );
         assert_eq!(answer.0, 400, "{path}: {answer:?}");
-        let message = answer.1["error"].as_str().unwrap();
+        let message = answer.1["message"].as_str().unwrap();
         assert!(
             message.contains(needle),
             "{message} should contain {needle}"

@@ -16,9 +16,8 @@
 //!   its key), or with headers `X-Api-Key` (key id) and `X-Api-Token`,
 //!   answers `{"key_id", "token": "current" | "old", "scopes": [..],
 //!   "metadata": {..}}`, and to an old token of a pending renewal with the
-//!   header `keyroll-token-renewed: true`. It authenticates in its handler
-//!   (keyroll-axum's `Authenticate` extractor); `/v1/orders` under
-//!   keyroll-axum's layer; both with the same settings and answers. A request that
+//!   header `keyroll-token-renewed: true`. Both `/v1/whoami` and
+//!   `/v1/orders` are under keyroll-axum's layer. A request that
 //!   sends a bearer token and an `X-Api-Key` naming another key is refused.
 //!   Every refused
 //!   credential (missing, unknown key, malformed, wrong, inactive, expired)
@@ -66,7 +65,7 @@
 //! failed audit write (stdout closed) is reported on stderr, and the
 //! answer still goes out.
 //! Renewing a key whose old token's scheduled deletion is due applies that
-//! deletion first (and audits it). SQLite calls run on tokio's blocking pool.
+//! deletion in the same transition (the `token_renewed` event says so).
 
 use std::error::Error;
 use std::sync::Arc;
@@ -80,12 +79,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use clap::Parser;
+use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
 use keyroll::{
-    ApiKey, AsyncKeyManager, AuthError, Authenticated, CachedStore, DynKeyStore, DynStoreError,
-    Event, InMemoryStore, KeyId, KeyState, ManagerError, Metadata, NewKey, OldTokenDeletion, Scope,
-    Scopes, Token, TokenInfo, TokenMatch, TransitionError,
+    ApiKey, AuthError, Event, KeyId, KeyManager, ManagerError, Metadata, NewKey, OldTokenDeletion,
+    RenewalState, Scope, Scopes, Token, TokenInfo, TokenMatch,
 };
-use keyroll_axum::{Authenticate, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
+use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
@@ -130,7 +129,7 @@ struct Cli {
 
 // ---------------------------------------------------------------- the store
 
-/// The store `--store` names: in memory, SQLite (on tokio's blocking pool)
+/// The store `--store` names: in memory, SQLite (on a thread of its own)
 /// or PostgreSQL, behind one type. PostgreSQL is read through a cache kept
 /// in step by a listener (returned: it runs as long as it is kept).
 async fn open_store(
@@ -147,7 +146,7 @@ async fn open_store(
                 store.migrate().await?;
             }
             let cache = Arc::new(CachedStore::new(store, 100_000, max_staleness));
-            let listener = cache.inner().listen(cache.clone())?;
+            let listener = cache.inner().listen(cache.clone());
             Ok((DynKeyStore::new(cache), Some(listener)))
         }
         _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
@@ -156,94 +155,51 @@ async fn open_store(
 
 // ---------------------------------------------------------------- errors
 
-/// An error answer: a status and `{"error": message}`, and for a 401 or a
-/// 403 the `WWW-Authenticate` challenge of RFC 6750.
-struct ApiError(StatusCode, String, Option<String>);
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError(status, message.into(), None)
-    }
-
-    fn with_header(status: StatusCode, message: String, challenge: String) -> ApiError {
-        ApiError(status, message, Some(challenge))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
-        let challenge = match (self.0, self.2) {
-            (_, Some(challenge)) => Some(challenge),
-            (StatusCode::UNAUTHORIZED, None) => Some("Bearer realm=\"keyroll\"".to_owned()),
-            _ => None,
-        };
-        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
-        response
-    }
-}
-
-impl From<ManagerError<DynStoreError>> for ApiError {
-    fn from(e: ManagerError<DynStoreError>) -> Self {
-        let status = match &e {
-            ManagerError::NotFound => StatusCode::NOT_FOUND,
-            ManagerError::Transition(
-                TransitionError::InvalidLabel(_)
-                | TransitionError::InvalidPolicy { .. }
-                | TransitionError::InvalidGrace { .. }
-                | TransitionError::TimeOutOfRange { .. },
-            ) => StatusCode::BAD_REQUEST,
-            ManagerError::AlreadyExists | ManagerError::Transition(_) | ManagerError::Conflict => {
-                StatusCode::CONFLICT
-            }
-            ManagerError::Store(e) => return unavailable(e),
-            _ => return unavailable(&e),
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
 /// A store failure: logged, and answered with a generic 503.
 fn unavailable(cause: &dyn Error) -> ApiError {
     eprintln!("{}", json!({ "store_error": cause.to_string() }));
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
         "the service is unavailable; try again later",
     )
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError::new(e.status(), e.body_text())
-    }
+/// A request body, or the 400 that names what is wrong with it.
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(body)| body)
+        .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, message.to_owned())
-}
-
-/// The one answer to every refused API credential. The cause is logged for
-/// operators (with the key id, never the token) and not told to the caller.
+/// The one answer to every refused API credential, with the realm's
+/// challenge. The cause is logged for operators (with the key id, never the
+/// token) and not told to the caller.
 fn refused(cause: &str, key_id: Option<&KeyId>) -> ApiError {
     eprintln!(
         "{}",
         json!({ "auth_refused": { "cause": cause, "key_id": key_id } })
     );
-    unauthorized("invalid credentials")
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "invalid credentials",
+    )
+    .with_challenge("Bearer realm=\"keyroll\"".to_owned())
 }
 
 fn key_id(raw: &str) -> Result<KeyId, ApiError> {
-    KeyId::new(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+    KeyId::new(raw).map_err(ApiError::bad_request)
+}
+
+/// A route that does not exist.
+fn no_such_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 // ---------------------------------------------------------------- state
 
 struct App {
-    keys: Arc<AsyncKeyManager<DynKeyStore>>,
+    keys: Arc<KeyManager<DynKeyStore>>,
     /// How the API routes authenticate: bearer tokens, and the two-header
     /// form `X-Api-Key` + `X-Api-Token`.
     auth: KeyrollLayer<DynKeyStore>,
@@ -256,15 +212,6 @@ struct App {
 }
 
 type Shared = State<Arc<App>>;
-
-/// What keyroll-axum's `Authenticate` extractor authenticates with.
-impl KeyrollState for App {
-    type Store = DynKeyStore;
-
-    fn keyroll(&self) -> &KeyrollLayer<DynKeyStore> {
-        &self.auth
-    }
-}
 
 /// Who made an admin call: the key that authenticated it, or the
 /// bootstrap token. Every audit line names it.
@@ -317,19 +264,15 @@ fn bearer(request: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Who the request is, authenticated in the handler (keyroll-axum's
-/// `Authenticate` extractor, no layer): an answer to an old token carries
-/// the renewal header.
-async fn whoami(who: Authenticate) -> impl IntoResponse {
-    let hint = who.renewal_hint();
-    let Authenticate(who) = who;
-    let answer = Whoami {
+/// Who the request is (behind keyroll-axum's layer, which marks an answer
+/// to an old token with the renewal header).
+async fn whoami(Caller(who): Caller) -> Json<Whoami> {
+    Json(Whoami {
         key_id: Some(who.key_id),
         token: Some(who.matched),
         scopes: who.scopes,
         metadata: who.metadata,
-    };
-    (hint, Json(answer))
+    })
 }
 
 /// `whoami`'s answer (and `ping`'s, with nobody in it).
@@ -343,7 +286,7 @@ struct Whoami {
 
 /// A resource guarded by the scope `orders:read` (`RequireScope` in the
 /// router).
-async fn orders(who: keyroll_axum::Authenticated) -> Json<serde_json::Value> {
+async fn orders(who: Caller) -> Json<serde_json::Value> {
     Json(json!({ "orders": [], "key_id": who.key_id }))
 }
 
@@ -416,7 +359,7 @@ async fn github_secret_scanning(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(keys) = &app.scanner_keys else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"));
+        return Err(no_such_route());
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signed = match (
@@ -428,7 +371,11 @@ async fn github_secret_scanning(
     };
     if let Err(cause) = signed {
         eprintln!("{}", json!({ "secret_scanning_refused": cause }));
-        return Err(unauthorized("invalid signature"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "invalid signature",
+        ));
     }
     let digest: [u8; 32] = Sha256::digest(&body).into();
     if let Some(answered) = app.scanned.answered(&digest) {
@@ -436,7 +383,7 @@ async fn github_secret_scanning(
         return Ok(Json(answered));
     }
     let matches: Vec<ScanMatch> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
     let now = OffsetDateTime::now_utc();
     let mut answers = Vec::with_capacity(matches.len());
     let mut events = Vec::new();
@@ -536,26 +483,35 @@ async fn admin_only(
     State(app): Shared,
     mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Response> {
     let Some(presented) = bearer(&request) else {
-        return Err(refused("no bearer token on the admin API", None));
+        return Err(refused("no bearer token on the admin API", None).into_response());
     };
     let now = OffsetDateTime::now_utc();
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let actor = if bool::from(hash.ct_eq(&app.admin_token_hash)) {
-        if admin_key_exists(&app.keys, now).await? {
+        if admin_key_exists(&app.keys, now)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
             return Err(refused(
                 "the bootstrap token is retired: an active key holds keyroll:admin",
                 None,
-            ));
+            )
+            .into_response());
         }
         Actor::Bootstrap
     } else {
         match app.keys.authenticate(&presented, now).await {
-            Ok(who) if who.scopes.contains(ADMIN_SCOPE) => Actor::Key(who.key_id),
-            Ok(who) => return Err(insufficient_scope(ADMIN_SCOPE, &who)),
-            Err(AuthError::Store(e)) => return Err(unavailable(&e)),
-            Err(e) => return Err(refused(&e.to_string(), None)),
+            Ok(who) => {
+                let caller = Caller(who);
+                caller
+                    .require_scope(ADMIN_SCOPE)
+                    .map_err(IntoResponse::into_response)?;
+                Actor::Key(caller.0.key_id)
+            }
+            Err(AuthError::Store(e)) => return Err(unavailable(&e).into_response()),
+            Err(e) => return Err(refused(&e.to_string(), None).into_response()),
         }
     };
     request.extensions_mut().insert(actor);
@@ -565,7 +521,7 @@ async fn admin_only(
 /// Whether an active, unexpired key holds `keyroll:admin` (a scan of the
 /// keys: it runs only when the bootstrap token is presented).
 async fn admin_key_exists(
-    keys: &AsyncKeyManager<DynKeyStore>,
+    keys: &KeyManager<DynKeyStore>,
     now: OffsetDateTime,
 ) -> Result<bool, ApiError> {
     let mut after: Option<KeyId> = None;
@@ -583,19 +539,6 @@ async fn admin_key_exists(
             None => return Ok(false),
         }
     }
-}
-
-/// A 403 for a key that authenticated but lacks `scope` (RFC 6750, 3.1).
-fn insufficient_scope(scope: &str, who: &Authenticated) -> ApiError {
-    eprintln!(
-        "{}",
-        json!({ "insufficient_scope": { "key_id": who.key_id, "scope": scope } })
-    );
-    ApiError::with_header(
-        StatusCode::FORBIDDEN,
-        format!("this key lacks the scope {scope}"),
-        format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
-    )
 }
 
 #[derive(Serialize)]
@@ -639,9 +582,9 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
         "expired": key.is_expired(now),
         "current_token": token_view(key.current_token(), now),
         "old_token": key.old_token().map(|t| token_view(t, now)),
-        "pending_deletion": matches!(key.state(), KeyState::Renewing { .. }),
+        "pending_deletion": matches!(key.state(), RenewalState::Renewing { .. }),
         "decision": match key.state() {
-            KeyState::Renewing { decision } => json!(decision.to_string()),
+            RenewalState::Renewing { decision } => json!(decision.to_string()),
             _ => json!(null),
         },
     })
@@ -685,11 +628,6 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String
     d.deserialize_map(Entries)
 }
 
-/// A 400 naming the bad input.
-fn bad_request(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
-}
-
 /// An answer that carries a token: never to be cached.
 type WithToken = (
     [(header::HeaderName, HeaderValue); 1],
@@ -715,7 +653,7 @@ async fn create_key(
     Extension(actor): Extension<Actor>,
     body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<(StatusCode, WithToken), ApiError> {
-    let Json(body) = body?;
+    let body = json(body)?;
     let mut rng = keyroll::os_rng();
     let id = match body.id {
         Some(raw) => key_id(&raw)?,
@@ -724,8 +662,8 @@ async fn create_key(
     let now = OffsetDateTime::now_utc();
     let mut new = NewKey::new(id.clone())
         .label(body.label)
-        .scopes(Scopes::new(body.scopes).map_err(bad_request)?)
-        .metadata(Metadata::new(body.metadata).map_err(bad_request)?);
+        .scopes(Scopes::new(body.scopes).map_err(ApiError::bad_request)?)
+        .metadata(Metadata::new(body.metadata).map_err(ApiError::bad_request)?);
     if let Some(at) = body.expires_at {
         new = new.expires_at(at);
     }
@@ -772,7 +710,7 @@ async fn show_key(
         .keys
         .get(&key_id(&raw)?)
         .await?
-        .ok_or(ManagerError::NotFound)?;
+        .ok_or(ManagerError::<keyroll::store::DynStoreError>::NotFound)?;
     Ok(Json(key_view(&key, OffsetDateTime::now_utc())))
 }
 
@@ -783,11 +721,8 @@ async fn renew(
 ) -> Result<WithToken, ApiError> {
     let id = key_id(&raw)?;
     let now = OffsetDateTime::now_utc();
-    // An old token whose scheduled deletion is due no longer verifies:
-    // apply the deletion (audited) so that the renewal is not refused.
-    if let Some(deleted) = app.keys.housekeep(&id, now).await? {
-        audit(&actor, &deleted);
-    }
+    // An old token whose scheduled deletion is due is deleted by the
+    // renewal itself (its event says so).
     let (token, event) = app.keys.renew(&id, now, &mut keyroll::os_rng()).await?;
     let answer = with_token(&id, &token, &event);
     audit(&actor, &event);
@@ -813,7 +748,7 @@ async fn finalize(
     Path(raw): Path<String>,
     body: Result<Json<Finalize>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body?;
+    let body = json(body)?;
     let event = app
         .keys
         .finalize(&key_id(&raw)?, body.delete_old, OffsetDateTime::now_utc())
@@ -828,8 +763,8 @@ async fn set_scopes(
     Path(raw): Path<String>,
     body: Result<Json<SetScopes>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body?;
-    let scopes = Scopes::new(body.scopes).map_err(bad_request)?;
+    let body = json(body)?;
+    let scopes = Scopes::new(body.scopes).map_err(ApiError::bad_request)?;
     let event = app
         .keys
         .set_scopes(&key_id(&raw)?, scopes, OffsetDateTime::now_utc())
@@ -844,8 +779,8 @@ async fn set_metadata(
     Path(raw): Path<String>,
     body: Result<Json<SetMetadata>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body?;
-    let metadata = Metadata::new(body.metadata).map_err(bad_request)?;
+    let body = json(body)?;
+    let metadata = Metadata::new(body.metadata).map_err(ApiError::bad_request)?;
     let event = app
         .keys
         .set_metadata(&key_id(&raw)?, metadata, OffsetDateTime::now_utc())
@@ -860,7 +795,7 @@ async fn set_expiry(
     Path(raw): Path<String>,
     body: Result<Json<SetExpiry>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body?;
+    let body = json(body)?;
     let event = app
         .keys
         .set_expiry(&key_id(&raw)?, body.expires_at, OffsetDateTime::now_utc())
@@ -875,7 +810,7 @@ async fn set_label(
     Path(raw): Path<String>,
     body: Result<Json<SetLabel>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body?;
+    let body = json(body)?;
     let event = app
         .keys
         .set_label(&key_id(&raw)?, &body.label, OffsetDateTime::now_utc())
@@ -953,8 +888,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
         .route("/admin/keys/{id}/label", axum::routing::put(set_label))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
-    // `/v1/orders` under keyroll-axum's layer and scope guard; `/v1/whoami`
-    // authenticates in its extractor, with the same settings.
+    // The API under keyroll-axum's layer; `/v1/orders` also under a scope
+    // guard.
     let api = Router::new()
         .route(
             "/v1/orders",
@@ -962,14 +897,14 @@ fn router(app: Arc<App>) -> Router {
                 Scope::new("orders:read").expect("a valid scope"),
             )),
         )
+        .route("/v1/whoami", get(whoami))
         .layer(app.auth.clone());
     Router::new()
         .merge(admin)
         .merge(api)
-        .route("/v1/whoami", get(whoami))
         .route("/v1/ping", get(ping))
         .route("/secret-scanning/github", post(github_secret_scanning))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .fallback(|| async { no_such_route() })
         .with_state(app)
 }
 
@@ -994,7 +929,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .into());
     }
     let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
-    let keys = Arc::new(AsyncKeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
+    let keys = Arc::new(KeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
     let app = Arc::new(App {
         auth: KeyrollLayer::new(keys.clone()).two_headers(
             header::HeaderName::from_static("x-api-key"),

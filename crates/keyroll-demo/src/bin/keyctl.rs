@@ -31,9 +31,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use keyroll::store::DynKeyStore;
 use keyroll::{
-    ApiKey, AsyncKeyManager, Decision, DynKeyStore, Event, Expiry, Freshness, KeyId, KeyState,
-    Metadata, NewKey, OldTokenDeletion, Policy, Scope, Scopes, TokenFormat, TokenInfo,
+    ApiKey, Credentials, Decision, Event, Freshness, KeyId, KeyManager, Metadata, NewKey,
+    OldTokenDeletion, Policy, RenewalEnforcement, RenewalState, Scope, Scopes, TokenFormat,
+    TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -255,17 +257,17 @@ fn token_line(which: &str, token: &TokenInfo, now: OffsetDateTime) -> String {
 
 fn decision(key: &ApiKey) -> String {
     match key.state() {
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::Scheduled { at },
         } => {
             format!("old token deleted at {}", date(at))
         }
-        KeyState::Renewing {
+        RenewalState::Renewing {
             decision: Decision::AfterNewTokenUse { grace },
         } => {
             format!("old token deleted {grace} after the new one is used")
         }
-        KeyState::Renewing { .. } => "pending deletion: old token".into(),
+        RenewalState::Renewing { .. } => "pending deletion: old token".into(),
         _ => String::new(),
     }
 }
@@ -360,7 +362,7 @@ async fn migrate(cli: &Cli) -> Result<(), Box<dyn Error>> {
 }
 
 async fn list(
-    manager: &AsyncKeyManager<DynKeyStore>,
+    manager: &KeyManager<DynKeyStore>,
     now: OffsetDateTime,
 ) -> Result<(), Box<dyn Error>> {
     println!(
@@ -443,8 +445,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         _ => {}
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
-    let manager =
-        AsyncKeyManager::new(open_store(&cli).await?).with_usage_recording(cli.now.is_none());
+    let manager = KeyManager::new(open_store(&cli).await?).with_usage_recording(cli.now.is_none());
     let mut rng = rand::rng();
     match cli.command {
         Command::Create {
@@ -463,10 +464,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                     Period::ThreeMonths => Policy::THREE_MONTHS,
                     Period::SixMonths => Policy::SIX_MONTHS,
                 },
-                expiry: if enforced {
-                    Expiry::Enforced
+                enforcement: if enforced {
+                    RenewalEnforcement::Enforced
                 } else {
-                    Expiry::Advisory
+                    RenewalEnforcement::Advisory
                 },
                 ..Policy::default()
             };
@@ -544,8 +545,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Revoke { id } => {
             let token = token_from_stdin()?;
             let revoked = match &id {
-                Some(id) => manager.revoke_token_of(id, &token, now).await?,
-                None => manager.revoke_token(&token, now).await?,
+                Some(id) => {
+                    manager
+                        .revoke_token(Credentials::bearer(&token).with_id(id), now)
+                        .await?
+                }
+                None => manager.revoke_token(token.as_str(), now).await?,
             };
             match revoked {
                 Some(event) => print_event(&event)?,
@@ -557,7 +562,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         }
         Command::Verify { id } => {
             let token = token_from_stdin()?;
-            let matched = manager.authenticate_key(&id, &token, now).await?.matched;
+            let credentials = Credentials::bearer(&token).with_id(&id);
+            let matched = manager.authenticate(credentials, now).await?.matched;
             // The use is noted in memory; write it before the process ends.
             manager.flush_usage(now).await?;
             let key = manager
@@ -565,7 +571,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 .await?
                 .ok_or_else(|| format!("no key {id}"))?;
             let state = match key.state() {
-                KeyState::Renewing { .. } => " (a renewal is pending)",
+                RenewalState::Renewing { .. } => " (a renewal is pending)",
                 _ => "",
             };
             println!("valid: {matched} token{state}");
