@@ -549,7 +549,7 @@ impl ApiKey {
         rng: &mut R,
     ) -> Result<(Token, Event), TransitionError> {
         let now = input::instant(now, NOW)?;
-        let deletion = deletion.map(|d| checked_deletion(d)).transpose()?;
+        let deletion = deletion.map(checked_deletion).transpose()?;
         if let Some(expires_at) = self.expires_at.filter(|&at| now >= at) {
             return Err(TransitionError::KeyExpired { expires_at });
         }

@@ -10,7 +10,7 @@ use std::fmt;
 /// is issued (below 2<sup>63</sup>, so it fits a signed 64-bit column) and
 /// kept for the key's life, so a copy loaded before a delete and re-create
 /// of its id never matches the new key: a stale writer gets
-/// [`StoreError::Conflict`](crate::StoreError::Conflict) instead of bringing
+/// [`StoreError::Conflict`](crate::store::StoreError::Conflict) instead of bringing
 /// the deleted key back.
 ///
 /// Displayed as `{version}@{incarnation in 16 hex digits}`.

@@ -54,10 +54,10 @@ pub enum Decision {
     /// Nothing yet. Behaves exactly like `Later`, as in the product when the
     /// page is closed before a choice.
     Undecided,
-    /// Kept until [`ApiKey::delete_old`] or [`ApiKey::undo_renewal`].
+    /// Kept until [`ApiKey::delete_old`](crate::ApiKey::delete_old) or [`ApiKey::undo_renewal`](crate::ApiKey::undo_renewal).
     Later,
     /// Deleted at `at`: from then on it no longer verifies, and
-    /// [`ApiKey::housekeep`] removes it.
+    /// [`ApiKey::housekeep`](crate::ApiKey::housekeep) removes it.
     Scheduled {
         /// When the old token stops verifying.
         #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
@@ -72,7 +72,7 @@ pub enum Decision {
     },
 }
 
-/// How [`ApiKey::finalize`] treats the old token.
+/// How [`ApiKey::finalize`](crate::ApiKey::finalize) treats the old token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -87,7 +87,7 @@ pub enum OldTokenDeletion {
     #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
     At(OffsetDateTime),
     /// Keep the old token until the new one has been used (as recorded by
-    /// [`ApiKey::record_use`]), then for `grace` more.
+    /// [`ApiKey::record_use`](crate::ApiKey::record_use)), then for `grace` more.
     AfterNewTokenUse {
         /// How long the old token lives after the new one's first use.
         #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]

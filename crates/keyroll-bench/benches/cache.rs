@@ -1,5 +1,5 @@
 //! Authentication at scale: 100,000 keys, a random key per request,
-//! through the async manager.
+//! through the manager.
 //!
 //! - `cache/memory_authenticate`: `InMemoryStore`.
 //! - `cache/pg_cached_authenticate`: `CachedStore<PgStore>`, every key
@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyroll::{ApiKey, AsyncKeyManager, AsyncKeyStore, CachedStore, InMemoryStore, KeyId, Token};
+use keyroll::store::{CachedStore, InMemoryStore, KeyStore};
+use keyroll::{ApiKey, KeyId, KeyManager, Token};
 use keyroll_postgres::PgStore;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -87,7 +88,7 @@ fn bench_cache(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
     let mut group = c.benchmark_group("cache");
 
-    let memory = AsyncKeyManager::new(InMemoryStore::new());
+    let memory = KeyManager::new(InMemoryStore::new());
     runtime.block_on(async {
         for (key, _) in &keys {
             memory.store().insert(key).await.expect("fresh id");
@@ -113,7 +114,7 @@ fn bench_cache(c: &mut Criterion) {
     // Loopback: the TLS handshake is not what is measured.
     let sep = if url.contains('?') { '&' } else { '?' };
     let store = runtime.block_on(postgres(&format!("{url}{sep}sslmode=disable"), &keys));
-    let cached = AsyncKeyManager::new(CachedStore::new(store, KEYS, Duration::from_secs(3600)));
+    let cached = KeyManager::new(CachedStore::new(store, KEYS, Duration::from_secs(3600)));
     runtime.block_on(async {
         for (_, token) in &keys {
             cached
@@ -129,7 +130,7 @@ fn bench_cache(c: &mut Criterion) {
         })
     });
 
-    let direct = AsyncKeyManager::new(cached.store().inner());
+    let direct = KeyManager::new(cached.store().inner());
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));

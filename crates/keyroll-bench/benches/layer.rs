@@ -10,8 +10,6 @@
 //!   handing it a fixed identity: what any layer giving a handler an
 //!   identity costs, so `whoami - extension_whoami` is the cost of
 //!   authenticating.
-//! - `layer/extractor_whoami`: `whoami` authenticated by the `Authenticate`
-//!   extractor, no layer (what `http_service` serves `/v1/whoami` with).
 //! - `layer/ping_2_threads`, `layer/whoami_2_threads`: two threads sending
 //!   at once (time per request), which shows what the threads share.
 //!
@@ -25,8 +23,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request};
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyroll::{AsyncKeyManager, InMemoryStore, KeyId, Metadata, Scopes, TokenMatch};
-use keyroll_axum::{Authenticate, Authenticated, KeyrollLayer};
+use keyroll::store::InMemoryStore;
+use keyroll::{KeyId, KeyManager, Metadata, Scopes, TokenMatch};
+use keyroll_axum::{Caller, KeyrollLayer};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -39,17 +38,13 @@ struct Whoami {
     metadata: Metadata,
 }
 
-async fn whoami(Authenticated(who): Authenticated) -> axum::Json<Whoami> {
+async fn whoami(Caller(who): Caller) -> axum::Json<Whoami> {
     axum::Json(Whoami {
         key_id: Some(who.key_id),
         token: Some(who.matched),
         scopes: who.scopes,
         metadata: who.metadata,
     })
-}
-
-async fn extractor_whoami(Authenticate(who): Authenticate) -> axum::Json<Whoami> {
-    whoami(Authenticated(who)).await
 }
 
 async fn ping() -> axum::Json<Whoami> {
@@ -64,7 +59,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The router and a bearer header for it.
 fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
-    let keys = Arc::new(AsyncKeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
     let now = OffsetDateTime::now_utc();
     let (token, _) = rt
         .block_on(keys.create_key(
@@ -76,14 +71,9 @@ fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
     let fixed = rt
         .block_on(keys.authenticate(token.expose_secret(), now))
         .expect("authenticated");
-    let layer = KeyrollLayer::new(keys);
-    let extracting = Router::new()
-        .route("/extractor/whoami", get(extractor_whoami))
-        .with_state(layer.clone());
     let router = Router::new()
         .route("/v1/whoami", get(whoami))
-        .layer(layer)
-        .merge(extracting)
+        .layer(KeyrollLayer::new(keys))
         .route("/v1/ping", get(ping))
         .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)))
         // As `axum::serve` does: handlers (and the layers around them)
@@ -124,7 +114,6 @@ fn bench_layer(c: &mut Criterion) {
         ("ping", "/v1/ping"),
         ("whoami", "/v1/whoami"),
         ("extension_whoami", "/fixed/whoami"),
-        ("extractor_whoami", "/extractor/whoami"),
     ] {
         group.bench_function(name, |b| {
             let bearer = shared(&bearer);

@@ -583,8 +583,7 @@ fn http_tokens_are_not_cached_and_bad_input_is_refused_at_the_call() {
     let renewal = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["audit"]["event"] == "token_renewed")
-        .last()
+        .rfind(|e| e["audit"]["event"] == "token_renewed")
         .unwrap_or_else(|| panic!("no renewal audited: {log}"));
     assert!(
         renewal["audit"]["deleted_as_scheduled"].is_string(),
