@@ -139,16 +139,16 @@ impl TokenHash {
     /// (`verify/floor_wordwise` against `verify/floor` in
     /// `benches/verify.rs`).
     pub(crate) fn ct_eq(&self, other: &TokenHash) -> subtle::Choice {
-        let difference = self
-            .0
-            .chunks_exact(8)
-            .zip(other.0.chunks_exact(8))
-            .fold(0u64, |difference, (a, b)| {
-                let word = |bytes: &[u8]| {
-                    u64::from_ne_bytes(bytes.try_into().unwrap_or_else(|_| unreachable!("8 bytes")))
-                };
-                difference | (word(a) ^ word(b))
-            });
+        fn words(hash: &TokenHash) -> impl Iterator<Item = u64> + '_ {
+            hash.0
+                .as_chunks::<8>()
+                .0
+                .iter()
+                .map(|word| u64::from_ne_bytes(*word))
+        }
+        let difference = words(self)
+            .zip(words(other))
+            .fold(0, |difference, (a, b)| difference | (a ^ b));
         difference.ct_eq(&0)
     }
 }

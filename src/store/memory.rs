@@ -195,11 +195,11 @@ impl SlotToken {
         self.created_at.saturating_add(policy.renewal_period)
     }
 
-    fn view(&self, policy: &Policy, revoked: bool) -> TokenView<'_> {
+    fn view(&self, revoked: bool) -> TokenView<'_> {
         TokenView {
             id: self.id,
             hash: &self.hash,
-            due_at: self.due_at(policy),
+            created_at: self.created_at,
             revoked,
             legacy: self.legacy,
         }
@@ -282,11 +282,11 @@ impl Inner {
             expires_at: rare.expires_at,
             scopes: &self.scope_sets[slot.scopes],
             metadata: &slot.metadata,
-            current: slot.current.view(policy, rare.current_revoked_at.is_some()),
+            current: slot.current.view(rare.current_revoked_at.is_some()),
             old: slot
                 .renewal
                 .as_deref()
-                .map(|(old, decision)| (old.view(policy, false), *decision)),
+                .map(|(old, decision)| (old.view(false), *decision)),
         }
     }
 

@@ -11,12 +11,14 @@
 //!   when a token was presented) and one body, so that answers do not tell
 //!   which key ids exist; the cause is a `tracing` event (with the key id,
 //!   never the token). A store failure is a 503 with a generic body.
-//! - The [`Caller`] extractor hands a handler behind the layer the key, the
-//!   token that matched, and the key's scopes and metadata.
+//! - The [`Caller`] extractor hands a handler the key, the token that
+//!   matched, and the key's scopes and metadata: the layer's finding, or,
+//!   on a route without the layer, its own (with the layer's settings from
+//!   the router's state, [`KeyrollState`]; cheaper than the layer).
 //! - [`RequireScope`] answers 403 with `WWW-Authenticate: Bearer
 //!   error="insufficient_scope", scope="..."` to a key without the scope.
-//! - A request made with the old token of a pending renewal gets the
-//!   response header [`TOKEN_RENEWED`] (`keyroll-token-renewed: true`): the
+//! - A request made with the old token of a pending renewal gets (from the
+//!   layer, or [`Caller::renewal_hint`]) the response header [`TOKEN_RENEWED`] (`keyroll-token-renewed: true`): the
 //!   client should move to the newer token before the old one is deleted.
 //! - [`ApiError`] answers keyroll's errors: 400 for bad input, 404, 409, 503.
 //!   Every refusal of this crate is `{"error": code, "message": text}`.
@@ -38,10 +40,13 @@
 //! }
 //!
 //! let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+//! let keyroll = KeyrollLayer::new(keys).realm("orders");
 //! let app: Router = Router::new()
 //!     .route("/v1/orders", get(whoami).layer(RequireScope::new("orders:read".parse()?)))
 //!     .route("/v1/whoami", get(whoami))
-//!     .layer(KeyrollLayer::new(keys).realm("orders"));
+//!     .layer(keyroll.clone())
+//!     // What `Caller` would authenticate with on a route without the layer.
+//!     .with_state(keyroll);
 //! # Ok::<(), keyroll::error::InvalidScope>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -90,10 +95,12 @@ pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + 
 /// assert_eq!(bearer_token("bearer  kr_abc"), Some("kr_abc"));
 /// assert_eq!(bearer_token("Basic a2V5OnRva2Vu"), None);
 /// assert_eq!(bearer_token("Bearer "), None);
+/// assert_eq!(bearer_token("Bearers kr_abc"), None);
+/// assert_eq!(bearer_token("Bearé kr_abc"), None);
 /// ```
 pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim_start_matches(' ');
+    let (scheme, rest) = value.split_at_checked("bearer".len())?;
+    let token = rest.strip_prefix(' ')?.trim_start_matches(' ');
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
@@ -322,11 +329,77 @@ impl<S: KeyStore> Shared<S> {
     }
 }
 
-/// Who a request authenticated as, for handlers behind a [`KeyrollLayer`]:
-/// the key, the token that matched, and the key's scopes and metadata.
+/// A router state that holds the [`KeyrollLayer`] whose settings (key
+/// manager, realm, headers) [`Caller`] authenticates with on a route
+/// without the layer.
 ///
-/// Extracting it without the layer in front is a 500 (a routing mistake,
-/// logged), never an anonymous pass.
+/// A `KeyrollLayer` is one; so is an `Arc` of one. For a state of your
+/// own, return the layer it holds.
+pub trait KeyrollState {
+    /// The key store the layer's manager reads.
+    type Store: KeyStore + 'static;
+
+    /// The layer whose settings [`Caller`] uses.
+    fn keyroll(&self) -> &KeyrollLayer<Self::Store>;
+}
+
+impl<S: KeyStore + 'static> KeyrollState for KeyrollLayer<S> {
+    type Store = S;
+
+    fn keyroll(&self) -> &KeyrollLayer<S> {
+        self
+    }
+}
+
+impl<T: KeyrollState> KeyrollState for Arc<T> {
+    type Store = T::Store;
+
+    fn keyroll(&self) -> &KeyrollLayer<T::Store> {
+        (**self).keyroll()
+    }
+}
+
+/// Who a request authenticated as: the key, the token that matched, and
+/// the key's scopes and metadata.
+///
+/// Behind a [`KeyrollLayer`], the identity the layer found (the request is
+/// not authenticated, nor its use counted, twice). On a route without the
+/// layer, the extractor authenticates the request itself, with the
+/// settings of the layer in the router's state ([`KeyrollState`]), and
+/// refuses with the same answers: one uniform 401 for every credential
+/// failure, a 503 when the store fails, the causes logged. That costs
+/// less than the layer (axum wraps every route under a layer in one more
+/// boxed service, cloned for each request, and the identity travels in a
+/// request extension); what the layer does to the response is then yours
+/// to do: send [`renewal_hint`](Self::renewal_hint) with the answer, and
+/// check scopes with [`require_scope`](Self::require_scope).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use axum::response::IntoResponse;
+/// use axum::{Router, routing::get};
+/// use keyroll::KeyManager;
+/// use keyroll::store::InMemoryStore;
+/// use keyroll_axum::{Caller, InsufficientScope, KeyrollLayer};
+///
+/// async fn whoami(caller: Caller) -> impl IntoResponse {
+///     (caller.renewal_hint(), caller.key_id.to_string())
+/// }
+///
+/// async fn orders(caller: Caller) -> Result<String, InsufficientScope> {
+///     caller.require_scope("orders:read")?;
+///     Ok(format!("orders of {}", caller.key_id))
+/// }
+///
+/// let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+/// let app: Router = Router::new()
+///     .route("/v1/whoami", get(whoami))
+///     .route("/v1/orders", get(orders))
+///     .with_state(KeyrollLayer::new(keys).realm("orders"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Caller(pub keyroll::Authenticated);
 
@@ -339,6 +412,16 @@ impl std::ops::Deref for Caller {
 }
 
 impl Caller {
+    /// The [`TOKEN_RENEWED`] header when the request used the old token of
+    /// a pending renewal, as a part of a response: return it with your
+    /// answer, as in `(caller.renewal_hint(), body)`. (Behind a
+    /// [`KeyrollLayer`], the layer adds it; adding it again changes
+    /// nothing.)
+    pub fn renewal_hint(&self) -> Option<[(HeaderName, HeaderValue); 1]> {
+        (self.matched == TokenMatch::Old)
+            .then(|| [(TOKEN_RENEWED, HeaderValue::from_static("true"))])
+    }
+
     /// Whether the key holds `scope` (compared exactly, as
     /// `Scopes::contains` does).
     ///
@@ -355,25 +438,18 @@ impl Caller {
     }
 }
 
-/// A routing mistake: a part of this crate used where no [`KeyrollLayer`]
-/// ran.
-fn without_layer(what: &str) -> Response {
-    tracing::error!("keyroll: {what} on a route without KeyrollLayer");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
-    .into_response()
-}
+impl<T: KeyrollState + Send + Sync> FromRequestParts<T> for Caller {
+    type Rejection = ApiError;
 
-impl<T: Send + Sync> FromRequestParts<T> for Caller {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &T) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &T) -> Result<Self, ApiError> {
         match parts.extensions.get::<keyroll::Authenticated>() {
             Some(who) => Ok(Caller(who.clone())),
-            None => Err(without_layer("Caller extracted")),
+            None => state
+                .keyroll()
+                .shared
+                .authenticated(&parts.headers)
+                .await
+                .map(Caller),
         }
     }
 }
@@ -446,7 +522,16 @@ where
             Some(who) => {
                 Some(InsufficientScope::logged(&who.key_id, self.scope.as_str()).into_response())
             }
-            None => Some(without_layer("RequireScope")),
+            None => {
+                // A routing mistake, logged; never an anonymous pass.
+                tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
+                let internal = ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                );
+                Some(internal.into_response())
+            }
         };
         match refused {
             Some(refused) => Box::pin(std::future::ready(Ok(refused))),

@@ -11,23 +11,40 @@ use axum::routing::get;
 use axum::{Json, Router};
 use keyroll::store::{InMemoryStore, KeyStore};
 use keyroll::{KeyId, KeyManager, NewKey, Scopes, Token};
-use keyroll_axum::{Caller, KeyrollLayer, RequireScope, TOKEN_RENEWED};
+use keyroll_axum::{Caller, InsufficientScope, KeyrollLayer, RequireScope, TOKEN_RENEWED};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
-async fn whoami(caller: Caller) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "key_id": caller.key_id, "scopes": caller.scopes.len() }))
+async fn whoami(caller: Caller) -> impl IntoResponse {
+    let body = serde_json::json!({ "key_id": caller.key_id, "scopes": caller.scopes.len() });
+    (caller.renewal_hint(), Json(body))
 }
 
-/// `/orders` (scope `orders:read`) and `/whoami`, behind the layer.
+async fn orders(caller: Caller) -> Result<Json<serde_json::Value>, InsufficientScope> {
+    caller.require_scope("orders:read")?;
+    Ok(Json(serde_json::json!({ "key_id": caller.key_id })))
+}
+
+/// The two ways a route authenticates: the routes without a prefix behind
+/// the layer, those under `/own` by the `Caller` extractor alone.
+const WAYS: [&str; 2] = ["", "/own"];
+
+/// `/orders` (scope `orders:read`) and `/whoami`, behind the layer (the
+/// scope checked by `RequireScope`), and the same under `/own` without it
+/// (checked by `Caller::require_scope`).
 fn router<S: KeyStore + 'static>(layer: KeyrollLayer<S>) -> Router {
-    Router::new()
+    let layered = Router::new()
         .route(
             "/orders",
             get(whoami).layer(RequireScope::new("orders:read".parse().unwrap())),
         )
         .route("/whoami", get(whoami))
-        .layer(layer)
+        .layer(layer.clone());
+    Router::new()
+        .route("/own/orders", get(orders))
+        .route("/own/whoami", get(whoami))
+        .merge(layered)
+        .with_state(layer)
 }
 
 struct Fixture {
@@ -95,19 +112,6 @@ fn bearer(path: &str, token: &str) -> Request<Body> {
 async fn bearer_tokens_authenticate_and_refusals_are_uniform() {
     let f = fixture().await;
     let app = &f.app;
-    let (status, _, renewed, body) = send(app, bearer("/whoami", f.reader.expose_secret())).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, r#"{"key_id":"reader","scopes":1}"#);
-    assert_eq!(renewed, None);
-
-    // No credential: a challenge without an error code.
-    let (status, challenge, _, body) =
-        send(app, Request::get("/whoami").body(Body::empty()).unwrap()).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
-    let uniform = body;
-
-    // Malformed, unknown key, wrong token, revoked token: one answer.
     let mut wrong = f.plain.expose_secret().to_owned();
     let at = wrong.len() - 20;
     let swap = if &wrong[at..at + 1] == "A" { "B" } else { "A" };
@@ -116,14 +120,32 @@ async fn bearer_tokens_authenticate_and_refusals_are_uniform() {
         .delete_key(&KeyId::new("plain").unwrap(), OffsetDateTime::now_utc())
         .await
         .unwrap();
-    for token in ["kr_typo", f.plain.expose_secret(), &wrong] {
-        let (status, challenge, _, body) = send(app, bearer("/whoami", token)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
-        assert_eq!(
-            challenge.as_deref(),
-            Some(r#"Bearer realm="orders", error="invalid_token""#)
-        );
-        assert_eq!(body, uniform);
+    let mut uniform = None;
+    for way in WAYS {
+        let whoami = format!("{way}/whoami");
+        let (status, _, renewed, body) = send(app, bearer(&whoami, f.reader.expose_secret())).await;
+        assert_eq!(status, StatusCode::OK, "{way}");
+        assert_eq!(body, r#"{"key_id":"reader","scopes":1}"#);
+        assert_eq!(renewed, None);
+
+        // No credential: a challenge without an error code.
+        let (status, challenge, _, body) =
+            send(app, Request::get(&whoami).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{way}");
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
+        // The same body whichever way authenticates.
+        assert_eq!(uniform.get_or_insert_with(|| body.clone()), &body);
+
+        // Malformed, unknown key (deleted), wrong token: one answer.
+        for token in ["kr_typo", f.plain.expose_secret(), &wrong] {
+            let (status, challenge, _, body) = send(app, bearer(&whoami, token)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{way} {token}");
+            assert_eq!(
+                challenge.as_deref(),
+                Some(r#"Bearer realm="orders", error="invalid_token""#)
+            );
+            assert_eq!(uniform.as_ref(), Some(&body));
+        }
     }
 }
 
@@ -133,28 +155,31 @@ async fn bearer_tokens_authenticate_and_refusals_are_uniform() {
 async fn the_bearer_scheme_is_case_insensitive() {
     let f = fixture().await;
     let token = f.reader.expose_secret();
-    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
-        for value in [format!("{scheme} {token}"), format!("{scheme}   {token}")] {
-            let request = Request::get("/whoami")
+    for way in WAYS {
+        let whoami = format!("{way}/whoami");
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            for value in [format!("{scheme} {token}"), format!("{scheme}   {token}")] {
+                let request = Request::get(&whoami)
+                    .header(header::AUTHORIZATION, value.clone())
+                    .body(Body::empty())
+                    .unwrap();
+                let (status, _, _, _) = send(&f.app, request).await;
+                assert_eq!(status, StatusCode::OK, "{way} {scheme:?}");
+            }
+        }
+        for value in [
+            format!("Bearer{token}"),
+            format!("Bearers {token}"),
+            "Bearer ".into(),
+        ] {
+            let request = Request::get(&whoami)
                 .header(header::AUTHORIZATION, value.clone())
                 .body(Body::empty())
                 .unwrap();
-            let (status, _, _, _) = send(&f.app, request).await;
-            assert_eq!(status, StatusCode::OK, "{scheme:?}");
+            let (status, challenge, _, _) = send(&f.app, request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{way} {value:?}");
+            assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
         }
-    }
-    for value in [
-        format!("Bearer{token}"),
-        format!("Bearers {token}"),
-        "Bearer ".into(),
-    ] {
-        let request = Request::get("/whoami")
-            .header(header::AUTHORIZATION, value.clone())
-            .body(Body::empty())
-            .unwrap();
-        let (status, challenge, _, _) = send(&f.app, request).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{value:?}");
-        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="orders""#));
     }
 }
 
@@ -183,77 +208,83 @@ fn scopes_in_challenges_stay_quoted() {
 async fn the_two_header_form_and_conflicting_headers() {
     let f = fixture().await;
     let app = &f.app;
-    let two = |key: &str, token: &str| {
-        Request::get("/whoami")
-            .header("X-VTEX-API-AppKey", key)
-            .header("X-VTEX-API-AppToken", token)
+    for way in WAYS {
+        let whoami = format!("{way}/whoami");
+        let two = |key: &str, token: &str| {
+            Request::get(&whoami)
+                .header("X-VTEX-API-AppKey", key)
+                .header("X-VTEX-API-AppToken", token)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            send(app, two("reader", f.reader.expose_secret())).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(app, two("plain", f.reader.expose_secret())).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(app, two("bad id!", f.reader.expose_secret())).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        // One of the two headers alone is no credential: no error code.
+        let alone = Request::get(&whoami)
+            .header("X-VTEX-API-AppKey", "reader")
             .body(Body::empty())
-            .unwrap()
-    };
-    assert_eq!(
-        send(app, two("reader", f.reader.expose_secret())).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app, two("plain", f.reader.expose_secret())).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(app, two("bad id!", f.reader.expose_secret())).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    // One of the two headers alone is no credential: no error code.
-    let alone = Request::get("/whoami")
-        .header("X-VTEX-API-AppKey", "reader")
-        .body(Body::empty())
-        .unwrap();
-    let (status, challenge, _, _) = send(app, alone).await;
-    assert_eq!(
-        (status, challenge.as_deref()),
-        (StatusCode::UNAUTHORIZED, Some(r#"Bearer realm="orders""#))
-    );
-    let conflicting = Request::get("/whoami")
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", f.reader.expose_secret()),
-        )
-        .header("X-VTEX-API-AppKey", "plain")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(send(app, conflicting).await.0, StatusCode::UNAUTHORIZED);
-    // An `Authorization` header of another scheme is not a bearer token:
-    // the two headers beside it are the credential.
-    let mut basic = two("reader", f.reader.expose_secret());
-    basic
-        .headers_mut()
-        .insert(header::AUTHORIZATION, "Basic cmVhZGVyOg==".parse().unwrap());
-    assert_eq!(send(app, basic).await.0, StatusCode::OK);
+            .unwrap();
+        let (status, challenge, _, _) = send(app, alone).await;
+        assert_eq!(
+            (status, challenge.as_deref()),
+            (StatusCode::UNAUTHORIZED, Some(r#"Bearer realm="orders""#))
+        );
+        let conflicting = Request::get(&whoami)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", f.reader.expose_secret()),
+            )
+            .header("X-VTEX-API-AppKey", "plain")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(app, conflicting).await.0, StatusCode::UNAUTHORIZED);
+        // An `Authorization` header of another scheme is not a bearer token:
+        // the two headers beside it are the credential.
+        let mut basic = two("reader", f.reader.expose_secret());
+        basic
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Basic cmVhZGVyOg==".parse().unwrap());
+        assert_eq!(send(app, basic).await.0, StatusCode::OK);
+    }
 }
 
 #[tokio::test]
 async fn scopes_guard_routes_and_old_tokens_are_told_to_move() {
     let f = fixture().await;
     let app = &f.app;
-    assert_eq!(
-        send(app, bearer("/orders", f.reader.expose_secret()))
-            .await
-            .0,
-        StatusCode::OK
-    );
-    let (status, challenge, _, _) = send(app, bearer("/orders", f.plain.expose_secret())).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        challenge.as_deref(),
-        Some(r#"Bearer error="insufficient_scope", scope="orders:read""#)
-    );
-
     let id = KeyId::new("reader").unwrap();
     let now = OffsetDateTime::now_utc();
     let (newer, _) = f.keys.renew(&id, now, &mut rand::rng()).await.unwrap();
-    let (_, _, renewed, _) = send(app, bearer("/whoami", f.reader.expose_secret())).await;
-    assert_eq!(renewed.as_deref(), Some("true"));
-    let (_, _, renewed, _) = send(app, bearer("/whoami", newer.expose_secret())).await;
-    assert_eq!(renewed, None);
+    for way in WAYS {
+        let orders = format!("{way}/orders");
+        assert_eq!(
+            send(app, bearer(&orders, f.reader.expose_secret())).await.0,
+            StatusCode::OK,
+            "{way}"
+        );
+        let (status, challenge, _, _) = send(app, bearer(&orders, f.plain.expose_secret())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{way}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some(r#"Bearer error="insufficient_scope", scope="orders:read""#)
+        );
+
+        let whoami = format!("{way}/whoami");
+        let (_, _, renewed, _) = send(app, bearer(&whoami, f.reader.expose_secret())).await;
+        assert_eq!(renewed.as_deref(), Some("true"), "{way}");
+        let (_, _, renewed, _) = send(app, bearer(&whoami, newer.expose_secret())).await;
+        assert_eq!(renewed, None, "{way}");
+    }
 }
 
 #[tokio::test]
@@ -295,12 +326,15 @@ async fn store_failures_are_a_generic_503() {
     }
     let f = fixture().await;
     let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(Down))));
-    let (status, _, _, body) = send(&app, bearer("/whoami", f.reader.expose_secret())).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        !body.contains("database"),
-        "no detail for the caller: {body}"
-    );
+    for way in WAYS {
+        let whoami = format!("{way}/whoami");
+        let (status, _, _, body) = send(&app, bearer(&whoami, f.reader.expose_secret())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{way}");
+        assert!(
+            !body.contains("database"),
+            "no detail for the caller: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,4 +432,67 @@ async fn a_store_that_answers_later_gets_the_same_answers() {
         challenge.as_deref(),
         Some(r#"Bearer realm="keyroll", error="invalid_token""#)
     );
+}
+
+/// Behind the layer, `Caller` hands out what the layer found: the store is
+/// read once per request (and a use noted once), whichever way a route
+/// authenticates.
+#[tokio::test]
+async fn a_request_is_authenticated_once() {
+    use keyroll::store::{Revision, StoreError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// `InMemoryStore`, counting its reads.
+    struct Counting(InMemoryStore, AtomicUsize);
+    impl KeyStore for Counting {
+        type Error = std::convert::Infallible;
+        async fn get(&self, id: &KeyId) -> Result<Option<keyroll::ApiKey>, Self::Error> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.get(id).await
+        }
+        async fn insert(&self, key: &keyroll::ApiKey) -> Result<(), StoreError<Self::Error>> {
+            self.0.insert(key).await
+        }
+        async fn update(
+            &self,
+            key: &keyroll::ApiKey,
+            expected: Revision,
+        ) -> Result<(), StoreError<Self::Error>> {
+            self.0.update(key, expected).await
+        }
+        async fn delete(
+            &self,
+            id: &KeyId,
+            expected: Revision,
+        ) -> Result<(), StoreError<Self::Error>> {
+            self.0.delete(id, expected).await
+        }
+        async fn list(
+            &self,
+            after: Option<&KeyId>,
+            limit: usize,
+        ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
+            self.0.list(after, limit).await
+        }
+    }
+    let keys = Arc::new(KeyManager::new(Counting(
+        InMemoryStore::new(),
+        AtomicUsize::new(0),
+    )));
+    let now = OffsetDateTime::now_utc();
+    let (token, _) = keys
+        .create_key(KeyId::new("k").unwrap(), now, &mut rand::rng())
+        .await
+        .unwrap();
+    let app = router(KeyrollLayer::new(keys.clone()));
+    for way in WAYS {
+        let before = keys.store().1.load(Ordering::SeqCst);
+        let (status, ..) = send(
+            &app,
+            bearer(&format!("{way}/whoami"), token.expose_secret()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{way}");
+        assert_eq!(keys.store().1.load(Ordering::SeqCst) - before, 1, "{way}");
+    }
 }

@@ -6,6 +6,8 @@
 //! request costs a server.
 //!
 //! - `layer/ping`, `layer/whoami`: one thread.
+//! - `layer/caller_whoami`: `whoami` without the layer, authenticated by the
+//!   `Caller` extractor alone (as `http_service`'s `/v1/whoami` is).
 //! - `layer/extension_whoami`: `whoami` behind axum's `Extension` layer
 //!   handing it a fixed identity: what any layer giving a handler an
 //!   identity costs, so `whoami - extension_whoami` is the cost of
@@ -71,14 +73,16 @@ fn app(rt: &tokio::runtime::Runtime) -> (Router, String) {
     let fixed = rt
         .block_on(keys.authenticate(token.expose_secret(), now))
         .expect("authenticated");
+    let keyroll = KeyrollLayer::new(keys);
     let router = Router::new()
         .route("/v1/whoami", get(whoami))
-        .layer(KeyrollLayer::new(keys))
+        .layer(keyroll.clone())
         .route("/v1/ping", get(ping))
+        .route("/own/whoami", get(whoami))
         .route("/fixed/whoami", get(whoami).layer(axum::Extension(fixed)))
         // As `axum::serve` does: handlers (and the layers around them)
         // become services once, not on every request.
-        .with_state(());
+        .with_state(keyroll);
     (router, format!("Bearer {}", token.expose_secret()))
 }
 
@@ -113,6 +117,7 @@ fn bench_layer(c: &mut Criterion) {
     for (name, path) in [
         ("ping", "/v1/ping"),
         ("whoami", "/v1/whoami"),
+        ("caller_whoami", "/own/whoami"),
         ("extension_whoami", "/fixed/whoami"),
     ] {
         group.bench_function(name, |b| {
@@ -123,6 +128,7 @@ fn bench_layer(c: &mut Criterion) {
     for (name, path) in [
         ("ping_2_threads", "/v1/ping"),
         ("whoami_2_threads", "/v1/whoami"),
+        ("caller_whoami_2_threads", "/own/whoami"),
     ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

@@ -84,7 +84,7 @@ use keyroll::{
     ApiKey, AuthError, Event, KeyId, KeyManager, ManagerError, Metadata, NewKey, OldTokenDeletion,
     RenewalState, Scope, Scopes, Token, TokenInfo, TokenMatch,
 };
-use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
+use keyroll_axum::{ApiError, Caller, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use p256::ecdsa::VerifyingKey;
@@ -213,6 +213,15 @@ struct App {
 
 type Shared = State<Arc<App>>;
 
+/// What `Caller` authenticates with on a route without the layer.
+impl KeyrollState for App {
+    type Store = DynKeyStore;
+
+    fn keyroll(&self) -> &KeyrollLayer<DynKeyStore> {
+        &self.auth
+    }
+}
+
 /// Who made an admin call: the key that authenticated it, or the
 /// bootstrap token. Every audit line names it.
 #[derive(Debug, Clone)]
@@ -264,15 +273,18 @@ fn bearer(request: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Who the request is (behind keyroll-axum's layer, which marks an answer
-/// to an old token with the renewal header).
-async fn whoami(Caller(who): Caller) -> Json<Whoami> {
-    Json(Whoami {
+/// Who the request is: authenticated by the `Caller` extractor alone (no
+/// layer on this route), which hands the renewal header to the answer.
+async fn whoami(caller: Caller) -> impl IntoResponse {
+    let hint = caller.renewal_hint();
+    let who = caller.0;
+    let body = Json(Whoami {
         key_id: Some(who.key_id),
         token: Some(who.matched),
         scopes: who.scopes,
         metadata: who.metadata,
-    })
+    });
+    (hint, body)
 }
 
 /// `whoami`'s answer (and `ping`'s, with nobody in it).
@@ -888,20 +900,21 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
         .route("/admin/keys/{id}/label", axum::routing::put(set_label))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
-    // The API under keyroll-axum's layer; `/v1/orders` also under a scope
-    // guard.
-    let api = Router::new()
+    // `/v1/orders` under keyroll-axum's layer and a scope guard;
+    // `/v1/whoami` authenticated by the `Caller` extractor alone, with the
+    // same settings (`App::auth`, through `KeyrollState`).
+    let orders = Router::new()
         .route(
             "/v1/orders",
             get(orders).layer(RequireScope::new(
                 Scope::new("orders:read").expect("a valid scope"),
             )),
         )
-        .route("/v1/whoami", get(whoami))
         .layer(app.auth.clone());
     Router::new()
         .merge(admin)
-        .merge(api)
+        .merge(orders)
+        .route("/v1/whoami", get(whoami))
         .route("/v1/ping", get(ping))
         .route("/secret-scanning/github", post(github_secret_scanning))
         .fallback(|| async { no_such_route() })
