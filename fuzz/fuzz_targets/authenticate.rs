@@ -6,7 +6,9 @@
 
 use std::sync::OnceLock;
 
-use keyroll::{AuthError, InMemoryStore, KeyId, KeyManager, VerifyError};
+use keyroll::store::InMemoryStore;
+use keyroll::{AuthError, KeyId, KeyManager, VerifyError};
+use pollster::block_on;
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
 
@@ -20,11 +22,11 @@ fn keys() -> &'static (KeyManager<InMemoryStore>, Vec<(String, KeyId)>) {
         let mut tokens = Vec::new();
         for id in ["k", "acme_orders", "a.b-c_d", "x_"] {
             let id = KeyId::new(id).unwrap();
-            let (token, _) = manager.create_key(id.clone(), now, &mut rand::rng()).unwrap();
+            let (token, _) = block_on(manager.create_key(id.clone(), now, &mut rand::rng())).unwrap();
             tokens.push((token.expose_secret().to_owned(), id));
         }
         let id = KeyId::new("acme_orders").unwrap();
-        let (token, _) = manager.renew(&id, now, &mut rand::rng()).unwrap();
+        let (token, _) = block_on(manager.renew(&id, now, &mut rand::rng())).unwrap();
         tokens.push((token.expose_secret().to_owned(), id));
         (manager, tokens)
     })
@@ -34,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (manager, tokens) = keys();
     let named = KeyId::from_token(text);
-    let result = manager.authenticate(text, OffsetDateTime::UNIX_EPOCH);
+    let result = block_on(manager.authenticate(text, OffsetDateTime::UNIX_EPOCH));
     match (&named, &result) {
         (Err(_), Err(AuthError::Verify(VerifyError::Malformed))) => {}
         (Err(_), other) => panic!("{text:?} names no key but gave {other:?}"),
