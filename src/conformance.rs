@@ -40,6 +40,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+use crate::meter::{Allowance, Credits, RateLimit, Refusal};
 use crate::store::{KeyStore, Revision, StoreError, Verification};
 use crate::{
     ApiKey, KeyId, NewKey, OldTokenDeletion, Policy, PresentedToken, RenewalEnforcement, Token,
@@ -780,6 +781,249 @@ behaviours! {
     /// `list` orders by id bytes, starts strictly after `after`, returns at
     /// most `limit`, and pages through every key once.
     list_is_ordered_after_and_limited => list_is_ordered_after_and_limited_body;
+    /// Concurrent charges on one key admit exactly `min(credits, attempts)`,
+    /// and never leave a negative balance; with a frozen `now`, exactly
+    /// `burst`.
+    concurrent_charges_are_exact => concurrent_charges_are_exact_body;
+    /// A charge changes neither the key nor its revision; a refused one
+    /// changes nothing; `update` keeps the meter, and credits set again
+    /// start the balance over; a key without limits admits anything.
+    charges_leave_the_key_alone => charges_leave_the_key_alone_body;
+    /// `charge` of a missing key, or of another incarnation, is `NotFound`;
+    /// a key deleted and created again starts with a full meter.
+    meters_follow_the_key => meters_follow_the_key_body;
+}
+
+/// A key with `credits` and `rate`, stored.
+async fn stored_metered<S: KeyStore>(
+    store: &S,
+    behaviour: &str,
+    id: &str,
+    credits: Option<Credits>,
+    rate: Option<RateLimit>,
+    seed: u64,
+) -> ApiKey {
+    let mut new = NewKey::new(key_id(id));
+    if let Some(credits) = credits {
+        new = new.credits(credits);
+    }
+    if let Some(rate) = rate {
+        new = new.rate_limit(rate);
+    }
+    let (key, _) = issue_new(new, t0(), seed);
+    ok(behaviour, "insert", store.insert(&key).await);
+    key
+}
+
+/// `attempts` charges of cost 1 joined at one instant; how many were
+/// admitted, after checking every refusal is `expected`.
+async fn race_charges<S: KeyStore>(
+    store: &S,
+    behaviour: &str,
+    key: &ApiKey,
+    attempts: usize,
+    expected: fn(&Refusal) -> bool,
+) -> usize {
+    let incarnation = key.revision().incarnation();
+    let results = join_all(
+        (0..attempts)
+            .map(|_| store.charge(key.id(), incarnation, 1, t0()))
+            .collect(),
+    )
+    .await;
+    let mut admitted = 0;
+    for result in results {
+        match ok(behaviour, "charge", result) {
+            Ok(_) => admitted += 1,
+            Err(refusal) if expected(&refusal) => {}
+            Err(refusal) => violated(
+                behaviour,
+                format_args!("a charge was refused with {refusal:?}"),
+            ),
+        }
+    }
+    admitted
+}
+
+async fn concurrent_charges_are_exact_body<S: KeyStore>(store: S) {
+    const B: &str = "concurrent_charges_are_exact";
+    let credited = stored_metered(&store, B, "credited", Some(Credits::new(10)), None, 90).await;
+    let admitted = race_charges(&store, B, &credited, 25, |r| {
+        matches!(r, Refusal::UsageExceeded { .. })
+    })
+    .await;
+    if admitted != 10 {
+        violated(
+            B,
+            format_args!("{admitted} of 25 charges on 10 credits were admitted"),
+        );
+    }
+    let meter = ok(
+        B,
+        "meter",
+        store
+            .meter(credited.id(), credited.revision().incarnation())
+            .await,
+    );
+    let left = credited.allowance(meter.as_ref(), t0()).credits_remaining();
+    if left != Some(0) {
+        violated(
+            B,
+            format_args!("{left:?} credits left after spending all 10"),
+        );
+    }
+
+    let rate = RateLimit::new(1, Duration::HOUR)
+        .and_then(|r| r.with_burst(7))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let limited = stored_metered(&store, B, "limited", None, Some(rate), 91).await;
+    let admitted = race_charges(&store, B, &limited, 20, |r| {
+        matches!(r, Refusal::RateLimited { .. })
+    })
+    .await;
+    if admitted != 7 {
+        violated(
+            B,
+            format_args!("{admitted} of 20 charges at one instant admitted by a burst of 7"),
+        );
+    }
+}
+
+async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
+    const B: &str = "charges_leave_the_key_alone";
+    let key = stored_metered(&store, B, "metered", Some(Credits::new(5)), None, 92).await;
+    let incarnation = key.revision().incarnation();
+    let charge = |cost: u32| store.charge(key.id(), incarnation, cost, t0());
+    let admitted = ok(B, "charge", charge(2).await);
+    if admitted.map(|a| a.credits_remaining()) != Ok(Some(3)) {
+        violated(
+            B,
+            format_args!("charging 2 of 5 credits answered {admitted:?}"),
+        );
+    }
+    assert_stored(&store, B, &key).await;
+
+    let before = ok(B, "meter", store.meter(key.id(), incarnation).await);
+    let refused = ok(B, "charge", charge(4).await);
+    if !matches!(refused, Err(Refusal::UsageExceeded { .. })) {
+        violated(
+            B,
+            format_args!("charging 4 of 3 credits answered {refused:?}"),
+        );
+    }
+    let after = ok(B, "meter", store.meter(key.id(), incarnation).await);
+    if after != before {
+        violated(
+            B,
+            format_args!("a refused charge changed the meter from {before:?} to {after:?}"),
+        );
+    }
+
+    // A write of the key keeps its meter.
+    let mut relabelled = key.clone();
+    let _ = relabelled.set_label("relabelled", t0());
+    ok(B, "update", store.update(&relabelled, key.revision()).await);
+    let admitted = ok(B, "charge", charge(1).await);
+    if admitted.map(|a| a.credits_remaining()) != Ok(Some(2)) {
+        violated(
+            B,
+            format_args!("after an update, charging 1 of 3 credits answered {admitted:?}"),
+        );
+    }
+    // Credits set again start over.
+    let mut reset = relabelled.clone();
+    let _ = reset.set_credits(Some(Credits::new(5)), t0());
+    ok(
+        B,
+        "update",
+        store.update(&reset, relabelled.revision()).await,
+    );
+    let admitted = ok(B, "charge", charge(1).await);
+    if admitted.map(|a| a.credits_remaining()) != Ok(Some(4)) {
+        violated(
+            B,
+            format_args!("after credits were set to 5 again, charging 1 answered {admitted:?}"),
+        );
+    }
+    assert_stored(&store, B, &reset).await;
+
+    let (plain, _) = issue("plain", 93);
+    ok(B, "insert", store.insert(&plain).await);
+    let charged = ok(
+        B,
+        "charge",
+        store
+            .charge(plain.id(), plain.revision().incarnation(), 1, t0())
+            .await,
+    );
+    if charged != Ok(Allowance::default()) {
+        violated(
+            B,
+            format_args!("a key without limits was charged {charged:?}"),
+        );
+    }
+}
+
+async fn meters_follow_the_key_body<S: KeyStore>(store: S) {
+    const B: &str = "meters_follow_the_key";
+    let missing = store.charge(&key_id("missing"), 1, 1, t0()).await;
+    if !matches!(missing, Err(StoreError::NotFound)) {
+        violated(
+            B,
+            format_args!("charging a missing key answered {missing:?}"),
+        );
+    }
+    let key = stored_metered(&store, B, "reborn", Some(Credits::new(1)), None, 94).await;
+    let incarnation = key.revision().incarnation();
+    let other = store.charge(key.id(), incarnation ^ 1, 1, t0()).await;
+    if !matches!(other, Err(StoreError::NotFound)) {
+        violated(
+            B,
+            format_args!("charging another incarnation answered {other:?}"),
+        );
+    }
+    let spent = ok(
+        B,
+        "charge",
+        store.charge(key.id(), incarnation, 1, t0()).await,
+    );
+    if spent.is_err() {
+        violated(B, format_args!("charging 1 of 1 credit answered {spent:?}"));
+    }
+    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    if !matches!(
+        store.charge(key.id(), incarnation, 1, t0()).await,
+        Err(StoreError::NotFound)
+    ) {
+        violated(B, "a deleted key was charged");
+    }
+    let again = stored_metered(&store, B, "reborn", Some(Credits::new(1)), None, 95).await;
+    let fresh = ok(
+        B,
+        "meter",
+        store
+            .meter(again.id(), again.revision().incarnation())
+            .await,
+    );
+    if fresh.is_some() {
+        violated(
+            B,
+            format_args!("a key created again has the old key's meter {fresh:?}"),
+        );
+    }
+    let charged = ok(
+        B,
+        "charge",
+        store
+            .charge(again.id(), again.revision().incarnation(), 1, t0())
+            .await,
+    );
+    if charged.is_err() {
+        violated(
+            B,
+            format_args!("a key created again did not start full: {charged:?}"),
+        );
+    }
 }
 
 /// Of 8 concurrent futures updating one key from the same version, exactly

@@ -12,6 +12,7 @@ use std::fmt;
 
 use time::{Duration, OffsetDateTime};
 
+use crate::meter::{RateLimit, Refusal};
 use crate::revision::Revision;
 
 /// How many characters of a refused value an error quotes.
@@ -109,6 +110,12 @@ pub enum TransitionError {
         /// What it must be.
         rule: &'static str,
     },
+    /// Credits above what a key can hold.
+    #[error("invalid credits: {remaining} is above the most a key can hold, 9223372036854775807")]
+    InvalidCredits {
+        /// The refused balance.
+        remaining: u64,
+    },
     /// A negative grace in
     /// [`OldTokenDeletion::AfterNewTokenUse`](crate::OldTokenDeletion::AfterNewTokenUse).
     #[error("invalid grace {grace}: a grace must be zero or positive")]
@@ -158,6 +165,7 @@ impl TransitionError {
             TransitionError::InvalidLabel(_)
                 | TransitionError::InvalidPolicy { .. }
                 | TransitionError::InvalidGrace { .. }
+                | TransitionError::InvalidCredits { .. }
                 | TransitionError::TimeOutOfRange { .. }
         )
     }
@@ -386,9 +394,47 @@ pub enum AuthError<E> {
     /// The key refused the token.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// The key's credits are fewer than the request's cost (checked
+    /// before the rate limit). Nothing was charged.
+    #[error("usage exceeded: not enough credits left")]
+    UsageExceeded {
+        /// The next refill that covers the cost, if any.
+        refill_at: Option<OffsetDateTime>,
+    },
+    /// The key's rate limit refuses the request for now. Nothing was
+    /// charged.
+    #[error("rate limited: retry after {retry_after}")]
+    RateLimited {
+        /// How long until the same request is admitted.
+        retry_after: Duration,
+        /// The key's rate limit (what a `RateLimit-Policy` header tells).
+        limit: RateLimit,
+    },
+    /// A cost of 0, or above the key's burst: no retry can succeed, so it
+    /// is a mistake of the caller's (a route's cost), not a limit.
+    #[error("cost {cost} is out of range for this key: it must be 1 to {max}")]
+    CostOutOfRange {
+        /// The refused cost.
+        cost: u32,
+        /// The largest cost the key admits.
+        max: u32,
+    },
     /// The store failed.
     #[error("store error: {0}")]
     Store(#[source] E),
+}
+
+impl<E> AuthError<E> {
+    /// The answer to a charge's refusal.
+    pub(crate) fn refused(refusal: Refusal) -> AuthError<E> {
+        match refusal {
+            Refusal::RateLimited { retry_after, limit } => {
+                AuthError::RateLimited { retry_after, limit }
+            }
+            Refusal::UsageExceeded { refill_at } => AuthError::UsageExceeded { refill_at },
+            Refusal::CostOutOfRange { cost, max } => AuthError::CostOutOfRange { cost, max },
+        }
+    }
 }
 
 #[cfg(test)]

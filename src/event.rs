@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::id::{KeyId, TokenId};
+use crate::meter::{Credits, RateLimit};
 use crate::state::{OldTokenDeletion, TokenMatch};
 
 /// What happened to a key. Every successful transition returns exactly one.
@@ -228,6 +229,32 @@ pub enum Event {
         #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339::option"))]
         expires_at: Option<OffsetDateTime>,
     },
+    /// The rate limit was set or removed.
+    #[non_exhaustive]
+    RateLimitChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new rate limit (`None`: removed).
+        rate_limit: Option<RateLimit>,
+    },
+    /// The credits were set (their balance starts over) or removed.
+    #[non_exhaustive]
+    CreditsSet {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new credits (`None`: removed).
+        credits: Option<Credits>,
+    },
     /// The key was deleted, irreversibly, with all its tokens.
     #[non_exhaustive]
     KeyDeleted {
@@ -274,6 +301,8 @@ impl Event {
             Event::ScopesChanged { .. } => "scopes_changed",
             Event::MetadataChanged { .. } => "metadata_changed",
             Event::ExpiryChanged { .. } => "expiry_changed",
+            Event::RateLimitChanged { .. } => "rate_limit_changed",
+            Event::CreditsSet { .. } => "credits_set",
         }
     }
 
@@ -304,6 +333,18 @@ impl Event {
                 ..
             }
             | Event::ScopesChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::RateLimitChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::CreditsSet {
                 key_id,
                 at,
                 version,

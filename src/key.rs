@@ -12,6 +12,9 @@ use crate::errors::TransitionError;
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
 use crate::input;
+use crate::meter::{
+    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, RateLimit, Refusal, StoredMeter,
+};
 use crate::new_key::NewKey;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -65,6 +68,8 @@ pub struct ApiKey {
     pub(crate) current: TokenInfo,
     /// Boxed: most keys are not renewing, and a key stays small.
     pub(crate) renewal: Option<Box<Renewal>>,
+    /// Boxed, and `None` rather than empty: most keys have no limits.
+    pub(crate) limits: Option<Box<Limits>>,
 }
 
 /// A pending renewal: the previous token, still valid, and what was decided
@@ -254,8 +259,13 @@ impl ApiKey {
             scopes,
             metadata,
             expires_at,
+            rate_limit,
+            credits,
         } = new.into();
         let label = input::check_label(label)?;
+        if let Some(credits) = &credits {
+            check_credits(credits)?;
+        }
         input::check_policy(&policy)?;
         let now = input::instant(now, NOW)?;
         let expires_at = expires_at
@@ -276,7 +286,17 @@ impl ApiKey {
             metadata,
             expires_at,
             renewal: None,
+            limits: None,
         };
+        let mut key = key;
+        key.set_limits(Limits {
+            rate: rate_limit,
+            credits: credits.map(|credits| CreditsSetting {
+                credits,
+                set_at: now,
+                generation: 1,
+            }),
+        });
         let event = Event::KeyIssued {
             key_id: key.id.clone(),
             at: now,
@@ -458,6 +478,144 @@ impl ApiKey {
             version,
             expires_at,
         })
+    }
+
+    /// Sets (`Some`) or removes (`None`) the key's rate limit. The bucket
+    /// is kept: the new limit and burst apply from the next charge.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::meter::RateLimit;
+    /// use keyroll::{ApiKey, KeyId};
+    /// use time::{Duration, OffsetDateTime};
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let (mut key, _, _) = ApiKey::issue(KeyId::new("acme")?, now, &mut rand::rng())?;
+    /// key.set_rate_limit(Some(RateLimit::new(100, Duration::MINUTE)?), now)?;
+    /// assert_eq!(key.rate_limit().map(|r| r.burst()), Some(100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_rate_limit(
+        &mut self,
+        rate_limit: Option<RateLimit>,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        let mut limits = self.limits.as_deref().cloned().unwrap_or_default();
+        limits.rate = rate_limit;
+        self.set_limits(limits);
+        let version = self.bump();
+        Ok(Event::RateLimitChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            rate_limit,
+        })
+    }
+
+    /// Sets (`Some`) or removes (`None`) the key's credits. Setting them
+    /// starts the balance over at `credits.remaining()` (at the key's next
+    /// charge, whatever was spent before), and refills count from `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::InvalidCredits`] for a balance above
+    /// [`MAX_CREDITS`](crate::meter::MAX_CREDITS);
+    /// [`TransitionError::TimeOutOfRange`].
+    pub fn set_credits(
+        &mut self,
+        credits: Option<Credits>,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        if let Some(credits) = &credits {
+            check_credits(credits)?;
+        }
+        let mut limits = self.limits.as_deref().cloned().unwrap_or_default();
+        let version = self.version + 1;
+        limits.credits = credits.map(|credits| CreditsSetting {
+            credits,
+            set_at: now,
+            generation: version,
+        });
+        self.set_limits(limits);
+        self.bump();
+        Ok(Event::CreditsSet {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            credits,
+        })
+    }
+
+    /// The key's rate limit, if any.
+    pub fn rate_limit(&self) -> Option<&RateLimit> {
+        self.limits.as_deref().and_then(|l| l.rate.as_ref())
+    }
+
+    /// The key's credits as set, if any (what remains is the store's: see
+    /// [`KeyManager::allowance`](crate::KeyManager::allowance)).
+    pub fn credits(&self) -> Option<&Credits> {
+        self.limits
+            .as_deref()
+            .and_then(|l| l.credits.as_ref())
+            .map(|c| &c.credits)
+    }
+
+    /// When the key's credits were set: their refills count from then.
+    pub fn credits_set_at(&self) -> Option<OffsetDateTime> {
+        self.limits
+            .as_deref()
+            .and_then(|l| l.credits.as_ref())
+            .map(|c| c.set_at)
+    }
+
+    /// Whether the key has a rate limit or credits, and so is charged on
+    /// authentication.
+    pub fn is_metered(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    /// Charges `cost` to the key's limits, on the meter a store keeps
+    /// beside it (`None`: a full one): the meter to store if admitted, and
+    /// what it allows. This is what [`KeyStore::charge`] implementations
+    /// run under their own atomicity (a lock, a transaction). A key
+    /// without limits admits anything.
+    ///
+    /// [`KeyStore::charge`]: crate::store::KeyStore::charge
+    ///
+    /// # Errors
+    ///
+    /// A [`Refusal`]; then nothing is to be stored.
+    pub fn charge(
+        &self,
+        stored: Option<&StoredMeter>,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<(StoredMeter, Allowance), Refusal> {
+        self.limits
+            .as_deref()
+            .unwrap_or(&Limits::default())
+            .charge(stored, cost, now)
+    }
+
+    /// What the key's limits allow at `now`, on the stored meter, without
+    /// charging.
+    pub fn allowance(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> Allowance {
+        self.limits
+            .as_deref()
+            .unwrap_or(&Limits::default())
+            .peek(stored, now)
+    }
+
+    /// Keeps `limits`, or none when they are empty.
+    fn set_limits(&mut self, limits: Limits) {
+        self.limits = (!limits.is_empty()).then(|| Box::new(limits));
     }
 
     /// The freshness of the current token at `now`. See
@@ -826,6 +984,16 @@ impl ApiKey {
         self.version += 1;
         self.version
     }
+}
+
+/// `credits`, refused if a key cannot hold them.
+fn check_credits(credits: &Credits) -> Result<(), TransitionError> {
+    if credits.remaining() > MAX_CREDITS {
+        return Err(TransitionError::InvalidCredits {
+            remaining: credits.remaining(),
+        });
+    }
+    Ok(())
 }
 
 /// `deletion`, refused if it could not be kept: a negative grace, an

@@ -61,6 +61,7 @@ mod id;
 mod input;
 mod key;
 mod manager;
+pub mod meter;
 mod new_key;
 mod padded;
 mod policy;
@@ -85,6 +86,7 @@ pub mod error {
         InvalidTokenId, ManagerError, ParseError, StoreError, TransitionError, VerifyError,
     };
     pub use crate::manager::FlushError;
+    pub use crate::meter::{InvalidRateLimit, InvalidRefill};
     #[cfg(feature = "serde")]
     pub use crate::record::RecordError;
 }

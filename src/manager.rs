@@ -17,6 +17,7 @@ use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, Verify
 use crate::event::Event;
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::meter::{Allowance, Credits, RateLimit};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
@@ -33,6 +34,8 @@ use crate::verify::Authenticated;
 /// - `.with_id(&id)`: the product's two-credential form (VTEX's `appKey`
 ///   and `appToken`, two headers). The token must name that key; a token
 ///   of keyroll 0.1, which names none, is accepted in this form only.
+/// - `.cost(n)`: what the request costs a key with a rate limit or credits
+///   (1 by default).
 ///
 /// # Example
 ///
@@ -50,12 +53,24 @@ use crate::verify::Authenticated;
 pub struct Credentials<'a> {
     token: &'a str,
     id: Option<&'a KeyId>,
+    cost: u32,
 }
 
 impl<'a> Credentials<'a> {
     /// A token presented alone: it names its key.
     pub fn bearer(token: &'a str) -> Credentials<'a> {
-        Credentials { token, id: None }
+        Credentials {
+            token,
+            id: None,
+            cost: 1,
+        }
+    }
+
+    /// What the request costs a key with a rate limit or credits: `cost`
+    /// of the burst and of the credits (1 by default). A cost of 0 or above
+    /// the key's burst is refused, [`AuthError::CostOutOfRange`].
+    pub fn cost(self, cost: u32) -> Credentials<'a> {
+        Credentials { cost, ..self }
     }
 
     /// The key id presented beside the token (the two-credential form): the
@@ -85,6 +100,7 @@ impl std::fmt::Debug for Credentials<'_> {
         f.debug_struct("Credentials")
             .field("token", &"<redacted>")
             .field("id", &self.id)
+            .field("cost", &self.cost)
             .finish()
     }
 }
@@ -93,6 +109,7 @@ impl std::fmt::Debug for Credentials<'_> {
 struct Resolved<'a> {
     token: PresentedToken<'a>,
     id: KeyId,
+    cost: u32,
 }
 
 impl<'a> Credentials<'a> {
@@ -109,7 +126,11 @@ impl<'a> Credentials<'a> {
             // two-credential form can use it.
             (None, None) => return Err(VerifyError::Malformed),
         };
-        Ok(Resolved { token, id })
+        Ok(Resolved {
+            token,
+            id,
+            cost: self.cost,
+        })
     }
 }
 
@@ -476,6 +497,84 @@ impl<S: KeyStore> KeyManager<S> {
             .await
     }
 
+    /// [`ApiKey::set_rate_limit`] on the stored key. The meter's bucket is
+    /// kept.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn set_rate_limit(
+        &self,
+        id: &KeyId,
+        rate_limit: Option<RateLimit>,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_rate_limit(rate_limit, now)))
+            .await
+    }
+
+    /// [`ApiKey::set_credits`] on the stored key: its balance starts over
+    /// at the next charge.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); [`TransitionError::InvalidCredits`].
+    pub async fn set_credits(
+        &self,
+        id: &KeyId,
+        credits: Option<Credits>,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_credits(credits, now)))
+            .await
+    }
+
+    /// What the key's rate limit and credits allow at `now`, without
+    /// charging (empty for a key without limits).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Store`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::meter::Credits;
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{KeyId, KeyManager, NewKey};
+    /// use time::OffsetDateTime;
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new());
+    /// let now = OffsetDateTime::now_utc();
+    /// let new = NewKey::new(KeyId::new("acme")?).credits(Credits::new(10));
+    /// let (token, _) = keys.create_key(new, now, &mut rand::rng()).await?;
+    /// let who = keys.authenticate(token.expose_secret(), now).await?;
+    /// assert_eq!(who.allowance.credits_remaining(), Some(9));
+    /// let id = KeyId::new("acme")?;
+    /// assert_eq!(keys.allowance(&id, now).await?.credits_remaining(), Some(9));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn allowance(
+        &self,
+        id: &KeyId,
+        now: OffsetDateTime,
+    ) -> Result<Allowance, ManagerError<S::Error>> {
+        let key = self.get(id).await?.ok_or(ManagerError::NotFound)?;
+        if !key.is_metered() {
+            return Ok(Allowance::default());
+        }
+        let incarnation = key.revision().incarnation();
+        let stored = self
+            .store
+            .meter(id, incarnation)
+            .await
+            .map_err(ManagerError::Store)?;
+        Ok(key.allowance(stored.as_ref(), now))
+    }
+
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.
     ///
     /// # Errors
@@ -580,23 +679,43 @@ impl<S: KeyStore> KeyManager<S> {
     /// refused without any store read. Writes nothing, unless
     /// [usage recording](Self::with_usage_recording) is on.
     ///
+    /// A key with a rate limit or credits (as the record it was verified
+    /// with says) is then charged the credentials' [cost](Credentials::cost)
+    /// ([`KeyStore::charge`]): one more store call, for those keys only. A
+    /// refused authentication charges nothing. On a [cached](crate::store::CachedStore)
+    /// replica, a limit newly added to a key applies once the cache sees
+    /// the change (its staleness bound; with notifications, milliseconds).
+    ///
     /// # Errors
     ///
     /// [`AuthError::Verify`] with `Malformed`, `Mismatch` (a token naming
     /// another key), or the key's refusal; [`AuthError::UnknownKey`];
-    /// [`AuthError::Store`].
+    /// [`AuthError::UsageExceeded`], then [`AuthError::RateLimited`];
+    /// [`AuthError::CostOutOfRange`]; [`AuthError::Store`].
     pub async fn authenticate<'a>(
         &self,
         credentials: impl Into<Credentials<'a>>,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        let Resolved { token, id } = credentials.into().resolve()?;
+        let Resolved { token, id, cost } = credentials.into().resolve()?;
         let verified = self.store.verify(&id, &token, now).await;
-        let authenticated = match verified.map_err(AuthError::Store)? {
+        let mut authenticated = match verified.map_err(AuthError::Store)? {
             Verification::Accepted(authenticated) => authenticated,
             Verification::Refused(refused) => return Err(AuthError::Verify(refused)),
             Verification::UnknownKey => return Err(AuthError::UnknownKey),
         };
+        if let Some(incarnation) = authenticated.charge {
+            let charged = self.store.charge(&id, incarnation, cost, now).await;
+            authenticated.allowance = match charged {
+                Ok(Ok(allowance)) => allowance,
+                Ok(Err(refusal)) => return Err(AuthError::refused(refusal)),
+                Err(StoreError::Backend(e)) => return Err(AuthError::Store(e)),
+                // `NotFound`: deleted since it was verified (a token checked
+                // against the old key never charges a new one). Anything
+                // else breaks the store's contract, and refuses too.
+                Err(_) => return Err(AuthError::UnknownKey),
+            };
+        }
         if let Some(usage) = &self.usage {
             usage.note(&authenticated.key_id, authenticated.token_id, now);
         }

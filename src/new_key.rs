@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
+use crate::meter::{Credits, RateLimit};
 use crate::policy::Policy;
 
 /// A description of a key to issue: its id, and optionally a label, a
@@ -43,6 +44,8 @@ pub struct NewKey {
     pub(crate) scopes: Scopes,
     pub(crate) metadata: Metadata,
     pub(crate) expires_at: Option<OffsetDateTime>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) credits: Option<Credits>,
 }
 
 impl NewKey {
@@ -56,6 +59,8 @@ impl NewKey {
             scopes: Scopes::default(),
             metadata: Metadata::default(),
             expires_at: None,
+            rate_limit: None,
+            credits: None,
         }
     }
 
@@ -89,6 +94,19 @@ impl NewKey {
     /// and renewals never extend it.
     pub fn expires_at(mut self, at: OffsetDateTime) -> NewKey {
         self.expires_at = Some(at);
+        self
+    }
+
+    /// A rate limit: the key is charged on each authentication.
+    pub fn rate_limit(mut self, rate_limit: RateLimit) -> NewKey {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// Credits, spent by each authentication; refills count from the key's
+    /// creation.
+    pub fn credits(mut self, credits: Credits) -> NewKey {
+        self.credits = Some(credits);
         self
     }
 

@@ -44,6 +44,9 @@ use time::OffsetDateTime;
 use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::meter::{
+    Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, MeterParts, RateLimit, Refill, StoredMeter,
+};
 use crate::policy::Policy;
 use crate::revision::Revision;
 use crate::state::KeyStatus;
@@ -136,6 +139,81 @@ pub fn decode_row(
     })
 }
 
+/// A [`StoredMeter`] as a database row keeps it: signed 64-bit columns
+/// (instants as whole seconds and nanoseconds since the epoch, which hold
+/// every instant of the years 1 to 9999). Both database stores write and
+/// read meters through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeterRow {
+    /// The key version whose setting of credits the meter counts.
+    pub generation: i64,
+    /// The rate limit's theoretical arrival time: seconds.
+    pub tat_secs: i64,
+    /// The rate limit's theoretical arrival time: nanoseconds, 0 to 10^9 - 1.
+    pub tat_nanos: i32,
+    /// The credits left.
+    pub remaining: i64,
+    /// The index of the last refill applied.
+    pub refills: i64,
+    /// When the credits were set: seconds.
+    pub anchor_secs: i64,
+    /// When the credits were set: nanoseconds, 0 to 10^9 - 1.
+    pub anchor_nanos: i32,
+}
+
+impl MeterRow {
+    /// The row of `stored`.
+    pub fn of(stored: &StoredMeter) -> MeterRow {
+        let parts = stored.meter.parts();
+        // Every field fits: credits and generations are bounded by
+        // `i64::MAX` where they are set, refills count from a set instant.
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        MeterRow {
+            generation: signed(stored.generation),
+            tat_secs: parts.tat.0,
+            tat_nanos: parts.tat.1 as i32,
+            remaining: signed(parts.remaining),
+            refills: signed(parts.refills),
+            anchor_secs: parts.anchor.0,
+            anchor_nanos: parts.anchor.1 as i32,
+        }
+    }
+
+    /// The meter in a row of key `row_id`, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::Mismatch`] naming the field out of range.
+    pub fn load(&self, row_id: &str) -> Result<StoredMeter, RecordError> {
+        let bad = |problem: String| RecordError::Mismatch {
+            id: row_id.to_owned(),
+            problem,
+        };
+        let unsigned = |name: &str, n: i64| {
+            u64::try_from(n).map_err(|_| bad(format!("the meter's {name} is negative: {n}")))
+        };
+        let nanos = |name: &str, n: i32| {
+            u32::try_from(n)
+                .ok()
+                .filter(|&n| n < 1_000_000_000)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the meter's {name} nanoseconds are out of range: {n}"
+                    ))
+                })
+        };
+        Ok(StoredMeter {
+            generation: unsigned("generation", self.generation)?,
+            meter: Meter::from_parts(&MeterParts {
+                tat: (self.tat_secs, nanos("tat", self.tat_nanos)?),
+                remaining: unsigned("remaining", self.remaining)?,
+                refills: unsigned("refills", self.refills)?,
+                anchor: (self.anchor_secs, nanos("anchor", self.anchor_nanos)?),
+            }),
+        })
+    }
+}
+
 /// The record schema this version writes.
 const SCHEMA: u32 = 3;
 /// The schema of keyroll 0.2, which this version still reads.
@@ -173,6 +251,24 @@ struct KeyRecord<'a> {
     current_token: Cow<'a, TokenInfo>,
     #[serde(default)]
     renewal: Option<Cow<'a, Renewal>>,
+    /// Absent before schema 3, and when the key has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
+    /// Absent before schema 3, and when the key has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credits: Option<CreditsRecord>,
+}
+
+/// A key's credits with when they were set and the version that set them.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditsRecord {
+    remaining: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refill: Option<Refill>,
+    #[serde(with = "time::serde::rfc3339")]
+    set_at: OffsetDateTime,
+    generation: u64,
 }
 
 impl Serialize for ApiKey {
@@ -191,6 +287,17 @@ impl Serialize for ApiKey {
             expires_at: self.expires_at,
             current_token: Cow::Borrowed(&self.current),
             renewal: self.renewal.as_deref().map(Cow::Borrowed),
+            rate_limit: self.rate_limit().copied(),
+            credits: self
+                .limits
+                .as_deref()
+                .and_then(|l| l.credits.as_ref())
+                .map(|c| CreditsRecord {
+                    remaining: c.credits.remaining(),
+                    refill: c.credits.refill().copied(),
+                    set_at: c.set_at,
+                    generation: c.generation,
+                }),
         }
         .serialize(s)
     }
@@ -242,7 +349,24 @@ impl<'de> Deserialize<'de> for ApiKey {
             expires_at: record.expires_at,
             current,
             renewal,
+            limits: None,
         };
+        let limits = Limits {
+            rate: record.rate_limit,
+            credits: record.credits.map(|c| {
+                let credits = Credits::new(c.remaining);
+                CreditsSetting {
+                    credits: match c.refill {
+                        Some(refill) => credits.with_refill(refill),
+                        None => credits,
+                    },
+                    set_at: c.set_at,
+                    generation: c.generation,
+                }
+            }),
+        };
+        let mut key = key;
+        key.limits = (!limits.is_empty()).then(|| Box::new(limits));
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;
         Ok(key)
@@ -282,6 +406,20 @@ impl ApiKey {
         }
         if self.version > i64::MAX as u64 {
             return Err(format!("version {} is out of range", self.version));
+        }
+        if let Some(credits) = self.limits.as_deref().and_then(|l| l.credits.as_ref()) {
+            if credits.credits.remaining() > MAX_CREDITS {
+                return Err(format!(
+                    "credits {} are above {MAX_CREDITS}",
+                    credits.credits.remaining()
+                ));
+            }
+            if !(1..=self.version).contains(&credits.generation) {
+                return Err(format!(
+                    "the credits' generation {} is not a version of the key (1 to {})",
+                    credits.generation, self.version
+                ));
+            }
         }
         let mut tokens = vec![("current", &self.current)];
         if let Some(renewal) = &self.renewal {

@@ -11,6 +11,7 @@ use crate::event::Event;
 use crate::id::{KeyId, TokenId};
 use crate::input;
 use crate::key::ApiKey;
+use crate::meter::Allowance;
 use crate::policy::{Policy, RenewalEnforcement};
 use crate::state::{Decision, KeyStatus, TokenMatch};
 use crate::token::{PresentedToken, TokenHash};
@@ -35,6 +36,11 @@ pub struct Authenticated {
     pub scopes: Scopes,
     /// Whose the key is (shared with the key, not copied).
     pub metadata: Metadata,
+    /// What the key's rate limit and credits allow after this request was
+    /// charged (empty for a key without limits).
+    pub allowance: Allowance,
+    /// The key's incarnation when it has limits: the manager charges it.
+    pub(crate) charge: Option<u64>,
 }
 
 impl Authenticated {
@@ -53,7 +59,21 @@ impl Authenticated {
             token_id,
             scopes,
             metadata,
+            allowance: Allowance::default(),
+            charge: None,
         }
+    }
+
+    /// The same, for a key with a rate limit or credits: the manager then
+    /// charges the request to key `incarnation` ([`KeyStore::charge`]).
+    /// [`Verification::of`] does this; a store that builds its own answers
+    /// must too, or its keys' limits are never applied.
+    ///
+    /// [`KeyStore::charge`]: crate::store::KeyStore::charge
+    /// [`Verification::of`]: crate::store::Verification::of
+    pub fn charged_to(mut self, incarnation: u64) -> Authenticated {
+        self.charge = Some(incarnation);
+        self
     }
 }
 
@@ -194,6 +214,7 @@ impl ApiKey {
             expires_at: self.expires_at,
             scopes: &self.scopes,
             metadata: &self.metadata,
+            charge: self.limits.is_some().then_some(self.incarnation),
             current: TokenView {
                 id: self.current.id,
                 hash: &self.current.hash,
@@ -248,6 +269,8 @@ pub(crate) struct KeyView<'a> {
     pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) scopes: &'a Scopes,
     pub(crate) metadata: &'a Metadata,
+    /// The key's incarnation, if it has limits.
+    pub(crate) charge: Option<u64>,
     pub(crate) current: TokenView<'a>,
     /// The old token of a pending renewal, and what was decided about it.
     pub(crate) old: Option<(TokenView<'a>, Decision)>,
@@ -271,6 +294,8 @@ impl KeyView<'_> {
             token_id,
             scopes: self.scopes.clone(),
             metadata: self.metadata.clone(),
+            allowance: Allowance::default(),
+            charge: self.charge,
         })
     }
 

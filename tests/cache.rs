@@ -55,6 +55,25 @@ impl KeyStore for Counted {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         self.keys.list(after, limit).await
     }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: time::OffsetDateTime,
+    ) -> Result<
+        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+        keyroll::store::StoreError<Self::Error>,
+    > {
+        self.keys.charge(id, incarnation, cost, now).await
+    }
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+        self.keys.meter(id, incarnation).await
+    }
 }
 
 fn key(id: &str) -> (ApiKey, keyroll::Token) {

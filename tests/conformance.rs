@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
+use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
 use keyroll::{ApiKey, KeyId, conformance};
 use pollster::block_on;
@@ -57,6 +58,14 @@ enum Flaw {
     RacyUpdate,
     RacyInsert,
     LosesSubsecondDates,
+    /// Reads the meter, yields, then writes it: charges lose each other.
+    RacyCharge,
+    /// Keeps a deleted key's meter for the key created again.
+    MeterOutlivesDelete,
+    /// Charges whatever incarnation is stored.
+    ChargeIgnoresIncarnation,
+    /// Writes the meter of refused charges too.
+    RefusalsSpend,
 }
 
 /// A store with one deliberate flaw.
@@ -64,6 +73,7 @@ struct Flawed {
     flaw: Flaw,
     keys: Mutex<BTreeMap<KeyId, ApiKey>>,
     first_seen: Mutex<BTreeMap<KeyId, ApiKey>>,
+    meters: Mutex<BTreeMap<KeyId, StoredMeter>>,
 }
 
 impl Flawed {
@@ -72,6 +82,7 @@ impl Flawed {
             flaw,
             keys: Mutex::default(),
             first_seen: Mutex::default(),
+            meters: Mutex::default(),
         }
     }
 
@@ -183,8 +194,60 @@ impl KeyStore for Flawed {
         }
         if !self.has(Flaw::DeleteIsLost) {
             keys.remove(id);
+            if !self.has(Flaw::MeterOutlivesDelete) {
+                self.meters.lock().unwrap().remove(id);
+            }
         }
         Ok(())
+    }
+
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: time::OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<Infallible>> {
+        let key = self.keys.lock().unwrap().get(id).cloned();
+        let key = key
+            .filter(|k| {
+                self.has(Flaw::ChargeIgnoresIncarnation)
+                    || k.revision().incarnation() == incarnation
+            })
+            .ok_or(StoreError::NotFound)?;
+        let stored = self.meters.lock().unwrap().get(id).cloned();
+        if self.has(Flaw::RacyCharge) {
+            self.window().await;
+        }
+        let charged = key.charge(stored.as_ref(), cost, now);
+        let mut meters = self.meters.lock().unwrap();
+        Ok(match charged {
+            Ok((next, allowance)) => {
+                meters.insert(id.clone(), next);
+                Ok(allowance)
+            }
+            Err(refusal) => {
+                if self.has(Flaw::RefusalsSpend) {
+                    let mut spent = stored.unwrap_or_else(|| key.charge(None, 1, now).unwrap().0);
+                    if let Ok((next, _)) = key.charge(Some(&spent), 1, now) {
+                        spent = next;
+                    }
+                    meters.insert(id.clone(), spent);
+                }
+                Err(refusal)
+            }
+        })
+    }
+
+    async fn meter(&self, id: &KeyId, incarnation: u64) -> Result<Option<StoredMeter>, Infallible> {
+        let keys = self.keys.lock().unwrap();
+        let current = keys.get(id).map(|k| k.revision().incarnation());
+        let ignore =
+            self.has(Flaw::ChargeIgnoresIncarnation) || self.has(Flaw::MeterOutlivesDelete);
+        if current != Some(incarnation) && !ignore {
+            return Ok(None);
+        }
+        Ok(self.meters.lock().unwrap().get(id).cloned())
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
@@ -257,6 +320,10 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::ListIgnoresLimit, "list_is_ordered_after_and_limited"),
         (Flaw::RacyUpdate, "concurrent_updates_have_one_winner"),
         (Flaw::LosesSubsecondDates, "insert_then_get_round_trips"),
+        (Flaw::RacyCharge, "concurrent_charges_are_exact"),
+        (Flaw::MeterOutlivesDelete, "meters_follow_the_key"),
+        (Flaw::ChargeIgnoresIncarnation, "meters_follow_the_key"),
+        (Flaw::RefusalsSpend, "charges_leave_the_key_alone"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

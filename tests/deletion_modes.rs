@@ -454,6 +454,25 @@ impl KeyStore for AlwaysConflicts {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
         self.0.list(after, limit).await
     }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: time::OffsetDateTime,
+    ) -> Result<
+        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+        keyroll::store::StoreError<Self::Error>,
+    > {
+        self.0.charge(id, incarnation, cost, now).await
+    }
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+        self.0.meter(id, incarnation).await
+    }
 }
 
 #[test]
@@ -532,6 +551,31 @@ impl KeyStore for Poisoned {
             .list(after, limit)
             .await
             .unwrap_or_else(|never| match never {}))
+    }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: time::OffsetDateTime,
+    ) -> Result<
+        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+        keyroll::store::StoreError<Self::Error>,
+    > {
+        self.keys
+            .charge(id, incarnation, cost, now)
+            .await
+            .map_err(|e| e.map_backend(|never| match never {}))
+    }
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+        self.keys
+            .meter(id, incarnation)
+            .await
+            .map_err(|never| match never {})
     }
 }
 

@@ -201,6 +201,31 @@ impl KeyStore for Contested {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, DiskOnFire> {
         Ok(self.inner.list(after, limit).await.unwrap())
     }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: time::OffsetDateTime,
+    ) -> Result<
+        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+        keyroll::store::StoreError<Self::Error>,
+    > {
+        self.inner
+            .charge(id, incarnation, cost, now)
+            .await
+            .map_err(|e| e.map_backend(|never| match never {}))
+    }
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+        self.inner
+            .meter(id, incarnation)
+            .await
+            .map_err(|never| match never {})
+    }
 }
 
 #[test]

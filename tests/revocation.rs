@@ -247,6 +247,27 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
         async fn list(&self, _: Option<&KeyId>, _: usize) -> Result<Vec<ApiKey>, std::io::Error> {
             Err(std::io::Error::other("read"))
         }
+        async fn charge(
+            &self,
+            _: &KeyId,
+            _: u64,
+            _: u32,
+            _: time::OffsetDateTime,
+        ) -> Result<
+            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+            keyroll::store::StoreError<std::io::Error>,
+        > {
+            Err(keyroll::store::StoreError::Backend(std::io::Error::other(
+                "read",
+            )))
+        }
+        async fn meter(
+            &self,
+            _: &KeyId,
+            _: u64,
+        ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
     }
     let manager = KeyManager::new(NoReads::default());
     let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use super::{KeyStore, StoreError, Verification};
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::padded::Padded;
 use crate::revision::Revision;
 use crate::token::PresentedToken;
@@ -407,6 +408,22 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
         self.inner.list(after, limit).await
+    }
+
+    /// Forwarded: meters are never cached.
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<S::Error>> {
+        self.inner.charge(id, incarnation, cost, now).await
+    }
+
+    /// Forwarded: meters are never cached.
+    async fn meter(&self, id: &KeyId, incarnation: u64) -> Result<Option<StoredMeter>, S::Error> {
+        self.inner.meter(id, incarnation).await
     }
 
     /// Answered from a fresh entry (of a key, or of a known absence), else

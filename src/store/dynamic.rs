@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::{KeyStore, StoreError, Verification};
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::revision::Revision;
 use crate::token::PresentedToken;
 
@@ -109,6 +110,18 @@ trait ObjectStore: Send + Sync {
         token: &'a PresentedToken<'a>,
         now: OffsetDateTime,
     ) -> Boxed<'a, Result<Verification, DynStoreError>>;
+    fn charge<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Boxed<'a, Result<Result<Allowance, Refusal>, StoreError<DynStoreError>>>;
+    fn meter<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+    ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>>;
 }
 
 impl<S: KeyStore> ObjectStore for S {
@@ -167,6 +180,30 @@ impl<S: KeyStore> ObjectStore for S {
                 .map_err(DynStoreError::new)
         })
     }
+    fn charge<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Boxed<'a, Result<Result<Allowance, Refusal>, StoreError<DynStoreError>>> {
+        Box::pin(async move {
+            KeyStore::charge(self, id, incarnation, cost, now)
+                .await
+                .map_err(|e| e.map_backend(DynStoreError::new))
+        })
+    }
+    fn meter<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+    ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::meter(self, id, incarnation)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
 }
 
 impl KeyStore for DynKeyStore {
@@ -206,5 +243,21 @@ impl KeyStore for DynKeyStore {
         now: OffsetDateTime,
     ) -> Result<Verification, DynStoreError> {
         self.0.verify(id, token, now).await
+    }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<DynStoreError>> {
+        self.0.charge(id, incarnation, cost, now).await
+    }
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<StoredMeter>, DynStoreError> {
+        self.0.meter(id, incarnation).await
     }
 }

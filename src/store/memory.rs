@@ -13,6 +13,7 @@ use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
 use crate::id::{KeyId, TokenId};
 use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::meter::{Allowance, Limits, Refusal, StoredMeter};
 use crate::padded::Padded;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -165,6 +166,11 @@ struct SlotToken {
 struct Rare {
     current_revoked_at: Option<OffsetDateTime>,
     expires_at: Option<OffsetDateTime>,
+    limits: Option<Box<Limits>>,
+    /// The key's meter, charged under this lock (and the shard's read
+    /// lock, which a write of the key waits for): one key's charges are
+    /// serialised, other keys' run beside them.
+    meter: Mutex<Option<StoredMeter>>,
 }
 
 impl SlotToken {
@@ -210,6 +216,8 @@ impl SlotToken {
 static EMPTY: Rare = Rare {
     current_revoked_at: None,
     expires_at: None,
+    limits: None,
+    meter: Mutex::new(None),
 };
 
 impl Inner {
@@ -227,8 +235,11 @@ impl Inner {
         let rare = Rare {
             current_revoked_at: key.current.revoked_at,
             expires_at: key.expires_at,
+            limits: key.limits.clone(),
+            meter: Mutex::new(None),
         };
-        let empty = rare.current_revoked_at.is_none() && rare.expires_at.is_none();
+        let empty =
+            rare.current_revoked_at.is_none() && rare.expires_at.is_none() && rare.limits.is_none();
         Slot {
             id: key.id.clone(),
             label: key.label.clone(),
@@ -269,6 +280,7 @@ impl Inner {
                     decision: *decision,
                 })
             }),
+            limits: rare.limits.clone(),
         }
     }
 
@@ -282,6 +294,7 @@ impl Inner {
             expires_at: rare.expires_at,
             scopes: &self.scope_sets[slot.scopes],
             metadata: &slot.metadata,
+            charge: rare.limits.is_some().then_some(slot.incarnation),
             current: slot.current.view(rare.current_revoked_at.is_some()),
             old: slot
                 .renewal
@@ -427,7 +440,16 @@ impl KeyStore for InMemoryStore {
         let (hash, shard) = self.locate(key.id());
         let mut inner = shard.write();
         let n = inner.check_revision(hash, key.id(), expected, Some(key.revision()))?;
-        inner.slots[n] = inner.pack(key);
+        // The meter outlives writes of its key (of the same incarnation).
+        let meter = inner.slots[n]
+            .rare
+            .as_mut()
+            .and_then(|rare| lock_mut(&mut rare.meter).take());
+        let mut slot = inner.pack(key);
+        if let Some(rare) = &mut slot.rare {
+            *lock_mut(&mut rare.meter) = meter;
+        }
+        inner.slots[n] = slot;
         Ok(())
     }
 
@@ -493,6 +515,55 @@ impl KeyStore for InMemoryStore {
             },
         })
     }
+
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<Infallible>> {
+        let (hash, shard) = self.locate(id);
+        let inner = shard.read();
+        let slot = inner
+            .find(hash, id)
+            .map(|n| &inner.slots[n])
+            .filter(|slot| slot.incarnation == incarnation)
+            .ok_or(StoreError::NotFound)?;
+        let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
+        let Some(limits) = rare.limits.as_deref() else {
+            return Ok(Ok(Allowance::default()));
+        };
+        let mut meter = rare.meter.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(limits
+            .charge(meter.as_ref(), cost, now)
+            .map(|(next, allowance)| {
+                *meter = Some(next);
+                allowance
+            }))
+    }
+
+    async fn meter(&self, id: &KeyId, incarnation: u64) -> Result<Option<StoredMeter>, Infallible> {
+        let (hash, shard) = self.locate(id);
+        let inner = shard.read();
+        Ok(inner
+            .find(hash, id)
+            .map(|n| &inner.slots[n])
+            .filter(|slot| slot.incarnation == incarnation)
+            .and_then(|slot| slot.rare.as_deref())
+            .and_then(|rare| {
+                rare.meter
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            }))
+    }
+}
+
+/// The value in a mutex held exclusively (a poisoned one is still
+/// consistent: see `Shard::read`).
+fn lock_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
+    mutex.get_mut().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use time::OffsetDateTime;
 use crate::errors::VerifyError;
 use crate::id::KeyId;
 use crate::key::ApiKey;
+use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::token::PresentedToken;
 use crate::verify::Authenticated;
 
@@ -87,6 +88,8 @@ impl Verification {
 /// | `delete(id, expected)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
 /// | `list(after, limit)` | up to `limit` keys | `Self::Error` |
 /// | `verify(id, token, now)` | a [`Verification`] | `Self::Error` |
+/// | `charge(id, incarnation, cost, now)` | the [`Allowance`], or the [`Refusal`] | [`StoreError::NotFound`], `Backend` |
+/// | `meter(id, incarnation)` | the [`StoredMeter`], or `None` | `Self::Error` |
 ///
 /// - `get(id)` returns the key last written under `id` (by `insert` or a
 ///   successful `update`), equal to it, or `None` if there is none. Never a
@@ -115,6 +118,18 @@ impl Verification {
 ///   [`ApiKey::verify_presented`] answers for the stored key (the
 ///   default loads it with `get`); a store that can verify in place,
 ///   without copying the key, overrides it.
+/// - `charge(id, incarnation, cost, now)` applies [`ApiKey::charge`] to
+///   the key stored under `id` and the meter kept beside it, and stores the
+///   new meter if the charge was admitted, all in one atomic step (a lock,
+///   a transaction, one statement): of any number of concurrent charges,
+///   each sees the meter the one before left. The key's limits are read in
+///   that same step, never from a cached copy. A missing key, or one of
+///   another incarnation (deleted and created again), is
+///   [`StoreError::NotFound`]. A charge never changes the key, nor its
+///   revision; `update` keeps the meter; `delete` deletes it, so a key
+///   created again under the id starts full.
+/// - `meter(id, incarnation)` is the meter kept beside that key, `None`
+///   when there is none (never charged, another incarnation, no key).
 /// - Every error of the backend itself is `Backend(e)`, never a panic.
 ///
 /// Run `keyroll::conformance::run_all` (feature `conformance`) on your
@@ -165,6 +180,23 @@ pub trait KeyStore: Send + Sync {
     ) -> impl Future<Output = Result<Verification, Self::Error>> + Send {
         async move { Ok(Verification::of(self.get(id).await?.as_ref(), token, now)) }
     }
+
+    /// Charges `cost` to the limits of key `id` of `incarnation`,
+    /// atomically with the meter kept beside it.
+    fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Result<Allowance, Refusal>, StoreError<Self::Error>>> + Send;
+
+    /// The meter kept beside key `id` of `incarnation`, if any.
+    fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> impl Future<Output = Result<Option<StoredMeter>, Self::Error>> + Send;
 }
 
 /// Implements the trait for a pointer type by forwarding to its target.
@@ -206,6 +238,22 @@ macro_rules! forward {
                 now: OffsetDateTime,
             ) -> impl Future<Output = Result<Verification, S::Error>> + Send {
                 (**self).verify(id, token, now)
+            }
+            fn charge(
+                &self,
+                id: &KeyId,
+                incarnation: u64,
+                cost: u32,
+                now: OffsetDateTime,
+            ) -> impl Future<Output = Result<Result<Allowance, Refusal>, StoreError<S::Error>>> + Send {
+                (**self).charge(id, incarnation, cost, now)
+            }
+            fn meter(
+                &self,
+                id: &KeyId,
+                incarnation: u64,
+            ) -> impl Future<Output = Result<Option<StoredMeter>, S::Error>> + Send {
+                (**self).meter(id, incarnation)
             }
         }
     )*};

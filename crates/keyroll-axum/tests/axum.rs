@@ -323,6 +323,27 @@ async fn store_failures_are_a_generic_503() {
         ) -> Result<Vec<keyroll::ApiKey>, std::io::Error> {
             unreachable!()
         }
+        async fn charge(
+            &self,
+            _: &KeyId,
+            _: u64,
+            _: u32,
+            _: time::OffsetDateTime,
+        ) -> Result<
+            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+            keyroll::store::StoreError<std::io::Error>,
+        > {
+            Err(keyroll::store::StoreError::Backend(std::io::Error::other(
+                "connection reset by the database",
+            )))
+        }
+        async fn meter(
+            &self,
+            _: &KeyId,
+            _: u64,
+        ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
     }
     let f = fixture().await;
     let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(Down))));
@@ -407,6 +428,25 @@ async fn a_store_that_answers_later_gets_the_same_answers() {
         ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
             self.0.list(after, limit).await
         }
+        async fn charge(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+            cost: u32,
+            now: time::OffsetDateTime,
+        ) -> Result<
+            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+            keyroll::store::StoreError<Self::Error>,
+        > {
+            self.0.charge(id, incarnation, cost, now).await
+        }
+        async fn meter(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+        ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+            self.0.meter(id, incarnation).await
+        }
     }
     let keys = Arc::new(KeyManager::new(Later(InMemoryStore::new())));
     let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
@@ -473,6 +513,25 @@ async fn a_request_is_authenticated_once() {
             limit: usize,
         ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
             self.0.list(after, limit).await
+        }
+        async fn charge(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+            cost: u32,
+            now: time::OffsetDateTime,
+        ) -> Result<
+            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+            keyroll::store::StoreError<Self::Error>,
+        > {
+            self.0.charge(id, incarnation, cost, now).await
+        }
+        async fn meter(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+        ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+            self.0.meter(id, incarnation).await
         }
     }
     let keys = Arc::new(KeyManager::new(Counting(
