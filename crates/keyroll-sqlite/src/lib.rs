@@ -51,10 +51,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use keyroll::record::{self, RecordError};
+use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::record::{self, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError};
 use keyroll::{ApiKey, KeyId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use time::OffsetDateTime;
 
 /// What can go wrong in the SQLite store.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +136,17 @@ impl SqliteStore {
                  incarnation INTEGER NOT NULL,
                  version INTEGER NOT NULL,
                  record TEXT NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS keyroll_meters (
+                 id TEXT PRIMARY KEY,
+                 incarnation INTEGER NOT NULL,
+                 generation INTEGER NOT NULL,
+                 tat_secs INTEGER NOT NULL,
+                 tat_nanos INTEGER NOT NULL,
+                 remaining INTEGER NOT NULL,
+                 refills INTEGER NOT NULL,
+                 anchor_secs INTEGER NOT NULL,
+                 anchor_nanos INTEGER NOT NULL
              ) WITHOUT ROWID;",
         )?;
         upgrade_0_1(&tx)?;
@@ -342,25 +355,102 @@ mod calls {
         }
     }
 
+    /// Deletes the key and its meter, in one transaction.
     pub(super) fn delete(
-        conn: &Connection,
+        conn: &mut Connection,
         id: &KeyId,
         expected: Revision,
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let backend = |e: SqliteStoreError| StoreError::Backend(e);
-        let version = integer(expected.version()).map_err(backend)?;
-        let incarnation = integer(expected.incarnation()).map_err(backend)?;
-        let changed = conn
+        let backend = |e: rusqlite::Error| StoreError::Backend(e.into());
+        let version = integer(expected.version()).map_err(StoreError::Backend)?;
+        let incarnation = integer(expected.incarnation()).map_err(StoreError::Backend)?;
+        let tx = conn.transaction().map_err(backend)?;
+        let changed = tx
             .execute(
                 "DELETE FROM keyroll_keys WHERE id = ?1 AND incarnation = ?2 AND version = ?3",
                 params![id.as_str(), incarnation, version],
             )
-            .map_err(|e| backend(e.into()))?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(SqliteStore::refusal(conn, id, expected))
+            .map_err(backend)?;
+        if changed != 1 {
+            return Err(SqliteStore::refusal(&tx, id, expected));
         }
+        tx.execute("DELETE FROM keyroll_meters WHERE id = ?1", [id.as_str()])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    /// The meter kept beside key `id` of `incarnation`.
+    pub(super) fn meter(
+        conn: &Connection,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<StoredMeter>, SqliteStoreError> {
+        let row = conn
+            .prepare_cached(
+                "SELECT generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos
+                 FROM keyroll_meters WHERE id = ?1 AND incarnation = ?2",
+            )?
+            .query_row(params![id.as_str(), integer(incarnation)?], |row| {
+                Ok(MeterRow {
+                    generation: row.get(0)?,
+                    tat_secs: row.get(1)?,
+                    tat_nanos: row.get(2)?,
+                    remaining: row.get(3)?,
+                    refills: row.get(4)?,
+                    anchor_secs: row.get(5)?,
+                    anchor_nanos: row.get(6)?,
+                })
+            })
+            .optional()?;
+        Ok(row.map(|row| row.load(id.as_str())).transpose()?)
+    }
+
+    /// Charges key `id` of `incarnation`: the key, its meter, the charge
+    /// and the new meter in one immediate transaction (so that another
+    /// connection to the file waits rather than charging the same meter).
+    pub(super) fn charge(
+        conn: &mut Connection,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<SqliteStoreError>> {
+        let backend = |e: SqliteStoreError| StoreError::Backend(e);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| backend(e.into()))?;
+        let key = get(&tx, id)
+            .map_err(backend)?
+            .filter(|key| key.revision().incarnation() == incarnation)
+            .ok_or(StoreError::NotFound)?;
+        if !key.is_metered() {
+            return Ok(Ok(Allowance::default()));
+        }
+        let stored = meter(&tx, id, incarnation).map_err(backend)?;
+        let (next, allowance) = match key.charge(stored.as_ref(), cost, now) {
+            Ok(charged) => charged,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let row = MeterRow::of(&next);
+        tx.execute(
+            "INSERT OR REPLACE INTO keyroll_meters
+             (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id.as_str(),
+                integer(incarnation).map_err(backend)?,
+                row.generation,
+                row.tat_secs,
+                row.tat_nanos,
+                row.remaining,
+                row.refills,
+                row.anchor_secs,
+                row.anchor_nanos
+            ],
+        )
+        .map_err(|e| backend(e.into()))?;
+        tx.commit().map_err(|e| backend(e.into()))?;
+        Ok(Ok(allowance))
     }
 
     pub(super) fn list(
@@ -433,6 +523,29 @@ impl KeyStore for SqliteStore {
     ) -> Result<Vec<ApiKey>, SqliteStoreError> {
         let after = after.cloned();
         self.call(move |conn| calls::list(conn, after.as_ref(), limit))
+            .await?
+    }
+
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<SqliteStoreError>> {
+        let id = id.clone();
+        self.call(move |conn| calls::charge(conn, &id, incarnation, cost, now))
+            .await
+            .map_err(StoreError::Backend)?
+    }
+
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<StoredMeter>, SqliteStoreError> {
+        let id = id.clone();
+        self.call(move |conn| calls::meter(conn, &id, incarnation))
             .await?
     }
 }
