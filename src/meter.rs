@@ -559,6 +559,17 @@ pub struct StoredMeter {
 }
 
 impl StoredMeter {
+    /// A meter counting the key's credits as set at `generation` (the key
+    /// version of that `set_credits`, 0 for a key without credits).
+    pub fn new(generation: u64, meter: Meter) -> StoredMeter {
+        StoredMeter { generation, meter }
+    }
+
+    /// The key version whose setting of credits the meter counts.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The moving state.
     pub fn meter(&self) -> &Meter {
         &self.meter

@@ -214,6 +214,58 @@ impl MeterRow {
     }
 }
 
+/// A key's limits as plain signed 64-bit columns, for a store that charges
+/// in SQL (PostgreSQL does, so that a charge is one statement): the rate
+/// limit's interval `T` (`ceil(period / limit)`) and burst, and the
+/// credits with their refill, the instant they were set (seconds and
+/// nanoseconds since the epoch) and their generation (see
+/// [`StoredMeter`]). `None` where the key has no such limit. A store
+/// writes them with the key's record, in the same statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitColumns {
+    /// `T` in nanoseconds.
+    pub rate_interval_ns: Option<i64>,
+    /// The burst.
+    pub rate_burst: Option<i64>,
+    /// The credits as set.
+    pub credits: Option<i64>,
+    /// What a refill sets the balance to.
+    pub refill_amount: Option<i64>,
+    /// The time between refills in nanoseconds.
+    pub refill_every_ns: Option<i64>,
+    /// When the credits were set: seconds.
+    pub credits_set_secs: Option<i64>,
+    /// When the credits were set: nanoseconds, 0 to 10^9 - 1.
+    pub credits_set_nanos: Option<i32>,
+    /// The key version that set the credits.
+    pub credits_generation: Option<i64>,
+}
+
+impl LimitColumns {
+    /// The columns of `key`'s limits.
+    pub fn of(key: &ApiKey) -> LimitColumns {
+        // Every value fits: the bounds of `RateLimit`, `Refill` and
+        // `MAX_CREDITS` keep them within `i64`.
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let nanos = |d: time::Duration| i64::try_from(d.whole_nanoseconds()).unwrap_or(i64::MAX);
+        let limits = key.limits.as_deref();
+        let rate = limits.and_then(|l| l.rate.as_ref());
+        let credits = limits.and_then(|l| l.credits.as_ref());
+        let refill = credits.and_then(|c| c.credits.refill());
+        let set_at = credits.map(|c| Meter::new(None, c.set_at).parts().anchor);
+        LimitColumns {
+            rate_interval_ns: rate.map(|r| nanos(r.interval())),
+            rate_burst: rate.map(|r| i64::from(r.burst())),
+            credits: credits.map(|c| signed(c.credits.remaining())),
+            refill_amount: refill.map(|r| signed(r.amount())),
+            refill_every_ns: refill.map(|r| nanos(r.every())),
+            credits_set_secs: set_at.map(|(secs, _)| secs),
+            credits_set_nanos: set_at.map(|(_, nanos)| nanos as i32),
+            credits_generation: credits.map(|c| signed(c.generation)),
+        }
+    }
+}
+
 /// The record schema this version writes.
 const SCHEMA: u32 = 3;
 /// The schema of keyroll 0.2, which this version still reads.

@@ -62,8 +62,10 @@ use std::sync::Arc;
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
 use keyroll::KeyId;
-use keyroll::record::{self, RecordError};
+use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::record::{self, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError};
+use time::OffsetDateTime;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
@@ -111,6 +113,14 @@ pub enum PgStoreError {
         /// The table's name.
         table: String,
     },
+    /// The database's charge (its SQL function) and keyroll's
+    /// `Meter::charge` disagree: a bug, or a table whose limit columns were
+    /// written by hand. The charge may have been stored.
+    #[error("the database's charge of key {id} disagrees with keyroll's; please report this")]
+    ChargeMismatch {
+        /// The key charged.
+        id: String,
+    },
 }
 
 impl From<tokio_postgres::Error> for PgStoreError {
@@ -150,6 +160,164 @@ struct Statements {
     delete: String,
     revision: String,
     list: String,
+    charge: String,
+    meter: String,
+}
+
+/// The key's limits as columns beside its record ([`LimitColumns`]), which
+/// the charge function reads.
+const LIMIT_COLUMNS: &str = "rate_interval_ns, rate_burst, credits, refill_amount, \
+     refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation";
+
+/// The arithmetic of [`Meter::charge`](keyroll::meter::Meter::charge) in
+/// SQL, on numeric nanoseconds: admitted, and the meter after the charge
+/// (unchanged when refused). Shared by every keyroll table; a property
+/// test checks it against `Meter::charge` on the server.
+const METER_STEP: &str = "
+CREATE OR REPLACE FUNCTION keyroll_meter_step(
+    t numeric, burst numeric, has_credits boolean, amount numeric, every numeric,
+    tat numeric, remaining numeric, refills numeric, anchor numeric,
+    cost numeric, now numeric,
+    OUT admitted boolean, OUT new_tat numeric, OUT new_remaining numeric,
+    OUT new_refills numeric)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    due numeric;
+    next_tat numeric;
+BEGIN
+    admitted := false;
+    new_tat := tat;
+    new_remaining := remaining;
+    new_refills := refills;
+    IF cost < 1 OR cost > coalesce(burst, 4294967295) THEN
+        RETURN;
+    END IF;
+    IF has_credits THEN
+        -- The latest refill due, if not applied yet.
+        IF every IS NOT NULL AND now >= anchor THEN
+            due := least(div(now - anchor, every), 9223372036854775807);
+            IF due > new_refills THEN
+                new_refills := due;
+                new_remaining := amount;
+            END IF;
+        END IF;
+        IF cost > new_remaining THEN
+            new_remaining := remaining;
+            new_refills := refills;
+            RETURN;
+        END IF;
+        new_remaining := new_remaining - cost;
+    END IF;
+    IF t IS NOT NULL THEN
+        next_tat := greatest(tat, now) + cost * t;
+        IF next_tat - now - burst * t > 0 THEN
+            new_remaining := remaining;
+            new_refills := refills;
+            RETURN;
+        END IF;
+        new_tat := next_tat;
+    END IF;
+    admitted := true;
+END $$;";
+
+/// The charge of one key of `{table}`, in one call: reads the key's limit
+/// columns, locks its meter (a first charge of a key takes a transaction
+/// lock of its id and incarnation instead, as there is no row to lock
+/// yet), brings the meter to the key's setting of its credits, runs
+/// `keyroll_meter_step`, and stores the meter if admitted. Answers no row
+/// for a missing key; else the key's record, whether it is metered, the
+/// meter as it was (NULLs: none), and the step's answer, which the caller
+/// checks against `Meter::charge`.
+fn charge_function(table: &str) -> String {
+    format!(
+        "
+CREATE OR REPLACE FUNCTION {table}_charge(
+    p_id text, p_incarnation bigint, p_cost bigint, p_now_secs bigint, p_now_nanos integer)
+RETURNS TABLE (
+    key_version bigint, key_record text, metered boolean, admitted boolean,
+    m_generation bigint, m_tat_secs bigint, m_tat_nanos integer, m_remaining bigint,
+    m_refills bigint, m_anchor_secs bigint, m_anchor_nanos integer,
+    n_generation bigint, n_tat_secs bigint, n_tat_nanos integer, n_remaining bigint,
+    n_refills bigint, n_anchor_secs bigint, n_anchor_nanos integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    k {table}%ROWTYPE;
+    m {table}_meters%ROWTYPE;
+    now numeric := p_now_secs * 1000000000::numeric + p_now_nanos;
+    gen bigint;
+    set_at numeric;
+    tat numeric;
+    remaining numeric;
+    refills numeric;
+    anchor numeric;
+    step record;
+BEGIN
+    SELECT * INTO k FROM {table} WHERE id = p_id AND incarnation = p_incarnation;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    key_version := k.version;
+    key_record := k.record::text;
+    metered := k.rate_interval_ns IS NOT NULL OR k.credits IS NOT NULL;
+    admitted := false;
+    IF NOT metered THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT * INTO m FROM {table}_meters WHERE id = p_id AND incarnation = p_incarnation FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('{table}_meters:' || p_id, p_incarnation));
+        SELECT * INTO m FROM {table}_meters WHERE id = p_id AND incarnation = p_incarnation FOR UPDATE;
+    END IF;
+    gen := coalesce(k.credits_generation, 0);
+    set_at := coalesce(k.credits_set_secs * 1000000000::numeric + k.credits_set_nanos, now);
+    IF m.id IS NULL THEN
+        tat := set_at;
+    ELSE
+        tat := m.tat_secs * 1000000000::numeric + m.tat_nanos;
+        m_generation := m.generation;
+        m_tat_secs := m.tat_secs;
+        m_tat_nanos := m.tat_nanos;
+        m_remaining := m.remaining;
+        m_refills := m.refills;
+        m_anchor_secs := m.anchor_secs;
+        m_anchor_nanos := m.anchor_nanos;
+    END IF;
+    IF m.id IS NOT NULL AND m.generation = gen THEN
+        remaining := m.remaining;
+        refills := m.refills;
+        anchor := m.anchor_secs * 1000000000::numeric + m.anchor_nanos;
+    ELSE
+        -- A new meter, or credits set again: the balance starts over.
+        remaining := coalesce(k.credits, 0);
+        refills := 0;
+        anchor := set_at;
+    END IF;
+    step := keyroll_meter_step(k.rate_interval_ns, k.rate_burst, k.credits IS NOT NULL,
+        k.refill_amount, k.refill_every_ns, tat, remaining, refills, anchor, p_cost, now);
+    admitted := step.admitted;
+    IF admitted THEN
+        n_generation := gen;
+        n_tat_secs := floor(step.new_tat / 1000000000);
+        n_tat_nanos := step.new_tat - n_tat_secs * 1000000000::numeric;
+        n_remaining := step.new_remaining;
+        n_refills := step.new_refills;
+        n_anchor_secs := floor(anchor / 1000000000);
+        n_anchor_nanos := anchor - n_anchor_secs * 1000000000::numeric;
+        INSERT INTO {table}_meters
+            (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills,
+             anchor_secs, anchor_nanos)
+        VALUES (p_id, p_incarnation, n_generation, n_tat_secs, n_tat_nanos, n_remaining,
+            n_refills, n_anchor_secs, n_anchor_nanos)
+        ON CONFLICT (id, incarnation) DO UPDATE SET generation = EXCLUDED.generation,
+            tat_secs = EXCLUDED.tat_secs, tat_nanos = EXCLUDED.tat_nanos,
+            remaining = EXCLUDED.remaining, refills = EXCLUDED.refills,
+            anchor_secs = EXCLUDED.anchor_secs, anchor_nanos = EXCLUDED.anchor_nanos;
+    END IF;
+    RETURN NEXT;
+END $$;"
+    )
 }
 
 impl PgStore {
@@ -238,22 +406,32 @@ impl PgStore {
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
             ),
             insert: format!(
-                "INSERT INTO {table} (id, incarnation, version, record, updated_at) \
-                 VALUES ($1, $2, $3, $4::text::jsonb, now())"
+                "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
             // $5 is the new record's incarnation: a key of another
             // incarnation never replaces the stored one.
             update: format!(
-                "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now() \
+                "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
+                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14) \
                  WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5"
             ),
+            // The key and its meters, in one statement.
             delete: format!(
-                "DELETE FROM {table} WHERE id = $1 AND incarnation = $2 AND version = $3"
+                "WITH deleted AS (DELETE FROM {table} \
+                     WHERE id = $1 AND incarnation = $2 AND version = $3 RETURNING id), \
+                 meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id) \
+                 SELECT count(*) FROM deleted"
             ),
             revision: format!("SELECT incarnation, version FROM {table} WHERE id = $1"),
             list: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} \
                  WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+            ),
+            charge: format!("SELECT * FROM {table}_charge($1, $2, $3, $4, $5)"),
+            meter: format!(
+                "SELECT generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos \
+                 FROM {table}_meters WHERE id = $1 AND incarnation = $2"
             ),
         };
         PgStore {
@@ -303,15 +481,16 @@ impl PgStore {
     }
 
     /// The same store (the same pool) in another table than
-    /// `keyroll_keys`: the one way to name a table. `table` must be a plain
-    /// lower-case SQL identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes),
-    /// since it is spliced into SQL.
+    /// `keyroll_keys` (its meters in `{table}_meters`): the one way to name
+    /// a table. `table` must be a plain lower-case SQL identifier
+    /// (`[a-z_][a-z0-9_]*`, at most 56 bytes, so that the meters' table
+    /// name fits PostgreSQL's 63), since it is spliced into SQL.
     ///
     /// # Errors
     ///
     /// [`PgStoreError::Config`] for any other name.
     pub fn in_table(self, table: &str) -> Result<Self, PgStoreError> {
-        let plain = table.len() <= 63
+        let plain = table.len() <= 56
             && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && table
                 .bytes()
@@ -329,7 +508,8 @@ impl PgStore {
     }
 
     /// Creates the table if it does not exist, and upgrades a table written
-    /// by keyroll 0.1 (adds and fills the incarnation column); installs the
+    /// by keyroll 0.1 (adds and fills the incarnation column); creates the
+    /// meters' table `{table}_meters` beside it (keyroll 0.3); installs the
     /// triggers that notify every write (the function `keyroll_notify()`
     /// and, on the table, the triggers `keyroll_notify` for each row
     /// written and `keyroll_notify_truncate` for a `TRUNCATE`: see
@@ -339,7 +519,7 @@ impl PgStore {
     /// It is an explicit step, run by a role that may create tables (a
     /// deployment step, `keyctl migrate`, or the demo service's
     /// `--migrate`). No other method runs it: the service itself needs
-    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the table, so it
+    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the two tables, so it
     /// can neither drop the table nor the triggers that keep caches in
     /// step. Until it has run, every call fails with
     /// [`PgStoreError::NotMigrated`].
@@ -384,9 +564,35 @@ impl PgStore {
             .await?;
         }
         tx.batch_execute(&format!(
-            "ALTER TABLE {table} ALTER COLUMN incarnation SET NOT NULL"
+            "ALTER TABLE {table} ALTER COLUMN incarnation SET NOT NULL;
+             -- The moving state of the keys' limits: no trigger, so a charge
+             -- notifies no one. A key's delete deletes its meters.
+             CREATE TABLE IF NOT EXISTS {table}_meters (
+                 id TEXT COLLATE \"C\" NOT NULL,
+                 incarnation BIGINT NOT NULL,
+                 generation BIGINT NOT NULL,
+                 tat_secs BIGINT NOT NULL,
+                 tat_nanos INTEGER NOT NULL,
+                 remaining BIGINT NOT NULL,
+                 refills BIGINT NOT NULL,
+                 anchor_secs BIGINT NOT NULL,
+                 anchor_nanos INTEGER NOT NULL,
+                 PRIMARY KEY (id, incarnation)
+             );
+             -- The key's limits beside its record (keyroll 0.3), for the
+             -- charge function; NULL: none, as in every older record.
+             ALTER TABLE {table}
+                 ADD COLUMN IF NOT EXISTS rate_interval_ns BIGINT,
+                 ADD COLUMN IF NOT EXISTS rate_burst BIGINT,
+                 ADD COLUMN IF NOT EXISTS credits BIGINT,
+                 ADD COLUMN IF NOT EXISTS refill_amount BIGINT,
+                 ADD COLUMN IF NOT EXISTS refill_every_ns BIGINT,
+                 ADD COLUMN IF NOT EXISTS credits_set_secs BIGINT,
+                 ADD COLUMN IF NOT EXISTS credits_set_nanos INTEGER,
+                 ADD COLUMN IF NOT EXISTS credits_generation BIGINT;"
         ))
         .await?;
+        tx.batch_execute(&charge_function(table)).await?;
         // Every write notifies the id on the channel named after the table,
         // in the writing transaction (for `listen`). The function is shared
         // by every keyroll table: serialize its replacement too.
@@ -395,6 +601,7 @@ impl PgStore {
             &[],
         )
         .await?;
+        tx.batch_execute(METER_STEP).await?;
         tx.batch_execute(&format!(
             "CREATE OR REPLACE FUNCTION keyroll_notify() RETURNS trigger
                  LANGUAGE plpgsql AS $$
@@ -432,15 +639,18 @@ impl PgStore {
         &self.pool
     }
 
-    /// Drops the table: for tests.
+    /// Drops the table and its meters' table: for tests.
     ///
     /// # Errors
     ///
     /// The server's.
     pub async fn drop_table(&self) -> Result<(), PgStoreError> {
         let client = self.pool.get().await?;
+        let table = &self.table;
         client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table))
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters"
+            ))
             .await?;
         Ok(())
     }
@@ -517,6 +727,9 @@ impl PgStore {
     }
 }
 
+/// A statement's parameter.
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
 fn bigint(n: u64) -> Result<i64, PgStoreError> {
     i64::try_from(n).map_err(|_| PgStoreError::OutOfRange(n))
 }
@@ -537,6 +750,20 @@ fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> 
         ))
     })();
     columns.map_err(StoreError::Backend)
+}
+
+/// The [`LIMIT_COLUMNS`] of `key`, ready to bind.
+fn limit_params(limits: &LimitColumns) -> [Param<'_>; 8] {
+    [
+        &limits.rate_interval_ns,
+        &limits.rate_burst,
+        &limits.credits,
+        &limits.refill_amount,
+        &limits.refill_every_ns,
+        &limits.credits_set_secs,
+        &limits.credits_set_nanos,
+        &limits.credits_generation,
+    ]
 }
 
 /// Loads a row (id, incarnation, version, record), refusing a record that
@@ -563,14 +790,12 @@ impl KeyStore for PgStore {
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
         let (incarnation, version, record) = row_of(key)?;
+        let limits = LimitColumns::of(key);
         let client = self.client().await.map_err(StoreError::Backend)?;
-        let inserted = self
-            .execute(
-                &client,
-                &self.sql.insert,
-                &[&key.id().as_str(), &incarnation, &version, &record],
-            )
-            .await;
+        let id = key.id().as_str();
+        let row: [Param; 4] = [&id, &incarnation, &version, &record];
+        let params: Vec<Param> = row.into_iter().chain(limit_params(&limits)).collect();
+        let inserted = self.execute(&client, &self.sql.insert, &params).await;
         match inserted {
             Ok(_) => Ok(()),
             Err(PgStoreError::Postgres {
@@ -589,20 +814,20 @@ impl KeyStore for PgStore {
         let (incarnation, version, record) = row_of(key)?;
         let expected_incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let expected_version = bigint(expected.version()).map_err(StoreError::Backend)?;
+        let limits = LimitColumns::of(key);
         let client = self.client().await.map_err(StoreError::Backend)?;
+        let id = key.id().as_str();
+        let row: [Param; 6] = [
+            &id,
+            &expected_incarnation,
+            &expected_version,
+            &version,
+            &incarnation,
+            &record,
+        ];
+        let params: Vec<Param> = row.into_iter().chain(limit_params(&limits)).collect();
         let changed = self
-            .execute(
-                &client,
-                &self.sql.update,
-                &[
-                    &key.id().as_str(),
-                    &expected_incarnation,
-                    &expected_version,
-                    &version,
-                    &incarnation,
-                    &record,
-                ],
-            )
+            .execute(&client, &self.sql.update, &params)
             .await
             .map_err(StoreError::Backend)?;
         if changed == 1 {
@@ -616,15 +841,16 @@ impl KeyStore for PgStore {
         let incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
-        let changed = self
-            .execute(
+        let deleted: i64 = self
+            .query_opt(
                 &client,
                 &self.sql.delete,
                 &[&id.as_str(), &incarnation, &version],
             )
             .await
-            .map_err(StoreError::Backend)?;
-        if changed == 1 {
+            .map_err(StoreError::Backend)?
+            .map_or(0, |row| row.get(0));
+        if deleted == 1 {
             Ok(())
         } else {
             Err(self.refusal(&client, id, expected).await)
@@ -640,4 +866,88 @@ impl KeyStore for PgStore {
             .map_err(|e| self.error(e))?;
         rows.iter().map(decode).collect()
     }
+
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<PgStoreError>> {
+        let backend = StoreError::Backend;
+        let incarnation = bigint(incarnation).map_err(backend)?;
+        let (now_secs, now_nanos) = (now.unix_timestamp(), now.nanosecond() as i32);
+        let client = self.client().await.map_err(backend)?;
+        let row = self
+            .query_opt(
+                &client,
+                &self.sql.charge,
+                &[
+                    &id.as_str(),
+                    &incarnation,
+                    &i64::from(cost),
+                    &now_secs,
+                    &now_nanos,
+                ],
+            )
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        let key = record::decode_row(row.get(1), id.as_str(), revision(incarnation, row.get(0)))
+            .map_err(|e| backend(e.into()))?;
+        let mismatch = || backend(PgStoreError::ChargeMismatch { id: id.to_string() });
+        let metered: bool = row.get(2);
+        if metered != key.is_metered() {
+            return Err(mismatch());
+        }
+        if !metered {
+            return Ok(Ok(Allowance::default()));
+        }
+        let stored = meter_row(&row, 4)
+            .map(|before| before.load(id.as_str()))
+            .transpose()
+            .map_err(|e| backend(e.into()))?;
+        // The function's answer must be `Meter::charge`'s, which also
+        // makes the allowance or the refusal.
+        match (key.charge(stored.as_ref(), cost, now), meter_row(&row, 11)) {
+            (Ok((next, allowance)), Some(stored)) if MeterRow::of(&next) == stored => {
+                Ok(Ok(allowance))
+            }
+            (Err(refusal), None) => Ok(Err(refusal)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<StoredMeter>, PgStoreError> {
+        let incarnation = bigint(incarnation)?;
+        let client = self.client().await?;
+        let row = self
+            .query_opt(&client, &self.sql.meter, &[&id.as_str(), &incarnation])
+            .await?;
+        row.map(|row| meter_of(&row, id)).transpose()
+    }
+}
+
+/// The meter in the seven columns of `row` from `first` on (generation,
+/// tat, remaining, refills, anchor), if they are not NULL.
+fn meter_row(row: &tokio_postgres::Row, first: usize) -> Option<MeterRow> {
+    Some(MeterRow {
+        generation: row.get::<_, Option<i64>>(first)?,
+        tat_secs: row.get(first + 1),
+        tat_nanos: row.get(first + 2),
+        remaining: row.get(first + 3),
+        refills: row.get(first + 4),
+        anchor_secs: row.get(first + 5),
+        anchor_nanos: row.get(first + 6),
+    })
+}
+
+/// The meter in a row of the meters' table.
+fn meter_of(row: &tokio_postgres::Row, id: &KeyId) -> Result<StoredMeter, PgStoreError> {
+    let row = meter_row(row, 0).expect("the meters' generation is NOT NULL");
+    Ok(row.load(id.as_str())?)
 }
