@@ -45,7 +45,8 @@ use crate::attributes::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::key::{ApiKey, Renewal, TokenInfo};
 use crate::meter::{
-    Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, MeterParts, RateLimit, Refill, StoredMeter,
+    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, MeterParts, RateLimit, Refill,
+    Refusal, StoredMeter,
 };
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -216,16 +217,19 @@ impl MeterRow {
 
 /// A key's limits as plain signed 64-bit columns, for a store that charges
 /// in SQL (PostgreSQL does, so that a charge is one statement): the rate
-/// limit's interval `T` (`ceil(period / limit)`) and burst, and the
-/// credits with their refill, the instant they were set (seconds and
-/// nanoseconds since the epoch) and their generation (see
+/// limit's `limit`, `period` (nanoseconds) and `burst`, and the credits
+/// with their refill (`every` in nanoseconds), the instant they were set
+/// (seconds and nanoseconds since the epoch) and their generation (see
 /// [`StoredMeter`]). `None` where the key has no such limit. A store
-/// writes them with the key's record, in the same statement.
+/// writes them with the key's record, in the same statement, and reads
+/// them back with the meter to [`charge`](LimitColumns::charge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimitColumns {
-    /// `T` in nanoseconds.
-    pub rate_interval_ns: Option<i64>,
-    /// The burst.
+    /// The rate limit's requests per period.
+    pub rate_limit: Option<i64>,
+    /// The rate limit's period in nanoseconds.
+    pub rate_period_ns: Option<i64>,
+    /// The rate limit's burst.
     pub rate_burst: Option<i64>,
     /// The credits as set.
     pub credits: Option<i64>,
@@ -254,7 +258,8 @@ impl LimitColumns {
         let refill = credits.and_then(|c| c.credits.refill());
         let set_at = credits.map(|c| Meter::new(None, c.set_at).parts().anchor);
         LimitColumns {
-            rate_interval_ns: rate.map(|r| nanos(r.interval())),
+            rate_limit: rate.map(|r| i64::from(r.limit())),
+            rate_period_ns: rate.map(|r| nanos(r.period())),
             rate_burst: rate.map(|r| i64::from(r.burst())),
             credits: credits.map(|c| signed(c.credits.remaining())),
             refill_amount: refill.map(|r| signed(r.amount())),
@@ -263,6 +268,79 @@ impl LimitColumns {
             credits_set_nanos: set_at.map(|(_, nanos)| nanos as i32),
             credits_generation: credits.map(|c| signed(c.generation)),
         }
+    }
+
+    /// Whether the columns hold a limit: a key without is never charged.
+    pub fn is_metered(&self) -> bool {
+        self.rate_limit.is_some() || self.credits.is_some()
+    }
+
+    /// [`ApiKey::charge`] with the limits these columns hold: the meter to
+    /// store if admitted, and the allowance; or the refusal.
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::Mismatch`] for columns that hold no valid limit
+    /// (half a rate limit, a bound broken).
+    pub fn charge(
+        &self,
+        row_id: &str,
+        stored: Option<&StoredMeter>,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<(StoredMeter, Allowance), Refusal>, RecordError> {
+        Ok(self.limits(row_id)?.charge(stored, cost, now))
+    }
+
+    fn limits(&self, row_id: &str) -> Result<Limits, RecordError> {
+        let bad = |problem: String| RecordError::Mismatch {
+            id: row_id.to_owned(),
+            problem: format!("the limit columns: {problem}"),
+        };
+        let unsigned = |n: i64| u64::try_from(n).map_err(|_| bad(format!("{n} is negative")));
+        let rate = match (self.rate_limit, self.rate_period_ns, self.rate_burst) {
+            (None, None, None) => None,
+            (Some(limit), Some(period), Some(burst)) => {
+                let count =
+                    |n: i64| u32::try_from(n).map_err(|_| bad(format!("{n} is out of range")));
+                let (limit, burst) = (count(limit)?, count(burst)?);
+                let rate = RateLimit::new(limit, time::Duration::nanoseconds(period))
+                    .and_then(|r| r.with_burst(burst))
+                    .map_err(|e| bad(e.to_string()))?;
+                Some(rate)
+            }
+            _ => return Err(bad("half a rate limit".into())),
+        };
+        let credits = match (
+            self.credits,
+            self.credits_set_secs,
+            self.credits_set_nanos,
+            self.credits_generation,
+        ) {
+            (None, None, None, None) => None,
+            (Some(remaining), Some(secs), Some(nanos), Some(generation)) => {
+                let credits = Credits::new(unsigned(remaining)?);
+                let credits = match (self.refill_amount, self.refill_every_ns) {
+                    (None, None) => credits,
+                    (Some(amount), Some(every)) => credits.with_refill(
+                        Refill::new(unsigned(amount)?, time::Duration::nanoseconds(every))
+                            .map_err(|e| bad(e.to_string()))?,
+                    ),
+                    _ => return Err(bad("half a refill".into())),
+                };
+                let set_at = OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(secs) * 1_000_000_000 + i128::from(nanos),
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                Some(CreditsSetting {
+                    credits,
+                    set_at,
+                    generation: unsigned(generation)?,
+                })
+            }
+            _ => return Err(bad("half a setting of credits".into())),
+        };
+        Ok(Limits { rate, credits })
     }
 }
 

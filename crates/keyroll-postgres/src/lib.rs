@@ -166,7 +166,7 @@ struct Statements {
 
 /// The key's limits as columns beside its record ([`LimitColumns`]), which
 /// the charge function reads.
-const LIMIT_COLUMNS: &str = "rate_interval_ns, rate_burst, credits, refill_amount, \
+const LIMIT_COLUMNS: &str = "rate_limit, rate_period_ns, rate_burst, credits, refill_amount, \
      refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation";
 
 /// The arithmetic of [`Meter::charge`](keyroll::meter::Meter::charge) in
@@ -175,13 +175,16 @@ const LIMIT_COLUMNS: &str = "rate_interval_ns, rate_burst, credits, refill_amoun
 /// test checks it against `Meter::charge` on the server.
 const METER_STEP: &str = "
 CREATE OR REPLACE FUNCTION keyroll_meter_step(
-    t numeric, burst numeric, has_credits boolean, amount numeric, every numeric,
+    rate_limit numeric, period numeric, burst numeric,
+    has_credits boolean, amount numeric, every numeric,
     tat numeric, remaining numeric, refills numeric, anchor numeric,
     cost numeric, now numeric,
     OUT admitted boolean, OUT new_tat numeric, OUT new_remaining numeric,
     OUT new_refills numeric)
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
+    -- T = ceil(period / limit)
+    t numeric := div(period + rate_limit - 1, rate_limit);
     due numeric;
     next_tat numeric;
 BEGIN
@@ -234,7 +237,10 @@ fn charge_function(table: &str) -> String {
 CREATE OR REPLACE FUNCTION {table}_charge(
     p_id text, p_incarnation bigint, p_cost bigint, p_now_secs bigint, p_now_nanos integer)
 RETURNS TABLE (
-    key_version bigint, key_record text, metered boolean, admitted boolean,
+    admitted boolean,
+    rate_limit bigint, rate_period_ns bigint, rate_burst bigint, credits bigint,
+    refill_amount bigint, refill_every_ns bigint, credits_set_secs bigint,
+    credits_set_nanos integer, credits_generation bigint,
     m_generation bigint, m_tat_secs bigint, m_tat_nanos integer, m_remaining bigint,
     m_refills bigint, m_anchor_secs bigint, m_anchor_nanos integer,
     n_generation bigint, n_tat_secs bigint, n_tat_nanos integer, n_remaining bigint,
@@ -242,7 +248,6 @@ RETURNS TABLE (
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    k {table}%ROWTYPE;
     m {table}_meters%ROWTYPE;
     now numeric := p_now_secs * 1000000000::numeric + p_now_nanos;
     gen bigint;
@@ -253,25 +258,28 @@ DECLARE
     anchor numeric;
     step record;
 BEGIN
-    SELECT * INTO k FROM {table} WHERE id = p_id AND incarnation = p_incarnation;
+    SELECT k.rate_limit, k.rate_period_ns, k.rate_burst, k.credits, k.refill_amount,
+           k.refill_every_ns, k.credits_set_secs, k.credits_set_nanos, k.credits_generation
+      INTO rate_limit, rate_period_ns, rate_burst, credits, refill_amount,
+           refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation
+      FROM {table} k WHERE k.id = p_id AND k.incarnation = p_incarnation;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    key_version := k.version;
-    key_record := k.record::text;
-    metered := k.rate_interval_ns IS NOT NULL OR k.credits IS NOT NULL;
     admitted := false;
-    IF NOT metered THEN
+    IF rate_limit IS NULL AND credits IS NULL THEN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT * INTO m FROM {table}_meters WHERE id = p_id AND incarnation = p_incarnation FOR UPDATE;
+    SELECT * INTO m FROM {table}_meters s
+     WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('{table}_meters:' || p_id, p_incarnation));
-        SELECT * INTO m FROM {table}_meters WHERE id = p_id AND incarnation = p_incarnation FOR UPDATE;
+        SELECT * INTO m FROM {table}_meters s
+         WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
     END IF;
-    gen := coalesce(k.credits_generation, 0);
-    set_at := coalesce(k.credits_set_secs * 1000000000::numeric + k.credits_set_nanos, now);
+    gen := coalesce(credits_generation, 0);
+    set_at := coalesce(credits_set_secs * 1000000000::numeric + credits_set_nanos, now);
     IF m.id IS NULL THEN
         tat := set_at;
     ELSE
@@ -290,30 +298,37 @@ BEGIN
         anchor := m.anchor_secs * 1000000000::numeric + m.anchor_nanos;
     ELSE
         -- A new meter, or credits set again: the balance starts over.
-        remaining := coalesce(k.credits, 0);
+        remaining := coalesce(credits, 0);
         refills := 0;
         anchor := set_at;
     END IF;
-    step := keyroll_meter_step(k.rate_interval_ns, k.rate_burst, k.credits IS NOT NULL,
-        k.refill_amount, k.refill_every_ns, tat, remaining, refills, anchor, p_cost, now);
+    step := keyroll_meter_step(rate_limit, rate_period_ns, rate_burst, credits IS NOT NULL,
+        refill_amount, refill_every_ns, tat, remaining, refills, anchor, p_cost, now);
     admitted := step.admitted;
-    IF admitted THEN
-        n_generation := gen;
-        n_tat_secs := floor(step.new_tat / 1000000000);
-        n_tat_nanos := step.new_tat - n_tat_secs * 1000000000::numeric;
-        n_remaining := step.new_remaining;
-        n_refills := step.new_refills;
-        n_anchor_secs := floor(anchor / 1000000000);
-        n_anchor_nanos := anchor - n_anchor_secs * 1000000000::numeric;
+    IF NOT admitted THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- Seconds and nanoseconds, the nanoseconds 0 to 10^9 - 1 (mod is exact;
+    -- a division would round).
+    n_tat_nanos := mod(mod(step.new_tat, 1000000000) + 1000000000, 1000000000);
+    n_tat_secs := (step.new_tat - n_tat_nanos) / 1000000000;
+    n_anchor_nanos := mod(mod(anchor, 1000000000) + 1000000000, 1000000000);
+    n_anchor_secs := (anchor - n_anchor_nanos) / 1000000000;
+    n_generation := gen;
+    n_remaining := step.new_remaining;
+    n_refills := step.new_refills;
+    IF m.id IS NULL THEN
         INSERT INTO {table}_meters
             (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills,
              anchor_secs, anchor_nanos)
         VALUES (p_id, p_incarnation, n_generation, n_tat_secs, n_tat_nanos, n_remaining,
-            n_refills, n_anchor_secs, n_anchor_nanos)
-        ON CONFLICT (id, incarnation) DO UPDATE SET generation = EXCLUDED.generation,
-            tat_secs = EXCLUDED.tat_secs, tat_nanos = EXCLUDED.tat_nanos,
-            remaining = EXCLUDED.remaining, refills = EXCLUDED.refills,
-            anchor_secs = EXCLUDED.anchor_secs, anchor_nanos = EXCLUDED.anchor_nanos;
+            n_refills, n_anchor_secs, n_anchor_nanos);
+    ELSE
+        UPDATE {table}_meters s SET generation = n_generation, tat_secs = n_tat_secs,
+            tat_nanos = n_tat_nanos, remaining = n_remaining, refills = n_refills,
+            anchor_secs = n_anchor_secs, anchor_nanos = n_anchor_nanos
+         WHERE s.id = p_id AND s.incarnation = p_incarnation;
     END IF;
     RETURN NEXT;
 END $$;"
@@ -407,13 +422,13 @@ impl PgStore {
             ),
             insert: format!(
                 "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12)"
+                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             ),
             // $5 is the new record's incarnation: a key of another
             // incarnation never replaces the stored one.
             update: format!(
                 "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
-                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14) \
+                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5"
             ),
             // The key and its meters, in one statement.
@@ -582,7 +597,8 @@ impl PgStore {
              -- The key's limits beside its record (keyroll 0.3), for the
              -- charge function; NULL: none, as in every older record.
              ALTER TABLE {table}
-                 ADD COLUMN IF NOT EXISTS rate_interval_ns BIGINT,
+                 ADD COLUMN IF NOT EXISTS rate_limit BIGINT,
+                 ADD COLUMN IF NOT EXISTS rate_period_ns BIGINT,
                  ADD COLUMN IF NOT EXISTS rate_burst BIGINT,
                  ADD COLUMN IF NOT EXISTS credits BIGINT,
                  ADD COLUMN IF NOT EXISTS refill_amount BIGINT,
@@ -753,9 +769,10 @@ fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> 
 }
 
 /// The [`LIMIT_COLUMNS`] of `key`, ready to bind.
-fn limit_params(limits: &LimitColumns) -> [Param<'_>; 8] {
+fn limit_params(limits: &LimitColumns) -> [Param<'_>; 9] {
     [
-        &limits.rate_interval_ns,
+        &limits.rate_limit,
+        &limits.rate_period_ns,
         &limits.rate_burst,
         &limits.credits,
         &limits.refill_amount,
@@ -893,28 +910,35 @@ impl KeyStore for PgStore {
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let key = record::decode_row(row.get(1), id.as_str(), revision(incarnation, row.get(0)))
-            .map_err(|e| backend(e.into()))?;
-        let mismatch = || backend(PgStoreError::ChargeMismatch { id: id.to_string() });
-        let metered: bool = row.get(2);
-        if metered != key.is_metered() {
-            return Err(mismatch());
-        }
-        if !metered {
+        let limits = LimitColumns {
+            rate_limit: row.get(1),
+            rate_period_ns: row.get(2),
+            rate_burst: row.get(3),
+            credits: row.get(4),
+            refill_amount: row.get(5),
+            refill_every_ns: row.get(6),
+            credits_set_secs: row.get(7),
+            credits_set_nanos: row.get(8),
+            credits_generation: row.get(9),
+        };
+        if !limits.is_metered() {
             return Ok(Ok(Allowance::default()));
         }
-        let stored = meter_row(&row, 4)
+        let stored = meter_row(&row, 10)
             .map(|before| before.load(id.as_str()))
             .transpose()
             .map_err(|e| backend(e.into()))?;
         // The function's answer must be `Meter::charge`'s, which also
         // makes the allowance or the refusal.
-        match (key.charge(stored.as_ref(), cost, now), meter_row(&row, 11)) {
-            (Ok((next, allowance)), Some(stored)) if MeterRow::of(&next) == stored => {
+        let ours = limits
+            .charge(id.as_str(), stored.as_ref(), cost, now)
+            .map_err(|e| backend(e.into()))?;
+        match (ours, meter_row(&row, 17)) {
+            (Ok((next, allowance)), Some(theirs)) if MeterRow::of(&next) == theirs => {
                 Ok(Ok(allowance))
             }
             (Err(refusal), None) => Ok(Err(refusal)),
-            _ => Err(mismatch()),
+            _ => Err(backend(PgStoreError::ChargeMismatch { id: id.to_string() })),
         }
     }
 
