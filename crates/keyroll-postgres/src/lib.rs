@@ -234,7 +234,9 @@ END $$;";
 fn charge_function(table: &str) -> String {
     format!(
         "
-CREATE OR REPLACE FUNCTION {table}_charge(
+-- Dropped first: a replacement cannot change the columns it returns.
+DROP FUNCTION IF EXISTS {table}_charge(text, bigint, bigint, bigint, integer);
+CREATE FUNCTION {table}_charge(
     p_id text, p_incarnation bigint, p_cost bigint, p_now_secs bigint, p_now_nanos integer)
 RETURNS TABLE (
     admitted boolean,
