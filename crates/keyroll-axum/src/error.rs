@@ -2,7 +2,7 @@
 //! JSON shape of every refusal this crate sends.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll::ManagerError;
 
@@ -47,7 +47,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    challenge: Option<String>,
+    headers: HeaderMap,
 }
 
 impl ApiError {
@@ -57,7 +57,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            challenge: None,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -67,9 +67,19 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.to_string())
     }
 
-    /// The same answer with a `WWW-Authenticate` challenge.
-    pub fn with_challenge(mut self, challenge: String) -> ApiError {
-        self.challenge = Some(challenge);
+    /// The same answer with a `WWW-Authenticate` challenge (left out if
+    /// it is not a valid header value).
+    pub fn with_challenge(self, challenge: String) -> ApiError {
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => self.with_header(header::WWW_AUTHENTICATE, value),
+            Err(_) => self,
+        }
+    }
+
+    /// The same answer with the header `name: value` (as `Retry-After` on
+    /// a 429).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.insert(name, value);
         self
     }
 
@@ -95,13 +105,7 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(value) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
-        response
+        (self.status, self.headers, Json(body)).into_response()
     }
 }
 

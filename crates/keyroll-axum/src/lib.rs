@@ -18,8 +18,20 @@
 //! - [`RequireScope`] answers 403 with `WWW-Authenticate: Bearer
 //!   error="insufficient_scope", scope="..."` to a key without the scope.
 //! - A request made with the old token of a pending renewal gets (from the
-//!   layer, or [`Caller::renewal_hint`]) the response header [`TOKEN_RENEWED`] (`keyroll-token-renewed: true`): the
-//!   client should move to the newer token before the old one is deleted.
+//!   layer, or [`Caller::headers`]) the response header [`TOKEN_RENEWED`]
+//!   (`keyroll-token-renewed: true`): the client should move to the newer
+//!   token before the old one is deleted.
+//! - Keys with a rate limit or credits are charged by the layer (cost 1, or
+//!   [`KeyrollLayer::cost`] for a route's own): a refusal is a 429 with
+//!   `{"error": "rate_limited"}` or `{"error": "usage_exceeded"}` and
+//!   `Retry-After` in whole seconds, rounded up (none when spent credits
+//!   have no refill). Every authenticated answer for a key with a rate
+//!   limit, 429s included, carries the IETF fields
+//!   (draft-ietf-httpapi-ratelimit-headers) [`RATE_LIMIT_POLICY`]
+//!   (`"default";q=<burst>;w=<seconds to refill the burst>`) and
+//!   [`RATE_LIMIT`] (`"default";r=<remaining>;t=<seconds until full>`); a
+//!   401 never does. A request later refused by a scope guard has been
+//!   charged.
 //! - [`ApiError`] answers keyroll's errors: 400 for bad input, 404, 409, 503.
 //!   Every refusal of this crate is `{"error": code, "message": text}`.
 //! - [`UsageFlusher`] writes the uses a manager with usage recording noted
@@ -69,9 +81,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 mod error;
+mod limits;
 mod usage;
 
 pub use error::ApiError;
+pub use limits::{RATE_LIMIT, RATE_LIMIT_POLICY};
 pub use usage::UsageFlusher;
 
 /// The response header set on answers to a request made with the old token
@@ -131,6 +145,8 @@ struct Shared<S> {
     challenge: String,
     /// The two-header form's key id and token headers.
     two_headers: Option<(HeaderName, HeaderName)>,
+    /// What a request costs a key with limits.
+    cost: u32,
 }
 
 impl<S> std::fmt::Debug for KeyrollLayer<S> {
@@ -138,6 +154,7 @@ impl<S> std::fmt::Debug for KeyrollLayer<S> {
         f.debug_struct("KeyrollLayer")
             .field("challenge", &self.shared.challenge)
             .field("two_headers", &self.shared.two_headers)
+            .field("cost", &self.shared.cost)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +176,7 @@ impl<S> KeyrollLayer<S> {
                 keys,
                 challenge: format!("Bearer realm={}", quoted("keyroll")),
                 two_headers: None,
+                cost: 1,
             }),
         }
     }
@@ -176,11 +194,46 @@ impl<S> KeyrollLayer<S> {
         self.configure(|shared| shared.two_headers = Some((key_id, token)))
     }
 
+    /// What each request costs a key with a rate limit or credits (1 by
+    /// default): the layer charges `cost` of the burst and of the credits.
+    ///
+    /// To give a route its own cost, give it its own layer, and keep it out
+    /// of a layer that covers the others (a request is authenticated, and
+    /// charged, once: a layer under another passes the request through):
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use axum::{Router, routing::get};
+    /// use keyroll::KeyManager;
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll_axum::{Caller, KeyrollLayer};
+    ///
+    /// async fn whoami(caller: Caller) -> String {
+    ///     caller.key_id.to_string()
+    /// }
+    ///
+    /// let keyroll = KeyrollLayer::new(Arc::new(KeyManager::new(InMemoryStore::new())));
+    /// let app: Router = Router::new()
+    ///     .route("/v1/whoami", get(whoami))
+    ///     .layer(keyroll.clone())
+    ///     // A search costs 5.
+    ///     .route("/v1/search", get(whoami).layer(keyroll.clone().cost(5)))
+    ///     .with_state(keyroll);
+    /// ```
+    ///
+    /// A cost of 0, or above a key's burst, admits nothing: such a request
+    /// is answered 500, and logged with the cost and the burst.
+    pub fn cost(self, cost: u32) -> Self {
+        self.configure(|shared| shared.cost = cost)
+    }
+
     fn configure(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
         let mut shared = Shared {
             keys: self.shared.keys.clone(),
             challenge: self.shared.challenge.clone(),
             two_headers: self.shared.two_headers.clone(),
+            cost: self.shared.cost,
         };
         change(&mut shared);
         KeyrollLayer {
@@ -245,18 +298,22 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.layer.shared.clone();
         Box::pin(async move {
+            // Under another layer: authenticated, and charged, already.
+            if request
+                .extensions()
+                .get::<keyroll::Authenticated>()
+                .is_some()
+            {
+                return inner.call(request).await;
+            }
             let who = match shared.authenticated(request.headers()).await {
                 Ok(who) => who,
                 Err(refused) => return Ok(refused.into_response()),
             };
-            let renewed = who.matched == TokenMatch::Old;
+            let headers = response_headers(&who);
             request.extensions_mut().insert(who);
             let mut response = inner.call(request).await?;
-            if renewed {
-                response
-                    .headers_mut()
-                    .insert(TOKEN_RENEWED, HeaderValue::from_static("true"));
-            }
+            response.headers_mut().extend(headers);
             Ok(response)
         })
     }
@@ -291,15 +348,43 @@ impl<S: KeyStore> Shared<S> {
             None => Credentials::bearer(token),
         };
         let now = OffsetDateTime::now_utc();
-        match self.keys.authenticate(credentials, now).await {
+        let key_id = || id.clone().or_else(|| KeyId::from_token(token).ok());
+        match self
+            .keys
+            .authenticate(credentials.cost(self.cost), now)
+            .await
+        {
             Ok(who) => Ok(who),
             Err(AuthError::Store(e)) => {
                 tracing::error!(error = %e, "keyroll: the key store failed");
                 Err(error::unavailable())
             }
+            Err(AuthError::RateLimited { retry_after, limit }) => {
+                tracing::info!(key_id = key_id().as_ref().map(KeyId::as_str), %retry_after, "keyroll: rate limited");
+                Err(limits::rate_limited(retry_after, &limit))
+            }
+            Err(AuthError::UsageExceeded { refill_at }) => {
+                tracing::info!(
+                    key_id = key_id().as_ref().map(KeyId::as_str),
+                    "keyroll: usage exceeded"
+                );
+                Err(limits::usage_exceeded(refill_at, now))
+            }
+            Err(AuthError::CostOutOfRange { cost, max }) => {
+                tracing::error!(
+                    key_id = key_id().as_ref().map(KeyId::as_str),
+                    cost,
+                    burst = max,
+                    "keyroll: the route's cost is out of range for the key's burst"
+                );
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                ))
+            }
             Err(e) => {
-                let key_id = id.or_else(|| KeyId::from_token(token).ok());
-                tracing::info!(cause = %e, key_id = key_id.as_ref().map(KeyId::as_str), "keyroll: request refused");
+                tracing::info!(cause = %e, key_id = key_id().as_ref().map(KeyId::as_str), "keyroll: request refused");
                 Err(self.refusal(true))
             }
         }
@@ -371,7 +456,7 @@ impl<T: KeyrollState> KeyrollState for Arc<T> {
 /// less than the layer (axum wraps every route under a layer in one more
 /// boxed service, cloned for each request, and the identity travels in a
 /// request extension); what the layer does to the response is then yours
-/// to do: send [`renewal_hint`](Self::renewal_hint) with the answer, and
+/// to do: send [`headers`](Self::headers) with the answer, and
 /// check scopes with [`require_scope`](Self::require_scope).
 ///
 /// # Example
@@ -386,7 +471,7 @@ impl<T: KeyrollState> KeyrollState for Arc<T> {
 /// use keyroll_axum::{Caller, InsufficientScope, KeyrollLayer};
 ///
 /// async fn whoami(caller: Caller) -> impl IntoResponse {
-///     (caller.renewal_hint(), caller.key_id.to_string())
+///     (caller.headers(), caller.key_id.to_string())
 /// }
 ///
 /// async fn orders(caller: Caller) -> Result<String, InsufficientScope> {
@@ -412,14 +497,14 @@ impl std::ops::Deref for Caller {
 }
 
 impl Caller {
-    /// The [`TOKEN_RENEWED`] header when the request used the old token of
-    /// a pending renewal, as a part of a response: return it with your
-    /// answer, as in `(caller.renewal_hint(), body)`. (Behind a
-    /// [`KeyrollLayer`], the layer adds it; adding it again changes
-    /// nothing.)
-    pub fn renewal_hint(&self) -> Option<[(HeaderName, HeaderValue); 1]> {
-        (self.matched == TokenMatch::Old)
-            .then(|| [(TOKEN_RENEWED, HeaderValue::from_static("true"))])
+    /// The headers a [`KeyrollLayer`] adds to the answer, as a part of a
+    /// response: return them with yours, as in `(caller.headers(), body)`.
+    /// They are [`TOKEN_RENEWED`] when the request used the old token of a
+    /// pending renewal, and, for a key with a rate limit, the IETF fields
+    /// [`RATE_LIMIT_POLICY`] and [`RATE_LIMIT`]. (Behind a layer, the
+    /// layer adds them; adding them again changes nothing.)
+    pub fn headers(&self) -> HeaderMap {
+        response_headers(self)
     }
 
     /// Whether the key holds `scope` (compared exactly, as
@@ -452,6 +537,17 @@ impl<T: KeyrollState + Send + Sync> FromRequestParts<T> for Caller {
                 .map(Caller),
         }
     }
+}
+
+/// What the answer to `who`'s request carries: [`TOKEN_RENEWED`] and the
+/// rate-limit fields.
+fn response_headers(who: &keyroll::Authenticated) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if who.matched == TokenMatch::Old {
+        headers.insert(TOKEN_RENEWED, HeaderValue::from_static("true"));
+    }
+    limits::allowance_headers(&mut headers, &who.allowance);
+    headers
 }
 
 /// A layer that lets through only requests whose key holds a scope; put it

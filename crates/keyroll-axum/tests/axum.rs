@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 async fn whoami(caller: Caller) -> impl IntoResponse {
     let body = serde_json::json!({ "key_id": caller.key_id, "scopes": caller.scopes.len() });
-    (caller.renewal_hint(), Json(body))
+    (caller.headers(), Json(body))
 }
 
 async fn orders(caller: Caller) -> Result<Json<serde_json::Value>, InsufficientScope> {

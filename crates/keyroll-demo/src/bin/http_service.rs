@@ -274,9 +274,10 @@ fn bearer(request: &Request) -> Option<String> {
 }
 
 /// Who the request is: authenticated by the `Caller` extractor alone (no
-/// layer on this route), which hands the renewal header to the answer.
+/// layer on this route), which hands the renewal header and the rate-limit
+/// fields to the answer.
 async fn whoami(caller: Caller) -> impl IntoResponse {
-    let hint = caller.renewal_hint();
+    let hint = caller.headers();
     let who = caller.0;
     let body = Json(Whoami {
         key_id: Some(who.key_id),
