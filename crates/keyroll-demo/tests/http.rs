@@ -138,6 +138,13 @@ impl Service {
         let bearer = format!("Bearer {admin}");
         match (method, body) {
             ("GET", _) => answer(self.agent.get(&url).header("Authorization", &bearer).call()),
+            ("PUT", Some(body)) => answer(
+                self.agent
+                    .put(&url)
+                    .header("Authorization", &bearer)
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string()),
+            ),
             ("DELETE", _) => answer(
                 self.agent
                     .delete(&url)
@@ -1082,4 +1089,99 @@ fn http_a_failed_audit_write_never_loses_a_token() {
         !server_log.contains(&token[token.len() - 46..]),
         "a token in the log"
     );
+}
+
+#[test]
+fn http_rate_limits_and_credits_through_the_admin_api() {
+    let service = start();
+    let token = service.create(json!({"id": "metered"}));
+    let path = "/admin/keys/metered";
+    let set = service.admin(
+        "PUT",
+        &format!("{path}/rate-limit"),
+        Some(json!({"rate_limit": {"limit": 2, "period": "1m"}})),
+    );
+    assert_eq!(set.0, 200, "{set:?}");
+    let set = service.admin(
+        "PUT",
+        &format!("{path}/credits"),
+        Some(json!({"credits": {"remaining": 3, "refill": {"amount": 3, "every": "1h"}}})),
+    );
+    assert_eq!(set.0, 200, "{set:?}");
+    // Bad limits are 400s that quote them, and change nothing.
+    for (what, body, quoted) in [
+        (
+            "rate-limit",
+            json!({"rate_limit": {"limit": 0, "period": "1m"}}),
+            "limit 0",
+        ),
+        (
+            "rate-limit",
+            json!({"rate_limit": {"limit": 1, "period": "2 fortnights"}}),
+            "2 fortnights",
+        ),
+        (
+            "credits",
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1, "every": "10s"}}}),
+            "every 10s",
+        ),
+    ] {
+        let refused = service.admin("PUT", &format!("{path}/{what}"), Some(body));
+        assert_eq!(refused.0, 400, "{refused:?}");
+        assert!(
+            refused.1["message"].as_str().unwrap().contains(quoted),
+            "{refused:?}"
+        );
+    }
+    // Two requests a minute: the third is a 429 that says when to retry.
+    assert_eq!(service.bearer(&token).0, 200);
+    assert_eq!(service.bearer(&token).0, 200);
+    let mut limited = service
+        .agent
+        .get(format!("{}/v1/whoami", service.base))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(limited.status().as_u16(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    assert_eq!(
+        limited.headers()["ratelimit-policy"],
+        "\"default\";q=2;w=60"
+    );
+    let body: Value = serde_json::from_str(&limited.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // The key shows its limits and what they allow now.
+    let shown = service.admin("GET", path, None);
+    assert_eq!(
+        shown.1["rate_limit"],
+        json!({"limit": 2, "period": "1m", "burst": 2})
+    );
+    assert_eq!(
+        shown.1["credits"]["refill"],
+        json!({"amount": 3, "every": "1h"})
+    );
+    assert_eq!(shown.1["allowance"]["credits_remaining"], 1);
+    assert_eq!(shown.1["allowance"]["rate_remaining"], 0);
+    assert!(shown.1["allowance"]["next_refill"].is_string(), "{shown:?}");
+    // Removed, the limits admit anything again.
+    let off = service.admin(
+        "PUT",
+        &format!("{path}/rate-limit"),
+        Some(json!({"rate_limit": null})),
+    );
+    assert_eq!(off.0, 200);
+    let off = service.admin(
+        "PUT",
+        &format!("{path}/credits"),
+        Some(json!({"credits": null})),
+    );
+    assert_eq!(off.0, 200);
+    for _ in 0..3 {
+        assert_eq!(service.bearer(&token).0, 200);
+    }
 }

@@ -570,3 +570,62 @@ fn keyctl_works_over_postgres() {
     );
     ctl.ok(&["--store", &store, "delete", &id]);
 }
+
+#[test]
+fn keyctl_sets_and_shows_rate_limits_and_credits() {
+    let ctl = Ctl::new();
+    let created = ctl.ok(&[
+        "create",
+        "--label",
+        "m",
+        "--id",
+        "m",
+        "--rate-limit",
+        "100/1m",
+        "--burst",
+        "5",
+        "--credits",
+        "3",
+        "--refill",
+        "1000/30d",
+    ]);
+    let token = token_from(&created, "token:");
+    let shown = ctl.ok(&["show", "m"]);
+    assert!(
+        shown.contains("rate     100 per 1m, burst 5: 5 left now"),
+        "{shown}"
+    );
+    assert!(shown.contains("credits  3 left; next refill "), "{shown}");
+    assert!(shown.contains("(to 1000 every 30d)"), "{shown}");
+    // A verification is a request: it spends a credit.
+    ctl.verify_ok(None, "m", &token);
+    let shown = ctl.ok(&["show", "m"]);
+    assert!(shown.contains("credits  2 left"), "{shown}");
+    assert!(shown.contains("burst 5: 4 left now"), "{shown}");
+    // Set again, the credits start over; removed, nothing is shown.
+    let set = ctl.ok(&["set-credits", "m", "10"]);
+    assert!(set.contains("\"credits_set\""), "{set}");
+    assert!(
+        ctl.ok(&["show", "m"])
+            .contains("credits  10 left; no refill")
+    );
+    ctl.ok(&["set-rate-limit", "m", "none"]);
+    ctl.ok(&["set-credits", "m", "none"]);
+    let shown = ctl.ok(&["show", "m"]);
+    assert!(
+        !shown.contains("rate ") && !shown.contains("credits "),
+        "{shown}"
+    );
+    // Bad limits: refused, quoting them, and nothing changed.
+    for (args, quoted) in [
+        (&["set-rate-limit", "m", "0/1s"][..], "limit 0"),
+        (&["set-rate-limit", "m", "5/2fortnights"][..], "2fortnights"),
+        (&["set-credits", "m", "5", "--refill", "5/10s"][..], "every 10s"),
+        (&["set-credits", "m", "lots"][..], "lots"),
+    ] {
+        let refused = ctl.run(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(quoted), "{stderr}");
+    }
+    assert_eq!(ctl.ok(&["show", "m"]), shown);
+}

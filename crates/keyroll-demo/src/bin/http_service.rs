@@ -37,9 +37,13 @@
 //!   `POST /admin/keys` (`{"id"?, "label"?, "scopes"?: [..],
 //!   "metadata"?: {..}, "expires_at"?: RFC 3339}`), `PUT
 //!   /admin/keys/{id}/scopes` (`{"scopes"}`), `/metadata` (`{"metadata"}`),
-//!   `/expiry` (`{"expires_at"}`, `null` removes it) and `/label`
-//!   (`{"label"}`), `GET /admin/keys?after=&limit=`,
-//!   `GET /admin/keys/{id}`, `POST /admin/keys/{id}/renew`,
+//!   `/expiry` (`{"expires_at"}`, `null` removes it), `/label`
+//!   (`{"label"}`), `/rate-limit` (`{"rate_limit": {"limit": 100,
+//!   "period": "1m", "burst"?: 20}}`, `null` removes it) and `/credits`
+//!   (`{"credits": {"remaining": 1000, "refill"?: {"amount": 1000,
+//!   "every": "30d"}}}`, `null` removes them), `GET
+//!   /admin/keys?after=&limit=`, `GET /admin/keys/{id}` (with its
+//!   `allowance`: what its limits allow now), `POST /admin/keys/{id}/renew`,
 //!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
 //!   `POST /admin/keys/{id}/activate`, `POST /admin/keys/{id}/deactivate`,
@@ -79,6 +83,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use clap::Parser;
+use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
 use keyroll::{
     ApiKey, AuthError, Event, KeyId, KeyManager, ManagerError, Metadata, NewKey, OldTokenDeletion,
@@ -94,7 +99,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 #[derive(Parser)]
 struct Cli {
@@ -600,6 +605,44 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
             RenewalState::Renewing { decision } => json!(decision.to_string()),
             _ => json!(null),
         },
+        "rate_limit": key.rate_limit().map(|r| json!({
+            "limit": r.limit(),
+            "period": duration_text(r.period()),
+            "burst": r.burst(),
+        })),
+        "credits": key.credits().map(|c| json!({
+            "remaining": c.remaining(),
+            "refill": c.refill().map(|r| json!({
+                "amount": r.amount(),
+                "every": duration_text(r.every()),
+            })),
+            "set_at": key.credits_set_at().map(rfc3339),
+        })),
+    })
+}
+
+/// A duration as humantime writes it (`1m`, `30days`).
+fn duration_text(d: Duration) -> String {
+    humantime::format_duration(d.try_into().unwrap_or_default()).to_string()
+}
+
+/// A duration as humantime reads it (`90s`, `1m`, `30d`).
+fn parse_duration(text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("not a duration: {text:?} (use e.g. 90s, 1m, 30d)"))
+        })
+}
+
+/// What a key's limits allow now.
+fn allowance_view(allowance: &Allowance) -> serde_json::Value {
+    json!({
+        "rate_remaining": allowance.rate_remaining(),
+        "rate_reset_seconds": allowance.rate_reset().map(|d| d.as_seconds_f64()),
+        "credits_remaining": allowance.credits_remaining(),
+        "next_refill": allowance.next_refill().map(rfc3339),
     })
 }
 
@@ -719,12 +762,108 @@ async fn show_key(
     State(app): Shared,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = key_id(&raw)?;
     let key = app
         .keys
-        .get(&key_id(&raw)?)
+        .get(&id)
         .await?
         .ok_or(ManagerError::<keyroll::store::DynStoreError>::NotFound)?;
-    Ok(Json(key_view(&key, OffsetDateTime::now_utc())))
+    let now = OffsetDateTime::now_utc();
+    let mut view = key_view(&key, now);
+    view["allowance"] = allowance_view(&app.keys.allowance(&id, now).await?);
+    Ok(Json(view))
+}
+
+/// `PUT /admin/keys/{id}/rate-limit`: `{"rate_limit": {"limit": 100,
+/// "period": "1m", "burst": 20} | null}` (`burst` optional).
+async fn set_rate_limit(
+    State(app): Shared,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    body: Result<Json<SetRateLimit>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rate = match json(body)?.rate_limit {
+        None => None,
+        Some(RateBody {
+            limit,
+            period,
+            burst,
+        }) => {
+            let rate =
+                RateLimit::new(limit, parse_duration(&period)?).map_err(ApiError::bad_request)?;
+            Some(match burst {
+                Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request)?,
+                None => rate,
+            })
+        }
+    };
+    let event = app
+        .keys
+        .set_rate_limit(&key_id(&raw)?, rate, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&actor, event))
+}
+
+/// `PUT /admin/keys/{id}/credits`: `{"credits": {"remaining": 1000,
+/// "refill": {"amount": 1000, "every": "30d"}} | null}` (`refill`
+/// optional). The balance starts over at `remaining`.
+async fn set_credits(
+    State(app): Shared,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    body: Result<Json<SetCredits>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let credits = match json(body)?.credits {
+        None => None,
+        Some(CreditsBody { remaining, refill }) => {
+            let credits = Credits::new(remaining);
+            Some(match refill {
+                None => credits,
+                Some(RefillBody { amount, every }) => credits.with_refill(
+                    Refill::new(amount, parse_duration(&every)?).map_err(ApiError::bad_request)?,
+                ),
+            })
+        }
+    };
+    let event = app
+        .keys
+        .set_credits(&key_id(&raw)?, credits, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&actor, event))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRateLimit {
+    rate_limit: Option<RateBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateBody {
+    limit: u32,
+    period: String,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCredits {
+    credits: Option<CreditsBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditsBody {
+    remaining: u64,
+    refill: Option<RefillBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefillBody {
+    amount: u64,
+    every: String,
 }
 
 async fn renew(
@@ -900,6 +1039,11 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/admin/keys/{id}/expiry", axum::routing::put(set_expiry))
         .route("/admin/keys/{id}/label", axum::routing::put(set_label))
+        .route(
+            "/admin/keys/{id}/rate-limit",
+            axum::routing::put(set_rate_limit),
+        )
+        .route("/admin/keys/{id}/credits", axum::routing::put(set_credits))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
     // `/v1/orders` under keyroll-axum's layer and a scope guard;
     // `/v1/whoami` authenticated by the `Caller` extractor alone, with the

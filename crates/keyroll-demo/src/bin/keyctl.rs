@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::DynKeyStore;
 use keyroll::{
     ApiKey, Credentials, Decision, Event, Freshness, KeyId, KeyManager, Metadata, NewKey,
@@ -93,6 +94,18 @@ enum Command {
         /// A hard expiry of the whole key (RFC 3339).
         #[arg(long, value_parser = parse_time)]
         expires: Option<OffsetDateTime>,
+        /// A rate limit, `LIMIT/PERIOD` (e.g. `100/1m`).
+        #[arg(long, value_parser = parse_limit)]
+        rate_limit: Option<(u32, Duration)>,
+        /// The rate limit's burst (default: LIMIT).
+        #[arg(long, requires = "rate_limit")]
+        burst: Option<u32>,
+        /// Credits, spent one a request.
+        #[arg(long)]
+        credits: Option<u64>,
+        /// Set the credits back to AMOUNT every EVERY (e.g. `1000/30d`).
+        #[arg(long, value_parser = parse_rate_u64, requires = "credits")]
+        refill: Option<(u64, Duration)>,
     },
     /// Replace a key's scopes (none given: no scopes).
     SetScopes {
@@ -116,6 +129,26 @@ enum Command {
     },
     /// Change a key's label.
     SetLabel { id: KeyId, label: String },
+    /// Set a key's rate limit, `LIMIT/PERIOD` (e.g. `100/1m`), or remove it
+    /// (`none`). The bucket keeps its state.
+    SetRateLimit {
+        id: KeyId,
+        #[arg(value_parser = parse_rate)]
+        rate: RateArg,
+        /// The most requests at once (default: LIMIT).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Set a key's credits (e.g. `1000`), which start over at that amount,
+    /// or remove them (`none`).
+    SetCredits {
+        id: KeyId,
+        #[arg(value_parser = parse_credits)]
+        credits: CreditsArg,
+        /// Set the balance back to AMOUNT every EVERY (e.g. `1000/30d`).
+        #[arg(long, value_parser = parse_rate_u64)]
+        refill: Option<(u64, Duration)>,
+    },
     /// List every key, like the admin page.
     List,
     /// Show one key.
@@ -201,6 +234,85 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let std = humantime::parse_duration(text)
         .map_err(|e| format!("not a duration: {text:?} ({e}; use e.g. 90s, 30m, 1h, 7d)"))?;
     Duration::try_from(std).map_err(|_| format!("duration {text:?} is too long"))
+}
+
+/// `N/DURATION`, as `100/1m`.
+fn parse_rate_u64(text: &str) -> Result<(u64, Duration), String> {
+    let (n, every) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected N/DURATION (e.g. 100/1m), not {text:?}"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("not a count: {n:?} in {text:?}"))?;
+    Ok((n, parse_duration(every)?))
+}
+
+/// A rate, `LIMIT/PERIOD`.
+fn parse_limit(text: &str) -> Result<(u32, Duration), String> {
+    let (n, period) = parse_rate_u64(text)?;
+    let n = u32::try_from(n).map_err(|_| format!("limit {n} is too large"))?;
+    Ok((n, period))
+}
+
+/// A rate limit, or its removal.
+#[derive(Clone, Copy)]
+struct RateArg(Option<(u32, Duration)>);
+
+fn parse_rate(text: &str) -> Result<RateArg, String> {
+    match text {
+        "none" => Ok(RateArg(None)),
+        _ => parse_limit(text).map(|rate| RateArg(Some(rate))),
+    }
+}
+
+/// A credit balance, or its removal.
+#[derive(Clone, Copy)]
+struct CreditsArg(Option<u64>);
+
+fn parse_credits(text: &str) -> Result<CreditsArg, String> {
+    match text {
+        "none" => Ok(CreditsArg(None)),
+        _ => text
+            .parse()
+            .map(|n| CreditsArg(Some(n)))
+            .map_err(|_| format!("expected a count of credits or none, not {text:?}")),
+    }
+}
+
+/// The rate limit of `keyctl`'s arguments.
+fn rate_limit(
+    rate: Option<(u32, Duration)>,
+    burst: Option<u32>,
+) -> Result<Option<RateLimit>, Box<dyn Error>> {
+    let Some((limit, period)) = rate else {
+        return match burst {
+            Some(_) => Err("--burst needs a rate limit".into()),
+            None => Ok(None),
+        };
+    };
+    let rate = RateLimit::new(limit, period)?;
+    Ok(Some(match burst {
+        Some(burst) => rate.with_burst(burst)?,
+        None => rate,
+    }))
+}
+
+/// The credits of `keyctl`'s arguments.
+fn credits(
+    credits: Option<u64>,
+    refill: Option<(u64, Duration)>,
+) -> Result<Option<Credits>, Box<dyn Error>> {
+    let Some(credits) = credits else {
+        return match refill {
+            Some(_) => Err("--refill needs credits".into()),
+            None => Ok(None),
+        };
+    };
+    let credits = Credits::new(credits);
+    Ok(Some(match refill {
+        Some((amount, every)) => credits.with_refill(Refill::new(amount, every)?),
+        None => credits,
+    }))
 }
 
 /// `KEY=VALUE`.
@@ -315,6 +427,35 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     if let Some(old) = key.old_token() {
         println!("{}", token_line("old", old, now).trim_end());
         println!("{}", decision(key));
+    }
+}
+
+/// A key's limits, and what they allow now.
+fn show_limits(key: &ApiKey, allowance: &Allowance) {
+    if let (Some(rate), Some(remaining), Some(reset)) = (
+        key.rate_limit(),
+        allowance.rate_remaining(),
+        allowance.rate_reset(),
+    ) {
+        println!(
+            "rate     {} per {}, burst {}: {remaining} left now, full in {}",
+            rate.limit(),
+            rate.period(),
+            rate.burst(),
+            reset
+        );
+    }
+    if let (Some(credits), Some(remaining)) = (key.credits(), allowance.credits_remaining()) {
+        let refill = match (credits.refill(), allowance.next_refill()) {
+            (Some(refill), Some(at)) => format!(
+                "; next refill {} (to {} every {})",
+                date(at),
+                refill.amount(),
+                refill.every()
+            ),
+            _ => "; no refill".to_owned(),
+        };
+        println!("credits  {remaining} left{refill}");
     }
 }
 
@@ -457,6 +598,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             scopes,
             metadata,
             expires,
+            rate_limit: rate,
+            burst,
+            credits: balance,
+            refill,
         } => {
             let policy = Policy {
                 token_format: TokenFormat::new(&prefix)?,
@@ -480,6 +625,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             if let Some(at) = expires {
                 new = new.expires_at(at);
             }
+            if let Some(rate) = rate_limit(rate, burst)? {
+                new = new.rate_limit(rate);
+            }
+            if let Some(credits) = credits(balance, refill)? {
+                new = new.credits(credits);
+            }
             let (token, event) = manager.create_key(new, now, &mut rng).await?;
             print_event(&event)?;
             println!("key id: {id}");
@@ -502,6 +653,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::SetLabel { id, label } => {
             print_event(&manager.set_label(&id, &label, now).await?)?
         }
+        Command::SetRateLimit { id, rate, burst } => {
+            let rate = rate_limit(rate.0, burst)?;
+            print_event(&manager.set_rate_limit(&id, rate, now).await?)?
+        }
+        Command::SetCredits {
+            id,
+            credits: balance,
+            refill,
+        } => {
+            let balance = credits(balance.0, refill)?;
+            print_event(&manager.set_credits(&id, balance, now).await?)?
+        }
         Command::List => list(&manager, now).await?,
         Command::Show { id } => {
             let key = manager
@@ -509,6 +672,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 .await?
                 .ok_or_else(|| format!("no key {id}"))?;
             show(&key, now);
+            show_limits(&key, &manager.allowance(&id, now).await?);
         }
         Command::Renew { id } => {
             let (token, event) = manager.renew(&id, now, &mut rng).await?;
