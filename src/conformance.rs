@@ -786,8 +786,10 @@ behaviours! {
     /// `burst`.
     concurrent_charges_are_exact => concurrent_charges_are_exact_body;
     /// A charge changes neither the key nor its revision; a refused one
-    /// changes nothing; `update` keeps the meter, and credits set again
-    /// start the balance over; a key without limits admits anything.
+    /// changes nothing; `update` keeps the meter (also through a write that
+    /// removes every limit, so a rate limit set again finds its bucket as
+    /// it was), and credits set again start the balance over; a key
+    /// without limits admits anything.
     charges_leave_the_key_alone => charges_leave_the_key_alone_body;
     /// `charge` of a missing key, or of another incarnation, is `NotFound`;
     /// a key deleted and created again starts with a full meter.
@@ -962,6 +964,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
             format_args!("a key without limits was charged {charged:?}"),
         );
     }
+    buckets_outlive_removed_limits(&store, B).await;
 }
 
 async fn meters_follow_the_key_body<S: KeyStore>(store: S) {
@@ -1022,6 +1025,32 @@ async fn meters_follow_the_key_body<S: KeyStore>(store: S) {
         violated(
             B,
             format_args!("a key created again did not start full: {charged:?}"),
+        );
+    }
+}
+
+/// A key whose bucket is empty keeps it through writes that remove its
+/// rate limit and set it again.
+async fn buckets_outlive_removed_limits<S: KeyStore>(store: &S, behaviour: &str) {
+    let rate = RateLimit::new(1, Duration::MINUTE).unwrap_or_else(|e| unreachable!("{e}"));
+    let mut key = stored_metered(store, behaviour, "emptied", None, Some(rate), 96).await;
+    let incarnation = key.revision().incarnation();
+    let first = ok(behaviour, "charge", store.charge(key.id(), incarnation, 1, t0()).await);
+    if first.is_err() {
+        violated(behaviour, format_args!("a full bucket refused: {first:?}"));
+    }
+    for limit in [None, Some(rate)] {
+        let expected = key.revision();
+        if let Err(e) = key.set_rate_limit(limit, t0()) {
+            unreachable!("{e}");
+        }
+        ok(behaviour, "update", store.update(&key, expected).await);
+    }
+    let again = ok(behaviour, "charge", store.charge(key.id(), incarnation, 1, t0()).await);
+    if again.is_ok() {
+        violated(
+            behaviour,
+            "a rate limit removed and set again found a full bucket: the meter was dropped",
         );
     }
 }

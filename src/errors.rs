@@ -425,6 +425,20 @@ pub enum AuthError<E> {
 }
 
 impl<E> AuthError<E> {
+    /// The charge's refusal behind a [`RateLimited`](Self::RateLimited),
+    /// [`UsageExceeded`](Self::UsageExceeded) or
+    /// [`CostOutOfRange`](Self::CostOutOfRange); `None` for the others.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match *self {
+            AuthError::RateLimited { retry_after, limit } => {
+                Some(Refusal::RateLimited { retry_after, limit })
+            }
+            AuthError::UsageExceeded { refill_at } => Some(Refusal::UsageExceeded { refill_at }),
+            AuthError::CostOutOfRange { cost, max } => Some(Refusal::CostOutOfRange { cost, max }),
+            _ => None,
+        }
+    }
+
     /// The answer to a charge's refusal.
     pub(crate) fn refused(refusal: Refusal) -> AuthError<E> {
         match refusal {

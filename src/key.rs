@@ -13,7 +13,8 @@ use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
 use crate::input;
 use crate::meter::{
-    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, RateLimit, Refusal, StoredMeter,
+    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal,
+    StoredMeter,
 };
 use crate::new_key::NewKey;
 use crate::policy::Policy;
@@ -598,10 +599,14 @@ impl ApiKey {
         cost: u32,
         now: OffsetDateTime,
     ) -> Result<(StoredMeter, Allowance), Refusal> {
-        self.limits
-            .as_deref()
-            .unwrap_or(&Limits::default())
-            .charge(stored, cost, now)
+        match self.limits.as_deref() {
+            Some(limits) => limits.charge(stored, cost, now),
+            // Nothing to count, so no cost to check: stores skip such keys.
+            None => Ok((
+                StoredMeter::new(0, Meter::new(None, now)),
+                Allowance::default(),
+            )),
+        }
     }
 
     /// What the key's limits allow at `now`, on the stored meter, without

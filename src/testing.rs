@@ -22,12 +22,24 @@
 //! place, mapping each [`Op`] to its call.
 //!
 //! ```
-//! use keyroll::testing::{Expected, Model, Op};
+//! use keyroll::meter::{Refusal, StoredMeter};
+//! use keyroll::testing::{Charged, Expected, Model, Op};
 //! use keyroll::{ApiKey, KeyId, Token};
 //! use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+//! use time::OffsetDateTime;
 //!
-//! /// The system under test and the tokens it handed out, by handle.
-//! struct Sut { key: ApiKey, tokens: Vec<Token>, stranger: Token }
+//! /// The system under test: the key, its meter, the tokens it handed out
+//! /// (by handle).
+//! struct Sut { key: ApiKey, meter: Option<StoredMeter>, tokens: Vec<Token>, stranger: Token }
+//!
+//! impl Sut {
+//!     /// A store's charge: the meter kept if admitted.
+//!     fn charge(&mut self, cost: u32, now: OffsetDateTime) -> Result<Charged, Refusal> {
+//!         let (meter, allowance) = self.key.charge(self.meter.as_ref(), cost, now)?;
+//!         self.meter = Some(meter);
+//!         Ok(Charged::of(&allowance))
+//!     }
+//! }
 //!
 //! struct MyTest;
 //!
@@ -38,7 +50,7 @@
 //!     fn init_test(model: &Model) -> Sut {
 //!         let issue = || ApiKey::issue(KeyId::new("k").unwrap(), model.now, &mut rand::rng()).unwrap();
 //!         let ((key, token, _), (_, stranger, _)) = (issue(), issue());
-//!         Sut { key, tokens: vec![token], stranger }
+//!         Sut { key, meter: None, tokens: vec![token], stranger }
 //!     }
 //!
 //!     /// `model` is the state after `op`; `model.expected` what `op` should answer.
@@ -69,9 +81,15 @@
 //!             Op::SetScopes(scopes) => done(sut.key.set_scopes(scopes, now)),
 //!             Op::SetMetadata(metadata) => done(sut.key.set_metadata(metadata, now)),
 //!             Op::SetExpiry(at) => done(sut.key.set_expiry(at, now)),
+//!             Op::SetRateLimit(rate) => done(sut.key.set_rate_limit(rate, now)),
+//!             Op::SetCredits(credits) => done(sut.key.set_credits(credits, now)),
+//!             Op::Charge(cost) => Expected::Charged(sut.charge(cost, now)),
 //!             Op::Verify(_) => Expected::Verified(sut.key.verify(&token(&sut), now)),
 //!             Op::Use(_) => match sut.key.verify(&token(&sut), now) {
-//!                 Ok(matched) => Expected::Used(matched, sut.key.record_use(matched, now)),
+//!                 Ok(matched) => match sut.charge(1, now) {
+//!                     Ok(_) => Expected::Used(matched, sut.key.record_use(matched, now)),
+//!                     Err(refusal) => Expected::Limited(refusal),
+//!                 },
 //!                 Err(e) => Expected::Verified(Err(e)),
 //!             },
 //!             Op::Housekeep => Expected::Housekept(sut.key.housekeep(now).is_some()),
@@ -106,6 +124,7 @@ use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
 use time::{Duration, OffsetDateTime};
 
+use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
 use crate::{
     ApiKey, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, Scopes, TokenMatch,
     TransitionError, VerifyError,
@@ -146,7 +165,9 @@ pub enum Op {
     Deactivate,
     /// [`ApiKey::verify`] of a token.
     Verify(Which),
-    /// [`ApiKey::verify`] of a token, then [`ApiKey::record_use`] if it matched.
+    /// An authentication, as the manager's: [`ApiKey::verify`] of a
+    /// token; if it matched and the key has limits, [`ApiKey::charge`] of
+    /// cost 1; if that admitted it, [`ApiKey::record_use`].
     Use(Which),
     /// [`ApiKey::housekeep`].
     Housekeep,
@@ -160,6 +181,13 @@ pub enum Op {
     SetMetadata(Metadata),
     /// [`ApiKey::set_expiry`].
     SetExpiry(Option<OffsetDateTime>),
+    /// [`ApiKey::set_rate_limit`].
+    SetRateLimit(Option<RateLimit>),
+    /// [`ApiKey::set_credits`].
+    SetCredits(Option<Credits>),
+    /// [`ApiKey::charge`] of this cost, on the meter of the key's earlier
+    /// charges (a store's [`charge`](crate::store::KeyStore::charge)).
+    Charge(u32),
     /// Moves the clock forward (the system under test reads the model's
     /// `now`).
     Advance(Duration),
@@ -185,6 +213,35 @@ pub enum Expected {
     Housekept(bool),
     /// `revoke_token` revoked this token (`Ok`), or refused.
     Revoked(Result<TokenMatch, VerifyError>),
+    /// A charge admitted (what the limits allow after it) or refused.
+    Charged(Result<Charged, Refusal>),
+    /// An [`Op::Use`] whose token matched, refused by the key's limits.
+    Limited(Refusal),
+}
+
+/// What an admitted charge leaves, as [`Allowance`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charged {
+    /// [`Allowance::rate_remaining`].
+    pub rate_remaining: Option<u32>,
+    /// [`Allowance::rate_reset`].
+    pub rate_reset: Option<Duration>,
+    /// [`Allowance::credits_remaining`].
+    pub credits_remaining: Option<u64>,
+    /// [`Allowance::next_refill`].
+    pub next_refill: Option<OffsetDateTime>,
+}
+
+impl Charged {
+    /// What `allowance` tells.
+    pub fn of(allowance: &Allowance) -> Charged {
+        Charged {
+            rate_remaining: allowance.rate_remaining(),
+            rate_reset: allowance.rate_reset(),
+            credits_remaining: allowance.credits_remaining(),
+            next_refill: allowance.next_refill(),
+        }
+    }
 }
 
 /// The reference model of one key: its state as the contract describes it.
@@ -225,6 +282,24 @@ pub struct Model {
     pub expires_at: Option<OffsetDateTime>,
     /// The last recorded use of each handle.
     pub last_used: Vec<Option<OffsetDateTime>>,
+    /// The key's rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// The key's credits as last set.
+    pub credits: Option<Credits>,
+    /// The rate limit's bucket, as a leaky bucket: how long it takes to
+    /// drain, as of [`drained_from`](Model::drained_from). A request of
+    /// cost `c` pours in `c·T`; it fits while the level stays within
+    /// `burst·T`.
+    pub level: Duration,
+    /// The instant [`level`](Model::level) was measured; it drains one
+    /// second a second since.
+    pub drained_from: OffsetDateTime,
+    /// The credits left (as of the last charge or setting).
+    pub credits_left: u64,
+    /// When the credits were last set: refills come every `every` after.
+    pub credits_since: OffsetDateTime,
+    /// How many refills have been applied since the credits were set.
+    pub refills: u64,
     /// What the system should have answered to the last operation.
     pub expected: Expected,
 }
@@ -252,8 +327,90 @@ impl Model {
             revoked: Vec::new(),
             presented: None,
             last_used: vec![None],
+            rate_limit: None,
+            credits: None,
+            level: Duration::ZERO,
+            drained_from: now,
+            credits_left: 0,
+            credits_since: now,
+            refills: 0,
             expected: Expected::Nothing,
         }
+    }
+
+    /// The bucket's level at `now`.
+    fn level_now(&self) -> Duration {
+        (self.level - (self.now - self.drained_from)).max(Duration::ZERO)
+    }
+
+    /// How many refills are due by `now`.
+    fn refills_due(&self, refill: &Refill) -> u64 {
+        let since = (self.now - self.credits_since).whole_nanoseconds();
+        u64::try_from(since / refill.every().whole_nanoseconds()).unwrap_or(0)
+    }
+
+    /// The first refill still to come that covers `cost`.
+    fn refill_for(&self, cost: u32) -> Option<OffsetDateTime> {
+        let refill = self.credits?.refill().copied()?;
+        if refill.amount() < u64::from(cost) {
+            return None;
+        }
+        let next = self.refills.max(self.refills_due(&refill)) + 1;
+        let at = self.credits_since.unix_timestamp_nanos()
+            + i128::from(next) * refill.every().whole_nanoseconds();
+        OffsetDateTime::from_unix_timestamp_nanos(at).ok()
+    }
+
+    /// Charges `cost` at `now`: both limits, or neither.
+    fn charge(&mut self, cost: u32) -> Result<Charged, Refusal> {
+        if self.rate_limit.is_none() && self.credits.is_none() {
+            return Ok(Charged::default());
+        }
+        let max = self.rate_limit.map_or(u32::MAX, |r| r.burst());
+        if cost == 0 || cost > max {
+            return Err(Refusal::CostOutOfRange { cost, max });
+        }
+        // The credits, refilled (set, not added to) if a refill came.
+        let (mut left, mut refills) = (self.credits_left, self.refills);
+        if let Some(refill) = self.credits.and_then(|c| c.refill().copied()) {
+            let due = self.refills_due(&refill);
+            if due > refills {
+                (left, refills) = (refill.amount(), due);
+            }
+        }
+        if self.credits.is_some() && u64::from(cost) > left {
+            return Err(Refusal::UsageExceeded {
+                refill_at: self.refill_for(cost),
+            });
+        }
+        let level = match self.rate_limit {
+            Some(rate) => {
+                let level = self.level_now() + rate.interval() * cost;
+                if level > rate.window() {
+                    return Err(Refusal::RateLimited {
+                        retry_after: level - rate.window(),
+                        limit: rate,
+                    });
+                }
+                level
+            }
+            None => self.level_now(),
+        };
+        if self.rate_limit.is_some() {
+            (self.level, self.drained_from) = (level, self.now);
+        }
+        if self.credits.is_some() {
+            (self.credits_left, self.refills) = (left - u64::from(cost), refills);
+        }
+        Ok(Charged {
+            rate_remaining: self.rate_limit.map(|rate| {
+                let room = (rate.window() - level).whole_nanoseconds();
+                u32::try_from(room / rate.interval().whole_nanoseconds()).unwrap_or(u32::MAX)
+            }),
+            rate_reset: self.rate_limit.map(|_| level),
+            credits_remaining: self.credits.map(|_| self.credits_left),
+            next_refill: self.credits.and_then(|_| self.refill_for(1)),
+        })
     }
 
     /// The number of tokens handed out so far (handles `0..issued()`).
@@ -413,6 +570,19 @@ impl Model {
                 self.expires_at = *expires_at;
                 self.succeed();
             }
+            Op::SetRateLimit(rate) => {
+                // The bucket keeps its level.
+                self.rate_limit = *rate;
+                self.succeed();
+            }
+            Op::SetCredits(credits) => {
+                self.credits = *credits;
+                self.credits_left = credits.map_or(0, |c| c.remaining());
+                self.credits_since = self.now;
+                self.refills = 0;
+                self.succeed();
+            }
+            Op::Charge(cost) => self.expected = Expected::Charged(self.charge(*cost)),
             Op::Verify(which) => {
                 self.presented = self.handle(*which);
                 self.expected = Expected::Verified(self.verify(self.presented))
@@ -420,8 +590,10 @@ impl Model {
             Op::Use(which) => {
                 let handle = self.handle(*which);
                 self.presented = handle;
-                self.expected = match (handle, self.verify(handle)) {
-                    (Some(h), Ok(matched)) => {
+                let verified = self.verify(handle).map(|matched| (matched, self.charge(1)));
+                self.expected = match (handle, verified) {
+                    (_, Ok((_, Err(refusal)))) => Expected::Limited(refusal),
+                    (Some(h), Ok((matched, Ok(_)))) => {
                         let stale = self.last_used[h].is_none_or(|t| self.now >= t + RESOLUTION);
                         let schedule = match (matched, self.decision) {
                             (TokenMatch::Current, Decision::AfterNewTokenUse { grace })
@@ -440,7 +612,7 @@ impl Model {
                         }
                         Expected::Used(matched, stale || schedule.is_some())
                     }
-                    (_, result) => Expected::Verified(result),
+                    (_, result) => Expected::Verified(result.map(|(matched, _)| matched)),
                 };
             }
             Op::Housekeep => {
@@ -578,15 +750,45 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         1 => scopes().prop_map(Op::SetScopes),
         1 => metadata().prop_map(Op::SetMetadata),
         1 => proptest::option::of(span().prop_map(move |d| now + d)).prop_map(Op::SetExpiry),
+        1 => proptest::option::of(rate_limit()).prop_map(Op::SetRateLimit),
+        1 => proptest::option::of(credits()).prop_map(Op::SetCredits),
+        3 => (0u32..5).prop_map(Op::Charge),
     ]
     .boxed()
+}
+
+/// Rate limits of 1 to 4 a period of 1 to 120 seconds, in bursts of 1 to 4
+/// (small, so that a sequence of operations meets them).
+pub fn rate_limit() -> impl Strategy<Value = RateLimit> {
+    (1u32..=4, 1i64..=120, 1u32..=4).prop_map(|(limit, period, burst)| {
+        RateLimit::new(limit, Duration::seconds(period))
+            .and_then(|r| r.with_burst(burst))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    })
+}
+
+/// Credits of 0 to 5, refilled or not, to 0 to 5 every 1 to 30 minutes.
+pub fn credits() -> impl Strategy<Value = Credits> {
+    (
+        0u64..=5,
+        proptest::option::of((0u64..=5, 1i64..=30).prop_map(|(amount, minutes)| {
+            Refill::new(amount, Duration::minutes(minutes)).unwrap_or_else(|e| unreachable!("{e}"))
+        })),
+    )
+        .prop_map(|(remaining, refill)| {
+            let credits = Credits::new(remaining);
+            match refill {
+                Some(refill) => credits.with_refill(refill),
+                None => credits,
+            }
+        })
 }
 
 /// Keys in every state: issued with a generated id, label, scopes,
 /// metadata, expiry and time, then put through a random sequence of
 /// operations (refused ones change nothing). Active and inactive, single and
 /// renewing with every decision, with and without recorded uses, revoked
-/// tokens and expiries.
+/// tokens, expiries, rate limits and credits.
 pub fn api_key() -> impl Strategy<Value = ApiKey> {
     (
         (key_id(), "\\PC{0,40}", scopes(), metadata()),
@@ -657,7 +859,10 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                         Op::SetExpiry(at) => key
                             .set_expiry(at.map(|at| now + (at - op_now())), now)
                             .map(|_| ()),
-                        Op::Verify(_) | Op::Reload => Ok(()),
+                        Op::SetRateLimit(rate) => key.set_rate_limit(rate, now).map(|_| ()),
+                        Op::SetCredits(credits) => key.set_credits(credits, now).map(|_| ()),
+                        // A charge changes the meter, which is not the key's.
+                        Op::Verify(_) | Op::Reload | Op::Charge(_) => Ok(()),
                     };
                 }
                 key

@@ -8,8 +8,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use keyroll::store::InMemoryStore;
-use keyroll::testing::{Expected, Model, Op};
+use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::store::{InMemoryStore, KeyStore, Verification};
+use keyroll::testing::{Charged, Expected, Model, Op};
 use keyroll::{
     ApiKey, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion, RenewalState,
     Token, TokenId, TokenMatch, TransitionError, VerifyError,
@@ -34,12 +35,11 @@ trait Subject: Sized {
     /// Finalize, delete-old, undo, activate, deactivate, and the set_* calls.
     fn transition(&mut self, op: &Op, now: OffsetDateTime) -> Result<(), TransitionError>;
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
-    /// Verify, then record the use if it matched; whether the key changed.
-    fn use_token(
-        &mut self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<(TokenMatch, bool), VerifyError>;
+    /// Authenticate: verify, charge 1 if the key has limits, then record
+    /// the use if admitted (`Used` with whether the key changed).
+    fn use_token(&mut self, token: &str, now: OffsetDateTime) -> Expected;
+    /// A store's charge of `cost`.
+    fn charge(&mut self, cost: u32, now: OffsetDateTime) -> Result<Allowance, Refusal>;
     fn housekeep(&mut self, now: OffsetDateTime) -> bool;
     /// Revokes a leaked token: which one it was, or the refusal.
     fn revoke(&mut self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError>;
@@ -55,13 +55,14 @@ fn revoked(event: &keyroll::Event) -> TokenMatch {
     }
 }
 
-/// (a) the state machine itself, reloaded through JSON on `Reload`.
-struct Plain(ApiKey);
+/// (a) the state machine itself, reloaded through JSON on `Reload`, and
+/// the meter a store would keep beside it.
+struct Plain(ApiKey, Option<StoredMeter>);
 
 impl Subject for Plain {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
         let (key, token, _) = ApiKey::issue(NewKey::new(id), now, rng).unwrap();
-        (Plain(key), token)
+        (Plain(key, None), token)
     }
     fn renew(
         &mut self,
@@ -87,6 +88,8 @@ impl Subject for Plain {
             Op::SetScopes(scopes) => key.set_scopes(scopes.clone(), now),
             Op::SetMetadata(metadata) => key.set_metadata(metadata.clone(), now),
             Op::SetExpiry(at) => key.set_expiry(*at, now),
+            Op::SetRateLimit(rate) => key.set_rate_limit(*rate, now),
+            Op::SetCredits(credits) => key.set_credits(*credits, now),
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|event| assert_eq!(event.version(), key.version()))
@@ -94,13 +97,22 @@ impl Subject for Plain {
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
         self.0.verify(token, now)
     }
-    fn use_token(
-        &mut self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<(TokenMatch, bool), VerifyError> {
-        let matched = self.0.verify(token, now)?;
-        Ok((matched, self.0.record_use(matched, now)))
+    fn use_token(&mut self, token: &str, now: OffsetDateTime) -> Expected {
+        let matched = match self.0.verify(token, now) {
+            Ok(matched) => matched,
+            Err(e) => return Expected::Verified(Err(e)),
+        };
+        if self.0.is_metered() {
+            if let Err(refusal) = self.charge(1, now) {
+                return Expected::Limited(refusal);
+            }
+        }
+        Expected::Used(matched, self.0.record_use(matched, now))
+    }
+    fn charge(&mut self, cost: u32, now: OffsetDateTime) -> Result<Allowance, Refusal> {
+        let (meter, allowance) = self.0.charge(self.1.as_ref(), cost, now)?;
+        self.1 = Some(meter);
+        Ok(allowance)
     }
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {
         self.0.housekeep(now).is_some()
@@ -125,6 +137,7 @@ impl Subject for Plain {
 /// records them.
 struct Managed {
     id: KeyId,
+    store: Arc<InMemoryStore>,
     plain: KeyManager<Arc<InMemoryStore>>,
     recording: KeyManager<Arc<InMemoryStore>>,
 }
@@ -140,11 +153,12 @@ impl Subject for Managed {
     fn start(id: KeyId, now: OffsetDateTime, rng: &mut StdRng) -> (Self, Token) {
         let store = Arc::new(InMemoryStore::new());
         let plain = KeyManager::new(store.clone());
-        let recording = KeyManager::new(store).with_usage_recording(true);
+        let recording = KeyManager::new(store.clone()).with_usage_recording(true);
         let (token, _) = block_on(plain.create_key(NewKey::new(id.clone()), now, rng)).unwrap();
         (
             Managed {
                 id,
+                store,
                 plain,
                 recording,
             },
@@ -176,40 +190,43 @@ impl Subject for Managed {
             Op::SetScopes(scopes) => block_on(m.set_scopes(id, scopes.clone(), now)),
             Op::SetMetadata(metadata) => block_on(m.set_metadata(id, metadata.clone(), now)),
             Op::SetExpiry(at) => block_on(m.set_expiry(id, *at, now)),
+            Op::SetRateLimit(rate) => block_on(m.set_rate_limit(id, *rate, now)),
+            Op::SetCredits(credits) => block_on(m.set_credits(id, *credits, now)),
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|_| ())
         .map_err(refusal)
     }
+    /// The store's verification: authentication would also charge.
     fn verify(&self, token: &str, now: OffsetDateTime) -> Result<TokenMatch, VerifyError> {
-        block_on(
-            self.plain
-                .authenticate(keyroll::Credentials::bearer(token).with_id(&self.id), now),
-        )
-        .map(|a| a.matched)
-        .map_err(|e| match e {
-            keyroll::AuthError::Verify(e) => e,
-            other => panic!("authenticate failed: {other}"),
-        })
+        let presented = keyroll::PresentedToken::parse(token)?;
+        match block_on(self.store.verify(&self.id, &presented, now)).unwrap() {
+            Verification::Accepted(who) => Ok(who.matched),
+            Verification::Refused(e) => Err(e),
+            other => panic!("the key is stored: {other:?}"),
+        }
     }
-    fn use_token(
-        &mut self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<(TokenMatch, bool), VerifyError> {
+    fn use_token(&mut self, token: &str, now: OffsetDateTime) -> Expected {
         let before = self.key().version();
         let matched = block_on(
             self.recording
                 .authenticate(keyroll::Credentials::bearer(token).with_id(&self.id), now),
-        )
-        .map(|a| a.matched)
-        .map_err(|e| match e {
-            keyroll::AuthError::Verify(e) => e,
-            other => panic!("authenticate failed: {other}"),
-        })?;
+        );
+        let matched = match matched {
+            Ok(who) => who.matched,
+            Err(keyroll::AuthError::Verify(e)) => return Expected::Verified(Err(e)),
+            Err(e) => match e.refusal() {
+                Some(refusal) => return Expected::Limited(refusal),
+                None => panic!("authenticate failed: {e}"),
+            },
+        };
         // Uses are noted in memory; the flush writes them.
         block_on(self.recording.flush_usage(now)).unwrap();
-        Ok((matched, self.key().version() != before))
+        Expected::Used(matched, self.key().version() != before)
+    }
+    fn charge(&mut self, cost: u32, now: OffsetDateTime) -> Result<Allowance, Refusal> {
+        let incarnation = self.key().revision().incarnation();
+        block_on(self.store.charge(&self.id, incarnation, cost, now)).unwrap()
     }
     fn housekeep(&mut self, now: OffsetDateTime) -> bool {
         block_on(self.plain.housekeep(&self.id, now))
@@ -295,7 +312,9 @@ impl<S: Subject> StateMachineTest for Against<S> {
             | Op::SetLabel(_)
             | Op::SetScopes(_)
             | Op::SetMetadata(_)
-            | Op::SetExpiry(_) => {
+            | Op::SetExpiry(_)
+            | Op::SetRateLimit(_)
+            | Op::SetCredits(_) => {
                 let before = sut.subject.key();
                 match sut.subject.transition(&op, now) {
                     Ok(()) => Expected::Done,
@@ -315,10 +334,13 @@ impl<S: Subject> StateMachineTest for Against<S> {
             }
             Op::Use(_) => {
                 let token = sut.token(model).to_owned();
-                match sut.subject.use_token(&token, now) {
-                    Ok((matched, changed)) => Expected::Used(matched, changed),
-                    Err(e) => Expected::Verified(Err(e)),
-                }
+                sut.subject.use_token(&token, now)
+            }
+            Op::Charge(cost) => {
+                let before = sut.subject.key();
+                let charged = sut.subject.charge(*cost, now);
+                assert_eq!(sut.subject.key(), before, "a charge changed the key");
+                Expected::Charged(charged.map(|allowance| Charged::of(&allowance)))
             }
             Op::Housekeep => Expected::Housekept(sut.subject.housekeep(now)),
             Op::Revoke(_) => {
@@ -358,6 +380,8 @@ impl<S: Subject> StateMachineTest for Against<S> {
         assert_eq!(key.label(), model.label, "label");
         assert_eq!(key.scopes(), &model.scopes, "scopes");
         assert_eq!(key.metadata(), &model.metadata, "metadata");
+        assert_eq!(key.rate_limit(), model.rate_limit.as_ref(), "rate limit");
+        assert_eq!(key.credits(), model.credits.as_ref(), "credits");
         assert_eq!(key.expires_at(), model.expires_at, "expiry");
         match (key.state(), model.old) {
             (RenewalState::Single, None) => {}

@@ -446,8 +446,18 @@ impl KeyStore for InMemoryStore {
             .as_mut()
             .and_then(|rare| lock_mut(&mut rare.meter).take());
         let mut slot = inner.pack(key);
-        if let Some(rare) = &mut slot.rare {
-            *lock_mut(&mut rare.meter) = meter;
+        if let Some(meter) = meter {
+            // Kept even while the key has no limits: set again, they find
+            // their bucket as it was.
+            let rare = slot.rare.get_or_insert_with(|| {
+                Box::new(Rare {
+                    current_revoked_at: None,
+                    expires_at: None,
+                    limits: None,
+                    meter: Mutex::new(None),
+                })
+            });
+            *lock_mut(&mut rare.meter) = Some(meter);
         }
         inner.slots[n] = slot;
         Ok(())
