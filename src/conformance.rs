@@ -1035,7 +1035,11 @@ async fn buckets_outlive_removed_limits<S: KeyStore>(store: &S, behaviour: &str)
     let rate = RateLimit::new(1, Duration::MINUTE).unwrap_or_else(|e| unreachable!("{e}"));
     let mut key = stored_metered(store, behaviour, "emptied", None, Some(rate), 96).await;
     let incarnation = key.revision().incarnation();
-    let first = ok(behaviour, "charge", store.charge(key.id(), incarnation, 1, t0()).await);
+    let first = ok(
+        behaviour,
+        "charge",
+        store.charge(key.id(), incarnation, 1, t0()).await,
+    );
     if first.is_err() {
         violated(behaviour, format_args!("a full bucket refused: {first:?}"));
     }
@@ -1046,7 +1050,11 @@ async fn buckets_outlive_removed_limits<S: KeyStore>(store: &S, behaviour: &str)
         }
         ok(behaviour, "update", store.update(&key, expected).await);
     }
-    let again = ok(behaviour, "charge", store.charge(key.id(), incarnation, 1, t0()).await);
+    let again = ok(
+        behaviour,
+        "charge",
+        store.charge(key.id(), incarnation, 1, t0()).await,
+    );
     if again.is_ok() {
         violated(
             behaviour,

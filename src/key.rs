@@ -13,8 +13,7 @@ use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, TokenId};
 use crate::input;
 use crate::meter::{
-    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal,
-    StoredMeter,
+    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal, StoredMeter,
 };
 use crate::new_key::NewKey;
 use crate::policy::Policy;

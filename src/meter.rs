@@ -107,6 +107,8 @@ pub struct RateLimit {
     limit: u32,
     period: Duration,
     burst: u32,
+    /// `T` in nanoseconds, computed once: it is at most `period`.
+    interval_ns: i64,
 }
 
 impl RateLimit {
@@ -123,10 +125,14 @@ impl RateLimit {
         if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
             return Err(InvalidRateLimit::Period(period));
         }
+        let period_ns = period.whole_nanoseconds();
+        let interval_ns = (period_ns + i128::from(limit) - 1) / i128::from(limit);
         RateLimit {
             limit,
             period,
             burst: limit,
+            // At most 366 days in nanoseconds: an i64.
+            interval_ns: interval_ns as i64,
         }
         .with_burst(limit)
     }
@@ -180,9 +186,7 @@ impl RateLimit {
     }
 
     fn interval_ns(&self) -> i128 {
-        let period = self.period.whole_nanoseconds();
-        let limit = i128::from(self.limit);
-        (period + limit - 1) / limit
+        i128::from(self.interval_ns)
     }
 
     fn span(&self) -> i128 {
@@ -456,7 +460,9 @@ impl Meter {
         Allowance {
             rate: rate.map(|&limit| {
                 let backlog = (self.tat - now).max(0);
-                let room = (limit.span() - backlog).max(0) / limit.interval_ns();
+                // At most the span, which the bounds keep within i64: a
+                // 64-bit division.
+                let room = (limit.span() - backlog).max(0) as i64 / limit.interval_ns;
                 RateState {
                     limit,
                     remaining: u32::try_from(room).unwrap_or(u32::MAX),

@@ -10,6 +10,11 @@
 //! a speed-up (`store/authenticate_1m_2_threads` is the time per request
 //! of the pair).
 //!
+//! `store/authenticate_1m_rate_limited` is `authenticate_1m` over another
+//! million keys that each carry a rate limit (never reached), so that
+//! every authentication also charges the key's meter: the price of a
+//! limit.
+//!
 //! `cargo bench -p keyroll-bench --bench store`
 
 use std::collections::HashMap;
@@ -17,13 +22,14 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use keyroll::meter::RateLimit;
 use keyroll::store::InMemoryStore;
 use keyroll::{Credentials, KeyId, KeyManager, Metadata, NewKey, Scopes, Token};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 const KEYS: usize = 1_000_000;
 
@@ -64,26 +70,25 @@ fn bench_store(c: &mut Criterion) {
     });
 
     let manager = KeyManager::new(InMemoryStore::new());
-    let mut keys: Vec<(KeyId, Token)> = Vec::with_capacity(KEYS);
-    for i in 0..KEYS {
-        let id = KeyId::new(format!("key-{i:07}")).expect("valid id");
-        // 3 scopes and 2 metadata entries, built per key as a service would.
-        let new = NewKey::new(id.clone())
-            .label("bench")
-            .scopes(Scopes::new(["orders:read", "orders:write", "billing:read"]).expect("valid"))
-            .metadata(
-                Metadata::new([("tenant", format!("t-{i}")), ("owner", "ops".into())])
-                    .expect("valid"),
-            );
-        let (token, _) = at_once(manager.create_key(new, now, &mut rng)).expect("fresh id");
-        keys.push((id, token));
-    }
+    let keys = fill(&manager, None, &mut rng);
+    // The same keys with a rate limit each: a billion a second, never
+    // reached, so every authentication is admitted and charged.
+    let limited = KeyManager::new(InMemoryStore::new());
+    let rate = RateLimit::new(1_000_000_000, Duration::SECOND).expect("valid");
+    let limited_keys = fill(&limited, Some(rate), &mut rng);
     // The two-credential form: key id and token apart.
     group.bench_function("authenticate_1m", |b| {
         b.iter(|| {
             let (id, token) = &keys[rng.random_range(0..KEYS)];
             let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
             at_once(manager.authenticate(credentials, now)).expect("authenticated")
+        })
+    });
+    group.bench_function("authenticate_1m_rate_limited", |b| {
+        b.iter(|| {
+            let (id, token) = &limited_keys[rng.random_range(0..KEYS)];
+            let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
+            at_once(limited.authenticate(credentials, now)).expect("authenticated")
         })
     });
     // One string: the token names its key.
@@ -124,6 +129,34 @@ fn bench_store(c: &mut Criterion) {
         one.as_nanos() as f64 / ROUNDS as f64,
         two.as_nanos() as f64 / ROUNDS as f64,
     );
+}
+
+/// A million keys in `manager`, each with 3 scopes, 2 metadata entries and
+/// `rate` if given; their ids and tokens.
+fn fill(
+    manager: &KeyManager<InMemoryStore>,
+    rate: Option<RateLimit>,
+    rng: &mut StdRng,
+) -> Vec<(KeyId, Token)> {
+    let now = OffsetDateTime::UNIX_EPOCH;
+    let mut keys = Vec::with_capacity(KEYS);
+    for i in 0..KEYS {
+        let id = KeyId::new(format!("key-{i:07}")).expect("valid id");
+        // 3 scopes and 2 metadata entries, built per key as a service would.
+        let mut new = NewKey::new(id.clone())
+            .label("bench")
+            .scopes(Scopes::new(["orders:read", "orders:write", "billing:read"]).expect("valid"))
+            .metadata(
+                Metadata::new([("tenant", format!("t-{i}")), ("owner", "ops".into())])
+                    .expect("valid"),
+            );
+        if let Some(rate) = rate {
+            new = new.rate_limit(rate);
+        }
+        let (token, _) = at_once(manager.create_key(new, now, rng)).expect("fresh id");
+        keys.push((id, token));
+    }
+    keys
 }
 
 /// `threads` threads authenticating `rounds` random keys each, at once.

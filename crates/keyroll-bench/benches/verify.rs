@@ -1,9 +1,11 @@
 //! The hot path: `ApiKey::verify`, next to its hardware floor and the peer
-//! crate `prefixed-api-key`, and the cost of a renewal.
+//! crate `prefixed-api-key`, the pure charge of a rate limit and credits
+//! (`meter/charge`), and the cost of a renewal.
 //!
 //! `cargo bench -p keyroll-bench --bench verify`
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use keyroll::meter::{Credits, MAX_CREDITS, Meter, RateLimit};
 use keyroll::{ApiKey, KeyId, NewKey};
 use prefixed_api_key::{PakControllerOsSha256, PrefixedApiKey};
 use rand::SeedableRng;
@@ -73,6 +75,22 @@ fn bench_verify(c: &mut Criterion) {
     });
     group.bench_function("malformed", |b| {
         b.iter(|| key.verify(black_box(&malformed), now))
+    });
+    group.finish();
+
+    // The pure charge of a key with a rate limit and credits, each
+    // admitted (a billion a second; credits that never run out): what a
+    // store runs under its lock or in its transaction.
+    let mut group = c.benchmark_group("meter");
+    let rate = RateLimit::new(1_000_000_000, time::Duration::SECOND).unwrap();
+    let credits = Credits::new(MAX_CREDITS);
+    let mut meter = Meter::new(Some(&credits), now);
+    let mut at = now;
+    group.bench_function("charge", |b| {
+        b.iter(|| {
+            at += time::Duration::MICROSECOND;
+            meter.charge(Some(&rate), Some(&credits), black_box(1), at)
+        })
     });
     group.finish();
 

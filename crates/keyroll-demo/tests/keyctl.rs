@@ -620,12 +620,18 @@ fn keyctl_sets_and_shows_rate_limits_and_credits() {
     for (args, quoted) in [
         (&["set-rate-limit", "m", "0/1s"][..], "limit 0"),
         (&["set-rate-limit", "m", "5/2fortnights"][..], "2fortnights"),
-        (&["set-credits", "m", "5", "--refill", "5/10s"][..], "every 10s"),
+        (
+            &["set-credits", "m", "5", "--refill", "5/10s"][..],
+            "every 10s",
+        ),
         (&["set-credits", "m", "lots"][..], "lots"),
     ] {
         let refused = ctl.run(args);
         let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success() && stderr.contains(quoted), "{stderr}");
+        assert!(
+            !refused.status.success() && stderr.contains(quoted),
+            "{stderr}"
+        );
     }
     assert_eq!(ctl.ok(&["show", "m"]), shown);
 }
