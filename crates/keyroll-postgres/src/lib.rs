@@ -174,7 +174,10 @@ const LIMIT_COLUMNS: &str = "rate_limit, rate_period_ns, rate_burst, credits, re
 /// (unchanged when refused). Shared by every keyroll table; a property
 /// test checks it against `Meter::charge` on the server.
 const METER_STEP: &str = "
-CREATE OR REPLACE FUNCTION keyroll_meter_step(
+-- Dropped first: a replacement cannot change the columns it returns.
+DROP FUNCTION IF EXISTS keyroll_meter_step(numeric, numeric, numeric, boolean, numeric, numeric,
+    numeric, numeric, numeric, numeric, numeric, numeric);
+CREATE FUNCTION keyroll_meter_step(
     rate_limit numeric, period numeric, burst numeric,
     has_credits boolean, amount numeric, every numeric,
     tat numeric, remaining numeric, refills numeric, anchor numeric,
