@@ -9,9 +9,9 @@
 //! `sslmode=disable`: a server that declines TLS is refused, never used in
 //! the clear.
 //!
-//! One table, created by [`PgStore::migrate`] (idempotent), an explicit
+//! Two tables, created by [`PgStore::migrate`] (idempotent), an explicit
 //! step run by a role that may create tables; the service's own role needs
-//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE`:
+//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on both:
 //!
 //! ```sql
 //! CREATE TABLE keyroll_keys (
@@ -19,11 +19,32 @@
 //!     incarnation BIGINT NOT NULL,
 //!     version     BIGINT NOT NULL,
 //!     record      JSONB NOT NULL,                -- the ApiKey: hashes only, no secret
-//!     updated_at  TIMESTAMPTZ NOT NULL
+//!     updated_at  TIMESTAMPTZ NOT NULL,
+//!     rate_limit  BIGINT, ...                    -- the key's limits, as record::LimitColumns
+//! );
+//! CREATE TABLE keyroll_keys_meters (             -- the moving state of the keys' limits
+//!     id TEXT COLLATE "C", incarnation BIGINT,   -- the key's
+//!     generation BIGINT, tat_secs BIGINT, ...,   -- as record::MeterRow
+//!     PRIMARY KEY (id, incarnation)
 //! );
 //! ```
 //!
-//! Writes are single statements; `update` and `delete` are a compare-and-swap
+//! **Charges** ([`KeyStore::charge`]) are one call of a PL/pgSQL function
+//! that `migrate` creates per table: it reads the key's limit columns,
+//! locks the key's meter row, does the arithmetic of `Meter::charge` in SQL
+//! (`keyroll_meter_step`, on `numeric`) and stores the meter if admitted,
+//! so that the row's lock is held for no round trip, and several replicas
+//! on one database admit exactly what one would. Each answer is checked
+//! against `Meter::charge` ([`PgStoreError::ChargeMismatch`] if they ever
+//! disagree). A charge writes no key row, so it notifies no listener.
+//! Deleting a key deletes its meter in the same statement.
+//!
+//! A charge is made at the caller's `now`: replicas that charge one key
+//! should keep their clocks in step (NTP); a replica whose clock runs ahead
+//! spends a bucket sooner than the others would.
+//!
+//! Writes are single statements (the key's limit columns written with its
+//! record); `update` and `delete` are a compare-and-swap
 //! on the whole revision (`... WHERE id = $1 AND incarnation = $2 AND version
 //! = $3`), so two replicas that loaded the same revision cannot both write,
 //! and a copy loaded before a delete and re-create of its id matches

@@ -1,6 +1,6 @@
 //! A [`keyroll`] store in one SQLite file.
 //!
-//! One table, `keyroll_keys (id TEXT PRIMARY KEY, incarnation INTEGER NOT
+//! The table `keyroll_keys (id TEXT PRIMARY KEY, incarnation INTEGER NOT
 //! NULL, version INTEGER NOT NULL, record TEXT NOT NULL)`, where `record` is
 //! the key as [`keyroll::record`] encodes it (hashes only, never a secret).
 //! The database runs in WAL mode so readers never wait for the writer, with
@@ -8,6 +8,12 @@
 //! already shown) survives a power loss. A new database file is created
 //! readable by its owner only (0600), and SQLite gives its `-wal` and `-shm`
 //! files the same mode.
+//!
+//! Beside it, `keyroll_meters` keeps the moving state of the keys' rate
+//! limits and credits ([`keyroll::record::MeterRow`]): a charge reads the
+//! key and its meter and writes the meter in one immediate transaction, so
+//! stores on one file charge a key exactly once each; deleting a key
+//! deletes its meter in the same transaction.
 //!
 //! Every write is one statement, and `update`/`delete` are a compare-and-swap
 //! on the whole revision: `... WHERE id = ? AND incarnation = ? AND version =
