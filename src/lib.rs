@@ -54,6 +54,8 @@ mod attributes;
 mod base62;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "serde")]
+mod duration;
 mod errors;
 mod event;
 mod hex;

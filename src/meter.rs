@@ -56,6 +56,7 @@ const MAX_EVERY: Duration = Duration::days(36_600);
 /// column holds.
 pub const MAX_CREDITS: u64 = i64::MAX as u64;
 
+#[cfg(feature = "serde")]
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 
 /// A rate limit that cannot be: the value it refused is in the message.
@@ -513,6 +514,7 @@ impl Meter {
     /// The stored form's parts: the theoretical arrival time and the
     /// anchor, each as whole seconds and nanoseconds since the epoch; the
     /// credits left; the refills applied.
+    #[cfg(feature = "serde")]
     pub(crate) fn parts(&self) -> MeterParts {
         let split = |ns: i128| {
             (
@@ -529,6 +531,7 @@ impl Meter {
     }
 
     /// The meter of stored parts.
+    #[cfg(feature = "serde")]
     pub(crate) fn from_parts(parts: &MeterParts) -> Meter {
         let join =
             |(secs, nanos): (i64, u32)| i128::from(secs) * NANOS_PER_SECOND + i128::from(nanos);
@@ -542,6 +545,7 @@ impl Meter {
 }
 
 /// A meter's fields as a store keeps them (see `record::MeterRow`).
+#[cfg(feature = "serde")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MeterParts {
     pub(crate) tat: (i64, u32),
@@ -664,7 +668,7 @@ mod serde_impls {
     #[serde(deny_unknown_fields)]
     struct RateLimitForm {
         limit: u32,
-        #[serde(with = "crate::record::duration")]
+        #[serde(with = "crate::duration")]
         period: Duration,
         burst: u32,
     }
@@ -693,7 +697,7 @@ mod serde_impls {
     #[serde(deny_unknown_fields)]
     struct RefillForm {
         amount: u64,
-        #[serde(with = "crate::record::duration")]
+        #[serde(with = "crate::duration")]
         every: Duration,
     }
 

@@ -30,7 +30,7 @@ pub struct Policy {
     /// How long a token stays fresh, counted from its creation (the latest
     /// renewal). [`Policy::THREE_MONTHS`] (the default, recommended) or
     /// [`Policy::SIX_MONTHS`] in the product; any duration is accepted.
-    #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+    #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
     pub renewal_period: Duration,
     /// Whether a token past its renewal period still verifies. (Records
     /// written before 0.3 name this field `expiry`, and still load.)
@@ -42,7 +42,7 @@ pub struct Policy {
     /// that a busy key is not written on every request.
     #[cfg_attr(
         feature = "serde",
-        serde(default = "default_usage_resolution", with = "crate::record::duration")
+        serde(default = "default_usage_resolution", with = "crate::duration")
     )]
     pub usage_resolution: Duration,
 }

@@ -577,41 +577,6 @@ impl ApiKey {
     }
 }
 
-/// `time::Duration` as `{"secs": i64, "nanos": i32}`, `nanos` omitted when 0.
-pub(crate) mod duration {
-    use super::*;
-    use time::Duration;
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Parts {
-        secs: i64,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        nanos: i32,
-    }
-
-    fn is_zero(n: &i32) -> bool {
-        *n == 0
-    }
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        Parts {
-            secs: d.whole_seconds(),
-            nanos: d.subsec_nanoseconds(),
-        }
-        .serialize(s)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let Parts { secs, nanos } = Parts::deserialize(d)?;
-        let same_sign = secs == 0 || nanos == 0 || (secs < 0) == (nanos < 0);
-        if nanos.unsigned_abs() >= 1_000_000_000 || !same_sign {
-            return Err(D::Error::custom("invalid duration: nanos out of range"));
-        }
-        Ok(Duration::new(secs, nanos))
-    }
-}
-
 /// A token hash as 64 lower-case hex digits.
 pub(crate) mod hash {
     use super::*;

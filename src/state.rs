@@ -67,7 +67,7 @@ pub enum Decision {
     /// more: that use turns this into `Scheduled { at: use + grace }`.
     AfterNewTokenUse {
         /// How long the old token lives after the new one is first used.
-        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
         grace: Duration,
     },
 }
@@ -90,7 +90,7 @@ pub enum OldTokenDeletion {
     /// [`ApiKey::record_use`](crate::ApiKey::record_use)), then for `grace` more.
     AfterNewTokenUse {
         /// How long the old token lives after the new one's first use.
-        #[cfg_attr(feature = "serde", serde(with = "crate::record::duration"))]
+        #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
         grace: Duration,
     },
 }

@@ -102,10 +102,10 @@ impl Subject for Plain {
             Ok(matched) => matched,
             Err(e) => return Expected::Verified(Err(e)),
         };
-        if self.0.is_metered() {
-            if let Err(refusal) = self.charge(1, now) {
-                return Expected::Limited(refusal);
-            }
+        if self.0.is_metered()
+            && let Err(refusal) = self.charge(1, now)
+        {
+            return Expected::Limited(refusal);
         }
         Expected::Used(matched, self.0.record_use(matched, now))
     }

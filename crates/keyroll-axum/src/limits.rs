@@ -72,10 +72,8 @@ pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit) -> ApiError
     );
     let mut headers = HeaderMap::new();
     fields(&mut headers, limit, 0, retry_after);
-    for (name, value) in headers {
-        if let Some(name) = name {
-            error = error.with_header(name, value);
-        }
+    for (name, value) in headers.into_iter().filter_map(|(n, v)| Some((n?, v))) {
+        error = error.with_header(name, value);
     }
     error
 }
