@@ -43,8 +43,8 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 use crate::meter::{Allowance, Credits, RateLimit, Refusal};
 use crate::store::{KeyStore, Revision, StoreError, Verification};
 use crate::{
-    ApiKey, KeyId, NewKey, OldTokenDeletion, Policy, PresentedToken, RenewalEnforcement, Token,
-    TokenFormat,
+    ApiKey, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken, RenewalEnforcement,
+    Token, TokenFormat,
 };
 
 /// Panics naming the behaviour that was violated.
@@ -794,6 +794,106 @@ behaviours! {
     /// `charge` of a missing key, or of another incarnation, is `NotFound`;
     /// a key deleted and created again starts with a full meter.
     meters_follow_the_key => meters_follow_the_key_body;
+    /// `list_owned` returns one owner's keys, in id order, after `after`, at
+    /// most `limit`; it follows an owner set, changed or removed by
+    /// `update`, and a `delete`.
+    owners_are_listed => owners_are_listed_body;
+}
+
+async fn owners_are_listed_body<S: KeyStore>(store: S) {
+    const B: &str = "owners_are_listed";
+    let owner = |o: &str| OwnerId::new(o).unwrap_or_else(|e| unreachable!("{e}"));
+    let (acme, zeta) = (owner("acme"), owner("zeta"));
+    // Keys of owners listed on either side of `acme`, and one of none.
+    let owned = [
+        ("k3", Some(&acme)),
+        ("k1", Some(&acme)),
+        ("k2", Some(&zeta)),
+        ("k0", None),
+        ("k4", Some(&acme)),
+        ("a", Some(&owner("acm"))),
+        ("z", Some(&owner("acmf"))),
+    ];
+    let mut keys = Vec::new();
+    for (i, (id, owner)) in owned.into_iter().enumerate() {
+        let mut new = NewKey::new(key_id(id));
+        if let Some(owner) = owner {
+            new = new.owner(owner.clone());
+        }
+        let (key, _) = issue_new(new, t0(), 100 + i as u64);
+        ok(B, "insert", store.insert(&key).await);
+        keys.push(key);
+    }
+    let ids = |keys: Vec<ApiKey>| keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>();
+    let listed = |seen: Vec<ApiKey>, want: &[&str], call: &str| {
+        let seen = ids(seen);
+        if seen != want {
+            violated(
+                B,
+                format_args!("{call} returned {seen:?}, expected {want:?}"),
+            );
+        }
+    };
+    listed(
+        ok(B, "list_owned", store.list_owned(&acme, None, 10).await),
+        &["k1", "k3", "k4"],
+        "list_owned(acme, None, 10)",
+    );
+    listed(
+        ok(B, "list_owned", store.list_owned(&acme, None, 2).await),
+        &["k1", "k3"],
+        "list_owned(acme, None, 2)",
+    );
+    listed(
+        ok(
+            B,
+            "list_owned",
+            store.list_owned(&acme, Some(&key_id("k3")), 2).await,
+        ),
+        &["k4"],
+        "list_owned(acme, Some(\"k3\"), 2)",
+    );
+    listed(
+        ok(
+            B,
+            "list_owned",
+            store.list_owned(&owner("nobody"), None, 10).await,
+        ),
+        &[],
+        "list_owned(nobody, None, 10)",
+    );
+    // k3 moves to zeta, k1 loses its owner, k4 is deleted.
+    let mut k3 = keys[0].clone();
+    let expected = k3.revision();
+    if let Err(e) = k3.set_owner(Some(zeta.clone()), t0()) {
+        unreachable!("{e}");
+    }
+    ok(B, "update", store.update(&k3, expected).await);
+    let mut k1 = keys[1].clone();
+    let expected = k1.revision();
+    if let Err(e) = k1.set_owner(None, t0()) {
+        unreachable!("{e}");
+    }
+    ok(B, "update", store.update(&k1, expected).await);
+    ok(
+        B,
+        "delete",
+        store.delete(keys[4].id(), keys[4].revision()).await,
+    );
+    listed(
+        ok(B, "list_owned", store.list_owned(&acme, None, 10).await),
+        &[],
+        "list_owned(acme, None, 10) after the changes",
+    );
+    let zetas = ok(B, "list_owned", store.list_owned(&zeta, None, 10).await);
+    if zetas.iter().any(|key| key.owner() != Some(&zeta)) {
+        violated(B, "list_owned returned a key of another owner");
+    }
+    listed(
+        zetas,
+        &["k2", "k3"],
+        "list_owned(zeta, None, 10) after the changes",
+    );
 }
 
 /// A key with `credits` and `rate`, stored.

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
-use crate::id::{KeyId, TokenId};
+use crate::id::{KeyId, OwnerId, TokenId};
 use crate::meter::{Credits, RateLimit};
 use crate::state::{OldTokenDeletion, TokenMatch};
 
@@ -229,6 +229,19 @@ pub enum Event {
         #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339::option"))]
         expires_at: Option<OffsetDateTime>,
     },
+    /// The owner was set or removed.
+    #[non_exhaustive]
+    OwnerChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The new owner (`None`: removed).
+        owner: Option<OwnerId>,
+    },
     /// The rate limit was set or removed.
     #[non_exhaustive]
     RateLimitChanged {
@@ -301,6 +314,7 @@ impl Event {
             Event::ScopesChanged { .. } => "scopes_changed",
             Event::MetadataChanged { .. } => "metadata_changed",
             Event::ExpiryChanged { .. } => "expiry_changed",
+            Event::OwnerChanged { .. } => "owner_changed",
             Event::RateLimitChanged { .. } => "rate_limit_changed",
             Event::CreditsSet { .. } => "credits_set",
         }
@@ -333,6 +347,12 @@ impl Event {
                 ..
             }
             | Event::ScopesChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::OwnerChanged {
                 key_id,
                 at,
                 version,

@@ -1,4 +1,5 @@
-//! Public identifiers: [`KeyId`] for a key, [`TokenId`] for one of its tokens.
+//! Public identifiers: [`KeyId`] for a key, [`TokenId`] for one of its
+//! tokens, [`OwnerId`] for whoever the key belongs to.
 
 use std::fmt;
 use std::str::FromStr;
@@ -42,24 +43,7 @@ impl KeyId {
     /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or holds a
     /// character outside `[A-Za-z0-9._-]`.
     pub fn new(id: impl Into<String>) -> Result<KeyId, InvalidKeyId> {
-        let id = id.into();
-        let problem = if id.is_empty() {
-            "it is empty"
-        } else if id.len() > KEY_ID_MAX_LEN {
-            "it is longer than 64 bytes"
-        } else if !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            "it holds a character outside the alphabet"
-        } else {
-            return Ok(KeyId(SmolStr::from(id)));
-        };
-        Err(InvalidKeyId {
-            what: "key id",
-            quoted: quote(&id),
-            problem,
-        })
+        checked(id.into(), "key id").map(KeyId)
     }
 
     /// A new random id of 16 base62 characters (about 95 bits).
@@ -107,6 +91,91 @@ impl AsRef<str> for KeyId {
     }
 }
 
+/// `id` if it is 1 to 64 bytes of `[A-Za-z0-9._-]`; else the error naming
+/// `what` it was to be.
+fn checked(id: String, what: &'static str) -> Result<SmolStr, InvalidKeyId> {
+    let problem = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > KEY_ID_MAX_LEN {
+        "it is longer than 64 bytes"
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        "it holds a character outside the alphabet"
+    } else {
+        return Ok(SmolStr::from(id));
+    };
+    Err(InvalidKeyId {
+        what,
+        quoted: quote(&id),
+        problem,
+    })
+}
+
+/// Whom a key belongs to: a customer, a team, a tenant. Keys are listed by
+/// owner ([`KeyManager::list_owned`](crate::KeyManager::list_owned)), and
+/// every store of keyroll indexes it.
+///
+/// The same rules as a [`KeyId`]: 1 to 64 characters of `[A-Za-z0-9._-]`.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::OwnerId;
+///
+/// let owner = OwnerId::new("acme")?;
+/// assert_eq!(owner.as_str(), "acme");
+/// assert!(OwnerId::new("acme corp").is_err());
+/// # Ok::<(), keyroll::error::InvalidKeyId>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerId(SmolStr);
+
+impl OwnerId {
+    /// Checks and wraps an owner id.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidKeyId`] (its message says "owner id") when `id` is empty,
+    /// longer than 64 bytes, or holds a character outside
+    /// `[A-Za-z0-9._-]`.
+    pub fn new(id: impl Into<String>) -> Result<OwnerId, InvalidKeyId> {
+        checked(id.into(), "owner id").map(OwnerId)
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnerId({:?})", self.0.as_str())
+    }
+}
+
+impl FromStr for OwnerId {
+    type Err = InvalidKeyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OwnerId::new(s)
+    }
+}
+
+impl AsRef<str> for OwnerId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The public, non-secret id of one token of a key, for audit trails.
 ///
 /// Random, 128 bits, shown as 32 lower-case hex digits. It says which token
@@ -148,8 +217,21 @@ impl FromStr for TokenId {
 
 #[cfg(feature = "serde")]
 mod serde_impls {
-    use super::{KeyId, TokenId};
+    use super::{KeyId, OwnerId, TokenId};
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    impl Serialize for OwnerId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for OwnerId {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            OwnerId::new(s.into_owned()).map_err(D::Error::custom)
+        }
+    }
 
     impl Serialize for KeyId {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -197,6 +279,19 @@ mod tests {
             assert!(error.contains(&format!("{:?}", bad)), "{error}");
         }
         assert!(KeyId::new("").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn owner_ids_follow_the_key_id_rules_and_say_what_they_are() {
+        assert!(OwnerId::new("acme.EU_1-b").is_ok());
+        assert!(OwnerId::new("x".repeat(64)).is_ok());
+        let error = OwnerId::new("acme corp").unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid owner id \"acme corp\""),
+            "{error}"
+        );
+        assert!(OwnerId::new("x".repeat(65)).is_err());
+        assert_eq!("acme".parse::<OwnerId>(), OwnerId::new("acme"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use crate::attributes::{Metadata, Scopes};
 use crate::errors::TransitionError;
 use crate::event::{DeletionReason, Event};
-use crate::id::{KeyId, TokenId};
+use crate::id::{KeyId, OwnerId, TokenId};
 use crate::input;
 use crate::meter::{
     Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal, StoredMeter,
@@ -70,6 +70,7 @@ pub struct ApiKey {
     pub(crate) renewal: Option<Box<Renewal>>,
     /// Boxed, and `None` rather than empty: most keys have no limits.
     pub(crate) limits: Option<Box<Limits>>,
+    pub(crate) owner: Option<OwnerId>,
 }
 
 /// A pending renewal: the previous token, still valid, and what was decided
@@ -261,6 +262,7 @@ impl ApiKey {
             expires_at,
             rate_limit,
             credits,
+            owner,
         } = new.into();
         let label = input::check_label(label)?;
         if let Some(credits) = &credits {
@@ -287,6 +289,7 @@ impl ApiKey {
             expires_at,
             renewal: None,
             limits: None,
+            owner,
         };
         let mut key = key;
         key.set_limits(Limits {
@@ -478,6 +481,32 @@ impl ApiKey {
             version,
             expires_at,
         })
+    }
+
+    /// Sets (`Some`) or removes (`None`) the key's owner.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::TimeOutOfRange`].
+    pub fn set_owner(
+        &mut self,
+        owner: Option<OwnerId>,
+        now: OffsetDateTime,
+    ) -> Result<Event, TransitionError> {
+        let now = input::instant(now, NOW)?;
+        self.owner = owner;
+        let version = self.bump();
+        Ok(Event::OwnerChanged {
+            key_id: self.id.clone(),
+            at: now,
+            version,
+            owner: self.owner.clone(),
+        })
+    }
+
+    /// Whom the key belongs to, if anyone.
+    pub fn owner(&self) -> Option<&OwnerId> {
+        self.owner.as_ref()
     }
 
     /// Sets (`Some`) or removes (`None`) the key's rate limit. The bucket

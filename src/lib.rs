@@ -96,7 +96,7 @@ pub mod error {
 pub use attributes::{Metadata, Scope, Scopes};
 pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};
-pub use id::{KeyId, TokenId};
+pub use id::{KeyId, OwnerId, TokenId};
 pub use key::{ApiKey, TokenInfo};
 pub use manager::{Credentials, KeyManager};
 pub use new_key::NewKey;

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::attributes::{Metadata, Scopes};
 use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Credits, RateLimit};
 use crate::new_key::NewKey;
@@ -452,6 +452,21 @@ impl<S: KeyStore> KeyManager<S> {
             .await
     }
 
+    /// [`ApiKey::set_owner`] on the stored key.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn set_owner(
+        &self,
+        id: &KeyId,
+        owner: Option<OwnerId>,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        self.transition(id, updating(|key| key.set_owner(owner.clone(), now)))
+            .await
+    }
+
     /// [`ApiKey::set_scopes`] on the stored key.
     ///
     /// # Errors
@@ -668,6 +683,50 @@ impl<S: KeyStore> KeyManager<S> {
     ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
         self.store
             .list(after, limit)
+            .await
+            .map_err(ManagerError::Store)
+    }
+
+    /// At most `limit` keys of `owner` with ids after `after`, in id order:
+    /// one page of [`KeyStore::list_owned`], which every store of keyroll
+    /// answers from an index of owners.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{KeyId, KeyManager, NewKey, OwnerId};
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new());
+    /// let (now, mut rng) = (time::OffsetDateTime::now_utc(), rand::rng());
+    /// let acme = OwnerId::new("acme")?;
+    /// for id in ["b", "a", "c"] {
+    ///     let new = NewKey::new(KeyId::new(id)?).owner(acme.clone());
+    ///     keys.create_key(new, now, &mut rng).await?;
+    /// }
+    /// keys.create_key(KeyId::new("other")?, now, &mut rng).await?;
+    /// let first = keys.list_owned(&acme, None, 2).await?;
+    /// let ids: Vec<&str> = first.iter().map(|k| k.id().as_str()).collect();
+    /// assert_eq!(ids, ["a", "b"]);
+    /// let rest = keys.list_owned(&acme, Some(first[1].id()), 2).await?;
+    /// assert_eq!(rest.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
+        self.store
+            .list_owned(owner, after, limit)
             .await
             .map_err(ManagerError::Store)
     }

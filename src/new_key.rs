@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::meter::{Credits, RateLimit};
 use crate::policy::Policy;
 
@@ -46,6 +46,7 @@ pub struct NewKey {
     pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) credits: Option<Credits>,
+    pub(crate) owner: Option<OwnerId>,
 }
 
 impl NewKey {
@@ -61,6 +62,7 @@ impl NewKey {
             expires_at: None,
             rate_limit: None,
             credits: None,
+            owner: None,
         }
     }
 
@@ -107,6 +109,12 @@ impl NewKey {
     /// creation.
     pub fn credits(mut self, credits: Credits) -> NewKey {
         self.credits = Some(credits);
+        self
+    }
+
+    /// Whom the key belongs to: keys are listed by owner.
+    pub fn owner(mut self, owner: OwnerId) -> NewKey {
+        self.owner = Some(owner);
         self
     }
 

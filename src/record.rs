@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::key::{ApiKey, Renewal, TokenInfo};
 use crate::meter::{
     Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, MeterParts, RateLimit, Refill,
@@ -387,6 +387,9 @@ struct KeyRecord<'a> {
     /// Absent before schema 3, and when the key has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     credits: Option<CreditsRecord>,
+    /// Absent before schema 3, and when the key has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Cow<'a, OwnerId>>,
 }
 
 /// A key's credits with when they were set and the version that set them.
@@ -428,6 +431,7 @@ impl Serialize for ApiKey {
                     set_at: c.set_at,
                     generation: c.generation,
                 }),
+            owner: self.owner.as_ref().map(Cow::Borrowed),
         }
         .serialize(s)
     }
@@ -480,6 +484,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             current,
             renewal,
             limits: None,
+            owner: record.owner.map(Cow::into_owned),
         };
         let limits = Limits {
             rate: record.rate_limit,

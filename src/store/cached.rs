@@ -11,7 +11,7 @@ use hashbrown::HashTable;
 use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::padded::Padded;
@@ -408,6 +408,15 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
         self.inner.list(after, limit).await
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, S::Error> {
+        self.inner.list_owned(owner, after, limit).await
     }
 
     /// Forwarded: meters are never cached.

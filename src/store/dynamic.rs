@@ -10,7 +10,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::revision::Revision;
@@ -104,6 +104,12 @@ trait ObjectStore: Send + Sync {
         after: Option<&'a KeyId>,
         limit: usize,
     ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>>;
+    fn list_owned<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        after: Option<&'a KeyId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>>;
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
@@ -164,6 +170,18 @@ impl<S: KeyStore> ObjectStore for S {
     ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>> {
         Box::pin(async move {
             KeyStore::list(self, after, limit)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn list_owned<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        after: Option<&'a KeyId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::list_owned(self, owner, after, limit)
                 .await
                 .map_err(DynStoreError::new)
         })
@@ -235,6 +253,14 @@ impl KeyStore for DynKeyStore {
         limit: usize,
     ) -> Result<Vec<ApiKey>, DynStoreError> {
         self.0.list(after, limit).await
+    }
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, DynStoreError> {
+        self.0.list_owned(owner, after, limit).await
     }
     async fn verify(
         &self,

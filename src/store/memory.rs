@@ -1,9 +1,10 @@
 //! [`InMemoryStore`]: keys in memory, compact, sharded, and cheap to
 //! verify against.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
+use std::ops::Bound;
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -11,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
-use crate::id::{KeyId, TokenId};
+use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, Renewal, TokenInfo};
 use crate::meter::{Allowance, Limits, Refusal, StoredMeter};
 use crate::padded::Padded;
@@ -67,6 +68,10 @@ pub struct InMemoryStore {
     /// looked up, never added), so no one outside can pile up colliding
     /// ids, which is what SipHash would guard against.
     hasher: foldhash::fast::RandomState,
+    /// Every owned key, by owner then id: written under the key's shard
+    /// lock (taken first), so that a shard's keys and the index agree once
+    /// the shard is unlocked.
+    owners: RwLock<BTreeSet<(OwnerId, KeyId)>>,
 }
 
 /// The keys whose id hashes to one shard.
@@ -167,6 +172,7 @@ struct Rare {
     current_revoked_at: Option<OffsetDateTime>,
     expires_at: Option<OffsetDateTime>,
     limits: Option<Box<Limits>>,
+    owner: Option<OwnerId>,
     /// The key's meter, charged under this lock (and the shard's read
     /// lock, which a write of the key waits for): one key's charges are
     /// serialised, other keys' run beside them.
@@ -217,6 +223,7 @@ static EMPTY: Rare = Rare {
     current_revoked_at: None,
     expires_at: None,
     limits: None,
+    owner: None,
     meter: Mutex::new(None),
 };
 
@@ -236,10 +243,13 @@ impl Inner {
             current_revoked_at: key.current.revoked_at,
             expires_at: key.expires_at,
             limits: key.limits.clone(),
+            owner: key.owner.clone(),
             meter: Mutex::new(None),
         };
-        let empty =
-            rare.current_revoked_at.is_none() && rare.expires_at.is_none() && rare.limits.is_none();
+        let empty = rare.current_revoked_at.is_none()
+            && rare.expires_at.is_none()
+            && rare.limits.is_none()
+            && rare.owner.is_none();
         Slot {
             id: key.id.clone(),
             label: key.label.clone(),
@@ -281,6 +291,7 @@ impl Inner {
                 })
             }),
             limits: rare.limits.clone(),
+            owner: rare.owner.clone(),
         }
     }
 
@@ -333,7 +344,11 @@ impl Default for InMemoryStore {
                 })
             })
             .collect();
-        InMemoryStore { shards, hasher }
+        InMemoryStore {
+            shards,
+            hasher,
+            owners: RwLock::default(),
+        }
     }
 }
 
@@ -354,6 +369,21 @@ impl InMemoryStore {
     /// Whether no key is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Moves key `id` in the owners' index from `before` to `after`. Called
+    /// with the key's shard locked for writing.
+    fn reindex(&self, id: &KeyId, before: Option<&OwnerId>, after: Option<&OwnerId>) {
+        if before == after {
+            return;
+        }
+        let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(before) = before {
+            owners.remove(&(before.clone(), id.clone()));
+        }
+        if let Some(after) = after {
+            owners.insert((after.clone(), id.clone()));
+        }
     }
 
     /// The hash of `id` and its shard, chosen by bits the shard's index
@@ -432,6 +462,7 @@ impl KeyStore for InMemoryStore {
         slots.push(slot);
         index.insert_unique(hash, n, |&m| hasher.hash_one(&slots[m as usize].id));
         shard.forget_order();
+        self.reindex(key.id(), None, key.owner());
         drop(inner);
         Ok(())
     }
@@ -454,11 +485,14 @@ impl KeyStore for InMemoryStore {
                     current_revoked_at: None,
                     expires_at: None,
                     limits: None,
+                    owner: None,
                     meter: Mutex::new(None),
                 })
             });
             *lock_mut(&mut rare.meter) = Some(meter);
         }
+        let before = inner.slots[n].rare.as_ref().and_then(|r| r.owner.clone());
+        self.reindex(key.id(), before.as_ref(), key.owner());
         inner.slots[n] = slot;
         Ok(())
     }
@@ -467,6 +501,8 @@ impl KeyStore for InMemoryStore {
         let (hash, shard) = self.locate(id);
         let mut inner = shard.write();
         let n = inner.check_revision(hash, id, expected, None)?;
+        let owner = inner.slots[n].rare.as_ref().and_then(|r| r.owner.clone());
+        self.reindex(id, owner.as_ref(), None);
         let Inner {
             slots,
             index,
@@ -505,6 +541,35 @@ impl KeyStore for InMemoryStore {
         let mut keys = Vec::with_capacity(ids.len());
         for id in &ids {
             keys.extend(self.get(id).await?);
+        }
+        Ok(keys)
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, Infallible> {
+        // The index's ids, then each key read from its shard (one whose
+        // owner changed meanwhile is left out, as if it had changed before).
+        let ids: Vec<KeyId> = {
+            let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+            let start = match after {
+                Some(after) => Bound::Excluded((owner.clone(), after.clone())),
+                // Below every id: the empty one, which no key has.
+                None => Bound::Included((owner.clone(), KeyId::named(""))),
+            };
+            owners
+                .range((start, Bound::Unbounded))
+                .take_while(|(o, _)| o == owner)
+                .take(limit)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in &ids {
+            keys.extend(self.get(id).await?.filter(|key| key.owner() == Some(owner)));
         }
         Ok(keys)
     }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::errors::VerifyError;
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::token::PresentedToken;
@@ -169,6 +169,37 @@ pub trait KeyStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ApiKey>, Self::Error>> + Send;
 
+    /// At most `limit` keys of `owner` with ids strictly after `after`,
+    /// ordered by id.
+    ///
+    /// The default pages through [`list`](Self::list) and keeps `owner`'s
+    /// keys: a scan of every key, which a store should replace with a
+    /// lookup in an index of owners (every store of keyroll does).
+    fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ApiKey>, Self::Error>> + Send {
+        async move {
+            const PAGE: usize = 256;
+            let mut owned = Vec::new();
+            let mut cursor = after.cloned();
+            while owned.len() < limit {
+                let page = self.list(cursor.as_ref(), PAGE).await?;
+                let Some(last) = page.last() else { break };
+                cursor = Some(last.id().clone());
+                let last_page = page.len() < PAGE;
+                owned.extend(page.into_iter().filter(|key| key.owner() == Some(owner)));
+                if last_page {
+                    break;
+                }
+            }
+            owned.truncate(limit);
+            Ok(owned)
+        }
+    }
+
     /// Verifies `token` against the key stored under `id`, as
     /// [`ApiKey::verify_presented`] does. The default loads the key with
     /// `get`.
@@ -230,6 +261,14 @@ macro_rules! forward {
                 limit: usize,
             ) -> impl Future<Output = Result<Vec<ApiKey>, S::Error>> + Send {
                 (**self).list(after, limit)
+            }
+            fn list_owned(
+                &self,
+                owner: &OwnerId,
+                after: Option<&KeyId>,
+                limit: usize,
+            ) -> impl Future<Output = Result<Vec<ApiKey>, S::Error>> + Send {
+                (**self).list_owned(owner, after, limit)
             }
             fn verify(
                 &self,

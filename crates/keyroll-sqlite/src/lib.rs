@@ -60,7 +60,7 @@ use futures_channel::oneshot;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::record::{self, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError};
-use keyroll::{ApiKey, KeyId};
+use keyroll::{ApiKey, KeyId, OwnerId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use time::OffsetDateTime;
 
@@ -156,6 +156,7 @@ impl SqliteStore {
              ) WITHOUT ROWID;",
         )?;
         upgrade_0_1(&tx)?;
+        upgrade_0_2(&tx)?;
         tx.commit()?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -272,6 +273,28 @@ fn upgrade_0_1(conn: &Connection) -> Result<(), SqliteStoreError> {
     Ok(())
 }
 
+/// A page of one owner's keys (`?3`) after `?1`, at most `?2`.
+const OWNED_PAGE: &str = "SELECT id, incarnation, version, record FROM keyroll_keys
+     WHERE owner = ?3 AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2";
+
+/// Tables written before keyroll 0.3 have no owner column: add it (NULL:
+/// records of 0.1 and 0.2 have no owner) and its index.
+fn upgrade_0_2(conn: &Connection) -> Result<(), SqliteStoreError> {
+    let has_column: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('keyroll_keys') WHERE name = 'owner'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE keyroll_keys ADD COLUMN owner TEXT")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS keyroll_keys_owner ON keyroll_keys (owner, id)
+         WHERE owner IS NOT NULL",
+    )?;
+    Ok(())
+}
+
 fn integer(n: u64) -> Result<i64, SqliteStoreError> {
     i64::try_from(n).map_err(|_| SqliteStoreError::OutOfRange(n))
 }
@@ -315,8 +338,15 @@ mod calls {
     ) -> Result<(), StoreError<SqliteStoreError>> {
         let (incarnation, version, json) = row_of(key)?;
         let inserted = conn.execute(
-            "INSERT INTO keyroll_keys (id, incarnation, version, record) VALUES (?1, ?2, ?3, ?4)",
-            params![key.id().as_str(), incarnation, version, json],
+            "INSERT INTO keyroll_keys (id, incarnation, version, record, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                key.id().as_str(),
+                incarnation,
+                version,
+                json,
+                key.owner().map(OwnerId::as_str)
+            ],
         );
         match inserted {
             Ok(_) => Ok(()),
@@ -342,7 +372,7 @@ mod calls {
         // of another incarnation never replaces this one.
         let changed = conn
             .execute(
-                "UPDATE keyroll_keys SET version = ?1, record = ?2
+                "UPDATE keyroll_keys SET version = ?1, record = ?2, owner = ?7
                  WHERE id = ?3 AND incarnation = ?4 AND version = ?5 AND incarnation = ?6",
                 params![
                     version,
@@ -350,7 +380,8 @@ mod calls {
                     key.id().as_str(),
                     expected_incarnation,
                     expected_version,
-                    incarnation
+                    incarnation,
+                    key.owner().map(OwnerId::as_str)
                 ],
             )
             .map_err(|e| backend(e.into()))?;
@@ -459,18 +490,26 @@ mod calls {
         Ok(Ok(allowance))
     }
 
+    /// A page of every key, or (`owner` given) of one owner's keys, read
+    /// through the owners' index.
     pub(super) fn list(
         conn: &Connection,
+        owner: Option<&OwnerId>,
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<ApiKey>, SqliteStoreError> {
         // TEXT compares with the BINARY collation: byte order, as KeyId's Ord.
-        let mut statement = conn.prepare_cached(
-            "SELECT id, incarnation, version, record FROM keyroll_keys
-             WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
-        )?;
+        // One statement each, so that the owner's finds the index.
+        let mut statement = conn.prepare_cached(match owner {
+            None => {
+                "SELECT id, incarnation, version, record FROM keyroll_keys
+                 WHERE ?3 IS NULL AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+            }
+            Some(_) => OWNED_PAGE,
+        })?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![after.map(KeyId::as_str), limit], |row| {
+        let parameters = params![after.map(KeyId::as_str), limit, owner.map(OwnerId::as_str)];
+        let rows = statement.query_map(parameters, |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 revision(row.get(1)?, row.get(2)?),
@@ -528,7 +567,18 @@ impl KeyStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<ApiKey>, SqliteStoreError> {
         let after = after.cloned();
-        self.call(move |conn| calls::list(conn, after.as_ref(), limit))
+        self.call(move |conn| calls::list(conn, None, after.as_ref(), limit))
+            .await?
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, SqliteStoreError> {
+        let (owner, after) = (owner.clone(), after.cloned());
+        self.call(move |conn| calls::list(conn, Some(&owner), after.as_ref(), limit))
             .await?
     }
 
@@ -553,5 +603,39 @@ impl KeyStore for SqliteStore {
         let id = id.clone();
         self.call(move |conn| calls::meter(conn, &id, incarnation))
             .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owner's page is read through the owners' index, never by a scan
+    /// of every key, and needs no sort.
+    #[test]
+    fn owners_pages_use_the_index() {
+        // A table of keyroll 0.2, upgraded.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE keyroll_keys (id TEXT PRIMARY KEY, incarnation INTEGER NOT NULL,
+                 version INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;",
+        )
+        .unwrap();
+        upgrade_0_2(&conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {OWNED_PAGE}"))
+            .unwrap()
+            .query_map(params![None::<&str>, 10, "acme"], |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("USING COVERING INDEX keyroll_keys_owner")
+                || plan.contains("USING INDEX keyroll_keys_owner"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 }
