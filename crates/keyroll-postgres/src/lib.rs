@@ -82,10 +82,10 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
-use keyroll::KeyId;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::record::{self, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError};
+use keyroll::{KeyId, OwnerId};
 use time::OffsetDateTime;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -181,6 +181,7 @@ struct Statements {
     delete: String,
     revision: String,
     list: String,
+    list_owned: String,
     charge: String,
     meter: String,
 }
@@ -447,14 +448,14 @@ impl PgStore {
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
             ),
             insert: format!(
-                "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}, owner) \
+                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
             // $5 is the new record's incarnation: a key of another
             // incarnation never replaces the stored one.
             update: format!(
                 "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
-                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15), owner = $16 \
                  WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5"
             ),
             // The key and its meters, in one statement.
@@ -468,6 +469,11 @@ impl PgStore {
             list: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} \
                  WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+            ),
+            // Through the owners' index.
+            list_owned: format!(
+                "SELECT id, incarnation, version, record::text FROM {table} \
+                 WHERE owner = $3 AND ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
             ),
             charge: format!("SELECT * FROM {table}_charge($1, $2, $3, $4, $5)"),
             meter: format!(
@@ -631,7 +637,11 @@ impl PgStore {
                  ADD COLUMN IF NOT EXISTS refill_every_ns BIGINT,
                  ADD COLUMN IF NOT EXISTS credits_set_secs BIGINT,
                  ADD COLUMN IF NOT EXISTS credits_set_nanos INTEGER,
-                 ADD COLUMN IF NOT EXISTS credits_generation BIGINT;"
+                 ADD COLUMN IF NOT EXISTS credits_generation BIGINT,
+                 -- The key's owner, indexed for listing (keyroll 0.3).
+                 ADD COLUMN IF NOT EXISTS owner TEXT COLLATE \"C\";
+             CREATE INDEX IF NOT EXISTS {table}_owner ON {table} (owner, id)
+                 WHERE owner IS NOT NULL;"
         ))
         .await?;
         tx.batch_execute(&charge_function(table)).await?;
@@ -836,8 +846,13 @@ impl KeyStore for PgStore {
         let limits = LimitColumns::of(key);
         let client = self.client().await.map_err(StoreError::Backend)?;
         let id = key.id().as_str();
+        let owner = key.owner().map(OwnerId::as_str);
         let row: [Param; 4] = [&id, &incarnation, &version, &record];
-        let params: Vec<Param> = row.into_iter().chain(limit_params(&limits)).collect();
+        let params: Vec<Param> = row
+            .into_iter()
+            .chain(limit_params(&limits))
+            .chain([&owner as Param])
+            .collect();
         let inserted = self.execute(&client, &self.sql.insert, &params).await;
         match inserted {
             Ok(_) => Ok(()),
@@ -868,7 +883,12 @@ impl KeyStore for PgStore {
             &incarnation,
             &record,
         ];
-        let params: Vec<Param> = row.into_iter().chain(limit_params(&limits)).collect();
+        let owner = key.owner().map(OwnerId::as_str);
+        let params: Vec<Param> = row
+            .into_iter()
+            .chain(limit_params(&limits))
+            .chain([&owner as Param])
+            .collect();
         let changed = self
             .execute(&client, &self.sql.update, &params)
             .await
@@ -905,6 +925,24 @@ impl KeyStore for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(self.sql.list.as_str(), &[&after.map(KeyId::as_str), &limit])
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, PgStoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                self.sql.list_owned.as_str(),
+                &[&after.map(KeyId::as_str), &limit, &owner.as_str()],
+            )
             .await
             .map_err(|e| self.error(e))?;
         rows.iter().map(decode).collect()

@@ -659,3 +659,45 @@ async fn postgres_a_server_without_tls_is_refused_unless_sslmode_disable() {
     store.migrate().await.unwrap();
     assert_eq!(store.get(&id).await.unwrap(), None);
 }
+
+/// An owner's page can be read through the owners' index (`migrate`
+/// creates it), in id order, not by a scan of every key: with sequential
+/// and bitmap scans ruled out (an empty table's statistics favour them),
+/// the plan of the store's query names the index and sorts nothing.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_owners_are_listed_through_an_index() {
+    let url = server_url();
+    let table = fresh_table("owners");
+    let store = migrated(&url, &table).await;
+    let client = store.pool().get().await.unwrap();
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN SELECT id, incarnation, version, record::text FROM {table} \
+                 WHERE owner = 'acme' AND (NULL::text IS NULL OR id > NULL) ORDER BY id LIMIT 10"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains(&format!("{table}_owner")), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    client
+        .batch_execute("RESET enable_seqscan; RESET enable_bitmapscan")
+        .await
+        .unwrap();
+    drop(client);
+    store.drop_table().await.unwrap();
+}
