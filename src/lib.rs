@@ -58,6 +58,7 @@ pub mod conformance;
 mod duration;
 mod errors;
 mod event;
+mod expiring;
 mod hex;
 mod id;
 mod input;
@@ -96,6 +97,7 @@ pub mod error {
 pub use attributes::{Metadata, Scope, Scopes};
 pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};
+pub use expiring::{Expiring, ExpiringReason};
 pub use id::{KeyId, OwnerId, TokenId};
 pub use key::{ApiKey, TokenInfo};
 pub use manager::{Credentials, KeyManager};

@@ -10,11 +10,12 @@
 
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::attributes::{Metadata, Scopes};
 use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
+use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Credits, RateLimit};
@@ -729,6 +730,57 @@ impl<S: KeyStore> KeyManager<S> {
             .list_owned(owner, after, limit)
             .await
             .map_err(ManagerError::Store)
+    }
+
+    /// The keys that expire, or whose current token falls due for renewal,
+    /// within `within` of `now`, soonest first (an overdue token first of
+    /// all; an expired key is not listed). It reads every key, a page at a
+    /// time: run it from a daily job or an admin page, not per request.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{ExpiringReason, KeyId, KeyManager, NewKey};
+    /// use time::Duration;
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new());
+    /// let (now, mut rng) = (time::OffsetDateTime::now_utc(), rand::rng());
+    /// let soon = NewKey::new(KeyId::new("soon")?).expires_at(now + Duration::days(3));
+    /// keys.create_key(soon, now, &mut rng).await?;
+    /// keys.create_key(KeyId::new("later")?, now, &mut rng).await?; // due in 90 days
+    /// let expiring = keys.expiring(Duration::days(14), now).await?;
+    /// assert_eq!(expiring.len(), 1);
+    /// assert_eq!(expiring[0].key.id().as_str(), "soon");
+    /// assert_eq!(expiring[0].reason, ExpiringReason::KeyExpires);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn expiring(
+        &self,
+        within: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Expiring>, ManagerError<S::Error>> {
+        const PAGE: usize = 500;
+        let mut expiring = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = self.list(after.as_ref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id().clone());
+            expiring.extend(page.iter().filter_map(|key| Expiring::of(key, within, now)));
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        expiring.sort_by(|a, b| (a.at, a.key.id()).cmp(&(b.at, b.key.id())));
+        Ok(expiring)
     }
 
     /// Authenticates a request: a bearer token (a `&str`, or

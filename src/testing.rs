@@ -81,6 +81,7 @@
 //!             Op::SetScopes(scopes) => done(sut.key.set_scopes(scopes, now)),
 //!             Op::SetMetadata(metadata) => done(sut.key.set_metadata(metadata, now)),
 //!             Op::SetExpiry(at) => done(sut.key.set_expiry(at, now)),
+//!             Op::SetOwner(owner) => done(sut.key.set_owner(owner, now)),
 //!             Op::SetRateLimit(rate) => done(sut.key.set_rate_limit(rate, now)),
 //!             Op::SetCredits(credits) => done(sut.key.set_credits(credits, now)),
 //!             Op::Charge(cost) => Expected::Charged(sut.charge(cost, now)),
@@ -126,7 +127,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
 use crate::{
-    ApiKey, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, Scopes, TokenMatch,
+    ApiKey, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, TokenMatch,
     TransitionError, VerifyError,
 };
 
@@ -181,6 +182,8 @@ pub enum Op {
     SetMetadata(Metadata),
     /// [`ApiKey::set_expiry`].
     SetExpiry(Option<OffsetDateTime>),
+    /// [`ApiKey::set_owner`].
+    SetOwner(Option<OwnerId>),
     /// [`ApiKey::set_rate_limit`].
     SetRateLimit(Option<RateLimit>),
     /// [`ApiKey::set_credits`].
@@ -282,6 +285,8 @@ pub struct Model {
     pub expires_at: Option<OffsetDateTime>,
     /// The last recorded use of each handle.
     pub last_used: Vec<Option<OffsetDateTime>>,
+    /// The key's owner.
+    pub owner: Option<OwnerId>,
     /// The key's rate limit.
     pub rate_limit: Option<RateLimit>,
     /// The key's credits as last set.
@@ -327,6 +332,7 @@ impl Model {
             revoked: Vec::new(),
             presented: None,
             last_used: vec![None],
+            owner: None,
             rate_limit: None,
             credits: None,
             level: Duration::ZERO,
@@ -570,6 +576,10 @@ impl Model {
                 self.expires_at = *expires_at;
                 self.succeed();
             }
+            Op::SetOwner(owner) => {
+                self.owner = owner.clone();
+                self.succeed();
+            }
             Op::SetRateLimit(rate) => {
                 // The bucket keeps its level.
                 self.rate_limit = *rate;
@@ -682,6 +692,12 @@ pub fn key_id() -> impl Strategy<Value = KeyId> {
     "[A-Za-z0-9._-]{1,64}".prop_map(|id| KeyId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
+/// Owner ids from a small pool (so that keys share owners).
+pub fn owner_id() -> impl Strategy<Value = OwnerId> {
+    proptest::sample::select(vec!["acme", "globex", "initech", "umbrella.eu"])
+        .prop_map(|id| OwnerId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
+}
+
 /// Instants between 2000 and 2100, with nanoseconds.
 pub fn timestamp() -> impl Strategy<Value = OffsetDateTime> {
     (946_684_800i64..4_102_444_800, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
@@ -750,6 +766,7 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         1 => scopes().prop_map(Op::SetScopes),
         1 => metadata().prop_map(Op::SetMetadata),
         1 => proptest::option::of(span().prop_map(move |d| now + d)).prop_map(Op::SetExpiry),
+        1 => proptest::option::of(owner_id()).prop_map(Op::SetOwner),
         1 => proptest::option::of(rate_limit()).prop_map(Op::SetRateLimit),
         1 => proptest::option::of(credits()).prop_map(Op::SetCredits),
         3 => (0u32..5).prop_map(Op::Charge),
@@ -859,6 +876,7 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                         Op::SetExpiry(at) => key
                             .set_expiry(at.map(|at| now + (at - op_now())), now)
                             .map(|_| ()),
+                        Op::SetOwner(owner) => key.set_owner(owner, now).map(|_| ()),
                         Op::SetRateLimit(rate) => key.set_rate_limit(rate, now).map(|_| ()),
                         Op::SetCredits(credits) => key.set_credits(credits, now).map(|_| ()),
                         // A charge changes the meter, which is not the key's.

@@ -88,6 +88,7 @@ impl Subject for Plain {
             Op::SetScopes(scopes) => key.set_scopes(scopes.clone(), now),
             Op::SetMetadata(metadata) => key.set_metadata(metadata.clone(), now),
             Op::SetExpiry(at) => key.set_expiry(*at, now),
+            Op::SetOwner(owner) => key.set_owner(owner.clone(), now),
             Op::SetRateLimit(rate) => key.set_rate_limit(*rate, now),
             Op::SetCredits(credits) => key.set_credits(*credits, now),
             other => unreachable!("{other:?} is not a plain transition"),
@@ -190,6 +191,7 @@ impl Subject for Managed {
             Op::SetScopes(scopes) => block_on(m.set_scopes(id, scopes.clone(), now)),
             Op::SetMetadata(metadata) => block_on(m.set_metadata(id, metadata.clone(), now)),
             Op::SetExpiry(at) => block_on(m.set_expiry(id, *at, now)),
+            Op::SetOwner(owner) => block_on(m.set_owner(id, owner.clone(), now)),
             Op::SetRateLimit(rate) => block_on(m.set_rate_limit(id, *rate, now)),
             Op::SetCredits(credits) => block_on(m.set_credits(id, *credits, now)),
             other => unreachable!("{other:?} is not a plain transition"),
@@ -313,6 +315,7 @@ impl<S: Subject> StateMachineTest for Against<S> {
             | Op::SetScopes(_)
             | Op::SetMetadata(_)
             | Op::SetExpiry(_)
+            | Op::SetOwner(_)
             | Op::SetRateLimit(_)
             | Op::SetCredits(_) => {
                 let before = sut.subject.key();
@@ -380,6 +383,7 @@ impl<S: Subject> StateMachineTest for Against<S> {
         assert_eq!(key.label(), model.label, "label");
         assert_eq!(key.scopes(), &model.scopes, "scopes");
         assert_eq!(key.metadata(), &model.metadata, "metadata");
+        assert_eq!(key.owner(), model.owner.as_ref(), "owner");
         assert_eq!(key.rate_limit(), model.rate_limit.as_ref(), "rate limit");
         assert_eq!(key.credits(), model.credits.as_ref(), "credits");
         assert_eq!(key.expires_at(), model.expires_at, "expiry");
