@@ -1185,3 +1185,59 @@ fn http_rate_limits_and_credits_through_the_admin_api() {
         assert_eq!(service.bearer(&token).0, 200);
     }
 }
+
+#[test]
+fn http_owners_and_expiring_keys_through_the_admin_api() {
+    let service = start();
+    service.create(json!({"id": "a2", "owner": "acme"}));
+    service.create(json!({"id": "a1", "owner": "acme"}));
+    service.create(json!({"id": "g1", "owner": "globex"}));
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::days(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    service.create(json!({"id": "soon", "expires_at": soon}));
+    let ids = |answer: &Answer| {
+        answer.1["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let acme = service.admin("GET", "/admin/keys?owner=acme", None);
+    assert_eq!(
+        (acme.0, ids(&acme)),
+        (200, vec!["a1".to_owned(), "a2".to_owned()])
+    );
+    assert_eq!(acme.1["keys"][0]["owner"], "acme");
+    let bad = service.admin("GET", "/admin/keys?owner=a%20b", None);
+    assert_eq!(bad.0, 400, "{bad:?}");
+    assert!(
+        bad.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid owner id")
+    );
+    let moved = service.admin(
+        "PUT",
+        "/admin/keys/g1/owner",
+        Some(json!({"owner": "acme"})),
+    );
+    assert_eq!(moved.0, 200, "{moved:?}");
+    assert_eq!(
+        ids(&service.admin("GET", "/admin/keys?owner=acme&limit=2", None)),
+        ["a1", "a2"]
+    );
+    assert_eq!(
+        ids(&service.admin("GET", "/admin/keys?owner=acme&after=a2", None)),
+        ["g1"]
+    );
+    let expiring = service.admin("GET", "/admin/expiring?within=14d", None);
+    assert_eq!(expiring.0, 200, "{expiring:?}");
+    let listed = expiring.1["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{expiring:?}");
+    assert_eq!(listed[0]["key"]["id"], "soon");
+    assert_eq!(listed[0]["reason"], "key_expires");
+    let bad = service.admin("GET", "/admin/expiring?within=soonish", None);
+    assert_eq!(bad.0, 400, "{bad:?}");
+}

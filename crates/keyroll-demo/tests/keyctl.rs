@@ -635,3 +635,58 @@ fn keyctl_sets_and_shows_rate_limits_and_credits() {
     }
     assert_eq!(ctl.ok(&["show", "m"]), shown);
 }
+
+#[test]
+fn keyctl_lists_owners_keys_expiring_keys_and_revoked_tokens() {
+    let ctl = Ctl::new();
+    for (id, owner) in [("a2", "acme"), ("a1", "acme"), ("g1", "globex")] {
+        ctl.ok(&["create", "--label", id, "--id", id, "--owner", owner]);
+    }
+    let soon = in_days(5);
+    ctl.ok(&[
+        "create",
+        "--label",
+        "soon",
+        "--id",
+        "soon",
+        "--expires",
+        &soon,
+    ]);
+    // One owner's keys, in id order; the owner shows in `list` and `show`.
+    let acme = ctl.ok(&["list", "--owner", "acme"]);
+    let ids: Vec<&str> = acme
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["a1", "a2"], "{acme}");
+    assert!(ctl.ok(&["show", "g1"]).contains("owner    globex"));
+    ctl.ok(&["set-owner", "g1", "acme"]);
+    assert!(ctl.ok(&["list", "--owner", "acme"]).contains("g1"));
+    ctl.ok(&["set-owner", "g1", "none"]);
+    assert!(!ctl.ok(&["list", "--owner", "acme"]).contains("g1"));
+    let refused = ctl.run(&["list", "--owner", "not an owner"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("invalid owner id \"not an owner\""),
+        "{stderr}"
+    );
+    // Keys expiring within two weeks: `soon`; within 100 days, every key
+    // (their tokens fall due in 90), soonest first.
+    let expiring = ctl.ok(&["expiring", "14d"]);
+    assert_eq!(expiring.lines().count(), 2, "{expiring}");
+    assert!(expiring.contains("soon") && expiring.contains("the key expires"));
+    let all = ctl.ok(&["expiring", "100d"]);
+    assert_eq!(
+        all.lines().nth(1).unwrap().split_whitespace().next(),
+        Some("soon")
+    );
+    assert_eq!(all.lines().count(), 5, "{all}");
+    // A revoked current token shows in the list.
+    let created = ctl.ok(&["create", "--label", "leaked", "--id", "leaked"]);
+    let token = token_from(&created, "token:");
+    assert!(ctl.with_stdin(&["revoke"], &token).status.success());
+    let listed = ctl.ok(&["list"]);
+    let line = listed.lines().find(|l| l.starts_with("leaked")).unwrap();
+    assert!(line.contains("REVOKED"), "{line}");
+}

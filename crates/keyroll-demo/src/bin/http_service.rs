@@ -35,14 +35,16 @@
 //!   the service does not start), only to create the first admin key: it
 //!   is refused as soon as an active key holds `keyroll:admin`:
 //!   `POST /admin/keys` (`{"id"?, "label"?, "scopes"?: [..],
-//!   "metadata"?: {..}, "expires_at"?: RFC 3339}`), `PUT
+//!   "metadata"?: {..}, "expires_at"?: RFC 3339, "owner"?}`), `PUT
 //!   /admin/keys/{id}/scopes` (`{"scopes"}`), `/metadata` (`{"metadata"}`),
 //!   `/expiry` (`{"expires_at"}`, `null` removes it), `/label`
 //!   (`{"label"}`), `/rate-limit` (`{"rate_limit": {"limit": 100,
-//!   "period": "1m", "burst"?: 20}}`, `null` removes it) and `/credits`
+//!   "period": "1m", "burst"?: 20}}`, `null` removes it), `/credits`
 //!   (`{"credits": {"remaining": 1000, "refill"?: {"amount": 1000,
-//!   "every": "30d"}}}`, `null` removes them), `GET
-//!   /admin/keys?after=&limit=`, `GET /admin/keys/{id}` (with its
+//!   "every": "30d"}}}`, `null` removes them) and `/owner` (`{"owner"}`,
+//!   `null` removes it), `GET /admin/keys?after=&limit=&owner=` (one
+//!   owner's keys with `owner`), `GET /admin/expiring?within=14d` (keys
+//!   expiring or due for renewal, soonest first), `GET /admin/keys/{id}` (with its
 //!   `allowance`: what its limits allow now), `POST /admin/keys/{id}/renew`,
 //!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
@@ -87,7 +89,7 @@ use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
 use keyroll::{
     ApiKey, AuthError, Event, KeyId, KeyManager, ManagerError, Metadata, NewKey, OldTokenDeletion,
-    RenewalState, Scope, Scopes, Token, TokenInfo, TokenMatch,
+    OwnerId, RenewalState, Scope, Scopes, Token, TokenInfo, TokenMatch,
 };
 use keyroll_axum::{ApiError, Caller, KeyrollLayer, KeyrollState, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
@@ -566,6 +568,7 @@ struct TokenView {
     due_at: String,
     freshness: &'static str,
     last_used_at: Option<String>,
+    revoked_at: Option<String>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -584,6 +587,7 @@ fn token_view(token: &TokenInfo, now: OffsetDateTime) -> TokenView {
             _ => "long_outdated",
         },
         last_used_at: token.last_used_at().map(rfc3339),
+        revoked_at: token.revoked_at().map(rfc3339),
     }
 }
 
@@ -591,6 +595,7 @@ fn key_view(key: &ApiKey, now: OffsetDateTime) -> serde_json::Value {
     json!({
         "id": key.id(),
         "label": key.label(),
+        "owner": key.owner(),
         "status": key.status().to_string(),
         "version": key.version(),
         "created_at": rfc3339(key.created_at()),
@@ -658,6 +663,7 @@ struct CreateKey {
     metadata: Vec<(String, String)>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
+    owner: Option<String>,
 }
 
 /// A JSON object of strings as its entries, in order and with any key given
@@ -723,6 +729,9 @@ async fn create_key(
     if let Some(at) = body.expires_at {
         new = new.expires_at(at);
     }
+    if let Some(owner) = body.owner {
+        new = new.owner(OwnerId::new(owner).map_err(ApiError::bad_request)?);
+    }
     let (token, event) = app.keys.create_key(new, now, &mut rng).await?;
     let answer = with_token(&id, &token, &event);
     audit(&actor, &event);
@@ -734,6 +743,7 @@ async fn create_key(
 struct Page {
     after: Option<String>,
     limit: Option<usize>,
+    owner: Option<String>,
 }
 
 async fn list_keys(
@@ -748,7 +758,13 @@ async fn list_keys(
     if let Err(e) = app.keys.flush_usage(now).await {
         eprintln!("{}", json!({ "flush_error": e.to_string() }));
     }
-    let keys = app.keys.list(after.as_ref(), limit).await?;
+    let keys = match page.owner {
+        Some(owner) => {
+            let owner = OwnerId::new(owner).map_err(ApiError::bad_request)?;
+            app.keys.list_owned(&owner, after.as_ref(), limit).await?
+        }
+        None => app.keys.list(after.as_ref(), limit).await?,
+    };
     let next = (keys.len() == limit)
         .then(|| keys.last().map(|k| k.id().to_string()))
         .flatten();
@@ -756,6 +772,58 @@ async fn list_keys(
         "keys": keys.iter().map(|k| key_view(k, now)).collect::<Vec<_>>(),
         "next": next,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Within {
+    within: String,
+}
+
+/// `GET /admin/expiring?within=14d`: the keys that expire, or whose token
+/// falls due for renewal, within the window, soonest first.
+async fn expiring(
+    State(app): Shared,
+    Query(window): Query<Within>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let within = parse_duration(&window.within)?;
+    let now = OffsetDateTime::now_utc();
+    let soon = app.keys.expiring(within, now).await?;
+    Ok(Json(json!({
+        "keys": soon.iter().map(|s| json!({
+            "at": rfc3339(s.at),
+            "reason": match s.reason {
+                keyroll::ExpiringReason::KeyExpires => "key_expires",
+                _ => "renewal_due",
+            },
+            "key": key_view(&s.key, now),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `PUT /admin/keys/{id}/owner`: `{"owner": ".." | null}`.
+async fn set_owner(
+    State(app): Shared,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    body: Result<Json<SetOwner>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let owner = json(body)?
+        .owner
+        .map(OwnerId::new)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let event = app
+        .keys
+        .set_owner(&key_id(&raw)?, owner, OffsetDateTime::now_utc())
+        .await?;
+    Ok(done(&actor, event))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetOwner {
+    owner: Option<String>,
 }
 
 async fn show_key(
@@ -1044,6 +1112,8 @@ fn router(app: Arc<App>) -> Router {
             axum::routing::put(set_rate_limit),
         )
         .route("/admin/keys/{id}/credits", axum::routing::put(set_credits))
+        .route("/admin/keys/{id}/owner", axum::routing::put(set_owner))
+        .route("/admin/expiring", get(expiring))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
     // `/v1/orders` under keyroll-axum's layer and a scope guard;
     // `/v1/whoami` authenticated by the `Caller` extractor alone, with the

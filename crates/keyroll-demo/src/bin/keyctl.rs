@@ -34,9 +34,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::DynKeyStore;
 use keyroll::{
-    ApiKey, Credentials, Decision, Event, Freshness, KeyId, KeyManager, Metadata, NewKey,
-    OldTokenDeletion, Policy, RenewalEnforcement, RenewalState, Scope, Scopes, TokenFormat,
-    TokenInfo,
+    ApiKey, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager, Metadata,
+    NewKey, OldTokenDeletion, OwnerId, Policy, RenewalEnforcement, RenewalState, Scope, Scopes,
+    TokenFormat, TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -94,6 +94,9 @@ enum Command {
         /// A hard expiry of the whole key (RFC 3339).
         #[arg(long, value_parser = parse_time)]
         expires: Option<OffsetDateTime>,
+        /// Whom the key belongs to (`keyctl list --owner` lists them).
+        #[arg(long)]
+        owner: Option<OwnerId>,
         /// A rate limit, `LIMIT/PERIOD` (e.g. `100/1m`).
         #[arg(long, value_parser = parse_limit)]
         rate_limit: Option<(u32, Duration)>,
@@ -129,6 +132,12 @@ enum Command {
     },
     /// Change a key's label.
     SetLabel { id: KeyId, label: String },
+    /// Set a key's owner, or remove it (`none`).
+    SetOwner {
+        id: KeyId,
+        #[arg(value_parser = parse_owner)]
+        owner: OwnerArg,
+    },
     /// Set a key's rate limit, `LIMIT/PERIOD` (e.g. `100/1m`), or remove it
     /// (`none`). The bucket keeps its state.
     SetRateLimit {
@@ -149,8 +158,19 @@ enum Command {
         #[arg(long, value_parser = parse_rate_u64)]
         refill: Option<(u64, Duration)>,
     },
-    /// List every key, like the admin page.
-    List,
+    /// List every key, like the admin page (a revoked current token shows
+    /// as `REVOKED`).
+    List {
+        /// Only this owner's keys.
+        #[arg(long)]
+        owner: Option<OwnerId>,
+    },
+    /// List the keys that expire, or whose token falls due for renewal,
+    /// within DURATION (e.g. `14d`), soonest first.
+    Expiring {
+        #[arg(value_parser = parse_duration)]
+        within: Duration,
+    },
     /// Show one key.
     Show { id: KeyId },
     /// Renew a key's token: print the new token, once.
@@ -204,7 +224,11 @@ impl Command {
     fn only_looks(&self) -> bool {
         matches!(
             self,
-            Command::List | Command::Show { .. } | Command::Verify { .. } | Command::Whois
+            Command::List { .. }
+                | Command::Expiring { .. }
+                | Command::Show { .. }
+                | Command::Verify { .. }
+                | Command::Whois
         )
     }
 }
@@ -252,6 +276,19 @@ fn parse_limit(text: &str) -> Result<(u32, Duration), String> {
     let (n, period) = parse_rate_u64(text)?;
     let n = u32::try_from(n).map_err(|_| format!("limit {n} is too large"))?;
     Ok((n, period))
+}
+
+/// An owner, or its removal.
+#[derive(Clone)]
+struct OwnerArg(Option<OwnerId>);
+
+fn parse_owner(text: &str) -> Result<OwnerArg, String> {
+    match text {
+        "none" => Ok(OwnerArg(None)),
+        _ => OwnerId::new(text)
+            .map(|owner| OwnerArg(Some(owner)))
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// A rate limit, or its removal.
@@ -415,6 +452,7 @@ fn label(key: &ApiKey) -> String {
 fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("id       {}", key.id());
     println!("label    {}", label(key));
+    println!("owner    {}", key.owner().map_or("", OwnerId::as_str));
     println!("status   {}", key.status());
     println!("version  {}", key.version());
     println!("scopes   {}", scopes(key));
@@ -504,12 +542,14 @@ async fn migrate(cli: &Cli) -> Result<(), Box<dyn Error>> {
 
 async fn list(
     manager: &KeyManager<DynKeyStore>,
+    owner: Option<&OwnerId>,
     now: OffsetDateTime,
 ) -> Result<(), Box<dyn Error>> {
     println!(
-        "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} NOTE",
+        "{:<24} {:<20} {:<16} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} NOTE",
         "ID",
         "LABEL",
+        "OWNER",
         "STATUS",
         "TOKEN CREATED",
         "TOKEN DUE",
@@ -523,7 +563,10 @@ async fn list(
     );
     let mut after: Option<KeyId> = None;
     loop {
-        let page = manager.list(after.as_ref(), 100).await?;
+        let page = match owner {
+            Some(owner) => manager.list_owned(owner, after.as_ref(), 100).await?,
+            None => manager.list(after.as_ref(), 100).await?,
+        };
         let Some(last) = page.last() else { break };
         after = Some(last.id().clone());
         for key in &page {
@@ -532,14 +575,16 @@ async fn list(
                 Some(old) => (date(old.created_at()), date(old.due_at()), last_used(old)),
                 None => Default::default(),
             };
-            let freshness = match alert(key.freshness(now)) {
-                "" => "fresh",
-                other => other,
+            let freshness = match (current.revoked_at(), alert(key.freshness(now))) {
+                (Some(_), _) => "REVOKED",
+                (None, "") => "fresh",
+                (None, other) => other,
             };
             println!(
-                "{:<24} {:<20} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} {}",
+                "{:<24} {:<20} {:<16} {:<8} {:<16} {:<16} {:<13} {:<16} {:<16} {:<16} {:<16} {:<26} {:<30} {}",
                 key.id().as_str(),
                 label(key).chars().take(20).collect::<String>(),
+                key.owner().map_or("", OwnerId::as_str),
                 key.status(),
                 date(current.created_at()),
                 date(current.due_at()),
@@ -553,6 +598,33 @@ async fn list(
                 decision(key),
             );
         }
+    }
+    Ok(())
+}
+
+/// `keyctl expiring`.
+async fn expiring(
+    manager: &KeyManager<DynKeyStore>,
+    within: Duration,
+    now: OffsetDateTime,
+) -> Result<(), Box<dyn Error>> {
+    println!(
+        "{:<24} {:<20} {:<16} {:<16} WHAT",
+        "ID", "LABEL", "OWNER", "WHEN"
+    );
+    for soon in manager.expiring(within, now).await? {
+        let what = match soon.reason {
+            ExpiringReason::KeyExpires => "the key expires",
+            ExpiringReason::RenewalDue if soon.at <= now => "renewal overdue",
+            _ => "renewal due",
+        };
+        println!(
+            "{:<24} {:<20} {:<16} {:<16} {what}",
+            soon.key.id().as_str(),
+            label(&soon.key).chars().take(20).collect::<String>(),
+            soon.key.owner().map_or("", OwnerId::as_str),
+            date(soon.at),
+        );
     }
     Ok(())
 }
@@ -598,6 +670,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             scopes,
             metadata,
             expires,
+            owner,
             rate_limit: rate,
             burst,
             credits: balance,
@@ -624,6 +697,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 .metadata(Metadata::new(metadata)?);
             if let Some(at) = expires {
                 new = new.expires_at(at);
+            }
+            if let Some(owner) = owner {
+                new = new.owner(owner);
             }
             if let Some(rate) = rate_limit(rate, burst)? {
                 new = new.rate_limit(rate);
@@ -665,7 +741,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             let balance = credits(balance.0, refill)?;
             print_event(&manager.set_credits(&id, balance, now).await?)?
         }
-        Command::List => list(&manager, now).await?,
+        Command::SetOwner { id, owner } => {
+            print_event(&manager.set_owner(&id, owner.0, now).await?)?
+        }
+        Command::List { owner } => list(&manager, owner.as_ref(), now).await?,
+        Command::Expiring { within } => expiring(&manager, within, now).await?,
         Command::Show { id } => {
             let key = manager
                 .get(&id)
