@@ -41,7 +41,7 @@ use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
 use crate::meter::{Allowance, Credits, RateLimit, Refusal};
-use crate::store::{KeyStore, Revision, StoreError, Verification};
+use crate::store::{KeyStore, Revision, StoreError, UsageRow, Verification};
 use crate::{
     ApiKey, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken, RenewalEnforcement,
     Token, TokenFormat,
@@ -798,6 +798,16 @@ behaviours! {
     /// most `limit`; it follows an owner set, changed or removed by
     /// `update`, and a `delete`.
     owners_are_listed => owners_are_listed_body;
+    /// `add_usage` adds each row's counts to its key's, incarnation's and
+    /// hour's (never replaces them); `usage` reads one incarnation's hours
+    /// in a half-open range, in order; `delete` drops the key's counts;
+    /// `prune_usage(before)` drops exactly the hours before `before`.
+    usage_counts_add_up => usage_counts_add_up_body;
+    /// Through a [`KeyManager`](crate::KeyManager) with usage recording:
+    /// after a flush, each key's counts of accepted, rate-limited,
+    /// usage-exceeded and refused authentications are exactly the requests
+    /// made; an unknown key's and a malformed token's are not counted.
+    counted_outcomes_are_exact_after_a_flush => counted_outcomes_are_exact_after_a_flush_body;
 }
 
 async fn owners_are_listed_body<S: KeyStore>(store: S) {
@@ -894,6 +904,207 @@ async fn owners_are_listed_body<S: KeyStore>(store: S) {
         &["k2", "k3"],
         "list_owned(zeta, None, 10) after the changes",
     );
+}
+
+fn usage_row(id: &KeyId, incarnation: u64, hour: i64, counts: [u64; 4]) -> UsageRow {
+    let [accepted, rate_limited, usage_exceeded, refused] = counts;
+    UsageRow {
+        id: id.clone(),
+        incarnation,
+        hour,
+        accepted,
+        rate_limited,
+        usage_exceeded,
+        refused,
+    }
+}
+
+async fn usage_counts_add_up_body<S: KeyStore>(store: S) {
+    const B: &str = "usage_counts_add_up";
+    let (key, _) = issue("counted", 110);
+    ok(B, "insert", store.insert(&key).await);
+    let (other, _) = issue("counted-too", 111);
+    ok(B, "insert", store.insert(&other).await);
+    let (id, incarnation) = (key.id().clone(), key.revision().incarnation());
+    // Hours around the epoch and far from it; another incarnation; another key.
+    let h = 480_000;
+    let batch = [
+        usage_row(&id, incarnation, h, [3, 1, 0, 2]),
+        usage_row(&id, incarnation, h + 1, [5, 0, 0, 0]),
+        usage_row(&id, incarnation, h - 48, [1, 0, 0, 0]),
+        usage_row(&id, incarnation ^ 1, h, [100, 0, 0, 0]),
+        usage_row(other.id(), other.revision().incarnation(), h, [7, 7, 7, 7]),
+    ];
+    ok(B, "add_usage", store.add_usage(&batch).await);
+    ok(
+        B,
+        "add_usage",
+        store
+            .add_usage(&[usage_row(&id, incarnation, h, [10, 0, 4, 0])])
+            .await,
+    );
+    ok(B, "add_usage", store.add_usage(&[]).await);
+    let read = |hours: std::ops::Range<i64>| {
+        let store = &store;
+        let id = id.clone();
+        async move { ok(B, "usage", store.usage(&id, incarnation, hours).await) }
+    };
+    let seen = read(h - 100..h + 100).await;
+    let want = vec![
+        usage_row(&id, incarnation, h - 48, [1, 0, 0, 0]),
+        usage_row(&id, incarnation, h, [13, 1, 4, 2]),
+        usage_row(&id, incarnation, h + 1, [5, 0, 0, 0]),
+    ];
+    if seen != want {
+        violated(B, format_args!("usage read {seen:?}, expected {want:?}"));
+    }
+    let seen = read(h..h + 1).await;
+    if seen != want[1..2] {
+        violated(
+            B,
+            format_args!("usage(h..h+1) read {seen:?}: the range is half-open"),
+        );
+    }
+    if !read(h + 2..h + 2).await.is_empty() {
+        violated(B, "an empty range read counts");
+    }
+    // Pruning drops exactly the hours before `before`, of every key.
+    let pruned = ok(B, "prune_usage", store.prune_usage(h).await);
+    if pruned != 1 {
+        violated(
+            B,
+            format_args!("prune_usage({h}) dropped {pruned} rows, expected 1"),
+        );
+    }
+    let seen = read(h - 100..h + 100).await;
+    if seen != want[1..] {
+        violated(B, format_args!("after pruning, usage read {seen:?}"));
+    }
+    // A deleted key's counts go with it; its id created again has none.
+    ok(B, "delete", store.delete(&id, key.revision()).await);
+    let (again, _) = issue("counted", 112);
+    ok(B, "insert", store.insert(&again).await);
+    let seen = ok(
+        B,
+        "usage",
+        store
+            .usage(&id, again.revision().incarnation(), h - 100..h + 100)
+            .await,
+    );
+    if !seen.is_empty() {
+        violated(B, format_args!("a key created again has counts {seen:?}"));
+    }
+    let seen = read(h - 100..h + 100).await;
+    if !seen.is_empty() {
+        violated(B, format_args!("a deleted key's counts stayed: {seen:?}"));
+    }
+    let theirs = ok(
+        B,
+        "usage",
+        store
+            .usage(other.id(), other.revision().incarnation(), h..h + 1)
+            .await,
+    );
+    if theirs
+        != [usage_row(
+            other.id(),
+            other.revision().incarnation(),
+            h,
+            [7, 7, 7, 7],
+        )]
+    {
+        violated(B, format_args!("another key's counts changed: {theirs:?}"));
+    }
+}
+
+async fn counted_outcomes_are_exact_after_a_flush_body<S: KeyStore>(store: S) {
+    const B: &str = "counted_outcomes_are_exact_after_a_flush";
+    let manager = crate::KeyManager::new(store).with_usage_recording(true);
+    let now = t0();
+    let rate = RateLimit::new(3, Duration::HOUR).unwrap_or_else(|e| unreachable!("{e}"));
+    let create = |new: NewKey, seed| {
+        let manager = &manager;
+        async move {
+            ok(
+                B,
+                "create_key",
+                manager.create_key(new, now, &mut rng(seed)).await,
+            )
+            .0
+        }
+    };
+    let rated = create(NewKey::new(key_id("counted-rate")).rate_limit(rate), 120).await;
+    let spent = create(
+        NewKey::new(key_id("counted-credits")).credits(Credits::new(2)),
+        121,
+    )
+    .await;
+    // Well-formed tokens naming the keys, with secrets they never issued.
+    let (_, wrong_rated) = issue("counted-rate", 122);
+    let (_, wrong_spent) = issue("counted-credits", 123);
+    let (_, unknown) = issue("counted-nobody", 124);
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        attempts.push(rated.expose_secret()); // 3 accepted, 2 rate limited
+        attempts.push(spent.expose_secret()); // 2 accepted, 3 usage exceeded
+    }
+    for _ in 0..4 {
+        attempts.push(wrong_rated.expose_secret()); // refused
+        attempts.push(wrong_spent.expose_secret()); // refused
+        attempts.push(unknown.expose_secret()); // not counted: no such key
+        attempts.push("kr_not_a_token"); // not counted: malformed
+    }
+    for token in attempts {
+        let _ = manager.authenticate(token, now).await;
+    }
+    if let Err(e) = manager.flush_usage(now).await {
+        violated(B, format_args!("flush_usage failed: {e}"));
+    }
+    for (id, want) in [
+        ("counted-rate", [3, 2, 0, 4]),
+        ("counted-credits", [2, 0, 3, 4]),
+    ] {
+        let rows = ok(
+            B,
+            "usage",
+            manager
+                .usage(&key_id(id), now - Duration::HOUR, now + Duration::HOUR)
+                .await,
+        );
+        let seen: Vec<[u64; 4]> = rows
+            .iter()
+            .map(|r| [r.accepted, r.rate_limited, r.usage_exceeded, r.refused])
+            .collect();
+        if seen != [want] || rows[0].hour != UsageRow::hour_of(now) {
+            violated(
+                B,
+                format_args!(
+                    "{id}: counted {seen:?} (accepted, rate limited, usage exceeded, refused), expected [{want:?}]"
+                ),
+            );
+        }
+    }
+    // A second flush adds what was counted since, once.
+    let _ = manager.authenticate(rated.expose_secret(), now).await;
+    if let Err(e) = manager.flush_usage(now).await {
+        violated(B, format_args!("flush_usage failed: {e}"));
+    }
+    if let Err(e) = manager.flush_usage(now).await {
+        violated(B, format_args!("flush_usage failed: {e}"));
+    }
+    let rows = ok(
+        B,
+        "usage",
+        manager
+            .usage(&key_id("counted-rate"), now, now + Duration::HOUR)
+            .await,
+    );
+    if rows.len() != 1 || rows[0].rate_limited != 3 || rows[0].accepted != 3 {
+        violated(
+            B,
+            format_args!("after another request and two flushes: {rows:?}"),
+        );
+    }
 }
 
 /// A key with `credits` and `rate`, stored.

@@ -54,6 +54,7 @@ mod attributes;
 mod base62;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod counts;
 #[cfg(feature = "serde")]
 mod duration;
 mod errors;
@@ -95,6 +96,7 @@ pub mod error {
 }
 
 pub use attributes::{Metadata, Scope, Scopes};
+pub use counts::Outcome;
 pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};
 pub use expiring::{Expiring, ExpiringReason};

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::attributes::{Metadata, Scopes};
+use crate::counts::{Outcome, UsageRow};
 use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
 use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
-use crate::meter::{Allowance, Credits, RateLimit};
+use crate::meter::{Allowance, Credits, RateLimit, Refusal};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
@@ -145,6 +146,9 @@ pub struct FlushError<E> {
     pub written: usize,
     /// Each key whose uses were not written, and why.
     pub failed: Vec<(KeyId, ManagerError<E>)>,
+    /// Why some usage counts were not written (they are kept for the next
+    /// flush), if so.
+    pub counts: Option<ManagerError<E>>,
 }
 
 impl<E: std::fmt::Display> std::fmt::Display for FlushError<E> {
@@ -158,6 +162,9 @@ impl<E: std::fmt::Display> std::fmt::Display for FlushError<E> {
         for (id, e) in &self.failed {
             write!(f, "{separator}{id}: {e}")?;
             separator = "; ";
+        }
+        if let Some(e) = &self.counts {
+            write!(f, "; usage counts were not written and are kept: {e}")?;
         }
         Ok(())
     }
@@ -178,6 +185,9 @@ enum Write {
 
 /// How many keys `housekeep_all` loads per page.
 const HOUSEKEEPING_PAGE: usize = 256;
+
+/// How many usage rows a flush writes in one store call.
+const USAGE_BATCH: usize = 1_000;
 
 /// Whether a write went through (`false`: a conflict, retry).
 fn written<E>(result: Result<(), StoreError<E>>) -> Result<bool, ManagerError<E>> {
@@ -243,14 +253,19 @@ fn updating<T>(
 pub struct KeyManager<S> {
     store: S,
     max_retries: u32,
-    /// Uses noted by `authenticate`, when recording is on; shared by
-    /// clones of the manager.
+    /// Uses noted and outcomes counted by `authenticate`, when recording
+    /// is on; shared by clones of the manager.
     usage: Option<Arc<UsageLog>>,
+    /// How long usage counts are kept.
+    usage_retention: Duration,
 }
 
 impl<S: KeyStore> KeyManager<S> {
     /// The default number of retries after a revision conflict.
     pub const DEFAULT_MAX_RETRIES: u32 = 8;
+
+    /// How long usage counts are kept by default: 90 days.
+    pub const DEFAULT_USAGE_RETENTION: Duration = Duration::days(90);
 
     /// A manager over `store`, retrying conflicts up to
     /// [`DEFAULT_MAX_RETRIES`](Self::DEFAULT_MAX_RETRIES) times.
@@ -259,6 +274,7 @@ impl<S: KeyStore> KeyManager<S> {
             store,
             max_retries: Self::DEFAULT_MAX_RETRIES,
             usage: None,
+            usage_retention: Self::DEFAULT_USAGE_RETENTION,
         }
     }
 
@@ -284,8 +300,23 @@ impl<S: KeyStore> KeyManager<S> {
     /// token then stays valid until a later use is flushed: the deletion
     /// comes later, never earlier). Never a transition: those are written
     /// before the call that makes them returns.
+    ///
+    /// It also counts the outcome of each authentication of a stored key,
+    /// by key and UTC hour ([`Outcome`]: accepted, rate limited, usage
+    /// exceeded, refused by the key), in memory, and the flush adds the
+    /// counts to the store's ([`KeyStore::add_usage`], in batches). After a
+    /// flush they are exact; a crash loses at most the counts of the
+    /// interval since the last flush. [`usage`](Self::usage) reads them.
     pub fn with_usage_recording(mut self, record_uses: bool) -> Self {
         self.usage = record_uses.then(Arc::default);
+        self
+    }
+
+    /// Keeps usage counts for `retention` (by default
+    /// [`DEFAULT_USAGE_RETENTION`](Self::DEFAULT_USAGE_RETENTION)):
+    /// [`housekeep_all`](Self::housekeep_all) drops older hours.
+    pub fn with_usage_retention(mut self, retention: Duration) -> Self {
+        self.usage_retention = retention;
         self
     }
 
@@ -628,7 +659,8 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Housekeeps every stored key, paging through `list`, and returns the
-    /// events of the deletions it applied. Run it periodically.
+    /// events of the deletions it applied; then drops the usage counts older
+    /// than the [retention](Self::with_usage_retention). Run it periodically.
     ///
     /// # Errors
     ///
@@ -659,6 +691,11 @@ impl<S: KeyStore> KeyManager<S> {
                 }
             }
         }
+        let before = UsageRow::hour_of(now.saturating_sub(self.usage_retention));
+        self.store
+            .prune_usage(before)
+            .await
+            .map_err(ManagerError::Store)?;
         Ok(events)
     }
 
@@ -728,6 +765,50 @@ impl<S: KeyStore> KeyManager<S> {
     ) -> Result<Vec<ApiKey>, ManagerError<S::Error>> {
         self.store
             .list_owned(owner, after, limit)
+            .await
+            .map_err(ManagerError::Store)
+    }
+
+    /// The usage counts of key `id` for the UTC hours from the one holding
+    /// `from` up to the one holding `to` (excluded), hour by hour: the
+    /// hours with any count, as the store keeps them after the last flush
+    /// (counts not flushed yet are not in it).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`], [`ManagerError::Store`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{KeyId, KeyManager, Outcome};
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
+    /// let (now, id) = (time::OffsetDateTime::now_utc(), KeyId::new("acme")?);
+    /// let (token, _) = keys.create_key(id.clone(), now, &mut rand::rng()).await?;
+    /// keys.authenticate(token.expose_secret(), now).await?;
+    /// keys.authenticate(token.expose_secret(), now).await?;
+    /// assert!(keys.authenticate("kr_acme_wrongwrongwrongwrongwrongwrongwrongwrong0000000", now).await.is_err());
+    /// keys.flush_usage(now).await?;
+    /// let hours = keys.usage(&id, now - time::Duration::DAY, now + time::Duration::HOUR).await?;
+    /// assert_eq!(hours.len(), 1);
+    /// assert_eq!(hours[0].count(Outcome::Accepted), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn usage(
+        &self,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<UsageRow>, ManagerError<S::Error>> {
+        let key = self.get(id).await?.ok_or(ManagerError::NotFound)?;
+        let hours = UsageRow::hour_of(from)..UsageRow::hour_of(to);
+        self.store
+            .usage(id, key.revision().incarnation(), hours)
             .await
             .map_err(ManagerError::Store)
     }
@@ -810,16 +891,33 @@ impl<S: KeyStore> KeyManager<S> {
     ) -> Result<Authenticated, AuthError<S::Error>> {
         let Resolved { token, id, cost } = credentials.into().resolve()?;
         let verified = self.store.verify(&id, &token, now).await;
+        let count = |incarnation, outcome| {
+            if let Some(usage) = &self.usage {
+                usage.counts.count(&id, incarnation, outcome, now);
+            }
+        };
         let mut authenticated = match verified.map_err(AuthError::Store)? {
             Verification::Accepted(authenticated) => authenticated,
-            Verification::Refused(refused) => return Err(AuthError::Verify(refused)),
+            Verification::Refused { error, incarnation } => {
+                count(incarnation, Outcome::Refused);
+                return Err(AuthError::Verify(error));
+            }
             Verification::UnknownKey => return Err(AuthError::UnknownKey),
         };
-        if let Some(incarnation) = authenticated.charge {
+        let incarnation = authenticated.incarnation;
+        if authenticated.metered {
             let charged = self.store.charge(&id, incarnation, cost, now).await;
             authenticated.allowance = match charged {
                 Ok(Ok(allowance)) => allowance,
-                Ok(Err(refusal)) => return Err(AuthError::refused(refusal)),
+                Ok(Err(refusal)) => {
+                    match refusal {
+                        Refusal::RateLimited { .. } => count(incarnation, Outcome::RateLimited),
+                        Refusal::UsageExceeded { .. } => count(incarnation, Outcome::UsageExceeded),
+                        // A route's mistake, not the key's use.
+                        _ => {}
+                    }
+                    return Err(AuthError::refused(refusal));
+                }
                 Err(StoreError::Backend(e)) => return Err(AuthError::Store(e)),
                 // `NotFound`: deleted since it was verified (a token checked
                 // against the old key never charges a new one). Anything
@@ -829,6 +927,7 @@ impl<S: KeyStore> KeyManager<S> {
         }
         if let Some(usage) = &self.usage {
             usage.note(&authenticated.key_id, authenticated.token_id, now);
+            usage.counts.count(&id, incarnation, Outcome::Accepted, now);
         }
         Ok(authenticated)
     }
@@ -901,10 +1000,23 @@ impl<S: KeyStore> KeyManager<S> {
                 }
             }
         }
-        if failed.is_empty() {
+        // The counts, in batches; a batch that fails is kept whole for the
+        // next flush, and the others are still written.
+        let mut counts = None;
+        for batch in usage.counts.take_all().chunks(USAGE_BATCH) {
+            if let Err(e) = self.store.add_usage(batch).await {
+                usage.counts.put_back(batch);
+                counts = Some(ManagerError::Store(e));
+            }
+        }
+        if failed.is_empty() && counts.is_none() {
             Ok(written)
         } else {
-            Err(FlushError { written, failed })
+            Err(FlushError {
+                written,
+                failed,
+                counts,
+            })
         }
     }
 

@@ -20,6 +20,7 @@ use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 use hashbrown::HashTable;
 use time::OffsetDateTime;
 
+use crate::counts::CountLog;
 use crate::id::{KeyId, TokenId};
 use crate::key::ApiKey;
 use crate::padded::Padded;
@@ -80,6 +81,8 @@ type Notes = HashTable<Pending>;
 #[derive(Debug)]
 pub(crate) struct UsageLog {
     shards: Box<[Padded<RwLock<Notes>>]>,
+    /// The usage counts, written by the same flush.
+    pub(crate) counts: CountLog,
     /// foldhash: only the ids of keys that authenticated are noted, so no
     /// one outside can pile up colliding ids.
     hasher: foldhash::fast::RandomState,
@@ -89,6 +92,7 @@ impl Default for UsageLog {
     fn default() -> Self {
         UsageLog {
             shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+            counts: CountLog::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }

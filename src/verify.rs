@@ -39,8 +39,10 @@ pub struct Authenticated {
     /// What the key's rate limit and credits allow after this request was
     /// charged (empty for a key without limits).
     pub allowance: Allowance,
-    /// The key's incarnation when it has limits: the manager charges it.
-    pub(crate) charge: Option<u64>,
+    /// The key's incarnation: usage counts are kept under it.
+    pub(crate) incarnation: u64,
+    /// Whether the key has limits: the manager then charges it.
+    pub(crate) metered: bool,
 }
 
 impl Authenticated {
@@ -60,8 +62,19 @@ impl Authenticated {
             scopes,
             metadata,
             allowance: Allowance::default(),
-            charge: None,
+            incarnation: 0,
+            metered: false,
         }
+    }
+
+    /// The same, of the key's `incarnation`: the usage counts of the
+    /// request are kept under it. [`Verification::of`] does this; a store
+    /// that builds its own answers must too, or their counts are lost.
+    ///
+    /// [`Verification::of`]: crate::store::Verification::of
+    pub fn with_incarnation(mut self, incarnation: u64) -> Authenticated {
+        self.incarnation = incarnation;
+        self
     }
 
     /// The same, for a key with a rate limit or credits: the manager then
@@ -71,9 +84,11 @@ impl Authenticated {
     ///
     /// [`KeyStore::charge`]: crate::store::KeyStore::charge
     /// [`Verification::of`]: crate::store::Verification::of
-    pub fn charged_to(mut self, incarnation: u64) -> Authenticated {
-        self.charge = Some(incarnation);
-        self
+    pub fn charged_to(self, incarnation: u64) -> Authenticated {
+        Authenticated {
+            metered: true,
+            ..self.with_incarnation(incarnation)
+        }
     }
 }
 
@@ -214,7 +229,8 @@ impl ApiKey {
             expires_at: self.expires_at,
             scopes: &self.scopes,
             metadata: &self.metadata,
-            charge: self.limits.is_some().then_some(self.incarnation),
+            incarnation: self.incarnation,
+            metered: self.limits.is_some(),
             current: TokenView {
                 id: self.current.id,
                 hash: &self.current.hash,
@@ -269,8 +285,9 @@ pub(crate) struct KeyView<'a> {
     pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) scopes: &'a Scopes,
     pub(crate) metadata: &'a Metadata,
-    /// The key's incarnation, if it has limits.
-    pub(crate) charge: Option<u64>,
+    pub(crate) incarnation: u64,
+    /// Whether the key has limits.
+    pub(crate) metered: bool,
     pub(crate) current: TokenView<'a>,
     /// The old token of a pending renewal, and what was decided about it.
     pub(crate) old: Option<(TokenView<'a>, Decision)>,
@@ -295,7 +312,8 @@ impl KeyView<'_> {
             scopes: self.scopes.clone(),
             metadata: self.metadata.clone(),
             allowance: Allowance::default(),
-            charge: self.charge,
+            incarnation: self.incarnation,
+            metered: self.metered,
         })
     }
 

@@ -74,6 +74,23 @@ impl KeyStore for Counted {
     ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
         self.keys.meter(id, incarnation).await
     }
+
+    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+        self.keys.add_usage(rows).await
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: std::ops::Range<i64>,
+    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+        self.keys.usage(id, incarnation, hours).await
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+        self.keys.prune_usage(before).await
+    }
 }
 
 fn key(id: &str) -> (ApiKey, keyroll::Token) {
@@ -140,7 +157,10 @@ fn another_writer_is_seen_after_an_invalidation() {
     cache.invalidate(key.id());
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
-        Verification::Refused(VerifyError::Mismatch)
+        Verification::Refused {
+            error: VerifyError::Mismatch,
+            incarnation: key.revision().incarnation(),
+        }
     );
     cache.invalidate_all();
     assert!(cache.is_empty());
@@ -156,7 +176,10 @@ fn writes_through_the_cache_are_read_back_at_once() {
     block_on(cache.update(&key, loaded)).unwrap();
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
-        Verification::Refused(VerifyError::Mismatch),
+        Verification::Refused {
+            error: VerifyError::Mismatch,
+            incarnation: key.revision().incarnation(),
+        },
         "the update is served"
     );
     assert_eq!(cache.inner().gets(), 0, "from memory");
@@ -208,7 +231,10 @@ fn a_refused_write_drops_the_entry() {
     ));
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
-        Verification::Refused(VerifyError::Mismatch),
+        Verification::Refused {
+            error: VerifyError::Mismatch,
+            incarnation: key.revision().incarnation(),
+        },
         "the next read went to the store"
     );
 }
@@ -236,7 +262,10 @@ fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
     assert_eq!(read.revision(), loaded, "the reader got the copy it read");
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
-        Verification::Refused(VerifyError::Mismatch),
+        Verification::Refused {
+            error: VerifyError::Mismatch,
+            incarnation: key.revision().incarnation(),
+        },
         "but did not keep it past the invalidation"
     );
 }

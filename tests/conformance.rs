@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
-use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
+use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId, conformance};
 use pollster::block_on;
 
@@ -66,6 +67,12 @@ enum Flaw {
     ChargeIgnoresIncarnation,
     /// Writes the meter of refused charges too.
     RefusalsSpend,
+    /// `add_usage` replaces the counts it should add to.
+    CountsReplaced,
+    /// Keeps a deleted key's counts.
+    CountsOutliveDelete,
+    /// `usage` includes the range's end.
+    UsageRangeClosed,
 }
 
 /// A store with one deliberate flaw.
@@ -74,6 +81,7 @@ struct Flawed {
     keys: Mutex<BTreeMap<KeyId, ApiKey>>,
     first_seen: Mutex<BTreeMap<KeyId, ApiKey>>,
     meters: Mutex<BTreeMap<KeyId, StoredMeter>>,
+    usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
 }
 
 impl Flawed {
@@ -83,6 +91,7 @@ impl Flawed {
             keys: Mutex::default(),
             first_seen: Mutex::default(),
             meters: Mutex::default(),
+            usage: Mutex::default(),
         }
     }
 
@@ -197,6 +206,12 @@ impl KeyStore for Flawed {
             if !self.has(Flaw::MeterOutlivesDelete) {
                 self.meters.lock().unwrap().remove(id);
             }
+            if !self.has(Flaw::CountsOutliveDelete) {
+                self.usage
+                    .lock()
+                    .unwrap()
+                    .retain(|(kept, _, _), _| kept != id);
+            }
         }
         Ok(())
     }
@@ -248,6 +263,50 @@ impl KeyStore for Flawed {
             return Ok(None);
         }
         Ok(self.meters.lock().unwrap().get(id).cloned())
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), Infallible> {
+        let mut usage = self.usage.lock().unwrap();
+        for row in rows {
+            let key = (row.id.clone(), row.incarnation, row.hour);
+            match usage.get_mut(&key) {
+                Some(kept) if !self.has(Flaw::CountsReplaced) => {
+                    kept.accepted += row.accepted;
+                    kept.rate_limited += row.rate_limited;
+                    kept.usage_exceeded += row.usage_exceeded;
+                    kept.refused += row.refused;
+                }
+                _ => {
+                    usage.insert(key, row.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, Infallible> {
+        let end = hours.end + i64::from(self.has(Flaw::UsageRangeClosed));
+        Ok(self
+            .usage
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.id == *id && r.incarnation == incarnation)
+            .filter(|r| (hours.start..end).contains(&r.hour))
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Infallible> {
+        let mut usage = self.usage.lock().unwrap();
+        let count = usage.len();
+        usage.retain(|&(_, _, hour), _| hour >= before);
+        Ok((count - usage.len()) as u64)
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
@@ -324,6 +383,9 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::MeterOutlivesDelete, "meters_follow_the_key"),
         (Flaw::ChargeIgnoresIncarnation, "meters_follow_the_key"),
         (Flaw::RefusalsSpend, "charges_leave_the_key_alone"),
+        (Flaw::CountsReplaced, "usage_counts_add_up"),
+        (Flaw::CountsOutliveDelete, "usage_counts_add_up"),
+        (Flaw::UsageRangeClosed, "usage_counts_add_up"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

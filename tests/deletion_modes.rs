@@ -473,6 +473,23 @@ impl KeyStore for AlwaysConflicts {
     ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
         self.0.meter(id, incarnation).await
     }
+
+    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+        self.0.add_usage(rows).await
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: std::ops::Range<i64>,
+    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+        self.0.usage(id, incarnation, hours).await
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+        self.0.prune_usage(before).await
+    }
 }
 
 #[test]
@@ -574,6 +591,32 @@ impl KeyStore for Poisoned {
     ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
         self.keys
             .meter(id, incarnation)
+            .await
+            .map_err(|never| match never {})
+    }
+
+    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+        self.keys
+            .add_usage(rows)
+            .await
+            .map_err(|never| match never {})
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: std::ops::Range<i64>,
+    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+        self.keys
+            .usage(id, incarnation, hours)
+            .await
+            .map_err(|never| match never {})
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+        self.keys
+            .prune_usage(before)
             .await
             .map_err(|never| match never {})
     }

@@ -226,6 +226,32 @@ impl KeyStore for Contested {
             .await
             .map_err(|never| match never {})
     }
+
+    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+        self.inner
+            .add_usage(rows)
+            .await
+            .map_err(|never| match never {})
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: std::ops::Range<i64>,
+    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+        self.inner
+            .usage(id, incarnation, hours)
+            .await
+            .map_err(|never| match never {})
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+        self.inner
+            .prune_usage(before)
+            .await
+            .map_err(|never| match never {})
+    }
 }
 
 #[test]

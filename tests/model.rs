@@ -204,7 +204,7 @@ impl Subject for Managed {
         let presented = keyroll::PresentedToken::parse(token)?;
         match block_on(self.store.verify(&self.id, &presented, now)).unwrap() {
             Verification::Accepted(who) => Ok(who.matched),
-            Verification::Refused(e) => Err(e),
+            Verification::Refused { error, .. } => Err(error),
             other => panic!("the key is stored: {other:?}"),
         }
     }

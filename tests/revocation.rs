@@ -268,6 +268,23 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
         ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
             Err(std::io::Error::other("read"))
         }
+
+        async fn add_usage(&self, _: &[keyroll::store::UsageRow]) -> Result<(), std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
+
+        async fn usage(
+            &self,
+            _: &KeyId,
+            _: u64,
+            _: std::ops::Range<i64>,
+        ) -> Result<Vec<keyroll::store::UsageRow>, std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
+
+        async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
     }
     let manager = KeyManager::new(NoReads::default());
     let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use hashbrown::HashTable;
 use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
+use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Refusal, StoredMeter};
@@ -417,6 +419,24 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         limit: usize,
     ) -> Result<Vec<ApiKey>, S::Error> {
         self.inner.list_owned(owner, after, limit).await
+    }
+
+    /// Forwarded: counts are never cached.
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), S::Error> {
+        self.inner.add_usage(rows).await
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, S::Error> {
+        self.inner.usage(id, incarnation, hours).await
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, S::Error> {
+        self.inner.prune_usage(before).await
     }
 
     /// Forwarded: meters are never cached.

@@ -4,12 +4,14 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
+use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, Refusal, StoredMeter};
@@ -110,6 +112,14 @@ trait ObjectStore: Send + Sync {
         after: Option<&'a KeyId>,
         limit: usize,
     ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>>;
+    fn add_usage<'a>(&'a self, rows: &'a [UsageRow]) -> Boxed<'a, Result<(), DynStoreError>>;
+    fn usage<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Boxed<'a, Result<Vec<UsageRow>, DynStoreError>>;
+    fn prune_usage(&self, before: i64) -> Boxed<'_, Result<u64, DynStoreError>>;
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
@@ -182,6 +192,32 @@ impl<S: KeyStore> ObjectStore for S {
     ) -> Boxed<'a, Result<Vec<ApiKey>, DynStoreError>> {
         Box::pin(async move {
             KeyStore::list_owned(self, owner, after, limit)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn add_usage<'a>(&'a self, rows: &'a [UsageRow]) -> Boxed<'a, Result<(), DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::add_usage(self, rows)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn usage<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Boxed<'a, Result<Vec<UsageRow>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::usage(self, id, incarnation, hours)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn prune_usage(&self, before: i64) -> Boxed<'_, Result<u64, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::prune_usage(self, before)
                 .await
                 .map_err(DynStoreError::new)
         })
@@ -261,6 +297,20 @@ impl KeyStore for DynKeyStore {
         limit: usize,
     ) -> Result<Vec<ApiKey>, DynStoreError> {
         self.0.list_owned(owner, after, limit).await
+    }
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), DynStoreError> {
+        self.0.add_usage(rows).await
+    }
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, DynStoreError> {
+        self.0.usage(id, incarnation, hours).await
+    }
+    async fn prune_usage(&self, before: i64) -> Result<u64, DynStoreError> {
+        self.0.prune_usage(before).await
     }
     async fn verify(
         &self,

@@ -1,10 +1,10 @@
 //! [`InMemoryStore`]: keys in memory, compact, sharded, and cheap to
 //! verify against.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
+use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, Renewal, TokenInfo};
 use crate::meter::{Allowance, Limits, Refusal, StoredMeter};
@@ -72,6 +73,9 @@ pub struct InMemoryStore {
     /// lock (taken first), so that a shard's keys and the index agree once
     /// the shard is unlocked.
     owners: RwLock<BTreeSet<(OwnerId, KeyId)>>,
+    /// The usage counts, by key, incarnation and hour: written a batch at a
+    /// time by flushes, read by admin pages; never on a request's path.
+    usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
 }
 
 /// The keys whose id hashes to one shard.
@@ -305,7 +309,8 @@ impl Inner {
             expires_at: rare.expires_at,
             scopes: &self.scope_sets[slot.scopes],
             metadata: &slot.metadata,
-            charge: rare.limits.is_some().then_some(slot.incarnation),
+            incarnation: slot.incarnation,
+            metered: rare.limits.is_some(),
             current: slot.current.view(rare.current_revoked_at.is_some()),
             old: slot
                 .renewal
@@ -348,6 +353,7 @@ impl Default for InMemoryStore {
             shards,
             hasher,
             owners: RwLock::default(),
+            usage: Mutex::default(),
         }
     }
 }
@@ -383,6 +389,25 @@ impl InMemoryStore {
         }
         if let Some(after) = after {
             owners.insert((after.clone(), id.clone()));
+        }
+    }
+
+    /// The usage counts, locked.
+    fn usage(&self) -> std::sync::MutexGuard<'_, BTreeMap<(KeyId, u64, i64), UsageRow>> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops key `id`'s usage counts, every incarnation's.
+    fn drop_usage(&self, id: &KeyId) {
+        let mut usage = self.usage();
+        let start = (id.clone(), 0, i64::MIN);
+        let gone: Vec<_> = usage
+            .range(start..)
+            .take_while(|((kept, _, _), _)| kept == id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            usage.remove(&key);
         }
     }
 
@@ -503,6 +528,7 @@ impl KeyStore for InMemoryStore {
         let n = inner.check_revision(hash, id, expected, None)?;
         let owner = inner.slots[n].rare.as_ref().and_then(|r| r.owner.clone());
         self.reindex(id, owner.as_ref(), None);
+        self.drop_usage(id);
         let Inner {
             slots,
             index,
@@ -586,7 +612,10 @@ impl KeyStore for InMemoryStore {
             None => Verification::UnknownKey,
             Some(n) => match inner.view(&inner.slots[n]).authenticate(token, now) {
                 Ok(authenticated) => Verification::Accepted(authenticated),
-                Err(refused) => Verification::Refused(refused),
+                Err(error) => Verification::Refused {
+                    error,
+                    incarnation: inner.slots[n].incarnation,
+                },
             },
         })
     }
@@ -632,6 +661,49 @@ impl KeyStore for InMemoryStore {
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone()
             }))
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), Infallible> {
+        let mut usage = self.usage();
+        for row in rows {
+            usage
+                .entry((row.id.clone(), row.incarnation, row.hour))
+                .and_modify(|kept| {
+                    kept.add([
+                        row.accepted,
+                        row.rate_limited,
+                        row.usage_exceeded,
+                        row.refused,
+                    ])
+                })
+                .or_insert_with(|| row.clone());
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, Infallible> {
+        if hours.is_empty() {
+            return Ok(Vec::new());
+        }
+        let from = (id.clone(), incarnation, hours.start);
+        let to = (id.clone(), incarnation, hours.end);
+        Ok(self
+            .usage()
+            .range(from..to)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Infallible> {
+        let mut usage = self.usage();
+        let count = usage.len();
+        usage.retain(|&(_, _, hour), _| hour >= before);
+        Ok((count - usage.len()) as u64)
     }
 }
 

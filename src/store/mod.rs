@@ -28,10 +28,12 @@ pub use crate::errors::StoreError;
 pub use crate::revision::Revision;
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+pub use crate::counts::UsageRow;
 use crate::errors::VerifyError;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
@@ -47,7 +49,12 @@ pub enum Verification {
     /// The token is a live token of the key, and the key accepts it.
     Accepted(Authenticated),
     /// The key refused the token.
-    Refused(VerifyError),
+    Refused {
+        /// Why.
+        error: VerifyError,
+        /// The key's incarnation: the refusal is counted under it.
+        incarnation: u64,
+    },
     /// No key is stored under the id.
     UnknownKey,
 }
@@ -60,10 +67,15 @@ impl Verification {
         token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Verification {
-        match key.map(|key| key.authenticate(token, now)) {
-            None => Verification::UnknownKey,
-            Some(Ok(authenticated)) => Verification::Accepted(authenticated),
-            Some(Err(refused)) => Verification::Refused(refused),
+        let Some(key) = key else {
+            return Verification::UnknownKey;
+        };
+        match key.authenticate(token, now) {
+            Ok(authenticated) => Verification::Accepted(authenticated),
+            Err(error) => Verification::Refused {
+                error,
+                incarnation: key.revision().incarnation(),
+            },
         }
     }
 }
@@ -87,9 +99,13 @@ impl Verification {
 /// | `update(key, expected)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
 /// | `delete(id, expected)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
 /// | `list(after, limit)` | up to `limit` keys | `Self::Error` |
+/// | `list_owned(owner, after, limit)` (provided) | up to `limit` keys of `owner` | `Self::Error` |
 /// | `verify(id, token, now)` | a [`Verification`] | `Self::Error` |
 /// | `charge(id, incarnation, cost, now)` | the [`Allowance`], or the [`Refusal`] | [`StoreError::NotFound`], `Backend` |
 /// | `meter(id, incarnation)` | the [`StoredMeter`], or `None` | `Self::Error` |
+/// | `add_usage(rows)` | `()` | `Self::Error` |
+/// | `usage(id, incarnation, hours)` | the [`UsageRow`]s, by hour | `Self::Error` |
+/// | `prune_usage(before)` | how many rows were dropped | `Self::Error` |
 ///
 /// - `get(id)` returns the key last written under `id` (by `insert` or a
 ///   successful `update`), equal to it, or `None` if there is none. Never a
@@ -113,7 +129,14 @@ impl Verification {
 /// - `list(after, limit)` returns at most `limit` keys, ordered by `KeyId`
 ///   (byte order of the id strings, as `KeyId`'s `Ord`), all strictly
 ///   greater than `after` when it is given. Paging with the last id of each
-///   page visits every key once.
+///   page visits every key once. `list_owned` does the same for the keys
+///   whose owner is `owner`, from an index of owners (its default scans).
+/// - Usage counts: `add_usage` adds each row's counts to those of its key,
+///   incarnation and hour (never replaces them; a key's write never
+///   touches them); `usage` reads one incarnation's, by hour; `delete`
+///   drops the id's counts with the key (a key created again starts with
+///   none); `prune_usage(before)` drops every row of an hour before
+///   `before`.
 /// - `verify(id, token, now)` answers what
 ///   [`ApiKey::verify_presented`] answers for the stored key (the
 ///   default loads it with `get`); a store that can verify in place,
@@ -228,6 +251,27 @@ pub trait KeyStore: Send + Sync {
         id: &KeyId,
         incarnation: u64,
     ) -> impl Future<Output = Result<Option<StoredMeter>, Self::Error>> + Send;
+
+    /// Adds each row's counts to those kept for its key, incarnation and
+    /// hour (kept in a table of their own: never in the key's record, and
+    /// never a write of the key). Rows of a key that is gone are kept too,
+    /// and never read: [`prune_usage`](Self::prune_usage) drops them in
+    /// time. A batch is one transaction (or statement) where the backend
+    /// has them.
+    fn add_usage(&self, rows: &[UsageRow]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The counts of key `id` of `incarnation` for the hours `hours`
+    /// (whole hours since the epoch), ordered by hour; hours without any
+    /// are left out.
+    fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> impl Future<Output = Result<Vec<UsageRow>, Self::Error>> + Send;
+
+    /// Drops the counts of the hours before `before`; how many rows went.
+    fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 }
 
 /// Implements the trait for a pointer type by forwarding to its target.
@@ -293,6 +337,20 @@ macro_rules! forward {
                 incarnation: u64,
             ) -> impl Future<Output = Result<Option<StoredMeter>, S::Error>> + Send {
                 (**self).meter(id, incarnation)
+            }
+            fn add_usage(&self, rows: &[UsageRow]) -> impl Future<Output = Result<(), S::Error>> + Send {
+                (**self).add_usage(rows)
+            }
+            fn usage(
+                &self,
+                id: &KeyId,
+                incarnation: u64,
+                hours: Range<i64>,
+            ) -> impl Future<Output = Result<Vec<UsageRow>, S::Error>> + Send {
+                (**self).usage(id, incarnation, hours)
+            }
+            fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, S::Error>> + Send {
+                (**self).prune_usage(before)
             }
         }
     )*};

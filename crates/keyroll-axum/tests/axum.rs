@@ -344,6 +344,23 @@ async fn store_failures_are_a_generic_503() {
         ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
             Err(std::io::Error::other("connection reset by the database"))
         }
+
+        async fn add_usage(&self, _: &[keyroll::store::UsageRow]) -> Result<(), std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
+
+        async fn usage(
+            &self,
+            _: &KeyId,
+            _: u64,
+            _: std::ops::Range<i64>,
+        ) -> Result<Vec<keyroll::store::UsageRow>, std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
+
+        async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
     }
     let f = fixture().await;
     let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(Down))));
@@ -447,6 +464,23 @@ async fn a_store_that_answers_later_gets_the_same_answers() {
         ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
             self.0.meter(id, incarnation).await
         }
+
+        async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+            self.0.add_usage(rows).await
+        }
+
+        async fn usage(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+            hours: std::ops::Range<i64>,
+        ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+            self.0.usage(id, incarnation, hours).await
+        }
+
+        async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+            self.0.prune_usage(before).await
+        }
     }
     let keys = Arc::new(KeyManager::new(Later(InMemoryStore::new())));
     let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
@@ -532,6 +566,23 @@ async fn a_request_is_authenticated_once() {
             incarnation: u64,
         ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
             self.0.meter(id, incarnation).await
+        }
+
+        async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+            self.0.add_usage(rows).await
+        }
+
+        async fn usage(
+            &self,
+            id: &KeyId,
+            incarnation: u64,
+            hours: std::ops::Range<i64>,
+        ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+            self.0.usage(id, incarnation, hours).await
+        }
+
+        async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+            self.0.prune_usage(before).await
         }
     }
     let keys = Arc::new(KeyManager::new(Counting(

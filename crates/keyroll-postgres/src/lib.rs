@@ -78,13 +78,14 @@
 #![doc(html_root_url = "https://docs.rs/keyroll-postgres/0.3.0")]
 #![deny(missing_docs)]
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::record::{self, LimitColumns, MeterRow, RecordError};
-use keyroll::store::{CachedStore, KeyStore, Revision, StoreError};
+use keyroll::store::{CachedStore, KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{KeyId, OwnerId};
 use time::OffsetDateTime;
 use tokio_postgres::config::SslMode;
@@ -182,6 +183,9 @@ struct Statements {
     revision: String,
     list: String,
     list_owned: String,
+    add_usage: String,
+    usage: String,
+    prune_usage: String,
     charge: String,
     meter: String,
 }
@@ -462,7 +466,8 @@ impl PgStore {
             delete: format!(
                 "WITH deleted AS (DELETE FROM {table} \
                      WHERE id = $1 AND incarnation = $2 AND version = $3 RETURNING id), \
-                 meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id) \
+                 meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id), \
+                 counts AS (DELETE FROM {table}_usage u USING deleted WHERE u.id = deleted.id) \
                  SELECT count(*) FROM deleted"
             ),
             revision: format!("SELECT incarnation, version FROM {table} WHERE id = $1"),
@@ -470,6 +475,24 @@ impl PgStore {
                 "SELECT id, incarnation, version, record::text FROM {table} \
                  WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
             ),
+            // A batch in one statement: the rows as arrays, each added to
+            // its key's, incarnation's and hour's (a batch holds each once).
+            add_usage: format!(
+                "INSERT INTO {table}_usage AS u \
+                 (id, incarnation, hour, accepted, rate_limited, usage_exceeded, refused) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                     $5::bigint[], $6::bigint[], $7::bigint[]) \
+                 ON CONFLICT (id, incarnation, hour) DO UPDATE SET \
+                     accepted = u.accepted + EXCLUDED.accepted, \
+                     rate_limited = u.rate_limited + EXCLUDED.rate_limited, \
+                     usage_exceeded = u.usage_exceeded + EXCLUDED.usage_exceeded, \
+                     refused = u.refused + EXCLUDED.refused"
+            ),
+            usage: format!(
+                "SELECT hour, accepted, rate_limited, usage_exceeded, refused FROM {table}_usage \
+                 WHERE id = $1 AND incarnation = $2 AND hour >= $3 AND hour < $4 ORDER BY hour"
+            ),
+            prune_usage: format!("DELETE FROM {table}_usage WHERE hour < $1"),
             // Through the owners' index.
             list_owned: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} \
@@ -641,7 +664,19 @@ impl PgStore {
                  -- The key's owner, indexed for listing (keyroll 0.3).
                  ADD COLUMN IF NOT EXISTS owner TEXT COLLATE \"C\";
              CREATE INDEX IF NOT EXISTS {table}_owner ON {table} (owner, id)
-                 WHERE owner IS NOT NULL;"
+                 WHERE owner IS NOT NULL;
+             -- Usage counts by key, incarnation and UTC hour (keyroll 0.3).
+             CREATE TABLE IF NOT EXISTS {table}_usage (
+                 id TEXT COLLATE \"C\" NOT NULL,
+                 incarnation BIGINT NOT NULL,
+                 hour BIGINT NOT NULL,
+                 accepted BIGINT NOT NULL,
+                 rate_limited BIGINT NOT NULL,
+                 usage_exceeded BIGINT NOT NULL,
+                 refused BIGINT NOT NULL,
+                 PRIMARY KEY (id, incarnation, hour)
+             );
+             CREATE INDEX IF NOT EXISTS {table}_usage_hour ON {table}_usage (hour);"
         ))
         .await?;
         tx.batch_execute(&charge_function(table)).await?;
@@ -691,7 +726,7 @@ impl PgStore {
         &self.pool
     }
 
-    /// Drops the table and its meters' table: for tests.
+    /// Drops the table, its meters' and its usage counts' tables: for tests.
     ///
     /// # Errors
     ///
@@ -701,7 +736,8 @@ impl PgStore {
         let table = &self.table;
         client
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters"
+                "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters; \
+                 DROP TABLE IF EXISTS {table}_usage"
             ))
             .await?;
         Ok(())
@@ -1017,6 +1053,82 @@ impl KeyStore for PgStore {
             .query_opt(&client, &self.sql.meter, &[&id.as_str(), &incarnation])
             .await?;
         row.map(|row| meter_of(&row, id)).transpose()
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), PgStoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let incarnations = rows
+            .iter()
+            .map(|r| bigint(r.incarnation))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hours: Vec<i64> = rows.iter().map(|r| r.hour).collect();
+        let column = |f: fn(&UsageRow) -> u64| rows.iter().map(|r| count(f(r))).collect::<Vec<_>>();
+        let (accepted, rate_limited) = (column(|r| r.accepted), column(|r| r.rate_limited));
+        let (usage_exceeded, refused) = (column(|r| r.usage_exceeded), column(|r| r.refused));
+        let client = self.client().await?;
+        self.execute(
+            &client,
+            &self.sql.add_usage,
+            &[
+                &ids,
+                &incarnations,
+                &hours,
+                &accepted,
+                &rate_limited,
+                &usage_exceeded,
+                &refused,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, PgStoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.usage)
+            .await
+            .map_err(|e| self.error(e))?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &id.as_str(),
+                    &bigint(incarnation)?,
+                    &hours.start,
+                    &hours.end,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let counted = |row: &tokio_postgres::Row, i| row.get::<_, i64>(i).max(0) as u64;
+        Ok(rows
+            .iter()
+            .map(|row| UsageRow {
+                id: id.clone(),
+                incarnation,
+                hour: row.get(0),
+                accepted: counted(row, 1),
+                rate_limited: counted(row, 2),
+                usage_exceeded: counted(row, 3),
+                refused: counted(row, 4),
+            })
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, PgStoreError> {
+        let client = self.client().await?;
+        self.execute(&client, &self.sql.prune_usage, &[&before])
+            .await
     }
 }
 

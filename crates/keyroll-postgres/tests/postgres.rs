@@ -567,7 +567,7 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
     admin
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_meters TO {role};"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_meters, {table}_usage TO {role};"
         ))
         .await
         .unwrap();

@@ -52,6 +52,7 @@
 #![doc(html_root_url = "https://docs.rs/keyroll-sqlite/0.3.0")]
 #![deny(missing_docs)]
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -59,7 +60,7 @@ use std::time::Duration;
 use futures_channel::oneshot;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::record::{self, MeterRow, RecordError};
-use keyroll::store::{KeyStore, Revision, StoreError};
+use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId, OwnerId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -153,7 +154,18 @@ impl SqliteStore {
                  refills INTEGER NOT NULL,
                  anchor_secs INTEGER NOT NULL,
                  anchor_nanos INTEGER NOT NULL
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS keyroll_usage (
+                 id TEXT NOT NULL,
+                 incarnation INTEGER NOT NULL,
+                 hour INTEGER NOT NULL,
+                 accepted INTEGER NOT NULL,
+                 rate_limited INTEGER NOT NULL,
+                 usage_exceeded INTEGER NOT NULL,
+                 refused INTEGER NOT NULL,
+                 PRIMARY KEY (id, incarnation, hour)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS keyroll_usage_hour ON keyroll_usage (hour);",
         )?;
         upgrade_0_1(&tx)?;
         upgrade_0_2(&tx)?;
@@ -295,6 +307,11 @@ fn upgrade_0_2(conn: &Connection) -> Result<(), SqliteStoreError> {
     Ok(())
 }
 
+/// A count as an INTEGER: saturated at `i64::MAX`, which no count reaches.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn integer(n: u64) -> Result<i64, SqliteStoreError> {
     i64::try_from(n).map_err(|_| SqliteStoreError::OutOfRange(n))
 }
@@ -413,7 +430,71 @@ mod calls {
         }
         tx.execute("DELETE FROM keyroll_meters WHERE id = ?1", [id.as_str()])
             .map_err(backend)?;
+        tx.execute("DELETE FROM keyroll_usage WHERE id = ?1", [id.as_str()])
+            .map_err(backend)?;
         tx.commit().map_err(backend)
+    }
+
+    /// Adds `rows` to the counts, in one transaction.
+    pub(super) fn add_usage(
+        conn: &mut Connection,
+        rows: &[UsageRow],
+    ) -> Result<(), SqliteStoreError> {
+        let tx = conn.transaction()?;
+        {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO keyroll_usage
+                 (id, incarnation, hour, accepted, rate_limited, usage_exceeded, refused)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id, incarnation, hour) DO UPDATE SET
+                     accepted = accepted + excluded.accepted,
+                     rate_limited = rate_limited + excluded.rate_limited,
+                     usage_exceeded = usage_exceeded + excluded.usage_exceeded,
+                     refused = refused + excluded.refused",
+            )?;
+            for row in rows {
+                add.execute(params![
+                    row.id.as_str(),
+                    integer(row.incarnation)?,
+                    row.hour,
+                    count(row.accepted),
+                    count(row.rate_limited),
+                    count(row.usage_exceeded),
+                    count(row.refused),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The counts of key `id` of `incarnation` in `hours`, by hour.
+    pub(super) fn usage(
+        conn: &Connection,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, SqliteStoreError> {
+        let mut statement = conn.prepare_cached(
+            "SELECT hour, accepted, rate_limited, usage_exceeded, refused FROM keyroll_usage
+             WHERE id = ?1 AND incarnation = ?2 AND hour >= ?3 AND hour < ?4 ORDER BY hour",
+        )?;
+        let rows = statement.query_map(
+            params![id.as_str(), integer(incarnation)?, hours.start, hours.end],
+            |row| {
+                let counted = |i| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+                Ok(UsageRow {
+                    id: id.clone(),
+                    incarnation,
+                    hour: row.get(0)?,
+                    accepted: counted(1)?,
+                    rate_limited: counted(2)?,
+                    usage_exceeded: counted(3)?,
+                    refused: counted(4)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The meter kept beside key `id` of `incarnation`.
@@ -603,6 +684,34 @@ impl KeyStore for SqliteStore {
         let id = id.clone();
         self.call(move |conn| calls::meter(conn, &id, incarnation))
             .await?
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), SqliteStoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = rows.to_vec();
+        self.call(move |conn| calls::add_usage(conn, &rows)).await?
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, SqliteStoreError> {
+        let id = id.clone();
+        self.call(move |conn| calls::usage(conn, &id, incarnation, hours))
+            .await?
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, SqliteStoreError> {
+        self.call(move |conn| {
+            conn.execute("DELETE FROM keyroll_usage WHERE hour < ?1", [before])
+                .map(|n| n as u64)
+                .map_err(SqliteStoreError::from)
+        })
+        .await?
     }
 }
 
