@@ -1241,3 +1241,44 @@ fn http_owners_and_expiring_keys_through_the_admin_api() {
     let bad = service.admin("GET", "/admin/expiring?within=soonish", None);
     assert_eq!(bad.0, 400, "{bad:?}");
 }
+
+#[test]
+fn http_usage_counts_through_the_admin_api() {
+    let service = start();
+    // A token of an earlier key under the same id: well formed, refused.
+    let stale = service.create(json!({"id": "u"}));
+    assert_eq!(service.admin("DELETE", "/admin/keys/u", None).0, 200);
+    let token = service.create(json!({"id": "u"}));
+    let set = service.admin(
+        "PUT",
+        "/admin/keys/u/rate-limit",
+        Some(json!({"rate_limit": {"limit": 2, "period": "1h"}})),
+    );
+    assert_eq!(set.0, 200);
+    let statuses: Vec<u16> = (0..3).map(|_| service.bearer(&token).0).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(service.bearer(&stale).0, 401);
+    let usage = service.admin("GET", "/admin/keys/u/usage?since=1d", None);
+    assert_eq!(usage.0, 200, "{usage:?}");
+    let hours = usage.1["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 1, "{usage:?}");
+    assert_eq!(
+        (
+            &hours[0]["accepted"],
+            &hours[0]["rate_limited"],
+            &hours[0]["usage_exceeded"],
+            &hours[0]["refused"]
+        ),
+        (&json!(2), &json!(1), &json!(0), &json!(1))
+    );
+    assert_eq!(
+        service.admin("GET", "/admin/keys/nobody/usage", None).0,
+        404
+    );
+    assert_eq!(
+        service
+            .admin("GET", "/admin/keys/u/usage?since=often", None)
+            .0,
+        400
+    );
+}

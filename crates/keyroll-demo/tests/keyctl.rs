@@ -690,3 +690,42 @@ fn keyctl_lists_owners_keys_expiring_keys_and_revoked_tokens() {
     let line = listed.lines().find(|l| l.starts_with("leaked")).unwrap();
     assert!(line.contains("REVOKED"), "{line}");
 }
+
+#[test]
+fn keyctl_prints_usage_counts_by_hour_with_sparklines() {
+    let ctl = Ctl::new();
+    let created = ctl.ok(&[
+        "create",
+        "--label",
+        "u",
+        "--id",
+        "u",
+        "--rate-limit",
+        "2/1h",
+    ]);
+    let token = token_from(&created, "token:");
+    for _ in 0..3 {
+        ctl.verify(None, "u", &token); // 2 accepted, then rate limited
+    }
+    ctl.ok(&["deactivate", "u"]);
+    ctl.verify_fails(None, "u", &token); // refused: inactive
+    let usage = ctl.ok(&["usage", "u", "--since", "24h"]);
+    let lines: Vec<&str> = usage.lines().collect();
+    assert!(lines[0].starts_with("HOUR (UTC)"), "{usage}");
+    let counts: Vec<&str> = lines[1].split_whitespace().skip(2).collect();
+    assert_eq!(counts, ["2", "1", "0", "1"], "{usage}");
+    let sparkline = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {usage}"))
+            .to_string()
+    };
+    // 25 hours: one character each, the current hour last.
+    let accepted = sparkline("accepted");
+    assert!(accepted.ends_with("█ 2"), "{accepted}");
+    // The name in 15 columns, a space, the hours, a space, the total.
+    assert_eq!(accepted.chars().count(), 15 + 1 + 25 + 1 + 1, "{accepted}");
+    assert!(sparkline("usage exceeded").ends_with(" 0"));
+    assert!(ctl.fails(&["usage", "nobody"]).contains("not found"));
+}

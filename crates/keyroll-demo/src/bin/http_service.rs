@@ -44,7 +44,9 @@
 //!   "every": "30d"}}}`, `null` removes them) and `/owner` (`{"owner"}`,
 //!   `null` removes it), `GET /admin/keys?after=&limit=&owner=` (one
 //!   owner's keys with `owner`), `GET /admin/expiring?within=14d` (keys
-//!   expiring or due for renewal, soonest first), `GET /admin/keys/{id}` (with its
+//!   expiring or due for renewal, soonest first), `GET
+//!   /admin/keys/{id}/usage?since=7d` (counts by UTC hour: accepted, rate
+//!   limited, usage exceeded, refused), `GET /admin/keys/{id}` (with its
 //!   `allowance`: what its limits allow now), `POST /admin/keys/{id}/renew`,
 //!   `POST /admin/keys/{id}/finalize` (`{"delete_old": "now" | "later"}`),
 //!   `DELETE /admin/keys/{id}/old-token`, `POST /admin/keys/{id}/undo-renewal`,
@@ -776,6 +778,42 @@ async fn list_keys(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Since {
+    since: Option<String>,
+}
+
+/// `GET /admin/keys/{id}/usage?since=7d`: the key's usage counts by UTC
+/// hour (the hours with counts), counted up to now.
+async fn usage(
+    State(app): Shared,
+    Path(raw): Path<String>,
+    Query(since): Query<Since>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = key_id(&raw)?;
+    let since = parse_duration(since.since.as_deref().unwrap_or("7d"))?;
+    let now = OffsetDateTime::now_utc();
+    // The counts noted so far, not only those the periodic flush wrote.
+    if let Err(e) = app.keys.flush_usage(now).await {
+        eprintln!("{}", json!({ "flush_error": e.to_string() }));
+    }
+    let rows = app
+        .keys
+        .usage(&id, now.saturating_sub(since), now + Duration::HOUR)
+        .await?;
+    Ok(Json(json!({
+        "id": id,
+        "hours": rows.iter().map(|r| json!({
+            "hour": rfc3339(r.hour_start()),
+            "accepted": r.accepted,
+            "rate_limited": r.rate_limited,
+            "usage_exceeded": r.usage_exceeded,
+            "refused": r.refused,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Within {
     within: String,
 }
@@ -1114,6 +1152,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/keys/{id}/credits", axum::routing::put(set_credits))
         .route("/admin/keys/{id}/owner", axum::routing::put(set_owner))
         .route("/admin/expiring", get(expiring))
+        .route("/admin/keys/{id}/usage", get(usage))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_only));
     // `/v1/orders` under keyroll-axum's layer and a scope guard;
     // `/v1/whoami` authenticated by the `Caller` extractor alone, with the

@@ -32,11 +32,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
-use keyroll::store::DynKeyStore;
+use keyroll::store::{DynKeyStore, UsageRow};
 use keyroll::{
     ApiKey, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager, Metadata,
-    NewKey, OldTokenDeletion, OwnerId, Policy, RenewalEnforcement, RenewalState, Scope, Scopes,
-    TokenFormat, TokenInfo,
+    NewKey, OldTokenDeletion, Outcome, OwnerId, Policy, RenewalEnforcement, RenewalState, Scope,
+    Scopes, TokenFormat, TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -165,6 +165,14 @@ enum Command {
         #[arg(long)]
         owner: Option<OwnerId>,
     },
+    /// Print a key's usage counts by UTC hour (accepted, rate limited,
+    /// usage exceeded, refused), with a sparkline of each.
+    Usage {
+        id: KeyId,
+        /// How far back (e.g. `7d`, `24h`).
+        #[arg(long, value_parser = parse_duration, default_value = "7d")]
+        since: Duration,
+    },
     /// List the keys that expire, or whose token falls due for renewal,
     /// within DURATION (e.g. `14d`), soonest first.
     Expiring {
@@ -226,6 +234,7 @@ impl Command {
             self,
             Command::List { .. }
                 | Command::Expiring { .. }
+                | Command::Usage { .. }
                 | Command::Show { .. }
                 | Command::Verify { .. }
                 | Command::Whois
@@ -602,6 +611,65 @@ async fn list(
     Ok(())
 }
 
+/// `keyctl usage`: the hours with counts, then a sparkline of every hour
+/// of the window for each outcome.
+async fn usage(
+    manager: &KeyManager<DynKeyStore>,
+    id: &KeyId,
+    since: Duration,
+    now: OffsetDateTime,
+) -> Result<(), Box<dyn Error>> {
+    let from = now.saturating_sub(since);
+    let end = now + Duration::HOUR;
+    let rows = manager.usage(id, from, end).await?;
+    println!(
+        "{:<16} {:>10} {:>13} {:>15} {:>10}",
+        "HOUR (UTC)", "ACCEPTED", "RATE LIMITED", "USAGE EXCEEDED", "REFUSED"
+    );
+    for row in &rows {
+        println!(
+            "{:<16} {:>10} {:>13} {:>15} {:>10}",
+            date(row.hour_start()),
+            row.accepted,
+            row.rate_limited,
+            row.usage_exceeded,
+            row.refused
+        );
+    }
+    let (first, last) = (UsageRow::hour_of(from), UsageRow::hour_of(end));
+    for (name, outcome) in [
+        ("accepted", Outcome::Accepted),
+        ("rate limited", Outcome::RateLimited),
+        ("usage exceeded", Outcome::UsageExceeded),
+        ("refused", Outcome::Refused),
+    ] {
+        let hourly: Vec<u64> = (first..last)
+            .map(|hour| {
+                rows.iter()
+                    .find(|r| r.hour == hour)
+                    .map_or(0, |r| r.count(outcome))
+            })
+            .collect();
+        let total: u64 = hourly.iter().sum();
+        println!("{name:<15} {} {total}", sparkline(&hourly));
+    }
+    Ok(())
+}
+
+/// One character an hour: blank for none, then `▁` to `█` in proportion
+/// to the busiest hour.
+fn sparkline(counts: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    counts
+        .iter()
+        .map(|&n| match n {
+            0 => ' ',
+            n => BARS[((u128::from(n) * 8).div_ceil(u128::from(max)) - 1).min(7) as usize],
+        })
+        .collect()
+}
+
 /// `keyctl expiring`.
 async fn expiring(
     manager: &KeyManager<DynKeyStore>,
@@ -746,6 +814,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         }
         Command::List { owner } => list(&manager, owner.as_ref(), now).await?,
         Command::Expiring { within } => expiring(&manager, within, now).await?,
+        Command::Usage { id, since } => usage(&manager, &id, since, now).await?,
         Command::Show { id } => {
             let key = manager
                 .get(&id)
@@ -807,9 +876,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Verify { id } => {
             let token = token_from_stdin()?;
             let credentials = Credentials::bearer(&token).with_id(&id);
-            let matched = manager.authenticate(credentials, now).await?.matched;
-            // The use is noted in memory; write it before the process ends.
+            let authenticated = manager.authenticate(credentials, now).await;
+            // The use and its outcome, refused or not, are noted in memory:
+            // write them before the process ends.
             manager.flush_usage(now).await?;
+            let matched = authenticated?.matched;
             let key = manager
                 .get(&id)
                 .await?
@@ -840,5 +911,19 @@ async fn main() -> ExitCode {
             eprintln!("keyctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sparkline;
+
+    #[test]
+    fn sparklines_scale_to_the_busiest_hour() {
+        assert_eq!(sparkline(&[0, 1, 4, 8, 2]), " ▁▄█▂");
+        assert_eq!(sparkline(&[0, 0]), "  ");
+        assert_eq!(sparkline(&[5]), "█");
+        assert_eq!(sparkline(&[]), "");
+        assert_eq!(sparkline(&[u64::MAX, 1]), "█▁");
     }
 }
