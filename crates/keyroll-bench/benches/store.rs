@@ -10,6 +10,9 @@
 //! a speed-up (`store/authenticate_1m_2_threads` is the time per request
 //! of the pair).
 //!
+//! `store/authenticate_1m_counted` is `authenticate_1m` through a manager
+//! with usage recording on (each use noted, each outcome counted, in
+//! memory; never flushed during the bench).
 //! `store/authenticate_1m_rate_limited` is `authenticate_1m` over another
 //! million keys that each carry a rate limit (never reached), so that
 //! every authentication also charges the key's meter: the price of a
@@ -82,6 +85,16 @@ fn bench_store(c: &mut Criterion) {
             let (id, token) = &keys[rng.random_range(0..KEYS)];
             let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
             at_once(manager.authenticate(credentials, now)).expect("authenticated")
+        })
+    });
+    // The same keys through a manager that records usage: each
+    // authentication also notes the use and counts its outcome, in memory.
+    let counted = KeyManager::new(manager.store()).with_usage_recording(true);
+    group.bench_function("authenticate_1m_counted", |b| {
+        b.iter(|| {
+            let (id, token) = &keys[rng.random_range(0..KEYS)];
+            let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
+            at_once(counted.authenticate(credentials, now)).expect("authenticated")
         })
     });
     group.bench_function("authenticate_1m_rate_limited", |b| {
