@@ -893,7 +893,7 @@ impl<S: KeyStore> KeyManager<S> {
         let verified = self.store.verify(&id, &token, now).await;
         let count = |incarnation, outcome| {
             if let Some(usage) = &self.usage {
-                usage.counts.count(&id, incarnation, outcome, now);
+                usage.record(&id, incarnation, outcome, None, now);
             }
         };
         let mut authenticated = match verified.map_err(AuthError::Store)? {
@@ -926,8 +926,8 @@ impl<S: KeyStore> KeyManager<S> {
             };
         }
         if let Some(usage) = &self.usage {
-            usage.note(&authenticated.key_id, authenticated.token_id, now);
-            usage.counts.count(&id, incarnation, Outcome::Accepted, now);
+            let token = Some(authenticated.token_id);
+            usage.record(&id, incarnation, Outcome::Accepted, token, now);
         }
         Ok(authenticated)
     }
@@ -991,7 +991,8 @@ impl<S: KeyStore> KeyManager<S> {
         };
         let mut written = 0;
         let mut failed = Vec::new();
-        for (id, notes) in usage.take_all() {
+        let (notes, counts) = usage.take_all();
+        for (id, notes) in notes {
             match self.record_noted(&id, &notes, now).await {
                 Ok(changed) => written += usize::from(changed),
                 Err(e) => {
@@ -1002,20 +1003,20 @@ impl<S: KeyStore> KeyManager<S> {
         }
         // The counts, in batches; a batch that fails is kept whole for the
         // next flush, and the others are still written.
-        let mut counts = None;
-        for batch in usage.counts.take_all().chunks(USAGE_BATCH) {
+        let mut unwritten = None;
+        for batch in counts.chunks(USAGE_BATCH) {
             if let Err(e) = self.store.add_usage(batch).await {
-                usage.counts.put_back(batch);
-                counts = Some(ManagerError::Store(e));
+                usage.put_back_counts(batch);
+                unwritten = Some(ManagerError::Store(e));
             }
         }
-        if failed.is_empty() && counts.is_none() {
+        if failed.is_empty() && unwritten.is_none() {
             Ok(written)
         } else {
             Err(FlushError {
                 written,
                 failed,
-                counts,
+                counts: unwritten,
             })
         }
     }

@@ -1,6 +1,6 @@
-//! Uses of tokens noted in memory by the managers' `authenticate`, and
-//! written to the store later by their `flush_usage`: recording uses costs
-//! a request no store call and no copy of its key.
+//! Uses of tokens noted, and outcomes counted, in memory by the managers'
+//! `authenticate`, and written to the store later by their `flush_usage`:
+//! recording costs a request no store call and no copy of its key.
 //!
 //! A note is per token (by [`TokenId`], not by "current" or "old": a
 //! renewal between a use and its flush must not move the use to the other
@@ -14,13 +14,13 @@
 //! shard.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use time::OffsetDateTime;
 
-use crate::counts::CountLog;
+use crate::counts::{Outcome, UsageRow};
 use crate::id::{KeyId, TokenId};
 use crate::key::ApiKey;
 use crate::padded::Padded;
@@ -65,12 +65,53 @@ impl Noted {
     }
 }
 
-/// The notes of one key, under the hash of its id.
+/// The outcomes of one incarnation of a key in one UTC hour, counted.
+#[derive(Debug)]
+struct Counted {
+    incarnation: u64,
+    hour: i64,
+    counts: [AtomicU64; 4],
+}
+
+impl Counted {
+    fn new(incarnation: u64, hour: i64, counts: [u64; 4]) -> Counted {
+        Counted {
+            incarnation,
+            hour,
+            counts: counts.map(AtomicU64::new),
+        }
+    }
+
+    fn add(&self, counts: [u64; 4]) {
+        for (cell, n) in self.counts.iter().zip(counts) {
+            if n > 0 {
+                cell.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn row(&self, id: &KeyId) -> UsageRow {
+        let [accepted, rate_limited, usage_exceeded, refused] =
+            self.counts.each_ref().map(|n| n.load(Ordering::Relaxed));
+        UsageRow {
+            id: id.clone(),
+            incarnation: self.incarnation,
+            hour: self.hour,
+            accepted,
+            rate_limited,
+            usage_exceeded,
+            refused,
+        }
+    }
+}
+
+/// The notes and counts of one key, under the hash of its id.
 #[derive(Debug)]
 struct Pending {
     hash: u64,
     id: KeyId,
     notes: Vec<Noted>,
+    counts: Vec<Counted>,
 }
 
 /// The notes of some keys, by the hash of their id (the hash that also
@@ -81,8 +122,6 @@ type Notes = HashTable<Pending>;
 #[derive(Debug)]
 pub(crate) struct UsageLog {
     shards: Box<[Padded<RwLock<Notes>>]>,
-    /// The usage counts, written by the same flush.
-    pub(crate) counts: CountLog,
     /// foldhash: only the ids of keys that authenticated are noted, so no
     /// one outside can pile up colliding ids.
     hasher: foldhash::fast::RandomState,
@@ -92,7 +131,6 @@ impl Default for UsageLog {
     fn default() -> Self {
         UsageLog {
             shards: (0..SHARDS).map(|_| Padded::default()).collect(),
-            counts: CountLog::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -115,43 +153,91 @@ impl UsageLog {
         )
     }
 
-    /// Notes a use of `token` of key `id` at `at` (the last use of a
-    /// token to within a second).
-    pub(crate) fn note(&self, id: &KeyId, token: TokenId, at: OffsetDateTime) {
+    /// Counts an authentication of key `id` of `incarnation` at `at`
+    /// ending in `outcome`, and notes the use of its `token` if it was
+    /// accepted (the last use of a token to within a second). On a key
+    /// already counted this hour, and a use already noted, a shared lock and
+    /// an atomic add.
+    pub(crate) fn record(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        outcome: Outcome,
+        used: Option<TokenId>,
+        at: OffsetDateTime,
+    ) {
+        let hour = UsageRow::hour_of(at);
+        let mut one = [0; 4];
+        one[outcome.index()] = 1;
         let (hash, shard) = self.locate(id);
-        let noted = shard
+        let (mut counted, mut noted) = (false, used.is_none());
+        if let Some(pending) = shard
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .find(hash, |p| p.id == *id)
-            .is_some_and(|p| {
-                p.notes
+        {
+            if let Some(c) = pending.counted(incarnation, hour) {
+                c.add(one);
+                counted = true;
+            }
+            noted |= used.is_some_and(|token| {
+                pending
+                    .notes
                     .iter()
                     .any(|n| n.token == token && n.first <= at && at < n.quiet_until)
             });
-        if !noted {
-            add(&mut write(shard), hash, id, [Noted::new(token, at, at)]);
+        }
+        if counted && noted {
+            return;
+        }
+        let mut table = write(shard);
+        let pending = entry(&mut table, hash, id);
+        if !counted {
+            pending.count(incarnation, hour, one);
+        }
+        if let (false, Some(token)) = (noted, used) {
+            merge(&mut pending.notes, Noted::new(token, at, at));
         }
     }
 
-    /// Takes every note out, one entry per key.
-    pub(crate) fn take_all(&self) -> Vec<(KeyId, Vec<Noted>)> {
+    /// Takes every note and count out: the notes one entry per key, the
+    /// counts one row per key, incarnation and hour.
+    pub(crate) fn take_all(&self) -> (Vec<(KeyId, Vec<Noted>)>, Vec<UsageRow>) {
         let mut all = Notes::new();
         for shard in &self.shards {
             for taken in std::mem::take(&mut *write(shard)) {
-                add(&mut all, taken.hash, &taken.id, taken.notes);
+                let pending = entry(&mut all, taken.hash, &taken.id);
+                taken
+                    .notes
+                    .into_iter()
+                    .for_each(|n| merge(&mut pending.notes, n));
+                for c in taken.counts {
+                    let row = c.row(&taken.id);
+                    pending.count(row.incarnation, row.hour, row.counts());
+                }
             }
         }
-        all.into_iter().map(|p| (p.id, p.notes)).collect()
+        let mut notes = Vec::new();
+        let mut counts = Vec::new();
+        for pending in all {
+            counts.extend(pending.counts.iter().map(|c| c.row(&pending.id)));
+            if !pending.notes.is_empty() {
+                notes.push((pending.id, pending.notes));
+            }
+        }
+        (notes, counts)
     }
 
-    /// Takes the notes of key `id` out.
+    /// Takes the notes of key `id` out (its counts stay).
     pub(crate) fn take(&self, id: &KeyId) -> Vec<Noted> {
         let hash = self.hasher.hash_one(id);
         let mut kept = Vec::new();
         for shard in &self.shards {
-            if let Ok(found) = write(shard).find_entry(hash, |p| p.id == *id) {
-                let (taken, _) = found.remove();
-                taken.notes.into_iter().for_each(|n| merge(&mut kept, n));
+            let mut table = write(shard);
+            if let Some(pending) = table.find_mut(hash, |p| p.id == *id) {
+                std::mem::take(&mut pending.notes)
+                    .into_iter()
+                    .for_each(|n| merge(&mut kept, n));
             }
         }
         kept
@@ -161,7 +247,19 @@ impl UsageLog {
     /// since they were taken.
     pub(crate) fn put_back(&self, id: &KeyId, notes: Vec<Noted>) {
         let (hash, shard) = self.locate(id);
-        add(&mut write(shard), hash, id, notes);
+        let mut table = write(shard);
+        let pending = entry(&mut table, hash, id);
+        notes.into_iter().for_each(|n| merge(&mut pending.notes, n));
+    }
+
+    /// Puts back counts that could not be written, added to any counted
+    /// since they were taken.
+    pub(crate) fn put_back_counts(&self, rows: &[UsageRow]) {
+        for row in rows {
+            let (hash, shard) = self.locate(&row.id);
+            let mut table = write(shard);
+            entry(&mut table, hash, &row.id).count(row.incarnation, row.hour, row.counts());
+        }
     }
 
     /// How many keys have notes waiting.
@@ -169,29 +267,49 @@ impl UsageLog {
         let mut ids = std::collections::HashSet::new();
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            ids.extend(shard.iter().map(|p| p.id.clone()));
+            ids.extend(
+                shard
+                    .iter()
+                    .filter(|p| !p.notes.is_empty())
+                    .map(|p| p.id.clone()),
+            );
         }
         ids.len()
     }
 }
 
-/// Merges `notes` into key `id`'s in `table`.
-fn add(table: &mut Notes, hash: u64, id: &KeyId, notes: impl IntoIterator<Item = Noted>) {
-    let kept = match table.find_mut(hash, |p| p.id == *id) {
-        Some(pending) => &mut pending.notes,
-        None => {
-            let pending = Pending {
-                hash,
-                id: id.clone(),
-                notes: Vec::new(),
-            };
-            &mut table
-                .insert_unique(hash, pending, |p| p.hash)
-                .into_mut()
-                .notes
+impl Pending {
+    /// The counter of `incarnation` and `hour`, if there is one.
+    fn counted(&self, incarnation: u64, hour: i64) -> Option<&Counted> {
+        self.counts
+            .iter()
+            .find(|c| c.incarnation == incarnation && c.hour == hour)
+    }
+
+    /// Adds `counts` to the counter of `incarnation` and `hour`, made if
+    /// need be.
+    fn count(&mut self, incarnation: u64, hour: i64, counts: [u64; 4]) {
+        match self.counted(incarnation, hour) {
+            Some(c) => c.add(counts),
+            None => self.counts.push(Counted::new(incarnation, hour, counts)),
         }
-    };
-    notes.into_iter().for_each(|n| merge(kept, n));
+    }
+}
+
+/// Key `id`'s entry in `table`, made if need be.
+fn entry<'a>(table: &'a mut Notes, hash: u64, id: &KeyId) -> &'a mut Pending {
+    if table.find(hash, |p| p.id == *id).is_none() {
+        let pending = Pending {
+            hash,
+            id: id.clone(),
+            notes: Vec::new(),
+            counts: Vec::new(),
+        };
+        table.insert_unique(hash, pending, |p| p.hash);
+    }
+    table
+        .find_mut(hash, |p| p.id == *id)
+        .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 fn merge(notes: &mut Vec<Noted>, new: Noted) {
@@ -229,17 +347,22 @@ mod tests {
         format!("{n:032x}").parse().unwrap()
     }
 
+    /// An accepted authentication: counted, and its use noted.
+    fn used(log: &UsageLog, id: &KeyId, token: TokenId, at: OffsetDateTime) {
+        log.record(id, 1, Outcome::Accepted, Some(token), at);
+    }
+
     #[test]
     fn notes_keep_the_first_and_last_use_of_each_token() {
         let log = UsageLog::default();
         let id = KeyId::new("acme").unwrap();
         let t0 = OffsetDateTime::UNIX_EPOCH;
-        log.note(&id, token(1), t0 + Duration::seconds(5));
-        log.note(&id, token(1), t0);
-        log.note(&id, token(1), t0 + Duration::seconds(9));
-        log.note(&id, token(2), t0 + Duration::seconds(1));
+        used(&log, &id, token(1), t0 + Duration::seconds(5));
+        used(&log, &id, token(1), t0);
+        used(&log, &id, token(1), t0 + Duration::seconds(9));
+        used(&log, &id, token(2), t0 + Duration::seconds(1));
         // Within a second of the last use noted: not noted again.
-        log.note(&id, token(1), t0 + Duration::milliseconds(9500));
+        used(&log, &id, token(1), t0 + Duration::milliseconds(9500));
         assert_eq!(log.keys(), 1);
         let notes = log.take(&id);
         assert_eq!(
@@ -254,32 +377,80 @@ mod tests {
             ]
         );
         assert_eq!(log.keys(), 0);
-        log.note(&id, token(1), t0 + Duration::seconds(20));
+        used(&log, &id, token(1), t0 + Duration::seconds(20));
         log.put_back(&id, notes);
-        let all = log.take_all();
+        let (all, counts) = log.take_all();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1[0].first, t0);
         assert_eq!(all[0].1[0].last, t0 + Duration::seconds(20));
+        // Every authentication was counted, noted or not, taken or not.
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[0].accepted, 6);
     }
 
     #[test]
-    fn notes_from_many_threads_are_taken_as_one() {
+    fn notes_and_counts_from_many_threads_are_taken_as_one() {
         let log = UsageLog::default();
         let id = KeyId::new("busy").unwrap();
-        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::hours(500_000);
         std::thread::scope(|scope| {
             for thread in 0..8 {
                 let (log, id) = (&log, &id);
-                scope.spawn(move || log.note(id, token(1), t0 + Duration::seconds(thread)));
+                scope.spawn(move || {
+                    for i in 0..1000 {
+                        used(log, id, token(1), t0 + Duration::seconds(thread));
+                        if i % 10 == 0 {
+                            log.record(id, 1, Outcome::Refused, None, t0 + Duration::minutes(59));
+                            log.record(id, 2, Outcome::RateLimited, None, t0);
+                        }
+                    }
+                });
             }
         });
+        log.record(
+            &id,
+            1,
+            Outcome::UsageExceeded,
+            None,
+            t0 + Duration::hours(1),
+        );
         assert_eq!(log.keys(), 1);
-        let all = log.take_all();
+        let (all, mut counts) = log.take_all();
         assert_eq!(all.len(), 1, "one entry for the key");
         assert_eq!(
             all[0].1,
             [Noted::new(token(1), t0, t0 + Duration::seconds(7))]
         );
+        counts.sort_by_key(|r| (r.incarnation, r.hour));
+        let hour = UsageRow::hour_of(t0);
+        let seen: Vec<_> = counts
+            .iter()
+            .map(|r| (r.incarnation, r.hour, r.counts()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, hour, [8000, 0, 0, 800]),
+                (1, hour + 1, [0, 0, 1, 0]),
+                (2, hour, [0, 800, 0, 0]),
+            ]
+        );
         assert_eq!(log.keys(), 0);
+        log.put_back_counts(&counts);
+        log.record(&id, 2, Outcome::RateLimited, None, t0);
+        let (_, again) = log.take_all();
+        let two = again.iter().find(|r| r.incarnation == 2).unwrap();
+        assert_eq!(two.rate_limited, 801);
+    }
+
+    #[test]
+    fn taking_a_keys_notes_leaves_its_counts() {
+        let log = UsageLog::default();
+        let id = KeyId::new("acme").unwrap();
+        used(&log, &id, token(1), OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(log.take(&id).len(), 1);
+        let (notes, counts) = log.take_all();
+        assert!(notes.is_empty());
+        assert_eq!(counts.len(), 1);
     }
 }

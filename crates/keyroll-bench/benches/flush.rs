@@ -66,7 +66,13 @@ async fn run(url: &str) {
         let started = Instant::now();
         let written = manager.flush_usage(now).await.expect("flushed");
         let flushing = started.elapsed();
-        let client = manager.store().inner().pool().get().await.expect("a connection");
+        let client = manager
+            .store()
+            .inner()
+            .pool()
+            .get()
+            .await
+            .expect("a connection");
         let row = client
             .query_one(
                 &format!("SELECT count(*), sum(accepted)::bigint FROM {TABLE}_usage"),

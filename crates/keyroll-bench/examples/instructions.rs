@@ -3,7 +3,9 @@
 //! does not move: `verify N` verifies a renewing key's current token N
 //! times; `auth N` authenticates N times over 1,000 in-memory keys;
 //! `limited N` the same with keys that each carry a rate limit (never
-//! reached), so every authentication is also charged.
+//! reached), so every authentication is also charged; `recorded N` the
+//! same as `auth` with usage recording on (after the first round, each
+//! key's use already noted and its hour already counted: the common path).
 use keyroll::store::InMemoryStore;
 use keyroll::{ApiKey, Credentials, KeyId, KeyManager, NewKey};
 use rand::SeedableRng;
@@ -22,7 +24,9 @@ fn at_once<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn main() {
-    let what = std::env::args().nth(1).expect("verify, auth or limited");
+    let what = std::env::args()
+        .nth(1)
+        .expect("verify, auth, limited or recorded");
     let n: usize = std::env::args()
         .nth(2)
         .and_then(|n| n.parse().ok())
@@ -42,8 +46,8 @@ fn main() {
                 black_box(key.verify(black_box(current.expose_secret()), now).unwrap());
             }
         }
-        "auth" | "limited" => {
-            let m = KeyManager::new(InMemoryStore::new());
+        "auth" | "limited" | "recorded" => {
+            let m = KeyManager::new(InMemoryStore::new()).with_usage_recording(what == "recorded");
             let mut keys = Vec::new();
             for i in 0..1000 {
                 let id = KeyId::new(format!("key-{i:07}")).unwrap();
@@ -67,6 +71,6 @@ fn main() {
                 );
             }
         }
-        other => panic!("not verify, auth or limited: {other}"),
+        other => panic!("not verify, auth, limited or recorded: {other}"),
     }
 }
