@@ -403,7 +403,7 @@ pub enum AuthError<E> {
     },
     /// The key's rate limit refuses the request for now. Nothing was
     /// charged.
-    #[error("rate limited: retry after {retry_after}")]
+    #[error("rate limited: retry after {} s", crate::meter::whole_seconds(*.retry_after))]
     RateLimited {
         /// How long until the same request is admitted.
         retry_after: Duration,

@@ -56,7 +56,6 @@ const MAX_EVERY: Duration = Duration::days(36_600);
 /// column holds.
 pub const MAX_CREDITS: u64 = i64::MAX as u64;
 
-#[cfg(feature = "serde")]
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 
 /// A rate limit that cannot be: the value it refused is in the message.
@@ -322,7 +321,7 @@ impl Allowance {
 pub enum Refusal {
     /// The rate limit's bucket holds less than the cost: the same request
     /// is admitted after `retry_after` (exactly: not a nanosecond before).
-    #[error("rate limited: retry after {retry_after}")]
+    #[error("rate limited: retry after {} s", whole_seconds(*.retry_after))]
     #[non_exhaustive]
     RateLimited {
         /// How long to wait; always positive.
@@ -552,6 +551,13 @@ pub(crate) struct MeterParts {
     pub(crate) remaining: u64,
     pub(crate) refills: u64,
     pub(crate) anchor: (i64, u32),
+}
+
+/// `d` in whole seconds, rounded up (what a message or a `Retry-After`
+/// tells).
+pub(crate) fn whole_seconds(d: Duration) -> i64 {
+    let ns = d.whole_nanoseconds().max(0);
+    i64::try_from((ns + NANOS_PER_SECOND - 1) / NANOS_PER_SECOND).unwrap_or(i64::MAX)
 }
 
 /// `ns` nanoseconds, which the bounds keep within `i64`.
