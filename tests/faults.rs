@@ -135,7 +135,12 @@ impl KeyStore for FaultyStore {
             .map_err(|never| match never {})
     }
 
+    /// Refused when a failed write is forced.
     async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+        if *self.forced.lock().unwrap() == Some(Outcome::FailWrite) {
+            self.forced.lock().unwrap().take();
+            return Err(Fault("counts refused"));
+        }
         self.inner
             .add_usage(rows)
             .await
@@ -345,4 +350,30 @@ fn a_failed_write_before_applying_changes_nothing() {
         Err(ManagerError::Store(_))
     ));
     assert_eq!(stored(&manager), before);
+}
+
+/// Usage counts a flush could not write are kept, and the next flush
+/// writes them: none lost, none counted twice.
+#[test]
+fn counts_a_flush_could_not_write_are_written_by_the_next() {
+    let manager = KeyManager::new(FaultyStore::new(1, 0)).with_usage_recording(true);
+    let (_, _) = block_on(manager.create_key(id(), t0(), &mut StdRng::seed_from_u64(4))).unwrap();
+    // Tokens naming the key that it never issued: refused, and counted.
+    let (_, stranger, _) = ApiKey::issue(id(), t0(), &mut StdRng::seed_from_u64(5)).unwrap();
+    for _ in 0..3 {
+        assert!(block_on(manager.authenticate(stranger.expose_secret(), t0())).is_err());
+    }
+    *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
+    let failed = block_on(manager.flush_usage(t0())).unwrap_err();
+    assert!(failed.counts.is_some(), "{failed}");
+    assert!(
+        failed.to_string().contains("usage counts were not written"),
+        "{failed}"
+    );
+    assert!(block_on(manager.authenticate(stranger.expose_secret(), t0())).is_err());
+    block_on(manager.flush_usage(t0())).unwrap();
+    block_on(manager.flush_usage(t0())).unwrap();
+    let hours = block_on(manager.usage(&id(), t0(), t0() + time::Duration::HOUR)).unwrap();
+    assert_eq!(hours.len(), 1);
+    assert_eq!((hours[0].refused, hours[0].accepted), (4, 0));
 }

@@ -476,3 +476,26 @@ async fn a_broken_checksum_is_malformed_whether_or_not_the_key_is_stored() {
         Err(AuthError::UnknownKey)
     ));
 }
+
+/// Usage counts are kept for the retention, then housekeeping drops them.
+#[test]
+fn usage_counts_are_kept_for_the_retention_then_pruned() {
+    let manager = KeyManager::new(InMemoryStore::new())
+        .with_usage_recording(true)
+        .with_usage_retention(time::Duration::days(2));
+    let (token, _) =
+        block_on(manager.create_key(id(), t0(), &mut StdRng::seed_from_u64(3))).unwrap();
+    for day in 0..4 {
+        let at = t0() + time::Duration::days(day);
+        block_on(manager.authenticate(token.expose_secret(), at)).unwrap();
+        block_on(manager.flush_usage(at)).unwrap();
+    }
+    let all = |now| block_on(manager.usage(&id(), t0(), now)).unwrap();
+    let end = t0() + time::Duration::days(5);
+    assert_eq!(all(end).len(), 4);
+    // Housekeeping on day 4 keeps days 2 and 3 (the last 2 days).
+    block_on(manager.housekeep_all(t0() + time::Duration::days(4))).unwrap();
+    let kept: Vec<i64> = all(end).iter().map(|r| r.hour).collect();
+    let hour = |day: i64| keyroll::store::UsageRow::hour_of(t0() + time::Duration::days(day));
+    assert_eq!(kept, [hour(2), hour(3)]);
+}

@@ -5,7 +5,9 @@
 //! `limited N` the same with keys that each carry a rate limit (never
 //! reached), so every authentication is also charged; `recorded N` the
 //! same as `auth` with usage recording on (after the first round, each
-//! key's use already noted and its hour already counted: the common path).
+//! key's use already noted and its hour already counted: the common path);
+//! `first N` the same with each authentication the first of its key since
+//! the last flush (N at most 11,000).
 use keyroll::store::InMemoryStore;
 use keyroll::{ApiKey, Credentials, KeyId, KeyManager, NewKey};
 use rand::SeedableRng;
@@ -26,7 +28,7 @@ fn at_once<F: std::future::Future>(future: F) -> F::Output {
 fn main() {
     let what = std::env::args()
         .nth(1)
-        .expect("verify, auth, limited or recorded");
+        .expect("verify, auth, limited, recorded or first");
     let n: usize = std::env::args()
         .nth(2)
         .and_then(|n| n.parse().ok())
@@ -46,10 +48,14 @@ fn main() {
                 black_box(key.verify(black_box(current.expose_secret()), now).unwrap());
             }
         }
-        "auth" | "limited" | "recorded" => {
-            let m = KeyManager::new(InMemoryStore::new()).with_usage_recording(what == "recorded");
+        "auth" | "limited" | "recorded" | "first" => {
+            let recording = matches!(what.as_str(), "recorded" | "first");
+            let m = KeyManager::new(InMemoryStore::new()).with_usage_recording(recording);
+            // `first`: every authentication the first of its key since the
+            // last flush (a key each), so its use and count are new entries.
+            let count = if what == "first" { 11_000 } else { 1000 };
             let mut keys = Vec::new();
-            for i in 0..1000 {
+            for i in 0..count {
                 let id = KeyId::new(format!("key-{i:07}")).unwrap();
                 let mut new = NewKey::new(id.clone());
                 if what == "limited" {
@@ -62,7 +68,7 @@ fn main() {
                 keys.push((id, t));
             }
             for i in 0..n {
-                let (id, t) = &keys[i % 1000];
+                let (id, t) = &keys[i % count];
                 black_box(
                     at_once(
                         m.authenticate(Credentials::bearer(t.expose_secret()).with_id(id), now),
@@ -71,6 +77,6 @@ fn main() {
                 );
             }
         }
-        other => panic!("not verify, auth, limited or recorded: {other}"),
+        other => panic!("not verify, auth, limited, recorded or first: {other}"),
     }
 }
