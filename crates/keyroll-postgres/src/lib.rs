@@ -9,9 +9,9 @@
 //! `sslmode=disable`: a server that declines TLS is refused, never used in
 //! the clear.
 //!
-//! Two tables, created by [`PgStore::migrate`] (idempotent), an explicit
+//! Three tables, created by [`PgStore::migrate`] (idempotent), an explicit
 //! step run by a role that may create tables; the service's own role needs
-//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on both:
+//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on them:
 //!
 //! ```sql
 //! CREATE TABLE keyroll_keys (
@@ -20,14 +20,23 @@
 //!     version     BIGINT NOT NULL,
 //!     record      JSONB NOT NULL,                -- the ApiKey: hashes only, no secret
 //!     updated_at  TIMESTAMPTZ NOT NULL,
-//!     rate_limit  BIGINT, ...                    -- the key's limits, as record::LimitColumns
+//!     rate_limit  BIGINT, ...,                   -- the key's limits, as record::LimitColumns
+//!     owner       TEXT COLLATE "C"               -- indexed (owner, id): list_owned
 //! );
 //! CREATE TABLE keyroll_keys_meters (             -- the moving state of the keys' limits
 //!     id TEXT COLLATE "C", incarnation BIGINT,   -- the key's
 //!     generation BIGINT, tat_secs BIGINT, ...,   -- as record::MeterRow
 //!     PRIMARY KEY (id, incarnation)
 //! );
+//! CREATE TABLE keyroll_keys_usage (              -- usage counts by key and UTC hour
+//!     id TEXT COLLATE "C", incarnation BIGINT, hour BIGINT,
+//!     accepted BIGINT, rate_limited BIGINT, usage_exceeded BIGINT, refused BIGINT,
+//!     PRIMARY KEY (id, incarnation, hour)
+//! );
 //! ```
+//!
+//! A batch of usage counts ([`KeyStore::add_usage`]) is one statement: the
+//! rows as arrays, `unnest`ed and added with `ON CONFLICT ... DO UPDATE`.
 //!
 //! **Charges** ([`KeyStore::charge`]) are one call of a PL/pgSQL function
 //! that `migrate` creates per table: it reads the key's limit columns,

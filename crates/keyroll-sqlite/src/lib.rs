@@ -9,6 +9,9 @@
 //! readable by its owner only (0600), and SQLite gives its `-wal` and `-shm`
 //! files the same mode.
 //!
+//! An `owner` column, with a partial index on `(owner, id)`, answers
+//! `list_owned`; `keyroll_usage` keeps the usage counts by key,
+//! incarnation and UTC hour, a batch added in one transaction.
 //! Beside it, `keyroll_meters` keeps the moving state of the keys' rate
 //! limits and credits ([`keyroll::record::MeterRow`]): a charge reads the
 //! key and its meter and writes the meter in one immediate transaction, so
