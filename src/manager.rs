@@ -790,6 +790,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// let (token, _) = keys.create_key(id.clone(), now, &mut rand::rng()).await?;
     /// keys.authenticate(token.expose_secret(), now).await?;
     /// keys.authenticate(token.expose_secret(), now).await?;
+    /// // Malformed: refused before any key is read, and so not counted.
     /// assert!(keys.authenticate("kr_acme_wrongwrongwrongwrongwrongwrongwrongwrong0000000", now).await.is_err());
     /// keys.flush_usage(now).await?;
     /// let hours = keys.usage(&id, now - time::Duration::DAY, now + time::Duration::HOUR).await?;
