@@ -614,7 +614,7 @@ impl ApiKey {
     /// beside it (`None`: a full one): the meter to store if admitted, and
     /// what it allows. This is what [`KeyStore::charge`] implementations
     /// run under their own atomicity (a lock, a transaction). A key
-    /// without limits admits anything.
+    /// without limits admits anything, and hands back the meter unchanged.
     ///
     /// [`KeyStore::charge`]: crate::store::KeyStore::charge
     ///
@@ -629,9 +629,13 @@ impl ApiKey {
     ) -> Result<(StoredMeter, Allowance), Refusal> {
         match self.limits.as_deref() {
             Some(limits) => limits.charge(stored, cost, now),
-            // Nothing to count, so no cost to check: stores skip such keys.
+            // Nothing to count, so no cost to check, and the meter as it
+            // was (a limit set again finds its bucket): stores skip such
+            // keys.
             None => Ok((
-                StoredMeter::new(0, Meter::new(None, now)),
+                stored
+                    .cloned()
+                    .unwrap_or_else(|| StoredMeter::new(0, Meter::new(None, now))),
                 Allowance::default(),
             )),
         }
