@@ -86,6 +86,7 @@ impl UsageRow {
         self.refused = self.refused.saturating_add(f);
     }
 
+    /// The counts: accepted, rate limited, usage exceeded, refused.
     pub(crate) fn counts(&self) -> [u64; 4] {
         [
             self.accepted,

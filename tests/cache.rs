@@ -55,42 +55,7 @@ impl KeyStore for Counted {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         self.keys.list(after, limit).await
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: time::OffsetDateTime,
-    ) -> Result<
-        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-        keyroll::store::StoreError<Self::Error>,
-    > {
-        self.keys.charge(id, incarnation, cost, now).await
-    }
-    async fn meter(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-        self.keys.meter(id, incarnation).await
-    }
-
-    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-        self.keys.add_usage(rows).await
-    }
-
-    async fn usage(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        hours: std::ops::Range<i64>,
-    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-        self.keys.usage(id, incarnation, hours).await
-    }
-
-    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.keys.prune_usage(before).await
-    }
+    common::forward_meters_and_usage!(keys);
 }
 
 fn key(id: &str) -> (ApiKey, keyroll::Token) {

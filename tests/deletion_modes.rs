@@ -454,42 +454,7 @@ impl KeyStore for AlwaysConflicts {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
         self.0.list(after, limit).await
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: time::OffsetDateTime,
-    ) -> Result<
-        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-        keyroll::store::StoreError<Self::Error>,
-    > {
-        self.0.charge(id, incarnation, cost, now).await
-    }
-    async fn meter(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-        self.0.meter(id, incarnation).await
-    }
-
-    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-        self.0.add_usage(rows).await
-    }
-
-    async fn usage(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        hours: std::ops::Range<i64>,
-    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-        self.0.usage(id, incarnation, hours).await
-    }
-
-    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.0.prune_usage(before).await
-    }
+    common::forward_meters_and_usage!(0);
 }
 
 #[test]
@@ -569,57 +534,7 @@ impl KeyStore for Poisoned {
             .await
             .unwrap_or_else(|never| match never {}))
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: time::OffsetDateTime,
-    ) -> Result<
-        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-        keyroll::store::StoreError<Self::Error>,
-    > {
-        self.keys
-            .charge(id, incarnation, cost, now)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn meter(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-        self.keys
-            .meter(id, incarnation)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-        self.keys
-            .add_usage(rows)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn usage(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        hours: std::ops::Range<i64>,
-    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-        self.keys
-            .usage(id, incarnation, hours)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.keys
-            .prune_usage(before)
-            .await
-            .map_err(|never| match never {})
-    }
+    common::forward_meters_and_usage!(keys);
 }
 
 /// One key whose record cannot be read holds up no other: the flush skips

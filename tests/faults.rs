@@ -109,31 +109,7 @@ impl KeyStore for FaultyStore {
             _ => Err(Fault("read failed")),
         }
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: time::OffsetDateTime,
-    ) -> Result<
-        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-        keyroll::store::StoreError<Self::Error>,
-    > {
-        self.inner
-            .charge(id, incarnation, cost, now)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn meter(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-        self.inner
-            .meter(id, incarnation)
-            .await
-            .map_err(|never| match never {})
-    }
+    common::forward_meters!(inner);
 
     /// Refused when a failed write is forced.
     async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {

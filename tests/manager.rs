@@ -201,57 +201,7 @@ impl KeyStore for Contested {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, DiskOnFire> {
         Ok(self.inner.list(after, limit).await.unwrap())
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: time::OffsetDateTime,
-    ) -> Result<
-        Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-        keyroll::store::StoreError<Self::Error>,
-    > {
-        self.inner
-            .charge(id, incarnation, cost, now)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn meter(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-    ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-        self.inner
-            .meter(id, incarnation)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-        self.inner
-            .add_usage(rows)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn usage(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        hours: std::ops::Range<i64>,
-    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-        self.inner
-            .usage(id, incarnation, hours)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.inner
-            .prune_usage(before)
-            .await
-            .map_err(|never| match never {})
-    }
+    common::forward_meters_and_usage!(inner);
 }
 
 #[test]

@@ -668,14 +668,7 @@ impl KeyStore for InMemoryStore {
         for row in rows {
             usage
                 .entry((row.id.clone(), row.incarnation, row.hour))
-                .and_modify(|kept| {
-                    kept.add([
-                        row.accepted,
-                        row.rate_limited,
-                        row.usage_exceeded,
-                        row.refused,
-                    ])
-                })
+                .and_modify(|kept| kept.add(row.counts()))
                 .or_insert_with(|| row.clone());
         }
         Ok(())

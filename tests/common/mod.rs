@@ -60,3 +60,65 @@ pub fn assert_invariants(key: &ApiKey) {
         assert_eq!(token.due_at(), token.created_at().saturating_add(period));
     }
 }
+
+/// The `KeyStore` methods of a test store that hands limits (`charge`,
+/// `meter`) to the `InMemoryStore` in its field `$field`, unchanged.
+#[allow(unused_macros)] // not every test file has such a store
+macro_rules! forward_meters {
+    ($field:tt) => {
+        async fn charge(
+            &self,
+            id: &keyroll::KeyId,
+            incarnation: u64,
+            cost: u32,
+            now: time::OffsetDateTime,
+        ) -> Result<
+            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
+            keyroll::store::StoreError<Self::Error>,
+        > {
+            keyroll::store::KeyStore::charge(&self.$field, id, incarnation, cost, now)
+                .await
+                .map_err(|e| e.map_backend(|never| match never {}))
+        }
+        async fn meter(
+            &self,
+            id: &keyroll::KeyId,
+            incarnation: u64,
+        ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
+            keyroll::store::KeyStore::meter(&self.$field, id, incarnation)
+                .await
+                .map_err(|never| match never {})
+        }
+    };
+}
+
+/// [`forward_meters`], and the usage counts too.
+#[allow(unused_macros)]
+macro_rules! forward_meters_and_usage {
+    ($field:tt) => {
+        common::forward_meters!($field);
+        async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
+            keyroll::store::KeyStore::add_usage(&self.$field, rows)
+                .await
+                .map_err(|never| match never {})
+        }
+        async fn usage(
+            &self,
+            id: &keyroll::KeyId,
+            incarnation: u64,
+            hours: std::ops::Range<i64>,
+        ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
+            keyroll::store::KeyStore::usage(&self.$field, id, incarnation, hours)
+                .await
+                .map_err(|never| match never {})
+        }
+        async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+            keyroll::store::KeyStore::prune_usage(&self.$field, before)
+                .await
+                .map_err(|never| match never {})
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use {forward_meters, forward_meters_and_usage};
