@@ -151,6 +151,12 @@ pub(crate) fn unavailable() -> ApiError {
     )
 }
 
+/// The answer to a path a router does not serve.
+#[cfg(feature = "admin")]
+pub(crate) fn no_such_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

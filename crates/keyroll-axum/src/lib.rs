@@ -80,6 +80,8 @@ use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod error;
 mod limits;
 mod usage;
@@ -136,10 +138,10 @@ fn quoted(value: &str) -> String {
 /// A tower [`Layer`](https://docs.rs/tower-layer/0.3/tower_layer/trait.Layer.html)
 /// that authenticates every request with keyroll. See the crate's docs.
 pub struct KeyrollLayer<S> {
-    shared: Arc<Shared<S>>,
+    pub(crate) shared: Arc<Shared<S>>,
 }
 
-struct Shared<S> {
+pub(crate) struct Shared<S> {
     keys: Arc<KeyManager<S>>,
     /// `Bearer realm="<realm>"`.
     challenge: String,
@@ -322,7 +324,10 @@ where
 impl<S: KeyStore> Shared<S> {
     /// Who `headers` authenticate as, or the refusal to answer, its cause
     /// logged (with the key id, never the token).
-    async fn authenticated(&self, headers: &HeaderMap) -> Result<keyroll::Authenticated, ApiError> {
+    pub(crate) async fn authenticated(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<keyroll::Authenticated, ApiError> {
         let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(bearer_token);
         let sent_id = self
@@ -399,7 +404,7 @@ impl<S: KeyStore> Shared<S> {
 
     /// The one answer to every refused credential: a 401 with the realm's
     /// challenge, and `error="invalid_token"` when a token was presented.
-    fn refusal(&self, token_presented: bool) -> ApiError {
+    pub(crate) fn refusal(&self, token_presented: bool) -> ApiError {
         let challenge = if token_presented {
             format!("{}, error=\"invalid_token\"", self.challenge)
         } else {
@@ -670,16 +675,21 @@ impl std::error::Error for InsufficientScope {}
 
 impl IntoResponse for InsufficientScope {
     fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+impl From<InsufficientScope> for ApiError {
+    fn from(refusal: InsufficientScope) -> ApiError {
         let challenge = format!(
             "Bearer error=\"insufficient_scope\", scope={}",
-            quoted(&self.scope)
+            quoted(&refusal.scope)
         );
         ApiError::new(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
-            self.to_string(),
+            refusal.to_string(),
         )
         .with_challenge(challenge)
-        .into_response()
     }
 }

@@ -1,0 +1,830 @@
+//! The admin API's handlers: one per manager operation, each documented
+//! for the OpenAPI document by its `#[utoipa::path]`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use keyroll::meter::{Credits, RateLimit, Refill};
+use keyroll::store::KeyStore;
+use keyroll::{
+    Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, Token,
+};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
+
+use super::auth::{Actor, AdminState};
+use super::summary::{AllowanceSummary, ExpiringSummary, KeySummary, UsageHour};
+use crate::ApiError;
+
+type Admin<S> = State<Arc<AdminState<S>>>;
+
+/// The body of every refusal: `{"error": code, "message": text}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// A code: `bad_request`, `not_found`, `conflict`, `unavailable`, ...
+    error: String,
+    /// What was refused, and the way out.
+    message: String,
+}
+
+/// The refusals every admin route may answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub(crate) enum Refusals {
+    /// Bad input, quoted.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No credentials, or credentials refused.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The key lacks the admin scope.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such key.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The key's state does not allow it, or it changed meanwhile.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The store failed; try again later.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// A new token, shown this once.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct IssuedToken {
+    /// The key's id.
+    id: String,
+    /// The token: store it now, it is not shown again.
+    token: String,
+    /// The token's id (not a secret).
+    token_id: String,
+    /// The audit event.
+    #[schema(value_type = Object)]
+    event: Event,
+}
+
+/// The audit event of a change.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Done {
+    /// The event.
+    #[schema(value_type = Object)]
+    event: Event,
+}
+
+/// A key with what its limits allow now.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyDetails {
+    #[serde(flatten)]
+    key: KeySummary,
+    /// What its limits allow now.
+    allowance: AllowanceSummary,
+}
+
+/// A page of keys.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyPage {
+    /// The keys, in id order.
+    keys: Vec<KeySummary>,
+    /// The `after` of the next page, if there may be one.
+    next: Option<String>,
+}
+
+/// Keys expiring or due soon, soonest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ExpiringKeys {
+    /// The keys.
+    keys: Vec<ExpiringSummary>,
+}
+
+/// A key's usage, hour by hour (the hours with counts).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Usage {
+    /// The key.
+    id: String,
+    /// Its hours, oldest first.
+    hours: Vec<UsageHour>,
+}
+
+/// What revoking a token did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    /// Whether it was a live token of a stored key, now revoked.
+    revoked: bool,
+    /// The audit event, if it was.
+    #[schema(value_type = Option<Object>)]
+    event: Option<Event>,
+}
+
+/// The deletions housekeeping applied.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Housekept {
+    /// Their events.
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Event>,
+}
+
+/// A new key. Every field may be left out.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    /// Its id; a random one when left out.
+    id: Option<String>,
+    /// Its label.
+    #[serde(default)]
+    label: String,
+    /// What it may do.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Its metadata: an object of strings.
+    #[serde(default, deserialize_with = "entries")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    metadata: Vec<(String, String)>,
+    /// When it stops verifying (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    /// Who owns it.
+    owner: Option<String>,
+}
+
+/// What becomes of the old token: `now`, `later`, `at` (with `at`), or
+/// `after_new_token_use` (with `grace`, as `1h`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Deletion {
+    /// `now`, `later`, `at` or `after_new_token_use`.
+    delete_old: DeletionChoice,
+    /// With `at`: when (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    at: Option<OffsetDateTime>,
+    /// With `after_new_token_use`: how long after the new token's first use.
+    grace: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeletionChoice {
+    Now,
+    Later,
+    At,
+    AfterNewTokenUse,
+}
+
+/// Query of `GET /keys`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Page {
+    /// The last id of the previous page.
+    after: Option<String>,
+    /// At most this many keys (1 to 500; 50 by default).
+    limit: Option<usize>,
+    /// Only this owner's keys.
+    owner: Option<String>,
+}
+
+/// Query of a usage report.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Since {
+    /// How far back, as `7d` (the default) or `24h`.
+    since: Option<String>,
+}
+
+/// Query of `GET /expiring`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Within {
+    /// The window, as `14d`.
+    within: String,
+}
+
+/// `{"label"}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetLabel {
+    label: String,
+}
+
+/// `{"scopes": [..]}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetScopes {
+    scopes: Vec<String>,
+}
+
+/// `{"metadata": {..}}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetMetadata {
+    #[serde(deserialize_with = "entries")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    metadata: Vec<(String, String)>,
+}
+
+/// `{"expires_at": RFC 3339 | null}`: `null` removes the expiry.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetExpiry {
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+/// `{"owner": ".." | null}`: `null` removes the owner.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetOwner {
+    owner: Option<String>,
+}
+
+/// `{"rate_limit": {..} | null}`: `null` removes it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetRateLimit {
+    rate_limit: Option<RateLimitBody>,
+}
+
+/// `limit` requests per `period` (`1m`), bursts of `burst` (`limit` by
+/// default).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitBody {
+    limit: u32,
+    period: String,
+    burst: Option<u32>,
+}
+
+/// `{"credits": {..} | null}`: `null` removes them. The balance starts
+/// over at `remaining`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetCredits {
+    credits: Option<CreditsBody>,
+}
+
+/// A balance, and optionally a refill.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreditsBody {
+    remaining: u64,
+    refill: Option<RefillBody>,
+}
+
+/// Back to `amount` every `every` (`30d`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefillBody {
+    amount: u64,
+    every: String,
+}
+
+/// `{"min_idle": "1h"}`: how long the old token must have gone unused.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MinIdle {
+    min_idle: String,
+}
+
+/// `{"token": ".."}`: a token to revoke, in the body, never in a URL.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeToken {
+    token: String,
+}
+
+// ---------------------------------------------------------------- input
+
+/// A request body, or the 400 that says what is wrong with it.
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(body)| body)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// A query, or the 400 that says what is wrong with it.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn key_id(raw: &str) -> Result<KeyId, ApiError> {
+    KeyId::new(raw).map_err(ApiError::bad_request)
+}
+
+/// A duration as humantime reads it (`90s`, `1m`, `30d`).
+fn duration(text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("not a duration: {text:?} (use e.g. 90s, 1m, 30d)"))
+        })
+}
+
+/// A JSON object of strings as its entries, in order and with any key
+/// given twice kept twice, so that `Metadata::new` refuses it by name (a
+/// map would silently keep the last).
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                all.push(entry);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_map(Entries)
+}
+
+impl Deletion {
+    fn choice(&self) -> Result<OldTokenDeletion, ApiError> {
+        match (self.delete_old, self.at, &self.grace) {
+            (DeletionChoice::Now, None, None) => Ok(OldTokenDeletion::Now),
+            (DeletionChoice::Later, None, None) => Ok(OldTokenDeletion::Later),
+            (DeletionChoice::At, Some(at), None) => Ok(OldTokenDeletion::At(at)),
+            (DeletionChoice::AfterNewTokenUse, None, grace) => {
+                Ok(OldTokenDeletion::AfterNewTokenUse {
+                    grace: grace
+                        .as_deref()
+                        .map(duration)
+                        .transpose()?
+                        .unwrap_or_default(),
+                })
+            }
+            _ => Err(ApiError::bad_request(
+                "`at` goes with \"delete_old\": \"at\" only, and `grace` with \
+                 \"after_new_token_use\" only",
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- answers
+
+/// An answer that carries a token: never to be cached.
+type WithToken = ([(header::HeaderName, HeaderValue); 1], Json<IssuedToken>);
+
+/// The answer to a call that issued `token`, built before the audit (the
+/// token is stored by then: nothing after may lose it).
+fn with_token(id: &KeyId, token: &Token, event: Event) -> WithToken {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(IssuedToken {
+            id: id.to_string(),
+            token: token.expose_secret().to_owned(),
+            token_id: token.id().to_string(),
+            event,
+        }),
+    )
+}
+
+impl<S> AdminState<S> {
+    /// Answers a change with its event, and audits it.
+    fn done(&self, actor: &Actor, event: Event) -> Json<Done> {
+        self.audit(actor, &event);
+        Json(Done { event })
+    }
+
+    /// Writes the uses noted so far, so that an answer shows them; a key
+    /// that cannot be written holds up no answer (its uses are kept).
+    async fn flush(&self, now: OffsetDateTime)
+    where
+        S: KeyStore,
+    {
+        if let Err(e) = self.keys.flush_usage(now).await {
+            tracing::warn!(error = %e, "keyroll: writing noted uses failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- keys
+
+/// Creates a key; its token is shown this once.
+#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+    responses((status = 201, description = "Created. The token is shown this once.",
+        body = IssuedToken, headers(("cache-control" = String, description = "no-store"))),
+        Refusals))]
+pub(crate) async fn create_key<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    new: Result<Json<CreateKey>, JsonRejection>,
+) -> Result<(StatusCode, WithToken), ApiError> {
+    let new = body(new)?;
+    let mut rng = keyroll::os_rng();
+    let id = match new.id {
+        Some(raw) => key_id(&raw)?,
+        None => KeyId::generate(&mut rng),
+    };
+    let mut key = NewKey::new(id.clone())
+        .label(new.label)
+        .scopes(Scopes::new(new.scopes).map_err(ApiError::bad_request)?)
+        .metadata(Metadata::new(new.metadata).map_err(ApiError::bad_request)?);
+    if let Some(at) = new.expires_at {
+        key = key.expires_at(at);
+    }
+    if let Some(owner) = new.owner {
+        key = key.owner(OwnerId::new(owner).map_err(ApiError::bad_request)?);
+    }
+    let (token, event) = admin
+        .keys
+        .create_key(key, OffsetDateTime::now_utc(), &mut rng)
+        .await?;
+    admin.audit(&actor, &event);
+    Ok((StatusCode::CREATED, with_token(&id, &token, event)))
+}
+
+/// Lists keys in id order, a page at a time; one owner's with `owner`.
+#[utoipa::path(get, path = "/keys", tag = "keys", params(Page),
+    responses((status = 200, body = KeyPage), Refusals))]
+pub(crate) async fn list_keys<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<KeyPage>, ApiError> {
+    let page = query(page)?;
+    let after = page.after.as_deref().map(key_id).transpose()?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let now = OffsetDateTime::now_utc();
+    admin.flush(now).await;
+    let keys = match page.owner {
+        Some(owner) => {
+            let owner = OwnerId::new(owner).map_err(ApiError::bad_request)?;
+            admin.keys.list_owned(&owner, after.as_ref(), limit).await?
+        }
+        None => admin.keys.list(after.as_ref(), limit).await?,
+    };
+    let next = (keys.len() == limit)
+        .then(|| keys.last().map(|k| k.id().to_string()))
+        .flatten();
+    Ok(Json(KeyPage {
+        keys: keys.iter().map(|k| KeySummary::new(k, now)).collect(),
+        next,
+    }))
+}
+
+/// A key, with what its limits allow now.
+#[utoipa::path(get, path = "/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = KeyDetails), Refusals))]
+pub(crate) async fn get_key<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Path(raw): Path<String>,
+) -> Result<Json<KeyDetails>, ApiError> {
+    let id = key_id(&raw)?;
+    let now = OffsetDateTime::now_utc();
+    admin.flush(now).await;
+    let key = admin
+        .keys
+        .get(&id)
+        .await?
+        .ok_or(ManagerError::<S::Error>::NotFound)?;
+    let allowance = admin.keys.allowance(&id, now).await?;
+    Ok(Json(KeyDetails {
+        key: KeySummary::new(&key, now),
+        allowance: AllowanceSummary::from(&allowance),
+    }))
+}
+
+/// A key's usage by UTC hour (accepted, rate limited, usage exceeded,
+/// refused), the hours with counts only.
+#[utoipa::path(get, path = "/keys/{id}/usage", tag = "keys",
+    params(("id" = String, Path, description = "The key's id"), Since),
+    responses((status = 200, body = Usage), Refusals))]
+pub(crate) async fn usage<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Path(raw): Path<String>,
+    since: Result<Query<Since>, QueryRejection>,
+) -> Result<Json<Usage>, ApiError> {
+    let id = key_id(&raw)?;
+    let since = duration(query(since)?.since.as_deref().unwrap_or("7d"))?;
+    let now = OffsetDateTime::now_utc();
+    admin.flush(now).await;
+    let rows = admin
+        .keys
+        .usage(&id, now.saturating_sub(since), now + Duration::HOUR)
+        .await?;
+    Ok(Json(Usage {
+        id: id.to_string(),
+        hours: rows.iter().map(UsageHour::from).collect(),
+    }))
+}
+
+/// The keys that expire, or whose token falls due, within the window,
+/// soonest first (overdue renewals included).
+#[utoipa::path(get, path = "/expiring", tag = "keys", params(Within),
+    responses((status = 200, body = ExpiringKeys), Refusals))]
+pub(crate) async fn expiring<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    within: Result<Query<Within>, QueryRejection>,
+) -> Result<Json<ExpiringKeys>, ApiError> {
+    let within = duration(&query(within)?.within)?;
+    let now = OffsetDateTime::now_utc();
+    let soon = admin.keys.expiring(within, now).await?;
+    Ok(Json(ExpiringKeys {
+        keys: soon.iter().map(|s| ExpiringSummary::new(s, now)).collect(),
+    }))
+}
+
+// ---------------------------------------------------------------- renewal
+
+/// Renews the key's token: the new token is shown this once; the old one
+/// stays valid until deleted. With a body, also decides its deletion.
+#[utoipa::path(post, path = "/keys/{id}/renew", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = Option<Deletion>, description = "What becomes of the old token (later, when left out)"),
+    responses((status = 200, description = "Renewed. The token is shown this once.",
+        body = IssuedToken, headers(("cache-control" = String, description = "no-store"))),
+        Refusals))]
+pub(crate) async fn renew<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    deletion: Bytes,
+) -> Result<WithToken, ApiError> {
+    let id = key_id(&raw)?;
+    let now = OffsetDateTime::now_utc();
+    let mut rng = keyroll::os_rng();
+    let (token, event) = if deletion.iter().all(u8::is_ascii_whitespace) {
+        admin.keys.renew(&id, now, &mut rng).await?
+    } else {
+        let deletion: Deletion =
+            serde_json::from_slice(&deletion).map_err(ApiError::bad_request)?;
+        admin
+            .keys
+            .renew_with(&id, deletion.choice()?, now, &mut rng)
+            .await?
+    };
+    admin.audit(&actor, &event);
+    Ok(with_token(&id, &token, event))
+}
+
+/// Decides what becomes of the old token of a pending renewal.
+#[utoipa::path(post, path = "/keys/{id}/finalize", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = Deletion, responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn finalize<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    deletion: Result<Json<Deletion>, JsonRejection>,
+) -> Result<Json<Done>, ApiError> {
+    let deletion = body(deletion)?.choice()?;
+    let now = OffsetDateTime::now_utc();
+    let event = admin.keys.finalize(&key_id(&raw)?, deletion, now).await?;
+    Ok(admin.done(&actor, event))
+}
+
+/// Deletes the old token of a pending renewal now. It cannot be undone.
+#[utoipa::path(delete, path = "/keys/{id}/old-token", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn delete_old<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let event = admin.keys.delete_old(&key_id(&raw)?, now).await?;
+    Ok(admin.done(&actor, event))
+}
+
+/// Deletes the old token only if it has gone unused for `min_idle`
+/// (409 otherwise).
+#[utoipa::path(post, path = "/keys/{id}/old-token/delete-if-idle", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = MinIdle, responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn delete_old_if_idle<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    min_idle: Result<Json<MinIdle>, JsonRejection>,
+) -> Result<Json<Done>, ApiError> {
+    let min_idle = duration(&body(min_idle)?.min_idle)?;
+    let now = OffsetDateTime::now_utc();
+    let event = admin
+        .keys
+        .delete_old_if_idle(&key_id(&raw)?, min_idle, now)
+        .await?;
+    Ok(admin.done(&actor, event))
+}
+
+/// Undoes a pending renewal: the old token becomes current again and the
+/// new one is deleted.
+#[utoipa::path(post, path = "/keys/{id}/undo-renewal", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn undo_renewal<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let event = admin.keys.undo_renewal(&key_id(&raw)?, now).await?;
+    Ok(admin.done(&actor, event))
+}
+
+/// Applies the key's scheduled deletion of its old token, if it is due.
+#[utoipa::path(post, path = "/keys/{id}/housekeep", tag = "renewal",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = Housekept), Refusals))]
+pub(crate) async fn housekeep<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+) -> Result<Json<Housekept>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let events: Vec<Event> = admin
+        .keys
+        .housekeep(&key_id(&raw)?, now)
+        .await?
+        .into_iter()
+        .collect();
+    events.iter().for_each(|e| admin.audit(&actor, e));
+    Ok(Json(Housekept { events }))
+}
+
+/// Applies every key's due deletion, and drops usage counts older than
+/// the retention.
+#[utoipa::path(post, path = "/housekeep", tag = "renewal",
+    responses((status = 200, body = Housekept), Refusals))]
+pub(crate) async fn housekeep_all<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Housekept>, ApiError> {
+    let events = admin.keys.housekeep_all(OffsetDateTime::now_utc()).await?;
+    events.iter().for_each(|e| admin.audit(&actor, e));
+    Ok(Json(Housekept { events }))
+}
+
+// ---------------------------------------------------------------- tokens
+
+/// Revokes a leaked token, whatever its key's state. The token goes in
+/// the body, never in a URL; `revoked` is false for anything that is not
+/// a live token of a stored key.
+#[utoipa::path(post, path = "/tokens/revoke", tag = "tokens", request_body = RevokeToken,
+    responses((status = 200, body = Revoked), Refusals))]
+pub(crate) async fn revoke_token<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    revoke: Result<Json<RevokeToken>, JsonRejection>,
+) -> Result<Json<Revoked>, ApiError> {
+    // Never quote the body: it holds a token.
+    let revoke =
+        revoke.map_err(|_| ApiError::bad_request("the body must be {\"token\": \"...\"}"))?;
+    let event = admin
+        .keys
+        .revoke_token(revoke.token.as_str(), OffsetDateTime::now_utc())
+        .await?;
+    if let Some(event) = &event {
+        admin.audit(&actor, event);
+    }
+    Ok(Json(Revoked {
+        revoked: event.is_some(),
+        event,
+    }))
+}
+
+// ---------------------------------------------------------------- status
+
+/// The transitions that take only the key's id.
+macro_rules! transition {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $verb:ident, $path:literal) => {
+        $(#[$doc])*
+        #[utoipa::path($verb, path = $path, tag = "keys",
+            params(("id" = String, Path, description = "The key's id")),
+            responses((status = 200, body = Done), Refusals))]
+        pub(crate) async fn $name<S: KeyStore + 'static>(
+            State(admin): Admin<S>,
+            Extension(actor): Extension<Actor>,
+            Path(raw): Path<String>,
+        ) -> Result<Json<Done>, ApiError> {
+            let now = OffsetDateTime::now_utc();
+            let event = admin.keys.$method(&key_id(&raw)?, now).await?;
+            Ok(admin.done(&actor, event))
+        }
+    };
+}
+
+transition!(
+    /// Activates the key: its tokens verify again.
+    activate, activate, post, "/keys/{id}/activate"
+);
+transition!(
+    /// Deactivates the key: none of its tokens verifies until activated.
+    deactivate, deactivate, post, "/keys/{id}/deactivate"
+);
+transition!(
+    /// Deletes the key and its tokens, meter and usage counts.
+    delete_key, delete_key, delete, "/keys/{id}"
+);
+
+// ---------------------------------------------------------------- settings
+
+/// The settings that take one JSON body.
+macro_rules! setting {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ty, |$admin:ident, $id:ident, $value:ident, $now:ident| $call:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(put, path = $path, tag = "settings",
+            params(("id" = String, Path, description = "The key's id")),
+            request_body = $body, responses((status = 200, body = Done), Refusals))]
+        pub(crate) async fn $name<S: KeyStore + 'static>(
+            State($admin): Admin<S>,
+            Extension(actor): Extension<Actor>,
+            Path(raw): Path<String>,
+            value: Result<Json<$body>, JsonRejection>,
+        ) -> Result<Json<Done>, ApiError> {
+            let $value = body(value)?;
+            let $id = key_id(&raw)?;
+            let $now = OffsetDateTime::now_utc();
+            let event = $call;
+            Ok($admin.done(&actor, event))
+        }
+    };
+}
+
+setting!(
+    /// Sets the key's label.
+    set_label, "/keys/{id}/label", SetLabel,
+    |admin, id, value, now| admin.keys.set_label(&id, &value.label, now).await?
+);
+setting!(
+    /// Sets the key's scopes.
+    set_scopes, "/keys/{id}/scopes", SetScopes,
+    |admin, id, value, now| {
+        let scopes = Scopes::new(value.scopes).map_err(ApiError::bad_request)?;
+        admin.keys.set_scopes(&id, scopes, now).await?
+    }
+);
+setting!(
+    /// Sets the key's metadata.
+    set_metadata, "/keys/{id}/metadata", SetMetadata,
+    |admin, id, value, now| {
+        let metadata = Metadata::new(value.metadata).map_err(ApiError::bad_request)?;
+        admin.keys.set_metadata(&id, metadata, now).await?
+    }
+);
+setting!(
+    /// Sets or removes the key's expiry.
+    set_expiry, "/keys/{id}/expiry", SetExpiry,
+    |admin, id, value, now| admin.keys.set_expiry(&id, value.expires_at, now).await?
+);
+setting!(
+    /// Sets or removes the key's owner.
+    set_owner, "/keys/{id}/owner", SetOwner,
+    |admin, id, value, now| {
+        let owner = value.owner.map(OwnerId::new).transpose().map_err(ApiError::bad_request)?;
+        admin.keys.set_owner(&id, owner, now).await?
+    }
+);
+setting!(
+    /// Sets or removes the key's rate limit; its bucket is kept.
+    set_rate_limit, "/keys/{id}/rate-limit", SetRateLimit,
+    |admin, id, value, now| {
+        let rate = match value.rate_limit {
+            None => None,
+            Some(RateLimitBody { limit, period, burst }) => {
+                let rate = RateLimit::new(limit, duration(&period)?).map_err(ApiError::bad_request)?;
+                Some(match burst {
+                    Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request)?,
+                    None => rate,
+                })
+            }
+        };
+        admin.keys.set_rate_limit(&id, rate, now).await?
+    }
+);
+setting!(
+    /// Sets or removes the key's credits; the balance starts over.
+    set_credits, "/keys/{id}/credits", SetCredits,
+    |admin, id, value, now| {
+        let credits = match value.credits {
+            None => None,
+            Some(CreditsBody { remaining, refill }) => {
+                let credits = Credits::new(remaining);
+                Some(match refill {
+                    None => credits,
+                    Some(RefillBody { amount, every }) => credits.with_refill(
+                        Refill::new(amount, duration(&every)?).map_err(ApiError::bad_request)?,
+                    ),
+                })
+            }
+        };
+        admin.keys.set_credits(&id, credits, now).await?
+    }
+);

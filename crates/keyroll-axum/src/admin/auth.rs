@@ -1,0 +1,151 @@
+//! Who may use the admin API: a key holding the admin scope, or, until
+//! one exists, the bootstrap token; and the [`Actor`] every audit event
+//! names.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyroll::store::KeyStore;
+use keyroll::{Event, KeyId, KeyManager, KeyStatus, Scope};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use crate::{ApiError, Caller, KeyrollLayer, bearer_token};
+
+/// Who made an admin call: every audit event names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Actor {
+    /// The key that authenticated the call.
+    Key(KeyId),
+    /// The bootstrap token, which creates the first admin key.
+    Bootstrap,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Key(id) => id.fmt(f),
+            Actor::Bootstrap => f.write_str("bootstrap"),
+        }
+    }
+}
+
+/// What is told of every change the admin API makes.
+pub(crate) type Audit = Arc<dyn Fn(&Actor, &Event) + Send + Sync>;
+
+/// The admin router's state: the manager, and who may call.
+pub(crate) struct AdminState<S> {
+    pub(crate) keys: Arc<KeyManager<S>>,
+    /// Authenticates bearer tokens (and only those) for the routes.
+    pub(crate) auth: KeyrollLayer<S>,
+    pub(crate) scope: Scope,
+    /// The bootstrap token's bytes, compared in constant time.
+    pub(crate) bootstrap: Option<Box<[u8]>>,
+    pub(crate) audit: Audit,
+}
+
+impl<S> AdminState<S> {
+    /// Tells `event`, made by `actor`. Call it once the answer is built,
+    /// so that no audit sink can lose an answer (least of all a token).
+    pub(crate) fn audit(&self, actor: &Actor, event: &Event) {
+        (self.audit)(actor, event);
+    }
+}
+
+/// The admin routes' guard: finds the [`Actor`] and puts it in the
+/// request's extensions, or answers the refusal. Under a `KeyrollLayer`
+/// the identity it found is used (nothing is charged or counted twice);
+/// otherwise the bearer token is authenticated here. The bootstrap token
+/// is accepted only while no active key holds the admin scope.
+pub(crate) async fn authorize<S: KeyStore + 'static>(
+    State(admin): State<Arc<AdminState<S>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let found = request
+        .extensions()
+        .get::<keyroll::Authenticated>()
+        .cloned();
+    let (actor, headers) = match found {
+        Some(who) => (admitted(&admin, Caller(who)), None),
+        None => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token);
+            match (presented, &admin.bootstrap) {
+                (Some(token), Some(bootstrap)) if bool::from(token.as_bytes().ct_eq(bootstrap)) => {
+                    (bootstrap_admitted(&admin).await, None)
+                }
+                _ => match admin.auth.shared.authenticated(request.headers()).await {
+                    Ok(who) => {
+                        let caller = Caller(who);
+                        let headers = caller.headers();
+                        (admitted(&admin, caller), Some(headers))
+                    }
+                    Err(refused) => return refused.into_response(),
+                },
+            }
+        }
+    };
+    let actor = match actor {
+        Ok(actor) => actor,
+        Err(refused) => return refused.into_response(),
+    };
+    request.extensions_mut().insert(actor);
+    let mut response = next.run(request).await;
+    response.headers_mut().extend(headers.unwrap_or_default());
+    response
+}
+
+/// The caller, if its key holds the admin scope.
+fn admitted<S>(admin: &AdminState<S>, caller: Caller) -> Result<Actor, ApiError> {
+    caller.require_scope(admin.scope.as_str())?;
+    Ok(Actor::Key(caller.0.key_id))
+}
+
+/// The bootstrap token's actor, unless it has retired.
+async fn bootstrap_admitted<S: KeyStore + 'static>(
+    admin: &AdminState<S>,
+) -> Result<Actor, ApiError> {
+    match admin_key_exists(admin, OffsetDateTime::now_utc()).await {
+        Ok(false) => Ok(Actor::Bootstrap),
+        Ok(true) => {
+            tracing::info!(
+                cause = "the bootstrap token is retired: an active key holds the admin scope",
+                "keyroll: request refused"
+            );
+            Err(admin.auth.shared.refusal(true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an active, unexpired key holds the admin scope: a scan of the
+/// keys, which runs only when the bootstrap token is presented.
+async fn admin_key_exists<S: KeyStore + 'static>(
+    admin: &AdminState<S>,
+    now: OffsetDateTime,
+) -> Result<bool, ApiError> {
+    let mut after: Option<KeyId> = None;
+    loop {
+        let page = admin.keys.list(after.as_ref(), 500).await?;
+        if page.iter().any(|key| {
+            key.status() == KeyStatus::Active
+                && !key.is_expired(now)
+                && key.scopes().contains(admin.scope.as_str())
+        }) {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(last) => after = Some(last.id().clone()),
+            None => return Ok(false),
+        }
+    }
+}

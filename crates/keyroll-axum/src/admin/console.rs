@@ -1,0 +1,60 @@
+//! The web console: one page, its script and its style, all in this
+//! crate, served with a content security policy that lets nothing else in.
+
+use axum::extract::Path;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::no_such_route;
+
+const PAGE: &str = include_str!("console/index.html");
+const SCRIPT: &str = include_str!("console/app.js");
+const STYLE: &str = include_str!("console/app.css");
+
+/// The page's own files only; no frames; data shown as text.
+const POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
+
+fn serve(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(POLICY),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The web console. It holds no data: it asks for an admin token, keeps it
+/// in memory only, and calls the API with it.
+#[utoipa::path(get, path = "/console", tag = "console", security(()),
+    responses((status = 200, description = "The web console", content_type = "text/html")))]
+pub(crate) async fn page() -> Response {
+    serve("text/html; charset=utf-8", PAGE)
+}
+
+/// The console's script (`app.js`) and style (`app.css`).
+#[utoipa::path(get, path = "/console/{file}", tag = "console", security(()),
+    params(("file" = String, Path, description = "`app.js` or `app.css`")),
+    responses(
+        (status = 200, description = "The file", content_type = "text/javascript"),
+        (status = 404, description = "No such file")))]
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "app.js" => serve("text/javascript; charset=utf-8", SCRIPT),
+        "app.css" => serve("text/css; charset=utf-8", STYLE),
+        _ => no_such_route().into_response(),
+    }
+}

@@ -1,0 +1,323 @@
+//! An admin API and a web console that a service mounts (feature `admin`).
+//!
+//! [`router`] (or [`Admin`], to configure it) returns an
+//! [`axum::Router`] to nest, e.g. under `/admin`:
+//!
+//! - **The REST JSON API** for every manager operation: create, list (paged,
+//!   by owner), get (with what its limits allow now), renew (with the old
+//!   token's deletion), finalize, delete the old token (now, or if idle),
+//!   undo, housekeep, revoke a leaked token (in the body, never a URL),
+//!   activate, deactivate, delete; set label, scopes, metadata, expiry,
+//!   rate limit, credits and owner; usage counts by hour; keys expiring
+//!   soon. Its routes are authorised by a scope ([`ADMIN_SCOPE`] by
+//!   default) with bearer tokens only: no cookies, so no CSRF. Under a
+//!   [`KeyrollLayer`](crate::KeyrollLayer) the identity the layer found is
+//!   used, so nothing is charged or counted twice. Refusals are
+//!   `{"error": code, "message": text}`: 400 for bad input, quoting it
+//!   (never a token), 401 for refused credentials, 403 without the scope,
+//!   404 for an unknown key, 409 for the key's state or a concurrent
+//!   change, 503 when the store fails (nothing of its message). Answers
+//!   that carry a token have `Cache-Control: no-store`. Keys are shown as
+//!   [`KeySummary`], which never holds a hash.
+//! - **`GET /openapi.json`**: the OpenAPI 3.1 document of every route, made
+//!   from the handlers' types ([`openapi`]).
+//! - **`GET /console`**: a one-page web console (its script and style ship
+//!   in this crate; no CDN, no build step), served with
+//!   `Content-Security-Policy: default-src 'self'; frame-ancestors 'none'`.
+//!   It asks for an admin token, keeps it in memory only and sends it as a
+//!   bearer token. It lists keys (id, label, owner, scopes, status,
+//!   renewal, last use, due dates, expiry), flags those expiring soon,
+//!   creates and renews them showing each new token once with a copy
+//!   button, deletes old tokens, undoes renewals, revokes, deactivates,
+//!   activates, and draws a key's last 7 days of use by hour as SVG.
+//!
+//! The console, its assets and the document hold no data and are served
+//! without credentials. The first admin key is made with the bootstrap
+//! token ([`Admin::bootstrap_token`]), which retires as soon as an active
+//! key holds the admin scope. Every change is told to [`Admin::on_event`]
+//! with its [`Actor`] (by default, a `tracing` event with target
+//! `keyroll::audit`).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use keyroll::KeyManager;
+//! use keyroll::store::InMemoryStore;
+//! use keyroll_axum::admin::Admin;
+//!
+//! let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+//! let admin = Admin::new(keys.clone())
+//!     .bootstrap_token("a-bootstrap-token-of-32-bytes-or-more")?
+//!     .on_event(|actor, event| println!("{actor}: {}", event.name()));
+//! let app: axum::Router = axum::Router::new().nest("/admin", admin.router());
+//! # Ok::<(), keyroll_axum::admin::ShortBootstrapToken>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::StatusCode;
+use axum::routing::{MethodFilter, MethodRouter};
+use keyroll::store::KeyStore;
+use keyroll::{Event, KeyManager, Scope};
+use utoipa::OpenApi;
+use utoipa::openapi::HttpMethod;
+
+use crate::error::no_such_route;
+use crate::{ApiError, KeyrollLayer};
+
+mod api;
+mod auth;
+mod console;
+mod summary;
+
+pub use auth::Actor;
+pub use summary::{
+    AllowanceSummary, CreditsSummary, ExpiringSummary, KeySummary, RateLimitSummary, RefillSummary,
+    TokenSummary, UsageHour,
+};
+
+use auth::{AdminState, Audit};
+
+/// The scope that authorises the admin API by default.
+pub const ADMIN_SCOPE: &str = "keyroll:admin";
+
+/// The shortest bootstrap token accepted, in bytes.
+pub const BOOTSTRAP_MIN_LEN: usize = 32;
+
+/// The admin router of `keys`, with the defaults: the scope
+/// [`ADMIN_SCOPE`], no bootstrap token, and changes told as `tracing`
+/// events. See [the module](self).
+pub fn router<S: KeyStore + 'static>(keys: Arc<KeyManager<S>>) -> Router {
+    Admin::new(keys).router()
+}
+
+/// The OpenAPI 3.1 document of the admin router, as served at
+/// `/openapi.json`: every route it serves, with its parameters, bodies and
+/// answers. Paths are relative to where the router is nested.
+///
+/// # Example
+///
+/// ```
+/// let document = keyroll_axum::admin::openapi();
+/// assert!(document.paths.paths.contains_key("/keys/{id}/renew"));
+/// ```
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Document::openapi()
+}
+
+/// An admin router to configure: who may call it, and where changes are
+/// told. See [the module](self).
+pub struct Admin<S> {
+    keys: Arc<KeyManager<S>>,
+    scope: Scope,
+    bootstrap: Option<Box<[u8]>>,
+    audit: Audit,
+}
+
+impl<S> fmt::Debug for Admin<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("scope", &self.scope)
+            .field("bootstrap", &self.bootstrap.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore + 'static> Admin<S> {
+    /// The admin API of `keys`, for keys holding [`ADMIN_SCOPE`].
+    pub fn new(keys: Arc<KeyManager<S>>) -> Self {
+        Admin {
+            keys,
+            scope: Scope::new(ADMIN_SCOPE).expect("a valid scope"),
+            bootstrap: None,
+            audit: Arc::new(|actor: &Actor, event: &Event| {
+                let event = serde_json::to_string(event).unwrap_or_default();
+                tracing::info!(target: "keyroll::audit", %actor, %event, "keyroll: admin change");
+            }),
+        }
+    }
+
+    /// Authorises keys holding `scope` instead of [`ADMIN_SCOPE`].
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Also accepts `token` (as `Authorization: Bearer <token>`) while no
+    /// active key holds the admin scope: to create the first admin key.
+    /// It retires as soon as one does.
+    ///
+    /// # Errors
+    ///
+    /// [`ShortBootstrapToken`] when `token` is shorter than
+    /// [`BOOTSTRAP_MIN_LEN`] bytes.
+    pub fn bootstrap_token(mut self, token: &str) -> Result<Self, ShortBootstrapToken> {
+        if token.len() < BOOTSTRAP_MIN_LEN {
+            return Err(ShortBootstrapToken { len: token.len() });
+        }
+        self.bootstrap = Some(token.as_bytes().into());
+        Ok(self)
+    }
+
+    /// Tells every change the API makes to `audit`, with who made it,
+    /// once the answer is built (so that a failing sink never loses an
+    /// answer, least of all a new token). Events hold ids and times, never
+    /// a token.
+    pub fn on_event(mut self, audit: impl Fn(&Actor, &Event) + Send + Sync + 'static) -> Self {
+        self.audit = Arc::new(audit);
+        self
+    }
+
+    /// The router: the API, `/openapi.json` and `/console`.
+    pub fn router(self) -> Router {
+        let state = Arc::new(AdminState {
+            auth: KeyrollLayer::new(self.keys.clone()),
+            keys: self.keys,
+            scope: self.scope,
+            bootstrap: self.bootstrap,
+            audit: self.audit,
+        });
+        let guard = axum::middleware::from_fn_with_state(state.clone(), auth::authorize::<S>);
+        api_routes::<S>()
+            .route_layer(guard)
+            .merge(console_routes::<S>())
+            .fallback(|| async { no_such_route() })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this route does not take that method",
+                )
+            })
+            .with_state(state)
+    }
+}
+
+/// [`Admin::bootstrap_token`]'s refusal of a token too short to be safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortBootstrapToken {
+    len: usize,
+}
+
+impl fmt::Display for ShortBootstrapToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the bootstrap token is {} bytes long: use at least {BOOTSTRAP_MIN_LEN} random bytes \
+             (e.g. `openssl rand -hex 32`)",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for ShortBootstrapToken {}
+
+/// Adds the route of `handler`, at the path and methods its
+/// `#[utoipa::path]` (`P`) documents: the router and the document are
+/// made from one declaration.
+fn route<S, P, H, T>(router: Router<Arc<AdminState<S>>>, handler: H) -> Router<Arc<AdminState<S>>>
+where
+    S: KeyStore + 'static,
+    P: utoipa::Path,
+    H: Handler<T, Arc<AdminState<S>>>,
+    T: 'static,
+{
+    let methods = P::methods()
+        .iter()
+        .fold(MethodRouter::new(), |methods, method| {
+            methods.on(method_filter(method), handler.clone())
+        });
+    router.route(&P::path(), methods)
+}
+
+fn method_filter(method: &HttpMethod) -> MethodFilter {
+    match method {
+        HttpMethod::Get => MethodFilter::GET,
+        HttpMethod::Put => MethodFilter::PUT,
+        HttpMethod::Post => MethodFilter::POST,
+        HttpMethod::Delete => MethodFilter::DELETE,
+        HttpMethod::Patch => MethodFilter::PATCH,
+        HttpMethod::Head => MethodFilter::HEAD,
+        HttpMethod::Options => MethodFilter::OPTIONS,
+        HttpMethod::Trace => MethodFilter::TRACE,
+    }
+}
+
+/// The document's bearer scheme.
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(format!(
+                        "An API key holding the admin scope ({ADMIN_SCOPE} by default), or \
+                         the bootstrap token while none does"
+                    )))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their document, from one list of handlers.
+macro_rules! documented {
+    (api: $($handler:ident),* ; open: $($module:ident :: $open:ident),* $(,)?) => {
+        #[derive(OpenApi)]
+        #[openapi(
+            info(title = "keyroll admin API", description = "Manage keyroll API keys: \
+                create, renew with an overlap, revoke, limit and watch them."),
+            servers((url = ".", description = "Where this document is served from")),
+            paths($(api::$handler,)* $($module::$open,)*),
+            components(schemas(api::ErrorBody)),
+            modifiers(&Bearer),
+            security(("bearer" = [])),
+            tags(
+                (name = "keys", description = "Keys: create, list, read, delete, status, usage"),
+                (name = "renewal", description = "Renewing a key's token with an overlap"),
+                (name = "tokens", description = "Revoking a leaked token"),
+                (name = "settings", description = "A key's label, scopes, metadata, expiry, owner and limits"),
+                (name = "console", description = "The web console and this document"),
+            )
+        )]
+        struct Document;
+
+        fn api_routes<S: KeyStore + 'static>() -> Router<Arc<AdminState<S>>> {
+            let router = Router::new();
+            $(let router = paste::paste!(route::<S, api::[<__path_ $handler>], _, _>(router, api::$handler::<S>));)*
+            router
+        }
+
+        fn console_routes<S: KeyStore + 'static>() -> Router<Arc<AdminState<S>>> {
+            let router = Router::new();
+            $(let router = paste::paste!(route::<S, $module::[<__path_ $open>], _, _>(router, $module::$open));)*
+            router
+        }
+    };
+}
+
+documented!(
+    api: create_key, list_keys, get_key, delete_key, usage, expiring,
+        renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
+        revoke_token, activate, deactivate,
+        set_label, set_scopes, set_metadata, set_expiry, set_owner, set_rate_limit, set_credits;
+    open: console::page, console::asset, self::document,
+);
+
+/// This document, for tools and people.
+#[utoipa::path(get, path = "/openapi.json", tag = "console", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this router",
+        content_type = "application/json")))]
+async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}

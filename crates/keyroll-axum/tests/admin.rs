@@ -1,0 +1,592 @@
+//! The admin router: its answers, who may call it, its OpenAPI document
+//! (checked by a real validator, and against the routes it serves).
+#![cfg(feature = "admin")]
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use keyroll::store::InMemoryStore;
+use keyroll::{KeyId, KeyManager, NewKey, Scopes};
+use keyroll_axum::KeyrollLayer;
+use keyroll_axum::admin::{Actor, Admin};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tower::ServiceExt;
+
+const BOOTSTRAP: &str = "test-bootstrap-token-0123456789abcdef";
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn call(app: &Router, method: Method, uri: &str, token: &str, body: Option<Value>) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if !token.is_empty() {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(body) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+struct Fixture {
+    app: Router,
+    keys: Arc<KeyManager<InMemoryStore>>,
+    /// The token of `root`, an admin key made with the bootstrap token.
+    admin: String,
+    audit: Arc<Mutex<Vec<(Actor, String)>>>,
+}
+
+async fn fixture() -> Fixture {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let audit = Arc::new(Mutex::new(Vec::new()));
+    let log = audit.clone();
+    let app = Admin::new(keys.clone())
+        .bootstrap_token(BOOTSTRAP)
+        .unwrap()
+        .on_event(move |actor, event| {
+            log.lock()
+                .unwrap()
+                .push((actor.clone(), event.name().to_owned()))
+        })
+        .router();
+    let created = call(
+        &app,
+        Method::POST,
+        "/keys",
+        BOOTSTRAP,
+        Some(json!({"id": "root", "scopes": ["keyroll:admin"]})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let admin = created.body["token"].as_str().unwrap().to_owned();
+    Fixture {
+        app,
+        keys,
+        admin,
+        audit,
+    }
+}
+
+#[tokio::test]
+async fn the_bootstrap_token_makes_the_first_admin_key_then_retires() {
+    let f = fixture().await;
+    assert_eq!(
+        f.audit.lock().unwrap()[0],
+        (Actor::Bootstrap, "key_issued".to_owned())
+    );
+    let again = call(&f.app, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.body["error"], "invalid_credentials");
+    let listed = call(&f.app, Method::GET, "/keys", &f.admin, None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body["keys"][0]["id"], "root");
+    // Deactivating the last admin key brings the bootstrap token back.
+    let off = call(
+        &f.app,
+        Method::POST,
+        "/keys/root/deactivate",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.body);
+    let back = call(&f.app, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(back.status, StatusCode::OK);
+}
+
+#[test]
+fn a_short_bootstrap_token_is_refused_without_quoting_it() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let error = Admin::new(keys)
+        .bootstrap_token("short-secret")
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("12 bytes"), "{message}");
+    assert!(!message.contains("short-secret"), "{message}");
+}
+
+#[tokio::test]
+async fn credentials_are_refused_uniformly_and_the_scope_is_required() {
+    let f = fixture().await;
+    let now = OffsetDateTime::now_utc();
+    let (plain, _) = f
+        .keys
+        .create_key(KeyId::new("plain").unwrap(), now, &mut rand::rng())
+        .await
+        .unwrap();
+    let none = call(&f.app, Method::GET, "/keys", "", None).await;
+    let wrong = call(&f.app, Method::GET, "/keys", "kr_wrong", None).await;
+    for refused in [&none, &wrong] {
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.body,
+            json!({"error": "invalid_credentials", "message": "invalid credentials"})
+        );
+    }
+    let forbidden = call(&f.app, Method::GET, "/keys", plain.expose_secret(), None).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.body["error"], "insufficient_scope");
+    assert!(
+        forbidden.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains("keyroll:admin")
+    );
+}
+
+#[tokio::test]
+async fn errors_have_one_shape_and_the_statuses_the_design_names() {
+    let f = fixture().await;
+    let cases = [
+        (
+            Method::POST,
+            "/keys",
+            Some(json!({"id": "has space"})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/keys",
+            Some(json!({"scopes": "x"})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::PUT,
+            "/keys/root/label",
+            Some(json!({"label": "a\u{7}"})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::PUT,
+            "/keys/root/rate-limit",
+            Some(json!({"rate_limit": {"limit": 0, "period": "1m"}})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::PUT,
+            "/keys/root/credits",
+            Some(json!({"credits": {"remaining": 1, "refill": {"amount": 1, "every": "soon"}}})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/expiring?within=forever",
+            None,
+            400,
+            "bad_request",
+        ),
+        (Method::GET, "/keys?limit=many", None, 400, "bad_request"),
+        (Method::GET, "/keys/nobody", None, 404, "not_found"),
+        (Method::POST, "/keys/nobody/renew", None, 404, "not_found"),
+        (
+            Method::POST,
+            "/keys",
+            Some(json!({"id": "root"})),
+            409,
+            "conflict",
+        ),
+        (
+            Method::DELETE,
+            "/keys/root/old-token",
+            None,
+            409,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            "/keys/root/undo-renewal",
+            None,
+            409,
+            "conflict",
+        ),
+        (Method::GET, "/no/such/route", None, 404, "no_such_route"),
+        (Method::PATCH, "/keys", None, 405, "method_not_allowed"),
+    ];
+    for (method, uri, body, status, code) in cases {
+        let answer = call(&f.app, method.clone(), uri, &f.admin, body).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            status,
+            "{method} {uri}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["error"], code, "{method} {uri}");
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let quoted = call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "has space"})),
+    )
+    .await;
+    assert!(
+        quoted.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("has space")
+    );
+}
+
+#[tokio::test]
+async fn the_renewal_flow_shows_tokens_once_uncached_and_summaries_hold_no_hash() {
+    let f = fixture().await;
+    let created = call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "shop", "label": "Shop", "owner": "acme", "scopes": ["orders:read"]})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.headers[header::CACHE_CONTROL], "no-store");
+    let first = created.body["token"].as_str().unwrap().to_owned();
+    let renewed = call(&f.app, Method::POST, "/keys/shop/renew", &f.admin, None).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.body);
+    assert_eq!(renewed.headers[header::CACHE_CONTROL], "no-store");
+    let second = renewed.body["token"].as_str().unwrap().to_owned();
+    let shown = call(&f.app, Method::GET, "/keys/shop", &f.admin, None).await;
+    assert_eq!(shown.body["pending_deletion"], true);
+    assert_eq!(shown.body["decision"], "undecided");
+    assert!(shown.body["old_token"]["due_at"].is_string());
+    assert!(shown.headers.get(header::CACHE_CONTROL).is_none());
+    let text = shown.body.to_string();
+    for secret in [&first, &second] {
+        assert!(!text.contains(secret.as_str()));
+    }
+    assert!(!text.contains("hash"), "{text}");
+    // Both tokens verify while the renewal is pending; "later" keeps it so.
+    let later = call(
+        &f.app,
+        Method::POST,
+        "/keys/shop/finalize",
+        &f.admin,
+        Some(json!({"delete_old": "later"})),
+    )
+    .await;
+    assert_eq!(later.status, StatusCode::OK, "{}", later.body);
+    let now = OffsetDateTime::now_utc();
+    assert!(f.keys.authenticate(first.as_str(), now).await.is_ok());
+    let deleted = call(
+        &f.app,
+        Method::DELETE,
+        "/keys/shop/old-token",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert!(f.keys.authenticate(first.as_str(), now).await.is_err());
+    assert!(f.keys.authenticate(second.as_str(), now).await.is_ok());
+    // A renewal with its choice in one call, then undone.
+    let at_once = call(
+        &f.app,
+        Method::POST,
+        "/keys/shop/renew",
+        &f.admin,
+        Some(json!({"delete_old": "at", "at": "2999-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(at_once.status, StatusCode::OK, "{}", at_once.body);
+    let shown = call(&f.app, Method::GET, "/keys/shop", &f.admin, None).await;
+    assert_eq!(shown.body["old_token_deleted_at"], "2999-01-01T00:00:00Z");
+    let undone = call(
+        &f.app,
+        Method::POST,
+        "/keys/shop/undo-renewal",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(undone.status, StatusCode::OK);
+    assert!(f.keys.authenticate(second.as_str(), now).await.is_ok());
+    // Owners list.
+    let owned = call(&f.app, Method::GET, "/keys?owner=acme", &f.admin, None).await;
+    assert_eq!(owned.body["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(owned.body["keys"][0]["label"], "Shop");
+}
+
+#[tokio::test]
+async fn revoking_takes_the_token_in_the_body_and_never_quotes_it() {
+    let f = fixture().await;
+    let now = OffsetDateTime::now_utc();
+    let (token, _) = f
+        .keys
+        .create_key(KeyId::new("leaky").unwrap(), now, &mut rand::rng())
+        .await
+        .unwrap();
+    let secret = token.expose_secret();
+    let revoked = call(
+        &f.app,
+        Method::POST,
+        "/tokens/revoke",
+        &f.admin,
+        Some(json!({"token": secret})),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(revoked.body["revoked"], true);
+    assert!(!revoked.body.to_string().contains(secret));
+    let again = call(
+        &f.app,
+        Method::POST,
+        "/tokens/revoke",
+        &f.admin,
+        Some(json!({"token": secret})),
+    )
+    .await;
+    assert_eq!(again.body, json!({"revoked": false, "event": null}));
+    let bad = call(
+        &f.app,
+        Method::POST,
+        "/tokens/revoke",
+        &f.admin,
+        Some(json!({"token": secret, "more": secret})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(!bad.body.to_string().contains(secret));
+    assert!(f.keys.authenticate(secret, now).await.is_err());
+}
+
+#[tokio::test]
+async fn under_a_keyroll_layer_an_admin_call_is_charged_once() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let now = OffsetDateTime::now_utc();
+    let new = NewKey::new(KeyId::new("ops").unwrap())
+        .scopes(Scopes::new(["keyroll:admin"]).unwrap())
+        .credits(keyroll::meter::Credits::new(10));
+    let (token, _) = keys.create_key(new, now, &mut rand::rng()).await.unwrap();
+    let app = Router::new()
+        .nest("/admin", keyroll_axum::admin::router(keys.clone()))
+        .layer(KeyrollLayer::new(keys.clone()));
+    let listed = call(
+        &app,
+        Method::GET,
+        "/admin/keys",
+        token.expose_secret(),
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let allowance = keys
+        .allowance(&KeyId::new("ops").unwrap(), now)
+        .await
+        .unwrap();
+    assert_eq!(allowance.credits_remaining(), Some(9));
+}
+
+#[tokio::test]
+async fn limits_usage_and_expiring_keys_read_back() {
+    let f = fixture().await;
+    call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "metered", "expires_at": "2999-01-01T00:00:00Z"})),
+    )
+    .await;
+    let set = call(
+        &f.app,
+        Method::PUT,
+        "/keys/metered/rate-limit",
+        &f.admin,
+        Some(json!({"rate_limit": {"limit": 100, "period": "1m", "burst": 20}})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let set = call(
+        &f.app,
+        Method::PUT,
+        "/keys/metered/credits",
+        &f.admin,
+        Some(json!({"credits": {"remaining": 1000, "refill": {"amount": 1000, "every": "30d"}}})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let shown = call(&f.app, Method::GET, "/keys/metered", &f.admin, None).await;
+    assert_eq!(
+        shown.body["rate_limit"],
+        json!({"limit": 100, "period": "1m", "burst": 20})
+    );
+    assert_eq!(shown.body["credits"]["refill"]["every"], "30days");
+    assert_eq!(shown.body["allowance"]["rate_remaining"], 20);
+    assert_eq!(shown.body["allowance"]["credits_remaining"], 1000);
+    let usage = call(
+        &f.app,
+        Method::GET,
+        "/keys/root/usage?since=1d",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(usage.status, StatusCode::OK);
+    assert_eq!(usage.body["id"], "root");
+    let expiring = call(&f.app, Method::GET, "/expiring?within=400d", &f.admin, None).await;
+    assert_eq!(expiring.status, StatusCode::OK);
+    let reasons: Vec<&str> = expiring.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"renewal_due"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn the_console_is_served_without_credentials_under_a_strict_policy() {
+    let f = fixture().await;
+    for (uri, kind) in [
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+    ] {
+        let answer = call(&f.app, Method::GET, uri, "", None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{uri}");
+        assert!(
+            answer.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+        assert_eq!(
+            answer.headers[header::CONTENT_SECURITY_POLICY],
+            "default-src 'self'; frame-ancestors 'none'"
+        );
+    }
+    let missing = call(&f.app, Method::GET, "/console/other.js", "", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+// ---------------------------------------------------------------- OpenAPI
+
+/// The document, as served.
+async fn document(app: &Router) -> Value {
+    let answer = call(app, Method::GET, "/openapi.json", "", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    answer.body
+}
+
+/// Whether the path `template` (with `{name}` segments) matches `path`.
+fn matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_every_served_route_is_documented() {
+    let f = fixture().await;
+    let document = document(&f.app).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{}", paths.len());
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    for (path, item) in paths {
+        let uri = path.replace("{id}", "nobody").replace("{file}", "app.js");
+        for method in &methods {
+            let documented = item.get(method.as_str().to_lowercase()).is_some();
+            // Bodies the handlers refuse: what matters is that a route
+            // answered, not what it did.
+            let answer = call(
+                &f.app,
+                method.clone(),
+                &uri,
+                &f.admin,
+                Some(json!({"x": 1})),
+            )
+            .await;
+            let routed = !matches!(
+                answer.body["error"].as_str(),
+                Some("no_such_route" | "method_not_allowed")
+            );
+            assert_eq!(
+                routed, documented,
+                "{method} {path}: {} {}",
+                answer.status, answer.body
+            );
+        }
+        // Nothing undocumented one level below.
+        let below = format!("{uri}/undocumented");
+        if !paths.keys().any(|template| matches(template, &below)) {
+            let answer = call(&f.app, Method::GET, &below, &f.admin, None).await;
+            assert_eq!(answer.body["error"], "no_such_route", "{below}");
+        }
+    }
+    // The document is the one `openapi()` returns.
+    assert_eq!(
+        document,
+        serde_json::to_value(keyroll_axum::admin::openapi()).unwrap()
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(keyroll_validator),
+    ignore = "needs Python's openapi-spec-validator: `pip install openapi-spec-validator` and set KEYROLL_OPENAPI_VALIDATOR=python3 (`bash .ci/run` does)"
+)]
+async fn the_document_passes_a_real_openapi_validator() {
+    let f = fixture().await;
+    let document = document(&f.app).await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join("keyroll-admin-openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&document).unwrap()).unwrap();
+    let python = std::env::var("KEYROLL_OPENAPI_VALIDATOR").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             from openapi_spec_validator.validation import OpenAPIV31SpecValidator\n\
+             validate(json.load(open(sys.argv[1])), cls=OpenAPIV31SpecValidator)\n\
+             print('valid')",
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The validator's last lines say what is wrong (its first ones quote
+    // the whole document).
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    assert!(output.status.success(), "{tail:#?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "valid");
+}
