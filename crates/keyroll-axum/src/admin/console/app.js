@@ -1,0 +1,536 @@
+// The keyroll console: plain JavaScript, no build step, no dependency.
+// The admin token lives in `adminToken` only (never in storage, a cookie
+// or a URL). Data is rendered as text (textContent), never as HTML.
+"use strict";
+
+let adminToken = null;
+let keys = [];
+
+const $ = (id) => document.getElementById(id);
+
+// ------------------------------------------------------------------ API
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// Calls the admin API (relative to this page: the console is served beside
+// it) with the admin token; resolves to the JSON answer, or rejects with an
+// ApiError whose message a person can act on.
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + adminToken };
+  const init = { method, headers, cache: "no-store", credentials: "omit" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "network", "The service could not be reached. Check your connection, then try again.");
+  }
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (e) {
+    answer = null;
+  }
+  if (response.ok) return answer;
+  const code = answer && answer.error ? answer.error : "error";
+  const message = answer && answer.message ? answer.message : response.statusText;
+  throw new ApiError(response.status, code, explain(response.status, code, message));
+}
+
+// What a refusal means, and what to do about it.
+function explain(status, code, message) {
+  switch (status) {
+    case 401:
+      return "The admin token was refused (wrong, revoked, expired, or a bootstrap token that has retired). Sign out and sign in with a valid token.";
+    case 403:
+      return "This token's key lacks the admin scope: " + message + ". Use a key that holds it.";
+    case 404:
+      return "Not found: " + message + ". It may have been deleted; refresh the list.";
+    case 409:
+      return "Refused: " + message + ". Refresh the list and try again.";
+    case 429:
+      return "Too many requests: " + message + ". Wait a little and try again.";
+    case 503:
+      return "The service is unavailable: " + message;
+    default:
+      return message + " (" + status + " " + code + ")";
+  }
+}
+
+const enc = encodeURIComponent;
+
+// ------------------------------------------------------------------ page state
+
+function showError(text, where) {
+  const box = where || $("error");
+  box.textContent = text;
+  box.hidden = !text;
+  if (text && !where) box.scrollIntoView({ block: "nearest" });
+}
+
+function say(text) {
+  $("status").textContent = text;
+}
+
+// Runs `action`; shows its failure in `where` (the page's error line by
+// default) and resolves to whether it succeeded.
+async function attempt(action, where) {
+  showError("", where);
+  try {
+    await action();
+    return true;
+  } catch (e) {
+    showError(e instanceof ApiError ? e.message : String(e), where);
+    return false;
+  }
+}
+
+function formatDate(value) {
+  if (!value) return "never";
+  const d = new Date(value);
+  return d.toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+// ------------------------------------------------------------------ sign in
+
+$("token-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("admin-token");
+  adminToken = input.value.trim();
+  input.value = "";
+  const ok = await attempt(loadAndCount);
+  if (ok) {
+    $("sign-in").hidden = true;
+    $("app").hidden = false;
+    $("sign-out").hidden = false;
+    $("create").focus();
+  } else {
+    adminToken = null;
+    input.focus();
+  }
+});
+
+$("sign-out").addEventListener("click", () => {
+  adminToken = null;
+  keys = [];
+  $("keys").tBodies[0].replaceChildren();
+  $("app").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  showError("");
+  say("Signed out: the token is forgotten.");
+  $("admin-token").focus();
+});
+
+// ------------------------------------------------------------------ the list
+
+async function load() {
+  const all = [];
+  let after = null;
+  do {
+    const page = await api("GET", "keys?limit=500" + (after ? "&after=" + enc(after) : ""));
+    all.push(...page.keys);
+    after = page.next;
+  } while (after);
+  const soon = await api("GET", "expiring?within=14d");
+  keys = all;
+  render(soon.keys);
+}
+
+// Loads the list and says how many keys it holds.
+async function loadAndCount() {
+  await load();
+  say(keys.length + (keys.length === 1 ? " key" : " keys") + ", as of " + new Date().toLocaleTimeString() + ".");
+}
+
+$("refresh").addEventListener("click", () => attempt(loadAndCount));
+
+function statusOf(key) {
+  return key.expired ? "expired" : key.status;
+}
+
+function renewalOf(key) {
+  if (!key.pending_deletion) return "—";
+  if (key.old_token_deleted_at) return "Old token deleted " + formatDate(key.old_token_deleted_at);
+  if (key.decision && key.decision.startsWith("after")) return "Old token deleted after the new one's first use";
+  return "Old token kept until deleted";
+}
+
+function render(expiring) {
+  const soon = new Map(expiring.map((e) => [e.key.id, e]));
+  const body = $("keys").tBodies[0];
+  body.replaceChildren(...keys.map((key) => row(key, soon.get(key.id))));
+  $("empty").hidden = keys.length > 0;
+  const list = $("expiring");
+  list.replaceChildren(
+    ...expiring.map((e) => {
+      const item = el("li");
+      item.append(el("strong", e.key.id), " ",
+        el("span", e.reason === "key_expires" ? "expires" : "is due for renewal", "flag"),
+        " " + formatDate(e.at));
+      return item;
+    }),
+  );
+  $("expiring-panel").hidden = expiring.length === 0;
+}
+
+function cell(label, content) {
+  const td = el("td");
+  td.dataset.label = label;
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content;
+  return td;
+}
+
+function row(key, soon) {
+  const tr = el("tr");
+  tr.dataset.key = key.id;
+  const name = el("div");
+  name.append(el("strong", key.id, "key-id"));
+  if (key.label) name.append(el("div", key.label, "hint"));
+  if (soon) name.append(el("div", soon.reason === "key_expires" ? "Expires soon" : "Renewal due", "flag"));
+  tr.append(cell("Key", name));
+  tr.append(cell("Owner", key.owner || "—"));
+  tr.append(cell("Scopes", key.scopes.length ? key.scopes.join(" ") : "—"));
+  const status = statusOf(key);
+  const state = el("div");
+  state.append(el("span", status, "badge badge-" + status));
+  if (key.current_token.revoked_at) state.append(el("div", "token revoked", "flag"));
+  tr.append(cell("Status", state));
+  // The token duration: both tokens' due dates while a renewal is pending.
+  const duration = el("div", null, "duration");
+  if (key.old_token) {
+    duration.append(el("div", "New token due " + formatDate(key.current_token.due_at)));
+    duration.append(el("div", "Old token due " + formatDate(key.old_token.due_at), "hint"));
+  } else {
+    duration.append(el("div", "Due " + formatDate(key.current_token.due_at)));
+  }
+  if (key.current_token.freshness !== "fresh") duration.append(el("div", "Renewal overdue", "flag"));
+  tr.append(cell("Token duration", duration));
+  tr.append(cell("Renewal", renewalOf(key)));
+  tr.append(cell("Last use", formatDate(key.last_used_at)));
+  tr.append(cell("Expiry", key.expires_at ? formatDate(key.expires_at) : "never"));
+  tr.append(cell("Actions", menu(key)));
+  return tr;
+}
+
+// The menu of a key's row: only what the key's state allows.
+function menu(key) {
+  const details = el("details", null, "menu");
+  const summary = el("summary", "Actions");
+  summary.setAttribute("aria-label", "Actions for " + key.id);
+  details.append(summary);
+  const items = el("div", null, "menu-items");
+  const item = (text, action, className) => {
+    const button = el("button", text, className);
+    button.type = "button";
+    button.addEventListener("click", () => {
+      details.open = false;
+      action();
+    });
+    items.append(button);
+  };
+  if (!key.pending_deletion) item("Renew token", () => renew(key));
+  if (key.pending_deletion) {
+    item("Delete old token", () => deleteOld(key), "danger");
+    item("Undo renewal", () => undo(key));
+  }
+  item("Usage", () => usage(key));
+  if (key.status === "active") item("Deactivate", () => deactivate(key));
+  else item("Activate", () => change(key, "activate", "Activated " + key.id + "."));
+  item("Delete key", () => deleteKey(key), "danger");
+  details.append(items);
+  details.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && details.open) {
+      details.open = false;
+      summary.focus();
+    }
+  });
+  return details;
+}
+
+// ------------------------------------------------------------------ actions
+
+async function change(key, action, done) {
+  if (await attempt(() => api("POST", "keys/" + enc(key.id) + "/" + action))) {
+    say(done);
+    await attempt(load);
+  }
+}
+
+function confirmWith(title, text, confirmLabel) {
+  const dialog = $("confirm-dialog");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = confirmLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("confirm-cancel").focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+  });
+}
+
+async function deleteOld(key) {
+  const ok = await confirmWith(
+    "Delete the old token of " + key.id + "?",
+    "Integrations still using the old token will be refused at once. This cannot be undone.",
+    "Delete old token",
+  );
+  if (ok && await attempt(() => api("DELETE", "keys/" + enc(key.id) + "/old-token"))) {
+    say("Deleted the old token of " + key.id + ": only the new token is valid.");
+    await attempt(load);
+  }
+}
+
+async function undo(key) {
+  const ok = await confirmWith(
+    "Undo the renewal of " + key.id + "?",
+    "The old token becomes the only valid token again, and the new token is deleted.",
+    "Undo renewal",
+  );
+  if (ok && await attempt(() => api("POST", "keys/" + enc(key.id) + "/undo-renewal"))) {
+    say("Undid the renewal of " + key.id + ": the old token is current again.");
+    await attempt(load);
+  }
+}
+
+async function deactivate(key) {
+  const ok = await confirmWith(
+    "Deactivate " + key.id + "?",
+    "None of its tokens verifies until it is activated again.",
+    "Deactivate",
+  );
+  if (ok) await change(key, "deactivate", "Deactivated " + key.id + ".");
+}
+
+async function deleteKey(key) {
+  const ok = await confirmWith(
+    "Delete " + key.id + "?",
+    "The key, its tokens and its usage are deleted. This cannot be undone.",
+    "Delete key",
+  );
+  if (ok && await attempt(() => api("DELETE", "keys/" + enc(key.id)))) {
+    say("Deleted " + key.id + ".");
+    await attempt(load);
+  }
+}
+
+// ------------------------------------------------------------------ tokens shown once
+
+let pendingRenewal = null;
+
+function showToken(intro, issued, renewal) {
+  pendingRenewal = renewal ? issued.id : null;
+  $("token-title").textContent = renewal ? "Token renewed" : "Key created";
+  $("token-intro").textContent = intro;
+  $("new-token").value = issued.token;
+  $("copy-status").textContent = "";
+  $("deletion").hidden = !renewal;
+  document.querySelector('input[name="delete-old"][value="later"]').checked = true;
+  showError("", $("token-error"));
+  $("token-dialog").showModal();
+  $("copy").focus();
+}
+
+$("copy").addEventListener("click", async () => {
+  const input = $("new-token");
+  try {
+    await navigator.clipboard.writeText(input.value);
+    $("copy-status").textContent = "Copied to the clipboard.";
+  } catch (e) {
+    input.focus();
+    input.select();
+    const copied = document.execCommand && document.execCommand("copy");
+    $("copy-status").textContent = copied
+      ? "Copied to the clipboard."
+      : "The browser did not allow copying: the token is selected, press Ctrl+C (or ⌘C).";
+  }
+});
+
+// Finish: applies the deletion choice of a renewal. Closing the dialog
+// otherwise (Escape) leaves it undecided, which behaves as "Later".
+$("token-dialog-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = pendingRenewal;
+  if (id) {
+    const choice = document.querySelector('input[name="delete-old"]:checked').value;
+    const ok = await attempt(
+      () => api("POST", "keys/" + enc(id) + "/finalize", { delete_old: choice }),
+      $("token-error"),
+    );
+    if (!ok) return;
+    pendingRenewal = null;
+    say(choice === "now"
+      ? "Renewed " + id + ": the old token is deleted."
+      : "Renewed " + id + ": the old token stays valid until you delete it.");
+  }
+  $("token-dialog").close();
+});
+
+// However the dialog closes, the token leaves the page.
+$("token-dialog").addEventListener("close", () => {
+  if (pendingRenewal) say("Renewed " + pendingRenewal + ": the old token stays valid until you delete it.");
+  pendingRenewal = null;
+  $("new-token").value = "";
+  attempt(load);
+});
+
+async function renew(key) {
+  await attempt(async () => {
+    const issued = await api("POST", "keys/" + enc(key.id) + "/renew");
+    showToken(
+      "The new token of " + key.id + ". The old token stays valid until it is deleted.",
+      issued,
+      true,
+    );
+  });
+}
+
+// ------------------------------------------------------------------ create
+
+$("create").addEventListener("click", () => {
+  $("create-form").reset();
+  showError("", $("create-error"));
+  $("create-dialog").showModal();
+  $("new-id").focus();
+});
+
+$("create-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const value = (name) => $(name).value.trim();
+  const body = { label: value("new-label"), scopes: value("new-scopes").split(/\s+/).filter(Boolean) };
+  if (value("new-id")) body.id = value("new-id");
+  if (value("new-owner")) body.owner = value("new-owner");
+  if (value("new-expiry")) body.expires_at = new Date(value("new-expiry")).toISOString();
+  await attempt(async () => {
+    const issued = await api("POST", "keys", body);
+    $("create-dialog").close();
+    say("Created " + issued.id + ".");
+    showToken("The token of " + issued.id + ".", issued, false);
+  }, $("create-error"));
+});
+
+// ------------------------------------------------------------------ revoke
+
+$("revoke").addEventListener("click", () => {
+  $("revoke-form").reset();
+  showError("", $("revoke-error"));
+  $("revoke-dialog").showModal();
+  $("revoke-token").focus();
+});
+
+$("revoke-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const token = $("revoke-token").value.trim();
+  await attempt(async () => {
+    const answer = await api("POST", "tokens/revoke", { token });
+    $("revoke-token").value = "";
+    $("revoke-dialog").close();
+    say(answer.revoked
+      ? "Revoked the token of " + answer.event.key_id + ": it never verifies again."
+      : "That is not a live token of any key: nothing was revoked.");
+    await load();
+  }, $("revoke-error"));
+});
+
+for (const button of document.querySelectorAll("[data-close]")) {
+  button.addEventListener("click", () => button.closest("dialog").close());
+}
+
+// ------------------------------------------------------------------ usage chart
+
+const SERIES = [
+  ["accepted", "Accepted"],
+  ["rate_limited", "Rate limited"],
+  ["usage_exceeded", "Usage exceeded"],
+  ["refused", "Refused"],
+];
+
+async function usage(key) {
+  await attempt(async () => {
+    const answer = await api("GET", "keys/" + enc(key.id) + "/usage?since=7d");
+    drawUsage(key.id, answer.hours);
+    $("usage-panel").hidden = false;
+    $("usage-title").focus();
+  });
+}
+
+// The last 7 days by hour, each outcome a line of its own, drawn as SVG.
+function drawUsage(id, hours) {
+  const HOUR = 3600 * 1000;
+  const end = Math.floor(Date.now() / HOUR) * HOUR;
+  const start = end - 167 * HOUR;
+  const counts = new Map(hours.map((h) => [Date.parse(h.hour), h]));
+  const points = [];
+  for (let t = start; t <= end; t += HOUR) points.push(counts.get(t) || null);
+  const max = Math.max(1, ...points.flatMap((p) => (p ? SERIES.map(([k]) => p[k]) : [0])));
+  const width = 720, height = 220, left = 44, bottom = 24, top = 10, right = 8;
+  const x = (i) => left + (i * (width - left - right)) / (points.length - 1);
+  const y = (v) => top + (height - top - bottom) * (1 - v / max);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+  svg.setAttribute("role", "img");
+  const totals = SERIES.map(([k, label]) => label + " " + points.reduce((s, p) => s + (p ? p[k] : 0), 0));
+  const title = document.createElementNS(ns, "title");
+  title.textContent = "Requests of " + id + " by hour, last 7 days: " + totals.join(", ");
+  svg.append(title);
+  const line = (x1, y1, x2, y2, cls) => {
+    const l = document.createElementNS(ns, "line");
+    l.setAttribute("x1", x1); l.setAttribute("y1", y1); l.setAttribute("x2", x2); l.setAttribute("y2", y2);
+    l.setAttribute("class", cls);
+    svg.append(l);
+  };
+  const text = (tx, ty, content, anchor) => {
+    const t = document.createElementNS(ns, "text");
+    t.setAttribute("x", tx); t.setAttribute("y", ty);
+    t.setAttribute("text-anchor", anchor);
+    t.setAttribute("class", "axis-label");
+    t.textContent = content;
+    svg.append(t);
+  };
+  line(left, y(0), width - right, y(0), "axis");
+  line(left, y(max), width - right, y(max), "grid");
+  text(left - 4, y(0) + 4, "0", "end");
+  text(left - 4, y(max) + 4, String(max), "end");
+  for (let day = 0; day <= 7; day++) {
+    const i = Math.min(points.length - 1, day * 24);
+    const label = new Date(start + i * HOUR).toLocaleDateString(undefined, { weekday: "short" });
+    line(x(i), y(0), x(i), y(0) + 4, "axis");
+    if (day < 7) text(x(i), height - 6, label, "start");
+  }
+  for (const [k] of SERIES) {
+    const path = document.createElementNS(ns, "polyline");
+    path.setAttribute("points", points.map((p, i) => x(i).toFixed(1) + "," + y(p ? p[k] : 0).toFixed(1)).join(" "));
+    path.setAttribute("class", "series series-" + k);
+    path.dataset.series = k;
+    svg.append(path);
+  }
+  $("usage-title").textContent = "Usage of " + id + ", last 7 days by hour";
+  $("usage-title").tabIndex = -1;
+  $("usage-chart").replaceChildren(svg);
+  $("usage-legend").replaceChildren(
+    ...SERIES.map(([k], i) => {
+      const item = el("li");
+      item.append(el("span", null, "swatch series-" + k), totals[i]);
+      return item;
+    }),
+  );
+}

@@ -1,0 +1,489 @@
+//! The console in a real browser: Debian's Chromium, driven over
+//! WebDriver by its ChromeDriver (`KEYROLL_CHROMEDRIVER`; `.ci/run`
+//! installs both). It drives create → copy the token → renew (the old
+//! token kept for later) → delete the old token → revoke → deactivate,
+//! checking after each step what the page shows and what the API then
+//! answers, then a renewal by keyboard alone closed before choosing
+//! (which leaves the old token for later). Screenshots at 1440 and 390
+//! pixels wide go to `target/console-screenshots/`.
+#![cfg(feature = "admin")]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use keyroll::store::InMemoryStore;
+use keyroll::{KeyId, KeyManager, NewKey, Scopes};
+use keyroll_axum::admin::Admin;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tower::ServiceExt;
+
+/// ChromeDriver, killed when the test ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> (Driver, Client) {
+    let driver_path =
+        std::env::var("KEYROLL_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    let port = free_port();
+    let driver = Driver(
+        Command::new(&driver_path)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{driver_path} does not start: {e}")),
+    );
+    let chromium = std::env::var("KEYROLL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1440,1000",
+            ],
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => return (driver, client),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("ChromeDriver at {url} did not answer");
+}
+
+/// Waits until the JavaScript expression `condition` holds on the page.
+async fn until(c: &Client, condition: &str) {
+    let script = format!("return Boolean({condition});");
+    for _ in 0..100 {
+        if c.execute(&script, vec![]).await.unwrap() == Value::Bool(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = text(c, "#status").await;
+    let error = text(c, "#error").await;
+    panic!("the page never showed {condition} (status {status:?}, error {error:?})");
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, value: &str) {
+    let input = c.find(Locator::Css(css)).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(value).await.unwrap();
+}
+
+/// The text of the row of key `id`.
+async fn row(c: &Client, id: &str) -> String {
+    text(c, &format!("tr[data-key='{id}']")).await
+}
+
+/// Opens the menu of `id`'s row and clicks the item `label`.
+async fn menu(c: &Client, id: &str, label: &str) {
+    click(c, &format!("tr[data-key='{id}'] summary")).await;
+    let items = c
+        .find_all(Locator::Css(&format!(
+            "tr[data-key='{id}'] .menu-items button"
+        )))
+        .await
+        .unwrap();
+    for item in items {
+        if item.text().await.unwrap() == label {
+            return item.click().await.unwrap();
+        }
+    }
+    panic!("no {label:?} in the menu of {id}");
+}
+
+/// The labels the menu of `id` offers.
+async fn menu_items(c: &Client, id: &str) -> Vec<String> {
+    let script = format!(
+        "return [...document.querySelectorAll(\"tr[data-key='{id}'] .menu-items button\")].map(b => b.textContent);"
+    );
+    serde_json::from_value(c.execute(&script, vec![]).await.unwrap()).unwrap()
+}
+
+/// Saves a screenshot at both widths.
+async fn shoot(c: &Client, name: &str) {
+    let dir = screenshots();
+    for (width, height) in [(1440, 1000), (390, 844)] {
+        c.set_window_size(width, height).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
+    }
+    c.set_window_size(1440, 1000).await.unwrap();
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What the API answers for key `id`.
+async fn api_key(app: &Router, admin: &str, id: &str) -> (StatusCode, Value) {
+    let request = Request::get(format!("/admin/keys/{id}"))
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_browser),
+    ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
+)]
+async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+    let now = OffsetDateTime::now_utc();
+    let ops = NewKey::new(KeyId::new("ops").unwrap())
+        .label("Operators")
+        .scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    let admin = admin.expose_secret().to_owned();
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (_driver, c) = browser().await;
+
+    // Sign in: the token typed, then Enter.
+    c.goto(&format!("{base}/admin/console")).await.unwrap();
+    shoot(&c, "0-sign-in").await;
+    type_into(&c, "#admin-token", "kr_not_a_token").await;
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    until(
+        &c,
+        "document.querySelector('#error').textContent.includes('admin token was refused')",
+    )
+    .await;
+    type_into(&c, "#admin-token", &admin).await;
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    until(&c, "!document.querySelector('#app').hidden").await;
+    assert!(!c.current_url().await.unwrap().as_str().contains(&admin));
+    assert!(row(&c, "ops").await.contains("Operators"));
+
+    // Bad input is told as text the user can act on, and creates nothing.
+    click(&c, "#create").await;
+    type_into(&c, "#new-id", "has space").await;
+    click(&c, "#create-submit").await;
+    until(&c, "!document.querySelector('#create-error').hidden").await;
+    assert!(text(&c, "#create-error").await.contains("has space"));
+
+    // Create: the token shown once, copied.
+    type_into(&c, "#new-id", "shop").await;
+    type_into(&c, "#new-label", "Shop integration").await;
+    type_into(&c, "#new-owner", "acme").await;
+    type_into(&c, "#new-scopes", "orders:read orders:write").await;
+    click(&c, "#create-submit").await;
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    let first = c
+        .find(Locator::Css("#new-token"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        keys.authenticate(first.as_str(), OffsetDateTime::now_utc())
+            .await
+            .is_ok()
+    );
+    click(&c, "#copy").await;
+    until(
+        &c,
+        "document.querySelector('#copy-status').textContent.length > 0",
+    )
+    .await;
+    let copied = text(&c, "#copy-status").await;
+    assert!(
+        copied.contains("Copied") || copied.contains("Ctrl+C"),
+        "{copied}"
+    );
+    assert!(
+        !c.find(Locator::Css("#deletion"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    shoot(&c, "1-created").await;
+    click(&c, "#finish").await;
+    until(&c, "document.querySelector(\"tr[data-key='shop']\")").await;
+    let shown = row(&c, "shop").await;
+    for expected in [
+        "Shop integration",
+        "acme",
+        "orders:read orders:write",
+        "active",
+        "Due",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in {shown:?}");
+    }
+    assert!(
+        !c.source().await.unwrap().contains(&first),
+        "the token left the page"
+    );
+    let (status, key) = api_key(&app, &admin, "shop").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(key["owner"], "acme");
+
+    // Renew, keeping the old token for later.
+    assert_eq!(menu_items(&c, "shop").await[0], "Renew token");
+    menu(&c, "shop", "Renew token").await;
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    assert!(
+        c.find(Locator::Css("#deletion"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    let later = c
+        .find(Locator::Css("input[name='delete-old'][value='later']"))
+        .await
+        .unwrap();
+    assert!(later.is_selected().await.unwrap(), "Later is the default");
+    let second = c
+        .find(Locator::Css("#new-token"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(first, second);
+    shoot(&c, "2-renewed").await;
+    click(&c, "#finish").await;
+    until(
+        &c,
+        "document.querySelector(\"tr[data-key='shop']\").textContent.includes('Old token due')",
+    )
+    .await;
+    let shown = row(&c, "shop").await;
+    assert!(
+        shown.contains("New token due") && shown.contains("Old token kept until deleted"),
+        "{shown}"
+    );
+    assert_eq!(
+        menu_items(&c, "shop").await[..2],
+        ["Delete old token", "Undo renewal"]
+    );
+    let (_, key) = api_key(&app, &admin, "shop").await;
+    assert_eq!(
+        (key["pending_deletion"].clone(), key["decision"].clone()),
+        (json!(true), json!("later"))
+    );
+    let now = OffsetDateTime::now_utc();
+    assert!(
+        keys.authenticate(first.as_str(), now).await.is_ok(),
+        "the old token stays valid"
+    );
+    assert!(keys.authenticate(second.as_str(), now).await.is_ok());
+    shoot(&c, "3-pending").await;
+
+    // Delete the old token, confirmed, told that it cannot be undone.
+    menu(&c, "shop", "Delete old token").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    assert!(text(&c, "#confirm-text").await.contains("cannot be undone"));
+    shoot(&c, "4-confirm-delete-old").await;
+    click(&c, "#confirm-ok").await;
+    until(
+        &c,
+        "!document.querySelector(\"tr[data-key='shop']\").textContent.includes('Old token')",
+    )
+    .await;
+    assert!(
+        text(&c, "#status")
+            .await
+            .contains("Deleted the old token of shop")
+    );
+    let (_, key) = api_key(&app, &admin, "shop").await;
+    assert_eq!(key["pending_deletion"], false);
+    let now = OffsetDateTime::now_utc();
+    assert!(
+        keys.authenticate(first.as_str(), now).await.is_err(),
+        "the old token is gone"
+    );
+    assert!(keys.authenticate(second.as_str(), now).await.is_ok());
+
+    // Revoke the new token, as if it had leaked.
+    click(&c, "#revoke").await;
+    type_into(&c, "#revoke-token", &second).await;
+    click(&c, "#revoke-submit").await;
+    until(
+        &c,
+        "document.querySelector('#status').textContent.includes('Revoked the token of shop')",
+    )
+    .await;
+    until(
+        &c,
+        "document.querySelector(\"tr[data-key='shop']\").textContent.includes('token revoked')",
+    )
+    .await;
+    let (_, key) = api_key(&app, &admin, "shop").await;
+    assert!(key["current_token"]["revoked_at"].is_string());
+    assert!(
+        keys.authenticate(second.as_str(), OffsetDateTime::now_utc())
+            .await
+            .is_err()
+    );
+
+    // Deactivate, confirmed.
+    menu(&c, "shop", "Deactivate").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-ok").await;
+    until(
+        &c,
+        "document.querySelector(\"tr[data-key='shop'] .badge\").textContent === 'inactive'",
+    )
+    .await;
+    let (_, key) = api_key(&app, &admin, "shop").await;
+    assert_eq!(key["status"], "inactive");
+    assert!(
+        menu_items(&c, "shop")
+            .await
+            .contains(&"Activate".to_owned())
+    );
+
+    // The usage chart: the admin's own calls, one line per outcome.
+    menu(&c, "ops", "Usage").await;
+    until(
+        &c,
+        "document.querySelectorAll('#usage-chart svg polyline').length === 4",
+    )
+    .await;
+    let title = text(&c, "#usage-legend").await;
+    assert!(
+        title.contains("Accepted") && !title.contains("Accepted 0"),
+        "{title}"
+    );
+    shoot(&c, "5-usage").await;
+
+    // By keyboard alone: a renewal of `ops` closed with Escape before
+    // choosing, which leaves the old token for later.
+    c.execute(
+        "document.querySelector(\"tr[data-key='ops'] summary\").focus()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let focused = c.active_element().await.unwrap();
+    focused.send_keys(&Key::Enter).await.unwrap();
+    // Tab to the menu's first item and press it.
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Tab)
+        .await
+        .unwrap();
+    let item = c.active_element().await.unwrap();
+    assert_eq!(item.text().await.unwrap(), "Renew token");
+    item.send_keys(&Key::Enter).await.unwrap();
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    let ops_new = c
+        .find(Locator::Css("#new-token"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Escape)
+        .await
+        .unwrap();
+    until(&c, "!document.querySelector('#token-dialog').open").await;
+    until(&c, "document.querySelector(\"tr[data-key='ops']\").textContent.includes('Old token kept until deleted')").await;
+    let (_, key) = api_key(&app, &admin, "ops").await;
+    assert_eq!(
+        key["decision"], "undecided",
+        "closing before choosing decides nothing"
+    );
+    let now = OffsetDateTime::now_utc();
+    assert!(
+        keys.authenticate(admin.as_str(), now).await.is_ok(),
+        "the old token stays, as with Later"
+    );
+    assert!(keys.authenticate(ops_new.as_str(), now).await.is_ok());
+
+    // The menu offers only what the key's state allows.
+    menu(&c, "ops", "Usage").await;
+    click(&c, "tr[data-key='ops'] summary").await;
+    shoot(&c, "6-menu").await;
+    c.close().await.unwrap();
+}
