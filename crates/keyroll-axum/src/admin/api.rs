@@ -319,13 +319,15 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
     KeyId::new(raw).map_err(ApiError::bad_request)
 }
 
-/// A duration as humantime reads it (`90s`, `1m`, `30d`).
-fn duration(text: &str) -> Result<Duration, ApiError> {
+/// The duration `field` holds, as humantime reads it (`90s`, `1m`, `30d`).
+fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
     humantime::parse_duration(text)
         .ok()
         .and_then(|d| Duration::try_from(d).ok())
         .ok_or_else(|| {
-            ApiError::bad_request(format!("not a duration: {text:?} (use e.g. 90s, 1m, 30d)"))
+            ApiError::bad_request(format!(
+                "invalid {field} {text:?}: not a duration (use e.g. 90s, 1m, 30d)"
+            ))
         })
 }
 
@@ -363,7 +365,7 @@ impl Deletion {
                 Ok(OldTokenDeletion::AfterNewTokenUse {
                     grace: grace
                         .as_deref()
-                        .map(duration)
+                        .map(|grace| duration("grace", grace))
                         .transpose()?
                         .unwrap_or_default(),
                 })
@@ -512,7 +514,7 @@ pub(crate) async fn usage<S: KeyStore + 'static>(
     since: Result<Query<Since>, QueryRejection>,
 ) -> Result<Json<Usage>, ApiError> {
     let id = key_id(&raw)?;
-    let since = duration(query(since)?.since.as_deref().unwrap_or("7d"))?;
+    let since = duration("since", query(since)?.since.as_deref().unwrap_or("7d"))?;
     let now = OffsetDateTime::now_utc();
     admin.flush(now).await;
     let rows = admin
@@ -533,7 +535,7 @@ pub(crate) async fn expiring<S: KeyStore + 'static>(
     State(admin): Admin<S>,
     within: Result<Query<Within>, QueryRejection>,
 ) -> Result<Json<ExpiringKeys>, ApiError> {
-    let within = duration(&query(within)?.within)?;
+    let within = duration("within", &query(within)?.within)?;
     let now = OffsetDateTime::now_utc();
     let soon = admin.keys.expiring(within, now).await?;
     Ok(Json(ExpiringKeys {
@@ -615,7 +617,7 @@ pub(crate) async fn delete_old_if_idle<S: KeyStore + 'static>(
     Path(raw): Path<String>,
     min_idle: Result<Json<MinIdle>, JsonRejection>,
 ) -> Result<Json<Done>, ApiError> {
-    let min_idle = duration(&body(min_idle)?.min_idle)?;
+    let min_idle = duration("min_idle", &body(min_idle)?.min_idle)?;
     let now = OffsetDateTime::now_utc();
     let event = admin
         .keys
@@ -799,7 +801,7 @@ setting!(
         let rate = match value.rate_limit {
             None => None,
             Some(RateLimitBody { limit, period, burst }) => {
-                let rate = RateLimit::new(limit, duration(&period)?).map_err(ApiError::bad_request)?;
+                let rate = RateLimit::new(limit, duration("period", &period)?).map_err(ApiError::bad_request)?;
                 Some(match burst {
                     Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request)?,
                     None => rate,
@@ -820,7 +822,7 @@ setting!(
                 Some(match refill {
                     None => credits,
                     Some(RefillBody { amount, every }) => credits.with_refill(
-                        Refill::new(amount, duration(&every)?).map_err(ApiError::bad_request)?,
+                        Refill::new(amount, duration("every", &every)?).map_err(ApiError::bad_request)?,
                     ),
                 })
             }

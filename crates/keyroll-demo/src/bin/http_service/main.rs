@@ -1,0 +1,228 @@
+//! An HTTP service that embeds keyroll: keyroll-axum's layer on its API,
+//! and its admin router and console nested under `/admin`. Only wiring.
+//!
+//! ```text
+//! KEYROLL_ADMIN_TOKEN=change-me-to-32-random-bytes-or-more \
+//!     cargo run -p keyroll-demo --bin http_service -- \
+//!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL] [--migrate]
+//! ```
+//!
+//! Then open <http://127.0.0.1:8080/admin/console>, sign in with the
+//! bootstrap token, and create a key holding `keyroll:admin` (the
+//! bootstrap token retires once an active key holds it).
+//!
+//! With PostgreSQL, the table is created by `keyctl migrate` or by
+//! `--migrate` (as a role that may create tables); the service itself needs
+//! only SELECT, INSERT, UPDATE and DELETE on it. A URL without `sslmode`
+//! requires TLS; `sslmode=disable` connects in the clear.
+//!
+//! - `GET /v1/whoami`, with `Authorization: Bearer <token>` or the headers
+//!   `X-Api-Key` (key id) and `X-Api-Token`: `{"key_id", "token":
+//!   "current" | "old", "scopes", "metadata"}`; an old token of a pending
+//!   renewal gets `keyroll-token-renewed: true`. Every refused credential
+//!   gets the same 401; the cause goes to the log on stderr, never a token.
+//!   `GET /v1/ping` is the same handler without authentication.
+//! - `GET /v1/orders` needs the scope `orders:read` (else a 403 with
+//!   `WWW-Authenticate: Bearer error="insufficient_scope"`).
+//! - `/admin/...`: [`keyroll_axum::admin`]'s API (its document at
+//!   `/admin/openapi.json`) and console, for keys holding `keyroll:admin`,
+//!   or the bootstrap `KEYROLL_ADMIN_TOKEN` (at least 32 bytes) until one
+//!   exists.
+//! - `POST /secret-scanning/github`, with `--github-keys PATH` (the PEM
+//!   public keys GitHub signs with): GitHub's secret scanning partner
+//!   format; see `github.rs`.
+//!
+//! Every change is written to stdout as one JSON line, `{"audit": event,
+//! "actor": ..}` (a key id, `"bootstrap"` or `"github-secret-scanning"`):
+//! ids and times only, never a token. A failed write is reported on
+//! stderr, and never loses an answer.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
+use keyroll::{Event, KeyId, KeyManager, Metadata, Scope, Scopes, TokenMatch};
+use keyroll_axum::admin::Admin;
+use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
+use keyroll_postgres::{Listener, PgStore};
+use keyroll_sqlite::SqliteStore;
+use serde_json::json;
+
+mod github;
+
+#[derive(Parser)]
+struct Cli {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// `memory`, `sqlite:PATH` or `postgres:URL`.
+    #[arg(long, default_value = "memory")]
+    store: String,
+    /// A PEM file of the public keys GitHub signs secret scanning reports
+    /// with; enables `POST /secret-scanning/github`.
+    #[arg(long)]
+    github_keys: Option<std::path::PathBuf>,
+    /// How often the uses noted in memory are written to the store.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    flush_usage_every: std::time::Duration,
+    /// With PostgreSQL: how long a key is served from memory at most
+    /// (changes notified by other replicas are seen in milliseconds).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_staleness: std::time::Duration,
+    /// Does not note token uses (last-use times stop moving; deleting an
+    /// old token "once nothing uses it" needs them). For measuring what
+    /// recording costs.
+    #[arg(long)]
+    no_usage_recording: bool,
+    /// With PostgreSQL: create or upgrade the table and its triggers
+    /// first (needs a role that may create tables).
+    #[arg(long)]
+    migrate: bool,
+}
+
+/// The store `--store` names: in memory, SQLite (on a thread of its own)
+/// or PostgreSQL, behind one type. PostgreSQL is read through a cache kept
+/// in step by a listener (returned: it runs as long as it is kept).
+async fn open_store(
+    spec: &str,
+    max_staleness: std::time::Duration,
+    migrate: bool,
+) -> Result<(DynKeyStore, Option<Listener>), Box<dyn Error>> {
+    match spec.split_once(':') {
+        None if spec == "memory" => Ok((DynKeyStore::new(InMemoryStore::new()), None)),
+        Some(("sqlite", path)) => Ok((DynKeyStore::new(SqliteStore::open(path)?), None)),
+        Some(("postgres", url)) => {
+            let store = PgStore::connect(url).await?;
+            if migrate {
+                store.migrate().await?;
+            }
+            let cache = Arc::new(CachedStore::new(store, 100_000, max_staleness));
+            let listener = cache.inner().listen(cache.clone());
+            Ok((DynKeyStore::new(cache), Some(listener)))
+        }
+        _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
+    }
+}
+
+/// Writes one audit line on stdout, `{"audit": event, "actor": ..}`. It
+/// is called once the answer is built: a failed write (stdout closed, a
+/// full disk) is reported on stderr and never loses an answer, least of
+/// all one that carries a new token.
+fn audit(actor: &str, event: &Event) {
+    use std::io::Write;
+    let line = json!({ "audit": event, "actor": actor });
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}",
+            json!({ "audit_failed": e.to_string(), "line": line })
+        );
+    }
+}
+
+/// `whoami`'s answer (and `ping`'s, with nobody in it).
+#[derive(serde::Serialize, Default)]
+struct Whoami {
+    key_id: Option<KeyId>,
+    token: Option<TokenMatch>,
+    scopes: Scopes,
+    metadata: Metadata,
+}
+
+/// Who the request is: authenticated by the `Caller` extractor alone (no
+/// layer on this route), which hands the renewal header and the rate-limit
+/// fields to the answer.
+async fn whoami(caller: Caller) -> impl axum::response::IntoResponse {
+    let headers = caller.headers();
+    let who = caller.0;
+    let body = Json(Whoami {
+        key_id: Some(who.key_id),
+        token: Some(who.matched),
+        scopes: who.scopes,
+        metadata: who.metadata,
+    });
+    (headers, body)
+}
+
+/// The same shape of answer, with no authentication: the load baseline.
+async fn ping() -> Json<Whoami> {
+    Json(Whoami::default())
+}
+
+/// A resource guarded by the scope `orders:read`.
+async fn orders(who: Caller) -> Json<serde_json::Value> {
+    Json(json!({ "orders": [], "key_id": who.key_id }))
+}
+
+/// The service: its API, the admin router under `/admin`, and secret
+/// scanning if `scanning` is given.
+fn router(
+    keys: Arc<KeyManager<DynKeyStore>>,
+    admin: Admin<DynKeyStore>,
+    scanning: Option<Router>,
+) -> Router {
+    // Bearer tokens, and the two-header form `X-Api-Key` + `X-Api-Token`.
+    let auth = KeyrollLayer::new(keys).two_headers(
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("x-api-token"),
+    );
+    // `/v1/orders` under the layer and a scope guard; `/v1/whoami`
+    // authenticated by the `Caller` extractor alone, with the same
+    // settings (the layer is the router's state).
+    let orders_scope = Scope::new("orders:read").expect("a valid scope");
+    let api = Router::new()
+        .route(
+            "/v1/orders",
+            get(orders).layer(RequireScope::new(orders_scope)),
+        )
+        .layer(auth.clone())
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/ping", get(ping))
+        .with_state(auth);
+    api.nest("/admin", admin.router())
+        .merge(scanning.unwrap_or_default())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let cli = Cli::parse();
+    // keyroll-axum's refusals and their causes, on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let bootstrap = std::env::var("KEYROLL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or("set KEYROLL_ADMIN_TOKEN to a bootstrap token for the admin API")?;
+    let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
+    let keys = Arc::new(KeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
+    let admin = Admin::new(keys.clone())
+        .bootstrap_token(&bootstrap)
+        .map_err(|e| format!("KEYROLL_ADMIN_TOKEN: {e}"))?
+        .on_event(|actor, event| audit(&actor.to_string(), event));
+    let scanning = match &cli.github_keys {
+        Some(path) => Some(github::router(
+            keys.clone(),
+            github::ScannerKeys::load(path)?,
+            audit,
+        )),
+        None => None,
+    };
+    let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, router(keys, admin, scanning))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    flusher.shutdown().await;
+    Ok(())
+}
