@@ -36,6 +36,11 @@
 //!   Every refusal of this crate is `{"error": code, "message": text}`.
 //! - [`UsageFlusher`] writes the uses a manager with usage recording noted
 //!   in memory, every few seconds, off the requests' path.
+//! - With the feature `admin`, `admin::router(manager)`: the admin REST
+//!   API for every manager operation, its OpenAPI 3.1 document and a web
+//!   console, to nest under a path of your service.
+//! - With the feature `github`, `github::SecretScanning`: GitHub's secret
+//!   scanning partner endpoint, which revokes the leaked tokens it reports.
 //!
 //! # Example
 //!
@@ -83,6 +88,8 @@ use tower_service::Service;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod error;
+#[cfg(feature = "github")]
+pub mod github;
 mod limits;
 mod usage;
 

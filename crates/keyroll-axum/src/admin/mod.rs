@@ -11,7 +11,7 @@
 //!   rate limit, credits and owner; usage counts by hour; keys expiring
 //!   soon. Its routes are authorised by a scope ([`ADMIN_SCOPE`] by
 //!   default) with bearer tokens only: no cookies, so no CSRF. Under a
-//!   [`KeyrollLayer`](crate::KeyrollLayer) the identity the layer found is
+//!   [`KeyrollLayer`] the identity the layer found is
 //!   used, so nothing is charged or counted twice. Refusals are
 //!   `{"error": code, "message": text}`: 400 for bad input, quoting it
 //!   (never a token), 401 for refused credentials, 403 without the scope,

@@ -29,8 +29,8 @@
 //!   or the bootstrap `KEYROLL_ADMIN_TOKEN` (at least 32 bytes) until one
 //!   exists.
 //! - `POST /secret-scanning/github`, with `--github-keys PATH` (the PEM
-//!   public keys GitHub signs with): GitHub's secret scanning partner
-//!   format; see `github.rs`.
+//!   public keys GitHub signs with): [`keyroll_axum::github`], GitHub's
+//!   secret scanning partner endpoint.
 //!
 //! Every change is written to stdout as one JSON line, `{"audit": event,
 //! "actor": ..}` (a key id, `"bootstrap"` or `"github-secret-scanning"`):
@@ -47,12 +47,11 @@ use clap::Parser;
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
 use keyroll::{Event, KeyId, KeyManager, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
+use keyroll_axum::github::{SecretScanning, SigningKeys};
 use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use serde_json::json;
-
-mod github;
 
 #[derive(Parser)]
 struct Cli {
@@ -208,11 +207,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("KEYROLL_ADMIN_TOKEN: {e}"))?
         .on_event(|actor, event| audit(&actor.to_string(), event));
     let scanning = match &cli.github_keys {
-        Some(path) => Some(github::router(
-            keys.clone(),
-            github::ScannerKeys::load(path)?,
-            audit,
-        )),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)?;
+            let signers =
+                SigningKeys::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            let scanning = SecretScanning::new(keys.clone(), signers)
+                .on_event(|event| audit("github-secret-scanning", event));
+            Some(scanning.router())
+        }
         None => None,
     };
     let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
