@@ -19,7 +19,7 @@ use axum::http::{Request, StatusCode, header};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use keyroll::store::InMemoryStore;
-use keyroll::{KeyId, KeyManager, NewKey, Scopes};
+use keyroll::{KeyId, KeyManager, NewKey, OwnerId, Scopes};
 use keyroll_axum::admin::Admin;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -200,6 +200,16 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         .scopes(Scopes::new(["keyroll:admin"]).unwrap());
     let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
     let admin = admin.expose_secret().to_owned();
+    // More keys than a page holds (after `ops` and `shop` in id order),
+    // the first expiring in 3 days.
+    for n in 0..55 {
+        let mut bulk = NewKey::new(KeyId::new(format!("zz-bulk-{n:02}")).unwrap())
+            .owner(OwnerId::new("bulk").unwrap());
+        if n == 0 {
+            bulk = bulk.expires_at(now + time::Duration::days(3));
+        }
+        keys.create_key(bulk, now, &mut rand::rng()).await.unwrap();
+    }
     let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -231,6 +241,10 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     until(&c, "!document.querySelector('#app').hidden").await;
     assert!(!c.current_url().await.unwrap().as_str().contains(&admin));
     assert!(row(&c, "ops").await.contains("Operators"));
+    // Expiring soon, flagged.
+    until(&c, "!document.querySelector('#expiring-panel').hidden").await;
+    assert!(text(&c, "#expiring").await.contains("zz-bulk-00 expires"));
+    assert!(row(&c, "zz-bulk-00").await.contains("Expires soon"));
 
     // Bad input is told as text the user can act on, and creates nothing.
     click(&c, "#create").await;
@@ -482,8 +496,23 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     assert!(keys.authenticate(ops_new.as_str(), now).await.is_ok());
 
     // The menu offers only what the key's state allows.
-    menu(&c, "ops", "Usage").await;
+    click(&c, "#usage-close").await;
     click(&c, "tr[data-key='ops'] summary").await;
     shoot(&c, "6-menu").await;
+    click(&c, "tr[data-key='ops'] summary").await;
+
+    // Pages of 50, and one owner's keys.
+    assert_eq!(text(&c, "#page-label").await, "Keys 1–50");
+    click(&c, "#next").await;
+    until(&c, "document.querySelector(\"tr[data-key='zz-bulk-54']\")").await;
+    assert_eq!(text(&c, "#page-label").await, "Keys 51–57");
+    assert!(!c.find(Locator::Css("#next")).await.unwrap().is_enabled().await.unwrap());
+    click(&c, "#previous").await;
+    until(&c, "document.querySelector(\"tr[data-key='ops']\")").await;
+    type_into(&c, "#owner-filter", "acme").await;
+    c.active_element().await.unwrap().send_keys(&Key::Enter).await.unwrap();
+    until(&c, "document.querySelectorAll('#keys tbody tr').length === 1").await;
+    assert!(row(&c, "shop").await.contains("acme"));
+    assert_eq!(text(&c, "#page-label").await, "Keys 1–1 of acme");
     c.close().await.unwrap();
 }

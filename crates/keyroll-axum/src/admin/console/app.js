@@ -4,7 +4,14 @@
 "use strict";
 
 let adminToken = null;
+// The page of keys shown: at most PAGE_SIZE, after the cursor `after`,
+// of one owner if `owner`; `previous` holds the cursors of earlier pages.
+const PAGE_SIZE = 50;
+const page = { after: null, previous: [], next: null, owner: "" };
 let keys = [];
+// The keys expiring or due within 14 days, by id: read at sign-in and on
+// Refresh (finding them reads every key).
+let expiring = [];
 
 const $ = (id) => document.getElementById(id);
 
@@ -129,6 +136,10 @@ $("token-form").addEventListener("submit", async (event) => {
 $("sign-out").addEventListener("click", () => {
   adminToken = null;
   keys = [];
+  expiring = [];
+  Object.assign(page, { after: null, previous: [], next: null, owner: "" });
+  $("owner-filter").value = "";
+  $("usage-panel").hidden = true;
   $("keys").tBodies[0].replaceChildren();
   $("app").hidden = true;
   $("sign-out").hidden = true;
@@ -141,22 +152,43 @@ $("sign-out").addEventListener("click", () => {
 // ------------------------------------------------------------------ the list
 
 async function load() {
-  const all = [];
-  let after = null;
-  do {
-    const page = await api("GET", "keys?limit=500" + (after ? "&after=" + enc(after) : ""));
-    all.push(...page.keys);
-    after = page.next;
-  } while (after);
-  const soon = await api("GET", "expiring?within=14d");
-  keys = all;
-  render(soon.keys);
+  let query = "keys?limit=" + PAGE_SIZE;
+  if (page.after) query += "&after=" + enc(page.after);
+  if (page.owner) query += "&owner=" + enc(page.owner);
+  const answer = await api("GET", query);
+  keys = answer.keys;
+  page.next = answer.next;
+  render();
 }
+
+async function loadExpiring() {
+  expiring = (await api("GET", "expiring?within=14d")).keys;
+  render();
+}
+
+function turn(after, previous) {
+  const before = { after: page.after, previous: page.previous };
+  page.after = after;
+  page.previous = previous;
+  attempt(load).then((ok) => {
+    if (!ok) Object.assign(page, before);
+  });
+}
+
+$("next").addEventListener("click", () => turn(page.next, [...page.previous, page.after]));
+$("previous").addEventListener("click", () => turn(page.previous.at(-1), page.previous.slice(0, -1)));
+
+$("filter").addEventListener("submit", (event) => {
+  event.preventDefault();
+  page.owner = $("owner-filter").value.trim();
+  turn(null, []);
+});
 
 // Loads the list and says how many keys it holds.
 async function loadAndCount() {
   await load();
-  say(keys.length + (keys.length === 1 ? " key" : " keys") + ", as of " + new Date().toLocaleTimeString() + ".");
+  await loadExpiring();
+  say("Keys as of " + new Date().toLocaleTimeString() + ".");
 }
 
 $("refresh").addEventListener("click", () => attempt(loadAndCount));
@@ -172,11 +204,17 @@ function renewalOf(key) {
   return "Old token kept until deleted";
 }
 
-function render(expiring) {
+function render() {
   const soon = new Map(expiring.map((e) => [e.key.id, e]));
   const body = $("keys").tBodies[0];
   body.replaceChildren(...keys.map((key) => row(key, soon.get(key.id))));
   $("empty").hidden = keys.length > 0;
+  $("previous").disabled = page.previous.length === 0;
+  $("next").disabled = !page.next;
+  const first = page.previous.length * PAGE_SIZE + 1;
+  $("page-label").textContent = keys.length
+    ? "Keys " + first + "–" + (first + keys.length - 1) + (page.owner ? " of " + page.owner : "")
+    : "";
   const list = $("expiring");
   list.replaceChildren(
     ...expiring.map((e) => {
@@ -456,6 +494,11 @@ for (const button of document.querySelectorAll("[data-close]")) {
 
 // ------------------------------------------------------------------ usage chart
 
+$("usage-close").addEventListener("click", () => {
+  $("usage-panel").hidden = true;
+  $("refresh").focus();
+});
+
 const SERIES = [
   ["accepted", "Accepted"],
   ["rate_limited", "Rate limited"],
@@ -468,6 +511,7 @@ async function usage(key) {
     const answer = await api("GET", "keys/" + enc(key.id) + "/usage?since=7d");
     drawUsage(key.id, answer.hours);
     $("usage-panel").hidden = false;
+    $("usage-panel").scrollIntoView({ block: "start" });
     $("usage-title").focus();
   });
 }
@@ -524,7 +568,6 @@ function drawUsage(id, hours) {
     svg.append(path);
   }
   $("usage-title").textContent = "Usage of " + id + ", last 7 days by hour";
-  $("usage-title").tabIndex = -1;
   $("usage-chart").replaceChildren(svg);
   $("usage-legend").replaceChildren(
     ...SERIES.map(([k], i) => {
