@@ -554,16 +554,43 @@ impl KeyStore for InMemoryStore {
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
-        // Each shard's first `limit` ids after `after`; the first `limit` of
-        // them all; each key read from its shard (a key deleted meanwhile is
-        // left out, as if it had been deleted before).
-        let mut ids: Vec<KeyId> = self
-            .shards
-            .iter()
-            .flat_map(|shard| shard.ids_after(after, limit))
-            .collect();
-        ids.sort_unstable();
-        ids.truncate(limit);
+        // Ids are spread evenly over the shards: take a few more than each
+        // shard's share of the ids still wanted, and keep, in order, those
+        // up to the smallest last id of a shard that may hold more (every
+        // id up to it has been seen); again from the last kept, until
+        // `limit` or every shard is spent. A page reads about `limit` ids,
+        // not `limit` from every shard. Then each key is read from its
+        // shard (a key deleted meanwhile is left out, as if it had been
+        // deleted before).
+        let mut ids: Vec<KeyId> = Vec::with_capacity(limit);
+        let mut cursor = after.cloned();
+        while ids.len() < limit {
+            let wanted = limit - ids.len();
+            let share = wanted.div_ceil(SHARDS).saturating_add(8).min(wanted);
+            let mut batch = Vec::new();
+            let mut seen_up_to: Option<KeyId> = None;
+            for shard in self.shards.iter() {
+                let got = shard.ids_after(cursor.as_ref(), share);
+                if got.len() == share {
+                    let last = got.last().expect("share > 0");
+                    if seen_up_to.as_ref().is_none_or(|seen| last < seen) {
+                        seen_up_to = Some(last.clone());
+                    }
+                }
+                batch.extend(got);
+            }
+            batch.sort_unstable();
+            if let Some(seen) = &seen_up_to {
+                batch.truncate(batch.partition_point(|id| id <= seen));
+            }
+            batch.truncate(wanted);
+            let Some(last) = batch.last() else { break };
+            cursor = Some(last.clone());
+            ids.extend(batch);
+            if seen_up_to.is_none() {
+                break; // every shard is spent
+            }
+        }
         let mut keys = Vec::with_capacity(ids.len());
         for id in &ids {
             keys.extend(self.get(id).await?);
@@ -711,6 +738,52 @@ mod tests {
     use super::*;
     use pollster::block_on;
     use rand::SeedableRng;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Every page is the `limit` ids after `after`, in order, however
+        /// the ids fall into shards: paging from the start visits each key
+        /// once.
+        #[test]
+        fn pages_are_the_ids_in_order(
+            // Enough keys, and pages long enough, that shards hold more
+            // than their share of a page.
+            names in proptest::collection::btree_set("[a-z0-9]{1,6}", 0..5000),
+            after in proptest::option::of("[a-z0-9]{0,2}"),
+            limit in 1usize..3000,
+        ) {
+            let store = InMemoryStore::new();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            for name in &names {
+                let id = KeyId::new(name.as_str()).unwrap();
+                let key = ApiKey::issue(id, OffsetDateTime::UNIX_EPOCH, &mut rng).unwrap().0;
+                block_on(store.insert(&key)).unwrap();
+            }
+            let after = after.as_deref().map(KeyId::named);
+            let page: Vec<String> = block_on(store.list(after.as_ref(), limit))
+                .unwrap()
+                .iter()
+                .map(|key| key.id().to_string())
+                .collect();
+            let expected: Vec<String> = names
+                .iter()
+                .filter(|name| after.as_ref().is_none_or(|after| name.as_str() > after.as_str()))
+                .take(limit)
+                .cloned()
+                .collect();
+            proptest::prop_assert_eq!(page, expected);
+            let mut visited = Vec::new();
+            let mut cursor: Option<KeyId> = None;
+            loop {
+                let page = block_on(store.list(cursor.as_ref(), limit)).unwrap();
+                let Some(last) = page.last() else { break };
+                cursor = Some(last.id().clone());
+                visited.extend(page.iter().map(|key| key.id().to_string()));
+            }
+            proptest::prop_assert_eq!(visited, names.into_iter().collect::<Vec<_>>());
+        }
+    }
 
     /// `list` racing inserts and deletes never pairs a changed table with
     /// an id order computed before the change (0.1 could index out of
