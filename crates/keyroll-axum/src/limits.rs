@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use keyroll::meter::{Allowance, RateLimit};
 use time::{Duration, OffsetDateTime};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// `RateLimit-Policy: "default";q=<burst>;w=<seconds to refill a burst>`.
 pub const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");

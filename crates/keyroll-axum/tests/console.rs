@@ -506,12 +506,28 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     click(&c, "#next").await;
     until(&c, "document.querySelector(\"tr[data-key='zz-bulk-54']\")").await;
     assert_eq!(text(&c, "#page-label").await, "Keys 51–57");
-    assert!(!c.find(Locator::Css("#next")).await.unwrap().is_enabled().await.unwrap());
+    assert!(
+        !c.find(Locator::Css("#next"))
+            .await
+            .unwrap()
+            .is_enabled()
+            .await
+            .unwrap()
+    );
     click(&c, "#previous").await;
     until(&c, "document.querySelector(\"tr[data-key='ops']\")").await;
     type_into(&c, "#owner-filter", "acme").await;
-    c.active_element().await.unwrap().send_keys(&Key::Enter).await.unwrap();
-    until(&c, "document.querySelectorAll('#keys tbody tr').length === 1").await;
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter)
+        .await
+        .unwrap();
+    until(
+        &c,
+        "document.querySelectorAll('#keys tbody tr').length === 1",
+    )
+    .await;
     assert!(row(&c, "shop").await.contains("acme"));
     assert_eq!(text(&c, "#page-label").await, "Keys 1–1 of acme");
     c.close().await.unwrap();
