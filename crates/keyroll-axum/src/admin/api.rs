@@ -167,12 +167,17 @@ pub(crate) struct Deletion {
     grace: Option<String>,
 }
 
+/// When the old token is deleted.
 #[derive(Deserialize, ToSchema, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DeletionChoice {
+    /// Now: only the new token stays valid.
     Now,
+    /// When deleted by hand (`DELETE /keys/{id}/old-token`).
     Later,
+    /// At the instant `at`.
     At,
+    /// `grace` after the new token's first recorded use.
     AfterNewTokenUse,
 }
 

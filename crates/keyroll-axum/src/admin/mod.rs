@@ -32,7 +32,10 @@
 //!   activates, and draws a key's last 7 days of use by hour as SVG.
 //!
 //! The console, its assets and the document hold no data and are served
-//! without credentials. The first admin key is made with the bootstrap
+//! without credentials. (Under a `KeyrollLayer` that covers the whole
+//! router, the layer would refuse them: a browser sends no bearer token
+//! for a page. Nest the router beside such a layer, or under one that
+//! covers only your API, as in the example.) The first admin key is made with the bootstrap
 //! token ([`Admin::bootstrap_token`]), which retires as soon as an active
 //! key holds the admin scope. Every change is told to [`Admin::on_event`]
 //! with its [`Actor`] (by default, a `tracing` event with target
@@ -43,15 +46,28 @@
 //! ```
 //! use std::sync::Arc;
 //!
+//! use axum::{Router, routing::get};
 //! use keyroll::KeyManager;
 //! use keyroll::store::InMemoryStore;
 //! use keyroll_axum::admin::Admin;
+//! use keyroll_axum::{Caller, KeyrollLayer};
+//!
+//! async fn whoami(caller: Caller) -> String {
+//!     caller.key_id.to_string()
+//! }
 //!
 //! let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
 //! let admin = Admin::new(keys.clone())
 //!     .bootstrap_token("a-bootstrap-token-of-32-bytes-or-more")?
 //!     .on_event(|actor, event| println!("{actor}: {}", event.name()));
-//! let app: axum::Router = axum::Router::new().nest("/admin", admin.router());
+//! // The layer covers the API; the admin router beside it authenticates
+//! // its own routes, and serves the console to a browser.
+//! let keyroll = KeyrollLayer::new(keys);
+//! let api = Router::new()
+//!     .route("/v1/whoami", get(whoami))
+//!     .layer(keyroll.clone())
+//!     .with_state(keyroll);
+//! let app: Router = api.nest("/admin", admin.router());
 //! # Ok::<(), keyroll_axum::admin::ShortBootstrapToken>(())
 //! ```
 
