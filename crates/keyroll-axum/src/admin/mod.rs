@@ -1,7 +1,7 @@
 //! An admin API and a web console that a service mounts (feature `admin`).
 //!
 //! [`router`] (or [`Admin`], to configure it) returns an
-//! [`axum::Router`] to nest, e.g. under `/admin`:
+//! [`axum::Router`](https://docs.rs/axum/0.8/axum/struct.Router.html) to nest, e.g. under `/admin`:
 //!
 //! - **The REST JSON API** for every manager operation: create, list (paged,
 //!   by owner), get (with what its limits allow now), renew (with the old
