@@ -62,7 +62,9 @@ pub(crate) struct IssuedToken {
     /// The key's id.
     id: String,
     /// The token: store it now, it is not shown again.
-    token: String,
+    #[serde(serialize_with = "expose")]
+    #[schema(value_type = String)]
+    token: Token,
     /// The token's id (not a secret).
     token_id: String,
     /// The audit event.
@@ -388,15 +390,29 @@ impl Deletion {
 /// An answer that carries a token: never to be cached.
 type WithToken = ([(header::HeaderName, HeaderValue); 1], Json<IssuedToken>);
 
-/// The answer to a call that issued `token`, built before the audit (the
-/// token is stored by then: nothing after may lose it).
-fn with_token(id: &KeyId, token: &Token, event: Event) -> WithToken {
+/// The new token in the answer that shows it once: the one place the
+/// admin API writes a secret.
+fn expose<S: serde::Serializer>(token: &Token, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(token.expose_secret())
+}
+
+/// The answer to a call that issued `token` (stored by then), and the
+/// audit of `event` (a sink returns nothing: it cannot fail the answer).
+fn with_token<S>(
+    admin: &AdminState<S>,
+    actor: &Actor,
+    id: &KeyId,
+    token: Token,
+    event: Event,
+) -> WithToken {
+    let token_id = token.id().to_string();
+    admin.audit(actor, &event);
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(IssuedToken {
             id: id.to_string(),
-            token: token.expose_secret().to_owned(),
-            token_id: token.id().to_string(),
+            token,
+            token_id,
             event,
         }),
     )
@@ -453,8 +469,10 @@ pub(crate) async fn create_key<S: KeyStore + 'static>(
         .keys
         .create_key(key, OffsetDateTime::now_utc(), &mut rng)
         .await?;
-    admin.audit(&actor, &event);
-    Ok((StatusCode::CREATED, with_token(&id, &token, event)))
+    Ok((
+        StatusCode::CREATED,
+        with_token(&admin, &actor, &id, token, event),
+    ))
 }
 
 /// Lists keys in id order, a page at a time; one owner's with `owner`.
@@ -577,8 +595,7 @@ pub(crate) async fn renew<S: KeyStore + 'static>(
             .renew_with(&id, deletion.choice()?, now, &mut rng)
             .await?
     };
-    admin.audit(&actor, &event);
-    Ok(with_token(&id, &token, event))
+    Ok(with_token(&admin, &actor, &id, token, event))
 }
 
 /// Decides what becomes of the old token of a pending renewal.
