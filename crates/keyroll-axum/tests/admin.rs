@@ -474,6 +474,7 @@ async fn the_console_is_served_without_credentials_under_a_strict_policy() {
         ("/console", "text/html"),
         ("/console/app.js", "text/javascript"),
         ("/console/app.css", "text/css"),
+        ("/console/favicon.svg", "image/svg+xml"),
     ] {
         let answer = call(&f.app, Method::GET, uri, "", None).await;
         assert_eq!(answer.status, StatusCode::OK, "{uri}");

@@ -10,6 +10,7 @@ use crate::error::no_such_route;
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/app.css");
+const ICON: &str = include_str!("console/favicon.svg");
 
 /// The page's own files only; no frames; data shown as text.
 const POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
@@ -45,9 +46,10 @@ pub(crate) async fn page() -> Response {
     serve("text/html; charset=utf-8", PAGE)
 }
 
-/// The console's script (`app.js`) and style (`app.css`).
+/// The console's script (`app.js`), style (`app.css`) and icon
+/// (`favicon.svg`).
 #[utoipa::path(get, path = "/console/{file}", tag = "console", security(()),
-    params(("file" = String, Path, description = "`app.js` or `app.css`")),
+    params(("file" = String, Path, description = "`app.js`, `app.css` or `favicon.svg`")),
     responses(
         (status = 200, description = "The file", content_type = "text/javascript"),
         (status = 404, description = "No such file")))]
@@ -55,6 +57,7 @@ pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => serve("text/javascript; charset=utf-8", SCRIPT),
         "app.css" => serve("text/css; charset=utf-8", STYLE),
+        "favicon.svg" => serve("image/svg+xml", ICON),
         _ => no_such_route().into_response(),
     }
 }
