@@ -59,7 +59,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
     let audit = Arc::new(Mutex::new(Vec::new()));
     let log = audit.clone();
     let app = Admin::new(keys.clone())
@@ -86,6 +86,20 @@ async fn fixture() -> Fixture {
         keys,
         admin,
         audit,
+    }
+}
+
+impl Fixture {
+    /// A key `id` made through the manager, without scopes: its token.
+    async fn key_without_scopes(&self, id: &str) -> keyroll::Token {
+        let now = OffsetDateTime::now_utc();
+        let id = KeyId::new(id).unwrap();
+        let (token, _) = self
+            .keys
+            .create_key(id, now, &mut rand::rng())
+            .await
+            .unwrap();
+        token
     }
 }
 
@@ -130,12 +144,7 @@ fn a_short_bootstrap_token_is_refused_without_quoting_it() {
 #[tokio::test]
 async fn credentials_are_refused_uniformly_and_the_scope_is_required() {
     let f = fixture().await;
-    let now = OffsetDateTime::now_utc();
-    let (plain, _) = f
-        .keys
-        .create_key(KeyId::new("plain").unwrap(), now, &mut rand::rng())
-        .await
-        .unwrap();
+    let plain = f.key_without_scopes("plain").await;
     let none = call(&f.app, Method::GET, "/keys", "", None).await;
     let wrong = call(&f.app, Method::GET, "/keys", "kr_wrong", None).await;
     for refused in [&none, &wrong] {
@@ -343,11 +352,7 @@ async fn the_renewal_flow_shows_tokens_once_uncached_and_summaries_hold_no_hash(
 async fn revoking_takes_the_token_in_the_body_and_never_quotes_it() {
     let f = fixture().await;
     let now = OffsetDateTime::now_utc();
-    let (token, _) = f
-        .keys
-        .create_key(KeyId::new("leaky").unwrap(), now, &mut rand::rng())
-        .await
-        .unwrap();
+    let token = f.key_without_scopes("leaky").await;
     let secret = token.expose_secret();
     let revoked = call(
         &f.app,
@@ -456,6 +461,14 @@ async fn limits_usage_and_expiring_keys_read_back() {
     .await;
     assert_eq!(usage.status, StatusCode::OK);
     assert_eq!(usage.body["id"], "root");
+    // `root`'s five calls in this test, this one included, each counted.
+    let accepted: u64 = usage.body["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hour| hour["accepted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(accepted, 5, "{}", usage.body);
     let expiring = call(&f.app, Method::GET, "/expiring?within=400d", &f.admin, None).await;
     assert_eq!(expiring.status, StatusCode::OK);
     let reasons: Vec<&str> = expiring.body["keys"]

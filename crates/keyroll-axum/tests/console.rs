@@ -107,6 +107,28 @@ async fn text(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Presses `key` in the element that has the focus.
+async fn press(c: &Client, key: Key) {
+    let focused = c.active_element().await.unwrap();
+    focused.send_keys(&key).await.unwrap();
+}
+
+/// The value of the input `css`.
+async fn value(c: &Client, css: &str) -> String {
+    let input = c.find(Locator::Css(css)).await.unwrap();
+    input.prop("value").await.unwrap().unwrap_or_default()
+}
+
+async fn displayed(c: &Client, css: &str) -> bool {
+    let element = c.find(Locator::Css(css)).await.unwrap();
+    element.is_displayed().await.unwrap()
+}
+
+async fn enabled(c: &Client, css: &str) -> bool {
+    let element = c.find(Locator::Css(css)).await.unwrap();
+    element.is_enabled().await.unwrap()
+}
+
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
@@ -220,24 +242,14 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     c.goto(&format!("{base}/admin/console")).await.unwrap();
     shoot(&c, "0-sign-in").await;
     type_into(&c, "#admin-token", "kr_not_a_token").await;
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&Key::Enter)
-        .await
-        .unwrap();
+    press(&c, Key::Enter).await;
     until(
         &c,
         "document.querySelector('#error').textContent.includes('admin token was refused')",
     )
     .await;
     type_into(&c, "#admin-token", &admin).await;
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&Key::Enter)
-        .await
-        .unwrap();
+    press(&c, Key::Enter).await;
     until(&c, "!document.querySelector('#app').hidden").await;
     assert!(!c.current_url().await.unwrap().as_str().contains(&admin));
     assert!(row(&c, "ops").await.contains("Operators"));
@@ -260,14 +272,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     type_into(&c, "#new-scopes", "orders:read orders:write").await;
     click(&c, "#create-submit").await;
     until(&c, "document.querySelector('#token-dialog').open").await;
-    let first = c
-        .find(Locator::Css("#new-token"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let first = value(&c, "#new-token").await;
     assert!(
         keys.authenticate(first.as_str(), OffsetDateTime::now_utc())
             .await
@@ -284,14 +289,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         copied.contains("Copied") || copied.contains("Ctrl+C"),
         "{copied}"
     );
-    assert!(
-        !c.find(Locator::Css("#deletion"))
-            .await
-            .unwrap()
-            .is_displayed()
-            .await
-            .unwrap()
-    );
+    assert!(!displayed(&c, "#deletion").await);
     shoot(&c, "1-created").await;
     click(&c, "#finish").await;
     until(&c, "document.querySelector(\"tr[data-key='shop']\")").await;
@@ -317,27 +315,13 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     assert_eq!(menu_items(&c, "shop").await[0], "Renew token");
     menu(&c, "shop", "Renew token").await;
     until(&c, "document.querySelector('#token-dialog').open").await;
-    assert!(
-        c.find(Locator::Css("#deletion"))
-            .await
-            .unwrap()
-            .is_displayed()
-            .await
-            .unwrap()
-    );
+    assert!(displayed(&c, "#deletion").await);
     let later = c
         .find(Locator::Css("input[name='delete-old'][value='later']"))
         .await
         .unwrap();
     assert!(later.is_selected().await.unwrap(), "Later is the default");
-    let second = c
-        .find(Locator::Css("#new-token"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let second = value(&c, "#new-token").await;
     assert_ne!(first, second);
     shoot(&c, "2-renewed").await;
     click(&c, "#finish").await;
@@ -454,33 +438,15 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     )
     .await
     .unwrap();
-    let focused = c.active_element().await.unwrap();
-    focused.send_keys(&Key::Enter).await.unwrap();
+    press(&c, Key::Enter).await;
     // Tab to the menu's first item and press it.
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&Key::Tab)
-        .await
-        .unwrap();
+    press(&c, Key::Tab).await;
     let item = c.active_element().await.unwrap();
     assert_eq!(item.text().await.unwrap(), "Renew token");
     item.send_keys(&Key::Enter).await.unwrap();
     until(&c, "document.querySelector('#token-dialog').open").await;
-    let ops_new = c
-        .find(Locator::Css("#new-token"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&Key::Escape)
-        .await
-        .unwrap();
+    let ops_new = value(&c, "#new-token").await;
+    press(&c, Key::Escape).await;
     until(&c, "!document.querySelector('#token-dialog').open").await;
     until(&c, "document.querySelector(\"tr[data-key='ops']\").textContent.includes('Old token kept until deleted')").await;
     let (_, key) = api_key(&app, &admin, "ops").await;
@@ -506,23 +472,11 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     click(&c, "#next").await;
     until(&c, "document.querySelector(\"tr[data-key='zz-bulk-54']\")").await;
     assert_eq!(text(&c, "#page-label").await, "Keys 51–57");
-    assert!(
-        !c.find(Locator::Css("#next"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
+    assert!(!enabled(&c, "#next").await);
     click(&c, "#previous").await;
     until(&c, "document.querySelector(\"tr[data-key='ops']\")").await;
     type_into(&c, "#owner-filter", "acme").await;
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&Key::Enter)
-        .await
-        .unwrap();
+    press(&c, Key::Enter).await;
     until(
         &c,
         "document.querySelectorAll('#keys tbody tr').length === 1",

@@ -437,6 +437,25 @@ impl<S> AdminState<S> {
     }
 }
 
+/// The transitions that take only the key's id.
+macro_rules! transition {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $verb:ident, $path:literal, $tag:literal) => {
+        $(#[$doc])*
+        #[utoipa::path($verb, path = $path, tag = $tag,
+            params(("id" = String, Path, description = "The key's id")),
+            responses((status = 200, body = Done), Refusals))]
+        pub(crate) async fn $name<S: KeyStore + 'static>(
+            State(admin): Admin<S>,
+            Extension(actor): Extension<Actor>,
+            Path(raw): Path<String>,
+        ) -> Result<Json<Done>, ApiError> {
+            let now = OffsetDateTime::now_utc();
+            let event = admin.keys.$method(&key_id(&raw)?, now).await?;
+            Ok(admin.done(&actor, event))
+        }
+    };
+}
+
 // ---------------------------------------------------------------- keys
 
 /// Creates a key; its token is shown this once.
@@ -614,19 +633,10 @@ pub(crate) async fn finalize<S: KeyStore + 'static>(
     Ok(admin.done(&actor, event))
 }
 
-/// Deletes the old token of a pending renewal now. It cannot be undone.
-#[utoipa::path(delete, path = "/keys/{id}/old-token", tag = "renewal",
-    params(("id" = String, Path, description = "The key's id")),
-    responses((status = 200, body = Done), Refusals))]
-pub(crate) async fn delete_old<S: KeyStore + 'static>(
-    State(admin): Admin<S>,
-    Extension(actor): Extension<Actor>,
-    Path(raw): Path<String>,
-) -> Result<Json<Done>, ApiError> {
-    let now = OffsetDateTime::now_utc();
-    let event = admin.keys.delete_old(&key_id(&raw)?, now).await?;
-    Ok(admin.done(&actor, event))
-}
+transition!(
+    /// Deletes the old token of a pending renewal now. It cannot be undone.
+    delete_old, delete_old, delete, "/keys/{id}/old-token", "renewal"
+);
 
 /// Deletes the old token only if it has gone unused for `min_idle`
 /// (409 otherwise).
@@ -648,20 +658,11 @@ pub(crate) async fn delete_old_if_idle<S: KeyStore + 'static>(
     Ok(admin.done(&actor, event))
 }
 
-/// Undoes a pending renewal: the old token becomes current again and the
-/// new one is deleted.
-#[utoipa::path(post, path = "/keys/{id}/undo-renewal", tag = "renewal",
-    params(("id" = String, Path, description = "The key's id")),
-    responses((status = 200, body = Done), Refusals))]
-pub(crate) async fn undo_renewal<S: KeyStore + 'static>(
-    State(admin): Admin<S>,
-    Extension(actor): Extension<Actor>,
-    Path(raw): Path<String>,
-) -> Result<Json<Done>, ApiError> {
-    let now = OffsetDateTime::now_utc();
-    let event = admin.keys.undo_renewal(&key_id(&raw)?, now).await?;
-    Ok(admin.done(&actor, event))
-}
+transition!(
+    /// Undoes a pending renewal: the old token becomes current again and
+    /// the new one is deleted.
+    undo_renewal, undo_renewal, post, "/keys/{id}/undo-renewal", "renewal"
+);
 
 /// Applies the key's scheduled deletion of its old token, if it is due.
 #[utoipa::path(post, path = "/keys/{id}/housekeep", tag = "renewal",
@@ -726,36 +727,17 @@ pub(crate) async fn revoke_token<S: KeyStore + 'static>(
 
 // ---------------------------------------------------------------- status
 
-/// The transitions that take only the key's id.
-macro_rules! transition {
-    ($(#[$doc:meta])* $name:ident, $method:ident, $verb:ident, $path:literal) => {
-        $(#[$doc])*
-        #[utoipa::path($verb, path = $path, tag = "keys",
-            params(("id" = String, Path, description = "The key's id")),
-            responses((status = 200, body = Done), Refusals))]
-        pub(crate) async fn $name<S: KeyStore + 'static>(
-            State(admin): Admin<S>,
-            Extension(actor): Extension<Actor>,
-            Path(raw): Path<String>,
-        ) -> Result<Json<Done>, ApiError> {
-            let now = OffsetDateTime::now_utc();
-            let event = admin.keys.$method(&key_id(&raw)?, now).await?;
-            Ok(admin.done(&actor, event))
-        }
-    };
-}
-
 transition!(
     /// Activates the key: its tokens verify again.
-    activate, activate, post, "/keys/{id}/activate"
+    activate, activate, post, "/keys/{id}/activate", "keys"
 );
 transition!(
     /// Deactivates the key: none of its tokens verifies until activated.
-    deactivate, deactivate, post, "/keys/{id}/deactivate"
+    deactivate, deactivate, post, "/keys/{id}/deactivate", "keys"
 );
 transition!(
     /// Deletes the key and its tokens, meter and usage counts.
-    delete_key, delete_key, delete, "/keys/{id}"
+    delete_key, delete_key, delete, "/keys/{id}", "keys"
 );
 
 // ---------------------------------------------------------------- settings

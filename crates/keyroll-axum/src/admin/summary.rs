@@ -282,6 +282,6 @@ impl From<&keyroll::store::UsageRow> for UsageHour {
 }
 
 /// A duration as humantime writes it (`1m`, `30days`).
-pub(crate) fn duration_text(d: Duration) -> String {
+fn duration_text(d: Duration) -> String {
     humantime::format_duration(d.try_into().unwrap_or_default()).to_string()
 }

@@ -185,7 +185,9 @@ fn router(
         .with_state(auth);
     api.nest("/admin", admin.router())
         .merge(scanning.unwrap_or_default())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route")
+        })
 }
 
 #[tokio::main]

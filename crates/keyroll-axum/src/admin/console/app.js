@@ -74,6 +74,8 @@ function explain(status, code, message) {
 }
 
 const enc = encodeURIComponent;
+// The API path of a key.
+const keyPath = (key) => "keys/" + enc(key.id);
 
 // ------------------------------------------------------------------ page state
 
@@ -291,7 +293,7 @@ function menu(key) {
   }
   item("Usage", () => usage(key));
   if (key.status === "active") item("Deactivate", () => deactivate(key));
-  else item("Activate", () => change(key, "activate", "Activated " + key.id + "."));
+  else item("Activate", () => act("POST", keyPath(key) + "/activate", "Activated " + key.id + "."));
   item("Delete key", () => deleteKey(key), "danger");
   details.append(items);
   details.addEventListener("keydown", (event) => {
@@ -305,18 +307,24 @@ function menu(key) {
 
 // ------------------------------------------------------------------ actions
 
-async function change(key, action, done) {
-  if (await attempt(() => api("POST", "keys/" + enc(key.id) + "/" + action))) {
+// Calls the API on a key, then says `done` and reloads the list.
+async function act(method, path, done) {
+  if (await attempt(() => api(method, path))) {
     say(done);
     await attempt(load);
   }
 }
 
-function confirmWith(title, text, confirmLabel) {
+// Asks `question` ({title, text, confirm}) first: acts only if confirmed.
+async function confirmThen(question, method, path, done) {
+  if (await confirmWith(question)) await act(method, path, done);
+}
+
+function confirmWith({ title, text, confirm }) {
   const dialog = $("confirm-dialog");
   $("confirm-title").textContent = title;
   $("confirm-text").textContent = text;
-  $("confirm-ok").textContent = confirmLabel;
+  $("confirm-ok").textContent = confirm;
   dialog.returnValue = "";
   dialog.showModal();
   $("confirm-cancel").focus();
@@ -325,50 +333,45 @@ function confirmWith(title, text, confirmLabel) {
   });
 }
 
-async function deleteOld(key) {
-  const ok = await confirmWith(
-    "Delete the old token of " + key.id + "?",
-    "Integrations still using the old token will be refused at once. This cannot be undone.",
-    "Delete old token",
-  );
-  if (ok && await attempt(() => api("DELETE", "keys/" + enc(key.id) + "/old-token"))) {
-    say("Deleted the old token of " + key.id + ": only the new token is valid.");
-    await attempt(load);
-  }
-}
+const deleteOld = (key) => confirmThen(
+  {
+    title: "Delete the old token of " + key.id + "?",
+    text: "Integrations still using the old token will be refused at once. This cannot be undone.",
+    confirm: "Delete old token",
+  },
+  "DELETE", keyPath(key) + "/old-token",
+  "Deleted the old token of " + key.id + ": only the new token is valid.",
+);
 
-async function undo(key) {
-  const ok = await confirmWith(
-    "Undo the renewal of " + key.id + "?",
-    "The old token becomes the only valid token again, and the new token is deleted.",
-    "Undo renewal",
-  );
-  if (ok && await attempt(() => api("POST", "keys/" + enc(key.id) + "/undo-renewal"))) {
-    say("Undid the renewal of " + key.id + ": the old token is current again.");
-    await attempt(load);
-  }
-}
+const undo = (key) => confirmThen(
+  {
+    title: "Undo the renewal of " + key.id + "?",
+    text: "The old token becomes the only valid token again, and the new token is deleted.",
+    confirm: "Undo renewal",
+  },
+  "POST", keyPath(key) + "/undo-renewal",
+  "Undid the renewal of " + key.id + ": the old token is current again.",
+);
 
-async function deactivate(key) {
-  const ok = await confirmWith(
-    "Deactivate " + key.id + "?",
-    "None of its tokens verifies until it is activated again.",
-    "Deactivate",
-  );
-  if (ok) await change(key, "deactivate", "Deactivated " + key.id + ".");
-}
+const deactivate = (key) => confirmThen(
+  {
+    title: "Deactivate " + key.id + "?",
+    text: "None of its tokens verifies until it is activated again.",
+    confirm: "Deactivate",
+  },
+  "POST", keyPath(key) + "/deactivate",
+  "Deactivated " + key.id + ".",
+);
 
-async function deleteKey(key) {
-  const ok = await confirmWith(
-    "Delete " + key.id + "?",
-    "The key, its tokens and its usage are deleted. This cannot be undone.",
-    "Delete key",
-  );
-  if (ok && await attempt(() => api("DELETE", "keys/" + enc(key.id)))) {
-    say("Deleted " + key.id + ".");
-    await attempt(load);
-  }
-}
+const deleteKey = (key) => confirmThen(
+  {
+    title: "Delete " + key.id + "?",
+    text: "The key, its tokens and its usage are deleted. This cannot be undone.",
+    confirm: "Delete key",
+  },
+  "DELETE", keyPath(key),
+  "Deleted " + key.id + ".",
+);
 
 // ------------------------------------------------------------------ tokens shown once
 
@@ -432,7 +435,7 @@ $("token-dialog").addEventListener("close", () => {
 
 async function renew(key) {
   await attempt(async () => {
-    const issued = await api("POST", "keys/" + enc(key.id) + "/renew");
+    const issued = await api("POST", keyPath(key) + "/renew");
     showToken(
       "The new token of " + key.id + ". The old token stays valid until it is deleted.",
       issued,
@@ -508,7 +511,7 @@ const SERIES = [
 
 async function usage(key) {
   await attempt(async () => {
-    const answer = await api("GET", "keys/" + enc(key.id) + "/usage?since=7d");
+    const answer = await api("GET", keyPath(key) + "/usage?since=7d");
     drawUsage(key.id, answer.hours);
     $("usage-panel").hidden = false;
     $("usage-panel").scrollIntoView({ block: "start" });
