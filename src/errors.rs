@@ -32,6 +32,20 @@ pub(crate) fn quote(value: &str) -> String {
     format!("\"{quoted}\"")
 }
 
+/// An instant as messages write it: RFC 3339 (`2026-12-08T10:53:21.035Z`),
+/// or, beyond what RFC 3339 can write (years before 1 or after 9999),
+/// `time`'s own form.
+pub(crate) struct Rfc3339(pub(crate) OffsetDateTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.format(&time::format_description::well_known::Rfc3339) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => self.0.fmt(f),
+        }
+    }
+}
+
 /// Why a presented token was refused. It says no more than this: a caller
 /// cannot learn which part of a wrong token was wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -90,7 +104,8 @@ pub enum TransitionError {
     AlreadyInactive,
     /// `delete_old_if_idle` while the old token was used recently.
     #[error(
-        "cannot delete the old token: it was used at {last_used_at}; wait until it is idle or delete it anyway with delete_old"
+        "cannot delete the old token: it was used at {}; wait until it is idle or delete it anyway with delete_old",
+        Rfc3339(*.last_used_at)
     )]
     OldTokenInUse {
         /// The old token's last recorded use.
@@ -99,6 +114,11 @@ pub enum TransitionError {
     /// A label longer than 256 bytes or holding a control character.
     #[error(transparent)]
     InvalidLabel(#[from] InvalidLabel),
+    /// A key id or owner id that only versions before 0.4 allowed (made by
+    /// [`KeyId::existing`](crate::KeyId::existing)), given to a new key or
+    /// as a new owner.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidKeyId),
     /// A policy a key cannot live by: a renewal period that is not positive,
     /// or a negative usage resolution.
     #[error("invalid policy: {field} is {value}, and it must be {rule}")]
@@ -109,6 +129,18 @@ pub enum TransitionError {
         value: Duration,
         /// What it must be.
         rule: &'static str,
+    },
+    /// A rate limit whose burst is below the largest cost a route charges
+    /// ([`KeyManager::with_largest_cost`](crate::KeyManager::with_largest_cost)):
+    /// every request of that route would be refused.
+    #[error(
+        "invalid rate limit: burst {burst} is below {cost}, the largest cost a route charges; raise the burst to at least {cost}"
+    )]
+    BurstBelowCost {
+        /// The refused burst.
+        burst: u32,
+        /// The largest cost declared.
+        cost: u32,
     },
     /// Credits above what a key can hold.
     #[error("invalid credits: {remaining} is above the most a key can hold, 9223372036854775807")]
@@ -127,7 +159,8 @@ pub enum TransitionError {
     /// ([`ApiKey::expires_at`](crate::ApiKey::expires_at)): renewals never
     /// extend it. Move or remove it with `set_expiry` first.
     #[error(
-        "cannot renew: the key expired at {expires_at}; move or remove its expiry with set_expiry first"
+        "cannot renew: the key expired at {}; move or remove its expiry with set_expiry first",
+        Rfc3339(*.expires_at)
     )]
     KeyExpired {
         /// When the key expired.
@@ -136,7 +169,7 @@ pub enum TransitionError {
     /// An instant outside the years 1 to 9999 (UTC), the range a key's
     /// record can hold: the `now` given, a deletion time, an expiry, or the
     /// due date it would give a token.
-    #[error("{what} {at} is outside the years 1 to 9999 (UTC)")]
+    #[error("{what} {} is outside the years 1 to 9999 (UTC)", Rfc3339(*.at))]
     TimeOutOfRange {
         /// Which instant.
         what: &'static str,
@@ -163,9 +196,11 @@ impl TransitionError {
         matches!(
             self,
             TransitionError::InvalidLabel(_)
+                | TransitionError::InvalidId(_)
                 | TransitionError::InvalidPolicy { .. }
                 | TransitionError::InvalidGrace { .. }
                 | TransitionError::InvalidCredits { .. }
+                | TransitionError::BurstBelowCost { .. }
                 | TransitionError::TimeOutOfRange { .. }
         )
     }
@@ -219,7 +254,7 @@ impl fmt::Display for LabelProblem {
 /// characters of `[A-Za-z0-9._-]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid {what} {quoted}: {problem}; use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+    "invalid {what} {quoted}: {problem}; use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
 )]
 pub struct InvalidKeyId {
     pub(crate) what: &'static str,
@@ -454,6 +489,16 @@ impl<E> AuthError<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_in_messages_are_rfc_3339() {
+        let at = time::macros::datetime!(2026-12-08 10:53:21.035223373 UTC);
+        let error = TransitionError::OldTokenInUse { last_used_at: at };
+        assert!(error.to_string().contains("used at 2026-12-08T10:53:21.035223373Z;"), "{error}");
+        let far = time::macros::datetime!(-0001-01-01 0:00 UTC);
+        let error = TransitionError::TimeOutOfRange { what: "now", at: far };
+        assert!(error.to_string().starts_with("now -0001-01-01"), "{error}");
+    }
 
     #[test]
     fn quotes_escape_and_truncate() {

@@ -11,8 +11,16 @@ use crate::errors::{InvalidKeyId, InvalidTokenId, quote};
 
 /// The public, stable id of an API key (the product's `appKey`).
 ///
-/// 1 to 64 characters of `[A-Za-z0-9._-]`. It never changes across renewals and
-/// is not a secret: it is sent with every request beside the token.
+/// 1 to 64 characters of `[A-Za-z0-9._-]`, the first an ASCII letter or
+/// digit. It never changes across renewals and is not a secret: it is sent
+/// with every request beside the token.
+///
+/// An id is a URL path segment in the admin API and the console, and a
+/// browser collapses the segments `.` and `..`: so no id may start with
+/// `.`, `_` or `-`. Versions before 0.4 allowed that; their keys still load
+/// and authenticate, and [`KeyId::existing`] names them, to read, delete or
+/// rename them (a rename is a new key with the same settings, its token
+/// handed to the clients, then the old key deleted).
 ///
 /// # Example
 ///
@@ -40,10 +48,44 @@ impl KeyId {
     ///
     /// # Errors
     ///
-    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or holds a
-    /// character outside `[A-Za-z0-9._-]`.
+    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, holds a
+    /// character outside `[A-Za-z0-9._-]`, or starts with one that is not
+    /// an ASCII letter or digit.
     pub fn new(id: impl Into<String>) -> Result<KeyId, InvalidKeyId> {
-        checked(id.into(), "key id").map(KeyId)
+        checked(id.into(), "key id", Rule::New).map(KeyId)
+    }
+
+    /// Checks and wraps the id of a key that may already be stored: the
+    /// rule of versions before 0.4, where any character of the alphabet
+    /// may come first (`.x`, `_x`, even `..`). Use it to name such a key
+    /// (to read, delete or rename it); [`ApiKey::issue`](crate::ApiKey::issue)
+    /// refuses to create one. Deserializing a `KeyId` (a stored record, an
+    /// event) follows this rule.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or holds
+    /// a character outside `[A-Za-z0-9._-]`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::KeyId;
+    ///
+    /// assert!(KeyId::new("..").is_err());
+    /// let stored = KeyId::existing("..")?;
+    /// assert!(!stored.is_valid_for_new_keys());
+    /// # Ok::<(), keyroll::error::InvalidKeyId>(())
+    /// ```
+    pub fn existing(id: impl Into<String>) -> Result<KeyId, InvalidKeyId> {
+        checked(id.into(), "key id", Rule::Existing).map(KeyId)
+    }
+
+    /// Whether a new key may have this id ([`KeyId::new`]'s rule): false
+    /// only for an id made by [`KeyId::existing`] that starts with `.`,
+    /// `_` or `-`.
+    pub fn is_valid_for_new_keys(&self) -> bool {
+        starts_well(&self.0)
     }
 
     /// A new random id of 16 base62 characters (about 95 bits).
@@ -91,9 +133,25 @@ impl AsRef<str> for KeyId {
     }
 }
 
-/// `id` if it is 1 to 64 bytes of `[A-Za-z0-9._-]`; else the error naming
-/// `what` it was to be.
-fn checked(id: String, what: &'static str) -> Result<SmolStr, InvalidKeyId> {
+/// Which ids a constructor takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Ids of new keys and owners: the first character a letter or digit.
+    New,
+    /// Ids that versions before 0.4 stored: any character of the alphabet.
+    Existing,
+}
+
+/// Whether `id` starts with an ASCII letter or digit: no id made only of
+/// dots (a URL's `.` and `..` segments), none that reads as an option.
+fn starts_well(id: &str) -> bool {
+    id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// `id` if it is 1 to 64 bytes of `[A-Za-z0-9._-]` (and, by the new rule,
+/// starts with a letter or digit); else the error naming `what` it was to
+/// be.
+fn checked(id: String, what: &'static str, rule: Rule) -> Result<SmolStr, InvalidKeyId> {
     let problem = if id.is_empty() {
         "it is empty"
     } else if id.len() > KEY_ID_MAX_LEN {
@@ -103,6 +161,8 @@ fn checked(id: String, what: &'static str) -> Result<SmolStr, InvalidKeyId> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         "it holds a character outside the alphabet"
+    } else if rule == Rule::New && !starts_well(&id) {
+        "it must start with an ASCII letter or digit"
     } else {
         return Ok(SmolStr::from(id));
     };
@@ -117,7 +177,9 @@ fn checked(id: String, what: &'static str) -> Result<SmolStr, InvalidKeyId> {
 /// owner ([`KeyManager::list_owned`](crate::KeyManager::list_owned)), and
 /// every store of keyroll indexes it.
 ///
-/// The same rules as a [`KeyId`]: 1 to 64 characters of `[A-Za-z0-9._-]`.
+/// The same rules as a [`KeyId`]: 1 to 64 characters of `[A-Za-z0-9._-]`,
+/// the first an ASCII letter or digit; [`OwnerId::existing`] names an
+/// owner that a version before 0.4 stored.
 ///
 /// # Example
 ///
@@ -138,10 +200,29 @@ impl OwnerId {
     /// # Errors
     ///
     /// [`InvalidKeyId`] (its message says "owner id") when `id` is empty,
-    /// longer than 64 bytes, or holds a character outside
-    /// `[A-Za-z0-9._-]`.
+    /// longer than 64 bytes, holds a character outside `[A-Za-z0-9._-]`,
+    /// or starts with one that is not an ASCII letter or digit.
     pub fn new(id: impl Into<String>) -> Result<OwnerId, InvalidKeyId> {
-        checked(id.into(), "owner id").map(OwnerId)
+        checked(id.into(), "owner id", Rule::New).map(OwnerId)
+    }
+
+    /// Checks and wraps an owner id that may already be stored, by the
+    /// rule of versions before 0.4 (see [`KeyId::existing`]): to list its
+    /// keys. A key's owner cannot be set to one that fails
+    /// [`OwnerId::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or holds
+    /// a character outside `[A-Za-z0-9._-]`.
+    pub fn existing(id: impl Into<String>) -> Result<OwnerId, InvalidKeyId> {
+        checked(id.into(), "owner id", Rule::Existing).map(OwnerId)
+    }
+
+    /// Whether a key's owner may be set to this id ([`OwnerId::new`]'s
+    /// rule).
+    pub fn is_valid_for_new_keys(&self) -> bool {
+        starts_well(&self.0)
     }
 
     /// The id as a string.
@@ -229,7 +310,7 @@ mod serde_impls {
     impl<'de> Deserialize<'de> for OwnerId {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-            OwnerId::new(s.into_owned()).map_err(D::Error::custom)
+            OwnerId::existing(s.into_owned()).map_err(D::Error::custom)
         }
     }
 
@@ -242,7 +323,7 @@ mod serde_impls {
     impl<'de> Deserialize<'de> for KeyId {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-            KeyId::new(s.into_owned()).map_err(D::Error::custom)
+            KeyId::existing(s.into_owned()).map_err(D::Error::custom)
         }
     }
 
@@ -279,6 +360,28 @@ mod tests {
             assert!(error.contains(&format!("{:?}", bad)), "{error}");
         }
         assert!(KeyId::new("").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn new_ids_start_with_a_letter_or_digit_and_stored_ones_still_load() {
+        for bad in [".", "..", "...", "_x", "-x", ".hidden"] {
+            let error = KeyId::new(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("must start with an ASCII letter or digit"),
+                "{error}"
+            );
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+            assert!(OwnerId::new(bad).is_err());
+            assert!(bad.parse::<KeyId>().is_err());
+            let stored = KeyId::existing(bad).unwrap();
+            assert!(!stored.is_valid_for_new_keys());
+            assert!(!OwnerId::existing(bad).unwrap().is_valid_for_new_keys());
+        }
+        for good in ["a", "0", "a..", "9_-."] {
+            assert!(KeyId::new(good).unwrap().is_valid_for_new_keys());
+        }
+        assert!(KeyId::existing("a b").is_err());
+        assert!(KeyId::existing("").is_err());
     }
 
     #[test]

@@ -8,7 +8,22 @@
 use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 use crate::errors::{InvalidLabel, TransitionError};
+use crate::id::{KeyId, OwnerId};
 use crate::policy::Policy;
+
+/// `Ok` if a new key may have `id`: not one that only
+/// [`KeyId::existing`] takes.
+pub(crate) fn check_new_id(id: &KeyId) -> Result<(), TransitionError> {
+    KeyId::new(id.as_str())?;
+    Ok(())
+}
+
+/// `Ok` if a key's owner may be set to `owner`: not one that only
+/// [`OwnerId::existing`] takes.
+pub(crate) fn check_new_owner(owner: &OwnerId) -> Result<(), TransitionError> {
+    OwnerId::new(owner.as_str())?;
+    Ok(())
+}
 
 /// The longest label, in bytes.
 pub(crate) const LABEL_MAX_LEN: usize = 256;

@@ -227,7 +227,8 @@ impl ApiKey {
     ///
     /// Nothing is issued when the input could not make a key that can be
     /// stored: [`TransitionError::InvalidLabel`],
-    /// [`TransitionError::InvalidPolicy`], or
+    /// [`TransitionError::InvalidPolicy`], [`TransitionError::InvalidId`] for
+    /// a key id or owner that only [`KeyId::existing`] takes, or
     /// [`TransitionError::TimeOutOfRange`] for a `now` (or a due date) outside
     /// the years 1 to 9999.
     ///
@@ -264,6 +265,10 @@ impl ApiKey {
             credits,
             owner,
         } = new.into();
+        input::check_new_id(&id)?;
+        if let Some(owner) = &owner {
+            input::check_new_owner(owner)?;
+        }
         let label = input::check_label(label)?;
         if let Some(credits) = &credits {
             check_credits(credits)?;
@@ -487,13 +492,18 @@ impl ApiKey {
     ///
     /// # Errors
     ///
-    /// [`TransitionError::TimeOutOfRange`].
+    /// [`TransitionError::TimeOutOfRange`]; [`TransitionError::InvalidId`]
+    /// for an owner made by [`OwnerId::existing`] that [`OwnerId::new`]
+    /// refuses.
     pub fn set_owner(
         &mut self,
         owner: Option<OwnerId>,
         now: OffsetDateTime,
     ) -> Result<Event, TransitionError> {
         let now = input::instant(now, NOW)?;
+        if let Some(owner) = &owner {
+            input::check_new_owner(owner)?;
+        }
         self.owner = owner;
         let version = self.bump();
         Ok(Event::OwnerChanged {

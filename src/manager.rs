@@ -258,6 +258,9 @@ pub struct KeyManager<S> {
     usage: Option<Arc<UsageLog>>,
     /// How long usage counts are kept.
     usage_retention: Duration,
+    /// The largest cost a route of the service charges, if declared: no
+    /// key is given a burst below it.
+    largest_cost: Option<u32>,
 }
 
 impl<S: KeyStore> KeyManager<S> {
@@ -275,6 +278,7 @@ impl<S: KeyStore> KeyManager<S> {
             max_retries: Self::DEFAULT_MAX_RETRIES,
             usage: None,
             usage_retention: Self::DEFAULT_USAGE_RETENTION,
+            largest_cost: None,
         }
     }
 
@@ -320,6 +324,28 @@ impl<S: KeyStore> KeyManager<S> {
         self
     }
 
+    /// Declares the largest cost any route of the service charges
+    /// ([`Credentials::cost`]): from then on a rate limit whose burst is
+    /// below it is refused when a key is created or its limit set
+    /// ([`TransitionError::BurstBelowCost`](crate::TransitionError::BurstBelowCost)),
+    /// instead of every such request failing with
+    /// [`AuthError::CostOutOfRange`](crate::AuthError::CostOutOfRange).
+    pub fn with_largest_cost(mut self, cost: u32) -> Self {
+        self.largest_cost = Some(cost);
+        self
+    }
+
+    /// `Ok` unless `rate`'s burst is below the declared largest cost.
+    fn check_burst(&self, rate: Option<&RateLimit>) -> Result<(), TransitionError> {
+        match (rate, self.largest_cost) {
+            (Some(rate), Some(cost)) if rate.burst() < cost => Err(TransitionError::BurstBelowCost {
+                burst: rate.burst(),
+                cost,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
@@ -340,6 +366,7 @@ impl<S: KeyStore> KeyManager<S> {
         rng: &mut R,
     ) -> Result<(Token, Event), ManagerError<S::Error>> {
         let (key, token, event) = ApiKey::issue(new, now, rng)?;
+        self.check_burst(key.rate_limit())?;
         self.store.insert(&key).await?;
         Ok((token, event))
     }
@@ -556,6 +583,7 @@ impl<S: KeyStore> KeyManager<S> {
         rate_limit: Option<RateLimit>,
         now: OffsetDateTime,
     ) -> Result<Event, ManagerError<S::Error>> {
+        self.check_burst(rate_limit.as_ref())?;
         self.transition(id, updating(|key| key.set_rate_limit(rate_limit, now)))
             .await
     }

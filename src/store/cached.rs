@@ -439,6 +439,14 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         self.inner.prune_usage(before).await
     }
 
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, S::Error> {
+        self.inner.marker(name).await
+    }
+
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), S::Error> {
+        self.inner.set_marker(name, at).await
+    }
+
     /// Forwarded: meters are never cached.
     async fn charge(
         &self,

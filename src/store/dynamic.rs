@@ -120,6 +120,13 @@ trait ObjectStore: Send + Sync {
         hours: Range<i64>,
     ) -> Boxed<'a, Result<Vec<UsageRow>, DynStoreError>>;
     fn prune_usage(&self, before: i64) -> Boxed<'_, Result<u64, DynStoreError>>;
+    fn marker<'a>(&'a self, name: &'a str)
+    -> Boxed<'a, Result<Option<OffsetDateTime>, DynStoreError>>;
+    fn set_marker<'a>(
+        &'a self,
+        name: &'a str,
+        at: Option<OffsetDateTime>,
+    ) -> Boxed<'a, Result<(), DynStoreError>>;
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
@@ -222,6 +229,27 @@ impl<S: KeyStore> ObjectStore for S {
                 .map_err(DynStoreError::new)
         })
     }
+    fn marker<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Boxed<'a, Result<Option<OffsetDateTime>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::marker(self, name)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn set_marker<'a>(
+        &'a self,
+        name: &'a str,
+        at: Option<OffsetDateTime>,
+    ) -> Boxed<'a, Result<(), DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::set_marker(self, name, at)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
     fn verify<'a>(
         &'a self,
         id: &'a KeyId,
@@ -311,6 +339,12 @@ impl KeyStore for DynKeyStore {
     }
     async fn prune_usage(&self, before: i64) -> Result<u64, DynStoreError> {
         self.0.prune_usage(before).await
+    }
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, DynStoreError> {
+        self.0.marker(name).await
+    }
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), DynStoreError> {
+        self.0.set_marker(name, at).await
     }
     async fn verify(
         &self,

@@ -76,6 +76,8 @@ pub struct InMemoryStore {
     /// The usage counts, by key, incarnation and hour: written a batch at a
     /// time by flushes, read by admin pages; never on a request's path.
     usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
+    /// The markers, by name.
+    markers: Mutex<BTreeMap<String, OffsetDateTime>>,
 }
 
 /// The keys whose id hashes to one shard.
@@ -354,6 +356,7 @@ impl Default for InMemoryStore {
             hasher,
             owners: RwLock::default(),
             usage: Mutex::default(),
+            markers: Mutex::default(),
         }
     }
 }
@@ -395,6 +398,10 @@ impl InMemoryStore {
     /// The usage counts, locked.
     fn usage(&self) -> std::sync::MutexGuard<'_, BTreeMap<(KeyId, u64, i64), UsageRow>> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn markers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OffsetDateTime>> {
+        self.markers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Drops key `id`'s usage counts, every incarnation's.
@@ -724,6 +731,23 @@ impl KeyStore for InMemoryStore {
         let count = usage.len();
         usage.retain(|&(_, _, hour), _| hour >= before);
         Ok((count - usage.len()) as u64)
+    }
+
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Infallible> {
+        Ok(self.markers().get(name).copied())
+    }
+
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), Infallible> {
+        let mut markers = self.markers();
+        match at {
+            Some(at) => {
+                markers.entry(name.to_owned()).or_insert(at);
+            }
+            None => {
+                markers.remove(name);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -272,7 +272,29 @@ pub trait KeyStore: Send + Sync {
 
     /// Drops the counts of the hours before `before`; how many rows went.
     fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// The instant a marker was set, if it is: a named fact about the
+    /// whole store that outlives restarts and replicas, such as
+    /// [`BOOTSTRAP_RETIRED`] (the admin bootstrap token is over). Names are
+    /// at most 64 bytes.
+    fn marker(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, Self::Error>> + Send;
+
+    /// Sets marker `name` at `at`, or clears it (`None`). Setting a marker
+    /// that is already set keeps the first instant.
+    fn set_marker(
+        &self,
+        name: &str,
+        at: Option<OffsetDateTime>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
+
+/// The marker set once an active key holds the admin scope: from then on
+/// the admin API's bootstrap token never acts, until an operator clears it
+/// (`keyctl restore-bootstrap`, audited).
+pub const BOOTSTRAP_RETIRED: &str = "bootstrap-retired";
 
 /// Implements the trait for a pointer type by forwarding to its target.
 macro_rules! forward {
@@ -351,6 +373,16 @@ macro_rules! forward {
             }
             fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, S::Error>> + Send {
                 (**self).prune_usage(before)
+            }
+            fn marker(&self, name: &str) -> impl Future<Output = Result<Option<OffsetDateTime>, S::Error>> + Send {
+                (**self).marker(name)
+            }
+            fn set_marker(
+                &self,
+                name: &str,
+                at: Option<OffsetDateTime>,
+            ) -> impl Future<Output = Result<(), S::Error>> + Send {
+                (**self).set_marker(name, at)
             }
         }
     )*};

@@ -351,7 +351,7 @@ impl<S: KeyStore> Shared<S> {
             },
             (None, None) => return Err(self.refused("no credentials", None)),
         };
-        let id = match id.map(KeyId::new).transpose() {
+        let id = match id.map(KeyId::existing).transpose() {
             Ok(id) => id,
             Err(_) => return Err(self.refused("invalid key id", Some(token))),
         };
@@ -383,16 +383,23 @@ impl<S: KeyStore> Shared<S> {
                 Err(limits::usage_exceeded(refill_at, now))
             }
             Err(AuthError::CostOutOfRange { cost, max }) => {
+                // The service's own mistake (the token was valid): a route
+                // cost above the key's burst. Said where an operator looks.
+                let key = key_id().map_or_else(|| "the key".to_owned(), |id| format!("key {id}"));
+                let way_out = format!(
+                    "this route costs {cost}, above the burst {max} of {key}'s rate limit: \
+                     raise the burst of {key} to at least {cost}"
+                );
                 tracing::error!(
                     key_id = key_id().as_ref().map(KeyId::as_str),
                     cost,
                     burst = max,
-                    "keyroll: the route's cost is out of range for the key's burst"
+                    "keyroll: {way_out}"
                 );
                 Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
+                    "cost_above_burst",
+                    way_out,
                 ))
             }
             Err(e) => {

@@ -82,7 +82,11 @@ pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit) -> ApiError
 /// refill that covers the cost, if there is one.
 pub(crate) fn usage_exceeded(refill_at: Option<OffsetDateTime>, now: OffsetDateTime) -> ApiError {
     let message = match refill_at {
-        Some(at) => format!("usage exceeded: no credits left until {at}"),
+        Some(at) => format!(
+            "usage exceeded: no credits left until {}",
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| at.to_string())
+        ),
         None => "usage exceeded: no credits left".to_owned(),
     };
     too_many("usage_exceeded", message, refill_at.map(|at| at - now))

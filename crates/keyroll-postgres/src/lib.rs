@@ -9,9 +9,19 @@
 //! `sslmode=disable`: a server that declines TLS is refused, never used in
 //! the clear.
 //!
-//! Three tables, created by [`PgStore::migrate`] (idempotent), an explicit
+//! Four tables, created by [`PgStore::migrate`] (idempotent), an explicit
 //! step run by a role that may create tables; the service's own role needs
-//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on them:
+//! only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on them, which
+//! [`PgStore::grants`] writes out (and `keyctl migrate` prints):
+//!
+//! ```sql
+//! GRANT SELECT, INSERT, UPDATE, DELETE
+//!     ON keyroll_keys, keyroll_keys_meters, keyroll_keys_usage, keyroll_keys_markers
+//!     TO keyroll;
+//! ```
+//!
+//! A role without them gets [`PgStoreError::PermissionDenied`], which
+//! names the role, the table and that `GRANT`.
 //!
 //! ```sql
 //! CREATE TABLE keyroll_keys (
@@ -33,6 +43,10 @@
 //!     accepted BIGINT, rate_limited BIGINT, usage_exceeded BIGINT, refused BIGINT,
 //!     PRIMARY KEY (id, incarnation, hour)
 //! );
+//! CREATE TABLE keyroll_keys_markers (            -- facts about the store, e.g. the
+//!     name TEXT PRIMARY KEY,                     -- admin bootstrap's retirement
+//!     at_secs BIGINT, at_nanos INTEGER
+//! );
 //! ```
 //!
 //! A batch of usage counts ([`KeyStore::add_usage`]) is one statement: the
@@ -48,9 +62,13 @@
 //! disagree). A charge writes no key row, so it notifies no listener.
 //! Deleting a key deletes its meter in the same statement.
 //!
-//! A charge is made at the caller's `now`: replicas that charge one key
-//! should keep their clocks in step (NTP); a replica whose clock runs ahead
-//! spends a bucket sooner than the others would.
+//! A charge is made at the **database server's clock**, whatever `now` the
+//! caller gives, so that replicas agree: a replica whose clock runs ahead
+//! can neither set a key's bucket ahead for the others nor refill early.
+//! Tests that freeze or move time use
+//! [`PgStore::charging_at_callers_clock`]. Every function `migrate` creates
+//! pins its `search_path` (`pg_catalog`, then the tables' schema) and names
+//! its objects by schema.
 //!
 //! Writes are single statements (the key's limit columns written with its
 //! record); `update` and `delete` are a compare-and-swap
@@ -118,7 +136,7 @@ pub enum PgStoreError {
     #[error("postgres pool: {0}")]
     Pool(#[from] PoolError),
     /// The server refused or failed a statement; `code` is its SQLSTATE.
-    #[error("postgres{}: {source}", code.as_ref().map(|c| format!(" (SQLSTATE {})", c.code())).unwrap_or_default())]
+    #[error("postgres{}: {}", code.as_ref().map(|c| format!(" (SQLSTATE {})", c.code())).unwrap_or_default(), chain(source))]
     Postgres {
         /// The SQLSTATE, when the server sent one.
         code: Option<SqlState>,
@@ -136,6 +154,31 @@ pub enum PgStoreError {
     /// A version or incarnation beyond BIGINT.
     #[error("{0} does not fit a BIGINT")]
     OutOfRange(u64),
+    /// The server declined TLS, or the TLS handshake failed (a
+    /// certificate the roots do not vouch for, say).
+    #[error(
+        "cannot connect over TLS: {detail}; turn TLS on at the server, give the roots that \
+         signed its certificate (connect_with_roots), or put sslmode=disable in the URL to \
+         connect in the clear (never across a network you do not control)"
+    )]
+    Tls {
+        /// The driver's words.
+        detail: String,
+    },
+    /// The service's role lacks a privilege on the store's tables
+    /// (SQLSTATE 42501).
+    #[error(
+        "permission denied to role {role}: {detail}; as the tables' owner, run: {grants}"
+    )]
+    PermissionDenied {
+        /// The role the store connects as.
+        role: String,
+        /// The server's words, which name the table.
+        detail: String,
+        /// The `GRANT` statement that gives the role what it needs
+        /// ([`PgStore::grants`]).
+        grants: String,
+    },
     /// The store's table does not exist: [`PgStore::migrate`] has not run.
     #[error(
         "table {table} does not exist: create it with PgStore::migrate (keyctl migrate), as a role that may"
@@ -181,6 +224,9 @@ pub struct PgStore {
     sql: Statements,
     /// The pool's settings, for a listener's own connection.
     connector: Connector,
+    /// Whether charges use the caller's `now` (tests) rather than the
+    /// server's clock.
+    callers_clock: bool,
 }
 
 /// The statements, written once for the table's name.
@@ -197,6 +243,9 @@ struct Statements {
     prune_usage: String,
     charge: String,
     meter: String,
+    marker: String,
+    set_marker: String,
+    clear_marker: String,
 }
 
 /// The key's limits as columns beside its record ([`LimitColumns`]), which
@@ -206,20 +255,25 @@ const LIMIT_COLUMNS: &str = "rate_limit, rate_period_ns, rate_burst, credits, re
 
 /// The arithmetic of [`Meter::charge`](keyroll::meter::Meter::charge) in
 /// SQL, on numeric nanoseconds: admitted, and the meter after the charge
-/// (unchanged when refused). Shared by every keyroll table; a property
-/// test checks it against `Meter::charge` on the server.
-const METER_STEP: &str = "
+/// (unchanged when refused). Shared by every keyroll table of `schema` (a
+/// quoted identifier); a property test checks it against `Meter::charge`
+/// on the server. Like every function keyroll creates, it pins its
+/// `search_path`, so that no object of another schema can stand in for
+/// one it uses.
+fn meter_step(schema: &str) -> String {
+    format!(
+        "
 -- Dropped first: a replacement cannot change the columns it returns.
-DROP FUNCTION IF EXISTS keyroll_meter_step(numeric, numeric, numeric, boolean, numeric, numeric,
-    numeric, numeric, numeric, numeric, numeric, numeric);
-CREATE FUNCTION keyroll_meter_step(
+DROP FUNCTION IF EXISTS {schema}.keyroll_meter_step(numeric, numeric, numeric, boolean, numeric,
+    numeric, numeric, numeric, numeric, numeric, numeric, numeric);
+CREATE FUNCTION {schema}.keyroll_meter_step(
     rate_limit numeric, period numeric, burst numeric,
     has_credits boolean, amount numeric, every numeric,
     tat numeric, remaining numeric, refills numeric, anchor numeric,
     cost numeric, now numeric,
     OUT admitted boolean, OUT new_tat numeric, OUT new_remaining numeric,
     OUT new_refills numeric)
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, {schema} AS $$
 DECLARE
     -- T = ceil(period / limit)
     t numeric := div(period + rate_limit - 1, rate_limit);
@@ -259,22 +313,26 @@ BEGIN
         new_tat := next_tat;
     END IF;
     admitted := true;
-END $$;";
+END $$;"
+    )
+}
 
-/// The charge of one key of `{table}`, in one call: reads the key's limit
+/// The charge of one key of `{schema}.{table}`, in one call, at the
+/// server's clock unless the caller gives its `now`
+/// ([`PgStore::charging_at_callers_clock`]): reads the key's limit
 /// columns, locks its meter (a first charge of a key takes a transaction
 /// lock of its id and incarnation instead, as there is no row to lock
 /// yet), brings the meter to the key's setting of its credits, runs
 /// `keyroll_meter_step`, and stores the meter if admitted. Answers no row
 /// for a missing key; else the key's record, whether it is metered, the
 /// meter as it was (NULLs: none), and the step's answer, which the caller
-/// checks against `Meter::charge`.
-fn charge_function(table: &str) -> String {
+/// checks against `Meter::charge`, and the instant it charged at.
+fn charge_function(schema: &str, table: &str) -> String {
     format!(
         "
 -- Dropped first: a replacement cannot change the columns it returns.
-DROP FUNCTION IF EXISTS {table}_charge(text, bigint, bigint, bigint, integer);
-CREATE FUNCTION {table}_charge(
+DROP FUNCTION IF EXISTS {schema}.{table}_charge(text, bigint, bigint, bigint, integer);
+CREATE FUNCTION {schema}.{table}_charge(
     p_id text, p_incarnation bigint, p_cost bigint, p_now_secs bigint, p_now_nanos integer)
 RETURNS TABLE (
     admitted boolean,
@@ -284,12 +342,15 @@ RETURNS TABLE (
     m_generation bigint, m_tat_secs bigint, m_tat_nanos integer, m_remaining bigint,
     m_refills bigint, m_anchor_secs bigint, m_anchor_nanos integer,
     n_generation bigint, n_tat_secs bigint, n_tat_nanos integer, n_remaining bigint,
-    n_refills bigint, n_anchor_secs bigint, n_anchor_nanos integer)
-LANGUAGE plpgsql AS $$
+    n_refills bigint, n_anchor_secs bigint, n_anchor_nanos integer,
+    used_now_secs bigint, used_now_nanos integer)
+LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
 #variable_conflict use_column
 DECLARE
-    m {table}_meters%ROWTYPE;
-    now numeric := p_now_secs * 1000000000::numeric + p_now_nanos;
+    m {schema}.{table}_meters%ROWTYPE;
+    -- The server's clock (to the microsecond), unless the caller's is given.
+    now numeric := coalesce(p_now_secs * 1000000000::numeric + p_now_nanos,
+        floor(extract(epoch FROM clock_timestamp()) * 1000000) * 1000);
     gen bigint;
     set_at numeric;
     tat numeric;
@@ -298,11 +359,13 @@ DECLARE
     anchor numeric;
     step record;
 BEGIN
+    used_now_nanos := mod(mod(now, 1000000000) + 1000000000, 1000000000);
+    used_now_secs := (now - used_now_nanos) / 1000000000;
     SELECT k.rate_limit, k.rate_period_ns, k.rate_burst, k.credits, k.refill_amount,
            k.refill_every_ns, k.credits_set_secs, k.credits_set_nanos, k.credits_generation
       INTO rate_limit, rate_period_ns, rate_burst, credits, refill_amount,
            refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation
-      FROM {table} k WHERE k.id = p_id AND k.incarnation = p_incarnation;
+      FROM {schema}.{table} k WHERE k.id = p_id AND k.incarnation = p_incarnation;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -311,11 +374,11 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT * INTO m FROM {table}_meters s
+    SELECT * INTO m FROM {schema}.{table}_meters s
      WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('{table}_meters:' || p_id, p_incarnation));
-        SELECT * INTO m FROM {table}_meters s
+        SELECT * INTO m FROM {schema}.{table}_meters s
          WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
     END IF;
     gen := coalesce(credits_generation, 0);
@@ -342,7 +405,7 @@ BEGIN
         refills := 0;
         anchor := set_at;
     END IF;
-    step := keyroll_meter_step(rate_limit, rate_period_ns, rate_burst, credits IS NOT NULL,
+    step := {schema}.keyroll_meter_step(rate_limit, rate_period_ns, rate_burst, credits IS NOT NULL,
         refill_amount, refill_every_ns, tat, remaining, refills, anchor, p_cost, now);
     admitted := step.admitted;
     IF NOT admitted THEN
@@ -359,13 +422,13 @@ BEGIN
     n_remaining := step.new_remaining;
     n_refills := step.new_refills;
     IF m.id IS NULL THEN
-        INSERT INTO {table}_meters
+        INSERT INTO {schema}.{table}_meters
             (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills,
              anchor_secs, anchor_nanos)
         VALUES (p_id, p_incarnation, n_generation, n_tat_secs, n_tat_nanos, n_remaining,
             n_refills, n_anchor_secs, n_anchor_nanos);
     ELSE
-        UPDATE {table}_meters s SET generation = n_generation, tat_secs = n_tat_secs,
+        UPDATE {schema}.{table}_meters s SET generation = n_generation, tat_secs = n_tat_secs,
             tat_nanos = n_tat_nanos, remaining = n_remaining, refills = n_refills,
             anchor_secs = n_anchor_secs, anchor_nanos = n_anchor_nanos
          WHERE s.id = p_id AND s.incarnation = p_incarnation;
@@ -508,6 +571,12 @@ impl PgStore {
                  WHERE owner = $3 AND ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
             ),
             charge: format!("SELECT * FROM {table}_charge($1, $2, $3, $4, $5)"),
+            marker: format!("SELECT at_secs, at_nanos FROM {table}_markers WHERE name = $1"),
+            set_marker: format!(
+                "INSERT INTO {table}_markers (name, at_secs, at_nanos) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING"
+            ),
+            clear_marker: format!("DELETE FROM {table}_markers WHERE name = $1"),
             meter: format!(
                 "SELECT generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos \
                  FROM {table}_meters WHERE id = $1 AND incarnation = $2"
@@ -518,7 +587,19 @@ impl PgStore {
             table,
             sql,
             connector,
+            callers_clock: false,
         }
+    }
+
+    /// The same store, charging at the `now` each call is given instead of
+    /// the database server's clock: **for tests only**, which freeze or
+    /// move time (the conformance suite does). Replicas sharing a table
+    /// must charge at one clock, the server's: a replica whose clock runs
+    /// ahead would otherwise set a key's bucket ahead for every replica,
+    /// and one behind would refill early.
+    pub fn charging_at_callers_clock(mut self) -> Self {
+        self.callers_clock = true;
+        self
     }
 
     /// Starts a [`Listener`]: a task on its own connection that invalidates
@@ -579,11 +660,11 @@ impl PgStore {
                 "not a plain lower-case SQL identifier: {table:?}"
             )));
         }
-        Ok(PgStore::in_named_table(
-            self.pool,
-            self.connector,
-            table.to_owned(),
-        ))
+        let callers_clock = self.callers_clock;
+        Ok(PgStore {
+            callers_clock,
+            ..PgStore::in_named_table(self.pool, self.connector, table.to_owned())
+        })
     }
 
     /// Creates the table if it does not exist, and upgrades a table written
@@ -598,7 +679,7 @@ impl PgStore {
     /// It is an explicit step, run by a role that may create tables (a
     /// deployment step, `keyctl migrate`, or the demo service's
     /// `--migrate`). No other method runs it: the service itself needs
-    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the two tables, so it
+    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the four tables ([`PgStore::grants`]), so it
     /// can neither drop the table nor the triggers that keep caches in
     /// step. Until it has run, every call fails with
     /// [`PgStoreError::NotMigrated`].
@@ -614,6 +695,17 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&self.table])
             .await?;
         let table = &self.table;
+        // The schema the tables are made in, which keyroll's functions
+        // name their objects by.
+        let schema: String = tx
+            .query_one("SELECT quote_ident(current_schema())", &[])
+            .await?
+            .try_get(0)
+            .map_err(|_| {
+                PgStoreError::Config(
+                    "no schema to create the tables in: set the role's search_path".into(),
+                )
+            })?;
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {table} (
                  id TEXT COLLATE \"C\" PRIMARY KEY,
@@ -685,10 +777,16 @@ impl PgStore {
                  refused BIGINT NOT NULL,
                  PRIMARY KEY (id, incarnation, hour)
              );
-             CREATE INDEX IF NOT EXISTS {table}_usage_hour ON {table}_usage (hour);"
+             CREATE INDEX IF NOT EXISTS {table}_usage_hour ON {table}_usage (hour);
+             -- Markers: facts about the whole store (keyroll 0.4).
+             CREATE TABLE IF NOT EXISTS {table}_markers (
+                 name TEXT COLLATE \"C\" PRIMARY KEY,
+                 at_secs BIGINT NOT NULL,
+                 at_nanos INTEGER NOT NULL
+             );"
         ))
         .await?;
-        tx.batch_execute(&charge_function(table)).await?;
+        tx.batch_execute(&charge_function(&schema, table)).await?;
         // Every write notifies the id on the channel named after the table,
         // in the writing transaction (for `listen`). The function is shared
         // by every keyroll table: serialize its replacement too.
@@ -697,10 +795,10 @@ impl PgStore {
             &[],
         )
         .await?;
-        tx.batch_execute(METER_STEP).await?;
+        tx.batch_execute(&meter_step(&schema)).await?;
         tx.batch_execute(&format!(
-            "CREATE OR REPLACE FUNCTION keyroll_notify() RETURNS trigger
-                 LANGUAGE plpgsql AS $$
+            "CREATE OR REPLACE FUNCTION {schema}.keyroll_notify() RETURNS trigger
+                 LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
              BEGIN
                  IF TG_OP = 'TRUNCATE' THEN
                      -- No id: listeners forget every key.
@@ -714,14 +812,14 @@ impl PgStore {
              END $$;
              DO $$ BEGIN
                  IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                                WHERE tgname = 'keyroll_notify' AND tgrelid = '{table}'::regclass) THEN
-                     CREATE TRIGGER keyroll_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
-                         FOR EACH ROW EXECUTE FUNCTION keyroll_notify();
+                                WHERE tgname = 'keyroll_notify' AND tgrelid = '{schema}.{table}'::regclass) THEN
+                     CREATE TRIGGER keyroll_notify AFTER INSERT OR UPDATE OR DELETE ON {schema}.{table}
+                         FOR EACH ROW EXECUTE FUNCTION {schema}.keyroll_notify();
                  END IF;
                  IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                                WHERE tgname = 'keyroll_notify_truncate' AND tgrelid = '{table}'::regclass) THEN
-                     CREATE TRIGGER keyroll_notify_truncate AFTER TRUNCATE ON {table}
-                         FOR EACH STATEMENT EXECUTE FUNCTION keyroll_notify();
+                                WHERE tgname = 'keyroll_notify_truncate' AND tgrelid = '{schema}.{table}'::regclass) THEN
+                     CREATE TRIGGER keyroll_notify_truncate AFTER TRUNCATE ON {schema}.{table}
+                         FOR EACH STATEMENT EXECUTE FUNCTION {schema}.keyroll_notify();
                  END IF;
              END $$;"
         ))
@@ -746,26 +844,67 @@ impl PgStore {
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters; \
-                 DROP TABLE IF EXISTS {table}_usage"
+                 DROP TABLE IF EXISTS {table}_usage; DROP TABLE IF EXISTS {table}_markers"
             ))
             .await?;
         Ok(())
     }
 
+    /// A pooled connection, or the error that says how to get one.
     async fn client(&self) -> Result<deadpool_postgres::Object, PgStoreError> {
-        Ok(self.pool.get().await?)
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) if is_tls(&e) => PgStoreError::Tls {
+                detail: chain(&e),
+            },
+            PoolError::Backend(e) => self.error(e),
+            e => e.into(),
+        })
     }
 
-    /// The driver's error, or [`PgStoreError::NotMigrated`] when it says
-    /// the table does not exist.
+    /// The driver's error, or the one that names the way out:
+    /// [`PgStoreError::NotMigrated`] when the table does not exist,
+    /// [`PgStoreError::PermissionDenied`] when the role may not use it.
     fn error(&self, e: tokio_postgres::Error) -> PgStoreError {
-        if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
-            PgStoreError::NotMigrated {
+        match e.code() {
+            Some(&SqlState::UNDEFINED_TABLE) => PgStoreError::NotMigrated {
                 table: self.table.clone(),
+            },
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                let role = self.connector.role().to_owned();
+                PgStoreError::PermissionDenied {
+                    detail: e.as_db_error().map_or_else(|| chain(&e), |db| db.message().to_owned()),
+                    grants: self.grants(&role),
+                    role,
+                }
             }
-        } else {
-            e.into()
+            _ => e.into(),
         }
+    }
+
+    /// The `GRANT` that gives `role` what a service needs on this store's
+    /// four tables, and no more: `SELECT`, `INSERT`, `UPDATE` and `DELETE`
+    /// (no DDL, so it can drop neither a table nor the triggers that keep
+    /// caches in step). `keyctl migrate` prints it.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyroll_postgres::PgStoreError> {
+    /// let store = keyroll_postgres::PgStore::connect("postgres://admin@db.internal/keys").await?;
+    /// assert_eq!(
+    ///     store.grants("keyroll"),
+    ///     "GRANT SELECT, INSERT, UPDATE, DELETE ON keyroll_keys, keyroll_keys_meters, \
+    ///      keyroll_keys_usage, keyroll_keys_markers TO \"keyroll\";"
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub fn grants(&self, role: &str) -> String {
+        let table = &self.table;
+        let role = role.replace('"', "\"\"");
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_meters, {table}_usage, \
+             {table}_markers TO \"{role}\";"
+        )
     }
 
     /// Runs `sql`, prepared once per pooled connection; the rows changed.
@@ -822,6 +961,24 @@ impl PgStore {
             Err(e) => StoreError::Backend(e),
         }
     }
+}
+
+/// Whether the driver's error is a failed or declined TLS handshake.
+fn is_tls(e: &tokio_postgres::Error) -> bool {
+    let text = chain(e);
+    text.contains("TLS") || text.contains("tls") || text.contains("certificate")
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A statement's parameter.
@@ -1002,7 +1159,10 @@ impl KeyStore for PgStore {
     ) -> Result<Result<Allowance, Refusal>, StoreError<PgStoreError>> {
         let backend = StoreError::Backend;
         let incarnation = bigint(incarnation).map_err(backend)?;
-        let (now_secs, now_nanos) = (now.unix_timestamp(), now.nanosecond() as i32);
+        let (now_secs, now_nanos) = match self.callers_clock {
+            true => (Some(now.unix_timestamp()), Some(now.nanosecond() as i32)),
+            false => (None, None),
+        };
         let client = self.client().await.map_err(backend)?;
         let row = self
             .query_opt(
@@ -1033,6 +1193,10 @@ impl KeyStore for PgStore {
         if !limits.is_metered() {
             return Ok(Ok(Allowance::default()));
         }
+        // The instant the function charged at: the server's clock, or ours.
+        let now = OffsetDateTime::from_unix_timestamp(row.get(24))
+            .and_then(|at| at.replace_nanosecond(row.get::<_, i32>(25) as u32))
+            .map_err(|_| backend(PgStoreError::ChargeMismatch { id: id.to_string() }))?;
         let stored = meter_row(&row, 10)
             .map(|before| before.load(id.as_str()))
             .transpose()
@@ -1138,6 +1302,33 @@ impl KeyStore for PgStore {
         let client = self.client().await?;
         self.execute(&client, &self.sql.prune_usage, &[&before])
             .await
+    }
+
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, PgStoreError> {
+        let client = self.client().await?;
+        let Some(row) = self.query_opt(&client, &self.sql.marker, &[&name]).await? else {
+            return Ok(None);
+        };
+        OffsetDateTime::from_unix_timestamp(row.get(0))
+            .and_then(|at| at.replace_nanosecond(row.get::<_, i32>(1) as u32))
+            .map(Some)
+            .map_err(|e| PgStoreError::Config(format!("marker {name:?} holds no instant: {e}")))
+    }
+
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), PgStoreError> {
+        let client = self.client().await?;
+        match at {
+            Some(at) => {
+                let (secs, nanos) = (at.unix_timestamp(), at.nanosecond() as i32);
+                self.execute(&client, &self.sql.set_marker, &[&name, &secs, &nanos])
+                    .await?
+            }
+            None => {
+                self.execute(&client, &self.sql.clear_marker, &[&name])
+                    .await?
+            }
+        };
+        Ok(())
     }
 }
 

@@ -31,6 +31,14 @@ pub(crate) enum Connector {
     ),
 }
 
+impl Connector {
+    /// The role the connections log in as, for messages.
+    pub(crate) fn role(&self) -> &str {
+        let (Connector::Plain(config) | Connector::Tls(config, _)) = self;
+        config.get_user().unwrap_or("(the default role)")
+    }
+}
+
 /// Waits before reconnecting: from the first value, doubling up to the
 /// last.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -123,7 +131,7 @@ async fn run<S>(
                     match notifications.recv().await {
                         // A payload that is no id (empty, for a TRUNCATE)
                         // names every key.
-                        Some(Ok(notification)) => match KeyId::new(notification.payload()) {
+                        Some(Ok(notification)) => match KeyId::existing(notification.payload()) {
                             Ok(id) => cache.invalidate(&id),
                             Err(_) => cache.invalidate_all(),
                         },

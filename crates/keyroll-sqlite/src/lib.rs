@@ -67,6 +67,7 @@ use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId, OwnerId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// What can go wrong in the SQLite store.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,10 @@ pub enum SqliteStoreError {
     /// than its row; or a key could not be written.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A marker's stored instant is not RFC 3339 (the row was written by
+    /// hand), or an instant could not be written as RFC 3339.
+    #[error("marker {0}")]
+    Marker(String),
     /// A version or incarnation beyond SQLite's 64-bit signed integers.
     #[error("{0} does not fit an SQLite integer")]
     OutOfRange(u64),
@@ -168,7 +173,11 @@ impl SqliteStore {
                  refused INTEGER NOT NULL,
                  PRIMARY KEY (id, incarnation, hour)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS keyroll_usage_hour ON keyroll_usage (hour);",
+             CREATE INDEX IF NOT EXISTS keyroll_usage_hour ON keyroll_usage (hour);
+             CREATE TABLE IF NOT EXISTS keyroll_markers (
+                 name TEXT PRIMARY KEY,
+                 at TEXT NOT NULL
+             ) WITHOUT ROWID;",
         )?;
         upgrade_0_1(&tx)?;
         upgrade_0_2(&tx)?;
@@ -713,6 +722,50 @@ impl KeyStore for SqliteStore {
             conn.execute("DELETE FROM keyroll_usage WHERE hour < ?1", [before])
                 .map(|n| n as u64)
                 .map_err(SqliteStoreError::from)
+        })
+        .await?
+    }
+
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, SqliteStoreError> {
+        let name = name.to_owned();
+        self.call(move |conn| {
+            let at: Option<String> = conn
+                .query_row(
+                    "SELECT at FROM keyroll_markers WHERE name = ?1",
+                    [&name],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            at.map(|at| {
+                OffsetDateTime::parse(&at, &Rfc3339).map_err(|e| {
+                    SqliteStoreError::Marker(format!("{name:?} holds {at:?}: {e}"))
+                })
+            })
+            .transpose()
+        })
+        .await?
+    }
+
+    async fn set_marker(
+        &self,
+        name: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), SqliteStoreError> {
+        let name = name.to_owned();
+        let at = at
+            .map(|at| at.format(&Rfc3339))
+            .transpose()
+            .map_err(|e| SqliteStoreError::Marker(format!("{name:?}: {e}")))?;
+        self.call(move |conn| {
+            match at {
+                Some(at) => conn.execute(
+                    "INSERT INTO keyroll_markers (name, at) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO NOTHING",
+                    [&name, &at],
+                ),
+                None => conn.execute("DELETE FROM keyroll_markers WHERE name = ?1", [&name]),
+            }?;
+            Ok(())
         })
         .await?
     }

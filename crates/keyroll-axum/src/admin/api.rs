@@ -153,6 +153,10 @@ pub(crate) struct CreateKey {
     expires_at: Option<OffsetDateTime>,
     /// Who owns it.
     owner: Option<String>,
+    /// Its rate limit, in force from its first request.
+    rate_limit: Option<RateLimitBody>,
+    /// Its credits, in force from its first request.
+    credits: Option<CreditsBody>,
 }
 
 /// What becomes of the old token: `now`, `later`, `at` (with `at`), or
@@ -322,8 +326,11 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+/// The id of a key that may be stored: one that only versions before 0.4
+/// allowed (`.x`) still names its key, so that it can be read, renamed or
+/// deleted. New keys take [`KeyId::new`]'s rule.
 fn key_id(raw: &str) -> Result<KeyId, ApiError> {
-    KeyId::new(raw).map_err(ApiError::bad_request)
+    KeyId::existing(raw).map_err(ApiError::bad_request)
 }
 
 /// The duration `field` holds, as humantime reads it (`90s`, `1m`, `30d`).
@@ -360,6 +367,29 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String
         }
     }
     d.deserialize_map(Entries)
+}
+
+impl RateLimitBody {
+    fn parse(self) -> Result<RateLimit, ApiError> {
+        let rate = RateLimit::new(self.limit, duration("period", &self.period)?)
+            .map_err(ApiError::bad_request)?;
+        match self.burst {
+            Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request),
+            None => Ok(rate),
+        }
+    }
+}
+
+impl CreditsBody {
+    fn parse(self) -> Result<Credits, ApiError> {
+        let credits = Credits::new(self.remaining);
+        Ok(match self.refill {
+            None => credits,
+            Some(RefillBody { amount, every }) => credits.with_refill(
+                Refill::new(amount, duration("every", &every)?).map_err(ApiError::bad_request)?,
+            ),
+        })
+    }
 }
 
 impl Deletion {
@@ -471,12 +501,13 @@ pub(crate) async fn create_key<S: KeyStore + 'static>(
     let new = body(new)?;
     let mut rng = keyroll::os_rng();
     let id = match new.id {
-        Some(raw) => key_id(&raw)?,
+        Some(raw) => KeyId::new(raw).map_err(ApiError::bad_request)?,
         None => KeyId::generate(&mut rng),
     };
+    let scopes = Scopes::new(new.scopes).map_err(ApiError::bad_request)?;
     let mut key = NewKey::new(id.clone())
         .label(new.label)
-        .scopes(Scopes::new(new.scopes).map_err(ApiError::bad_request)?)
+        .scopes(scopes.clone())
         .metadata(Metadata::new(new.metadata).map_err(ApiError::bad_request)?);
     if let Some(at) = new.expires_at {
         key = key.expires_at(at);
@@ -484,10 +515,15 @@ pub(crate) async fn create_key<S: KeyStore + 'static>(
     if let Some(owner) = new.owner {
         key = key.owner(OwnerId::new(owner).map_err(ApiError::bad_request)?);
     }
-    let (token, event) = admin
-        .keys
-        .create_key(key, OffsetDateTime::now_utc(), &mut rng)
-        .await?;
+    if let Some(rate) = new.rate_limit {
+        key = key.rate_limit(rate.parse()?);
+    }
+    if let Some(credits) = new.credits {
+        key = key.credits(credits.parse()?);
+    }
+    let now = OffsetDateTime::now_utc();
+    let (token, event) = admin.keys.create_key(key, now, &mut rng).await?;
+    admin.retire_bootstrap_for(&scopes, now).await;
     Ok((
         StatusCode::CREATED,
         with_token(&admin, &actor, &id, token, event),
@@ -508,7 +544,7 @@ pub(crate) async fn list_keys<S: KeyStore + 'static>(
     admin.flush(now).await;
     let keys = match page.owner {
         Some(owner) => {
-            let owner = OwnerId::new(owner).map_err(ApiError::bad_request)?;
+            let owner = OwnerId::existing(owner).map_err(ApiError::bad_request)?;
             admin.keys.list_owned(&owner, after.as_ref(), limit).await?
         }
         None => admin.keys.list(after.as_ref(), limit).await?,
@@ -774,7 +810,9 @@ setting!(
     set_scopes, "/keys/{id}/scopes", SetScopes,
     |admin, id, value, now| {
         let scopes = Scopes::new(value.scopes).map_err(ApiError::bad_request)?;
-        admin.keys.set_scopes(&id, scopes, now).await?
+        let event = admin.keys.set_scopes(&id, scopes.clone(), now).await?;
+        admin.retire_bootstrap_for(&scopes, now).await;
+        event
     }
 );
 setting!(
@@ -802,16 +840,7 @@ setting!(
     /// Sets or removes the key's rate limit; its bucket is kept.
     set_rate_limit, "/keys/{id}/rate-limit", SetRateLimit,
     |admin, id, value, now| {
-        let rate = match value.rate_limit {
-            None => None,
-            Some(RateLimitBody { limit, period, burst }) => {
-                let rate = RateLimit::new(limit, duration("period", &period)?).map_err(ApiError::bad_request)?;
-                Some(match burst {
-                    Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request)?,
-                    None => rate,
-                })
-            }
-        };
+        let rate = value.rate_limit.map(RateLimitBody::parse).transpose()?;
         admin.keys.set_rate_limit(&id, rate, now).await?
     }
 );
@@ -819,18 +848,7 @@ setting!(
     /// Sets or removes the key's credits; the balance starts over.
     set_credits, "/keys/{id}/credits", SetCredits,
     |admin, id, value, now| {
-        let credits = match value.credits {
-            None => None,
-            Some(CreditsBody { remaining, refill }) => {
-                let credits = Credits::new(remaining);
-                Some(match refill {
-                    None => credits,
-                    Some(RefillBody { amount, every }) => credits.with_refill(
-                        Refill::new(amount, duration("every", &every)?).map_err(ApiError::bad_request)?,
-                    ),
-                })
-            }
-        };
+        let credits = value.credits.map(CreditsBody::parse).transpose()?;
         admin.keys.set_credits(&id, credits, now).await?
     }
 );

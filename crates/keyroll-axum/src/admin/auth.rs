@@ -1,16 +1,21 @@
 //! Who may use the admin API: a key holding the admin scope, or, until
-//! one exists, the bootstrap token; and the [`Actor`] every audit event
-//! names.
+//! one has existed, the bootstrap token; and the [`Actor`] every audit
+//! event names.
+//!
+//! The bootstrap token retires for good: once an active key holds the
+//! admin scope, the store's [`BOOTSTRAP_RETIRED`] marker is set, and only
+//! an operator clears it (`keyctl restore-bootstrap`, audited).
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use keyroll::store::KeyStore;
-use keyroll::{Event, KeyId, KeyManager, KeyStatus, Scope};
+use keyroll::store::{BOOTSTRAP_RETIRED, KeyStore};
+use keyroll::{Event, KeyId, KeyManager, KeyStatus, Scope, Scopes};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -46,6 +51,9 @@ pub(crate) struct AdminState<S> {
     pub(crate) scope: Scope,
     /// The bootstrap token's bytes, compared in constant time.
     pub(crate) bootstrap: Option<Box<[u8]>>,
+    /// Whether this process has seen the store's bootstrap marker set (or
+    /// set it): then it need not write it again.
+    pub(crate) retired: AtomicBool,
     pub(crate) audit: Audit,
 }
 
@@ -54,6 +62,32 @@ impl<S> AdminState<S> {
     /// so that no audit sink can lose an answer (least of all a token).
     pub(crate) fn audit(&self, actor: &Actor, event: &Event) {
         (self.audit)(actor, event);
+    }
+}
+
+impl<S: KeyStore> AdminState<S> {
+    /// Records in the store that the bootstrap is over, once an active key
+    /// holds the admin scope (written once per process; a failure is
+    /// logged, and the next admin call tries again).
+    pub(crate) async fn retire_bootstrap(&self, now: OffsetDateTime) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.keys.store().set_marker(BOOTSTRAP_RETIRED, Some(now)).await {
+            Ok(()) => self.retired.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "keyroll: recording that the bootstrap token retired failed"
+            ),
+        }
+    }
+
+    /// [`retire_bootstrap`](Self::retire_bootstrap) if a key holding
+    /// `scopes` is an admin key.
+    pub(crate) async fn retire_bootstrap_for(&self, scopes: &Scopes, now: OffsetDateTime) {
+        if scopes.contains(self.scope.as_str()) {
+            self.retire_bootstrap(now).await;
+        }
     }
 }
 
@@ -72,7 +106,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
         .get::<keyroll::Authenticated>()
         .cloned();
     let (actor, headers) = match found {
-        Some(who) => (admitted(&admin, Caller(who)), None),
+        Some(who) => (admitted(&admin, Caller(who)).await, None),
         None => {
             let presented = request
                 .headers()
@@ -87,7 +121,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                     Ok(who) => {
                         let caller = Caller(who);
                         let headers = caller.headers();
-                        (admitted(&admin, caller), Some(headers))
+                        (admitted(&admin, caller).await, Some(headers))
                     }
                     Err(refused) => return refused.into_response(),
                 },
@@ -104,31 +138,44 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
     response
 }
 
-/// The caller, if its key holds the admin scope.
-fn admitted<S>(admin: &AdminState<S>, caller: Caller) -> Result<Actor, ApiError> {
+/// The caller, if its key holds the admin scope; an active admin key
+/// retires the bootstrap token.
+async fn admitted<S: KeyStore>(admin: &AdminState<S>, caller: Caller) -> Result<Actor, ApiError> {
     caller.require_scope(admin.scope.as_str())?;
+    admin.retire_bootstrap(OffsetDateTime::now_utc()).await;
     Ok(Actor::Key(caller.0.key_id))
 }
 
-/// The bootstrap token's actor, unless it has retired.
+/// The bootstrap token's actor, unless it has retired: the store's marker
+/// says so (one point read, no scan), or an active admin key exists (a
+/// scan, which sets the marker, so it runs at most until one is found).
 async fn bootstrap_admitted<S: KeyStore + 'static>(
     admin: &AdminState<S>,
 ) -> Result<Actor, ApiError> {
-    match admin_key_exists(admin, OffsetDateTime::now_utc()).await {
-        Ok(false) => Ok(Actor::Bootstrap),
-        Ok(true) => {
-            tracing::info!(
-                cause = "the bootstrap token is retired: an active key holds the admin scope",
-                "keyroll: request refused"
-            );
-            Err(admin.auth.shared.refusal(true))
+    let now = OffsetDateTime::now_utc();
+    let retired = match admin.keys.store().marker(BOOTSTRAP_RETIRED).await {
+        Ok(retired) => retired,
+        Err(e) => {
+            tracing::error!(error = %e, "keyroll: reading the bootstrap marker failed");
+            return Err(crate::error::unavailable());
         }
-        Err(e) => Err(e),
-    }
+    };
+    let cause = if retired.is_some() {
+        "the bootstrap token has retired for good (an admin key existed); \
+         bring it back with `keyctl restore-bootstrap`"
+    } else if admin_key_exists(admin, now).await? {
+        admin.retire_bootstrap(now).await;
+        "the bootstrap token has retired: an active key holds the admin scope"
+    } else {
+        return Ok(Actor::Bootstrap);
+    };
+    tracing::info!(cause, "keyroll: request refused");
+    Err(admin.auth.shared.refusal(true))
 }
 
 /// Whether an active, unexpired key holds the admin scope: a scan of the
-/// keys, which runs only when the bootstrap token is presented.
+/// keys, which runs only when the bootstrap token is presented and has
+/// not retired.
 async fn admin_key_exists<S: KeyStore + 'static>(
     admin: &AdminState<S>,
     now: OffsetDateTime,

@@ -36,8 +36,11 @@
 //! router, the layer would refuse them: a browser sends no bearer token
 //! for a page. Nest the router beside such a layer, or under one that
 //! covers only your API, as in the example.) The first admin key is made with the bootstrap
-//! token ([`Admin::bootstrap_token`]), which retires as soon as an active
-//! key holds the admin scope. Every change is told to [`Admin::on_event`]
+//! token ([`Admin::bootstrap_token`]), which retires for good as soon as
+//! an active key holds the admin scope: the store records it
+//! ([`BOOTSTRAP_RETIRED`](keyroll::store::BOOTSTRAP_RETIRED)), and the token
+//! never acts again, even once every admin key is deactivated, expired or
+//! deleted, until an operator runs `keyctl restore-bootstrap` (audited). Every change is told to [`Admin::on_event`]
 //! with its [`Actor`] (by default, a `tracing` event with target
 //! `keyroll::audit`).
 //!
@@ -58,7 +61,8 @@
 //!
 //! let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
 //! let admin = Admin::new(keys.clone())
-//!     .bootstrap_token("a-bootstrap-token-of-32-bytes-or-more")?
+//!     // e.g. from `openssl rand -base64 32`, kept in a secret store
+//!     .bootstrap_token("q8Zf3LwT0pXv9KcR2mYh7NbD4sJe6GaU")?
 //!     .on_event(|actor, event| println!("{actor}: {}", event.name()));
 //! // The layer covers the API; the admin router beside it authenticates
 //! // its own routes, and serves the console to a browser.
@@ -68,7 +72,7 @@
 //!     .layer(keyroll.clone())
 //!     .with_state(keyroll);
 //! let app: Router = api.nest("/admin", admin.router());
-//! # Ok::<(), keyroll_axum::admin::ShortBootstrapToken>(())
+//! # Ok::<(), keyroll_axum::admin::WeakBootstrapToken>(())
 //! ```
 
 use std::fmt;
@@ -170,14 +174,33 @@ impl<S: KeyStore + 'static> Admin<S> {
     ///
     /// # Errors
     ///
-    /// [`ShortBootstrapToken`] when `token` is shorter than
-    /// [`BOOTSTRAP_MIN_LEN`] bytes.
-    pub fn bootstrap_token(mut self, token: &str) -> Result<Self, ShortBootstrapToken> {
-        if token.len() < BOOTSTRAP_MIN_LEN {
-            return Err(ShortBootstrapToken { len: token.len() });
-        }
-        self.bootstrap = Some(token.as_bytes().into());
-        Ok(self)
+    /// [`WeakBootstrapToken`] when `token` is shorter than
+    /// [`BOOTSTRAP_MIN_LEN`] bytes, is a placeholder from documentation
+    /// (`change-me-...`), or has fewer than 16 distinct bytes (`aaaa...`,
+    /// `0123...0123`): none of these is a secret. The error never quotes
+    /// the token.
+    pub fn bootstrap_token(mut self, token: &str) -> Result<Self, WeakBootstrapToken> {
+        let distinct = token
+            .bytes()
+            .fold([false; 256], |mut seen, b| {
+                seen[usize::from(b)] = true;
+                seen
+            })
+            .iter()
+            .filter(|&&seen| seen)
+            .count();
+        let lower = token.to_ascii_lowercase();
+        let problem = if token.len() < BOOTSTRAP_MIN_LEN {
+            format!("is {} bytes long", token.len())
+        } else if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+            "is a placeholder from documentation".to_owned()
+        } else if distinct < BOOTSTRAP_MIN_DISTINCT {
+            format!("has only {distinct} distinct bytes")
+        } else {
+            self.bootstrap = Some(token.as_bytes().into());
+            return Ok(self);
+        };
+        Err(WeakBootstrapToken { problem })
     }
 
     /// Tells every change the API makes to `audit`, with who made it,
@@ -196,6 +219,7 @@ impl<S: KeyStore + 'static> Admin<S> {
             keys: self.keys,
             scope: self.scope,
             bootstrap: self.bootstrap,
+            retired: Default::default(),
             audit: self.audit,
         });
         let guard = axum::middleware::from_fn_with_state(state.clone(), auth::authorize::<S>);
@@ -214,24 +238,32 @@ impl<S: KeyStore + 'static> Admin<S> {
     }
 }
 
-/// [`Admin::bootstrap_token`]'s refusal of a token too short to be safe.
+/// The fewest distinct bytes a bootstrap token may have.
+const BOOTSTRAP_MIN_DISTINCT: usize = 16;
+
+/// Words that mark a placeholder copied from documentation.
+const PLACEHOLDERS: [&str; 4] = ["change-me", "changeme", "bytes-or-more", "placeholder"];
+
+/// [`Admin::bootstrap_token`]'s refusal of a token that is no secret: too
+/// short, a placeholder, or too few distinct bytes. It never quotes the
+/// token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShortBootstrapToken {
-    len: usize,
+pub struct WeakBootstrapToken {
+    problem: String,
 }
 
-impl fmt::Display for ShortBootstrapToken {
+impl fmt::Display for WeakBootstrapToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the bootstrap token is {} bytes long: use at least {BOOTSTRAP_MIN_LEN} random bytes \
-             (e.g. `openssl rand -hex 32`)",
-            self.len
+            "refused bootstrap token: it {}; use at least {BOOTSTRAP_MIN_LEN} random bytes, \
+             made with e.g. `openssl rand -base64 32`",
+            self.problem
         )
     }
 }
 
-impl std::error::Error for ShortBootstrapToken {}
+impl std::error::Error for WeakBootstrapToken {}
 
 /// Adds the route of `handler`, at the path and methods its
 /// `#[utoipa::path]` (`P`) documents: the router and the document are

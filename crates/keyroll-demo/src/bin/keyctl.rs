@@ -32,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
-use keyroll::store::{DynKeyStore, UsageRow};
+use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
     ApiKey, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager, Metadata,
     NewKey, OldTokenDeletion, Outcome, OwnerId, Policy, RenewalEnforcement, RenewalState, Scope,
@@ -112,6 +112,7 @@ enum Command {
     },
     /// Replace a key's scopes (none given: no scopes).
     SetScopes {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         /// A scope the key holds (repeat for more).
         #[arg(long = "scope")]
@@ -119,6 +120,7 @@ enum Command {
     },
     /// Replace a key's metadata (none given: no metadata).
     SetMeta {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         /// A metadata entry, `KEY=VALUE` (repeat for more).
         #[arg(long = "meta", value_parser = parse_entry)]
@@ -126,14 +128,20 @@ enum Command {
     },
     /// Move a key's hard expiry (RFC 3339), or remove it (`none`).
     SetExpiry {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         #[arg(value_parser = parse_expiry)]
         expires: ExpiryArg,
     },
     /// Change a key's label.
-    SetLabel { id: KeyId, label: String },
+    SetLabel {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+        label: String,
+    },
     /// Set a key's owner, or remove it (`none`).
     SetOwner {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         #[arg(value_parser = parse_owner)]
         owner: OwnerArg,
@@ -141,6 +149,7 @@ enum Command {
     /// Set a key's rate limit, `LIMIT/PERIOD` (e.g. `100/1m`), or remove it
     /// (`none`). The bucket keeps its state.
     SetRateLimit {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         #[arg(value_parser = parse_rate)]
         rate: RateArg,
@@ -151,6 +160,7 @@ enum Command {
     /// Set a key's credits (e.g. `1000`), which start over at that amount,
     /// or remove them (`none`).
     SetCredits {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         #[arg(value_parser = parse_credits)]
         credits: CreditsArg,
@@ -162,12 +172,13 @@ enum Command {
     /// as `REVOKED`).
     List {
         /// Only this owner's keys.
-        #[arg(long)]
+        #[arg(long, value_parser = existing_owner)]
         owner: Option<OwnerId>,
     },
     /// Print a key's usage counts by UTC hour (accepted, rate limited,
     /// usage exceeded, refused), with a sparkline of each.
     Usage {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         /// How far back (e.g. `7d`, `24h`).
         #[arg(long, value_parser = parse_duration, default_value = "7d")]
@@ -180,11 +191,18 @@ enum Command {
         within: Duration,
     },
     /// Show one key.
-    Show { id: KeyId },
+    Show {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Renew a key's token: print the new token, once.
-    Renew { id: KeyId },
+    Renew {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Decide what happens to the old token of a pending renewal.
     Finalize {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         /// `now`, `later` (until delete-old), `at=RFC3339` (scheduled), or
         /// `after-use=DURATION` (once the new token is used, plus this grace).
@@ -193,6 +211,7 @@ enum Command {
     },
     /// Delete the old token, irreversibly.
     DeleteOld {
+        #[arg(value_parser = existing_id)]
         id: KeyId,
         /// Refuse if the old token was used within this duration (e.g. 7d).
         #[arg(long, value_parser = parse_duration)]
@@ -201,21 +220,36 @@ enum Command {
     /// Apply every scheduled deletion of old tokens that is due.
     Housekeep,
     /// Undo a pending renewal: the old token is the only one again.
-    Undo { id: KeyId },
+    Undo {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Activate a key.
-    Activate { id: KeyId },
+    Activate {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Deactivate a key: every request with it fails.
-    Deactivate { id: KeyId },
+    Deactivate {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Delete a key, irreversibly.
-    Delete { id: KeyId },
+    Delete {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Check a token, read from standard input, against a key.
-    Verify { id: KeyId },
+    Verify {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+    },
     /// Revoke a leaked token, read from standard input: an old token is
     /// deleted, a current token never verifies again (renew the key).
     Revoke {
         /// The key the token belongs to: needed for a token issued by
         /// keyroll 0.1, which names no key.
-        #[arg(long)]
+        #[arg(long, value_parser = existing_id)]
         id: Option<KeyId>,
     },
     /// Print the key id a token (read from standard input) names, after
@@ -223,8 +257,18 @@ enum Command {
     Whois,
     /// Create or upgrade the store's table and its notification triggers
     /// (PostgreSQL; SQLite creates its table when it opens). Run it once,
-    /// as a role that may create tables: other commands never do.
-    Migrate,
+    /// as a role that may create tables: other commands never do. Prints
+    /// the `GRANT` the service's own role needs.
+    Migrate {
+        /// The role the service connects as (for the printed `GRANT`).
+        #[arg(long, default_value = "keyroll")]
+        service_role: String,
+    },
+    /// Let the admin API's bootstrap token act again: it retired for good
+    /// once an active key held the admin scope. Audited: the step is
+    /// printed to standard error with the time and the retirement it
+    /// undoes.
+    RestoreBootstrap,
 }
 
 impl Command {
@@ -285,6 +329,18 @@ fn parse_limit(text: &str) -> Result<(u32, Duration), String> {
     let (n, period) = parse_rate_u64(text)?;
     let n = u32::try_from(n).map_err(|_| format!("limit {n} is too large"))?;
     Ok((n, period))
+}
+
+/// The id of a stored key: one that a version before 0.4 allowed (`.x`)
+/// still names its key, to show, rename or delete it. `create` takes only
+/// ids that start with a letter or digit.
+fn existing_id(text: &str) -> Result<KeyId, String> {
+    KeyId::existing(text).map_err(|e| e.to_string())
+}
+
+/// The owner of stored keys, by the rule of versions before 0.4.
+fn existing_owner(text: &str) -> Result<OwnerId, String> {
+    OwnerId::existing(text).map_err(|e| e.to_string())
 }
 
 /// An owner, or its removal.
@@ -532,7 +588,17 @@ async fn open_store(cli: &Cli) -> Result<DynKeyStore, Box<dyn Error>> {
 }
 
 /// `keyctl migrate`.
-async fn migrate(cli: &Cli) -> Result<(), Box<dyn Error>> {
+/// `at` as RFC 3339.
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+/// Who runs keyctl, for the audit line.
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "an unknown user".into())
+}
+
+async fn migrate(cli: &Cli, service_role: &str) -> Result<(), Box<dyn Error>> {
     match cli.location()? {
         Location::Sqlite(path) => {
             SqliteStore::open(path)?;
@@ -542,8 +608,13 @@ async fn migrate(cli: &Cli) -> Result<(), Box<dyn Error>> {
             );
         }
         Location::Postgres(url) => {
-            PgStore::connect(url).await?.migrate().await?;
-            println!("the PostgreSQL table keyroll_keys and its triggers are ready");
+            let store = PgStore::connect(url).await?;
+            store.migrate().await?;
+            println!(
+                "the PostgreSQL tables (keyroll_keys and its meters, usage and markers) and their \
+                 triggers are ready; the service's role needs only:\n{}",
+                store.grants(service_role)
+            );
         }
     }
     Ok(())
@@ -717,12 +788,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             "--now is for looking (list, show, verify, whois): it never changes keys".into(),
         );
     }
-    match cli.command {
+    match &cli.command {
         Command::Whois => {
             println!("{}", KeyId::from_token(&token_from_stdin()?)?);
             return Ok(());
         }
-        Command::Migrate => return migrate(&cli).await,
+        Command::Migrate { service_role } => return migrate(&cli, service_role).await,
         _ => {}
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
@@ -870,7 +941,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 None => return Err("not a live token of any key: nothing was revoked".into()),
             }
         }
-        Command::Whois | Command::Migrate => {
+        Command::RestoreBootstrap => {
+            let store = manager.store();
+            match store.marker(BOOTSTRAP_RETIRED).await? {
+                None => println!("the bootstrap token has not retired: nothing to restore"),
+                Some(retired) => {
+                    store.set_marker(BOOTSTRAP_RETIRED, None).await?;
+                    eprintln!(
+                        "audit: bootstrap_restored at {} by {} (it had retired at {})",
+                        rfc3339(now),
+                        whoami(),
+                        rfc3339(retired)
+                    );
+                    println!(
+                        "the bootstrap token acts again, until an active key holds the admin scope"
+                    );
+                }
+            }
+        }
+        Command::Whois | Command::Migrate { .. } => {
             unreachable!("answered before the database is opened")
         }
         Command::Verify { id } => {
