@@ -39,7 +39,10 @@ pub(crate) struct Rfc3339(pub(crate) OffsetDateTime);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.format(&time::format_description::well_known::Rfc3339) {
+        match self
+            .0
+            .format(&time::format_description::well_known::Rfc3339)
+        {
             Ok(text) => f.write_str(&text),
             Err(_) => self.0.fmt(f),
         }
@@ -494,9 +497,17 @@ mod tests {
     fn instants_in_messages_are_rfc_3339() {
         let at = time::macros::datetime!(2026-12-08 10:53:21.035223373 UTC);
         let error = TransitionError::OldTokenInUse { last_used_at: at };
-        assert!(error.to_string().contains("used at 2026-12-08T10:53:21.035223373Z;"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("used at 2026-12-08T10:53:21.035223373Z;"),
+            "{error}"
+        );
         let far = time::macros::datetime!(-0001-01-01 0:00 UTC);
-        let error = TransitionError::TimeOutOfRange { what: "now", at: far };
+        let error = TransitionError::TimeOutOfRange {
+            what: "now",
+            at: far,
+        };
         assert!(error.to_string().starts_with("now -0001-01-01"), "{error}");
     }
 

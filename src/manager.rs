@@ -338,10 +338,12 @@ impl<S: KeyStore> KeyManager<S> {
     /// `Ok` unless `rate`'s burst is below the declared largest cost.
     fn check_burst(&self, rate: Option<&RateLimit>) -> Result<(), TransitionError> {
         match (rate, self.largest_cost) {
-            (Some(rate), Some(cost)) if rate.burst() < cost => Err(TransitionError::BurstBelowCost {
-                burst: rate.burst(),
-                cost,
-            }),
+            (Some(rate), Some(cost)) if rate.burst() < cost => {
+                Err(TransitionError::BurstBelowCost {
+                    burst: rate.burst(),
+                    cost,
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -690,7 +690,8 @@ impl ReferenceStateMachine for Model {
 /// Key ids: 1 to 64 characters of `[A-Za-z0-9._-]`, the first a letter or
 /// digit.
 pub fn key_id() -> impl Strategy<Value = KeyId> {
-    "[A-Za-z0-9][A-Za-z0-9._-]{0,63}".prop_map(|id| KeyId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
+    "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+        .prop_map(|id| KeyId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
 /// Owner ids from a small pool (so that keys share owners).

@@ -73,6 +73,10 @@ enum Flaw {
     CountsOutliveDelete,
     /// `usage` includes the range's end.
     UsageRangeClosed,
+    /// `set_marker` keeps the latest instant, not the first.
+    MarkerOverwritten,
+    /// `set_marker(name, None)` clears nothing.
+    MarkerNeverCleared,
 }
 
 /// A store with one deliberate flaw.
@@ -82,6 +86,7 @@ struct Flawed {
     first_seen: Mutex<BTreeMap<KeyId, ApiKey>>,
     meters: Mutex<BTreeMap<KeyId, StoredMeter>>,
     usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
+    markers: Mutex<BTreeMap<String, time::OffsetDateTime>>,
 }
 
 impl Flawed {
@@ -92,6 +97,7 @@ impl Flawed {
             first_seen: Mutex::default(),
             meters: Mutex::default(),
             usage: Mutex::default(),
+            markers: Mutex::default(),
         }
     }
 
@@ -309,6 +315,31 @@ impl KeyStore for Flawed {
         Ok((count - usage.len()) as u64)
     }
 
+    async fn marker(&self, name: &str) -> Result<Option<time::OffsetDateTime>, Infallible> {
+        Ok(self.markers.lock().unwrap().get(name).copied())
+    }
+
+    async fn set_marker(
+        &self,
+        name: &str,
+        at: Option<time::OffsetDateTime>,
+    ) -> Result<(), Infallible> {
+        let mut markers = self.markers.lock().unwrap();
+        match at {
+            Some(at) if self.has(Flaw::MarkerOverwritten) => {
+                markers.insert(name.to_owned(), at);
+            }
+            Some(at) => {
+                markers.entry(name.to_owned()).or_insert(at);
+            }
+            None if self.has(Flaw::MarkerNeverCleared) => {}
+            None => {
+                markers.remove(name);
+            }
+        }
+        Ok(())
+    }
+
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         let keys = self.keys.lock().unwrap();
         let mut out: Vec<ApiKey> = keys
@@ -386,6 +417,8 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::CountsReplaced, "usage_counts_add_up"),
         (Flaw::CountsOutliveDelete, "usage_counts_add_up"),
         (Flaw::UsageRangeClosed, "usage_counts_add_up"),
+        (Flaw::MarkerOverwritten, "markers_are_kept"),
+        (Flaw::MarkerNeverCleared, "markers_are_kept"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

@@ -110,6 +110,7 @@ impl KeyStore for FaultyStore {
         }
     }
     common::forward_meters!(inner);
+    common::forward_markers!(inner);
 
     /// Refused when a failed write is forced.
     async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {

@@ -456,8 +456,15 @@ fn records_with_ids_new_keys_may_not_have_still_load() {
         assert_eq!(back, key);
 
         let refused = ApiKey::issue(KeyId::existing(id).unwrap(), t0(), &mut rng()).unwrap_err();
-        assert!(matches!(refused, keyroll::TransitionError::InvalidId(_)), "{refused:?}");
-        assert!(refused.to_string().contains("must start with an ASCII letter or digit"));
+        assert!(
+            matches!(refused, keyroll::TransitionError::InvalidId(_)),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("must start with an ASCII letter or digit")
+        );
         let mut fresh = issue(Policy::default()).0;
         let before = fresh.clone();
         let owner = keyroll::OwnerId::existing(id).unwrap();

@@ -285,6 +285,18 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
         async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
             Err(std::io::Error::other("read"))
         }
+
+        async fn marker(&self, _: &str) -> Result<Option<time::OffsetDateTime>, std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
+
+        async fn set_marker(
+            &self,
+            _: &str,
+            _: Option<time::OffsetDateTime>,
+        ) -> Result<(), std::io::Error> {
+            Err(std::io::Error::other("read"))
+        }
     }
     let manager = KeyManager::new(NoReads::default());
     let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);

@@ -120,8 +120,10 @@ trait ObjectStore: Send + Sync {
         hours: Range<i64>,
     ) -> Boxed<'a, Result<Vec<UsageRow>, DynStoreError>>;
     fn prune_usage(&self, before: i64) -> Boxed<'_, Result<u64, DynStoreError>>;
-    fn marker<'a>(&'a self, name: &'a str)
-    -> Boxed<'a, Result<Option<OffsetDateTime>, DynStoreError>>;
+    fn marker<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Boxed<'a, Result<Option<OffsetDateTime>, DynStoreError>>;
     fn set_marker<'a>(
         &'a self,
         name: &'a str,
@@ -343,7 +345,11 @@ impl KeyStore for DynKeyStore {
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, DynStoreError> {
         self.0.marker(name).await
     }
-    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), DynStoreError> {
+    async fn set_marker(
+        &self,
+        name: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), DynStoreError> {
         self.0.set_marker(name, at).await
     }
     async fn verify(

@@ -92,7 +92,28 @@ macro_rules! forward_meters {
     };
 }
 
-/// [`forward_meters`], and the usage counts too.
+/// The markers, handed to the `InMemoryStore` in `$field`.
+#[allow(unused_macros)]
+macro_rules! forward_markers {
+    ($field:tt) => {
+        async fn marker(&self, name: &str) -> Result<Option<time::OffsetDateTime>, Self::Error> {
+            keyroll::store::KeyStore::marker(&self.$field, name)
+                .await
+                .map_err(|never| match never {})
+        }
+        async fn set_marker(
+            &self,
+            name: &str,
+            at: Option<time::OffsetDateTime>,
+        ) -> Result<(), Self::Error> {
+            keyroll::store::KeyStore::set_marker(&self.$field, name, at)
+                .await
+                .map_err(|never| match never {})
+        }
+    };
+}
+
+/// [`forward_meters`], and the usage counts and markers too.
 #[allow(unused_macros)]
 macro_rules! forward_meters_and_usage {
     ($field:tt) => {
@@ -117,8 +138,9 @@ macro_rules! forward_meters_and_usage {
                 .await
                 .map_err(|never| match never {})
         }
+        common::forward_markers!($field);
     };
 }
 
 #[allow(unused_imports)]
-pub(crate) use {forward_meters, forward_meters_and_usage};
+pub(crate) use {forward_markers, forward_meters, forward_meters_and_usage};

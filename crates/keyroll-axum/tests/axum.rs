@@ -361,6 +361,16 @@ async fn store_failures_are_a_generic_503() {
         async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
             Err(std::io::Error::other("connection reset by the database"))
         }
+        async fn marker(&self, _: &str) -> Result<Option<OffsetDateTime>, std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
+        async fn set_marker(
+            &self,
+            _: &str,
+            _: Option<OffsetDateTime>,
+        ) -> Result<(), std::io::Error> {
+            Err(std::io::Error::other("connection reset by the database"))
+        }
     }
     let f = fixture().await;
     let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(Down))));
@@ -481,6 +491,16 @@ async fn a_store_that_answers_later_gets_the_same_answers() {
         async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
             self.0.prune_usage(before).await
         }
+        async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
+            self.0.marker(name).await
+        }
+        async fn set_marker(
+            &self,
+            name: &str,
+            at: Option<OffsetDateTime>,
+        ) -> Result<(), Self::Error> {
+            self.0.set_marker(name, at).await
+        }
     }
     let keys = Arc::new(KeyManager::new(Later(InMemoryStore::new())));
     let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
@@ -583,6 +603,16 @@ async fn a_request_is_authenticated_once() {
 
         async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
             self.0.prune_usage(before).await
+        }
+        async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
+            self.0.marker(name).await
+        }
+        async fn set_marker(
+            &self,
+            name: &str,
+            at: Option<OffsetDateTime>,
+        ) -> Result<(), Self::Error> {
+            self.0.set_marker(name, at).await
         }
     }
     let keys = Arc::new(KeyManager::new(Counting(

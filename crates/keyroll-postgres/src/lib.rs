@@ -167,9 +167,7 @@ pub enum PgStoreError {
     },
     /// The service's role lacks a privilege on the store's tables
     /// (SQLSTATE 42501).
-    #[error(
-        "permission denied to role {role}: {detail}; as the tables' owner, run: {grants}"
-    )]
+    #[error("permission denied to role {role}: {detail}; as the tables' owner, run: {grants}")]
     PermissionDenied {
         /// The role the store connects as.
         role: String,
@@ -853,9 +851,7 @@ impl PgStore {
     /// A pooled connection, or the error that says how to get one.
     async fn client(&self) -> Result<deadpool_postgres::Object, PgStoreError> {
         self.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) if is_tls(&e) => PgStoreError::Tls {
-                detail: chain(&e),
-            },
+            PoolError::Backend(e) if is_tls(&e) => PgStoreError::Tls { detail: chain(&e) },
             PoolError::Backend(e) => self.error(e),
             e => e.into(),
         })
@@ -872,7 +868,9 @@ impl PgStore {
             Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
                 let role = self.connector.role().to_owned();
                 PgStoreError::PermissionDenied {
-                    detail: e.as_db_error().map_or_else(|| chain(&e), |db| db.message().to_owned()),
+                    detail: e
+                        .as_db_error()
+                        .map_or_else(|| chain(&e), |db| db.message().to_owned()),
                     grants: self.grants(&role),
                     role,
                 }

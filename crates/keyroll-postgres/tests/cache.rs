@@ -263,7 +263,10 @@ async fn a_cache_in_front_of_postgres_passes_the_conformance_suite() {
         let table = fresh_table("cachedconf");
         tables.push(table.clone());
         let url = url.clone();
-        async move { CachedStore::new(migrated(&url, &table).await, 1000, Duration::from_secs(60)) }
+        async move {
+            let store = migrated(&url, &table).await.charging_at_callers_clock();
+            CachedStore::new(store, 1000, Duration::from_secs(60))
+        }
     })
     .await;
     for table in tables {

@@ -394,3 +394,60 @@ async fn postgres_charges_on_one_hot_key() {
     drop(client);
     owner.drop_table().await.unwrap();
 }
+
+/// One clock for every replica: the server's. A replica one hour ahead
+/// charges a key; another, at the true time two minutes later, is
+/// admitted. (Charged at the callers' clocks, the first would have set the
+/// bucket an hour ahead, refusing the second; the store made for tests
+/// shows it.)
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_charges_at_the_servers_clock_whatever_a_replica_says() {
+    let url = server_url();
+    let table = fresh_table("skew");
+    let owner = migrated(&url, &table).await;
+    let now = OffsetDateTime::now_utc();
+    // 10 a minute, bursts of 10: T = 6 s.
+    let limit = RateLimit::new(10, Duration::minutes(1)).unwrap();
+    let mut incarnations = Vec::new();
+    for (n, id) in ["server-clock", "callers-clock"].into_iter().enumerate() {
+        let (key, _, _) = keyroll::ApiKey::issue(
+            NewKey::new(KeyId::new(id).unwrap()).rate_limit(limit),
+            now,
+            &mut StdRng::seed_from_u64(n as u64),
+        )
+        .unwrap();
+        owner.insert(&key).await.unwrap();
+        incarnations.push((key.id().clone(), key.revision().incarnation()));
+    }
+    let ahead = now + Duration::HOUR;
+    let later = now + Duration::minutes(2);
+
+    let (id, incarnation) = &incarnations[0];
+    let replica = store(&url, &table).await;
+    assert!(
+        replica
+            .charge(id, *incarnation, 1, ahead)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let admitted = replica.charge(id, *incarnation, 1, later).await.unwrap();
+    assert!(admitted.is_ok(), "at the server's clock: {admitted:?}");
+
+    let (id, incarnation) = &incarnations[1];
+    let skewed = store(&url, &table).await.charging_at_callers_clock();
+    assert!(
+        skewed
+            .charge(id, *incarnation, 1, ahead)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let refused = skewed.charge(id, *incarnation, 1, later).await.unwrap();
+    assert!(refused.is_err(), "at the callers' clocks: {refused:?}");
+    owner.drop_table().await.unwrap();
+}

@@ -36,7 +36,8 @@ async fn postgres_store_passes_the_conformance_suite() {
         let table = fresh_table("conformance");
         tables.lock().unwrap().push(table.clone());
         let url = url.clone();
-        async move { migrated(&url, &table).await }
+        // The suite freezes and moves time: it charges at its own clock.
+        async move { migrated(&url, &table).await.charging_at_callers_clock() }
     })
     .await;
     for table in tables.into_inner().unwrap() {
@@ -564,6 +565,7 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
     let role = format!("{table}_role");
     let owner = migrated(&url, &table).await;
     let admin = owner.pool().get().await.unwrap();
+    // The grants of keyroll 0.3, which lack the markers' table.
     admin
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN; \
@@ -592,6 +594,21 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
         100,
         std::time::Duration::from_secs(60),
     ));
+    // A missing privilege names the role, the table and the GRANT.
+    let denied = cache.inner().marker("bootstrap-retired").await.unwrap_err();
+    let message = denied.to_string();
+    for needed in [
+        format!("role {role}"),
+        format!("{table}_markers"),
+        owner.grants(&role),
+    ] {
+        assert!(message.contains(&needed), "{needed:?} in {message}");
+    }
+    admin.batch_execute(&owner.grants(&role)).await.unwrap();
+    assert_eq!(
+        cache.inner().marker("bootstrap-retired").await.unwrap(),
+        None
+    );
     let mut listener = cache.inner().listen(cache.clone());
     if tokio::time::timeout(std::time::Duration::from_secs(5), listener.listening(1))
         .await
@@ -654,6 +671,11 @@ async fn postgres_a_server_without_tls_is_refused_unless_sslmode_disable() {
             source = cause.source();
         }
         assert!(chain.contains("TLS"), "{refused}: {chain}");
+        let message = error.to_string();
+        assert!(
+            message.contains("sslmode=disable"),
+            "the way out: {message}"
+        );
     }
     let store = PgStore::connect(&plain(&url)).await.unwrap();
     store.migrate().await.unwrap();
@@ -698,6 +720,40 @@ async fn postgres_owners_are_listed_through_an_index() {
         .batch_execute("RESET enable_seqscan; RESET enable_bitmapscan")
         .await
         .unwrap();
+    drop(client);
+    store.drop_table().await.unwrap();
+}
+
+/// Every function `migrate` creates pins its `search_path` (`pg_catalog`
+/// first, then the tables' schema), so that no object of another schema
+/// can stand in for one it uses.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_functions_pin_their_search_path() {
+    let url = server_url();
+    let table = fresh_table("pinned");
+    let store = migrated(&url, &table).await;
+    let client = store.pool().get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT p.proname, array_to_string(p.proconfig, ';') FROM pg_proc p \
+             WHERE p.proname IN ($1, 'keyroll_meter_step', 'keyroll_notify')",
+            &[&format!("{table}_charge")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "the three functions");
+    for row in rows {
+        let (name, config): (String, Option<String>) = (row.get(0), row.get(1));
+        assert_eq!(
+            config.as_deref(),
+            Some("search_path=pg_catalog, public"),
+            "{name}"
+        );
+    }
     drop(client);
     store.drop_table().await.unwrap();
 }

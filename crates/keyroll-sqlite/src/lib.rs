@@ -737,9 +737,8 @@ impl KeyStore for SqliteStore {
                 )
                 .optional()?;
             at.map(|at| {
-                OffsetDateTime::parse(&at, &Rfc3339).map_err(|e| {
-                    SqliteStoreError::Marker(format!("{name:?} holds {at:?}: {e}"))
-                })
+                OffsetDateTime::parse(&at, &Rfc3339)
+                    .map_err(|e| SqliteStoreError::Marker(format!("{name:?} holds {at:?}: {e}")))
             })
             .transpose()
         })

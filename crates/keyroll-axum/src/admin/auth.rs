@@ -73,7 +73,12 @@ impl<S: KeyStore> AdminState<S> {
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
-        match self.keys.store().set_marker(BOOTSTRAP_RETIRED, Some(now)).await {
+        match self
+            .keys
+            .store()
+            .set_marker(BOOTSTRAP_RETIRED, Some(now))
+            .await
+        {
             Ok(()) => self.retired.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(
                 error = %e,
