@@ -341,3 +341,42 @@ fn a_cache_sized_for_every_key_holds_every_key() {
     cache.invalidate_all();
     assert!(cache.is_empty());
 }
+
+/// A flood of distinct junk ids costs one store read each, and never
+/// evicts a key: unknown ids are remembered apart from the keys, under a
+/// bound of their own.
+#[test]
+fn a_flood_of_junk_ids_evicts_no_key() {
+    let cache = CachedStore::new(Counted::default(), 64, LONG);
+    let mut keys = Vec::new();
+    for n in 0..32 {
+        let (key, token) = key(&format!("real-{n}"));
+        block_on(cache.insert(&key)).unwrap();
+        keys.push((key, token));
+    }
+    let junk_token = |n: usize| {
+        let (key, token) = key(&format!("junk-{n}"));
+        (key.id().clone(), token.expose_secret().to_owned())
+    };
+    let junk: Vec<_> = (0..2_000).map(junk_token).collect();
+    for (id, token) in &junk {
+        assert_eq!(verified(&cache, id, token), Verification::UnknownKey);
+    }
+    assert_eq!(cache.inner().gets(), 2_000, "one read per distinct junk id");
+    for (key, token) in &keys {
+        assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
+    }
+    assert_eq!(cache.inner().gets(), 2_000, "every key still in memory");
+    // At most a quarter of the capacity is spent on unknown ids (16 shards
+    // of one each): the rest of the flood was not remembered.
+    assert!(cache.len() <= 32 + 16, "{} entries", cache.len());
+    let remembered = junk
+        .iter()
+        .filter(|(id, token)| {
+            let before = cache.inner().gets();
+            verified(&cache, id, token);
+            cache.inner().gets() == before
+        })
+        .count();
+    assert!((1..=16).contains(&remembered), "{remembered} remembered");
+}

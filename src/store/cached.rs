@@ -51,12 +51,17 @@ const SHARDS: usize = 16;
 ///   hand last passed it makes room (the CLOCK policy: keys in use stay,
 ///   keys read once go first); if every entry of the shard was read since,
 ///   the newcomer is not kept.
-/// - **Unknown ids** are remembered too, under the same bound
-///   (`max_staleness`, or less with
-///   [`with_negative_caching`](Self::with_negative_caching)): a flood of
-///   requests naming junk ids does not reach the database, and an unknown
-///   id is answered from memory as fast as a known one, so the time of an
-///   answer does not tell whether an id exists beyond its first probe.
+/// - **Unknown ids** cost one read of `inner` each: a request naming an
+///   id no key has is answered after that read. The answer is then
+///   remembered for `max_staleness` (or less, with
+///   [`with_negative_caching`](Self::with_negative_caching)), among at most
+///   [`with_unknown_capacity`](Self::with_unknown_capacity) unknown ids (a
+///   quarter of `capacity` by default), kept apart from the keys: a flood
+///   of junk ids never evicts a key. Past that bound, until remembered ids
+///   expire, each junk id reaches `inner` every time it is named: a flood
+///   of distinct junk ids costs one read each, which is what a rate limit
+///   in front of authentication (by client address) must bound. A
+///   remembered unknown id is answered from memory as fast as a known one.
 ///   Key ids are not secrets anyway: every token names its key, and events
 ///   and logs carry ids. A key created through this cache, or announced by
 ///   an invalidation (the listener's), is seen at once.
@@ -103,6 +108,9 @@ struct Room {
     capacity: usize,
     per_shard: usize,
     held: AtomicUsize,
+    /// The most unknown ids a shard remembers, and how many are.
+    unknown_per_shard: usize,
+    unknown_held: AtomicUsize,
 }
 
 impl Room {
@@ -131,18 +139,28 @@ struct Shard {
     /// Bumped by every write and invalidation in this shard: a read that
     /// began at another epoch does not keep what it read.
     epoch: u64,
+    /// Ids no key has, by hash: apart from the keys, under a bound of
+    /// their own.
+    unknown: HashTable<Unknown>,
 }
 
 #[derive(Debug)]
 struct Entry {
     hash: u64,
     id: KeyId,
-    /// `None`: no key has this id (negative caching).
-    key: Option<ApiKey>,
+    key: ApiKey,
     /// Served until then.
     until: Instant,
     /// Read since the hand last passed.
     referenced: AtomicBool,
+}
+
+/// An id that no key had when it was read, remembered until `until`.
+#[derive(Debug)]
+struct Unknown {
+    hash: u64,
+    id: KeyId,
+    until: Instant,
 }
 
 /// A read or a write that began at `epoch` of a shard, at `started`.
@@ -164,6 +182,8 @@ impl<S> CachedStore<S> {
                 capacity,
                 per_shard: (2 * capacity).div_ceil(SHARDS),
                 held: AtomicUsize::new(0),
+                unknown_per_shard: (capacity / 4).div_ceil(SHARDS),
+                unknown_held: AtomicUsize::new(0),
             },
             max_staleness,
             negative_ttl: max_staleness,
@@ -177,6 +197,15 @@ impl<S> CachedStore<S> {
     /// invalidation is seen after `ttl`. Zero turns it off.
     pub fn with_negative_caching(mut self, ttl: Duration) -> CachedStore<S> {
         self.negative_ttl = ttl.min(self.max_staleness);
+        self
+    }
+
+    /// Remembers at most about `capacity` unknown ids (a quarter of the
+    /// keys' capacity by default), apart from the keys, so that they never
+    /// evict one. Zero remembers none: every request naming an unknown id
+    /// reads `inner`.
+    pub fn with_unknown_capacity(mut self, capacity: usize) -> CachedStore<S> {
+        self.room.unknown_per_shard = capacity.div_ceil(SHARDS);
         self
     }
 
@@ -210,7 +239,7 @@ impl<S> CachedStore<S> {
     /// How many entries (keys and remembered unknown ids) are held,
     /// including expired ones not yet replaced.
     pub fn len(&self) -> usize {
-        self.room.held.load(Ordering::Relaxed)
+        self.room.held.load(Ordering::Relaxed) + self.room.unknown_held.load(Ordering::Relaxed)
     }
 
     /// Whether no entry is held.
@@ -235,17 +264,22 @@ impl<S> CachedStore<S> {
         let now = Instant::now();
         let (hash, shard) = self.locate(id);
         let shard = read(shard);
+        let miss = Err(Ticket {
+            epoch: shard.epoch,
+            started: now,
+        });
         match shard.find(hash, id).map(|n| &shard.entries[n]) {
             Some(entry) if now < entry.until => {
                 if !entry.referenced.load(Ordering::Relaxed) {
                     entry.referenced.store(true, Ordering::Relaxed);
                 }
-                Ok(answer(entry.key.as_ref()))
+                Ok(answer(Some(&entry.key)))
             }
-            _ => Err(Ticket {
-                epoch: shard.epoch,
-                started: now,
-            }),
+            Some(_) => miss,
+            None => match shard.unknown.find(hash, |u| u.id == *id) {
+                Some(unknown) if now < unknown.until => Ok(answer(None)),
+                _ => miss,
+            },
         }
     }
 
@@ -262,7 +296,11 @@ impl<S> CachedStore<S> {
         let (hash, shard) = self.locate(id);
         let mut shard = write(shard);
         if shard.epoch == ticket.epoch {
-            shard.put(hash, id, found.cloned(), ticket.started + ttl, &self.room);
+            let until = ticket.started + ttl;
+            match found {
+                Some(key) => shard.put(hash, id, key.clone(), until, &self.room),
+                None => shard.put_unknown(hash, id, until, &self.room),
+            }
         }
     }
 
@@ -286,7 +324,7 @@ impl<S> CachedStore<S> {
         match written {
             Some(key) if undisturbed && self.room.capacity > 0 && !self.max_staleness.is_zero() => {
                 let until = ticket.started + self.max_staleness;
-                shard.put(hash, id, Some(key.clone()), until, &self.room);
+                shard.put(hash, id, key.clone(), until, &self.room);
             }
             _ => shard.remove(hash, id, &self.room),
         }
@@ -312,12 +350,47 @@ impl Shard {
 
     fn clear(&mut self, room: &Room) {
         room.give_back(self.entries.len());
+        room.unknown_held
+            .fetch_sub(self.unknown.len(), Ordering::Relaxed);
         self.index.clear();
         self.entries.clear();
+        self.unknown.clear();
         self.hand = 0;
     }
 
+    /// Forgets that `id` is unknown.
+    fn remove_unknown(&mut self, hash: u64, id: &KeyId, room: &Room) {
+        if let Ok(found) = self.unknown.find_entry(hash, |u| u.id == *id) {
+            found.remove();
+            room.unknown_held.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers until `until` that no key has `id`, if the shard's bound
+    /// of unknown ids leaves room (once expired ones are dropped).
+    fn put_unknown(&mut self, hash: u64, id: &KeyId, until: Instant, room: &Room) {
+        self.remove_unknown(hash, id, room);
+        if self.unknown.len() >= room.unknown_per_shard {
+            let now = Instant::now();
+            let before = self.unknown.len();
+            self.unknown.retain(|u| now < u.until);
+            room.unknown_held
+                .fetch_sub(before - self.unknown.len(), Ordering::Relaxed);
+            if self.unknown.len() >= room.unknown_per_shard {
+                return;
+            }
+        }
+        let unknown = Unknown {
+            hash,
+            id: id.clone(),
+            until,
+        };
+        self.unknown.insert_unique(hash, unknown, |u| u.hash);
+        room.unknown_held.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn remove(&mut self, hash: u64, id: &KeyId, room: &Room) {
+        self.remove_unknown(hash, id, room);
         let entries = &self.entries;
         let Ok(found) = self.index.find_entry(hash, |&n| entries[n].id == *id) else {
             return;
@@ -339,7 +412,8 @@ impl Shard {
 
     /// Stores the entry of `id`, evicting one of this shard's if there is
     /// no room; keeps nothing if there is none and nothing to evict.
-    fn put(&mut self, hash: u64, id: &KeyId, key: Option<ApiKey>, until: Instant, room: &Room) {
+    fn put(&mut self, hash: u64, id: &KeyId, key: ApiKey, until: Instant, room: &Room) {
+        self.remove_unknown(hash, id, room);
         let entry = Entry {
             hash,
             id: id.clone(),
@@ -519,11 +593,13 @@ mod tests {
         assert_eq!(cache.len(), 200 - 67);
     }
 
-    /// Puts a (negative) entry for `id` into `shard`.
+    /// Puts an entry for key `id` into `shard`.
     fn put(shard: &mut Shard, id: &str, room: &Room) -> (u64, KeyId) {
         let id = KeyId::new(id).unwrap();
         let hash = RandomState::new().hash_one(&id);
-        shard.put(hash, &id, None, Instant::now(), room);
+        let (key, _, _) =
+            ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rand::rng()).unwrap();
+        shard.put(hash, &id, key, Instant::now(), room);
         (hash, id)
     }
 
@@ -539,6 +615,8 @@ mod tests {
             capacity: 1,
             per_shard: 2,
             held: AtomicUsize::new(0),
+            unknown_per_shard: 0,
+            unknown_held: AtomicUsize::new(0),
         };
         let mut shard = Shard::default();
         put(&mut shard, "hot", &room);
