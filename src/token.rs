@@ -435,7 +435,9 @@ impl TokenFormat {
     /// ends in this one, is not a `kr` token). It uses plain ASCII classes
     /// and word boundaries, no look-around, so that every common engine
     /// reads it the same. Tokens in the framing of keyroll 0.1, which name
-    /// no key, do not match: renew their keys.
+    /// no key, do not match, and no scanner's report could lead to their
+    /// key (their hash is bound to an id they do not carry): renew their
+    /// keys.
     ///
     /// # Example
     ///

@@ -15,6 +15,16 @@
 //! leaked (the report's `url` and `source`) is logged with the key id,
 //! never the token.
 //!
+//! **Tokens of keyroll 0.1 cannot be revoked this way.** Their framing
+//! (`{prefix}_{secret}{checksum}`) names no key, and a token's hash is
+//! bound to its key's id, so finding its key would mean hashing the
+//! reported token once for every stored key, on a request anyone can
+//! send; the scan pattern does not match them either, so GitHub never
+//! reports them. Renew every key whose current token predates 0.2 (its
+//! new token names the key), and revoke a leaked 0.1 token by hand with
+//! its key id (`keyctl revoke --id ID`, or
+//! [`Credentials::with_id`](keyroll::Credentials::with_id)).
+//!
 //! Register keyroll's token pattern with GitHub
 //! ([`TokenFormat::scan_pattern`](keyroll::TokenFormat::scan_pattern)) and
 //! this endpoint's URL; load the public keys GitHub signs with
