@@ -103,6 +103,17 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
     let _ = key.deactivate(later);
     out.push((key, vec![old, new]));
 
+    // Used by its old token, which is then deleted: the key keeps the use.
+    let (mut key, old) = issue("used-then-deleted", 7);
+    let used = t0() + Duration::days(2);
+    let (new, _) = key
+        .renew(t0() + Duration::days(1), &mut rng(8))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    key.record_use(crate::TokenMatch::Old, used);
+    let _ = key.delete_old(used);
+    drop(old);
+    out.push((key, vec![new]));
+
     let policy = Policy {
         token_format: TokenFormat::new("acme9").unwrap_or_else(|e| unreachable!("{e}")),
         renewal_period: Duration::new(86_399, 999_999_999),

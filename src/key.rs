@@ -71,6 +71,8 @@ pub struct ApiKey {
     /// Boxed, and `None` rather than empty: most keys have no limits.
     pub(crate) limits: Option<Box<Limits>>,
     pub(crate) owner: Option<OwnerId>,
+    /// The latest recorded use of any of its tokens, deleted ones included.
+    pub(crate) last_used_at: Option<OffsetDateTime>,
 }
 
 /// A pending renewal: the previous token, still valid, and what was decided
@@ -295,6 +297,7 @@ impl ApiKey {
             renewal: None,
             limits: None,
             owner,
+            last_used_at: None,
         };
         let mut key = key;
         key.set_limits(Limits {
@@ -983,9 +986,19 @@ impl ApiKey {
             .is_none_or(|last| now >= last.saturating_add(resolution));
         if stale || schedule {
             token.last_used_at = Some(now);
+            self.last_used_at = self.last_used_at.max(Some(now));
             self.bump();
         }
         stale || schedule
+    }
+
+    /// The key's latest recorded use, by whichever token, including one
+    /// deleted since (each token's own is
+    /// [`TokenInfo::last_used_at`]): deleting an old token never makes a
+    /// busy key look unused.
+    pub fn last_used_at(&self) -> Option<OffsetDateTime> {
+        let old = self.renewal.as_ref().and_then(|r| r.old.last_used_at);
+        self.last_used_at.max(self.current.last_used_at).max(old)
     }
 
     /// Applies a scheduled deletion of the old token that is due at `now`,

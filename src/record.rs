@@ -345,7 +345,9 @@ impl LimitColumns {
 }
 
 /// The record schema this version writes.
-const SCHEMA: u32 = 3;
+const SCHEMA: u32 = 4;
+/// The schema of keyroll 0.3, which this version still reads.
+const SCHEMA_3: u32 = 3;
 /// The schema of keyroll 0.2, which this version still reads.
 const SCHEMA_2: u32 = 2;
 /// The schema of keyroll 0.1, which this version still reads.
@@ -390,6 +392,14 @@ struct KeyRecord<'a> {
     /// Absent before schema 3, and when the key has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<Cow<'a, OwnerId>>,
+    /// The key's latest use by any token, deleted ones included. Absent
+    /// before schema 4 (the tokens' own then tell), and before a first use.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    last_used_at: Option<OffsetDateTime>,
 }
 
 /// A key's credits with when they were set and the version that set them.
@@ -432,6 +442,7 @@ impl Serialize for ApiKey {
                     generation: c.generation,
                 }),
             owner: self.owner.as_ref().map(Cow::Borrowed),
+            last_used_at: self.last_used_at,
         }
         .serialize(s)
     }
@@ -443,13 +454,13 @@ impl<'de> Deserialize<'de> for ApiKey {
         let derived = schema_1_incarnation(&record.id, record.created_at);
         // Whether keyroll 0.1 issued the key, and so maybe its tokens.
         let (incarnation, of_0_1) = match (record.schema, record.incarnation) {
-            (SCHEMA, Some(incarnation)) => (incarnation, false),
+            (SCHEMA | SCHEMA_3, Some(incarnation)) => (incarnation, false),
             // Keyroll 0.2 kept no mark on tokens issued by 0.1. A key it
             // loaded from a schema-1 record kept the incarnation derived
             // for it; one 0.2 issued has a random one (equal to the derived
             // one with odds of 2^-63).
             (SCHEMA_2, Some(incarnation)) => (incarnation, incarnation == derived),
-            (SCHEMA | SCHEMA_2, None) => {
+            (SCHEMA | SCHEMA_3 | SCHEMA_2, None) => {
                 return Err(D::Error::custom(format_args!(
                     "invalid key record: schema {} needs an incarnation",
                     record.schema
@@ -485,6 +496,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             renewal,
             limits: None,
             owner: record.owner.map(Cow::into_owned),
+            last_used_at: record.last_used_at,
         };
         let limits = Limits {
             rate: record.rate_limit,

@@ -449,3 +449,42 @@ fn usage_counts_are_kept_for_the_retention_then_pruned() {
     let hour = |day: i64| keyroll::store::UsageRow::hour_of(t0() + time::Duration::days(day));
     assert_eq!(kept, [hour(2), hour(3)]);
 }
+
+/// A busy key never looks unused: its last use survives the deletion of
+/// the token that made it, and each token keeps its own.
+#[test]
+fn a_keys_last_use_survives_the_deletion_of_the_token_that_made_it() {
+    let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
+    let mut rng = rand::rng();
+    let (old, _) = block_on(manager.create_key(id(), t0(), &mut rng)).unwrap();
+    let (new, _) = block_on(manager.renew(&id(), t0(), &mut rng)).unwrap();
+    let used = t0() + time::Duration::minutes(5);
+    for _ in 0..60 {
+        block_on(manager.authenticate(old.expose_secret(), used)).unwrap();
+    }
+    block_on(manager.flush_usage(used)).unwrap();
+    let key = block_on(manager.get(&id())).unwrap().unwrap();
+    assert_eq!(key.old_token().unwrap().last_used_at(), Some(used));
+    assert_eq!(key.current_token().last_used_at(), None);
+    assert_eq!(key.last_used_at(), Some(used));
+
+    block_on(manager.delete_old(&id(), used)).unwrap();
+    let key = block_on(manager.get(&id())).unwrap().unwrap();
+    assert_eq!(key.last_used_at(), Some(used), "the key's last use is kept");
+    assert_eq!(
+        key.current_token().last_used_at(),
+        None,
+        "the new token's own"
+    );
+    // And through the record every store writes.
+    let json = serde_json::to_string(&key).unwrap();
+    let back: ApiKey = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.last_used_at(), Some(used));
+
+    let later = used + time::Duration::minutes(5);
+    block_on(manager.authenticate(new.expose_secret(), later)).unwrap();
+    block_on(manager.flush_usage(later)).unwrap();
+    let key = block_on(manager.get(&id())).unwrap().unwrap();
+    assert_eq!(key.last_used_at(), Some(later));
+    assert_eq!(key.current_token().last_used_at(), Some(later));
+}

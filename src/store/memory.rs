@@ -158,6 +158,7 @@ struct Slot {
     metadata: Metadata,
     current: SlotToken,
     renewal: Option<Box<(SlotToken, Decision)>>,
+    last_used_at: Option<OffsetDateTime>,
     rare: Option<Box<Rare>>,
 }
 
@@ -271,6 +272,7 @@ impl Inner {
                 .renewal
                 .as_ref()
                 .map(|r| Box::new((SlotToken::pack(&r.old), r.decision))),
+            last_used_at: key.last_used_at,
             rare: (!empty).then(|| Box::new(rare)),
         }
     }
@@ -298,6 +300,7 @@ impl Inner {
             }),
             limits: rare.limits.clone(),
             owner: rare.owner.clone(),
+            last_used_at: slot.last_used_at,
         }
     }
 

@@ -49,7 +49,7 @@ pub struct KeySummary {
     /// When the old token is deleted, if that is scheduled.
     #[serde(with = "time::serde::rfc3339::option")]
     pub old_token_deleted_at: Option<OffsetDateTime>,
-    /// The last use of either token, as recorded.
+    /// The key's last recorded use, by any token, deleted ones included.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
     /// Its rate limit.
@@ -184,10 +184,7 @@ impl KeySummary {
             ),
             _ => (None, None),
         };
-        let last_used_at = key
-            .current_token()
-            .last_used_at()
-            .max(key.old_token().and_then(TokenInfo::last_used_at));
+        let last_used_at = key.last_used_at();
         KeySummary {
             id: key.id().to_string(),
             label: key.label().to_owned(),

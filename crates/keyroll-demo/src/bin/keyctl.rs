@@ -524,6 +524,10 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("metadata {}", metadata(key));
     println!("expires  {}", expiry(key, now));
     println!(
+        "last use {} (by any token, deleted ones included)",
+        key.last_used_at().map_or_else(|| "never".into(), date)
+    );
+    println!(
         "{}",
         token_line("current", key.current_token(), now).trim_end()
     );
