@@ -61,7 +61,7 @@ fn records_round_trip_and_tokens_still_verify() {
 fn the_record_has_a_schema_and_readable_fields() {
     let (key, _, _) = renewing();
     let value = serde_json::to_value(&key).unwrap();
-    assert_eq!(value["schema"], 3);
+    assert_eq!(value["schema"], 4);
     assert_eq!(value["id"], "acme-orders");
     assert_eq!(value["incarnation"], key.revision().incarnation());
     assert!(key.revision().incarnation() < 1 << 63);
@@ -152,8 +152,8 @@ fn refused(value: Value, needle: &str) {
 #[test]
 fn bad_records_are_refused_with_a_clear_error() {
     let mut v = record();
-    v["schema"] = json!(4);
-    refused(v, "schema 4");
+    v["schema"] = json!(5);
+    refused(v, "schema 5");
 
     let mut v = record();
     v.as_object_mut().unwrap().remove("incarnation");
@@ -288,10 +288,10 @@ fn schema_1_records_load_with_a_stable_derived_incarnation() {
         assert_eq!(again.revision(), key.revision());
         assert!(key.revision().incarnation() < 1 << 63);
         incarnations.push(key.revision().incarnation());
-        // Written back as schema 3, with that incarnation, and its tokens
+        // Written back as schema 4, with that incarnation, and its tokens
         // marked as keyroll 0.1's.
         let written = serde_json::to_value(&key).unwrap();
-        assert_eq!(written["schema"], 3);
+        assert_eq!(written["schema"], 4);
         assert!(key.current_token().legacy_framing());
         assert!(key.old_token().is_none_or(|old| old.legacy_framing()));
         assert_eq!(written["current_token"]["legacy_framing"], true);
@@ -337,7 +337,7 @@ fn schema_2_records_load_and_their_tokens_verify() {
         let key: ApiKey = serde_json::from_str(record).unwrap();
         assert_invariants(&key);
         let written = serde_json::to_value(&key).unwrap();
-        assert_eq!(written["schema"], 3);
+        assert_eq!(written["schema"], 4);
         assert_eq!(serde_json::from_value::<ApiKey>(written).unwrap(), key);
         loaded.insert(name, key);
     }

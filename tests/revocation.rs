@@ -344,12 +344,15 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
     ));
 }
 
-/// Random key ids, with `_`, `.` and `-` in them.
+/// Random key ids, with `_`, `.` and `-` in them (not first).
 fn random_id(rng: &mut impl rand::Rng) -> KeyId {
     const ALPHABET: &[u8] = b"abcXYZ019._-";
     let len = rng.random_range(1..=64);
+    // The first a letter or digit, as every new id.
     let id: String = (0..len)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .map(|n| {
+            char::from(ALPHABET[rng.random_range(0..ALPHABET.len() - 3 * usize::from(n == 0))])
+        })
         .collect();
     KeyId::new(id).unwrap()
 }

@@ -142,6 +142,28 @@ impl<E: std::fmt::Display> From<ManagerError<E>> for ApiError {
     }
 }
 
+/// `refusal`, the answer to `request` given before its body was read:
+/// with `Connection: close` when the request has a body. The server closes
+/// a connection whose request body it did not read; without the header a
+/// client keeps that connection for its next request, which then fails
+/// (`UnexpectedEof`), more often the busier the machine.
+pub(crate) fn before_the_body<B>(
+    request: &axum::http::Request<B>,
+    mut refusal: Response,
+) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body && request.version() <= axum::http::Version::HTTP_11 {
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    refusal
+}
+
 /// The answer to a store failure: 503, with nothing of the store's message.
 pub(crate) fn unavailable() -> ApiError {
     ApiError::new(

@@ -317,7 +317,9 @@ where
             }
             let who = match shared.authenticated(request.headers()).await {
                 Ok(who) => who,
-                Err(refused) => return Ok(refused.into_response()),
+                Err(refused) => {
+                    return Ok(error::before_the_body(&request, refused.into_response()));
+                }
             };
             let headers = response_headers(&who);
             request.extensions_mut().insert(who);
@@ -649,7 +651,10 @@ where
             }
         };
         match refused {
-            Some(refused) => Box::pin(std::future::ready(Ok(refused))),
+            Some(refused) => {
+                let refused = error::before_the_body(&request, refused);
+                Box::pin(std::future::ready(Ok(refused)))
+            }
             None => Box::pin(self.inner.call(request)),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use keyroll::store::InMemoryStore;
+use keyroll::store::{BOOTSTRAP_RETIRED, InMemoryStore, KeyStore};
 use keyroll::{KeyId, KeyManager, NewKey, Scopes};
 use keyroll_axum::KeyrollLayer;
 use keyroll_axum::admin::{Actor, Admin};
@@ -116,18 +116,65 @@ async fn the_bootstrap_token_makes_the_first_admin_key_then_retires() {
     let listed = call(&f.app, Method::GET, "/keys", &f.admin, None).await;
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.body["keys"][0]["id"], "root");
-    // Deactivating the last admin key brings the bootstrap token back.
-    let off = call(
+    // It retired for good: not back when the last admin key expires (an
+    // admin key moving its own expiry), is deactivated or is deleted.
+    let past = (OffsetDateTime::now_utc() - time::Duration::seconds(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let expired = call(
         &f.app,
-        Method::POST,
-        "/keys/root/deactivate",
+        Method::PUT,
+        "/keys/root/expiry",
         &f.admin,
-        None,
+        Some(json!({"expires_at": past})),
     )
     .await;
-    assert_eq!(off.status, StatusCode::OK, "{}", off.body);
-    let back = call(&f.app, Method::GET, "/keys", BOOTSTRAP, None).await;
-    assert_eq!(back.status, StatusCode::OK);
+    assert_eq!(expired.status, StatusCode::OK, "{}", expired.body);
+    let root = KeyId::new("root").unwrap();
+    let now = OffsetDateTime::now_utc();
+    for refused in [
+        call(&f.app, Method::GET, "/keys", &f.admin, None).await,
+        call(&f.app, Method::GET, "/keys", BOOTSTRAP, None).await,
+    ] {
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    }
+    f.keys.deactivate(&root, now).await.unwrap();
+    f.keys.delete_key(&root, now).await.unwrap();
+    let after = call(&f.app, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
+    // The store remembers it: a restarted service (a new router on the same
+    // store) refuses it too, without reading the keys.
+    let restarted = Admin::new(f.keys.clone())
+        .bootstrap_token(BOOTSTRAP)
+        .unwrap()
+        .router();
+    let again = call(&restarted, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    // An operator's explicit step (keyctl restore-bootstrap) brings it back.
+    f.keys
+        .store()
+        .set_marker(BOOTSTRAP_RETIRED, None)
+        .await
+        .unwrap();
+    let restored = call(&restarted, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{}", restored.body);
+}
+
+#[test]
+fn placeholder_and_low_entropy_bootstrap_tokens_are_refused() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    for (weak, why) in [
+        ("change-me-to-32-random-bytes-or-more", "placeholder"),
+        ("CHANGE-ME-please-to-something-long-enough", "placeholder"),
+        (&"ab".repeat(20), "2 distinct bytes"),
+        (&"0123456789".repeat(4), "10 distinct bytes"),
+    ] {
+        let error = Admin::new(keys.clone()).bootstrap_token(weak).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(why), "{message}");
+        assert!(message.contains("openssl rand -base64 32"), "{message}");
+        assert!(!message.contains(weak), "{message}");
+    }
 }
 
 #[test]
@@ -137,7 +184,7 @@ fn a_short_bootstrap_token_is_refused_without_quoting_it() {
         .bootstrap_token("short-secret")
         .unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("12 bytes"), "{message}");
+    assert!(message.contains("12 bytes long"), "{message}");
     assert!(!message.contains("short-secret"), "{message}");
 }
 
@@ -603,4 +650,140 @@ async fn the_document_passes_a_real_openapi_validator() {
     let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
     assert!(output.status.success(), "{tail:#?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "valid");
+}
+
+/// Ids that start with `.`, `_` or `-` are refused for new keys and
+/// owners (a browser collapses `.` and `..` in a URL); a key stored with one
+/// by an older version is still reachable, to be renamed or deleted.
+#[tokio::test]
+async fn ids_made_only_of_dots_are_refused_and_stored_ones_stay_reachable() {
+    let f = fixture().await;
+    for bad in [".", "..", "...", "_x", "-x"] {
+        let refused = call(
+            &f.app,
+            Method::POST,
+            "/keys",
+            &f.admin,
+            Some(json!({"id": bad})),
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            refused.body
+        );
+        let message = refused.body["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{bad:?}")), "{message}");
+        assert!(
+            message.contains("must start with an ASCII letter or digit"),
+            "{message}"
+        );
+        let owner = call(
+            &f.app,
+            Method::POST,
+            "/keys",
+            &f.admin,
+            Some(json!({"id": "fine", "owner": bad})),
+        )
+        .await;
+        assert_eq!(owner.status, StatusCode::BAD_REQUEST, "{}", owner.body);
+    }
+    // A record of keyroll 0.3 with such an id loads, and is reachable.
+    let (key, _, _) = keyroll::ApiKey::issue(
+        KeyId::new("x-legacy").unwrap(),
+        OffsetDateTime::now_utc(),
+        &mut rand::rng(),
+    )
+    .unwrap();
+    let mut record = serde_json::to_value(&key).unwrap();
+    record["id"] = json!("_legacy");
+    let legacy: keyroll::ApiKey = serde_json::from_value(record).unwrap();
+    f.keys.store().insert(&legacy).await.unwrap();
+    let got = call(&f.app, Method::GET, "/keys/_legacy", &f.admin, None).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    let deleted = call(&f.app, Method::DELETE, "/keys/_legacy", &f.admin, None).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+}
+
+/// A key is never live without the limits it was created with; a burst
+/// below the largest route cost the service declared is refused.
+#[tokio::test]
+async fn create_takes_limits_and_refuses_a_burst_below_the_largest_cost() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_largest_cost(5));
+    let app = Admin::new(keys.clone())
+        .bootstrap_token(BOOTSTRAP)
+        .unwrap()
+        .router();
+    let created = call(
+        &app,
+        Method::POST,
+        "/keys",
+        BOOTSTRAP,
+        Some(json!({
+            "id": "limited",
+            "rate_limit": {"limit": 10, "period": "1m"},
+            "credits": {"remaining": 2, "refill": {"amount": 2, "every": "1h"}},
+        })),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let token = created.body["token"].as_str().unwrap().to_owned();
+    let now = OffsetDateTime::now_utc();
+    for _ in 0..2 {
+        keys.authenticate(token.as_str(), now).await.unwrap();
+    }
+    assert!(matches!(
+        keys.authenticate(token.as_str(), now).await,
+        Err(keyroll::AuthError::UsageExceeded { .. })
+    ));
+    let low = call(
+        &app,
+        Method::POST,
+        "/keys",
+        BOOTSTRAP,
+        Some(json!({"id": "low", "rate_limit": {"limit": 10, "period": "1m", "burst": 3}})),
+    )
+    .await;
+    assert_eq!(low.status, StatusCode::BAD_REQUEST, "{}", low.body);
+    let message = low.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("raise the burst to at least 5"),
+        "{message}"
+    );
+    assert_eq!(keys.get(&KeyId::new("low").unwrap()).await.unwrap(), None);
+    let set = call(
+        &app,
+        Method::PUT,
+        "/keys/limited/rate-limit",
+        BOOTSTRAP,
+        Some(json!({"rate_limit": {"limit": 10, "period": "1m", "burst": 4}})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::BAD_REQUEST, "{}", set.body);
+}
+
+/// The router's root, and the console's address with a slash too many,
+/// lead to the console, wherever the router is nested.
+#[tokio::test]
+async fn the_root_and_console_slash_lead_to_the_console() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let app = Router::new().nest("/admin", Admin::new(keys).router());
+    for (from, to) in [
+        ("/admin", "admin/console"),
+        ("/admin/console/", "../console"),
+    ] {
+        let answer = call(&app, Method::GET, from, "", None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SEE_OTHER,
+            "{from}: {}",
+            answer.body
+        );
+        assert_eq!(answer.headers[header::LOCATION], to, "{from}");
+    }
+    // Served at the root of a service, the root leads to `console`.
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let answer = call(&Admin::new(keys).router(), Method::GET, "/", "", None).await;
+    assert_eq!(answer.headers[header::LOCATION], "console");
 }

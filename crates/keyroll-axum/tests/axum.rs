@@ -636,3 +636,51 @@ async fn a_request_is_authenticated_once() {
         assert_eq!(keys.store().1.load(Ordering::SeqCst) - before, 1, "{way}");
     }
 }
+
+/// A refusal given before the request's body was read closes the
+/// connection, and says so: the server will not read that body, and a
+/// client that kept the connection would fail its next request on it.
+#[tokio::test]
+async fn refusals_before_the_body_is_read_close_the_connection() {
+    let f = fixture().await;
+    let with_body = |path: &str, token: &str| {
+        Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_LENGTH, "7")
+            .body(Body::from("{\"a\":1}"))
+            .unwrap()
+    };
+    let connection = |response: &axum::response::Response| {
+        response
+            .headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    for (request, status) in [
+        (with_body("/whoami", "kr_wrong"), StatusCode::UNAUTHORIZED),
+        (
+            with_body("/orders", f.plain.expose_secret()),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let response = f.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(connection(&response).as_deref(), Some("close"));
+    }
+    let response = f
+        .app
+        .clone()
+        .oneshot(bearer("/whoami", "kr_wrong"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(connection(&response), None, "no body: the connection stays");
+    let response = f
+        .app
+        .clone()
+        .oneshot(with_body("/whoami", f.reader.expose_secret()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(connection(&response), None);
+}

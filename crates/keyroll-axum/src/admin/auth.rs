@@ -128,14 +128,16 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                         let headers = caller.headers();
                         (admitted(&admin, caller).await, Some(headers))
                     }
-                    Err(refused) => return refused.into_response(),
+                    Err(refused) => {
+                        return crate::error::before_the_body(&request, refused.into_response());
+                    }
                 },
             }
         }
     };
     let actor = match actor {
         Ok(actor) => actor,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return crate::error::before_the_body(&request, refused.into_response()),
     };
     request.extensions_mut().insert(actor);
     let mut response = next.run(request).await;

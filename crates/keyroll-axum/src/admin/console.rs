@@ -1,8 +1,8 @@
 //! The web console: one page, its script and its style, all in this
 //! crate, served with a content security policy that lets nothing else in.
 
-use axum::extract::Path;
-use axum::http::{HeaderValue, header};
+use axum::extract::{OriginalUri, Path};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::no_such_route;
@@ -60,4 +60,36 @@ pub(crate) async fn asset(Path(file): Path<String>) -> Response {
         "favicon.svg" => serve("image/svg+xml", ICON),
         _ => no_such_route().into_response(),
     }
+}
+
+/// A redirect to `location`, relative to the request's URL, so that it
+/// holds wherever the router is nested.
+fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response(),
+        Err(_) => no_such_route().into_response(),
+    }
+}
+
+/// The router's root (`/admin` or `/admin/` where it is nested) leads to
+/// the console.
+#[utoipa::path(get, path = "/", tag = "console", security(()),
+    responses((status = 303, description = "To the console",
+        headers(("location" = String, description = "`console`, relative to this URL")))))]
+pub(crate) async fn root(OriginalUri(uri): OriginalUri) -> Response {
+    // Relative to `/admin`, `console` would be `/console`: name the last
+    // segment too. Relative to `/admin/`, `console` is right.
+    match uri.path().rsplit('/').next() {
+        Some(last) if !last.is_empty() => see_other(&format!("{last}/console")),
+        _ => see_other("console"),
+    }
+}
+
+/// `/console/` leads to `/console`: the page's links are relative, and
+/// would break one level too deep.
+#[utoipa::path(get, path = "/console/", tag = "console", security(()),
+    responses((status = 303, description = "To the console",
+        headers(("location" = String, description = "`../console`")))))]
+pub(crate) async fn page_with_slash() -> Response {
+    see_other("../console")
 }

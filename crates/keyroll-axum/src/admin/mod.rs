@@ -359,7 +359,7 @@ documented!(
         renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
         revoke_token, activate, deactivate,
         set_label, set_scopes, set_metadata, set_expiry, set_owner, set_rate_limit, set_credits;
-    open: console::page, console::asset, self::document,
+    open: console::root, console::page, console::page_with_slash, console::asset, self::document,
 );
 
 /// This document, for tools and people.

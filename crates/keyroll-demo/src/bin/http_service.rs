@@ -2,14 +2,14 @@
 //! and its admin router and console nested under `/admin`. Only wiring.
 //!
 //! ```text
-//! KEYROLL_ADMIN_TOKEN=change-me-to-32-random-bytes-or-more \
+//! KEYROLL_ADMIN_TOKEN=$(openssl rand -base64 32) \
 //!     cargo run -p keyroll-demo --bin http_service -- \
 //!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL] [--migrate]
 //! ```
 //!
 //! Then open <http://127.0.0.1:8080/admin/console>, sign in with the
 //! bootstrap token, and create a key holding `keyroll:admin` (the
-//! bootstrap token retires once an active key holds it).
+//! bootstrap token retires for good once an active key holds it).
 //!
 //! With PostgreSQL, the table is created by `keyctl migrate` or by
 //! `--migrate` (as a role that may create tables); the service itself needs

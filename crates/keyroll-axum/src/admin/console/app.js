@@ -74,8 +74,21 @@ function explain(status, code, message) {
 }
 
 const enc = encodeURIComponent;
-// The API path of a key.
-const keyPath = (key) => "keys/" + enc(key.id);
+
+// Whether an id can be one URL path segment. A browser resolves the
+// segments "." and ".." (written "%2E" too) before it sends a request, so
+// such an id would send the call to another route, or another key: only
+// keys stored before keyroll 0.4 can have one, and the console leaves them
+// alone (rename them with keyctl).
+const addressable = (id) => !/^\.{1,2}$/.test(id);
+
+// The API path of the key `id`, every segment escaped.
+function keyPath(id) {
+  if (!addressable(id)) {
+    throw new ApiError(0, "unaddressable", "The id \"" + id + "\" cannot be used in a URL: manage or rename this key with keyctl.");
+  }
+  return "keys/" + enc(id);
+}
 
 // ------------------------------------------------------------------ page state
 
@@ -86,8 +99,40 @@ function showError(text, where) {
   if (text && !where) box.scrollIntoView({ block: "nearest" });
 }
 
-function say(text) {
+// The row note: what the last action did to one key, shown beside its
+// row until the next action, refresh or page.
+let notice = null;
+
+// Tells `text`; beside the row of key `id` when given (the page's status
+// line still announces it to screen readers).
+function say(text, id) {
+  notice = id ? { id, text } : null;
   $("status").textContent = text;
+  $("status").classList.toggle("visually-hidden", Boolean(id));
+  renderNotice();
+}
+
+function renderNotice() {
+  for (const old of document.querySelectorAll("#keys .notice-row")) old.remove();
+  if (!notice) return;
+  const tr = rowOf(notice.id);
+  if (!tr) return;
+  const note = el("tr", null, "notice-row");
+  const td = el("td", notice.text, "row-status");
+  td.colSpan = tr.cells.length;
+  note.append(td);
+  tr.after(note);
+}
+
+// The table row of key `id`, if it is on this page.
+const rowOf = (id) => [...$("keys").tBodies[0].rows].find((tr) => tr.dataset.key === id);
+
+// Gives the focus back to the Actions button of key `id`'s row (or, when
+// the key is not on the page, to `fallback`): after every dialog, so that
+// a keyboard user goes on from where they were.
+function focusRow(id, fallback) {
+  const summary = id && rowOf(id) && rowOf(id).querySelector("summary");
+  (summary || $(fallback || "refresh")).focus();
 }
 
 // Runs `action`; shows its failure in `where` (the page's error line by
@@ -169,6 +214,7 @@ async function loadExpiring() {
 }
 
 function turn(after, previous) {
+  notice = null;
   const before = { after: page.after, previous: page.previous };
   page.after = after;
   page.previous = previous;
@@ -228,6 +274,7 @@ function render() {
     }),
   );
   $("expiring-panel").hidden = expiring.length === 0;
+  renderNotice();
 }
 
 function cell(label, content) {
@@ -272,6 +319,7 @@ function row(key, soon) {
 
 // The menu of a key's row: only what the key's state allows.
 function menu(key) {
+  if (!addressable(key.id)) return el("span", "Use keyctl: this id cannot be used in a URL", "hint");
   const details = el("details", null, "menu");
   const summary = el("summary", "Actions");
   summary.setAttribute("aria-label", "Actions for " + key.id);
@@ -293,7 +341,7 @@ function menu(key) {
   }
   item("Usage", () => usage(key));
   if (key.status === "active") item("Deactivate", () => deactivate(key));
-  else item("Activate", () => act("POST", keyPath(key) + "/activate", "Activated " + key.id + "."));
+  else item("Activate", () => act(key, "POST", "/activate", "Activated " + key.id + "."));
   item("Delete key", () => deleteKey(key), "danger");
   details.append(items);
   details.addEventListener("keydown", (event) => {
@@ -307,17 +355,22 @@ function menu(key) {
 
 // ------------------------------------------------------------------ actions
 
-// Calls the API on a key, then says `done` and reloads the list.
-async function act(method, path, done) {
-  if (await attempt(() => api(method, path))) {
-    say(done);
+// Calls the API on key `key` (`method` on its path + `rest`), then says
+// `done` beside its row, reloads the list and gives the focus back to the
+// row.
+async function act(key, method, rest, done) {
+  if (await attempt(() => api(method, keyPath(key.id) + rest))) {
+    say(done, key.id);
     await attempt(load);
   }
+  focusRow(key.id);
 }
 
-// Asks `question` ({title, text, confirm}) first: acts only if confirmed.
-async function confirmThen(question, method, path, done) {
-  if (await confirmWith(question)) await act(method, path, done);
+// Asks `question` ({title, text, confirm}) first: acts only if confirmed;
+// either way the focus goes back to the key's row.
+async function confirmThen(key, question, method, rest, done) {
+  if (await confirmWith(question)) await act(key, method, rest, done);
+  else focusRow(key.id);
 }
 
 function confirmWith({ title, text, confirm }) {
@@ -334,51 +387,58 @@ function confirmWith({ title, text, confirm }) {
 }
 
 const deleteOld = (key) => confirmThen(
+  key,
   {
     title: "Delete the old token of " + key.id + "?",
     text: "Integrations still using the old token will be refused at once. This cannot be undone.",
     confirm: "Delete old token",
   },
-  "DELETE", keyPath(key) + "/old-token",
+  "DELETE", "/old-token",
   "Deleted the old token of " + key.id + ": only the new token is valid.",
 );
 
 const undo = (key) => confirmThen(
+  key,
   {
     title: "Undo the renewal of " + key.id + "?",
     text: "The old token becomes the only valid token again, and the new token is deleted.",
     confirm: "Undo renewal",
   },
-  "POST", keyPath(key) + "/undo-renewal",
+  "POST", "/undo-renewal",
   "Undid the renewal of " + key.id + ": the old token is current again.",
 );
 
 const deactivate = (key) => confirmThen(
+  key,
   {
     title: "Deactivate " + key.id + "?",
     text: "None of its tokens verifies until it is activated again.",
     confirm: "Deactivate",
   },
-  "POST", keyPath(key) + "/deactivate",
+  "POST", "/deactivate",
   "Deactivated " + key.id + ".",
 );
 
 const deleteKey = (key) => confirmThen(
+  key,
   {
     title: "Delete " + key.id + "?",
     text: "The key, its tokens and its usage are deleted. This cannot be undone.",
     confirm: "Delete key",
   },
-  "DELETE", keyPath(key),
+  "DELETE", "",
   "Deleted " + key.id + ".",
 );
 
 // ------------------------------------------------------------------ tokens shown once
 
 let pendingRenewal = null;
+// The key whose row gets the focus when the token dialog closes.
+let tokenOf = null;
 
 function showToken(intro, issued, renewal) {
   pendingRenewal = renewal ? issued.id : null;
+  tokenOf = issued.id;
   $("token-title").textContent = renewal ? "Token renewed" : "Key created";
   $("token-intro").textContent = intro;
   $("new-token").value = issued.token;
@@ -413,35 +473,40 @@ $("token-dialog-form").addEventListener("submit", async (event) => {
   if (id) {
     const choice = document.querySelector('input[name="delete-old"]:checked').value;
     const ok = await attempt(
-      () => api("POST", "keys/" + enc(id) + "/finalize", { delete_old: choice }),
+      () => api("POST", keyPath(id) + "/finalize", { delete_old: choice }),
       $("token-error"),
     );
     if (!ok) return;
     pendingRenewal = null;
     say(choice === "now"
       ? "Renewed " + id + ": the old token is deleted."
-      : "Renewed " + id + ": the old token stays valid until you delete it.");
+      : "Renewed " + id + ": the old token stays valid until you delete it.", id);
   }
   $("token-dialog").close();
 });
 
-// However the dialog closes, the token leaves the page.
-$("token-dialog").addEventListener("close", () => {
-  if (pendingRenewal) say("Renewed " + pendingRenewal + ": the old token stays valid until you delete it.");
+// However the dialog closes, the token leaves the page, and the focus goes
+// back to the key's row.
+$("token-dialog").addEventListener("close", async () => {
+  if (pendingRenewal) say("Renewed " + pendingRenewal + ": the old token stays valid until you delete it.", pendingRenewal);
   pendingRenewal = null;
   $("new-token").value = "";
-  attempt(load);
+  const id = tokenOf;
+  tokenOf = null;
+  await attempt(load);
+  focusRow(id, "create");
 });
 
 async function renew(key) {
-  await attempt(async () => {
-    const issued = await api("POST", keyPath(key) + "/renew");
+  const ok = await attempt(async () => {
+    const issued = await api("POST", keyPath(key.id) + "/renew");
     showToken(
       "The new token of " + key.id + ". The old token stays valid until it is deleted.",
       issued,
       true,
     );
   });
+  if (!ok) focusRow(key.id);
 }
 
 // ------------------------------------------------------------------ create
@@ -463,7 +528,7 @@ $("create-form").addEventListener("submit", async (event) => {
   await attempt(async () => {
     const issued = await api("POST", "keys", body);
     $("create-dialog").close();
-    say("Created " + issued.id + ".");
+    say("Created " + issued.id + ".", issued.id);
     showToken("The token of " + issued.id + ".", issued, false);
   }, $("create-error"));
 });
@@ -484,15 +549,26 @@ $("revoke-form").addEventListener("submit", async (event) => {
     const answer = await api("POST", "tokens/revoke", { token });
     $("revoke-token").value = "";
     $("revoke-dialog").close();
+    const id = answer.revoked ? answer.event.key_id : null;
     say(answer.revoked
-      ? "Revoked the token of " + answer.event.key_id + ": it never verifies again."
-      : "That is not a live token of any key: nothing was revoked.");
+      ? "Revoked the token of " + id + ": it never verifies again."
+      : "That is not a live token of any key: nothing was revoked.", id);
     await load();
+    focusRow(id, "revoke");
   }, $("revoke-error"));
 });
 
 for (const button of document.querySelectorAll("[data-close]")) {
   button.addEventListener("click", () => button.closest("dialog").close());
+}
+
+// A dialog opened from the toolbar gives the focus back to its button when
+// it is cancelled (Cancel or Escape).
+for (const [dialog, opener] of [["create-dialog", "create"], ["revoke-dialog", "revoke"]]) {
+  $(dialog).addEventListener("cancel", () => setTimeout(() => $(opener).focus()));
+  for (const button of $(dialog).querySelectorAll("[data-close]")) {
+    button.addEventListener("click", () => $(opener).focus());
+  }
 }
 
 // ------------------------------------------------------------------ usage chart
@@ -511,7 +587,7 @@ const SERIES = [
 
 async function usage(key) {
   await attempt(async () => {
-    const answer = await api("GET", keyPath(key) + "/usage?since=7d");
+    const answer = await api("GET", keyPath(key.id) + "/usage?since=7d");
     drawUsage(key.id, answer.hours);
     $("usage-panel").hidden = false;
     $("usage-panel").scrollIntoView({ block: "start" });
