@@ -486,3 +486,154 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     assert_eq!(text(&c, "#page-label").await, "Keys 1–1 of acme");
     c.close().await.unwrap();
 }
+
+/// Whether the focused element is the Actions button of `id`'s row.
+async fn focus_is_on_row(c: &Client, id: &str) -> bool {
+    let script = format!(
+        "const a = document.activeElement; return a.tagName === 'SUMMARY' && a.closest('tr') && a.closest('tr').dataset.key === {id:?};"
+    );
+    c.execute(&script, vec![]).await.unwrap() == Value::Bool(true)
+}
+
+/// A key stored by keyroll 0.3 under an id new keys may not have.
+async fn legacy_key(keys: &KeyManager<InMemoryStore>, id: &str, renewing: bool) {
+    let now = OffsetDateTime::now_utc();
+    let (mut key, _, _) =
+        keyroll::ApiKey::issue(KeyId::new("stand-in").unwrap(), now, &mut rand::rng()).unwrap();
+    if renewing {
+        key.renew(now, &mut rand::rng()).unwrap();
+    }
+    let mut record = serde_json::to_value(&key).unwrap();
+    record["id"] = json!(id);
+    let key: keyroll::ApiKey = serde_json::from_value(record).unwrap();
+    keyroll::store::KeyStore::insert(keys.store(), &key)
+        .await
+        .unwrap();
+}
+
+/// Actions reach the key they name, whatever its id: keys that only 0.3
+/// could make (`.`, `..`: segments a browser collapses) offer no action,
+/// and one named `.x` or `a.b` is acted on itself. After every dialog
+/// (confirmed, cancelled, Escape, Finish) the focus is back on the row's
+/// Actions button, and what happened is told beside the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_browser),
+    ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
+)]
+async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let now = OffsetDateTime::now_utc();
+    let ops =
+        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    let admin = admin.expose_secret().to_owned();
+    for id in [".", "..", ".x"] {
+        legacy_key(&keys, id, true).await;
+    }
+    for id in ["old-token", "a.b", "x"] {
+        keys.create_key(KeyId::new(id).unwrap(), now, &mut rand::rng())
+            .await
+            .unwrap();
+        keys.renew(&KeyId::new(id).unwrap(), now, &mut rand::rng())
+            .await
+            .unwrap();
+    }
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (_driver, c) = browser().await;
+
+    // The service's root and the console with a slash too many lead to it.
+    c.goto(&format!("{base}/admin/console/")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/admin/console")
+    );
+    c.goto(&format!("{base}/admin")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(&c, "!document.querySelector('#app').hidden").await;
+
+    // `.` and `..` cannot be named in a URL: no action is offered.
+    for id in [".", ".."] {
+        let shown = row(&c, id).await;
+        assert!(shown.contains("Use keyctl"), "{id}: {shown}");
+        assert!(menu_items(&c, id).await.is_empty());
+    }
+    let pending = |id: &str| {
+        let keys = keys.clone();
+        let id = KeyId::existing(id).unwrap();
+        async move { keys.get(&id).await.unwrap().unwrap().old_token().is_some() }
+    };
+
+    // Delete the old token of `.x`, confirmed: it reaches `.x`, no other.
+    menu(&c, ".x", "Delete old token").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-ok").await;
+    until(&c, "document.querySelector(\"tr[data-key='.x']\") && !document.querySelector(\"tr[data-key='.x']\").textContent.includes('Old token')").await;
+    assert!(!pending(".x").await);
+    for other in ["old-token", "a.b", "x", ".", ".."] {
+        assert!(pending(other).await, "{other} untouched");
+    }
+    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
+    assert!(focus_is_on_row(&c, ".x").await, "focus after confirm");
+    // Told beside the row it concerns, not far above.
+    let note = text(&c, "tr[data-key='.x'] + tr.notice-row").await;
+    assert!(note.contains("Deleted the old token of .x"), "{note}");
+    shoot(&c, "7-told-beside-the-row").await;
+
+    // Cancelled, by the button and by Escape: nothing happens, the focus
+    // comes back, and the note of the last action stays beside its row.
+    menu(&c, "a.b", "Undo renewal").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-cancel").await;
+    until(&c, "!document.querySelector('#confirm-dialog').open").await;
+    assert!(focus_is_on_row(&c, "a.b").await, "focus after cancel");
+    menu(&c, "a.b", "Undo renewal").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    press(&c, Key::Escape).await;
+    until(&c, "!document.querySelector('#confirm-dialog').open").await;
+    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
+    assert!(focus_is_on_row(&c, "a.b").await, "focus after Escape");
+    assert!(pending("a.b").await);
+
+    // Undo `a.b` for real, then renew it and Finish.
+    menu(&c, "a.b", "Undo renewal").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-ok").await;
+    until(
+        &c,
+        "document.querySelector(\"tr[data-key='a.b'] + tr.notice-row\")",
+    )
+    .await;
+    assert!(!pending("a.b").await);
+    assert!(pending("old-token").await, "old-token untouched");
+    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
+    assert!(focus_is_on_row(&c, "a.b").await);
+    // The note of `.x` is gone: one note, for the last action.
+    assert_eq!(
+        c.execute(
+            "return document.querySelectorAll('tr.notice-row').length",
+            vec![]
+        )
+        .await
+        .unwrap(),
+        json!(1)
+    );
+    menu(&c, "a.b", "Renew token").await;
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    click(&c, "#finish").await;
+    until(&c, "!document.querySelector('#token-dialog').open").await;
+    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
+    assert!(focus_is_on_row(&c, "a.b").await, "focus after Finish");
+    let note = text(&c, "tr[data-key='a.b'] + tr.notice-row").await;
+    assert!(note.contains("Renewed a.b"), "{note}");
+    c.close().await.unwrap();
+}

@@ -305,6 +305,7 @@ function row(key, soon) {
   if (key.old_token) {
     duration.append(el("div", "New token due " + formatDate(key.current_token.due_at)));
     duration.append(el("div", "Old token due " + formatDate(key.old_token.due_at), "hint"));
+    duration.append(el("div", "Old token last used " + formatDate(key.old_token.last_used_at), "hint"));
   } else {
     duration.append(el("div", "Due " + formatDate(key.current_token.due_at)));
   }
