@@ -16,11 +16,14 @@ set -euo pipefail
 # The bootstrap token: at least 32 bytes, or the service does not start.
 bootstrap=bench-bootstrap-token-0123456789abcdef
 cd "$(dirname "$0")/.."
+# cargo's output directory (CARGO_TARGET_DIR, a config), not always ./target.
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 rounds=${1:-5}
 shift || true
 port=18089
 cargo build --release -q -p keyroll-demo --bin http_service
-KEYROLL_ADMIN_TOKEN=$bootstrap ./target/release/http_service --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
+KEYROLL_ADMIN_TOKEN=$bootstrap "$target"/release/http_service --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
 service=$!
 trap 'kill $service' EXIT
 for _ in $(seq 50); do

@@ -23,6 +23,9 @@ set -euo pipefail
 # The bootstrap token: at least 32 bytes, or the service does not start.
 bootstrap=bench-bootstrap-token-0123456789abcdef
 cd "$(dirname "$0")/.."
+# cargo's output directory (CARGO_TARGET_DIR, a config), not always ./target.
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 port=18088
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -31,7 +34,7 @@ count() {
     local route=$1
     shift
     KEYROLL_ADMIN_TOKEN=$bootstrap valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
-        --callgrind-out-file="$out/$route" ./target/release/http_service \
+        --callgrind-out-file="$out/$route" "$target"/release/http_service \
         --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
     local service=$!
     for _ in $(seq 100); do

@@ -13,8 +13,11 @@
 #   bash benches/instructions.sh   (needs valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# cargo's output directory (CARGO_TARGET_DIR, a config), not always ./target.
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 cargo build --release -q -p keyroll-bench --example instructions
-bin=target/release/examples/instructions
+bin="$target"/release/examples/instructions
 count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
         awk '/Collected/ {print $4}'
