@@ -52,6 +52,7 @@
 // this list.
 mod attributes;
 mod base62;
+mod change;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod counts;
@@ -96,6 +97,7 @@ pub mod error {
 }
 
 pub use attributes::{Metadata, Scope, Scopes};
+pub use change::Change;
 pub use counts::Outcome;
 pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};

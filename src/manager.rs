@@ -12,14 +12,14 @@ use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::attributes::{Metadata, Scopes};
+use crate::change::Change;
 use crate::counts::{Outcome, UsageRow};
 use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
 use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
-use crate::meter::{Allowance, Credits, RateLimit, Refusal};
+use crate::meter::{Allowance, RateLimit, Refusal};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
@@ -470,140 +470,71 @@ impl<S: KeyStore> KeyManager<S> {
             .await
     }
 
-    /// [`ApiKey::activate`] on the stored key.
+    /// [`ApiKey::apply`] on the stored key: one change, one write, one
+    /// event. The one door for a key's settings and status.
     ///
     /// # Errors
     ///
-    /// As [`renew`](Self::renew).
-    pub async fn activate(
+    /// As [`renew`](Self::renew); the transition errors of
+    /// [`ApiKey::apply`], and
+    /// [`TransitionError::BurstBelowCost`](crate::TransitionError::BurstBelowCost)
+    /// for a rate limit below the declared largest cost
+    /// ([`with_largest_cost`](Self::with_largest_cost)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{Change, KeyId, KeyManager};
+    /// use time::OffsetDateTime;
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new());
+    /// let (id, now) = (KeyId::new("acme")?, OffsetDateTime::now_utc());
+    /// keys.create_key(id.clone(), now, &mut rand::rng()).await?;
+    /// keys.apply(&id, Change::Deactivate, now).await?;
+    /// // Several changes in one write: all or none.
+    /// let events = keys
+    ///     .apply_all(&id, vec![Change::Label("orders".into()), Change::Activate], now)
+    ///     .await?;
+    /// assert_eq!(events.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn apply(
         &self,
         id: &KeyId,
+        change: Change,
         now: OffsetDateTime,
     ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.activate(now))).await
-    }
-
-    /// [`ApiKey::deactivate`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn deactivate(
-        &self,
-        id: &KeyId,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.deactivate(now)))
+        self.check_burst(change.rate_limit())?;
+        self.transition(id, updating(|key| key.apply(change.clone(), now)))
             .await
     }
 
-    /// [`ApiKey::set_label`] on the stored key.
+    /// Makes several changes of one key in one write, in order: all of
+    /// them, or (if one is refused) none. Each bumps the version and
+    /// returns its event, as one [`apply`](Self::apply) would.
     ///
     /// # Errors
     ///
-    /// As [`renew`](Self::renew); the transition error
-    /// [`TransitionError::InvalidLabel`].
-    pub async fn set_label(
+    /// As [`apply`](Self::apply), for the first change refused; the key is
+    /// then unchanged.
+    pub async fn apply_all(
         &self,
         id: &KeyId,
-        label: &str,
+        changes: Vec<Change>,
         now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_label(label, now)))
-            .await
-    }
-
-    /// [`ApiKey::set_owner`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn set_owner(
-        &self,
-        id: &KeyId,
-        owner: Option<OwnerId>,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_owner(owner.clone(), now)))
-            .await
-    }
-
-    /// [`ApiKey::set_scopes`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn set_scopes(
-        &self,
-        id: &KeyId,
-        scopes: Scopes,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_scopes(scopes.clone(), now)))
-            .await
-    }
-
-    /// [`ApiKey::set_metadata`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn set_metadata(
-        &self,
-        id: &KeyId,
-        metadata: Metadata,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_metadata(metadata.clone(), now)))
-            .await
-    }
-
-    /// [`ApiKey::set_expiry`] on the stored key.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn set_expiry(
-        &self,
-        id: &KeyId,
-        expires_at: Option<OffsetDateTime>,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_expiry(expires_at, now)))
-            .await
-    }
-
-    /// [`ApiKey::set_rate_limit`] on the stored key. The meter's bucket is
-    /// kept.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew).
-    pub async fn set_rate_limit(
-        &self,
-        id: &KeyId,
-        rate_limit: Option<RateLimit>,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.check_burst(rate_limit.as_ref())?;
-        self.transition(id, updating(|key| key.set_rate_limit(rate_limit, now)))
-            .await
-    }
-
-    /// [`ApiKey::set_credits`] on the stored key: its balance starts over
-    /// at the next charge.
-    ///
-    /// # Errors
-    ///
-    /// As [`renew`](Self::renew); [`TransitionError::InvalidCredits`].
-    pub async fn set_credits(
-        &self,
-        id: &KeyId,
-        credits: Option<Credits>,
-        now: OffsetDateTime,
-    ) -> Result<Event, ManagerError<S::Error>> {
-        self.transition(id, updating(|key| key.set_credits(credits, now)))
-            .await
+    ) -> Result<Vec<Event>, ManagerError<S::Error>> {
+        for change in &changes {
+            self.check_burst(change.rate_limit())?;
+        }
+        self.transition(
+            id,
+            updating(|key| key.apply_all(changes.iter().cloned(), now)),
+        )
+        .await
     }
 
     /// What the key's rate limit and credits allow at `now`, without

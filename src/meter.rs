@@ -676,7 +676,9 @@ mod serde_impls {
         limit: u32,
         #[serde(with = "crate::duration")]
         period: Duration,
-        burst: u32,
+        /// Always written; when read, `limit` if left out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        burst: Option<u32>,
     }
 
     impl Serialize for RateLimit {
@@ -684,7 +686,7 @@ mod serde_impls {
             RateLimitForm {
                 limit: self.limit,
                 period: self.period,
-                burst: self.burst,
+                burst: Some(self.burst),
             }
             .serialize(s)
         }
@@ -693,9 +695,11 @@ mod serde_impls {
     impl<'de> Deserialize<'de> for RateLimit {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let form = RateLimitForm::deserialize(d)?;
-            RateLimit::new(form.limit, form.period)
-                .and_then(|r| r.with_burst(form.burst))
-                .map_err(D::Error::custom)
+            let rate = RateLimit::new(form.limit, form.period).map_err(D::Error::custom)?;
+            match form.burst {
+                Some(burst) => rate.with_burst(burst).map_err(D::Error::custom),
+                None => Ok(rate),
+            }
         }
     }
 

@@ -75,15 +75,8 @@
 //!             Op::Finalize(deletion) => done(sut.key.finalize(deletion, now)),
 //!             Op::DeleteOld => done(sut.key.delete_old(now)),
 //!             Op::Undo => done(sut.key.undo_renewal(now)),
-//!             Op::Activate => done(sut.key.activate(now)),
-//!             Op::Deactivate => done(sut.key.deactivate(now)),
-//!             Op::SetLabel(label) => done(sut.key.set_label(label, now)),
-//!             Op::SetScopes(scopes) => done(sut.key.set_scopes(scopes, now)),
-//!             Op::SetMetadata(metadata) => done(sut.key.set_metadata(metadata, now)),
-//!             Op::SetExpiry(at) => done(sut.key.set_expiry(at, now)),
-//!             Op::SetOwner(owner) => done(sut.key.set_owner(owner, now)),
-//!             Op::SetRateLimit(rate) => done(sut.key.set_rate_limit(rate, now)),
-//!             Op::SetCredits(credits) => done(sut.key.set_credits(credits, now)),
+//!             Op::Apply(change) => done(sut.key.apply(change, now)),
+//!             Op::ApplyAll(changes) => done(sut.key.apply_all(changes, now)),
 //!             Op::Charge(cost) => Expected::Charged(sut.charge(cost, now)),
 //!             Op::Verify(_) => Expected::Verified(sut.key.verify(&token(&sut), now)),
 //!             Op::Use(_) => match sut.key.verify(&token(&sut), now) {
@@ -127,8 +120,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
 use crate::{
-    ApiKey, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, TokenMatch,
-    TransitionError, VerifyError,
+    ApiKey, Change, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes,
+    TokenMatch, TransitionError, VerifyError,
 };
 
 /// Which token an [`Op::Verify`], [`Op::Use`] or [`Op::Revoke`] presents.
@@ -160,10 +153,11 @@ pub enum Op {
     DeleteOld,
     /// [`ApiKey::undo_renewal`].
     Undo,
-    /// [`ApiKey::activate`].
-    Activate,
-    /// [`ApiKey::deactivate`].
-    Deactivate,
+    /// [`ApiKey::apply`] of one change of a setting or the status.
+    Apply(Change),
+    /// [`ApiKey::apply_all`] (the manager's `apply_all`): several changes
+    /// in one write, all or none.
+    ApplyAll(Vec<Change>),
     /// [`ApiKey::verify`] of a token.
     Verify(Which),
     /// An authentication, as the manager's: [`ApiKey::verify`] of a
@@ -174,20 +168,6 @@ pub enum Op {
     Housekeep,
     /// [`ApiKey::revoke_token`] of a token.
     Revoke(Which),
-    /// [`ApiKey::set_label`].
-    SetLabel(String),
-    /// [`ApiKey::set_scopes`].
-    SetScopes(Scopes),
-    /// [`ApiKey::set_metadata`].
-    SetMetadata(Metadata),
-    /// [`ApiKey::set_expiry`].
-    SetExpiry(Option<OffsetDateTime>),
-    /// [`ApiKey::set_owner`].
-    SetOwner(Option<OwnerId>),
-    /// [`ApiKey::set_rate_limit`].
-    SetRateLimit(Option<RateLimit>),
-    /// [`ApiKey::set_credits`].
-    SetCredits(Option<Credits>),
     /// [`ApiKey::charge`] of this cost, on the meter of the key's earlier
     /// charges (a store's [`charge`](crate::store::KeyStore::charge)).
     Charge(u32),
@@ -496,6 +476,44 @@ impl Model {
         }
     }
 
+    /// Makes `changes` on a copy, each bumping the version; keeps the copy
+    /// only if every one succeeds.
+    fn apply_all(&mut self, changes: &[Change]) {
+        let mut next = self.clone();
+        for change in changes {
+            if let Err(e) = next.change(change) {
+                self.expected = Expected::Refused(e);
+                return;
+            }
+            next.version += 1;
+        }
+        *self = next;
+        self.expected = Expected::Done;
+    }
+
+    /// One change, as the contract says (the version aside).
+    fn change(&mut self, change: &Change) -> Result<(), TransitionError> {
+        match change {
+            Change::Activate if self.active => return Err(TransitionError::AlreadyActive),
+            Change::Deactivate if !self.active => return Err(TransitionError::AlreadyInactive),
+            Change::Activate | Change::Deactivate => self.active = !self.active,
+            Change::Label(label) => self.label = label.clone(),
+            Change::Scopes(scopes) => self.scopes = scopes.clone(),
+            Change::Metadata(metadata) => self.metadata = metadata.clone(),
+            Change::Expiry(expires_at) => self.expires_at = *expires_at,
+            Change::Owner(owner) => self.owner = owner.clone(),
+            // The bucket keeps its level.
+            Change::RateLimit(rate) => self.rate_limit = *rate,
+            Change::Credits(credits) => {
+                self.credits = *credits;
+                self.credits_left = credits.map_or(0, |c| c.remaining());
+                self.credits_since = self.now;
+                self.refills = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one operation, setting [`expected`](Model::expected).
     pub fn step(&mut self, op: &Op) {
         let refuse = |m: &mut Model, e| m.expected = Expected::Refused(e);
@@ -554,44 +572,8 @@ impl Model {
                     self.succeed();
                 }
             },
-            Op::Activate if self.active => refuse(self, TransitionError::AlreadyActive),
-            Op::Deactivate if !self.active => refuse(self, TransitionError::AlreadyInactive),
-            Op::Activate | Op::Deactivate => {
-                self.active = !self.active;
-                self.succeed();
-            }
-            Op::SetLabel(label) => {
-                self.label = label.clone();
-                self.succeed();
-            }
-            Op::SetScopes(scopes) => {
-                self.scopes = scopes.clone();
-                self.succeed();
-            }
-            Op::SetMetadata(metadata) => {
-                self.metadata = metadata.clone();
-                self.succeed();
-            }
-            Op::SetExpiry(expires_at) => {
-                self.expires_at = *expires_at;
-                self.succeed();
-            }
-            Op::SetOwner(owner) => {
-                self.owner = owner.clone();
-                self.succeed();
-            }
-            Op::SetRateLimit(rate) => {
-                // The bucket keeps its level.
-                self.rate_limit = *rate;
-                self.succeed();
-            }
-            Op::SetCredits(credits) => {
-                self.credits = *credits;
-                self.credits_left = credits.map_or(0, |c| c.remaining());
-                self.credits_since = self.now;
-                self.refills = 0;
-                self.succeed();
-            }
+            Op::Apply(change) => self.apply_all(std::slice::from_ref(change)),
+            Op::ApplyAll(changes) => self.apply_all(changes),
             Op::Charge(cost) => self.expected = Expected::Charged(self.charge(*cost)),
             Op::Verify(which) => {
                 self.presented = self.handle(*which);
@@ -731,8 +713,12 @@ pub fn metadata() -> impl Strategy<Value = Metadata> {
         .prop_map(|entries| Metadata::new(entries).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
+/// Spans of an hour back to two hours ahead.
+fn span() -> impl Strategy<Value = Duration> {
+    (-3_600i64..7_200).prop_map(Duration::seconds)
+}
+
 fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<Op> {
-    let span = || (-3_600i64..7_200).prop_map(Duration::seconds);
     let deletion = prop_oneof![
         Just(OldTokenDeletion::Now),
         Just(OldTokenDeletion::Later),
@@ -755,8 +741,6 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         3 => deletion.prop_map(Op::Finalize),
         2 => Just(Op::DeleteOld),
         2 => Just(Op::Undo),
-        1 => Just(Op::Activate),
-        1 => Just(Op::Deactivate),
         3 => which.clone().prop_map(Op::Verify),
         3 => which.clone().prop_map(Op::Use),
         1 => which.prop_map(Op::Revoke),
@@ -764,16 +748,27 @@ fn op_at(now: OffsetDateTime, renewing: bool, any_gone: bool) -> BoxedStrategy<O
         3 => prop_oneof![(0i64..120).prop_map(Duration::seconds), (0i64..4).prop_map(Duration::hours)]
             .prop_map(Op::Advance),
         1 => Just(Op::Reload),
-        1 => "\\PC{0,16}".prop_map(Op::SetLabel),
-        1 => scopes().prop_map(Op::SetScopes),
-        1 => metadata().prop_map(Op::SetMetadata),
-        1 => proptest::option::of(span().prop_map(move |d| now + d)).prop_map(Op::SetExpiry),
-        1 => proptest::option::of(owner_id()).prop_map(Op::SetOwner),
-        1 => proptest::option::of(rate_limit()).prop_map(Op::SetRateLimit),
-        1 => proptest::option::of(credits()).prop_map(Op::SetCredits),
+        8 => change(now).prop_map(Op::Apply),
+        2 => proptest::collection::vec(change(now), 1..=3).prop_map(Op::ApplyAll),
         3 => (0u32..5).prop_map(Op::Charge),
     ]
     .boxed()
+}
+
+/// A change of a setting or the status, as [`Op::Apply`] makes: any
+/// setting, an expiry around `now`, activation or deactivation.
+pub fn change(now: OffsetDateTime) -> impl Strategy<Value = Change> {
+    prop_oneof![
+        1 => Just(Change::Activate),
+        1 => Just(Change::Deactivate),
+        1 => "\\PC{0,16}".prop_map(Change::Label),
+        1 => scopes().prop_map(Change::Scopes),
+        1 => metadata().prop_map(Change::Metadata),
+        1 => proptest::option::of(span().prop_map(move |d| now + d)).prop_map(Change::Expiry),
+        1 => proptest::option::of(owner_id()).prop_map(Change::Owner),
+        1 => proptest::option::of(rate_limit()).prop_map(Change::RateLimit),
+        1 => proptest::option::of(credits()).prop_map(Change::Credits),
+    ]
 }
 
 /// Rate limits of 1 to 4 a period of 1 to 120 seconds, in bursts of 1 to 4
@@ -853,8 +848,6 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                         }
                         Op::DeleteOld => key.delete_old(now).map(|_| ()),
                         Op::Undo => key.undo_renewal(now).map(|_| ()),
-                        Op::Activate => key.activate(now).map(|_| ()),
-                        Op::Deactivate => key.deactivate(now).map(|_| ()),
                         Op::Use(which) => {
                             let matched = if which == Which::Old {
                                 TokenMatch::Old
@@ -872,15 +865,10 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
                             now += by;
                             Ok(())
                         }
-                        Op::SetLabel(label) => key.set_label(label, now).map(|_| ()),
-                        Op::SetScopes(scopes) => key.set_scopes(scopes, now).map(|_| ()),
-                        Op::SetMetadata(metadata) => key.set_metadata(metadata, now).map(|_| ()),
-                        Op::SetExpiry(at) => key
-                            .set_expiry(at.map(|at| now + (at - op_now())), now)
+                        Op::Apply(change) => key.apply(moved(change, now), now).map(|_| ()),
+                        Op::ApplyAll(changes) => key
+                            .apply_all(changes.into_iter().map(|c| moved(c, now)), now)
                             .map(|_| ()),
-                        Op::SetOwner(owner) => key.set_owner(owner, now).map(|_| ()),
-                        Op::SetRateLimit(rate) => key.set_rate_limit(rate, now).map(|_| ()),
-                        Op::SetCredits(credits) => key.set_credits(credits, now).map(|_| ()),
                         // A charge changes the meter, which is not the key's.
                         Op::Verify(_) | Op::Reload | Op::Charge(_) => Ok(()),
                     };
@@ -894,6 +882,14 @@ pub fn api_key() -> impl Strategy<Value = ApiKey> {
 fn shifted(deletion: OldTokenDeletion, now: OffsetDateTime) -> OldTokenDeletion {
     match deletion {
         OldTokenDeletion::At(at) => OldTokenDeletion::At(now + (at - op_now())),
+        other => other,
+    }
+}
+
+/// `change`, its expiry (placed around [`op_now`]) moved around `now`.
+fn moved(change: Change, now: OffsetDateTime) -> Change {
+    match change {
+        Change::Expiry(at) => Change::Expiry(at.map(|at| now + (at - op_now()))),
         other => other,
     }
 }

@@ -241,10 +241,20 @@ fn authentication_hands_out_the_keys_scopes_and_metadata() {
     );
 
     let id = who.key_id;
-    block_on(manager.set_scopes(&id, Scopes::new(["orders:read"]).unwrap(), t0())).unwrap();
-    block_on(manager.set_metadata(&id, Metadata::default(), t0())).unwrap();
-    block_on(manager.set_label(&id, "orders v2", t0())).unwrap();
-    block_on(manager.set_expiry(&id, Some(t0() + Duration::days(1)), t0())).unwrap();
+    block_on(manager.apply(
+        &id,
+        keyroll::Change::Scopes(Scopes::new(["orders:read"]).unwrap()),
+        t0(),
+    ))
+    .unwrap();
+    block_on(manager.apply(&id, keyroll::Change::Metadata(Metadata::default()), t0())).unwrap();
+    block_on(manager.apply(&id, keyroll::Change::Label("orders v2".into()), t0())).unwrap();
+    block_on(manager.apply(
+        &id,
+        keyroll::Change::Expiry(Some(t0() + Duration::days(1))),
+        t0(),
+    ))
+    .unwrap();
     let who = block_on(manager.authenticate(token.expose_secret(), t0())).unwrap();
     assert!(!who.scopes.contains("orders:write") && who.metadata.is_empty());
     assert!(matches!(
@@ -252,7 +262,7 @@ fn authentication_hands_out_the_keys_scopes_and_metadata() {
         Err(keyroll::AuthError::Verify(VerifyError::KeyExpired))
     ));
     assert!(matches!(
-        block_on(manager.set_label(&id, "bad\nlabel", t0())),
+        block_on(manager.apply(&id, keyroll::Change::Label("bad\nlabel".into()), t0())),
         Err(keyroll::ManagerError::Transition(
             TransitionError::InvalidLabel(_)
         ))

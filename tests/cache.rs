@@ -172,9 +172,9 @@ fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
         "stale"
     );
     // `activate` loads the stored key (inactive), not the cached one.
-    block_on(manager.activate(&id, t0())).unwrap();
+    block_on(manager.apply(&id, keyroll::Change::Activate, t0())).unwrap();
     assert!(block_on(manager.authenticate(token.expose_secret(), t0())).is_ok());
-    block_on(manager.deactivate(&id, t0())).unwrap();
+    block_on(manager.apply(&id, keyroll::Change::Deactivate, t0())).unwrap();
     assert!(matches!(
         block_on(manager.authenticate(token.expose_secret(), t0())),
         Err(AuthError::Verify(VerifyError::KeyInactive))

@@ -34,13 +34,19 @@ fn events() -> Vec<Event> {
         .expires_at(t(86_400 * 365));
     let (mut key, _, issued) = ApiKey::issue(new, t(0), &mut rng).unwrap();
     out.push(issued);
-    out.push(ApiKey::issue(KeyId::new("plain").unwrap(), t(1), &mut rng).unwrap().2);
+    out.push(
+        ApiKey::issue(KeyId::new("plain").unwrap(), t(1), &mut rng)
+            .unwrap()
+            .2,
+    );
 
     let (_, renewed) = key.renew(t(10), &mut rng).unwrap();
     out.push(renewed);
     out.push(key.finalize(OldTokenDeletion::Later, t(11)).unwrap());
     out.push(key.delete_old(t(12)).unwrap());
-    let (_, renewed) = key.renew_with(OldTokenDeletion::Now, t(13), &mut rng).unwrap();
+    let (_, renewed) = key
+        .renew_with(OldTokenDeletion::Now, t(13), &mut rng)
+        .unwrap();
     out.push(renewed);
     key.renew(t(14), &mut rng).unwrap();
     out.push(key.finalize(OldTokenDeletion::At(t(100)), t(15)).unwrap());
@@ -74,14 +80,26 @@ fn events() -> Vec<Event> {
     out.push(key.deactivate(t(400)).unwrap());
     out.push(key.activate(t(401)).unwrap());
     out.push(key.set_label("orders v2", t(402)).unwrap());
-    out.push(key.set_scopes(Scopes::new(["admin"]).unwrap(), t(403)).unwrap());
+    out.push(
+        key.set_scopes(Scopes::new(["admin"]).unwrap(), t(403))
+            .unwrap(),
+    );
     out.push(key.set_scopes(Scopes::default(), t(404)).unwrap());
-    out.push(key.set_metadata(Metadata::new([("a", "b")]).unwrap(), t(405)).unwrap());
+    out.push(
+        key.set_metadata(Metadata::new([("a", "b")]).unwrap(), t(405))
+            .unwrap(),
+    );
     out.push(key.set_expiry(Some(t(9_999)), t(406)).unwrap());
     out.push(key.set_expiry(None, t(407)).unwrap());
-    out.push(key.set_owner(Some(OwnerId::new("acme").unwrap()), t(408)).unwrap());
+    out.push(
+        key.set_owner(Some(OwnerId::new("acme").unwrap()), t(408))
+            .unwrap(),
+    );
     out.push(key.set_owner(None, t(409)).unwrap());
-    let rate = RateLimit::new(100, Duration::MINUTE).unwrap().with_burst(20).unwrap();
+    let rate = RateLimit::new(100, Duration::MINUTE)
+        .unwrap()
+        .with_burst(20)
+        .unwrap();
     out.push(key.set_rate_limit(Some(rate), t(410)).unwrap());
     out.push(key.set_rate_limit(None, t(411)).unwrap());
     let credits = Credits::new(1_000).with_refill(Refill::new(500, Duration::days(30)).unwrap());
@@ -92,7 +110,10 @@ fn events() -> Vec<Event> {
     let manager = KeyManager::new(InMemoryStore::new());
     pollster::block_on(async {
         let id = KeyId::new("doomed").unwrap();
-        manager.create_key(id.clone(), t(500), &mut rng).await.unwrap();
+        manager
+            .create_key(id.clone(), t(500), &mut rng)
+            .await
+            .unwrap();
         out.push(manager.delete_key(&id, t(501)).await.unwrap());
     });
     out

@@ -230,8 +230,8 @@ proptest! {
                 Call::FinalizeNow => block_on(manager.finalize(&id(), OldTokenDeletion::Now, t0())).map(drop),
                 Call::DeleteOld => block_on(manager.delete_old(&id(), t0())).map(drop),
                 Call::Undo => block_on(manager.undo_renewal(&id(), t0())).map(drop),
-                Call::Activate => block_on(manager.activate(&id(), t0())).map(drop),
-                Call::Deactivate => block_on(manager.deactivate(&id(), t0())).map(drop),
+                Call::Activate => block_on(manager.apply(&id(), keyroll::Change::Activate, t0())).map(drop),
+                Call::Deactivate => block_on(manager.apply(&id(), keyroll::Change::Deactivate, t0())).map(drop),
                 Call::Authenticate => {
                     for token in &returned {
                         match block_on(manager.authenticate(keyroll::Credentials::bearer(token.expose_secret()).with_id(&id()), t0())).map(|a| a.matched) {
@@ -323,7 +323,7 @@ fn a_failed_write_before_applying_changes_nothing() {
     let before = stored(&manager);
     *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
     assert!(matches!(
-        block_on(manager.deactivate(&id(), t0())),
+        block_on(manager.apply(&id(), keyroll::Change::Deactivate, t0())),
         Err(ManagerError::Store(_))
     ));
     assert_eq!(stored(&manager), before);

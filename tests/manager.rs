@@ -84,7 +84,7 @@ fn the_whole_story_through_the_manager() {
         .is_err()
     );
 
-    block_on(manager.deactivate(&id(), t0())).unwrap();
+    block_on(manager.apply(&id(), keyroll::Change::Deactivate, t0())).unwrap();
     assert!(matches!(
         block_on(manager.authenticate(
             keyroll::Credentials::bearer(second.expose_secret()).with_id(&id()),
@@ -93,7 +93,7 @@ fn the_whole_story_through_the_manager() {
         .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::KeyInactive))
     ));
-    block_on(manager.activate(&id(), t0())).unwrap();
+    block_on(manager.apply(&id(), keyroll::Change::Activate, t0())).unwrap();
 
     let key = block_on(manager.get(&id())).unwrap().unwrap();
     assert_eq!(key.version(), 8);
@@ -139,7 +139,7 @@ fn a_refused_transition_writes_nothing() {
         block_on(manager.finalize(&id(), OldTokenDeletion::Now, t0())),
         block_on(manager.delete_old(&id(), t0())),
         block_on(manager.undo_renewal(&id(), t0())),
-        block_on(manager.activate(&id(), t0())),
+        block_on(manager.apply(&id(), keyroll::Change::Activate, t0())),
     ] {
         assert!(matches!(result, Err(ManagerError::Transition(_))));
     }
@@ -315,8 +315,11 @@ fn racing_threads_lose_no_update() {
                     let ok = match (thread + i) % 4 {
                         0 => block_on(manager.renew(&id(), t0(), &mut rng)).is_ok(),
                         1 => block_on(manager.undo_renewal(&id(), t0())).is_ok(),
-                        2 => block_on(manager.deactivate(&id(), t0())).is_ok(),
-                        _ => block_on(manager.activate(&id(), t0())).is_ok(),
+                        2 => block_on(manager.apply(&id(), keyroll::Change::Deactivate, t0()))
+                            .is_ok(),
+                        _ => {
+                            block_on(manager.apply(&id(), keyroll::Change::Activate, t0())).is_ok()
+                        }
                     };
                     successes.fetch_add(u64::from(ok), Ordering::SeqCst);
                 }
@@ -385,7 +388,10 @@ async fn under_tokio_its_futures_are_send() {
             .unwrap(),
         TokenMatch::Current
     );
-    manager.deactivate(&id(), t0()).await.unwrap();
+    manager
+        .apply(&id(), keyroll::Change::Deactivate, t0())
+        .await
+        .unwrap();
     let key = manager.get(&id()).await.unwrap().unwrap();
     assert_eq!((key.version(), key.status()), (4, KeyStatus::Inactive));
     assert_eq!(manager.list(None, 10).await.unwrap(), vec![key]);
@@ -487,4 +493,42 @@ fn a_keys_last_use_survives_the_deletion_of_the_token_that_made_it() {
     let key = block_on(manager.get(&id())).unwrap().unwrap();
     assert_eq!(key.last_used_at(), Some(later));
     assert_eq!(key.current_token().last_used_at(), Some(later));
+}
+
+/// `apply_all` makes several changes in one write: all of them, each
+/// with its event and version, or none.
+#[test]
+fn apply_all_is_all_or_none() {
+    use keyroll::{Change, Scopes};
+    let manager = KeyManager::new(InMemoryStore::new());
+    block_on(manager.create_key(id(), t0(), &mut rand::rng())).unwrap();
+    let events = block_on(manager.apply_all(
+        &id(),
+        vec![
+            Change::Label("orders".into()),
+            Change::Scopes(Scopes::new(["orders:read"]).unwrap()),
+            Change::Deactivate,
+        ],
+        t0(),
+    ))
+    .unwrap();
+    let versions: Vec<u64> = events.iter().map(Event::version).collect();
+    assert_eq!(versions, [2, 3, 4]);
+    let key = block_on(manager.get(&id())).unwrap().unwrap();
+    assert_eq!(
+        (key.label(), key.version(), key.status()),
+        ("orders", 4, KeyStatus::Inactive)
+    );
+    // The last change is refused (already inactive): none is made.
+    let refused = block_on(manager.apply_all(
+        &id(),
+        vec![Change::Label("changed".into()), Change::Deactivate],
+        t0(),
+    ));
+    assert!(matches!(
+        refused,
+        Err(ManagerError::Transition(TransitionError::AlreadyInactive))
+    ));
+    let after = block_on(manager.get(&id())).unwrap().unwrap();
+    assert_eq!(after, key);
 }

@@ -82,15 +82,12 @@ impl Subject for Plain {
             Op::Finalize(deletion) => key.finalize(*deletion, now),
             Op::DeleteOld => key.delete_old(now),
             Op::Undo => key.undo_renewal(now),
-            Op::Activate => key.activate(now),
-            Op::Deactivate => key.deactivate(now),
-            Op::SetLabel(label) => key.set_label(label.as_str(), now),
-            Op::SetScopes(scopes) => key.set_scopes(scopes.clone(), now),
-            Op::SetMetadata(metadata) => key.set_metadata(metadata.clone(), now),
-            Op::SetExpiry(at) => key.set_expiry(*at, now),
-            Op::SetOwner(owner) => key.set_owner(owner.clone(), now),
-            Op::SetRateLimit(rate) => key.set_rate_limit(*rate, now),
-            Op::SetCredits(credits) => key.set_credits(*credits, now),
+            Op::Apply(change) => key.apply(change.clone(), now),
+            Op::ApplyAll(changes) => {
+                return key.apply_all(changes.clone(), now).map(|events| {
+                    assert_eq!(events.last().map(|e| e.version()), Some(key.version()));
+                });
+            }
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|event| assert_eq!(event.version(), key.version()))
@@ -185,15 +182,12 @@ impl Subject for Managed {
             Op::Finalize(deletion) => block_on(m.finalize(id, *deletion, now)),
             Op::DeleteOld => block_on(m.delete_old(id, now)),
             Op::Undo => block_on(m.undo_renewal(id, now)),
-            Op::Activate => block_on(m.activate(id, now)),
-            Op::Deactivate => block_on(m.deactivate(id, now)),
-            Op::SetLabel(label) => block_on(m.set_label(id, label, now)),
-            Op::SetScopes(scopes) => block_on(m.set_scopes(id, scopes.clone(), now)),
-            Op::SetMetadata(metadata) => block_on(m.set_metadata(id, metadata.clone(), now)),
-            Op::SetExpiry(at) => block_on(m.set_expiry(id, *at, now)),
-            Op::SetOwner(owner) => block_on(m.set_owner(id, owner.clone(), now)),
-            Op::SetRateLimit(rate) => block_on(m.set_rate_limit(id, *rate, now)),
-            Op::SetCredits(credits) => block_on(m.set_credits(id, *credits, now)),
+            Op::Apply(change) => block_on(m.apply(id, change.clone(), now)),
+            Op::ApplyAll(changes) => {
+                return block_on(m.apply_all(id, changes.clone(), now))
+                    .map(|_| ())
+                    .map_err(refusal);
+            }
             other => unreachable!("{other:?} is not a plain transition"),
         }
         .map(|_| ())
@@ -306,18 +300,7 @@ impl<S: Subject> StateMachineTest for Against<S> {
                 }
                 Err(e) => Expected::Refused(e),
             },
-            Op::Finalize(_)
-            | Op::DeleteOld
-            | Op::Undo
-            | Op::Activate
-            | Op::Deactivate
-            | Op::SetLabel(_)
-            | Op::SetScopes(_)
-            | Op::SetMetadata(_)
-            | Op::SetExpiry(_)
-            | Op::SetOwner(_)
-            | Op::SetRateLimit(_)
-            | Op::SetCredits(_) => {
+            Op::Finalize(_) | Op::DeleteOld | Op::Undo | Op::Apply(_) | Op::ApplyAll(_) => {
                 let before = sut.subject.key();
                 match sut.subject.transition(&op, now) {
                     Ok(()) => Expected::Done,

@@ -14,8 +14,8 @@ use common::t0;
 use keyroll::store::{InMemoryStore, KeyStore};
 use keyroll::testing::{Expected, Model, Op};
 use keyroll::{
-    DeletionReason, Event, KeyId, KeyManager, KeyStatus, NewKey, OldTokenDeletion, RenewalState,
-    TokenId,
+    Change, DeletionReason, Event, KeyId, KeyManager, KeyStatus, NewKey, OldTokenDeletion,
+    RenewalState, TokenId,
 };
 use pollster::block_on;
 use rand::rngs::StdRng;
@@ -62,8 +62,8 @@ fn stress<S: KeyStore>(manager: &KeyManager<S>) -> (Vec<KeyId>, Vec<Event>) {
                         2 => block_on(manager.finalize(id, deletion, now)).map(Some),
                         3 => block_on(manager.delete_old(id, now)).map(Some),
                         4 => block_on(manager.undo_renewal(id, now)).map(Some),
-                        5 => block_on(manager.activate(id, now)).map(Some),
-                        6 => block_on(manager.deactivate(id, now)).map(Some),
+                        5 => block_on(manager.apply(id, Change::Activate, now)).map(Some),
+                        6 => block_on(manager.apply(id, Change::Deactivate, now)).map(Some),
                         7 => block_on(manager.delete_old_if_idle(id, Duration::hours(1), now))
                             .map(Some),
                         _ => block_on(manager.housekeep(id, now)),
@@ -93,8 +93,8 @@ fn op_of(event: &Event) -> Op {
         } => Op::Housekeep,
         Event::OldTokenDeleted { .. } => Op::DeleteOld,
         Event::RenewalUndone { .. } => Op::Undo,
-        Event::KeyActivated { .. } => Op::Activate,
-        Event::KeyDeactivated { .. } => Op::Deactivate,
+        Event::KeyActivated { .. } => Op::Apply(Change::Activate),
+        Event::KeyDeactivated { .. } => Op::Apply(Change::Deactivate),
         other => panic!("unexpected event {other:?}"),
     }
 }

@@ -33,7 +33,7 @@ use keyroll::ManagerError;
 ///     Path(id): Path<String>,
 /// ) -> Result<String, ApiError> {
 ///     let id = KeyId::new(id).map_err(ApiError::bad_request)?;
-///     let event = keys.activate(&id, time::OffsetDateTime::now_utc()).await?;
+///     let event = keys.apply(&id, keyroll::Change::Activate, time::OffsetDateTime::now_utc()).await?;
 ///     Ok(event.name().to_owned())
 /// }
 ///

@@ -95,7 +95,9 @@ async fn revocation_reaches_another_replica_within_milliseconds() {
                 &old
             }
             _ => {
-                a.deactivate(&id, now).await.unwrap();
+                a.apply(&id, keyroll::Change::Deactivate, now)
+                    .await
+                    .unwrap();
                 &new
             }
         };

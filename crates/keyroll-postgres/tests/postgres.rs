@@ -187,7 +187,7 @@ async fn postgres_renewal_through_one_replica_authenticates_through_the_other_at
             .map(|a| a.matched),
         Err(AuthError::Verify(VerifyError::Mismatch))
     ));
-    b.deactivate(id, now).await.unwrap();
+    b.apply(id, keyroll::Change::Deactivate, now).await.unwrap();
     assert!(matches!(
         a.authenticate(Credentials::bearer(second.expose_secret()).with_id(id), now)
             .await

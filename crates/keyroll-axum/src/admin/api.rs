@@ -8,10 +8,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use keyroll::meter::{Credits, RateLimit, Refill};
+use keyroll::meter::{Credits, RateLimit};
 use keyroll::store::KeyStore;
 use keyroll::{
-    Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, Token,
+    Change, Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, Token,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -20,6 +20,7 @@ use utoipa::{IntoParams, IntoResponses, ToSchema};
 use super::auth::{Actor, AdminState};
 use super::summary::{AllowanceSummary, ExpiringSummary, KeySummary, UsageHour};
 use crate::ApiError;
+use crate::error::no_such_route;
 
 type Admin<S> = State<Arc<AdminState<S>>>;
 
@@ -124,6 +125,14 @@ pub(crate) struct Revoked {
     event: Option<Event>,
 }
 
+/// The events of the changes made, in order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Changed {
+    /// One event per change.
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Event>,
+}
+
 /// The deletions housekeeping applied.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Housekept {
@@ -153,10 +162,14 @@ pub(crate) struct CreateKey {
     expires_at: Option<OffsetDateTime>,
     /// Who owns it.
     owner: Option<String>,
-    /// Its rate limit, in force from its first request.
-    rate_limit: Option<RateLimitBody>,
-    /// Its credits, in force from its first request.
-    credits: Option<CreditsBody>,
+    /// Its rate limit, in force from its first request: `{"limit": 100,
+    /// "period": "1m", "burst": 20}`.
+    #[schema(value_type = Option<Object>)]
+    rate_limit: Option<RateLimit>,
+    /// Its credits, in force from its first request: `{"remaining": 1000,
+    /// "refill": {"amount": 1000, "every": "30d"}}`.
+    #[schema(value_type = Option<Object>)]
+    credits: Option<Credits>,
 }
 
 /// What becomes of the old token: `now`, `later`, `at` (with `at`), or
@@ -216,85 +229,6 @@ pub(crate) struct Since {
 pub(crate) struct Within {
     /// The window, as `14d`.
     within: String,
-}
-
-/// `{"label"}`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetLabel {
-    label: String,
-}
-
-/// `{"scopes": [..]}`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetScopes {
-    scopes: Vec<String>,
-}
-
-/// `{"metadata": {..}}`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetMetadata {
-    #[serde(deserialize_with = "entries")]
-    #[schema(value_type = std::collections::BTreeMap<String, String>)]
-    metadata: Vec<(String, String)>,
-}
-
-/// `{"expires_at": RFC 3339 | null}`: `null` removes the expiry.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetExpiry {
-    #[serde(with = "time::serde::rfc3339::option")]
-    expires_at: Option<OffsetDateTime>,
-}
-
-/// `{"owner": ".." | null}`: `null` removes the owner.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetOwner {
-    owner: Option<String>,
-}
-
-/// `{"rate_limit": {..} | null}`: `null` removes it.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetRateLimit {
-    rate_limit: Option<RateLimitBody>,
-}
-
-/// `limit` requests per `period` (`1m`), bursts of `burst` (`limit` by
-/// default).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RateLimitBody {
-    limit: u32,
-    period: String,
-    burst: Option<u32>,
-}
-
-/// `{"credits": {..} | null}`: `null` removes them. The balance starts
-/// over at `remaining`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetCredits {
-    credits: Option<CreditsBody>,
-}
-
-/// A balance, and optionally a refill.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreditsBody {
-    remaining: u64,
-    refill: Option<RefillBody>,
-}
-
-/// Back to `amount` every `every` (`30d`).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RefillBody {
-    amount: u64,
-    every: String,
 }
 
 /// `{"min_idle": "1h"}`: how long the old token must have gone unused.
@@ -367,29 +301,6 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String
         }
     }
     d.deserialize_map(Entries)
-}
-
-impl RateLimitBody {
-    fn parse(self) -> Result<RateLimit, ApiError> {
-        let rate = RateLimit::new(self.limit, duration("period", &self.period)?)
-            .map_err(ApiError::bad_request)?;
-        match self.burst {
-            Some(burst) => rate.with_burst(burst).map_err(ApiError::bad_request),
-            None => Ok(rate),
-        }
-    }
-}
-
-impl CreditsBody {
-    fn parse(self) -> Result<Credits, ApiError> {
-        let credits = Credits::new(self.remaining);
-        Ok(match self.refill {
-            None => credits,
-            Some(RefillBody { amount, every }) => credits.with_refill(
-                Refill::new(amount, duration("every", &every)?).map_err(ApiError::bad_request)?,
-            ),
-        })
-    }
 }
 
 impl Deletion {
@@ -516,10 +427,10 @@ pub(crate) async fn create_key<S: KeyStore + 'static>(
         key = key.owner(OwnerId::new(owner).map_err(ApiError::bad_request)?);
     }
     if let Some(rate) = new.rate_limit {
-        key = key.rate_limit(rate.parse()?);
+        key = key.rate_limit(rate);
     }
     if let Some(credits) = new.credits {
-        key = key.credits(credits.parse()?);
+        key = key.credits(credits);
     }
     let now = OffsetDateTime::now_utc();
     let (token, event) = admin.keys.create_key(key, now, &mut rng).await?;
@@ -764,91 +675,113 @@ pub(crate) async fn revoke_token<S: KeyStore + 'static>(
 // ---------------------------------------------------------------- status
 
 transition!(
-    /// Activates the key: its tokens verify again.
-    activate, activate, post, "/keys/{id}/activate", "keys"
-);
-transition!(
-    /// Deactivates the key: none of its tokens verifies until activated.
-    deactivate, deactivate, post, "/keys/{id}/deactivate", "keys"
-);
-transition!(
     /// Deletes the key and its tokens, meter and usage counts.
     delete_key, delete_key, delete, "/keys/{id}", "keys"
 );
 
-// ---------------------------------------------------------------- settings
+// ---------------------------------------------------------------- changes
 
-/// The settings that take one JSON body.
-macro_rules! setting {
-    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ty, |$admin:ident, $id:ident, $value:ident, $now:ident| $call:expr) => {
-        $(#[$doc])*
-        #[utoipa::path(put, path = $path, tag = "settings",
-            params(("id" = String, Path, description = "The key's id")),
-            request_body = $body, responses((status = 200, body = Done), Refusals))]
-        pub(crate) async fn $name<S: KeyStore + 'static>(
-            State($admin): Admin<S>,
-            Extension(actor): Extension<Actor>,
-            Path(raw): Path<String>,
-            value: Result<Json<$body>, JsonRejection>,
-        ) -> Result<Json<Done>, ApiError> {
-            let $value = body(value)?;
-            let $id = key_id(&raw)?;
-            let $now = OffsetDateTime::now_utc();
-            let event = $call;
-            Ok($admin.done(&actor, event))
-        }
-    };
+/// Changes a key's settings or status: a list of changes, made in order in
+/// one write, all or none (`keyroll::Change` as JSON). Each change is an
+/// object of one field named after the setting (`{"label": "orders"}`,
+/// `{"scopes": ["orders:read"]}`, `{"metadata": {"team": "shop"}}`,
+/// `{"expiry": "2027-01-01T00:00:00Z"}` or `null`, `{"owner": "acme"}` or
+/// `null`, `{"rate_limit": {"limit": 100, "period": "1m", "burst": 20}}` or
+/// `null`, `{"credits": {"remaining": 1000, "refill": {"amount": 1000,
+/// "every": "30d"}}}` or `null`), or `"activate"` / `"deactivate"`.
+#[utoipa::path(patch, path = "/keys/{id}", tag = "settings",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = Vec<Object>, description = "The changes, in order (keyroll::Change)"),
+    responses((status = 200, body = Changed), Refusals))]
+pub(crate) async fn change_key<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    changes: Result<Json<Vec<Change>>, JsonRejection>,
+) -> Result<Json<Changed>, ApiError> {
+    let changes = body(changes)?;
+    let events = admin.apply(&actor, &key_id(&raw)?, changes).await?;
+    Ok(Json(Changed { events }))
 }
 
-setting!(
-    /// Sets the key's label.
-    set_label, "/keys/{id}/label", SetLabel,
-    |admin, id, value, now| admin.keys.set_label(&id, &value.label, now).await?
-);
-setting!(
-    /// Sets the key's scopes.
-    set_scopes, "/keys/{id}/scopes", SetScopes,
-    |admin, id, value, now| {
-        let scopes = Scopes::new(value.scopes).map_err(ApiError::bad_request)?;
-        let event = admin.keys.set_scopes(&id, scopes.clone(), now).await?;
-        admin.retire_bootstrap_for(&scopes, now).await;
-        event
+/// Sets one setting, named by the path, to the change in the body:
+/// `PUT /keys/{id}/label` with `{"label": "orders"}` (`rate-limit` for
+/// `rate_limit`), as one change of `PATCH /keys/{id}` would.
+#[utoipa::path(put, path = "/keys/{id}/{change}", tag = "settings",
+    params(("id" = String, Path, description = "The key's id"),
+        ("change" = String, Path, description = "The setting: label, scopes, metadata, expiry, \
+            owner, rate-limit or credits")),
+    request_body(content = Object, description = "The change: `{\"label\": \"orders\"}`"),
+    responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn set<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path((raw, named)): Path<(String, String)>,
+    change: Result<Json<Change>, JsonRejection>,
+) -> Result<Json<Done>, ApiError> {
+    let change = body(change)?;
+    let named = named.replace('-', "_");
+    let name = match serde_json::to_value(&change) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().next().cloned(),
+        _ => None,
+    };
+    if name.as_deref() != Some(named.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "the path names {named}: send {{\"{named}\": ...}}"
+        )));
     }
-);
-setting!(
-    /// Sets the key's metadata.
-    set_metadata, "/keys/{id}/metadata", SetMetadata,
-    |admin, id, value, now| {
-        let metadata = Metadata::new(value.metadata).map_err(ApiError::bad_request)?;
-        admin.keys.set_metadata(&id, metadata, now).await?
+    admin.apply_one(&actor, &raw, change).await
+}
+
+/// Activates (`POST /keys/{id}/activate`) or deactivates
+/// (`/deactivate`) the key.
+#[utoipa::path(post, path = "/keys/{id}/{change}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id"),
+        ("change" = String, Path, description = "`activate` or `deactivate`")),
+    responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn set_status<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path((raw, status)): Path<(String, String)>,
+) -> Result<Json<Done>, ApiError> {
+    let change = match status.as_str() {
+        "activate" => Change::Activate,
+        "deactivate" => Change::Deactivate,
+        _ => return Err(no_such_route()),
+    };
+    admin.apply_one(&actor, &raw, change).await
+}
+
+impl<S: KeyStore> AdminState<S> {
+    /// Makes `changes` of key `id` in one write, audits their events, and
+    /// retires the bootstrap token if the key is now an active admin key.
+    async fn apply(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Event>, ApiError> {
+        let now = OffsetDateTime::now_utc();
+        let events = self.keys.apply_all(id, changes, now).await?;
+        if let Some(key) = self.keys.get(id).await?
+            && key.status() == keyroll::KeyStatus::Active
+        {
+            self.retire_bootstrap_for(key.scopes(), now).await;
+        }
+        events.iter().for_each(|event| self.audit(actor, event));
+        Ok(events)
     }
-);
-setting!(
-    /// Sets or removes the key's expiry.
-    set_expiry, "/keys/{id}/expiry", SetExpiry,
-    |admin, id, value, now| admin.keys.set_expiry(&id, value.expires_at, now).await?
-);
-setting!(
-    /// Sets or removes the key's owner.
-    set_owner, "/keys/{id}/owner", SetOwner,
-    |admin, id, value, now| {
-        let owner = value.owner.map(OwnerId::new).transpose().map_err(ApiError::bad_request)?;
-        admin.keys.set_owner(&id, owner, now).await?
+
+    /// [`apply`](Self::apply) of one change of the key `raw` names.
+    async fn apply_one(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        change: Change,
+    ) -> Result<Json<Done>, ApiError> {
+        let mut events = self.apply(actor, &key_id(raw)?, vec![change]).await?;
+        Ok(Json(Done {
+            event: events.remove(0),
+        }))
     }
-);
-setting!(
-    /// Sets or removes the key's rate limit; its bucket is kept.
-    set_rate_limit, "/keys/{id}/rate-limit", SetRateLimit,
-    |admin, id, value, now| {
-        let rate = value.rate_limit.map(RateLimitBody::parse).transpose()?;
-        admin.keys.set_rate_limit(&id, rate, now).await?
-    }
-);
-setting!(
-    /// Sets or removes the key's credits; the balance starts over.
-    set_credits, "/keys/{id}/credits", SetCredits,
-    |admin, id, value, now| {
-        let credits = value.credits.map(CreditsBody::parse).transpose()?;
-        admin.keys.set_credits(&id, credits, now).await?
-    }
-);
+}

@@ -85,7 +85,6 @@ use axum::routing::{MethodFilter, MethodRouter};
 use keyroll::store::KeyStore;
 use keyroll::{Event, KeyManager, Scope};
 use utoipa::OpenApi;
-use utoipa::openapi::HttpMethod;
 
 use crate::error::no_such_route;
 use crate::{ApiError, KeyrollLayer};
@@ -265,35 +264,54 @@ impl fmt::Display for WeakBootstrapToken {
 
 impl std::error::Error for WeakBootstrapToken {}
 
-/// Adds the route of `handler`, at the path and methods its
-/// `#[utoipa::path]` (`P`) documents: the router and the document are
-/// made from one declaration.
-fn route<S, P, H, T>(router: Router<Arc<AdminState<S>>>, handler: H) -> Router<Arc<AdminState<S>>>
+/// Adds the route of `handler`, whose operation id (its function's name)
+/// is `name`, at the path and methods the document gives that operation:
+/// the router and the document are made from one declaration.
+///
+/// # Panics
+///
+/// When the document has no operation `name`: a handler listed but not
+/// documented, which every test of the router would show.
+fn route<S, H, T>(
+    router: Router<Arc<AdminState<S>>>,
+    document: &utoipa::openapi::OpenApi,
+    name: &str,
+    handler: H,
+) -> Router<Arc<AdminState<S>>>
 where
     S: KeyStore + 'static,
-    P: utoipa::Path,
     H: Handler<T, Arc<AdminState<S>>>,
     T: 'static,
 {
-    let methods = P::methods()
-        .iter()
-        .fold(MethodRouter::new(), |methods, method| {
-            methods.on(method_filter(method), handler.clone())
-        });
-    router.route(&P::path(), methods)
-}
-
-fn method_filter(method: &HttpMethod) -> MethodFilter {
-    match method {
-        HttpMethod::Get => MethodFilter::GET,
-        HttpMethod::Put => MethodFilter::PUT,
-        HttpMethod::Post => MethodFilter::POST,
-        HttpMethod::Delete => MethodFilter::DELETE,
-        HttpMethod::Patch => MethodFilter::PATCH,
-        HttpMethod::Head => MethodFilter::HEAD,
-        HttpMethod::Options => MethodFilter::OPTIONS,
-        HttpMethod::Trace => MethodFilter::TRACE,
+    for (path, item) in &document.paths.paths {
+        let methods: Vec<MethodFilter> = [
+            (MethodFilter::GET, &item.get),
+            (MethodFilter::PUT, &item.put),
+            (MethodFilter::POST, &item.post),
+            (MethodFilter::DELETE, &item.delete),
+            (MethodFilter::PATCH, &item.patch),
+            (MethodFilter::HEAD, &item.head),
+            (MethodFilter::OPTIONS, &item.options),
+            (MethodFilter::TRACE, &item.trace),
+        ]
+        .into_iter()
+        .filter(|(_, operation)| {
+            operation
+                .as_ref()
+                .is_some_and(|o| o.operation_id.as_deref() == Some(name))
+        })
+        .map(|(method, _)| method)
+        .collect();
+        if !methods.is_empty() {
+            let methods = methods
+                .into_iter()
+                .fold(MethodRouter::new(), |router, method| {
+                    router.on(method, handler.clone())
+                });
+            return router.route(path, methods);
+        }
     }
+    panic!("the admin router's handler {name} is not in its OpenAPI document")
 }
 
 /// The document's bearer scheme.
@@ -341,24 +359,23 @@ macro_rules! documented {
         struct Document;
 
         fn api_routes<S: KeyStore + 'static>() -> Router<Arc<AdminState<S>>> {
-            let router = Router::new();
-            $(let router = paste::paste!(route::<S, api::[<__path_ $handler>], _, _>(router, api::$handler::<S>));)*
+            let (router, document) = (Router::new(), openapi());
+            $(let router = route(router, &document, stringify!($handler), api::$handler::<S>);)*
             router
         }
 
         fn console_routes<S: KeyStore + 'static>() -> Router<Arc<AdminState<S>>> {
-            let router = Router::new();
-            $(let router = paste::paste!(route::<S, $module::[<__path_ $open>], _, _>(router, $module::$open));)*
+            let (router, document) = (Router::new(), openapi());
+            $(let router = route(router, &document, stringify!($open), $module::$open);)*
             router
         }
     };
 }
 
 documented!(
-    api: create_key, list_keys, get_key, delete_key, usage, expiring,
+    api: create_key, list_keys, get_key, change_key, set, set_status, delete_key, usage, expiring,
         renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
-        revoke_token, activate, deactivate,
-        set_label, set_scopes, set_metadata, set_expiry, set_owner, set_rate_limit, set_credits;
+        revoke_token;
     open: console::root, console::page, console::page_with_slash, console::asset, self::document,
 );
 

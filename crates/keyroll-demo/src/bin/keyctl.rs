@@ -34,9 +34,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
-    ApiKey, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager, Metadata,
-    NewKey, OldTokenDeletion, Outcome, OwnerId, Policy, RenewalEnforcement, RenewalState, Scope,
-    Scopes, TokenFormat, TokenInfo,
+    ApiKey, Change, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager,
+    Metadata, NewKey, OldTokenDeletion, Outcome, OwnerId, Policy, RenewalEnforcement, RenewalState,
+    Scope, Scopes, TokenFormat, TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -272,6 +272,32 @@ enum Command {
 }
 
 impl Command {
+    /// The key and the change, for a command that changes one setting or
+    /// the status (`set-*`, `activate`, `deactivate`).
+    fn change(&self) -> Result<Option<(&KeyId, Change)>, Box<dyn Error>> {
+        Ok(Some(match self {
+            Command::SetScopes { id, scopes } => (id, Change::Scopes(Scopes::new(scopes)?)),
+            Command::SetMeta { id, metadata } => (
+                id,
+                Change::Metadata(Metadata::new(metadata.iter().cloned())?),
+            ),
+            Command::SetExpiry { id, expires } => (id, Change::Expiry(expires.0)),
+            Command::SetLabel { id, label } => (id, Change::Label(label.clone())),
+            Command::SetOwner { id, owner } => (id, Change::Owner(owner.0.clone())),
+            Command::SetRateLimit { id, rate, burst } => {
+                (id, Change::RateLimit(rate_limit(rate.0, *burst)?))
+            }
+            Command::SetCredits {
+                id,
+                credits: balance,
+                refill,
+            } => (id, Change::Credits(credits(balance.0, *refill)?)),
+            Command::Activate { id } => (id, Change::Activate),
+            Command::Deactivate { id } => (id, Change::Deactivate),
+            _ => return Ok(None),
+        }))
+    }
+
     /// Whether the command only reads keys (and may run with `--now`).
     fn only_looks(&self) -> bool {
         matches!(
@@ -803,6 +829,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
     let manager = KeyManager::new(open_store(&cli).await?).with_usage_recording(cli.now.is_none());
     let mut rng = rand::rng();
+    // Every command that changes a setting or the status is one `Change`.
+    if let Some((id, change)) = cli.command.change()? {
+        print_event(&manager.apply(id, change, now).await?)?;
+        return Ok(());
+    }
     match cli.command {
         Command::Create {
             label,
@@ -856,37 +887,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             println!("token:  {}", token.expose_secret());
             eprintln!("warning: copy the token now; it will not be shown again");
         }
-        Command::SetScopes { id, scopes } => {
-            print_event(&manager.set_scopes(&id, Scopes::new(scopes)?, now).await?)?;
-        }
-        Command::SetMeta { id, metadata } => {
-            print_event(
-                &manager
-                    .set_metadata(&id, Metadata::new(metadata)?, now)
-                    .await?,
-            )?;
-        }
-        Command::SetExpiry { id, expires } => {
-            print_event(&manager.set_expiry(&id, expires.0, now).await?)?;
-        }
-        Command::SetLabel { id, label } => {
-            print_event(&manager.set_label(&id, &label, now).await?)?
-        }
-        Command::SetRateLimit { id, rate, burst } => {
-            let rate = rate_limit(rate.0, burst)?;
-            print_event(&manager.set_rate_limit(&id, rate, now).await?)?
-        }
-        Command::SetCredits {
-            id,
-            credits: balance,
-            refill,
-        } => {
-            let balance = credits(balance.0, refill)?;
-            print_event(&manager.set_credits(&id, balance, now).await?)?
-        }
-        Command::SetOwner { id, owner } => {
-            print_event(&manager.set_owner(&id, owner.0, now).await?)?
-        }
         Command::List { owner } => list(&manager, owner.as_ref(), now).await?,
         Command::Expiring { within } => expiring(&manager, within, now).await?,
         Command::Usage { id, since } => usage(&manager, &id, since, now).await?,
@@ -927,8 +927,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             eprintln!("{} old token(s) deleted on schedule", events.len());
         }
         Command::Undo { id } => print_event(&manager.undo_renewal(&id, now).await?)?,
-        Command::Activate { id } => print_event(&manager.activate(&id, now).await?)?,
-        Command::Deactivate { id } => print_event(&manager.deactivate(&id, now).await?)?,
         Command::Delete { id } => print_event(&manager.delete_key(&id, now).await?)?,
         Command::Revoke { id } => {
             let token = token_from_stdin()?;
@@ -963,6 +961,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 }
             }
         }
+        Command::SetScopes { .. }
+        | Command::SetMeta { .. }
+        | Command::SetExpiry { .. }
+        | Command::SetLabel { .. }
+        | Command::SetOwner { .. }
+        | Command::SetRateLimit { .. }
+        | Command::SetCredits { .. }
+        | Command::Activate { .. }
+        | Command::Deactivate { .. } => unreachable!("applied above, as a Change"),
         Command::Whois | Command::Migrate { .. } => {
             unreachable!("answered before the database is opened")
         }
