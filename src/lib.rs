@@ -48,39 +48,59 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// From the bottom up: each module imports only from those above it in
-// this list.
-mod attributes;
+// The modules by floor, from the bottom up: each imports only from the
+// floors below it (`farm-studio look` draws it; none imports back up).
+// Within a floor, rustfmt sorts.
+
+// 1: leaves.
 mod base62;
-mod change;
-#[cfg(feature = "conformance")]
-pub mod conformance;
-mod counts;
-#[cfg(feature = "serde")]
-mod duration;
-mod errors;
-mod event;
-mod expiring;
 mod hex;
-mod id;
-mod input;
-mod key;
-mod manager;
 pub mod meter;
-mod new_key;
 mod padded;
-mod policy;
-#[cfg(feature = "serde")]
-pub mod record;
 mod revision;
 mod rng;
+
+// 2: every error type, so that no module imports another's errors.
+mod errors;
+
+// 3: ids, attributes, the token states, durations' JSON.
+mod attributes;
+#[cfg(feature = "serde")]
+mod duration;
+mod id;
 mod state;
-pub mod store;
-#[cfg(feature = "proptest")]
-pub mod testing;
+
+// 4: tokens, events, usage outcomes; 5: the policy; 6: input checks and
+// the new key's description.
+mod counts;
+mod event;
 mod token;
+
+mod policy;
+
+mod input;
+mod new_key;
+
+// 7: the key itself; 8: what works on a key (changes, verification, the
+// record codec, usage notes, expiring keys).
+mod key;
+
+mod change;
+mod expiring;
+#[cfg(feature = "serde")]
+pub mod record;
 mod usage;
 mod verify;
+
+// 9: stores; 10: the manager; above: the suites over them.
+pub mod store;
+
+mod manager;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "proptest")]
+pub mod testing;
 
 pub mod error {
     //! Every error type of keyroll, in one place. The ones a caller meets

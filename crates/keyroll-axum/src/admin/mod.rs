@@ -7,9 +7,10 @@
 //!   by owner), get (with what its limits allow now), renew (with the old
 //!   token's deletion), finalize, delete the old token (now, or if idle),
 //!   undo, housekeep, revoke a leaked token (in the body, never a URL),
-//!   activate, deactivate, delete; set label, scopes, metadata, expiry,
-//!   rate limit, credits and owner; usage counts by hour; keys expiring
-//!   soon. Its routes are authorised by a scope ([`ADMIN_SCOPE`] by
+//!   delete; changes as data (`keyroll::Change` as JSON: `PATCH
+//!   /keys/{id}` with a list, made in one write, all or none; `PUT
+//!   /keys/{id}/{setting}` with one; `POST /keys/{id}/activate` and
+//!   `/deactivate`); usage counts by hour; keys expiring soon. Its routes are authorised by a scope ([`ADMIN_SCOPE`] by
 //!   default) with bearer tokens only: no cookies, so no CSRF. Under a
 //!   [`KeyrollLayer`] the identity the layer found is
 //!   used, so nothing is charged or counted twice. Refusals are
