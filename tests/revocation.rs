@@ -215,91 +215,20 @@ fn the_manager_revokes_what_a_scanner_reports() {
 
 #[test]
 fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
-    /// A store that counts its reads and fails every one.
-    #[derive(Default)]
-    struct NoReads(std::sync::atomic::AtomicUsize);
-    impl keyroll::store::KeyStore for NoReads {
-        type Error = std::io::Error;
-        async fn get(&self, _: &KeyId) -> Result<Option<ApiKey>, std::io::Error> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(std::io::Error::other("read"))
-        }
-        async fn insert(
-            &self,
-            _: &ApiKey,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn update(
-            &self,
-            _: &ApiKey,
-            _: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn delete(
-            &self,
-            _: &KeyId,
-            _: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn list(&self, _: Option<&KeyId>, _: usize) -> Result<Vec<ApiKey>, std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-        async fn charge(
-            &self,
-            _: &KeyId,
-            _: u64,
-            _: u32,
-            _: time::OffsetDateTime,
-        ) -> Result<
-            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-            keyroll::store::StoreError<std::io::Error>,
-        > {
-            Err(keyroll::store::StoreError::Backend(std::io::Error::other(
-                "read",
-            )))
-        }
-        async fn meter(
-            &self,
-            _: &KeyId,
-            _: u64,
-        ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-
-        async fn add_usage(&self, _: &[keyroll::store::UsageRow]) -> Result<(), std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-
-        async fn usage(
-            &self,
-            _: &KeyId,
-            _: u64,
-            _: std::ops::Range<i64>,
-        ) -> Result<Vec<keyroll::store::UsageRow>, std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-
-        async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-
-        async fn marker(&self, _: &str) -> Result<Option<time::OffsetDateTime>, std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-
-        async fn set_marker(
-            &self,
-            _: &str,
-            _: Option<time::OffsetDateTime>,
-        ) -> Result<(), std::io::Error> {
-            Err(std::io::Error::other("read"))
-        }
-    }
-    let manager = KeyManager::new(NoReads::default());
-    let reads = || manager.store().0.load(std::sync::atomic::Ordering::Relaxed);
+    // A store that counts its calls and fails every one.
+    use keyroll::store::{Action, Call, InMemoryStore, Intercept};
+    let failing = Call::ALL
+        .into_iter()
+        .fold(Intercept::new(InMemoryStore::new()), |store, call| {
+            store.on(call, || Action::Fail)
+        });
+    let manager = KeyManager::new(failing);
+    let reads = || {
+        Call::ALL
+            .into_iter()
+            .map(|call| manager.store().count(call))
+            .sum::<u64>()
+    };
     let (_, token, _) = ApiKey::issue(KeyId::new("k").unwrap(), t0(), &mut rng()).unwrap();
     // Framed as a token of `k`, one secret character changed.
     let broken = with_a_secret_character_changed(token.expose_secret());

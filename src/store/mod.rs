@@ -11,6 +11,8 @@
 //! - [`CachedStore`]: keys kept in memory in front of a slower store, for a
 //!   bounded time.
 //! - [`DynKeyStore`]: any store behind one type, chosen at run time.
+//! - `Intercept` (feature `conformance`): any store, with hooks that count,
+//!   fail or delay chosen calls, for tests.
 //!
 //! `keyroll-sqlite` and `keyroll-postgres` are stores in their own crates.
 //! The contract a backend keeps is in [`KeyStore`]'s docs, and the
@@ -18,10 +20,14 @@
 
 mod cached;
 mod dynamic;
+#[cfg(feature = "conformance")]
+mod intercept;
 mod memory;
 
 pub use cached::CachedStore;
 pub use dynamic::{DynKeyStore, DynStoreError};
+#[cfg(feature = "conformance")]
+pub use intercept::{Action, Call, Intercept, InterceptError};
 pub use memory::InMemoryStore;
 
 pub use crate::errors::StoreError;

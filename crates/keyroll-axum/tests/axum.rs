@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use keyroll::store::{InMemoryStore, KeyStore};
+use keyroll::store::{Action, Call, InMemoryStore, Intercept, KeyStore};
 use keyroll::{KeyId, KeyManager, NewKey, Scopes, Token};
 use keyroll_axum::{Caller, InsufficientScope, KeyrollLayer, RequireScope, TOKEN_RENEWED};
 use time::OffsetDateTime;
@@ -289,91 +289,14 @@ async fn scopes_guard_routes_and_old_tokens_are_told_to_move() {
 
 #[tokio::test]
 async fn store_failures_are_a_generic_503() {
-    /// A store whose reads always fail.
-    struct Down;
-    impl KeyStore for Down {
-        type Error = std::io::Error;
-        async fn get(&self, _: &KeyId) -> Result<Option<keyroll::ApiKey>, std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-        async fn insert(
-            &self,
-            _: &keyroll::ApiKey,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn update(
-            &self,
-            _: &keyroll::ApiKey,
-            _: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn delete(
-            &self,
-            _: &KeyId,
-            _: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<std::io::Error>> {
-            unreachable!()
-        }
-        async fn list(
-            &self,
-            _: Option<&KeyId>,
-            _: usize,
-        ) -> Result<Vec<keyroll::ApiKey>, std::io::Error> {
-            unreachable!()
-        }
-        async fn charge(
-            &self,
-            _: &KeyId,
-            _: u64,
-            _: u32,
-            _: time::OffsetDateTime,
-        ) -> Result<
-            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-            keyroll::store::StoreError<std::io::Error>,
-        > {
-            Err(keyroll::store::StoreError::Backend(std::io::Error::other(
-                "connection reset by the database",
-            )))
-        }
-        async fn meter(
-            &self,
-            _: &KeyId,
-            _: u64,
-        ) -> Result<Option<keyroll::meter::StoredMeter>, std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-
-        async fn add_usage(&self, _: &[keyroll::store::UsageRow]) -> Result<(), std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-
-        async fn usage(
-            &self,
-            _: &KeyId,
-            _: u64,
-            _: std::ops::Range<i64>,
-        ) -> Result<Vec<keyroll::store::UsageRow>, std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-
-        async fn prune_usage(&self, _: i64) -> Result<u64, std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-        async fn marker(&self, _: &str) -> Result<Option<OffsetDateTime>, std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-        async fn set_marker(
-            &self,
-            _: &str,
-            _: Option<OffsetDateTime>,
-        ) -> Result<(), std::io::Error> {
-            Err(std::io::Error::other("connection reset by the database"))
-        }
-    }
+    // A store whose every call fails.
+    let down = Call::ALL
+        .into_iter()
+        .fold(Intercept::new(InMemoryStore::new()), |store, call| {
+            store.on(call, || Action::Fail)
+        });
     let f = fixture().await;
-    let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(Down))));
+    let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(down))));
     for way in WAYS {
         let whoami = format!("{way}/whoami");
         let (status, _, _, body) = send(&app, bearer(&whoami, f.reader.expose_secret())).await;
@@ -419,90 +342,10 @@ async fn over_a_real_socket() {
 
 #[tokio::test]
 async fn a_store_that_answers_later_gets_the_same_answers() {
-    /// `InMemoryStore` behind reads that first yield to the runtime, as a
-    /// store doing I/O does: the layer cannot answer during its `call`.
-    struct Later(InMemoryStore);
-    impl KeyStore for Later {
-        type Error = std::convert::Infallible;
-        async fn get(&self, id: &KeyId) -> Result<Option<keyroll::ApiKey>, Self::Error> {
-            tokio::task::yield_now().await;
-            self.0.get(id).await
-        }
-        async fn insert(
-            &self,
-            key: &keyroll::ApiKey,
-        ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-            self.0.insert(key).await
-        }
-        async fn update(
-            &self,
-            key: &keyroll::ApiKey,
-            expected: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-            self.0.update(key, expected).await
-        }
-        async fn delete(
-            &self,
-            id: &KeyId,
-            expected: keyroll::store::Revision,
-        ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-            self.0.delete(id, expected).await
-        }
-        async fn list(
-            &self,
-            after: Option<&KeyId>,
-            limit: usize,
-        ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
-            self.0.list(after, limit).await
-        }
-        async fn charge(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-            cost: u32,
-            now: time::OffsetDateTime,
-        ) -> Result<
-            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-            keyroll::store::StoreError<Self::Error>,
-        > {
-            self.0.charge(id, incarnation, cost, now).await
-        }
-        async fn meter(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-        ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-            self.0.meter(id, incarnation).await
-        }
-
-        async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-            self.0.add_usage(rows).await
-        }
-
-        async fn usage(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-            hours: std::ops::Range<i64>,
-        ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-            self.0.usage(id, incarnation, hours).await
-        }
-
-        async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-            self.0.prune_usage(before).await
-        }
-        async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
-            self.0.marker(name).await
-        }
-        async fn set_marker(
-            &self,
-            name: &str,
-            at: Option<OffsetDateTime>,
-        ) -> Result<(), Self::Error> {
-            self.0.set_marker(name, at).await
-        }
-    }
-    let keys = Arc::new(KeyManager::new(Later(InMemoryStore::new())));
+    // `InMemoryStore` behind reads that first yield to the runtime, as a
+    // store doing I/O does: the layer cannot answer during its `call`.
+    let later = Intercept::new(InMemoryStore::new()).on(Call::Get, || Action::Yield);
+    let keys = Arc::new(KeyManager::new(later));
     let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
     let id = KeyId::new("later").unwrap();
     let (old, _) = keys.create_key(id.clone(), now, &mut rng).await.unwrap();
@@ -533,92 +376,8 @@ async fn a_store_that_answers_later_gets_the_same_answers() {
 /// authenticates.
 #[tokio::test]
 async fn a_request_is_authenticated_once() {
-    use keyroll::store::{Revision, StoreError};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// `InMemoryStore`, counting its reads.
-    struct Counting(InMemoryStore, AtomicUsize);
-    impl KeyStore for Counting {
-        type Error = std::convert::Infallible;
-        async fn get(&self, id: &KeyId) -> Result<Option<keyroll::ApiKey>, Self::Error> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            self.0.get(id).await
-        }
-        async fn insert(&self, key: &keyroll::ApiKey) -> Result<(), StoreError<Self::Error>> {
-            self.0.insert(key).await
-        }
-        async fn update(
-            &self,
-            key: &keyroll::ApiKey,
-            expected: Revision,
-        ) -> Result<(), StoreError<Self::Error>> {
-            self.0.update(key, expected).await
-        }
-        async fn delete(
-            &self,
-            id: &KeyId,
-            expected: Revision,
-        ) -> Result<(), StoreError<Self::Error>> {
-            self.0.delete(id, expected).await
-        }
-        async fn list(
-            &self,
-            after: Option<&KeyId>,
-            limit: usize,
-        ) -> Result<Vec<keyroll::ApiKey>, Self::Error> {
-            self.0.list(after, limit).await
-        }
-        async fn charge(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-            cost: u32,
-            now: time::OffsetDateTime,
-        ) -> Result<
-            Result<keyroll::meter::Allowance, keyroll::meter::Refusal>,
-            keyroll::store::StoreError<Self::Error>,
-        > {
-            self.0.charge(id, incarnation, cost, now).await
-        }
-        async fn meter(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-        ) -> Result<Option<keyroll::meter::StoredMeter>, Self::Error> {
-            self.0.meter(id, incarnation).await
-        }
-
-        async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-            self.0.add_usage(rows).await
-        }
-
-        async fn usage(
-            &self,
-            id: &KeyId,
-            incarnation: u64,
-            hours: std::ops::Range<i64>,
-        ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-            self.0.usage(id, incarnation, hours).await
-        }
-
-        async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-            self.0.prune_usage(before).await
-        }
-        async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
-            self.0.marker(name).await
-        }
-        async fn set_marker(
-            &self,
-            name: &str,
-            at: Option<OffsetDateTime>,
-        ) -> Result<(), Self::Error> {
-            self.0.set_marker(name, at).await
-        }
-    }
-    let keys = Arc::new(KeyManager::new(Counting(
-        InMemoryStore::new(),
-        AtomicUsize::new(0),
-    )));
+    // `InMemoryStore`, its reads counted.
+    let keys = Arc::new(KeyManager::new(Intercept::new(InMemoryStore::new())));
     let now = OffsetDateTime::now_utc();
     let (token, _) = keys
         .create_key(KeyId::new("k").unwrap(), now, &mut rand::rng())
@@ -626,14 +385,14 @@ async fn a_request_is_authenticated_once() {
         .unwrap();
     let app = router(KeyrollLayer::new(keys.clone()));
     for way in WAYS {
-        let before = keys.store().1.load(Ordering::SeqCst);
+        let before = keys.store().count(Call::Verify);
         let (status, ..) = send(
             &app,
             bearer(&format!("{way}/whoami"), token.expose_secret()),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{way}");
-        assert_eq!(keys.store().1.load(Ordering::SeqCst) - before, 1, "{way}");
+        assert_eq!(keys.store().count(Call::Verify) - before, 1, "{way}");
     }
 }
 

@@ -1,0 +1,353 @@
+//! [`Intercept`]: a store that forwards every call to another, with hooks
+//! that count, fail or delay the calls a test chooses (feature
+//! `conformance`).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use time::OffsetDateTime;
+
+use super::{KeyStore, StoreError, Verification};
+use crate::counts::UsageRow;
+use crate::id::{KeyId, OwnerId};
+use crate::key::ApiKey;
+use crate::meter::{Allowance, Refusal, StoredMeter};
+use crate::revision::Revision;
+use crate::token::PresentedToken;
+
+/// One method of [`KeyStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Call {
+    /// [`KeyStore::get`].
+    Get,
+    /// [`KeyStore::insert`].
+    Insert,
+    /// [`KeyStore::update`].
+    Update,
+    /// [`KeyStore::delete`].
+    Delete,
+    /// [`KeyStore::list`].
+    List,
+    /// [`KeyStore::list_owned`].
+    ListOwned,
+    /// [`KeyStore::verify`].
+    Verify,
+    /// [`KeyStore::charge`].
+    Charge,
+    /// [`KeyStore::meter`].
+    Meter,
+    /// [`KeyStore::add_usage`].
+    AddUsage,
+    /// [`KeyStore::usage`].
+    Usage,
+    /// [`KeyStore::prune_usage`].
+    PruneUsage,
+    /// [`KeyStore::marker`].
+    Marker,
+    /// [`KeyStore::set_marker`].
+    SetMarker,
+}
+
+impl Call {
+    /// Every method, in the trait's order.
+    pub const ALL: [Call; 14] = [
+        Call::Get,
+        Call::Insert,
+        Call::Update,
+        Call::Delete,
+        Call::List,
+        Call::ListOwned,
+        Call::Verify,
+        Call::Charge,
+        Call::Meter,
+        Call::AddUsage,
+        Call::Usage,
+        Call::PruneUsage,
+        Call::Marker,
+        Call::SetMarker,
+    ];
+}
+
+/// What a hook makes of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Forward it.
+    Forward,
+    /// Fail it with [`InterceptError::Injected`], forwarding nothing.
+    Fail,
+    /// Yield to the executor once, then forward it: as a store doing I/O,
+    /// whose answer comes later (under any executor).
+    Yield,
+}
+
+/// An [`Intercept`]'s error: the one a hook injected, or the inner
+/// store's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InterceptError<E> {
+    /// A hook failed the call.
+    #[error("injected failure of {0:?}")]
+    Injected(Call),
+    /// The inner store's error.
+    #[error(transparent)]
+    Inner(E),
+}
+
+type Hook = Box<dyn Fn() -> Action + Send + Sync>;
+
+/// A [`KeyStore`] that forwards every call to `inner`, counting each kind,
+/// after the hook set for it (if any) decides to forward, fail or delay
+/// it. A hook may also block, to hold a call while a test does something
+/// else. For tests of what uses a store: a failing database, a slow one,
+/// how many reads a request costs.
+///
+/// # Example
+///
+/// ```
+/// use keyroll::store::{Action, Call, InMemoryStore, Intercept};
+/// use keyroll::{KeyId, KeyManager};
+/// use time::OffsetDateTime;
+///
+/// # pollster::block_on(async {
+/// let store = Intercept::new(InMemoryStore::new()).on(Call::Update, || Action::Fail);
+/// let keys = KeyManager::new(store);
+/// let (id, now) = (KeyId::new("acme")?, OffsetDateTime::now_utc());
+/// let (token, _) = keys.create_key(id.clone(), now, &mut rand::rng()).await?;
+/// assert!(keys.renew(&id, now, &mut rand::rng()).await.is_err()); // the write failed
+/// assert!(keys.authenticate(token.expose_secret(), now).await.is_ok());
+/// assert_eq!(keys.store().count(Call::Update), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Intercept<S> {
+    inner: S,
+    hooks: Vec<(Call, Hook)>,
+    counts: [AtomicU64; Call::ALL.len()],
+}
+
+impl<S> std::fmt::Debug for Intercept<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hooked: Vec<Call> = self.hooks.iter().map(|(call, _)| *call).collect();
+        f.debug_struct("Intercept")
+            .field("hooked", &hooked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Intercept<S> {
+    /// `inner`, every call forwarded and counted.
+    pub fn new(inner: S) -> Self {
+        Intercept {
+            inner,
+            hooks: Vec::new(),
+            counts: Default::default(),
+        }
+    }
+
+    /// Runs `hook` before each `call`, to forward, fail or delay it (the
+    /// last hook set for a call decides).
+    pub fn on(mut self, call: Call, hook: impl Fn() -> Action + Send + Sync + 'static) -> Self {
+        self.hooks.push((call, Box::new(hook)));
+        self
+    }
+
+    /// How many `call`s were made, failed ones included.
+    pub fn count(&self, call: Call) -> u64 {
+        self.counts[call as usize].load(Ordering::SeqCst)
+    }
+
+    /// The store behind.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Counts `call` and does what its hook says.
+    async fn before<E>(&self, call: Call) -> Result<(), InterceptError<E>> {
+        self.counts[call as usize].fetch_add(1, Ordering::SeqCst);
+        let hook = self.hooks.iter().rev().find(|(hooked, _)| *hooked == call);
+        match hook.map_or(Action::Forward, |(_, hook)| hook()) {
+            Action::Forward => Ok(()),
+            Action::Fail => Err(InterceptError::Injected(call)),
+            Action::Yield => {
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if std::mem::replace(&mut yielded, true) {
+                        Poll::Ready(())
+                    } else {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A store error of `inner`, or the injected one.
+fn store<E>(e: StoreError<E>) -> StoreError<InterceptError<E>> {
+    e.map_backend(InterceptError::Inner)
+}
+
+impl<S: KeyStore> KeyStore for Intercept<S> {
+    type Error = InterceptError<S::Error>;
+
+    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
+        self.before(Call::Get).await?;
+        self.inner.get(id).await.map_err(InterceptError::Inner)
+    }
+
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>> {
+        self.before(Call::Insert)
+            .await
+            .map_err(StoreError::Backend)?;
+        self.inner.insert(key).await.map_err(store)
+    }
+
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+    ) -> Result<(), StoreError<Self::Error>> {
+        self.before(Call::Update)
+            .await
+            .map_err(StoreError::Backend)?;
+        self.inner.update(key, expected).await.map_err(store)
+    }
+
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
+        self.before(Call::Delete)
+            .await
+            .map_err(StoreError::Backend)?;
+        self.inner.delete(id, expected).await.map_err(store)
+    }
+
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
+        self.before(Call::List).await?;
+        self.inner
+            .list(after, limit)
+            .await
+            .map_err(InterceptError::Inner)
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &OwnerId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, Self::Error> {
+        self.before(Call::ListOwned).await?;
+        let owned = self.inner.list_owned(owner, after, limit).await;
+        owned.map_err(InterceptError::Inner)
+    }
+
+    async fn verify(
+        &self,
+        id: &KeyId,
+        token: &PresentedToken<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Verification, Self::Error> {
+        self.before(Call::Verify).await?;
+        let verified = self.inner.verify(id, token, now).await;
+        verified.map_err(InterceptError::Inner)
+    }
+
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<Self::Error>> {
+        self.before(Call::Charge)
+            .await
+            .map_err(StoreError::Backend)?;
+        self.inner
+            .charge(id, incarnation, cost, now)
+            .await
+            .map_err(store)
+    }
+
+    async fn meter(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+    ) -> Result<Option<StoredMeter>, Self::Error> {
+        self.before(Call::Meter).await?;
+        let meter = self.inner.meter(id, incarnation).await;
+        meter.map_err(InterceptError::Inner)
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), Self::Error> {
+        self.before(Call::AddUsage).await?;
+        self.inner
+            .add_usage(rows)
+            .await
+            .map_err(InterceptError::Inner)
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        hours: Range<i64>,
+    ) -> Result<Vec<UsageRow>, Self::Error> {
+        self.before(Call::Usage).await?;
+        let rows = self.inner.usage(id, incarnation, hours).await;
+        rows.map_err(InterceptError::Inner)
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
+        self.before(Call::PruneUsage).await?;
+        self.inner
+            .prune_usage(before)
+            .await
+            .map_err(InterceptError::Inner)
+    }
+
+    async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
+        self.before(Call::Marker).await?;
+        self.inner.marker(name).await.map_err(InterceptError::Inner)
+    }
+
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), Self::Error> {
+        self.before(Call::SetMarker).await?;
+        self.inner
+            .set_marker(name, at)
+            .await
+            .map_err(InterceptError::Inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InMemoryStore;
+
+    /// Every call is forwarded and counted: the conformance suite passes
+    /// through it.
+    #[test]
+    fn an_intercept_without_hooks_is_its_inner_store() {
+        pollster::block_on(crate::conformance::run_all(|| async {
+            Intercept::new(InMemoryStore::new())
+        }));
+    }
+
+    #[test]
+    fn hooks_fail_or_yield_the_calls_they_name() {
+        let store = Intercept::new(InMemoryStore::new())
+            .on(Call::Get, || Action::Fail)
+            .on(Call::List, || Action::Yield);
+        let id = KeyId::new("a").unwrap();
+        let got = pollster::block_on(store.get(&id));
+        assert!(matches!(got, Err(InterceptError::Injected(Call::Get))));
+        assert_eq!(pollster::block_on(store.list(None, 10)).unwrap(), []);
+        assert_eq!((store.count(Call::Get), store.count(Call::List)), (1, 1));
+        assert_eq!(store.count(Call::Insert), 0);
+    }
+}
