@@ -24,7 +24,7 @@
 //! ```
 //! use keyroll::meter::{Refusal, StoredMeter};
 //! use keyroll::testing::{Charged, Expected, Model, Op};
-//! use keyroll::{ApiKey, KeyId, Token};
+//! use keyroll::{ApiKey, KeyId, Token, TransitionError};
 //! use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 //! use time::OffsetDateTime;
 //!
@@ -60,7 +60,9 @@
 //!             Some(handle) => sut.tokens[handle].expose_secret().to_owned(),
 //!             None => sut.stranger.expose_secret().to_owned(),
 //!         };
-//!         let done = |r: Result<_, _>| r.map_or_else(Expected::Refused, |_| Expected::Done);
+//!         fn done<T>(r: Result<T, TransitionError>) -> Expected {
+//!             r.map_or_else(Expected::Refused, |_| Expected::Done)
+//!         }
 //!         let seen = match op.clone() {
 //!             Op::Renew | Op::RenewWith(_) => {
 //!                 let renewed = match &op {
