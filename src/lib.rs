@@ -81,8 +81,9 @@ mod policy;
 mod input;
 mod new_key;
 
-// 7: the key itself; 8: what works on a key (changes, verification, the
-// record codec, usage notes, expiring keys).
+// 7: the key itself, and its verification (inside it, as it reads the
+// key's private fields); 8: what works on a key through its methods
+// (changes, the record codec, usage notes, expiring keys).
 mod key;
 
 mod change;
@@ -90,7 +91,6 @@ mod expiring;
 #[cfg(feature = "serde")]
 pub mod record;
 mod usage;
-mod verify;
 
 // 9: stores; 10: the manager; above: the suites over them.
 pub mod store;
@@ -123,11 +123,10 @@ pub use errors::{AuthError, ManagerError, TransitionError, VerifyError};
 pub use event::{DeletionReason, Event};
 pub use expiring::{Expiring, ExpiringReason};
 pub use id::{KeyId, OwnerId, TokenId};
-pub use key::{ApiKey, TokenInfo};
+pub use key::{ApiKey, Authenticated, TokenInfo};
 pub use manager::{Credentials, KeyManager};
 pub use new_key::NewKey;
 pub use policy::{Policy, RenewalEnforcement};
 pub use rng::os_rng;
 pub use state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
 pub use token::{PresentedToken, Token, TokenFormat};
-pub use verify::Authenticated;

@@ -19,13 +19,13 @@ use crate::event::Event;
 use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
+use crate::key::Authenticated;
 use crate::meter::{Allowance, RateLimit, Refusal};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
 use crate::token::{PresentedToken, Token};
 use crate::usage::{self, Noted, UsageLog};
-use crate::verify::Authenticated;
 
 /// What a request presents to [`KeyManager::authenticate`] (and what
 /// [`KeyManager::revoke_token`] revokes): a token, and the options of the

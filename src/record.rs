@@ -43,10 +43,10 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::id::{KeyId, OwnerId};
-use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::key::{ApiKey, Parts, Renewal, TokenInfo};
 use crate::meter::{
-    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, MeterParts, RateLimit, Refill,
-    Refusal, StoredMeter,
+    Allowance, Credits, CreditsSetting, Limits, Meter, MeterParts, RateLimit, Refill, Refusal,
+    StoredMeter,
 };
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -252,7 +252,7 @@ impl LimitColumns {
         // `MAX_CREDITS` keep them within `i64`.
         let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let nanos = |d: time::Duration| i64::try_from(d.whole_nanoseconds()).unwrap_or(i64::MAX);
-        let limits = key.limits.as_deref();
+        let limits = key.limits();
         let rate = limits.and_then(|l| l.rate.as_ref());
         let credits = limits.and_then(|l| l.credits.as_ref());
         let refill = credits.and_then(|c| c.credits.refill());
@@ -416,33 +416,48 @@ struct CreditsRecord {
 
 impl Serialize for ApiKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Every field named: a new one breaks this build until it is kept.
+        let Parts {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        } = self.clone().into_parts();
+        let (rate_limit, credits) = limits.map_or((None, None), |l| (l.rate, l.credits));
         KeyRecord {
             schema: SCHEMA,
-            id: Cow::Borrowed(&self.id),
-            label: Cow::Borrowed(&self.label),
-            status: self.status,
-            incarnation: Some(self.incarnation),
-            version: self.version,
-            created_at: self.created_at,
-            policy: self.policy,
-            scopes: Cow::Borrowed(&self.scopes),
-            metadata: Cow::Borrowed(&self.metadata),
-            expires_at: self.expires_at,
-            current_token: Cow::Borrowed(&self.current),
-            renewal: self.renewal.as_deref().map(Cow::Borrowed),
-            rate_limit: self.rate_limit().copied(),
-            credits: self
-                .limits
-                .as_deref()
-                .and_then(|l| l.credits.as_ref())
-                .map(|c| CreditsRecord {
-                    remaining: c.credits.remaining(),
-                    refill: c.credits.refill().copied(),
-                    set_at: c.set_at,
-                    generation: c.generation,
-                }),
-            owner: self.owner.as_ref().map(Cow::Borrowed),
-            last_used_at: self.last_used_at,
+            id: Cow::Owned(id),
+            label: Cow::Owned(label.into()),
+            status,
+            incarnation: Some(incarnation),
+            version,
+            created_at,
+            policy,
+            scopes: Cow::Owned(scopes),
+            metadata: Cow::Owned(metadata),
+            expires_at,
+            current_token: Cow::Owned(current),
+            renewal: renewal.map(|r| Cow::Owned(*r)),
+            rate_limit,
+            credits: credits.map(|c| CreditsRecord {
+                remaining: c.credits.remaining(),
+                refill: c.credits.refill().copied(),
+                set_at: c.set_at,
+                generation: c.generation,
+            }),
+            owner: owner.map(Cow::Owned),
+            last_used_at,
         }
         .serialize(s)
     }
@@ -481,23 +496,6 @@ impl<'de> Deserialize<'de> for ApiKey {
                 renewal.old.legacy = true;
             }
         }
-        let key = ApiKey {
-            id: record.id.into_owned(),
-            label: record.label.into_owned().into_boxed_str(),
-            status: record.status,
-            incarnation,
-            version: record.version,
-            created_at: record.created_at,
-            policy: record.policy,
-            scopes: record.scopes.into_owned(),
-            metadata: record.metadata.into_owned(),
-            expires_at: record.expires_at,
-            current,
-            renewal,
-            limits: None,
-            owner: record.owner.map(Cow::into_owned),
-            last_used_at: record.last_used_at,
-        };
         let limits = Limits {
             rate: record.rate_limit,
             credits: record.credits.map(|c| {
@@ -512,8 +510,23 @@ impl<'de> Deserialize<'de> for ApiKey {
                 }
             }),
         };
-        let mut key = key;
-        key.limits = (!limits.is_empty()).then(|| Box::new(limits));
+        let key = ApiKey::from_parts(Parts {
+            id: record.id.into_owned(),
+            label: record.label.into_owned().into_boxed_str(),
+            status: record.status,
+            incarnation,
+            version: record.version,
+            created_at: record.created_at,
+            policy: record.policy,
+            scopes: record.scopes.into_owned(),
+            metadata: record.metadata.into_owned(),
+            expires_at: record.expires_at,
+            current,
+            renewal,
+            limits: (!limits.is_empty()).then(|| Box::new(limits)),
+            owner: record.owner.map(Cow::into_owned),
+            last_used_at: record.last_used_at,
+        });
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;
         Ok(key)
@@ -533,65 +546,6 @@ fn schema_1_incarnation(id: &KeyId, created_at: OffsetDateTime) -> u64 {
         .split_first_chunk::<8>()
         .unwrap_or_else(|| unreachable!("32 bytes"));
     u64::from_le_bytes(*first) >> 1
-}
-
-impl ApiKey {
-    /// Every invariant a key built by transitions keeps, or what breaks one.
-    pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        if self.incarnation > i64::MAX as u64 {
-            return Err(format!("incarnation {} is out of range", self.incarnation));
-        }
-        // Each of these took a transition of its own (a renewal and its
-        // decision may take one: `renew_with`).
-        let min_version =
-            1 + u64::from(self.renewal.is_some()) + u64::from(self.status == KeyStatus::Inactive);
-        if self.version < min_version {
-            return Err(format!(
-                "version {} is too low for the key's state (at least {min_version})",
-                self.version
-            ));
-        }
-        if self.version > i64::MAX as u64 {
-            return Err(format!("version {} is out of range", self.version));
-        }
-        if let Some(credits) = self.limits.as_deref().and_then(|l| l.credits.as_ref()) {
-            if credits.credits.remaining() > MAX_CREDITS {
-                return Err(format!(
-                    "credits {} are above {MAX_CREDITS}",
-                    credits.credits.remaining()
-                ));
-            }
-            if !(1..=self.version).contains(&credits.generation) {
-                return Err(format!(
-                    "the credits' generation {} is not a version of the key (1 to {})",
-                    credits.generation, self.version
-                ));
-            }
-        }
-        let mut tokens = vec![("current", &self.current)];
-        if let Some(renewal) = &self.renewal {
-            if renewal.old.id == self.current.id {
-                return Err("the current and the old token have the same id".into());
-            }
-            if bool::from(renewal.old.hash.ct_eq(&self.current.hash)) {
-                return Err("the current and the old token have the same hash".into());
-            }
-            if renewal.old.revoked_at.is_some() {
-                return Err(
-                    "the old token is marked revoked (a revoked old token is deleted)".into(),
-                );
-            }
-            tokens.push(("old", &renewal.old));
-        }
-        for (which, token) in tokens {
-            if token.due_at != token.created_at.saturating_add(self.policy.renewal_period) {
-                return Err(format!(
-                    "the {which} token's due date is not its creation plus the renewal period"
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A token hash as 64 lower-case hex digits.

@@ -14,14 +14,13 @@ use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId, TokenId};
-use crate::key::{ApiKey, Renewal, TokenInfo};
+use crate::key::{ApiKey, KeyView, Parts, Renewal, TokenInfo, TokenView};
 use crate::meter::{Allowance, Limits, Refusal, StoredMeter};
 use crate::padded::Padded;
 use crate::policy::Policy;
 use crate::revision::Revision;
 use crate::state::{Decision, KeyStatus};
 use crate::token::{PresentedToken, TokenHash};
-use crate::verify::{KeyView, TokenView};
 
 /// How many shards the keys are spread over.
 const SHARDS: usize = 64;
@@ -244,13 +243,28 @@ impl Inner {
     }
 
     fn pack(&mut self, key: &ApiKey) -> Slot {
-        let policy = self.policies.number(&key.policy);
-        let scopes = self.scope_sets.number(&key.scopes);
+        let Parts {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        } = key.clone().into_parts();
         let rare = Rare {
-            current_revoked_at: key.current.revoked_at,
-            expires_at: key.expires_at,
-            limits: key.limits.clone(),
-            owner: key.owner.clone(),
+            current_revoked_at: current.revoked_at,
+            expires_at,
+            limits,
+            owner,
             meter: Mutex::new(None),
         };
         let empty = rare.current_revoked_at.is_none()
@@ -258,21 +272,18 @@ impl Inner {
             && rare.limits.is_none()
             && rare.owner.is_none();
         Slot {
-            id: key.id.clone(),
-            label: key.label.clone(),
-            incarnation: key.incarnation,
-            version: key.version,
-            created_at: key.created_at,
-            policy,
-            scopes,
-            status: key.status,
-            metadata: key.metadata.clone(),
-            current: SlotToken::pack(&key.current),
-            renewal: key
-                .renewal
-                .as_ref()
-                .map(|r| Box::new((SlotToken::pack(&r.old), r.decision))),
-            last_used_at: key.last_used_at,
+            id,
+            label,
+            incarnation,
+            version,
+            created_at,
+            policy: self.policies.number(&policy),
+            scopes: self.scope_sets.number(&scopes),
+            status,
+            metadata,
+            current: SlotToken::pack(&current),
+            renewal: renewal.map(|r| Box::new((SlotToken::pack(&r.old), r.decision))),
+            last_used_at,
             rare: (!empty).then(|| Box::new(rare)),
         }
     }
@@ -280,7 +291,7 @@ impl Inner {
     fn unpack(&self, slot: &Slot) -> ApiKey {
         let policy = self.policies[slot.policy];
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
-        ApiKey {
+        ApiKey::from_parts(Parts {
             id: slot.id.clone(),
             label: slot.label.clone(),
             status: slot.status,
@@ -301,7 +312,7 @@ impl Inner {
             limits: rare.limits.clone(),
             owner: rare.owner.clone(),
             last_used_at: slot.last_used_at,
-        }
+        })
     }
 
     fn view<'a>(&'a self, slot: &'a Slot) -> KeyView<'a> {

@@ -43,9 +43,9 @@ pub use crate::counts::UsageRow;
 use crate::errors::VerifyError;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
+use crate::key::Authenticated;
 use crate::meter::{Allowance, Refusal, StoredMeter};
 use crate::token::PresentedToken;
-use crate::verify::Authenticated;
 
 /// What a store found when it verified a token against the key stored
 /// under an id ([`KeyStore::verify`]).

@@ -21,6 +21,11 @@ use crate::revision::Revision;
 use crate::state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
 use crate::token::{Token, TokenHash};
 
+mod verify;
+
+pub use verify::Authenticated;
+pub(crate) use verify::{KeyView, TokenView};
+
 /// An API key: a stable public id, a label, a status and one or two tokens.
 ///
 /// It holds no secret, only token hashes, so it can be cloned, logged and
@@ -54,10 +59,37 @@ use crate::token::{Token, TokenHash};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
+    id: KeyId,
+    label: Box<str>,
+    status: KeyStatus,
+    /// Random, below 2^63, fixed at issue: see [`Revision`].
+    incarnation: u64,
+    version: u64,
+    created_at: OffsetDateTime,
+    policy: Policy,
+    scopes: Scopes,
+    metadata: Metadata,
+    expires_at: Option<OffsetDateTime>,
+    current: TokenInfo,
+    /// Boxed: most keys are not renewing, and a key stays small.
+    renewal: Option<Box<Renewal>>,
+    /// Boxed, and `None` rather than empty: most keys have no limits.
+    limits: Option<Box<Limits>>,
+    owner: Option<OwnerId>,
+    /// The latest recorded use of any of its tokens, deleted ones included.
+    last_used_at: Option<OffsetDateTime>,
+}
+
+/// Every field of an [`ApiKey`], for the record codec and
+/// `InMemoryStore`'s packed form: they take a key apart and put it back
+/// together with [`ApiKey::into_parts`] and [`ApiKey::from_parts`], naming
+/// every field, so that a new field breaks their build until they keep it.
+/// `from_parts` checks nothing: the codec checks a loaded key after.
+#[derive(Debug)]
+pub(crate) struct Parts {
     pub(crate) id: KeyId,
     pub(crate) label: Box<str>,
     pub(crate) status: KeyStatus,
-    /// Random, below 2^63, fixed at issue: see [`Revision`].
     pub(crate) incarnation: u64,
     pub(crate) version: u64,
     pub(crate) created_at: OffsetDateTime,
@@ -66,13 +98,88 @@ pub struct ApiKey {
     pub(crate) metadata: Metadata,
     pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) current: TokenInfo,
-    /// Boxed: most keys are not renewing, and a key stays small.
     pub(crate) renewal: Option<Box<Renewal>>,
-    /// Boxed, and `None` rather than empty: most keys have no limits.
     pub(crate) limits: Option<Box<Limits>>,
     pub(crate) owner: Option<OwnerId>,
-    /// The latest recorded use of any of its tokens, deleted ones included.
     pub(crate) last_used_at: Option<OffsetDateTime>,
+}
+
+impl ApiKey {
+    /// The key's fields, moved out.
+    pub(crate) fn into_parts(self) -> Parts {
+        let ApiKey {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        } = self;
+        Parts {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        }
+    }
+
+    /// The key these fields make, unchecked.
+    pub(crate) fn from_parts(parts: Parts) -> ApiKey {
+        let Parts {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        } = parts;
+        ApiKey {
+            id,
+            label,
+            status,
+            incarnation,
+            version,
+            created_at,
+            policy,
+            scopes,
+            metadata,
+            expires_at,
+            current,
+            renewal,
+            limits,
+            owner,
+            last_used_at,
+        }
+    }
 }
 
 /// A pending renewal: the previous token, still valid, and what was decided
@@ -664,6 +771,11 @@ impl ApiKey {
     }
 
     /// Keeps `limits`, or none when they are empty.
+    /// The key's limits, if it has any.
+    pub(crate) fn limits(&self) -> Option<&Limits> {
+        self.limits.as_deref()
+    }
+
     fn set_limits(&mut self, limits: Limits) {
         self.limits = (!limits.is_empty()).then(|| Box::new(limits));
     }
@@ -1079,5 +1191,64 @@ fn decision_of(deletion: OldTokenDeletion, now: OffsetDateTime) -> Option<Decisi
         OldTokenDeletion::At(at) if at > now => Some(Decision::Scheduled { at }),
         OldTokenDeletion::AfterNewTokenUse { grace } => Some(Decision::AfterNewTokenUse { grace }),
         OldTokenDeletion::Now | OldTokenDeletion::At(_) => None,
+    }
+}
+
+impl ApiKey {
+    /// Every invariant a key built by transitions keeps, or what breaks one.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        if self.incarnation > i64::MAX as u64 {
+            return Err(format!("incarnation {} is out of range", self.incarnation));
+        }
+        // Each of these took a transition of its own (a renewal and its
+        // decision may take one: `renew_with`).
+        let min_version =
+            1 + u64::from(self.renewal.is_some()) + u64::from(self.status == KeyStatus::Inactive);
+        if self.version < min_version {
+            return Err(format!(
+                "version {} is too low for the key's state (at least {min_version})",
+                self.version
+            ));
+        }
+        if self.version > i64::MAX as u64 {
+            return Err(format!("version {} is out of range", self.version));
+        }
+        if let Some(credits) = self.limits.as_deref().and_then(|l| l.credits.as_ref()) {
+            if credits.credits.remaining() > MAX_CREDITS {
+                return Err(format!(
+                    "credits {} are above {MAX_CREDITS}",
+                    credits.credits.remaining()
+                ));
+            }
+            if !(1..=self.version).contains(&credits.generation) {
+                return Err(format!(
+                    "the credits' generation {} is not a version of the key (1 to {})",
+                    credits.generation, self.version
+                ));
+            }
+        }
+        let mut tokens = vec![("current", &self.current)];
+        if let Some(renewal) = &self.renewal {
+            if renewal.old.id == self.current.id {
+                return Err("the current and the old token have the same id".into());
+            }
+            if bool::from(renewal.old.hash.ct_eq(&self.current.hash)) {
+                return Err("the current and the old token have the same hash".into());
+            }
+            if renewal.old.revoked_at.is_some() {
+                return Err(
+                    "the old token is marked revoked (a revoked old token is deleted)".into(),
+                );
+            }
+            tokens.push(("old", &renewal.old));
+        }
+        for (which, token) in tokens {
+            if token.due_at != token.created_at.saturating_add(self.policy.renewal_period) {
+                return Err(format!(
+                    "the {which} token's due date is not its creation plus the renewal period"
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -5,12 +5,12 @@
 use subtle::Choice;
 use time::OffsetDateTime;
 
+use super::ApiKey;
 use crate::attributes::{Metadata, Scopes};
 use crate::errors::VerifyError;
 use crate::event::Event;
 use crate::id::{KeyId, TokenId};
 use crate::input;
-use crate::key::ApiKey;
 use crate::meter::Allowance;
 use crate::policy::{Policy, RenewalEnforcement};
 use crate::state::{Decision, KeyStatus, TokenMatch};
