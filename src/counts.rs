@@ -78,6 +78,13 @@ impl UsageRow {
 
     /// Adds `counts` (accepted, rate limited, usage exceeded, refused),
     /// saturating.
+    /// Adds `other`'s counts to this row's (a store's `add_usage` adds a
+    /// batch's row to the one it keeps for the same key, incarnation and
+    /// hour), saturating.
+    pub fn merge(&mut self, other: &UsageRow) {
+        self.add(other.counts());
+    }
+
     pub(crate) fn add(&mut self, counts: [u64; 4]) {
         let [a, r, u, f] = counts;
         self.accepted = self.accepted.saturating_add(a);

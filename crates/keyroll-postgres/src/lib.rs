@@ -111,7 +111,7 @@ use std::sync::Arc;
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
-use keyroll::record::{self, LimitColumns, MeterRow, RecordError};
+use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{KeyId, OwnerId};
 use time::OffsetDateTime;
@@ -954,7 +954,7 @@ impl PgStore {
             Ok(None) => StoreError::NotFound,
             Ok(Some(row)) => StoreError::Conflict {
                 expected,
-                found: revision(row.get(0), row.get(1)),
+                found: KeyRow::revision(row.get(0), row.get(1)),
             },
             Err(e) => StoreError::Backend(e),
         }
@@ -986,24 +986,6 @@ fn bigint(n: u64) -> Result<i64, PgStoreError> {
     i64::try_from(n).map_err(|_| PgStoreError::OutOfRange(n))
 }
 
-/// A revision read from the columns (written from `u64`s below 2^63).
-fn revision(incarnation: i64, version: i64) -> Revision {
-    Revision::new(incarnation as u64, version as u64)
-}
-
-/// The columns and record of a key, ready to bind.
-fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<PgStoreError>> {
-    let revision = key.revision();
-    let columns = (|| {
-        Ok((
-            bigint(revision.incarnation())?,
-            bigint(revision.version())?,
-            record::encode(key)?,
-        ))
-    })();
-    columns.map_err(StoreError::Backend)
-}
-
 /// The [`LIMIT_COLUMNS`] of `key`, ready to bind.
 fn limit_params(limits: &LimitColumns) -> [Param<'_>; 9] {
     [
@@ -1026,7 +1008,7 @@ fn decode(row: &tokio_postgres::Row) -> Result<ApiKey, PgStoreError> {
     Ok(record::decode_row(
         row.get(3),
         id,
-        revision(row.get(1), row.get(2)),
+        KeyRow::revision(row.get(1), row.get(2)),
     )?)
 }
 
@@ -1042,7 +1024,11 @@ impl KeyStore for PgStore {
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
-        let (incarnation, version, record) = row_of(key)?;
+        let KeyRow {
+            incarnation,
+            version,
+            record,
+        } = KeyRow::of(key).map_err(|e| StoreError::Backend(e.into()))?;
         let limits = LimitColumns::of(key);
         let client = self.client().await.map_err(StoreError::Backend)?;
         let id = key.id().as_str();
@@ -1069,7 +1055,11 @@ impl KeyStore for PgStore {
         key: &ApiKey,
         expected: Revision,
     ) -> Result<(), StoreError<PgStoreError>> {
-        let (incarnation, version, record) = row_of(key)?;
+        let KeyRow {
+            incarnation,
+            version,
+            record,
+        } = KeyRow::of(key).map_err(|e| StoreError::Backend(e.into()))?;
         let expected_incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let expected_version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let limits = LimitColumns::of(key);

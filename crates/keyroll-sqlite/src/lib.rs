@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
-use keyroll::record::{self, MeterRow, RecordError};
+use keyroll::record::{self, KeyRow, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId, OwnerId};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -247,7 +247,7 @@ impl SqliteStore {
             .query_row(
                 "SELECT incarnation, version FROM keyroll_keys WHERE id = ?1",
                 [id.as_str()],
-                |row| Ok(revision(row.get(0)?, row.get(1)?)),
+                |row| Ok(KeyRow::revision(row.get(0)?, row.get(1)?)),
             )
             .optional();
         match found {
@@ -328,44 +328,33 @@ fn integer(n: u64) -> Result<i64, SqliteStoreError> {
     i64::try_from(n).map_err(|_| SqliteStoreError::OutOfRange(n))
 }
 
-/// A revision read from the columns (written from `u64`s below 2^63).
-fn revision(incarnation: i64, version: i64) -> Revision {
-    Revision::new(incarnation as u64, version as u64)
-}
-
-/// The columns and record of a key, ready to bind.
-fn row_of(key: &ApiKey) -> Result<(i64, i64, String), StoreError<SqliteStoreError>> {
-    let revision = key.revision();
-    let columns = (|| {
-        Ok((
-            integer(revision.incarnation())?,
-            integer(revision.version())?,
-            record::encode(key)?,
-        ))
-    })();
-    columns.map_err(StoreError::Backend)
-}
-
 /// The calls, each run with the connection on the store's thread.
 mod calls {
     use super::*;
 
     pub(super) fn get(conn: &Connection, id: &KeyId) -> Result<Option<ApiKey>, SqliteStoreError> {
-        let row: Option<(i64, i64, String)> = conn
+        let row: Option<KeyRow> = conn
             .prepare_cached("SELECT incarnation, version, record FROM keyroll_keys WHERE id = ?1")?
             .query_row([id.as_str()], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                Ok(KeyRow {
+                    incarnation: row.get(0)?,
+                    version: row.get(1)?,
+                    record: row.get(2)?,
+                })
             })
             .optional()?;
-        let key = row.map(|(i, v, json)| record::decode_row(&json, id.as_str(), revision(i, v)));
-        Ok(key.transpose()?)
+        Ok(row.map(|row| row.decode(id.as_str())).transpose()?)
     }
 
     pub(super) fn insert(
         conn: &Connection,
         key: &ApiKey,
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let (incarnation, version, json) = row_of(key)?;
+        let KeyRow {
+            incarnation,
+            version,
+            record: json,
+        } = KeyRow::of(key).map_err(|e| StoreError::Backend(e.into()))?;
         let inserted = conn.execute(
             "INSERT INTO keyroll_keys (id, incarnation, version, record, owner)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -393,7 +382,11 @@ mod calls {
         key: &ApiKey,
         expected: Revision,
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let (incarnation, version, json) = row_of(key)?;
+        let KeyRow {
+            incarnation,
+            version,
+            record: json,
+        } = KeyRow::of(key).map_err(|e| StoreError::Backend(e.into()))?;
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
         let expected_version = integer(expected.version()).map_err(backend)?;
         let expected_incarnation = integer(expected.incarnation()).map_err(backend)?;
@@ -605,7 +598,7 @@ mod calls {
         let rows = statement.query_map(parameters, |row| {
             Ok((
                 row.get::<_, String>(0)?,
-                revision(row.get(1)?, row.get(2)?),
+                KeyRow::revision(row.get(1)?, row.get(2)?),
                 row.get::<_, String>(3)?,
             ))
         })?;

@@ -1,0 +1,149 @@
+//! A complete third-party store built from keyroll's backend kit
+//! (`keyroll::record`): key rows, meters, usage counts and markers in maps
+//! behind one lock, standing in for your database's tables. It passes the
+//! conformance suite: `cargo run --example third_party_store --features conformance`.
+use std::collections::BTreeMap;
+use std::ops::{Bound, Range};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::record::{KeyRow, RecordError};
+use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
+use keyroll::{ApiKey, KeyId};
+use time::OffsetDateTime;
+type Answer<T> = Result<T, RecordError>;
+type Write = Result<(), StoreError<RecordError>>;
+
+/// Key rows by id; meters and usage counts by id and incarnation; markers.
+#[derive(Default)]
+pub struct MapStore(Mutex<Tables>);
+#[derive(Default)]
+struct Tables {
+    keys: BTreeMap<KeyId, KeyRow>,
+    meters: BTreeMap<(KeyId, u64), StoredMeter>,
+    usage: BTreeMap<(KeyId, u64, i64), UsageRow>,
+    markers: BTreeMap<String, OffsetDateTime>,
+}
+
+impl MapStore {
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+impl Tables {
+    fn key(&self, id: &KeyId) -> Answer<Option<ApiKey>> {
+        let row = self.keys.get(id);
+        row.map(|row| row.decode(id.as_str())).transpose()
+    }
+    /// Refuses a write expecting another revision than the stored one.
+    fn check(&self, id: &KeyId, expected: Revision, writing: Option<Revision>) -> Write {
+        let row = self.keys.get(id).ok_or(StoreError::NotFound)?;
+        let found = KeyRow::revision(row.incarnation, row.version);
+        StoreError::check_revision(expected, found, writing)
+    }
+}
+
+impl KeyStore for MapStore {
+    type Error = RecordError;
+
+    async fn get(&self, id: &KeyId) -> Answer<Option<ApiKey>> {
+        self.tables().key(id)
+    }
+    async fn insert(&self, key: &ApiKey) -> Write {
+        let row = KeyRow::of(key).map_err(StoreError::Backend)?;
+        let mut tables = self.tables();
+        if tables.keys.contains_key(key.id()) {
+            return Err(StoreError::AlreadyExists);
+        }
+        tables.keys.insert(key.id().clone(), row);
+        Ok(())
+    }
+    async fn update(&self, key: &ApiKey, expected: Revision) -> Write {
+        let row = KeyRow::of(key).map_err(StoreError::Backend)?;
+        let mut tables = self.tables();
+        tables.check(key.id(), expected, Some(key.revision()))?;
+        tables.keys.insert(key.id().clone(), row);
+        Ok(())
+    }
+    async fn delete(&self, id: &KeyId, expected: Revision) -> Write {
+        let mut tables = self.tables();
+        tables.check(id, expected, None)?;
+        tables.keys.remove(id);
+        tables.meters.retain(|(kept, _), _| kept != id);
+        tables.usage.retain(|(kept, _, _), _| kept != id);
+        Ok(())
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Answer<Vec<ApiKey>> {
+        let tables = self.tables();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rows = tables.keys.range::<KeyId, _>((from, Bound::Unbounded));
+        rows.take(limit)
+            .map(|(id, row)| row.decode(id.as_str()))
+            .collect()
+    }
+    async fn charge(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<RecordError>> {
+        let mut tables = self.tables();
+        let key = tables.key(id).map_err(StoreError::Backend)?;
+        let same = |key: &ApiKey| key.revision().incarnation() == incarnation;
+        let key = key.filter(same).ok_or(StoreError::NotFound)?;
+        // The kit's one arithmetic entry, under this store's lock.
+        let meter = (id.clone(), incarnation);
+        let (next, allowance) = match key.charge(tables.meters.get(&meter), cost, now) {
+            Ok(charged) => charged,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        tables.meters.insert(meter, next);
+        Ok(Ok(allowance))
+    }
+    async fn meter(&self, id: &KeyId, incarnation: u64) -> Answer<Option<StoredMeter>> {
+        let tables = self.tables();
+        Ok(tables.meters.get(&(id.clone(), incarnation)).cloned())
+    }
+    async fn add_usage(&self, rows: &[UsageRow]) -> Answer<()> {
+        let usage = &mut self.tables().usage;
+        for row in rows {
+            let hour = usage.entry((row.id.clone(), row.incarnation, row.hour));
+            hour.and_modify(|kept| kept.merge(row))
+                .or_insert_with(|| row.clone());
+        }
+        Ok(())
+    }
+    async fn usage(&self, id: &KeyId, inc: u64, hours: Range<i64>) -> Answer<Vec<UsageRow>> {
+        let range = (id.clone(), inc, hours.start)..(id.clone(), inc, hours.end);
+        Ok(self
+            .tables()
+            .usage
+            .range(range)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+    async fn prune_usage(&self, before: i64) -> Answer<u64> {
+        let usage = &mut self.tables().usage;
+        let count = usage.len();
+        usage.retain(|&(_, _, hour), _| hour >= before);
+        Ok((count - usage.len()) as u64)
+    }
+    async fn marker(&self, name: &str) -> Answer<Option<OffsetDateTime>> {
+        Ok(self.tables().markers.get(name).copied())
+    }
+    async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Answer<()> {
+        let markers = &mut self.tables().markers;
+        match at {
+            Some(at) => _ = markers.entry(name.to_owned()).or_insert(at),
+            None => _ = markers.remove(name),
+        }
+        Ok(())
+    }
+}
+
+pub fn main() {
+    let suite = keyroll::conformance::run_all(|| async { MapStore::default() });
+    pollster::block_on(suite);
+    println!("MapStore passes keyroll's conformance suite");
+}
