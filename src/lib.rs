@@ -83,19 +83,19 @@ mod new_key;
 
 // 7: the key itself, and its verification (inside it, as it reads the
 // key's private fields); 8: what works on a key through its methods
-// (changes, the record codec, usage notes, expiring keys).
+// (changes, expiring keys, usage notes) and the stores; 9: the manager,
+// and the backend kit (`record`), which hands stores their shared parts;
+// above the root: the suites over them all.
 mod key;
 
 mod change;
 mod expiring;
-#[cfg(feature = "serde")]
-pub mod record;
+pub mod store;
 mod usage;
 
-// 9: stores; 10: the manager; above: the suites over them.
-pub mod store;
-
 mod manager;
+#[cfg(feature = "serde")]
+pub mod record;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
