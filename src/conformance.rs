@@ -828,74 +828,32 @@ behaviours! {
 
 async fn markers_are_kept_body<S: KeyStore>(store: S) {
     const B: &str = "markers_are_kept";
+    const NAME: &str = "bootstrap-retired";
     let first = t0() + Duration::microseconds(123_456);
-    let read = |got: Option<OffsetDateTime>, want: Option<OffsetDateTime>, what: &str| {
+    let store = &store;
+    let set = |at| async move { ok(B, "set_marker", store.set_marker(NAME, at).await) };
+    let expect = |want: Option<OffsetDateTime>, what: &'static str| async move {
+        let got = ok(B, "marker", store.marker(NAME).await);
         if got != want {
             violated(B, format_args!("{what}: read {got:?}, expected {want:?}"));
         }
     };
-    read(
-        ok(B, "marker", store.marker("bootstrap-retired").await),
-        None,
-        "never set",
-    );
-    ok(
-        B,
-        "set_marker",
-        store.set_marker("bootstrap-retired", Some(first)).await,
-    );
-    ok(
-        B,
-        "set_marker",
-        store
-            .set_marker("bootstrap-retired", Some(first + Duration::DAY))
-            .await,
-    );
-    read(
-        ok(B, "marker", store.marker("bootstrap-retired").await),
-        Some(first),
-        "set twice",
-    );
-    read(
-        ok(B, "marker", store.marker("other").await),
-        None,
-        "another name",
-    );
+    expect(None, "never set").await;
+    set(Some(first)).await;
+    set(Some(first + Duration::DAY)).await;
+    expect(Some(first), "set twice").await;
+    if let Some(other) = ok(B, "marker", store.marker("other").await) {
+        violated(B, format_args!("another name read {other:?}"));
+    }
     let (key, _) = issue("marked", 120);
     ok(B, "insert", store.insert(&key).await);
     ok(B, "delete", store.delete(key.id(), key.revision()).await);
-    read(
-        ok(B, "marker", store.marker("bootstrap-retired").await),
-        Some(first),
-        "after a key's insert and delete",
-    );
-    ok(
-        B,
-        "set_marker",
-        store.set_marker("bootstrap-retired", None).await,
-    );
-    read(
-        ok(B, "marker", store.marker("bootstrap-retired").await),
-        None,
-        "cleared",
-    );
-    ok(
-        B,
-        "set_marker",
-        store.set_marker("bootstrap-retired", None).await,
-    );
-    ok(
-        B,
-        "set_marker",
-        store
-            .set_marker("bootstrap-retired", Some(first + Duration::DAY))
-            .await,
-    );
-    read(
-        ok(B, "marker", store.marker("bootstrap-retired").await),
-        Some(first + Duration::DAY),
-        "set again after a clear",
-    );
+    expect(Some(first), "after a key's insert and delete").await;
+    set(None).await;
+    expect(None, "cleared").await;
+    set(None).await;
+    set(Some(first + Duration::DAY)).await;
+    expect(Some(first + Duration::DAY), "set again after a clear").await;
 }
 
 async fn owners_are_listed_body<S: KeyStore>(store: S) {
