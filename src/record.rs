@@ -590,6 +590,11 @@ impl<'de> Deserialize<'de> for ApiKey {
                 }
             }),
         };
+        // The key's last use is at least its tokens' (records before
+        // schema 4 kept only those).
+        let tokens_last_use = current
+            .last_used_at
+            .max(renewal.as_ref().and_then(|r| r.old.last_used_at));
         let key = ApiKey::from_parts(Parts {
             id: record.id.into_owned(),
             label: record.label.into_owned().into_boxed_str(),
@@ -605,7 +610,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             renewal,
             limits: (!limits.is_empty()).then(|| Box::new(limits)),
             owner: record.owner.map(Cow::into_owned),
-            last_used_at: record.last_used_at,
+            last_used_at: record.last_used_at.max(tokens_last_use),
         });
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;

@@ -157,7 +157,6 @@ struct Slot {
     metadata: Metadata,
     current: SlotToken,
     renewal: Option<Box<(SlotToken, Decision)>>,
-    last_used_at: Option<OffsetDateTime>,
     rare: Option<Box<Rare>>,
 }
 
@@ -179,10 +178,21 @@ struct Rare {
     expires_at: Option<OffsetDateTime>,
     limits: Option<Box<Limits>>,
     owner: Option<OwnerId>,
+    /// The key's last use, kept only when its tokens' do not tell it (one
+    /// that made it was deleted since).
+    last_used_at: Option<OffsetDateTime>,
     /// The key's meter, charged under this lock (and the shard's read
     /// lock, which a write of the key waits for): one key's charges are
     /// serialised, other keys' run beside them.
     meter: Mutex<Option<StoredMeter>>,
+}
+
+/// The latest use of the tokens a key still has: its own last use, unless
+/// a token that made a later one was deleted.
+fn tokens_last_use(current: &TokenInfo, renewal: Option<&Renewal>) -> Option<OffsetDateTime> {
+    current
+        .last_used_at
+        .max(renewal.and_then(|r| r.old.last_used_at))
 }
 
 impl SlotToken {
@@ -230,6 +240,7 @@ static EMPTY: Rare = Rare {
     expires_at: None,
     limits: None,
     owner: None,
+    last_used_at: None,
     meter: Mutex::new(None),
 };
 
@@ -260,17 +271,20 @@ impl Inner {
             owner,
             last_used_at,
         } = key.clone().into_parts();
+        let tokens_last_use = tokens_last_use(&current, renewal.as_deref());
         let rare = Rare {
             current_revoked_at: current.revoked_at,
             expires_at,
             limits,
             owner,
+            last_used_at: last_used_at.filter(|_| last_used_at != tokens_last_use),
             meter: Mutex::new(None),
         };
         let empty = rare.current_revoked_at.is_none()
             && rare.expires_at.is_none()
             && rare.limits.is_none()
-            && rare.owner.is_none();
+            && rare.owner.is_none()
+            && rare.last_used_at.is_none();
         Slot {
             id,
             label,
@@ -283,7 +297,6 @@ impl Inner {
             metadata,
             current: SlotToken::pack(&current),
             renewal: renewal.map(|r| Box::new((SlotToken::pack(&r.old), r.decision))),
-            last_used_at,
             rare: (!empty).then(|| Box::new(rare)),
         }
     }
@@ -291,6 +304,16 @@ impl Inner {
     fn unpack(&self, slot: &Slot) -> ApiKey {
         let policy = self.policies[slot.policy];
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
+        let current = slot.current.unpack(&policy, rare.current_revoked_at);
+        let renewal = slot.renewal.as_deref().map(|(old, decision)| {
+            Box::new(Renewal {
+                old: old.unpack(&policy, None),
+                decision: *decision,
+            })
+        });
+        let last_used_at = rare
+            .last_used_at
+            .or_else(|| tokens_last_use(&current, renewal.as_deref()));
         ApiKey::from_parts(Parts {
             id: slot.id.clone(),
             label: slot.label.clone(),
@@ -302,16 +325,11 @@ impl Inner {
             scopes: self.scope_sets[slot.scopes].clone(),
             metadata: slot.metadata.clone(),
             expires_at: rare.expires_at,
-            current: slot.current.unpack(&policy, rare.current_revoked_at),
-            renewal: slot.renewal.as_deref().map(|(old, decision)| {
-                Box::new(Renewal {
-                    old: old.unpack(&policy, None),
-                    decision: *decision,
-                })
-            }),
+            current,
+            renewal,
             limits: rare.limits.clone(),
             owner: rare.owner.clone(),
-            last_used_at: slot.last_used_at,
+            last_used_at,
         })
     }
 
@@ -532,6 +550,7 @@ impl KeyStore for InMemoryStore {
                     expires_at: None,
                     limits: None,
                     owner: None,
+                    last_used_at: None,
                     meter: Mutex::new(None),
                 })
             });
