@@ -8,10 +8,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use common::{assert_invariants, t0};
-use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
+use keyroll::store::{self, Action, InMemoryStore, Intercept, InterceptError, KeyStore};
 use keyroll::{
     ApiKey, KeyId, KeyManager, ManagerError, NewKey, OldTokenDeletion, RenewalState, Token,
     TokenId, TokenMatch, VerifyError,
@@ -22,10 +22,6 @@ use proptest::test_runner::FileFailurePersistence;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-#[derive(Debug, thiserror::Error)]
-#[error("injected fault: {0}")]
-struct Fault(&'static str);
-
 /// What a fault schedule does to each call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
@@ -35,113 +31,71 @@ enum Outcome {
     LoseAck,
 }
 
-/// An `InMemoryStore` behind a seeded fault schedule.
-struct FaultyStore {
-    inner: InMemoryStore,
-    schedule: Mutex<StdRng>,
+/// A seeded fault schedule: reads fail, writes fail before they are
+/// applied or lose their acknowledgement (applied, then reported failed).
+struct Schedule {
+    rng: Mutex<StdRng>,
     /// Percent chance of each fault per call.
     rate: u32,
-    /// A fault forced on the next write, for the scripted test.
+    /// A fault forced on the next write, for the scripted tests.
     forced: Mutex<Option<Outcome>>,
 }
 
-impl FaultyStore {
-    fn new(seed: u64, rate: u32) -> Self {
-        FaultyStore {
-            inner: InMemoryStore::new(),
-            schedule: Mutex::new(StdRng::seed_from_u64(seed)),
-            rate,
-            forced: Mutex::new(None),
-        }
-    }
-
-    fn draw(&self, write: bool) -> Outcome {
-        if write && let Some(forced) = self.forced.lock().unwrap().take() {
-            return forced;
-        }
-        let roll = self.schedule.lock().unwrap().random_range(0..100);
-        match (write, roll) {
+impl Schedule {
+    fn draw(&self, write: bool) -> Action {
+        let forced = self.forced.lock().unwrap().take_if(|_| write);
+        let roll = self.rng.lock().unwrap().random_range(0..100);
+        let outcome = forced.unwrap_or(match (write, roll) {
             (_, r) if r < self.rate => Outcome::FailRead,
             (true, r) if r < 2 * self.rate => Outcome::FailWrite,
             (true, r) if r < 3 * self.rate => Outcome::LoseAck,
             _ => Outcome::Normal,
-        }
-    }
-
-    /// Runs a write under the schedule (`apply` does nothing until awaited).
-    async fn write(
-        &self,
-        apply: impl Future<Output = Result<(), StoreError<std::convert::Infallible>>>,
-    ) -> Result<(), StoreError<Fault>> {
-        match self.draw(true) {
-            Outcome::FailRead | Outcome::FailWrite => {
-                Err(StoreError::Backend(Fault("write refused")))
-            }
-            Outcome::LoseAck => {
-                let _ = apply.await;
-                Err(StoreError::Backend(Fault("acknowledgement lost")))
-            }
-            Outcome::Normal => apply.await.map_err(|e| e.map_backend(|e| match e {})),
+        });
+        match outcome {
+            Outcome::Normal => Action::Forward,
+            Outcome::FailRead | Outcome::FailWrite => Action::Fail,
+            Outcome::LoseAck => Action::LoseAnswer,
         }
     }
 }
 
-impl KeyStore for FaultyStore {
-    type Error = Fault;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Fault> {
-        match self.draw(false) {
-            Outcome::Normal => Ok(self.inner.get(id).await.unwrap()),
-            _ => Err(Fault("read failed")),
-        }
-    }
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Fault>> {
-        self.write(self.inner.insert(key)).await
-    }
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Fault>> {
-        self.write(self.inner.update(key, expected)).await
-    }
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Fault>> {
-        self.write(self.inner.delete(id, expected)).await
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Fault> {
-        match self.draw(false) {
-            Outcome::Normal => Ok(self.inner.list(after, limit).await.unwrap()),
-            _ => Err(Fault("read failed")),
-        }
-    }
-    common::forward_meters!(inner);
-    common::forward_markers!(inner);
+/// An `InMemoryStore` behind a seeded fault schedule (on keys' reads and
+/// writes; a failed write of usage counts only when forced), and the
+/// schedule.
+type FaultyStore = Intercept<InMemoryStore>;
 
-    /// Refused when a failed write is forced.
-    async fn add_usage(&self, rows: &[keyroll::store::UsageRow]) -> Result<(), Self::Error> {
-        if *self.forced.lock().unwrap() == Some(Outcome::FailWrite) {
-            self.forced.lock().unwrap().take();
-            return Err(Fault("counts refused"));
+fn faulty(seed: u64, rate: u32) -> (FaultyStore, Arc<Schedule>) {
+    let schedule = Arc::new(Schedule {
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        rate,
+        forced: Mutex::new(None),
+    });
+    use store::Call::{Delete, Get, Insert, List, Update, Verify};
+    let store = [Get, List, Verify]
+        .into_iter()
+        .map(|call| (call, false))
+        .chain([Insert, Update, Delete].map(|call| (call, true)))
+        .fold(
+            Intercept::new(InMemoryStore::new()),
+            |store, (call, write)| {
+                let schedule = schedule.clone();
+                store.on(call, move || schedule.draw(write))
+            },
+        );
+    let counts = schedule.clone();
+    let store = store.on(store::Call::AddUsage, move || {
+        let forced = counts
+            .forced
+            .lock()
+            .unwrap()
+            .take_if(|f| *f == Outcome::FailWrite);
+        if forced.is_some() {
+            Action::Fail
+        } else {
+            Action::Forward
         }
-        self.inner
-            .add_usage(rows)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn usage(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        hours: std::ops::Range<i64>,
-    ) -> Result<Vec<keyroll::store::UsageRow>, Self::Error> {
-        self.inner
-            .usage(id, incarnation, hours)
-            .await
-            .map_err(|never| match never {})
-    }
-
-    async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.inner
-            .prune_usage(before)
-            .await
-            .map_err(|never| match never {})
-    }
+    });
+    (store, schedule)
 }
 
 fn id() -> KeyId {
@@ -150,7 +104,7 @@ fn id() -> KeyId {
 
 /// The stored key, read past the faults, checked to load and keep its invariants.
 fn stored(manager: &KeyManager<FaultyStore>) -> ApiKey {
-    let key = block_on(manager.store().inner.get(&id()))
+    let key = block_on(manager.store().inner().get(&id()))
         .unwrap()
         .expect("the key exists");
     let loaded: ApiKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
@@ -213,10 +167,11 @@ proptest! {
         rate in 0u32..20,
         calls in proptest::collection::vec(call(), 1..64),
     ) {
-        let manager = KeyManager::new(FaultyStore::new(seed, rate)).with_max_retries(3);
+        let (store, _schedule) = faulty(seed, rate);
+        let manager = KeyManager::new(store).with_max_retries(3);
         let mut rng = StdRng::seed_from_u64(seed);
         // Create the key past the faults: the schedule applies from here on.
-        let (first, _) = block_on(KeyManager::new(&manager.store().inner)
+        let (first, _) = block_on(KeyManager::new(manager.store().inner())
             .create_key(NewKey::new(id()).label("faulty"), t0(), &mut rng))
             .unwrap();
         let mut returned: Vec<Token> = vec![first];
@@ -224,7 +179,7 @@ proptest! {
 
         for (step, call) in calls.into_iter().enumerate() {
             let before = stored(&manager);
-            let result: Result<(), ManagerError<Fault>> = match call {
+            let result: Result<(), ManagerError<InterceptError<std::convert::Infallible>>> = match call {
                 Call::Renew => block_on(manager.renew(&id(), t0(), &mut rng)).map(|(token, _)| returned.push(token)),
                 Call::FinalizeLater => block_on(manager.finalize(&id(), OldTokenDeletion::Later, t0())).map(drop),
                 Call::FinalizeNow => block_on(manager.finalize(&id(), OldTokenDeletion::Now, t0())).map(drop),
@@ -280,11 +235,12 @@ proptest! {
 
 #[test]
 fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
-    let manager = KeyManager::new(FaultyStore::new(0, 0));
+    let (store, schedule) = faulty(0, 0);
+    let manager = KeyManager::new(store);
     let (first, _) =
         block_on(manager.create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng()))
             .unwrap();
-    *manager.store().forced.lock().unwrap() = Some(Outcome::LoseAck);
+    *schedule.forced.lock().unwrap() = Some(Outcome::LoseAck);
     let result = block_on(manager.renew(&id(), t0(), &mut rand::rng()));
     assert!(
         matches!(result, Err(ManagerError::Store(_))),
@@ -317,11 +273,12 @@ fn a_lost_ack_on_renew_leaves_the_old_token_valid_and_undo_recovers() {
 
 #[test]
 fn a_failed_write_before_applying_changes_nothing() {
-    let manager = KeyManager::new(FaultyStore::new(0, 0));
+    let (store, schedule) = faulty(0, 0);
+    let manager = KeyManager::new(store);
     block_on(manager.create_key(NewKey::new(id()).label("faulty"), t0(), &mut rand::rng()))
         .unwrap();
     let before = stored(&manager);
-    *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
+    *schedule.forced.lock().unwrap() = Some(Outcome::FailWrite);
     assert!(matches!(
         block_on(manager.apply(&id(), keyroll::Change::Deactivate, t0())),
         Err(ManagerError::Store(_))
@@ -333,14 +290,15 @@ fn a_failed_write_before_applying_changes_nothing() {
 /// writes them: none lost, none counted twice.
 #[test]
 fn counts_a_flush_could_not_write_are_written_by_the_next() {
-    let manager = KeyManager::new(FaultyStore::new(1, 0)).with_usage_recording(true);
+    let (store, schedule) = faulty(1, 0);
+    let manager = KeyManager::new(store).with_usage_recording(true);
     let (_, _) = block_on(manager.create_key(id(), t0(), &mut StdRng::seed_from_u64(4))).unwrap();
     // Tokens naming the key that it never issued: refused, and counted.
     let (_, stranger, _) = ApiKey::issue(id(), t0(), &mut StdRng::seed_from_u64(5)).unwrap();
     for _ in 0..3 {
         assert!(block_on(manager.authenticate(stranger.expose_secret(), t0())).is_err());
     }
-    *manager.store().forced.lock().unwrap() = Some(Outcome::FailWrite);
+    *schedule.forced.lock().unwrap() = Some(Outcome::FailWrite);
     let failed = block_on(manager.flush_usage(t0())).unwrap_err();
     assert!(failed.counts.is_some(), "{failed}");
     assert!(

@@ -2,6 +2,7 @@
 //! that count, fail or delay the calls a test chooses (feature
 //! `conformance`).
 
+use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
@@ -81,6 +82,9 @@ pub enum Action {
     /// Yield to the executor once, then forward it: as a store doing I/O,
     /// whose answer comes later (under any executor).
     Yield,
+    /// Forward it, then fail it with [`InterceptError::Injected`]: a write
+    /// made whose acknowledgement was lost.
+    LoseAnswer,
 }
 
 /// An [`Intercept`]'s error: the one a hook injected, or the inner
@@ -99,8 +103,8 @@ pub enum InterceptError<E> {
 type Hook = Box<dyn Fn() -> Action + Send + Sync>;
 
 /// A [`KeyStore`] that forwards every call to `inner`, counting each kind,
-/// after the hook set for it (if any) decides to forward, fail or delay
-/// it. A hook may also block, to hold a call while a test does something
+/// after the hook set for it (if any) decides to forward, fail, delay it,
+/// or lose its answer. A hook may also block, to hold a call while a test does something
 /// else. For tests of what uses a store: a failing database, a slow one,
 /// how many reads a request costs.
 ///
@@ -165,12 +169,42 @@ impl<S> Intercept<S> {
         &self.inner
     }
 
-    /// Counts `call` and does what its hook says.
-    async fn before<E>(&self, call: Call) -> Result<(), InterceptError<E>> {
+    /// Counts `call`, then does what its hook says: forwards `forward` (or
+    /// not), and answers what it answered (or not).
+    async fn run<T, E>(
+        &self,
+        call: Call,
+        forward: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, InterceptError<E>> {
+        let action = self.before(call).await?;
+        let answer = forward.await.map_err(InterceptError::Inner)?;
+        match action {
+            Action::LoseAnswer => Err(InterceptError::Injected(call)),
+            _ => Ok(answer),
+        }
+    }
+
+    /// [`run`](Self::run) for a call answering a [`StoreError`].
+    async fn write<T, E>(
+        &self,
+        call: Call,
+        forward: impl Future<Output = Result<T, StoreError<E>>>,
+    ) -> Result<T, StoreError<InterceptError<E>>> {
+        let action = self.before(call).await.map_err(StoreError::Backend)?;
+        let answer = forward.await.map_err(store)?;
+        match action {
+            Action::LoseAnswer => Err(StoreError::Backend(InterceptError::Injected(call))),
+            _ => Ok(answer),
+        }
+    }
+
+    /// Counts `call` and does what its hook says before forwarding it.
+    async fn before<E>(&self, call: Call) -> Result<Action, InterceptError<E>> {
         self.counts[call as usize].fetch_add(1, Ordering::SeqCst);
         let hook = self.hooks.iter().rev().find(|(hooked, _)| *hooked == call);
-        match hook.map_or(Action::Forward, |(_, hook)| hook()) {
-            Action::Forward => Ok(()),
+        let action = hook.map_or(Action::Forward, |(_, hook)| hook());
+        match action {
+            Action::Forward | Action::LoseAnswer => Ok(action),
             Action::Fail => Err(InterceptError::Injected(call)),
             Action::Yield => {
                 let mut yielded = false;
@@ -183,7 +217,7 @@ impl<S> Intercept<S> {
                     }
                 })
                 .await;
-                Ok(())
+                Ok(action)
             }
         }
     }
@@ -198,15 +232,11 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     type Error = InterceptError<S::Error>;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
-        self.before(Call::Get).await?;
-        self.inner.get(id).await.map_err(InterceptError::Inner)
+        self.run(Call::Get, self.inner.get(id)).await
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>> {
-        self.before(Call::Insert)
-            .await
-            .map_err(StoreError::Backend)?;
-        self.inner.insert(key).await.map_err(store)
+        self.write(Call::Insert, self.inner.insert(key)).await
     }
 
     async fn update(
@@ -214,25 +244,17 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         key: &ApiKey,
         expected: Revision,
     ) -> Result<(), StoreError<Self::Error>> {
-        self.before(Call::Update)
+        self.write(Call::Update, self.inner.update(key, expected))
             .await
-            .map_err(StoreError::Backend)?;
-        self.inner.update(key, expected).await.map_err(store)
     }
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
-        self.before(Call::Delete)
+        self.write(Call::Delete, self.inner.delete(id, expected))
             .await
-            .map_err(StoreError::Backend)?;
-        self.inner.delete(id, expected).await.map_err(store)
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
-        self.before(Call::List).await?;
-        self.inner
-            .list(after, limit)
-            .await
-            .map_err(InterceptError::Inner)
+        self.run(Call::List, self.inner.list(after, limit)).await
     }
 
     async fn list_owned(
@@ -241,9 +263,8 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<ApiKey>, Self::Error> {
-        self.before(Call::ListOwned).await?;
-        let owned = self.inner.list_owned(owner, after, limit).await;
-        owned.map_err(InterceptError::Inner)
+        self.run(Call::ListOwned, self.inner.list_owned(owner, after, limit))
+            .await
     }
 
     async fn verify(
@@ -252,9 +273,8 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, Self::Error> {
-        self.before(Call::Verify).await?;
-        let verified = self.inner.verify(id, token, now).await;
-        verified.map_err(InterceptError::Inner)
+        self.run(Call::Verify, self.inner.verify(id, token, now))
+            .await
     }
 
     async fn charge(
@@ -264,13 +284,8 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         cost: u32,
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<Self::Error>> {
-        self.before(Call::Charge)
-            .await
-            .map_err(StoreError::Backend)?;
-        self.inner
-            .charge(id, incarnation, cost, now)
-            .await
-            .map_err(store)
+        let charged = self.inner.charge(id, incarnation, cost, now);
+        self.write(Call::Charge, charged).await
     }
 
     async fn meter(
@@ -278,17 +293,12 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         id: &KeyId,
         incarnation: u64,
     ) -> Result<Option<StoredMeter>, Self::Error> {
-        self.before(Call::Meter).await?;
-        let meter = self.inner.meter(id, incarnation).await;
-        meter.map_err(InterceptError::Inner)
+        self.run(Call::Meter, self.inner.meter(id, incarnation))
+            .await
     }
 
     async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), Self::Error> {
-        self.before(Call::AddUsage).await?;
-        self.inner
-            .add_usage(rows)
-            .await
-            .map_err(InterceptError::Inner)
+        self.run(Call::AddUsage, self.inner.add_usage(rows)).await
     }
 
     async fn usage(
@@ -297,30 +307,22 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         incarnation: u64,
         hours: Range<i64>,
     ) -> Result<Vec<UsageRow>, Self::Error> {
-        self.before(Call::Usage).await?;
-        let rows = self.inner.usage(id, incarnation, hours).await;
-        rows.map_err(InterceptError::Inner)
+        self.run(Call::Usage, self.inner.usage(id, incarnation, hours))
+            .await
     }
 
     async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.before(Call::PruneUsage).await?;
-        self.inner
-            .prune_usage(before)
+        self.run(Call::PruneUsage, self.inner.prune_usage(before))
             .await
-            .map_err(InterceptError::Inner)
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
-        self.before(Call::Marker).await?;
-        self.inner.marker(name).await.map_err(InterceptError::Inner)
+        self.run(Call::Marker, self.inner.marker(name)).await
     }
 
     async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), Self::Error> {
-        self.before(Call::SetMarker).await?;
-        self.inner
-            .set_marker(name, at)
+        self.run(Call::SetMarker, self.inner.set_marker(name, at))
             .await
-            .map_err(InterceptError::Inner)
     }
 }
 
