@@ -67,18 +67,19 @@ impl<S> AdminState<S> {
 
 impl<S: KeyStore> AdminState<S> {
     /// Records in the store that the bootstrap is over, once an active key
-    /// holds the admin scope (written once per process; a failure is
+    /// holds the admin scope: written once per process (a failure is
     /// logged, and the next admin call tries again).
     pub(crate) async fn retire_bootstrap(&self, now: OffsetDateTime) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
+        if !self.retired.load(Ordering::Relaxed) {
+            self.record_retirement(now).await;
         }
-        match self
-            .keys
-            .store()
-            .set_marker(BOOTSTRAP_RETIRED, Some(now))
-            .await
-        {
+    }
+
+    /// Writes the store's marker that the bootstrap is over (kept at its
+    /// first instant if it is already set).
+    async fn record_retirement(&self, now: OffsetDateTime) {
+        let store = self.keys.store();
+        match store.set_marker(BOOTSTRAP_RETIRED, Some(now)).await {
             Ok(()) => self.retired.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(
                 error = %e,
@@ -171,7 +172,9 @@ async fn bootstrap_admitted<S: KeyStore + 'static>(
         "the bootstrap token has retired for good (an admin key existed); \
          bring it back with `keyctl restore-bootstrap`"
     } else if admin_key_exists(admin, now).await? {
-        admin.retire_bootstrap(now).await;
+        // Written even if this process wrote it before: an operator may
+        // have cleared it since.
+        admin.record_retirement(now).await;
         "the bootstrap token has retired: an active key holds the admin scope"
     } else {
         return Ok(Actor::Bootstrap);
