@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::{issue, renewing, t0};
-use keyroll::store::{InMemoryStore, KeyStore};
+use keyroll::store::{Action, Call, InMemoryStore, Intercept, KeyStore};
 use keyroll::{
     ApiKey, Decision, DeletionReason, Event, KeyId, KeyManager, OldTokenDeletion, Policy,
     RenewalState, TokenMatch, TransitionError, VerifyError,
@@ -424,43 +426,14 @@ fn managers_record_uses_only_when_asked_and_only_when_it_changes_the_key() {
 }
 
 /// A store whose updates always lose the race.
-struct AlwaysConflicts(InMemoryStore);
-
-impl KeyStore for AlwaysConflicts {
-    type Error = std::convert::Infallible;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
-        self.0.get(id).await
-    }
-    async fn insert(&self, key: &ApiKey) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        self.0.insert(key).await
-    }
-    async fn update(
-        &self,
-        _: &ApiKey,
-        expected: keyroll::store::Revision,
-    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        Err(keyroll::store::StoreError::Conflict {
-            expected,
-            found: keyroll::store::Revision::new(expected.incarnation(), expected.version() + 1),
-        })
-    }
-    async fn delete(
-        &self,
-        id: &KeyId,
-        v: keyroll::store::Revision,
-    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        self.0.delete(id, v).await
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
-        self.0.list(after, limit).await
-    }
-    common::forward_meters_and_usage!(0);
+fn always_conflicts() -> Intercept<InMemoryStore> {
+    Intercept::new(InMemoryStore::new()).on(Call::Update, |_| Action::Conflict)
 }
 
 #[test]
 fn a_lost_race_on_recording_never_fails_authentication_and_keeps_the_notes() {
     let id = KeyId::new("k").unwrap();
-    let manager = KeyManager::new(AlwaysConflicts(InMemoryStore::new())).with_usage_recording(true);
+    let manager = KeyManager::new(always_conflicts()).with_usage_recording(true);
     let (token, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
     assert_eq!(
         block_on(manager.authenticate(
@@ -479,62 +452,18 @@ fn a_lost_race_on_recording_never_fails_authentication_and_keeps_the_notes() {
     assert_eq!(manager.pending_usage(), 1, "kept for the next flush");
 }
 
-/// A store in which one key's record cannot be read (a corrupt row, say).
-struct Poisoned {
-    keys: InMemoryStore,
-    poisoned: std::sync::Mutex<Option<KeyId>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the record of {0} does not load")]
-struct Unreadable(KeyId);
-
-impl KeyStore for Poisoned {
-    type Error = Unreadable;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
-        if self.poisoned.lock().unwrap().as_ref() == Some(id) {
-            return Err(Unreadable(id.clone()));
+/// A store in which one key's record cannot be read (a corrupt row, say):
+/// reads of the key the slot names fail.
+fn poisoned() -> (Intercept<InMemoryStore>, Arc<Mutex<Option<KeyId>>>) {
+    let poisoned = Arc::new(Mutex::new(None::<KeyId>));
+    let bad = poisoned.clone();
+    let store = Intercept::new(InMemoryStore::new()).on(Call::Get, move |id| {
+        match id.is_some() && bad.lock().unwrap().as_ref() == id {
+            true => Action::Fail,
+            false => Action::Forward,
         }
-        Ok(self
-            .keys
-            .get(id)
-            .await
-            .unwrap_or_else(|never| match never {}))
-    }
-    async fn insert(&self, key: &ApiKey) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        self.keys
-            .insert(key)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn update(
-        &self,
-        key: &ApiKey,
-        expected: keyroll::store::Revision,
-    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        self.keys
-            .update(key, expected)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn delete(
-        &self,
-        id: &KeyId,
-        expected: keyroll::store::Revision,
-    ) -> Result<(), keyroll::store::StoreError<Self::Error>> {
-        self.keys
-            .delete(id, expected)
-            .await
-            .map_err(|e| e.map_backend(|never| match never {}))
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
-        Ok(self
-            .keys
-            .list(after, limit)
-            .await
-            .unwrap_or_else(|never| match never {}))
-    }
-    common::forward_meters_and_usage!(keys);
+    });
+    (store, poisoned)
 }
 
 /// One key whose record cannot be read holds up no other: the flush skips
@@ -542,11 +471,8 @@ impl KeyStore for Poisoned {
 /// scheduled), keeps only that key's notes, and names it in its error.
 #[test]
 fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
-    let manager = KeyManager::new(Poisoned {
-        keys: InMemoryStore::new(),
-        poisoned: std::sync::Mutex::new(None),
-    })
-    .with_usage_recording(true);
+    let (store, poisoned) = poisoned();
+    let manager = KeyManager::new(store).with_usage_recording(true);
     let mut rng = rand::rng();
     let ids: Vec<KeyId> = ["a", "m", "z"].map(|id| KeyId::new(id).unwrap()).into();
     let mut tokens = Vec::new();
@@ -564,7 +490,7 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
     for (_, second) in &tokens {
         block_on(manager.authenticate(second.expose_secret(), t0() + minutes(1))).unwrap();
     }
-    *manager.store().poisoned.lock().unwrap() = Some(ids[1].clone());
+    *poisoned.lock().unwrap() = Some(ids[1].clone());
 
     let refused = block_on(manager.flush_usage(t0() + minutes(2))).unwrap_err();
     assert_eq!(refused.written, 2);
@@ -577,7 +503,7 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
         "only the failed key's notes kept"
     );
     for id in [&ids[0], &ids[2]] {
-        let key = block_on(manager.store().keys.get(id)).unwrap().unwrap();
+        let key = block_on(manager.store().inner().get(id)).unwrap().unwrap();
         assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));
         assert_eq!(
             key.state(),
@@ -590,9 +516,9 @@ fn a_flush_skips_a_key_it_cannot_write_and_writes_the_others() {
     }
 
     // Readable again: the kept notes are written, from the use's time.
-    *manager.store().poisoned.lock().unwrap() = None;
+    *poisoned.lock().unwrap() = None;
     assert_eq!(block_on(manager.flush_usage(t0() + minutes(3))).unwrap(), 1);
-    let key = block_on(manager.store().keys.get(&ids[1]))
+    let key = block_on(manager.store().inner().get(&ids[1]))
         .unwrap()
         .unwrap();
     assert_eq!(key.current_token().last_used_at(), Some(t0() + minutes(1)));

@@ -79,11 +79,11 @@ fn faulty(seed: u64, rate: u32) -> (FaultyStore, Arc<Schedule>) {
             Intercept::new(InMemoryStore::new()),
             |store, (call, write)| {
                 let schedule = schedule.clone();
-                store.on(call, move || schedule.draw(write))
+                store.on(call, move |_| schedule.draw(write))
             },
         );
     let counts = schedule.clone();
-    let store = store.on(store::Call::AddUsage, move || {
+    let store = store.on(store::Call::AddUsage, move |_| {
         let forced = counts
             .forced
             .lock()

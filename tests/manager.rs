@@ -4,13 +4,15 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use common::t0;
-use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError};
+use keyroll::store::{
+    Action, Call, InMemoryStore, Intercept, InterceptError, KeyStore, StoreError,
+};
 use keyroll::{
-    ApiKey, AuthError, Event, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion,
-    RenewalState, TokenMatch, TransitionError, VerifyError,
+    ApiKey, AuthError, Change, Event, KeyId, KeyManager, KeyStatus, ManagerError, NewKey,
+    OldTokenDeletion, RenewalState, TokenMatch, TransitionError, VerifyError,
 };
 use pollster::block_on;
 use rand::SeedableRng;
@@ -146,73 +148,51 @@ fn a_refused_transition_writes_nothing() {
     assert_eq!(block_on(manager.get(&id())).unwrap(), before);
 }
 
-/// A store that lets another writer change the key just before each of the
-/// first `interfere` updates, and can fail updates outright.
+/// What `contested` does to updates.
 #[derive(Default)]
-struct Contested {
-    inner: InMemoryStore,
+struct Contest {
+    /// How many of the next updates another writer comes before.
     interfere: AtomicU32,
-    fail_updates: bool,
-    updates: AtomicU64,
+    /// Whether updates fail outright.
+    fail_updates: AtomicBool,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("disk on fire")]
-struct DiskOnFire;
-
-impl KeyStore for Contested {
-    type Error = DiskOnFire;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, DiskOnFire> {
-        Ok(self.inner.get(id).await.unwrap())
-    }
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<DiskOnFire>> {
-        self.inner
-            .insert(key)
-            .await
-            .map_err(|_| StoreError::AlreadyExists)
-    }
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<DiskOnFire>> {
-        self.updates.fetch_add(1, Ordering::SeqCst);
-        if self.fail_updates {
-            return Err(StoreError::Backend(DiskOnFire));
+/// A store in which another writer changes the key just before each of
+/// the first `interfere` updates (it toggles the key's status twice), and
+/// updates can fail outright.
+fn contested() -> (Intercept<Arc<InMemoryStore>>, Arc<Contest>) {
+    let (inner, contest) = (Arc::new(InMemoryStore::new()), Arc::new(Contest::default()));
+    let (other, rules) = (inner.clone(), contest.clone());
+    let store = Intercept::new(inner).on(Call::Update, move |id| {
+        if rules.fail_updates.load(Ordering::SeqCst) {
+            return Action::Fail;
         }
-        if self.interfere.load(Ordering::SeqCst) > 0 {
-            self.interfere.fetch_sub(1, Ordering::SeqCst);
-            // Another replica toggles the key's status twice in between.
-            let mut other = self.inner.get(key.id()).await.unwrap().unwrap();
-            let loaded = other.revision();
-            other.deactivate(t0()).unwrap();
-            self.inner.update(&other, loaded).await.unwrap();
-            let loaded = other.revision();
-            other.activate(t0()).unwrap();
-            self.inner.update(&other, loaded).await.unwrap();
+        let ahead = rules
+            .interfere
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if let (Ok(_), Some(id)) = (ahead, id) {
+            let mut key = block_on(other.get(id)).unwrap().unwrap();
+            for change in [Change::Deactivate, Change::Activate] {
+                let loaded = key.revision();
+                key.apply(change, t0()).unwrap();
+                block_on(other.update(&key, loaded)).unwrap();
+            }
         }
-        self.inner.update(key, expected).await.map_err(|e| match e {
-            StoreError::Conflict { expected, found } => StoreError::Conflict { expected, found },
-            _ => StoreError::NotFound,
-        })
-    }
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<DiskOnFire>> {
-        self.inner
-            .delete(id, expected)
-            .await
-            .map_err(|_| StoreError::NotFound)
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, DiskOnFire> {
-        Ok(self.inner.list(after, limit).await.unwrap())
-    }
-    common::forward_meters_and_usage!(inner);
+        Action::Forward
+    });
+    (store, contest)
 }
 
 #[test]
 fn conflicts_are_retried_on_a_fresh_copy() {
-    let manager = KeyManager::new(Contested::default());
+    let (store, contest) = contested();
+    let manager = KeyManager::new(store);
     block_on(manager.create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())).unwrap();
-    manager.store().interfere.store(3, Ordering::SeqCst);
+    contest.interfere.store(3, Ordering::SeqCst);
     let (token, event) = block_on(manager.renew(&id(), t0(), &mut rand::rng())).unwrap();
     // Three interferences of two writes each, then the renewal.
     assert_eq!(event.version(), 1 + 6 + 1);
-    assert_eq!(manager.store().updates.load(Ordering::SeqCst), 4);
+    assert_eq!(manager.store().count(Call::Update), 4);
     assert_eq!(
         block_on(manager.authenticate(
             keyroll::Credentials::bearer(token.expose_secret()).with_id(&id()),
@@ -226,35 +206,34 @@ fn conflicts_are_retried_on_a_fresh_copy() {
 
 #[test]
 fn endless_conflicts_give_up_and_hand_out_no_token() {
-    let manager = KeyManager::new(Contested::default()).with_max_retries(2);
+    let (store, contest) = contested();
+    let manager = KeyManager::new(store).with_max_retries(2);
     block_on(manager.create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())).unwrap();
-    manager.store().interfere.store(100, Ordering::SeqCst);
+    contest.interfere.store(100, Ordering::SeqCst);
     let result = block_on(manager.renew(&id(), t0(), &mut rand::rng()));
     assert!(matches!(result, Err(ManagerError::Conflict)));
-    assert_eq!(
-        manager.store().updates.load(Ordering::SeqCst),
-        3,
-        "1 try + 2 retries"
-    );
+    assert_eq!(manager.store().count(Call::Update), 3, "1 try + 2 retries");
     let key = block_on(manager.get(&id())).unwrap().unwrap();
     assert_eq!(key.state(), RenewalState::Single, "no renewal was stored");
 }
 
 #[test]
 fn a_failed_write_hands_out_nothing_and_changes_nothing() {
-    let manager = KeyManager::new(Contested {
-        fail_updates: true,
-        ..Contested::default()
-    });
+    let (store, contest) = contested();
+    contest.fail_updates.store(true, Ordering::SeqCst);
+    let manager = KeyManager::new(store);
     block_on(manager.create_key(NewKey::new(id()).label("a"), t0(), &mut rand::rng())).unwrap();
     let before = block_on(manager.get(&id())).unwrap();
     let result = block_on(manager.renew(&id(), t0(), &mut rand::rng()));
-    assert!(matches!(result, Err(ManagerError::Store(DiskOnFire))));
+    assert!(matches!(
+        result,
+        Err(ManagerError::Store(InterceptError::Injected(Call::Update)))
+    ));
     let error = result.unwrap_err();
-    assert_eq!(error.to_string(), "store error: disk on fire");
+    assert_eq!(error.to_string(), "store error: injected failure of Update");
     // The backend's error is the source, for error reporters that walk it.
     let source = std::error::Error::source(&error).expect("a source");
-    assert_eq!(source.to_string(), "disk on fire");
+    assert_eq!(source.to_string(), "injected failure of Update");
     assert_eq!(block_on(manager.get(&id())).unwrap(), before);
 }
 

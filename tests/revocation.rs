@@ -220,7 +220,7 @@ fn authentication_by_token_alone_reads_no_store_for_a_malformed_token() {
     let failing = Call::ALL
         .into_iter()
         .fold(Intercept::new(InMemoryStore::new()), |store, call| {
-            store.on(call, || Action::Fail)
+            store.on(call, |_| Action::Fail)
         });
     let manager = KeyManager::new(failing);
     let reads = || {

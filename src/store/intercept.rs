@@ -85,6 +85,10 @@ pub enum Action {
     /// Forward it, then fail it with [`InterceptError::Injected`]: a write
     /// made whose acknowledgement was lost.
     LoseAnswer,
+    /// Refuse an `update` or `delete` as if another writer had come first
+    /// ([`StoreError::Conflict`], found one version on); fail any other
+    /// call.
+    Conflict,
 }
 
 /// An [`Intercept`]'s error: the one a hook injected, or the inner
@@ -100,7 +104,9 @@ pub enum InterceptError<E> {
     Inner(E),
 }
 
-type Hook = Box<dyn Fn() -> Action + Send + Sync>;
+/// A hook: given the id of the key the call names (`None` for a call that
+/// names none: `list`, `add_usage`, markers, ...), what to do.
+type Hook = Box<dyn Fn(Option<&KeyId>) -> Action + Send + Sync>;
 
 /// A [`KeyStore`] that forwards every call to `inner`, counting each kind,
 /// after the hook set for it (if any) decides to forward, fail, delay it,
@@ -116,7 +122,7 @@ type Hook = Box<dyn Fn() -> Action + Send + Sync>;
 /// use time::OffsetDateTime;
 ///
 /// # pollster::block_on(async {
-/// let store = Intercept::new(InMemoryStore::new()).on(Call::Update, || Action::Fail);
+/// let store = Intercept::new(InMemoryStore::new()).on(Call::Update, |_| Action::Fail);
 /// let keys = KeyManager::new(store);
 /// let (id, now) = (KeyId::new("acme")?, OffsetDateTime::now_utc());
 /// let (token, _) = keys.create_key(id.clone(), now, &mut rand::rng()).await?;
@@ -152,9 +158,13 @@ impl<S> Intercept<S> {
         }
     }
 
-    /// Runs `hook` before each `call`, to forward, fail or delay it (the
-    /// last hook set for a call decides).
-    pub fn on(mut self, call: Call, hook: impl Fn() -> Action + Send + Sync + 'static) -> Self {
+    /// Runs `hook` before each `call`, with the id of the key it names, to
+    /// forward, fail or delay it (the last hook set for a call decides).
+    pub fn on(
+        mut self,
+        call: Call,
+        hook: impl Fn(Option<&KeyId>) -> Action + Send + Sync + 'static,
+    ) -> Self {
         self.hooks.push((call, Box::new(hook)));
         self
     }
@@ -169,14 +179,18 @@ impl<S> Intercept<S> {
         &self.inner
     }
 
-    /// Counts `call`, then does what its hook says: forwards `forward` (or
-    /// not), and answers what it answered (or not).
+    /// Counts `call` (naming key `id`), then does what its hook says:
+    /// forwards `forward` (or not), and answers what it answered (or not).
     async fn run<T, E>(
         &self,
         call: Call,
+        id: Option<&KeyId>,
         forward: impl Future<Output = Result<T, E>>,
     ) -> Result<T, InterceptError<E>> {
-        let action = self.before(call).await?;
+        let action = self.before(call, id).await;
+        if matches!(action, Action::Fail | Action::Conflict) {
+            return Err(InterceptError::Injected(call));
+        }
         let answer = forward.await.map_err(InterceptError::Inner)?;
         match action {
             Action::LoseAnswer => Err(InterceptError::Injected(call)),
@@ -184,42 +198,46 @@ impl<S> Intercept<S> {
         }
     }
 
-    /// [`run`](Self::run) for a call answering a [`StoreError`].
+    /// [`run`](Self::run) for a write, which answers a [`StoreError`];
+    /// `expected` is the revision an `update` or `delete` expects.
     async fn write<T, E>(
         &self,
         call: Call,
+        id: &KeyId,
+        expected: Option<Revision>,
         forward: impl Future<Output = Result<T, StoreError<E>>>,
     ) -> Result<T, StoreError<InterceptError<E>>> {
-        let action = self.before(call).await.map_err(StoreError::Backend)?;
-        let answer = forward.await.map_err(store)?;
-        match action {
-            Action::LoseAnswer => Err(StoreError::Backend(InterceptError::Injected(call))),
-            _ => Ok(answer),
+        let injected = StoreError::Backend(InterceptError::Injected(call));
+        match (self.before(call, Some(id)).await, expected) {
+            (Action::Conflict, Some(expected)) => {
+                let found = Revision::new(expected.incarnation(), expected.version() + 1);
+                Err(StoreError::Conflict { expected, found })
+            }
+            (Action::Fail | Action::Conflict, _) => Err(injected),
+            (Action::LoseAnswer, _) => forward.await.map_err(store).and(Err(injected)),
+            _ => forward.await.map_err(store),
         }
     }
 
-    /// Counts `call` and does what its hook says before forwarding it.
-    async fn before<E>(&self, call: Call) -> Result<Action, InterceptError<E>> {
+    /// Counts `call` and does what its hook says before it is forwarded
+    /// (a yield, here); the action to take.
+    async fn before(&self, call: Call, id: Option<&KeyId>) -> Action {
         self.counts[call as usize].fetch_add(1, Ordering::SeqCst);
         let hook = self.hooks.iter().rev().find(|(hooked, _)| *hooked == call);
-        let action = hook.map_or(Action::Forward, |(_, hook)| hook());
-        match action {
-            Action::Forward | Action::LoseAnswer => Ok(action),
-            Action::Fail => Err(InterceptError::Injected(call)),
-            Action::Yield => {
-                let mut yielded = false;
-                std::future::poll_fn(|cx| {
-                    if std::mem::replace(&mut yielded, true) {
-                        Poll::Ready(())
-                    } else {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                })
-                .await;
-                Ok(action)
-            }
+        let action = hook.map_or(Action::Forward, |(_, hook)| hook(id));
+        if action == Action::Yield {
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut yielded, true) {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
         }
+        action
     }
 }
 
@@ -232,11 +250,12 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     type Error = InterceptError<S::Error>;
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Self::Error> {
-        self.run(Call::Get, self.inner.get(id)).await
+        self.run(Call::Get, Some(id), self.inner.get(id)).await
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>> {
-        self.write(Call::Insert, self.inner.insert(key)).await
+        self.write(Call::Insert, key.id(), None, self.inner.insert(key))
+            .await
     }
 
     async fn update(
@@ -244,17 +263,19 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         key: &ApiKey,
         expected: Revision,
     ) -> Result<(), StoreError<Self::Error>> {
-        self.write(Call::Update, self.inner.update(key, expected))
+        let update = self.inner.update(key, expected);
+        self.write(Call::Update, key.id(), Some(expected), update)
             .await
     }
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
-        self.write(Call::Delete, self.inner.delete(id, expected))
-            .await
+        let delete = self.inner.delete(id, expected);
+        self.write(Call::Delete, id, Some(expected), delete).await
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
-        self.run(Call::List, self.inner.list(after, limit)).await
+        self.run(Call::List, None, self.inner.list(after, limit))
+            .await
     }
 
     async fn list_owned(
@@ -263,8 +284,12 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         after: Option<&KeyId>,
         limit: usize,
     ) -> Result<Vec<ApiKey>, Self::Error> {
-        self.run(Call::ListOwned, self.inner.list_owned(owner, after, limit))
-            .await
+        self.run(
+            Call::ListOwned,
+            None,
+            self.inner.list_owned(owner, after, limit),
+        )
+        .await
     }
 
     async fn verify(
@@ -273,7 +298,7 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, Self::Error> {
-        self.run(Call::Verify, self.inner.verify(id, token, now))
+        self.run(Call::Verify, Some(id), self.inner.verify(id, token, now))
             .await
     }
 
@@ -285,7 +310,7 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<Self::Error>> {
         let charged = self.inner.charge(id, incarnation, cost, now);
-        self.write(Call::Charge, charged).await
+        self.write(Call::Charge, id, None, charged).await
     }
 
     async fn meter(
@@ -293,12 +318,13 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         id: &KeyId,
         incarnation: u64,
     ) -> Result<Option<StoredMeter>, Self::Error> {
-        self.run(Call::Meter, self.inner.meter(id, incarnation))
+        self.run(Call::Meter, Some(id), self.inner.meter(id, incarnation))
             .await
     }
 
     async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), Self::Error> {
-        self.run(Call::AddUsage, self.inner.add_usage(rows)).await
+        self.run(Call::AddUsage, None, self.inner.add_usage(rows))
+            .await
     }
 
     async fn usage(
@@ -307,21 +333,25 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         incarnation: u64,
         hours: Range<i64>,
     ) -> Result<Vec<UsageRow>, Self::Error> {
-        self.run(Call::Usage, self.inner.usage(id, incarnation, hours))
-            .await
+        self.run(
+            Call::Usage,
+            Some(id),
+            self.inner.usage(id, incarnation, hours),
+        )
+        .await
     }
 
     async fn prune_usage(&self, before: i64) -> Result<u64, Self::Error> {
-        self.run(Call::PruneUsage, self.inner.prune_usage(before))
+        self.run(Call::PruneUsage, None, self.inner.prune_usage(before))
             .await
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Self::Error> {
-        self.run(Call::Marker, self.inner.marker(name)).await
+        self.run(Call::Marker, None, self.inner.marker(name)).await
     }
 
     async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), Self::Error> {
-        self.run(Call::SetMarker, self.inner.set_marker(name, at))
+        self.run(Call::SetMarker, None, self.inner.set_marker(name, at))
             .await
     }
 }
@@ -343,8 +373,8 @@ mod tests {
     #[test]
     fn hooks_fail_or_yield_the_calls_they_name() {
         let store = Intercept::new(InMemoryStore::new())
-            .on(Call::Get, || Action::Fail)
-            .on(Call::List, || Action::Yield);
+            .on(Call::Get, |_| Action::Fail)
+            .on(Call::List, |_| Action::Yield);
         let id = KeyId::new("a").unwrap();
         let got = pollster::block_on(store.get(&id));
         assert!(matches!(got, Err(InterceptError::Injected(Call::Get))));

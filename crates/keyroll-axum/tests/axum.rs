@@ -293,7 +293,7 @@ async fn store_failures_are_a_generic_503() {
     let down = Call::ALL
         .into_iter()
         .fold(Intercept::new(InMemoryStore::new()), |store, call| {
-            store.on(call, || Action::Fail)
+            store.on(call, |_| Action::Fail)
         });
     let f = fixture().await;
     let app = router(KeyrollLayer::new(Arc::new(KeyManager::new(down))));
@@ -344,7 +344,7 @@ async fn over_a_real_socket() {
 async fn a_store_that_answers_later_gets_the_same_answers() {
     // `InMemoryStore` behind reads that first yield to the runtime, as a
     // store doing I/O does: the layer cannot answer during its `call`.
-    let later = Intercept::new(InMemoryStore::new()).on(Call::Get, || Action::Yield);
+    let later = Intercept::new(InMemoryStore::new()).on(Call::Get, |_| Action::Yield);
     let keys = Arc::new(KeyManager::new(later));
     let (now, mut rng) = (OffsetDateTime::now_utc(), rand::rng());
     let id = KeyId::new("later").unwrap();
