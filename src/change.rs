@@ -67,6 +67,22 @@ pub enum Change {
 }
 
 impl Change {
+    /// The change's name, as its JSON names it (`"label"`, `"rate_limit"`,
+    /// `"activate"`, ...): the setting it replaces, or the status change.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::Label(_) => "label",
+            Change::Scopes(_) => "scopes",
+            Change::Metadata(_) => "metadata",
+            Change::Expiry(_) => "expiry",
+            Change::Owner(_) => "owner",
+            Change::RateLimit(_) => "rate_limit",
+            Change::Credits(_) => "credits",
+            Change::Activate => "activate",
+            Change::Deactivate => "deactivate",
+        }
+    }
+
     /// The rate limit this change sets, if it sets one.
     pub(crate) fn rate_limit(&self) -> Option<&RateLimit> {
         match self {
@@ -149,6 +165,25 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_string(&change).unwrap(), json);
             assert_eq!(serde_json::from_str::<Change>(json).unwrap(), change);
+        }
+        // Its name is its JSON's.
+        for change in [
+            Change::Label("a".into()),
+            Change::Scopes(Scopes::default()),
+            Change::Metadata(Metadata::default()),
+            Change::Expiry(None),
+            Change::Owner(None),
+            Change::RateLimit(None),
+            Change::Credits(None),
+            Change::Activate,
+            Change::Deactivate,
+        ] {
+            let json = serde_json::to_value(&change).unwrap();
+            let named = match &json {
+                serde_json::Value::String(name) => name.clone(),
+                other => other.as_object().unwrap().keys().next().unwrap().clone(),
+            };
+            assert_eq!(named, change.name());
         }
         let error = serde_json::from_str::<Change>(r#"{"colour":"red"}"#).unwrap_err();
         assert!(

@@ -721,11 +721,7 @@ pub(crate) async fn set<S: KeyStore + 'static>(
 ) -> Result<Json<Done>, ApiError> {
     let change = body(change)?;
     let named = named.replace('-', "_");
-    let name = match serde_json::to_value(&change) {
-        Ok(serde_json::Value::Object(fields)) => fields.keys().next().cloned(),
-        _ => None,
-    };
-    if name.as_deref() != Some(named.as_str()) {
+    if change.name() != named {
         return Err(ApiError::bad_request(format!(
             "the path names {named}: send {{\"{named}\": ...}}"
         )));
