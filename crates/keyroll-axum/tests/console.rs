@@ -635,5 +635,14 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     assert!(focus_is_on_row(&c, "a.b").await, "focus after Finish");
     let note = text(&c, "tr[data-key='a.b'] + tr.notice-row").await;
     assert!(note.contains("Renewed a.b"), "{note}");
+
+    // A key deleted has no row to be told beside: the page's status line
+    // tells it, visibly.
+    menu(&c, "x", "Delete key").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-ok").await;
+    until(&c, "!document.querySelector(\"tr[data-key='x']\")").await;
+    until(&c, "!document.querySelector('#status').classList.contains('visually-hidden')").await;
+    assert!(text(&c, "#status").await.contains("Deleted x."));
     c.close().await.unwrap();
 }

@@ -108,14 +108,15 @@ let notice = null;
 function say(text, id) {
   notice = id ? { id, text } : null;
   $("status").textContent = text;
-  $("status").classList.toggle("visually-hidden", Boolean(id));
   renderNotice();
 }
 
+// Puts the note beside its row; when there is none (no note, or its key
+// left the page, deleted say), the page's status line shows the text.
 function renderNotice() {
   for (const old of document.querySelectorAll("#keys .notice-row")) old.remove();
-  if (!notice) return;
-  const tr = rowOf(notice.id);
+  const tr = notice && rowOf(notice.id);
+  $("status").classList.toggle("visually-hidden", Boolean(tr));
   if (!tr) return;
   const note = el("tr", null, "notice-row");
   const td = el("td", notice.text, "row-status");
