@@ -10,8 +10,9 @@
 //!   [`MeterRow`]'s columns; [`LimitColumns`] for a store that charges in
 //!   SQL.
 //! - **The arithmetic**: [`ApiKey::charge`] on the meter you keep, under
-//!   your store's atomicity (a lock, a transaction); never the meter's
-//!   internals.
+//!   your store's atomicity (a lock, a transaction), or, for a store that
+//!   keeps the limits in columns beside the record, [`LimitColumns::charge`]:
+//!   one arithmetic behind both; never the meter's internals.
 //! - **Verification**: [`Verification::of`] answers
 //!   [`KeyStore::verify`](crate::store::KeyStore::verify) from a loaded
 //!   key (the trait's default does exactly that).
