@@ -642,7 +642,11 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     until(&c, "document.querySelector('#confirm-dialog').open").await;
     click(&c, "#confirm-ok").await;
     until(&c, "!document.querySelector(\"tr[data-key='x']\")").await;
-    until(&c, "!document.querySelector('#status').classList.contains('visually-hidden')").await;
+    until(
+        &c,
+        "!document.querySelector('#status').classList.contains('visually-hidden')",
+    )
+    .await;
     assert!(text(&c, "#status").await.contains("Deleted x."));
     c.close().await.unwrap();
 }
