@@ -487,12 +487,17 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     c.close().await.unwrap();
 }
 
-/// Whether the focused element is the Actions button of `id`'s row.
-async fn focus_is_on_row(c: &Client, id: &str) -> bool {
-    let script = format!(
-        "const a = document.activeElement; return a.tagName === 'SUMMARY' && a.closest('tr') && a.closest('tr').dataset.key === {id:?};"
-    );
-    c.execute(&script, vec![]).await.unwrap() == Value::Bool(true)
+/// Waits until the focus is on the Actions button of `id`'s row (a
+/// dialog's closing gives it back once its handlers have run).
+async fn until_focus_on_row(c: &Client, id: &str) {
+    until(
+        c,
+        &format!(
+            "document.activeElement.tagName === 'SUMMARY' && document.activeElement.closest('tr') \
+             && document.activeElement.closest('tr').dataset.key === {id:?}"
+        ),
+    )
+    .await;
 }
 
 /// A key stored by keyroll 0.3 under an id new keys may not have.
@@ -582,8 +587,7 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     for other in ["old-token", "a.b", "x", ".", ".."] {
         assert!(pending(other).await, "{other} untouched");
     }
-    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
-    assert!(focus_is_on_row(&c, ".x").await, "focus after confirm");
+    until_focus_on_row(&c, ".x").await;
     // Told beside the row it concerns, not far above.
     let note = text(&c, "tr[data-key='.x'] + tr.notice-row").await;
     assert!(note.contains("Deleted the old token of .x"), "{note}");
@@ -595,13 +599,12 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     until(&c, "document.querySelector('#confirm-dialog').open").await;
     click(&c, "#confirm-cancel").await;
     until(&c, "!document.querySelector('#confirm-dialog').open").await;
-    assert!(focus_is_on_row(&c, "a.b").await, "focus after cancel");
+    until_focus_on_row(&c, "a.b").await;
     menu(&c, "a.b", "Undo renewal").await;
     until(&c, "document.querySelector('#confirm-dialog').open").await;
     press(&c, Key::Escape).await;
     until(&c, "!document.querySelector('#confirm-dialog').open").await;
-    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
-    assert!(focus_is_on_row(&c, "a.b").await, "focus after Escape");
+    until_focus_on_row(&c, "a.b").await;
     assert!(pending("a.b").await);
 
     // Undo `a.b` for real, then renew it and Finish.
@@ -615,8 +618,7 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     .await;
     assert!(!pending("a.b").await);
     assert!(pending("old-token").await, "old-token untouched");
-    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
-    assert!(focus_is_on_row(&c, "a.b").await);
+    until_focus_on_row(&c, "a.b").await;
     // The note of `.x` is gone: one note, for the last action.
     assert_eq!(
         c.execute(
@@ -631,8 +633,7 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     until(&c, "document.querySelector('#token-dialog').open").await;
     click(&c, "#finish").await;
     until(&c, "!document.querySelector('#token-dialog').open").await;
-    until(&c, "document.activeElement.tagName === 'SUMMARY'").await;
-    assert!(focus_is_on_row(&c, "a.b").await, "focus after Finish");
+    until_focus_on_row(&c, "a.b").await;
     let note = text(&c, "tr[data-key='a.b'] + tr.notice-row").await;
     assert!(note.contains("Renewed a.b"), "{note}");
 
