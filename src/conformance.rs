@@ -43,8 +43,8 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 use crate::meter::{Allowance, Credits, RateLimit, Refusal};
 use crate::store::{KeyStore, Revision, StoreError, UsageRow, Verification};
 use crate::{
-    ApiKey, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken, RenewalEnforcement,
-    Token, TokenFormat,
+    ApiKey, Change, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken,
+    RenewalEnforcement, Token, TokenFormat,
 };
 
 /// Panics naming the behaviour that was violated.
@@ -100,7 +100,7 @@ fn sample_keys() -> Vec<(ApiKey, Vec<Token>)> {
         .renew(later, &mut rng(5))
         .unwrap_or_else(|e| unreachable!("{e}"));
     let _ = key.finalize(OldTokenDeletion::Later, later);
-    let _ = key.deactivate(later);
+    let _ = key.apply(Change::Deactivate, later);
     out.push((key, vec![old, new]));
 
     // Used by its old token, which is then deleted: the key keeps the use.
@@ -260,7 +260,7 @@ async fn insert_existing_is_refused_body<S: KeyStore>(store: S) {
     let (original, _) = issue("taken", 10);
     ok(B, "insert", store.insert(&original).await);
     let (mut other, _) = issue("taken", 11);
-    let _ = other.deactivate(t0());
+    let _ = other.apply(Change::Deactivate, t0());
     match store.insert(&other).await {
         Err(StoreError::AlreadyExists) => {}
         Ok(()) => violated(
@@ -286,9 +286,9 @@ async fn update_persists_body<S: KeyStore>(store: S) {
         let changed = match step % 6 {
             0 => key.renew(now, &mut r).map(|_| ()),
             1 => key.finalize(OldTokenDeletion::Later, now).map(|_| ()),
-            2 => key.deactivate(now).map(|_| ()),
+            2 => key.apply(Change::Deactivate, now).map(|_| ()),
             3 => key.undo_renewal(now).map(|_| ()),
-            4 => key.activate(now).map(|_| ()),
+            4 => key.apply(Change::Activate, now).map(|_| ()),
             _ => key
                 .renew(now, &mut r)
                 .and_then(|_| key.delete_old(now))
@@ -359,10 +359,10 @@ async fn update_checks_the_revision_body<S: KeyStore>(store: S) {
     let (mut key, _) = issue("versioned", 30);
     ok(B, "insert", store.insert(&key).await);
     let issued = key.revision();
-    let _ = key.deactivate(t0());
+    let _ = key.apply(Change::Deactivate, t0());
     ok(B, "update", store.update(&key, issued).await);
     let stored = key.clone();
-    let _ = key.activate(t0());
+    let _ = key.apply(Change::Activate, t0());
     for wrong in wrong_revisions(stored.revision()) {
         let result = store.update(&key, wrong).await;
         expect_conflict(
@@ -380,8 +380,8 @@ async fn update_checks_the_revision_body<S: KeyStore>(store: S) {
     // A key of another incarnation (another key under the same id) never
     // replaces this one, even when it names the stored revision.
     let (mut impostor, _) = issue("versioned", 31);
-    let _ = impostor.deactivate(t0());
-    let _ = impostor.activate(t0());
+    let _ = impostor.apply(Change::Deactivate, t0());
+    let _ = impostor.apply(Change::Activate, t0());
     let result = store.update(&impostor, stored.revision()).await;
     expect_conflict(
         B,
@@ -455,7 +455,7 @@ async fn delete_checks_the_revision_body<S: KeyStore>(store: S) {
     let (mut key, _) = issue("guarded", 60);
     ok(B, "insert", store.insert(&key).await);
     let issued = key.revision();
-    let _ = key.deactivate(t0());
+    let _ = key.apply(Change::Deactivate, t0());
     ok(B, "update", store.update(&key, issued).await);
     for wrong in wrong_revisions(key.revision()) {
         let result = store.delete(key.id(), wrong).await;
@@ -921,13 +921,13 @@ async fn owners_are_listed_body<S: KeyStore>(store: S) {
     // k3 moves to zeta, k1 loses its owner, k4 is deleted.
     let mut k3 = keys[0].clone();
     let expected = k3.revision();
-    if let Err(e) = k3.set_owner(Some(zeta.clone()), t0()) {
+    if let Err(e) = k3.apply(Change::Owner(Some(zeta.clone())), t0()) {
         unreachable!("{e}");
     }
     ok(B, "update", store.update(&k3, expected).await);
     let mut k1 = keys[1].clone();
     let expected = k1.revision();
-    if let Err(e) = k1.set_owner(None, t0()) {
+    if let Err(e) = k1.apply(Change::Owner(None), t0()) {
         unreachable!("{e}");
     }
     ok(B, "update", store.update(&k1, expected).await);
@@ -1280,7 +1280,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
 
     // A write of the key keeps its meter.
     let mut relabelled = key.clone();
-    let _ = relabelled.set_label("relabelled", t0());
+    let _ = relabelled.apply(Change::Label("relabelled".into()), t0());
     ok(B, "update", store.update(&relabelled, key.revision()).await);
     let admitted = ok(B, "charge", charge(1).await);
     if admitted.map(|a| a.credits_remaining()) != Ok(Some(2)) {
@@ -1291,7 +1291,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     }
     // Credits set again start over.
     let mut reset = relabelled.clone();
-    let _ = reset.set_credits(Some(Credits::new(5)), t0());
+    let _ = reset.apply(Change::Credits(Some(Credits::new(5))), t0());
     ok(
         B,
         "update",
@@ -1402,7 +1402,7 @@ async fn buckets_outlive_removed_limits<S: KeyStore>(store: &S, behaviour: &str)
     }
     for limit in [None, Some(rate)] {
         let expected = key.revision();
-        if let Err(e) = key.set_rate_limit(limit, t0()) {
+        if let Err(e) = key.apply(Change::RateLimit(limit), t0()) {
             unreachable!("{e}");
         }
         ok(behaviour, "update", store.update(&key, expected).await);
