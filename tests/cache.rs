@@ -3,59 +3,35 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::t0;
-use keyroll::store::{CachedStore, InMemoryStore, KeyStore, Revision, StoreError, Verification};
+use keyroll::store::{
+    Action, CachedStore, Call, InMemoryStore, Intercept, KeyStore, StoreError, Verification,
+};
 use keyroll::{ApiKey, AuthError, KeyId, KeyManager, VerifyError, conformance};
 use pollster::block_on;
 
 const LONG: Duration = Duration::from_secs(3600);
 
-/// An `InMemoryStore` that counts its reads, and can hold one `get` until
-/// told to go on.
-#[derive(Default)]
-struct Counted {
-    keys: InMemoryStore,
-    gets: AtomicUsize,
-    /// While set, `get` reports that it started and waits for a go.
-    hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+/// An `InMemoryStore` with its reads counted.
+type Counted = Intercept<InMemoryStore>;
+
+fn counted() -> Counted {
+    Intercept::new(InMemoryStore::new())
 }
 
-impl Counted {
-    fn gets(&self) -> usize {
-        self.gets.load(Ordering::SeqCst)
-    }
+/// How many reads reached the store.
+trait Gets {
+    fn gets(&self) -> u64;
 }
 
-impl KeyStore for Counted {
-    type Error = Infallible;
-    async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        let found = self.keys.get(id).await;
-        if let Some((started, go)) = self.hold.lock().unwrap().take() {
-            started.send(()).unwrap();
-            go.recv().unwrap();
-        }
-        found
+impl Gets for Counted {
+    fn gets(&self) -> u64 {
+        self.count(Call::Get)
     }
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
-        self.keys.insert(key).await
-    }
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        self.keys.update(key, expected).await
-    }
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
-        self.keys.delete(id, expected).await
-    }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
-        self.keys.list(after, limit).await
-    }
-    common::forward_meters_and_usage!(keys);
 }
 
 fn key(id: &str) -> (ApiKey, keyroll::Token) {
@@ -93,7 +69,7 @@ fn the_suite_passes_on_a_cache_in_front_of_memory() {
 #[test]
 fn reads_are_served_from_memory_until_max_staleness() {
     let staleness = Duration::from_millis(200);
-    let cache = CachedStore::new(Counted::default(), 100, staleness);
+    let cache = CachedStore::new(counted(), 100, staleness);
     let (key, token) = key("acme");
     block_on(cache.inner().insert(&key)).unwrap();
     for _ in 0..100 {
@@ -107,7 +83,7 @@ fn reads_are_served_from_memory_until_max_staleness() {
 
 #[test]
 fn another_writer_is_seen_after_an_invalidation() {
-    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
     block_on(cache.insert(&key)).unwrap();
     assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
@@ -133,7 +109,7 @@ fn another_writer_is_seen_after_an_invalidation() {
 
 #[test]
 fn writes_through_the_cache_are_read_back_at_once() {
-    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
     block_on(cache.insert(&key)).unwrap();
     let loaded = key.revision();
@@ -158,7 +134,7 @@ fn writes_through_the_cache_are_read_back_at_once() {
 
 #[test]
 fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
-    let manager = KeyManager::new(CachedStore::new(Counted::default(), 100, LONG));
+    let manager = KeyManager::new(CachedStore::new(counted(), 100, LONG));
     let id = KeyId::new("acme").unwrap();
     let (token, _) = block_on(manager.create_key(id.clone(), t0(), &mut rand::rng())).unwrap();
     // Another replica deactivates the key: this cache still has it active.
@@ -183,7 +159,7 @@ fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
 
 #[test]
 fn a_refused_write_drops_the_entry() {
-    let cache = CachedStore::new(Counted::default(), 100, LONG);
+    let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
     block_on(cache.insert(&key)).unwrap();
     let stale = key.clone();
@@ -206,33 +182,45 @@ fn a_refused_write_drops_the_entry() {
 
 #[test]
 fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
-    let cache = Arc::new(CachedStore::new(Counted::default(), 100, LONG));
+    // A store whose next read, once armed, says it started and waits for a go.
+    type Hold = Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>;
+    let hold: Arc<Hold> = Arc::default();
+    let armed = hold.clone();
+    let store = counted().on(Call::Get, move |_| {
+        if let Some((started, go)) = armed.lock().unwrap().take() {
+            started.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        Action::Forward
+    });
+    let cache = Arc::new(CachedStore::new(store, 100, LONG));
     let (mut key, token) = key("acme");
     block_on(cache.inner().insert(&key)).unwrap();
     let (started_tx, started) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    *cache.inner().hold.lock().unwrap() = Some((started_tx, go_rx));
+    *hold.lock().unwrap() = Some((started_tx, go_rx));
     let reader = {
         let cache = cache.clone();
         let id = key.id().clone();
         std::thread::spawn(move || block_on(cache.get(&id)).unwrap())
     };
-    started.recv().unwrap(); // the reader has read the key, not yet kept it
+    started.recv().unwrap(); // the reader has begun its read, not yet kept it
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
     block_on(cache.inner().update(&key, loaded)).unwrap();
     cache.invalidate(key.id()); // the notification of that write
     go.send(()).unwrap();
-    let read = reader.join().unwrap().unwrap();
-    assert_eq!(read.revision(), loaded, "the reader got the copy it read");
+    reader.join().unwrap().unwrap();
+    // What the racing read found is not kept: the next one reads the store.
+    let reads = cache.inner().gets();
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused {
             error: VerifyError::Mismatch,
             incarnation: key.revision().incarnation(),
-        },
-        "but did not keep it past the invalidation"
+        }
     );
+    assert_eq!(cache.inner().gets(), reads + 1, "read again, not kept");
 }
 
 /// Unknown ids are answered from memory by default, under the staleness
@@ -243,7 +231,7 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
     let junk = KeyId::new("junk").unwrap();
     // A well-formed token naming an id no store holds.
     let junk_token = key("junk").1.expose_secret().to_owned();
-    let default = CachedStore::new(Counted::default(), 100, LONG);
+    let default = CachedStore::new(counted(), 100, LONG);
     let (known, token) = key("known");
     block_on(default.insert(&known)).unwrap();
     default.invalidate(known.id());
@@ -269,8 +257,7 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
         late_token.expose_secret()
     )));
 
-    let plain =
-        CachedStore::new(Counted::default(), 100, LONG).with_negative_caching(Duration::ZERO);
+    let plain = CachedStore::new(counted(), 100, LONG).with_negative_caching(Duration::ZERO);
     for _ in 0..10 {
         assert_eq!(
             verified(&plain, &junk, &junk_token),
@@ -279,8 +266,8 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
     }
     assert_eq!(plain.inner().gets(), 10);
 
-    let negative = CachedStore::new(Counted::default(), 100, LONG)
-        .with_negative_caching(Duration::from_secs(1));
+    let negative =
+        CachedStore::new(counted(), 100, LONG).with_negative_caching(Duration::from_secs(1));
     let manager = KeyManager::new(negative);
     for _ in 0..10 {
         assert!(matches!(
@@ -297,7 +284,7 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
 #[test]
 fn when_full_keys_in_use_stay_and_keys_read_once_go() {
     // 16 shards of 4 entries.
-    let cache = CachedStore::new(Counted::default(), 64, LONG);
+    let cache = CachedStore::new(counted(), 64, LONG);
     let (hot, hot_token) = key("hot");
     block_on(cache.inner().insert(&hot)).unwrap();
     for i in 0..2000 {
@@ -317,7 +304,7 @@ fn when_full_keys_in_use_stay_and_keys_read_once_go() {
 
 #[test]
 fn a_cache_sized_for_every_key_holds_every_key() {
-    let cache = CachedStore::new(Counted::default(), 1000, LONG);
+    let cache = CachedStore::new(counted(), 1000, LONG);
     let keys: Vec<_> = (0..1000).map(|i| key(&format!("k-{i}"))).collect();
     for (key, _) in &keys {
         block_on(cache.inner().insert(key)).unwrap();
@@ -347,7 +334,7 @@ fn a_cache_sized_for_every_key_holds_every_key() {
 /// bound of their own.
 #[test]
 fn a_flood_of_junk_ids_evicts_no_key() {
-    let cache = CachedStore::new(Counted::default(), 64, LONG);
+    let cache = CachedStore::new(counted(), 64, LONG);
     let mut keys = Vec::new();
     for n in 0..32 {
         let (key, token) = key(&format!("real-{n}"));
