@@ -100,6 +100,17 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// A key whose revision does not fit the signed 64-bit columns stores
+    /// keep it in (no key that keyroll's calls build has one).
+    #[error(
+        "key {id} cannot be written: its revision {revision} does not fit signed 64-bit columns"
+    )]
+    OutOfRange {
+        /// The key's id.
+        id: String,
+        /// Its revision.
+        revision: Revision,
+    },
     /// A stored record names another id or revision than its row (a record
     /// copied into another row must never authenticate there).
     #[error("stored key {id} does not match its row: {problem}")]
@@ -130,15 +141,15 @@ impl KeyRow {
     ///
     /// # Errors
     ///
-    /// [`RecordError::Encode`], or [`RecordError::Mismatch`] for a
+    /// [`RecordError::Encode`], or [`RecordError::OutOfRange`] for a
     /// revision beyond 2^63 - 1 (no key that keyroll's calls build has
     /// one).
     pub fn of(key: &ApiKey) -> Result<KeyRow, RecordError> {
         let revision = key.revision();
         let signed = |n: u64| {
-            i64::try_from(n).map_err(|_| RecordError::Mismatch {
+            i64::try_from(n).map_err(|_| RecordError::OutOfRange {
                 id: key.id().to_string(),
-                problem: format!("revision {revision} does not fit signed 64-bit columns"),
+                revision,
             })
         };
         Ok(KeyRow {

@@ -910,3 +910,50 @@ async fn changes_are_data_made_all_or_none() {
     let nothing = call(&f.app, Method::POST, "/keys/root/promote", &f.admin, None).await;
     assert_eq!(nothing.body["error"], "no_such_route", "{}", nothing.body);
 }
+
+/// A change that makes a key an active admin key retires the bootstrap
+/// token, as creating one does; other changes leave it acting.
+#[tokio::test]
+async fn granting_the_admin_scope_by_a_change_retires_the_bootstrap_token() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let app = Admin::new(keys.clone())
+        .bootstrap_token(BOOTSTRAP)
+        .unwrap()
+        .router();
+    let created = call(
+        &app,
+        Method::POST,
+        "/keys",
+        BOOTSTRAP,
+        Some(json!({"id": "ops"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let relabelled = call(
+        &app,
+        Method::PATCH,
+        "/keys/ops",
+        BOOTSTRAP,
+        Some(json!([{"label": "ops"}])),
+    )
+    .await;
+    assert_eq!(relabelled.status, StatusCode::OK, "{}", relabelled.body);
+    let granted = call(
+        &app,
+        Method::PATCH,
+        "/keys/ops",
+        BOOTSTRAP,
+        Some(json!([{"scopes": ["keyroll:admin"]}])),
+    )
+    .await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.body);
+    // Recorded then: even once no key holds the scope any more (the
+    // scan that runs for a bootstrap token would find none), it is over.
+    let ops = KeyId::new("ops").unwrap();
+    let none = keyroll::Change::Scopes(Scopes::default());
+    keys.apply(&ops, none, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let after = call(&app, Method::GET, "/keys", BOOTSTRAP, None).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
+}

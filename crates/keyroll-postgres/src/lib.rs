@@ -177,6 +177,10 @@ pub enum PgStoreError {
         /// ([`PgStore::grants`]).
         grants: String,
     },
+    /// A marker's stored instant is out of range (the row was written by
+    /// hand).
+    #[error("marker {0}")]
+    Marker(String),
     /// The store's table does not exist: [`PgStore::migrate`] has not run.
     #[error(
         "table {table} does not exist: create it with PgStore::migrate (keyctl migrate), as a role that may"
@@ -1300,7 +1304,7 @@ impl KeyStore for PgStore {
         OffsetDateTime::from_unix_timestamp(row.get(0))
             .and_then(|at| at.replace_nanosecond(row.get::<_, i32>(1) as u32))
             .map(Some)
-            .map_err(|e| PgStoreError::Config(format!("marker {name:?} holds no instant: {e}")))
+            .map_err(|e| PgStoreError::Marker(format!("{name:?} holds no instant: {e}")))
     }
 
     async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), PgStoreError> {

@@ -750,7 +750,8 @@ pub(crate) async fn set_status<S: KeyStore + 'static>(
 
 impl<S: KeyStore> AdminState<S> {
     /// Makes `changes` of key `id` in one write, audits their events, and
-    /// retires the bootstrap token if the key is now an active admin key.
+    /// retires the bootstrap token if they made the key an active admin
+    /// key.
     async fn apply(
         &self,
         actor: &Actor,
@@ -758,8 +759,14 @@ impl<S: KeyStore> AdminState<S> {
         changes: Vec<Change>,
     ) -> Result<Vec<Event>, ApiError> {
         let now = OffsetDateTime::now_utc();
+        // Only these can make the key an active admin key: the others
+        // need no second read.
+        let may_admit = changes
+            .iter()
+            .any(|c| matches!(c, Change::Scopes(_) | Change::Activate));
         let events = self.keys.apply_all(id, changes, now).await?;
-        if let Some(key) = self.keys.get(id).await?
+        if may_admit
+            && let Some(key) = self.keys.get(id).await?
             && key.status() == keyroll::KeyStatus::Active
         {
             self.retire_bootstrap_for(key.scopes(), now).await;
