@@ -472,3 +472,19 @@ fn records_with_ids_new_keys_may_not_have_still_load() {
         assert_eq!(fresh, before, "a refused owner changes nothing");
     }
 }
+
+/// A record of keyroll 0.3 (schema 3) has no key-level last use: the key
+/// takes it from its tokens.
+#[test]
+fn a_schema_3_record_takes_its_last_use_from_its_tokens() {
+    let (mut key, _, _) = renewing();
+    let used = t0() + Duration::minutes(5);
+    assert!(key.record_use(TokenMatch::Old, used));
+    let mut value = serde_json::to_value(&key).unwrap();
+    assert_eq!(value["schema"], 4);
+    value["schema"] = json!(3);
+    value.as_object_mut().unwrap().remove("last_used_at");
+    let loaded: ApiKey = serde_json::from_value(value).unwrap();
+    assert_eq!(loaded.last_used_at(), Some(used));
+    assert_eq!(loaded, key);
+}

@@ -1109,8 +1109,9 @@ impl ApiKey {
     /// [`TokenInfo::last_used_at`]): deleting an old token never makes a
     /// busy key look unused.
     pub fn last_used_at(&self) -> Option<OffsetDateTime> {
-        let old = self.renewal.as_ref().and_then(|r| r.old.last_used_at);
-        self.last_used_at.max(self.current.last_used_at).max(old)
+        // `record_use` keeps it at least its tokens'; so do the codec and
+        // the packed form when they load a key.
+        self.last_used_at
     }
 
     /// Applies a scheduled deletion of the old token that is due at `now`,
