@@ -263,12 +263,9 @@ const LIMIT_COLUMNS: &str = "rate_limit, rate_period_ns, rate_burst, credits, re
 /// `search_path`, so that no object of another schema can stand in for
 /// one it uses.
 fn meter_step(schema: &str) -> String {
-    format!(
+    let create = format!(
         "
--- Dropped first: a replacement cannot change the columns it returns.
-DROP FUNCTION IF EXISTS {schema}.keyroll_meter_step(numeric, numeric, numeric, boolean, numeric,
-    numeric, numeric, numeric, numeric, numeric, numeric, numeric);
-CREATE FUNCTION {schema}.keyroll_meter_step(
+CREATE OR REPLACE FUNCTION {schema}.keyroll_meter_step(
     rate_limit numeric, period numeric, burst numeric,
     has_credits boolean, amount numeric, every numeric,
     tat numeric, remaining numeric, refills numeric, anchor numeric,
@@ -316,6 +313,28 @@ BEGIN
     END IF;
     admitted := true;
 END $$;"
+    );
+    replace_function(
+        &format!(
+            "{schema}.keyroll_meter_step(numeric, numeric, numeric, boolean, numeric, numeric, \
+             numeric, numeric, numeric, numeric, numeric, numeric)"
+        ),
+        &create,
+    )
+}
+
+/// `create` (a `CREATE OR REPLACE FUNCTION` of `signature`) in a form that
+/// replaces the function in place, so that a call running in another
+/// session keeps finding it, and drops it first only when the replacement
+/// changes the columns it returns, which no replacement may.
+fn replace_function(signature: &str, create: &str) -> String {
+    format!(
+        "DO $replace$ BEGIN
+             EXECUTE $create${create}$create$;
+         EXCEPTION WHEN invalid_function_definition THEN
+             DROP FUNCTION {signature};
+             EXECUTE $create${create}$create$;
+         END $replace$;"
     )
 }
 
@@ -330,11 +349,9 @@ END $$;"
 /// meter as it was (NULLs: none), and the step's answer, which the caller
 /// checks against `Meter::charge`, and the instant it charged at.
 fn charge_function(schema: &str, table: &str) -> String {
-    format!(
+    let create = format!(
         "
--- Dropped first: a replacement cannot change the columns it returns.
-DROP FUNCTION IF EXISTS {schema}.{table}_charge(text, bigint, bigint, bigint, integer);
-CREATE FUNCTION {schema}.{table}_charge(
+CREATE OR REPLACE FUNCTION {schema}.{table}_charge(
     p_id text, p_incarnation bigint, p_cost bigint, p_now_secs bigint, p_now_nanos integer)
 RETURNS TABLE (
     admitted boolean,
@@ -437,6 +454,10 @@ BEGIN
     END IF;
     RETURN NEXT;
 END $$;"
+    );
+    replace_function(
+        &format!("{schema}.{table}_charge(text, bigint, bigint, bigint, integer)"),
+        &create,
     )
 }
 
