@@ -1,14 +1,12 @@
 //! [`Change`]: a change of a key's settings or status, as one piece of
-//! data that every layer passes on unchanged: [`ApiKey::apply`], the
-//! manager's `apply` and `apply_all`, the admin API's `PATCH`, keyctl.
+//! data that every layer passes on unchanged: [`ApiKey::apply`](crate::ApiKey::apply),
+//! the manager's `apply` and `apply_all`, the admin API's `PATCH`,
+//! keyctl; and [`Settings`], the settings a key keeps only as data.
 
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
-use crate::errors::TransitionError;
-use crate::event::Event;
 use crate::id::OwnerId;
-use crate::key::ApiKey;
 use crate::meter::{Credits, RateLimit};
 
 /// One change of a key: a setting replaced (or removed, with `None`), or
@@ -67,6 +65,19 @@ pub enum Change {
 }
 
 impl Change {
+    /// The name of every setting, in the order of [`Change`]'s variants
+    /// (the status changes aside): what [`name`](Change::name) gives, and
+    /// what a change's JSON is named by.
+    pub const SETTINGS: &'static [&'static str] = &[
+        "label",
+        "scopes",
+        "metadata",
+        "expiry",
+        "owner",
+        "rate_limit",
+        "credits",
+    ];
+
     /// The change's name, as its JSON names it (`"label"`, `"rate_limit"`,
     /// `"activate"`, ...): the setting it replaces, or the status change.
     pub fn name(&self) -> &'static str {
@@ -83,6 +94,17 @@ impl Change {
         }
     }
 
+    /// Whether the change removes its setting (`None`).
+    pub(crate) fn removes(&self) -> bool {
+        matches!(
+            self,
+            Change::Expiry(None)
+                | Change::Owner(None)
+                | Change::RateLimit(None)
+                | Change::Credits(None)
+        )
+    }
+
     /// The rate limit this change sets, if it sets one.
     pub(crate) fn rate_limit(&self) -> Option<&RateLimit> {
         match self {
@@ -92,53 +114,36 @@ impl Change {
     }
 }
 
-impl ApiKey {
-    /// Makes `change`: one transition, one event, the version bumped by
-    /// one. A setting is replaced even by the same value; a status change
-    /// that changes nothing is refused.
-    ///
-    /// # Errors
-    ///
-    /// Nothing changes on an error: [`TransitionError::InvalidLabel`],
-    /// [`TransitionError::InvalidCredits`], [`TransitionError::InvalidId`]
-    /// (an owner only older versions allowed),
-    /// [`TransitionError::AlreadyActive`],
-    /// [`TransitionError::AlreadyInactive`], or
-    /// [`TransitionError::TimeOutOfRange`] for a `now` or an expiry outside
-    /// the years 1 to 9999.
-    pub fn apply(&mut self, change: Change, now: OffsetDateTime) -> Result<Event, TransitionError> {
-        match change {
-            Change::Label(label) => self.set_label(label, now),
-            Change::Scopes(scopes) => self.set_scopes(scopes, now),
-            Change::Metadata(metadata) => self.set_metadata(metadata, now),
-            Change::Expiry(at) => self.set_expiry(at, now),
-            Change::Owner(owner) => self.set_owner(owner, now),
-            Change::RateLimit(rate) => self.set_rate_limit(rate, now),
-            Change::Credits(credits) => self.set_credits(credits, now),
-            Change::Activate => self.activate(now),
-            Change::Deactivate => self.deactivate(now),
-        }
+/// The settings a key keeps as data for the layers that read them
+/// (networks, ...): each is set by its [`Change`] alone, through one
+/// generic transition ([`Event::SettingChanged`](crate::Event::SettingChanged)),
+/// and kept as a unit by the record codec and every store. A new plain
+/// setting is a field here, a variant of [`Change`], and an arm in
+/// [`make`](Settings::make) and [`changes`](Settings::changes): nothing
+/// else in keyroll names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub(crate) struct Settings {}
+
+impl Settings {
+    /// No setting set: [`Settings::default()`], in a `const`.
+    pub(crate) const NONE: Settings = Settings {};
+
+    /// Whether no setting is set (the record then leaves them out).
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Settings::NONE
     }
 
-    /// Makes `changes` in order, each as [`apply`](ApiKey::apply) would:
-    /// all of them, or, if one is refused, none (the key is then exactly as
-    /// it was).
-    ///
-    /// # Errors
-    ///
-    /// The first change's refusal, as [`apply`](ApiKey::apply)'s.
-    pub fn apply_all(
-        &mut self,
-        changes: impl IntoIterator<Item = Change>,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Event>, TransitionError> {
-        let mut next = self.clone();
-        let events = changes
-            .into_iter()
-            .map(|change| next.apply(change, now))
-            .collect::<Result<_, _>>()?;
-        *self = next;
-        Ok(events)
+    /// Makes `change` if it sets one of these settings; gives it back
+    /// otherwise.
+    pub(crate) fn make(&mut self, change: Change) -> Result<(), Change> {
+        Err(change)
+    }
+
+    /// Each setting that is set, as the change that sets it.
+    pub(crate) fn changes(&self) -> Vec<Change> {
+        Vec::new()
     }
 }
 

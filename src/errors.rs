@@ -151,6 +151,13 @@ pub enum TransitionError {
         /// The refused balance.
         remaining: u64,
     },
+    /// A status change given where only a setting is taken
+    /// ([`NewKey::with`](crate::NewKey::with)).
+    #[error("{change} is not a setting: a new key is active; change its status once it is issued")]
+    NotASetting {
+        /// The change's name ([`Change::name`](crate::Change::name)).
+        change: &'static str,
+    },
     /// A negative grace in
     /// [`OldTokenDeletion::AfterNewTokenUse`](crate::OldTokenDeletion::AfterNewTokenUse).
     #[error("invalid grace {grace}: a grace must be zero or positive")]
@@ -202,6 +209,7 @@ impl TransitionError {
                 | TransitionError::InvalidId(_)
                 | TransitionError::InvalidPolicy { .. }
                 | TransitionError::InvalidGrace { .. }
+                | TransitionError::NotASetting { .. }
                 | TransitionError::InvalidCredits { .. }
                 | TransitionError::BurstBelowCost { .. }
                 | TransitionError::TimeOutOfRange { .. }

@@ -3,6 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
+use crate::change::Change;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::meter::{Credits, RateLimit};
 use crate::state::{OldTokenDeletion, TokenMatch};
@@ -60,6 +61,13 @@ pub enum Event {
             serde(default, with = "time::serde::rfc3339::option")
         )]
         expires_at: Option<OffsetDateTime>,
+        /// The settings it keeps only as data (networks, ...), as the
+        /// changes that set them (left out of the JSON when none).
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Vec::is_empty")
+        )]
+        settings: Vec<Change>,
     },
     /// A new token was issued; the previous one is now the old token, or,
     /// if it was revoked, dropped.
@@ -268,6 +276,21 @@ pub enum Event {
         /// The new credits (`None`: removed).
         credits: Option<Credits>,
     },
+    /// A setting the key keeps only as data (networks, ...) was set or
+    /// removed. (The settings of keyroll 0.3 have events of their own, which
+    /// keep their JSON.)
+    #[non_exhaustive]
+    SettingChanged {
+        /// The key.
+        key_id: KeyId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the transition.
+        version: u64,
+        /// The change made: `{"networks": "10.0.0.0/8"}` in JSON.
+        change: Change,
+    },
     /// The key was deleted, irreversibly, with all its tokens.
     #[non_exhaustive]
     KeyDeleted {
@@ -317,6 +340,7 @@ impl Event {
             Event::OwnerChanged { .. } => "owner_changed",
             Event::RateLimitChanged { .. } => "rate_limit_changed",
             Event::CreditsSet { .. } => "credits_set",
+            Event::SettingChanged { .. } => "setting_changed",
         }
     }
 
@@ -365,6 +389,12 @@ impl Event {
                 ..
             }
             | Event::CreditsSet {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::SettingChanged {
                 key_id,
                 at,
                 version,

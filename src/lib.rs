@@ -63,14 +63,17 @@ mod rng;
 // 2: every error type, so that no module imports another's errors.
 mod errors;
 
-// 3: ids, attributes, the token states, durations' JSON.
+// 3: ids, attributes, the token states, durations' JSON; 4: a change of
+// a key, as data.
 mod attributes;
 #[cfg(feature = "serde")]
 mod duration;
 mod id;
 mod state;
 
-// 4: tokens, events, usage outcomes; 5: the policy; 6: input checks and
+mod change;
+
+// 5: tokens, events, usage outcomes; 6: the policy; 7: input checks and
 // the new key's description.
 mod counts;
 mod event;
@@ -81,14 +84,13 @@ mod policy;
 mod input;
 mod new_key;
 
-// 7: the key itself, and its verification (inside it, as it reads the
-// key's private fields); 8: what works on a key through its methods
-// (changes, expiring keys, usage notes) and the stores; 9: the manager,
+// 8: the key itself, its changes and its verification (inside it, as they
+// read the key's private fields); 9: what works on a key through its
+// methods (expiring keys, usage notes) and the stores; 10: the manager,
 // and the backend kit (`record`), which hands stores their shared parts;
 // above the root: the suites over them all.
 mod key;
 
-mod change;
 mod expiring;
 pub mod store;
 mod usage;

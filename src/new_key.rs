@@ -4,6 +4,8 @@
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
+use crate::change::{Change, Settings};
+use crate::errors::TransitionError;
 use crate::id::{KeyId, OwnerId};
 use crate::meter::{Credits, RateLimit};
 use crate::policy::Policy;
@@ -47,6 +49,7 @@ pub struct NewKey {
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) credits: Option<Credits>,
     pub(crate) owner: Option<OwnerId>,
+    pub(crate) settings: Settings,
 }
 
 impl NewKey {
@@ -63,6 +66,7 @@ impl NewKey {
             rate_limit: None,
             credits: None,
             owner: None,
+            settings: Settings::default(),
         }
     }
 
@@ -116,6 +120,49 @@ impl NewKey {
     pub fn owner(mut self, owner: OwnerId) -> NewKey {
         self.owner = Some(owner);
         self
+    }
+
+    /// Any setting, as the [`Change`] that sets it: the one door for the
+    /// settings without a method of their own here (networks, ...), and
+    /// what takes back [`ApiKey::settings`](crate::ApiKey::settings).
+    /// A setting given twice keeps the latter.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::NotASetting`] for a status change: a new key is
+    /// active (deactivate it once issued).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{ApiKey, Change, KeyId, NewKey};
+    /// use time::OffsetDateTime;
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// let new = NewKey::new(KeyId::new("acme")?).with(Change::Label("orders".into()))?;
+    /// let (key, _token, _event) = ApiKey::issue(new, now, &mut rand::rng())?;
+    /// assert_eq!(key.settings(), [Change::Label("orders".into())]);
+    /// assert!(NewKey::new(KeyId::new("b")?).with(Change::Deactivate).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with(mut self, change: Change) -> Result<NewKey, TransitionError> {
+        match change {
+            Change::Label(label) => self.label = label,
+            Change::Scopes(scopes) => self.scopes = scopes,
+            Change::Metadata(metadata) => self.metadata = metadata,
+            Change::Expiry(at) => self.expires_at = at,
+            Change::Owner(owner) => self.owner = owner,
+            Change::RateLimit(rate) => self.rate_limit = rate,
+            Change::Credits(credits) => self.credits = credits,
+            setting => {
+                self.settings
+                    .make(setting)
+                    .map_err(|change| TransitionError::NotASetting {
+                        change: change.name(),
+                    })?;
+            }
+        }
+        Ok(self)
     }
 
     /// The id the key will have.

@@ -65,6 +65,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
+use crate::change::Settings;
 use crate::id::{KeyId, OwnerId};
 use crate::key::{ApiKey, Parts, Renewal, TokenInfo};
 use crate::meter::{
@@ -492,6 +493,10 @@ struct KeyRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     last_used_at: Option<OffsetDateTime>,
+    /// The settings the key keeps only as data (networks, ...). Absent
+    /// before schema 4, and when the key has none.
+    #[serde(default, skip_serializing_if = "Settings::is_empty")]
+    settings: Cow<'a, Settings>,
 }
 
 /// A key's credits with when they were set and the version that set them.
@@ -525,6 +530,7 @@ impl Serialize for ApiKey {
             limits,
             owner,
             last_used_at,
+            settings,
         } = self.clone().into_parts();
         let (rate_limit, credits) = limits.map_or((None, None), |l| (l.rate, l.credits));
         KeyRecord {
@@ -550,6 +556,7 @@ impl Serialize for ApiKey {
             }),
             owner: owner.map(Cow::Owned),
             last_used_at,
+            settings: Cow::Owned(settings),
         }
         .serialize(s)
     }
@@ -623,6 +630,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             limits: (!limits.is_empty()).then(|| Box::new(limits)),
             owner: record.owner.map(Cow::into_owned),
             last_used_at: record.last_used_at.max(tokens_last_use),
+            settings: record.settings.into_owned(),
         });
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;

@@ -273,6 +273,9 @@ pub struct Model {
     pub rate_limit: Option<RateLimit>,
     /// The key's credits as last set.
     pub credits: Option<Credits>,
+    /// The settings it keeps only as data (networks, ...) that are set,
+    /// as the changes that set them.
+    pub kept: Vec<Change>,
     /// The rate limit's bucket, as a leaky bucket: how long it takes to
     /// drain, as of [`drained_from`](Model::drained_from). A request of
     /// cost `c` pours in `c·T`; it fits while the level stays within
@@ -317,6 +320,7 @@ impl Model {
             owner: None,
             rate_limit: None,
             credits: None,
+            kept: Vec::new(),
             level: Duration::ZERO,
             drained_from: now,
             credits_left: 0,
@@ -512,8 +516,39 @@ impl Model {
                 self.credits_since = self.now;
                 self.refills = 0;
             }
+            // Any other setting is only kept.
+            setting => {
+                self.kept.retain(|kept| kept.name() != setting.name());
+                if !setting.removes() {
+                    self.kept.push(setting.clone());
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Every setting the key has, as [`ApiKey::settings`](crate::ApiKey::settings)
+    /// lists them (up to order).
+    pub fn settings(&self) -> Vec<Change> {
+        let mut settings = Vec::new();
+        if !self.label.is_empty() {
+            settings.push(Change::Label(self.label.clone()));
+        }
+        if !self.scopes.is_empty() {
+            settings.push(Change::Scopes(self.scopes.clone()));
+        }
+        if !self.metadata.is_empty() {
+            settings.push(Change::Metadata(self.metadata.clone()));
+        }
+        let optional = [
+            self.expires_at.map(|at| Change::Expiry(Some(at))),
+            self.owner.clone().map(|owner| Change::Owner(Some(owner))),
+            self.rate_limit.map(|rate| Change::RateLimit(Some(rate))),
+            self.credits.map(|credits| Change::Credits(Some(credits))),
+        ];
+        settings.extend(optional.into_iter().flatten());
+        settings.extend(self.kept.iter().cloned());
+        settings
     }
 
     /// Applies one operation, setting [`expected`](Model::expected).

@@ -12,8 +12,8 @@ use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::store::{InMemoryStore, KeyStore, Verification};
 use keyroll::testing::{Charged, Expected, Model, Op};
 use keyroll::{
-    ApiKey, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion, RenewalState,
-    Token, TokenId, TokenMatch, TransitionError, VerifyError,
+    ApiKey, Change, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion,
+    RenewalState, Token, TokenId, TokenMatch, TransitionError, VerifyError,
 };
 use pollster::block_on;
 use proptest::test_runner::{Config, FileFailurePersistence};
@@ -370,6 +370,11 @@ impl<S: Subject> StateMachineTest for Against<S> {
         assert_eq!(key.rate_limit(), model.rate_limit.as_ref(), "rate limit");
         assert_eq!(key.credits(), model.credits.as_ref(), "credits");
         assert_eq!(key.expires_at(), model.expires_at, "expiry");
+        let sorted = |mut settings: Vec<Change>| {
+            settings.sort_by_key(Change::name);
+            settings
+        };
+        assert_eq!(sorted(key.settings()), sorted(model.settings()), "settings");
         match (key.state(), model.old) {
             (RenewalState::Single, None) => {}
             (RenewalState::Renewing { decision }, Some(_)) => assert_eq!(decision, model.decision),

@@ -8,6 +8,7 @@
 use time::{Duration, OffsetDateTime};
 
 use crate::attributes::{Metadata, Scopes};
+use crate::change::Settings;
 use crate::errors::TransitionError;
 use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, OwnerId, TokenId};
@@ -21,6 +22,7 @@ use crate::revision::Revision;
 use crate::state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
 use crate::token::{Token, TokenHash};
 
+mod apply;
 mod verify;
 
 pub use verify::Authenticated;
@@ -78,6 +80,8 @@ pub struct ApiKey {
     owner: Option<OwnerId>,
     /// The latest recorded use of any of its tokens, deleted ones included.
     last_used_at: Option<OffsetDateTime>,
+    /// The settings it keeps only as data (networks, ...).
+    settings: Settings,
 }
 
 /// Every field of an [`ApiKey`], for the record codec and
@@ -102,6 +106,7 @@ pub(crate) struct Parts {
     pub(crate) limits: Option<Box<Limits>>,
     pub(crate) owner: Option<OwnerId>,
     pub(crate) last_used_at: Option<OffsetDateTime>,
+    pub(crate) settings: Settings,
 }
 
 impl ApiKey {
@@ -123,6 +128,7 @@ impl ApiKey {
             limits,
             owner,
             last_used_at,
+            settings,
         } = self;
         Parts {
             id,
@@ -140,6 +146,7 @@ impl ApiKey {
             limits,
             owner,
             last_used_at,
+            settings,
         }
     }
 
@@ -161,6 +168,7 @@ impl ApiKey {
             limits,
             owner,
             last_used_at,
+            settings,
         } = parts;
         ApiKey {
             id,
@@ -178,6 +186,7 @@ impl ApiKey {
             limits,
             owner,
             last_used_at,
+            settings,
         }
     }
 }
@@ -373,6 +382,7 @@ impl ApiKey {
             rate_limit,
             credits,
             owner,
+            settings,
         } = new.into();
         input::check_new_id(&id)?;
         if let Some(owner) = &owner {
@@ -405,6 +415,7 @@ impl ApiKey {
             limits: None,
             owner,
             last_used_at: None,
+            settings,
         };
         let mut key = key;
         key.set_limits(Limits {
@@ -424,6 +435,7 @@ impl ApiKey {
             scopes: key.scopes.clone(),
             metadata: key.metadata.clone(),
             expires_at: key.expires_at,
+            settings: key.settings.changes(),
         };
         Ok((key, token, event))
     }

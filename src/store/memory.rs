@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
+use crate::change::Settings;
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, KeyView, Parts, Renewal, TokenInfo, TokenView};
@@ -181,6 +182,7 @@ struct Rare {
     /// The key's last use, kept only when its tokens' do not tell it (one
     /// that made it was deleted since).
     last_used_at: Option<OffsetDateTime>,
+    settings: Settings,
     /// The key's meter, charged under this lock (and the shard's read
     /// lock, which a write of the key waits for): one key's charges are
     /// serialised, other keys' run beside them.
@@ -241,6 +243,7 @@ static EMPTY: Rare = Rare {
     limits: None,
     owner: None,
     last_used_at: None,
+    settings: Settings::NONE,
     meter: Mutex::new(None),
 };
 
@@ -270,6 +273,7 @@ impl Inner {
             limits,
             owner,
             last_used_at,
+            settings,
         } = key.clone().into_parts();
         let tokens_last_use = tokens_last_use(&current, renewal.as_deref());
         let rare = Rare {
@@ -278,13 +282,15 @@ impl Inner {
             limits,
             owner,
             last_used_at: last_used_at.filter(|_| last_used_at != tokens_last_use),
+            settings,
             meter: Mutex::new(None),
         };
         let empty = rare.current_revoked_at.is_none()
             && rare.expires_at.is_none()
             && rare.limits.is_none()
             && rare.owner.is_none()
-            && rare.last_used_at.is_none();
+            && rare.last_used_at.is_none()
+            && rare.settings.is_empty();
         Slot {
             id,
             label,
@@ -330,6 +336,7 @@ impl Inner {
             limits: rare.limits.clone(),
             owner: rare.owner.clone(),
             last_used_at,
+            settings: rare.settings.clone(),
         })
     }
 
@@ -551,6 +558,7 @@ impl KeyStore for InMemoryStore {
                     limits: None,
                     owner: None,
                     last_used_at: None,
+                    settings: Settings::NONE,
                     meter: Mutex::new(None),
                 })
             });

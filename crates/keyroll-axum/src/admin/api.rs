@@ -141,9 +141,9 @@ pub(crate) struct Housekept {
     events: Vec<Event>,
 }
 
-/// A new key. Every field may be left out.
+/// A new key. Every field may be left out; any other field is a setting
+/// by its name in a change (`"networks": "10.0.0.0/8"`).
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
     /// Its id; a random one when left out.
     id: Option<String>,
@@ -170,6 +170,10 @@ pub(crate) struct CreateKey {
     /// "refill": {"amount": 1000, "every": "30d"}}`.
     #[schema(value_type = Option<Object>)]
     credits: Option<Credits>,
+    /// Every other setting, as in a change: `"networks": "10.0.0.0/8"`.
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    settings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What becomes of the old token: `now`, `later`, `at` (with `at`), or
@@ -431,6 +435,14 @@ pub(crate) async fn create_key<S: KeyStore + 'static>(
     }
     if let Some(credits) = new.credits {
         key = key.credits(credits);
+    }
+    for (name, value) in new.settings {
+        let change = serde_json::from_value(serde_json::json!({ &name: value })).map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid field `{name}`: {e}; a new key takes `id` and its settings"
+            ))
+        })?;
+        key = key.with(change).map_err(ApiError::bad_request)?;
     }
     let now = OffsetDateTime::now_utc();
     let (token, event) = admin.keys.create_key(key, now, &mut rng).await?;

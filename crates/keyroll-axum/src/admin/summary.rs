@@ -56,6 +56,11 @@ pub struct KeySummary {
     pub rate_limit: Option<RateLimitSummary>,
     /// Its credits.
     pub credits: Option<CreditsSummary>,
+    /// Every setting it has, by its name in a change, with the value a
+    /// change takes (`PATCH /keys/{id}` sets it back as it is): the ones
+    /// above, and those without a field here (`"networks"`, ...).
+    #[schema(value_type = Object)]
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
 /// A token's dates: never its secret nor its hash.
@@ -219,6 +224,15 @@ impl KeySummary {
                 }),
                 set_at: key.credits_set_at(),
             }),
+            settings: key
+                .settings()
+                .iter()
+                .filter_map(|change| match serde_json::to_value(change) {
+                    Ok(serde_json::Value::Object(setting)) => Some(setting),
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
         }
     }
 }

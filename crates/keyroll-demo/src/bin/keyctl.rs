@@ -30,7 +30,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
@@ -132,6 +132,16 @@ enum Command {
         id: KeyId,
         #[arg(value_parser = parse_expiry)]
         expires: ExpiryArg,
+    },
+    /// Set any setting by its name (`networks`, `label`, `rate_limit`,
+    /// ...) to VALUE, or remove it (`none`). VALUE is the setting as text
+    /// (`10.0.0.0/8,2001:db8::/32`) or as JSON (`{"limit": 100, "period":
+    /// "1m"}`).
+    Set {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+        name: String,
+        value: String,
     },
     /// Change a key's label.
     SetLabel {
@@ -292,6 +302,7 @@ impl Command {
                 credits: balance,
                 refill,
             } => (id, Change::Credits(credits(balance.0, *refill)?)),
+            Command::Set { id, name, value } => (id, setting(name, value)?),
             Command::Activate { id } => (id, Change::Activate),
             Command::Deactivate { id } => (id, Change::Deactivate),
             _ => return Ok(None),
@@ -318,6 +329,65 @@ enum Period {
     ThreeMonths,
     #[value(name = "6m")]
     SixMonths,
+}
+
+/// The settings `create` has flags of its own for; every other one gets
+/// `--NAME VALUE` (`_` as `-`), read as `keyctl set` reads its VALUE.
+const CREATE_FLAGS: [&str; 7] = [
+    "label",
+    "scopes",
+    "metadata",
+    "expiry",
+    "owner",
+    "rate_limit",
+    "credits",
+];
+
+/// The command line, with `create`'s flags for the settings it has none
+/// of its own for (`--networks`, ...), and the settings those flags give.
+fn parse_cli() -> Result<(Cli, Vec<Change>), Box<dyn Error>> {
+    let generic: Vec<&'static str> = Change::SETTINGS
+        .iter()
+        .copied()
+        .filter(|name| !CREATE_FLAGS.contains(name))
+        .collect();
+    let mut command = Cli::command();
+    for &name in &generic {
+        command = command.mut_subcommand("create", |create| {
+            create.arg(
+                clap::Arg::new(name)
+                    .long(name.replace('_', "-"))
+                    .value_name("VALUE")
+                    .help(format!(
+                        "Its {}, as `keyctl set ID {name} VALUE` takes it",
+                        name.replace('_', " ")
+                    )),
+            )
+        });
+    }
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    let mut settings = Vec::new();
+    if let Some(create) = matches.subcommand_matches("create") {
+        for name in generic {
+            if let Some(value) = create.get_one::<String>(name) {
+                settings.push(setting(name, value)?);
+            }
+        }
+    }
+    Ok((cli, settings))
+}
+
+/// The change that sets `name` to `value`: `none` removes it; else the
+/// text as a JSON string, or, if the setting takes no string, as JSON.
+fn setting(name: &str, value: &str) -> Result<Change, String> {
+    let of = |value| serde_json::from_value::<Change>(serde_json::json!({ name: value }));
+    let as_json = || serde_json::from_str::<serde_json::Value>(value).map(of);
+    match value {
+        "none" => of(serde_json::Value::Null),
+        _ => of(value.into()).or_else(|e| as_json().unwrap_or(Err(e))),
+    }
+    .map_err(|e| format!("invalid {name} {value:?}: {e}"))
 }
 
 fn parse_deletion(text: &str) -> Result<OldTokenDeletion, String> {
@@ -549,6 +619,13 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     println!("scopes   {}", scopes(key));
     println!("metadata {}", metadata(key));
     println!("expires  {}", expiry(key, now));
+    // The settings without a line of their own above, whatever they are.
+    for change in key.settings() {
+        if !CREATE_FLAGS.contains(&change.name()) {
+            let json = serde_json::to_value(&change).unwrap_or_default();
+            println!("{:<8} {}", change.name(), json[change.name()]);
+        }
+    }
     println!(
         "last use {} (by any token, deleted ones included)",
         key.last_used_at().map_or_else(|| "never".into(), date)
@@ -812,7 +889,7 @@ fn token_from_stdin() -> Result<zeroize::Zeroizing<String>, Box<dyn Error>> {
     Ok(line)
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
     if cli.now.is_some() && !cli.command.only_looks() {
         return Err(
             "--now is for looking (list, show, verify, whois): it never changes keys".into(),
@@ -880,6 +957,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             }
             if let Some(credits) = credits(balance, refill)? {
                 new = new.credits(credits);
+            }
+            for setting in settings {
+                new = new.with(setting)?;
             }
             let (token, event) = manager.create_key(new, now, &mut rng).await?;
             print_event(&event)?;
@@ -961,7 +1041,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
                 }
             }
         }
-        Command::SetScopes { .. }
+        Command::Set { .. }
+        | Command::SetScopes { .. }
         | Command::SetMeta { .. }
         | Command::SetExpiry { .. }
         | Command::SetLabel { .. }
@@ -997,7 +1078,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, settings) = match parse_cli() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("keyctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Warnings of the stores (a PostgreSQL connection without TLS), on
     // stderr.
     tracing_subscriber::fmt()
@@ -1005,7 +1092,7 @@ async fn main() -> ExitCode {
         .with_ansi(false)
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .init();
-    match run(cli).await {
+    match run(cli, settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyctl: {e}");

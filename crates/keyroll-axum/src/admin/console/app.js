@@ -286,6 +286,20 @@ function cell(label, content) {
   return td;
 }
 
+// The settings a row shows in columns of their own.
+const IN_COLUMNS = new Set(["label", "owner", "scopes", "expiry"]);
+
+// A setting's value as a change takes it, as text: `100 a minute` reads
+// `limit 100, period 60 s, burst 100`.
+function settingText(value) {
+  if (value === null) return "none";
+  if (typeof value !== "object") return String(value);
+  if (Array.isArray(value)) return value.map(settingText).join(" ");
+  const keys = Object.keys(value);
+  if (keys.includes("secs") && keys.every((k) => k === "secs" || k === "nanos")) return value.secs + " s";
+  return keys.map((k) => k.replace(/_/g, " ") + " " + settingText(value[k])).join(", ");
+}
+
 function row(key, soon) {
   const tr = el("tr");
   tr.dataset.key = key.id;
@@ -293,6 +307,10 @@ function row(key, soon) {
   name.append(el("strong", key.id, "key-id"));
   if (key.label) name.append(el("div", key.label, "hint"));
   if (soon) name.append(el("div", soon.reason === "key_expires" ? "Expires soon" : "Renewal due", "flag"));
+  // Every other setting, whatever it is: a new one shows without a change here.
+  for (const [setting, value] of Object.entries(key.settings || {})) {
+    if (!IN_COLUMNS.has(setting)) name.append(el("div", setting.replace(/_/g, " ") + ": " + settingText(value), "hint setting"));
+  }
   tr.append(cell("Key", name));
   tr.append(cell("Owner", key.owner || "—"));
   tr.append(cell("Scopes", key.scopes.length ? key.scopes.join(" ") : "—"));
