@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::attributes::{Metadata, Scopes};
 use crate::id::OwnerId;
 use crate::meter::{Credits, RateLimit};
+use crate::networks::Networks;
 
 /// One change of a key: a setting replaced (or removed, with `None`), or
 /// its status.
@@ -58,6 +59,9 @@ pub enum Change {
     RateLimit(Option<RateLimit>),
     /// The credits, set (the balance starts over) or removed.
     Credits(Option<Credits>),
+    /// The networks the key's requests may come from, set or removed
+    /// (JSON: `"10.0.0.0/8,2001:db8::/32"`).
+    Networks(Option<Networks>),
     /// Activates the key: its tokens verify again.
     Activate,
     /// Deactivates the key: none of its tokens verifies.
@@ -76,6 +80,7 @@ impl Change {
         "owner",
         "rate_limit",
         "credits",
+        "networks",
     ];
 
     /// The change's name, as its JSON names it (`"label"`, `"rate_limit"`,
@@ -89,6 +94,7 @@ impl Change {
             Change::Owner(_) => "owner",
             Change::RateLimit(_) => "rate_limit",
             Change::Credits(_) => "credits",
+            Change::Networks(_) => "networks",
             Change::Activate => "activate",
             Change::Deactivate => "deactivate",
         }
@@ -102,6 +108,7 @@ impl Change {
                 | Change::Owner(None)
                 | Change::RateLimit(None)
                 | Change::Credits(None)
+                | Change::Networks(None)
         )
     }
 
@@ -124,11 +131,17 @@ impl Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
-pub(crate) struct Settings {}
+pub(crate) struct Settings {
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    networks: Option<Networks>,
+}
 
 impl Settings {
     /// No setting set: [`Settings::default()`], in a `const`.
-    pub(crate) const NONE: Settings = Settings {};
+    pub(crate) const NONE: Settings = Settings { networks: None };
 
     /// Whether no setting is set (the record then leaves them out).
     pub(crate) fn is_empty(&self) -> bool {
@@ -138,12 +151,20 @@ impl Settings {
     /// Makes `change` if it sets one of these settings; gives it back
     /// otherwise.
     pub(crate) fn make(&mut self, change: Change) -> Result<(), Change> {
-        Err(change)
+        match change {
+            Change::Networks(networks) => self.networks = networks,
+            other => return Err(other),
+        }
+        Ok(())
     }
 
     /// Each setting that is set, as the change that sets it.
     pub(crate) fn changes(&self) -> Vec<Change> {
-        Vec::new()
+        let Settings { networks } = self;
+        [networks.clone().map(|n| Change::Networks(Some(n)))]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -166,6 +187,10 @@ mod tests {
                 Change::Credits(Some(Credits::new(5))),
                 r#"{"credits":{"remaining":5}}"#,
             ),
+            (
+                Change::Networks(Some("10.0.0.0/8, 2001:db8::/32".parse().unwrap())),
+                r#"{"networks":"10.0.0.0/8,2001:db8::/32"}"#,
+            ),
             (Change::Activate, r#""activate""#),
         ] {
             assert_eq!(serde_json::to_string(&change).unwrap(), json);
@@ -180,6 +205,7 @@ mod tests {
             Change::Owner(None),
             Change::RateLimit(None),
             Change::Credits(None),
+            Change::Networks(None),
             Change::Activate,
             Change::Deactivate,
         ] {

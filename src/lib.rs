@@ -56,6 +56,7 @@
 mod base62;
 mod hex;
 pub mod meter;
+mod networks;
 mod padded;
 mod revision;
 mod rng;
@@ -114,6 +115,7 @@ pub mod error {
     };
     pub use crate::manager::FlushError;
     pub use crate::meter::{InvalidRateLimit, InvalidRefill};
+    pub use crate::networks::{InvalidNetworks, NetworkProblem};
     #[cfg(feature = "serde")]
     pub use crate::record::RecordError;
 }
@@ -127,6 +129,7 @@ pub use expiring::{Expiring, ExpiringReason};
 pub use id::{KeyId, OwnerId, TokenId};
 pub use key::{ApiKey, Authenticated, TokenInfo};
 pub use manager::{Credentials, KeyManager};
+pub use networks::Networks;
 pub use new_key::NewKey;
 pub use policy::{Policy, RenewalEnforcement};
 pub use rng::os_rng;

@@ -115,6 +115,7 @@
 //! To test only the operations your system supports, filter them in your own
 //! `ReferenceStateMachine` that delegates to `Model`.
 
+use ipnet::IpNet;
 use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
@@ -122,7 +123,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
 use crate::{
-    ApiKey, Change, Decision, KeyId, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes,
+    ApiKey, Change, Decision, KeyId, Metadata, Networks, NewKey, OldTokenDeletion, OwnerId, Scopes,
     TokenMatch, TransitionError, VerifyError,
 };
 
@@ -719,6 +720,21 @@ pub fn owner_id() -> impl Strategy<Value = OwnerId> {
         .prop_map(|id| OwnerId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
+/// Networks of 1 to 4 entries, IPv4 and IPv6, of any prefix length (so
+/// that they overlap, and normalising them merges some).
+pub fn networks() -> impl Strategy<Value = Networks> {
+    let v4 = (any::<[u8; 4]>(), 0u8..=32)
+        .prop_map(|(addr, prefix)| IpNet::new(std::net::Ipv4Addr::from(addr).into(), prefix));
+    let v6 = (any::<[u8; 16]>(), 0u8..=128)
+        .prop_map(|(addr, prefix)| IpNet::new(std::net::Ipv6Addr::from(addr).into(), prefix));
+    proptest::collection::vec(prop_oneof![v4, v6], 1..=4).prop_map(|nets| {
+        let nets = nets
+            .into_iter()
+            .map(|net| net.unwrap_or_else(|e| unreachable!("{e}")));
+        Networks::new(nets).unwrap_or_else(|e| unreachable!("{e}"))
+    })
+}
+
 /// Instants between 2000 and 2100, with nanoseconds.
 pub fn timestamp() -> impl Strategy<Value = OffsetDateTime> {
     (946_684_800i64..4_102_444_800, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
@@ -805,6 +821,7 @@ pub fn change(now: OffsetDateTime) -> impl Strategy<Value = Change> {
         1 => proptest::option::of(owner_id()).prop_map(Change::Owner),
         1 => proptest::option::of(rate_limit()).prop_map(Change::RateLimit),
         1 => proptest::option::of(credits()).prop_map(Change::Credits),
+        1 => proptest::option::of(networks()).prop_map(Change::Networks),
     ]
 }
 
