@@ -100,7 +100,8 @@ impl Change {
         }
     }
 
-    /// Whether the change removes its setting (`None`).
+    /// Whether the change removes its setting (`None`): for the model.
+    #[cfg(feature = "proptest")]
     pub(crate) fn removes(&self) -> bool {
         matches!(
             self,
@@ -146,6 +147,11 @@ impl Settings {
     /// Whether no setting is set (the record then leaves them out).
     pub(crate) fn is_empty(&self) -> bool {
         *self == Settings::NONE
+    }
+
+    /// The networks the key's requests may come from.
+    pub(crate) fn networks(&self) -> Option<&Networks> {
+        self.networks.as_ref()
     }
 
     /// Makes `change` if it sets one of these settings; gives it back

@@ -824,6 +824,55 @@ behaviours! {
     /// keeps the first instant; clearing it reads `None`; markers are kept
     /// apart by name, and keys do not touch them.
     markers_are_kept => markers_are_kept_body;
+    /// A key's networks load back as set, and through a
+    /// [`KeyManager`](crate::KeyManager) over the store (its `verify`
+    /// answering with them) a valid token is refused from outside them or
+    /// without an address, `NetworkNotAllowed`, charging nothing, and
+    /// admitted from inside them.
+    networks_are_enforced => networks_are_enforced_body;
+}
+
+async fn networks_are_enforced_body<S: KeyStore>(store: S) {
+    const B: &str = "networks_are_enforced";
+    let networks: crate::Networks = "10.0.0.0/8,2001:db8::/32"
+        .parse()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let new = NewKey::new(key_id("fenced"))
+        .credits(Credits::new(1))
+        .with(Change::Networks(Some(networks.clone())))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let manager = crate::KeyManager::new(store);
+    let (token, _) = ok(
+        B,
+        "create_key",
+        manager.create_key(new, t0(), &mut rng(130)).await,
+    );
+    let loaded = ok(B, "get", manager.store().get(&key_id("fenced")).await);
+    if loaded.as_ref().and_then(ApiKey::networks) != Some(&networks) {
+        violated(
+            B,
+            format_args!("networks {networks} loaded back as {loaded:?}"),
+        );
+    }
+    let bearer = || crate::Credentials::bearer(token.expose_secret());
+    let inside: std::net::IpAddr = "2001:db8::7"
+        .parse()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap_or_else(|e| unreachable!("{e}"));
+    for (what, credentials) in [
+        ("from outside its networks", bearer().from_ip(outside)),
+        ("without an address", bearer()),
+    ] {
+        match manager.authenticate(credentials, t0()).await {
+            Err(crate::AuthError::Verify(crate::VerifyError::NetworkNotAllowed)) => {}
+            other => violated(B, format_args!("a request {what} answered {other:?}")),
+        }
+    }
+    // The one credit is still there: the refusals charged nothing.
+    match manager.authenticate(bearer().from_ip(inside), t0()).await {
+        Ok(who) if who.networks.as_ref() == Some(&networks) => {}
+        other => violated(B, format_args!("a request from inside answered {other:?}")),
+    }
 }
 
 async fn markers_are_kept_body<S: KeyStore>(store: S) {

@@ -74,6 +74,13 @@ pub enum VerifyError {
     /// ([`RenewalEnforcement::Enforced`](crate::RenewalEnforcement::Enforced)).
     #[error("the token is past its renewal period; renew the key")]
     RenewalOverdue,
+    /// The token matched, but the key has networks
+    /// ([`ApiKey::networks`](crate::ApiKey::networks)) and the request came
+    /// from outside them, or told no address
+    /// ([`Credentials::from_ip`](crate::Credentials::from_ip)). Nothing
+    /// was charged.
+    #[error("the request's address is not in the key's networks")]
+    NetworkNotAllowed,
 }
 
 /// A transition refused because of the key's state or because of its input.

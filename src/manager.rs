@@ -8,6 +8,7 @@
 //! only once the write that holds its hash has succeeded; a failed write
 //! hands out nothing.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
@@ -56,6 +57,7 @@ pub struct Credentials<'a> {
     token: &'a str,
     id: Option<&'a KeyId>,
     cost: u32,
+    ip: Option<IpAddr>,
 }
 
 impl<'a> Credentials<'a> {
@@ -65,6 +67,20 @@ impl<'a> Credentials<'a> {
             token,
             id: None,
             cost: 1,
+            ip: None,
+        }
+    }
+
+    /// The address the request came from: a key with networks
+    /// ([`ApiKey::networks`]) refuses a request from outside them, or
+    /// without an address, with [`VerifyError::NetworkNotAllowed`]. Behind
+    /// a proxy, the client's address, as the proxy tells it, only if the
+    /// proxy is trusted to (keyroll-axum reads it only as configured).
+    #[allow(clippy::wrong_self_convention)] // DESIGN's name: `bearer(t).from_ip(addr)`
+    pub fn from_ip(self, ip: impl Into<IpAddr>) -> Credentials<'a> {
+        Credentials {
+            ip: Some(ip.into()),
+            ..self
         }
     }
 
@@ -103,6 +119,7 @@ impl std::fmt::Debug for Credentials<'_> {
             .field("token", &"<redacted>")
             .field("id", &self.id)
             .field("cost", &self.cost)
+            .field("ip", &self.ip)
             .finish()
     }
 }
@@ -851,7 +868,8 @@ impl<S: KeyStore> KeyManager<S> {
         credentials: impl Into<Credentials<'a>>,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        let Resolved { token, id, cost } = credentials.into().resolve()?;
+        let credentials = credentials.into();
+        let Resolved { token, id, cost } = credentials.resolve()?;
         let verified = self.store.verify(&id, &token, now).await;
         let count = |incarnation, outcome| {
             if let Some(usage) = &self.usage {
@@ -867,6 +885,14 @@ impl<S: KeyStore> KeyManager<S> {
             Verification::UnknownKey => return Err(AuthError::UnknownKey),
         };
         let incarnation = authenticated.incarnation;
+        // Only a holder of a valid token learns of its key's networks; a
+        // request from elsewhere is charged nothing.
+        if let Some(networks) = &authenticated.networks {
+            if !credentials.ip.is_some_and(|ip| networks.contains(ip)) {
+                count(incarnation, Outcome::Refused);
+                return Err(AuthError::Verify(VerifyError::NetworkNotAllowed));
+            }
+        }
         if authenticated.metered {
             let charged = self.store.charge(&id, incarnation, cost, now).await;
             authenticated.allowance = match charged {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -12,7 +13,7 @@ use ipnet::IpNet;
 /// A set of at most [`Networks::MAX`] entries, normalised: host bits
 /// cleared, overlapping and adjacent networks merged, sorted (IPv4 first).
 /// It reads and prints as a comma-separated list; a bare address is a
-/// network of one host. Set it with
+/// network of one host. Clones share the list. Set it with
 /// [`Change::Networks`](crate::Change::Networks).
 ///
 /// # Example
@@ -34,7 +35,7 @@ use ipnet::IpNet;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Networks(Box<[IpNet]>);
+pub struct Networks(Arc<[IpNet]>);
 
 impl Networks {
     /// The most entries a key's networks may have.
@@ -55,7 +56,7 @@ impl Networks {
             return Err(InvalidNetworks::TooMany { given: nets.len() });
         }
         // Aggregating clears host bits, merges and sorts.
-        Ok(Networks(IpNet::aggregate(&nets).into_boxed_slice()))
+        Ok(Networks(IpNet::aggregate(&nets).into()))
     }
 
     /// Whether `addr` is in one of the networks (an IPv4 address mapped

@@ -8,8 +8,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
-use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{ApiKey, KeyId, conformance};
+use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow, Verification};
+use keyroll::{ApiKey, KeyId, PresentedToken, conformance};
 use pollster::block_on;
 
 /// Under a plain `block_on`, and under tokio: the suite needs no runtime.
@@ -77,6 +77,8 @@ enum Flaw {
     MarkerOverwritten,
     /// `set_marker(name, None)` clears nothing.
     MarkerNeverCleared,
+    /// `verify` builds its own answer and leaves out the key's networks.
+    VerifyForgetsNetworks,
 }
 
 /// A store with one deliberate flaw.
@@ -125,6 +127,22 @@ impl Flawed {
 
 impl KeyStore for Flawed {
     type Error = Infallible;
+
+    async fn verify(
+        &self,
+        id: &KeyId,
+        token: &PresentedToken<'_>,
+        now: time::OffsetDateTime,
+    ) -> Result<Verification, Infallible> {
+        let verification = Verification::of(self.get(id).await?.as_ref(), token, now);
+        Ok(match verification {
+            Verification::Accepted(mut who) if self.has(Flaw::VerifyForgetsNetworks) => {
+                who.networks = None;
+                Verification::Accepted(who)
+            }
+            other => other,
+        })
+    }
 
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, Infallible> {
         let Some(current) = self.keys.lock().unwrap().get(id).cloned() else {
@@ -419,6 +437,7 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::UsageRangeClosed, "usage_counts_add_up"),
         (Flaw::MarkerOverwritten, "markers_are_kept"),
         (Flaw::MarkerNeverCleared, "markers_are_kept"),
+        (Flaw::VerifyForgetsNetworks, "networks_are_enforced"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

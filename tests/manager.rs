@@ -511,3 +511,42 @@ fn apply_all_is_all_or_none() {
     let after = block_on(manager.get(&id())).unwrap().unwrap();
     assert_eq!(after, key);
 }
+
+/// A key with networks: a request from outside them, or that tells no
+/// address, is refused once its token matched, counted as refused and
+/// charged nothing; one from inside is admitted. A change of the networks
+/// applies at the next request.
+#[test]
+fn networks_refuse_requests_from_elsewhere_and_count_them_refused() {
+    let manager = KeyManager::new(InMemoryStore::new()).with_usage_recording(true);
+    let new = NewKey::new(id())
+        .credits(keyroll::meter::Credits::new(1))
+        .with(Change::Networks(Some("10.0.0.0/8".parse().unwrap())))
+        .unwrap();
+    let (token, issued) =
+        block_on(manager.create_key(new, t0(), &mut StdRng::seed_from_u64(7))).unwrap();
+    assert!(matches!(&issued, Event::KeyIssued { settings, .. } if settings.len() == 1));
+    let bearer = || keyroll::Credentials::bearer(token.expose_secret());
+    let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let inside: std::net::IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+    for credentials in [bearer().from_ip(outside), bearer()] {
+        let refused = block_on(manager.authenticate(credentials, t0())).unwrap_err();
+        assert!(matches!(
+            refused,
+            AuthError::Verify(VerifyError::NetworkNotAllowed)
+        ));
+        assert_eq!(
+            refused.to_string(),
+            "the request's address is not in the key's networks"
+        );
+    }
+    let who = block_on(manager.authenticate(bearer().from_ip(inside), t0())).unwrap();
+    assert_eq!(who.allowance.credits_remaining(), Some(0));
+    block_on(manager.flush_usage(t0())).unwrap();
+    let rows = block_on(manager.usage(&id(), t0(), t0() + time::Duration::HOUR)).unwrap();
+    assert_eq!((rows[0].accepted, rows[0].refused), (1, 2));
+    // Removed: the address no longer matters.
+    block_on(manager.apply(&id(), Change::Networks(None), t0())).unwrap();
+    let spent = block_on(manager.authenticate(bearer(), t0())).unwrap_err();
+    assert!(matches!(spent, AuthError::UsageExceeded { .. }), "{spent}");
+}

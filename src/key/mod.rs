@@ -16,6 +16,7 @@ use crate::input;
 use crate::meter::{
     Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal, StoredMeter,
 };
+use crate::networks::Networks;
 use crate::new_key::NewKey;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -438,6 +439,16 @@ impl ApiKey {
             settings: key.settings.changes(),
         };
         Ok((key, token, event))
+    }
+
+    /// The networks the key's requests may come from, if it is limited to
+    /// some: [`KeyManager::authenticate`](crate::KeyManager::authenticate)
+    /// refuses a request from elsewhere, or that tells no address
+    /// ([`Credentials::from_ip`](crate::Credentials::from_ip)), with
+    /// [`VerifyError::NetworkNotAllowed`](crate::VerifyError::NetworkNotAllowed).
+    /// Set them with [`Change::Networks`](crate::Change::Networks).
+    pub fn networks(&self) -> Option<&Networks> {
+        self.settings.networks()
     }
 
     /// The key's public id.

@@ -12,6 +12,7 @@ use crate::event::Event;
 use crate::id::{KeyId, TokenId};
 use crate::input;
 use crate::meter::Allowance;
+use crate::networks::Networks;
 use crate::policy::{Policy, RenewalEnforcement};
 use crate::state::{Decision, KeyStatus, TokenMatch};
 use crate::token::{PresentedToken, TokenHash};
@@ -39,6 +40,13 @@ pub struct Authenticated {
     /// What the key's rate limit and credits allow after this request was
     /// charged (empty for a key without limits).
     pub allowance: Allowance,
+    /// The networks the key's requests may come from, if it has any
+    /// (shared with the key, not copied): the manager refuses a request
+    /// from elsewhere. [`Verification::of`] sets them; a store that builds
+    /// its own answers must too (the conformance suite checks it).
+    ///
+    /// [`Verification::of`]: crate::store::Verification::of
+    pub networks: Option<Networks>,
     /// The key's incarnation: usage counts are kept under it.
     pub(crate) incarnation: u64,
     /// Whether the key has limits: the manager then charges it.
@@ -62,6 +70,7 @@ impl Authenticated {
             scopes,
             metadata,
             allowance: Allowance::default(),
+            networks: None,
             incarnation: 0,
             metered: false,
         }
@@ -231,6 +240,7 @@ impl ApiKey {
             metadata: &self.metadata,
             incarnation: self.incarnation,
             metered: self.limits.is_some(),
+            networks: self.settings.networks(),
             current: TokenView {
                 id: self.current.id,
                 hash: &self.current.hash,
@@ -288,6 +298,7 @@ pub(crate) struct KeyView<'a> {
     pub(crate) incarnation: u64,
     /// Whether the key has limits.
     pub(crate) metered: bool,
+    pub(crate) networks: Option<&'a Networks>,
     pub(crate) current: TokenView<'a>,
     /// The old token of a pending renewal, and what was decided about it.
     pub(crate) old: Option<(TokenView<'a>, Decision)>,
@@ -312,6 +323,7 @@ impl KeyView<'_> {
             scopes: self.scopes.clone(),
             metadata: self.metadata.clone(),
             allowance: Allowance::default(),
+            networks: self.networks.cloned(),
             incarnation: self.incarnation,
             metered: self.metered,
         })

@@ -352,6 +352,7 @@ impl Inner {
             metadata: &slot.metadata,
             incarnation: slot.incarnation,
             metered: rare.limits.is_some(),
+            networks: rare.settings.networks(),
             current: slot.current.view(rare.current_revoked_at.is_some()),
             old: slot
                 .renewal

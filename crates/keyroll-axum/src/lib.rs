@@ -32,6 +32,12 @@
 //!   [`RATE_LIMIT`] (`"default";r=<remaining>;t=<seconds until full>`); a
 //!   401 never does. A request later refused by a scope guard has been
 //!   charged.
+//! - A key with networks ([`keyroll::ApiKey::networks`]) is refused with a
+//!   403 `{"error": "network_not_allowed"}`, charged nothing, for a request
+//!   from outside them (only a valid token learns it). The address is the
+//!   connection's peer ([`ConnectInfo`](axum::extract::ConnectInfo)), or,
+//!   behind proxies named with [`KeyrollLayer::trusted_proxies`], what they
+//!   forwarded; never a header by default.
 //! - [`ApiError`] answers keyroll's errors: 400 for bad input, 404, 409, 503.
 //!   Every refusal of this crate is `{"error": code, "message": text}`.
 //! - [`UsageFlusher`] writes the uses a manager with usage recording noted
@@ -77,22 +83,25 @@ use std::task::{Context, Poll};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use client_ip::client_ip;
 use keyroll::store::KeyStore;
-use keyroll::{AuthError, Credentials, KeyId, KeyManager, Scope, TokenMatch};
+use keyroll::{AuthError, Credentials, KeyId, KeyManager, Scope, TokenMatch, VerifyError};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+mod client_ip;
 mod error;
 #[cfg(feature = "github")]
 pub mod github;
 mod limits;
 mod usage;
 
+pub use client_ip::TrustedProxies;
 pub use error::ApiError;
 pub use limits::{RATE_LIMIT, RATE_LIMIT_POLICY};
 pub use usage::UsageFlusher;
@@ -156,6 +165,8 @@ pub(crate) struct Shared<S> {
     two_headers: Option<(HeaderName, HeaderName)>,
     /// What a request costs a key with limits.
     cost: u32,
+    /// The proxies that may tell the client's address.
+    trusted_proxies: Option<TrustedProxies>,
 }
 
 impl<S> std::fmt::Debug for KeyrollLayer<S> {
@@ -164,6 +175,7 @@ impl<S> std::fmt::Debug for KeyrollLayer<S> {
             .field("challenge", &self.shared.challenge)
             .field("two_headers", &self.shared.two_headers)
             .field("cost", &self.shared.cost)
+            .field("trusted_proxies", &self.shared.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +198,7 @@ impl<S> KeyrollLayer<S> {
                 challenge: format!("Bearer realm={}", quoted("keyroll")),
                 two_headers: None,
                 cost: 1,
+                trusted_proxies: None,
             }),
         }
     }
@@ -237,12 +250,40 @@ impl<S> KeyrollLayer<S> {
         self.configure(|shared| shared.cost = cost)
     }
 
+    /// Behind proxies: which of them may tell the client's address, which
+    /// a key's networks ([`keyroll::ApiKey::networks`]) are checked
+    /// against. Without this the address is the connection's peer, read
+    /// from [`ConnectInfo`](axum::extract::ConnectInfo) (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`), and
+    /// `Forwarded`/`X-Forwarded-For` are never read: anyone can send them.
+    /// A key with networks refuses a request whose address is not known.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use keyroll::KeyManager;
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll_axum::{KeyrollLayer, TrustedProxies};
+    ///
+    /// let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    /// // One load balancer in front, which appends the address it was reached from.
+    /// let layer = KeyrollLayer::new(keys.clone()).trusted_proxies(TrustedProxies::Hops(1));
+    /// // Or: whatever proxies run in 10.0.0.0/8.
+    /// let layer = KeyrollLayer::new(keys)
+    ///     .trusted_proxies(TrustedProxies::Networks("10.0.0.0/8".parse()?));
+    /// # Ok::<(), keyroll::error::InvalidNetworks>(())
+    /// ```
+    pub fn trusted_proxies(self, proxies: TrustedProxies) -> Self {
+        self.configure(|shared| shared.trusted_proxies = Some(proxies))
+    }
+
     fn configure(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
         let mut shared = Shared {
             keys: self.shared.keys.clone(),
             challenge: self.shared.challenge.clone(),
             two_headers: self.shared.two_headers.clone(),
             cost: self.shared.cost,
+            trusted_proxies: self.shared.trusted_proxies.clone(),
         };
         change(&mut shared);
         KeyrollLayer {
@@ -315,7 +356,10 @@ where
             {
                 return inner.call(request).await;
             }
-            let who = match shared.authenticated(request.headers()).await {
+            let who = match shared
+                .authenticated(request.headers(), request.extensions())
+                .await
+            {
                 Ok(who) => who,
                 Err(refused) => {
                     return Ok(error::before_the_body(&request, refused.into_response()));
@@ -336,6 +380,7 @@ impl<S: KeyStore> Shared<S> {
     pub(crate) async fn authenticated(
         &self,
         headers: &HeaderMap,
+        extensions: &Extensions,
     ) -> Result<keyroll::Authenticated, ApiError> {
         let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(bearer_token);
@@ -357,10 +402,14 @@ impl<S: KeyStore> Shared<S> {
             Ok(id) => id,
             Err(_) => return Err(self.refused("invalid key id", Some(token))),
         };
-        let credentials = match &id {
+        let mut credentials = match &id {
             Some(id) => Credentials::bearer(token).with_id(id),
             None => Credentials::bearer(token),
         };
+        let ip = client_ip(headers, extensions, self.trusted_proxies.as_ref());
+        if let Some(ip) = ip {
+            credentials = credentials.from_ip(ip);
+        }
         let now = OffsetDateTime::now_utc();
         let key_id = || id.clone().or_else(|| KeyId::from_token(token).ok());
         match self
@@ -383,6 +432,19 @@ impl<S: KeyStore> Shared<S> {
                     "keyroll: usage exceeded"
                 );
                 Err(limits::usage_exceeded(refill_at, now))
+            }
+            Err(AuthError::Verify(VerifyError::NetworkNotAllowed)) => {
+                // Only a holder of the key's valid token gets here.
+                tracing::info!(
+                    key_id = key_id().as_ref().map(KeyId::as_str),
+                    client_ip = ?ip,
+                    "keyroll: request from outside the key's networks"
+                );
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "network_not_allowed",
+                    "the request's address is not in the key's networks",
+                ))
             }
             Err(AuthError::CostOutOfRange { cost, max }) => {
                 // The service's own mistake (the token was valid): a route
@@ -553,7 +615,7 @@ impl<T: KeyrollState + Send + Sync> FromRequestParts<T> for Caller {
             None => state
                 .keyroll()
                 .shared
-                .authenticated(&parts.headers)
+                .authenticated(&parts.headers, &parts.extensions)
                 .await
                 .map(Caller),
         }

@@ -957,3 +957,120 @@ async fn granting_the_admin_scope_by_a_change_retires_the_bootstrap_token() {
     let after = call(&app, Method::GET, "/keys", BOOTSTRAP, None).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
 }
+
+/// Networks through the admin API: taken at create and by a change, shown
+/// in the key's settings, and bad ones refused quoting the entry, with
+/// nothing changed or created.
+#[tokio::test]
+async fn networks_are_set_shown_and_refused_by_entry() {
+    let f = fixture().await;
+    let created = call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "fenced", "networks": "10.1.2.3/8, 2001:db8::/32"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["event"]["settings"],
+        json!([{"networks": "10.0.0.0/8,2001:db8::/32"}])
+    );
+    let shown = call(&f.app, Method::GET, "/keys/fenced", &f.admin, None).await;
+    assert_eq!(
+        shown.body["settings"]["networks"], "10.0.0.0/8,2001:db8::/32",
+        "{}",
+        shown.body
+    );
+    let many: Vec<String> = (0..65).map(|n| format!("10.0.{n}.0/24")).collect();
+    for (body, quoted) in [
+        (
+            json!("10.0.0.0/33"),
+            "invalid network \"10.0.0.0/33\": the prefix is longer than 32",
+        ),
+        (
+            json!("2001:db8::/129"),
+            "longer than 128, the most for IPv6",
+        ),
+        (json!("10.0.0.0/8,bogus"), "invalid network \"bogus\""),
+        (
+            json!(many.join(",")),
+            "too many networks: 65 given, at most 64",
+        ),
+    ] {
+        let refused = call(
+            &f.app,
+            Method::PATCH,
+            "/keys/fenced",
+            &f.admin,
+            Some(json!([{"label": "x"}, {"networks": body.clone()}])),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+        let message = refused.body["message"].as_str().unwrap();
+        assert!(message.contains(quoted), "{quoted:?} in {message}");
+        let created = call(
+            &f.app,
+            Method::POST,
+            "/keys",
+            &f.admin,
+            Some(json!({"id": "never", "networks": body})),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::BAD_REQUEST, "{}", created.body);
+        assert!(created.body["message"].as_str().unwrap().contains(quoted));
+    }
+    let key = f
+        .keys
+        .get(&KeyId::new("fenced").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((key.label(), key.version()), ("", 1));
+    assert!(
+        f.keys
+            .get(&KeyId::new("never").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A field that is no setting is refused by name.
+    let unknown = call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "never", "colour": "red"})),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    assert!(
+        unknown.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`colour`")
+    );
+    // Removed through the path that names it.
+    let removed = call(
+        &f.app,
+        Method::PUT,
+        "/keys/fenced/networks",
+        &f.admin,
+        Some(json!({"networks": null})),
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert_eq!(
+        removed.body["event"],
+        json!({"event": "setting_changed", "key_id": "fenced",
+               "at": removed.body["event"]["at"], "version": 2, "change": {"networks": null}})
+    );
+    let key = f
+        .keys
+        .get(&KeyId::new("fenced").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(key.networks(), None);
+}

@@ -222,6 +222,15 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         .scopes(Scopes::new(["keyroll:admin"]).unwrap());
     let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
     let admin = admin.expose_secret().to_owned();
+    // A key with settings the row has no column for.
+    let fenced = NewKey::new(KeyId::new("fenced").unwrap())
+        .with(keyroll::Change::Networks(Some(
+            "10.0.0.0/8,2001:db8::/32".parse().unwrap(),
+        )))
+        .unwrap();
+    keys.create_key(fenced, now, &mut rand::rng())
+        .await
+        .unwrap();
     // More keys than a page holds (after `ops` and `shop` in id order),
     // the first expiring in 3 days.
     for n in 0..55 {
@@ -253,6 +262,11 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     until(&c, "!document.querySelector('#app').hidden").await;
     assert!(!c.current_url().await.unwrap().as_str().contains(&admin));
     assert!(row(&c, "ops").await.contains("Operators"));
+    assert!(
+        row(&c, "fenced")
+            .await
+            .contains("networks: 10.0.0.0/8,2001:db8::/32")
+    );
     // Expiring soon, flagged.
     until(&c, "!document.querySelector('#expiring-panel').hidden").await;
     assert!(text(&c, "#expiring").await.contains("zz-bulk-00 expires"));
@@ -471,7 +485,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     assert_eq!(text(&c, "#page-label").await, "Keys 1–50");
     click(&c, "#next").await;
     until(&c, "document.querySelector(\"tr[data-key='zz-bulk-54']\")").await;
-    assert_eq!(text(&c, "#page-label").await, "Keys 51–57");
+    assert_eq!(text(&c, "#page-label").await, "Keys 51–58");
     assert!(!enabled(&c, "#next").await);
     click(&c, "#previous").await;
     until(&c, "document.querySelector(\"tr[data-key='ops']\")").await;

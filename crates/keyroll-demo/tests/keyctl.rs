@@ -801,3 +801,52 @@ fn keyctl_restores_the_bootstrap_token_with_an_audit_line() {
     ));
     assert_eq!(marker.unwrap(), None);
 }
+
+#[test]
+fn keyctl_sets_shows_and_enforces_networks() {
+    let ctl = Ctl::new();
+    let created = ctl.ok(&[
+        "create",
+        "--label",
+        "n",
+        "--id",
+        "n",
+        "--networks",
+        "10.1.2.3/8, 2001:db8::/32",
+    ]);
+    assert!(
+        created.contains(r#""settings":[{"networks":"10.0.0.0/8,2001:db8::/32"}]"#),
+        "{created}"
+    );
+    let token = token_from(&created, "token:");
+    assert!(
+        ctl.ok(&["show", "n"])
+            .contains("networks 10.0.0.0/8,2001:db8::/32"),
+    );
+    // A valid token from elsewhere, or from nowhere said, is refused.
+    for from in [None, Some("192.0.2.1")] {
+        let mut args = vec!["verify", "n"];
+        args.extend(from.iter().flat_map(|ip| ["--from", ip]));
+        let refused = one_line_failure(ctl.with_stdin(&args, &token), &args);
+        assert!(
+            refused.contains("the request's address is not in the key's networks"),
+            "{refused}"
+        );
+    }
+    let inside = ctl.with_stdin(&["verify", "n", "--from", "2001:db8::1"], &token);
+    assert!(inside.status.success(), "{inside:?}");
+    // Bad networks: one line quoting the entry, nothing changed or made.
+    let refused = ctl.fails(&["set", "n", "networks", "10.0.0.0/8,10.0.0.0/33"]);
+    assert!(
+        refused.contains(r#"invalid network "10.0.0.0/33": the prefix is longer than 32"#),
+        "{refused}"
+    );
+    let refused = ctl.fails(&["create", "--label", "m", "--id", "m", "--networks", "nope"]);
+    assert!(refused.contains("nope"), "{refused}");
+    assert!(ctl.fails(&["show", "m"]).contains("no key m"));
+    // Removed: verified from anywhere again.
+    let set = ctl.ok(&["set", "n", "networks", "none"]);
+    assert!(set.contains(r#""change":{"networks":null}"#), "{set}");
+    assert!(!ctl.ok(&["show", "n"]).contains("networks"));
+    ctl.verify_ok(None, "n", &token);
+}

@@ -700,7 +700,8 @@ transition!(
 /// `{"expiry": "2027-01-01T00:00:00Z"}` or `null`, `{"owner": "acme"}` or
 /// `null`, `{"rate_limit": {"limit": 100, "period": "1m", "burst": 20}}` or
 /// `null`, `{"credits": {"remaining": 1000, "refill": {"amount": 1000,
-/// "every": "30d"}}}` or `null`), or `"activate"` / `"deactivate"`.
+/// "every": "30d"}}}` or `null`, `{"networks": "10.0.0.0/8,2001:db8::/32"}`
+/// or `null`), or `"activate"` / `"deactivate"`.
 #[utoipa::path(patch, path = "/keys/{id}", tag = "settings",
     params(("id" = String, Path, description = "The key's id")),
     request_body(content = Vec<Object>, description = "The changes, in order (keyroll::Change)"),
@@ -721,8 +722,8 @@ pub(crate) async fn change_key<S: KeyStore + 'static>(
 /// `rate_limit`), as one change of `PATCH /keys/{id}` would.
 #[utoipa::path(put, path = "/keys/{id}/{change}", tag = "settings",
     params(("id" = String, Path, description = "The key's id"),
-        ("change" = String, Path, description = "The setting: label, scopes, metadata, expiry, \
-            owner, rate-limit or credits")),
+        ("change" = String, Path, description = "The setting, by its name in a change, `_` as \
+            `-`: label, scopes, metadata, expiry, owner, rate-limit, credits, networks, ...")),
     request_body(content = Object, description = "The change: `{\"label\": \"orders\"}`"),
     responses((status = 200, body = Done), Refusals))]
 pub(crate) async fn set<S: KeyStore + 'static>(

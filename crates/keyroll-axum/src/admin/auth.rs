@@ -123,7 +123,12 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                 (Some(token), Some(bootstrap)) if bool::from(token.as_bytes().ct_eq(bootstrap)) => {
                     (bootstrap_admitted(&admin).await, None)
                 }
-                _ => match admin.auth.shared.authenticated(request.headers()).await {
+                _ => match admin
+                    .auth
+                    .shared
+                    .authenticated(request.headers(), request.extensions())
+                    .await
+                {
                     Ok(who) => {
                         let caller = Caller(who);
                         let headers = caller.headers();

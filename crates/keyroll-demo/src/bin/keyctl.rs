@@ -4,13 +4,13 @@
 //! cargo run -p keyroll-demo --bin keyctl -- [--db keys.db] <command>
 //!
 //! create --label L [--id ID] [--prefix kr] [--period 3m|6m] [--enforced]
-//!        [--scope S]... [--meta K=V]... [--expires RFC3339]
+//!        [--scope S]... [--meta K=V]... [--expires RFC3339] [--networks 10.0.0.0/8,...]
 //! set-scopes ID [--scope S]... | set-meta ID [--meta K=V]... | set-expiry ID RFC3339|none
-//! set-label ID LABEL
+//! set-label ID LABEL | set ID NAME VALUE|none  (any setting: `set ID networks 10.0.0.0/8`)
 //! list | show ID | renew ID | undo ID | activate ID | deactivate ID | delete ID
 //! finalize ID --delete-old now|later|at=2025-01-01T00:00:00Z|after-use=1h
 //! delete-old ID [--if-idle 7d] | housekeep
-//! verify ID                 (reads the token from standard input; records the use)
+//! verify ID [--from IP]     (reads the token from standard input; records the use)
 //! revoke [--id ID]          (reads a leaked token from standard input and revokes it;
 //!                            --id for a token of keyroll 0.1, which names no key)
 //! whois                     (reads a token from standard input; prints the key id it names)
@@ -253,6 +253,9 @@ enum Command {
     Verify {
         #[arg(value_parser = existing_id)]
         id: KeyId,
+        /// The address the request comes from (for a key with networks).
+        #[arg(long)]
+        from: Option<std::net::IpAddr>,
     },
     /// Revoke a leaked token, read from standard input: an old token is
     /// deleted, a current token never verifies again (renew the key).
@@ -622,8 +625,15 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     // The settings without a line of their own above, whatever they are.
     for change in key.settings() {
         if !CREATE_FLAGS.contains(&change.name()) {
-            let json = serde_json::to_value(&change).unwrap_or_default();
-            println!("{:<8} {}", change.name(), json[change.name()]);
+            let value = match serde_json::to_value(&change).unwrap_or_default() {
+                serde_json::Value::Object(mut setting) => setting.remove(change.name()),
+                _ => None,
+            };
+            match value {
+                Some(serde_json::Value::String(text)) => println!("{:<8} {text}", change.name()),
+                Some(value) => println!("{:<8} {value}", change.name()),
+                None => {}
+            }
         }
     }
     println!(
@@ -1054,9 +1064,12 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
         Command::Whois | Command::Migrate { .. } => {
             unreachable!("answered before the database is opened")
         }
-        Command::Verify { id } => {
+        Command::Verify { id, from } => {
             let token = token_from_stdin()?;
-            let credentials = Credentials::bearer(&token).with_id(&id);
+            let mut credentials = Credentials::bearer(&token).with_id(&id);
+            if let Some(ip) = from {
+                credentials = credentials.from_ip(ip);
+            }
             let authenticated = manager.authenticate(credentials, now).await;
             // The use and its outcome, refused or not, are noted in memory:
             // write them before the process ends.
