@@ -528,6 +528,19 @@ impl Model {
         Ok(())
     }
 
+    /// Whether the key's networks, if it has any, hold [`CLIENT_IP`], which
+    /// every [`Op::Use`] comes from.
+    fn admits_client(&self) -> Result<(), VerifyError> {
+        let outside = self.kept.iter().any(|kept| {
+            matches!(kept, Change::Networks(Some(networks)) if !networks.contains(CLIENT_IP))
+        });
+        if outside {
+            Err(VerifyError::NetworkNotAllowed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Every setting the key has, as [`ApiKey::settings`](crate::ApiKey::settings)
     /// lists them (up to order).
     pub fn settings(&self) -> Vec<Change> {
@@ -620,7 +633,11 @@ impl Model {
             Op::Use(which) => {
                 let handle = self.handle(*which);
                 self.presented = handle;
-                let verified = self.verify(handle).map(|matched| (matched, self.charge(1)));
+                // A request from outside the key's networks is charged nothing.
+                let verified = self
+                    .verify(handle)
+                    .and_then(|matched| self.admits_client().map(|()| matched))
+                    .map(|matched| (matched, self.charge(1)));
                 self.expected = match (handle, verified) {
                     (_, Ok((_, Err(refusal)))) => Expected::Limited(refusal),
                     (Some(h), Ok((matched, Ok(_)))) => {
@@ -720,19 +737,32 @@ pub fn owner_id() -> impl Strategy<Value = OwnerId> {
         .prop_map(|id| OwnerId::new(id).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
+/// The address every [`Op::Use`] comes from
+/// ([`Credentials::from_ip`](crate::Credentials::from_ip)).
+pub const CLIENT_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
 /// Networks of 1 to 4 entries, IPv4 and IPv6, of any prefix length (so
-/// that they overlap, and normalising them merges some).
+/// that they overlap, and normalising them merges some); half of them hold
+/// [`CLIENT_IP`].
 pub fn networks() -> impl Strategy<Value = Networks> {
     let v4 = (any::<[u8; 4]>(), 0u8..=32)
         .prop_map(|(addr, prefix)| IpNet::new(std::net::Ipv4Addr::from(addr).into(), prefix));
     let v6 = (any::<[u8; 16]>(), 0u8..=128)
         .prop_map(|(addr, prefix)| IpNet::new(std::net::Ipv6Addr::from(addr).into(), prefix));
-    proptest::collection::vec(prop_oneof![v4, v6], 1..=4).prop_map(|nets| {
-        let nets = nets
-            .into_iter()
-            .map(|net| net.unwrap_or_else(|e| unreachable!("{e}")));
-        Networks::new(nets).unwrap_or_else(|e| unreachable!("{e}"))
-    })
+    let client = IpNet::new(CLIENT_IP, 24);
+    (
+        proptest::collection::vec(prop_oneof![v4, v6], 1..=4),
+        any::<bool>(),
+    )
+        .prop_map(move |(mut nets, with_client)| {
+            if with_client {
+                nets.push(client.clone());
+            }
+            let nets = nets
+                .into_iter()
+                .map(|net| net.unwrap_or_else(|e| unreachable!("{e}")));
+            Networks::new(nets).unwrap_or_else(|e| unreachable!("{e}"))
+        })
 }
 
 /// Instants between 2000 and 2100, with nanoseconds.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use keyroll::meter::{Allowance, Refusal, StoredMeter};
 use keyroll::store::{InMemoryStore, KeyStore, Verification};
-use keyroll::testing::{Charged, Expected, Model, Op};
+use keyroll::testing::{CLIENT_IP, Charged, Expected, Model, Op};
 use keyroll::{
     ApiKey, Change, KeyId, KeyManager, KeyStatus, ManagerError, NewKey, OldTokenDeletion,
     RenewalState, Token, TokenId, TokenMatch, TransitionError, VerifyError,
@@ -100,6 +100,10 @@ impl Subject for Plain {
             Ok(matched) => matched,
             Err(e) => return Expected::Verified(Err(e)),
         };
+        // The manager's check of the request's address, after the token.
+        if self.0.networks().is_some_and(|n| !n.contains(CLIENT_IP)) {
+            return Expected::Verified(Err(VerifyError::NetworkNotAllowed));
+        }
         if self.0.is_metered()
             && let Err(refusal) = self.charge(1, now)
         {
@@ -205,8 +209,12 @@ impl Subject for Managed {
     fn use_token(&mut self, token: &str, now: OffsetDateTime) -> Expected {
         let before = self.key().version();
         let matched = block_on(
-            self.recording
-                .authenticate(keyroll::Credentials::bearer(token).with_id(&self.id), now),
+            self.recording.authenticate(
+                keyroll::Credentials::bearer(token)
+                    .with_id(&self.id)
+                    .from_ip(CLIENT_IP),
+                now,
+            ),
         );
         let matched = match matched {
             Ok(who) => who.matched,
