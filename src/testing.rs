@@ -23,8 +23,8 @@
 //!
 //! ```
 //! use keyroll::meter::{Refusal, StoredMeter};
-//! use keyroll::testing::{Charged, Expected, Model, Op};
-//! use keyroll::{ApiKey, KeyId, Token, TransitionError};
+//! use keyroll::testing::{CLIENT_IP, Charged, Expected, Model, Op};
+//! use keyroll::{ApiKey, KeyId, Token, TransitionError, VerifyError};
 //! use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 //! use time::OffsetDateTime;
 //!
@@ -82,6 +82,10 @@
 //!             Op::Charge(cost) => Expected::Charged(sut.charge(cost, now)),
 //!             Op::Verify(_) => Expected::Verified(sut.key.verify(&token(&sut), now)),
 //!             Op::Use(_) => match sut.key.verify(&token(&sut), now) {
+//!                 // Each use comes from `CLIENT_IP`: the manager checks it after the token.
+//!                 Ok(_) if sut.key.networks().is_some_and(|n| !n.contains(CLIENT_IP)) => {
+//!                     Expected::Verified(Err(VerifyError::NetworkNotAllowed))
+//!                 }
 //!                 Ok(matched) => match sut.charge(1, now) {
 //!                     Ok(_) => Expected::Used(matched, sut.key.record_use(matched, now)),
 //!                     Err(refusal) => Expected::Limited(refusal),
