@@ -887,11 +887,11 @@ impl<S: KeyStore> KeyManager<S> {
         let incarnation = authenticated.incarnation;
         // Only a holder of a valid token learns of its key's networks; a
         // request from elsewhere is charged nothing.
-        if let Some(networks) = &authenticated.networks {
-            if !credentials.ip.is_some_and(|ip| networks.contains(ip)) {
-                count(incarnation, Outcome::Refused);
-                return Err(AuthError::Verify(VerifyError::NetworkNotAllowed));
-            }
+        if let Some(networks) = &authenticated.networks
+            && !credentials.ip.is_some_and(|ip| networks.contains(ip))
+        {
+            count(incarnation, Outcome::Refused);
+            return Err(AuthError::Verify(VerifyError::NetworkNotAllowed));
         }
         if authenticated.metered {
             let charged = self.store.charge(&id, incarnation, cost, now).await;

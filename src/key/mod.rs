@@ -793,12 +793,13 @@ impl ApiKey {
             .peek(stored, now)
     }
 
-    /// Keeps `limits`, or none when they are empty.
     /// The key's limits, if it has any.
+    #[cfg(feature = "serde")]
     pub(crate) fn limits(&self) -> Option<&Limits> {
         self.limits.as_deref()
     }
 
+    /// Keeps `limits`, or none when they are empty.
     fn set_limits(&mut self, limits: Limits) {
         self.limits = (!limits.is_empty()).then(|| Box::new(limits));
     }
@@ -1220,6 +1221,7 @@ fn decision_of(deletion: OldTokenDeletion, now: OffsetDateTime) -> Option<Decisi
 
 impl ApiKey {
     /// Every invariant a key built by transitions keeps, or what breaks one.
+    #[cfg(feature = "serde")]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         if self.incarnation > i64::MAX as u64 {
             return Err(format!("incarnation {} is out of range", self.incarnation));
