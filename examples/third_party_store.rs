@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::record::{KeyRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId};
 use time::OffsetDateTime;
 type Answer<T> = Result<T, RecordError>;
 type Write = Result<(), StoreError<RecordError>>;
+type Charged = Result<Result<Allowance, Refusal>, StoreError<RecordError>>;
 
 /// Key rows by id; meters and usage counts by id and incarnation; markers.
 #[derive(Default)]
@@ -31,9 +32,11 @@ impl MapStore {
     }
 }
 impl Tables {
-    fn key(&self, id: &KeyId) -> Answer<Option<ApiKey>> {
-        let row = self.keys.get(id);
-        row.map(|row| row.decode(id.as_str())).transpose()
+    /// Key `id`, if it is of incarnation `inc` (when one is given).
+    fn key(&self, id: &KeyId, inc: Option<u64>) -> Answer<Option<ApiKey>> {
+        let row = self.keys.get(id).map(|row| row.decode(id.as_str()));
+        let same = |k: &ApiKey| inc.is_none_or(|i| k.revision().incarnation() == i);
+        Ok(row.transpose()?.filter(same))
     }
     /// Refuses a write expecting another revision than the stored one.
     fn check(&self, id: &KeyId, expected: Revision, writing: Option<Revision>) -> Write {
@@ -47,7 +50,7 @@ impl KeyStore for MapStore {
     type Error = RecordError;
 
     async fn get(&self, id: &KeyId) -> Answer<Option<ApiKey>> {
-        self.tables().key(id)
+        self.tables().key(id, None)
     }
     async fn insert(&self, key: &ApiKey) -> Write {
         let row = KeyRow::of(key).map_err(StoreError::Backend)?;
@@ -81,25 +84,26 @@ impl KeyStore for MapStore {
             .map(|(id, row)| row.decode(id.as_str()))
             .collect()
     }
-    async fn charge(
-        &self,
-        id: &KeyId,
-        incarnation: u64,
-        cost: u32,
-        now: OffsetDateTime,
-    ) -> Result<Result<Allowance, Refusal>, StoreError<RecordError>> {
+    async fn charge(&self, id: &KeyId, inc: u64, cost: u32, now: OffsetDateTime) -> Charged {
         let mut tables = self.tables();
-        let key = tables.key(id).map_err(StoreError::Backend)?;
-        let same = |key: &ApiKey| key.revision().incarnation() == incarnation;
-        let key = key.filter(same).ok_or(StoreError::NotFound)?;
+        let key = tables.key(id, Some(inc)).map_err(StoreError::Backend)?;
+        let key = key.ok_or(StoreError::NotFound)?;
         // The kit's one arithmetic entry, under this store's lock.
-        let meter = (id.clone(), incarnation);
+        let meter = (id.clone(), inc);
         let (next, allowance) = match key.charge(tables.meters.get(&meter), cost, now) {
             Ok(charged) => charged,
             Err(refusal) => return Ok(Err(refusal)),
         };
         tables.meters.insert(meter, next);
         Ok(Ok(allowance))
+    }
+    async fn refund(&self, id: &KeyId, inc: u64, amount: u64, period: CreditsPeriod) -> Answer<()> {
+        let mut tables = self.tables();
+        let meter = (id.clone(), inc);
+        let key = tables.key(id, Some(inc))?;
+        let next = key.and_then(|k| k.refund(tables.meters.get(&meter), amount, period));
+        tables.meters.extend(next.map(|next| (meter, next)));
+        Ok(())
     }
     async fn meter(&self, id: &KeyId, incarnation: u64) -> Answer<Option<StoredMeter>> {
         let tables = self.tables();
@@ -116,12 +120,8 @@ impl KeyStore for MapStore {
     }
     async fn usage(&self, id: &KeyId, inc: u64, hours: Range<i64>) -> Answer<Vec<UsageRow>> {
         let range = (id.clone(), inc, hours.start)..(id.clone(), inc, hours.end);
-        Ok(self
-            .tables()
-            .usage
-            .range(range)
-            .map(|(_, row)| row.clone())
-            .collect())
+        let usage = &self.tables().usage;
+        Ok(usage.range(range).map(|(_, row)| row.clone()).collect())
     }
     async fn prune_usage(&self, before: i64) -> Answer<u64> {
         let usage = &mut self.tables().usage;

@@ -40,7 +40,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::meter::{Allowance, Credits, RateLimit, Refusal};
+use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
 use crate::store::{KeyStore, Revision, StoreError, UsageRow, Verification};
 use crate::{
     ApiKey, Change, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken,
@@ -830,6 +830,99 @@ behaviours! {
     /// without an address, `NetworkNotAllowed`, charging nothing, and
     /// admitted from inside them.
     networks_are_enforced => networks_are_enforced_body;
+    /// `refund` gives credits a charge took back into the refill period
+    /// it took them in, up to what the period started with; a refund of
+    /// an earlier period (a refill came since), of credits set again since,
+    /// or of a key that is not stored, changes nothing.
+    refunds_stay_in_their_period => refunds_stay_in_their_period_body;
+}
+
+async fn refunds_stay_in_their_period_body<S: KeyStore>(store: S) {
+    const B: &str = "refunds_stay_in_their_period";
+    let refill = Refill::new(10, Duration::HOUR).unwrap_or_else(|e| unreachable!("{e}"));
+    let new = NewKey::new(key_id("refunded")).credits(Credits::new(10).with_refill(refill));
+    let (mut key, _) = issue_new(new, t0(), 140);
+    ok(B, "insert", store.insert(&key).await);
+    let (id, inc) = (key.id().clone(), key.revision().incarnation());
+    let charge = |cost, at| {
+        let (store, id) = (&store, &id);
+        async move {
+            match ok(B, "charge", store.charge(id, inc, cost, at).await) {
+                Ok(allowance) => allowance.credits_period().unwrap_or_else(|| {
+                    violated(B, "a charge of a key with credits tells no period")
+                }),
+                Err(refusal) => violated(B, format_args!("a charge of {cost} refused: {refusal}")),
+            }
+        }
+    };
+    let refund = |amount, period| {
+        let (store, id) = (&store, &id);
+        async move { ok(B, "refund", store.refund(id, inc, amount, period).await) }
+    };
+    let expect = |key: &ApiKey, want: u64, at, what: &'static str| {
+        let (store, key) = (&store, key.clone());
+        async move {
+            let meter = ok(B, "meter", store.meter(key.id(), inc).await);
+            let left = key.allowance(meter.as_ref(), at).credits_remaining();
+            if left != Some(want) {
+                violated(
+                    B,
+                    format_args!("{what}: {left:?} credits left, expected {want}"),
+                );
+            }
+        }
+    };
+    let first = charge(4, t0()).await;
+    refund(3, first).await;
+    expect(&key, 9, t0(), "4 taken, 3 given back").await;
+    refund(100, first).await;
+    expect(
+        &key,
+        10,
+        t0(),
+        "more given back than the period started with",
+    )
+    .await;
+    // The next period: the refill sets 10, a charge takes 1.
+    let later = t0() + Duration::HOUR + Duration::SECOND;
+    let second = charge(1, later).await;
+    if second == first {
+        violated(B, "the period after a refill is the same as before it");
+    }
+    refund(5, first).await;
+    expect(
+        &key,
+        9,
+        later,
+        "given back into the period before the refill",
+    )
+    .await;
+    refund(1, second).await;
+    expect(&key, 10, later, "1 given back after the refill").await;
+    // Credits set again: the old period's refunds are void.
+    let _ = charge(6, later).await;
+    if let Err(e) = key.apply(Change::Credits(Some(Credits::new(5))), later) {
+        unreachable!("{e}")
+    }
+    let before = Revision::new(inc, key.version() - 1);
+    ok(B, "update", store.update(&key, before).await);
+    refund(3, second).await;
+    expect(
+        &key,
+        5,
+        later,
+        "given back after the credits were set again",
+    )
+    .await;
+    // A key that is not stored: nothing, and no meter made.
+    let nobody = key_id("refunded-nobody");
+    ok(B, "refund", store.refund(&nobody, inc, 3, second).await);
+    if let Some(meter) = ok(B, "meter", store.meter(&nobody, inc).await) {
+        violated(
+            B,
+            format_args!("a refund of a missing key made a meter: {meter:?}"),
+        );
+    }
 }
 
 async fn networks_are_enforced_body<S: KeyStore>(store: S) {

@@ -273,6 +273,32 @@ impl Credits {
 pub struct Allowance {
     rate: Option<RateState>,
     credits: Option<CreditState>,
+    period: Option<CreditsPeriod>,
+}
+
+/// The refill period of a key's credits that a charge was taken from: the
+/// setting of the credits (the key version that set them) and the refill
+/// (0 before the first). Credits handed back
+/// ([`KeyStore::refund`](crate::store::KeyStore::refund)) go back into
+/// this period only: after a refill, or once the credits were set again,
+/// a refund is void.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CreditsPeriod {
+    generation: u64,
+    refills: u64,
+}
+
+impl CreditsPeriod {
+    /// The key version whose setting of the credits the period is of.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The index of the refill that started the period (0: the credits as
+    /// set).
+    pub fn refills(&self) -> u64 {
+        self.refills
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +338,12 @@ impl Allowance {
     /// When the credits are next set to their refill amount.
     pub fn next_refill(&self) -> Option<OffsetDateTime> {
         self.credits.and_then(|c| c.next_refill)
+    }
+
+    /// The refill period the credits were charged in, for a refund of
+    /// what a lease did not spend.
+    pub fn credits_period(&self) -> Option<CreditsPeriod> {
+        self.period
     }
 }
 
@@ -441,6 +473,20 @@ impl Meter {
         view.allowance(rate, credits, now)
     }
 
+    /// Gives back `amount` credits taken in the period whose last refill is
+    /// `refills`: nothing if a refill came since, and never above what the
+    /// period started with.
+    fn refund(&mut self, credits: &Credits, amount: u64, refills: u64) {
+        if self.refills != refills {
+            return;
+        }
+        let start = match (refills, credits.refill) {
+            (1.., Some(refill)) => refill.amount,
+            _ => credits.remaining,
+        };
+        self.remaining = self.remaining.saturating_add(amount).min(start);
+    }
+
     /// The credits as `credits` starts them, refills counted from `set_at`;
     /// the rate limit's state kept.
     pub(crate) fn reset_credits(&mut self, credits: Option<&Credits>, set_at: OffsetDateTime) {
@@ -473,6 +519,7 @@ impl Meter {
                 remaining: self.remaining,
                 next_refill: self.next_refill(credits, now, 1),
             }),
+            period: None,
         }
     }
 
@@ -633,7 +680,39 @@ impl Limits {
         let allowance = stored
             .meter
             .charge(self.rate.as_ref(), self.credits(), cost, now)?;
-        Ok((stored, allowance))
+        Ok((stored.clone(), self.with_period(allowance, &stored)))
+    }
+
+    /// `allowance` with the period of `stored`'s credits, if the key has
+    /// credits.
+    fn with_period(&self, allowance: Allowance, stored: &StoredMeter) -> Allowance {
+        Allowance {
+            period: self.credits.as_ref().map(|_| CreditsPeriod {
+                generation: stored.generation,
+                refills: stored.meter.refills,
+            }),
+            ..allowance
+        }
+    }
+
+    /// The meter with `amount` credits taken in `period` given back, or
+    /// `None` when the refund is void: no credits, no meter, or another
+    /// setting of the credits or another refill period than `period`.
+    pub(crate) fn refund(
+        &self,
+        stored: Option<&StoredMeter>,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Option<StoredMeter> {
+        let credits = self.credits.as_ref()?;
+        let mut stored = stored?.clone();
+        if stored.generation != period.generation || credits.generation != period.generation {
+            return None;
+        }
+        stored
+            .meter
+            .refund(&credits.credits, amount, period.refills);
+        Some(stored)
     }
 
     /// [`Meter::peek`] on the stored meter, brought up to date the same way.

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
-use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow, Verification};
 use keyroll::{ApiKey, KeyId, PresentedToken, conformance};
 use pollster::block_on;
@@ -79,6 +79,8 @@ enum Flaw {
     MarkerNeverCleared,
     /// `verify` builds its own answer and leaves out the key's networks.
     VerifyForgetsNetworks,
+    /// `refund` gives nothing back.
+    RefundIsLost,
 }
 
 /// A store with one deliberate flaw.
@@ -278,6 +280,24 @@ impl KeyStore for Flawed {
         })
     }
 
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Infallible> {
+        let key = self.keys.lock().unwrap().get(id).cloned();
+        let key = key.filter(|k| k.revision().incarnation() == incarnation);
+        let mut meters = self.meters.lock().unwrap();
+        if let Some(next) = key.and_then(|k| k.refund(meters.get(id), amount, period))
+            && !self.has(Flaw::RefundIsLost)
+        {
+            meters.insert(id.clone(), next);
+        }
+        Ok(())
+    }
+
     async fn meter(&self, id: &KeyId, incarnation: u64) -> Result<Option<StoredMeter>, Infallible> {
         let keys = self.keys.lock().unwrap();
         let current = keys.get(id).map(|k| k.revision().incarnation());
@@ -438,6 +458,7 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::MarkerOverwritten, "markers_are_kept"),
         (Flaw::MarkerNeverCleared, "markers_are_kept"),
         (Flaw::VerifyForgetsNetworks, "networks_are_enforced"),
+        (Flaw::RefundIsLost, "refunds_stay_in_their_period"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

@@ -14,7 +14,8 @@ use crate::event::{DeletionReason, Event};
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::input;
 use crate::meter::{
-    Allowance, Credits, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit, Refusal, StoredMeter,
+    Allowance, Credits, CreditsPeriod, CreditsSetting, Limits, MAX_CREDITS, Meter, RateLimit,
+    Refusal, StoredMeter,
 };
 use crate::networks::Networks;
 use crate::new_key::NewKey;
@@ -782,6 +783,24 @@ impl ApiKey {
                 Allowance::default(),
             )),
         }
+    }
+
+    /// Gives back `amount` credits that a charge took in `period` (from
+    /// [`Allowance::credits_period`](crate::meter::Allowance::credits_period))
+    /// and nothing spent, on the meter a store keeps beside the key: the
+    /// meter to store, or `None` when the refund is void (the key has no
+    /// credits or no meter, the credits were set again, or a refill came
+    /// since: credits never cross into another period). Never above what
+    /// the period started with. This is what
+    /// [`KeyStore::refund`](crate::store::KeyStore::refund) implementations
+    /// run under their own atomicity.
+    pub fn refund(
+        &self,
+        stored: Option<&StoredMeter>,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Option<StoredMeter> {
+        self.limits.as_deref()?.refund(stored, amount, period)
     }
 
     /// What the key's limits allow at `now`, on the stored meter, without

@@ -15,7 +15,7 @@ use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
-use crate::meter::{Allowance, Refusal, StoredMeter};
+use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use crate::padded::Padded;
 use crate::revision::Revision;
 use crate::token::PresentedToken;
@@ -530,6 +530,17 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<S::Error>> {
         self.inner.charge(id, incarnation, cost, now).await
+    }
+
+    /// Forwarded: meters are never cached.
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), S::Error> {
+        self.inner.refund(id, incarnation, amount, period).await
     }
 
     /// Forwarded: meters are never cached.

@@ -14,7 +14,7 @@ use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
-use crate::meter::{Allowance, Refusal, StoredMeter};
+use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use crate::revision::Revision;
 use crate::token::PresentedToken;
 
@@ -142,6 +142,13 @@ trait ObjectStore: Send + Sync {
         cost: u32,
         now: OffsetDateTime,
     ) -> Boxed<'a, Result<Result<Allowance, Refusal>, StoreError<DynStoreError>>>;
+    fn refund<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Boxed<'a, Result<(), DynStoreError>>;
     fn meter<'a>(
         &'a self,
         id: &'a KeyId,
@@ -277,6 +284,19 @@ impl<S: KeyStore> ObjectStore for S {
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
     }
+    fn refund<'a>(
+        &'a self,
+        id: &'a KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Boxed<'a, Result<(), DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::refund(self, id, incarnation, amount, period)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
     fn meter<'a>(
         &'a self,
         id: &'a KeyId,
@@ -368,6 +388,15 @@ impl KeyStore for DynKeyStore {
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<DynStoreError>> {
         self.0.charge(id, incarnation, cost, now).await
+    }
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), DynStoreError> {
+        self.0.refund(id, incarnation, amount, period).await
     }
     async fn meter(
         &self,

@@ -13,7 +13,7 @@ use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
-use crate::meter::{Allowance, Refusal, StoredMeter};
+use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use crate::revision::Revision;
 use crate::token::PresentedToken;
 
@@ -37,6 +37,8 @@ pub enum Call {
     Verify,
     /// [`KeyStore::charge`].
     Charge,
+    /// [`KeyStore::refund`].
+    Refund,
     /// [`KeyStore::meter`].
     Meter,
     /// [`KeyStore::add_usage`].
@@ -53,7 +55,7 @@ pub enum Call {
 
 impl Call {
     /// Every method, in the trait's order.
-    pub const ALL: [Call; 14] = [
+    pub const ALL: [Call; 15] = [
         Call::Get,
         Call::Insert,
         Call::Update,
@@ -62,6 +64,7 @@ impl Call {
         Call::ListOwned,
         Call::Verify,
         Call::Charge,
+        Call::Refund,
         Call::Meter,
         Call::AddUsage,
         Call::Usage,
@@ -311,6 +314,17 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     ) -> Result<Result<Allowance, Refusal>, StoreError<Self::Error>> {
         let charged = self.inner.charge(id, incarnation, cost, now);
         self.write(Call::Charge, id, None, charged).await
+    }
+
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Self::Error> {
+        let refunded = self.inner.refund(id, incarnation, amount, period);
+        self.run(Call::Refund, Some(id), refunded).await
     }
 
     async fn meter(

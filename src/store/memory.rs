@@ -16,7 +16,7 @@ use crate::change::Settings;
 use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, KeyView, Parts, Renewal, TokenInfo, TokenView};
-use crate::meter::{Allowance, Limits, Refusal, StoredMeter};
+use crate::meter::{Allowance, CreditsPeriod, Limits, Refusal, StoredMeter};
 use crate::padded::Padded;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -721,6 +721,31 @@ impl KeyStore for InMemoryStore {
                 *meter = Some(next);
                 allowance
             }))
+    }
+
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Infallible> {
+        let (hash, shard) = self.locate(id);
+        let inner = shard.read();
+        let rare = inner
+            .find(hash, id)
+            .map(|n| &inner.slots[n])
+            .filter(|slot| slot.incarnation == incarnation)
+            .and_then(|slot| slot.rare.as_deref());
+        if let Some(rare) = rare
+            && let Some(limits) = rare.limits.as_deref()
+        {
+            let mut meter = rare.meter.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(next) = limits.refund(meter.as_ref(), amount, period) {
+                *meter = Some(next);
+            }
+        }
+        Ok(())
     }
 
     async fn meter(&self, id: &KeyId, incarnation: u64) -> Result<Option<StoredMeter>, Infallible> {

@@ -44,7 +44,7 @@ use crate::errors::VerifyError;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
-use crate::meter::{Allowance, Refusal, StoredMeter};
+use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use crate::token::PresentedToken;
 
 /// What a store found when it verified a token against the key stored
@@ -251,6 +251,20 @@ pub trait KeyStore: Send + Sync {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Result<Allowance, Refusal>, StoreError<Self::Error>>> + Send;
 
+    /// Gives back `amount` credits that a charge of key `id` of
+    /// `incarnation` took in `period` and nothing spent (the unspent part
+    /// of a lease), atomically with the meter: [`ApiKey::refund`] under
+    /// the store's own atomicity. A void refund (another period, credits
+    /// set again, a key gone or of another incarnation) changes nothing,
+    /// and is no error: credits are then under-spent, never over-spent.
+    fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// The meter kept beside key `id` of `incarnation`, if any.
     fn meter(
         &self,
@@ -358,6 +372,15 @@ macro_rules! forward {
                 now: OffsetDateTime,
             ) -> impl Future<Output = Result<Result<Allowance, Refusal>, StoreError<S::Error>>> + Send {
                 (**self).charge(id, incarnation, cost, now)
+            }
+            fn refund(
+                &self,
+                id: &KeyId,
+                incarnation: u64,
+                amount: u64,
+                period: CreditsPeriod,
+            ) -> impl Future<Output = Result<(), S::Error>> + Send {
+                (**self).refund(id, incarnation, amount, period)
             }
             fn meter(
                 &self,

@@ -110,7 +110,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
-use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{KeyId, OwnerId};
@@ -244,6 +244,7 @@ struct Statements {
     usage: String,
     prune_usage: String,
     charge: String,
+    refund: String,
     meter: String,
     marker: String,
     set_marker: String,
@@ -594,6 +595,18 @@ impl PgStore {
                  WHERE owner = $3 AND ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
             ),
             charge: format!("SELECT * FROM {table}_charge($1, $2, $3, $4, $5)"),
+            // `ApiKey::refund` in SQL: into the same setting of the
+            // credits and the same refill only, never above what the
+            // period started with; the row lock orders it with charges.
+            refund: format!(
+                "UPDATE {table}_meters m SET remaining = least(m.remaining::numeric + $3::bigint, \
+                     CASE WHEN m.refills > 0 AND k.refill_amount IS NOT NULL \
+                          THEN k.refill_amount ELSE k.credits END)::bigint \
+                 FROM {table} k \
+                 WHERE m.id = $1 AND m.incarnation = $2 AND k.id = m.id \
+                   AND k.incarnation = m.incarnation AND k.credits IS NOT NULL \
+                   AND m.generation = $4 AND k.credits_generation = $4 AND m.refills = $5"
+            ),
             marker: format!("SELECT at_secs, at_nanos FROM {table}_markers WHERE name = $1"),
             set_marker: format!(
                 "INSERT INTO {table}_markers (name, at_secs, at_nanos) VALUES ($1, $2, $3) \
@@ -1226,6 +1239,29 @@ impl KeyStore for PgStore {
             (Err(refusal), None) => Ok(Err(refusal)),
             _ => Err(backend(PgStoreError::ChargeMismatch { id: id.to_string() })),
         }
+    }
+
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), PgStoreError> {
+        let params = [
+            bigint(incarnation)?,
+            bigint(amount)?,
+            bigint(period.generation())?,
+            bigint(period.refills())?,
+        ];
+        let client = self.client().await?;
+        self.execute(
+            &client,
+            &self.sql.refund,
+            &[&id.as_str(), &params[0], &params[1], &params[2], &params[3]],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn meter(

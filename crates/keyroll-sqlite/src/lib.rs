@@ -61,7 +61,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use keyroll::meter::{Allowance, Refusal, StoredMeter};
+use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::record::{self, KeyRow, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
 use keyroll::{ApiKey, KeyId, OwnerId};
@@ -576,6 +576,36 @@ mod calls {
         Ok(Ok(allowance))
     }
 
+    /// Gives back `amount` credits of `period` to key `id` of
+    /// `incarnation`: the key, its meter and the new meter in one immediate
+    /// transaction, as a charge. A void refund writes nothing.
+    pub(super) fn refund(
+        conn: &mut Connection,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), SqliteStoreError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let Some(key) = get(&tx, id)?.filter(|key| key.revision().incarnation() == incarnation)
+        else {
+            return Ok(());
+        };
+        let Some(next) = key.refund(meter(&tx, id, incarnation)?.as_ref(), amount, period) else {
+            return Ok(());
+        };
+        tx.execute(
+            "UPDATE keyroll_meters SET remaining = ?3 WHERE id = ?1 AND incarnation = ?2",
+            params![
+                id.as_str(),
+                integer(incarnation)?,
+                MeterRow::of(&next).remaining
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// A page of every key, or (`owner` given) of one owner's keys, read
     /// through the owners' index.
     pub(super) fn list(
@@ -679,6 +709,18 @@ impl KeyStore for SqliteStore {
         self.call(move |conn| calls::charge(conn, &id, incarnation, cost, now))
             .await
             .map_err(StoreError::Backend)?
+    }
+
+    async fn refund(
+        &self,
+        id: &KeyId,
+        incarnation: u64,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), SqliteStoreError> {
+        let id = id.clone();
+        self.call(move |conn| calls::refund(conn, &id, incarnation, amount, period))
+            .await?
     }
 
     async fn meter(
