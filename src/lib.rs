@@ -93,6 +93,7 @@ mod new_key;
 mod key;
 
 mod expiring;
+mod lease;
 pub mod store;
 mod usage;
 
@@ -113,6 +114,7 @@ pub mod error {
         AuthError, InvalidKeyId, InvalidLabel, InvalidMetadata, InvalidPrefix, InvalidScope,
         InvalidTokenId, ManagerError, ParseError, StoreError, TransitionError, VerifyError,
     };
+    pub use crate::lease::InvalidLeasePolicy;
     pub use crate::manager::FlushError;
     pub use crate::meter::{InvalidRateLimit, InvalidRefill};
     pub use crate::networks::{InvalidNetworks, NetworkProblem};
@@ -128,6 +130,7 @@ pub use event::{DeletionReason, Event};
 pub use expiring::{Expiring, ExpiringReason};
 pub use id::{KeyId, OwnerId, TokenId};
 pub use key::{ApiKey, Authenticated, TokenInfo};
+pub use lease::{HeldLease, LeasePolicy};
 pub use manager::{Credentials, KeyManager};
 pub use networks::Networks;
 pub use new_key::NewKey;

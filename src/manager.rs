@@ -21,6 +21,7 @@ use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
+use crate::lease::{HeldLease, LeasePolicy, Leases};
 use crate::meter::{Allowance, RateLimit, Refusal};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
@@ -278,6 +279,9 @@ pub struct KeyManager<S> {
     /// The largest cost a route of the service charges, if declared: no
     /// key is given a burst below it.
     largest_cost: Option<u32>,
+    /// The leases of keys with limits, when leasing is on; shared by
+    /// clones of the manager.
+    leases: Option<Arc<Leases>>,
 }
 
 impl<S: KeyStore> KeyManager<S> {
@@ -296,6 +300,7 @@ impl<S: KeyStore> KeyManager<S> {
             usage: None,
             usage_retention: Self::DEFAULT_USAGE_RETENTION,
             largest_cost: None,
+            leases: None,
         }
     }
 
@@ -350,6 +355,54 @@ impl<S: KeyStore> KeyManager<S> {
     pub fn with_largest_cost(mut self, cost: u32) -> Self {
         self.largest_cost = Some(cost);
         self
+    }
+
+    /// Charges keys with limits through leases ([`LeasePolicy`]): a slice
+    /// of a key's allowance taken from the store in one charge, then spent
+    /// in memory. Credits stay exact and rate limits keep the bound
+    /// [`LeasePolicy`] states. A `max_lag` of 0 leaves leasing off: every
+    /// charge is then one store call. Give unspent leases back with
+    /// [`release_leases`](Self::release_leases) before the process ends.
+    pub fn with_leases(mut self, policy: LeasePolicy) -> Self {
+        self.leases = (policy.max_lag() > Duration::ZERO).then(|| Arc::new(Leases::new(policy)));
+        self
+    }
+
+    /// Gives every lease's unspent credits back to the store
+    /// ([`KeyStore::refund`]) and forgets the leases; the next request of
+    /// a key takes a new one. Call it at shutdown: a replica that ends
+    /// without it strands what [`leases`](Self::leases) reported until
+    /// the next refill.
+    ///
+    /// # Errors
+    ///
+    /// The store's first error; every lease is given back or tried.
+    pub async fn release_leases(&self) -> Result<(), S::Error> {
+        let Some(leases) = &self.leases else {
+            return Ok(());
+        };
+        let mut first = Ok(());
+        for (held, period) in leases.drain() {
+            if let Some(period) = period {
+                let refunded = self
+                    .store
+                    .refund(
+                        &held.key_id,
+                        held.incarnation,
+                        u64::from(held.units),
+                        period,
+                    )
+                    .await;
+                first = first.and(refunded);
+            }
+        }
+        first
+    }
+
+    /// What this replica holds: each key's lease with units not spent
+    /// yet, in key order (empty when leasing is off).
+    pub fn leases(&self) -> Vec<HeldLease> {
+        self.leases.as_ref().map_or_else(Vec::new, |l| l.held())
     }
 
     /// `Ok` unless `rate`'s burst is below the declared largest cost.
@@ -894,7 +947,14 @@ impl<S: KeyStore> KeyManager<S> {
             return Err(AuthError::Verify(VerifyError::NetworkNotAllowed));
         }
         if authenticated.metered {
-            let charged = self.store.charge(&id, incarnation, cost, now).await;
+            let charged = match &self.leases {
+                Some(leases) => {
+                    leases
+                        .charge(&self.store, &id, incarnation, cost, now)
+                        .await
+                }
+                None => self.store.charge(&id, incarnation, cost, now).await,
+            };
             authenticated.allowance = match charged {
                 Ok(Ok(allowance)) => allowance,
                 Ok(Err(refusal)) => {

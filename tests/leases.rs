@@ -1,0 +1,243 @@
+//! Leases (`KeyManager::with_leases`): several replicas (managers, each
+//! with its own leases) over one store. Credits are never over-spent and
+//! come back exactly on release; the rate bound of `LeasePolicy` holds over
+//! random arrivals; `max_lag = 0` is the exact path; a dropped replica
+//! strands at most what it reported; verification still decides.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::t0;
+use keyroll::meter::{Credits, RateLimit};
+use keyroll::store::{Call, InMemoryStore, Intercept, KeyStore};
+use keyroll::{AuthError, Change, KeyId, KeyManager, LeasePolicy, NewKey, Token};
+use pollster::block_on;
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use time::{Duration, OffsetDateTime};
+
+fn id() -> KeyId {
+    KeyId::new("leased").unwrap()
+}
+
+/// `replicas` managers leasing with `max_lag` over one store holding a key
+/// made with `new`; its token.
+fn replicas<S: KeyStore + Clone>(
+    store: S,
+    new: NewKey,
+    n: usize,
+    max_lag: Duration,
+) -> (Vec<KeyManager<S>>, Token) {
+    let policy = LeasePolicy::new(max_lag).unwrap();
+    let managers: Vec<_> = (0..n)
+        .map(|_| KeyManager::new(store.clone()).with_leases(policy))
+        .collect();
+    let (token, _) =
+        block_on(managers[0].create_key(new, t0(), &mut StdRng::seed_from_u64(1))).unwrap();
+    (managers, token)
+}
+
+/// The credits the store says are left at `now`.
+fn remaining<S: KeyStore>(manager: &KeyManager<S>, now: OffsetDateTime) -> u64 {
+    let allowance = block_on(manager.allowance(&id(), now)).unwrap();
+    allowance.credits_remaining().unwrap()
+}
+
+#[test]
+fn leases_spare_the_store_and_credits_come_back_exactly_on_release() {
+    let store = Arc::new(Intercept::new(InMemoryStore::new()));
+    let rate = RateLimit::new(1_000_000, Duration::SECOND)
+        .and_then(|r| r.with_burst(4096))
+        .unwrap();
+    let new = NewKey::new(id())
+        .rate_limit(rate)
+        .credits(Credits::new(100_000));
+    let (managers, token) = replicas(store.clone(), new, 3, Duration::seconds(10));
+    let (mut admitted, mut charges) = (0u64, 0);
+    for n in 0..120_000 {
+        // One a microsecond, the rate limit's pace.
+        let at = t0() + Duration::microseconds(n as i64);
+        match block_on(managers[n % 3].authenticate(token.expose_secret(), at)) {
+            Ok(_) => {
+                admitted += 1;
+                charges = store.count(Call::Charge);
+            }
+            // Each refusal is a store call: a refill may have come.
+            Err(AuthError::UsageExceeded { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(admitted <= 100_000, "over-spent: {admitted}");
+    // Near exhaustion every charge is exact: almost nothing is stranded.
+    let held: u64 = managers
+        .iter()
+        .flat_map(|m| m.leases())
+        .map(|l| u64::from(l.units))
+        .sum();
+    let end = t0() + Duration::milliseconds(120);
+    assert_eq!(admitted + held + remaining(&managers[0], end), 100_000);
+    for manager in &managers {
+        block_on(manager.release_leases()).unwrap();
+        assert!(manager.leases().is_empty());
+    }
+    assert_eq!(admitted + remaining(&managers[0], end), 100_000);
+    // One store call per many requests, until the credits ran out.
+    println!("{charges} store charges for {admitted} admitted requests over 3 replicas");
+    assert!(
+        charges * 16 <= admitted,
+        "{charges} store charges for {admitted} requests"
+    );
+}
+
+#[test]
+fn a_dropped_replica_strands_at_most_what_it_reported() {
+    let store = Arc::new(InMemoryStore::new());
+    let new = NewKey::new(id()).credits(Credits::new(10_000));
+    let (mut managers, token) = replicas(store, new, 3, Duration::seconds(10));
+    let mut admitted = 0;
+    for n in 0..3_000 {
+        if block_on(managers[n % 3].authenticate(token.expose_secret(), t0())).is_ok() {
+            admitted += 1;
+        }
+    }
+    let dropped = managers.pop().unwrap();
+    let stranded: u64 = dropped.leases().iter().map(|l| u64::from(l.units)).sum();
+    assert!(
+        stranded > 0,
+        "the dropped replica held nothing: test nothing"
+    );
+    drop(dropped);
+    for manager in &managers {
+        block_on(manager.release_leases()).unwrap();
+    }
+    let left = remaining(&managers[0], t0());
+    assert_eq!(admitted + left + stranded, 10_000);
+}
+
+#[test]
+fn verification_decides_whatever_a_lease_holds_and_limits_apply_at_the_next_lease() {
+    let store = Arc::new(InMemoryStore::new());
+    let new = NewKey::new(id()).credits(Credits::new(1_000));
+    let (managers, token) = replicas(store, new, 1, Duration::seconds(10));
+    let keys = &managers[0];
+    for _ in 0..64 {
+        block_on(keys.authenticate(token.expose_secret(), t0())).unwrap();
+    }
+    assert!(keys.leases()[0].units > 0, "{:?}", keys.leases());
+    block_on(keys.apply(&id(), Change::Deactivate, t0())).unwrap();
+    let refused = block_on(keys.authenticate(token.expose_secret(), t0())).unwrap_err();
+    assert!(matches!(refused, AuthError::Verify(_)), "{refused}");
+    // Credits set again: the lease of the old setting ends, its credits
+    // are not given to the new one.
+    block_on(keys.apply(&id(), Change::Activate, t0())).unwrap();
+    block_on(keys.apply(&id(), Change::Credits(Some(Credits::new(3))), t0())).unwrap();
+    let later = t0() + Duration::seconds(11);
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if block_on(keys.authenticate(token.expose_secret(), later)).is_ok() {
+            admitted += 1;
+        }
+    }
+    block_on(keys.release_leases()).unwrap();
+    assert_eq!((admitted, remaining(keys, later)), (3, 0));
+}
+
+#[test]
+fn bad_lease_policies_are_refused_quoting_them() {
+    for max_lag in [Duration::milliseconds(-1), Duration::seconds(11)] {
+        let error = LeasePolicy::new(max_lag).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("invalid lease policy: max_lag {max_lag} must be 0 (leases off) to 10 s")
+        );
+    }
+    assert!(LeasePolicy::new(Duration::ZERO).is_ok());
+    assert!(LeasePolicy::new(Duration::seconds(10)).is_ok());
+}
+
+/// 10 a second (T = 100 ms) in bursts of 20, and 10,000 credits.
+const BURST: i64 = 20;
+const T_MS: i64 = 100;
+const CREDITS: u64 = 10_000;
+
+/// Each request: the replica that serves it, and the milliseconds since
+/// the one before: in bursts (leases grow) between pauses (a replica's
+/// lease outlives its requests).
+fn arrivals() -> impl Strategy<Value = Vec<(usize, i64)>> {
+    let gap = prop_oneof![8 => 0i64..10, 1 => 100i64..3000];
+    proptest::collection::vec((0usize..3, gap), 1..200)
+}
+
+/// The instants admitted by `replicas` leasing with `max_lag`, in order,
+/// and the credits the store holds once every replica released.
+fn run(arrivals: &[(usize, i64)], max_lag: Duration, leasing: bool) -> (Vec<i64>, u64) {
+    let rate = RateLimit::new(10, Duration::SECOND)
+        .and_then(|r| r.with_burst(BURST as u32))
+        .unwrap();
+    let new = NewKey::new(id())
+        .rate_limit(rate)
+        .credits(Credits::new(CREDITS));
+    let store = Arc::new(InMemoryStore::new());
+    let (mut managers, token) = replicas(store, new, 3, max_lag);
+    if !leasing {
+        managers = managers
+            .into_iter()
+            .map(|m| m.with_leases(LeasePolicy::new(Duration::ZERO).unwrap()))
+            .collect();
+    }
+    let mut now = 0;
+    let mut admitted = Vec::new();
+    for &(replica, gap) in arrivals {
+        now += gap;
+        let at = t0() + Duration::milliseconds(now);
+        if block_on(managers[replica].authenticate(token.expose_secret(), at)).is_ok() {
+            admitted.push(now);
+        }
+    }
+    let end = t0() + Duration::milliseconds(now);
+    for manager in &managers {
+        block_on(manager.release_leases()).unwrap();
+    }
+    (admitted, remaining(&managers[0], end))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/leases.txt"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Over any interval of `d` ms the replicas admit at most
+    /// `burst + floor((d + max_lag) / T)`; credits are never over-spent and
+    /// come back exactly.
+    #[test]
+    fn replicas_keep_the_rate_bound_and_exact_credits(
+        arrivals in arrivals(),
+        max_lag_ms in prop_oneof![Just(0i64), Just(50), Just(300), Just(1000)],
+    ) {
+        let (admitted, left) = run(&arrivals, Duration::milliseconds(max_lag_ms), true);
+        prop_assert_eq!(admitted.len() as u64 + left, CREDITS);
+        for (i, &from) in admitted.iter().enumerate() {
+            for (j, &to) in admitted.iter().enumerate().skip(i) {
+                let bound = BURST + (to - from + max_lag_ms) / T_MS;
+                prop_assert!(
+                    (j - i + 1) as i64 <= bound,
+                    "{} admitted within {} ms (bound {})", j - i + 1, to - from, bound
+                );
+            }
+        }
+    }
+
+    /// With `max_lag = 0` leasing is off: every decision is the exact
+    /// path's.
+    #[test]
+    fn no_lag_is_the_exact_path(arrivals in arrivals()) {
+        let leased = run(&arrivals, Duration::ZERO, true);
+        let exact = run(&arrivals, Duration::milliseconds(50), false);
+        prop_assert_eq!(leased, exact);
+    }
+}
