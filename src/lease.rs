@@ -110,10 +110,24 @@ pub struct HeldLease {
     pub units: u32,
 }
 
-/// One key's lease on this replica, and the size of its next one.
+/// One key's lease on this replica, if any, and what its next one takes.
+#[derive(Debug)]
+struct Slot {
+    lease: Option<Lease>,
+    /// Whether a request is taking the next lease: the others meanwhile
+    /// charge the store for themselves, so that one replica takes one
+    /// lease at a time.
+    fetching: bool,
+    /// The size of the next lease.
+    size: u32,
+    /// What the store said at the last lease: what remains bounds the
+    /// next one.
+    last: Allowance,
+}
+
+/// Units taken from the store and not spent yet.
 #[derive(Debug)]
 struct Lease {
-    /// Units taken and not spent.
     units: u32,
     /// When the store call that took it was sent: on the monotonic clock,
     /// and on the manager's.
@@ -122,29 +136,9 @@ struct Lease {
     /// The credits' refill period it was taken in, where its unspent
     /// credits go back.
     period: Option<CreditsPeriod>,
-    /// What the store said when it was taken: its rate limit bounds the
-    /// next lease, and requests served from it are answered with it.
-    allowance: Allowance,
-    /// The size of the next lease.
-    size: u32,
 }
 
 impl Lease {
-    /// The size of its successor for a request of `cost`: at least
-    /// `cost`, at most what the rate limit's bucket held and an eighth of
-    /// the credits left when it was taken.
-    fn next_size(&self, cost: u32) -> u32 {
-        let mut size = self.size;
-        if let Some(room) = self.allowance.rate_remaining() {
-            // What the bucket held after the last lease, and at least one.
-            size = size.min(room.max(1));
-        }
-        if let Some(left) = self.allowance.credits_remaining() {
-            size = size.min(u32::try_from(left / 8).unwrap_or(u32::MAX));
-        }
-        size.max(cost)
-    }
-
     /// How long it has lived, on the clock that says longer.
     fn age(&self, clock: Instant, now: OffsetDateTime) -> Duration {
         let monotonic =
@@ -153,14 +147,32 @@ impl Lease {
     }
 }
 
+impl Slot {
+    /// The size of the next lease for a request of `cost`: at least
+    /// `cost`, at most what the rate limit's bucket held and an eighth of
+    /// the credits left at the last lease.
+    fn next_size(&self, cost: u32) -> u32 {
+        let mut size = self.size;
+        if let Some(room) = self.last.rate_remaining() {
+            size = size.min(room.max(1));
+        }
+        if let Some(left) = self.last.credits_remaining() {
+            size = size.min(u32::try_from(left / 8).unwrap_or(u32::MAX));
+        }
+        size.max(cost)
+    }
+}
+
 /// The largest lease, whatever the key's limits.
 const MAX_SIZE: u32 = 1 << 16;
+
+type Table = HashMap<(KeyId, u64), Slot>;
 
 /// A manager's leases, by key and incarnation.
 #[derive(Debug)]
 pub(crate) struct Leases {
     policy: LeasePolicy,
-    table: Mutex<HashMap<(KeyId, u64), Lease>>,
+    table: Mutex<Table>,
 }
 
 impl Leases {
@@ -171,13 +183,14 @@ impl Leases {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<(KeyId, u64), Lease>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Charges `cost` to key `id` of `incarnation`: from its lease if one
     /// is live and holds enough, else from a new lease taken at the store
-    /// (the unspent credits of an ended one given back first).
+    /// (the unspent credits of an ended one given back first); while
+    /// another request takes that lease, from the store directly.
     pub(crate) async fn charge<S: KeyStore>(
         &self,
         store: &S,
@@ -188,99 +201,109 @@ impl Leases {
     ) -> Result<Result<Allowance, Refusal>, StoreError<S::Error>> {
         let max_lag = self.policy.max_lag;
         let key = (id.clone(), incarnation);
-        let (size, ended) = {
+        let taking = {
             let mut table = self.table();
-            match table.get_mut(&key) {
-                None => (cost, None),
-                Some(lease) => {
-                    let age = lease.age(Instant::now(), now);
-                    if age < max_lag && lease.units >= cost {
-                        lease.units -= cost;
-                        return Ok(Ok(lease.allowance));
-                    }
-                    // Ended: spent (hot if within half of max_lag), or
-                    // expired with units unspent, to give back.
-                    let unspent = std::mem::take(&mut lease.units);
-                    if unspent > 0 {
-                        lease.size = (lease.size / 2).max(1);
-                    } else if age < max_lag / 2 {
-                        lease.size = lease.size.saturating_mul(2).min(MAX_SIZE);
-                    }
-                    let ended = lease.period.filter(|_| unspent > 0);
-                    (lease.next_size(cost), ended.map(|p| (unspent, p)))
-                }
-            }
-        };
-        if let Some((units, period)) = ended {
-            store
-                .refund(id, incarnation, u64::from(units), period)
-                .await
-                .map_err(StoreError::Backend)?;
-        }
-        let (sent, sent_at) = (Instant::now(), now);
-        let (mut taken, mut next) = (size, size);
-        let mut charged = store.charge(id, incarnation, taken, now).await?;
-        if charged.is_err() && taken > cost {
-            // Not enough for the lease: exactly what this request costs,
-            // and a smaller lease next.
-            (taken, next) = (cost, (size / 2).max(1));
-            charged = store.charge(id, incarnation, taken, now).await?;
-        }
-        let Ok(allowance) = charged else {
-            return Ok(charged);
-        };
-        let fresh = Lease {
-            units: taken - cost,
-            sent,
-            sent_at,
-            period: allowance.credits_period(),
-            allowance,
-            size: next,
-        };
-        let mut table = self.table();
-        match table.get_mut(&key) {
-            // Another request of this replica took a lease meanwhile: the
-            // units join it, under its older clocks.
-            Some(held)
-                if held.units > 0
-                    && held.period == fresh.period
-                    && held.age(Instant::now(), now) < max_lag =>
+            let slot = table.entry(key.clone()).or_insert_with(|| Slot {
+                lease: None,
+                fetching: false,
+                size: cost,
+                last: Allowance::default(),
+            });
+            let clock = Instant::now();
+            if let Some(lease) = &mut slot.lease
+                && lease.units >= cost
+                && lease.age(clock, now) < max_lag
             {
-                held.units = held.units.saturating_add(fresh.units);
+                lease.units -= cost;
+                return Ok(Ok(slot.last));
             }
-            // Else this one stands (one of another period is left unspent:
-            // under-spent, never over).
-            _ => _ = table.insert(key, fresh),
+            if slot.fetching {
+                None
+            } else {
+                slot.fetching = true;
+                // The lease ended: spent (the key is hot if within half of
+                // max_lag), or expired with units unspent, to give back.
+                let mut ended = None;
+                if let Some(lease) = slot.lease.take() {
+                    if lease.units > 0 {
+                        slot.size = (slot.size / 2).max(1);
+                        ended = lease.period.map(|period| (lease.units, period));
+                    } else if lease.age(clock, now) < max_lag / 2 {
+                        slot.size = slot.size.saturating_mul(2).min(MAX_SIZE);
+                    }
+                }
+                Some((slot.next_size(cost), ended))
+            }
+        };
+        let Some((size, ended)) = taking else {
+            return store.charge(id, incarnation, cost, now).await;
+        };
+        let (sent, sent_at) = (Instant::now(), now);
+        let taken = async {
+            if let Some((units, period)) = ended {
+                let refunded = store.refund(id, incarnation, u64::from(units), period);
+                refunded.await.map_err(StoreError::Backend)?;
+            }
+            let charged = store.charge(id, incarnation, size, now).await?;
+            if charged.is_err() && size > cost {
+                // Not enough for the lease: exactly what this request
+                // costs, and a smaller lease next.
+                let charged = store.charge(id, incarnation, cost, now).await?;
+                return Ok((charged, cost, (size / 2).max(1)));
+            }
+            Ok((charged, size, size))
         }
-        Ok(Ok(allowance))
+        .await;
+        let mut table = self.table();
+        let slot = table.entry(key).or_insert_with(|| Slot {
+            lease: None,
+            fetching: false,
+            size,
+            last: Allowance::default(),
+        });
+        slot.fetching = false;
+        let (charged, taken, next) = taken?;
+        if let Ok(allowance) = charged {
+            slot.lease = Some(Lease {
+                units: taken - cost,
+                sent,
+                sent_at,
+                period: allowance.credits_period(),
+            });
+            (slot.size, slot.last) = (next, allowance);
+        }
+        Ok(charged)
     }
 
     /// Every lease with units left, emptied: what to give back.
     pub(crate) fn drain(&self) -> Vec<(HeldLease, Option<CreditsPeriod>)> {
-        self.table()
-            .drain()
-            .filter(|(_, lease)| lease.units > 0)
-            .map(|((key_id, incarnation), lease)| {
+        let mut table = self.table();
+        table
+            .iter_mut()
+            .filter_map(|((key_id, incarnation), slot)| {
+                let lease = slot.lease.take().filter(|lease| lease.units > 0)?;
                 let held = HeldLease {
-                    key_id,
-                    incarnation,
+                    key_id: key_id.clone(),
+                    incarnation: *incarnation,
                     units: lease.units,
                 };
-                (held, lease.period)
+                Some((held, lease.period))
             })
             .collect()
     }
 
-    /// What each lease holds now.
+    /// What each lease holds now, in key order.
     pub(crate) fn held(&self) -> Vec<HeldLease> {
         let mut held: Vec<HeldLease> = self
             .table()
             .iter()
-            .filter(|(_, lease)| lease.units > 0)
-            .map(|((key_id, incarnation), lease)| HeldLease {
-                key_id: key_id.clone(),
-                incarnation: *incarnation,
-                units: lease.units,
+            .filter_map(|((key_id, incarnation), slot)| {
+                let units = slot.lease.as_ref()?.units;
+                (units > 0).then(|| HeldLease {
+                    key_id: key_id.clone(),
+                    incarnation: *incarnation,
+                    units,
+                })
             })
             .collect();
         held.sort_by(|a, b| a.key_id.cmp(&b.key_id));
