@@ -401,6 +401,13 @@ BEGIN
         SELECT * INTO m FROM {schema}.{table}_meters s
          WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
     END IF;
+    -- The server's clock once the meter is ours: a charge that waited for
+    -- the lock must not find the bucket ahead of an instant it read before
+    -- (it was refused as rate limited by as much as it waited).
+    now := coalesce(p_now_secs * 1000000000::numeric + p_now_nanos,
+        floor(extract(epoch FROM clock_timestamp()) * 1000000) * 1000);
+    used_now_nanos := mod(mod(now, 1000000000) + 1000000000, 1000000000);
+    used_now_secs := (now - used_now_nanos) / 1000000000;
     gen := coalesce(credits_generation, 0);
     set_at := coalesce(credits_set_secs * 1000000000::numeric + credits_set_nanos, now);
     IF m.id IS NULL THEN

@@ -518,3 +518,59 @@ async fn postgres_charges_run_through_migrations_beside_them() {
     assert!(total > 0);
     charges.drop_table().await.unwrap();
 }
+
+/// Charges queued on one key's row lock are charged at the instant they
+/// get it: 16 connections charging a key of a billion a second, in bursts
+/// of about a millisecond's worth, are never rate limited (each charge
+/// read the server's clock before waiting for the lock, and one that
+/// waited longer than the burst's span found the bucket "ahead" of it).
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_charge_waiting_for_the_lock_is_charged_when_it_gets_it() {
+    let url = server_url();
+    let table = fresh_table("queued");
+    let owner = migrated(&url, &table).await;
+    let id = KeyId::new("queued").unwrap();
+    let rate = RateLimit::new(1_000_000_000, Duration::SECOND)
+        .and_then(|r| r.with_burst(1 << 20))
+        .unwrap();
+    KeyManager::new(store(&url, &table).await)
+        .create_key(
+            NewKey::new(id.clone()).rate_limit(rate),
+            OffsetDateTime::now_utc(),
+            &mut StdRng::seed_from_u64(1),
+        )
+        .await
+        .unwrap();
+    let incarnation = owner
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revision()
+        .incarnation();
+    let charges = Arc::new(store(&url, &table).await);
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (charges2, id2, refused2) = (charges.clone(), id.clone(), refused.clone());
+    let (calls, ..) = hammer(16, StdDuration::from_secs(1), move || {
+        let (charges, id, refused) = (charges2.clone(), id2.clone(), refused2.clone());
+        async move {
+            let now = OffsetDateTime::now_utc();
+            if charges
+                .charge(&id, incarnation, 1, now)
+                .await
+                .unwrap()
+                .is_err()
+            {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 0, "{refused} of {calls} charges refused");
+    owner.drop_table().await.unwrap();
+}
