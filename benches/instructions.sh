@@ -3,7 +3,8 @@
 # rather than timed: `verify`, in-memory `authenticate`, `authenticate` of
 # keys with a rate limit (charged each time), and `authenticate` with usage
 # recording on (uses noted, outcomes counted): `recorded` on keys already
-# noted since the last flush, `first` on keys not yet noted. Each is run for 1,000 and
+# noted since the last flush (`limited_recorded`: with a rate limit too),
+# `first` on keys not yet noted. Each is run for 1,000 and
 # 11,000 calls; the difference over 10,000 is the cost of one call, setup
 # left out.
 #
@@ -22,7 +23,7 @@ count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
         awk '/Collected/ {print $4}'
 }
-for what in verify auth limited recorded first; do
+for what in verify auth limited recorded limited_recorded first; do
     short=$(count "$what" 1000)
     long=$(count "$what" 11000)
     echo "$what: $(((long - short) / 10000)) instructions per call"

@@ -20,6 +20,8 @@ ids = [
     "verify/floor", "verify/floor_wordwise", "verify/current", "verify/old", "verify/mismatch",
     "verify/malformed", "peer/pak_parse_check", "peer/pak_generate", "renew/keyroll",
     "renew/issue", "store/floor_1m", "store/authenticate_1m", "store/authenticate_token_1m",
+    "store/authenticate_1m_counted", "store/authenticate_1m_rate_limited",
+    "store/authenticate_1m_rate_limited_counted",
     "cache/memory_authenticate", "cache/pg_cached_authenticate", "cache/pg_authenticate",
 ]
 m = {}
@@ -38,6 +40,9 @@ ratios = [
     ("renew/keyroll", "peer/pak_generate", "<= 0.3"),
     ("store/authenticate_1m", "store/floor_1m", "<= 1.5"),
     ("store/authenticate_token_1m", "store/floor_1m", "<= 1.5"),
+    ("store/authenticate_1m_rate_limited_counted", "store/authenticate_1m", "<= 1.5"),
+    ("store/authenticate_1m_counted", "store/authenticate_1m", "(for the record)"),
+    ("store/authenticate_1m_rate_limited", "store/authenticate_1m", "(for the record)"),
     ("cache/pg_cached_authenticate", "cache/memory_authenticate", "<= 2.0"),
     ("cache/pg_authenticate", "cache/memory_authenticate", "(for the record)"),
     ("verify/current", "verify/floor_wordwise", "(not a target)"),

@@ -16,7 +16,7 @@
 //! `store/authenticate_1m_rate_limited` is `authenticate_1m` over another
 //! million keys that each carry a rate limit (never reached), so that
 //! every authentication also charges the key's meter: the price of a
-//! limit.
+//! limit. `store/authenticate_1m_rate_limited_counted` is both.
 //!
 //! `cargo bench -p keyroll-bench --bench store`
 
@@ -102,6 +102,16 @@ fn bench_store(c: &mut Criterion) {
             let (id, token) = &limited_keys[rng.random_range(0..KEYS)];
             let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
             at_once(limited.authenticate(credentials, now)).expect("authenticated")
+        })
+    });
+    // Both: a rate limit charged and usage counted, on every request (the
+    // request path of DESIGN 4.4: at most 1.5 x `authenticate_1m`).
+    let limited_counted = KeyManager::new(limited.store()).with_usage_recording(true);
+    group.bench_function("authenticate_1m_rate_limited_counted", |b| {
+        b.iter(|| {
+            let (id, token) = &limited_keys[rng.random_range(0..KEYS)];
+            let credentials = Credentials::bearer(black_box(token.expose_secret())).with_id(id);
+            at_once(limited_counted.authenticate(credentials, now)).expect("authenticated")
         })
     });
     // One string: the token names its key.

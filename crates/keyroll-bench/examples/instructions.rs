@@ -28,7 +28,7 @@ fn at_once<F: std::future::Future>(future: F) -> F::Output {
 fn main() {
     let what = std::env::args()
         .nth(1)
-        .expect("verify, auth, limited, recorded or first");
+        .expect("verify, auth, limited, recorded, limited_recorded or first");
     let n: usize = std::env::args()
         .nth(2)
         .and_then(|n| n.parse().ok())
@@ -48,8 +48,8 @@ fn main() {
                 black_box(key.verify(black_box(current.expose_secret()), now).unwrap());
             }
         }
-        "auth" | "limited" | "recorded" | "first" => {
-            let recording = matches!(what.as_str(), "recorded" | "first");
+        "auth" | "limited" | "recorded" | "limited_recorded" | "first" => {
+            let recording = matches!(what.as_str(), "recorded" | "limited_recorded" | "first");
             let m = KeyManager::new(InMemoryStore::new()).with_usage_recording(recording);
             // `first`: every authentication the first of its key since the
             // last flush (a key each), so its use and count are new entries.
@@ -58,7 +58,7 @@ fn main() {
             for i in 0..count {
                 let id = KeyId::new(format!("key-{i:07}")).unwrap();
                 let mut new = NewKey::new(id.clone());
-                if what == "limited" {
+                if what.starts_with("limited") {
                     new = new.rate_limit(
                         keyroll::meter::RateLimit::new(1_000_000_000, time::Duration::SECOND)
                             .unwrap(),
