@@ -37,9 +37,14 @@ use crate::store::KeyStore;
 ///   it is taken, and spent within `max_lag` after.
 /// - **Sizes adapt.** A key's first lease is one request's worth; it
 ///   doubles while the key is hot (a lease spent within half of
-///   `max_lag`), halves when one ends unspent, and never takes more than an
-///   eighth of the credits left, nor more than the burst: near exhaustion
-///   every charge is exact.
+///   `max_lag`), halves when one ends unspent or is refused, and never
+///   takes more than an eighth of the credits left, nor more than the rate
+///   limit's bucket held: near exhaustion every charge is exact.
+/// - **One lease of a key at a time per replica.** The request that finds
+///   it spent takes the next one; the others meanwhile charge the store for
+///   themselves. (Taking the next lease ahead, with no executor to do it
+///   in the background, made the request that took it wait all the same,
+///   and measured slower: BENCHMARKS.md.)
 /// - Verification still happens on every request: a deactivated, revoked
 ///   or deleted key is refused whatever its leases hold. A change of limits
 ///   applies at the next lease, at most `max_lag` later.
@@ -166,7 +171,27 @@ impl Slot {
 /// The largest lease, whatever the key's limits.
 const MAX_SIZE: u32 = 1 << 16;
 
-type Table = HashMap<(KeyId, u64), Slot>;
+/// The slots by key and incarnation, and the size at which the next sweep
+/// forgets the slots that hold nothing (keys used once keep none).
+#[derive(Debug, Default)]
+struct Table {
+    slots: HashMap<(KeyId, u64), Slot>,
+    sweep_at: usize,
+}
+
+impl Table {
+    /// Forgets the slots holding no units and taking none, once the table
+    /// has doubled since the last sweep (amortised: a sweep per as many
+    /// leases as it keeps).
+    fn sweep(&mut self) {
+        if self.slots.len() < self.sweep_at.max(1024) {
+            return;
+        }
+        self.slots
+            .retain(|_, slot| slot.fetching || slot.lease.as_ref().is_some_and(|l| l.units > 0));
+        self.sweep_at = 2 * self.slots.len();
+    }
+}
 
 /// A manager's leases, by key and incarnation.
 #[derive(Debug)]
@@ -203,7 +228,7 @@ impl Leases {
         let key = (id.clone(), incarnation);
         let taking = {
             let mut table = self.table();
-            let slot = table.entry(key.clone()).or_insert_with(|| Slot {
+            let slot = table.slots.entry(key.clone()).or_insert_with(|| Slot {
                 lease: None,
                 fetching: false,
                 size: cost,
@@ -255,7 +280,8 @@ impl Leases {
         }
         .await;
         let mut table = self.table();
-        let slot = table.entry(key).or_insert_with(|| Slot {
+        table.sweep();
+        let slot = table.slots.entry(key).or_insert_with(|| Slot {
             lease: None,
             fetching: false,
             size,
@@ -279,6 +305,7 @@ impl Leases {
     pub(crate) fn drain(&self) -> Vec<(HeldLease, Option<CreditsPeriod>)> {
         let mut table = self.table();
         table
+            .slots
             .iter_mut()
             .filter_map(|((key_id, incarnation), slot)| {
                 let lease = slot.lease.take().filter(|lease| lease.units > 0)?;
@@ -296,6 +323,7 @@ impl Leases {
     pub(crate) fn held(&self) -> Vec<HeldLease> {
         let mut held: Vec<HeldLease> = self
             .table()
+            .slots
             .iter()
             .filter_map(|((key_id, incarnation), slot)| {
                 let units = slot.lease.as_ref()?.units;
@@ -308,5 +336,48 @@ impl Leases {
             .collect();
         held.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(units: Option<u32>, fetching: bool) -> Slot {
+        Slot {
+            lease: units.map(|units| Lease {
+                units,
+                sent: Instant::now(),
+                sent_at: OffsetDateTime::UNIX_EPOCH,
+                period: None,
+            }),
+            fetching,
+            size: 1,
+            last: Allowance::default(),
+        }
+    }
+
+    #[test]
+    fn a_sweep_forgets_the_slots_that_hold_nothing_once_the_table_doubled() {
+        let mut table = Table::default();
+        for n in 0..2000 {
+            let id = KeyId::new(format!("k{n}")).unwrap();
+            let units = match n % 4 {
+                0 => Some(3),
+                1 => Some(0),
+                _ => None,
+            };
+            table.slots.insert((id, 1), slot(units, n == 2));
+        }
+        table.sweep();
+        // The 500 holding units, and the one being taken.
+        assert_eq!(table.slots.len(), 501);
+        assert_eq!(table.sweep_at, 1002);
+        // Below the next mark, nothing is swept.
+        table
+            .slots
+            .insert((KeyId::new("spent").unwrap(), 1), slot(Some(0), false));
+        table.sweep();
+        assert_eq!(table.slots.len(), 502);
     }
 }
