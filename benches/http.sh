@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # wrk against the HTTP example, usage recording on: GET /v1/ping (no
 # authentication) and GET /v1/whoami (keyroll), the same bearer token sent
-# to both, `wrk -t1 -c8 -d5s` per measurement. ROUNDS rounds, each a pair
+# to both, `wrk -t1 -c8 -d${SECONDS_EACH:-5}s` per measurement; with
+# LIMITS=1 the key has a rate limit and credits (charged each request). ROUNDS rounds, each a pair
 # of measurements, in the order ping-whoami, then whoami-ping, and so on
 # (so a machine slowing down or speeding up favours neither route); prints
 # each rate, the ratio of the medians, and the median of the rounds' ratios
@@ -30,11 +31,16 @@ for _ in $(seq 50); do
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
 done
+key='{"label": "wrk"}'
+if [ "${LIMITS:-0}" = 1 ]; then
+    key='{"label": "wrk", "rate_limit": {"limit": 1000000000, "period": "1s"},
+          "credits": {"remaining": 1000000000000}}'
+fi
 token=$(curl -s -X POST -H "Authorization: Bearer $bootstrap" -H "Content-Type: application/json" \
-    -d '{"label": "wrk"}' "http://127.0.0.1:$port/admin/keys" |
+    -d "$key" "http://127.0.0.1:$port/admin/keys" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 rate() {
-    wrk -t1 -c8 -d5s -H "Authorization: Bearer $token" "http://127.0.0.1:$port$1" |
+    wrk -t1 -c8 -d"${SECONDS_EACH:-5}"s -H "Authorization: Bearer $token" "http://127.0.0.1:$port$1" |
         awk '/Requests\/sec/ {print $2}'
 }
 ping=() whoami=()
