@@ -237,15 +237,22 @@ impl SlotToken {
 }
 
 /// What a slot without a [`Rare`] box has: nothing.
-static EMPTY: Rare = Rare {
-    current_revoked_at: None,
-    expires_at: None,
-    limits: None,
-    owner: None,
-    last_used_at: None,
-    settings: Settings::NONE,
-    meter: Mutex::new(None),
-};
+static EMPTY: Rare = Rare::none();
+
+impl Rare {
+    /// Nothing rare: what a slot without a box reads.
+    const fn none() -> Rare {
+        Rare {
+            current_revoked_at: None,
+            expires_at: None,
+            limits: None,
+            owner: None,
+            last_used_at: None,
+            settings: Settings::NONE,
+            meter: Mutex::new(None),
+        }
+    }
+}
 
 impl Inner {
     /// The slot of key `id`, whose hash is `hash`.
@@ -552,17 +559,7 @@ impl KeyStore for InMemoryStore {
         if let Some(meter) = meter {
             // Kept even while the key has no limits: set again, they find
             // their bucket as it was.
-            let rare = slot.rare.get_or_insert_with(|| {
-                Box::new(Rare {
-                    current_revoked_at: None,
-                    expires_at: None,
-                    limits: None,
-                    owner: None,
-                    last_used_at: None,
-                    settings: Settings::NONE,
-                    meter: Mutex::new(None),
-                })
-            });
+            let rare = slot.rare.get_or_insert_with(|| Box::new(Rare::none()));
             *lock_mut(&mut rare.meter) = Some(meter);
         }
         let before = inner.slots[n].rare.as_ref().and_then(|r| r.owner.clone());

@@ -249,6 +249,18 @@ async fn postgres_replicas_charging_one_key_admit_exactly_its_credits() {
     owner.drop_table().await.unwrap();
 }
 
+/// Creates the key `new` describes in `table`: its incarnation.
+async fn created(url: &str, table: &str, new: NewKey) -> u64 {
+    let keys = KeyManager::new(store(url, table).await);
+    let id = new.id().clone();
+    let now = OffsetDateTime::now_utc();
+    keys.create_key(new, now, &mut StdRng::seed_from_u64(1))
+        .await
+        .unwrap();
+    let key = keys.get(&id).await.unwrap().unwrap();
+    key.revision().incarnation()
+}
+
 /// What `tasks` tasks calling `call` in a loop for `time` achieve: calls,
 /// calls a second, and the 99th percentile latency.
 async fn hammer<F, Fut>(tasks: usize, time: StdDuration, call: F) -> (usize, f64, StdDuration)
@@ -296,25 +308,11 @@ async fn postgres_charges_on_one_hot_key() {
     let url = server_url();
     let table = fresh_table("hot");
     let owner = migrated(&url, &table).await;
-    let now = OffsetDateTime::now_utc();
     let id = KeyId::new("hot").unwrap();
     let rate = RateLimit::new(1_000_000_000, Duration::SECOND).unwrap();
     let credits = Credits::new(1 << 60);
-    KeyManager::new(store(&url, &table).await)
-        .create_key(
-            NewKey::new(id.clone()).rate_limit(rate).credits(credits),
-            now,
-            &mut StdRng::seed_from_u64(1),
-        )
-        .await
-        .unwrap();
-    let incarnation = owner
-        .get(&id)
-        .await
-        .unwrap()
-        .unwrap()
-        .revision()
-        .incarnation();
+    let new = NewKey::new(id.clone()).rate_limit(rate).credits(credits);
+    let incarnation = created(&url, &table, new).await;
     let ceiling_table = format!("{table}_ceiling");
     let setup = owner.pool().get().await.unwrap();
     setup
@@ -469,23 +467,8 @@ async fn postgres_charges_run_through_migrations_beside_them() {
     let charges = Arc::new(migrated(&url, &table).await);
     let id = KeyId::new("busy").unwrap();
     let rate = RateLimit::new(1_000_000_000, Duration::SECOND).unwrap();
-    KeyManager::new(store(&url, &table).await)
-        .create_key(
-            NewKey::new(id.clone())
-                .rate_limit(rate)
-                .credits(Credits::new(1 << 40)),
-            OffsetDateTime::now_utc(),
-            &mut StdRng::seed_from_u64(1),
-        )
-        .await
-        .unwrap();
-    let incarnation = charges
-        .get(&id)
-        .await
-        .unwrap()
-        .unwrap()
-        .revision()
-        .incarnation();
+    let new = NewKey::new(id.clone()).rate_limit(rate);
+    let incarnation = created(&url, &table, new.credits(Credits::new(1 << 40))).await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut chargers = Vec::new();
     for _ in 0..4 {
@@ -537,21 +520,7 @@ async fn postgres_a_charge_waiting_for_the_lock_is_charged_when_it_gets_it() {
     let rate = RateLimit::new(1_000_000_000, Duration::SECOND)
         .and_then(|r| r.with_burst(1 << 20))
         .unwrap();
-    KeyManager::new(store(&url, &table).await)
-        .create_key(
-            NewKey::new(id.clone()).rate_limit(rate),
-            OffsetDateTime::now_utc(),
-            &mut StdRng::seed_from_u64(1),
-        )
-        .await
-        .unwrap();
-    let incarnation = owner
-        .get(&id)
-        .await
-        .unwrap()
-        .unwrap()
-        .revision()
-        .incarnation();
+    let incarnation = created(&url, &table, NewKey::new(id.clone()).rate_limit(rate)).await;
     let charges = Arc::new(store(&url, &table).await);
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (charges2, id2, refused2) = (charges.clone(), id.clone(), refused.clone());
