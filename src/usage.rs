@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 use time::OffsetDateTime;
 
 use crate::counts::{Outcome, UsageRow};
@@ -105,13 +106,18 @@ impl Counted {
     }
 }
 
+/// A key's notes or counts: nearly always one (one token used, one
+/// incarnation and hour), kept in the entry itself so that a use noted
+/// follows no pointer out of the table.
+type Few<T> = SmallVec<[T; 1]>;
+
 /// The notes and counts of one key, under the hash of its id.
 #[derive(Debug)]
 struct Pending {
     hash: u64,
     id: KeyId,
-    notes: Vec<Noted>,
-    counts: Vec<Counted>,
+    notes: Few<Noted>,
+    counts: Few<Counted>,
 }
 
 /// The notes of some keys, by the hash of their id (the hash that also
@@ -222,7 +228,7 @@ impl UsageLog {
         for pending in all {
             counts.extend(pending.counts.iter().map(|c| c.row(&pending.id)));
             if !pending.notes.is_empty() {
-                notes.push((pending.id, pending.notes));
+                notes.push((pending.id, pending.notes.into_vec()));
             }
         }
         (notes, counts)
@@ -231,7 +237,7 @@ impl UsageLog {
     /// Takes the notes of key `id` out (its counts stay).
     pub(crate) fn take(&self, id: &KeyId) -> Vec<Noted> {
         let hash = self.hasher.hash_one(id);
-        let mut kept = Vec::new();
+        let mut kept = Few::new();
         for shard in &self.shards {
             let mut table = write(shard);
             if let Some(pending) = table.find_mut(hash, |p| p.id == *id) {
@@ -240,7 +246,7 @@ impl UsageLog {
                     .for_each(|n| merge(&mut kept, n));
             }
         }
-        kept
+        kept.into_vec()
     }
 
     /// Puts back notes that could not be written, merged with any noted
@@ -302,8 +308,8 @@ fn entry<'a>(table: &'a mut Notes, hash: u64, id: &KeyId) -> &'a mut Pending {
         let pending = Pending {
             hash,
             id: id.clone(),
-            notes: Vec::new(),
-            counts: Vec::new(),
+            notes: Few::new(),
+            counts: Few::new(),
         };
         table.insert_unique(hash, pending, |p| p.hash);
     }
@@ -312,7 +318,7 @@ fn entry<'a>(table: &'a mut Notes, hash: u64, id: &KeyId) -> &'a mut Pending {
         .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
-fn merge(notes: &mut Vec<Noted>, new: Noted) {
+fn merge(notes: &mut Few<Noted>, new: Noted) {
     match notes.iter_mut().find(|n| n.token == new.token) {
         Some(n) => *n = Noted::new(n.token, n.first.min(new.first), n.last.max(new.last)),
         None => notes.push(new),

@@ -45,7 +45,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
-use keyroll::{Event, KeyId, KeyManager, Metadata, Scope, Scopes, TokenMatch};
+use keyroll::{Event, KeyId, KeyManager, LeasePolicy, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
 use keyroll_axum::github::{SecretScanning, SigningKeys};
 use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
@@ -81,6 +81,11 @@ struct Cli {
     /// first (needs a role that may create tables).
     #[arg(long)]
     migrate: bool,
+    /// Charges rate limits and credits through leases living this long
+    /// at most (`keyroll::LeasePolicy`; 0 s, the default, is off). Unspent
+    /// leases are given back at shutdown.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    lease_max_lag: std::time::Duration,
 }
 
 /// The store `--store` names: in memory, SQLite (on a thread of its own)
@@ -203,7 +208,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to a bootstrap token for the admin API")?;
     let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
-    let keys = Arc::new(KeyManager::new(store).with_usage_recording(!cli.no_usage_recording));
+    let max_lag = time::Duration::try_from(cli.lease_max_lag)?;
+    let leases = LeasePolicy::new(max_lag).map_err(|e| format!("--lease-max-lag: {e}"))?;
+    let keys = Arc::new(
+        KeyManager::new(store)
+            .with_usage_recording(!cli.no_usage_recording)
+            .with_leases(leases),
+    );
     let admin = Admin::new(keys.clone())
         .bootstrap_token(&bootstrap)
         .map_err(|e| format!("KEYROLL_ADMIN_TOKEN: {e}"))?
@@ -222,11 +233,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, router(keys, admin, scanning))
+    axum::serve(listener, router(keys.clone(), admin, scanning))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
     flusher.shutdown().await;
+    keys.release_leases().await?;
     Ok(())
 }
