@@ -12,7 +12,7 @@ use std::fmt;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::meter::{RateLimit, Refusal};
+use crate::meter::{RateLimit, Refusal, Subject};
 use crate::revision::Revision;
 
 /// How many characters of a refused value an error quotes.
@@ -447,21 +447,25 @@ pub enum AuthError<E> {
     /// The key refused the token.
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    /// The key's credits are fewer than the request's cost (checked
+    /// The credits left are fewer than the request's cost (checked
     /// before the rate limit). Nothing was charged.
-    #[error("usage exceeded: not enough credits left")]
+    #[error("usage exceeded: not enough of the {subject}'s credits left")]
     UsageExceeded {
         /// The next refill that covers the cost, if any.
         refill_at: Option<OffsetDateTime>,
+        /// Whose credits they are.
+        subject: Subject,
     },
-    /// The key's rate limit refuses the request for now. Nothing was
-    /// charged.
-    #[error("rate limited: retry after {} s", crate::meter::whole_seconds(*.retry_after))]
+    /// A rate limit refuses the request for now. Nothing was charged.
+    #[error("rate limited by the {subject}'s limit: retry after {} s", crate::meter::whole_seconds(*.retry_after))]
     RateLimited {
         /// How long until the same request is admitted.
         retry_after: Duration,
-        /// The key's rate limit (what a `RateLimit-Policy` header tells).
+        /// The rate limit that refused (what a `RateLimit-Policy` header
+        /// tells).
         limit: RateLimit,
+        /// Whose rate limit it is.
+        subject: Subject,
     },
     /// A cost of 0, or above the key's burst: no retry can succeed, so it
     /// is a mistake of the caller's (a route's cost), not a limit.
@@ -483,10 +487,18 @@ impl<E> AuthError<E> {
     /// [`CostOutOfRange`](Self::CostOutOfRange); `None` for the others.
     pub fn refusal(&self) -> Option<Refusal> {
         match *self {
-            AuthError::RateLimited { retry_after, limit } => {
-                Some(Refusal::RateLimited { retry_after, limit })
+            AuthError::RateLimited {
+                retry_after,
+                limit,
+                subject,
+            } => Some(Refusal::RateLimited {
+                retry_after,
+                limit,
+                subject,
+            }),
+            AuthError::UsageExceeded { refill_at, subject } => {
+                Some(Refusal::UsageExceeded { refill_at, subject })
             }
-            AuthError::UsageExceeded { refill_at } => Some(Refusal::UsageExceeded { refill_at }),
             AuthError::CostOutOfRange { cost, max } => Some(Refusal::CostOutOfRange { cost, max }),
             _ => None,
         }
@@ -495,10 +507,18 @@ impl<E> AuthError<E> {
     /// The answer to a charge's refusal.
     pub(crate) fn refused(refusal: Refusal) -> AuthError<E> {
         match refusal {
-            Refusal::RateLimited { retry_after, limit } => {
-                AuthError::RateLimited { retry_after, limit }
+            Refusal::RateLimited {
+                retry_after,
+                limit,
+                subject,
+            } => AuthError::RateLimited {
+                retry_after,
+                limit,
+                subject,
+            },
+            Refusal::UsageExceeded { refill_at, subject } => {
+                AuthError::UsageExceeded { refill_at, subject }
             }
-            Refusal::UsageExceeded { refill_at } => AuthError::UsageExceeded { refill_at },
             Refusal::CostOutOfRange { cost, max } => AuthError::CostOutOfRange { cost, max },
         }
     }

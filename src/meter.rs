@@ -37,7 +37,7 @@
 //! // No credits left: refused, before the rate limit is even looked at.
 //! assert!(matches!(
 //!     meter.charge(Some(&rate), Some(&credits), 1, later + Duration::HOUR),
-//!     Err(Refusal::UsageExceeded { refill_at: None })
+//!     Err(Refusal::UsageExceeded { refill_at: None, .. })
 //! ));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -347,26 +347,59 @@ impl Allowance {
     }
 }
 
+/// Whose limit refused a request: the key's own, or the one shared by
+/// its owner's keys (owner limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Subject {
+    /// The key's own rate limit or credits.
+    #[default]
+    Key,
+    /// The rate limit or credits its owner's keys share.
+    Owner,
+}
+
+impl Subject {
+    /// `"key"` or `"owner"`: the name HTTP answers give it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Subject::Key => "key",
+            Subject::Owner => "owner",
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a charge was refused. A refusal changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
     /// The rate limit's bucket holds less than the cost: the same request
     /// is admitted after `retry_after` (exactly: not a nanosecond before).
-    #[error("rate limited: retry after {} s", whole_seconds(*.retry_after))]
+    #[error("rate limited by the {subject}'s limit: retry after {} s", whole_seconds(*.retry_after))]
     #[non_exhaustive]
     RateLimited {
         /// How long to wait; always positive.
         retry_after: Duration,
         /// The rate limit that refused.
         limit: RateLimit,
+        /// Whose rate limit it is.
+        subject: Subject,
     },
     /// The credits left are fewer than the cost. `refill_at` is the next
     /// refill, `None` when there is none or its amount is below the cost.
-    #[error("usage exceeded: not enough credits left")]
+    #[error("usage exceeded: not enough of the {subject}'s credits left")]
+    #[non_exhaustive]
     UsageExceeded {
         /// When the credits are next refilled.
         refill_at: Option<OffsetDateTime>,
+        /// Whose credits they are.
+        subject: Subject,
     },
     /// A cost of 0, or above the rate limit's burst: no wait can make it
     /// admitted.
@@ -439,6 +472,7 @@ impl Meter {
             if u64::from(cost) > next.remaining {
                 return Err(Refusal::UsageExceeded {
                     refill_at: next.next_refill(credits, now, cost),
+                    subject: Subject::Key,
                 });
             }
             next.remaining -= u64::from(cost);
@@ -450,6 +484,7 @@ impl Meter {
                 return Err(Refusal::RateLimited {
                     retry_after: nanos(over),
                     limit: *rate,
+                    subject: Subject::Key,
                 });
             }
             next.tat = tat;
@@ -923,7 +958,10 @@ mod tests {
         let before = meter.clone();
         assert_eq!(
             meter.charge(Some(&rate), Some(&credits), 1, EPOCH),
-            Err(Refusal::UsageExceeded { refill_at: None })
+            Err(Refusal::UsageExceeded {
+                refill_at: None,
+                subject: Subject::Key
+            })
         );
         assert_eq!(meter, before);
         // Credits without the rate limit's room: the rate limit refuses
@@ -936,6 +974,7 @@ mod tests {
             Err(Refusal::RateLimited {
                 retry_after: Duration::SECOND,
                 limit: rate,
+                subject: Subject::Key,
             })
         );
         let allowance = meter.peek(Some(&rate), Some(&plenty), EPOCH);
@@ -957,7 +996,8 @@ mod tests {
         assert_eq!(
             refused,
             Err(Refusal::UsageExceeded {
-                refill_at: Some(EPOCH + every)
+                refill_at: Some(EPOCH + every),
+                subject: Subject::Key,
             })
         );
         // Set to 3, not added to: unused credits do not pile up.
@@ -971,7 +1011,10 @@ mod tests {
         // A cost above the refill amount waits for no refill.
         assert_eq!(
             meter.charge(None, Some(&credits), 4, EPOCH + every),
-            Err(Refusal::UsageExceeded { refill_at: None })
+            Err(Refusal::UsageExceeded {
+                refill_at: None,
+                subject: Subject::Key
+            })
         );
         // A clock stepping back does not refill again.
         meter

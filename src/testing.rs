@@ -125,7 +125,7 @@ use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
 use time::{Duration, OffsetDateTime};
 
-use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
+use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal, Subject};
 use crate::{
     ApiKey, Change, Decision, KeyId, Metadata, Networks, NewKey, OldTokenDeletion, OwnerId, Scopes,
     TokenMatch, TransitionError, VerifyError,
@@ -378,6 +378,7 @@ impl Model {
         if self.credits.is_some() && u64::from(cost) > left {
             return Err(Refusal::UsageExceeded {
                 refill_at: self.refill_for(cost),
+                subject: Subject::Key,
             });
         }
         let level = match self.rate_limit {
@@ -387,6 +388,7 @@ impl Model {
                     return Err(Refusal::RateLimited {
                         retry_after: level - rate.window(),
                         limit: rate,
+                        subject: Subject::Key,
                     });
                 }
                 level

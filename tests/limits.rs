@@ -1,7 +1,7 @@
 //! A key's limits on `ApiKey` itself: the charge a store runs, through
 //! changes of the key's limits.
 
-use keyroll::meter::{Credits, RateLimit, Refusal};
+use keyroll::meter::{Credits, RateLimit, Refusal, Subject};
 use keyroll::{ApiKey, KeyId, NewKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -37,6 +37,10 @@ fn a_key_without_limits_hands_back_its_meter_unchanged() {
     assert_eq!(allowance.credits_remaining(), Some(0));
     assert!(matches!(
         key.charge(Some(&spent), 1, later + Duration::MINUTE),
-        Err(Refusal::UsageExceeded { refill_at: None })
+        Err(Refusal::UsageExceeded {
+            refill_at: None,
+            subject: Subject::Key,
+            ..
+        })
     ));
 }

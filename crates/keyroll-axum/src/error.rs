@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll::ManagerError;
+use keyroll::meter::Subject;
 
 /// An error answer: a status and `{"error": code, "message": text}`, the
 /// shape of every refusal this crate sends.
@@ -50,6 +51,8 @@ pub struct ApiError {
     /// Few and rare (a challenge, `Retry-After`): a list, which keeps the
     /// error small.
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whose limit refused a request (a 429), if it is one.
+    subject: Option<Subject>,
 }
 
 impl ApiError {
@@ -60,7 +63,15 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            subject: None,
         }
+    }
+
+    /// The same answer naming whose limit refused the request: `"subject":
+    /// "key"` or `"owner"` in the body.
+    pub fn with_subject(mut self, subject: Subject) -> ApiError {
+        self.subject = Some(subject);
+        self
     }
 
     /// A 400 for bad input, its message that of `error` (keyroll's input
@@ -107,7 +118,10 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let Some(subject) = self.subject {
+            body["subject"] = subject.as_str().into();
+        }
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().extend(self.headers);
         response

@@ -422,16 +422,21 @@ impl<S: KeyStore> Shared<S> {
                 tracing::error!(error = %e, "keyroll: the key store failed");
                 Err(error::unavailable())
             }
-            Err(AuthError::RateLimited { retry_after, limit }) => {
-                tracing::info!(key_id = key_id().as_ref().map(KeyId::as_str), %retry_after, "keyroll: rate limited");
-                Err(limits::rate_limited(retry_after, &limit))
+            Err(AuthError::RateLimited {
+                retry_after,
+                limit,
+                subject,
+            }) => {
+                tracing::info!(key_id = key_id().as_ref().map(KeyId::as_str), %retry_after, %subject, "keyroll: rate limited");
+                Err(limits::rate_limited(retry_after, &limit, subject))
             }
-            Err(AuthError::UsageExceeded { refill_at }) => {
+            Err(AuthError::UsageExceeded { refill_at, subject }) => {
                 tracing::info!(
                     key_id = key_id().as_ref().map(KeyId::as_str),
+                    %subject,
                     "keyroll: usage exceeded"
                 );
-                Err(limits::usage_exceeded(refill_at, now))
+                Err(limits::usage_exceeded(refill_at, subject, now))
             }
             Err(AuthError::Verify(VerifyError::NetworkNotAllowed)) => {
                 // Only a holder of the key's valid token gets here.

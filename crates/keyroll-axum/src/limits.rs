@@ -3,7 +3,7 @@
 //! (draft-ietf-httpapi-ratelimit-headers) of an admitted one.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use keyroll::meter::{Allowance, RateLimit};
+use keyroll::meter::{Allowance, RateLimit, Subject};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::ApiError;
@@ -59,17 +59,19 @@ fn too_many(code: &'static str, message: String, retry_after: Option<Duration>) 
     }
 }
 
-/// The answer to a rate limit's refusal: 429, `Retry-After`, and the
-/// fields (nothing remains; full again after `retry_after`).
-pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit) -> ApiError {
+/// The answer to a rate limit's refusal: 429, `Retry-After`, the fields
+/// (nothing remains; full again after `retry_after`), and whose limit it
+/// is in the body.
+pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit, subject: Subject) -> ApiError {
     let mut error = too_many(
         "rate_limited",
         format!(
-            "rate limited: retry after {} s",
+            "rate limited by the {subject}'s limit: retry after {} s",
             seconds(retry_after).max(1)
         ),
         Some(retry_after),
-    );
+    )
+    .with_subject(subject);
     let mut headers = HeaderMap::new();
     fields(&mut headers, limit, 0, retry_after);
     for (name, value) in headers.into_iter().filter_map(|(n, v)| Some((n?, v))) {
@@ -79,17 +81,22 @@ pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit) -> ApiError
 }
 
 /// The answer to spent credits: 429, with `Retry-After` until the next
-/// refill that covers the cost, if there is one.
-pub(crate) fn usage_exceeded(refill_at: Option<OffsetDateTime>, now: OffsetDateTime) -> ApiError {
+/// refill that covers the cost, if there is one, and whose credits they
+/// are in the body.
+pub(crate) fn usage_exceeded(
+    refill_at: Option<OffsetDateTime>,
+    subject: Subject,
+    now: OffsetDateTime,
+) -> ApiError {
     let message = match refill_at {
         Some(at) => format!(
-            "usage exceeded: no credits left until {}",
+            "usage exceeded: none of the {subject}'s credits left until {}",
             at.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_else(|_| at.to_string())
         ),
-        None => "usage exceeded: no credits left".to_owned(),
+        None => format!("usage exceeded: none of the {subject}'s credits left"),
     };
-    too_many("usage_exceeded", message, refill_at.map(|at| at - now))
+    too_many("usage_exceeded", message, refill_at.map(|at| at - now)).with_subject(subject)
 }
 
 #[cfg(test)]
@@ -123,13 +130,14 @@ mod tests {
     #[test]
     fn retry_after_is_at_least_one_second() {
         let limit = RateLimit::new(1000, Duration::SECOND).unwrap();
-        let answer = rate_limited(Duration::milliseconds(1), &limit).into_response();
+        let answer = rate_limited(Duration::milliseconds(1), &limit, Subject::Key).into_response();
         assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(answer.headers()[header::RETRY_AFTER], "1");
         let now = OffsetDateTime::UNIX_EPOCH;
-        let spent = usage_exceeded(None, now).into_response();
+        let spent = usage_exceeded(None, Subject::Key, now).into_response();
         assert!(!spent.headers().contains_key(header::RETRY_AFTER));
-        let later = usage_exceeded(Some(now + Duration::seconds(90)), now).into_response();
+        let later =
+            usage_exceeded(Some(now + Duration::seconds(90)), Subject::Owner, now).into_response();
         assert_eq!(later.headers()[header::RETRY_AFTER], "90");
     }
 }

@@ -153,6 +153,8 @@ async fn a_rate_limited_key_gets_the_fields_then_429() {
         assert_eq!(third.header("ratelimit"), Some("\"default\";r=0;t=5"));
         let body: serde_json::Value = serde_json::from_str(&third.body).unwrap();
         assert_eq!(body["error"], "rate_limited");
+        // Whose limit refused it: the key's own (an owner's limit is "owner").
+        assert_eq!(body["subject"], "key");
         assert!(
             body["message"]
                 .as_str()
@@ -172,11 +174,9 @@ async fn spent_credits_get_429_with_a_retry_after_only_when_a_refill_comes() {
     assert_eq!(spent.header("retry-after"), None);
     // A key without a rate limit carries no rate-limit fields.
     assert_eq!(spent.header("ratelimit"), None);
-    assert!(
-        spent.body.contains("\"error\":\"usage_exceeded\""),
-        "{}",
-        spent.body
-    );
+    let body: serde_json::Value = serde_json::from_str(&spent.body).unwrap();
+    assert_eq!(body["error"], "usage_exceeded", "{}", spent.body);
+    assert_eq!(body["subject"], "key", "{}", spent.body);
 
     assert_eq!(f.get("/whoami", "refilled").await.status, 200);
     let waiting = f.get("/whoami", "refilled").await;
