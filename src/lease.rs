@@ -3,6 +3,7 @@
 //! [`KeyManager::with_leases`](crate::KeyManager::with_leases)).
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -42,9 +43,10 @@ use crate::store::KeyStore;
 ///   limit's bucket held: near exhaustion every charge is exact.
 /// - **One lease of a key at a time per replica.** The request that finds
 ///   it spent takes the next one; the others meanwhile charge the store for
-///   themselves. (Taking the next lease ahead, with no executor to do it
-///   in the background, made the request that took it wait all the same,
-///   and measured slower: BENCHMARKS.md.)
+///   themselves. With
+///   [`with_leases_ahead`](crate::KeyManager::with_leases_ahead) the next
+///   lease is taken in the background once the current one is half spent,
+///   so that no request of a hot key waits on the store.
 /// - Verification still happens on every request: a deactivated, revoked
 ///   or deleted key is refused whatever its leases hold. A change of limits
 ///   applies at the next lease, at most `max_lag` later.
@@ -111,22 +113,25 @@ pub struct HeldLease {
     pub key_id: KeyId,
     /// The key's incarnation.
     pub incarnation: u64,
-    /// The units (cells and credits) not spent.
+    /// The units (cells and credits) not spent, counting a lease whose
+    /// store call is in flight at its size (at most what it takes).
     pub units: u32,
 }
 
-/// One key's lease on this replica, if any, and what its next one takes.
-#[derive(Debug)]
+/// One key's leases on this replica: the one being spent, the one taken
+/// ahead of it, and what the next one takes.
+#[derive(Debug, Default)]
 struct Slot {
-    lease: Option<Lease>,
-    /// Whether a request is taking the next lease: the others meanwhile
-    /// charge the store for themselves, so that one replica takes one
-    /// lease at a time.
-    fetching: bool,
-    /// The size of the next lease.
+    current: Option<Lease>,
+    next: Option<Lease>,
+    /// The units of the lease being taken, 0 when none is: one at a time
+    /// per replica (the others meanwhile spend what is left, or charge the
+    /// store for themselves).
+    in_flight: u32,
+    /// The size of the next lease (0: none taken yet).
     size: u32,
     /// What the store said at the last lease: what remains bounds the
-    /// next one.
+    /// next one, and requests served from a lease are answered with it.
     last: Allowance,
 }
 
@@ -134,6 +139,8 @@ struct Slot {
 #[derive(Debug)]
 struct Lease {
     units: u32,
+    /// The units it was taken with.
+    taken: u32,
     /// When the store call that took it was sent: on the monotonic clock,
     /// and on the manager's.
     sent: Instant,
@@ -166,6 +173,30 @@ impl Slot {
         }
         size.max(cost)
     }
+
+    /// Ends `lease`: the next size halves if it ends unspent and doubles if
+    /// it was spent within `hot`; its unspent credits, to give back.
+    fn end(&mut self, lease: Lease, age: Duration, hot: Duration) -> Option<(u32, CreditsPeriod)> {
+        if lease.units > 0 {
+            self.size = (self.size / 2).max(1);
+            return lease.period.map(|period| (lease.units, period));
+        }
+        if age < hot {
+            self.size = self.size.saturating_mul(2).min(MAX_SIZE);
+        }
+        None
+    }
+
+    /// Units held, in both leases, and those a lease in flight takes
+    /// (at most).
+    fn units(&self) -> u32 {
+        [&self.current, &self.next]
+            .into_iter()
+            .flatten()
+            .map(|lease| lease.units)
+            .sum::<u32>()
+            + self.in_flight
+    }
 }
 
 /// The largest lease, whatever the key's limits.
@@ -177,9 +208,32 @@ const MAX_SIZE: u32 = 1 << 16;
 struct Table {
     slots: HashMap<(KeyId, u64), Slot>,
     sweep_at: usize,
+    /// Releases so far: a lease whose store call was sent before the last
+    /// release is given back when it lands, never kept.
+    releases: u64,
+    /// Store calls for leases in flight, sent since the last release.
+    in_flight: usize,
+    /// Those sent before it: the release waits for them.
+    in_flight_released: usize,
 }
 
 impl Table {
+    /// A lease's store call for `key` came back, or was given up: the key
+    /// may take another. Whether the lease may be kept (no release since
+    /// it was sent).
+    fn land(&mut self, key: &(KeyId, u64), taking: Taking) -> bool {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.in_flight = 0;
+        }
+        if taking.releases == self.releases {
+            self.in_flight -= 1;
+            true
+        } else {
+            self.in_flight_released -= 1;
+            false
+        }
+    }
+
     /// Forgets the slots holding no units and taking none, once the table
     /// has doubled since the last sweep (amortised: a sweep per as many
     /// leases as it keeps).
@@ -187,24 +241,87 @@ impl Table {
         if self.slots.len() < self.sweep_at.max(1024) {
             return;
         }
-        self.slots
-            .retain(|_, slot| slot.fetching || slot.lease.as_ref().is_some_and(|l| l.units > 0));
+        self.slots.retain(|_, slot| slot.units() > 0);
         self.sweep_at = 2 * self.slots.len();
     }
 }
 
+/// A lease's store call, from the moment it is decided: dropped before it
+/// lands (its request cancelled, or its task never run), the key may take
+/// a lease again.
+pub(crate) struct Flight<L: Deref<Target = Leases>> {
+    leases: L,
+    key: (KeyId, u64),
+    taking: Taking,
+    landed: bool,
+}
+
+impl<L: Deref<Target = Leases>> Flight<L> {
+    pub(crate) fn new(leases: L, key: (KeyId, u64), taking: Taking) -> Flight<L> {
+        Flight {
+            leases,
+            key,
+            taking,
+            landed: false,
+        }
+    }
+}
+
+impl<L: Deref<Target = Leases>> Drop for Flight<L> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.leases.table().land(&self.key, self.taking);
+        }
+    }
+}
+
+/// What a request does, decided under the table's lock.
+enum Step {
+    /// Served from a lease; the next one is to be taken ahead if the
+    /// current one is half spent.
+    Served(Allowance, Option<Taking>),
+    /// Charged at the store: another request is taking a lease.
+    Direct,
+    /// Takes a lease, this request's cost included.
+    Take(Taking),
+}
+
+/// A lease to take: its size, and the releases before its store call was
+/// sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taking {
+    size: u32,
+    releases: u64,
+}
+
+/// Takes a key's next lease (key, incarnation, the lease, now) in the
+/// background.
+pub(crate) type Ahead = Box<dyn Fn(KeyId, u64, Taking, OffsetDateTime) + Send + Sync>;
+
 /// A manager's leases, by key and incarnation.
-#[derive(Debug)]
 pub(crate) struct Leases {
     policy: LeasePolicy,
     table: Mutex<Table>,
+    /// Takes the next lease ahead, in the background, if the manager was
+    /// given a way to run one.
+    ahead: Option<Ahead>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("policy", &self.policy)
+            .field("ahead", &self.ahead.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Leases {
-    pub(crate) fn new(policy: LeasePolicy) -> Leases {
+    pub(crate) fn new(policy: LeasePolicy, ahead: Option<Ahead>) -> Leases {
         Leases {
             policy,
             table: Mutex::default(),
+            ahead,
         }
     }
 
@@ -213,9 +330,10 @@ impl Leases {
     }
 
     /// Charges `cost` to key `id` of `incarnation`: from its lease if one
-    /// is live and holds enough, else from a new lease taken at the store
-    /// (the unspent credits of an ended one given back first); while
-    /// another request takes that lease, from the store directly.
+    /// is live and holds enough (the next one taken ahead, in the
+    /// background, once it is half spent), else from a new lease taken at
+    /// the store; while another request takes one, from the store
+    /// directly. Leases that ended give their unspent credits back first.
     pub(crate) async fn charge<S: KeyStore>(
         &self,
         store: &S,
@@ -224,114 +342,214 @@ impl Leases {
         cost: u32,
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<S::Error>> {
-        let max_lag = self.policy.max_lag;
         let key = (id.clone(), incarnation);
-        let taking = {
-            let mut table = self.table();
-            let slot = table.slots.entry(key.clone()).or_insert_with(|| Slot {
-                lease: None,
-                fetching: false,
-                size: cost,
-                last: Allowance::default(),
-            });
-            let clock = Instant::now();
-            if let Some(lease) = &mut slot.lease
-                && lease.units >= cost
-                && lease.age(clock, now) < max_lag
-            {
-                lease.units -= cost;
-                return Ok(Ok(slot.last));
-            }
-            if slot.fetching {
-                None
-            } else {
-                slot.fetching = true;
-                // The lease ended: spent (the key is hot if within half of
-                // max_lag), or expired with units unspent, to give back.
-                let mut ended = None;
-                if let Some(lease) = slot.lease.take() {
-                    if lease.units > 0 {
-                        slot.size = (slot.size / 2).max(1);
-                        ended = lease.period.map(|period| (lease.units, period));
-                    } else if lease.age(clock, now) < max_lag / 2 {
-                        slot.size = slot.size.saturating_mul(2).min(MAX_SIZE);
-                    }
+        let (step, refunds) = self.step(&key, cost, now);
+        // Each lease to take is in flight from here: if this request is
+        // cancelled before it lands, the key may take one again.
+        let flight = match step {
+            Step::Take(taking) => Some(Flight::new(self, key, taking)),
+            Step::Served(_, Some(taking)) => {
+                if let Some(take_ahead) = &self.ahead {
+                    take_ahead(id.clone(), incarnation, taking, now);
                 }
-                Some((slot.next_size(cost), ended))
+                None
+            }
+            _ => None,
+        };
+        for (units, period) in refunds {
+            let refunded = store.refund(id, incarnation, u64::from(units), period);
+            refunded.await.map_err(StoreError::Backend)?;
+        }
+        match (step, flight) {
+            (Step::Served(allowance, _), _) => Ok(Ok(allowance)),
+            (Step::Take(_), Some(flight)) => Leases::take(store, flight, cost, now).await,
+            _ => store.charge(id, incarnation, cost, now).await,
+        }
+    }
+
+    /// What a request of `cost` does, and the ended leases' credits to
+    /// give back.
+    fn step(
+        &self,
+        key: &(KeyId, u64),
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> (Step, Vec<(u32, CreditsPeriod)>) {
+        let (max_lag, clock) = (self.policy.max_lag, Instant::now());
+        let mut table = self.table();
+        let releases = table.releases;
+        let slot = table.slots.entry(key.clone()).or_default();
+        // Each lease that ends, and how fast it must have been spent to
+        // double the next size.
+        let mut ending = Vec::new();
+        for lease in [&mut slot.current, &mut slot.next] {
+            if lease.as_ref().is_some_and(|l| l.age(clock, now) >= max_lag) {
+                ending.extend(lease.take().map(|l| (l, max_lag / 2)));
+            }
+        }
+        // A current lease too small for this request gives way to the one
+        // taken ahead, which was sized when it was taken.
+        if slot.next.is_some() && slot.current.as_ref().is_none_or(|l| l.units < cost) {
+            let next = slot.next.take();
+            let done = std::mem::replace(&mut slot.current, next);
+            ending.extend(done.map(|l| (l, Duration::ZERO)));
+        }
+        let spent = match &mut slot.current {
+            Some(lease) if lease.units >= cost => {
+                lease.units -= cost;
+                Some((lease.units * 2 < lease.taken, lease.age(clock, now)))
+            }
+            _ => None,
+        };
+        let step = match spent {
+            Some((half_spent, age)) => {
+                let ahead = half_spent
+                    && self.ahead.is_some()
+                    && slot.in_flight == 0
+                    && slot.next.is_none();
+                if ahead && age < max_lag / 4 {
+                    // Half spent within a quarter of max_lag: hot.
+                    slot.size = slot.size.saturating_mul(2).min(MAX_SIZE);
+                }
+                let taking = ahead.then(|| Taking {
+                    size: slot.next_size(1),
+                    releases,
+                });
+                Step::Served(slot.last, taking)
+            }
+            None if slot.in_flight > 0 => Step::Direct,
+            None => {
+                // The current lease, spent or too small, ends.
+                ending.extend(slot.current.take().map(|l| (l, max_lag / 2)));
+                Step::Take(Taking { size: 0, releases })
             }
         };
-        let Some((size, ended)) = taking else {
-            return store.charge(id, incarnation, cost, now).await;
+        let refunds = ending
+            .into_iter()
+            .filter_map(|(lease, hot)| {
+                let age = lease.age(clock, now);
+                slot.end(lease, age, hot)
+            })
+            .collect();
+        // Sized once the ended leases have adapted the size.
+        let step = match step {
+            Step::Take(taking) => Step::Take(Taking {
+                size: slot.next_size(cost),
+                ..taking
+            }),
+            other => other,
         };
+        if let Step::Take(taking) | Step::Served(_, Some(taking)) = &step {
+            slot.in_flight = taking.size;
+            table.in_flight += 1;
+        }
+        (step, refunds)
+    }
+
+    /// Takes the lease of `flight` at the store for a request of `cost`
+    /// (0: a lease ahead, for no request): the request's answer. Not
+    /// enough for the lease, the request alone is charged, and the next
+    /// lease is smaller. A lease sent before a release is given back as it
+    /// lands.
+    pub(crate) async fn take<S: KeyStore, L: Deref<Target = Leases>>(
+        store: &S,
+        mut flight: Flight<L>,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Result<Allowance, Refusal>, StoreError<S::Error>> {
+        let ((id, incarnation), size) = (&flight.key, flight.taking.size);
         let (sent, sent_at) = (Instant::now(), now);
         let taken = async {
-            if let Some((units, period)) = ended {
-                let refunded = store.refund(id, incarnation, u64::from(units), period);
-                refunded.await.map_err(StoreError::Backend)?;
+            let charged = store.charge(id, *incarnation, size, now).await?;
+            match charged {
+                Ok(_) => Ok((charged, size, size)),
+                Err(_) if cost > 0 && size > cost => {
+                    let charged = store.charge(id, *incarnation, cost, now).await?;
+                    Ok((charged, cost, (size / 2).max(1)))
+                }
+                Err(_) => Ok((charged, size, (size / 2).max(1))),
             }
-            let charged = store.charge(id, incarnation, size, now).await?;
-            if charged.is_err() && size > cost {
-                // Not enough for the lease: exactly what this request
-                // costs, and a smaller lease next.
-                let charged = store.charge(id, incarnation, cost, now).await?;
-                return Ok((charged, cost, (size / 2).max(1)));
-            }
-            Ok((charged, size, size))
         }
         .await;
-        let mut table = self.table();
-        table.sweep();
-        let slot = table.slots.entry(key).or_insert_with(|| Slot {
-            lease: None,
-            fetching: false,
-            size,
-            last: Allowance::default(),
-        });
-        slot.fetching = false;
-        let (charged, taken, next) = taken?;
-        if let Ok(allowance) = charged {
-            slot.lease = Some(Lease {
-                units: taken - cost,
-                sent,
-                sent_at,
-                period: allowance.credits_period(),
-            });
-            (slot.size, slot.last) = (next, allowance);
+        let (charged, give_back) = {
+            let mut table = flight.leases.table();
+            let kept = table.land(&flight.key, flight.taking);
+            flight.landed = true;
+            table.sweep();
+            let slot = table.slots.entry(flight.key.clone()).or_default();
+            let (charged, taken, next) = taken?;
+            slot.size = next;
+            let mut give_back = None;
+            if let Ok(allowance) = charged {
+                let lease = Lease {
+                    units: taken - cost,
+                    taken,
+                    sent,
+                    sent_at,
+                    period: allowance.credits_period(),
+                };
+                if !kept {
+                    // Sent before a release: given back, never spent.
+                    give_back = (lease.units > 0).then_some(lease.units).zip(lease.period);
+                } else {
+                    slot.last = allowance;
+                    match cost {
+                        0 => slot.next = Some(lease),
+                        _ => slot.current = Some(lease),
+                    }
+                }
+            }
+            (charged, give_back)
+        };
+        if let Some((units, period)) = give_back {
+            let refunded = store.refund(id, *incarnation, u64::from(units), period);
+            refunded.await.map_err(StoreError::Backend)?;
         }
         Ok(charged)
     }
 
     /// Every lease with units left, emptied: what to give back.
+    /// Leases in flight are given back as they land
+    /// ([`in_flight_released`](Self::in_flight_released) counts them).
     pub(crate) fn drain(&self) -> Vec<(HeldLease, Option<CreditsPeriod>)> {
         let mut table = self.table();
-        table
-            .slots
-            .iter_mut()
-            .filter_map(|((key_id, incarnation), slot)| {
-                let lease = slot.lease.take().filter(|lease| lease.units > 0)?;
-                let held = HeldLease {
-                    key_id: key_id.clone(),
-                    incarnation: *incarnation,
-                    units: lease.units,
-                };
-                Some((held, lease.period))
-            })
-            .collect()
+        table.releases += 1;
+        table.in_flight_released += std::mem::take(&mut table.in_flight);
+        let mut drained = Vec::new();
+        for ((key_id, incarnation), slot) in table.slots.iter_mut() {
+            for lease in [slot.current.take(), slot.next.take()]
+                .into_iter()
+                .flatten()
+            {
+                if lease.units > 0 {
+                    let held = HeldLease {
+                        key_id: key_id.clone(),
+                        incarnation: *incarnation,
+                        units: lease.units,
+                    };
+                    drained.push((held, lease.period));
+                }
+            }
+        }
+        drained
     }
 
-    /// What each lease holds now, in key order.
+    /// Leases sent before the last release and not landed yet.
+    pub(crate) fn in_flight_released(&self) -> usize {
+        self.table().in_flight_released
+    }
+
+    /// What each key's leases hold now, in key order.
     pub(crate) fn held(&self) -> Vec<HeldLease> {
         let mut held: Vec<HeldLease> = self
             .table()
             .slots
             .iter()
-            .filter_map(|((key_id, incarnation), slot)| {
-                let units = slot.lease.as_ref()?.units;
-                (units > 0).then(|| HeldLease {
-                    key_id: key_id.clone(),
-                    incarnation: *incarnation,
-                    units,
-                })
+            .filter(|(_, slot)| slot.units() > 0)
+            .map(|((key_id, incarnation), slot)| HeldLease {
+                key_id: key_id.clone(),
+                incarnation: *incarnation,
+                units: slot.units(),
             })
             .collect();
         held.sort_by(|a, b| a.key_id.cmp(&b.key_id));
@@ -343,17 +561,17 @@ impl Leases {
 mod tests {
     use super::*;
 
-    fn slot(units: Option<u32>, fetching: bool) -> Slot {
+    fn slot(units: Option<u32>, taking: bool) -> Slot {
         Slot {
-            lease: units.map(|units| Lease {
+            current: units.map(|units| Lease {
                 units,
+                taken: units,
                 sent: Instant::now(),
                 sent_at: OffsetDateTime::UNIX_EPOCH,
                 period: None,
             }),
-            fetching,
-            size: 1,
-            last: Allowance::default(),
+            in_flight: u32::from(taking),
+            ..Slot::default()
         }
     }
 

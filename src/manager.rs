@@ -8,8 +8,10 @@
 //! only once the write that holds its hash has succeeded; a failed write
 //! hands out nothing.
 
+use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 
 use time::{Duration, OffsetDateTime};
 
@@ -21,7 +23,7 @@ use crate::expiring::Expiring;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
-use crate::lease::{HeldLease, LeasePolicy, Leases};
+use crate::lease::{Ahead, Flight, HeldLease, LeasePolicy, Leases};
 use crate::meter::{Allowance, RateLimit, Refusal};
 use crate::new_key::NewKey;
 use crate::state::OldTokenDeletion;
@@ -364,15 +366,75 @@ impl<S: KeyStore> KeyManager<S> {
     /// charge is then one store call. Give unspent leases back with
     /// [`release_leases`](Self::release_leases) before the process ends.
     pub fn with_leases(mut self, policy: LeasePolicy) -> Self {
-        self.leases = (policy.max_lag() > Duration::ZERO).then(|| Arc::new(Leases::new(policy)));
+        self.leases =
+            (policy.max_lag() > Duration::ZERO).then(|| Arc::new(Leases::new(policy, None)));
+        self
+    }
+
+    /// [`with_leases`](Self::with_leases), with the next lease of a hot key
+    /// taken ahead, in the background: once a lease is half spent, `spawn`
+    /// runs the store call for the next one (on tokio, `|task| {
+    /// tokio::spawn(task); }`), so that a hot key's requests do not wait on
+    /// the store. The bounds are the same: a lease taken ahead lives
+    /// `max_lag` from when its call was sent, spent or not, and
+    /// [`release_leases`](Self::release_leases) gives it back too. A lease
+    /// ahead that fails is dropped: the request that finds the current one
+    /// spent takes the next itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use keyroll::{KeyManager, LeasePolicy};
+    /// use keyroll::store::InMemoryStore;
+    /// use time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policy = LeasePolicy::new(Duration::milliseconds(50))?;
+    /// let keys = KeyManager::new(Arc::new(InMemoryStore::new()))
+    ///     .with_leases_ahead(policy, |task| {
+    ///         tokio::spawn(task);
+    ///     });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_leases_ahead<F>(mut self, policy: LeasePolicy, spawn: F) -> Self
+    where
+        S: Clone + 'static,
+        F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync + 'static,
+    {
+        if policy.max_lag() <= Duration::ZERO {
+            self.leases = None;
+            return self;
+        }
+        let store = self.store.clone();
+        self.leases = Some(Arc::new_cyclic(|leases: &Weak<Leases>| {
+            let leases = leases.clone();
+            let ahead: Ahead = Box::new(move |id, incarnation, taking, now| {
+                let Some(leases) = leases.upgrade() else {
+                    return;
+                };
+                // In flight from now, even if the task never runs.
+                let flight = Flight::new(leases, (id, incarnation), taking);
+                let store = store.clone();
+                spawn(Box::pin(async move {
+                    // No request waits for it: a failure leaves the next
+                    // lease to the request that finds this one spent.
+                    let _ = Leases::take(&store, flight, 0, now).await;
+                }));
+            });
+            Leases::new(policy, Some(ahead))
+        }));
         self
     }
 
     /// Gives every lease's unspent credits back to the store
     /// ([`KeyStore::refund`]) and forgets the leases; the next request of
-    /// a key takes a new one. Call it at shutdown: a replica that ends
-    /// without it strands what [`leases`](Self::leases) reported until
-    /// the next refill.
+    /// a key takes a new one. Leases whose store call is in flight are
+    /// given back as they land, and the release waits for them. Call it at
+    /// shutdown: a replica that ends without it strands what
+    /// [`leases`](Self::leases) reported until the next refill.
     ///
     /// # Errors
     ///
@@ -381,8 +443,9 @@ impl<S: KeyStore> KeyManager<S> {
         let Some(leases) = &self.leases else {
             return Ok(());
         };
+        let drained = leases.drain();
         let mut first = Ok(());
-        for (held, period) in leases.drain() {
+        for (held, period) in drained {
             if let Some(period) = period {
                 let refunded = self
                     .store
@@ -395,6 +458,10 @@ impl<S: KeyStore> KeyManager<S> {
                     .await;
                 first = first.and(refunded);
             }
+        }
+        // Each lands within one store call: yield to the tasks taking them.
+        while leases.in_flight_released() > 0 {
+            yield_now().await;
         }
         first
     }
@@ -1145,4 +1212,19 @@ impl<S: KeyStore> KeyManager<S> {
         }
         Err(ManagerError::Conflict)
     }
+}
+
+/// Returns `Pending` once, waking at once: lets the executor run other
+/// tasks before the caller looks again.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }

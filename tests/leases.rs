@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::t0;
 use keyroll::meter::{Credits, RateLimit};
-use keyroll::store::{Call, InMemoryStore, Intercept, KeyStore};
+use keyroll::store::{Action, Call, InMemoryStore, Intercept, KeyStore};
 use keyroll::{AuthError, Change, KeyId, KeyManager, LeasePolicy, NewKey, Token};
 use pollster::block_on;
 use proptest::prelude::*;
@@ -146,6 +146,68 @@ fn verification_decides_whatever_a_lease_holds_and_limits_apply_at_the_next_leas
 }
 
 #[test]
+fn a_lease_taken_ahead_ends_max_lag_after_it_was_sent_spent_or_not() {
+    let store = Arc::new(Intercept::new(InMemoryStore::new()));
+    let max_lag = Duration::seconds(10);
+    let policy = LeasePolicy::new(max_lag).unwrap();
+    // Each lease ahead is taken as soon as it is asked for.
+    let keys = KeyManager::new(store.clone()).with_leases_ahead(policy, block_on);
+    let new = NewKey::new(id()).credits(Credits::new(1_000_000));
+    let (token, _) = block_on(keys.create_key(new, t0(), &mut StdRng::seed_from_u64(1))).unwrap();
+    // Until a request served from a half-spent lease has taken the next
+    // one ahead (the fourth lease or later): two leases are held.
+    let mut admitted = 0;
+    loop {
+        let before = store.count(Call::Charge);
+        block_on(keys.authenticate(token.expose_secret(), t0())).unwrap();
+        admitted += 1;
+        if store.count(Call::Charge) > before && before >= 3 {
+            break;
+        }
+    }
+    let held: u64 = keys.leases().iter().map(|l| u64::from(l.units)).sum();
+    assert!(held > 1, "{held}");
+    // max_lag later both have ended: this request takes a new lease, and
+    // what they held goes back.
+    let later = t0() + max_lag;
+    let charges = store.count(Call::Charge);
+    block_on(keys.authenticate(token.expose_secret(), later)).unwrap();
+    admitted += 1;
+    assert!(
+        store.count(Call::Charge) > charges,
+        "served from an ended lease"
+    );
+    block_on(keys.release_leases()).unwrap();
+    assert_eq!(remaining(&keys, later), 1_000_000 - admitted);
+}
+
+#[test]
+fn a_request_cancelled_while_its_lease_is_in_flight_leaves_the_key_leasing() {
+    // Every charge answers at the second poll, as a store doing I/O.
+    let store = Arc::new(Intercept::new(InMemoryStore::new()).on(Call::Charge, |_| Action::Yield));
+    let new = NewKey::new(id()).credits(Credits::new(1_000));
+    let (managers, token) = replicas(store.clone(), new, 1, Duration::seconds(10));
+    let keys = &managers[0];
+    // Polled once, while its lease is in flight, then dropped (a client
+    // gone: hyper drops the request's future).
+    {
+        let request = keys.authenticate(token.expose_secret(), t0());
+        let mut request = std::pin::pin!(request);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(request.as_mut().poll(&mut cx).is_pending());
+    }
+    let before = store.count(Call::Charge);
+    for _ in 0..100 {
+        block_on(keys.authenticate(token.expose_secret(), t0())).unwrap();
+    }
+    // Leases again, not a store call each.
+    let charges = store.count(Call::Charge) - before;
+    assert!(charges <= 10, "{charges} store charges for 100 requests");
+    block_on(keys.release_leases()).unwrap();
+    assert_eq!(remaining(keys, t0()), 1_000 - 100);
+}
+
+#[test]
 fn bad_lease_policies_are_refused_quoting_them() {
     for max_lag in [Duration::milliseconds(-1), Duration::seconds(11)] {
         let error = LeasePolicy::new(max_lag).unwrap_err();
@@ -163,17 +225,33 @@ const BURST: i64 = 20;
 const T_MS: i64 = 100;
 const CREDITS: u64 = 10_000;
 
-/// Each request: the replica that serves it, and the milliseconds since
-/// the one before: in bursts (leases grow) between pauses (a replica's
-/// lease outlives its requests).
-fn arrivals() -> impl Strategy<Value = Vec<(usize, i64)>> {
+/// Each request: the replica that serves it, the milliseconds since the
+/// one before (in bursts, so leases grow, between pauses, so a replica's
+/// lease outlives its requests), and whether the leases taken ahead so far
+/// arrive before it (else they stay in flight).
+fn arrivals() -> impl Strategy<Value = Vec<(usize, i64, bool)>> {
     let gap = prop_oneof![8 => 0i64..10, 1 => 100i64..3000];
-    proptest::collection::vec((0usize..3, gap), 1..200)
+    proptest::collection::vec((0usize..3, gap, any::<bool>()), 1..200)
 }
 
-/// The instants admitted by `replicas` leasing with `max_lag`, in order,
-/// and the credits the store holds once every replica released.
-fn run(arrivals: &[(usize, i64)], max_lag: Duration, leasing: bool) -> (Vec<i64>, u64) {
+/// How the replicas charge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Every charge a store call.
+    Exact,
+    /// Through leases, the next taken when the current one is spent.
+    Leases,
+    /// Through leases, the next taken ahead in the background.
+    Ahead,
+}
+
+/// A background task: a lease taken ahead.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The instants admitted by 3 replicas charging as `mode` says with
+/// `max_lag`, in order, and the credits the store holds once every replica
+/// released.
+fn run(arrivals: &[(usize, i64, bool)], max_lag: Duration, mode: Mode) -> (Vec<i64>, u64) {
     let rate = RateLimit::new(10, Duration::SECOND)
         .and_then(|r| r.with_burst(BURST as u32))
         .unwrap();
@@ -181,22 +259,37 @@ fn run(arrivals: &[(usize, i64)], max_lag: Duration, leasing: bool) -> (Vec<i64>
         .rate_limit(rate)
         .credits(Credits::new(CREDITS));
     let store = Arc::new(InMemoryStore::new());
-    let (mut managers, token) = replicas(store, new, 3, max_lag);
-    if !leasing {
-        managers = managers
-            .into_iter()
-            .map(|m| m.with_leases(LeasePolicy::new(Duration::ZERO).unwrap()))
-            .collect();
-    }
+    let (managers, token) = replicas(store, new, 3, max_lag);
+    let in_flight: Arc<Mutex<Vec<Task>>> = Arc::default();
+    let policy = LeasePolicy::new(max_lag).unwrap();
+    let managers: Vec<_> = managers
+        .into_iter()
+        .map(|m| match mode {
+            Mode::Exact => m.with_leases(LeasePolicy::new(Duration::ZERO).unwrap()),
+            Mode::Leases => m,
+            Mode::Ahead => {
+                let in_flight = in_flight.clone();
+                m.with_leases_ahead(policy, move |task| in_flight.lock().unwrap().push(task))
+            }
+        })
+        .collect();
+    let arrive = || {
+        let tasks = std::mem::take(&mut *in_flight.lock().unwrap());
+        tasks.into_iter().for_each(block_on);
+    };
     let mut now = 0;
     let mut admitted = Vec::new();
-    for &(replica, gap) in arrivals {
+    for &(replica, gap, land) in arrivals {
         now += gap;
+        if land {
+            arrive();
+        }
         let at = t0() + Duration::milliseconds(now);
         if block_on(managers[replica].authenticate(token.expose_secret(), at)).is_ok() {
             admitted.push(now);
         }
     }
+    arrive();
     let end = t0() + Duration::milliseconds(now);
     for manager in &managers {
         block_on(manager.release_leases()).unwrap();
@@ -218,8 +311,9 @@ proptest! {
     fn replicas_keep_the_rate_bound_and_exact_credits(
         arrivals in arrivals(),
         max_lag_ms in prop_oneof![Just(0i64), Just(50), Just(300), Just(1000)],
+        mode in prop_oneof![Just(Mode::Leases), Just(Mode::Ahead)],
     ) {
-        let (admitted, left) = run(&arrivals, Duration::milliseconds(max_lag_ms), true);
+        let (admitted, left) = run(&arrivals, Duration::milliseconds(max_lag_ms), mode);
         prop_assert_eq!(admitted.len() as u64 + left, CREDITS);
         for (i, &from) in admitted.iter().enumerate() {
             for (j, &to) in admitted.iter().enumerate().skip(i) {
@@ -236,8 +330,8 @@ proptest! {
     /// path's.
     #[test]
     fn no_lag_is_the_exact_path(arrivals in arrivals()) {
-        let leased = run(&arrivals, Duration::ZERO, true);
-        let exact = run(&arrivals, Duration::milliseconds(50), false);
-        prop_assert_eq!(leased, exact);
+        let exact = run(&arrivals, Duration::milliseconds(50), Mode::Exact);
+        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Leases), exact.clone());
+        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Ahead), exact);
     }
 }

@@ -24,15 +24,26 @@ type Replica = KeyManager<Arc<Intercept<CachedStore<PgStore>>>>;
 
 const MAX_STALENESS: StdDuration = StdDuration::from_millis(200);
 
-/// `n` replicas of `table`, leasing with `max_lag` (0: off).
-async fn replicas(url: &str, table: &str, n: usize, max_lag: Duration) -> Vec<Replica> {
+/// `n` replicas of `table`, leasing with `max_lag` (0: off), the next
+/// lease taken ahead on a tokio task if `ahead`.
+async fn replicas(
+    url: &str,
+    table: &str,
+    n: usize,
+    max_lag: Duration,
+    ahead: bool,
+) -> Vec<Replica> {
+    let policy = LeasePolicy::new(max_lag).unwrap();
     let mut replicas = Vec::new();
     for _ in 0..n {
         let cached = CachedStore::new(store(url, table).await, 1000, MAX_STALENESS);
-        replicas.push(
-            KeyManager::new(Arc::new(Intercept::new(cached)))
-                .with_leases(LeasePolicy::new(max_lag).unwrap()),
-        );
+        let manager = KeyManager::new(Arc::new(Intercept::new(cached)));
+        replicas.push(match ahead {
+            true => manager.with_leases_ahead(policy, |task| {
+                tokio::spawn(task);
+            }),
+            false => manager.with_leases(policy),
+        });
     }
     replicas
 }
@@ -58,13 +69,13 @@ async fn remaining(replica: &Replica) -> u64 {
 
 /// `tasks` tasks a replica authenticating with `token` until `stop` says
 /// so or the credits are spent: requests admitted, admitted a second, the
-/// 99th percentile latency, and requests rate limited.
+/// 99th and 99.9th percentile latencies, and requests rate limited.
 async fn hammer(
     replicas: &[Replica],
     tasks: usize,
     token: &Token,
     stop: impl Fn(u64, StdDuration) -> bool + Send + Sync + 'static,
-) -> (u64, f64, StdDuration, u64) {
+) -> (u64, f64, [StdDuration; 2], u64) {
     let admitted = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(stop);
@@ -102,10 +113,11 @@ async fn hammer(
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
-    let p99 = latencies
-        .get(latencies.len() * 99 / 100)
-        .copied()
-        .unwrap_or_default();
+    let percentile = |p: usize| {
+        let at = latencies.len() * p / 1000;
+        latencies.get(at).copied().unwrap_or_default()
+    };
+    let p99 = [percentile(990), percentile(999)];
     let admitted = admitted.load(Ordering::Relaxed);
     let limited = limited.load(Ordering::Relaxed);
     (admitted, admitted as f64 / elapsed, p99, limited)
@@ -137,29 +149,37 @@ async fn postgres_leases_keep_credits_exact_across_replicas() {
     let table = fresh_table("leases");
     let owner = migrated(&url, &table).await;
     let new = || NewKey::new(id()).credits(Credits::new(CREDITS));
-    let token = hot_key(&url, &table, new()).await;
-    let fleet = replicas(&url, &table, 3, Duration::milliseconds(50)).await;
-    let (admitted, ..) = hammer(&fleet, 8, &token, |_, _| false).await;
-    assert!(admitted <= CREDITS, "over-spent: {admitted}");
-    release(&fleet).await;
-    assert_eq!(admitted + remaining(&fleet[0]).await, CREDITS);
-
-    // A replica dropped without release.
     let admin = KeyManager::new(store(&url, &table).await);
-    admin
-        .delete_key(&id(), OffsetDateTime::now_utc())
-        .await
-        .unwrap();
-    let token = hot_key(&url, &table, new()).await;
-    let mut fleet = replicas(&url, &table, 3, Duration::seconds(10)).await;
-    let (admitted, ..) = hammer(&fleet, 8, &token, |n, _| n >= CREDITS / 2).await;
-    let dropped = fleet.pop().unwrap();
-    let reported: u64 = dropped.leases().iter().map(|l| u64::from(l.units)).sum();
-    drop(dropped);
-    release(&fleet).await;
-    let shortfall = CREDITS - admitted - remaining(&fleet[0]).await;
-    println!("a dropped replica: {shortfall} credits stranded, {reported} reported held by it");
-    assert!(shortfall <= reported, "{shortfall} > {reported}");
+    for ahead in [false, true] {
+        let token = hot_key(&url, &table, new()).await;
+        let fleet = replicas(&url, &table, 3, Duration::milliseconds(50), ahead).await;
+        let (admitted, ..) = hammer(&fleet, 8, &token, |_, _| false).await;
+        assert!(admitted <= CREDITS, "over-spent: {admitted}");
+        release(&fleet).await;
+        assert_eq!(
+            admitted + remaining(&fleet[0]).await,
+            CREDITS,
+            "ahead: {ahead}"
+        );
+        let now = OffsetDateTime::now_utc();
+        admin.delete_key(&id(), now).await.unwrap();
+
+        // A replica dropped without release.
+        let token = hot_key(&url, &table, new()).await;
+        let mut fleet = replicas(&url, &table, 3, Duration::seconds(10), ahead).await;
+        let (admitted, ..) = hammer(&fleet, 8, &token, |n, _| n >= CREDITS / 2).await;
+        let dropped = fleet.pop().unwrap();
+        let reported: u64 = dropped.leases().iter().map(|l| u64::from(l.units)).sum();
+        drop(dropped);
+        release(&fleet).await;
+        let shortfall = CREDITS - admitted - remaining(&fleet[0]).await;
+        println!(
+            "a dropped replica (the next lease taken ahead: {ahead}): {shortfall} credits \
+             stranded, {reported} reported held by it"
+        );
+        assert!(shortfall <= reported, "{shortfall} > {reported}");
+        admin.delete_key(&id(), now).await.unwrap();
+    }
     owner.drop_table().await.unwrap();
 }
 
@@ -180,7 +200,7 @@ async fn postgres_a_deactivated_key_is_refused_by_every_leasing_replica() {
         NewKey::new(id()).credits(Credits::new(1 << 40)),
     )
     .await;
-    let fleet = replicas(&url, &table, 3, Duration::seconds(10)).await;
+    let fleet = replicas(&url, &table, 3, Duration::seconds(10), false).await;
     hammer(&fleet, 2, &token, |n, _| n >= 3_000).await;
     assert!(fleet.iter().any(|r| !r.leases().is_empty()));
     let now = OffsetDateTime::now_utc();
@@ -255,24 +275,27 @@ async fn postgres_leased_charges_on_one_hot_key() {
 
     let mut admitted_total = 0;
     let mut figures = Vec::new();
-    for (n, max_lag) in [
-        (3, Duration::ZERO),
-        (3, Duration::milliseconds(50)),
-        (1, Duration::milliseconds(50)),
-        (6, Duration::milliseconds(50)),
+    let lag = Duration::milliseconds(50);
+    for (n, max_lag, ahead) in [
+        (3, Duration::ZERO, false),
+        (3, lag, true),
+        (3, lag, false),
+        (1, lag, true),
+        (6, lag, true),
     ] {
-        let fleet = replicas(&url, &table, n, max_lag).await;
-        let (admitted, rate, p99, limited) = hammer(&fleet, 8, &token, |_, t| t >= ROUND).await;
+        let fleet = replicas(&url, &table, n, max_lag, ahead).await;
+        let (admitted, rate, [p99, p999], limited) =
+            hammer(&fleet, 8, &token, |_, t| t >= ROUND).await;
         let calls = charges(&fleet);
         release(&fleet).await;
         admitted_total += admitted;
         let per_request = calls as f64 / (admitted + limited) as f64;
-        figures.push((n, max_lag, rate, p99, per_request, limited));
+        figures.push((n, max_lag, ahead, rate, p99, p999, per_request, limited));
     }
     // Credits made out of nothing, if any: admitted + remaining - initial.
-    let probe = replicas(&url, &table, 1, Duration::ZERO).await;
+    let probe = replicas(&url, &table, 1, Duration::ZERO, false).await;
     let over = (admitted_total + remaining(&probe[0]).await).saturating_sub(CREDITS);
-    let (_, _, rate, p99, calls, _) = figures[1];
+    let (_, _, _, rate, p99, _, calls, _) = figures[1];
     println!(
         "leased charges on one hot key: {rate:.0}/s admitted over 3 replicas, p99 {} µs; \
          server ceiling {ceiling:.0}/s (one-row UPDATE, same run); ratio {:.1}; \
@@ -281,15 +304,16 @@ async fn postgres_leased_charges_on_one_hot_key() {
         rate / ceiling,
         1.0 / calls
     );
-    for (n, max_lag, rate, p99, calls, limited) in figures {
-        let leases = if max_lag == Duration::ZERO {
-            "leases off (0.3)"
-        } else {
-            "leases of 50 ms"
+    for (n, max_lag, ahead, rate, p99, p999, calls, limited) in figures {
+        let leases = match (max_lag == Duration::ZERO, ahead) {
+            (true, _) => "leases off (0.3)",
+            (false, true) => "leases of 50 ms, the next taken ahead",
+            (false, false) => "leases of 50 ms, none taken ahead",
         };
         println!(
-            "  {n} replica(s), {leases}: {rate:.0}/s, p99 {} µs, ratio {:.2}, store calls per request {calls:.4}, rate limited {limited}",
+            "  {n} replica(s), {leases}: {rate:.0}/s, p99 {} µs, p99.9 {} µs, ratio {:.2}, store calls per request {calls:.4}, rate limited {limited}",
             p99.as_micros(),
+            p999.as_micros(),
             rate / ceiling
         );
     }

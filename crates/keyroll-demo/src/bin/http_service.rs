@@ -82,8 +82,9 @@ struct Cli {
     #[arg(long)]
     migrate: bool,
     /// Charges rate limits and credits through leases living this long
-    /// at most (`keyroll::LeasePolicy`; 0 s, the default, is off). Unspent
-    /// leases are given back at shutdown.
+    /// at most (`keyroll::LeasePolicy`; 0 s, the default, is off), the next
+    /// one taken ahead on a task. Unspent leases are given back at
+    /// shutdown.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     lease_max_lag: std::time::Duration,
 }
@@ -213,7 +214,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let keys = Arc::new(
         KeyManager::new(store)
             .with_usage_recording(!cli.no_usage_recording)
-            .with_leases(leases),
+            .with_leases_ahead(leases, |task| {
+                tokio::spawn(task);
+            }),
     );
     let admin = Admin::new(keys.clone())
         .bootstrap_token(&bootstrap)
