@@ -1396,7 +1396,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     let incarnation = key.revision().incarnation();
     let charge = |cost: u32| store.charge(key.id(), incarnation, cost, t0());
     let admitted = ok(B, "charge", charge(2).await);
-    if admitted.map(|a| a.credits_remaining()) != Ok(Some(3)) {
+    if admitted.as_ref().map(|a| a.credits_remaining()) != Ok(Some(3)) {
         violated(
             B,
             format_args!("charging 2 of 5 credits answered {admitted:?}"),
@@ -1425,7 +1425,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     let _ = relabelled.apply(Change::Label("relabelled".into()), t0());
     ok(B, "update", store.update(&relabelled, key.revision()).await);
     let admitted = ok(B, "charge", charge(1).await);
-    if admitted.map(|a| a.credits_remaining()) != Ok(Some(2)) {
+    if admitted.as_ref().map(|a| a.credits_remaining()) != Ok(Some(2)) {
         violated(
             B,
             format_args!("after an update, charging 1 of 3 credits answered {admitted:?}"),
@@ -1440,7 +1440,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
         store.update(&reset, relabelled.revision()).await,
     );
     let admitted = ok(B, "charge", charge(1).await);
-    if admitted.map(|a| a.credits_remaining()) != Ok(Some(4)) {
+    if admitted.as_ref().map(|a| a.credits_remaining()) != Ok(Some(4)) {
         violated(
             B,
             format_args!("after credits were set to 5 again, charging 1 answered {admitted:?}"),

@@ -12,7 +12,7 @@ use std::fmt;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::meter::{RateLimit, Refusal, Subject};
+use crate::meter::{Allowance, RateLimit, Refusal, Subject};
 use crate::revision::Revision;
 
 /// How many characters of a refused value an error quotes.
@@ -455,6 +455,8 @@ pub enum AuthError<E> {
         refill_at: Option<OffsetDateTime>,
         /// Whose credits they are.
         subject: Subject,
+        /// What the limits allow (the fields of a 429).
+        allowance: Box<Allowance>,
     },
     /// A rate limit refuses the request for now. Nothing was charged.
     #[error("rate limited by the {subject}'s limit: retry after {} s", crate::meter::whole_seconds(*.retry_after))]
@@ -466,6 +468,8 @@ pub enum AuthError<E> {
         limit: RateLimit,
         /// Whose rate limit it is.
         subject: Subject,
+        /// What the limits allow (the fields of a 429).
+        allowance: Box<Allowance>,
     },
     /// A cost of 0, or above the key's burst: no retry can succeed, so it
     /// is a mistake of the caller's (a route's cost), not a limit.
@@ -486,20 +490,28 @@ impl<E> AuthError<E> {
     /// [`UsageExceeded`](Self::UsageExceeded) or
     /// [`CostOutOfRange`](Self::CostOutOfRange); `None` for the others.
     pub fn refusal(&self) -> Option<Refusal> {
-        match *self {
+        match self {
             AuthError::RateLimited {
                 retry_after,
                 limit,
                 subject,
+                allowance,
             } => Some(Refusal::RateLimited {
-                retry_after,
-                limit,
-                subject,
+                retry_after: *retry_after,
+                limit: *limit,
+                subject: *subject,
+                allowance: allowance.clone(),
             }),
-            AuthError::UsageExceeded { refill_at, subject } => {
-                Some(Refusal::UsageExceeded { refill_at, subject })
-            }
-            AuthError::CostOutOfRange { cost, max } => Some(Refusal::CostOutOfRange { cost, max }),
+            AuthError::UsageExceeded {
+                refill_at,
+                subject,
+                allowance,
+            } => Some(Refusal::UsageExceeded {
+                refill_at: *refill_at,
+                subject: *subject,
+                allowance: allowance.clone(),
+            }),
+            &AuthError::CostOutOfRange { cost, max } => Some(Refusal::CostOutOfRange { cost, max }),
             _ => None,
         }
     }
@@ -511,14 +523,22 @@ impl<E> AuthError<E> {
                 retry_after,
                 limit,
                 subject,
+                allowance,
             } => AuthError::RateLimited {
                 retry_after,
                 limit,
                 subject,
+                allowance,
             },
-            Refusal::UsageExceeded { refill_at, subject } => {
-                AuthError::UsageExceeded { refill_at, subject }
-            }
+            Refusal::UsageExceeded {
+                refill_at,
+                subject,
+                allowance,
+            } => AuthError::UsageExceeded {
+                refill_at,
+                subject,
+                allowance,
+            },
             Refusal::CostOutOfRange { cost, max } => AuthError::CostOutOfRange { cost, max },
         }
     }

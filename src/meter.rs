@@ -310,11 +310,34 @@ struct RateState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CreditState {
+    credits: Credits,
     remaining: u64,
     next_refill: Option<OffsetDateTime>,
 }
 
 impl Allowance {
+    /// An allowance of these parts, without a credits period (the model
+    /// of `testing` builds its own).
+    #[cfg(feature = "proptest")]
+    pub(crate) fn of(
+        rate: Option<(RateLimit, u32, Duration)>,
+        credits: Option<(Credits, u64, Option<OffsetDateTime>)>,
+    ) -> Allowance {
+        Allowance {
+            rate: rate.map(|(limit, remaining, reset)| RateState {
+                limit,
+                remaining,
+                reset,
+            }),
+            credits: credits.map(|(credits, remaining, next_refill)| CreditState {
+                credits,
+                remaining,
+                next_refill,
+            }),
+            period: None,
+        }
+    }
+
     /// How many more requests of cost 1 the rate limit admits now.
     pub fn rate_remaining(&self) -> Option<u32> {
         self.rate.map(|r| r.remaining)
@@ -328,6 +351,12 @@ impl Allowance {
     /// The rate limit this allowance is of.
     pub fn rate_limit(&self) -> Option<&RateLimit> {
         self.rate.as_ref().map(|r| &r.limit)
+    }
+
+    /// The credits as set (their starting amount and refill) this
+    /// allowance is of.
+    pub fn credits(&self) -> Option<&Credits> {
+        self.credits.as_ref().map(|c| &c.credits)
     }
 
     /// The credits left.
@@ -376,7 +405,7 @@ impl std::fmt::Display for Subject {
 }
 
 /// Why a charge was refused. A refusal changes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
     /// The rate limit's bucket holds less than the cost: the same request
@@ -390,6 +419,9 @@ pub enum Refusal {
         limit: RateLimit,
         /// Whose rate limit it is.
         subject: Subject,
+        /// What the limits allow at the refusal (nothing was charged):
+        /// boxed, as refusals are rare and `Result`s carry them.
+        allowance: Box<Allowance>,
     },
     /// The credits left are fewer than the cost. `refill_at` is the next
     /// refill, `None` when there is none or its amount is below the cost.
@@ -400,6 +432,9 @@ pub enum Refusal {
         refill_at: Option<OffsetDateTime>,
         /// Whose credits they are.
         subject: Subject,
+        /// What the limits allow at the refusal (nothing was charged):
+        /// boxed, as refusals are rare and `Result`s carry them.
+        allowance: Box<Allowance>,
     },
     /// A cost of 0, or above the rate limit's burst: no wait can make it
     /// admitted.
@@ -469,10 +504,16 @@ impl Meter {
         let mut next = self.clone();
         if let Some(credits) = credits {
             next.refill(credits, now);
+        }
+        // What a refusal reports: the meter refilled, nothing charged.
+        let refilled = next.clone();
+        let refused = || Box::new(refilled.allowance(rate, credits, now));
+        if let Some(credits) = credits {
             if u64::from(cost) > next.remaining {
                 return Err(Refusal::UsageExceeded {
                     refill_at: next.next_refill(credits, now, cost),
                     subject: Subject::Key,
+                    allowance: refused(),
                 });
             }
             next.remaining -= u64::from(cost);
@@ -485,6 +526,7 @@ impl Meter {
                     retry_after: nanos(over),
                     limit: *rate,
                     subject: Subject::Key,
+                    allowance: refused(),
                 });
             }
             next.tat = tat;
@@ -550,9 +592,10 @@ impl Meter {
                     reset: nanos(backlog),
                 }
             }),
-            credits: credits.map(|credits| CreditState {
+            credits: credits.map(|&credits| CreditState {
+                credits,
                 remaining: self.remaining,
-                next_refill: self.next_refill(credits, now, 1),
+                next_refill: self.next_refill(&credits, now, 1),
             }),
             period: None,
         }
@@ -960,7 +1003,9 @@ mod tests {
             meter.charge(Some(&rate), Some(&credits), 1, EPOCH),
             Err(Refusal::UsageExceeded {
                 refill_at: None,
-                subject: Subject::Key
+                subject: Subject::Key,
+                // What remains, as a look without charging says.
+                allowance: Box::new(before.peek(Some(&rate), Some(&credits), EPOCH)),
             })
         );
         assert_eq!(meter, before);
@@ -975,6 +1020,7 @@ mod tests {
                 retry_after: Duration::SECOND,
                 limit: rate,
                 subject: Subject::Key,
+                allowance: Box::new(meter.peek(Some(&rate), Some(&plenty), EPOCH)),
             })
         );
         let allowance = meter.peek(Some(&rate), Some(&plenty), EPOCH);
@@ -998,6 +1044,11 @@ mod tests {
             Err(Refusal::UsageExceeded {
                 refill_at: Some(EPOCH + every),
                 subject: Subject::Key,
+                allowance: Box::new(meter.peek(
+                    None,
+                    Some(&credits),
+                    EPOCH + every - Duration::NANOSECOND
+                )),
             })
         );
         // Set to 3, not added to: unused credits do not pile up.
@@ -1013,7 +1064,8 @@ mod tests {
             meter.charge(None, Some(&credits), 4, EPOCH + every),
             Err(Refusal::UsageExceeded {
                 refill_at: None,
-                subject: Subject::Key
+                subject: Subject::Key,
+                allowance: Box::new(meter.peek(None, Some(&credits), EPOCH + every)),
             })
         );
         // A clock stepping back does not refill again.

@@ -375,10 +375,13 @@ impl Model {
                 (left, refills) = (refill.amount(), due);
             }
         }
+        // What a refusal reports: the credits refilled, nothing charged.
+        let refused = self.allowance(self.level_now(), left);
         if self.credits.is_some() && u64::from(cost) > left {
             return Err(Refusal::UsageExceeded {
                 refill_at: self.refill_for(cost),
                 subject: Subject::Key,
+                allowance: Box::new(refused),
             });
         }
         let level = match self.rate_limit {
@@ -389,6 +392,7 @@ impl Model {
                         retry_after: level - rate.window(),
                         limit: rate,
                         subject: Subject::Key,
+                        allowance: Box::new(refused),
                     });
                 }
                 level
@@ -401,15 +405,20 @@ impl Model {
         if self.credits.is_some() {
             (self.credits_left, self.refills) = (left - u64::from(cost), refills);
         }
-        Ok(Charged {
-            rate_remaining: self.rate_limit.map(|rate| {
-                let room = (rate.window() - level).whole_nanoseconds();
-                u32::try_from(room / rate.interval().whole_nanoseconds()).unwrap_or(u32::MAX)
+        Ok(Charged::of(&self.allowance(level, self.credits_left)))
+    }
+
+    /// The allowance of a bucket at `level` and `left` credits.
+    fn allowance(&self, level: Duration, left: u64) -> Allowance {
+        Allowance::of(
+            self.rate_limit.map(|rate| {
+                let room = (rate.window() - level).whole_nanoseconds().max(0);
+                let room = room / rate.interval().whole_nanoseconds();
+                (rate, u32::try_from(room).unwrap_or(u32::MAX), level)
             }),
-            rate_reset: self.rate_limit.map(|_| level),
-            credits_remaining: self.credits.map(|_| self.credits_left),
-            next_refill: self.credits.and_then(|_| self.refill_for(1)),
-        })
+            self.credits
+                .map(|credits| (credits, left, self.refill_for(1))),
+        )
     }
 
     /// The number of tokens handed out so far (handles `0..issued()`).

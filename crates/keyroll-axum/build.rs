@@ -7,10 +7,17 @@
 //!   (`KEYROLL_OPENAPI_VALIDATOR`, the Python that has it).
 //! - `keyroll_browser`: Chromium and ChromeDriver (`KEYROLL_CHROMEDRIVER`,
 //!   the driver's path).
+//! - `keyroll_sfv`: Python's http_sfv, a structured-field parser
+//!   (`KEYROLL_SFV_PARSER`, the Python that has it).
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(keyroll_validator, keyroll_browser)");
-    for var in ["KEYROLL_OPENAPI_VALIDATOR", "KEYROLL_CHROMEDRIVER", "CI"] {
+    println!("cargo::rustc-check-cfg=cfg(keyroll_validator, keyroll_browser, keyroll_sfv)");
+    for var in [
+        "KEYROLL_OPENAPI_VALIDATOR",
+        "KEYROLL_CHROMEDRIVER",
+        "KEYROLL_SFV_PARSER",
+        "CI",
+    ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
@@ -19,5 +26,8 @@ fn main() {
     }
     if set("KEYROLL_CHROMEDRIVER") || set("CI") {
         println!("cargo::rustc-cfg=keyroll_browser");
+    }
+    if set("KEYROLL_SFV_PARSER") || set("CI") {
+        println!("cargo::rustc-cfg=keyroll_sfv");
     }
 }

@@ -51,6 +51,9 @@ use crate::token::PresentedToken;
 /// under an id ([`KeyStore::verify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// `Accepted` is what nearly every request gets: boxing it would allocate
+// on each, to save stack on the rare refusals.
+#[allow(clippy::large_enum_variant)]
 pub enum Verification {
     /// The token is a live token of the key, and the key accepts it.
     Accepted(Authenticated),

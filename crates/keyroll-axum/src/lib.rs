@@ -25,13 +25,14 @@
 //!   [`KeyrollLayer::cost`] for a route's own): a refusal is a 429 with
 //!   `{"error": "rate_limited"}` or `{"error": "usage_exceeded"}` and
 //!   `Retry-After` in whole seconds, rounded up (none when spent credits
-//!   have no refill). Every authenticated answer for a key with a rate
-//!   limit, 429s included, carries the IETF fields
-//!   (draft-ietf-httpapi-ratelimit-headers) [`RATE_LIMIT_POLICY`]
-//!   (`"default";q=<burst>;w=<seconds to refill the burst>`) and
-//!   [`RATE_LIMIT`] (`"default";r=<remaining>;t=<seconds until full>`); a
-//!   401 never does. A request later refused by a scope guard has been
-//!   charged.
+//!   have no refill), with `"subject": "key"` (whose limit refused it).
+//!   Every authenticated answer for a key with limits, 429s included,
+//!   carries the IETF fields (draft-ietf-httpapi-ratelimit-headers), one
+//!   item per policy: [`RATE_LIMIT_POLICY`] (`"key";q=<burst>;w=<seconds
+//!   to refill the burst>, "credits";q=<refill amount>;w=<refill period>`)
+//!   and [`RATE_LIMIT`] (`"key";r=<remaining>;t=<seconds until full>,
+//!   "credits";r=<credits left>;t=<seconds to the refill>`); a 401 never
+//!   does. A request later refused by a scope guard has been charged.
 //! - A key with networks ([`keyroll::ApiKey::networks`]) is refused with a
 //!   403 `{"error": "network_not_allowed"}`, charged nothing, for a request
 //!   from outside them (only a valid token learns it). The address is the
@@ -424,19 +425,24 @@ impl<S: KeyStore> Shared<S> {
             }
             Err(AuthError::RateLimited {
                 retry_after,
-                limit,
                 subject,
+                allowance,
+                ..
             }) => {
                 tracing::info!(key_id = key_id().as_ref().map(KeyId::as_str), %retry_after, %subject, "keyroll: rate limited");
-                Err(limits::rate_limited(retry_after, &limit, subject))
+                Err(limits::rate_limited(retry_after, &allowance, subject, now))
             }
-            Err(AuthError::UsageExceeded { refill_at, subject }) => {
+            Err(AuthError::UsageExceeded {
+                refill_at,
+                subject,
+                allowance,
+            }) => {
                 tracing::info!(
                     key_id = key_id().as_ref().map(KeyId::as_str),
                     %subject,
                     "keyroll: usage exceeded"
                 );
-                Err(limits::usage_exceeded(refill_at, subject, now))
+                Err(limits::usage_exceeded(refill_at, &allowance, subject, now))
             }
             Err(AuthError::Verify(VerifyError::NetworkNotAllowed)) => {
                 // Only a holder of the key's valid token gets here.

@@ -1,16 +1,18 @@
 //! Rate limits and credits over HTTP: the 429 answers to a refused charge,
 //! and the IETF `RateLimit-Policy` and `RateLimit` fields
-//! (draft-ietf-httpapi-ratelimit-headers) of an admitted one.
+//! (draft-ietf-httpapi-ratelimit-headers) of every answer to a metered key.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use keyroll::meter::{Allowance, RateLimit, Subject};
+use keyroll::meter::{Allowance, Subject};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::ApiError;
 
-/// `RateLimit-Policy: "default";q=<burst>;w=<seconds to refill a burst>`.
+/// `RateLimit-Policy: "key";q=<burst>;w=<seconds to refill a burst>,
+/// "credits";q=<refill amount>;w=<refill period in seconds>`.
 pub const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit: "default";r=<remaining>;t=<seconds until full>`.
+/// `RateLimit: "key";r=<remaining>;t=<seconds until full>,
+/// "credits";r=<credits left>;t=<seconds to the next refill>`.
 pub const RATE_LIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Whole seconds, rounded up.
@@ -19,75 +21,115 @@ fn seconds(d: Duration) -> i64 {
     i64::try_from((ns + 999_999_999) / 1_000_000_000).unwrap_or(i64::MAX)
 }
 
-/// The two fields for `limit`, with `remaining` requests left and the
-/// bucket full again after `reset`.
-fn fields(headers: &mut HeaderMap, limit: &RateLimit, remaining: u32, reset: Duration) {
-    let policy = format!(
-        "\"default\";q={};w={}",
-        limit.burst(),
-        seconds(limit.window())
-    );
-    let state = format!("\"default\";r={remaining};t={}", seconds(reset));
-    for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
-        if let Ok(value) = HeaderValue::try_from(value) {
+/// The two fields for `allowance` at `now`, one list item per policy that
+/// applies (none for a key without limits):
+///
+/// - `"key"`, the key's rate limit: `q` its burst, `w` the seconds to
+///   refill a burst; `r` the requests of cost 1 left, `t` the seconds
+///   until the bucket is full (`rate`, when given, says otherwise: a 429's
+///   `r=0` and its retry);
+/// - `"credits"`, the key's credits: `q` the refill amount (the credits as
+///   set, without a refill), `w` the refill period in seconds (none
+///   without a refill); `r` the credits left, `t` the seconds to the next
+///   refill (none without one).
+fn fields(
+    headers: &mut HeaderMap,
+    allowance: &Allowance,
+    rate: Option<(u32, Duration)>,
+    now: OffsetDateTime,
+) {
+    let (mut policies, mut states) = (Vec::new(), Vec::new());
+    if let (Some(limit), Some(remaining), Some(reset)) = (
+        allowance.rate_limit(),
+        allowance.rate_remaining(),
+        allowance.rate_reset(),
+    ) {
+        let (remaining, reset) = rate.unwrap_or((remaining, reset));
+        policies.push(format!(
+            "\"key\";q={};w={}",
+            limit.burst(),
+            seconds(limit.window())
+        ));
+        states.push(format!("\"key\";r={remaining};t={}", seconds(reset)));
+    }
+    if let (Some(credits), Some(remaining)) = (allowance.credits(), allowance.credits_remaining()) {
+        policies.push(match credits.refill() {
+            Some(refill) => format!(
+                "\"credits\";q={};w={}",
+                refill.amount(),
+                seconds(refill.every())
+            ),
+            None => format!("\"credits\";q={}", credits.remaining()),
+        });
+        states.push(match allowance.next_refill() {
+            Some(at) => format!("\"credits\";r={remaining};t={}", seconds(at - now)),
+            None => format!("\"credits\";r={remaining}"),
+        });
+    }
+    for (name, items) in [(RATE_LIMIT_POLICY, policies), (RATE_LIMIT, states)] {
+        if items.is_empty() {
+            continue;
+        }
+        if let Ok(value) = HeaderValue::try_from(items.join(", ")) {
             headers.insert(name, value);
         }
     }
 }
 
 /// The fields an admitted request's answer carries: none for a key
-/// without a rate limit.
+/// without limits.
 pub(crate) fn allowance_headers(headers: &mut HeaderMap, allowance: &Allowance) {
-    if let (Some(limit), Some(remaining), Some(reset)) = (
-        allowance.rate_limit(),
-        allowance.rate_remaining(),
-        allowance.rate_reset(),
-    ) {
-        fields(headers, limit, remaining, reset);
-    }
+    fields(headers, allowance, None, OffsetDateTime::now_utc());
 }
 
-/// A 429: `code` and `message` in the body, and `Retry-After` in whole
-/// seconds, rounded up and at least 1, when there is a time to retry.
-fn too_many(code: &'static str, message: String, retry_after: Option<Duration>) -> ApiError {
-    let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
-    match retry_after {
-        Some(wait) => {
-            error.with_header(header::RETRY_AFTER, HeaderValue::from(seconds(wait).max(1)))
-        }
-        None => error,
+/// A 429: `code` and `message` in the body with whose limit refused it,
+/// the fields of what remains, and `Retry-After` in whole seconds, rounded
+/// up and at least 1, when there is a time to retry.
+fn too_many(
+    code: &'static str,
+    message: String,
+    subject: Subject,
+    retry_after: Option<Duration>,
+    headers: HeaderMap,
+) -> ApiError {
+    let mut error =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).with_subject(subject);
+    if let Some(wait) = retry_after {
+        error = error.with_header(header::RETRY_AFTER, HeaderValue::from(seconds(wait).max(1)));
     }
-}
-
-/// The answer to a rate limit's refusal: 429, `Retry-After`, the fields
-/// (nothing remains; full again after `retry_after`), and whose limit it
-/// is in the body.
-pub(crate) fn rate_limited(retry_after: Duration, limit: &RateLimit, subject: Subject) -> ApiError {
-    let mut error = too_many(
-        "rate_limited",
-        format!(
-            "rate limited by the {subject}'s limit: retry after {} s",
-            seconds(retry_after).max(1)
-        ),
-        Some(retry_after),
-    )
-    .with_subject(subject);
-    let mut headers = HeaderMap::new();
-    fields(&mut headers, limit, 0, retry_after);
     for (name, value) in headers.into_iter().filter_map(|(n, v)| Some((n?, v))) {
         error = error.with_header(name, value);
     }
     error
 }
 
-/// The answer to spent credits: 429, with `Retry-After` until the next
-/// refill that covers the cost, if there is one, and whose credits they
-/// are in the body.
-pub(crate) fn usage_exceeded(
-    refill_at: Option<OffsetDateTime>,
+/// The answer to a rate limit's refusal: 429, `Retry-After`, and the
+/// fields (for the key's rate limit: nothing remains, and the retry).
+pub(crate) fn rate_limited(
+    retry_after: Duration,
+    allowance: &Allowance,
     subject: Subject,
     now: OffsetDateTime,
 ) -> ApiError {
+    let mut headers = HeaderMap::new();
+    fields(&mut headers, allowance, Some((0, retry_after)), now);
+    let message = format!(
+        "rate limited by the {subject}'s limit: retry after {} s",
+        seconds(retry_after).max(1)
+    );
+    too_many("rate_limited", message, subject, Some(retry_after), headers)
+}
+
+/// The answer to spent credits: 429, with `Retry-After` until the next
+/// refill that covers the cost, if there is one, and the fields.
+pub(crate) fn usage_exceeded(
+    refill_at: Option<OffsetDateTime>,
+    allowance: &Allowance,
+    subject: Subject,
+    now: OffsetDateTime,
+) -> ApiError {
+    let mut headers = HeaderMap::new();
+    fields(&mut headers, allowance, None, now);
     let message = match refill_at {
         Some(at) => format!(
             "usage exceeded: none of the {subject}'s credits left until {}",
@@ -96,12 +138,14 @@ pub(crate) fn usage_exceeded(
         ),
         None => format!("usage exceeded: none of the {subject}'s credits left"),
     };
-    too_many("usage_exceeded", message, refill_at.map(|at| at - now)).with_subject(subject)
+    let retry_after = refill_at.map(|at| at - now);
+    too_many("usage_exceeded", message, subject, retry_after, headers)
 }
 
 #[cfg(test)]
 mod tests {
     use axum::response::IntoResponse;
+    use keyroll::meter::{Credits, Meter, RateLimit, Refill};
 
     use super::*;
 
@@ -114,30 +158,73 @@ mod tests {
         assert_eq!(seconds(Duration::nanoseconds(-5)), 0);
     }
 
+    /// The allowance after `n` requests at the epoch of a key with `rate`
+    /// and `credits`.
+    fn after(n: u32, rate: Option<&RateLimit>, credits: Option<&Credits>) -> Allowance {
+        let mut meter = Meter::new(credits, OffsetDateTime::UNIX_EPOCH);
+        let mut allowance = Allowance::default();
+        for _ in 0..n {
+            allowance = meter
+                .charge(rate, credits, 1, OffsetDateTime::UNIX_EPOCH)
+                .unwrap();
+        }
+        allowance
+    }
+
     #[test]
     fn the_fields_follow_the_draft() {
-        let limit = RateLimit::new(10, Duration::MINUTE)
+        let rate = RateLimit::new(10, Duration::MINUTE)
             .unwrap()
             .with_burst(5)
             .unwrap();
+        let credits = Credits::new(100).with_refill(Refill::new(1000, Duration::DAY).unwrap());
+        let now = OffsetDateTime::UNIX_EPOCH;
         let mut headers = HeaderMap::new();
-        fields(&mut headers, &limit, 3, Duration::milliseconds(12_500));
-        // A burst of 5 at one per 6 s refills in 30 s.
-        assert_eq!(headers[RATE_LIMIT_POLICY], "\"default\";q=5;w=30");
-        assert_eq!(headers[RATE_LIMIT], "\"default\";r=3;t=13");
+        fields(
+            &mut headers,
+            &after(2, Some(&rate), Some(&credits)),
+            None,
+            now,
+        );
+        // A burst of 5 at one per 6 s refills in 30 s; 2 spent, full in 12 s.
+        assert_eq!(
+            headers[RATE_LIMIT_POLICY],
+            "\"key\";q=5;w=30, \"credits\";q=1000;w=86400"
+        );
+        assert_eq!(
+            headers[RATE_LIMIT],
+            "\"key\";r=3;t=12, \"credits\";r=98;t=86400"
+        );
+        // Credits without a refill: no window, no time to a refill.
+        let mut headers = HeaderMap::new();
+        let once = Credits::new(7);
+        fields(&mut headers, &after(1, None, Some(&once)), None, now);
+        assert_eq!(headers[RATE_LIMIT_POLICY], "\"credits\";q=7");
+        assert_eq!(headers[RATE_LIMIT], "\"credits\";r=6");
+        // No limits, no fields.
+        let mut headers = HeaderMap::new();
+        fields(&mut headers, &Allowance::default(), None, now);
+        assert!(headers.is_empty());
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let limit = RateLimit::new(1000, Duration::SECOND).unwrap();
-        let answer = rate_limited(Duration::milliseconds(1), &limit, Subject::Key).into_response();
+        let rate = RateLimit::new(1000, Duration::SECOND).unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let allowance = after(1, Some(&rate), None);
+        let answer =
+            rate_limited(Duration::milliseconds(1), &allowance, Subject::Key, now).into_response();
         assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(answer.headers()[header::RETRY_AFTER], "1");
-        let now = OffsetDateTime::UNIX_EPOCH;
-        let spent = usage_exceeded(None, Subject::Key, now).into_response();
-        assert!(!spent.headers().contains_key(header::RETRY_AFTER));
-        let later =
-            usage_exceeded(Some(now + Duration::seconds(90)), Subject::Owner, now).into_response();
-        assert_eq!(later.headers()[header::RETRY_AFTER], "90");
+        assert_eq!(answer.headers()[RATE_LIMIT], "\"key\";r=0;t=1");
+        let credits = Credits::new(1);
+        let spent = after(1, None, Some(&credits));
+        let answer = usage_exceeded(None, &spent, Subject::Key, now).into_response();
+        assert!(!answer.headers().contains_key(header::RETRY_AFTER));
+        // A 429 for spent credits carries their fields too.
+        assert_eq!(answer.headers()[RATE_LIMIT], "\"credits\";r=0");
+        let later = Some(now + Duration::seconds(90));
+        let answer = usage_exceeded(later, &spent, Subject::Owner, now).into_response();
+        assert_eq!(answer.headers()[header::RETRY_AFTER], "90");
     }
 }

@@ -97,6 +97,12 @@ async fn serve() -> Fixture {
             NewKey::new(KeyId::new("refilled").unwrap())
                 .credits(Credits::new(1).with_refill(every_minute)),
         ),
+        (
+            "both",
+            NewKey::new(KeyId::new("both").unwrap())
+                .rate_limit(two_per_ten)
+                .credits(Credits::new(1).with_refill(every_minute)),
+        ),
         ("free", NewKey::new(KeyId::new("free").unwrap())),
     ];
     let mut tokens = HashMap::new();
@@ -134,23 +140,17 @@ async fn a_rate_limited_key_gets_the_fields_then_429() {
         let key = if path == "/whoami" { "rated" } else { "own" };
         let first = f.get(path, key).await;
         assert_eq!(first.status, 200, "{}", first.body);
-        assert_eq!(
-            first.header("ratelimit-policy"),
-            Some("\"default\";q=2;w=10")
-        );
-        assert_eq!(first.header("ratelimit"), Some("\"default\";r=1;t=5"));
+        assert_eq!(first.header("ratelimit-policy"), Some("\"key\";q=2;w=10"));
+        assert_eq!(first.header("ratelimit"), Some("\"key\";r=1;t=5"));
         let second = f.get(path, key).await;
         assert_eq!(second.status, 200);
-        assert_eq!(second.header("ratelimit"), Some("\"default\";r=0;t=10"));
+        assert_eq!(second.header("ratelimit"), Some("\"key\";r=0;t=10"));
         let third = f.get(path, key).await;
         assert_eq!(third.status, 429);
         // The next one-request slot opens in (just under) 5 s.
         assert_eq!(third.header("retry-after"), Some("5"));
-        assert_eq!(
-            third.header("ratelimit-policy"),
-            Some("\"default\";q=2;w=10")
-        );
-        assert_eq!(third.header("ratelimit"), Some("\"default\";r=0;t=5"));
+        assert_eq!(third.header("ratelimit-policy"), Some("\"key\";q=2;w=10"));
+        assert_eq!(third.header("ratelimit"), Some("\"key\";r=0;t=5"));
         let body: serde_json::Value = serde_json::from_str(&third.body).unwrap();
         assert_eq!(body["error"], "rate_limited");
         // Whose limit refused it: the key's own (an owner's limit is "owner").
@@ -172,8 +172,9 @@ async fn spent_credits_get_429_with_a_retry_after_only_when_a_refill_comes() {
     let spent = f.get("/whoami", "spent").await;
     assert_eq!(spent.status, 429);
     assert_eq!(spent.header("retry-after"), None);
-    // A key without a rate limit carries no rate-limit fields.
-    assert_eq!(spent.header("ratelimit"), None);
+    // The credits' fields, on the 429 too: none left, and no refill.
+    assert_eq!(spent.header("ratelimit-policy"), Some("\"credits\";q=1"));
+    assert_eq!(spent.header("ratelimit"), Some("\"credits\";r=0"));
     let body: serde_json::Value = serde_json::from_str(&spent.body).unwrap();
     assert_eq!(body["error"], "usage_exceeded", "{}", spent.body);
     assert_eq!(body["subject"], "key", "{}", spent.body);
@@ -192,7 +193,7 @@ async fn a_route_sets_its_cost() {
     // A search costs the whole burst of 2.
     let search = f.get("/search", "costly").await;
     assert_eq!(search.status, 200);
-    assert_eq!(search.header("ratelimit"), Some("\"default\";r=0;t=10"));
+    assert_eq!(search.header("ratelimit"), Some("\"key\";r=0;t=10"));
     assert_eq!(f.get("/search", "costly").await.status, 429);
     // A key whose burst is below the cost can never be served: a mistake
     // of the service's, not a limit (500, and no Retry-After).
@@ -220,6 +221,66 @@ async fn a_refused_credential_carries_no_rate_limit_fields() {
     assert!(!answer.to_lowercase().contains("ratelimit"), "{answer}");
     // Nothing was charged: the key still has its whole burst.
     let first = f.get("/whoami", "rated").await;
-    assert_eq!(first.header("ratelimit"), Some("\"default\";r=1;t=5"));
+    assert_eq!(first.header("ratelimit"), Some("\"key\";r=1;t=5"));
+    f.server.abort();
+}
+
+/// Every field an answer carries, admitted or refused, parses as a
+/// structured-field List (RFC 9651) under a parser nobody here wrote:
+/// Python's `http_sfv`. Each item is a policy name with its parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_sfv),
+    ignore = "needs Python's http_sfv: `pip install http_sfv` and set KEYROLL_SFV_PARSER=python3 (`bash .ci/run` does)"
+)]
+async fn the_fields_parse_as_structured_fields() {
+    let f = serve().await;
+    let admitted = f.get("/whoami", "both").await;
+    let spent = f.get("/whoami", "both").await;
+    assert_eq!((admitted.status, spent.status), (200, 429));
+    let mut fields = Vec::new();
+    for answer in [&admitted, &spent] {
+        for name in ["ratelimit-policy", "ratelimit"] {
+            fields.push((name, answer.header(name).unwrap().to_owned()));
+        }
+    }
+    let python = std::env::var("KEYROLL_SFV_PARSER").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from http_sfv import List\n\
+             out = []\n\
+             for name, value in json.load(sys.stdin):\n\
+             \x20   items = List()\n\
+             \x20   items.parse(value.encode())\n\
+             \x20   out.append([[i.value, dict(i.params)] for i in items])\n\
+             print(json.dumps(out))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let input = serde_json::to_vec(&fields).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{fields:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Admitted: 2 per 10 s in bursts of 2, 1 credit refilled every minute.
+    assert_eq!(
+        parsed[0],
+        serde_json::json!([["key", {"q": 2, "w": 10}], ["credits", {"q": 1, "w": 60}]])
+    );
+    assert_eq!(parsed[1][0], serde_json::json!(["key", {"r": 1, "t": 5}]));
+    assert_eq!(parsed[1][1][0], "credits");
+    assert_eq!(parsed[1][1][1]["r"], 0);
+    // Refused for its credits: the same policies, none left.
+    assert_eq!(parsed[2], parsed[0]);
+    assert_eq!(parsed[3][1][1]["r"], 0);
     f.server.abort();
 }

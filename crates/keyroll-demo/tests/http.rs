@@ -1166,7 +1166,7 @@ fn http_rate_limits_and_credits_through_the_admin_api() {
     assert!((1..=30).contains(&retry), "{retry}");
     assert_eq!(
         limited.headers()["ratelimit-policy"],
-        "\"default\";q=2;w=60"
+        "\"key\";q=2;w=60, \"credits\";q=3;w=3600"
     );
     let body: Value = serde_json::from_str(&limited.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(body["error"], "rate_limited");
