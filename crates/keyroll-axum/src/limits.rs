@@ -38,39 +38,40 @@ fn fields(
     rate: Option<(u32, Duration)>,
     now: OffsetDateTime,
 ) {
-    let (mut policies, mut states) = (Vec::new(), Vec::new());
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let (mut policy, mut state) = (String::new(), String::new());
     if let (Some(limit), Some(remaining), Some(reset)) = (
         allowance.rate_limit(),
         allowance.rate_remaining(),
         allowance.rate_reset(),
     ) {
         let (remaining, reset) = rate.unwrap_or((remaining, reset));
-        policies.push(format!(
-            "\"key\";q={};w={}",
-            limit.burst(),
-            seconds(limit.window())
-        ));
-        states.push(format!("\"key\";r={remaining};t={}", seconds(reset)));
+        let (burst, window) = (limit.burst(), seconds(limit.window()));
+        let _ = write!(policy, "\"key\";q={burst};w={window}");
+        let _ = write!(state, "\"key\";r={remaining};t={}", seconds(reset));
     }
     if let (Some(credits), Some(remaining)) = (allowance.credits(), allowance.credits_remaining()) {
-        policies.push(match credits.refill() {
-            Some(refill) => format!(
-                "\"credits\";q={};w={}",
+        let separator = if policy.is_empty() { "" } else { ", " };
+        let _ = match credits.refill() {
+            Some(refill) => write!(
+                policy,
+                "{separator}\"credits\";q={};w={}",
                 refill.amount(),
                 seconds(refill.every())
             ),
-            None => format!("\"credits\";q={}", credits.remaining()),
-        });
-        states.push(match allowance.next_refill() {
-            Some(at) => format!("\"credits\";r={remaining};t={}", seconds(at - now)),
-            None => format!("\"credits\";r={remaining}"),
-        });
+            None => write!(policy, "{separator}\"credits\";q={}", credits.remaining()),
+        };
+        let _ = write!(state, "{separator}\"credits\";r={remaining}");
+        if let Some(at) = allowance.next_refill() {
+            let _ = write!(state, ";t={}", seconds(at - now));
+        }
     }
-    for (name, items) in [(RATE_LIMIT_POLICY, policies), (RATE_LIMIT, states)] {
-        if items.is_empty() {
+    for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
+        if value.is_empty() {
             continue;
         }
-        if let Ok(value) = HeaderValue::try_from(items.join(", ")) {
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     }
