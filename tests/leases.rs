@@ -208,6 +208,39 @@ fn a_request_cancelled_while_its_lease_is_in_flight_leaves_the_key_leasing() {
 }
 
 #[test]
+fn a_release_gives_back_a_lease_that_lands_after_it_and_waits_for_it() {
+    let store = Arc::new(InMemoryStore::new());
+    let policy = LeasePolicy::new(Duration::seconds(10)).unwrap();
+    // Leases ahead wait here until the test runs them.
+    let in_flight: Arc<Mutex<Vec<Task>>> = Arc::default();
+    let queue = in_flight.clone();
+    let keys = KeyManager::new(store)
+        .with_leases_ahead(policy, move |task| queue.lock().unwrap().push(task));
+    let new = NewKey::new(id()).credits(Credits::new(1_000));
+    let (token, _) = block_on(keys.create_key(new, t0(), &mut StdRng::seed_from_u64(1))).unwrap();
+    let mut admitted = 0;
+    while in_flight.lock().unwrap().is_empty() {
+        block_on(keys.authenticate(token.expose_secret(), t0())).unwrap();
+        admitted += 1;
+    }
+    // The lease ahead is in flight: counted as held, at its size.
+    let held: u32 = keys.leases().iter().map(|l| l.units).sum();
+    assert!(held > 0);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let release = keys.release_leases();
+    let mut release = std::pin::pin!(release);
+    // The release gave back what was held, and waits for the lease in flight.
+    assert!(release.as_mut().poll(&mut cx).is_pending());
+    for task in std::mem::take(&mut *in_flight.lock().unwrap()) {
+        block_on(task);
+    }
+    assert!(release.as_mut().poll(&mut cx).is_ready());
+    // It landed after the release: given back, not kept.
+    assert!(keys.leases().is_empty(), "{:?}", keys.leases());
+    assert_eq!(remaining(&keys, t0()), 1_000 - admitted);
+}
+
+#[test]
 fn bad_lease_policies_are_refused_quoting_them() {
     for max_lag in [Duration::milliseconds(-1), Duration::seconds(11)] {
         let error = LeasePolicy::new(max_lag).unwrap_err();
