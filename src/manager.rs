@@ -405,8 +405,7 @@ impl<S: KeyStore> KeyManager<S> {
         F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync + 'static,
     {
         if policy.max_lag() <= Duration::ZERO {
-            self.leases = None;
-            return self;
+            return self.with_leases(policy);
         }
         let store = self.store.clone();
         self.leases = Some(Arc::new_cyclic(|leases: &Weak<Leases>| {

@@ -21,8 +21,9 @@ fn seconds(d: Duration) -> i64 {
     i64::try_from((ns + 999_999_999) / 1_000_000_000).unwrap_or(i64::MAX)
 }
 
-/// The two fields for `allowance` at `now`, one list item per policy that
-/// applies (none for a key without limits):
+/// The two fields for `allowance`, one list item per policy that applies
+/// (none for a key without limits); `now` is read only for credits that
+/// refill:
 ///
 /// - `"key"`, the key's rate limit: `q` its burst, `w` the seconds to
 ///   refill a burst; `r` the requests of cost 1 left, `t` the seconds
@@ -36,7 +37,7 @@ fn fields(
     headers: &mut HeaderMap,
     allowance: &Allowance,
     rate: Option<(u32, Duration)>,
-    now: OffsetDateTime,
+    now: impl FnOnce() -> OffsetDateTime,
 ) {
     use std::fmt::Write;
     // Writing to a String cannot fail.
@@ -64,7 +65,7 @@ fn fields(
         };
         let _ = write!(state, "{separator}\"credits\";r={remaining}");
         if let Some(at) = allowance.next_refill() {
-            let _ = write!(state, ";t={}", seconds(at - now));
+            let _ = write!(state, ";t={}", seconds(at - now()));
         }
     }
     for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
@@ -80,7 +81,7 @@ fn fields(
 /// The fields an admitted request's answer carries: none for a key
 /// without limits.
 pub(crate) fn allowance_headers(headers: &mut HeaderMap, allowance: &Allowance) {
-    fields(headers, allowance, None, OffsetDateTime::now_utc());
+    fields(headers, allowance, None, OffsetDateTime::now_utc);
 }
 
 /// A 429: `code` and `message` in the body with whose limit refused it,
@@ -113,7 +114,7 @@ pub(crate) fn rate_limited(
     now: OffsetDateTime,
 ) -> ApiError {
     let mut headers = HeaderMap::new();
-    fields(&mut headers, allowance, Some((0, retry_after)), now);
+    fields(&mut headers, allowance, Some((0, retry_after)), || now);
     let message = format!(
         "rate limited by the {subject}'s limit: retry after {} s",
         seconds(retry_after).max(1)
@@ -130,7 +131,7 @@ pub(crate) fn usage_exceeded(
     now: OffsetDateTime,
 ) -> ApiError {
     let mut headers = HeaderMap::new();
-    fields(&mut headers, allowance, None, now);
+    fields(&mut headers, allowance, None, || now);
     let message = match refill_at {
         Some(at) => format!(
             "usage exceeded: none of the {subject}'s credits left until {}",
@@ -185,7 +186,7 @@ mod tests {
             &mut headers,
             &after(2, Some(&rate), Some(&credits)),
             None,
-            now,
+            || now,
         );
         // A burst of 5 at one per 6 s refills in 30 s; 2 spent, full in 12 s.
         assert_eq!(
@@ -199,12 +200,12 @@ mod tests {
         // Credits without a refill: no window, no time to a refill.
         let mut headers = HeaderMap::new();
         let once = Credits::new(7);
-        fields(&mut headers, &after(1, None, Some(&once)), None, now);
+        fields(&mut headers, &after(1, None, Some(&once)), None, || now);
         assert_eq!(headers[RATE_LIMIT_POLICY], "\"credits\";q=7");
         assert_eq!(headers[RATE_LIMIT], "\"credits\";r=6");
         // No limits, no fields.
         let mut headers = HeaderMap::new();
-        fields(&mut headers, &Allowance::default(), None, now);
+        fields(&mut headers, &Allowance::default(), None, || now);
         assert!(headers.is_empty());
     }
 
