@@ -1,5 +1,5 @@
 //! A complete third-party store built from keyroll's backend kit
-//! (`keyroll::record`): key rows, meters, usage counts and markers in maps
+//! (`keyroll::record`): key rows, meters, owner limits, usage counts and markers in maps
 //! behind one lock, standing in for your database's tables. It passes the
 //! conformance suite: `cargo run --example third_party_store --features conformance`.
 use std::collections::BTreeMap;
@@ -9,13 +9,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::record::{KeyRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{ApiKey, KeyId};
+use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits};
 use time::OffsetDateTime;
 type Answer<T> = Result<T, RecordError>;
 type Write = Result<(), StoreError<RecordError>>;
 type Charged = Result<Result<Allowance, Refusal>, StoreError<RecordError>>;
 
-/// Key rows by id; meters and usage counts by id and incarnation; markers.
+/// Key rows by id; meters and usage counts by id and incarnation; owner
+/// limits with their meters by owner; markers.
 #[derive(Default)]
 pub struct MapStore(Mutex<Tables>);
 #[derive(Default)]
@@ -24,6 +25,7 @@ struct Tables {
     meters: BTreeMap<(KeyId, u64), StoredMeter>,
     usage: BTreeMap<(KeyId, u64, i64), UsageRow>,
     markers: BTreeMap<String, OffsetDateTime>,
+    owners: BTreeMap<OwnerId, (OwnerLimits, Option<StoredMeter>)>,
 }
 
 impl MapStore {
@@ -88,14 +90,20 @@ impl KeyStore for MapStore {
         let mut tables = self.tables();
         let key = tables.key(id, Some(inc)).map_err(StoreError::Backend)?;
         let key = key.ok_or(StoreError::NotFound)?;
-        // The kit's one arithmetic entry, under this store's lock.
+        // The kit's one arithmetic entry, under this store's lock: the
+        // key's meter and its owner's, both or neither.
         let meter = (id.clone(), inc);
-        let (next, allowance) = match key.charge(tables.meters.get(&meter), cost, now) {
+        let owned = key.owner().and_then(|owner| tables.owners.get(owner));
+        let owned = owned.map(|(limits, meter)| (limits, meter.as_ref()));
+        let charged = match key.charge_with_owner(tables.meters.get(&meter), owned, cost, now) {
             Ok(charged) => charged,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        tables.meters.insert(meter, next);
-        Ok(Ok(allowance))
+        tables.meters.extend(charged.key.map(|next| (meter, next)));
+        if let (Some(owner), Some(next)) = (key.owner(), charged.owner) {
+            tables.owners.entry(owner.clone()).or_default().1 = Some(next);
+        }
+        Ok(Ok(charged.allowance))
     }
     async fn refund(&self, id: &KeyId, inc: u64, amount: u64, period: CreditsPeriod) -> Answer<()> {
         let mut tables = self.tables();
@@ -108,6 +116,28 @@ impl KeyStore for MapStore {
     async fn meter(&self, id: &KeyId, incarnation: u64) -> Answer<Option<StoredMeter>> {
         let tables = self.tables();
         Ok(tables.meters.get(&(id.clone(), incarnation)).cloned())
+    }
+    async fn owner_limits(&self, owner: &OwnerId) -> Answer<Option<OwnerLimits>> {
+        Ok(self.tables().owners.get(owner).map(|(limits, _)| limits.clone()))
+    }
+    async fn set_owner_limits(&self, owner: &OwnerId, limits: &OwnerLimits, expected: u64) -> Write {
+        let owners = &mut self.tables().owners;
+        let found = owners.get(owner).map_or(0, |(kept, _)| kept.version());
+        let revision = |version| Revision::new(0, version);
+        StoreError::check_revision(revision(expected), revision(found), None)?;
+        owners.entry(owner.clone()).or_default().0 = limits.clone();
+        Ok(())
+    }
+    async fn owner_meter(&self, owner: &OwnerId) -> Answer<Option<StoredMeter>> {
+        Ok(self.tables().owners.get(owner).and_then(|(_, meter)| meter.clone()))
+    }
+    async fn refund_owner(&self, owner: &OwnerId, amount: u64, period: CreditsPeriod) -> Answer<()> {
+        if let Some((limits, meter)) = self.tables().owners.get_mut(owner)
+            && let Some(next) = limits.refund(meter.as_ref(), amount, period)
+        {
+            *meter = Some(next);
+        }
+        Ok(())
     }
     async fn add_usage(&self, rows: &[UsageRow]) -> Answer<()> {
         let usage = &mut self.tables().usage;

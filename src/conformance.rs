@@ -40,10 +40,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal};
+use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal, Subject};
 use crate::store::{KeyStore, Revision, StoreError, UsageRow, Verification};
 use crate::{
-    ApiKey, Change, KeyId, NewKey, OldTokenDeletion, OwnerId, Policy, PresentedToken,
+    ApiKey, Change, KeyId, NewKey, OldTokenDeletion, OwnerId, OwnerLimits, Policy, PresentedToken,
     RenewalEnforcement, Token, TokenFormat,
 };
 
@@ -835,6 +835,252 @@ behaviours! {
     /// an earlier period (a refill came since), of credits set again since,
     /// or of a key that is not stored, changes nothing.
     refunds_stay_in_their_period => refunds_stay_in_their_period_body;
+    /// Owner limits are stored beside the keys: `owner_limits` reads back
+    /// what `set_owner_limits` stored, which refuses any other `expected`
+    /// version with `Conflict`. A charge of an owned key charges the key's
+    /// meter and the owner's, both or neither: a refusal by either changes
+    /// neither meter and names its subject; a key without limits of its
+    /// own is charged to its owner's alone, and `verify` marks it metered;
+    /// an admitted charge's allowance has the owner's part.
+    owner_meters_are_both_or_neither => owner_meters_are_both_or_neither_body;
+    /// Concurrent charges of three keys of one owner admit exactly the
+    /// owner's credits.
+    owner_charges_are_exact => owner_charges_are_exact_body;
+    /// Owner limits outlive the owner's keys: a key deleted and created
+    /// again under the owner finds the owner's meter as it was. Cleared
+    /// limits (empty, the next version) charge no owner meter, and
+    /// `verify` no longer marks a key without limits of its own as
+    /// metered. `refund_owner` gives credits back into their period.
+    owner_limits_outlive_keys_and_clear => owner_limits_outlive_keys_and_clear_body;
+}
+
+fn owner(id: &str) -> OwnerId {
+    OwnerId::new(id).unwrap_or_else(|e| unreachable!("test owner {id:?}: {e}"))
+}
+
+/// Stores `limits` as `owner`'s next setting at `at`; the stored setting.
+async fn set_owner<S: KeyStore>(
+    store: &S,
+    behaviour: &str,
+    owner: &OwnerId,
+    limits: OwnerLimits,
+    at: OffsetDateTime,
+) -> OwnerLimits {
+    let before = ok(behaviour, "owner_limits", store.owner_limits(owner).await);
+    let expected = before.as_ref().map_or(0, OwnerLimits::version);
+    let stamped = limits.stamped(before.as_ref(), at);
+    let set = store.set_owner_limits(owner, &stamped, expected).await;
+    ok(behaviour, "set_owner_limits", set);
+    let read = ok(behaviour, "owner_limits", store.owner_limits(owner).await);
+    if read.as_ref() != Some(&stamped) {
+        violated(
+            behaviour,
+            format_args!("owner_limits read {read:?} after storing {stamped:?}"),
+        );
+    }
+    stamped
+}
+
+/// A key `id` of `owner` with `credits` of its own (or none), stored; and
+/// its token.
+async fn stored_owned<S: KeyStore>(
+    store: &S,
+    behaviour: &str,
+    id: &str,
+    owner: &OwnerId,
+    credits: Option<Credits>,
+    seed: u64,
+) -> (ApiKey, Token) {
+    let mut new = NewKey::new(key_id(id)).owner(owner.clone());
+    if let Some(credits) = credits {
+        new = new.credits(credits);
+    }
+    let (key, token) = issue_new(new, t0(), seed);
+    ok(behaviour, "insert", store.insert(&key).await);
+    (key, token)
+}
+
+/// The credits left on `owner`'s meter at `t0`.
+async fn owner_credits_left<S: KeyStore>(store: &S, behaviour: &str, owner: &OwnerId) -> u64 {
+    let limits = ok(behaviour, "owner_limits", store.owner_limits(owner).await)
+        .unwrap_or_else(|| violated(behaviour, "owner limits vanished"));
+    let meter = ok(behaviour, "owner_meter", store.owner_meter(owner).await);
+    limits
+        .peek(meter.as_ref(), t0())
+        .credits_remaining()
+        .unwrap_or_else(|| violated(behaviour, "the owner's credits vanished"))
+}
+
+async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
+    const B: &str = "owner_meters_are_both_or_neither";
+    let acme = owner("acme");
+    let limits = OwnerLimits::new().credits(Credits::new(5));
+    let stored = set_owner(&store, B, &acme, limits.clone(), t0()).await;
+    let stale = store.set_owner_limits(&acme, &stored, 0).await;
+    if !matches!(stale, Err(StoreError::Conflict { .. })) {
+        violated(
+            B,
+            format_args!("set_owner_limits expecting version 0 over version 1 answered {stale:?}"),
+        );
+    }
+    let (own, _) = stored_owned(&store, B, "own-credits", &acme, Some(Credits::new(3)), 150).await;
+    let (shared, token) = stored_owned(&store, B, "shared-only", &acme, None, 151).await;
+    let charge = |key: &ApiKey| {
+        let (store, id, inc) = (&store, key.id().clone(), key.revision().incarnation());
+        async move { ok(B, "charge", store.charge(&id, inc, 1, t0()).await) }
+    };
+    match store_verify(&store, B, shared.id(), token.expose_secret(), t0()).await {
+        Verification::Accepted(accepted) if accepted.metered => {}
+        other => violated(
+            B,
+            format_args!("verify of a key whose owner has limits, none of its own, gave {other:?}, not metered"),
+        ),
+    }
+    for n in 1..=3 {
+        match charge(&own).await {
+            Ok(allowance) if allowance.owner_id().as_ref() == Some(&acme) => {
+                let owner_left = allowance.owner().and_then(Allowance::credits_remaining);
+                if (allowance.credits_remaining(), owner_left) != (Some(3 - n), Some(5 - n)) {
+                    violated(
+                        B,
+                        format_args!(
+                            "charge {n}: the allowance left {:?} of the key's and {owner_left:?} of the owner's",
+                            allowance.credits_remaining()
+                        ),
+                    );
+                }
+            }
+            other => violated(
+                B,
+                format_args!("charge {n} of 3 key credits under 5 owner credits: {other:?} (no owner part?)"),
+            ),
+        }
+    }
+    match charge(&own).await {
+        Err(Refusal::UsageExceeded { subject: Subject::Key, .. }) => {}
+        other => violated(B, format_args!("a 4th charge of 3 key credits answered {other:?}")),
+    }
+    if owner_credits_left(&store, B, &acme).await != 2 {
+        violated(B, "a charge the key's limits refused spent the owner's credits");
+    }
+    for n in 1..=2 {
+        if let Err(refusal) = charge(&shared).await {
+            violated(B, format_args!("charge {n} of a key charged to its owner alone: {refusal}"));
+        }
+    }
+    match charge(&shared).await {
+        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. }) => {}
+        other => violated(
+            B,
+            format_args!("a charge past the owner's 5 credits answered {other:?}"),
+        ),
+    }
+    // The owner refuses: the key's own meter is not charged either.
+    let (fresh, _) = stored_owned(&store, B, "fresh", &acme, Some(Credits::new(4)), 152).await;
+    if !matches!(
+        charge(&fresh).await,
+        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. })
+    ) {
+        violated(B, "a charge past the owner's credits was admitted");
+    }
+    let meter = ok(B, "meter", store.meter(fresh.id(), fresh.revision().incarnation()).await);
+    let left = fresh.allowance(meter.as_ref(), t0()).credits_remaining();
+    if left != Some(4) {
+        violated(
+            B,
+            format_args!("a charge the owner refused left {left:?} of the key's 4 credits"),
+        );
+    }
+    // Another owner's keys, and keys of no owner, are not charged to it.
+    let (other, _) = stored_owned(&store, B, "other", &owner("other"), None, 153).await;
+    if let Err(refusal) = charge(&other).await {
+        violated(B, format_args!("a key of an owner without limits: {refusal}"));
+    }
+}
+
+async fn owner_charges_are_exact_body<S: KeyStore>(store: S) {
+    const B: &str = "owner_charges_are_exact";
+    let acme = owner("acme");
+    set_owner(&store, B, &acme, OwnerLimits::new().credits(Credits::new(10)), t0()).await;
+    let mut keys = Vec::new();
+    for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+        keys.push(stored_owned(&store, B, id, &acme, None, 160 + n as u64).await.0);
+    }
+    let charges = (0..30)
+        .map(|n| {
+            let (store, key) = (&store, &keys[n % 3]);
+            async move {
+                let inc = key.revision().incarnation();
+                ok(B, "charge", store.charge(key.id(), inc, 1, t0()).await)
+            }
+        })
+        .collect();
+    let mut admitted = 0;
+    for result in join_all(charges).await {
+        match result {
+            Ok(_) => admitted += 1,
+            Err(Refusal::UsageExceeded { subject: Subject::Owner, .. }) => {}
+            Err(other) => violated(B, format_args!("a charge was refused with {other}")),
+        }
+    }
+    let left = owner_credits_left(&store, B, &acme).await;
+    if (admitted, left) != (10, 0) {
+        violated(
+            B,
+            format_args!("{admitted} of 30 charges on 3 keys sharing 10 credits admitted, {left} left"),
+        );
+    }
+}
+
+async fn owner_limits_outlive_keys_and_clear_body<S: KeyStore>(store: S) {
+    const B: &str = "owner_limits_outlive_keys_and_clear";
+    let acme = owner("acme");
+    set_owner(&store, B, &acme, OwnerLimits::new().credits(Credits::new(5)), t0()).await;
+    let (key, _) = stored_owned(&store, B, "only", &acme, None, 170).await;
+    let charge = |key: &ApiKey, cost| {
+        let (store, id, inc) = (&store, key.id().clone(), key.revision().incarnation());
+        async move { ok(B, "charge", store.charge(&id, inc, cost, t0()).await) }
+    };
+    let period = match charge(&key, 3).await {
+        Ok(allowance) => allowance
+            .owner()
+            .and_then(Allowance::credits_period)
+            .unwrap_or_else(|| violated(B, "an owner charge tells no credits period")),
+        Err(refusal) => violated(B, format_args!("3 of the owner's 5 credits: {refusal}")),
+    };
+    ok(B, "refund_owner", store.refund_owner(&acme, 1, period).await);
+    if owner_credits_left(&store, B, &acme).await != 3 {
+        violated(B, "refund_owner of 1 credit did not give it back");
+    }
+    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    let (again, token) = stored_owned(&store, B, "only", &acme, None, 171).await;
+    if owner_credits_left(&store, B, &acme).await != 3 {
+        violated(B, "deleting the owner's only key touched the owner's meter");
+    }
+    if !matches!(
+        charge(&again, 4).await,
+        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. })
+    ) {
+        violated(B, "a key created again under its owner was charged past the owner's credits");
+    }
+    let cleared = set_owner(&store, B, &acme, OwnerLimits::new(), t0()).await;
+    if cleared.version() != 2 || !cleared.is_empty() {
+        violated(B, format_args!("cleared limits were stored as {cleared:?}"));
+    }
+    match store_verify(&store, B, again.id(), token.expose_secret(), t0()).await {
+        Verification::Accepted(accepted) if !accepted.metered => {}
+        other => violated(
+            B,
+            format_args!("verify of a key whose owner's limits were cleared gave {other:?}"),
+        ),
+    }
+    match charge(&again, 4).await {
+        Ok(allowance) if allowance.owner().is_none() => {}
+        other => violated(
+            B,
+            format_args!("a charge after the owner's limits were cleared answered {other:?}"),
+        ),
+    }
 }
 
 async fn refunds_stay_in_their_period_body<S: KeyStore>(store: S) {

@@ -26,7 +26,7 @@ use crate::state::{OldTokenDeletion, TokenMatch};
 /// let (mut key, _token, issued) = ApiKey::issue(new, now, &mut rand::rng())?;
 /// assert!(matches!(issued, Event::KeyIssued { .. }));
 /// let (_new, renewed) = key.renew(now, &mut rand::rng())?;
-/// assert_eq!((renewed.key_id().as_str(), renewed.version()), ("acme", 2));
+/// assert_eq!((renewed.key_id(), renewed.version()), (Some(key.id()), 2));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,12 +303,41 @@ pub enum Event {
         /// stored version + 1).
         version: u64,
     },
+    /// The limits an owner's keys share were set, or cleared (both
+    /// `None`). The one event about an owner rather than a key:
+    /// [`key_id`](Event::key_id) is `None`, [`owner_id`](Event::owner_id)
+    /// names it.
+    #[non_exhaustive]
+    OwnerLimitsChanged {
+        /// The owner.
+        owner: OwnerId,
+        /// When.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The version of the owner's limits after the change.
+        version: u64,
+        /// The owner's rate limit (`None`: none).
+        rate_limit: Option<RateLimit>,
+        /// The owner's credits (`None`: none).
+        credits: Option<Credits>,
+    },
 }
 
 impl Event {
-    /// The key the event is about.
-    pub fn key_id(&self) -> &KeyId {
+    /// The key the event is about; `None` for the event of an owner
+    /// ([`Event::OwnerLimitsChanged`]).
+    pub fn key_id(&self) -> Option<&KeyId> {
         self.common().0
+    }
+
+    /// The owner the event is about: only [`Event::OwnerLimitsChanged`]
+    /// is about an owner (a key's own events name its owner only when
+    /// they change it).
+    pub fn owner_id(&self) -> Option<&OwnerId> {
+        match self {
+            Event::OwnerLimitsChanged { owner, .. } => Some(owner),
+            _ => None,
+        }
     }
 
     /// The time given to the transition.
@@ -316,7 +345,8 @@ impl Event {
         self.common().1
     }
 
-    /// The key's version after the transition.
+    /// The key's version after the transition (the owner limits' for
+    /// [`Event::OwnerLimitsChanged`]).
     pub fn version(&self) -> u64 {
         self.common().2
     }
@@ -341,10 +371,11 @@ impl Event {
             Event::RateLimitChanged { .. } => "rate_limit_changed",
             Event::CreditsSet { .. } => "credits_set",
             Event::SettingChanged { .. } => "setting_changed",
+            Event::OwnerLimitsChanged { .. } => "owner_limits_changed",
         }
     }
 
-    fn common(&self) -> (&KeyId, OffsetDateTime, u64) {
+    fn common(&self) -> (Option<&KeyId>, OffsetDateTime, u64) {
         match self {
             Event::KeyIssued {
                 key_id,
@@ -444,7 +475,8 @@ impl Event {
                 key_id,
                 at,
                 version,
-            } => (key_id, *at, *version),
+            } => (Some(key_id), *at, *version),
+            Event::OwnerLimitsChanged { at, version, .. } => (None, *at, *version),
         }
     }
 }

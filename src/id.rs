@@ -192,7 +192,7 @@ fn checked(id: String, what: &'static str, rule: Rule) -> Result<SmolStr, Invali
 /// # Ok::<(), keyroll::error::InvalidKeyId>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OwnerId(SmolStr);
+pub struct OwnerId(pub(crate) SmolStr);
 
 impl OwnerId {
     /// Checks and wraps an owner id.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use time::{Duration, OffsetDateTime};
 
 use crate::errors::StoreError;
-use crate::id::KeyId;
+use crate::id::{KeyId, OwnerId};
 use crate::meter::{Allowance, CreditsPeriod, Refusal};
 use crate::store::KeyStore;
 
@@ -145,9 +145,51 @@ struct Lease {
     /// and on the manager's.
     sent: Instant,
     sent_at: OffsetDateTime,
-    /// The credits' refill period it was taken in, where its unspent
-    /// credits go back.
-    period: Option<CreditsPeriod>,
+    /// Where its unspent credits go back.
+    periods: Periods,
+}
+
+/// The refill periods a charge took credits in: the key's, and its
+/// owner's (owner limits). A lease's unspent units go back to both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Periods {
+    key: Option<CreditsPeriod>,
+    owner: Option<(OwnerId, CreditsPeriod)>,
+}
+
+impl Periods {
+    fn of(allowance: &Allowance) -> Periods {
+        Periods {
+            key: allowance.credits_period(),
+            owner: allowance
+                .owner_id()
+                .zip(allowance.owner().and_then(Allowance::credits_period)),
+        }
+    }
+
+    /// Whether there are credits to give back to.
+    fn any(&self) -> bool {
+        self.key.is_some() || self.owner.is_some()
+    }
+
+    /// Gives `units` back to key `id` of `incarnation` and to its owner,
+    /// in the periods they were taken in.
+    pub(crate) async fn refund<S: KeyStore>(
+        &self,
+        store: &S,
+        id: &KeyId,
+        incarnation: u64,
+        units: u32,
+    ) -> Result<(), S::Error> {
+        let amount = u64::from(units);
+        if let Some(period) = self.key {
+            store.refund(id, incarnation, amount, period).await?;
+        }
+        if let Some((owner, period)) = &self.owner {
+            store.refund_owner(owner, amount, *period).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Lease {
@@ -165,21 +207,23 @@ impl Slot {
     /// the credits left at the last lease.
     fn next_size(&self, cost: u32) -> u32 {
         let mut size = self.size;
-        if let Some(room) = self.last.rate_remaining() {
-            size = size.min(room.max(1));
-        }
-        if let Some(left) = self.last.credits_remaining() {
-            size = size.min(u32::try_from(left / 8).unwrap_or(u32::MAX));
+        for allowance in [Some(&self.last), self.last.owner()].into_iter().flatten() {
+            if let Some(room) = allowance.rate_remaining() {
+                size = size.min(room.max(1));
+            }
+            if let Some(left) = allowance.credits_remaining() {
+                size = size.min(u32::try_from(left / 8).unwrap_or(u32::MAX));
+            }
         }
         size.max(cost)
     }
 
     /// Ends `lease`: the next size halves if it ends unspent and doubles if
     /// it was spent within `hot`; its unspent credits, to give back.
-    fn end(&mut self, lease: Lease, age: Duration, hot: Duration) -> Option<(u32, CreditsPeriod)> {
+    fn end(&mut self, lease: Lease, age: Duration, hot: Duration) -> Option<(u32, Periods)> {
         if lease.units > 0 {
             self.size = (self.size / 2).max(1);
-            return lease.period.map(|period| (lease.units, period));
+            return lease.periods.any().then_some((lease.units, lease.periods));
         }
         if age < hot {
             self.size = self.size.saturating_mul(2).min(MAX_SIZE);
@@ -356,8 +400,8 @@ impl Leases {
             }
             _ => None,
         };
-        for (units, period) in refunds {
-            let refunded = store.refund(id, incarnation, u64::from(units), period);
+        for (units, periods) in refunds {
+            let refunded = periods.refund(store, id, incarnation, units);
             refunded.await.map_err(StoreError::Backend)?;
         }
         match (step, flight) {
@@ -374,7 +418,7 @@ impl Leases {
         key: &(KeyId, u64),
         cost: u32,
         now: OffsetDateTime,
-    ) -> (Step, Vec<(u32, CreditsPeriod)>) {
+    ) -> (Step, Vec<(u32, Periods)>) {
         let (max_lag, clock) = (self.policy.max_lag, Instant::now());
         let mut table = self.table();
         let releases = table.releases;
@@ -415,7 +459,7 @@ impl Leases {
                     size: slot.next_size(1),
                     releases,
                 });
-                Step::Served(slot.last, taking)
+                Step::Served(slot.last.clone(), taking)
             }
             None if slot.in_flight > 0 => Step::Direct,
             None => {
@@ -480,19 +524,20 @@ impl Leases {
             let (charged, taken, next) = taken?;
             slot.size = next;
             let mut give_back = None;
-            if let Ok(allowance) = charged {
+            if let Ok(allowance) = &charged {
                 let lease = Lease {
                     units: taken - cost,
                     taken,
                     sent,
                     sent_at,
-                    period: allowance.credits_period(),
+                    periods: Periods::of(allowance),
                 };
                 if !kept {
                     // Sent before a release: given back, never spent.
-                    give_back = (lease.units > 0).then_some(lease.units).zip(lease.period);
+                    give_back = (lease.units > 0 && lease.periods.any())
+                        .then_some((lease.units, lease.periods));
                 } else {
-                    slot.last = allowance;
+                    slot.last = allowance.clone();
                     match cost {
                         0 => slot.next = Some(lease),
                         _ => slot.current = Some(lease),
@@ -501,8 +546,8 @@ impl Leases {
             }
             (charged, give_back)
         };
-        if let Some((units, period)) = give_back {
-            let refunded = store.refund(id, *incarnation, u64::from(units), period);
+        if let Some((units, periods)) = give_back {
+            let refunded = periods.refund(store, id, *incarnation, units);
             refunded.await.map_err(StoreError::Backend)?;
         }
         Ok(charged)
@@ -511,7 +556,7 @@ impl Leases {
     /// Every lease with units left, emptied: what to give back.
     /// Leases in flight are given back as they land
     /// ([`in_flight_released`](Self::in_flight_released) counts them).
-    pub(crate) fn drain(&self) -> Vec<(HeldLease, Option<CreditsPeriod>)> {
+    pub(crate) fn drain(&self) -> Vec<(HeldLease, Periods)> {
         let mut table = self.table();
         table.releases += 1;
         table.in_flight_released += std::mem::take(&mut table.in_flight);
@@ -527,7 +572,7 @@ impl Leases {
                         incarnation: *incarnation,
                         units: lease.units,
                     };
-                    drained.push((held, lease.period));
+                    drained.push((held, lease.periods));
                 }
             }
         }
@@ -568,7 +613,7 @@ mod tests {
                 taken: units,
                 sent: Instant::now(),
                 sent_at: OffsetDateTime::UNIX_EPOCH,
-                period: None,
+                periods: Periods::default(),
             }),
             in_flight: u32::from(taking),
             ..Slot::default()

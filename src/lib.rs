@@ -65,7 +65,7 @@ mod rng;
 mod errors;
 
 // 3: ids, attributes, the token states, durations' JSON; 4: a change of
-// a key, as data.
+// a key, as data, and an owner's limits.
 mod attributes;
 #[cfg(feature = "serde")]
 mod duration;
@@ -73,6 +73,7 @@ mod id;
 mod state;
 
 mod change;
+mod owner;
 
 // 5: tokens, events, usage outcomes; 6: the policy; 7: input checks and
 // the new key's description.
@@ -134,6 +135,7 @@ pub use lease::{HeldLease, LeasePolicy};
 pub use manager::{Credentials, KeyManager};
 pub use networks::Networks;
 pub use new_key::NewKey;
+pub use owner::OwnerLimits;
 pub use policy::{Policy, RenewalEnforcement};
 pub use rng::os_rng;
 pub use state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};

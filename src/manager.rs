@@ -24,8 +24,9 @@ use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
 use crate::lease::{Ahead, Flight, HeldLease, LeasePolicy, Leases};
-use crate::meter::{Allowance, RateLimit, Refusal};
+use crate::meter::{Allowance, MAX_CREDITS, RateLimit, Refusal};
 use crate::new_key::NewKey;
+use crate::owner::OwnerLimits;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
 use crate::token::{PresentedToken, Token};
@@ -444,19 +445,11 @@ impl<S: KeyStore> KeyManager<S> {
         };
         let drained = leases.drain();
         let mut first = Ok(());
-        for (held, period) in drained {
-            if let Some(period) = period {
-                let refunded = self
-                    .store
-                    .refund(
-                        &held.key_id,
-                        held.incarnation,
-                        u64::from(held.units),
-                        period,
-                    )
-                    .await;
-                first = first.and(refunded);
-            }
+        for (held, periods) in drained {
+            let refunded = periods
+                .refund(&self.store, &held.key_id, held.incarnation, held.units)
+                .await;
+            first = first.and(refunded);
         }
         // Each lands within one store call: yield to the tasks taking them.
         while leases.in_flight_released() > 0 {
@@ -707,16 +700,133 @@ impl<S: KeyStore> KeyManager<S> {
         now: OffsetDateTime,
     ) -> Result<Allowance, ManagerError<S::Error>> {
         let key = self.get(id).await?.ok_or(ManagerError::NotFound)?;
-        if !key.is_metered() {
-            return Ok(Allowance::default());
+        let allowance = match key.is_metered() {
+            true => {
+                let incarnation = key.revision().incarnation();
+                let stored = self.store.meter(id, incarnation).await;
+                key.allowance(stored.map_err(ManagerError::Store)?.as_ref(), now)
+            }
+            false => Allowance::default(),
+        };
+        Ok(match key.owner() {
+            Some(owner) => match self.owner_allowance(owner, now).await? {
+                Some(owned) => allowance.with_owner(owner, owned),
+                None => allowance,
+            },
+            None => allowance,
+        })
+    }
+
+    /// Sets the limits `owner`'s keys share ([`OwnerLimits`]; an empty one
+    /// clears them) and returns the `OwnerLimitsChanged` event. A request
+    /// of any of its keys is then admitted only if the key's own limits
+    /// and these both admit it, and is charged to both (or neither). The
+    /// same credits set again keep their balance; other credits start it
+    /// over. The limits live beside the keys: deleting the owner's keys
+    /// leaves them.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError::InvalidCredits`] for credits above
+    /// [`MAX_CREDITS`], [`TransitionError::BurstBelowCost`] for a rate
+    /// limit below the declared largest cost, [`ManagerError::Conflict`]
+    /// when other writers kept changing them, [`ManagerError::Store`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::meter::{Credits, Subject};
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll::{AuthError, Change, KeyId, KeyManager, OwnerId, OwnerLimits};
+    /// use time::OffsetDateTime;
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new());
+    /// let (owner, now) = (OwnerId::new("acme")?, OffsetDateTime::now_utc());
+    /// let mut tokens = Vec::new();
+    /// for id in ["prod", "ci"] {
+    ///     let id = KeyId::new(id)?;
+    ///     let (token, _) = keys.create_key(id.clone(), now, &mut rand::rng()).await?;
+    ///     keys.apply(&id, Change::Owner(Some(owner.clone())), now).await?;
+    ///     tokens.push(token);
+    /// }
+    /// keys.set_owner_limits(&owner, OwnerLimits::new().credits(Credits::new(3)), now).await?;
+    /// for token in [&tokens[0], &tokens[1], &tokens[0]] {
+    ///     keys.authenticate(token.expose_secret(), now).await?;
+    /// }
+    /// // Three requests spent the three credits both keys share.
+    /// let refused = keys.authenticate(tokens[1].expose_secret(), now).await;
+    /// assert!(matches!(refused, Err(AuthError::UsageExceeded { subject: Subject::Owner, .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: OwnerLimits,
+        now: OffsetDateTime,
+    ) -> Result<Event, ManagerError<S::Error>> {
+        if let Some(credits) = limits.credits_as_set()
+            && credits.remaining() > MAX_CREDITS
+        {
+            let remaining = credits.remaining();
+            return Err(TransitionError::InvalidCredits { remaining }.into());
         }
-        let incarnation = key.revision().incarnation();
-        let stored = self
-            .store
-            .meter(id, incarnation)
+        self.check_burst(limits.rate())?;
+        for _ in 0..self.max_retries {
+            let before = self.owner_limits(owner).await?;
+            let expected = before.as_ref().map_or(0, OwnerLimits::version);
+            let stamped = limits.clone().stamped(before.as_ref(), now);
+            match self.store.set_owner_limits(owner, &stamped, expected).await {
+                Ok(()) => {
+                    return Ok(Event::OwnerLimitsChanged {
+                        owner: owner.clone(),
+                        at: now,
+                        version: stamped.version(),
+                        rate_limit: stamped.rate().copied(),
+                        credits: stamped.credits_as_set().copied(),
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ManagerError::Conflict)
+    }
+
+    /// The limits `owner`'s keys share, as last set (empty once cleared);
+    /// `None` if never set.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub async fn owner_limits(
+        &self,
+        owner: &OwnerId,
+    ) -> Result<Option<OwnerLimits>, ManagerError<S::Error>> {
+        self.store
+            .owner_limits(owner)
             .await
-            .map_err(ManagerError::Store)?;
-        Ok(key.allowance(stored.as_ref(), now))
+            .map_err(ManagerError::Store)
+    }
+
+    /// What the limits `owner`'s keys share allow now, without charging;
+    /// `None` when it has none.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub async fn owner_allowance(
+        &self,
+        owner: &OwnerId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Allowance>, ManagerError<S::Error>> {
+        let Some(limits) = self.owner_limits(owner).await?.filter(|l| !l.is_empty()) else {
+            return Ok(None);
+        };
+        let stored = self.store.owner_meter(owner).await;
+        Ok(Some(limits.peek(stored.map_err(ManagerError::Store)?.as_ref(), now)))
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.

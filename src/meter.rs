@@ -42,6 +42,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::sync::Arc;
+
+use smol_str::SmolStr;
 use time::{Duration, OffsetDateTime};
 
 /// The largest `limit` and `burst`.
@@ -268,12 +271,25 @@ impl Credits {
 }
 
 /// What a charge left: the rate limit's and the credits' state after it
-/// (each `None` when the key has no such limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// (each `None` when the key has no such limit), and, for a key whose
+/// owner has limits, what the owner's allow ([`owner`](Self::owner)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Allowance {
     rate: Option<RateState>,
     credits: Option<CreditState>,
     period: Option<CreditsPeriod>,
+    /// Shared, not boxed: a lease answers each request it serves with a
+    /// copy of its allowance.
+    pub(crate) owner: Option<Arc<OwnerPart>>,
+}
+
+/// The owner's part of an allowance: whose limits, and what they allow.
+/// The id is kept as its string, as this module sits below the ids
+/// (`OwnerLimits` adds the typed accessors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnerPart {
+    pub(crate) owner: SmolStr,
+    pub(crate) allowance: Allowance,
 }
 
 /// The refill period of a key's credits that a charge was taken from: the
@@ -335,6 +351,7 @@ impl Allowance {
                 next_refill,
             }),
             period: None,
+            owner: None,
         }
     }
 
@@ -373,6 +390,13 @@ impl Allowance {
     /// what a lease did not spend.
     pub fn credits_period(&self) -> Option<CreditsPeriod> {
         self.period
+    }
+
+    /// What the limits the key's owner shares allow, when it has any
+    /// ([`OwnerLimits`](crate::OwnerLimits)); its
+    /// [`owner_id`](Self::owner_id) names it.
+    pub fn owner(&self) -> Option<&Allowance> {
+        self.owner.as_ref().map(|part| &part.allowance)
     }
 }
 
@@ -419,8 +443,8 @@ pub enum Refusal {
         limit: RateLimit,
         /// Whose rate limit it is.
         subject: Subject,
-        /// What the limits allow at the refusal (nothing was charged):
-        /// boxed, as refusals are rare and `Result`s carry them.
+        /// What the subject's limits allow at the refusal (nothing was
+        /// charged): boxed, as refusals are rare and `Result`s carry them.
         allowance: Box<Allowance>,
     },
     /// The credits left are fewer than the cost. `refill_at` is the next
@@ -432,8 +456,8 @@ pub enum Refusal {
         refill_at: Option<OffsetDateTime>,
         /// Whose credits they are.
         subject: Subject,
-        /// What the limits allow at the refusal (nothing was charged):
-        /// boxed, as refusals are rare and `Result`s carry them.
+        /// What the subject's limits allow at the refusal (nothing was
+        /// charged): boxed, as refusals are rare and `Result`s carry them.
         allowance: Box<Allowance>,
     },
     /// A cost of 0, or above the rate limit's burst: no wait can make it
@@ -445,6 +469,18 @@ pub enum Refusal {
         /// The largest cost the key admits (its burst, or `u32::MAX`).
         max: u32,
     },
+}
+
+impl Refusal {
+    /// The same refusal, made by the owner's limits.
+    pub(crate) fn by_owner(mut self) -> Refusal {
+        if let Refusal::RateLimited { subject, .. } | Refusal::UsageExceeded { subject, .. } =
+            &mut self
+        {
+            *subject = Subject::Owner;
+        }
+        self
+    }
 }
 
 /// The moving state of one key's limits: the rate limit's theoretical
@@ -598,6 +634,7 @@ impl Meter {
                 next_refill: self.next_refill(&credits, now, 1),
             }),
             period: None,
+            owner: None,
         }
     }
 

@@ -72,6 +72,7 @@ use crate::meter::{
     Allowance, Credits, CreditsSetting, Limits, Meter, MeterParts, RateLimit, Refill, Refusal,
     StoredMeter,
 };
+use crate::owner::OwnerLimits;
 use crate::policy::Policy;
 use crate::revision::Revision;
 use crate::state::KeyStatus;
@@ -341,11 +342,30 @@ pub struct LimitColumns {
 impl LimitColumns {
     /// The columns of `key`'s limits.
     pub fn of(key: &ApiKey) -> LimitColumns {
+        LimitColumns::of_limits(key.limits())
+    }
+
+    /// The columns of an owner's limits (stored with their
+    /// [`version`](OwnerLimits::version) beside them).
+    pub fn of_owner(limits: &OwnerLimits) -> LimitColumns {
+        LimitColumns::of_limits(Some(limits.limits()))
+    }
+
+    /// The owner's limits these columns hold, stored at `version`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::Mismatch`] (naming `row_owner`) for columns that hold
+    /// no valid limit.
+    pub fn owner_limits(&self, row_owner: &str, version: u64) -> Result<OwnerLimits, RecordError> {
+        Ok(OwnerLimits::from_parts(self.limits(row_owner)?, version))
+    }
+
+    fn of_limits(limits: Option<&Limits>) -> LimitColumns {
         // Every value fits: the bounds of `RateLimit`, `Refill` and
         // `MAX_CREDITS` keep them within `i64`.
         let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let nanos = |d: time::Duration| i64::try_from(d.whole_nanoseconds()).unwrap_or(i64::MAX);
-        let limits = key.limits();
         let rate = limits.and_then(|l| l.rate.as_ref());
         let credits = limits.and_then(|l| l.credits.as_ref());
         let refill = credits.and_then(|c| c.credits.refill());

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow, Verification};
-use keyroll::{ApiKey, KeyId, PresentedToken, conformance};
+use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits, PresentedToken, conformance};
 use pollster::block_on;
 
 /// Under a plain `block_on`, and under tokio: the suite needs no runtime.
@@ -81,6 +81,12 @@ enum Flaw {
     VerifyForgetsNetworks,
     /// `refund` gives nothing back.
     RefundIsLost,
+    /// Charges the key's meter only, never its owner's.
+    OwnerNeverCharged,
+    /// Writes the key's meter even when the owner's refuses.
+    KeySpentWhenOwnerRefuses,
+    /// `set_owner_limits` ignores the version it expects.
+    OwnerLimitsIgnoreVersion,
 }
 
 /// A store with one deliberate flaw.
@@ -91,6 +97,7 @@ struct Flawed {
     meters: Mutex<BTreeMap<KeyId, StoredMeter>>,
     usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
     markers: Mutex<BTreeMap<String, time::OffsetDateTime>>,
+    owners: Mutex<BTreeMap<OwnerId, (OwnerLimits, Option<StoredMeter>)>>,
 }
 
 impl Flawed {
@@ -102,6 +109,7 @@ impl Flawed {
             meters: Mutex::default(),
             usage: Mutex::default(),
             markers: Mutex::default(),
+            owners: Mutex::default(),
         }
     }
 
@@ -136,7 +144,11 @@ impl KeyStore for Flawed {
         token: &PresentedToken<'_>,
         now: time::OffsetDateTime,
     ) -> Result<Verification, Infallible> {
-        let verification = Verification::of(self.get(id).await?.as_ref(), token, now);
+        let key = self.get(id).await?;
+        let owned = key.as_ref().and_then(ApiKey::owner);
+        let limits = owned.and_then(|owner| self.owners.lock().unwrap().get(owner).cloned());
+        let verification = Verification::of(key.as_ref(), token, now)
+            .with_owner_limits(limits.as_ref().map(|(limits, _)| limits));
         Ok(match verification {
             Verification::Accepted(mut who) if self.has(Flaw::VerifyForgetsNetworks) => {
                 who.networks = None;
@@ -260,12 +272,26 @@ impl KeyStore for Flawed {
         if self.has(Flaw::RacyCharge) {
             self.window().await;
         }
-        let charged = key.charge(stored.as_ref(), cost, now);
         let mut meters = self.meters.lock().unwrap();
+        let mut owners = self.owners.lock().unwrap();
+        let owner = key.owner().filter(|_| !self.has(Flaw::OwnerNeverCharged));
+        let owned = owner.and_then(|owner| owners.get(owner));
+        let owned = owned.map(|(limits, meter)| (limits, meter.as_ref()));
+        let charged = key.charge_with_owner(stored.as_ref(), owned, cost, now);
+        if let (Err(_), Some(_)) = (&charged, owner)
+            && self.has(Flaw::KeySpentWhenOwnerRefuses)
+            && let Ok(alone) = key.charge_with_owner(stored.as_ref(), None, cost, now)
+            && let Some(next) = alone.key
+        {
+            meters.insert(id.clone(), next);
+        }
         Ok(match charged {
-            Ok((next, allowance)) => {
-                meters.insert(id.clone(), next);
-                Ok(allowance)
+            Ok(charged) => {
+                meters.extend(charged.key.map(|next| (id.clone(), next)));
+                if let (Some(owner), Some(next)) = (owner, charged.owner) {
+                    owners.entry(owner.clone()).or_default().1 = Some(next);
+                }
+                Ok(charged.allowance)
             }
             Err(refusal) => {
                 if self.has(Flaw::RefusalsSpend) {
@@ -378,6 +404,46 @@ impl KeyStore for Flawed {
         Ok(())
     }
 
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, Infallible> {
+        Ok(self.owners.lock().unwrap().get(owner).map(|(l, _)| l.clone()))
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<Infallible>> {
+        let mut owners = self.owners.lock().unwrap();
+        let found = owners.get(owner).map_or(0, |(l, _)| l.version());
+        if found != expected && !self.has(Flaw::OwnerLimitsIgnoreVersion) {
+            return Err(StoreError::Conflict {
+                expected: Revision::new(0, expected),
+                found: Revision::new(0, found),
+            });
+        }
+        owners.entry(owner.clone()).or_default().0 = limits.clone();
+        Ok(())
+    }
+
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, Infallible> {
+        Ok(self.owners.lock().unwrap().get(owner).and_then(|(_, m)| m.clone()))
+    }
+
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Infallible> {
+        if let Some((limits, meter)) = self.owners.lock().unwrap().get_mut(owner)
+            && let Some(next) = limits.refund(meter.as_ref(), amount, period)
+        {
+            *meter = Some(next);
+        }
+        Ok(())
+    }
+
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Infallible> {
         let keys = self.keys.lock().unwrap();
         let mut out: Vec<ApiKey> = keys
@@ -459,6 +525,15 @@ fn each_flaw_is_caught_and_named() {
         (Flaw::MarkerNeverCleared, "markers_are_kept"),
         (Flaw::VerifyForgetsNetworks, "networks_are_enforced"),
         (Flaw::RefundIsLost, "refunds_stay_in_their_period"),
+        (Flaw::OwnerNeverCharged, "owner_meters_are_both_or_neither"),
+        (
+            Flaw::KeySpentWhenOwnerRefuses,
+            "owner_meters_are_both_or_neither",
+        ),
+        (
+            Flaw::OwnerLimitsIgnoreVersion,
+            "owner_meters_are_both_or_neither",
+        ),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

@@ -104,7 +104,7 @@ fn check_replay<S: KeyStore>(manager: &KeyManager<S>, ids: &[KeyId], events: Vec
     let mut by_key: HashMap<KeyId, Vec<Event>> = HashMap::new();
     for event in events {
         by_key
-            .entry(event.key_id().clone())
+            .entry(event.key_id().cloned().expect("a key's event"))
             .or_default()
             .push(event);
     }

@@ -46,7 +46,7 @@ fn issue_starts_active_single_at_version_1() {
     assert!(matches!(&event, Event::KeyIssued { token_id, .. } if *token_id == token.id()));
     assert_eq!(
         (event.key_id(), event.at(), event.version()),
-        (key.id(), t0(), 1)
+        (Some(key.id()), t0(), 1)
     );
 }
 
@@ -306,7 +306,7 @@ fn delete_consumes_the_key_and_reports_the_next_version() {
     let id = key.id().clone();
     let event = key.delete(t0()).unwrap();
     assert!(matches!(event, Event::KeyDeleted { version: 2, .. }));
-    assert_eq!(event.key_id(), &id);
+    assert_eq!(event.key_id(), Some(&id));
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::meter::{
 };
 use crate::networks::Networks;
 use crate::new_key::NewKey;
+use crate::owner::{Charged, OwnerLimits};
 use crate::policy::Policy;
 use crate::revision::Revision;
 use crate::state::{Decision, Freshness, KeyStatus, OldTokenDeletion, RenewalState, TokenMatch};
@@ -783,6 +784,36 @@ impl ApiKey {
                 Allowance::default(),
             )),
         }
+    }
+
+    /// Charges `cost` to the key's limits and to those of its owner,
+    /// both or neither: what [`KeyStore::charge`] implementations run
+    /// under their own atomicity once they read the key's meter
+    /// (`meter`) and, for a key with an owner, the owner's limits and
+    /// meter (`owner`, `None` when the owner has none stored). Each
+    /// meter charged is to be stored; a side without limits is left
+    /// alone (`None` in [`Charged`]).
+    ///
+    /// [`KeyStore::charge`]: crate::store::KeyStore::charge
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] of the key's limits, or else of its owner's (its
+    /// `subject` tells which); then nothing is to be stored.
+    pub fn charge_with_owner(
+        &self,
+        meter: Option<&StoredMeter>,
+        owner: Option<(&OwnerLimits, Option<&StoredMeter>)>,
+        cost: u32,
+        now: OffsetDateTime,
+    ) -> Result<Charged, Refusal> {
+        let owner = self
+            .owner
+            .as_ref()
+            .zip(owner)
+            .map(|(id, (limits, meter))| (id, limits, meter));
+        let limits = self.limits.as_deref().map(|limits| (limits, meter));
+        crate::owner::charge_both(limits, owner, cost, now)
     }
 
     /// Gives back `amount` credits that a charge took in `period` (from

@@ -1,11 +1,12 @@
 //! [`CachedStore`]: keys kept in memory in front of a slower store, for at
 //! most a bounded time.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -16,6 +17,7 @@ use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use crate::owner::OwnerLimits;
 use crate::padded::Padded;
 use crate::revision::Revision;
 use crate::token::PresentedToken;
@@ -65,6 +67,13 @@ const SHARDS: usize = 16;
 ///   Key ids are not secrets anyway: every token names its key, and events
 ///   and logs carry ids. A key created through this cache, or announced by
 ///   an invalidation (the listener's), is seen at once.
+/// - **Owner limits** are kept too, for `verify` to know that a key
+///   without limits of its own is charged to its owner's: read from
+///   `inner` at most once per owner per `max_staleness`, and at once when
+///   set through this cache. Limits set elsewhere apply within
+///   `max_staleness` to keys without limits of their own (a charge always
+///   reads the stored limits). At most `capacity` owners are kept; past
+///   that, every owner is forgotten at once, and read again.
 ///
 /// A read that raced with a write or an invalidation of its key is
 /// answered but not kept, so the cache never keeps a key older than the
@@ -100,6 +109,8 @@ pub struct CachedStore<S> {
     room: Room,
     max_staleness: Duration,
     negative_ttl: Duration,
+    /// Owner limits as read from `inner` (`None`: never set), until when.
+    owners: Mutex<HashMap<OwnerId, (Option<OwnerLimits>, Instant)>>,
 }
 
 /// How many entries the cache may hold, and holds.
@@ -187,6 +198,7 @@ impl<S> CachedStore<S> {
             },
             max_staleness,
             negative_ttl: max_staleness,
+            owners: Mutex::default(),
         }
     }
 
@@ -217,13 +229,18 @@ impl<S> CachedStore<S> {
         shard.remove(hash, id, &self.room);
     }
 
-    /// Forgets every key.
+    /// Forgets every key, and every owner's limits.
     pub fn invalidate_all(&self) {
         for shard in &self.shards {
             let mut shard = write(shard);
             shard.epoch += 1;
             shard.clear(&self.room);
         }
+        self.owners().clear();
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<OwnerId, (Option<OwnerLimits>, Instant)>> {
+        self.owners.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store behind the cache.
@@ -281,6 +298,19 @@ impl<S> CachedStore<S> {
                 _ => miss,
             },
         }
+    }
+
+    /// Keeps `owner`'s limits as read from `inner` by a read that began at
+    /// `started`, for `max_staleness` from then.
+    fn keep_owner(&self, owner: &OwnerId, limits: Option<OwnerLimits>, started: Instant) {
+        if self.room.capacity == 0 || self.max_staleness.is_zero() {
+            return;
+        }
+        let mut owners = self.owners();
+        if owners.len() >= self.room.capacity && !owners.contains_key(owner) {
+            owners.clear();
+        }
+        owners.insert(owner.clone(), (limits, started + self.max_staleness));
     }
 
     /// Keeps what a read that began with `ticket` found in `inner`, unless
@@ -556,14 +586,83 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> Result<Verification, S::Error> {
-        match self.cached(id, |key| Verification::of(key, token, now)) {
-            Ok(verification) => Ok(verification),
+        // The owner of an accepted key without limits of its own, whose
+        // limits tell whether it is charged.
+        let answer = |key: Option<&ApiKey>| {
+            let verification = Verification::of(key, token, now);
+            let owner = match &verification {
+                Verification::Accepted(accepted) if !accepted.metered => {
+                    key.and_then(ApiKey::owner).cloned()
+                }
+                _ => None,
+            };
+            (verification, owner)
+        };
+        let (verification, owner) = match self.cached(id, answer) {
+            Ok(answered) => answered,
             Err(ticket) => {
                 let found = self.inner.get(id).await?;
                 self.fill(id, found.as_ref(), ticket);
-                Ok(Verification::of(found.as_ref(), token, now))
+                answer(found.as_ref())
+            }
+        };
+        let Some(owner) = owner else {
+            return Ok(verification);
+        };
+        let fresh = self
+            .owners()
+            .get(&owner)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(limits, _)| limits.clone());
+        let limits = match fresh {
+            Some(limits) => limits,
+            None => {
+                let started = Instant::now();
+                let limits = self.inner.owner_limits(&owner).await?;
+                self.keep_owner(&owner, limits.clone(), started);
+                limits
+            }
+        };
+        Ok(verification.with_owner_limits(limits.as_ref()))
+    }
+
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, S::Error> {
+        let started = Instant::now();
+        let limits = self.inner.owner_limits(owner).await?;
+        self.keep_owner(owner, limits.clone(), started);
+        Ok(limits)
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<S::Error>> {
+        let started = Instant::now();
+        let set = self.inner.set_owner_limits(owner, limits, expected).await;
+        match &set {
+            Ok(()) => self.keep_owner(owner, Some(limits.clone()), started),
+            Err(_) => {
+                self.owners().remove(owner);
             }
         }
+        set
+    }
+
+    /// Forwarded: meters are never cached.
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, S::Error> {
+        self.inner.owner_meter(owner).await
+    }
+
+    /// Forwarded: meters are never cached.
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), S::Error> {
+        self.inner.refund_owner(owner, amount, period).await
     }
 }
 

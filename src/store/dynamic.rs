@@ -15,6 +15,7 @@ use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use crate::owner::OwnerLimits;
 use crate::revision::Revision;
 use crate::token::PresentedToken;
 
@@ -154,6 +155,26 @@ trait ObjectStore: Send + Sync {
         id: &'a KeyId,
         incarnation: u64,
     ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>>;
+    fn owner_limits<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+    ) -> Boxed<'a, Result<Option<OwnerLimits>, DynStoreError>>;
+    fn set_owner_limits<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        limits: &'a OwnerLimits,
+        expected: u64,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
+    fn owner_meter<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+    ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>>;
+    fn refund_owner<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Boxed<'a, Result<(), DynStoreError>>;
 }
 
 impl<S: KeyStore> ObjectStore for S {
@@ -308,6 +329,50 @@ impl<S: KeyStore> ObjectStore for S {
                 .map_err(DynStoreError::new)
         })
     }
+    fn owner_limits<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+    ) -> Boxed<'a, Result<Option<OwnerLimits>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::owner_limits(self, owner)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn set_owner_limits<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        limits: &'a OwnerLimits,
+        expected: u64,
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
+        Box::pin(async move {
+            KeyStore::set_owner_limits(self, owner, limits, expected)
+                .await
+                .map_err(|e| e.map_backend(DynStoreError::new))
+        })
+    }
+    fn owner_meter<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+    ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::owner_meter(self, owner)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn refund_owner<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Boxed<'a, Result<(), DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::refund_owner(self, owner, amount, period)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
 }
 
 impl KeyStore for DynKeyStore {
@@ -404,5 +469,27 @@ impl KeyStore for DynKeyStore {
         incarnation: u64,
     ) -> Result<Option<StoredMeter>, DynStoreError> {
         self.0.meter(id, incarnation).await
+    }
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, DynStoreError> {
+        self.0.owner_limits(owner).await
+    }
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<DynStoreError>> {
+        self.0.set_owner_limits(owner, limits, expected).await
+    }
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, DynStoreError> {
+        self.0.owner_meter(owner).await
+    }
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), DynStoreError> {
+        self.0.refund_owner(owner, amount, period).await
     }
 }

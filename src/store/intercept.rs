@@ -14,6 +14,7 @@ use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use crate::owner::OwnerLimits;
 use crate::revision::Revision;
 use crate::token::PresentedToken;
 
@@ -51,11 +52,19 @@ pub enum Call {
     Marker,
     /// [`KeyStore::set_marker`].
     SetMarker,
+    /// [`KeyStore::owner_limits`].
+    OwnerLimits,
+    /// [`KeyStore::set_owner_limits`].
+    SetOwnerLimits,
+    /// [`KeyStore::owner_meter`].
+    OwnerMeter,
+    /// [`KeyStore::refund_owner`].
+    RefundOwner,
 }
 
 impl Call {
     /// Every method, in the trait's order.
-    pub const ALL: [Call; 15] = [
+    pub const ALL: [Call; 19] = [
         Call::Get,
         Call::Insert,
         Call::Update,
@@ -71,6 +80,10 @@ impl Call {
         Call::PruneUsage,
         Call::Marker,
         Call::SetMarker,
+        Call::OwnerLimits,
+        Call::SetOwnerLimits,
+        Call::OwnerMeter,
+        Call::RefundOwner,
     ];
 }
 
@@ -108,7 +121,8 @@ pub enum InterceptError<E> {
 }
 
 /// A hook: given the id of the key the call names (`None` for a call that
-/// names none: `list`, `add_usage`, markers, ...), what to do.
+/// names none: `list`, `add_usage`, markers, owners' calls, ...), what to
+/// do.
 type Hook = Box<dyn Fn(Option<&KeyId>) -> Action + Send + Sync>;
 
 /// A [`KeyStore`] that forwards every call to `inner`, counting each kind,
@@ -206,12 +220,12 @@ impl<S> Intercept<S> {
     async fn write<T, E>(
         &self,
         call: Call,
-        id: &KeyId,
+        id: Option<&KeyId>,
         expected: Option<Revision>,
         forward: impl Future<Output = Result<T, StoreError<E>>>,
     ) -> Result<T, StoreError<InterceptError<E>>> {
         let injected = StoreError::Backend(InterceptError::Injected(call));
-        match (self.before(call, Some(id)).await, expected) {
+        match (self.before(call, id).await, expected) {
             (Action::Conflict, Some(expected)) => {
                 let found = Revision::new(expected.incarnation(), expected.version() + 1);
                 Err(StoreError::Conflict { expected, found })
@@ -257,7 +271,7 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     }
 
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>> {
-        self.write(Call::Insert, key.id(), None, self.inner.insert(key))
+        self.write(Call::Insert, Some(key.id()), None, self.inner.insert(key))
             .await
     }
 
@@ -267,13 +281,13 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         expected: Revision,
     ) -> Result<(), StoreError<Self::Error>> {
         let update = self.inner.update(key, expected);
-        self.write(Call::Update, key.id(), Some(expected), update)
+        self.write(Call::Update, Some(key.id()), Some(expected), update)
             .await
     }
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
         let delete = self.inner.delete(id, expected);
-        self.write(Call::Delete, id, Some(expected), delete).await
+        self.write(Call::Delete, Some(id), Some(expected), delete).await
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {
@@ -313,7 +327,7 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         now: OffsetDateTime,
     ) -> Result<Result<Allowance, Refusal>, StoreError<Self::Error>> {
         let charged = self.inner.charge(id, incarnation, cost, now);
-        self.write(Call::Charge, id, None, charged).await
+        self.write(Call::Charge, Some(id), None, charged).await
     }
 
     async fn refund(
@@ -367,6 +381,36 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     async fn set_marker(&self, name: &str, at: Option<OffsetDateTime>) -> Result<(), Self::Error> {
         self.run(Call::SetMarker, None, self.inner.set_marker(name, at))
             .await
+    }
+
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, Self::Error> {
+        self.run(Call::OwnerLimits, None, self.inner.owner_limits(owner))
+            .await
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<Self::Error>> {
+        let set = self.inner.set_owner_limits(owner, limits, expected);
+        self.write(Call::SetOwnerLimits, None, None, set).await
+    }
+
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, Self::Error> {
+        self.run(Call::OwnerMeter, None, self.inner.owner_meter(owner))
+            .await
+    }
+
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Self::Error> {
+        let refunded = self.inner.refund_owner(owner, amount, period);
+        self.run(Call::RefundOwner, None, refunded).await
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
 use std::ops::{Bound, Range};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -17,6 +18,7 @@ use crate::counts::UsageRow;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, KeyView, Parts, Renewal, TokenInfo, TokenView};
 use crate::meter::{Allowance, CreditsPeriod, Limits, Refusal, StoredMeter};
+use crate::owner::OwnerLimits;
 use crate::padded::Padded;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -80,12 +82,25 @@ pub struct InMemoryStore {
     markers: Mutex<BTreeMap<String, OffsetDateTime>>,
 }
 
-/// The keys whose id hashes to one shard.
+/// The keys whose id hashes to one shard, and the owners whose id does.
 #[derive(Debug, Default)]
 struct Shard {
     inner: RwLock<Inner>,
     /// Slot numbers in id order, or `None` after an insert or delete.
     order: Mutex<Option<Vec<u32>>>,
+    /// Owner limits, by owner: an entry, once made, stays (cleared limits
+    /// are kept, empty), so a charge holds this lock shared only while it
+    /// finds the entry's.
+    owner_limits: RwLock<HashMap<OwnerId, OwnerEntry>>,
+}
+
+/// An owner's limits and meter, charged under one lock.
+#[derive(Debug)]
+struct OwnerEntry {
+    /// Whether the limits are not empty: what `verify` reads, without the
+    /// lock (a charge reads the limits under it).
+    limited: AtomicBool,
+    state: Mutex<(OwnerLimits, Option<StoredMeter>)>,
 }
 
 #[derive(Debug, Default)]
@@ -397,6 +412,7 @@ impl Default for InMemoryStore {
                         ..Inner::default()
                     }),
                     order: Mutex::default(),
+                    owner_limits: RwLock::default(),
                 })
             })
             .collect();
@@ -472,6 +488,28 @@ impl InMemoryStore {
     fn locate(&self, id: &KeyId) -> (u64, &Shard) {
         let hash = self.hasher.hash_one(id);
         (hash, &self.shards[(hash >> 32) as usize % SHARDS])
+    }
+
+    /// The owner limits of the shard `owner` hashes to, read-locked.
+    fn owner_limits(&self, owner: &OwnerId) -> RwLockReadGuard<'_, HashMap<OwnerId, OwnerEntry>> {
+        let hash = self.hasher.hash_one(owner);
+        self.shards[(hash >> 32) as usize % SHARDS]
+            .owner_limits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `owner` has limits (not empty) now.
+    fn owner_limited(&self, owner: &OwnerId) -> bool {
+        self.owner_limits(owner)
+            .get(owner)
+            .is_some_and(|entry| entry.limited.load(Ordering::Acquire))
+    }
+}
+
+impl OwnerEntry {
+    fn state(&self) -> std::sync::MutexGuard<'_, (OwnerLimits, Option<StoredMeter>)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -686,6 +724,15 @@ impl KeyStore for InMemoryStore {
         Ok(match inner.find(hash, id) {
             None => Verification::UnknownKey,
             Some(n) => match inner.view(&inner.slots[n]).authenticate(token, now) {
+                Ok(authenticated) if !authenticated.metered => {
+                    let slot = &inner.slots[n];
+                    match slot.rare.as_deref().and_then(|rare| rare.owner.as_ref()) {
+                        Some(owner) if self.owner_limited(owner) => {
+                            Verification::Accepted(authenticated.charged_to(slot.incarnation))
+                        }
+                        _ => Verification::Accepted(authenticated),
+                    }
+                }
                 Ok(authenticated) => Verification::Accepted(authenticated),
                 Err(error) => Verification::Refused {
                     error,
@@ -710,16 +757,36 @@ impl KeyStore for InMemoryStore {
             .filter(|slot| slot.incarnation == incarnation)
             .ok_or(StoreError::NotFound)?;
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
-        let Some(limits) = &rare.limits else {
-            return Ok(Ok(Allowance::default()));
+        // The key's meter, then the owner's: both or neither.
+        let mut meter = rare
+            .limits
+            .as_ref()
+            .map(|limits| (limits, rare.meter.lock().unwrap_or_else(PoisonError::into_inner)));
+        let entries = rare.owner.as_ref().map(|owner| (owner, self.owner_limits(owner)));
+        let mut owned = entries
+            .as_ref()
+            .and_then(|(owner, entries)| Some((*owner, entries.get(*owner)?)))
+            .filter(|(_, entry)| entry.limited.load(Ordering::Acquire))
+            .map(|(owner, entry)| (owner, entry.state()));
+        let charged = crate::owner::charge_both(
+            meter.as_ref().map(|(limits, meter)| (*limits, meter.as_ref())),
+            owned
+                .as_ref()
+                .map(|(owner, state)| (*owner, &state.0, state.1.as_ref())),
+            cost,
+            now,
+        );
+        let charged = match charged {
+            Ok(charged) => charged,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        let mut meter = rare.meter.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(limits
-            .charge(meter.as_ref(), cost, now)
-            .map(|(next, allowance)| {
-                *meter = Some(next);
-                allowance
-            }))
+        if let (Some((_, meter)), Some(next)) = (&mut meter, charged.key) {
+            **meter = Some(next);
+        }
+        if let (Some((_, state)), Some(next)) = (&mut owned, charged.owner) {
+            state.1 = Some(next);
+        }
+        Ok(Ok(charged.allowance))
     }
 
     async fn refund(
@@ -797,6 +864,65 @@ impl KeyStore for InMemoryStore {
         let count = usage.len();
         usage.retain(|&(_, _, hour), _| hour >= before);
         Ok((count - usage.len()) as u64)
+    }
+
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, Infallible> {
+        Ok(self
+            .owner_limits(owner)
+            .get(owner)
+            .map(|entry| entry.state().0.clone()))
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<Infallible>> {
+        let hash = self.hasher.hash_one(owner);
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
+        let mut entries = shard
+            .owner_limits
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.entry(owner.clone()).or_insert_with(|| OwnerEntry {
+            limited: AtomicBool::new(false),
+            state: Mutex::new((OwnerLimits::new(), None)),
+        });
+        let mut state = entry.state();
+        let found = state.0.version();
+        if found != expected {
+            return Err(StoreError::Conflict {
+                expected: Revision::new(0, expected),
+                found: Revision::new(0, found),
+            });
+        }
+        state.0 = limits.clone();
+        entry.limited.store(!limits.is_empty(), Ordering::Release);
+        Ok(())
+    }
+
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, Infallible> {
+        Ok(self
+            .owner_limits(owner)
+            .get(owner)
+            .and_then(|entry| entry.state().1.clone()))
+    }
+
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), Infallible> {
+        if let Some(entry) = self.owner_limits(owner).get(owner) {
+            let mut state = entry.state();
+            let (limits, meter) = &mut *state;
+            if let Some(next) = limits.refund(meter.as_ref(), amount, period) {
+                *meter = Some(next);
+            }
+        }
+        Ok(())
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Infallible> {

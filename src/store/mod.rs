@@ -45,6 +45,8 @@ use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use crate::owner::OwnerLimits;
+pub use crate::owner::Charged;
 use crate::token::PresentedToken;
 
 /// What a store found when it verified a token against the key stored
@@ -69,6 +71,21 @@ pub enum Verification {
 }
 
 impl Verification {
+    /// The same answer, with an accepted key marked metered when its
+    /// owner's `limits` are not empty (the manager then charges it, and
+    /// the charge applies them).
+    pub fn with_owner_limits(self, limits: Option<&OwnerLimits>) -> Verification {
+        match self {
+            Verification::Accepted(accepted)
+                if !accepted.metered && limits.is_some_and(|l| !l.is_empty()) =>
+            {
+                let incarnation = accepted.incarnation;
+                Verification::Accepted(accepted.charged_to(incarnation))
+            }
+            other => other,
+        }
+    }
+
     /// The answer for `key` (`None`: not stored) to `token` at `now`, as a
     /// store that loaded the key gives it.
     pub fn of(
@@ -112,6 +129,10 @@ impl Verification {
 /// | `verify(id, token, now)` | a [`Verification`] | `Self::Error` |
 /// | `charge(id, incarnation, cost, now)` | the [`Allowance`], or the [`Refusal`] | [`StoreError::NotFound`], `Backend` |
 /// | `meter(id, incarnation)` | the [`StoredMeter`], or `None` | `Self::Error` |
+/// | `owner_limits(owner)` | the [`OwnerLimits`], or `None` | `Self::Error` |
+/// | `set_owner_limits(owner, limits, expected)` | `()` | [`StoreError::Conflict`], `Backend` |
+/// | `owner_meter(owner)` | the owner's [`StoredMeter`], or `None` | `Self::Error` |
+/// | `refund_owner(owner, amount, period)` | `()` | `Self::Error` |
 /// | `add_usage(rows)` | `()` | `Self::Error` |
 /// | `usage(id, incarnation, hours)` | the [`UsageRow`]s, by hour | `Self::Error` |
 /// | `prune_usage(before)` | how many rows were dropped | `Self::Error` |
@@ -162,6 +183,27 @@ impl Verification {
 ///   created again under the id starts full.
 /// - `meter(id, incarnation)` is the meter kept beside that key, `None`
 ///   when there is none (never charged, another incarnation, no key).
+/// - **Owner limits** ([`OwnerLimits`]) are kept by owner, beside the keys
+///   and in no key's record, with the owner's meter.
+///   `set_owner_limits(owner, limits, expected)` stores `limits` only if
+///   the stored ones are at version `expected` (0: none stored), else
+///   [`StoreError::Conflict`] with both versions as revisions of
+///   incarnation 0. Cleared limits (empty) are stored too, so versions
+///   only grow; deleting keys never touches them. `owner_limits` is the
+///   last stored, `owner_meter` the owner's meter (`None` before its first
+///   charge).
+/// - **A charge of a key whose owner has limits** (not empty) charges both
+///   meters in the same atomic step, the key's first, then the owner's
+///   ([`OwnerLimits::charge`]); if either refuses, neither is stored, and
+///   the refusal is the one that refused (its `subject`). The owner is the
+///   key's owner in the stored record at the charge, its limits those
+///   stored then. A key without limits of its own is charged to its
+///   owner's alone.
+/// - `verify` marks an accepted key whose owner has limits as metered
+///   ([`Authenticated::charged_to`] is how a store says so), so that the
+///   manager charges it.
+/// - `refund_owner(owner, amount, period)`: [`OwnerLimits::refund`] on the
+///   owner's meter, atomically, void as `refund` is.
 /// - Every error of the backend itself is `Backend(e)`, never a panic.
 ///
 /// Run `keyroll::conformance::run_all` (feature `conformance`) on your
@@ -233,15 +275,27 @@ pub trait KeyStore: Send + Sync {
     }
 
     /// Verifies `token` against the key stored under `id`, as
-    /// [`ApiKey::verify_presented`] does. The default loads the key with
-    /// `get`.
+    /// [`ApiKey::verify_presented`] does, and marks a key whose owner has
+    /// limits as metered. The default loads the key with `get`, and its
+    /// owner's limits with `owner_limits` when the key has none of its
+    /// own.
     fn verify(
         &self,
         id: &KeyId,
         token: &PresentedToken<'_>,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Verification, Self::Error>> + Send {
-        async move { Ok(Verification::of(self.get(id).await?.as_ref(), token, now)) }
+        async move {
+            let key = self.get(id).await?;
+            let verification = Verification::of(key.as_ref(), token, now);
+            Ok(match (verification, key.as_ref().and_then(ApiKey::owner)) {
+                (Verification::Accepted(accepted), Some(owner)) if !accepted.metered => {
+                    let limits = self.owner_limits(owner).await?;
+                    Verification::Accepted(accepted).with_owner_limits(limits.as_ref())
+                }
+                (verification, _) => verification,
+            })
+        }
     }
 
     /// Charges `cost` to the limits of key `id` of `incarnation`,
@@ -295,6 +349,41 @@ pub trait KeyStore: Send + Sync {
 
     /// Drops the counts of the hours before `before`; how many rows went.
     fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// The limits `owner`'s keys share, as last stored (empty once
+    /// cleared); `None` if never set.
+    fn owner_limits(
+        &self,
+        owner: &OwnerId,
+    ) -> impl Future<Output = Result<Option<OwnerLimits>, Self::Error>> + Send;
+
+    /// Stores `limits` as `owner`'s if the stored ones are at version
+    /// `expected` (0: none stored). `limits` is a stamped setting of
+    /// version `expected + 1`
+    /// ([`KeyManager::set_owner_limits`](crate::KeyManager::set_owner_limits)
+    /// makes it).
+    fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
+
+    /// The meter kept beside `owner`'s limits, if it was ever charged.
+    fn owner_meter(
+        &self,
+        owner: &OwnerId,
+    ) -> impl Future<Output = Result<Option<StoredMeter>, Self::Error>> + Send;
+
+    /// Gives back `amount` credits that a charge took from `owner`'s
+    /// credits in `period`, atomically with the owner's meter
+    /// ([`OwnerLimits::refund`]); void as [`refund`](Self::refund) is.
+    fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The instant a marker was set, if it is: a named fact about the
     /// whole store that outlives restarts and replicas, such as
@@ -405,6 +494,28 @@ macro_rules! forward {
             }
             fn prune_usage(&self, before: i64) -> impl Future<Output = Result<u64, S::Error>> + Send {
                 (**self).prune_usage(before)
+            }
+            fn owner_limits(&self, owner: &OwnerId) -> impl Future<Output = Result<Option<OwnerLimits>, S::Error>> + Send {
+                (**self).owner_limits(owner)
+            }
+            fn set_owner_limits(
+                &self,
+                owner: &OwnerId,
+                limits: &OwnerLimits,
+                expected: u64,
+            ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
+                (**self).set_owner_limits(owner, limits, expected)
+            }
+            fn owner_meter(&self, owner: &OwnerId) -> impl Future<Output = Result<Option<StoredMeter>, S::Error>> + Send {
+                (**self).owner_meter(owner)
+            }
+            fn refund_owner(
+                &self,
+                owner: &OwnerId,
+                amount: u64,
+                period: CreditsPeriod,
+            ) -> impl Future<Output = Result<(), S::Error>> + Send {
+                (**self).refund_owner(owner, amount, period)
             }
             fn marker(&self, name: &str) -> impl Future<Output = Result<Option<OffsetDateTime>, S::Error>> + Send {
                 (**self).marker(name)

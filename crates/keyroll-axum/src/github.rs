@@ -47,7 +47,7 @@
 //! let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
 //! let signers = SigningKeys::from_pem(&pem())?;
 //! let app: axum::Router = SecretScanning::new(keys, signers)
-//!     .on_event(|event| println!("revoked a token of {}", event.key_id()))
+//!     .on_event(|event| println!("revoked a token of {:?}", event.key_id()))
 //!     .router();
 //! # Ok::<(), keyroll_axum::github::InvalidSigningKeys>(())
 //! ```
@@ -63,7 +63,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use keyroll::store::KeyStore;
-use keyroll::{Event, KeyManager};
+use keyroll::{Event, KeyId, KeyManager};
 use p256::ecdsa::VerifyingKey;
 use p256::ecdsa::signature::Verifier;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
@@ -266,7 +266,7 @@ async fn github_secret_scanning<S: KeyStore + 'static>(
                 events.push(event.clone());
                 // Where it leaked, for the operators; never the token.
                 tracing::warn!(
-                    key_id = %event.key_id(),
+                    key_id = event.key_id().map(KeyId::as_str),
                     url = found.url.as_deref(),
                     source = found.source.as_deref(),
                     "keyroll: leaked token revoked"

@@ -113,7 +113,7 @@ use keyroll::ApiKey;
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
 use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{KeyId, OwnerId};
+use keyroll::{KeyId, OwnerId, OwnerLimits};
 use time::OffsetDateTime;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -249,7 +249,17 @@ struct Statements {
     marker: String,
     set_marker: String,
     clear_marker: String,
+    owner: String,
+    owner_for_update: String,
+    insert_owner: String,
+    update_owner: String,
+    set_owner_meter: String,
 }
+
+/// An owner's row: its version, its [`LIMIT_COLUMNS`] and its meter.
+const OWNER_COLUMNS: &str = "version, rate_limit, rate_period_ns, rate_burst, credits, \
+     refill_amount, refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation, \
+     generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos";
 
 /// The key's limits as columns beside its record ([`LimitColumns`]), which
 /// the charge function reads.
@@ -339,16 +349,87 @@ fn replace_function(signature: &str, create: &str) -> String {
     )
 }
 
-/// The charge of one key of `{schema}.{table}`, in one call, at the
-/// server's clock unless the caller gives its `now`
+/// A meter charged in SQL, shared by every keyroll table of `schema`:
+/// brings the meter as stored (`m_found` false: none yet) to the setting
+/// of the credits the limit columns hold (a meter of another setting
+/// starts over), runs `keyroll_meter_step`, and answers whether it
+/// admitted and the meter to store (NULLs when refused). The charge
+/// function runs it on a key's meter and on its owner's.
+fn meter_charge(schema: &str) -> String {
+    let create = format!(
+        "
+CREATE OR REPLACE FUNCTION {schema}.keyroll_meter_charge(
+    rate_limit bigint, rate_period_ns bigint, rate_burst bigint, credits bigint,
+    refill_amount bigint, refill_every_ns bigint, credits_set_secs bigint,
+    credits_set_nanos integer, credits_generation bigint,
+    m_found boolean, m_generation bigint, m_tat_secs bigint, m_tat_nanos integer,
+    m_remaining bigint, m_refills bigint, m_anchor_secs bigint, m_anchor_nanos integer,
+    cost bigint, now numeric,
+    OUT admitted boolean,
+    OUT n_generation bigint, OUT n_tat_secs bigint, OUT n_tat_nanos integer,
+    OUT n_remaining bigint, OUT n_refills bigint, OUT n_anchor_secs bigint,
+    OUT n_anchor_nanos integer)
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, {schema} AS $$
+DECLARE
+    gen bigint := coalesce(credits_generation, 0);
+    set_at numeric := coalesce(credits_set_secs * 1000000000::numeric + credits_set_nanos, now);
+    tat numeric := set_at;
+    remaining numeric := coalesce(credits, 0);
+    refills numeric := 0;
+    anchor numeric := set_at;
+    step record;
+BEGIN
+    IF m_found THEN
+        tat := m_tat_secs * 1000000000::numeric + m_tat_nanos;
+        -- A meter of another setting of the credits starts its balance over.
+        IF m_generation = gen THEN
+            remaining := m_remaining;
+            refills := m_refills;
+            anchor := m_anchor_secs * 1000000000::numeric + m_anchor_nanos;
+        END IF;
+    END IF;
+    step := {schema}.keyroll_meter_step(rate_limit, rate_period_ns, rate_burst, credits IS NOT NULL,
+        refill_amount, refill_every_ns, tat, remaining, refills, anchor, cost, now);
+    admitted := step.admitted;
+    IF NOT admitted THEN
+        RETURN;
+    END IF;
+    -- Seconds and nanoseconds, the nanoseconds 0 to 10^9 - 1 (mod is exact;
+    -- a division would round).
+    n_tat_nanos := mod(mod(step.new_tat, 1000000000) + 1000000000, 1000000000);
+    n_tat_secs := (step.new_tat - n_tat_nanos) / 1000000000;
+    n_anchor_nanos := mod(mod(anchor, 1000000000) + 1000000000, 1000000000);
+    n_anchor_secs := (anchor - n_anchor_nanos) / 1000000000;
+    n_generation := gen;
+    n_remaining := step.new_remaining;
+    n_refills := step.new_refills;
+END $$;"
+    );
+    replace_function(
+        &format!(
+            "{schema}.keyroll_meter_charge(bigint, bigint, bigint, bigint, bigint, bigint, bigint, \
+             integer, bigint, boolean, bigint, bigint, integer, bigint, bigint, bigint, integer, \
+             bigint, numeric)"
+        ),
+        &create,
+    )
+}
+
+/// The charge of one key of `{schema}.{table}`, and of its owner's limits
+/// if it has an owner with limits, in one call, at the server's clock
+/// unless the caller gives its `now`
 /// ([`PgStore::charging_at_callers_clock`]): reads the key's limit
-/// columns, locks its meter (a first charge of a key takes a transaction
-/// lock of its id and incarnation instead, as there is no row to lock
-/// yet), brings the meter to the key's setting of its credits, runs
-/// `keyroll_meter_step`, and stores the meter if admitted. Answers no row
-/// for a missing key; else the key's record, whether it is metered, the
-/// meter as it was (NULLs: none), and the step's answer, which the caller
-/// checks against `Meter::charge`, and the instant it charged at.
+/// columns and owner, locks the key's meter (a first charge of a key takes
+/// a transaction lock of its id and incarnation instead, as there is no
+/// row to lock yet), then the owner's row (always in that order, so no
+/// two charges wait on each other), reads the clock, runs
+/// `keyroll_meter_charge` on the key's meter and then on the owner's, and
+/// stores both if both admitted, else neither. Answers no row for a
+/// missing key; else the key's limit columns, its meter as it was and as
+/// the step left it (NULLs: none, or refused), the instant it charged at,
+/// and the same for the owner (`o_version` NULL: no owner limits), which
+/// the caller checks against `LimitColumns::charge` and
+/// `OwnerLimits::charge`.
 fn charge_function(schema: &str, table: &str) -> String {
     let create = format!(
         "
@@ -363,103 +444,138 @@ RETURNS TABLE (
     m_refills bigint, m_anchor_secs bigint, m_anchor_nanos integer,
     n_generation bigint, n_tat_secs bigint, n_tat_nanos integer, n_remaining bigint,
     n_refills bigint, n_anchor_secs bigint, n_anchor_nanos integer,
-    used_now_secs bigint, used_now_nanos integer)
+    used_now_secs bigint, used_now_nanos integer,
+    o_owner text, o_version bigint,
+    o_rate_limit bigint, o_rate_period_ns bigint, o_rate_burst bigint, o_credits bigint,
+    o_refill_amount bigint, o_refill_every_ns bigint, o_credits_set_secs bigint,
+    o_credits_set_nanos integer, o_credits_generation bigint,
+    om_generation bigint, om_tat_secs bigint, om_tat_nanos integer, om_remaining bigint,
+    om_refills bigint, om_anchor_secs bigint, om_anchor_nanos integer,
+    on_generation bigint, on_tat_secs bigint, on_tat_nanos integer, on_remaining bigint,
+    on_refills bigint, on_anchor_secs bigint, on_anchor_nanos integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
 #variable_conflict use_column
 DECLARE
     m {schema}.{table}_meters%ROWTYPE;
-    -- The server's clock (to the microsecond), unless the caller's is given.
-    now numeric := coalesce(p_now_secs * 1000000000::numeric + p_now_nanos,
-        floor(extract(epoch FROM clock_timestamp()) * 1000000) * 1000);
-    gen bigint;
-    set_at numeric;
-    tat numeric;
-    remaining numeric;
-    refills numeric;
-    anchor numeric;
-    step record;
+    o {schema}.{table}_owners%ROWTYPE;
+    now numeric;
+    key_metered boolean;
+    owner_metered boolean := false;
+    c record;
 BEGIN
-    used_now_nanos := mod(mod(now, 1000000000) + 1000000000, 1000000000);
-    used_now_secs := (now - used_now_nanos) / 1000000000;
     SELECT k.rate_limit, k.rate_period_ns, k.rate_burst, k.credits, k.refill_amount,
-           k.refill_every_ns, k.credits_set_secs, k.credits_set_nanos, k.credits_generation
+           k.refill_every_ns, k.credits_set_secs, k.credits_set_nanos, k.credits_generation,
+           k.owner
       INTO rate_limit, rate_period_ns, rate_burst, credits, refill_amount,
-           refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation
+           refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation, o_owner
       FROM {schema}.{table} k WHERE k.id = p_id AND k.incarnation = p_incarnation;
     IF NOT FOUND THEN
         RETURN;
     END IF;
     admitted := false;
-    IF rate_limit IS NULL AND credits IS NULL THEN
+    key_metered := rate_limit IS NOT NULL OR credits IS NOT NULL;
+    IF key_metered THEN
+        SELECT * INTO m FROM {schema}.{table}_meters s
+         WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
+        IF NOT FOUND THEN
+            PERFORM pg_advisory_xact_lock(hashtextextended('{table}_meters:' || p_id, p_incarnation));
+            SELECT * INTO m FROM {schema}.{table}_meters s
+             WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
+        END IF;
+    END IF;
+    IF o_owner IS NOT NULL THEN
+        SELECT * INTO o FROM {schema}.{table}_owners s WHERE s.owner = o_owner FOR UPDATE;
+        owner_metered := FOUND AND (o.rate_limit IS NOT NULL OR o.credits IS NOT NULL);
+    END IF;
+    IF NOT key_metered AND NOT owner_metered THEN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT * INTO m FROM {schema}.{table}_meters s
-     WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM pg_advisory_xact_lock(hashtextextended('{table}_meters:' || p_id, p_incarnation));
-        SELECT * INTO m FROM {schema}.{table}_meters s
-         WHERE s.id = p_id AND s.incarnation = p_incarnation FOR UPDATE;
-    END IF;
-    -- The server's clock once the meter is ours: a charge that waited for
-    -- the lock must not find the bucket ahead of an instant it read before
+    -- The server's clock once the meters are ours: a charge that waited for
+    -- a lock must not find the bucket ahead of an instant it read before
     -- (it was refused as rate limited by as much as it waited).
     now := coalesce(p_now_secs * 1000000000::numeric + p_now_nanos,
         floor(extract(epoch FROM clock_timestamp()) * 1000000) * 1000);
     used_now_nanos := mod(mod(now, 1000000000) + 1000000000, 1000000000);
     used_now_secs := (now - used_now_nanos) / 1000000000;
-    gen := coalesce(credits_generation, 0);
-    set_at := coalesce(credits_set_secs * 1000000000::numeric + credits_set_nanos, now);
-    IF m.id IS NULL THEN
-        tat := set_at;
-    ELSE
-        tat := m.tat_secs * 1000000000::numeric + m.tat_nanos;
-        m_generation := m.generation;
-        m_tat_secs := m.tat_secs;
-        m_tat_nanos := m.tat_nanos;
-        m_remaining := m.remaining;
-        m_refills := m.refills;
-        m_anchor_secs := m.anchor_secs;
-        m_anchor_nanos := m.anchor_nanos;
+    IF key_metered THEN
+        IF m.id IS NOT NULL THEN
+            m_generation := m.generation;
+            m_tat_secs := m.tat_secs;
+            m_tat_nanos := m.tat_nanos;
+            m_remaining := m.remaining;
+            m_refills := m.refills;
+            m_anchor_secs := m.anchor_secs;
+            m_anchor_nanos := m.anchor_nanos;
+        END IF;
+        c := {schema}.keyroll_meter_charge(rate_limit, rate_period_ns, rate_burst, credits,
+            refill_amount, refill_every_ns, credits_set_secs, credits_set_nanos,
+            credits_generation, m.id IS NOT NULL, m.generation, m.tat_secs, m.tat_nanos,
+            m.remaining, m.refills, m.anchor_secs, m.anchor_nanos, p_cost, now);
+        IF NOT c.admitted THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        n_generation := c.n_generation;
+        n_tat_secs := c.n_tat_secs;
+        n_tat_nanos := c.n_tat_nanos;
+        n_remaining := c.n_remaining;
+        n_refills := c.n_refills;
+        n_anchor_secs := c.n_anchor_secs;
+        n_anchor_nanos := c.n_anchor_nanos;
     END IF;
-    IF m.id IS NOT NULL AND m.generation = gen THEN
-        remaining := m.remaining;
-        refills := m.refills;
-        anchor := m.anchor_secs * 1000000000::numeric + m.anchor_nanos;
-    ELSE
-        -- A new meter, or credits set again: the balance starts over.
-        remaining := coalesce(credits, 0);
-        refills := 0;
-        anchor := set_at;
+    IF owner_metered THEN
+        o_version := o.version;
+        o_rate_limit := o.rate_limit;
+        o_rate_period_ns := o.rate_period_ns;
+        o_rate_burst := o.rate_burst;
+        o_credits := o.credits;
+        o_refill_amount := o.refill_amount;
+        o_refill_every_ns := o.refill_every_ns;
+        o_credits_set_secs := o.credits_set_secs;
+        o_credits_set_nanos := o.credits_set_nanos;
+        o_credits_generation := o.credits_generation;
+        om_generation := o.generation;
+        om_tat_secs := o.tat_secs;
+        om_tat_nanos := o.tat_nanos;
+        om_remaining := o.remaining;
+        om_refills := o.refills;
+        om_anchor_secs := o.anchor_secs;
+        om_anchor_nanos := o.anchor_nanos;
+        c := {schema}.keyroll_meter_charge(o.rate_limit, o.rate_period_ns, o.rate_burst,
+            o.credits, o.refill_amount, o.refill_every_ns, o.credits_set_secs,
+            o.credits_set_nanos, o.credits_generation, o.generation IS NOT NULL, o.generation,
+            o.tat_secs, o.tat_nanos, o.remaining, o.refills, o.anchor_secs, o.anchor_nanos,
+            p_cost, now);
+        IF NOT c.admitted THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        on_generation := c.n_generation;
+        on_tat_secs := c.n_tat_secs;
+        on_tat_nanos := c.n_tat_nanos;
+        on_remaining := c.n_remaining;
+        on_refills := c.n_refills;
+        on_anchor_secs := c.n_anchor_secs;
+        on_anchor_nanos := c.n_anchor_nanos;
+        UPDATE {schema}.{table}_owners s SET generation = on_generation, tat_secs = on_tat_secs,
+            tat_nanos = on_tat_nanos, remaining = on_remaining, refills = on_refills,
+            anchor_secs = on_anchor_secs, anchor_nanos = on_anchor_nanos
+         WHERE s.owner = o_owner;
     END IF;
-    step := {schema}.keyroll_meter_step(rate_limit, rate_period_ns, rate_burst, credits IS NOT NULL,
-        refill_amount, refill_every_ns, tat, remaining, refills, anchor, p_cost, now);
-    admitted := step.admitted;
-    IF NOT admitted THEN
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    -- Seconds and nanoseconds, the nanoseconds 0 to 10^9 - 1 (mod is exact;
-    -- a division would round).
-    n_tat_nanos := mod(mod(step.new_tat, 1000000000) + 1000000000, 1000000000);
-    n_tat_secs := (step.new_tat - n_tat_nanos) / 1000000000;
-    n_anchor_nanos := mod(mod(anchor, 1000000000) + 1000000000, 1000000000);
-    n_anchor_secs := (anchor - n_anchor_nanos) / 1000000000;
-    n_generation := gen;
-    n_remaining := step.new_remaining;
-    n_refills := step.new_refills;
-    IF m.id IS NULL THEN
+    IF key_metered AND m.id IS NULL THEN
         INSERT INTO {schema}.{table}_meters
             (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills,
              anchor_secs, anchor_nanos)
         VALUES (p_id, p_incarnation, n_generation, n_tat_secs, n_tat_nanos, n_remaining,
             n_refills, n_anchor_secs, n_anchor_nanos);
-    ELSE
+    ELSIF key_metered THEN
         UPDATE {schema}.{table}_meters s SET generation = n_generation, tat_secs = n_tat_secs,
             tat_nanos = n_tat_nanos, remaining = n_remaining, refills = n_refills,
             anchor_secs = n_anchor_secs, anchor_nanos = n_anchor_nanos
          WHERE s.id = p_id AND s.incarnation = p_incarnation;
     END IF;
+    admitted := true;
     RETURN NEXT;
 END $$;"
     );
@@ -620,6 +736,26 @@ impl PgStore {
                  ON CONFLICT (name) DO NOTHING"
             ),
             clear_marker: format!("DELETE FROM {table}_markers WHERE name = $1"),
+            owner: format!("SELECT {OWNER_COLUMNS} FROM {table}_owners WHERE owner = $1"),
+            owner_for_update: format!(
+                "SELECT {OWNER_COLUMNS} FROM {table}_owners WHERE owner = $1 FOR UPDATE"
+            ),
+            insert_owner: format!(
+                "INSERT INTO {table}_owners (owner, version, {LIMIT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (owner) DO NOTHING"
+            ),
+            update_owner: format!(
+                "UPDATE {table}_owners SET version = $2, rate_limit = $3, rate_period_ns = $4, \
+                     rate_burst = $5, credits = $6, refill_amount = $7, refill_every_ns = $8, \
+                     credits_set_secs = $9, credits_set_nanos = $10, credits_generation = $11 \
+                 WHERE owner = $1 AND version = $12"
+            ),
+            set_owner_meter: format!(
+                "UPDATE {table}_owners SET generation = $2, tat_secs = $3, tat_nanos = $4, \
+                     remaining = $5, refills = $6, anchor_secs = $7, anchor_nanos = $8 \
+                 WHERE owner = $1"
+            ),
             meter: format!(
                 "SELECT generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos \
                  FROM {table}_meters WHERE id = $1 AND incarnation = $2"
@@ -722,7 +858,7 @@ impl PgStore {
     /// It is an explicit step, run by a role that may create tables (a
     /// deployment step, `keyctl migrate`, or the demo service's
     /// `--migrate`). No other method runs it: the service itself needs
-    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the four tables ([`PgStore::grants`]), so it
+    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the five tables ([`PgStore::grants`]), so it
     /// can neither drop the table nor the triggers that keep caches in
     /// step. Until it has run, every call fails with
     /// [`PgStoreError::NotMigrated`].
@@ -826,6 +962,17 @@ impl PgStore {
                  name TEXT COLLATE \"C\" PRIMARY KEY,
                  at_secs BIGINT NOT NULL,
                  at_nanos INTEGER NOT NULL
+             );
+             -- Owner limits, as record::LimitColumns, and the owner's meter
+             -- (NULL until its first charge) in the same row (keyroll 0.4).
+             CREATE TABLE IF NOT EXISTS {table}_owners (
+                 owner TEXT COLLATE \"C\" PRIMARY KEY,
+                 version BIGINT NOT NULL,
+                 rate_limit BIGINT, rate_period_ns BIGINT, rate_burst BIGINT,
+                 credits BIGINT, refill_amount BIGINT, refill_every_ns BIGINT,
+                 credits_set_secs BIGINT, credits_set_nanos INTEGER, credits_generation BIGINT,
+                 generation BIGINT, tat_secs BIGINT, tat_nanos INTEGER, remaining BIGINT,
+                 refills BIGINT, anchor_secs BIGINT, anchor_nanos INTEGER
              );"
         ))
         .await?;
@@ -839,6 +986,7 @@ impl PgStore {
         )
         .await?;
         tx.batch_execute(&meter_step(&schema)).await?;
+        tx.batch_execute(&meter_charge(&schema)).await?;
         tx.batch_execute(&format!(
             "CREATE OR REPLACE FUNCTION {schema}.keyroll_notify() RETURNS trigger
                  LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
@@ -887,7 +1035,8 @@ impl PgStore {
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters; \
-                 DROP TABLE IF EXISTS {table}_usage; DROP TABLE IF EXISTS {table}_markers"
+                 DROP TABLE IF EXISTS {table}_usage; DROP TABLE IF EXISTS {table}_markers; \
+                 DROP TABLE IF EXISTS {table}_owners"
             ))
             .await?;
         Ok(())
@@ -925,7 +1074,7 @@ impl PgStore {
     }
 
     /// The `GRANT` that gives `role` what a service needs on this store's
-    /// four tables, and no more: `SELECT`, `INSERT`, `UPDATE` and `DELETE`
+    /// five tables, and no more: `SELECT`, `INSERT`, `UPDATE` and `DELETE`
     /// (no DDL, so it can drop neither a table nor the triggers that keep
     /// caches in step). `keyctl migrate` prints it.
     ///
@@ -937,7 +1086,7 @@ impl PgStore {
     /// assert_eq!(
     ///     store.grants("keyroll"),
     ///     "GRANT SELECT, INSERT, UPDATE, DELETE ON keyroll_keys, keyroll_keys_meters, \
-    ///      keyroll_keys_usage, keyroll_keys_markers TO \"keyroll\";"
+    ///      keyroll_keys_usage, keyroll_keys_markers, keyroll_keys_owners TO \"keyroll\";"
     /// );
     /// # Ok(()) }
     /// ```
@@ -946,8 +1095,19 @@ impl PgStore {
         let role = role.replace('"', "\"\"");
         format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_meters, {table}_usage, \
-             {table}_markers TO \"{role}\";"
+             {table}_markers, {table}_owners TO \"{role}\";"
         )
+    }
+
+    /// `owner`'s row: its limits and its meter.
+    async fn owner_row(
+        &self,
+        owner: &OwnerId,
+    ) -> Result<Option<(OwnerLimits, Option<StoredMeter>)>, PgStoreError> {
+        let client = self.client().await?;
+        let owner_id = owner.as_str();
+        let row = self.query_opt(&client, &self.sql.owner, &[&owner_id]).await?;
+        row.map(|row| owner_of(&row, owner)).transpose()
     }
 
     /// Runs `sql`, prepared once per pooled connection; the rows changed.
@@ -1212,39 +1372,56 @@ impl KeyStore for PgStore {
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let limits = LimitColumns {
-            rate_limit: row.get(1),
-            rate_period_ns: row.get(2),
-            rate_burst: row.get(3),
-            credits: row.get(4),
-            refill_amount: row.get(5),
-            refill_every_ns: row.get(6),
-            credits_set_secs: row.get(7),
-            credits_set_nanos: row.get(8),
-            credits_generation: row.get(9),
-        };
-        if !limits.is_metered() {
+        let admitted: bool = row.get(0);
+        let limits = limit_columns(&row, 1);
+        let owner_version: Option<i64> = row.get(27);
+        if !limits.is_metered() && owner_version.is_none() {
             return Ok(Ok(Allowance::default()));
         }
+        let mismatch = || backend(PgStoreError::ChargeMismatch { id: id.to_string() });
         // The instant the function charged at: the server's clock, or ours.
         let now = OffsetDateTime::from_unix_timestamp(row.get(24))
             .and_then(|at| at.replace_nanosecond(row.get::<_, i32>(25) as u32))
-            .map_err(|_| backend(PgStoreError::ChargeMismatch { id: id.to_string() }))?;
-        let stored = meter_row(&row, 10)
-            .map(|before| before.load(id.as_str()))
-            .transpose()
-            .map_err(|e| backend(e.into()))?;
-        // The function's answer must be `Meter::charge`'s, which also
-        // makes the allowance or the refusal.
-        let ours = limits
-            .charge(id.as_str(), stored.as_ref(), cost, now)
-            .map_err(|e| backend(e.into()))?;
-        match (ours, meter_row(&row, 17)) {
-            (Ok((next, allowance)), Some(theirs)) if MeterRow::of(&next) == theirs => {
-                Ok(Ok(allowance))
+            .map_err(|_| mismatch())?;
+        // The function's answer must be `Meter::charge`'s, key and owner,
+        // which also makes the allowance or the refusal.
+        let charged = |ours: Result<(StoredMeter, Allowance), Refusal>, theirs: Option<MeterRow>| {
+            match (ours, theirs) {
+                (Ok((next, allowance)), Some(theirs)) if MeterRow::of(&next) == theirs => {
+                    Ok(Ok(allowance))
+                }
+                (Err(refusal), None) => Ok(Err(refusal)),
+                _ => Err(mismatch()),
             }
-            (Err(refusal), None) => Ok(Err(refusal)),
-            _ => Err(backend(PgStoreError::ChargeMismatch { id: id.to_string() })),
+        };
+        let mut answer = Ok(Allowance::default());
+        if limits.is_metered() {
+            let stored = meter_row(&row, 10)
+                .map(|before| before.load(id.as_str()))
+                .transpose()
+                .map_err(|e| backend(e.into()))?;
+            let ours = limits
+                .charge(id.as_str(), stored.as_ref(), cost, now)
+                .map_err(|e| backend(e.into()))?;
+            answer = charged(ours, meter_row(&row, 17))?;
+        }
+        if let (Ok(allowance), Some(version)) = (&answer, owner_version) {
+            let owner: &str = row.get(26);
+            let record = |e: RecordError| backend(e.into());
+            let limits = limit_columns(&row, 28)
+                .owner_limits(owner, u64::try_from(version).map_err(|_| mismatch())?)
+                .map_err(record)?;
+            let stored = meter_row(&row, 37)
+                .map(|before| before.load(owner))
+                .transpose()
+                .map_err(record)?;
+            let owner = OwnerId::existing(owner).map_err(|_| mismatch())?;
+            let ours = limits.charge(&owner, stored.as_ref(), allowance.clone(), cost, now);
+            answer = charged(ours, meter_row(&row, 44))?;
+        }
+        match answer.is_ok() == admitted {
+            true => Ok(answer),
+            false => Err(mismatch()),
         }
     }
 
@@ -1282,6 +1459,93 @@ impl KeyStore for PgStore {
             .query_opt(&client, &self.sql.meter, &[&id.as_str(), &incarnation])
             .await?;
         row.map(|row| meter_of(&row, id)).transpose()
+    }
+
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, PgStoreError> {
+        Ok(self.owner_row(owner).await?.map(|(limits, _)| limits))
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<PgStoreError>> {
+        let backend = StoreError::Backend;
+        let columns = LimitColumns::of_owner(limits);
+        let [version, expected_param] =
+            [bigint(limits.version()), bigint(expected)].map(|n| n.map_err(backend));
+        let (version, expected_param) = (version?, expected_param?);
+        let owner_id = owner.as_str();
+        let mut params: Vec<Param<'_>> = vec![&owner_id, &version];
+        params.extend(limit_params(&columns));
+        let client = self.client().await.map_err(backend)?;
+        let written = match expected {
+            0 => self.execute(&client, &self.sql.insert_owner, &params).await,
+            _ => {
+                params.push(&expected_param);
+                self.execute(&client, &self.sql.update_owner, &params).await
+            }
+        };
+        if written.map_err(backend)? == 1 {
+            return Ok(());
+        }
+        let found = self
+            .query_opt(&client, &self.sql.owner, &[&owner.as_str()])
+            .await
+            .map_err(backend)?
+            .map_or(0, |row| row.get::<_, i64>(0));
+        Err(StoreError::Conflict {
+            expected: Revision::new(0, expected),
+            found: Revision::new(0, u64::try_from(found).unwrap_or(0)),
+        })
+    }
+
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, PgStoreError> {
+        Ok(self.owner_row(owner).await?.and_then(|(_, meter)| meter))
+    }
+
+    /// In a transaction of its own: the owner's row locked, the kit's
+    /// [`OwnerLimits::refund`], the meter written (refunds are rare: a
+    /// lease's end).
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), PgStoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let statement = tx.prepare_cached(&self.sql.owner_for_update).await;
+        let row = tx
+            .query_opt(&statement.map_err(|e| self.error(e))?, &[&owner.as_str()])
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some((limits, stored)) = row.map(|row| owner_of(&row, owner)).transpose()? else {
+            return Ok(());
+        };
+        let Some(next) = limits.refund(stored.as_ref(), amount, period) else {
+            return Ok(());
+        };
+        let m = MeterRow::of(&next);
+        let statement = tx.prepare_cached(&self.sql.set_owner_meter).await;
+        tx.execute(
+            &statement.map_err(|e| self.error(e))?,
+            &[
+                &owner.as_str(),
+                &m.generation,
+                &m.tat_secs,
+                &m.tat_nanos,
+                &m.remaining,
+                &m.refills,
+                &m.anchor_secs,
+                &m.anchor_nanos,
+            ],
+        )
+        .await
+        .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn add_usage(&self, rows: &[UsageRow]) -> Result<(), PgStoreError> {
@@ -1400,6 +1664,38 @@ fn meter_row(row: &tokio_postgres::Row, first: usize) -> Option<MeterRow> {
         anchor_secs: row.get(first + 5),
         anchor_nanos: row.get(first + 6),
     })
+}
+
+/// The [`LIMIT_COLUMNS`] of a row, from column `first` on.
+fn limit_columns(row: &tokio_postgres::Row, first: usize) -> LimitColumns {
+    LimitColumns {
+        rate_limit: row.get(first),
+        rate_period_ns: row.get(first + 1),
+        rate_burst: row.get(first + 2),
+        credits: row.get(first + 3),
+        refill_amount: row.get(first + 4),
+        refill_every_ns: row.get(first + 5),
+        credits_set_secs: row.get(first + 6),
+        credits_set_nanos: row.get(first + 7),
+        credits_generation: row.get(first + 8),
+    }
+}
+
+/// An owner's row ([`OWNER_COLUMNS`]): its limits and its meter.
+fn owner_of(
+    row: &tokio_postgres::Row,
+    owner: &OwnerId,
+) -> Result<(OwnerLimits, Option<StoredMeter>), PgStoreError> {
+    let version = row.get::<_, i64>(0);
+    let version = u64::try_from(version).map_err(|_| {
+        PgStoreError::Record(RecordError::Mismatch {
+            id: owner.to_string(),
+            problem: format!("version {version} is negative"),
+        })
+    })?;
+    let limits = limit_columns(row, 1).owner_limits(owner.as_str(), version)?;
+    let meter = meter_row(row, 10).map(|m| m.load(owner.as_str())).transpose()?;
+    Ok((limits, meter))
 }
 
 /// The meter in a row of the meters' table.

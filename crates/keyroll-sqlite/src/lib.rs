@@ -62,9 +62,9 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
-use keyroll::record::{self, KeyRow, MeterRow, RecordError};
+use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{ApiKey, KeyId, OwnerId};
+use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -177,6 +177,15 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS keyroll_markers (
                  name TEXT PRIMARY KEY,
                  at TEXT NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS keyroll_owners (
+                 owner TEXT PRIMARY KEY,
+                 version INTEGER NOT NULL,
+                 rate_limit INTEGER, rate_period_ns INTEGER, rate_burst INTEGER,
+                 credits INTEGER, refill_amount INTEGER, refill_every_ns INTEGER,
+                 credits_set_secs INTEGER, credits_set_nanos INTEGER, credits_generation INTEGER,
+                 generation INTEGER, tat_secs INTEGER, tat_nanos INTEGER, remaining INTEGER,
+                 refills INTEGER, anchor_secs INTEGER, anchor_nanos INTEGER
              ) WITHOUT ROWID;",
         )?;
         upgrade_0_1(&tx)?;
@@ -546,22 +555,45 @@ mod calls {
             .map_err(backend)?
             .filter(|key| key.revision().incarnation() == incarnation)
             .ok_or(StoreError::NotFound)?;
-        if !key.is_metered() {
-            return Ok(Ok(Allowance::default()));
-        }
-        let stored = meter(&tx, id, incarnation).map_err(backend)?;
-        let (next, allowance) = match key.charge(stored.as_ref(), cost, now) {
+        // The key's meter, then its owner's: both or neither.
+        let stored = match key.is_metered() {
+            true => meter(&tx, id, incarnation).map_err(backend)?,
+            false => None,
+        };
+        let owned = match key.owner() {
+            Some(owner) => owner_row(&tx, owner).map_err(backend)?,
+            None => None,
+        };
+        let owner_limits = owned.as_ref().map(|(limits, meter)| (limits, meter.as_ref()));
+        let charged = match key.charge_with_owner(stored.as_ref(), owner_limits, cost, now) {
             Ok(charged) => charged,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let row = MeterRow::of(&next);
+        if let Some(next) = &charged.key {
+            set_meter(&tx, id, incarnation, next).map_err(backend)?;
+        }
+        if let (Some(owner), Some(next)) = (key.owner(), &charged.owner) {
+            set_owner_meter(&tx, owner, next).map_err(backend)?;
+        }
+        tx.commit().map_err(|e| backend(e.into()))?;
+        Ok(Ok(charged.allowance))
+    }
+
+    /// Stores `next` as the meter of key `id` of `incarnation`.
+    fn set_meter(
+        tx: &Connection,
+        id: &KeyId,
+        incarnation: u64,
+        next: &StoredMeter,
+    ) -> Result<(), SqliteStoreError> {
+        let row = MeterRow::of(next);
         tx.execute(
             "INSERT OR REPLACE INTO keyroll_meters
              (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 id.as_str(),
-                integer(incarnation).map_err(backend)?,
+                integer(incarnation)?,
                 row.generation,
                 row.tat_secs,
                 row.tat_nanos,
@@ -570,10 +602,158 @@ mod calls {
                 row.anchor_secs,
                 row.anchor_nanos
             ],
+        )?;
+        Ok(())
+    }
+
+    /// The limits of `owner` and its meter, as stored.
+    pub(super) fn owner_row(
+        conn: &Connection,
+        owner: &OwnerId,
+    ) -> Result<Option<(OwnerLimits, Option<StoredMeter>)>, SqliteStoreError> {
+        let row = conn
+            .prepare_cached(
+                "SELECT version, rate_limit, rate_period_ns, rate_burst, credits, refill_amount,
+                     refill_every_ns, credits_set_secs, credits_set_nanos, credits_generation,
+                     generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos
+                 FROM keyroll_owners WHERE owner = ?1",
+            )?
+            .query_row([owner.as_str()], |row| {
+                let limits = LimitColumns {
+                    rate_limit: row.get(1)?,
+                    rate_period_ns: row.get(2)?,
+                    rate_burst: row.get(3)?,
+                    credits: row.get(4)?,
+                    refill_amount: row.get(5)?,
+                    refill_every_ns: row.get(6)?,
+                    credits_set_secs: row.get(7)?,
+                    credits_set_nanos: row.get(8)?,
+                    credits_generation: row.get(9)?,
+                };
+                let meter = match row.get::<_, Option<i64>>(10)? {
+                    None => None,
+                    Some(generation) => Some(MeterRow {
+                        generation,
+                        tat_secs: row.get(11)?,
+                        tat_nanos: row.get(12)?,
+                        remaining: row.get(13)?,
+                        refills: row.get(14)?,
+                        anchor_secs: row.get(15)?,
+                        anchor_nanos: row.get(16)?,
+                    }),
+                };
+                Ok((row.get::<_, i64>(0)?, limits, meter))
+            })
+            .optional()?;
+        let Some((version, limits, meter)) = row else {
+            return Ok(None);
+        };
+        let version = u64::try_from(version).map_err(|_| {
+            SqliteStoreError::Record(RecordError::Mismatch {
+                id: owner.to_string(),
+                problem: format!("version {version} is negative"),
+            })
+        })?;
+        let limits = limits.owner_limits(owner.as_str(), version)?;
+        let meter = meter.map(|m| m.load(owner.as_str())).transpose()?;
+        Ok(Some((limits, meter)))
+    }
+
+    /// Stores `next` as `owner`'s meter.
+    fn set_owner_meter(
+        tx: &Connection,
+        owner: &OwnerId,
+        next: &StoredMeter,
+    ) -> Result<(), SqliteStoreError> {
+        let row = MeterRow::of(next);
+        tx.execute(
+            "UPDATE keyroll_owners SET generation = ?2, tat_secs = ?3, tat_nanos = ?4,
+                 remaining = ?5, refills = ?6, anchor_secs = ?7, anchor_nanos = ?8
+             WHERE owner = ?1",
+            params![
+                owner.as_str(),
+                row.generation,
+                row.tat_secs,
+                row.tat_nanos,
+                row.remaining,
+                row.refills,
+                row.anchor_secs,
+                row.anchor_nanos
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores `limits` as `owner`'s if the stored ones are at `expected`,
+    /// keeping its meter, in one immediate transaction.
+    pub(super) fn set_owner_limits(
+        conn: &mut Connection,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
+        let backend = |e: SqliteStoreError| StoreError::Backend(e);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| backend(e.into()))?;
+        let found = owner_row(&tx, owner)
+            .map_err(backend)?
+            .map_or(0, |(limits, _)| limits.version());
+        if found != expected {
+            return Err(StoreError::Conflict {
+                expected: Revision::new(0, expected),
+                found: Revision::new(0, found),
+            });
+        }
+        let c = LimitColumns::of_owner(limits);
+        tx.execute(
+            "INSERT INTO keyroll_owners (owner, version, rate_limit, rate_period_ns, rate_burst,
+                 credits, refill_amount, refill_every_ns, credits_set_secs, credits_set_nanos,
+                 credits_generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (owner) DO UPDATE SET version = excluded.version,
+                 rate_limit = excluded.rate_limit, rate_period_ns = excluded.rate_period_ns,
+                 rate_burst = excluded.rate_burst, credits = excluded.credits,
+                 refill_amount = excluded.refill_amount, refill_every_ns = excluded.refill_every_ns,
+                 credits_set_secs = excluded.credits_set_secs,
+                 credits_set_nanos = excluded.credits_set_nanos,
+                 credits_generation = excluded.credits_generation",
+            params![
+                owner.as_str(),
+                integer(limits.version()).map_err(backend)?,
+                c.rate_limit,
+                c.rate_period_ns,
+                c.rate_burst,
+                c.credits,
+                c.refill_amount,
+                c.refill_every_ns,
+                c.credits_set_secs,
+                c.credits_set_nanos,
+                c.credits_generation
+            ],
         )
         .map_err(|e| backend(e.into()))?;
         tx.commit().map_err(|e| backend(e.into()))?;
-        Ok(Ok(allowance))
+        Ok(())
+    }
+
+    /// Gives back `amount` credits of `period` to `owner`'s meter, in one
+    /// immediate transaction. A void refund writes nothing.
+    pub(super) fn refund_owner(
+        conn: &mut Connection,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), SqliteStoreError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let Some((limits, stored)) = owner_row(&tx, owner)? else {
+            return Ok(());
+        };
+        if let Some(next) = limits.refund(stored.as_ref(), amount, period) {
+            set_owner_meter(&tx, owner, &next)?;
+            tx.commit()?;
+        }
+        Ok(())
     }
 
     /// Gives back `amount` credits of `period` to key `id` of
@@ -759,6 +939,41 @@ impl KeyStore for SqliteStore {
                 .map_err(SqliteStoreError::from)
         })
         .await?
+    }
+
+    async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, SqliteStoreError> {
+        let owner = owner.clone();
+        self.call(move |conn| Ok(calls::owner_row(conn, &owner)?.map(|(limits, _)| limits)))
+            .await?
+    }
+
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Result<(), StoreError<SqliteStoreError>> {
+        let (owner, limits) = (owner.clone(), limits.clone());
+        self.call(move |conn| calls::set_owner_limits(conn, &owner, &limits, expected))
+            .await
+            .map_err(StoreError::Backend)?
+    }
+
+    async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, SqliteStoreError> {
+        let owner = owner.clone();
+        self.call(move |conn| Ok(calls::owner_row(conn, &owner)?.and_then(|(_, meter)| meter)))
+            .await?
+    }
+
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Result<(), SqliteStoreError> {
+        let owner = owner.clone();
+        self.call(move |conn| calls::refund_owner(conn, &owner, amount, period))
+            .await?
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, SqliteStoreError> {
