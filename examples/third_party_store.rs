@@ -118,9 +118,18 @@ impl KeyStore for MapStore {
         Ok(tables.meters.get(&(id.clone(), incarnation)).cloned())
     }
     async fn owner_limits(&self, owner: &OwnerId) -> Answer<Option<OwnerLimits>> {
-        Ok(self.tables().owners.get(owner).map(|(limits, _)| limits.clone()))
+        Ok(self
+            .tables()
+            .owners
+            .get(owner)
+            .map(|(limits, _)| limits.clone()))
     }
-    async fn set_owner_limits(&self, owner: &OwnerId, limits: &OwnerLimits, expected: u64) -> Write {
+    async fn set_owner_limits(
+        &self,
+        owner: &OwnerId,
+        limits: &OwnerLimits,
+        expected: u64,
+    ) -> Write {
         let owners = &mut self.tables().owners;
         let found = owners.get(owner).map_or(0, |(kept, _)| kept.version());
         let revision = |version| Revision::new(0, version);
@@ -129,9 +138,18 @@ impl KeyStore for MapStore {
         Ok(())
     }
     async fn owner_meter(&self, owner: &OwnerId) -> Answer<Option<StoredMeter>> {
-        Ok(self.tables().owners.get(owner).and_then(|(_, meter)| meter.clone()))
+        Ok(self
+            .tables()
+            .owners
+            .get(owner)
+            .and_then(|(_, meter)| meter.clone()))
     }
-    async fn refund_owner(&self, owner: &OwnerId, amount: u64, period: CreditsPeriod) -> Answer<()> {
+    async fn refund_owner(
+        &self,
+        owner: &OwnerId,
+        amount: u64,
+        period: CreditsPeriod,
+    ) -> Answer<()> {
         if let Some((limits, meter)) = self.tables().owners.get_mut(owner)
             && let Some(next) = limits.refund(meter.as_ref(), amount, period)
         {

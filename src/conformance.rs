@@ -933,7 +933,9 @@ async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
         Verification::Accepted(accepted) if accepted.metered => {}
         other => violated(
             B,
-            format_args!("verify of a key whose owner has limits, none of its own, gave {other:?}, not metered"),
+            format_args!(
+                "verify of a key whose owner has limits, none of its own, gave {other:?}, not metered"
+            ),
         ),
     }
     for n in 1..=3 {
@@ -952,24 +954,41 @@ async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
             }
             other => violated(
                 B,
-                format_args!("charge {n} of 3 key credits under 5 owner credits: {other:?} (no owner part?)"),
+                format_args!(
+                    "charge {n} of 3 key credits under 5 owner credits: {other:?} (no owner part?)"
+                ),
             ),
         }
     }
     match charge(&own).await {
-        Err(Refusal::UsageExceeded { subject: Subject::Key, .. }) => {}
-        other => violated(B, format_args!("a 4th charge of 3 key credits answered {other:?}")),
+        Err(Refusal::UsageExceeded {
+            subject: Subject::Key,
+            ..
+        }) => {}
+        other => violated(
+            B,
+            format_args!("a 4th charge of 3 key credits answered {other:?}"),
+        ),
     }
     if owner_credits_left(&store, B, &acme).await != 2 {
-        violated(B, "a charge the key's limits refused spent the owner's credits");
+        violated(
+            B,
+            "a charge the key's limits refused spent the owner's credits",
+        );
     }
     for n in 1..=2 {
         if let Err(refusal) = charge(&shared).await {
-            violated(B, format_args!("charge {n} of a key charged to its owner alone: {refusal}"));
+            violated(
+                B,
+                format_args!("charge {n} of a key charged to its owner alone: {refusal}"),
+            );
         }
     }
     match charge(&shared).await {
-        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. }) => {}
+        Err(Refusal::UsageExceeded {
+            subject: Subject::Owner,
+            ..
+        }) => {}
         other => violated(
             B,
             format_args!("a charge past the owner's 5 credits answered {other:?}"),
@@ -979,11 +998,20 @@ async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
     let (fresh, _) = stored_owned(&store, B, "fresh", &acme, Some(Credits::new(4)), 152).await;
     if !matches!(
         charge(&fresh).await,
-        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. })
+        Err(Refusal::UsageExceeded {
+            subject: Subject::Owner,
+            ..
+        })
     ) {
         violated(B, "a charge past the owner's credits was admitted");
     }
-    let meter = ok(B, "meter", store.meter(fresh.id(), fresh.revision().incarnation()).await);
+    let meter = ok(
+        B,
+        "meter",
+        store
+            .meter(fresh.id(), fresh.revision().incarnation())
+            .await,
+    );
     let left = fresh.allowance(meter.as_ref(), t0()).credits_remaining();
     if left != Some(4) {
         violated(
@@ -994,17 +1022,31 @@ async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
     // Another owner's keys, and keys of no owner, are not charged to it.
     let (other, _) = stored_owned(&store, B, "other", &owner("other"), None, 153).await;
     if let Err(refusal) = charge(&other).await {
-        violated(B, format_args!("a key of an owner without limits: {refusal}"));
+        violated(
+            B,
+            format_args!("a key of an owner without limits: {refusal}"),
+        );
     }
 }
 
 async fn owner_charges_are_exact_body<S: KeyStore>(store: S) {
     const B: &str = "owner_charges_are_exact";
     let acme = owner("acme");
-    set_owner(&store, B, &acme, OwnerLimits::new().credits(Credits::new(10)), t0()).await;
+    set_owner(
+        &store,
+        B,
+        &acme,
+        OwnerLimits::new().credits(Credits::new(10)),
+        t0(),
+    )
+    .await;
     let mut keys = Vec::new();
     for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
-        keys.push(stored_owned(&store, B, id, &acme, None, 160 + n as u64).await.0);
+        keys.push(
+            stored_owned(&store, B, id, &acme, None, 160 + n as u64)
+                .await
+                .0,
+        );
     }
     let charges = (0..30)
         .map(|n| {
@@ -1019,7 +1061,10 @@ async fn owner_charges_are_exact_body<S: KeyStore>(store: S) {
     for result in join_all(charges).await {
         match result {
             Ok(_) => admitted += 1,
-            Err(Refusal::UsageExceeded { subject: Subject::Owner, .. }) => {}
+            Err(Refusal::UsageExceeded {
+                subject: Subject::Owner,
+                ..
+            }) => {}
             Err(other) => violated(B, format_args!("a charge was refused with {other}")),
         }
     }
@@ -1027,7 +1072,9 @@ async fn owner_charges_are_exact_body<S: KeyStore>(store: S) {
     if (admitted, left) != (10, 0) {
         violated(
             B,
-            format_args!("{admitted} of 30 charges on 3 keys sharing 10 credits admitted, {left} left"),
+            format_args!(
+                "{admitted} of 30 charges on 3 keys sharing 10 credits admitted, {left} left"
+            ),
         );
     }
 }
@@ -1035,7 +1082,14 @@ async fn owner_charges_are_exact_body<S: KeyStore>(store: S) {
 async fn owner_limits_outlive_keys_and_clear_body<S: KeyStore>(store: S) {
     const B: &str = "owner_limits_outlive_keys_and_clear";
     let acme = owner("acme");
-    set_owner(&store, B, &acme, OwnerLimits::new().credits(Credits::new(5)), t0()).await;
+    set_owner(
+        &store,
+        B,
+        &acme,
+        OwnerLimits::new().credits(Credits::new(5)),
+        t0(),
+    )
+    .await;
     let (key, _) = stored_owned(&store, B, "only", &acme, None, 170).await;
     let charge = |key: &ApiKey, cost| {
         let (store, id, inc) = (&store, key.id().clone(), key.revision().incarnation());
@@ -1048,7 +1102,11 @@ async fn owner_limits_outlive_keys_and_clear_body<S: KeyStore>(store: S) {
             .unwrap_or_else(|| violated(B, "an owner charge tells no credits period")),
         Err(refusal) => violated(B, format_args!("3 of the owner's 5 credits: {refusal}")),
     };
-    ok(B, "refund_owner", store.refund_owner(&acme, 1, period).await);
+    ok(
+        B,
+        "refund_owner",
+        store.refund_owner(&acme, 1, period).await,
+    );
     if owner_credits_left(&store, B, &acme).await != 3 {
         violated(B, "refund_owner of 1 credit did not give it back");
     }
@@ -1059,9 +1117,15 @@ async fn owner_limits_outlive_keys_and_clear_body<S: KeyStore>(store: S) {
     }
     if !matches!(
         charge(&again, 4).await,
-        Err(Refusal::UsageExceeded { subject: Subject::Owner, .. })
+        Err(Refusal::UsageExceeded {
+            subject: Subject::Owner,
+            ..
+        })
     ) {
-        violated(B, "a key created again under its owner was charged past the owner's credits");
+        violated(
+            B,
+            "a key created again under its owner was charged past the owner's credits",
+        );
     }
     let cleared = set_owner(&store, B, &acme, OwnerLimits::new(), t0()).await;
     if cleared.version() != 2 || !cleared.is_empty() {

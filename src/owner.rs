@@ -248,7 +248,9 @@ mod tests {
     #[test]
     fn the_same_credits_set_again_keep_their_balance_and_others_start_over() {
         let t0 = OffsetDateTime::UNIX_EPOCH;
-        let first = OwnerLimits::new().credits(Credits::new(10)).stamped(None, t0);
+        let first = OwnerLimits::new()
+            .credits(Credits::new(10))
+            .stamped(None, t0);
         assert_eq!((first.version(), first.credits_set_at()), (1, Some(t0)));
         let t1 = t0 + Duration::HOUR;
         let rate = RateLimit::new(5, Duration::SECOND).unwrap();
@@ -279,7 +281,9 @@ mod tests {
     #[test]
     fn an_owner_refusal_names_the_owner_and_an_admission_carries_both_parts() {
         let now = OffsetDateTime::UNIX_EPOCH;
-        let limits = OwnerLimits::new().credits(Credits::new(1)).stamped(None, now);
+        let limits = OwnerLimits::new()
+            .credits(Credits::new(1))
+            .stamped(None, now);
         let (meter, allowance) = limits
             .charge(&owner(), None, Allowance::default(), 1, now)
             .unwrap();

@@ -405,7 +405,12 @@ impl KeyStore for Flawed {
     }
 
     async fn owner_limits(&self, owner: &OwnerId) -> Result<Option<OwnerLimits>, Infallible> {
-        Ok(self.owners.lock().unwrap().get(owner).map(|(l, _)| l.clone()))
+        Ok(self
+            .owners
+            .lock()
+            .unwrap()
+            .get(owner)
+            .map(|(l, _)| l.clone()))
     }
 
     async fn set_owner_limits(
@@ -427,7 +432,12 @@ impl KeyStore for Flawed {
     }
 
     async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, Infallible> {
-        Ok(self.owners.lock().unwrap().get(owner).and_then(|(_, m)| m.clone()))
+        Ok(self
+            .owners
+            .lock()
+            .unwrap()
+            .get(owner)
+            .and_then(|(_, m)| m.clone()))
     }
 
     async fn refund_owner(

@@ -239,7 +239,9 @@ impl<S> CachedStore<S> {
         self.owners().clear();
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<OwnerId, (Option<OwnerLimits>, Instant)>> {
+    fn owners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<OwnerId, (Option<OwnerLimits>, Instant)>> {
         self.owners.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

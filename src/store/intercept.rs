@@ -287,7 +287,8 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
 
     async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
         let delete = self.inner.delete(id, expected);
-        self.write(Call::Delete, Some(id), Some(expected), delete).await
+        self.write(Call::Delete, Some(id), Some(expected), delete)
+            .await
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, Self::Error> {

@@ -758,18 +758,25 @@ impl KeyStore for InMemoryStore {
             .ok_or(StoreError::NotFound)?;
         let rare = slot.rare.as_deref().unwrap_or(&EMPTY);
         // The key's meter, then the owner's: both or neither.
-        let mut meter = rare
-            .limits
+        let mut meter = rare.limits.as_ref().map(|limits| {
+            (
+                limits,
+                rare.meter.lock().unwrap_or_else(PoisonError::into_inner),
+            )
+        });
+        let entries = rare
+            .owner
             .as_ref()
-            .map(|limits| (limits, rare.meter.lock().unwrap_or_else(PoisonError::into_inner)));
-        let entries = rare.owner.as_ref().map(|owner| (owner, self.owner_limits(owner)));
+            .map(|owner| (owner, self.owner_limits(owner)));
         let mut owned = entries
             .as_ref()
             .and_then(|(owner, entries)| Some((*owner, entries.get(*owner)?)))
             .filter(|(_, entry)| entry.limited.load(Ordering::Acquire))
             .map(|(owner, entry)| (owner, entry.state()));
         let charged = crate::owner::charge_both(
-            meter.as_ref().map(|(limits, meter)| (*limits, meter.as_ref())),
+            meter
+                .as_ref()
+                .map(|(limits, meter)| (*limits, meter.as_ref())),
             owned
                 .as_ref()
                 .map(|(owner, state)| (*owner, &state.0, state.1.as_ref())),

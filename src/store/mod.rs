@@ -45,8 +45,8 @@ use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
-use crate::owner::OwnerLimits;
 pub use crate::owner::Charged;
+use crate::owner::OwnerLimits;
 use crate::token::PresentedToken;
 
 /// What a store found when it verified a token against the key stored

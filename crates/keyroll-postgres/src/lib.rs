@@ -1106,7 +1106,9 @@ impl PgStore {
     ) -> Result<Option<(OwnerLimits, Option<StoredMeter>)>, PgStoreError> {
         let client = self.client().await?;
         let owner_id = owner.as_str();
-        let row = self.query_opt(&client, &self.sql.owner, &[&owner_id]).await?;
+        let row = self
+            .query_opt(&client, &self.sql.owner, &[&owner_id])
+            .await?;
         row.map(|row| owner_of(&row, owner)).transpose()
     }
 
@@ -1385,7 +1387,8 @@ impl KeyStore for PgStore {
             .map_err(|_| mismatch())?;
         // The function's answer must be `Meter::charge`'s, key and owner,
         // which also makes the allowance or the refusal.
-        let charged = |ours: Result<(StoredMeter, Allowance), Refusal>, theirs: Option<MeterRow>| {
+        let charged = |ours: Result<(StoredMeter, Allowance), Refusal>,
+                       theirs: Option<MeterRow>| {
             match (ours, theirs) {
                 (Ok((next, allowance)), Some(theirs)) if MeterRow::of(&next) == theirs => {
                     Ok(Ok(allowance))
@@ -1694,7 +1697,9 @@ fn owner_of(
         })
     })?;
     let limits = limit_columns(row, 1).owner_limits(owner.as_str(), version)?;
-    let meter = meter_row(row, 10).map(|m| m.load(owner.as_str())).transpose()?;
+    let meter = meter_row(row, 10)
+        .map(|m| m.load(owner.as_str()))
+        .transpose()?;
     Ok((limits, meter))
 }
 

@@ -564,7 +564,9 @@ mod calls {
             Some(owner) => owner_row(&tx, owner).map_err(backend)?,
             None => None,
         };
-        let owner_limits = owned.as_ref().map(|(limits, meter)| (limits, meter.as_ref()));
+        let owner_limits = owned
+            .as_ref()
+            .map(|(limits, meter)| (limits, meter.as_ref()));
         let charged = match key.charge_with_owner(stored.as_ref(), owner_limits, cost, now) {
             Ok(charged) => charged,
             Err(refusal) => return Ok(Err(refusal)),
