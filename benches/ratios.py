@@ -21,7 +21,7 @@ ids = [
     "verify/malformed", "peer/pak_parse_check", "peer/pak_generate", "renew/keyroll",
     "renew/issue", "store/floor_1m", "store/authenticate_1m", "store/authenticate_token_1m",
     "store/authenticate_1m_counted", "store/authenticate_1m_rate_limited",
-    "store/authenticate_1m_rate_limited_counted",
+    "store/authenticate_1m_rate_limited_counted", "store/authenticate_1m_owner_limited",
     "cache/memory_authenticate", "cache/pg_cached_authenticate", "cache/pg_authenticate",
 ]
 m = {}
@@ -41,6 +41,7 @@ ratios = [
     ("store/authenticate_1m", "store/floor_1m", "<= 1.5"),
     ("store/authenticate_token_1m", "store/floor_1m", "<= 1.5"),
     ("store/authenticate_1m_rate_limited_counted", "store/authenticate_1m", "<= 1.5"),
+    ("store/authenticate_1m_owner_limited", "store/authenticate_1m_rate_limited", "<= 1.3"),
     ("store/authenticate_1m_counted", "store/authenticate_1m", "(for the record)"),
     ("store/authenticate_1m_rate_limited", "store/authenticate_1m", "(for the record)"),
     ("cache/pg_cached_authenticate", "cache/memory_authenticate", "<= 2.0"),

@@ -152,8 +152,10 @@ pub enum TransitionError {
         /// The largest cost declared.
         cost: u32,
     },
-    /// Credits above what a key can hold.
-    #[error("invalid credits: {remaining} is above the most a key can hold, 9223372036854775807")]
+    /// Credits above what a balance can hold (a key's or an owner's).
+    #[error(
+        "invalid credits: {remaining} is above the most a balance can hold, 9223372036854775807"
+    )]
     InvalidCredits {
         /// The refused balance.
         remaining: u64,

@@ -9,10 +9,12 @@ use time::{Duration, OffsetDateTime};
 use crate::error::ApiError;
 
 /// `RateLimit-Policy: "key";q=<burst>;w=<seconds to refill a burst>,
-/// "credits";q=<refill amount>;w=<refill period in seconds>`.
+/// "credits";q=<refill amount>;w=<refill period in seconds>`, then
+/// `"owner"` and `"owner-credits"` the same way for owner limits.
 pub const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit: "key";r=<remaining>;t=<seconds until full>,
-/// "credits";r=<credits left>;t=<seconds to the next refill>`.
+/// "credits";r=<credits left>;t=<seconds to the next refill>`, then
+/// `"owner"` and `"owner-credits"` the same way for owner limits.
 pub const RATE_LIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Whole seconds, rounded up.
@@ -21,58 +23,64 @@ fn seconds(d: Duration) -> i64 {
     i64::try_from((ns + 999_999_999) / 1_000_000_000).unwrap_or(i64::MAX)
 }
 
-/// The two fields for `allowance`, one list item per policy that applies
-/// (none for a key without limits); `now` is read only for credits that
-/// refill:
+/// The two fields for `allowance` (of `subject`'s limits, and its owner's
+/// part if any), one list item per policy that applies (none for a key
+/// without limits); `now` is read only for credits that refill:
 ///
-/// - `"key"`, the key's rate limit: `q` its burst, `w` the seconds to
-///   refill a burst; `r` the requests of cost 1 left, `t` the seconds
-///   until the bucket is full (`rate`, when given, says otherwise: a 429's
-///   `r=0` and its retry);
-/// - `"credits"`, the key's credits: `q` the refill amount (the credits as
-///   set, without a refill), `w` the refill period in seconds (none
-///   without a refill); `r` the credits left, `t` the seconds to the next
-///   refill (none without one).
+/// - `"key"` (or `"owner"`), the rate limit: `q` its burst, `w` the
+///   seconds to refill a burst; `r` the requests of cost 1 left, `t` the
+///   seconds until the bucket is full (`rate`, when given, says otherwise
+///   for `subject`: a 429's `r=0` and its retry);
+/// - `"credits"` (or `"owner-credits"`), the credits: `q` the refill
+///   amount (the credits as set, without a refill), `w` the refill period
+///   in seconds (none without a refill); `r` the credits left, `t` the
+///   seconds to the next refill (none without one).
 fn fields(
     headers: &mut HeaderMap,
     allowance: &Allowance,
+    subject: Subject,
     rate: Option<(u32, Duration)>,
-    now: impl FnOnce() -> OffsetDateTime,
+    now: impl Fn() -> OffsetDateTime,
 ) {
-    use std::fmt::Write;
-    // Writing to a String cannot fail.
-    let (mut policy, mut state) = (String::new(), String::new());
-    if let (Some(limit), Some(remaining), Some(reset)) = (
-        allowance.rate_limit(),
-        allowance.rate_remaining(),
-        allowance.rate_reset(),
-    ) {
-        let (remaining, reset) = rate.unwrap_or((remaining, reset));
-        let (burst, window) = (limit.burst(), seconds(limit.window()));
-        let _ = write!(policy, "\"key\";q={burst};w={window}");
-        let _ = write!(state, "\"key\";r={remaining};t={}", seconds(reset));
-    }
-    if let (Some(credits), Some(remaining)) = (allowance.credits(), allowance.credits_remaining()) {
-        let separator = if policy.is_empty() { "" } else { ", " };
-        let _ = match credits.refill() {
-            Some(refill) => write!(
-                policy,
-                "{separator}\"credits\";q={};w={}",
-                refill.amount(),
-                seconds(refill.every())
-            ),
-            None => write!(policy, "{separator}\"credits\";q={}", credits.remaining()),
-        };
-        let _ = write!(state, "{separator}\"credits\";r={remaining}");
-        if let Some(at) = allowance.next_refill() {
-            let _ = write!(state, ";t={}", seconds(at - now()));
+    let (mut policy, mut state) = (Vec::new(), Vec::new());
+    let owner = allowance.owner().map(|owner| (owner, Subject::Owner, None));
+    for (allowance, subject, rate) in [(allowance, subject, rate)].into_iter().chain(owner) {
+        if let (Some(limit), Some(remaining), Some(reset)) = (
+            allowance.rate_limit(),
+            allowance.rate_remaining(),
+            allowance.rate_reset(),
+        ) {
+            let (remaining, reset) = rate.unwrap_or((remaining, reset));
+            let (burst, window) = (limit.burst(), seconds(limit.window()));
+            policy.push(format!("\"{subject}\";q={burst};w={window}"));
+            state.push(format!("\"{subject}\";r={remaining};t={}", seconds(reset)));
+        }
+        if let (Some(credits), Some(remaining)) =
+            (allowance.credits(), allowance.credits_remaining())
+        {
+            let name = match subject {
+                Subject::Owner => "owner-credits",
+                _ => "credits",
+            };
+            policy.push(match credits.refill() {
+                Some(refill) => format!(
+                    "\"{name}\";q={};w={}",
+                    refill.amount(),
+                    seconds(refill.every())
+                ),
+                None => format!("\"{name}\";q={}", credits.remaining()),
+            });
+            state.push(match allowance.next_refill() {
+                Some(at) => format!("\"{name}\";r={remaining};t={}", seconds(at - now())),
+                None => format!("\"{name}\";r={remaining}"),
+            });
         }
     }
-    for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
-        if value.is_empty() {
+    for (name, items) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
+        if items.is_empty() {
             continue;
         }
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Ok(value) = HeaderValue::try_from(items.join(", ")) {
             headers.insert(name, value);
         }
     }
@@ -81,7 +89,13 @@ fn fields(
 /// The fields an admitted request's answer carries: none for a key
 /// without limits.
 pub(crate) fn allowance_headers(headers: &mut HeaderMap, allowance: &Allowance) {
-    fields(headers, allowance, None, OffsetDateTime::now_utc);
+    fields(
+        headers,
+        allowance,
+        Subject::Key,
+        None,
+        OffsetDateTime::now_utc,
+    );
 }
 
 /// A 429: `code` and `message` in the body with whose limit refused it,
@@ -114,7 +128,13 @@ pub(crate) fn rate_limited(
     now: OffsetDateTime,
 ) -> ApiError {
     let mut headers = HeaderMap::new();
-    fields(&mut headers, allowance, Some((0, retry_after)), || now);
+    fields(
+        &mut headers,
+        allowance,
+        subject,
+        Some((0, retry_after)),
+        || now,
+    );
     let message = format!(
         "rate limited by the {subject}'s limit: retry after {} s",
         seconds(retry_after).max(1)
@@ -131,7 +151,7 @@ pub(crate) fn usage_exceeded(
     now: OffsetDateTime,
 ) -> ApiError {
     let mut headers = HeaderMap::new();
-    fields(&mut headers, allowance, None, || now);
+    fields(&mut headers, allowance, subject, None, || now);
     let message = match refill_at {
         Some(at) => format!(
             "usage exceeded: none of the {subject}'s credits left until {}",
@@ -148,6 +168,7 @@ pub(crate) fn usage_exceeded(
 mod tests {
     use axum::response::IntoResponse;
     use keyroll::meter::{Credits, Meter, RateLimit, Refill};
+    use keyroll::{OwnerId, OwnerLimits};
 
     use super::*;
 
@@ -185,6 +206,7 @@ mod tests {
         fields(
             &mut headers,
             &after(2, Some(&rate), Some(&credits)),
+            Subject::Key,
             None,
             || now,
         );
@@ -200,13 +222,40 @@ mod tests {
         // Credits without a refill: no window, no time to a refill.
         let mut headers = HeaderMap::new();
         let once = Credits::new(7);
-        fields(&mut headers, &after(1, None, Some(&once)), None, || now);
+        fields(
+            &mut headers,
+            &after(1, None, Some(&once)),
+            Subject::Key,
+            None,
+            || now,
+        );
         assert_eq!(headers[RATE_LIMIT_POLICY], "\"credits\";q=7");
         assert_eq!(headers[RATE_LIMIT], "\"credits\";r=6");
         // No limits, no fields.
         let mut headers = HeaderMap::new();
-        fields(&mut headers, &Allowance::default(), None, || now);
+        fields(
+            &mut headers,
+            &Allowance::default(),
+            Subject::Key,
+            None,
+            || now,
+        );
         assert!(headers.is_empty());
+        // Owner limits follow the key's own, named for the owner.
+        let owner = OwnerId::new("acme").unwrap();
+        let shared = OwnerLimits::new().rate_limit(rate).credits(once);
+        let key = after(2, Some(&rate), None);
+        let (_, both) = shared.charge(&owner, None, key, 1, now).unwrap();
+        let mut headers = HeaderMap::new();
+        fields(&mut headers, &both, Subject::Key, None, || now);
+        assert_eq!(
+            headers[RATE_LIMIT_POLICY],
+            "\"key\";q=5;w=30, \"owner\";q=5;w=30, \"owner-credits\";q=7"
+        );
+        assert_eq!(
+            headers[RATE_LIMIT],
+            "\"key\";r=3;t=12, \"owner\";r=4;t=6, \"owner-credits\";r=6"
+        );
     }
 
     #[test]
@@ -228,5 +277,6 @@ mod tests {
         let later = Some(now + Duration::seconds(90));
         let answer = usage_exceeded(later, &spent, Subject::Owner, now).into_response();
         assert_eq!(answer.headers()[header::RETRY_AFTER], "90");
+        assert_eq!(answer.headers()[RATE_LIMIT], "\"owner-credits\";r=0");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use keyroll::meter::Subject;
 use keyroll::store::{BOOTSTRAP_RETIRED, InMemoryStore, KeyStore};
 use keyroll::{KeyId, KeyManager, NewKey, Scopes};
 use keyroll_axum::KeyrollLayer;
@@ -588,6 +589,7 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
     for (path, item) in paths {
         let uri = path
             .replace("{id}", "nobody")
+            .replace("{owner}", "nobody")
             .replace("{file}", "app.js")
             .replace("{change}", "activate");
         for method in &methods {
@@ -1073,4 +1075,132 @@ async fn networks_are_set_shown_and_refused_by_entry() {
         .unwrap()
         .unwrap();
     assert_eq!(key.networks(), None);
+}
+
+/// An owner's page: its limits, what they allow, its keys and their usage
+/// summed; limits set and cleared; bad limits refused, quoted, changing
+/// nothing.
+#[tokio::test]
+async fn owners_show_their_keys_limits_and_usage_and_refuse_bad_limits() {
+    let keys = Arc::new(
+        KeyManager::new(InMemoryStore::new())
+            .with_largest_cost(5)
+            .with_usage_recording(true),
+    );
+    let app = Admin::new(keys.clone())
+        .bootstrap_token(BOOTSTRAP)
+        .unwrap()
+        .router();
+    let mut tokens = Vec::new();
+    for id in ["prod", "ci"] {
+        let created = call(
+            &app,
+            Method::POST,
+            "/keys",
+            BOOTSTRAP,
+            Some(json!({"id": id, "owner": "acme"})),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        tokens.push(created.body["token"].as_str().unwrap().to_owned());
+    }
+    let set = call(
+        &app,
+        Method::PUT,
+        "/owners/acme/limits",
+        BOOTSTRAP,
+        Some(json!({"credits": {"remaining": 3}})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    assert_eq!(set.body["event"]["event"], "owner_limits_changed");
+    assert_eq!(set.body["event"]["owner"], "acme");
+    let now = OffsetDateTime::now_utc();
+    for token in [&tokens[0], &tokens[0], &tokens[1]] {
+        keys.authenticate(token.as_str(), now).await.unwrap();
+    }
+    let refused = keys.authenticate(tokens[1].as_str(), now).await;
+    assert!(
+        matches!(
+            refused,
+            Err(keyroll::AuthError::UsageExceeded {
+                subject: Subject::Owner,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let owner = call(&app, Method::GET, "/owners/acme", BOOTSTRAP, None).await;
+    assert_eq!(owner.status, StatusCode::OK, "{}", owner.body);
+    assert_eq!(owner.body["limits"]["credits"]["remaining"], 3);
+    assert_eq!(owner.body["limits"]["version"], 1);
+    assert_eq!(owner.body["allowance"]["credits_remaining"], 0);
+    let ids: Vec<&str> = owner.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ci", "prod"]);
+    let total = |field: &str| -> u64 {
+        owner.body["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((total("accepted"), total("usage_exceeded")), (3, 1));
+    let key = call(&app, Method::GET, "/keys/prod", BOOTSTRAP, None).await;
+    assert_eq!(
+        key.body["owner_allowance"]["credits_remaining"], 0,
+        "{}",
+        key.body
+    );
+
+    // Bad input: 400, the bad value quoted, nothing changed.
+    let bad = [
+        (
+            "/owners/.acme/limits",
+            json!({"credits": {"remaining": 3}}),
+            ".acme",
+        ),
+        (
+            "/owners/acme/limits",
+            json!({"rate_limit": {"limit": 10, "period": "1m", "burst": 3}}),
+            "raise the burst to at least 5",
+        ),
+        (
+            "/owners/acme/limits",
+            json!({"credits": {"remaining": 9_223_372_036_854_775_808_u64}}),
+            "9223372036854775808",
+        ),
+        (
+            "/owners/acme/limits",
+            json!({"credit": {"remaining": 3}}),
+            "credit",
+        ),
+    ];
+    for (uri, body, quoted) in bad {
+        let answer = call(&app, Method::PUT, uri, BOOTSTRAP, Some(body)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{uri}: {}",
+            answer.body
+        );
+        let message = answer.body["message"].as_str().unwrap();
+        assert!(message.contains(quoted), "{uri}: {message}");
+    }
+    let owner = call(&app, Method::GET, "/owners/acme", BOOTSTRAP, None).await;
+    assert_eq!(owner.body["limits"]["version"], 1, "{}", owner.body);
+    let other = call(&app, Method::GET, "/owners/.acme", BOOTSTRAP, None).await;
+    assert_eq!(other.body["limits"], Value::Null, "{}", other.body);
+
+    let cleared = call(&app, Method::DELETE, "/owners/acme/limits", BOOTSTRAP, None).await;
+    assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.body);
+    keys.authenticate(tokens[1].as_str(), now).await.unwrap();
+    let owner = call(&app, Method::GET, "/owners/acme", BOOTSTRAP, None).await;
+    assert_eq!(owner.body["limits"]["version"], 2, "{}", owner.body);
+    assert_eq!(owner.body["allowance"], Value::Null, "{}", owner.body);
 }

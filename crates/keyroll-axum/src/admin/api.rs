@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use keyroll::meter::{Credits, RateLimit};
 use keyroll::store::KeyStore;
 use keyroll::{
-    Change, Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, Scopes, Token,
+    Change, Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, OwnerLimits,
+    Scopes, Token,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -88,6 +89,60 @@ pub(crate) struct KeyDetails {
     key: KeySummary,
     /// What its limits allow now.
     allowance: AllowanceSummary,
+    /// What the limits its owner's keys share allow now, if it has an
+    /// owner with limits.
+    owner_allowance: Option<AllowanceSummary>,
+}
+
+/// An owner: the limits its keys share, what they allow now, its keys,
+/// and their usage summed by hour.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OwnerDetails {
+    /// The owner's id.
+    owner: String,
+    /// The limits its keys share (`null`: never set).
+    limits: Option<OwnerLimitsSummary>,
+    /// What they allow now (`null`: no limits).
+    allowance: Option<AllowanceSummary>,
+    /// Its keys, in id order (the first 500).
+    keys: Vec<KeySummary>,
+    /// Whether it has more keys than listed.
+    more_keys: bool,
+    /// The usage of all its keys, summed by UTC hour, oldest first.
+    usage: Vec<UsageHour>,
+}
+
+/// An owner's limits as stored.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OwnerLimitsSummary {
+    /// The rate limit its keys share: `{"limit": 100, "period": "1m",
+    /// "burst": 20}`.
+    #[schema(value_type = Option<Object>)]
+    rate_limit: Option<RateLimit>,
+    /// The credits its keys share: `{"remaining": 1000, "refill":
+    /// {"amount": 1000, "every": "30d"}}`.
+    #[schema(value_type = Option<Object>)]
+    credits: Option<Credits>,
+    /// When the credits were set (their balance counts from then).
+    #[serde(with = "time::serde::rfc3339::option")]
+    credits_set_at: Option<OffsetDateTime>,
+    /// The setting's version: one more for each change, clearing included.
+    version: u64,
+}
+
+/// The limits an owner's keys share: a rate limit, credits, or both
+/// (`{}` clears them, as `DELETE` does).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetOwnerLimits {
+    /// `{"limit": 100, "period": "1m", "burst": 20}`.
+    #[schema(value_type = Option<Object>)]
+    rate_limit: Option<RateLimit>,
+    /// `{"remaining": 1000, "refill": {"amount": 1000, "every": "30d"}}`:
+    /// setting the same credits again keeps their balance, other credits
+    /// start it over.
+    #[schema(value_type = Option<Object>)]
+    credits: Option<Credits>,
 }
 
 /// A page of keys.
@@ -501,6 +556,7 @@ pub(crate) async fn get_key<S: KeyStore + 'static>(
     Ok(Json(KeyDetails {
         key: KeySummary::new(&key, now),
         allowance: AllowanceSummary::from(&allowance),
+        owner_allowance: allowance.owner().map(AllowanceSummary::from),
     }))
 }
 
@@ -542,6 +598,119 @@ pub(crate) async fn expiring<S: KeyStore + 'static>(
     Ok(Json(ExpiringKeys {
         keys: soon.iter().map(|s| ExpiringSummary::new(s, now)).collect(),
     }))
+}
+
+// ---------------------------------------------------------------- owners
+
+/// The id of an owner that may be stored (as [`key_id`]): one that only
+/// versions before 0.4 allowed still names its keys.
+fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
+    OwnerId::existing(raw).map_err(ApiError::bad_request)
+}
+
+/// The most keys an owner's page lists.
+const OWNER_KEYS: usize = 500;
+
+/// An owner: the limits its keys share, what they allow now, its keys (the
+/// first 500) and the usage of all its keys summed by UTC hour.
+#[utoipa::path(get, path = "/owners/{owner}", tag = "owners",
+    params(("owner" = String, Path, description = "The owner's id"), Since),
+    responses((status = 200, body = OwnerDetails), Refusals))]
+pub(crate) async fn get_owner<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Path(raw): Path<String>,
+    since: Result<Query<Since>, QueryRejection>,
+) -> Result<Json<OwnerDetails>, ApiError> {
+    let owner = owner_id(&raw)?;
+    let since = duration("since", query(since)?.since.as_deref().unwrap_or("7d"))?;
+    let now = OffsetDateTime::now_utc();
+    admin.flush(now).await;
+    let limits = admin.keys.owner_limits(&owner).await?;
+    let allowance = admin.keys.owner_allowance(&owner, now).await?;
+    let (from, to) = (now.saturating_sub(since), now + Duration::HOUR);
+    // Every key's counts, a page of keys at a time, summed by hour.
+    let mut hours = std::collections::BTreeMap::<i64, keyroll::store::UsageRow>::new();
+    let (mut keys, mut after) = (Vec::new(), None);
+    loop {
+        let page = admin
+            .keys
+            .list_owned(&owner, after.as_ref(), OWNER_KEYS)
+            .await?;
+        for key in &page {
+            for row in admin.keys.usage(key.id(), from, to).await? {
+                hours
+                    .entry(row.hour)
+                    .and_modify(|kept| kept.merge(&row))
+                    .or_insert(row);
+            }
+        }
+        after = page.last().map(|key| key.id().clone());
+        let full = page.len() == OWNER_KEYS;
+        keys.extend(page.iter().map(|key| KeySummary::new(key, now)));
+        if !full {
+            break;
+        }
+    }
+    let more_keys = keys.len() > OWNER_KEYS;
+    keys.truncate(OWNER_KEYS);
+    Ok(Json(OwnerDetails {
+        owner: owner.to_string(),
+        limits: limits.map(|limits| OwnerLimitsSummary {
+            rate_limit: limits.rate().copied(),
+            credits: limits.credits_as_set().copied(),
+            credits_set_at: limits.credits_set_at(),
+            version: limits.version(),
+        }),
+        allowance: allowance.as_ref().map(AllowanceSummary::from),
+        keys,
+        more_keys,
+        usage: hours.values().map(UsageHour::from).collect(),
+    }))
+}
+
+/// Sets the limits an owner's keys share: a request of any of its keys is
+/// admitted only if the key's own limits and these both admit it, and is
+/// charged to both or neither.
+#[utoipa::path(put, path = "/owners/{owner}/limits", tag = "owners",
+    params(("owner" = String, Path, description = "The owner's id")),
+    request_body = SetOwnerLimits, responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn set_owner_limits<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+    limits: Result<Json<SetOwnerLimits>, JsonRejection>,
+) -> Result<Json<Done>, ApiError> {
+    let owner = OwnerId::new(raw).map_err(ApiError::bad_request)?;
+    let limits = body(limits)?;
+    let mut set = OwnerLimits::new();
+    if let Some(rate) = limits.rate_limit {
+        set = set.rate_limit(rate);
+    }
+    if let Some(credits) = limits.credits {
+        set = set.credits(credits);
+    }
+    let now = OffsetDateTime::now_utc();
+    let event = admin.keys.set_owner_limits(&owner, set, now).await?;
+    Ok(admin.done(&actor, event))
+}
+
+/// Clears the limits an owner's keys share: each key is then metered by
+/// its own limits alone.
+#[utoipa::path(delete, path = "/owners/{owner}/limits", tag = "owners",
+    params(("owner" = String, Path, description = "The owner's id")),
+    responses((status = 200, body = Done), Refusals))]
+pub(crate) async fn clear_owner_limits<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Extension(actor): Extension<Actor>,
+    Path(raw): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    let owner = owner_id(&raw)?;
+    let now = OffsetDateTime::now_utc();
+    let event = admin
+        .keys
+        .set_owner_limits(&owner, OwnerLimits::new(), now)
+        .await?;
+    Ok(admin.done(&actor, event))
 }
 
 // ---------------------------------------------------------------- renewal

@@ -354,6 +354,7 @@ macro_rules! documented {
                 (name = "renewal", description = "Renewing a key's token with an overlap"),
                 (name = "tokens", description = "Revoking a leaked token"),
                 (name = "settings", description = "A key's label, scopes, metadata, expiry, owner and limits"),
+                (name = "owners", description = "An owner's keys, usage, and the limits its keys share"),
                 (name = "console", description = "The web console and this document"),
             )
         )]
@@ -376,7 +377,7 @@ macro_rules! documented {
 documented!(
     api: create_key, list_keys, get_key, change_key, set, set_status, delete_key, usage, expiring,
         renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
-        revoke_token;
+        revoke_token, get_owner, set_owner_limits, clear_owner_limits;
     open: console::root, console::page, console::page_with_slash, console::asset, self::document,
 );
 

@@ -35,8 +35,8 @@ use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
     ApiKey, Change, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager,
-    Metadata, NewKey, OldTokenDeletion, Outcome, OwnerId, Policy, RenewalEnforcement, RenewalState,
-    Scope, Scopes, TokenFormat, TokenInfo,
+    Metadata, NewKey, OldTokenDeletion, Outcome, OwnerId, OwnerLimits, Policy, RenewalEnforcement,
+    RenewalState, Scope, Scopes, TokenFormat, TokenInfo,
 };
 use keyroll_postgres::PgStore;
 use keyroll_sqlite::SqliteStore;
@@ -178,6 +178,39 @@ enum Command {
         #[arg(long, value_parser = parse_rate_u64)]
         refill: Option<(u64, Duration)>,
     },
+    /// Show an owner: the limits its keys share, what they allow now, its
+    /// keys, and their usage summed by UTC hour.
+    Owner {
+        #[arg(value_parser = existing_owner)]
+        owner: OwnerId,
+        /// How far back the usage goes (e.g. `7d`, `24h`).
+        #[arg(long, value_parser = parse_duration, default_value = "7d")]
+        since: Duration,
+    },
+    /// Set the limits an owner's keys share: a request of any of them is
+    /// admitted only if its own limits and these both admit it. The same
+    /// credits set again keep their balance; other credits start over.
+    SetOwnerLimits {
+        owner: OwnerId,
+        /// A rate limit, `LIMIT/PERIOD` (e.g. `1000/1m`).
+        #[arg(long, value_parser = parse_limit)]
+        rate_limit: Option<(u32, Duration)>,
+        /// The rate limit's burst (default: LIMIT).
+        #[arg(long, requires = "rate_limit")]
+        burst: Option<u32>,
+        /// Credits, spent one a request by any of the owner's keys.
+        #[arg(long)]
+        credits: Option<u64>,
+        /// Set the credits back to AMOUNT every EVERY (e.g. `1000/30d`).
+        #[arg(long, value_parser = parse_rate_u64, requires = "credits")]
+        refill: Option<(u64, Duration)>,
+    },
+    /// Clear the limits an owner's keys share: each key is then metered by
+    /// its own limits alone.
+    ClearOwnerLimits {
+        #[arg(value_parser = existing_owner)]
+        owner: OwnerId,
+    },
     /// List every key, like the admin page (a revoked current token shows
     /// as `REVOKED`).
     List {
@@ -317,6 +350,7 @@ impl Command {
         matches!(
             self,
             Command::List { .. }
+                | Command::Owner { .. }
                 | Command::Expiring { .. }
                 | Command::Usage { .. }
                 | Command::Show { .. }
@@ -650,10 +684,11 @@ fn show(key: &ApiKey, now: OffsetDateTime) {
     }
 }
 
-/// A key's limits, and what they allow now.
-fn show_limits(key: &ApiKey, allowance: &Allowance) {
+/// The limits of an allowance (a key's, then its owner's), and what they
+/// allow now.
+fn show_limits(allowance: &Allowance) {
     if let (Some(rate), Some(remaining), Some(reset)) = (
-        key.rate_limit(),
+        allowance.rate_limit(),
         allowance.rate_remaining(),
         allowance.rate_reset(),
     ) {
@@ -665,7 +700,7 @@ fn show_limits(key: &ApiKey, allowance: &Allowance) {
             reset
         );
     }
-    if let (Some(credits), Some(remaining)) = (key.credits(), allowance.credits_remaining()) {
+    if let (Some(credits), Some(remaining)) = (allowance.credits(), allowance.credits_remaining()) {
         let refill = match (credits.refill(), allowance.next_refill()) {
             (Some(refill), Some(at)) => format!(
                 "; next refill {} (to {} every {})",
@@ -676,6 +711,10 @@ fn show_limits(key: &ApiKey, allowance: &Allowance) {
             _ => "; no refill".to_owned(),
         };
         println!("credits  {remaining} left{refill}");
+    }
+    if let (Some(owner), Some(shared)) = (allowance.owner_id(), allowance.owner()) {
+        println!("owner {owner}'s limits, shared by its keys:");
+        show_limits(shared);
     }
 }
 
@@ -844,6 +883,64 @@ async fn usage(
     Ok(())
 }
 
+/// `keyctl owner`: the owner's limits and what they allow, its keys, and
+/// their usage summed by hour.
+async fn show_owner(
+    manager: &KeyManager<DynKeyStore>,
+    owner: &OwnerId,
+    since: Duration,
+    now: OffsetDateTime,
+) -> Result<(), Box<dyn Error>> {
+    println!("owner    {owner}");
+    match manager.owner_limits(owner).await? {
+        Some(limits) if !limits.is_empty() => {
+            println!(
+                "limits   shared by its keys (version {}):",
+                limits.version()
+            );
+            if let Some(allowance) = manager.owner_allowance(owner, now).await? {
+                show_limits(&allowance);
+            }
+        }
+        _ => println!("limits   none: each key is metered by its own"),
+    }
+    let (from, end) = (now.saturating_sub(since), now + Duration::HOUR);
+    let mut hours = std::collections::BTreeMap::<i64, UsageRow>::new();
+    let mut after = None;
+    let mut count = 0;
+    loop {
+        let page = manager.list_owned(owner, after.as_ref(), 500).await?;
+        for key in &page {
+            println!("key      {} ({})", key.id(), key.status());
+            for row in manager.usage(key.id(), from, end).await? {
+                hours
+                    .entry(row.hour)
+                    .and_modify(|kept| kept.merge(&row))
+                    .or_insert(row);
+            }
+        }
+        count += page.len();
+        match page.last() {
+            Some(last) if page.len() == 500 => after = Some(last.id().clone()),
+            _ => break,
+        }
+    }
+    println!("{count} key(s); usage of all of them:");
+    let accepted: Vec<u64> = (UsageRow::hour_of(from)..UsageRow::hour_of(end))
+        .map(|hour| hours.get(&hour).map_or(0, |row| row.accepted))
+        .collect();
+    let total = |f: fn(&UsageRow) -> u64| hours.values().map(f).sum::<u64>();
+    println!(
+        "accepted {} {}; rate limited {}, usage exceeded {}, refused {}",
+        sparkline(&accepted),
+        total(|r| r.accepted),
+        total(|r| r.rate_limited),
+        total(|r| r.usage_exceeded),
+        total(|r| r.refused)
+    );
+    Ok(())
+}
+
 /// One character an hour: blank for none, then `▁` to `█` in proportion
 /// to the busiest hour.
 fn sparkline(counts: &[u64]) -> String {
@@ -978,6 +1075,32 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
             eprintln!("warning: copy the token now; it will not be shown again");
         }
         Command::List { owner } => list(&manager, owner.as_ref(), now).await?,
+        Command::Owner { owner, since } => show_owner(&manager, &owner, since, now).await?,
+        Command::SetOwnerLimits {
+            owner,
+            rate_limit: rate,
+            burst,
+            credits: balance,
+            refill,
+        } => {
+            let mut limits = OwnerLimits::new();
+            if let Some(rate) = rate_limit(rate, burst)? {
+                limits = limits.rate_limit(rate);
+            }
+            if let Some(credits) = credits(balance, refill)? {
+                limits = limits.credits(credits);
+            }
+            if limits.is_empty() {
+                return Err("give --rate-limit, --credits or both \
+                    (`keyctl clear-owner-limits` clears them)"
+                    .into());
+            }
+            print_event(&manager.set_owner_limits(&owner, limits, now).await?)?;
+        }
+        Command::ClearOwnerLimits { owner } => {
+            let cleared = manager.set_owner_limits(&owner, OwnerLimits::new(), now);
+            print_event(&cleared.await?)?;
+        }
         Command::Expiring { within } => expiring(&manager, within, now).await?,
         Command::Usage { id, since } => usage(&manager, &id, since, now).await?,
         Command::Show { id } => {
@@ -986,7 +1109,7 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
                 .await?
                 .ok_or_else(|| format!("no key {id}"))?;
             show(&key, now);
-            show_limits(&key, &manager.allowance(&id, now).await?);
+            show_limits(&manager.allowance(&id, now).await?);
         }
         Command::Renew { id } => {
             let (token, event) = manager.renew(&id, now, &mut rng).await?;
