@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use keyroll::meter::{Credits, RateLimit, Refill};
 use keyroll::store::InMemoryStore;
-use keyroll::{KeyId, KeyManager, NewKey, Token};
+use keyroll::{KeyId, KeyManager, NewKey, OwnerId, OwnerLimits, Token};
 use keyroll_axum::{Caller, KeyrollLayer};
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,12 +104,25 @@ async fn serve() -> Fixture {
                 .credits(Credits::new(1).with_refill(every_minute)),
         ),
         ("free", NewKey::new(KeyId::new("free").unwrap())),
+        (
+            "shared",
+            NewKey::new(KeyId::new("shared").unwrap())
+                .rate_limit(two_per_ten)
+                .owner(OwnerId::new("acme").unwrap()),
+        ),
     ];
     let mut tokens = HashMap::new();
     for (name, new) in keys_made {
         let (token, _) = keys.create_key(new, now, &mut rng).await.unwrap();
         tokens.insert(name, token);
     }
+    // The owner of "shared": 2 per 10 s, and 1 credit refilled every
+    // minute, for all its keys.
+    let shared = OwnerLimits::new()
+        .rate_limit(two_per_ten)
+        .credits(Credits::new(1).with_refill(every_minute));
+    let acme = OwnerId::new("acme").unwrap();
+    keys.set_owner_limits(&acme, shared, now).await.unwrap();
     let keyroll = KeyrollLayer::new(keys);
     let app = Router::new()
         .route("/whoami", get(whoami))
@@ -188,6 +201,44 @@ async fn spent_credits_get_429_with_a_retry_after_only_when_a_refill_comes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_limits_apply_beside_the_keys_and_name_the_owner() {
+    let f = serve().await;
+    let first = f.get("/whoami", "shared").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some("\"key\";q=2;w=10, \"owner\";q=2;w=10, \"owner-credits\";q=1;w=60")
+    );
+    let state = first.header("ratelimit").unwrap();
+    assert!(
+        state.starts_with("\"key\";r=1;t=5, \"owner\";r=1;t=5, \"owner-credits\";r=0;t="),
+        "{state}"
+    );
+    // The key's own limit admits a second request; the owner's credits do
+    // not: 429, the owner named, its fields, and the key's burst untouched.
+    let second = f.get("/whoami", "shared").await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    let body: serde_json::Value = serde_json::from_str(&second.body).unwrap();
+    assert_eq!(body["error"], "usage_exceeded", "{}", second.body);
+    assert_eq!(body["subject"], "owner", "{}", second.body);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the owner's credits"),
+        "{}",
+        second.body
+    );
+    assert_eq!(
+        second.header("ratelimit-policy"),
+        Some("\"owner\";q=2;w=10, \"owner-credits\";q=1;w=60")
+    );
+    let retry: i64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    f.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_sets_its_cost() {
     let f = serve().await;
     // A search costs the whole burst of 2.
@@ -238,8 +289,11 @@ async fn the_fields_parse_as_structured_fields() {
     let admitted = f.get("/whoami", "both").await;
     let spent = f.get("/whoami", "both").await;
     assert_eq!((admitted.status, spent.status), (200, 429));
+    let owned = f.get("/whoami", "shared").await;
+    let owner_spent = f.get("/whoami", "shared").await;
+    assert_eq!((owned.status, owner_spent.status), (200, 429));
     let mut fields = Vec::new();
-    for answer in [&admitted, &spent] {
+    for answer in [&admitted, &spent, &owned, &owner_spent] {
         for name in ["ratelimit-policy", "ratelimit"] {
             fields.push((name, answer.header(name).unwrap().to_owned()));
         }
@@ -282,5 +336,22 @@ async fn the_fields_parse_as_structured_fields() {
     // Refused for its credits: the same policies, none left.
     assert_eq!(parsed[2], parsed[0]);
     assert_eq!(parsed[3][1][1]["r"], 0);
+    // A key with owner limits: its own policy, then the owner's two.
+    assert_eq!(
+        parsed[4],
+        serde_json::json!([
+            ["key", {"q": 2, "w": 10}],
+            ["owner", {"q": 2, "w": 10}],
+            ["owner-credits", {"q": 1, "w": 60}]
+        ])
+    );
+    assert_eq!(parsed[5][2][0], "owner-credits");
+    assert_eq!(parsed[5][2][1]["r"], 0);
+    // Refused by the owner's credits: the owner's policies alone.
+    assert_eq!(
+        parsed[6],
+        serde_json::json!([["owner", {"q": 2, "w": 10}], ["owner-credits", {"q": 1, "w": 60}]])
+    );
+    assert_eq!(parsed[7][1][1]["r"], 0);
     f.server.abort();
 }
