@@ -138,9 +138,16 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// Replaces the value of the input `css`, once it can take one (a page
+/// still settling after a load may not let it yet).
 async fn type_into(c: &Client, css: &str, value: &str) {
+    until(
+        c,
+        &format!("document.querySelector(\"{css}\").offsetWidth > 0"),
+    )
+    .await;
     let input = c.find(Locator::Css(css)).await.unwrap();
-    input.clear().await.unwrap();
+    input.clear().await.unwrap_or_else(|e| panic!("{css}: {e}"));
     input.send_keys(value).await.unwrap();
 }
 
@@ -663,5 +670,134 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     )
     .await;
     assert!(text(&c, "#status").await.contains("Deleted x."));
+    c.close().await.unwrap();
+}
+
+/// An owner's page, reached from a key's row and from the address: the
+/// limits its keys share, set and cleared in place, what they allow, its
+/// keys and their usage summed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_browser),
+    ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
+)]
+async fn the_console_shows_an_owner_and_sets_the_limits_its_keys_share() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+    let now = OffsetDateTime::now_utc();
+    let ops =
+        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    let admin = admin.expose_secret().to_owned();
+    let acme = OwnerId::new("acme").unwrap();
+    let mut tokens = Vec::new();
+    for id in ["prod", "staging", "ci"] {
+        let new = NewKey::new(KeyId::new(id).unwrap()).owner(acme.clone());
+        tokens.push(keys.create_key(new, now, &mut rand::rng()).await.unwrap().0);
+    }
+    for token in [&tokens[0], &tokens[0], &tokens[2]] {
+        keys.authenticate(token.expose_secret(), now).await.unwrap();
+    }
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/admin/console")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(&c, "!document.querySelector('#app').hidden").await;
+
+    // The key list links each owner to its page.
+    click(&c, "tr[data-key='prod'] a.owner-link").await;
+    until(&c, "!document.querySelector('#owner-panel').hidden").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("#owner=acme")
+    );
+    let facts = text(&c, "#owner-facts").await;
+    assert!(
+        facts.contains("none: each key is metered by its own"),
+        "{facts}"
+    );
+    assert!(
+        facts.contains("Keys\n3") || facts.contains("Keys 3"),
+        "{facts}"
+    );
+    let listed = text(&c, "#owner-keys").await;
+    for id in ["ci", "prod", "staging"] {
+        assert!(listed.contains(id), "{listed}");
+    }
+    let legend = text(&c, "#owner-legend").await;
+    assert!(legend.contains("Accepted 3"), "{legend}");
+
+    // Bad input is refused on the page, naming the field; nothing is set.
+    type_into(&c, "#owner-credits", "12a").await;
+    click(&c, "#owner-save").await;
+    until(&c, "!document.querySelector('#owner-error').hidden").await;
+    assert!(text(&c, "#owner-error").await.contains("Credits \"12a\""));
+    assert_eq!(keys.owner_limits(&acme).await.unwrap(), None);
+
+    // Set: 100 a minute and 4 credits, shared by the three keys.
+    type_into(&c, "#owner-rate-limit", "100").await;
+    type_into(&c, "#owner-rate-period", "1m").await;
+    type_into(&c, "#owner-credits", "4").await;
+    click(&c, "#owner-save").await;
+    until(
+        &c,
+        "document.querySelector('#owner-facts').textContent.includes('4 credits')",
+    )
+    .await;
+    let set = keys.owner_limits(&acme).await.unwrap().unwrap();
+    assert_eq!(set.credits_as_set().map(|c| c.remaining()), Some(4));
+    assert_eq!(set.rate().map(|r| r.limit()), Some(100));
+    for token in [&tokens[1], &tokens[2], &tokens[0], &tokens[1]] {
+        keys.authenticate(token.expose_secret(), now).await.unwrap();
+    }
+    assert!(matches!(
+        keys.authenticate(tokens[0].expose_secret(), now).await,
+        Err(keyroll::AuthError::UsageExceeded {
+            subject: keyroll::meter::Subject::Owner,
+            ..
+        })
+    ));
+    click(&c, "tr[data-key='ci'] a.owner-link").await;
+    until(
+        &c,
+        "document.querySelector('#owner-facts').textContent.includes('0 credits left')",
+    )
+    .await;
+    shoot(&c, "8-owner-page").await;
+
+    // Cleared, confirmed: the keys are metered by their own limits alone.
+    click(&c, "#owner-clear").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    click(&c, "#confirm-ok").await;
+    until(
+        &c,
+        "document.querySelector('#owner-facts').textContent.includes('none: each key')",
+    )
+    .await;
+    assert!(keys.owner_limits(&acme).await.unwrap().unwrap().is_empty());
+    keys.authenticate(tokens[0].expose_secret(), now)
+        .await
+        .unwrap();
+    click(&c, "#owner-close").await;
+    until(&c, "document.querySelector('#owner-panel').hidden").await;
+
+    // The address opens an owner's page once signed in (on a new page:
+    // the token is gone with the old one).
+    c.goto(&format!("{base}/admin/openapi.json")).await.unwrap();
+    c.goto(&format!("{base}/admin/console#owner=acme"))
+        .await
+        .unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(&c, "!document.querySelector('#owner-panel').hidden").await;
+    assert!(text(&c, "#owner-title").await.contains("acme"));
     c.close().await.unwrap();
 }

@@ -26,14 +26,15 @@ class ApiError extends Error {
 }
 
 // Calls the admin API (relative to this page: the console is served beside
-// it) with the admin token; resolves to the JSON answer, or rejects with an
-// ApiError whose message a person can act on.
+// it) with the admin token and `body` (a value, or JSON text already
+// written); resolves to the JSON answer, or rejects with an ApiError whose
+// message a person can act on.
 async function api(method, path, body) {
   const headers = { Authorization: "Bearer " + adminToken };
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
   }
   let response;
   try {
@@ -175,6 +176,7 @@ $("token-form").addEventListener("submit", async (event) => {
     $("app").hidden = false;
     $("sign-out").hidden = false;
     $("create").focus();
+    openOwnerFromAddress();
   } else {
     adminToken = null;
     input.focus();
@@ -188,6 +190,7 @@ $("sign-out").addEventListener("click", () => {
   Object.assign(page, { after: null, previous: [], next: null, owner: "" });
   $("owner-filter").value = "";
   $("usage-panel").hidden = true;
+  $("owner-panel").hidden = true;
   $("keys").tBodies[0].replaceChildren();
   $("app").hidden = true;
   $("sign-out").hidden = true;
@@ -312,7 +315,7 @@ function row(key, soon) {
     if (!IN_COLUMNS.has(setting)) name.append(el("div", setting.replace(/_/g, " ") + ": " + settingText(value), "hint setting"));
   }
   tr.append(cell("Key", name));
-  tr.append(cell("Owner", key.owner || "—"));
+  tr.append(cell("Owner", ownerLink(key.owner)));
   tr.append(cell("Scopes", key.scopes.length ? key.scopes.join(" ") : "—"));
   const status = statusOf(key);
   const state = el("div");
@@ -608,15 +611,17 @@ const SERIES = [
 async function usage(key) {
   await attempt(async () => {
     const answer = await api("GET", keyPath(key.id) + "/usage?since=7d");
-    drawUsage(key.id, answer.hours);
+    $("usage-title").textContent = "Usage of " + key.id + ", last 7 days by hour";
+    drawUsage(key.id, answer.hours, "usage-chart", "usage-legend");
     $("usage-panel").hidden = false;
     $("usage-panel").scrollIntoView({ block: "start" });
     $("usage-title").focus();
   });
 }
 
-// The last 7 days by hour, each outcome a line of its own, drawn as SVG.
-function drawUsage(id, hours) {
+// The last 7 days by hour of `what`, each outcome a line of its own,
+// drawn as SVG into `chart`, with its totals in `legend`.
+function drawUsage(what, hours, chart, legend) {
   const HOUR = 3600 * 1000;
   const end = Math.floor(Date.now() / HOUR) * HOUR;
   const start = end - 167 * HOUR;
@@ -633,7 +638,7 @@ function drawUsage(id, hours) {
   svg.setAttribute("role", "img");
   const totals = SERIES.map(([k, label]) => label + " " + points.reduce((s, p) => s + (p ? p[k] : 0), 0));
   const title = document.createElementNS(ns, "title");
-  title.textContent = "Requests of " + id + " by hour, last 7 days: " + totals.join(", ");
+  title.textContent = "Requests of " + what + " by hour, last 7 days: " + totals.join(", ");
   svg.append(title);
   const line = (x1, y1, x2, y2, cls) => {
     const l = document.createElementNS(ns, "line");
@@ -666,13 +671,172 @@ function drawUsage(id, hours) {
     path.dataset.series = k;
     svg.append(path);
   }
-  $("usage-title").textContent = "Usage of " + id + ", last 7 days by hour";
-  $("usage-chart").replaceChildren(svg);
-  $("usage-legend").replaceChildren(
+  $(chart).replaceChildren(svg);
+  $(legend).replaceChildren(
     ...SERIES.map(([k], i) => {
       const item = el("li");
       item.append(el("span", null, "swatch series-" + k), totals[i]);
       return item;
     }),
   );
+}
+
+// ------------------------------------------------------------------ owners
+
+// The owner whose page is open.
+let ownerShown = null;
+
+// The API path of the owner `owner`, escaped as a key's is.
+function ownerPath(owner) {
+  if (!addressable(owner)) {
+    throw new ApiError(0, "unaddressable", "The owner id \"" + owner + "\" cannot be used in a URL: use keyctl owner.");
+  }
+  return "owners/" + enc(owner);
+}
+
+// The owner cell of a key's row: a link to the owner's page.
+function ownerLink(owner) {
+  if (!owner) return "—";
+  const link = el("a", owner, "owner-link");
+  link.href = "#owner=" + enc(owner);
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    history.replaceState(null, "", "#owner=" + enc(owner));
+    showOwner(owner);
+  });
+  return link;
+}
+
+async function showOwner(owner) {
+  await attempt(async () => {
+    const answer = await api("GET", ownerPath(owner) + "?since=7d");
+    ownerShown = owner;
+    renderOwner(answer);
+    showError("", $("owner-error"));
+    $("owner-panel").hidden = false;
+    $("owner-panel").scrollIntoView({ block: "start" });
+    $("owner-title").focus();
+  });
+}
+
+// The limits as a person reads them.
+function limitsText(limits) {
+  const parts = [];
+  if (limits && limits.rate_limit) {
+    const r = limits.rate_limit;
+    parts.push(r.limit + " requests per " + settingText(r.period) + ", " + r.burst + " at once");
+  }
+  if (limits && limits.credits) {
+    const c = limits.credits;
+    const refill = c.refill ? ", set back to " + c.refill.amount + " every " + settingText(c.refill.every) : "";
+    parts.push(c.remaining + " credits" + refill);
+  }
+  return parts.length ? parts.join("; ") : "none: each key is metered by its own limits";
+}
+
+// What an allowance leaves, as a person reads it.
+function allowanceText(allowance) {
+  if (!allowance) return "—";
+  const parts = [];
+  if (allowance.rate_remaining != null) parts.push(allowance.rate_remaining + " requests left at once");
+  if (allowance.credits_remaining != null) {
+    const refill = allowance.next_refill ? ", refilled " + formatDate(allowance.next_refill) : "";
+    parts.push(allowance.credits_remaining + " credits left" + refill);
+  }
+  return parts.join("; ") || "—";
+}
+
+// A duration as the form takes it: whole days, hours, minutes or seconds.
+function durationInput(duration) {
+  const s = duration.secs;
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) {
+    if (s % size === 0) return s / size + unit;
+  }
+  return s + "s";
+}
+
+function renderOwner(answer) {
+  $("owner-title").textContent = "Owner " + answer.owner;
+  const facts = $("owner-facts");
+  facts.replaceChildren();
+  const fact = (term, value) => facts.append(el("dt", term), el("dd", value));
+  fact("Limits its keys share", limitsText(answer.limits));
+  fact("Allowed now", allowanceText(answer.allowance));
+  fact("Keys", String(answer.keys.length) + (answer.more_keys ? " (the first shown)" : ""));
+  const limits = answer.limits || {};
+  const rate = limits.rate_limit, credits = limits.credits;
+  const refill = credits && credits.refill;
+  $("owner-rate-limit").value = rate ? rate.limit : "";
+  $("owner-rate-period").value = rate ? durationInput(rate.period) : "1m";
+  $("owner-rate-burst").value = rate ? rate.burst : "";
+  $("owner-credits").value = credits ? credits.remaining : "";
+  $("owner-refill-amount").value = refill ? refill.amount : "";
+  $("owner-refill-every").value = refill ? durationInput(refill.every) : "30d";
+  $("owner-clear").disabled = !rate && !credits;
+  $("owner-keys").replaceChildren(...answer.keys.map((key) => {
+    const item = el("li");
+    item.append(el("strong", key.id, "key-id"), " ", el("span", statusOf(key), "badge badge-" + statusOf(key)));
+    return item;
+  }));
+  drawUsage("the keys of " + answer.owner, answer.usage, "owner-chart", "owner-legend");
+}
+
+// Digits as a JSON number, exactly (a JavaScript number loses integers
+// above 2^53), or the refusal that names the field.
+function whole(field, text) {
+  if (!/^\d+$/.test(text)) throw new ApiError(0, "bad_input", field + " \"" + text + "\" is not a whole number.");
+  return text;
+}
+
+$("owner-limits-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const v = (id) => $(id).value.trim();
+  const owner = ownerShown;
+  await attempt(async () => {
+    // Written by hand, so that numbers keep every digit.
+    const parts = [];
+    if (v("owner-rate-limit")) {
+      const burst = v("owner-rate-burst") ? ',"burst":' + whole("At once", v("owner-rate-burst")) : "";
+      parts.push('"rate_limit":{"limit":' + whole("Requests", v("owner-rate-limit")) +
+        ',"period":' + JSON.stringify(v("owner-rate-period") || "1m") + burst + "}");
+    }
+    if (v("owner-credits")) {
+      const refill = v("owner-refill-amount")
+        ? ',"refill":{"amount":' + whole("Set back to", v("owner-refill-amount")) +
+          ',"every":' + JSON.stringify(v("owner-refill-every") || "30d") + "}"
+        : "";
+      parts.push('"credits":{"remaining":' + whole("Credits", v("owner-credits")) + refill + "}");
+    }
+    if (!parts.length) throw new ApiError(0, "empty", "Give a rate limit, credits or both; Clear limits removes them.");
+    await api("PUT", ownerPath(owner) + "/limits", "{" + parts.join(",") + "}");
+    say("Saved the limits of " + owner + ": its keys share them now.");
+    await showOwner(owner);
+  }, $("owner-error"));
+});
+
+$("owner-clear").addEventListener("click", async () => {
+  const owner = ownerShown;
+  const confirmed = await confirmWith({
+    title: "Clear the limits of " + owner + "?",
+    text: "Its keys stop sharing a rate limit and credits: each is then metered by its own limits alone.",
+    confirm: "Clear limits",
+  });
+  if (confirmed && await attempt(() => api("DELETE", ownerPath(owner) + "/limits"), $("owner-error"))) {
+    say("Cleared the limits of " + owner + ".");
+    await showOwner(owner);
+  }
+  ($("owner-clear").disabled ? $("owner-title") : $("owner-clear")).focus();
+});
+
+$("owner-close").addEventListener("click", () => {
+  $("owner-panel").hidden = true;
+  ownerShown = null;
+  history.replaceState(null, "", location.pathname + location.search);
+  $("refresh").focus();
+});
+
+// An owner's page named in the address (`#owner=ID`) opens once signed in.
+function openOwnerFromAddress() {
+  const match = /^#owner=(.+)$/.exec(location.hash);
+  if (match) showOwner(decodeURIComponent(match[1]));
 }
