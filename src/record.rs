@@ -9,16 +9,21 @@
 //! - **The meter's stored form**: [`StoredMeter`] as it is, or
 //!   [`MeterRow`]'s columns; [`LimitColumns`] for a store that charges in
 //!   SQL.
-//! - **The arithmetic**: [`ApiKey::charge`] on the meter you keep, under
-//!   your store's atomicity (a lock, a transaction), or, for a store that
-//!   keeps the limits in columns beside the record, [`LimitColumns::charge`]:
-//!   one arithmetic behind both; never the meter's internals.
+//! - **The arithmetic**: [`ApiKey::charge_with_owner`] on the meters you
+//!   keep (the key's, and its owner's with the owner's
+//!   [`OwnerLimits`]: both or neither), under your store's atomicity (a
+//!   lock, a transaction), or, for a store that keeps the limits in
+//!   columns beside the record, [`LimitColumns::charge`] then
+//!   [`OwnerLimits::charge`]: one arithmetic behind all; never the
+//!   meter's internals. [`LimitColumns::of_owner`] and
+//!   [`LimitColumns::owner_limits`] store owner limits in the same
+//!   columns.
 //! - **Verification**: [`Verification::of`] answers
 //!   [`KeyStore::verify`](crate::store::KeyStore::verify) from a loaded
 //!   key (the trait's default does exactly that).
 //!
 //! `examples/third_party_store.rs` is a complete store built from this kit,
-//! in under 150 lines, which passes the conformance suite (a test runs
+//! in under 180 lines, which passes the conformance suite (a test runs
 //! it):
 //!
 //! ```rust,ignore
