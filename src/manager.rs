@@ -667,7 +667,8 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// What the key's rate limit and credits allow at `now`, without
-    /// charging (empty for a key without limits).
+    /// charging (empty for a key without limits), with the owner's part
+    /// ([`Allowance::owner`]) when its owner has limits.
     ///
     /// # Errors
     ///

@@ -116,11 +116,14 @@ impl OwnerLimits {
         self
     }
 
-    /// Limits as a store read them back: `limits` at `version`.
+    /// Limits as a store read them back: `limits` at `version` (the
+    /// record kit's columns).
+    #[cfg(feature = "serde")]
     pub(crate) fn from_parts(limits: Limits, version: u64) -> OwnerLimits {
         OwnerLimits { limits, version }
     }
 
+    #[cfg(feature = "serde")]
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }

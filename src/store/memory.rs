@@ -88,9 +88,9 @@ struct Shard {
     inner: RwLock<Inner>,
     /// Slot numbers in id order, or `None` after an insert or delete.
     order: Mutex<Option<Vec<u32>>>,
-    /// Owner limits, by owner: an entry, once made, stays (cleared limits
-    /// are kept, empty), so a charge holds this lock shared only while it
-    /// finds the entry's.
+    /// Owner limits, by owner: a charge holds this lock shared, and the
+    /// entry's own while it charges; setting limits takes it exclusively.
+    /// An entry, once made, stays (cleared limits are kept, empty).
     owner_limits: RwLock<HashMap<OwnerId, OwnerEntry>>,
 }
 
