@@ -71,9 +71,11 @@ const SHARDS: usize = 16;
 ///   without limits of its own is charged to its owner's: read from
 ///   `inner` at most once per owner per `max_staleness`, and at once when
 ///   set through this cache. Limits set elsewhere apply within
-///   `max_staleness` to keys without limits of their own (a charge always
-///   reads the stored limits). At most `capacity` owners are kept; past
-///   that, every owner is forgotten at once, and read again.
+///   `max_staleness` to keys without limits of their own, or as soon as
+///   [`invalidate_owner`](Self::invalidate_owner) is called
+///   (`keyroll-postgres`'s listener does); a charge always reads the
+///   stored limits. At most `capacity` owners are kept; past that, every
+///   owner is forgotten at once, and read again.
 ///
 /// A read that raced with a write or an invalidation of its key is
 /// answered but not kept, so the cache never keeps a key older than the
@@ -227,6 +229,11 @@ impl<S> CachedStore<S> {
         let mut shard = write(shard);
         shard.epoch += 1;
         shard.remove(hash, id, &self.room);
+    }
+
+    /// Forgets `owner`'s limits: their next read goes to `inner`.
+    pub fn invalidate_owner(&self, owner: &OwnerId) {
+        self.owners().remove(owner);
     }
 
     /// Forgets every key, and every owner's limits.

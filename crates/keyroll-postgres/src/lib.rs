@@ -848,11 +848,14 @@ impl PgStore {
 
     /// Creates the table if it does not exist, and upgrades a table written
     /// by keyroll 0.1 (adds and fills the incarnation column); creates the
-    /// meters' table `{table}_meters` beside it (keyroll 0.3); installs the
-    /// triggers that notify every write (the function `keyroll_notify()`
-    /// and, on the table, the triggers `keyroll_notify` for each row
-    /// written and `keyroll_notify_truncate` for a `TRUNCATE`: see
-    /// [`listen`](PgStore::listen)). Idempotent, and safe to run from many
+    /// meters' table `{table}_meters` beside it (keyroll 0.3), the owners'
+    /// `{table}_owners` (0.4); installs the triggers that notify every
+    /// write (the functions `keyroll_notify()` and
+    /// `keyroll_notify_owner()`; on the table, the triggers
+    /// `keyroll_notify` for each row written and `keyroll_notify_truncate`
+    /// for a `TRUNCATE`, and on the owners' table `keyroll_notify_owner`
+    /// for each setting of limits: see [`listen`](PgStore::listen)).
+    /// Idempotent, and safe to run from many
     /// replicas at once.
     ///
     /// It is an explicit step, run by a role that may create tables (a
@@ -1001,6 +1004,16 @@ impl PgStore {
                  END IF;
                  RETURN NULL;
              END $$;
+             CREATE OR REPLACE FUNCTION {schema}.keyroll_notify_owner() RETURNS trigger
+                 LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
+             BEGIN
+                 IF TG_OP = 'DELETE' THEN
+                     PERFORM pg_notify(TG_ARGV[0], '/' || OLD.owner);
+                 ELSE
+                     PERFORM pg_notify(TG_ARGV[0], '/' || NEW.owner);
+                 END IF;
+                 RETURN NULL;
+             END $$;
              DO $$ BEGIN
                  IF NOT EXISTS (SELECT 1 FROM pg_trigger
                                 WHERE tgname = 'keyroll_notify' AND tgrelid = '{schema}.{table}'::regclass) THEN
@@ -1011,6 +1024,14 @@ impl PgStore {
                                 WHERE tgname = 'keyroll_notify_truncate' AND tgrelid = '{schema}.{table}'::regclass) THEN
                      CREATE TRIGGER keyroll_notify_truncate AFTER TRUNCATE ON {schema}.{table}
                          FOR EACH STATEMENT EXECUTE FUNCTION {schema}.keyroll_notify();
+                 END IF;
+                 -- An owner's limits set (its version written), not its
+                 -- meter charged: '/' and the owner, on the keys' channel.
+                 IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                                WHERE tgname = 'keyroll_notify_owner' AND tgrelid = '{schema}.{table}_owners'::regclass) THEN
+                     CREATE TRIGGER keyroll_notify_owner AFTER INSERT OR UPDATE OF version OR DELETE
+                         ON {schema}.{table}_owners
+                         FOR EACH ROW EXECUTE FUNCTION {schema}.keyroll_notify_owner('{table}');
                  END IF;
              END $$;"
         ))

@@ -4,8 +4,9 @@
 //! [`PgStore::migrate`](crate::PgStore::migrate) installs a trigger that
 //! sends, in the writing transaction, a notification on the channel named
 //! after the table with the key id as payload, for every inserted, updated
-//! or deleted row, and with an empty payload for a `TRUNCATE` (whoever
-//! writes it: a replica, `keyctl`, plain SQL). The
+//! or deleted row, with `/` and the owner for every change of an owner's
+//! limits (not of its meter), and with an empty payload for a `TRUNCATE`
+//! (whoever writes it: a replica, `keyctl`, plain SQL). The
 //! listener holds its own connection (outside the pool: `LISTEN` belongs
 //! to a session), invalidates each notified id, and clears the whole cache
 //! whenever it connects or loses its connection, since notifications sent
@@ -14,8 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyroll::KeyId;
 use keyroll::store::CachedStore;
+use keyroll::{KeyId, OwnerId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -129,12 +130,7 @@ async fn run<S>(
                 report.send_replace(ListenerState::Listening { connects });
                 let error = loop {
                     match notifications.recv().await {
-                        // A payload that is no id (empty, for a TRUNCATE)
-                        // names every key.
-                        Some(Ok(notification)) => match KeyId::existing(notification.payload()) {
-                            Ok(id) => cache.invalidate(&id),
-                            Err(_) => cache.invalidate_all(),
-                        },
+                        Some(Ok(notification)) => invalidate(&cache, notification.payload()),
                         Some(Err(e)) => break e.to_string(),
                         None => break "the connection closed".to_owned(),
                     }
@@ -183,6 +179,22 @@ fn named(config: &tokio_postgres::Config, channel: &str) -> tokio_postgres::Conf
     let mut config = config.clone();
     config.application_name(format!("keyroll-listener:{channel}"));
     config
+}
+
+/// Forgets what `payload` names: a key id, or `/` and an owner id (its
+/// limits changed: no key id holds a `/`). Anything else (empty, for a
+/// `TRUNCATE`) names every key.
+fn invalidate<S>(cache: &CachedStore<S>, payload: &str) {
+    match payload.strip_prefix('/') {
+        Some(owner) => match OwnerId::existing(owner) {
+            Ok(owner) => cache.invalidate_owner(&owner),
+            Err(_) => cache.invalidate_all(),
+        },
+        None => match KeyId::existing(payload) {
+            Ok(id) => cache.invalidate(&id),
+            Err(_) => cache.invalidate_all(),
+        },
+    }
 }
 
 /// Drives a connection, passing its notifications on, and its end as an

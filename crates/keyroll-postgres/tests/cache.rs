@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyroll::store::CachedStore;
-use keyroll::{AuthError, KeyId, KeyManager, Token, conformance};
+use keyroll::{AuthError, KeyId, KeyManager, NewKey, OwnerId, OwnerLimits, Token, conformance};
 use keyroll_postgres::{ListenerState, PgStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -217,6 +217,53 @@ async fn writes_by_anyone_are_notified() {
     let took = time_until_refused(&b, &token, Duration::from_secs(5)).await;
     assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "{took:?}");
     b.store().inner().drop_table().await.unwrap();
+}
+
+/// Owner limits set on one replica reach another's cache within
+/// milliseconds, though it read them as none a moment before and keeps
+/// them for a minute: the key without limits of its own is then charged
+/// to its owner's. An owner's charges notify nothing.
+#[cfg_attr(
+    not(keyroll_pg),
+    ignore = "needs PostgreSQL: set KEYROLL_PG_URL (`bash .ci/run` starts one)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_limits_reach_another_replica_within_milliseconds() {
+    let url = server_url();
+    let table = fresh_table("owners");
+    let staleness = Duration::from_secs(60);
+    let (a, _listening_a) = replica(&url, &table, staleness).await;
+    let (b, _listening_b) = replica(&url, &table, staleness).await;
+    let acme = OwnerId::new("acme").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let new = NewKey::new(KeyId::new("shared").unwrap()).owner(acme.clone());
+    let (token, _) = a
+        .create_key(new, now, &mut StdRng::seed_from_u64(3))
+        .await
+        .unwrap();
+    // B reads the owner's limits (none) and keeps them.
+    for _ in 0..3 {
+        assert!(b.authenticate(token.expose_secret(), now).await.is_ok());
+    }
+    let credits = OwnerLimits::new().credits(keyroll::meter::Credits::new(2));
+    a.set_owner_limits(&acme, credits, now).await.unwrap();
+    let start = Instant::now();
+    let refused = loop {
+        match b
+            .authenticate(token.expose_secret(), OffsetDateTime::now_utc())
+            .await
+        {
+            Err(AuthError::UsageExceeded { .. }) => break start.elapsed(),
+            Ok(_) if start.elapsed() < Duration::from_secs(5) => tokio::task::yield_now().await,
+            other => panic!("after {:?}: {other:?}", start.elapsed()),
+        }
+    };
+    println!(
+        "owner limits visible across replicas: {:.2} ms",
+        ms(refused)
+    );
+    assert!(refused < Duration::from_secs(1), "{refused:?}");
+    a.store().inner().drop_table().await.unwrap();
 }
 
 /// A `TRUNCATE` fires no row trigger: a statement trigger notifies it, and
