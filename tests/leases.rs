@@ -1,7 +1,8 @@
 //! Leases (`KeyManager::with_leases`): several replicas (managers, each
 //! with its own leases) over one store. Credits are never over-spent and
 //! come back exactly on release; the rate bound of `LeasePolicy` holds over
-//! random arrivals; `max_lag = 0` is the exact path; a dropped replica
+//! random arrivals, on a key's limits or an owner's shared by 3 keys;
+//! `max_lag = 0` is the exact path; a dropped replica
 //! strands at most what it reported; verification still decides.
 
 mod common;
@@ -11,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use common::t0;
 use keyroll::meter::{Credits, RateLimit};
 use keyroll::store::{Action, Call, InMemoryStore, Intercept, KeyStore};
-use keyroll::{AuthError, Change, KeyId, KeyManager, LeasePolicy, NewKey, Token};
+use keyroll::{
+    AuthError, Change, KeyId, KeyManager, LeasePolicy, NewKey, OwnerId, OwnerLimits, Token,
+};
 use pollster::block_on;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -283,16 +286,35 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The instants admitted by 3 replicas charging as `mode` says with
 /// `max_lag`, in order, and the credits the store holds once every replica
-/// released.
-fn run(arrivals: &[(usize, i64, bool)], max_lag: Duration, mode: Mode) -> (Vec<i64>, u64) {
+/// released. `shared`: the limits are an owner's, shared by 3 keys without
+/// limits of their own, which the requests use in turn.
+fn run(
+    arrivals: &[(usize, i64, bool)],
+    max_lag: Duration,
+    mode: Mode,
+    shared: bool,
+) -> (Vec<i64>, u64) {
     let rate = RateLimit::new(10, Duration::SECOND)
         .and_then(|r| r.with_burst(BURST as u32))
         .unwrap();
-    let new = NewKey::new(id())
-        .rate_limit(rate)
-        .credits(Credits::new(CREDITS));
+    let credits = Credits::new(CREDITS);
+    let owner = OwnerId::new("acme").unwrap();
+    let new = match shared {
+        false => NewKey::new(id()).rate_limit(rate).credits(credits),
+        true => NewKey::new(id()).owner(owner.clone()),
+    };
     let store = Arc::new(InMemoryStore::new());
     let (managers, token) = replicas(store, new, 3, max_lag);
+    let mut tokens = vec![token];
+    if shared {
+        let limits = OwnerLimits::new().rate_limit(rate).credits(credits);
+        block_on(managers[0].set_owner_limits(&owner, limits, t0())).unwrap();
+        for n in 1..3 {
+            let new = NewKey::new(KeyId::new(format!("k{n}")).unwrap()).owner(owner.clone());
+            let rng = &mut StdRng::seed_from_u64(n);
+            tokens.push(block_on(managers[0].create_key(new, t0(), rng)).unwrap().0);
+        }
+    }
     let in_flight: Arc<Mutex<Vec<Task>>> = Arc::default();
     let policy = LeasePolicy::new(max_lag).unwrap();
     let managers: Vec<_> = managers
@@ -312,12 +334,13 @@ fn run(arrivals: &[(usize, i64, bool)], max_lag: Duration, mode: Mode) -> (Vec<i
     };
     let mut now = 0;
     let mut admitted = Vec::new();
-    for &(replica, gap, land) in arrivals {
+    for (n, &(replica, gap, land)) in arrivals.iter().enumerate() {
         now += gap;
         if land {
             arrive();
         }
         let at = t0() + Duration::milliseconds(now);
+        let token = &tokens[n % tokens.len()];
         if block_on(managers[replica].authenticate(token.expose_secret(), at)).is_ok() {
             admitted.push(now);
         }
@@ -327,7 +350,14 @@ fn run(arrivals: &[(usize, i64, bool)], max_lag: Duration, mode: Mode) -> (Vec<i
     for manager in &managers {
         block_on(manager.release_leases()).unwrap();
     }
-    (admitted, remaining(&managers[0], end))
+    let left = match shared {
+        false => remaining(&managers[0], end),
+        true => {
+            let allowance = block_on(managers[0].owner_allowance(&owner, end)).unwrap();
+            allowance.unwrap().credits_remaining().unwrap()
+        }
+    };
+    (admitted, left)
 }
 
 proptest! {
@@ -339,14 +369,15 @@ proptest! {
 
     /// Over any interval of `d` ms the replicas admit at most
     /// `burst + floor((d + max_lag) / T)`; credits are never over-spent and
-    /// come back exactly.
+    /// come back exactly: a key's, or an owner's shared by 3 keys.
     #[test]
     fn replicas_keep_the_rate_bound_and_exact_credits(
         arrivals in arrivals(),
         max_lag_ms in prop_oneof![Just(0i64), Just(50), Just(300), Just(1000)],
         mode in prop_oneof![Just(Mode::Leases), Just(Mode::Ahead)],
+        shared in any::<bool>(),
     ) {
-        let (admitted, left) = run(&arrivals, Duration::milliseconds(max_lag_ms), mode);
+        let (admitted, left) = run(&arrivals, Duration::milliseconds(max_lag_ms), mode, shared);
         prop_assert_eq!(admitted.len() as u64 + left, CREDITS);
         for (i, &from) in admitted.iter().enumerate() {
             for (j, &to) in admitted.iter().enumerate().skip(i) {
@@ -362,9 +393,9 @@ proptest! {
     /// With `max_lag = 0` leasing is off: every decision is the exact
     /// path's.
     #[test]
-    fn no_lag_is_the_exact_path(arrivals in arrivals()) {
-        let exact = run(&arrivals, Duration::milliseconds(50), Mode::Exact);
-        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Leases), exact.clone());
-        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Ahead), exact);
+    fn no_lag_is_the_exact_path(arrivals in arrivals(), shared in any::<bool>()) {
+        let exact = run(&arrivals, Duration::milliseconds(50), Mode::Exact, shared);
+        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Leases, shared), exact.clone());
+        prop_assert_eq!(run(&arrivals, Duration::ZERO, Mode::Ahead, shared), exact);
     }
 }
