@@ -278,6 +278,13 @@ impl Table {
         }
     }
 
+    /// Tells the metrics the units held now, in every slot: once a lease
+    /// is taken or released (a sum over the slots, as rare as leases).
+    fn report(&self) {
+        let units = self.slots.values().map(|slot| u64::from(slot.units()));
+        crate::telemetry::lease_units(units.sum());
+    }
+
     /// Forgets the slots holding no units and taking none, once the table
     /// has doubled since the last sweep (amortised: a sweep per as many
     /// leases as it keeps).
@@ -544,6 +551,7 @@ impl Leases {
                     }
                 }
             }
+            table.report();
             (charged, give_back)
         };
         if let Some((units, periods)) = give_back {
@@ -576,6 +584,7 @@ impl Leases {
                 }
             }
         }
+        table.report();
         drained
     }
 

@@ -34,6 +34,20 @@
 //! requests; [`PresentedToken`] is a presented token parsed once;
 //! [`error`] holds every error type.
 //!
+//! # Metrics
+//!
+//! keyroll tells the [`metrics`](https://docs.rs/metrics) facade what it
+//! does, and installs no recorder: install one (say
+//! `metrics-exporter-prometheus`) to export these; without one each is a
+//! no-op. No label carries a key id, an owner id or anything of a token.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `keyroll_authentications_total` | counter | `outcome`: `accepted`, `rate_limited`, `usage_exceeded`, `refused` (a token refused: malformed, wrong, revoked, of an inactive or expired key, from another network), `unknown` (no such key), `cost_out_of_range`, `store_error` |
+//! | `keyroll_charges_total` | counter | `outcome`: `admitted`, `rate_limited`, `usage_exceeded`, `cost_out_of_range`, `store_error`; `subject`: `key` or `owner` for a refusal by a limit, else `none` |
+//! | `keyroll_cache_lookups_total` | counter | `result`: `hit`, `miss` ([`store::CachedStore`]'s `verify`) |
+//! | `keyroll_lease_units` | gauge | none: the units a replica's leases held when a lease was last taken or released |
+//!
 //! # Features
 //!
 //! - `serde` (default): `Serialize`/`Deserialize` for [`ApiKey`] (checked on
@@ -64,13 +78,15 @@ mod rng;
 // 2: every error type, so that no module imports another's errors.
 mod errors;
 
-// 3: ids, attributes, the token states, durations' JSON; 4: a change of
+// 3: ids, attributes, the token states, durations' JSON, what the metrics
+// are told; 4: a change of
 // a key, as data, and an owner's limits.
 mod attributes;
 #[cfg(feature = "serde")]
 mod duration;
 mod id;
 mod state;
+mod telemetry;
 
 mod change;
 mod owner;

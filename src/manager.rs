@@ -29,6 +29,7 @@ use crate::new_key::NewKey;
 use crate::owner::OwnerLimits;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
+use crate::telemetry;
 use crate::token::{PresentedToken, Token};
 use crate::usage::{self, Noted, UsageLog};
 
@@ -1100,7 +1101,18 @@ impl<S: KeyStore> KeyManager<S> {
         credentials: impl Into<Credentials<'a>>,
         now: OffsetDateTime,
     ) -> Result<Authenticated, AuthError<S::Error>> {
-        let credentials = credentials.into();
+        let answer = self.authenticate_counted(credentials.into(), now).await;
+        telemetry::authentication(&answer);
+        answer
+    }
+
+    /// [`authenticate`](Self::authenticate), usage counted, before its
+    /// answer is told to the metrics.
+    async fn authenticate_counted(
+        &self,
+        credentials: Credentials<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, AuthError<S::Error>> {
         let Resolved { token, id, cost } = credentials.resolve()?;
         let verified = self.store.verify(&id, &token, now).await;
         let count = |incarnation, outcome| {
@@ -1134,6 +1146,10 @@ impl<S: KeyStore> KeyManager<S> {
                 }
                 None => self.store.charge(&id, incarnation, cost, now).await,
             };
+            telemetry::charge(match &charged {
+                Ok(answer) => Some(answer.as_ref().err()),
+                Err(_) => None,
+            });
             authenticated.allowance = match charged {
                 Ok(Ok(allowance)) => allowance,
                 Ok(Err(refusal)) => {

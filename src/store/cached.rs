@@ -607,7 +607,9 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
             };
             (verification, owner)
         };
-        let (verification, owner) = match self.cached(id, answer) {
+        let cached = self.cached(id, answer);
+        crate::telemetry::cache_lookup(cached.is_ok());
+        let (verification, owner) = match cached {
             Ok(answered) => answered,
             Err(ticket) => {
                 let found = self.inner.get(id).await?;

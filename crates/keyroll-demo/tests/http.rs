@@ -1297,3 +1297,93 @@ fn http_usage_counts_through_the_admin_api() {
         400
     );
 }
+
+/// `/metrics` parses under Python's `prometheus_client` (a parser nobody
+/// here wrote), counts authentications and charges by outcome and subject,
+/// and no label carries a key id, an owner id or a token.
+#[test]
+#[cfg_attr(
+    not(keyroll_prometheus),
+    ignore = "needs Python's prometheus_client: `pip install prometheus_client` and set KEYROLL_PROMETHEUS_PARSER=python3 (`bash .ci/run` does)"
+)]
+fn http_metrics_parse_count_outcomes_and_name_no_key() {
+    let service = start();
+    let token = service.create(json!({"id": "metered-key", "owner": "owner-acme"}));
+    let set = service.admin(
+        "PUT",
+        "/admin/owners/owner-acme/limits",
+        Some(json!({"credits": {"remaining": 2}})),
+    );
+    assert_eq!(set.0, 200, "{set:?}");
+    for expected in [200, 200, 429] {
+        assert_eq!(service.bearer(&token).0, expected);
+    }
+    // A malformed token, and a token of a key deleted since.
+    assert_eq!(service.bearer("kr_nosuchkey_0000").0, 401);
+    let gone = service.create(json!({"id": "gone-key"}));
+    assert_eq!(service.admin("DELETE", "/admin/keys/gone-key", None).0, 200);
+    assert_eq!(service.bearer(&gone).0, 401);
+    let text = service
+        .agent
+        .get(format!("{}/metrics", service.base))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        ["metered-key", "owner-acme", "gone-key"]
+            .iter()
+            .all(|id| !text.contains(id)),
+        "{text}"
+    );
+    assert!(!text.contains(&token), "a token in the metrics");
+    let python = std::env::var("KEYROLL_PROMETHEUS_PARSER").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             out = {}\n\
+             for family in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   for s in family.samples:\n\
+             \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+             \x20       out[s.name + '{' + labels + '}'] = s.value\n\
+             print(json.dumps(out))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{text}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let samples: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sample = |name: &str| {
+        samples[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {name} in {samples}"))
+    };
+    let count = |outcome: &str| {
+        sample(&format!(
+            "keyroll_authentications_total{{outcome={outcome}}}"
+        ))
+    };
+    assert_eq!(count("accepted"), 2.0);
+    assert_eq!(count("usage_exceeded"), 1.0);
+    assert_eq!(count("refused"), 1.0);
+    assert_eq!(count("unknown"), 1.0);
+    assert_eq!(
+        sample("keyroll_charges_total{outcome=admitted,subject=none}"),
+        2.0
+    );
+    assert_eq!(
+        sample("keyroll_charges_total{outcome=usage_exceeded,subject=owner}"),
+        1.0
+    );
+}

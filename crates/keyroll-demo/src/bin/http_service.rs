@@ -31,6 +31,10 @@
 //! - `POST /secret-scanning/github`, with `--github-keys PATH` (the PEM
 //!   public keys GitHub signs with): [`keyroll_axum::github`], GitHub's
 //!   secret scanning partner endpoint.
+//! - `GET /metrics`: keyroll's metrics (authentications and charges by
+//!   outcome, cache lookups, lease units) in Prometheus's text format, from
+//!   `metrics-exporter-prometheus`; no credentials, so serve it where only
+//!   your scraper reaches.
 //!
 //! Every change is written to stdout as one JSON line, `{"audit": event,
 //! "actor": ..}` (a key id, `"bootstrap"` or `"github-secret-scanning"`):
@@ -40,7 +44,7 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
@@ -51,6 +55,7 @@ use keyroll_axum::github::{SecretScanning, SigningKeys};
 use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -164,12 +169,15 @@ async fn orders(who: Caller) -> Json<serde_json::Value> {
     Json(json!({ "orders": [], "key_id": who.key_id }))
 }
 
-/// The service: its API, the admin router under `/admin`, and secret
-/// scanning if `scanning` is given.
+/// The service: its API, the admin router under `/admin`, secret
+/// scanning if `scanning` is given, and keyroll's metrics in Prometheus's
+/// text format at `/metrics` (no credentials: serve it where only your
+/// scraper reaches).
 fn router(
     keys: Arc<KeyManager<DynKeyStore>>,
     admin: Admin<DynKeyStore>,
     scanning: Option<Router>,
+    metrics: PrometheusHandle,
 ) -> Router {
     // Bearer tokens, and the two-header form `X-Api-Key` + `X-Api-Token`.
     let auth = KeyrollLayer::new(keys).two_headers(
@@ -188,7 +196,14 @@ fn router(
         .layer(auth.clone())
         .route("/v1/whoami", get(whoami))
         .route("/v1/ping", get(ping))
-        .with_state(auth);
+        .with_state(auth)
+        .route(
+            "/metrics",
+            get(move || async move {
+                let text = "text/plain; version=0.0.4; charset=utf-8";
+                ([(header::CONTENT_TYPE, text)], metrics.render())
+            }),
+        );
     api.nest("/admin", admin.router())
         .merge(scanning.unwrap_or_default())
         .fallback(|| async {
@@ -208,6 +223,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or("set KEYROLL_ADMIN_TOKEN to a bootstrap token for the admin API")?;
+    // keyroll's metrics (the library installs no recorder: this does).
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
     let max_lag = time::Duration::try_from(cli.lease_max_lag)?;
     let leases = LeasePolicy::new(max_lag).map_err(|e| format!("--lease-max-lag: {e}"))?;
@@ -236,7 +253,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, router(keys.clone(), admin, scanning))
+    axum::serve(listener, router(keys.clone(), admin, scanning, metrics))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
