@@ -45,6 +45,7 @@
 //! |---|---|---|
 //! | `keyroll_authentications_total` | counter | `outcome`: `accepted`, `rate_limited`, `usage_exceeded`, `refused` (a token refused: malformed, wrong, revoked, of an inactive or expired key, from another network), `unknown` (no such key), `cost_out_of_range`, `store_error` |
 //! | `keyroll_charges_total` | counter | `outcome`: `admitted`, `rate_limited`, `usage_exceeded`, `cost_out_of_range`, `store_error`; `subject`: `key` or `owner` for a refusal by a limit, else `none` |
+//! | `keyroll_store_call_seconds` | histogram | `operation`: the [`store::KeyStore`] method (`verify`, `charge`, `get`, ...), for a store wrapped in [`store::Timed`] |
 //! | `keyroll_cache_lookups_total` | counter | `result`: `hit`, `miss` ([`store::CachedStore`]'s `verify`) |
 //! | `keyroll_lease_units` | gauge | none: the units a replica's leases held when a lease was last taken or released |
 //!

@@ -13,6 +13,8 @@
 //! - [`DynKeyStore`]: any store behind one type, chosen at run time.
 //! - `Intercept` (feature `conformance`): any store, with hooks that count,
 //!   fail or delay chosen calls, for tests.
+//! - [`Timed`]: any store, each call's latency told to the `metrics`
+//!   facade.
 //!
 //! `keyroll-sqlite` and `keyroll-postgres` are stores in their own crates.
 //! The contract a backend keeps is in [`KeyStore`]'s docs, and the
@@ -23,12 +25,14 @@ mod dynamic;
 #[cfg(feature = "conformance")]
 mod intercept;
 mod memory;
+mod timed;
 
 pub use cached::CachedStore;
 pub use dynamic::{DynKeyStore, DynStoreError};
 #[cfg(feature = "conformance")]
 pub use intercept::{Action, Call, Intercept, InterceptError};
 pub use memory::InMemoryStore;
+pub use timed::Timed;
 
 pub use crate::errors::StoreError;
 pub use crate::revision::Revision;

@@ -1378,6 +1378,9 @@ fn http_metrics_parse_count_outcomes_and_name_no_key() {
     assert_eq!(count("usage_exceeded"), 1.0);
     assert_eq!(count("refused"), 1.0);
     assert_eq!(count("unknown"), 1.0);
+    // Store calls are timed by operation: a summary's count per operation.
+    assert!(sample("keyroll_store_call_seconds_count{operation=verify}") >= 4.0);
+    assert!(sample("keyroll_store_call_seconds_count{operation=charge}") >= 3.0);
     assert_eq!(
         sample("keyroll_charges_total{outcome=admitted,subject=none}"),
         2.0

@@ -32,7 +32,8 @@
 //!   public keys GitHub signs with): [`keyroll_axum::github`], GitHub's
 //!   secret scanning partner endpoint.
 //! - `GET /metrics`: keyroll's metrics (authentications and charges by
-//!   outcome, cache lookups, lease units) in Prometheus's text format, from
+//!   outcome, store calls' latency, cache lookups, lease units) in
+//!   Prometheus's text format, from
 //!   `metrics-exporter-prometheus`; no credentials, so serve it where only
 //!   your scraper reaches.
 //!
@@ -48,7 +49,7 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore};
+use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore, Timed};
 use keyroll::{Event, KeyId, KeyManager, LeasePolicy, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
 use keyroll_axum::github::{SecretScanning, SigningKeys};
@@ -103,15 +104,19 @@ async fn open_store(
     migrate: bool,
 ) -> Result<(DynKeyStore, Option<Listener>), Box<dyn Error>> {
     match spec.split_once(':') {
-        None if spec == "memory" => Ok((DynKeyStore::new(InMemoryStore::new()), None)),
-        Some(("sqlite", path)) => Ok((DynKeyStore::new(SqliteStore::open(path)?), None)),
+        // Each store's calls timed (`keyroll_store_call_seconds`); under
+        // the cache, so that what it answers from memory is no store call.
+        None if spec == "memory" => Ok((DynKeyStore::new(Timed::new(InMemoryStore::new())), None)),
+        Some(("sqlite", path)) => {
+            Ok((DynKeyStore::new(Timed::new(SqliteStore::open(path)?)), None))
+        }
         Some(("postgres", url)) => {
             let store = PgStore::connect(url).await?;
             if migrate {
                 store.migrate().await?;
             }
-            let cache = Arc::new(CachedStore::new(store, 100_000, max_staleness));
-            let listener = cache.inner().listen(cache.clone());
+            let cache = Arc::new(CachedStore::new(Timed::new(store), 100_000, max_staleness));
+            let listener = cache.inner().inner().listen(cache.clone());
             Ok((DynKeyStore::new(cache), Some(listener)))
         }
         _ => Err(format!("unknown store {spec:?}: use memory, sqlite:PATH or postgres:URL").into()),
