@@ -1,12 +1,15 @@
 //! The SQLite store: the whole conformance suite (sync and async) on a
 //! file-backed database, two managers on two connections racing on one
-//! file, tampered rows, file modes and durability settings, tables of
+//! file, an owner's credits spent exactly across connections, tampered rows, file modes and durability settings, tables of
 //! keyroll 0.1, and a writer killed with SIGKILL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use keyroll::meter::{Credits, Subject};
 use keyroll::store::KeyStore;
-use keyroll::{KeyId, KeyManager, NewKey, conformance};
+use keyroll::{
+    AuthError, KeyId, KeyManager, LeasePolicy, NewKey, OwnerId, OwnerLimits, conformance,
+};
 use keyroll_sqlite::{SqliteStore, SqliteStoreError};
 use pollster::block_on;
 use rand::SeedableRng;
@@ -83,6 +86,69 @@ fn sqlite_two_connections_racing_lose_no_update() {
             "{id}"
         );
         assert!(count.load(Ordering::SeqCst) > 0);
+    }
+}
+
+/// One owner's 500 credits, shared by 3 keys, spent by 3 connections to
+/// one file × 4 threads each, with leases off and on: exactly 500
+/// admitted (after release), never more, each refusal the owner's.
+#[test]
+fn sqlite_an_owners_credits_are_exact_across_connections() {
+    const CREDITS: u64 = 500;
+    for max_lag in [0, 50] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owned.db");
+        let policy = LeasePolicy::new(time::Duration::milliseconds(max_lag)).unwrap();
+        let managers: Vec<_> = (0..3)
+            .map(|_| KeyManager::new(SqliteStore::open(&path).unwrap()).with_leases(policy))
+            .collect();
+        let (acme, now) = (OwnerId::new("acme").unwrap(), OffsetDateTime::now_utc());
+        let limits = OwnerLimits::new().credits(Credits::new(CREDITS));
+        block_on(managers[0].set_owner_limits(&acme, limits, now)).unwrap();
+        let tokens: Vec<String> = ["prod", "staging", "ci"]
+            .into_iter()
+            .map(|id| {
+                let new = NewKey::new(KeyId::new(id).unwrap()).owner(acme.clone());
+                let (token, _) =
+                    block_on(managers[0].create_key(new, now, &mut rand::rng())).unwrap();
+                token.expose_secret().to_owned()
+            })
+            .collect();
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for thread in 0..12usize {
+                let (manager, token) = (&managers[thread % 3], &tokens[thread / 3 % 3]);
+                let admitted = &admitted;
+                scope.spawn(move || {
+                    loop {
+                        match block_on(
+                            manager.authenticate(token.as_str(), OffsetDateTime::now_utc()),
+                        ) {
+                            Ok(_) => _ = admitted.fetch_add(1, Ordering::SeqCst),
+                            Err(AuthError::UsageExceeded {
+                                subject: Subject::Owner,
+                                ..
+                            }) => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                });
+            }
+        });
+        for manager in &managers {
+            block_on(manager.release_leases()).unwrap();
+        }
+        let admitted = admitted.load(Ordering::SeqCst);
+        let allowance = block_on(managers[0].owner_allowance(&acme, OffsetDateTime::now_utc()));
+        let left = allowance.unwrap().unwrap().credits_remaining().unwrap();
+        assert!(
+            admitted <= CREDITS,
+            "max_lag {max_lag}: {admitted} admitted"
+        );
+        assert_eq!(admitted + left, CREDITS, "max_lag {max_lag}");
+        if max_lag == 0 {
+            assert_eq!(admitted, CREDITS);
+        }
     }
 }
 
