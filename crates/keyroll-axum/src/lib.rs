@@ -25,14 +25,18 @@
 //!   [`KeyrollLayer::cost`] for a route's own): a refusal is a 429 with
 //!   `{"error": "rate_limited"}` or `{"error": "usage_exceeded"}` and
 //!   `Retry-After` in whole seconds, rounded up (none when spent credits
-//!   have no refill), with `"subject": "key"` (whose limit refused it).
-//!   Every authenticated answer for a key with limits, 429s included,
-//!   carries the IETF fields (draft-ietf-httpapi-ratelimit-headers), one
-//!   item per policy: [`RATE_LIMIT_POLICY`] (`"key";q=<burst>;w=<seconds
-//!   to refill the burst>, "credits";q=<refill amount>;w=<refill period>`)
-//!   and [`RATE_LIMIT`] (`"key";r=<remaining>;t=<seconds until full>,
-//!   "credits";r=<credits left>;t=<seconds to the refill>`); a 401 never
-//!   does. A request later refused by a scope guard has been charged.
+//!   have no refill), with `"subject": "key"` or `"owner"` (whose limit
+//!   refused it: the key's own, or the owner limits its owner's keys
+//!   share). Every authenticated answer for a key with limits, 429s
+//!   included, carries the IETF fields
+//!   (draft-ietf-httpapi-ratelimit-headers), one item per policy:
+//!   [`RATE_LIMIT_POLICY`] (`"key";q=<burst>;w=<seconds to refill the
+//!   burst>, "credits";q=<refill amount>;w=<refill period>`) and
+//!   [`RATE_LIMIT`] (`"key";r=<remaining>;t=<seconds until full>,
+//!   "credits";r=<credits left>;t=<seconds to the refill>`), then
+//!   `"owner"` and `"owner-credits"` the same way for owner limits (a 429
+//!   lists the refusing subject's); a 401 never does. A request later
+//!   refused by a scope guard has been charged.
 //! - A key with networks ([`keyroll::ApiKey::networks`]) is refused with a
 //!   403 `{"error": "network_not_allowed"}`, charged nothing, for a request
 //!   from outside them (only a valid token learns it). The address is the
