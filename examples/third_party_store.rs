@@ -132,8 +132,7 @@ impl KeyStore for MapStore {
     ) -> Write {
         let owners = &mut self.tables().owners;
         let found = owners.get(owner).map_or(0, |(kept, _)| kept.version());
-        let revision = |version| Revision::new(0, version);
-        StoreError::check_revision(revision(expected), revision(found), None)?;
+        StoreError::check_version(expected, found)?;
         owners.entry(owner.clone()).or_default().0 = limits.clone();
         Ok(())
     }

@@ -388,6 +388,18 @@ impl<E> StoreError<E> {
             Err(StoreError::Conflict { expected, found })
         }
     }
+
+    /// [`check_revision`](Self::check_revision) for a setting that has a
+    /// version and no incarnation (an owner's limits: `0` when none is
+    /// stored): a conflict reports both versions as revisions of
+    /// incarnation 0.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when `found` is not `expected`.
+    pub fn check_version(expected: u64, found: u64) -> Result<(), StoreError<E>> {
+        StoreError::check_revision(Revision::new(0, expected), Revision::new(0, found), None)
+    }
 }
 
 /// Why a manager call failed.

@@ -356,13 +356,18 @@ impl LimitColumns {
         LimitColumns::of_limits(Some(limits.limits()))
     }
 
-    /// The owner's limits these columns hold, stored at `version`.
+    /// The owner's limits these columns hold, stored at `version` (the
+    /// signed column beside them).
     ///
     /// # Errors
     ///
     /// [`RecordError::Mismatch`] (naming `row_owner`) for columns that hold
-    /// no valid limit.
-    pub fn owner_limits(&self, row_owner: &str, version: u64) -> Result<OwnerLimits, RecordError> {
+    /// no valid limit, or a negative version.
+    pub fn owner_limits(&self, row_owner: &str, version: i64) -> Result<OwnerLimits, RecordError> {
+        let version = u64::try_from(version).map_err(|_| RecordError::Mismatch {
+            id: row_owner.to_owned(),
+            problem: format!("version {version} is negative"),
+        })?;
         Ok(OwnerLimits::from_parts(self.limits(row_owner)?, version))
     }
 

@@ -421,11 +421,8 @@ impl KeyStore for Flawed {
     ) -> Result<(), StoreError<Infallible>> {
         let mut owners = self.owners.lock().unwrap();
         let found = owners.get(owner).map_or(0, |(l, _)| l.version());
-        if found != expected && !self.has(Flaw::OwnerLimitsIgnoreVersion) {
-            return Err(StoreError::Conflict {
-                expected: Revision::new(0, expected),
-                found: Revision::new(0, found),
-            });
+        if !self.has(Flaw::OwnerLimitsIgnoreVersion) {
+            StoreError::check_version(expected, found)?;
         }
         owners.entry(owner.clone()).or_default().0 = limits.clone();
         Ok(())

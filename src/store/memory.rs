@@ -897,13 +897,7 @@ impl KeyStore for InMemoryStore {
             state: Mutex::new((OwnerLimits::new(), None)),
         });
         let mut state = entry.state();
-        let found = state.0.version();
-        if found != expected {
-            return Err(StoreError::Conflict {
-                expected: Revision::new(0, expected),
-                found: Revision::new(0, found),
-            });
-        }
+        StoreError::check_version(expected, state.0.version())?;
         state.0 = limits.clone();
         entry.limited.store(!limits.is_empty(), Ordering::Release);
         Ok(())

@@ -1433,7 +1433,7 @@ impl KeyStore for PgStore {
             let owner: &str = row.get(26);
             let record = |e: RecordError| backend(e.into());
             let limits = limit_columns(&row, 28)
-                .owner_limits(owner, u64::try_from(version).map_err(|_| mismatch())?)
+                .owner_limits(owner, version)
                 .map_err(record)?;
             let stored = meter_row(&row, 37)
                 .map(|before| before.load(owner))
@@ -1519,10 +1519,7 @@ impl KeyStore for PgStore {
             .await
             .map_err(backend)?
             .map_or(0, |row| row.get::<_, i64>(0));
-        Err(StoreError::Conflict {
-            expected: Revision::new(0, expected),
-            found: Revision::new(0, u64::try_from(found).unwrap_or(0)),
-        })
+        StoreError::check_version(expected, u64::try_from(found).unwrap_or(0))
     }
 
     async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, PgStoreError> {
@@ -1711,12 +1708,6 @@ fn owner_of(
     owner: &OwnerId,
 ) -> Result<(OwnerLimits, Option<StoredMeter>), PgStoreError> {
     let version = row.get::<_, i64>(0);
-    let version = u64::try_from(version).map_err(|_| {
-        PgStoreError::Record(RecordError::Mismatch {
-            id: owner.to_string(),
-            problem: format!("version {version} is negative"),
-        })
-    })?;
     let limits = limit_columns(row, 1).owner_limits(owner.as_str(), version)?;
     let meter = meter_row(row, 10)
         .map(|m| m.load(owner.as_str()))

@@ -523,18 +523,41 @@ mod calls {
                  FROM keyroll_meters WHERE id = ?1 AND incarnation = ?2",
             )?
             .query_row(params![id.as_str(), integer(incarnation)?], |row| {
-                Ok(MeterRow {
-                    generation: row.get(0)?,
-                    tat_secs: row.get(1)?,
-                    tat_nanos: row.get(2)?,
-                    remaining: row.get(3)?,
-                    refills: row.get(4)?,
-                    anchor_secs: row.get(5)?,
-                    anchor_nanos: row.get(6)?,
-                })
+                meter_row(row, 0)
             })
-            .optional()?;
+            .optional()?
+            .flatten();
         Ok(row.map(|row| row.load(id.as_str())).transpose()?)
+    }
+
+    /// The meter in a row's 7 columns from `first` on (`None` when its
+    /// generation is NULL: an owner never charged).
+    fn meter_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<MeterRow>> {
+        let Some(generation) = row.get::<_, Option<i64>>(first)? else {
+            return Ok(None);
+        };
+        Ok(Some(MeterRow {
+            generation,
+            tat_secs: row.get(first + 1)?,
+            tat_nanos: row.get(first + 2)?,
+            remaining: row.get(first + 3)?,
+            refills: row.get(first + 4)?,
+            anchor_secs: row.get(first + 5)?,
+            anchor_nanos: row.get(first + 6)?,
+        }))
+    }
+
+    /// A meter's 7 columns, ready to bind after the row's key.
+    fn meter_params(row: &MeterRow) -> [&dyn rusqlite::ToSql; 7] {
+        [
+            &row.generation,
+            &row.tat_secs,
+            &row.tat_nanos,
+            &row.remaining,
+            &row.refills,
+            &row.anchor_secs,
+            &row.anchor_nanos,
+        ]
     }
 
     /// Charges key `id` of `incarnation`: the key, its meter, the charge
@@ -588,22 +611,14 @@ mod calls {
         incarnation: u64,
         next: &StoredMeter,
     ) -> Result<(), SqliteStoreError> {
-        let row = MeterRow::of(next);
+        let (row, id, incarnation) = (MeterRow::of(next), id.as_str(), integer(incarnation)?);
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&id, &incarnation];
+        params.extend(meter_params(&row));
         tx.execute(
             "INSERT OR REPLACE INTO keyroll_meters
              (id, incarnation, generation, tat_secs, tat_nanos, remaining, refills, anchor_secs, anchor_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id.as_str(),
-                integer(incarnation)?,
-                row.generation,
-                row.tat_secs,
-                row.tat_nanos,
-                row.remaining,
-                row.refills,
-                row.anchor_secs,
-                row.anchor_nanos
-            ],
+            params.as_slice(),
         )?;
         Ok(())
     }
@@ -632,30 +647,12 @@ mod calls {
                     credits_set_nanos: row.get(8)?,
                     credits_generation: row.get(9)?,
                 };
-                let meter = match row.get::<_, Option<i64>>(10)? {
-                    None => None,
-                    Some(generation) => Some(MeterRow {
-                        generation,
-                        tat_secs: row.get(11)?,
-                        tat_nanos: row.get(12)?,
-                        remaining: row.get(13)?,
-                        refills: row.get(14)?,
-                        anchor_secs: row.get(15)?,
-                        anchor_nanos: row.get(16)?,
-                    }),
-                };
-                Ok((row.get::<_, i64>(0)?, limits, meter))
+                Ok((row.get::<_, i64>(0)?, limits, meter_row(row, 10)?))
             })
             .optional()?;
         let Some((version, limits, meter)) = row else {
             return Ok(None);
         };
-        let version = u64::try_from(version).map_err(|_| {
-            SqliteStoreError::Record(RecordError::Mismatch {
-                id: owner.to_string(),
-                problem: format!("version {version} is negative"),
-            })
-        })?;
         let limits = limits.owner_limits(owner.as_str(), version)?;
         let meter = meter.map(|m| m.load(owner.as_str())).transpose()?;
         Ok(Some((limits, meter)))
@@ -667,21 +664,14 @@ mod calls {
         owner: &OwnerId,
         next: &StoredMeter,
     ) -> Result<(), SqliteStoreError> {
-        let row = MeterRow::of(next);
+        let (row, owner) = (MeterRow::of(next), owner.as_str());
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&owner];
+        params.extend(meter_params(&row));
         tx.execute(
             "UPDATE keyroll_owners SET generation = ?2, tat_secs = ?3, tat_nanos = ?4,
                  remaining = ?5, refills = ?6, anchor_secs = ?7, anchor_nanos = ?8
              WHERE owner = ?1",
-            params![
-                owner.as_str(),
-                row.generation,
-                row.tat_secs,
-                row.tat_nanos,
-                row.remaining,
-                row.refills,
-                row.anchor_secs,
-                row.anchor_nanos
-            ],
+            params.as_slice(),
         )?;
         Ok(())
     }
@@ -701,12 +691,7 @@ mod calls {
         let found = owner_row(&tx, owner)
             .map_err(backend)?
             .map_or(0, |(limits, _)| limits.version());
-        if found != expected {
-            return Err(StoreError::Conflict {
-                expected: Revision::new(0, expected),
-                found: Revision::new(0, found),
-            });
-        }
+        StoreError::check_version(expected, found)?;
         let c = LimitColumns::of_owner(limits);
         tx.execute(
             "INSERT INTO keyroll_owners (owner, version, rate_limit, rate_period_ns, rate_burst,
