@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
 use std::ops::{Bound, Range};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -95,13 +94,8 @@ struct Shard {
 }
 
 /// An owner's limits and meter, charged under one lock.
-#[derive(Debug)]
-struct OwnerEntry {
-    /// Whether the limits are not empty: what `verify` reads, without the
-    /// lock (a charge reads the limits under it).
-    limited: AtomicBool,
-    state: Mutex<(OwnerLimits, Option<StoredMeter>)>,
-}
+#[derive(Debug, Default)]
+struct OwnerEntry(Mutex<(OwnerLimits, Option<StoredMeter>)>);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -503,13 +497,13 @@ impl InMemoryStore {
     fn owner_limited(&self, owner: &OwnerId) -> bool {
         self.owner_limits(owner)
             .get(owner)
-            .is_some_and(|entry| entry.limited.load(Ordering::Acquire))
+            .is_some_and(|entry| !entry.state().0.is_empty())
     }
 }
 
 impl OwnerEntry {
     fn state(&self) -> std::sync::MutexGuard<'_, (OwnerLimits, Option<StoredMeter>)> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -770,9 +764,7 @@ impl KeyStore for InMemoryStore {
             .map(|owner| (owner, self.owner_limits(owner)));
         let mut owned = entries
             .as_ref()
-            .and_then(|(owner, entries)| Some((*owner, entries.get(*owner)?)))
-            .filter(|(_, entry)| entry.limited.load(Ordering::Acquire))
-            .map(|(owner, entry)| (owner, entry.state()));
+            .and_then(|(owner, entries)| Some((*owner, entries.get(*owner)?.state())));
         let charged = crate::owner::charge_both(
             meter
                 .as_ref()
@@ -892,14 +884,9 @@ impl KeyStore for InMemoryStore {
             .owner_limits
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.entry(owner.clone()).or_insert_with(|| OwnerEntry {
-            limited: AtomicBool::new(false),
-            state: Mutex::new((OwnerLimits::new(), None)),
-        });
-        let mut state = entry.state();
+        let mut state = entries.entry(owner.clone()).or_default().state();
         StoreError::check_version(expected, state.0.version())?;
         state.0 = limits.clone();
-        entry.limited.store(!limits.is_empty(), Ordering::Release);
         Ok(())
     }
 
