@@ -6,7 +6,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -111,8 +111,10 @@ pub struct CachedStore<S> {
     room: Room,
     max_staleness: Duration,
     negative_ttl: Duration,
-    /// Owner limits as read from `inner` (`None`: never set), until when.
-    owners: Mutex<HashMap<OwnerId, (Option<OwnerLimits>, Instant)>>,
+    /// Owner limits as read from `inner` (`None`: never set), until when:
+    /// read on the path of every owned key without limits of its own, so
+    /// shared, not locked.
+    owners: RwLock<HashMap<OwnerId, (Option<OwnerLimits>, Instant)>>,
 }
 
 /// How many entries the cache may hold, and holds.
@@ -200,7 +202,7 @@ impl<S> CachedStore<S> {
             },
             max_staleness,
             negative_ttl: max_staleness,
-            owners: Mutex::default(),
+            owners: RwLock::default(),
         }
     }
 
@@ -233,7 +235,7 @@ impl<S> CachedStore<S> {
 
     /// Forgets `owner`'s limits: their next read goes to `inner`.
     pub fn invalidate_owner(&self, owner: &OwnerId) {
-        self.owners().remove(owner);
+        write(&self.owners).remove(owner);
     }
 
     /// Forgets every key, and every owner's limits.
@@ -243,13 +245,7 @@ impl<S> CachedStore<S> {
             shard.epoch += 1;
             shard.clear(&self.room);
         }
-        self.owners().clear();
-    }
-
-    fn owners(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<OwnerId, (Option<OwnerLimits>, Instant)>> {
-        self.owners.lock().unwrap_or_else(PoisonError::into_inner)
+        write(&self.owners).clear();
     }
 
     /// The store behind the cache.
@@ -315,7 +311,7 @@ impl<S> CachedStore<S> {
         if self.room.capacity == 0 || self.max_staleness.is_zero() {
             return;
         }
-        let mut owners = self.owners();
+        let mut owners = write(&self.owners);
         if owners.len() >= self.room.capacity && !owners.contains_key(owner) {
             owners.clear();
         }
@@ -372,12 +368,12 @@ impl<S> CachedStore<S> {
 
 // An entry is a plain value: a panic elsewhere cannot leave one half
 // written, so a poisoned lock is still good to use.
-fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
-    shard.read().unwrap_or_else(PoisonError::into_inner)
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
-    shard.write().unwrap_or_else(PoisonError::into_inner)
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shard {
@@ -620,8 +616,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         let Some(owner) = owner else {
             return Ok(verification);
         };
-        let fresh = self
-            .owners()
+        let fresh = read(&self.owners)
             .get(&owner)
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(limits, _)| limits.clone());
@@ -655,7 +650,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         match &set {
             Ok(()) => self.keep_owner(owner, Some(limits.clone()), started),
             Err(_) => {
-                self.owners().remove(owner);
+                write(&self.owners).remove(owner);
             }
         }
         set
@@ -681,6 +676,44 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 mod tests {
     use super::*;
     use crate::store::InMemoryStore;
+
+    /// Each `verify` tells the metrics whether the cache answered it: a
+    /// miss reads `inner`, the next lookup of that id is a hit.
+    #[test]
+    fn lookups_are_counted_as_hits_and_misses() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let cache = CachedStore::new(InMemoryStore::new(), 100, Duration::from_secs(60));
+            let (key, token, _) = ApiKey::issue(
+                KeyId::new("acme").unwrap(),
+                OffsetDateTime::UNIX_EPOCH,
+                &mut rand::rng(),
+            )
+            .unwrap();
+            pollster::block_on(cache.inner().insert(&key)).unwrap();
+            let token = PresentedToken::parse(token.expose_secret()).unwrap();
+            for _ in 0..3 {
+                let now = OffsetDateTime::UNIX_EPOCH;
+                pollster::block_on(cache.verify(key.id(), &token, now)).unwrap();
+            }
+        });
+        let mut counts: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let result = key.key().labels().find(|l| l.key() == "result");
+                match value {
+                    DebugValue::Counter(n) => (result.unwrap().value().to_owned(), n),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(counts, [("hit".to_owned(), 2), ("miss".to_owned(), 1)]);
+    }
 
     /// Removing entries moves others inside their shards; every key left
     /// is still found in memory, and every key removed is not.
