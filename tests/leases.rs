@@ -95,6 +95,51 @@ fn leases_spare_the_store_and_credits_come_back_exactly_on_release() {
     );
 }
 
+/// The gauge `keyroll_lease_units` tells what a replica's leases hold once
+/// a lease is taken, and none once they are released.
+#[test]
+fn the_units_leases_hold_are_told_to_the_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let gauge = || {
+        let values: Vec<f64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "keyroll_lease_units")
+            .map(|(.., value)| match value {
+                DebugValue::Gauge(units) => units.into_inner(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        values
+    };
+    let new = NewKey::new(id()).credits(Credits::new(1000));
+    metrics::with_local_recorder(&recorder, || {
+        let store = Arc::new(InMemoryStore::new());
+        let (managers, token) = replicas(store, new, 1, Duration::seconds(10));
+        // A lease grows while the key is hot: some units stay held.
+        for n in 0..64 {
+            let at = t0() + Duration::milliseconds(n);
+            block_on(managers[0].authenticate(token.expose_secret(), at)).unwrap();
+        }
+        let held: u64 = managers[0]
+            .leases()
+            .iter()
+            .map(|l| u64::from(l.units))
+            .sum();
+        assert!(held > 0);
+        assert!(
+            gauge().first().is_some_and(|&units| units > 0.0),
+            "{:?}",
+            gauge()
+        );
+        block_on(managers[0].release_leases()).unwrap();
+    });
+    assert_eq!(gauge(), [0.0]);
+}
+
 #[test]
 fn a_dropped_replica_strands_at_most_what_it_reported() {
     let store = Arc::new(InMemoryStore::new());
