@@ -906,7 +906,7 @@ async fn owner_credits_left<S: KeyStore>(store: &S, behaviour: &str, owner: &Own
         .unwrap_or_else(|| violated(behaviour, "owner limits vanished"));
     let meter = ok(behaviour, "owner_meter", store.owner_meter(owner).await);
     limits
-        .peek(meter.as_ref(), t0())
+        .allowance(meter.as_ref(), t0())
         .credits_remaining()
         .unwrap_or_else(|| violated(behaviour, "the owner's credits vanished"))
 }

@@ -828,9 +828,10 @@ impl<S: KeyStore> KeyManager<S> {
             return Ok(None);
         };
         let stored = self.store.owner_meter(owner).await;
-        Ok(Some(
-            limits.peek(stored.map_err(ManagerError::Store)?.as_ref(), now),
-        ))
+        Ok(Some(limits.allowance(
+            stored.map_err(ManagerError::Store)?.as_ref(),
+            now,
+        )))
     }
 
     /// Deletes the key, irreversibly, and returns its `KeyDeleted` event.

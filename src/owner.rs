@@ -167,8 +167,8 @@ impl OwnerLimits {
     }
 
     /// What the owner's meter (`stored`, or a full one) allows at `now`,
-    /// without charging.
-    pub fn peek(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> Allowance {
+    /// without charging (as [`ApiKey::allowance`](crate::ApiKey::allowance)).
+    pub fn allowance(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> Allowance {
         self.limits.peek(stored, now)
     }
 }
