@@ -850,3 +850,38 @@ fn keyctl_sets_shows_and_enforces_networks() {
     assert!(!ctl.ok(&["show", "n"]).contains("networks"));
     ctl.verify_ok(None, "n", &token);
 }
+
+/// An owner's limits set, shown, spent across its keys and cleared; a
+/// refusal that names the owner; no limits given is refused.
+#[test]
+fn keyctl_sets_shows_and_clears_an_owners_limits() {
+    let ctl = Ctl::new();
+    let mut tokens = Vec::new();
+    for id in ["prod", "ci"] {
+        let out = ctl.ok(&["create", "--label", id, "--id", id, "--owner", "acme"]);
+        let token = out
+            .lines()
+            .find_map(|l| l.strip_prefix("token:  "))
+            .unwrap();
+        tokens.push(token.to_owned());
+    }
+    let set = ctl.ok(&["set-owner-limits", "acme", "--credits", "2"]);
+    assert!(set.contains("\"owner_limits_changed\""), "{set}");
+    ctl.verify_ok(None, "prod", &tokens[0]);
+    ctl.verify_ok(None, "ci", &tokens[1]);
+    let refused = ctl.verify(None, "ci", &tokens[1]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("owner's credits"), "{said}");
+    let shown = ctl.ok(&["owner", "acme"]);
+    assert!(shown.contains("credits  0 left"), "{shown}");
+    assert!(
+        shown.contains("key      ci") && shown.contains("key      prod"),
+        "{shown}"
+    );
+    let empty = ctl.fails(&["set-owner-limits", "acme"]);
+    assert!(empty.contains("clear-owner-limits"), "{empty}");
+    ctl.ok(&["clear-owner-limits", "acme"]);
+    ctl.verify_ok(None, "ci", &tokens[1]);
+    assert!(ctl.ok(&["owner", "acme"]).contains("limits   none"));
+}

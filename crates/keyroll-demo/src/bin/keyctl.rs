@@ -30,7 +30,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
 use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
@@ -97,18 +97,8 @@ enum Command {
         /// Whom the key belongs to (`keyctl list --owner` lists them).
         #[arg(long)]
         owner: Option<OwnerId>,
-        /// A rate limit, `LIMIT/PERIOD` (e.g. `100/1m`).
-        #[arg(long, value_parser = parse_limit)]
-        rate_limit: Option<(u32, Duration)>,
-        /// The rate limit's burst (default: LIMIT).
-        #[arg(long, requires = "rate_limit")]
-        burst: Option<u32>,
-        /// Credits, spent one a request.
-        #[arg(long)]
-        credits: Option<u64>,
-        /// Set the credits back to AMOUNT every EVERY (e.g. `1000/30d`).
-        #[arg(long, value_parser = parse_rate_u64, requires = "credits")]
-        refill: Option<(u64, Duration)>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Replace a key's scopes (none given: no scopes).
     SetScopes {
@@ -192,18 +182,8 @@ enum Command {
     /// credits set again keep their balance; other credits start over.
     SetOwnerLimits {
         owner: OwnerId,
-        /// A rate limit, `LIMIT/PERIOD` (e.g. `1000/1m`).
-        #[arg(long, value_parser = parse_limit)]
-        rate_limit: Option<(u32, Duration)>,
-        /// The rate limit's burst (default: LIMIT).
-        #[arg(long, requires = "rate_limit")]
-        burst: Option<u32>,
-        /// Credits, spent one a request by any of the owner's keys.
-        #[arg(long)]
-        credits: Option<u64>,
-        /// Set the credits back to AMOUNT every EVERY (e.g. `1000/30d`).
-        #[arg(long, value_parser = parse_rate_u64, requires = "credits")]
-        refill: Option<(u64, Duration)>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Clear the limits an owner's keys share: each key is then metered by
     /// its own limits alone.
@@ -357,6 +337,34 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::Whois
         )
+    }
+}
+
+/// A rate limit and credits as flags: a key's (`create`), or those an
+/// owner's keys share (`set-owner-limits`).
+#[derive(Args)]
+struct LimitArgs {
+    /// A rate limit, `LIMIT/PERIOD` (e.g. `100/1m`).
+    #[arg(long, value_parser = parse_limit)]
+    rate_limit: Option<(u32, Duration)>,
+    /// The rate limit's burst (default: LIMIT).
+    #[arg(long, requires = "rate_limit")]
+    burst: Option<u32>,
+    /// Credits, spent one a request.
+    #[arg(long)]
+    credits: Option<u64>,
+    /// Set the credits back to AMOUNT every EVERY (e.g. `1000/30d`).
+    #[arg(long, value_parser = parse_rate_u64, requires = "credits")]
+    refill: Option<(u64, Duration)>,
+}
+
+impl LimitArgs {
+    /// The rate limit and the credits the flags give.
+    fn parsed(&self) -> Result<(Option<RateLimit>, Option<Credits>), Box<dyn Error>> {
+        Ok((
+            rate_limit(self.rate_limit, self.burst)?,
+            credits(self.credits, self.refill)?,
+        ))
     }
 }
 
@@ -1029,10 +1037,7 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
             metadata,
             expires,
             owner,
-            rate_limit: rate,
-            burst,
-            credits: balance,
-            refill,
+            limits,
         } => {
             let policy = Policy {
                 token_format: TokenFormat::new(&prefix)?,
@@ -1059,10 +1064,11 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
             if let Some(owner) = owner {
                 new = new.owner(owner);
             }
-            if let Some(rate) = rate_limit(rate, burst)? {
+            let (rate, credits) = limits.parsed()?;
+            if let Some(rate) = rate {
                 new = new.rate_limit(rate);
             }
-            if let Some(credits) = credits(balance, refill)? {
+            if let Some(credits) = credits {
                 new = new.credits(credits);
             }
             for setting in settings {
@@ -1076,18 +1082,13 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
         }
         Command::List { owner } => list(&manager, owner.as_ref(), now).await?,
         Command::Owner { owner, since } => show_owner(&manager, &owner, since, now).await?,
-        Command::SetOwnerLimits {
-            owner,
-            rate_limit: rate,
-            burst,
-            credits: balance,
-            refill,
-        } => {
+        Command::SetOwnerLimits { owner, limits } => {
+            let (rate, credits) = limits.parsed()?;
             let mut limits = OwnerLimits::new();
-            if let Some(rate) = rate_limit(rate, burst)? {
+            if let Some(rate) = rate {
                 limits = limits.rate_limit(rate);
             }
-            if let Some(credits) = credits(balance, refill)? {
+            if let Some(credits) = credits {
                 limits = limits.credits(credits);
             }
             if limits.is_empty() {
