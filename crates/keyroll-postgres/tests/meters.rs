@@ -10,6 +10,7 @@ use keyroll::meter::{Credits, Meter, RateLimit, Refill, StoredMeter};
 use keyroll::record::MeterRow;
 use keyroll::store::KeyStore;
 use keyroll::{AuthError, KeyId, KeyManager, NewKey, OwnerId, OwnerLimits};
+use keyroll_postgres::PgStore;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use time::{Duration, OffsetDateTime};
@@ -294,6 +295,30 @@ where
     (latencies.len(), latencies.len() as f64 / elapsed, p99)
 }
 
+/// Connections (and the pools' size) of the hot-key figures.
+const CONNECTIONS: usize = 8;
+/// How long each round of the hot-key figures lasts.
+const ROUND: StdDuration = StdDuration::from_secs(2);
+
+/// `hammer` of `CONNECTIONS` for a `ROUND` charging 1 to `keys` in turn
+/// (each admitted).
+async fn charging(
+    charges: Arc<PgStore>,
+    keys: Arc<Vec<(KeyId, u64)>>,
+) -> (usize, f64, StdDuration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    hammer(CONNECTIONS, ROUND, move || {
+        let (charges, keys) = (charges.clone(), keys.clone());
+        let (id, incarnation) = keys[next.fetch_add(1, Ordering::Relaxed) % keys.len()].clone();
+        async move {
+            let now = OffsetDateTime::now_utc();
+            let charged = charges.charge(&id, incarnation, 1, now).await.unwrap();
+            charged.expect("admitted");
+        }
+    })
+    .await
+}
+
 /// The figures of one hot key with 8 connections, printed beside the
 /// server's own ceiling for the same work: a bare `UPDATE ... SET n = n +
 /// 1 ... RETURNING n` of one row through the same pool size, in the same
@@ -304,8 +329,6 @@ where
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_charges_on_one_hot_key() {
-    const CONNECTIONS: usize = 8;
-    const ROUND: StdDuration = StdDuration::from_secs(2);
     let url = server_url();
     let table = fresh_table("hot");
     let owner = migrated(&url, &table).await;
@@ -333,6 +356,7 @@ async fn postgres_charges_on_one_hot_key() {
         .await
         .unwrap();
     let owned = Arc::new(owned);
+    let hot = Arc::new(vec![(id.clone(), incarnation)]);
     let ceiling_table = format!("{table}_ceiling");
     let setup = owner.pool().get().await.unwrap();
     setup
@@ -363,38 +387,8 @@ async fn postgres_charges_on_one_hot_key() {
             })
             .await,
         );
-        let (key_charges, id) = (charges.clone(), id.clone());
-        ours.push(
-            hammer(CONNECTIONS, ROUND, move || {
-                let (charges, id) = (key_charges.clone(), id.clone());
-                async move {
-                    let now = OffsetDateTime::now_utc();
-                    charges
-                        .charge(&id, incarnation, 1, now)
-                        .await
-                        .unwrap()
-                        .expect("admitted");
-                }
-            })
-            .await,
-        );
-        let (charges, owned) = (charges.clone(), owned.clone());
-        let next = Arc::new(AtomicUsize::new(0));
-        shared.push(
-            hammer(CONNECTIONS, ROUND, move || {
-                let (charges, owned) = (charges.clone(), owned.clone());
-                let (id, incarnation) = owned[next.fetch_add(1, Ordering::Relaxed) % 3].clone();
-                async move {
-                    let now = OffsetDateTime::now_utc();
-                    charges
-                        .charge(&id, incarnation, 1, now)
-                        .await
-                        .unwrap()
-                        .expect("admitted");
-                }
-            })
-            .await,
-        );
+        ours.push(charging(charges.clone(), hot.clone()).await);
+        shared.push(charging(charges.clone(), owned.clone()).await);
     }
     let total = |runs: &[(usize, f64, StdDuration)]| {
         let calls: usize = runs.iter().map(|r| r.0).sum();
