@@ -23,7 +23,7 @@
 //!   key (the trait's default does exactly that).
 //!
 //! `examples/third_party_store.rs` is a complete store built from this kit,
-//! in under 180 lines, which passes the conformance suite (a test runs
+//! in under 200 lines, which passes the conformance suite (a test runs
 //! it):
 //!
 //! ```rust,ignore
