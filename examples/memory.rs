@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             key.renew(now, &mut rng)?;
         }
         // The in-memory store's futures complete at once.
-        pollster::block_on(store.insert(&key)).map_err(|e| format!("{e}"))?;
+        pollster::block_on(store.insert(&key, &[])).map_err(|e| format!("{e}"))?;
     }
     let after = resident_bytes()?;
 

@@ -1,22 +1,25 @@
 //! A complete third-party store built from keyroll's backend kit
-//! (`keyroll::record`): key rows, meters, owner limits, usage counts and markers in maps
-//! behind one lock, standing in for your database's tables. It passes the
+//! (`keyroll::record`): key rows, meters, owner limits, usage counts, markers
+//! and the outbox in maps behind one lock, standing in for your database's
+//! tables. It passes the
 //! conformance suite: `cargo run --example third_party_store --features conformance`.
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use keyroll::outbox::{Entry, EntryId, EntryState, MemoryOutbox, OutboxCounts};
 use keyroll::record::{KeyRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits};
-use time::OffsetDateTime;
+use keyroll::{ApiKey, Event, KeyId, OwnerId, OwnerLimits};
+use time::{Duration, OffsetDateTime};
 type Answer<T> = Result<T, RecordError>;
 type Write = Result<(), StoreError<RecordError>>;
 type Charged = Result<Result<Allowance, Refusal>, StoreError<RecordError>>;
 
 /// Key rows by id; meters and usage counts by id and incarnation; owner
-/// limits with their meters by owner; markers.
+/// limits with their meters by owner; markers; the outbox, written under
+/// the same lock as the write whose events it keeps.
 #[derive(Default)]
 pub struct MapStore(Mutex<Tables>);
 #[derive(Default)]
@@ -26,6 +29,7 @@ struct Tables {
     usage: BTreeMap<(KeyId, u64, i64), UsageRow>,
     markers: BTreeMap<String, OffsetDateTime>,
     owners: BTreeMap<OwnerId, (OwnerLimits, Option<StoredMeter>)>,
+    outbox: MemoryOutbox,
 }
 
 impl MapStore {
@@ -54,28 +58,31 @@ impl KeyStore for MapStore {
     async fn get(&self, id: &KeyId) -> Answer<Option<ApiKey>> {
         self.tables().key(id, None)
     }
-    async fn insert(&self, key: &ApiKey) -> Write {
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Write {
         let row = KeyRow::of(key).map_err(StoreError::Backend)?;
         let mut tables = self.tables();
         if tables.keys.contains_key(key.id()) {
             return Err(StoreError::AlreadyExists);
         }
         tables.keys.insert(key.id().clone(), row);
+        tables.outbox.push(events);
         Ok(())
     }
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Write {
+    async fn update(&self, key: &ApiKey, expected: Revision, events: &[Event]) -> Write {
         let row = KeyRow::of(key).map_err(StoreError::Backend)?;
         let mut tables = self.tables();
         tables.check(key.id(), expected, Some(key.revision()))?;
         tables.keys.insert(key.id().clone(), row);
+        tables.outbox.push(events);
         Ok(())
     }
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Write {
+    async fn delete(&self, id: &KeyId, expected: Revision, events: &[Event]) -> Write {
         let mut tables = self.tables();
         tables.check(id, expected, None)?;
         tables.keys.remove(id);
         tables.meters.retain(|(kept, _), _| kept != id);
         tables.usage.retain(|(kept, _, _), _| kept != id);
+        tables.outbox.push(events);
         Ok(())
     }
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Answer<Vec<ApiKey>> {
@@ -129,11 +136,16 @@ impl KeyStore for MapStore {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Write {
-        let owners = &mut self.tables().owners;
-        let found = owners.get(owner).map_or(0, |(kept, _)| kept.version());
+        let tables = &mut *self.tables();
+        let found = tables
+            .owners
+            .get(owner)
+            .map_or(0, |(kept, _)| kept.version());
         StoreError::check_version(expected, found)?;
-        owners.entry(owner.clone()).or_default().0 = limits.clone();
+        tables.owners.entry(owner.clone()).or_default().0 = limits.clone();
+        tables.outbox.push(events);
         Ok(())
     }
     async fn owner_meter(&self, owner: &OwnerId) -> Answer<Option<StoredMeter>> {
@@ -175,6 +187,26 @@ impl KeyStore for MapStore {
         let count = usage.len();
         usage.retain(|&(_, _, hour), _| hour >= before);
         Ok((count - usage.len()) as u64)
+    }
+    async fn claim_outbox(
+        &self,
+        n: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Answer<Vec<Entry>> {
+        Ok(self.tables().outbox.claim(n, now, hold))
+    }
+    async fn update_outbox(&self, entries: &[Entry]) -> Answer<()> {
+        Ok(self.tables().outbox.update(entries))
+    }
+    async fn outbox(&self, s: EntryState, after: Option<EntryId>, n: usize) -> Answer<Vec<Entry>> {
+        Ok(self.tables().outbox.list(s, after, n))
+    }
+    async fn outbox_counts(&self) -> Answer<OutboxCounts> {
+        Ok(self.tables().outbox.counts())
+    }
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Answer<u64> {
+        Ok(self.tables().outbox.prune(before))
     }
     async fn marker(&self, name: &str) -> Answer<Option<OffsetDateTime>> {
         Ok(self.tables().markers.get(name).copied())

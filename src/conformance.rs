@@ -40,6 +40,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+use crate::entry::{Entry, EntryState};
 use crate::meter::{Allowance, Credits, RateLimit, Refill, Refusal, Subject};
 use crate::store::{KeyStore, Revision, StoreError, UsageRow, Verification};
 use crate::{
@@ -222,7 +223,7 @@ async fn get_missing_returns_none_body<S: KeyStore>(store: S) {
 async fn insert_then_get_round_trips_body<S: KeyStore>(store: S) {
     const B: &str = "insert_then_get_round_trips";
     for (key, tokens) in sample_keys() {
-        ok(B, "insert", store.insert(&key).await);
+        ok(B, "insert", store.insert(&key, &[]).await);
         assert_stored(&store, B, &key).await;
         let reloaded =
             ok(B, "get", store.get(key.id()).await).unwrap_or_else(|| violated(B, "key vanished"));
@@ -258,10 +259,10 @@ async fn insert_then_get_round_trips_body<S: KeyStore>(store: S) {
 async fn insert_existing_is_refused_body<S: KeyStore>(store: S) {
     const B: &str = "insert_existing_is_refused";
     let (original, _) = issue("taken", 10);
-    ok(B, "insert", store.insert(&original).await);
+    ok(B, "insert", store.insert(&original, &[]).await);
     let (mut other, _) = issue("taken", 11);
     let _ = other.apply(Change::Deactivate, t0());
-    match store.insert(&other).await {
+    match store.insert(&other, &[]).await {
         Err(StoreError::AlreadyExists) => {}
         Ok(()) => violated(
             B,
@@ -278,7 +279,7 @@ async fn insert_existing_is_refused_body<S: KeyStore>(store: S) {
 async fn update_persists_body<S: KeyStore>(store: S) {
     const B: &str = "update_persists";
     let (mut key, first) = issue("updated", 20);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     let mut r = rng(21);
     for step in 0..12u32 {
         let now = t0() + Duration::hours(i64::from(step));
@@ -297,7 +298,7 @@ async fn update_persists_body<S: KeyStore>(store: S) {
         if changed.is_err() {
             unreachable!("the sequence is valid");
         }
-        ok(B, "update", store.update(&key, loaded).await);
+        ok(B, "update", store.update(&key, loaded, &[]).await);
         assert_stored(&store, B, &key).await;
         // The first token's fate follows the key's (current, old, refused).
         let expected = expected(&key, first.expose_secret(), now);
@@ -357,14 +358,14 @@ fn wrong_revisions(stored: Revision) -> [Revision; 5] {
 async fn update_checks_the_revision_body<S: KeyStore>(store: S) {
     const B: &str = "update_checks_the_revision";
     let (mut key, _) = issue("versioned", 30);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     let issued = key.revision();
     let _ = key.apply(Change::Deactivate, t0());
-    ok(B, "update", store.update(&key, issued).await);
+    ok(B, "update", store.update(&key, issued, &[]).await);
     let stored = key.clone();
     let _ = key.apply(Change::Activate, t0());
     for wrong in wrong_revisions(stored.revision()) {
-        let result = store.update(&key, wrong).await;
+        let result = store.update(&key, wrong, &[]).await;
         expect_conflict(
             B,
             format_args!(
@@ -382,7 +383,7 @@ async fn update_checks_the_revision_body<S: KeyStore>(store: S) {
     let (mut impostor, _) = issue("versioned", 31);
     let _ = impostor.apply(Change::Deactivate, t0());
     let _ = impostor.apply(Change::Activate, t0());
-    let result = store.update(&impostor, stored.revision()).await;
+    let result = store.update(&impostor, stored.revision(), &[]).await;
     expect_conflict(
         B,
         "update of a key of another incarnation, expecting the stored revision,",
@@ -396,7 +397,7 @@ async fn update_checks_the_revision_body<S: KeyStore>(store: S) {
 async fn update_missing_is_not_found_body<S: KeyStore>(store: S) {
     const B: &str = "update_missing_is_not_found";
     let (key, _) = issue("ghost", 40);
-    match store.update(&key, key.revision()).await {
+    match store.update(&key, key.revision(), &[]).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
@@ -412,9 +413,13 @@ async fn delete_removes_the_key_body<S: KeyStore>(store: S) {
     const B: &str = "delete_removes_the_key";
     let (key, token) = issue("doomed", 50);
     let (neighbour, _) = issue("neighbour", 51);
-    ok(B, "insert", store.insert(&key).await);
-    ok(B, "insert", store.insert(&neighbour).await);
-    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
+    ok(B, "insert", store.insert(&neighbour, &[]).await);
+    ok(
+        B,
+        "delete",
+        store.delete(key.id(), key.revision(), &[]).await,
+    );
     if ok(B, "get", store.get(key.id()).await).is_some() {
         violated(B, "get returned a deleted key");
     }
@@ -432,33 +437,33 @@ async fn delete_removes_the_key_body<S: KeyStore>(store: S) {
         violated(B, "list returned a deleted key");
     }
     assert_stored(&store, B, &neighbour).await;
-    match store.delete(key.id(), key.revision()).await {
+    match store.delete(key.id(), key.revision(), &[]).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
             format_args!("a second delete gave {other:?}, not NotFound"),
         ),
     }
-    match store.update(&key, key.revision()).await {
+    match store.update(&key, key.revision(), &[]).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             B,
             format_args!("update of a deleted key gave {other:?}, not NotFound"),
         ),
     }
-    ok(B, "insert after delete", store.insert(&key).await);
+    ok(B, "insert after delete", store.insert(&key, &[]).await);
     assert_stored(&store, B, &key).await;
 }
 
 async fn delete_checks_the_revision_body<S: KeyStore>(store: S) {
     const B: &str = "delete_checks_the_revision";
     let (mut key, _) = issue("guarded", 60);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     let issued = key.revision();
     let _ = key.apply(Change::Deactivate, t0());
-    ok(B, "update", store.update(&key, issued).await);
+    ok(B, "update", store.update(&key, issued, &[]).await);
     for wrong in wrong_revisions(key.revision()) {
-        let result = store.delete(key.id(), wrong).await;
+        let result = store.delete(key.id(), wrong, &[]).await;
         expect_conflict(
             B,
             format_args!("delete expecting {wrong} over revision {}", key.revision()),
@@ -479,15 +484,15 @@ async fn deleted_and_recreated<S: KeyStore>(
     id: &str,
 ) -> (ApiKey, ApiKey) {
     let (original, _) = issue(id, 90);
-    ok(behaviour, "insert", store.insert(&original).await);
+    ok(behaviour, "insert", store.insert(&original, &[]).await);
     let mut stale = original.clone();
     let _ = stale.record_use(crate::TokenMatch::Current, t0());
     ok(
         behaviour,
         "delete",
-        store.delete(original.id(), original.revision()).await,
+        store.delete(original.id(), original.revision(), &[]).await,
     );
-    match store.update(&stale, original.revision()).await {
+    match store.update(&stale, original.revision(), &[]).await {
         Err(StoreError::NotFound) => {}
         other => violated(
             behaviour,
@@ -498,7 +503,7 @@ async fn deleted_and_recreated<S: KeyStore>(
     if recreated.revision().incarnation() == original.revision().incarnation() {
         unreachable!("seeds 90 and 91 draw different incarnations");
     }
-    ok(behaviour, "insert", store.insert(&recreated).await);
+    ok(behaviour, "insert", store.insert(&recreated, &[]).await);
     (stale, recreated)
 }
 
@@ -508,7 +513,7 @@ async fn stale_update_after_recreate_is_refused_body<S: KeyStore>(store: S) {
     // The stale writer expects the revision it loaded: version 1 of the old
     // incarnation. Versions alone would match the new key's.
     let loaded = Revision::new(stale.revision().incarnation(), 1);
-    let result = store.update(&stale, loaded).await;
+    let result = store.update(&stale, loaded, &[]).await;
     expect_conflict(
         B,
         format_args!(
@@ -525,7 +530,7 @@ async fn stale_delete_after_recreate_is_refused_body<S: KeyStore>(store: S) {
     const B: &str = "stale_delete_after_recreate_is_refused";
     let (stale, recreated) = deleted_and_recreated(&store, B, "reborn").await;
     let loaded = Revision::new(stale.revision().incarnation(), 1);
-    let result = store.delete(recreated.id(), loaded).await;
+    let result = store.delete(recreated.id(), loaded, &[]).await;
     expect_conflict(
         B,
         format_args!(
@@ -549,7 +554,11 @@ async fn list_is_ordered_after_and_limited_body<S: KeyStore>(store: S) {
         "ab", "Z", "a-", "zz", "a", "9", "a_", "B", "aa", "a.", "z", "0", "b", "A", "a-b",
     ];
     for (i, id) in shuffled.iter().enumerate() {
-        ok(B, "insert", store.insert(&issue(id, 70 + i as u64).0).await);
+        ok(
+            B,
+            "insert",
+            store.insert(&issue(id, 70 + i as u64).0, &[]).await,
+        );
     }
     sorted.sort_unstable();
     let ids = |keys: Vec<ApiKey>| keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>();
@@ -678,7 +687,7 @@ where
 {
     const B: &str = "concurrent_updates_have_one_winner";
     let (mut key, _) = issue("contended", 80);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     for round in 0..ROUNDS {
         let candidates = successors(&key, round);
         let results = race(store, &candidates, key.revision()).await;
@@ -717,9 +726,9 @@ async fn future_race<S: KeyStore>(
             .iter()
             .map(|key| async move {
                 if insert {
-                    store.insert(key).await
+                    store.insert(key, &[]).await
                 } else {
-                    store.update(key, expected).await
+                    store.update(key, expected, &[]).await
                 }
             })
             .collect(),
@@ -852,6 +861,305 @@ behaviours! {
     /// `verify` no longer marks a key without limits of its own as
     /// metered. `refund_owner` gives credits back into their period.
     owner_limits_outlive_keys_and_clear => owner_limits_outlive_keys_and_clear_body;
+    /// Each write stores its events as pending outbox entries, in order,
+    /// with unique ids growing per key: `insert`, `update`, `delete` and
+    /// `set_owner_limits` that succeed leave one entry per event, and
+    /// those refused (a taken id, a stale revision, a stale owner limits
+    /// version) leave none.
+    outbox_keeps_each_write_s_events => outbox_keeps_each_write_s_events_body;
+    /// `claim_outbox` returns due pending entries in id order, holds them
+    /// (a second claim before the hold ends takes none of them), and skips
+    /// an entry while an earlier pending one of its key is held or backing
+    /// off; `update_outbox` stores delivery, retries and parking;
+    /// `outbox` lists by state after an id; `outbox_counts` counts
+    /// pending and parked entries; `prune_outbox` drops entries delivered
+    /// before the instant, and nothing else.
+    outbox_claims_hold_and_keep_order => outbox_claims_hold_and_keep_order_body;
+}
+
+/// The events of a fresh key `id` (issued at `t0() + n`): issued, then a
+/// label change, for writes that carry events.
+fn events_of(key: &mut ApiKey, n: i64) -> crate::Event {
+    key.apply(
+        Change::Label(format!("label {n}")),
+        t0() + Duration::seconds(n),
+    )
+    .unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+async fn outbox_keeps_each_write_s_events_body<S: KeyStore>(store: S) {
+    const B: &str = "outbox_keeps_each_write_s_events";
+    let (mut key, _, issued) = ApiKey::issue(key_id("outboxed"), t0(), &mut rng(1))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    ok(
+        B,
+        "insert",
+        store.insert(&key, std::slice::from_ref(&issued)).await,
+    );
+    let (twin, _, twin_issued) = ApiKey::issue(key_id("outboxed"), t0(), &mut rng(2))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    if store.insert(&twin, &[twin_issued]).await.is_ok() {
+        violated(B, "insert of a taken id succeeded");
+    }
+    let loaded = key.revision();
+    let labelled = events_of(&mut key, 1);
+    ok(
+        B,
+        "update",
+        store
+            .update(&key, loaded, std::slice::from_ref(&labelled))
+            .await,
+    );
+    let mut stale = key.clone();
+    let refused = events_of(&mut stale, 2);
+    if store.update(&stale, loaded, &[refused]).await.is_ok() {
+        violated(B, "update from a stale revision succeeded");
+    }
+    let deleted = key
+        .clone()
+        .delete(t0() + Duration::seconds(3))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let stale_delete = store
+        .delete(key.id(), loaded, std::slice::from_ref(&deleted))
+        .await;
+    if stale_delete.is_ok() {
+        violated(B, "delete from a stale revision succeeded");
+    }
+    ok(
+        B,
+        "delete",
+        store
+            .delete(key.id(), key.revision(), std::slice::from_ref(&deleted))
+            .await,
+    );
+    let acme = owner("acme");
+    let limits = OwnerLimits::new()
+        .credits(Credits::new(5))
+        .stamped(None, t0());
+    let changed = crate::Event::OwnerLimitsChanged {
+        owner: acme.clone(),
+        at: t0(),
+        version: 1,
+        rate_limit: None,
+        credits: Some(Credits::new(5)),
+    };
+    let set = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
+    ok(B, "set_owner_limits", set.await);
+    let again = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
+    if again.await.is_ok() {
+        violated(B, "set_owner_limits expecting a stale version succeeded");
+    }
+    let pending = ok(
+        B,
+        "outbox",
+        store.outbox(EntryState::Pending, None, 100).await,
+    );
+    let events: Vec<&crate::Event> = pending.iter().map(|entry| &entry.event).collect();
+    let expected = [&issued, &labelled, &deleted, &changed];
+    if events != expected {
+        violated(
+            B,
+            format_args!("the outbox holds {events:?}, expected the written events {expected:?}"),
+        );
+    }
+    if !pending.windows(2).all(|pair| pair[0].id < pair[1].id) {
+        violated(B, "entry ids do not grow with the writes");
+    }
+    if let Some(entry) = pending.iter().find(|entry| {
+        entry.attempts != 0
+            || entry.delivered_at.is_some()
+            || entry.next_attempt_at > entry.event.at()
+    }) {
+        violated(
+            B,
+            format_args!("a new entry is not fresh and due: {entry:?}"),
+        );
+    }
+    let counts = ok(B, "outbox_counts", store.outbox_counts().await);
+    if (counts.pending, counts.parked) != (4, 0) {
+        violated(
+            B,
+            format_args!("outbox_counts says {counts:?} for 4 pending entries"),
+        );
+    }
+}
+
+async fn outbox_claims_hold_and_keep_order_body<S: KeyStore>(store: S) {
+    const B: &str = "outbox_claims_hold_and_keep_order";
+    let hold = Duration::minutes(1);
+    // Key a: issued, then labelled; key b: issued.
+    let (mut a, _, a_issued) =
+        ApiKey::issue(key_id("a"), t0(), &mut rng(1)).unwrap_or_else(|e| unreachable!("{e}"));
+    ok(B, "insert", store.insert(&a, &[a_issued]).await);
+    let (b, _, b_issued) =
+        ApiKey::issue(key_id("b"), t0(), &mut rng(2)).unwrap_or_else(|e| unreachable!("{e}"));
+    ok(B, "insert", store.insert(&b, &[b_issued]).await);
+    let loaded = a.revision();
+    let a_labelled = events_of(&mut a, 1);
+    ok(B, "update", store.update(&a, loaded, &[a_labelled]).await);
+    let now = t0() + Duration::seconds(10);
+    let names = |entries: &[Entry]| -> Vec<String> {
+        entries
+            .iter()
+            .map(|entry| format!("{}:{}", Entry::subject(&entry.event), entry.event.name()))
+            .collect()
+    };
+
+    let first = ok(B, "claim_outbox", store.claim_outbox(1, now, hold).await);
+    if names(&first) != ["a:key_issued"] {
+        violated(
+            B,
+            format_args!("a claim of 1 took {:?}, not a's first entry", names(&first)),
+        );
+    }
+    if first[0].next_attempt_at < now + hold - Duration::milliseconds(1) {
+        violated(
+            B,
+            format_args!("a claimed entry is not held: {:?}", first[0]),
+        );
+    }
+    // a's next entry waits behind its held first; b's does not.
+    let second = ok(B, "claim_outbox", store.claim_outbox(10, now, hold).await);
+    if names(&second) != ["b:key_issued"] {
+        violated(
+            B,
+            format_args!(
+                "with a's first entry held, a claim took {:?}: expected b's entry only, \
+                 never an entry of a held key nor one held already",
+                names(&second)
+            ),
+        );
+    }
+    let none = ok(B, "claim_outbox", store.claim_outbox(10, now, hold).await);
+    if !none.is_empty() {
+        violated(
+            B,
+            format_args!("held entries were claimed again: {:?}", names(&none)),
+        );
+    }
+
+    // a's first delivered: its next one is claimed.
+    let mut delivered = first[0].clone();
+    delivered.state = EntryState::Delivered;
+    delivered.delivered_at = Some(now);
+    ok(
+        B,
+        "update_outbox",
+        store.update_outbox(std::slice::from_ref(&delivered)).await,
+    );
+    let third = ok(B, "claim_outbox", store.claim_outbox(10, now, hold).await);
+    if names(&third) != ["a:label_changed"] {
+        violated(
+            B,
+            format_args!(
+                "after a's first was delivered, a claim took {:?}",
+                names(&third)
+            ),
+        );
+    }
+    // It fails: retried later, then parked.
+    let mut failed = third[0].clone();
+    failed.attempts = 1;
+    failed.last_error = Some("503 from the receiver".into());
+    failed.next_attempt_at = now + Duration::minutes(5);
+    ok(
+        B,
+        "update_outbox",
+        store.update_outbox(std::slice::from_ref(&failed)).await,
+    );
+    let later = now + Duration::minutes(2);
+    let early = ok(
+        B,
+        "claim_outbox",
+        store.claim_outbox(10, later, Duration::ZERO).await,
+    );
+    if names(&early) != ["b:key_issued"] {
+        violated(
+            B,
+            format_args!("before a's retry was due, a claim took {:?}", names(&early)),
+        );
+    }
+    let due = ok(
+        B,
+        "claim_outbox",
+        store
+            .claim_outbox(10, now + Duration::minutes(6), hold)
+            .await,
+    );
+    if due.len() != 2
+        || due[1].attempts != 1
+        || due[1].last_error.as_deref() != Some("503 from the receiver")
+    {
+        violated(B, format_args!("a retry due was claimed as {due:?}"));
+    }
+    let mut parked = due[1].clone();
+    parked.state = EntryState::Parked;
+    parked.attempts = 2;
+    ok(
+        B,
+        "update_outbox",
+        store.update_outbox(&[parked.clone()]).await,
+    );
+    let counts = ok(B, "outbox_counts", store.outbox_counts().await);
+    if (counts.pending, counts.parked) != (1, 1) {
+        violated(
+            B,
+            format_args!("outbox_counts says {counts:?}, expected 1 pending, 1 parked"),
+        );
+    }
+    let listed = ok(
+        B,
+        "outbox",
+        store.outbox(EntryState::Parked, None, 10).await,
+    );
+    if listed.len() != 1 || listed[0].id != parked.id || listed[0].attempts != 2 {
+        violated(B, format_args!("the parked entries listed are {listed:?}"));
+    }
+    let after = ok(
+        B,
+        "outbox",
+        store.outbox(EntryState::Parked, Some(parked.id), 10).await,
+    );
+    if !after.is_empty() {
+        violated(
+            B,
+            format_args!("`outbox` after the last parked id listed {after:?}"),
+        );
+    }
+    let delivered_list = ok(
+        B,
+        "outbox",
+        store.outbox(EntryState::Delivered, None, 10).await,
+    );
+    if delivered_list.len() != 1 || delivered_list[0].delivered_at.is_none() {
+        violated(
+            B,
+            format_args!("the delivered entries listed are {delivered_list:?}"),
+        );
+    }
+
+    // Pruning drops what was delivered before the instant only.
+    let kept = ok(B, "prune_outbox", store.prune_outbox(now).await);
+    let dropped = ok(
+        B,
+        "prune_outbox",
+        store.prune_outbox(now + Duration::SECOND).await,
+    );
+    if (kept, dropped) != (0, 1) {
+        violated(
+            B,
+            format_args!(
+                "prune_outbox dropped {kept} then {dropped}, expected 0 then the 1 delivered"
+            ),
+        );
+    }
+    let counts = ok(B, "outbox_counts", store.outbox_counts().await);
+    if (counts.pending, counts.parked) != (1, 1) {
+        violated(
+            B,
+            format_args!("pruning touched undelivered entries: {counts:?}"),
+        );
+    }
 }
 
 fn owner(id: &str) -> OwnerId {
@@ -869,7 +1177,7 @@ async fn set_owner<S: KeyStore>(
     let before = ok(behaviour, "owner_limits", store.owner_limits(owner).await);
     let expected = before.as_ref().map_or(0, OwnerLimits::version);
     let stamped = limits.stamped(before.as_ref(), at);
-    let set = store.set_owner_limits(owner, &stamped, expected).await;
+    let set = store.set_owner_limits(owner, &stamped, expected, &[]).await;
     ok(behaviour, "set_owner_limits", set);
     let read = ok(behaviour, "owner_limits", store.owner_limits(owner).await);
     if read.as_ref() != Some(&stamped) {
@@ -896,7 +1204,7 @@ async fn stored_owned<S: KeyStore>(
         new = new.credits(credits);
     }
     let (key, token) = issue_new(new, t0(), seed);
-    ok(behaviour, "insert", store.insert(&key).await);
+    ok(behaviour, "insert", store.insert(&key, &[]).await);
     (key, token)
 }
 
@@ -916,7 +1224,7 @@ async fn owner_meters_are_both_or_neither_body<S: KeyStore>(store: S) {
     let acme = owner("acme");
     let limits = OwnerLimits::new().credits(Credits::new(5));
     let stored = set_owner(&store, B, &acme, limits.clone(), t0()).await;
-    let stale = store.set_owner_limits(&acme, &stored, 0).await;
+    let stale = store.set_owner_limits(&acme, &stored, 0, &[]).await;
     if !matches!(stale, Err(StoreError::Conflict { .. })) {
         violated(
             B,
@@ -1110,7 +1418,11 @@ async fn owner_limits_outlive_keys_and_clear_body<S: KeyStore>(store: S) {
     if owner_credits_left(&store, B, &acme).await != 3 {
         violated(B, "refund_owner of 1 credit did not give it back");
     }
-    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    ok(
+        B,
+        "delete",
+        store.delete(key.id(), key.revision(), &[]).await,
+    );
     let (again, token) = stored_owned(&store, B, "only", &acme, None, 171).await;
     if owner_credits_left(&store, B, &acme).await != 3 {
         violated(B, "deleting the owner's only key touched the owner's meter");
@@ -1152,7 +1464,7 @@ async fn refunds_stay_in_their_period_body<S: KeyStore>(store: S) {
     let refill = Refill::new(10, Duration::HOUR).unwrap_or_else(|e| unreachable!("{e}"));
     let new = NewKey::new(key_id("refunded")).credits(Credits::new(10).with_refill(refill));
     let (mut key, _) = issue_new(new, t0(), 140);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     let (id, inc) = (key.id().clone(), key.revision().incarnation());
     let charge = |cost, at| {
         let (store, id) = (&store, &id);
@@ -1215,7 +1527,7 @@ async fn refunds_stay_in_their_period_body<S: KeyStore>(store: S) {
         unreachable!("{e}")
     }
     let before = Revision::new(inc, key.version() - 1);
-    ok(B, "update", store.update(&key, before).await);
+    ok(B, "update", store.update(&key, before, &[]).await);
     refund(3, second).await;
     expect(
         &key,
@@ -1298,8 +1610,12 @@ async fn markers_are_kept_body<S: KeyStore>(store: S) {
         violated(B, format_args!("another name read {other:?}"));
     }
     let (key, _) = issue("marked", 120);
-    ok(B, "insert", store.insert(&key).await);
-    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
+    ok(
+        B,
+        "delete",
+        store.delete(key.id(), key.revision(), &[]).await,
+    );
     expect(Some(first), "after a key's insert and delete").await;
     set(None).await;
     expect(None, "cleared").await;
@@ -1329,7 +1645,7 @@ async fn owners_are_listed_body<S: KeyStore>(store: S) {
             new = new.owner(owner.clone());
         }
         let (key, _) = issue_new(new, t0(), 100 + i as u64);
-        ok(B, "insert", store.insert(&key).await);
+        ok(B, "insert", store.insert(&key, &[]).await);
         keys.push(key);
     }
     let ids = |keys: Vec<ApiKey>| keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>();
@@ -1376,17 +1692,17 @@ async fn owners_are_listed_body<S: KeyStore>(store: S) {
     if let Err(e) = k3.apply(Change::Owner(Some(zeta.clone())), t0()) {
         unreachable!("{e}");
     }
-    ok(B, "update", store.update(&k3, expected).await);
+    ok(B, "update", store.update(&k3, expected, &[]).await);
     let mut k1 = keys[1].clone();
     let expected = k1.revision();
     if let Err(e) = k1.apply(Change::Owner(None), t0()) {
         unreachable!("{e}");
     }
-    ok(B, "update", store.update(&k1, expected).await);
+    ok(B, "update", store.update(&k1, expected, &[]).await);
     ok(
         B,
         "delete",
-        store.delete(keys[4].id(), keys[4].revision()).await,
+        store.delete(keys[4].id(), keys[4].revision(), &[]).await,
     );
     listed(
         ok(B, "list_owned", store.list_owned(&acme, None, 10).await),
@@ -1420,9 +1736,9 @@ fn usage_row(id: &KeyId, incarnation: u64, hour: i64, counts: [u64; 4]) -> Usage
 async fn usage_counts_add_up_body<S: KeyStore>(store: S) {
     const B: &str = "usage_counts_add_up";
     let (key, _) = issue("counted", 110);
-    ok(B, "insert", store.insert(&key).await);
+    ok(B, "insert", store.insert(&key, &[]).await);
     let (other, _) = issue("counted-too", 111);
-    ok(B, "insert", store.insert(&other).await);
+    ok(B, "insert", store.insert(&other, &[]).await);
     let (id, incarnation) = (key.id().clone(), key.revision().incarnation());
     // Hours around the epoch and far from it; another incarnation; another key.
     let h = 480_000;
@@ -1479,9 +1795,9 @@ async fn usage_counts_add_up_body<S: KeyStore>(store: S) {
         violated(B, format_args!("after pruning, usage read {seen:?}"));
     }
     // A deleted key's counts go with it; its id created again has none.
-    ok(B, "delete", store.delete(&id, key.revision()).await);
+    ok(B, "delete", store.delete(&id, key.revision(), &[]).await);
     let (again, _) = issue("counted", 112);
-    ok(B, "insert", store.insert(&again).await);
+    ok(B, "insert", store.insert(&again, &[]).await);
     let seen = ok(
         B,
         "usage",
@@ -1622,7 +1938,7 @@ async fn stored_metered<S: KeyStore>(
         new = new.rate_limit(rate);
     }
     let (key, _) = issue_new(new, t0(), seed);
-    ok(behaviour, "insert", store.insert(&key).await);
+    ok(behaviour, "insert", store.insert(&key, &[]).await);
     key
 }
 
@@ -1733,7 +2049,11 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     // A write of the key keeps its meter.
     let mut relabelled = key.clone();
     let _ = relabelled.apply(Change::Label("relabelled".into()), t0());
-    ok(B, "update", store.update(&relabelled, key.revision()).await);
+    ok(
+        B,
+        "update",
+        store.update(&relabelled, key.revision(), &[]).await,
+    );
     let admitted = ok(B, "charge", charge(1).await);
     if admitted.as_ref().map(|a| a.credits_remaining()) != Ok(Some(2)) {
         violated(
@@ -1747,7 +2067,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     ok(
         B,
         "update",
-        store.update(&reset, relabelled.revision()).await,
+        store.update(&reset, relabelled.revision(), &[]).await,
     );
     let admitted = ok(B, "charge", charge(1).await);
     if admitted.as_ref().map(|a| a.credits_remaining()) != Ok(Some(4)) {
@@ -1759,7 +2079,7 @@ async fn charges_leave_the_key_alone_body<S: KeyStore>(store: S) {
     assert_stored(&store, B, &reset).await;
 
     let (plain, _) = issue("plain", 93);
-    ok(B, "insert", store.insert(&plain).await);
+    ok(B, "insert", store.insert(&plain, &[]).await);
     let charged = ok(
         B,
         "charge",
@@ -1802,7 +2122,11 @@ async fn meters_follow_the_key_body<S: KeyStore>(store: S) {
     if spent.is_err() {
         violated(B, format_args!("charging 1 of 1 credit answered {spent:?}"));
     }
-    ok(B, "delete", store.delete(key.id(), key.revision()).await);
+    ok(
+        B,
+        "delete",
+        store.delete(key.id(), key.revision(), &[]).await,
+    );
     if !matches!(
         store.charge(key.id(), incarnation, 1, t0()).await,
         Err(StoreError::NotFound)
@@ -1857,7 +2181,7 @@ async fn buckets_outlive_removed_limits<S: KeyStore>(store: &S, behaviour: &str)
         if let Err(e) = key.apply(Change::RateLimit(limit), t0()) {
             unreachable!("{e}");
         }
-        ok(behaviour, "update", store.update(&key, expected).await);
+        ok(behaviour, "update", store.update(&key, expected, &[]).await);
     }
     let again = ok(
         behaviour,

@@ -1,6 +1,7 @@
-//! The audit trail: one [`Event`] per successful transition.
+//! The audit trail: one [`Event`] per successful transition, and the
+//! notices of what is about to happen.
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::attributes::{Metadata, Scopes};
 use crate::change::Change;
@@ -8,7 +9,10 @@ use crate::id::{KeyId, OwnerId, TokenId};
 use crate::meter::{Credits, RateLimit};
 use crate::state::{OldTokenDeletion, TokenMatch};
 
-/// What happened to a key. Every successful transition returns exactly one.
+/// What happened to a key, or (the notices [`KeyExpiring`](Event::KeyExpiring),
+/// [`RenewalDue`](Event::RenewalDue), [`CreditsLow`](Event::CreditsLow),
+/// [`CreditsExhausted`](Event::CreditsExhausted)) what is about to. Every
+/// successful transition returns exactly one.
 ///
 /// Each variant carries the key id, the time given to the transition and the
 /// key's version after it. Events hold public ids only, never a secret, so
@@ -321,6 +325,73 @@ pub enum Event {
         /// The owner's credits (`None`: none).
         credits: Option<Credits>,
     },
+    /// A notice: the key's hard expiry is within `within`
+    /// ([`KeyManager::sweep_notices`](crate::KeyManager::sweep_notices)).
+    #[non_exhaustive]
+    KeyExpiring {
+        /// The key.
+        key_id: KeyId,
+        /// When the sweep noticed.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the notice was claimed.
+        version: u64,
+        /// When the key expires.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        expires_at: OffsetDateTime,
+        /// The threshold crossed: the expiry is at most this far away.
+        #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
+        within: Duration,
+    },
+    /// A notice: the current token's renewal is due within `within`.
+    #[non_exhaustive]
+    RenewalDue {
+        /// The key.
+        key_id: KeyId,
+        /// When the sweep noticed.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the notice was claimed.
+        version: u64,
+        /// The token due for renewal.
+        token_id: TokenId,
+        /// When its renewal is due.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        due_at: OffsetDateTime,
+        /// The threshold crossed: the due date is at most this far away.
+        #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
+        within: Duration,
+    },
+    /// A notice: the key's credits fell below the configured fraction of
+    /// what their period started with.
+    #[non_exhaustive]
+    CreditsLow {
+        /// The key.
+        key_id: KeyId,
+        /// When the sweep noticed.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the notice was claimed.
+        version: u64,
+        /// The credits left.
+        remaining: u64,
+        /// What the period started with.
+        of: u64,
+    },
+    /// A notice: the key's credits are spent.
+    #[non_exhaustive]
+    CreditsExhausted {
+        /// The key.
+        key_id: KeyId,
+        /// When the sweep noticed.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339"))]
+        at: OffsetDateTime,
+        /// The key's version after the notice was claimed.
+        version: u64,
+        /// When the credits are refilled, if they are.
+        #[cfg_attr(feature = "serde", serde(with = "time::serde::rfc3339::option"))]
+        next_refill: Option<OffsetDateTime>,
+    },
 }
 
 impl Event {
@@ -372,6 +443,10 @@ impl Event {
             Event::CreditsSet { .. } => "credits_set",
             Event::SettingChanged { .. } => "setting_changed",
             Event::OwnerLimitsChanged { .. } => "owner_limits_changed",
+            Event::KeyExpiring { .. } => "key_expiring",
+            Event::RenewalDue { .. } => "renewal_due",
+            Event::CreditsLow { .. } => "credits_low",
+            Event::CreditsExhausted { .. } => "credits_exhausted",
         }
     }
 
@@ -426,6 +501,30 @@ impl Event {
                 ..
             }
             | Event::SettingChanged {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::KeyExpiring {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::RenewalDue {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::CreditsLow {
+                key_id,
+                at,
+                version,
+                ..
+            }
+            | Event::CreditsExhausted {
                 key_id,
                 at,
                 version,

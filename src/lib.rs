@@ -92,16 +92,18 @@ mod telemetry;
 mod change;
 mod owner;
 
-// 5: tokens, events, usage outcomes; 6: the policy; 7: input checks and
-// the new key's description.
+// 5: tokens, events, usage outcomes; 6: the policy, outbox entries; 7:
+// input checks, the new key's description, notices.
 mod counts;
 mod event;
 mod token;
 
+mod entry;
 mod policy;
 
 mod input;
 mod new_key;
+mod notice;
 
 // 8: the key itself, its changes and its verification (inside it, as they
 // read the key's private fields); 9: what works on a key through its
@@ -115,9 +117,12 @@ mod lease;
 pub mod store;
 mod usage;
 
+mod dispatcher;
 mod manager;
 #[cfg(feature = "serde")]
 pub mod record;
+
+pub mod outbox;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -136,6 +141,7 @@ pub mod error {
     pub use crate::manager::FlushError;
     pub use crate::meter::{InvalidRateLimit, InvalidRefill};
     pub use crate::networks::{InvalidNetworks, NetworkProblem};
+    pub use crate::notice::InvalidNoticePolicy;
     #[cfg(feature = "serde")]
     pub use crate::record::RecordError;
 }
@@ -152,6 +158,7 @@ pub use lease::{HeldLease, LeasePolicy};
 pub use manager::{Credentials, KeyManager};
 pub use networks::Networks;
 pub use new_key::NewKey;
+pub use notice::NoticePolicy;
 pub use owner::OwnerLimits;
 pub use policy::{Policy, RenewalEnforcement};
 pub use rng::os_rng;

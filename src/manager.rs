@@ -17,6 +17,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::change::Change;
 use crate::counts::{Outcome, UsageRow};
+use crate::entry::{EntryId, EntryState};
 use crate::errors::{AuthError, ManagerError, StoreError, TransitionError, VerifyError};
 use crate::event::Event;
 use crate::expiring::Expiring;
@@ -26,6 +27,7 @@ use crate::key::Authenticated;
 use crate::lease::{Ahead, Flight, HeldLease, LeasePolicy, Leases};
 use crate::meter::{Allowance, MAX_CREDITS, RateLimit, Refusal};
 use crate::new_key::NewKey;
+use crate::notice::NoticePolicy;
 use crate::owner::OwnerLimits;
 use crate::state::OldTokenDeletion;
 use crate::store::{KeyStore, Verification};
@@ -220,6 +222,41 @@ fn written<E>(result: Result<(), StoreError<E>>) -> Result<bool, ManagerError<E>
     }
 }
 
+/// What a transition returns, and the events in it.
+trait Emits {
+    fn emitted(&self) -> &[Event];
+}
+
+impl Emits for Event {
+    fn emitted(&self) -> &[Event] {
+        std::slice::from_ref(self)
+    }
+}
+
+impl Emits for (Token, Event) {
+    fn emitted(&self) -> &[Event] {
+        std::slice::from_ref(&self.1)
+    }
+}
+
+impl Emits for Vec<Event> {
+    fn emitted(&self) -> &[Event] {
+        self
+    }
+}
+
+impl Emits for Option<Event> {
+    fn emitted(&self) -> &[Event] {
+        self.as_slice()
+    }
+}
+
+impl Emits for bool {
+    fn emitted(&self) -> &[Event] {
+        &[]
+    }
+}
+
 /// A transition that changes the loaded key and writes it back.
 fn updating<T>(
     mut transition: impl FnMut(&mut ApiKey) -> Result<T, TransitionError>,
@@ -286,6 +323,12 @@ pub struct KeyManager<S> {
     /// The leases of keys with limits, when leasing is on; shared by
     /// clones of the manager.
     leases: Option<Arc<Leases>>,
+    /// Whether writes hand the store their events for its outbox.
+    outbox: bool,
+    /// How long delivered outbox entries are kept.
+    outbox_retention: Duration,
+    /// When notices are sent.
+    notices: NoticePolicy,
 }
 
 impl<S: KeyStore> KeyManager<S> {
@@ -294,6 +337,9 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// How long usage counts are kept by default: 90 days.
     pub const DEFAULT_USAGE_RETENTION: Duration = Duration::days(90);
+
+    /// How long delivered outbox entries are kept by default: 7 days.
+    pub const DEFAULT_OUTBOX_RETENTION: Duration = Duration::days(7);
 
     /// A manager over `store`, retrying conflicts up to
     /// [`DEFAULT_MAX_RETRIES`](Self::DEFAULT_MAX_RETRIES) times.
@@ -305,6 +351,9 @@ impl<S: KeyStore> KeyManager<S> {
             usage_retention: Self::DEFAULT_USAGE_RETENTION,
             largest_cost: None,
             leases: None,
+            outbox: false,
+            outbox_retention: Self::DEFAULT_OUTBOX_RETENTION,
+            notices: NoticePolicy::default(),
         }
     }
 
@@ -348,6 +397,37 @@ impl<S: KeyStore> KeyManager<S> {
     pub fn with_usage_retention(mut self, retention: Duration) -> Self {
         self.usage_retention = retention;
         self
+    }
+
+    /// Hands every write's events to the store, which keeps them in its
+    /// outbox in the same atomic step as the write (see
+    /// [`outbox`](crate::outbox)); a [`Dispatcher`](crate::outbox::Dispatcher)
+    /// delivers them. Off by default: an outbox that no dispatcher drains
+    /// only grows. Turn it on in every replica that writes to the store.
+    pub fn with_outbox(mut self) -> Self {
+        self.outbox = true;
+        self
+    }
+
+    /// Keeps delivered outbox entries for `retention` (by default
+    /// [`DEFAULT_OUTBOX_RETENTION`](Self::DEFAULT_OUTBOX_RETENTION)):
+    /// [`housekeep_all`](Self::housekeep_all) drops older ones.
+    pub fn with_outbox_retention(mut self, retention: Duration) -> Self {
+        self.outbox_retention = retention;
+        self
+    }
+
+    /// Sends notices ([`sweep_notices`](Self::sweep_notices)) as `policy`
+    /// says (by default [`NoticePolicy::default`]).
+    pub fn with_notices(mut self, policy: NoticePolicy) -> Self {
+        self.notices = policy;
+        self
+    }
+
+    /// The events a write hands the store: `events`, when the outbox is
+    /// on.
+    fn outboxed<'e>(&self, events: &'e [Event]) -> &'e [Event] {
+        if self.outbox { events } else { &[] }
     }
 
     /// Declares the largest cost any route of the service charges
@@ -499,7 +579,8 @@ impl<S: KeyStore> KeyManager<S> {
     ) -> Result<(Token, Event), ManagerError<S::Error>> {
         let (key, token, event) = ApiKey::issue(new, now, rng)?;
         self.check_burst(key.rate_limit())?;
-        self.store.insert(&key).await?;
+        let events = std::slice::from_ref(&event);
+        self.store.insert(&key, self.outboxed(events)).await?;
         Ok((token, event))
     }
 
@@ -780,16 +861,19 @@ impl<S: KeyStore> KeyManager<S> {
             let before = self.owner_limits(owner).await?;
             let expected = before.as_ref().map_or(0, OwnerLimits::version);
             let stamped = limits.clone().stamped(before.as_ref(), now);
-            match self.store.set_owner_limits(owner, &stamped, expected).await {
-                Ok(()) => {
-                    return Ok(Event::OwnerLimitsChanged {
-                        owner: owner.clone(),
-                        at: now,
-                        version: stamped.version(),
-                        rate_limit: stamped.rate().copied(),
-                        credits: stamped.credits_as_set().copied(),
-                    });
-                }
+            let event = Event::OwnerLimitsChanged {
+                owner: owner.clone(),
+                at: now,
+                version: stamped.version(),
+                rate_limit: stamped.rate().copied(),
+                credits: stamped.credits_as_set().copied(),
+            };
+            let events = std::slice::from_ref(&event);
+            let stored =
+                self.store
+                    .set_owner_limits(owner, &stamped, expected, self.outboxed(events));
+            match stored.await {
+                Ok(()) => return Ok(event),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -872,7 +956,9 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Housekeeps every stored key, paging through `list`, and returns the
     /// events of the deletions it applied; then drops the usage counts older
-    /// than the [retention](Self::with_usage_retention). Run it periodically.
+    /// than the [retention](Self::with_usage_retention), and the outbox
+    /// entries delivered before the
+    /// [outbox retention](Self::with_outbox_retention). Run it periodically.
     ///
     /// # Errors
     ///
@@ -908,7 +994,125 @@ impl<S: KeyStore> KeyManager<S> {
             .prune_usage(before)
             .await
             .map_err(ManagerError::Store)?;
+        self.store
+            .prune_outbox(now.saturating_sub(self.outbox_retention))
+            .await
+            .map_err(ManagerError::Store)?;
         Ok(events)
+    }
+
+    /// Sends the notices due at `now` ([`NoticePolicy`], set with
+    /// [`with_notices`](Self::with_notices)): pages through every key,
+    /// and for each with a notice due claims it in the key's record by a
+    /// compare-and-swap, with the notice in the outbox (when it is on) in
+    /// the same write. However many replicas sweep at once, each notice
+    /// is claimed once: a replica that loses the race loads the key again
+    /// and finds it claimed. Returns the notices this sweep claimed. Run
+    /// it periodically (hourly, say).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`], or [`ManagerError::Conflict`] if a key
+    /// kept changing; keys done before the error stay done.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use keyroll::{Event, KeyId, KeyManager, NewKey};
+    /// use keyroll::store::InMemoryStore;
+    /// use time::{Duration, OffsetDateTime};
+    ///
+    /// # pollster::block_on(async {
+    /// let keys = KeyManager::new(InMemoryStore::new()).with_outbox();
+    /// let now = OffsetDateTime::now_utc();
+    /// let expiring = NewKey::new(KeyId::new("acme")?).expires_at(now + Duration::days(20));
+    /// keys.create_key(expiring, now, &mut rand::rng()).await?;
+    /// let notices = keys.sweep_notices(now).await?;
+    /// assert!(matches!(notices[..], [Event::KeyExpiring { within, .. }] if within == Duration::days(30)));
+    /// // Claimed: the next sweep, here or on any replica, sends nothing.
+    /// assert!(keys.sweep_notices(now).await?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn sweep_notices(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, ManagerError<S::Error>> {
+        let mut notices = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = self
+                .store
+                .list(after.as_ref(), HOUSEKEEPING_PAGE)
+                .await
+                .map_err(ManagerError::Store)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id().clone());
+            for key in page {
+                let meter = match key.credits() {
+                    Some(_) => self
+                        .store
+                        .meter(key.id(), key.revision().incarnation())
+                        .await
+                        .map_err(ManagerError::Store)?,
+                    None => None,
+                };
+                if key
+                    .clone()
+                    .claim_notices(&self.notices, meter.as_ref(), now)
+                    .is_empty()
+                {
+                    continue;
+                }
+                let claimed = self
+                    .transition(key.id(), |mut key| {
+                        let events = key.claim_notices(&self.notices, meter.as_ref(), now);
+                        Ok(match events.is_empty() {
+                            true => (Write::Nothing, events),
+                            false => (Write::Update(key), events),
+                        })
+                    })
+                    .await;
+                match claimed {
+                    Ok(events) => notices.extend(events),
+                    Err(ManagerError::NotFound) => {} // deleted meanwhile
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(notices)
+    }
+
+    /// Puts the parked outbox entry `id` back to pending, due at `now`,
+    /// with no failed attempts: a [`Dispatcher`](crate::outbox::Dispatcher)
+    /// delivers it again. Whether it was parked.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Store`].
+    pub async fn retry_parked(
+        &self,
+        id: EntryId,
+        now: OffsetDateTime,
+    ) -> Result<bool, ManagerError<S::Error>> {
+        let after = id.get().checked_sub(1).map(EntryId::new);
+        let found = self
+            .store
+            .outbox(EntryState::Parked, after, 1)
+            .await
+            .map_err(ManagerError::Store)?;
+        let Some(mut entry) = found.into_iter().find(|entry| entry.id == id) else {
+            return Ok(false);
+        };
+        entry.state = EntryState::Pending;
+        entry.attempts = 0;
+        entry.next_attempt_at = now;
+        self.store
+            .update_outbox(&[entry])
+            .await
+            .map_err(ManagerError::Store)?;
+        Ok(true)
     }
 
     /// The stored key, if any.
@@ -1316,7 +1520,7 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Loads, applies `apply`, writes back with the loaded revision, and
     /// retries on conflict.
-    async fn transition<T>(
+    async fn transition<T: Emits>(
         &self,
         id: &KeyId,
         mut apply: impl FnMut(ApiKey) -> Result<(Write, T), TransitionError>,
@@ -1330,9 +1534,10 @@ impl<S: KeyStore> KeyManager<S> {
                 .ok_or(ManagerError::NotFound)?;
             let loaded = key.revision();
             let (next, out) = apply(key)?;
+            let events = self.outboxed(out.emitted());
             let result = match &next {
-                Write::Update(key) => self.store.update(key, loaded).await,
-                Write::Delete => self.store.delete(id, loaded).await,
+                Write::Update(key) => self.store.update(key, loaded, events).await,
+                Write::Delete => self.store.delete(id, loaded, events).await,
                 Write::Nothing => Ok(()),
             };
             if written(result)? {

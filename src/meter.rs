@@ -386,8 +386,8 @@ impl Allowance {
         self.credits.and_then(|c| c.next_refill)
     }
 
-    /// The refill period the credits were charged in, for a refund of
-    /// what a lease did not spend.
+    /// The refill period the credits were charged in (for a refund of
+    /// what a lease did not spend), or are in at a peek.
     pub fn credits_period(&self) -> Option<CreditsPeriod> {
         self.period
     }
@@ -832,9 +832,12 @@ impl Limits {
 
     /// [`Meter::peek`] on the stored meter, brought up to date the same way.
     pub(crate) fn peek(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> Allowance {
-        self.current(stored, now)
-            .meter
-            .peek(self.rate.as_ref(), self.credits(), now)
+        let mut current = self.current(stored, now);
+        if let Some(credits) = self.credits() {
+            current.meter.refill(credits, now.unix_timestamp_nanos());
+        }
+        let allowance = current.meter.peek(self.rate.as_ref(), self.credits(), now);
+        self.with_period(allowance, &current)
     }
 
     fn current(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> StoredMeter {

@@ -18,6 +18,9 @@
 //!   meter's internals. [`LimitColumns::of_owner`] and
 //!   [`LimitColumns::owner_limits`] store owner limits in the same
 //!   columns.
+//! - **The outbox**: [`EntryRow`], the columns of an outbox entry, with
+//!   the SQL of a claim; or [`MemoryOutbox`](crate::outbox::MemoryOutbox),
+//!   the whole outbox of a store in memory.
 //! - **Verification**: [`Verification::of`] answers
 //!   [`KeyStore::verify`](crate::store::KeyStore::verify) from a loaded
 //!   key (the trait's default does exactly that).
@@ -71,12 +74,15 @@ use time::OffsetDateTime;
 
 use crate::attributes::{Metadata, Scopes};
 use crate::change::Settings;
+use crate::entry::{Entry, EntryId, EntryState};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::{ApiKey, Parts, Renewal, TokenInfo};
 use crate::meter::{
     Allowance, Credits, CreditsSetting, Limits, Meter, MeterParts, RateLimit, Refill, Refusal,
     StoredMeter,
 };
+use crate::notice::NoticeClaims;
 use crate::owner::OwnerLimits;
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -127,6 +133,131 @@ pub enum RecordError {
         /// What differs.
         problem: String,
     },
+    /// A stored outbox entry does not load (the message says why).
+    #[error("stored outbox entry {id} is unreadable: {problem}")]
+    Entry {
+        /// The row's id.
+        id: i64,
+        /// Why it does not load.
+        problem: String,
+    },
+}
+
+/// The columns keyroll's SQL stores keep an outbox [`Entry`] in: the id a
+/// sequence gives (an identity column, `AUTOINCREMENT`), the subject its
+/// order is kept within ([`Entry::subject`]), the state
+/// ([`EntryState::code`]), instants as whole microseconds since the epoch
+/// (what `timestamptz` keeps; so that `next_at <= now` compares numbers),
+/// and the event as JSON.
+///
+/// A claim ([`KeyStore::claim_outbox`](crate::store::KeyStore::claim_outbox))
+/// in SQL, with an index on `(subject, id)` of the pending rows:
+///
+/// ```sql
+/// SELECT * FROM outbox o WHERE o.state = 0 AND o.next_at <= $now
+///   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 0
+///       AND p.subject = o.subject AND p.id < o.id AND p.next_at > $now)
+/// ORDER BY o.id LIMIT $limit
+/// ```
+///
+/// then the claimed rows' `next_at` set to `now + hold`, in the same
+/// transaction, with claims serialised (a lock), so that two claims never
+/// take one entry nor race on one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    /// The entry's id (0 before it is stored).
+    pub id: i64,
+    /// [`Entry::subject`] of its event.
+    pub subject: String,
+    /// [`EntryState::code`].
+    pub state: i16,
+    /// The failed attempts.
+    pub attempts: i32,
+    /// When it is due, in microseconds since the epoch.
+    pub next_at: i64,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// When it was delivered, in microseconds since the epoch.
+    pub delivered_at: Option<i64>,
+    /// The event, as JSON.
+    pub event: String,
+}
+
+impl EntryRow {
+    /// The row of a new, pending entry of `event` (due at the event's
+    /// time).
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::Encode`] (it cannot happen to an event keyroll
+    /// made).
+    pub fn pending(event: &Event) -> Result<EntryRow, RecordError> {
+        let json = serde_json::to_string(event).map_err(|source| RecordError::Encode {
+            id: Entry::subject(event),
+            source,
+        })?;
+        Ok(EntryRow {
+            id: 0,
+            subject: Entry::subject(event),
+            state: EntryState::Pending.code(),
+            attempts: 0,
+            next_at: micros(event.at()),
+            last_error: None,
+            delivered_at: None,
+            event: json,
+        })
+    }
+
+    /// The delivery columns of `entry` (its id, state, attempts, due
+    /// time, last error and delivery time), for
+    /// [`KeyStore::update_outbox`](crate::store::KeyStore::update_outbox);
+    /// `subject` and `event` are left empty, as they never change.
+    pub fn delivery(entry: &Entry) -> EntryRow {
+        EntryRow {
+            id: entry.id.get() as i64,
+            subject: String::new(),
+            state: entry.state.code(),
+            attempts: i32::try_from(entry.attempts).unwrap_or(i32::MAX),
+            next_at: micros(entry.next_attempt_at),
+            last_error: entry.last_error.clone(),
+            delivered_at: entry.delivered_at.map(micros),
+            event: String::new(),
+        }
+    }
+
+    /// The entry this row holds.
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::Entry`] for a negative id, an unknown state, an
+    /// instant out of range or an event that does not load.
+    pub fn decode(self) -> Result<Entry, RecordError> {
+        let id = self.id;
+        let bad = |problem: String| RecordError::Entry { id, problem };
+        let event: Event = serde_json::from_str(&self.event).map_err(|e| bad(e.to_string()))?;
+        let state = EntryState::from_code(self.state)
+            .ok_or_else(|| bad(format!("unknown state {}", self.state)))?;
+        let number = u64::try_from(id).map_err(|_| bad("negative id".into()))?;
+        let instant = |us: i64| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+                .map_err(|e| bad(format!("instant {us}: {e}")))
+        };
+        Ok(Entry::new(EntryId::new(number), event).with_delivery(
+            state,
+            u32::try_from(self.attempts).unwrap_or(0),
+            instant(self.next_at)?,
+            self.last_error,
+            self.delivered_at.map(instant).transpose()?,
+        ))
+    }
+}
+
+/// `at` in whole microseconds since the epoch (as SQL stores keep
+/// instants; saturating beyond ±292,000 years, which no `OffsetDateTime`
+/// reaches).
+pub fn micros(at: OffsetDateTime) -> i64 {
+    let us = at.unix_timestamp_nanos().div_euclid(1000);
+    i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// The columns a keyroll store keeps a key in, beside its id: the
@@ -527,6 +658,10 @@ struct KeyRecord<'a> {
     /// before schema 4, and when the key has none.
     #[serde(default, skip_serializing_if = "Settings::is_empty")]
     settings: Cow<'a, Settings>,
+    /// The notices the key was sent. Absent before keyroll 0.4, and
+    /// before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    notices: Option<NoticeClaims>,
 }
 
 /// A key's credits with when they were set and the version that set them.
@@ -561,6 +696,7 @@ impl Serialize for ApiKey {
             owner,
             last_used_at,
             settings,
+            notices,
         } = self.clone().into_parts();
         let (rate_limit, credits) = limits.map_or((None, None), |l| (l.rate, l.credits));
         KeyRecord {
@@ -587,6 +723,7 @@ impl Serialize for ApiKey {
             owner: owner.map(Cow::Owned),
             last_used_at,
             settings: Cow::Owned(settings),
+            notices: notices.map(|n| *n),
         }
         .serialize(s)
     }
@@ -661,6 +798,7 @@ impl<'de> Deserialize<'de> for ApiKey {
             owner: record.owner.map(Cow::into_owned),
             last_used_at: record.last_used_at.max(tokens_last_use),
             settings: record.settings.into_owned(),
+            notices: record.notices.map(Box::new),
         });
         key.check_invariants()
             .map_err(|problem| D::Error::custom(format_args!("invalid key record: {problem}")))?;

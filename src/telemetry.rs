@@ -66,3 +66,24 @@ pub(crate) fn cache_lookup(hit: bool) {
 pub(crate) fn lease_units(units: u64) {
     metrics::gauge!("keyroll_lease_units").set(units as f64);
 }
+
+/// Reports how many outbox entries are pending and parked.
+pub(crate) fn outbox_counts(pending: u64, parked: u64) {
+    metrics::gauge!("keyroll_outbox_pending").set(pending as f64);
+    metrics::gauge!("keyroll_outbox_parked").set(parked as f64);
+}
+
+/// Counts what a dispatch round did with its entries, and the delay from
+/// each delivered event to its delivery.
+pub(crate) fn dispatched(delivered: &[f64], retrying: usize, parked: usize) {
+    metrics::counter!("keyroll_outbox_deliveries_total", "outcome" => "delivered")
+        .increment(delivered.len() as u64);
+    metrics::counter!("keyroll_outbox_deliveries_total", "outcome" => "retrying")
+        .increment(retrying as u64);
+    metrics::counter!("keyroll_outbox_deliveries_total", "outcome" => "parked")
+        .increment(parked as u64);
+    let lag = metrics::histogram!("keyroll_outbox_lag_seconds");
+    for seconds in delivered {
+        lag.record(*seconds);
+    }
+}

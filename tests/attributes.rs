@@ -233,7 +233,7 @@ fn authentication_hands_out_the_keys_scopes_and_metadata() {
     // The same through the store's default (load, then verify) path.
     let key = block_on(manager.get(&who.key_id)).unwrap().unwrap();
     let store = InMemoryStore::new();
-    block_on(store.insert(&key)).unwrap();
+    block_on(store.insert(&key, &[])).unwrap();
     let presented = keyroll::PresentedToken::parse(token.expose_secret()).unwrap();
     assert_eq!(
         keyroll::store::Verification::of(Some(&key), &presented, t0()),

@@ -71,7 +71,7 @@ fn reads_are_served_from_memory_until_max_staleness() {
     let staleness = Duration::from_millis(200);
     let cache = CachedStore::new(counted(), 100, staleness);
     let (key, token) = key("acme");
-    block_on(cache.inner().insert(&key)).unwrap();
+    block_on(cache.inner().insert(&key, &[])).unwrap();
     for _ in 0..100 {
         assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
     }
@@ -85,12 +85,12 @@ fn reads_are_served_from_memory_until_max_staleness() {
 fn another_writer_is_seen_after_an_invalidation() {
     let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
-    block_on(cache.insert(&key)).unwrap();
+    block_on(cache.insert(&key, &[])).unwrap();
     assert!(accepted(verified(&cache, key.id(), token.expose_secret())));
     // Another replica revokes the token, behind this cache's back.
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    block_on(cache.inner().update(&key, loaded)).unwrap();
+    block_on(cache.inner().update(&key, loaded, &[])).unwrap();
     assert!(
         accepted(verified(&cache, key.id(), token.expose_secret())),
         "served from memory"
@@ -111,10 +111,10 @@ fn another_writer_is_seen_after_an_invalidation() {
 fn writes_through_the_cache_are_read_back_at_once() {
     let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
-    block_on(cache.insert(&key)).unwrap();
+    block_on(cache.insert(&key, &[])).unwrap();
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    block_on(cache.update(&key, loaded)).unwrap();
+    block_on(cache.update(&key, loaded, &[])).unwrap();
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
         Verification::Refused {
@@ -124,7 +124,7 @@ fn writes_through_the_cache_are_read_back_at_once() {
         "the update is served"
     );
     assert_eq!(cache.inner().gets(), 0, "from memory");
-    block_on(cache.delete(key.id(), key.revision())).unwrap();
+    block_on(cache.delete(key.id(), key.revision(), &[])).unwrap();
     assert_eq!(
         verified(&cache, key.id(), token.expose_secret()),
         Verification::UnknownKey
@@ -142,7 +142,7 @@ fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
     let mut stored = block_on(inner.get(&id)).unwrap().unwrap();
     let loaded = stored.revision();
     stored.deactivate(t0()).unwrap();
-    block_on(inner.update(&stored, loaded)).unwrap();
+    block_on(inner.update(&stored, loaded, &[])).unwrap();
     assert!(
         block_on(manager.authenticate(token.expose_secret(), t0())).is_ok(),
         "stale"
@@ -161,13 +161,13 @@ fn transitions_decide_on_the_stored_key_and_refresh_the_entry() {
 fn a_refused_write_drops_the_entry() {
     let cache = CachedStore::new(counted(), 100, LONG);
     let (mut key, token) = key("acme");
-    block_on(cache.insert(&key)).unwrap();
+    block_on(cache.insert(&key, &[])).unwrap();
     let stale = key.clone();
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    block_on(cache.inner().update(&key, loaded)).unwrap(); // behind the cache's back
+    block_on(cache.inner().update(&key, loaded, &[])).unwrap(); // behind the cache's back
     assert!(matches!(
-        block_on(cache.update(&stale, loaded)),
+        block_on(cache.update(&stale, loaded, &[])),
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
@@ -195,7 +195,7 @@ fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
     });
     let cache = Arc::new(CachedStore::new(store, 100, LONG));
     let (mut key, token) = key("acme");
-    block_on(cache.inner().insert(&key)).unwrap();
+    block_on(cache.inner().insert(&key, &[])).unwrap();
     let (started_tx, started) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
     *hold.lock().unwrap() = Some((started_tx, go_rx));
@@ -207,7 +207,7 @@ fn a_read_racing_an_invalidation_does_not_keep_what_it_read() {
     started.recv().unwrap(); // the reader has begun its read, not yet kept it
     let loaded = key.revision();
     key.revoke_token(token.expose_secret(), t0()).unwrap();
-    block_on(cache.inner().update(&key, loaded)).unwrap();
+    block_on(cache.inner().update(&key, loaded, &[])).unwrap();
     cache.invalidate(key.id()); // the notification of that write
     go.send(()).unwrap();
     reader.join().unwrap().unwrap();
@@ -233,7 +233,7 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
     let junk_token = key("junk").1.expose_secret().to_owned();
     let default = CachedStore::new(counted(), 100, LONG);
     let (known, token) = key("known");
-    block_on(default.insert(&known)).unwrap();
+    block_on(default.insert(&known, &[])).unwrap();
     default.invalidate(known.id());
     for _ in 0..10 {
         assert_eq!(
@@ -249,7 +249,7 @@ fn unknown_ids_are_remembered_unless_told_not_to() {
     assert_eq!(default.inner().gets(), 2, "one read of each id");
     // A key created elsewhere is seen once an invalidation announces it.
     let (late, late_token) = key("junk");
-    block_on(default.inner().insert(&late)).unwrap();
+    block_on(default.inner().insert(&late, &[])).unwrap();
     default.invalidate(&junk);
     assert!(accepted(verified(
         &default,
@@ -286,10 +286,10 @@ fn when_full_keys_in_use_stay_and_keys_read_once_go() {
     // 16 shards of 4 entries.
     let cache = CachedStore::new(counted(), 64, LONG);
     let (hot, hot_token) = key("hot");
-    block_on(cache.inner().insert(&hot)).unwrap();
+    block_on(cache.inner().insert(&hot, &[])).unwrap();
     for i in 0..2000 {
         let (cold, _) = key(&format!("cold-{i}"));
-        block_on(cache.inner().insert(&cold)).unwrap();
+        block_on(cache.inner().insert(&cold, &[])).unwrap();
         block_on(cache.get(cold.id())).unwrap();
         assert!(accepted(verified(
             &cache,
@@ -307,7 +307,7 @@ fn a_cache_sized_for_every_key_holds_every_key() {
     let cache = CachedStore::new(counted(), 1000, LONG);
     let keys: Vec<_> = (0..1000).map(|i| key(&format!("k-{i}"))).collect();
     for (key, _) in &keys {
-        block_on(cache.inner().insert(key)).unwrap();
+        block_on(cache.inner().insert(key, &[])).unwrap();
     }
     for _ in 0..3 {
         for (key, token) in &keys {
@@ -322,7 +322,7 @@ fn a_cache_sized_for_every_key_holds_every_key() {
     );
     // One more key than the capacity: something makes room, never more.
     let (extra, _) = key("extra");
-    block_on(cache.inner().insert(&extra)).unwrap();
+    block_on(cache.inner().insert(&extra, &[])).unwrap();
     block_on(cache.get(extra.id())).unwrap();
     assert_eq!(cache.len(), 1000);
     cache.invalidate_all();
@@ -338,7 +338,7 @@ fn a_flood_of_junk_ids_evicts_no_key() {
     let mut keys = Vec::new();
     for n in 0..32 {
         let (key, token) = key(&format!("real-{n}"));
-        block_on(cache.insert(&key)).unwrap();
+        block_on(cache.insert(&key, &[])).unwrap();
         keys.push((key, token));
     }
     let junk_token = |n: usize| {

@@ -8,8 +8,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
+use keyroll::outbox::{Entry, EntryId, EntryState, MemoryOutbox, OutboxCounts};
 use keyroll::store::{InMemoryStore, KeyStore, Revision, StoreError, UsageRow, Verification};
-use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits, PresentedToken, conformance};
+use keyroll::{ApiKey, Event, KeyId, OwnerId, OwnerLimits, PresentedToken, conformance};
 use pollster::block_on;
 
 /// Under a plain `block_on`, and under tokio: the suite needs no runtime.
@@ -87,6 +88,14 @@ enum Flaw {
     KeySpentWhenOwnerRefuses,
     /// `set_owner_limits` ignores the version it expects.
     OwnerLimitsIgnoreVersion,
+    /// Writes a refused update's events to the outbox all the same.
+    OutboxKeepsRefusedEvents,
+    /// Never writes events to the outbox.
+    OutboxForgetsEvents,
+    /// Claims entries without holding them: two claims take one entry.
+    ClaimHoldsNothing,
+    /// Claims every due entry, even behind its key's held one.
+    ClaimIgnoresOrder,
 }
 
 /// A store with one deliberate flaw.
@@ -98,6 +107,7 @@ struct Flawed {
     usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
     markers: Mutex<BTreeMap<String, time::OffsetDateTime>>,
     owners: Mutex<BTreeMap<OwnerId, (OwnerLimits, Option<StoredMeter>)>>,
+    outbox: Mutex<MemoryOutbox>,
 }
 
 impl Flawed {
@@ -110,11 +120,19 @@ impl Flawed {
             usage: Mutex::default(),
             markers: Mutex::default(),
             owners: Mutex::default(),
+            outbox: Mutex::default(),
         }
     }
 
     fn has(&self, flaw: Flaw) -> bool {
         self.flaw == flaw
+    }
+
+    /// Writes `events` to the outbox (unless the flaw forgets them).
+    fn push(&self, events: &[Event]) {
+        if !self.has(Flaw::OutboxForgetsEvents) {
+            self.outbox.lock().unwrap().push(events);
+        }
     }
 
     /// Lets other callers in between a check and an act: releases the
@@ -182,7 +200,7 @@ impl KeyStore for Flawed {
         }))
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<Infallible>> {
         let exists = self.keys.lock().unwrap().contains_key(key.id());
         if self.has(Flaw::RacyInsert) {
             self.window().await;
@@ -192,10 +210,19 @@ impl KeyStore for Flawed {
             return Err(StoreError::AlreadyExists);
         }
         keys.insert(key.id().clone(), key.clone());
+        self.push(events);
         Ok(())
     }
 
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<Infallible>> {
+        if self.has(Flaw::OutboxKeepsRefusedEvents) {
+            self.push(events);
+        }
         let found = self
             .keys
             .lock()
@@ -225,10 +252,18 @@ impl KeyStore for Flawed {
         if !self.has(Flaw::UpdateIsLost) {
             keys.insert(key.id().clone(), key.clone());
         }
+        if !self.has(Flaw::OutboxKeepsRefusedEvents) {
+            self.push(events);
+        }
         Ok(())
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<Infallible>> {
         let mut keys = self.keys.lock().unwrap();
         let found = keys
             .get(id)
@@ -251,6 +286,7 @@ impl KeyStore for Flawed {
                     .retain(|(kept, _, _), _| kept != id);
             }
         }
+        self.push(events);
         Ok(())
     }
 
@@ -418,6 +454,7 @@ impl KeyStore for Flawed {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<Infallible>> {
         let mut owners = self.owners.lock().unwrap();
         let found = owners.get(owner).map_or(0, |(l, _)| l.version());
@@ -425,7 +462,58 @@ impl KeyStore for Flawed {
             StoreError::check_version(expected, found)?;
         }
         owners.entry(owner.clone()).or_default().0 = limits.clone();
+        self.push(events);
         Ok(())
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: time::OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<Entry>, Infallible> {
+        let mut outbox = self.outbox.lock().unwrap();
+        Ok(match self.flaw {
+            Flaw::ClaimHoldsNothing => outbox.claim(limit, now, time::Duration::ZERO),
+            Flaw::ClaimIgnoresOrder => {
+                // Every pending entry due, whatever waits before it.
+                let due: Vec<Entry> = outbox
+                    .list(EntryState::Pending, None, usize::MAX)
+                    .into_iter()
+                    .filter(|entry| entry.next_attempt_at <= now)
+                    .take(limit)
+                    .map(|mut entry| {
+                        entry.next_attempt_at = now + hold;
+                        entry
+                    })
+                    .collect();
+                outbox.update(&due);
+                due
+            }
+            _ => outbox.claim(limit, now, hold),
+        })
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), Infallible> {
+        self.outbox.lock().unwrap().update(entries);
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Infallible> {
+        Ok(self.outbox.lock().unwrap().list(state, after, limit))
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, Infallible> {
+        Ok(self.outbox.lock().unwrap().counts())
+    }
+
+    async fn prune_outbox(&self, before: time::OffsetDateTime) -> Result<u64, Infallible> {
+        Ok(self.outbox.lock().unwrap().prune(before))
     }
 
     async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, Infallible> {
@@ -541,6 +629,16 @@ fn each_flaw_is_caught_and_named() {
             Flaw::OwnerLimitsIgnoreVersion,
             "owner_meters_are_both_or_neither",
         ),
+        (
+            Flaw::OutboxKeepsRefusedEvents,
+            "outbox_keeps_each_write_s_events",
+        ),
+        (
+            Flaw::OutboxForgetsEvents,
+            "outbox_keeps_each_write_s_events",
+        ),
+        (Flaw::ClaimHoldsNothing, "outbox_claims_hold_and_keep_order"),
+        (Flaw::ClaimIgnoresOrder, "outbox_claims_hold_and_keep_order"),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

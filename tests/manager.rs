@@ -175,7 +175,7 @@ fn contested() -> (Intercept<Arc<InMemoryStore>>, Arc<Contest>) {
             for change in [Change::Deactivate, Change::Activate] {
                 let loaded = key.revision();
                 key.apply(change, t0()).unwrap();
-                block_on(other.update(&key, loaded)).unwrap();
+                block_on(other.update(&key, loaded, &[])).unwrap();
             }
         }
         Action::Forward
@@ -254,7 +254,7 @@ fn a_copy_loaded_before_delete_and_recreate_never_comes_back() {
     assert_eq!(recreated.version(), loaded.version(), "versions restart");
 
     assert_eq!(
-        block_on(manager.store().update(&stale, loaded)),
+        block_on(manager.store().update(&stale, loaded, &[])),
         Err(StoreError::Conflict {
             expected: loaded,
             found: recreated.revision()

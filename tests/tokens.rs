@@ -270,6 +270,7 @@ fn tokens_of_keyroll_0_1_are_revoked_by_key_id_and_token() {
     block_on(keyroll::store::KeyStore::insert(
         &store,
         &as_written_by_0_1(&single),
+        &[],
     ))
     .unwrap();
     let manager = keyroll::KeyManager::new(store);

@@ -19,6 +19,7 @@ use crate::meter::{
 };
 use crate::networks::Networks;
 use crate::new_key::NewKey;
+use crate::notice::{NoticeClaims, NoticePolicy, Subject as NoticeSubject};
 use crate::owner::{Charged, OwnerLimits};
 use crate::policy::Policy;
 use crate::revision::Revision;
@@ -85,6 +86,8 @@ pub struct ApiKey {
     last_used_at: Option<OffsetDateTime>,
     /// The settings it keeps only as data (networks, ...).
     settings: Settings,
+    /// The notices it was sent; boxed, and `None` until its first.
+    notices: Option<Box<NoticeClaims>>,
 }
 
 /// Every field of an [`ApiKey`], for the record codec and
@@ -110,6 +113,7 @@ pub(crate) struct Parts {
     pub(crate) owner: Option<OwnerId>,
     pub(crate) last_used_at: Option<OffsetDateTime>,
     pub(crate) settings: Settings,
+    pub(crate) notices: Option<Box<NoticeClaims>>,
 }
 
 impl ApiKey {
@@ -132,6 +136,7 @@ impl ApiKey {
             owner,
             last_used_at,
             settings,
+            notices,
         } = self;
         Parts {
             id,
@@ -150,6 +155,7 @@ impl ApiKey {
             owner,
             last_used_at,
             settings,
+            notices,
         }
     }
 
@@ -172,6 +178,7 @@ impl ApiKey {
             owner,
             last_used_at,
             settings,
+            notices,
         } = parts;
         ApiKey {
             id,
@@ -190,6 +197,7 @@ impl ApiKey {
             owner,
             last_used_at,
             settings,
+            notices,
         }
     }
 }
@@ -419,6 +427,7 @@ impl ApiKey {
             owner,
             last_used_at: None,
             settings,
+            notices: None,
         };
         let mut key = key;
         key.set_limits(Limits {
@@ -841,6 +850,39 @@ impl ApiKey {
             .as_deref()
             .unwrap_or(&Limits::default())
             .peek(stored, now)
+    }
+
+    /// Claims the notices due at `now` under `policy` ([`NoticePolicy`]),
+    /// with `stored` the meter kept beside the key: the events, the
+    /// claims kept in the key and its version bumped, or none and the key
+    /// unchanged. Inactive keys get none. What
+    /// [`KeyManager::sweep_notices`](crate::KeyManager::sweep_notices)
+    /// writes, with the compare-and-swap that makes each notice claimed
+    /// once.
+    pub fn claim_notices(
+        &mut self,
+        policy: &NoticePolicy,
+        stored: Option<&StoredMeter>,
+        now: OffsetDateTime,
+    ) -> Vec<Event> {
+        if self.status != KeyStatus::Active {
+            return Vec::new();
+        }
+        let allowance = self.allowance(stored, now);
+        let mut claims = self.notices.as_deref().cloned().unwrap_or_default();
+        let subject = NoticeSubject {
+            key_id: &self.id,
+            expires_at: self.expires_at,
+            token_id: self.current.id,
+            due_at: self.current.due_at,
+            allowance: &allowance,
+        };
+        let events = claims.claim(policy, &subject, now, self.version + 1);
+        if !events.is_empty() {
+            self.notices = Some(Box::new(claims));
+            self.bump();
+        }
+        events
     }
 
     /// The key's limits, if it has any.

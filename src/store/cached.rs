@@ -14,6 +14,8 @@ use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
+use crate::entry::{self, EntryId, EntryState, OutboxCounts};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
@@ -496,23 +498,33 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         Ok(found)
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<S::Error>> {
         let ticket = self.begin(key.id());
-        let result = self.inner.insert(key).await;
+        let result = self.inner.insert(key, events).await;
         self.end_write(key.id(), result.is_ok().then_some(key), ticket);
         result
     }
 
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<S::Error>> {
         let ticket = self.begin(key.id());
-        let result = self.inner.update(key, expected).await;
+        let result = self.inner.update(key, expected, events).await;
         self.end_write(key.id(), result.is_ok().then_some(key), ticket);
         result
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<S::Error>> {
         let ticket = self.begin(id);
-        let result = self.inner.delete(id, expected).await;
+        let result = self.inner.delete(id, expected, events).await;
         self.end_write(id, None, ticket);
         result
     }
@@ -644,9 +656,13 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<S::Error>> {
         let started = Instant::now();
-        let set = self.inner.set_owner_limits(owner, limits, expected).await;
+        let set = self
+            .inner
+            .set_owner_limits(owner, limits, expected, events)
+            .await;
         match &set {
             Ok(()) => self.keep_owner(owner, Some(limits.clone()), started),
             Err(_) => {
@@ -670,6 +686,36 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
     ) -> Result<(), S::Error> {
         self.inner.refund_owner(owner, amount, period).await
     }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<entry::Entry>, S::Error> {
+        self.inner.claim_outbox(limit, now, hold).await
+    }
+
+    async fn update_outbox(&self, entries: &[entry::Entry]) -> Result<(), S::Error> {
+        self.inner.update_outbox(entries).await
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<entry::Entry>, S::Error> {
+        self.inner.outbox(state, after, limit).await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, S::Error> {
+        self.inner.outbox_counts().await
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, S::Error> {
+        self.inner.prune_outbox(before).await
+    }
 }
 
 #[cfg(test)]
@@ -692,7 +738,7 @@ mod tests {
                 &mut rand::rng(),
             )
             .unwrap();
-            pollster::block_on(cache.inner().insert(&key)).unwrap();
+            pollster::block_on(cache.inner().insert(&key, &[])).unwrap();
             let token = PresentedToken::parse(token.expose_secret()).unwrap();
             for _ in 0..3 {
                 let now = OffsetDateTime::UNIX_EPOCH;
@@ -726,7 +772,7 @@ mod tests {
                 let id = KeyId::new(format!("k{i}")).unwrap();
                 let (key, _, _) =
                     ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rng).unwrap();
-                pollster::block_on(cache.insert(&key)).unwrap();
+                pollster::block_on(cache.insert(&key, &[])).unwrap();
                 id
             })
             .collect();

@@ -8,10 +8,12 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
+use crate::entry::{Entry, EntryId, EntryState, OutboxCounts};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
@@ -91,16 +93,22 @@ impl Error for DynStoreError {
 /// object can be.
 trait ObjectStore: Send + Sync {
     fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>>;
-    fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
+    fn insert<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        events: &'a [Event],
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
     fn update<'a>(
         &'a self,
         key: &'a ApiKey,
         expected: Revision,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
     fn delete<'a>(
         &'a self,
         id: &'a KeyId,
         expected: Revision,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
     fn list<'a>(
         &'a self,
@@ -164,11 +172,27 @@ trait ObjectStore: Send + Sync {
         owner: &'a OwnerId,
         limits: &'a OwnerLimits,
         expected: u64,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>>;
     fn owner_meter<'a>(
         &'a self,
         owner: &'a OwnerId,
     ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>>;
+    fn claim_outbox<'a>(
+        &'a self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>>;
+    fn update_outbox<'a>(&'a self, entries: &'a [Entry]) -> Boxed<'a, Result<(), DynStoreError>>;
+    fn outbox<'a>(
+        &'a self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>>;
+    fn outbox_counts(&self) -> Boxed<'_, Result<OutboxCounts, DynStoreError>>;
+    fn prune_outbox(&self, before: OffsetDateTime) -> Boxed<'_, Result<u64, DynStoreError>>;
     fn refund_owner<'a>(
         &'a self,
         owner: &'a OwnerId,
@@ -181,9 +205,13 @@ impl<S: KeyStore> ObjectStore for S {
     fn get<'a>(&'a self, id: &'a KeyId) -> Boxed<'a, Result<Option<ApiKey>, DynStoreError>> {
         Box::pin(async move { KeyStore::get(self, id).await.map_err(DynStoreError::new) })
     }
-    fn insert<'a>(&'a self, key: &'a ApiKey) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
+    fn insert<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        events: &'a [Event],
+    ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            KeyStore::insert(self, key)
+            KeyStore::insert(self, key, events)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -192,9 +220,10 @@ impl<S: KeyStore> ObjectStore for S {
         &'a self,
         key: &'a ApiKey,
         expected: Revision,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            KeyStore::update(self, key, expected)
+            KeyStore::update(self, key, expected, events)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -203,9 +232,10 @@ impl<S: KeyStore> ObjectStore for S {
         &'a self,
         id: &'a KeyId,
         expected: Revision,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            KeyStore::delete(self, id, expected)
+            KeyStore::delete(self, id, expected, events)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -344,9 +374,10 @@ impl<S: KeyStore> ObjectStore for S {
         owner: &'a OwnerId,
         limits: &'a OwnerLimits,
         expected: u64,
+        events: &'a [Event],
     ) -> Boxed<'a, Result<(), StoreError<DynStoreError>>> {
         Box::pin(async move {
-            KeyStore::set_owner_limits(self, owner, limits, expected)
+            KeyStore::set_owner_limits(self, owner, limits, expected, events)
                 .await
                 .map_err(|e| e.map_backend(DynStoreError::new))
         })
@@ -357,6 +388,51 @@ impl<S: KeyStore> ObjectStore for S {
     ) -> Boxed<'a, Result<Option<StoredMeter>, DynStoreError>> {
         Box::pin(async move {
             KeyStore::owner_meter(self, owner)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn claim_outbox<'a>(
+        &'a self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::claim_outbox(self, limit, now, hold)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn update_outbox<'a>(&'a self, entries: &'a [Entry]) -> Boxed<'a, Result<(), DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::update_outbox(self, entries)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn outbox<'a>(
+        &'a self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::outbox(self, state, after, limit)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn outbox_counts(&self) -> Boxed<'_, Result<OutboxCounts, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::outbox_counts(self)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
+    fn prune_outbox(&self, before: OffsetDateTime) -> Boxed<'_, Result<u64, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::prune_outbox(self, before)
                 .await
                 .map_err(DynStoreError::new)
         })
@@ -381,22 +457,28 @@ impl KeyStore for DynKeyStore {
     async fn get(&self, id: &KeyId) -> Result<Option<ApiKey>, DynStoreError> {
         self.0.get(id).await
     }
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<DynStoreError>> {
-        self.0.insert(key).await
+    async fn insert(
+        &self,
+        key: &ApiKey,
+        events: &[Event],
+    ) -> Result<(), StoreError<DynStoreError>> {
+        self.0.insert(key, events).await
     }
     async fn update(
         &self,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<DynStoreError>> {
-        self.0.update(key, expected).await
+        self.0.update(key, expected, events).await
     }
     async fn delete(
         &self,
         id: &KeyId,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<DynStoreError>> {
-        self.0.delete(id, expected).await
+        self.0.delete(id, expected, events).await
     }
     async fn list(
         &self,
@@ -478,8 +560,36 @@ impl KeyStore for DynKeyStore {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<DynStoreError>> {
-        self.0.set_owner_limits(owner, limits, expected).await
+        self.0
+            .set_owner_limits(owner, limits, expected, events)
+            .await
+    }
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Result<Vec<Entry>, DynStoreError> {
+        self.0.claim_outbox(limit, now, hold).await
+    }
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), DynStoreError> {
+        self.0.update_outbox(entries).await
+    }
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, DynStoreError> {
+        self.0.outbox(state, after, limit).await
+    }
+    async fn outbox_counts(&self) -> Result<OutboxCounts, DynStoreError> {
+        self.0.outbox_counts().await
+    }
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, DynStoreError> {
+        self.0.prune_outbox(before).await
     }
     async fn owner_meter(&self, owner: &OwnerId) -> Result<Option<StoredMeter>, DynStoreError> {
         self.0.owner_meter(owner).await

@@ -7,10 +7,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
+use crate::entry::{Entry, EntryId, EntryState, OutboxCounts};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
@@ -60,11 +62,21 @@ pub enum Call {
     OwnerMeter,
     /// [`KeyStore::refund_owner`].
     RefundOwner,
+    /// [`KeyStore::claim_outbox`].
+    ClaimOutbox,
+    /// [`KeyStore::update_outbox`].
+    UpdateOutbox,
+    /// [`KeyStore::outbox`].
+    Outbox,
+    /// [`KeyStore::outbox_counts`].
+    OutboxCounts,
+    /// [`KeyStore::prune_outbox`].
+    PruneOutbox,
 }
 
 impl Call {
     /// Every method, in the trait's order.
-    pub const ALL: [Call; 19] = [
+    pub const ALL: [Call; 24] = [
         Call::Get,
         Call::Insert,
         Call::Update,
@@ -84,6 +96,11 @@ impl Call {
         Call::SetOwnerLimits,
         Call::OwnerMeter,
         Call::RefundOwner,
+        Call::ClaimOutbox,
+        Call::UpdateOutbox,
+        Call::Outbox,
+        Call::OutboxCounts,
+        Call::PruneOutbox,
     ];
 }
 
@@ -270,23 +287,29 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         self.run(Call::Get, Some(id), self.inner.get(id)).await
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Self::Error>> {
-        self.write(Call::Insert, Some(key.id()), None, self.inner.insert(key))
-            .await
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<Self::Error>> {
+        let insert = self.inner.insert(key, events);
+        self.write(Call::Insert, Some(key.id()), None, insert).await
     }
 
     async fn update(
         &self,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<Self::Error>> {
-        let update = self.inner.update(key, expected);
+        let update = self.inner.update(key, expected, events);
         self.write(Call::Update, Some(key.id()), Some(expected), update)
             .await
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Self::Error>> {
-        let delete = self.inner.delete(id, expected);
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<Self::Error>> {
+        let delete = self.inner.delete(id, expected, events);
         self.write(Call::Delete, Some(id), Some(expected), delete)
             .await
     }
@@ -394,8 +417,9 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<Self::Error>> {
-        let set = self.inner.set_owner_limits(owner, limits, expected);
+        let set = self.inner.set_owner_limits(owner, limits, expected, events);
         self.write(Call::SetOwnerLimits, None, None, set).await
     }
 
@@ -412,6 +436,41 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     ) -> Result<(), Self::Error> {
         let refunded = self.inner.refund_owner(owner, amount, period);
         self.run(Call::RefundOwner, None, refunded).await
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Result<Vec<Entry>, Self::Error> {
+        let claimed = self.inner.claim_outbox(limit, now, hold);
+        self.run(Call::ClaimOutbox, None, claimed).await
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), Self::Error> {
+        let updated = self.inner.update_outbox(entries);
+        self.run(Call::UpdateOutbox, None, updated).await
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Self::Error> {
+        let listed = self.inner.outbox(state, after, limit);
+        self.run(Call::Outbox, None, listed).await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, Self::Error> {
+        self.run(Call::OutboxCounts, None, self.inner.outbox_counts())
+            .await
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, Self::Error> {
+        self.run(Call::PruneOutbox, None, self.inner.prune_outbox(before))
+            .await
     }
 }
 

@@ -8,15 +8,18 @@ use std::ops::{Bound, Range};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use super::{KeyStore, StoreError, Verification};
 use crate::attributes::{Metadata, Scopes};
 use crate::change::Settings;
 use crate::counts::UsageRow;
+use crate::entry::{Entry, EntryId, EntryState, MemoryOutbox, OutboxCounts};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId, TokenId};
 use crate::key::{ApiKey, KeyView, Parts, Renewal, TokenInfo, TokenView};
 use crate::meter::{Allowance, CreditsPeriod, Limits, Refusal, StoredMeter};
+use crate::notice::NoticeClaims;
 use crate::owner::OwnerLimits;
 use crate::padded::Padded;
 use crate::policy::Policy;
@@ -79,6 +82,9 @@ pub struct InMemoryStore {
     usage: Mutex<BTreeMap<(KeyId, u64, i64), UsageRow>>,
     /// The markers, by name.
     markers: Mutex<BTreeMap<String, OffsetDateTime>>,
+    /// The outbox: pushed to under the lock of the write whose events it
+    /// keeps (taken first).
+    outbox: Mutex<MemoryOutbox>,
 }
 
 /// The keys whose id hashes to one shard, and the owners whose id does.
@@ -194,6 +200,7 @@ struct Rare {
     /// that made it was deleted since).
     last_used_at: Option<OffsetDateTime>,
     settings: Settings,
+    notices: Option<Box<NoticeClaims>>,
     /// The key's meter, charged under this lock (and the shard's read
     /// lock, which a write of the key waits for): one key's charges are
     /// serialised, other keys' run beside them.
@@ -260,6 +267,7 @@ impl Rare {
             owner: None,
             last_used_at: None,
             settings: Settings::NONE,
+            notices: None,
             meter: Mutex::new(None),
         }
     }
@@ -292,6 +300,7 @@ impl Inner {
             owner,
             last_used_at,
             settings,
+            notices,
         } = key.clone().into_parts();
         let tokens_last_use = tokens_last_use(&current, renewal.as_deref());
         let rare = Rare {
@@ -301,6 +310,7 @@ impl Inner {
             owner,
             last_used_at: last_used_at.filter(|_| last_used_at != tokens_last_use),
             settings,
+            notices,
             meter: Mutex::new(None),
         };
         let empty = rare.current_revoked_at.is_none()
@@ -308,7 +318,8 @@ impl Inner {
             && rare.limits.is_none()
             && rare.owner.is_none()
             && rare.last_used_at.is_none()
-            && rare.settings.is_empty();
+            && rare.settings.is_empty()
+            && rare.notices.is_none();
         Slot {
             id,
             label,
@@ -355,6 +366,7 @@ impl Inner {
             owner: rare.owner.clone(),
             last_used_at,
             settings: rare.settings.clone(),
+            notices: rare.notices.clone(),
         })
     }
 
@@ -416,6 +428,7 @@ impl Default for InMemoryStore {
             owners: RwLock::default(),
             usage: Mutex::default(),
             markers: Mutex::default(),
+            outbox: Mutex::default(),
         }
     }
 }
@@ -457,6 +470,10 @@ impl InMemoryStore {
     /// The usage counts, locked.
     fn usage(&self) -> std::sync::MutexGuard<'_, BTreeMap<(KeyId, u64, i64), UsageRow>> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, MemoryOutbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn markers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OffsetDateTime>> {
@@ -557,7 +574,7 @@ impl KeyStore for InMemoryStore {
         Ok(inner.find(hash, id).map(|n| inner.unpack(&inner.slots[n])))
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<Infallible>> {
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<Infallible>> {
         let (hash, shard) = self.locate(key.id());
         let mut inner = shard.write();
         if inner.find(hash, key.id()).is_some() {
@@ -576,11 +593,17 @@ impl KeyStore for InMemoryStore {
         index.insert_unique(hash, n, |&m| hasher.hash_one(&slots[m as usize].id));
         shard.forget_order();
         self.reindex(key.id(), None, key.owner());
+        self.outbox().push(events);
         drop(inner);
         Ok(())
     }
 
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<Infallible>> {
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<Infallible>> {
         let (hash, shard) = self.locate(key.id());
         let mut inner = shard.write();
         let n = inner.check_revision(hash, key.id(), expected, Some(key.revision()))?;
@@ -599,10 +622,16 @@ impl KeyStore for InMemoryStore {
         let before = inner.slots[n].rare.as_ref().and_then(|r| r.owner.clone());
         self.reindex(key.id(), before.as_ref(), key.owner());
         inner.slots[n] = slot;
+        self.outbox().push(events);
         Ok(())
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<Infallible>> {
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<Infallible>> {
         let (hash, shard) = self.locate(id);
         let mut inner = shard.write();
         let n = inner.check_revision(hash, id, expected, None)?;
@@ -629,6 +658,7 @@ impl KeyStore for InMemoryStore {
         }
         slots.swap_remove(n);
         shard.forget_order();
+        self.outbox().push(events);
         drop(inner);
         Ok(())
     }
@@ -877,6 +907,7 @@ impl KeyStore for InMemoryStore {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<Infallible>> {
         let hash = self.hasher.hash_one(owner);
         let shard = &self.shards[(hash >> 32) as usize % SHARDS];
@@ -887,6 +918,7 @@ impl KeyStore for InMemoryStore {
         let mut state = entries.entry(owner.clone()).or_default().state();
         StoreError::check_version(expected, state.0.version())?;
         state.0 = limits.clone();
+        self.outbox().push(events);
         Ok(())
     }
 
@@ -911,6 +943,37 @@ impl KeyStore for InMemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> Result<Vec<Entry>, Infallible> {
+        Ok(self.outbox().claim(limit, now, hold))
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), Infallible> {
+        self.outbox().update(entries);
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Infallible> {
+        Ok(self.outbox().list(state, after, limit))
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, Infallible> {
+        Ok(self.outbox().counts())
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, Infallible> {
+        Ok(self.outbox().prune(before))
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, Infallible> {
@@ -962,7 +1025,7 @@ mod tests {
             for name in &names {
                 let id = KeyId::new(name.as_str()).unwrap();
                 let key = ApiKey::issue(id, OffsetDateTime::UNIX_EPOCH, &mut rng).unwrap().0;
-                block_on(store.insert(&key)).unwrap();
+                block_on(store.insert(&key, &[])).unwrap();
             }
             let after = after.as_deref().map(KeyId::named);
             let page: Vec<String> = block_on(store.list(after.as_ref(), limit))
@@ -1006,12 +1069,12 @@ mod tests {
             .collect();
         for round in 0..200 {
             for key in &keys {
-                block_on(store.insert(key)).unwrap();
+                block_on(store.insert(key, &[])).unwrap();
             }
             std::thread::scope(|scope| {
                 scope.spawn(|| {
                     for key in keys.iter().rev() {
-                        block_on(store.delete(key.id(), key.revision())).unwrap();
+                        block_on(store.delete(key.id(), key.revision(), &[])).unwrap();
                     }
                 });
                 scope.spawn(|| {
@@ -1038,11 +1101,11 @@ mod tests {
             let key = ApiKey::issue(id.clone(), OffsetDateTime::UNIX_EPOCH, &mut rng)
                 .unwrap()
                 .0;
-            block_on(store.insert(&key)).unwrap();
+            block_on(store.insert(&key, &[])).unwrap();
         }
         for id in ids.iter().step_by(3) {
             let revision = block_on(store.get(id)).unwrap().unwrap().revision();
-            block_on(store.delete(id, revision)).unwrap();
+            block_on(store.delete(id, revision, &[])).unwrap();
         }
         for (i, id) in ids.iter().enumerate() {
             let found = block_on(store.get(id)).unwrap();

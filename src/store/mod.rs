@@ -41,10 +41,12 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 pub use crate::counts::UsageRow;
+use crate::entry::{Entry, EntryId, EntryState, OutboxCounts};
 use crate::errors::VerifyError;
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::key::Authenticated;
@@ -125,21 +127,26 @@ impl Verification {
 /// | method | resolves to | errors |
 /// |---|---|---|
 /// | `get(id)` | the key, or `None` | `Self::Error` |
-/// | `insert(key)` | `()` | [`StoreError::AlreadyExists`], `Backend` |
-/// | `update(key, expected)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
-/// | `delete(id, expected)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
+/// | `insert(key, events)` | `()` | [`StoreError::AlreadyExists`], `Backend` |
+/// | `update(key, expected, events)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
+/// | `delete(id, expected, events)` | `()` | [`StoreError::NotFound`], [`StoreError::Conflict`], `Backend` |
 /// | `list(after, limit)` | up to `limit` keys | `Self::Error` |
 /// | `list_owned(owner, after, limit)` (provided) | up to `limit` keys of `owner` | `Self::Error` |
 /// | `verify(id, token, now)` | a [`Verification`] | `Self::Error` |
 /// | `charge(id, incarnation, cost, now)` | the [`Allowance`], or the [`Refusal`] | [`StoreError::NotFound`], `Backend` |
 /// | `meter(id, incarnation)` | the [`StoredMeter`], or `None` | `Self::Error` |
 /// | `owner_limits(owner)` | the [`OwnerLimits`], or `None` | `Self::Error` |
-/// | `set_owner_limits(owner, limits, expected)` | `()` | [`StoreError::Conflict`], `Backend` |
+/// | `set_owner_limits(owner, limits, expected, events)` | `()` | [`StoreError::Conflict`], `Backend` |
 /// | `owner_meter(owner)` | the owner's [`StoredMeter`], or `None` | `Self::Error` |
 /// | `refund_owner(owner, amount, period)` | `()` | `Self::Error` |
 /// | `add_usage(rows)` | `()` | `Self::Error` |
 /// | `usage(id, incarnation, hours)` | the [`UsageRow`]s, by hour | `Self::Error` |
 /// | `prune_usage(before)` | how many rows were dropped | `Self::Error` |
+/// | `claim_outbox(limit, now, hold)` | up to `limit` due [`Entry`]s | `Self::Error` |
+/// | `update_outbox(entries)` | `()` | `Self::Error` |
+/// | `outbox(state, after, limit)` | up to `limit` [`Entry`]s | `Self::Error` |
+/// | `outbox_counts()` | the [`OutboxCounts`] | `Self::Error` |
+/// | `prune_outbox(before)` | how many entries were dropped | `Self::Error` |
 ///
 /// - `get(id)` returns the key last written under `id` (by `insert` or a
 ///   successful `update`), equal to it, or `None` if there is none. Never a
@@ -157,6 +164,26 @@ impl Verification {
 ///   again, and a stale copy would overwrite the new key.
 /// - `delete(id, expected)`: the same compare-and-swap on the stored
 ///   revision, removing the key.
+/// - **The outbox.** Each write (`insert`, `update`, `delete`,
+///   `set_owner_limits`) stores its `events` as pending [`Entry`]s, in
+///   order, in the same atomic step as the write (the same lock, the same
+///   transaction): a write refused or failed leaves no entry, one that
+///   succeeded leaves one per event. Entry ids are unique in the store and
+///   grow with each write of one key or owner (its *subject*,
+///   [`Entry::subject`]). [`MemoryOutbox`](crate::outbox::MemoryOutbox) is the whole outbox contract
+///   for a store in memory.
+/// - `claim_outbox(limit, now, hold)` returns, in id order, at most `limit`
+///   pending entries due at `now` (`next_attempt_at <= now`), and sets
+///   their `next_attempt_at` to `now + hold`, atomically, so that
+///   concurrent claims never return the same entry before the hold ends.
+///   It skips every entry whose subject has an earlier pending entry not
+///   due (held or backing off), so that a subject's entries are delivered
+///   in order. `update_outbox(entries)` stores each entry's delivery state
+///   (state, attempts, `next_attempt_at`, `last_error`, `delivered_at`) by
+///   id, skipping ids no longer kept. `outbox(state, after, limit)` lists
+///   entries in `state` with ids after `after`, in order; `outbox_counts`
+///   counts pending and parked entries; `prune_outbox(before)` drops the
+///   entries delivered before `before`.
 /// - A backend that keeps the id or the revision outside the record (in
 ///   columns) refuses, as a `Backend` error, a record whose id or revision
 ///   differs from its row's.
@@ -219,25 +246,29 @@ pub trait KeyStore: Send + Sync {
     /// The key stored under `id`, if any.
     fn get(&self, id: &KeyId) -> impl Future<Output = Result<Option<ApiKey>, Self::Error>> + Send;
 
-    /// Stores a new key.
+    /// Stores a new key, and `events` in the outbox with it.
     fn insert(
         &self,
         key: &ApiKey,
+        events: &[Event],
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
     /// Replaces the stored key if its revision is `expected` (and `key` is
-    /// of the same incarnation).
+    /// of the same incarnation), and stores `events` in the outbox with it.
     fn update(
         &self,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
-    /// Removes the stored key if its revision is `expected`.
+    /// Removes the stored key if its revision is `expected`, and stores
+    /// `events` in the outbox with it.
     fn delete(
         &self,
         id: &KeyId,
         expected: Revision,
+        events: &[Event],
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
     /// At most `limit` keys with ids strictly after `after`, ordered by id.
@@ -365,12 +396,13 @@ pub trait KeyStore: Send + Sync {
     /// `expected` (0: none stored). `limits` is a stamped setting of
     /// version `expected + 1`
     /// ([`KeyManager::set_owner_limits`](crate::KeyManager::set_owner_limits)
-    /// makes it).
+    /// makes it), and stores `events` in the outbox with them.
     fn set_owner_limits(
         &self,
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> impl Future<Output = Result<(), StoreError<Self::Error>>> + Send;
 
     /// The meter kept beside `owner`'s limits, if it was ever charged.
@@ -388,6 +420,39 @@ pub trait KeyStore: Send + Sync {
         amount: u64,
         period: CreditsPeriod,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Claims at most `limit` pending outbox entries due at `now`, in
+    /// order, holding each until `now + hold` (see the contract above).
+    fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: Duration,
+    ) -> impl Future<Output = Result<Vec<Entry>, Self::Error>> + Send;
+
+    /// Stores the delivery state of each of `entries`, by id.
+    fn update_outbox(
+        &self,
+        entries: &[Entry],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// At most `limit` outbox entries in `state` with ids after `after`, in
+    /// order.
+    fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, Self::Error>> + Send;
+
+    /// How many outbox entries are pending and parked.
+    fn outbox_counts(&self) -> impl Future<Output = Result<OutboxCounts, Self::Error>> + Send;
+
+    /// Drops the outbox entries delivered before `before`; how many went.
+    fn prune_outbox(
+        &self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
     /// The instant a marker was set, if it is: a named fact about the
     /// whole store that outlives restarts and replicas, such as
@@ -420,22 +485,24 @@ macro_rules! forward {
             fn get(&self, id: &KeyId) -> impl Future<Output = Result<Option<ApiKey>, S::Error>> + Send {
                 (**self).get(id)
             }
-            fn insert(&self, key: &ApiKey) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).insert(key)
+            fn insert(&self, key: &ApiKey, events: &[Event]) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
+                (**self).insert(key, events)
             }
             fn update(
                 &self,
                 key: &ApiKey,
                 expected: Revision,
+                events: &[Event],
             ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).update(key, expected)
+                (**self).update(key, expected, events)
             }
             fn delete(
                 &self,
                 id: &KeyId,
                 expected: Revision,
+                events: &[Event],
             ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).delete(id, expected)
+                (**self).delete(id, expected, events)
             }
             fn list(
                 &self,
@@ -507,8 +574,9 @@ macro_rules! forward {
                 owner: &OwnerId,
                 limits: &OwnerLimits,
                 expected: u64,
+                events: &[Event],
             ) -> impl Future<Output = Result<(), StoreError<S::Error>>> + Send {
-                (**self).set_owner_limits(owner, limits, expected)
+                (**self).set_owner_limits(owner, limits, expected, events)
             }
             fn owner_meter(&self, owner: &OwnerId) -> impl Future<Output = Result<Option<StoredMeter>, S::Error>> + Send {
                 (**self).owner_meter(owner)
@@ -520,6 +588,31 @@ macro_rules! forward {
                 period: CreditsPeriod,
             ) -> impl Future<Output = Result<(), S::Error>> + Send {
                 (**self).refund_owner(owner, amount, period)
+            }
+            fn claim_outbox(
+                &self,
+                limit: usize,
+                now: OffsetDateTime,
+                hold: Duration,
+            ) -> impl Future<Output = Result<Vec<Entry>, S::Error>> + Send {
+                (**self).claim_outbox(limit, now, hold)
+            }
+            fn update_outbox(&self, entries: &[Entry]) -> impl Future<Output = Result<(), S::Error>> + Send {
+                (**self).update_outbox(entries)
+            }
+            fn outbox(
+                &self,
+                state: EntryState,
+                after: Option<EntryId>,
+                limit: usize,
+            ) -> impl Future<Output = Result<Vec<Entry>, S::Error>> + Send {
+                (**self).outbox(state, after, limit)
+            }
+            fn outbox_counts(&self) -> impl Future<Output = Result<OutboxCounts, S::Error>> + Send {
+                (**self).outbox_counts()
+            }
+            fn prune_outbox(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64, S::Error>> + Send {
+                (**self).prune_outbox(before)
             }
             fn marker(&self, name: &str) -> impl Future<Output = Result<Option<OffsetDateTime>, S::Error>> + Send {
                 (**self).marker(name)

@@ -7,6 +7,8 @@ use time::OffsetDateTime;
 
 use super::{KeyStore, StoreError, Verification};
 use crate::counts::UsageRow;
+use crate::entry::{Entry, EntryId, EntryState, OutboxCounts};
+use crate::event::Event;
 use crate::id::{KeyId, OwnerId};
 use crate::key::ApiKey;
 use crate::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
@@ -72,16 +74,26 @@ impl<S: KeyStore> KeyStore for Timed<S> {
         timed!("get", self.0.get(id))
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<S::Error>> {
-        timed!("insert", self.0.insert(key))
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<S::Error>> {
+        timed!("insert", self.0.insert(key, events))
     }
 
-    async fn update(&self, key: &ApiKey, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        timed!("update", self.0.update(key, expected))
+    async fn update(
+        &self,
+        key: &ApiKey,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<S::Error>> {
+        timed!("update", self.0.update(key, expected, events))
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<S::Error>> {
-        timed!("delete", self.0.delete(id, expected))
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<S::Error>> {
+        timed!("delete", self.0.delete(id, expected, events))
     }
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<Vec<ApiKey>, S::Error> {
@@ -156,10 +168,11 @@ impl<S: KeyStore> KeyStore for Timed<S> {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<S::Error>> {
         timed!(
             "set_owner_limits",
-            self.0.set_owner_limits(owner, limits, expected)
+            self.0.set_owner_limits(owner, limits, expected, events)
         )
     }
 
@@ -174,6 +187,36 @@ impl<S: KeyStore> KeyStore for Timed<S> {
         period: CreditsPeriod,
     ) -> Result<(), S::Error> {
         timed!("refund_owner", self.0.refund_owner(owner, amount, period))
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<Entry>, S::Error> {
+        timed!("claim_outbox", self.0.claim_outbox(limit, now, hold))
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), S::Error> {
+        timed!("update_outbox", self.0.update_outbox(entries))
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, S::Error> {
+        timed!("outbox", self.0.outbox(state, after, limit))
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, S::Error> {
+        timed!("outbox_counts", self.0.outbox_counts())
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, S::Error> {
+        timed!("prune_outbox", self.0.prune_outbox(before))
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, S::Error> {

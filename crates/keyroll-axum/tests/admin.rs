@@ -707,7 +707,7 @@ async fn ids_made_only_of_dots_are_refused_and_stored_ones_stay_reachable() {
     let mut record = serde_json::to_value(&key).unwrap();
     record["id"] = json!("_legacy");
     let legacy: keyroll::ApiKey = serde_json::from_value(record).unwrap();
-    f.keys.store().insert(&legacy).await.unwrap();
+    f.keys.store().insert(&legacy, &[]).await.unwrap();
     let got = call(&f.app, Method::GET, "/keys/_legacy", &f.admin, None).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     let deleted = call(&f.app, Method::DELETE, "/keys/_legacy", &f.admin, None).await;

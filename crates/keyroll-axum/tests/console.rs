@@ -532,7 +532,7 @@ async fn legacy_key(keys: &KeyManager<InMemoryStore>, id: &str, renewing: bool) 
     let mut record = serde_json::to_value(&key).unwrap();
     record["id"] = json!(id);
     let key: keyroll::ApiKey = serde_json::from_value(record).unwrap();
-    keyroll::store::KeyStore::insert(keys.store(), &key)
+    keyroll::store::KeyStore::insert(keys.store(), &key, &[])
         .await
         .unwrap();
 }

@@ -68,7 +68,7 @@ async fn postgres(url: &str, keys: &[(ApiKey, Token)]) -> PgStore {
             let (store, keys) = (store.clone(), keys.clone());
             writers.spawn(async move {
                 for key in keys.iter().skip(w).step_by(8) {
-                    store.insert(key).await.expect("insert");
+                    store.insert(key, &[]).await.expect("insert");
                 }
             });
         }
@@ -91,7 +91,7 @@ fn bench_cache(c: &mut Criterion) {
     let memory = KeyManager::new(InMemoryStore::new());
     runtime.block_on(async {
         for (key, _) in &keys {
-            memory.store().insert(key).await.expect("fresh id");
+            memory.store().insert(key, &[]).await.expect("fresh id");
         }
     });
     group.bench_function("memory_authenticate", |b| {

@@ -47,7 +47,7 @@ async fn run(url: &str) {
     for i in 0..KEYS {
         let id = KeyId::new(format!("flush-{i:05}")).expect("valid id");
         let (key, token, _) = ApiKey::issue(id.clone(), now, &mut rng).expect("valid key");
-        store.insert(&key).await.expect("insert");
+        store.insert(&key, &[]).await.expect("insert");
         tokens.push((id, token));
     }
     let cache = CachedStore::new(store, 2 * KEYS, Duration::from_secs(600));

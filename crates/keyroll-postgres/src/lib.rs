@@ -111,9 +111,10 @@ use std::sync::Arc;
 use deadpool_postgres::{Pool, PoolError};
 use keyroll::ApiKey;
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
-use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
+use keyroll::outbox::{Entry, EntryId, EntryState, OutboxCounts};
+use keyroll::record::{self, EntryRow, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{CachedStore, KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{KeyId, OwnerId, OwnerLimits};
+use keyroll::{Event, KeyId, OwnerId, OwnerLimits};
 use time::OffsetDateTime;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -254,6 +255,76 @@ struct Statements {
     insert_owner: String,
     update_owner: String,
     set_owner_meter: String,
+    claim_outbox: String,
+    update_outbox: String,
+    outbox: String,
+    outbox_counts: String,
+    prune_outbox: String,
+}
+
+/// An outbox row's columns, as [`EntryRow`] names them.
+const ENTRY_COLUMNS: &str = "id, subject, state, attempts, next_at, last_error, delivered_at, \
+     event::text";
+
+/// `write` (a statement `RETURNING 1`) with its events queued in the
+/// outbox by the same statement, so in the same transaction: parameters
+/// `$n`, `$n+1` and `$n+2` are their subjects, due times and JSON, in
+/// order. It answers how many rows `write` wrote.
+fn with_events(table: &str, write: &str, n: usize) -> String {
+    format!(
+        "WITH written AS ({write}), \
+         queued AS (INSERT INTO {table}_outbox (subject, next_at, event) \
+             SELECT e.subject, e.next_at, e.event::jsonb FROM written, \
+                 unnest(${n}::text[], ${}::bigint[], ${}::text[]) WITH ORDINALITY \
+                 AS e(subject, next_at, event, n) \
+             ORDER BY e.n) \
+         SELECT count(*) FROM written",
+        n + 1,
+        n + 2
+    )
+}
+
+/// Events as the three arrays [`with_events`] takes.
+struct Queued {
+    subjects: Vec<String>,
+    due: Vec<i64>,
+    events: Vec<String>,
+}
+
+impl Queued {
+    fn of(events: &[Event]) -> Result<Queued, PgStoreError> {
+        let mut queued = Queued {
+            subjects: Vec::with_capacity(events.len()),
+            due: Vec::with_capacity(events.len()),
+            events: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            let row = EntryRow::pending(event)?;
+            queued.subjects.push(row.subject);
+            queued.due.push(row.next_at);
+            queued.events.push(row.event);
+        }
+        Ok(queued)
+    }
+
+    fn params(&self) -> [Param<'_>; 3] {
+        [&self.subjects, &self.due, &self.events]
+    }
+}
+
+/// An outbox row selected as [`ENTRY_COLUMNS`].
+fn entry_of(row: &tokio_postgres::Row) -> Result<Entry, PgStoreError> {
+    Ok(EntryRow {
+        id: row.get(0),
+        subject: row.get(1),
+        state: row.get(2),
+        attempts: row.get(3),
+        next_at: row.get(4),
+        last_error: row.get(5),
+        delivered_at: row.get(6),
+        event: row.get(7),
+    }
+    .decode()?)
 }
 
 /// An owner's row: its version, its [`LIMIT_COLUMNS`] and its meter.
@@ -670,24 +741,39 @@ impl PgStore {
             get: format!(
                 "SELECT id, incarnation, version, record::text FROM {table} WHERE id = $1"
             ),
-            insert: format!(
-                "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}, owner) \
-                 VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            insert: with_events(
+                &table,
+                &format!(
+                    "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}, owner) \
+                     VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     RETURNING 1"
+                ),
+                15,
             ),
             // $5 is the new record's incarnation: a key of another
             // incarnation never replaces the stored one.
-            update: format!(
-                "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
-                 ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15), owner = $16 \
-                 WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5"
+            update: with_events(
+                &table,
+                &format!(
+                    "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
+                     ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15), owner = $16 \
+                     WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5 \
+                     RETURNING 1"
+                ),
+                17,
             ),
-            // The key and its meters, in one statement.
-            delete: format!(
-                "WITH deleted AS (DELETE FROM {table} \
-                     WHERE id = $1 AND incarnation = $2 AND version = $3 RETURNING id), \
-                 meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id), \
-                 counts AS (DELETE FROM {table}_usage u USING deleted WHERE u.id = deleted.id) \
-                 SELECT count(*) FROM deleted"
+            // The key, its meters and counts, and its events, in one
+            // statement.
+            delete: with_events(
+                &table,
+                &format!(
+                    "WITH deleted AS (DELETE FROM {table} \
+                         WHERE id = $1 AND incarnation = $2 AND version = $3 RETURNING id), \
+                     meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id), \
+                     counts AS (DELETE FROM {table}_usage u USING deleted WHERE u.id = deleted.id) \
+                     SELECT 1 FROM deleted"
+                ),
+                4,
             ),
             revision: format!("SELECT incarnation, version FROM {table} WHERE id = $1"),
             list: format!(
@@ -740,16 +826,54 @@ impl PgStore {
             owner_for_update: format!(
                 "SELECT {OWNER_COLUMNS} FROM {table}_owners WHERE owner = $1 FOR UPDATE"
             ),
-            insert_owner: format!(
-                "INSERT INTO {table}_owners (owner, version, {LIMIT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (owner) DO NOTHING"
+            insert_owner: with_events(
+                &table,
+                &format!(
+                    "INSERT INTO {table}_owners (owner, version, {LIMIT_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (owner) DO NOTHING RETURNING 1"
+                ),
+                12,
             ),
-            update_owner: format!(
-                "UPDATE {table}_owners SET version = $2, rate_limit = $3, rate_period_ns = $4, \
-                     rate_burst = $5, credits = $6, refill_amount = $7, refill_every_ns = $8, \
-                     credits_set_secs = $9, credits_set_nanos = $10, credits_generation = $11 \
-                 WHERE owner = $1 AND version = $12"
+            update_owner: with_events(
+                &table,
+                &format!(
+                    "UPDATE {table}_owners SET version = $2, rate_limit = $3, rate_period_ns = $4, \
+                         rate_burst = $5, credits = $6, refill_amount = $7, refill_every_ns = $8, \
+                         credits_set_secs = $9, credits_set_nanos = $10, credits_generation = $11 \
+                     WHERE owner = $1 AND version = $15 RETURNING 1"
+                ),
+                12,
+            ),
+            // Under the claim lock (`claim_outbox`): due pending entries
+            // none of whose subject's earlier pending ones waits.
+            claim_outbox: format!(
+                "UPDATE {table}_outbox SET next_at = $3 WHERE id IN ( \
+                     SELECT o.id FROM {table}_outbox o \
+                     WHERE o.state = 0 AND o.next_at <= $1 \
+                       AND NOT EXISTS (SELECT 1 FROM {table}_outbox p WHERE p.state = 0 \
+                           AND p.subject = o.subject AND p.id < o.id AND p.next_at > $1) \
+                     ORDER BY o.id LIMIT $2) \
+                 RETURNING {ENTRY_COLUMNS}"
+            ),
+            update_outbox: format!(
+                "UPDATE {table}_outbox o SET state = u.state, attempts = u.attempts, \
+                     next_at = u.next_at, last_error = u.last_error, delivered_at = u.delivered_at \
+                 FROM unnest($1::bigint[], $2::smallint[], $3::integer[], $4::bigint[], \
+                     $5::text[], $6::bigint[]) \
+                     AS u(id, state, attempts, next_at, last_error, delivered_at) \
+                 WHERE o.id = u.id"
+            ),
+            outbox: format!(
+                "SELECT {ENTRY_COLUMNS} FROM {table}_outbox WHERE state = $1 AND id > $2 \
+                 ORDER BY id LIMIT $3"
+            ),
+            outbox_counts: format!(
+                "SELECT count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 2) \
+                 FROM {table}_outbox WHERE state <> 1"
+            ),
+            prune_outbox: format!(
+                "DELETE FROM {table}_outbox WHERE state = 1 AND delivered_at < $1"
             ),
             set_owner_meter: format!(
                 "UPDATE {table}_owners SET generation = $2, tat_secs = $3, tat_nanos = $4, \
@@ -976,7 +1100,23 @@ impl PgStore {
                  credits_set_secs BIGINT, credits_set_nanos INTEGER, credits_generation BIGINT,
                  generation BIGINT, tat_secs BIGINT, tat_nanos INTEGER, remaining BIGINT,
                  refills BIGINT, anchor_secs BIGINT, anchor_nanos INTEGER
-             );"
+             );
+             -- The outbox: each write's events, in its transaction; instants
+             -- in microseconds since the epoch, as record::EntryRow
+             -- (keyroll 0.4).
+             CREATE TABLE IF NOT EXISTS {table}_outbox (
+                 id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 subject TEXT COLLATE \"C\" NOT NULL,
+                 state SMALLINT NOT NULL DEFAULT 0,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 next_at BIGINT NOT NULL,
+                 last_error TEXT,
+                 delivered_at BIGINT,
+                 event JSONB NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS {table}_outbox_pending
+                 ON {table}_outbox (subject, id) WHERE state = 0;
+             CREATE INDEX IF NOT EXISTS {table}_outbox_state ON {table}_outbox (state, id);"
         ))
         .await?;
         tx.batch_execute(&charge_function(&schema, table)).await?;
@@ -1095,7 +1235,7 @@ impl PgStore {
     }
 
     /// The `GRANT` that gives `role` what a service needs on this store's
-    /// five tables, and no more: `SELECT`, `INSERT`, `UPDATE` and `DELETE`
+    /// six tables, and no more: `SELECT`, `INSERT`, `UPDATE` and `DELETE`
     /// (no DDL, so it can drop neither a table nor the triggers that keep
     /// caches in step). `keyctl migrate` prints it.
     ///
@@ -1107,7 +1247,8 @@ impl PgStore {
     /// assert_eq!(
     ///     store.grants("keyroll"),
     ///     "GRANT SELECT, INSERT, UPDATE, DELETE ON keyroll_keys, keyroll_keys_meters, \
-    ///      keyroll_keys_usage, keyroll_keys_markers, keyroll_keys_owners TO \"keyroll\";"
+    ///      keyroll_keys_usage, keyroll_keys_markers, keyroll_keys_owners, keyroll_keys_outbox \
+    ///      TO \"keyroll\";"
     /// );
     /// # Ok(()) }
     /// ```
@@ -1116,7 +1257,7 @@ impl PgStore {
         let role = role.replace('"', "\"\"");
         format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_meters, {table}_usage, \
-             {table}_markers, {table}_owners TO \"{role}\";"
+             {table}_markers, {table}_owners, {table}_outbox TO \"{role}\";"
         )
     }
 
@@ -1251,7 +1392,8 @@ impl KeyStore for PgStore {
         row.as_ref().map(decode).transpose()
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<PgStoreError>> {
+    async fn insert(&self, key: &ApiKey, events: &[Event]) -> Result<(), StoreError<PgStoreError>> {
+        let queued = Queued::of(events).map_err(StoreError::Backend)?;
         let KeyRow {
             incarnation,
             version,
@@ -1266,6 +1408,7 @@ impl KeyStore for PgStore {
             .into_iter()
             .chain(limit_params(&limits))
             .chain([&owner as Param])
+            .chain(queued.params())
             .collect();
         let inserted = self.execute(&client, &self.sql.insert, &params).await;
         match inserted {
@@ -1282,7 +1425,9 @@ impl KeyStore for PgStore {
         &self,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<PgStoreError>> {
+        let queued = Queued::of(events).map_err(StoreError::Backend)?;
         let KeyRow {
             incarnation,
             version,
@@ -1306,11 +1451,13 @@ impl KeyStore for PgStore {
             .into_iter()
             .chain(limit_params(&limits))
             .chain([&owner as Param])
+            .chain(queued.params())
             .collect();
-        let changed = self
-            .execute(&client, &self.sql.update, &params)
+        let changed: i64 = self
+            .query_opt(&client, &self.sql.update, &params)
             .await
-            .map_err(StoreError::Backend)?;
+            .map_err(StoreError::Backend)?
+            .map_or(0, |row| row.get(0));
         if changed == 1 {
             Ok(())
         } else {
@@ -1318,16 +1465,20 @@ impl KeyStore for PgStore {
         }
     }
 
-    async fn delete(&self, id: &KeyId, expected: Revision) -> Result<(), StoreError<PgStoreError>> {
+    async fn delete(
+        &self,
+        id: &KeyId,
+        expected: Revision,
+        events: &[Event],
+    ) -> Result<(), StoreError<PgStoreError>> {
+        let queued = Queued::of(events).map_err(StoreError::Backend)?;
         let incarnation = bigint(expected.incarnation()).map_err(StoreError::Backend)?;
         let version = bigint(expected.version()).map_err(StoreError::Backend)?;
         let client = self.client().await.map_err(StoreError::Backend)?;
+        let row: [Param; 3] = [&id.as_str(), &incarnation, &version];
+        let params: Vec<Param> = row.into_iter().chain(queued.params()).collect();
         let deleted: i64 = self
-            .query_opt(
-                &client,
-                &self.sql.delete,
-                &[&id.as_str(), &incarnation, &version],
-            )
+            .query_opt(&client, &self.sql.delete, &params)
             .await
             .map_err(StoreError::Backend)?
             .map_or(0, |row| row.get(0));
@@ -1494,8 +1645,10 @@ impl KeyStore for PgStore {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<PgStoreError>> {
         let backend = StoreError::Backend;
+        let queued = Queued::of(events).map_err(backend)?;
         let columns = LimitColumns::of_owner(limits);
         let [version, expected_param] =
             [bigint(limits.version()), bigint(expected)].map(|n| n.map_err(backend));
@@ -1503,15 +1656,23 @@ impl KeyStore for PgStore {
         let owner_id = owner.as_str();
         let mut params: Vec<Param<'_>> = vec![&owner_id, &version];
         params.extend(limit_params(&columns));
+        params.extend(queued.params());
         let client = self.client().await.map_err(backend)?;
         let written = match expected {
-            0 => self.execute(&client, &self.sql.insert_owner, &params).await,
+            0 => {
+                self.query_opt(&client, &self.sql.insert_owner, &params)
+                    .await
+            }
             _ => {
                 params.push(&expected_param);
-                self.execute(&client, &self.sql.update_owner, &params).await
+                self.query_opt(&client, &self.sql.update_owner, &params)
+                    .await
             }
         };
-        if written.map_err(backend)? == 1 {
+        if written
+            .map_err(backend)?
+            .is_some_and(|row| row.get::<_, i64>(0) == 1)
+        {
             return Ok(());
         }
         let found = self
@@ -1642,6 +1803,89 @@ impl KeyStore for PgStore {
     async fn prune_usage(&self, before: i64) -> Result<u64, PgStoreError> {
         let client = self.client().await?;
         self.execute(&client, &self.sql.prune_usage, &[&before])
+            .await
+    }
+
+    /// In a transaction of its own, under an advisory lock that
+    /// serialises the claims of every replica on this table.
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<Entry>, PgStoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let lock = format!("{}_outbox", self.table);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock])
+            .await
+            .map_err(|e| self.error(e))?;
+        let until = record::micros(now.saturating_add(hold));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                &self.sql.claim_outbox,
+                &[&record::micros(now), &limit, &until],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        let mut claimed = rows.iter().map(entry_of).collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|entry| entry.id);
+        Ok(claimed)
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), PgStoreError> {
+        let rows: Vec<EntryRow> = entries.iter().map(EntryRow::delivery).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let states: Vec<i16> = rows.iter().map(|r| r.state).collect();
+        let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+        let due: Vec<i64> = rows.iter().map(|r| r.next_at).collect();
+        let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+        let delivered: Vec<Option<i64>> = rows.iter().map(|r| r.delivered_at).collect();
+        let client = self.client().await?;
+        self.execute(
+            &client,
+            &self.sql.update_outbox,
+            &[&ids, &states, &attempts, &due, &errors, &delivered],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, PgStoreError> {
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.outbox)
+            .await
+            .map_err(|e| self.error(e))?;
+        let rows = client
+            .query(&statement, &[&state.code(), &after, &limit])
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter().map(entry_of).collect()
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, PgStoreError> {
+        let client = self.client().await?;
+        let row = self
+            .query_opt(&client, &self.sql.outbox_counts, &[])
+            .await?;
+        let (pending, parked) =
+            row.map_or((0, 0), |row| (row.get::<_, i64>(0), row.get::<_, i64>(1)));
+        Ok(OutboxCounts::new(pending as u64, parked as u64))
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, PgStoreError> {
+        let client = self.client().await?;
+        self.execute(&client, &self.sql.prune_outbox, &[&record::micros(before)])
             .await
     }
 

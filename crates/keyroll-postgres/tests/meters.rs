@@ -465,7 +465,7 @@ async fn postgres_charges_at_the_servers_clock_whatever_a_replica_says() {
             &mut StdRng::seed_from_u64(n as u64),
         )
         .unwrap();
-        owner.insert(&key).await.unwrap();
+        owner.insert(&key, &[]).await.unwrap();
         incarnations.push((key.id().clone(), key.revision().incarnation()));
     }
     let ahead = now + Duration::HOUR;

@@ -278,7 +278,7 @@ async fn postgres_errors_keep_the_sql_state() {
         &mut rand::rng(),
     )
     .unwrap();
-    match store.insert(&key).await {
+    match store.insert(&key, &[]).await {
         Err(StoreError::Backend(e)) => {
             assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
             assert!(e.to_string().contains("42703"), "{e}");

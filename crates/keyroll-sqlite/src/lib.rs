@@ -62,10 +62,11 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use keyroll::meter::{Allowance, CreditsPeriod, Refusal, StoredMeter};
-use keyroll::record::{self, KeyRow, LimitColumns, MeterRow, RecordError};
+use keyroll::outbox::{Entry, EntryId, EntryState, OutboxCounts};
+use keyroll::record::{self, EntryRow, KeyRow, LimitColumns, MeterRow, RecordError};
 use keyroll::store::{KeyStore, Revision, StoreError, UsageRow};
-use keyroll::{ApiKey, KeyId, OwnerId, OwnerLimits};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use keyroll::{ApiKey, Event, KeyId, OwnerId, OwnerLimits};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -186,7 +187,20 @@ impl SqliteStore {
                  credits_set_secs INTEGER, credits_set_nanos INTEGER, credits_generation INTEGER,
                  generation INTEGER, tat_secs INTEGER, tat_nanos INTEGER, remaining INTEGER,
                  refills INTEGER, anchor_secs INTEGER, anchor_nanos INTEGER
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS keyroll_outbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 subject TEXT NOT NULL,
+                 state INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL,
+                 next_at INTEGER NOT NULL,
+                 last_error TEXT,
+                 delivered_at INTEGER,
+                 event TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS keyroll_outbox_state ON keyroll_outbox (state, id);
+             CREATE INDEX IF NOT EXISTS keyroll_outbox_subject
+                 ON keyroll_outbox (subject, id) WHERE state = 0;",
         )?;
         upgrade_0_1(&tx)?;
         upgrade_0_2(&tx)?;
@@ -355,16 +369,21 @@ mod calls {
         Ok(row.map(|row| row.decode(id.as_str())).transpose()?)
     }
 
+    /// Inserts the key and its events, in one transaction.
     pub(super) fn insert(
-        conn: &Connection,
+        conn: &mut Connection,
         key: &ApiKey,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
         let KeyRow {
             incarnation,
             version,
             record: json,
         } = KeyRow::of(key).map_err(|e| StoreError::Backend(e.into()))?;
-        let inserted = conn.execute(
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::Backend(e.into()))?;
+        let inserted = tx.execute(
             "INSERT INTO keyroll_keys (id, incarnation, version, record, owner)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -376,20 +395,38 @@ mod calls {
             ],
         );
         match inserted {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::ConstraintViolation =>
             {
-                Err(StoreError::AlreadyExists)
+                return Err(StoreError::AlreadyExists);
             }
-            Err(e) => Err(StoreError::Backend(e.into())),
+            Err(e) => return Err(StoreError::Backend(e.into())),
         }
+        push_events(&tx, events).map_err(StoreError::Backend)?;
+        tx.commit().map_err(|e| StoreError::Backend(e.into()))
     }
 
+    /// Adds `events` to the outbox, in the caller's transaction.
+    fn push_events(tx: &Transaction<'_>, events: &[Event]) -> Result<(), SqliteStoreError> {
+        for event in events {
+            let row = EntryRow::pending(event)?;
+            tx.prepare_cached(
+                "INSERT INTO keyroll_outbox (subject, state, attempts, next_at, event)
+                 VALUES (?1, ?2, 0, ?3, ?4)",
+            )?
+            .execute(params![row.subject, row.state, row.next_at, row.event])?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the key if its revision is `expected`, and adds its
+    /// events, in one transaction.
     pub(super) fn update(
-        conn: &Connection,
+        conn: &mut Connection,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
         let KeyRow {
             incarnation,
@@ -401,7 +438,8 @@ mod calls {
         let expected_incarnation = integer(expected.incarnation()).map_err(backend)?;
         // The new record's incarnation must be the expected one too: a key
         // of another incarnation never replaces this one.
-        let changed = conn
+        let tx = conn.transaction().map_err(|e| backend(e.into()))?;
+        let changed = tx
             .execute(
                 "UPDATE keyroll_keys SET version = ?1, record = ?2, owner = ?7
                  WHERE id = ?3 AND incarnation = ?4 AND version = ?5 AND incarnation = ?6",
@@ -416,18 +454,20 @@ mod calls {
                 ],
             )
             .map_err(|e| backend(e.into()))?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(SqliteStore::refusal(conn, key.id(), expected))
+        if changed != 1 {
+            return Err(SqliteStore::refusal(&tx, key.id(), expected));
         }
+        push_events(&tx, events).map_err(backend)?;
+        tx.commit().map_err(|e| backend(e.into()))
     }
 
-    /// Deletes the key and its meter, in one transaction.
+    /// Deletes the key and its meter, and adds its events, in one
+    /// transaction.
     pub(super) fn delete(
         conn: &mut Connection,
         id: &KeyId,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
         let backend = |e: rusqlite::Error| StoreError::Backend(e.into());
         let version = integer(expected.version()).map_err(StoreError::Backend)?;
@@ -446,6 +486,7 @@ mod calls {
             .map_err(backend)?;
         tx.execute("DELETE FROM keyroll_usage WHERE id = ?1", [id.as_str()])
             .map_err(backend)?;
+        push_events(&tx, events).map_err(StoreError::Backend)?;
         tx.commit().map_err(backend)
     }
 
@@ -677,12 +718,14 @@ mod calls {
     }
 
     /// Stores `limits` as `owner`'s if the stored ones are at `expected`,
-    /// keeping its meter, in one immediate transaction.
+    /// keeping its meter, and adds the events, in one immediate
+    /// transaction.
     pub(super) fn set_owner_limits(
         conn: &mut Connection,
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
         let backend = |e: SqliteStoreError| StoreError::Backend(e);
         let tx = conn
@@ -720,8 +763,114 @@ mod calls {
             ],
         )
         .map_err(|e| backend(e.into()))?;
+        push_events(&tx, events).map_err(backend)?;
         tx.commit().map_err(|e| backend(e.into()))?;
         Ok(())
+    }
+
+    /// The entry of an outbox row selected as `ENTRY_COLUMNS`.
+    fn entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
+        Ok(EntryRow {
+            id: row.get(0)?,
+            subject: row.get(1)?,
+            state: row.get(2)?,
+            attempts: row.get(3)?,
+            next_at: row.get(4)?,
+            last_error: row.get(5)?,
+            delivered_at: row.get(6)?,
+            event: row.get(7)?,
+        })
+    }
+
+    const ENTRY_COLUMNS: &str =
+        "id, subject, state, attempts, next_at, last_error, delivered_at, event";
+
+    /// Claims due entries ([`EntryRow`]'s SQL), in one immediate
+    /// transaction: another connection's claim waits for it.
+    pub(super) fn claim_outbox(
+        conn: &mut Connection,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now_us = record::micros(now);
+        let rows = tx
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM keyroll_outbox o
+                 WHERE o.state = 0 AND o.next_at <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM keyroll_outbox p WHERE p.state = 0
+                       AND p.subject = o.subject AND p.id < o.id AND p.next_at > ?1)
+                 ORDER BY o.id LIMIT ?2"
+            ))?
+            .query_map(params![now_us, limit as i64], entry)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let until = now.saturating_add(hold);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            tx.prepare_cached("UPDATE keyroll_outbox SET next_at = ?1 WHERE id = ?2")?
+                .execute(params![record::micros(until), row.id])?;
+            let mut entry = row.decode()?;
+            entry.next_attempt_at = until;
+            claimed.push(entry);
+        }
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// Stores each entry's delivery state, in one transaction.
+    pub(super) fn update_outbox(
+        conn: &mut Connection,
+        entries: &[Entry],
+    ) -> Result<(), SqliteStoreError> {
+        let tx = conn.transaction()?;
+        for entry in entries {
+            let row = EntryRow::delivery(entry);
+            tx.prepare_cached(
+                "UPDATE keyroll_outbox SET state = ?2, attempts = ?3, next_at = ?4,
+                     last_error = ?5, delivered_at = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                row.id,
+                row.state,
+                row.attempts,
+                row.next_at,
+                row.last_error,
+                row.delivered_at
+            ])?;
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// At most `limit` entries in `state` after `after`.
+    pub(super) fn outbox(
+        conn: &Connection,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM keyroll_outbox WHERE state = ?1 AND id > ?2
+             ORDER BY id LIMIT ?3"
+        ))?
+        .query_map(params![state.code(), after, limit as i64], entry)?
+        .map(|row| Ok(row?.decode()?))
+        .collect()
+    }
+
+    /// Pending and parked entries.
+    pub(super) fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, SqliteStoreError> {
+        let count = |state: EntryState| -> Result<u64, SqliteStoreError> {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM keyroll_outbox WHERE state = ?1")?
+                .query_row([state.code()], |row| row.get(0))?;
+            Ok(n as u64)
+        };
+        Ok(OutboxCounts::new(
+            count(EntryState::Pending)?,
+            count(EntryState::Parked)?,
+        ))
     }
 
     /// Gives back `amount` credits of `period` to `owner`'s meter, in one
@@ -815,9 +964,13 @@ impl KeyStore for SqliteStore {
         self.call(move |conn| calls::get(conn, &id)).await?
     }
 
-    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError<SqliteStoreError>> {
-        let key = key.clone();
-        self.call(move |conn| calls::insert(conn, &key))
+    async fn insert(
+        &self,
+        key: &ApiKey,
+        events: &[Event],
+    ) -> Result<(), StoreError<SqliteStoreError>> {
+        let (key, events) = (key.clone(), events.to_vec());
+        self.call(move |conn| calls::insert(conn, &key, &events))
             .await
             .map_err(StoreError::Backend)?
     }
@@ -826,9 +979,10 @@ impl KeyStore for SqliteStore {
         &self,
         key: &ApiKey,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let key = key.clone();
-        self.call(move |conn| calls::update(conn, &key, expected))
+        let (key, events) = (key.clone(), events.to_vec());
+        self.call(move |conn| calls::update(conn, &key, expected, &events))
             .await
             .map_err(StoreError::Backend)?
     }
@@ -837,9 +991,10 @@ impl KeyStore for SqliteStore {
         &self,
         id: &KeyId,
         expected: Revision,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let id = id.clone();
-        self.call(move |conn| calls::delete(conn, &id, expected))
+        let (id, events) = (id.clone(), events.to_vec());
+        self.call(move |conn| calls::delete(conn, &id, expected, &events))
             .await
             .map_err(StoreError::Backend)?
     }
@@ -939,9 +1094,10 @@ impl KeyStore for SqliteStore {
         owner: &OwnerId,
         limits: &OwnerLimits,
         expected: u64,
+        events: &[Event],
     ) -> Result<(), StoreError<SqliteStoreError>> {
-        let (owner, limits) = (owner.clone(), limits.clone());
-        self.call(move |conn| calls::set_owner_limits(conn, &owner, &limits, expected))
+        let (owner, limits, events) = (owner.clone(), limits.clone(), events.to_vec());
+        self.call(move |conn| calls::set_owner_limits(conn, &owner, &limits, expected, &events))
             .await
             .map_err(StoreError::Backend)?
     }
@@ -961,6 +1117,47 @@ impl KeyStore for SqliteStore {
         let owner = owner.clone();
         self.call(move |conn| calls::refund_owner(conn, &owner, amount, period))
             .await?
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now: OffsetDateTime,
+        hold: time::Duration,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        self.call(move |conn| calls::claim_outbox(conn, limit, now, hold))
+            .await?
+    }
+
+    async fn update_outbox(&self, entries: &[Entry]) -> Result<(), SqliteStoreError> {
+        let entries = entries.to_vec();
+        self.call(move |conn| calls::update_outbox(conn, &entries))
+            .await?
+    }
+
+    async fn outbox(
+        &self,
+        state: EntryState,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        self.call(move |conn| calls::outbox(conn, state, after, limit))
+            .await?
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, SqliteStoreError> {
+        self.call(|conn| calls::outbox_counts(conn)).await?
+    }
+
+    async fn prune_outbox(&self, before: OffsetDateTime) -> Result<u64, SqliteStoreError> {
+        let before = record::micros(before);
+        self.call(move |conn| {
+            let pruned = conn
+                .prepare_cached("DELETE FROM keyroll_outbox WHERE state = 1 AND delivered_at < ?1")?
+                .execute([before])?;
+            Ok(pruned as u64)
+        })
+        .await?
     }
 
     async fn marker(&self, name: &str) -> Result<Option<OffsetDateTime>, SqliteStoreError> {
