@@ -266,13 +266,14 @@ struct Statements {
 const ENTRY_COLUMNS: &str = "id, subject, state, attempts, next_at, last_error, delivered_at, \
      event::text";
 
-/// `write` (a statement `RETURNING 1`) with its events queued in the
-/// outbox by the same statement, so in the same transaction: parameters
-/// `$n`, `$n+1` and `$n+2` are their subjects, due times and JSON, in
-/// order. It answers how many rows `write` wrote.
-fn with_events(table: &str, write: &str, n: usize) -> String {
+/// A write with its events queued in the outbox by the same statement,
+/// so in the same transaction. `writes` are common table expressions, the
+/// first named `written` (a statement `RETURNING` a row per row written);
+/// parameters `$n`, `$n+1` and `$n+2` are the events' subjects, due times
+/// and JSON, in order. It answers how many rows `written` wrote.
+fn with_events(table: &str, writes: &str, n: usize) -> String {
     format!(
-        "WITH written AS ({write}), \
+        "WITH {writes}, \
          queued AS (INSERT INTO {table}_outbox (subject, next_at, event) \
              SELECT e.subject, e.next_at, e.event::jsonb FROM written, \
                  unnest(${n}::text[], ${}::bigint[], ${}::text[]) WITH ORDINALITY \
@@ -744,9 +745,10 @@ impl PgStore {
             insert: with_events(
                 &table,
                 &format!(
-                    "INSERT INTO {table} (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}, owner) \
+                    "written AS (INSERT INTO {table} \
+                         (id, incarnation, version, record, updated_at, {LIMIT_COLUMNS}, owner) \
                      VALUES ($1, $2, $3, $4::text::jsonb, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                     RETURNING 1"
+                     RETURNING 1)"
                 ),
                 15,
             ),
@@ -755,10 +757,11 @@ impl PgStore {
             update: with_events(
                 &table,
                 &format!(
-                    "UPDATE {table} SET version = $4, record = $6::text::jsonb, updated_at = now(), \
-                     ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15), owner = $16 \
+                    "written AS (UPDATE {table} SET version = $4, record = $6::text::jsonb, \
+                         updated_at = now(), \
+                         ({LIMIT_COLUMNS}) = ($7, $8, $9, $10, $11, $12, $13, $14, $15), owner = $16 \
                      WHERE id = $1 AND incarnation = $2 AND version = $3 AND incarnation = $5 \
-                     RETURNING 1"
+                     RETURNING 1)"
                 ),
                 17,
             ),
@@ -767,11 +770,10 @@ impl PgStore {
             delete: with_events(
                 &table,
                 &format!(
-                    "WITH deleted AS (DELETE FROM {table} \
+                    "written AS (DELETE FROM {table} \
                          WHERE id = $1 AND incarnation = $2 AND version = $3 RETURNING id), \
-                     meters AS (DELETE FROM {table}_meters m USING deleted WHERE m.id = deleted.id), \
-                     counts AS (DELETE FROM {table}_usage u USING deleted WHERE u.id = deleted.id) \
-                     SELECT 1 FROM deleted"
+                     meters AS (DELETE FROM {table}_meters m USING written WHERE m.id = written.id), \
+                     counts AS (DELETE FROM {table}_usage u USING written WHERE u.id = written.id)"
                 ),
                 4,
             ),
@@ -829,19 +831,20 @@ impl PgStore {
             insert_owner: with_events(
                 &table,
                 &format!(
-                    "INSERT INTO {table}_owners (owner, version, {LIMIT_COLUMNS}) \
+                    "written AS (INSERT INTO {table}_owners (owner, version, {LIMIT_COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (owner) DO NOTHING RETURNING 1"
+                     ON CONFLICT (owner) DO NOTHING RETURNING 1)"
                 ),
                 12,
             ),
             update_owner: with_events(
                 &table,
                 &format!(
-                    "UPDATE {table}_owners SET version = $2, rate_limit = $3, rate_period_ns = $4, \
-                         rate_burst = $5, credits = $6, refill_amount = $7, refill_every_ns = $8, \
-                         credits_set_secs = $9, credits_set_nanos = $10, credits_generation = $11 \
-                     WHERE owner = $1 AND version = $15 RETURNING 1"
+                    "written AS (UPDATE {table}_owners SET version = $2, rate_limit = $3, \
+                         rate_period_ns = $4, rate_burst = $5, credits = $6, refill_amount = $7, \
+                         refill_every_ns = $8, credits_set_secs = $9, credits_set_nanos = $10, \
+                         credits_generation = $11 \
+                     WHERE owner = $1 AND version = $15 RETURNING 1)"
                 ),
                 12,
             ),
@@ -985,7 +988,7 @@ impl PgStore {
     /// It is an explicit step, run by a role that may create tables (a
     /// deployment step, `keyctl migrate`, or the demo service's
     /// `--migrate`). No other method runs it: the service itself needs
-    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the five tables ([`PgStore::grants`]), so it
+    /// only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the six tables ([`PgStore::grants`]), so it
     /// can neither drop the table nor the triggers that keep caches in
     /// step. Until it has run, every call fails with
     /// [`PgStoreError::NotMigrated`].
@@ -1185,7 +1188,7 @@ impl PgStore {
         &self.pool
     }
 
-    /// Drops the table, its meters' and its usage counts' tables: for tests.
+X
     ///
     /// # Errors
     ///
@@ -1197,7 +1200,7 @@ impl PgStore {
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_meters; \
                  DROP TABLE IF EXISTS {table}_usage; DROP TABLE IF EXISTS {table}_markers; \
-                 DROP TABLE IF EXISTS {table}_owners"
+                 DROP TABLE IF EXISTS {table}_owners; DROP TABLE IF EXISTS {table}_outbox"
             ))
             .await?;
         Ok(())

@@ -616,7 +616,9 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
     {
         panic!("listener: {:?}", listener.state());
     }
-    let manager = KeyManager::new(cache.clone());
+    // Its outbox too: each write's events go in, and a dispatcher claims
+    // and settles them.
+    let manager = KeyManager::new(cache.clone()).with_outbox();
     let now = OffsetDateTime::now_utc();
     let mut rng = StdRng::seed_from_u64(8);
     let id = KeyId::new("dml").unwrap();
@@ -636,6 +638,9 @@ async fn postgres_a_role_with_only_dml_runs_the_service() {
             .is_ok()
     );
     manager.delete_key(&id, now).await.unwrap();
+    let dispatcher = keyroll::outbox::Dispatcher::new(cache.clone(), keyroll::outbox::TracingSink);
+    let round = dispatcher.dispatch(now).await.unwrap();
+    assert_eq!((round.delivered, round.counts.pending), (4, 0));
     let refused = cache.inner().migrate().await.unwrap_err();
     assert_eq!(
         refused.code(),
