@@ -1188,7 +1188,8 @@ impl PgStore {
         &self.pool
     }
 
-X
+    /// Drops the table and the five beside it (meters, usage counts,
+    /// markers, owners, outbox): for tests.
     ///
     /// # Errors
     ///
