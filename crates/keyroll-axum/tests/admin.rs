@@ -60,7 +60,11 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
+    let keys = Arc::new(
+        KeyManager::new(InMemoryStore::new())
+            .with_usage_recording(true)
+            .with_outbox(),
+    );
     let audit = Arc::new(Mutex::new(Vec::new()));
     let log = audit.clone();
     let app = Admin::new(keys.clone())
@@ -1203,4 +1207,87 @@ async fn owners_show_their_keys_limits_and_usage_and_refuse_bad_limits() {
     let owner = call(&app, Method::GET, "/owners/acme", BOOTSTRAP, None).await;
     assert_eq!(owner.body["limits"]["version"], 2, "{}", owner.body);
     assert_eq!(owner.body["allowance"], Value::Null, "{}", owner.body);
+}
+
+/// A sink whose receiver always fails.
+struct Failing;
+
+impl keyroll::outbox::Sink for Failing {
+    async fn deliver(
+        &self,
+        _: &[keyroll::outbox::Entry],
+    ) -> Result<(), keyroll::outbox::SinkError> {
+        Err(keyroll::outbox::SinkError::new(
+            0,
+            "POST http://hooks.example/: answered 503",
+        ))
+    }
+}
+
+/// Deliveries a receiver keeps refusing are parked, listed with their last
+/// error, and put back by a retry; bad input is refused, naming it.
+#[tokio::test]
+async fn parked_deliveries_are_listed_and_retried() {
+    let f = fixture().await;
+    let dispatcher = keyroll::outbox::Dispatcher::new(f.keys.store(), Failing).max_attempts(1);
+    let round = dispatcher
+        .dispatch(OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    // The admin key's issue, parked at its first failure; nothing after it.
+    assert_eq!((round.parked, round.counts.parked), (1, 1));
+    let listed = call(&f.app, Method::GET, "/outbox", &f.admin, None).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(listed.body["parked"], 1);
+    let entry = &listed.body["entries"][0];
+    assert_eq!(entry["state"], "parked");
+    assert_eq!(entry["attempts"], 1);
+    assert_eq!(entry["event"]["event"], "key_issued");
+    assert_eq!(entry["event"]["key_id"], "root");
+    assert!(entry["last_error"].as_str().unwrap().contains("503"));
+    let id = entry["id"].as_u64().unwrap();
+
+    let retried = call(
+        &f.app,
+        Method::POST,
+        &format!("/outbox/evt_{id}/retry"),
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    let pending = call(&f.app, Method::GET, "/outbox?state=pending", &f.admin, None).await;
+    assert_eq!(pending.body["parked"], 0);
+    assert_eq!(pending.body["entries"][0]["id"], id);
+    assert_eq!(pending.body["entries"][0]["attempts"], 0);
+    let again = call(
+        &f.app,
+        Method::POST,
+        &format!("/outbox/{id}/retry"),
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.body);
+    assert_eq!(again.body["error"], "not_parked");
+
+    let bad_state = call(&f.app, Method::GET, "/outbox?state=lost", &f.admin, None).await;
+    assert_eq!(bad_state.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad_state.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"lost\""),
+        "{}",
+        bad_state.body
+    );
+    let bad_id = call(&f.app, Method::POST, "/outbox/msg_1/retry", &f.admin, None).await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad_id.body["message"].as_str().unwrap().contains("msg_1"),
+        "{}",
+        bad_id.body
+    );
+    let anonymous = call(&f.app, Method::GET, "/outbox", "", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }

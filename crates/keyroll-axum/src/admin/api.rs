@@ -9,6 +9,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use keyroll::meter::{Credits, RateLimit};
+use keyroll::outbox::{Entry, EntryId, EntryState};
 use keyroll::store::KeyStore;
 use keyroll::{
     Change, Event, KeyId, ManagerError, Metadata, NewKey, OldTokenDeletion, OwnerId, OwnerLimits,
@@ -823,6 +824,106 @@ pub(crate) async fn housekeep_all<S: KeyStore + 'static>(
     let events = admin.keys.housekeep_all(OffsetDateTime::now_utc()).await?;
     events.iter().for_each(|e| admin.audit(&actor, e));
     Ok(Json(Housekept { events }))
+}
+
+// ---------------------------------------------------------------- outbox
+
+/// The outbox: how many entries are pending and parked, and a page of
+/// the entries in one state.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OutboxPage {
+    /// Entries not delivered yet.
+    pending: u64,
+    /// Entries given up on after repeated failures.
+    parked: u64,
+    /// The page: `id`, `event`, `state`, `attempts`, `next_attempt_at`,
+    /// `last_error`, `delivered_at`.
+    #[schema(value_type = Vec<Object>)]
+    entries: Vec<Entry>,
+}
+
+/// Query of `GET /outbox`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct OutboxQuery {
+    /// `parked` (the default), `pending` or `delivered`.
+    state: Option<String>,
+    /// The last id of the previous page.
+    after: Option<u64>,
+    /// At most this many entries (1 to 500; 50 by default).
+    limit: Option<usize>,
+}
+
+/// Whether a parked entry was put back to pending.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Retried {
+    /// The entry, due now.
+    id: u64,
+}
+
+/// The outbox's counts, and a page of its entries in one state (parked
+/// by default: the deliveries given up on, with their last error).
+#[utoipa::path(get, path = "/outbox", tag = "outbox", params(OutboxQuery),
+    responses((status = 200, body = OutboxPage), Refusals))]
+pub(crate) async fn outbox<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    page: Result<Query<OutboxQuery>, QueryRejection>,
+) -> Result<Json<OutboxPage>, ApiError> {
+    let page = query(page)?;
+    let state = match page.state.as_deref().unwrap_or("parked") {
+        "parked" => EntryState::Parked,
+        "pending" => EntryState::Pending,
+        "delivered" => EntryState::Delivered,
+        other => {
+            return Err(ApiError::bad_request(format_args!(
+                "unknown state {other:?}: use parked, pending or delivered"
+            )));
+        }
+    };
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let store = admin.keys.store();
+    let failed = |e| ApiError::from(ManagerError::Store(e));
+    let counts = store.outbox_counts().await.map_err(failed)?;
+    let entries = store
+        .outbox(state, page.after.map(EntryId::new), limit)
+        .await
+        .map_err(failed)?;
+    Ok(Json(OutboxPage {
+        pending: counts.pending,
+        parked: counts.parked,
+        entries,
+    }))
+}
+
+/// Puts a parked entry back to pending, due now, with no failed
+/// attempts: the dispatcher delivers it again.
+#[utoipa::path(post, path = "/outbox/{id}/retry", tag = "outbox",
+    params(("id" = String, Path, description = "The entry's id: `12`, or `evt_12` as its webhook-id")),
+    responses((status = 200, body = Retried), Refusals))]
+pub(crate) async fn retry_entry<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Path(raw): Path<String>,
+) -> Result<Json<Retried>, ApiError> {
+    let id = raw
+        .strip_prefix("evt_")
+        .unwrap_or(&raw)
+        .parse::<u64>()
+        .map_err(|_| {
+            ApiError::bad_request(format_args!("{raw:?} is no entry id: give 12 or evt_12"))
+        })?;
+    if !admin
+        .keys
+        .retry_parked(EntryId::new(id), OffsetDateTime::now_utc())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_parked",
+            format!("no parked entry {id}"),
+        ));
+    }
+    Ok(Json(Retried { id }))
 }
 
 // ---------------------------------------------------------------- tokens

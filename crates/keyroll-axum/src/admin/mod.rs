@@ -355,6 +355,7 @@ macro_rules! documented {
                 (name = "tokens", description = "Revoking a leaked token"),
                 (name = "settings", description = "A key's label, scopes, metadata, expiry, owner and limits"),
                 (name = "owners", description = "An owner's keys, usage, and the limits its keys share"),
+                (name = "outbox", description = "Events and notices waiting for delivery, and those given up on"),
                 (name = "console", description = "The web console and this document"),
             )
         )]
@@ -377,7 +378,7 @@ macro_rules! documented {
 documented!(
     api: create_key, list_keys, get_key, change_key, set, set_status, delete_key, usage, expiring,
         renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
-        revoke_token, get_owner, set_owner_limits, clear_owner_limits;
+        revoke_token, get_owner, set_owner_limits, clear_owner_limits, outbox, retry_entry;
     open: console::root, console::page, console::page_with_slash, console::asset, self::document,
 );
 
