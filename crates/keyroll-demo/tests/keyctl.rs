@@ -885,3 +885,24 @@ fn keyctl_sets_shows_and_clears_an_owners_limits() {
     ctl.verify_ok(None, "ci", &tokens[1]);
     assert!(ctl.ok(&["owner", "acme"]).contains("limits   none"));
 }
+
+#[test]
+fn keyctl_shows_the_outbox_and_retries_a_parked_delivery() {
+    let ctl = Ctl::new();
+    ctl.ok(&["create", "--label", "a", "--id", "acme"]);
+    ctl.ok(&["set-label", "acme", "b"]);
+    let shown = ctl.ok(&["notices"]);
+    assert!(shown.starts_with("2 pending, 0 parked"), "{shown}");
+    let lines: Vec<&str> = shown.lines().filter(|l| l.starts_with("evt_")).collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(
+        lines[0].contains("key_issued") && lines[0].contains("acme"),
+        "{shown}"
+    );
+    assert!(lines[1].contains("label_changed"), "{shown}");
+    // Nothing is parked: a retry is refused, naming the entry.
+    let refused = ctl.fails(&["retry-delivery", "evt_1"]);
+    assert!(refused.contains("evt_1 is not parked"), "{refused}");
+    let bad = ctl.fails(&["retry-delivery", "msg_1"]);
+    assert!(bad.contains("\"msg_1\" is no entry id"), "{bad}");
+}

@@ -16,7 +16,12 @@
 //! whois                     (reads a token from standard input; prints the key id it names)
 //! migrate                   (creates or upgrades the PostgreSQL table: run it once, as a role
 //!                            that may create tables; the service's role needs only DML)
+//! notices [--limit 50]      (the outbox: events and notices pending and parked)
+//! retry-delivery ID         (a parked delivery, pending again: the service retries it)
 //! ```
+//!
+//! Every change's events go to the store's outbox, which the service
+//! (`http_service`) delivers.
 //!
 //! Tokens are read from standard input, never taken as arguments: arguments
 //! are visible to other users in `ps` and stay in shell history. Durations
@@ -32,6 +37,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyroll::meter::{Allowance, Credits, RateLimit, Refill};
+use keyroll::outbox::{EntryId, EntryState};
 use keyroll::store::{BOOTSTRAP_RETIRED, DynKeyStore, KeyStore, UsageRow};
 use keyroll::{
     ApiKey, Change, Credentials, Decision, Event, ExpiringReason, Freshness, KeyId, KeyManager,
@@ -290,6 +296,17 @@ enum Command {
         #[arg(long, default_value = "keyroll")]
         service_role: String,
     },
+    /// Show the outbox: how many events and notices wait for delivery and
+    /// how many were given up on (parked), then the entries of each, in
+    /// order, with their attempts and last error.
+    Notices {
+        /// At most this many entries of each state.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put a parked delivery back to pending (`keyctl notices` lists them),
+    /// by its id (`12` or `evt_12`): the service delivers it again.
+    RetryDelivery { id: String },
     /// Let the admin API's bootstrap token act again: it retired for good
     /// once an active key held the admin scope. Audited: the step is
     /// printed to standard error with the time and the retirement it
@@ -331,6 +348,7 @@ impl Command {
             self,
             Command::List { .. }
                 | Command::Owner { .. }
+                | Command::Notices { .. }
                 | Command::Expiring { .. }
                 | Command::Usage { .. }
                 | Command::Show { .. }
@@ -990,6 +1008,56 @@ async fn expiring(
     Ok(())
 }
 
+/// `keyctl notices`.
+async fn notices(store: &DynKeyStore, limit: usize) -> Result<(), Box<dyn Error>> {
+    let counts = store.outbox_counts().await?;
+    println!("{} pending, {} parked", counts.pending, counts.parked);
+    for (state, name) in [
+        (EntryState::Pending, "pending"),
+        (EntryState::Parked, "parked"),
+    ] {
+        let entries = store.outbox(state, None, limit).await?;
+        if entries.is_empty() {
+            continue;
+        }
+        println!("\n{name}:");
+        println!(
+            "{:<12} {:<22} {:<24} {:>8} {:<16} LAST ERROR",
+            "ID", "EVENT", "ABOUT", "ATTEMPTS", "NEXT ATTEMPT"
+        );
+        for entry in entries {
+            let about = match (entry.event.key_id(), entry.event.owner_id()) {
+                (Some(key), _) => key.to_string(),
+                (None, Some(owner)) => format!("owner {owner}"),
+                (None, None) => String::new(),
+            };
+            let next = match state {
+                EntryState::Pending => date(entry.next_attempt_at),
+                _ => String::new(),
+            };
+            println!(
+                "{:<12} {:<22} {:<24} {:>8} {:<16} {}",
+                entry.id.to_string(),
+                entry.event.name(),
+                about,
+                entry.attempts,
+                next,
+                entry.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An outbox entry's id: `12`, or `evt_12` as its webhook-id.
+fn entry_id(raw: &str) -> Result<EntryId, String> {
+    raw.strip_prefix("evt_")
+        .unwrap_or(raw)
+        .parse()
+        .map(EntryId::new)
+        .map_err(|_| format!("{raw:?} is no entry id: give 12 or evt_12"))
+}
+
 fn print_event(event: &Event) -> Result<(), Box<dyn Error>> {
     println!("{}", serde_json::to_string(event)?);
     Ok(())
@@ -1019,7 +1087,10 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
         _ => {}
     }
     let now = cli.now.unwrap_or_else(OffsetDateTime::now_utc);
-    let manager = KeyManager::new(open_store(&cli).await?).with_usage_recording(cli.now.is_none());
+    // Every change's events go to the outbox, which the service delivers.
+    let manager = KeyManager::new(open_store(&cli).await?)
+        .with_usage_recording(cli.now.is_none())
+        .with_outbox();
     let mut rng = rand::rng();
     // Every command that changes a setting or the status is one `Change`.
     if let Some((id, change)) = cli.command.change()? {
@@ -1156,6 +1227,14 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
                 Some(event) => print_event(&event)?,
                 None => return Err("not a live token of any key: nothing was revoked".into()),
             }
+        }
+        Command::Notices { limit } => notices(manager.store(), limit).await?,
+        Command::RetryDelivery { id } => {
+            let id = entry_id(&id)?;
+            if !manager.retry_parked(id, now).await? {
+                return Err(format!("{id} is not parked (keyctl notices lists them)").into());
+            }
+            println!("{id} is pending again");
         }
         Command::RestoreBootstrap => {
             let store = manager.store();
