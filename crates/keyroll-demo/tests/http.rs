@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ureq::Agent;
@@ -40,10 +41,16 @@ fn start_with(args: &[&str]) -> Service {
 /// Starts the service; with `collect_stdout` false, its stdout is closed
 /// once it has said where it listens (every later write to it fails).
 fn start_collecting(args: &[&str], collect_stdout: bool) -> Service {
+    let store: &[&str] = match args.contains(&"--store") {
+        true => &[],
+        false => &["--store", "memory"],
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_http_service"))
-        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(store)
         .args(args)
         .env("KEYROLL_ADMIN_TOKEN", ADMIN)
+        .env("KEYROLL_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1307,7 +1314,7 @@ fn http_usage_counts_through_the_admin_api() {
     ignore = "needs Python's prometheus_client: `pip install prometheus_client` and set KEYROLL_PROMETHEUS_PARSER=python3 (`bash .ci/run` does)"
 )]
 fn http_metrics_parse_count_outcomes_and_name_no_key() {
-    let service = start();
+    let service = start_with(&["--dispatch-every", "50ms"]);
     let token = service.create(json!({"id": "metered-key", "owner": "owner-acme"}));
     let set = service.admin(
         "PUT",
@@ -1323,6 +1330,70 @@ fn http_metrics_parse_count_outcomes_and_name_no_key() {
     let gone = service.create(json!({"id": "gone-key"}));
     assert_eq!(service.admin("DELETE", "/admin/keys/gone-key", None).0, 200);
     assert_eq!(service.bearer(&gone).0, 401);
+    let (text, samples) = scrape(&service);
+    assert!(
+        ["metered-key", "owner-acme", "gone-key"]
+            .iter()
+            .all(|id| !text.contains(id)),
+        "{text}"
+    );
+    assert!(!text.contains(&token), "a token in the metrics");
+    let sample = |name: &str| {
+        samples[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {name} in {samples}"))
+    };
+    let count = |outcome: &str| {
+        sample(&format!(
+            "keyroll_authentications_total{{outcome={outcome}}}"
+        ))
+    };
+    assert_eq!(count("accepted"), 2.0);
+    assert_eq!(count("usage_exceeded"), 1.0);
+    assert_eq!(count("refused"), 1.0);
+    assert_eq!(count("unknown"), 1.0);
+    // Store calls are timed by operation: a summary's count per operation.
+    assert!(sample("keyroll_store_call_seconds_count{operation=verify}") >= 4.0);
+    assert!(sample("keyroll_store_call_seconds_count{operation=charge}") >= 3.0);
+    assert_eq!(
+        sample("keyroll_charges_total{outcome=admitted,subject=none}"),
+        2.0
+    );
+    assert_eq!(
+        sample("keyroll_charges_total{outcome=usage_exceeded,subject=owner}"),
+        1.0
+    );
+    // The outbox: the 4 changes' events (2 keys issued, the owner's
+    // limits set, a key deleted) delivered (to the log), none waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let samples = loop {
+        let (_, samples) = scrape(&service);
+        if samples["keyroll_outbox_deliveries_total{outcome=delivered}"].as_f64() == Some(4.0) {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {samples}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        samples["keyroll_outbox_pending{}"].as_f64(),
+        Some(0.0),
+        "{samples}"
+    );
+    assert_eq!(
+        samples["keyroll_outbox_parked{}"].as_f64(),
+        Some(0.0),
+        "{samples}"
+    );
+    assert_eq!(
+        samples["keyroll_outbox_lag_seconds_count{}"].as_f64(),
+        Some(4.0),
+        "{samples}"
+    );
+}
+
+/// `/metrics` as text, and its samples as Python's `prometheus_client`
+/// parses them: `{"name{label=value,...}": value}`.
+fn scrape(service: &Service) -> (String, Value) {
     let text = service
         .agent
         .get(format!("{}/metrics", service.base))
@@ -1331,13 +1402,6 @@ fn http_metrics_parse_count_outcomes_and_name_no_key() {
         .into_body()
         .read_to_string()
         .unwrap();
-    assert!(
-        ["metered-key", "owner-acme", "gone-key"]
-            .iter()
-            .all(|id| !text.contains(id)),
-        "{text}"
-    );
-    assert!(!text.contains(&token), "a token in the metrics");
     let python = std::env::var("KEYROLL_PROMETHEUS_PARSER").unwrap_or_else(|_| "python3".into());
     let mut child = Command::new(python)
         .args([
@@ -1363,30 +1427,125 @@ fn http_metrics_parse_count_outcomes_and_name_no_key() {
         "{text}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let samples: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let sample = |name: &str| {
-        samples[name]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no {name} in {samples}"))
+    (text, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// The secret the service signs webhooks with.
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// keyroll-webhooks's test receiver: checks each delivery with Python's
+/// `standardwebhooks` and logs it, on `port`.
+struct Receiver(Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Receiver {
+    fn start(port: u16) -> Receiver {
+        let python = std::env::var("KEYROLL_STANDARDWEBHOOKS").unwrap_or_else(|_| "python3".into());
+        let script = include_str!("../../keyroll-webhooks/tests/receiver.py");
+        let mut child = Command::new(python)
+            .args(["-c", script, WEBHOOK_SECRET, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), port.to_string());
+        Receiver(child)
+    }
+
+    fn log(port: u16) -> Vec<Value> {
+        let text = ureq::get(format!("http://127.0.0.1:{port}/log"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// The service is killed (SIGKILL) after a change and before its event is
+/// delivered (its receiver is down); started again on the same database,
+/// it delivers the event, checked by `standardwebhooks`, once per id.
+#[test]
+#[cfg_attr(
+    not(keyroll_standardwebhooks),
+    ignore = "needs Python's standardwebhooks: `pip install standardwebhooks` and set KEYROLL_STANDARDWEBHOOKS=python3 (`bash .ci/run` does)"
+)]
+fn http_an_event_survives_a_sigkill_before_its_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("keys.db").display());
+    // A port nothing listens on yet: every delivery fails, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let args = [
+        "--store",
+        &store,
+        "--webhook-url",
+        &url,
+        "--dispatch-every",
+        "50ms",
+    ];
+    let service = start_with(&args);
+    service.create(json!({"id": "survivor"}));
+    // Killed once the delivery failed (it then waits a second or so for
+    // its retry): the change is written, its event not delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = service.admin("GET", "/admin/outbox?state=pending", None);
+        let attempts = &pending.1["entries"][0]["attempts"];
+        if attempts.as_u64().is_some_and(|n| n >= 1) {
+            let error = pending.1["entries"][0]["last_error"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(error.contains(&format!("POST {url}")), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed delivery: {pending:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(service); // SIGKILL: `Child::kill` on Unix
+
+    let _receiver = Receiver::start(port);
+    let service = start_with(&args);
+    // A hold left by a delivery in flight at the kill ends within 2 min.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let log = loop {
+        let log = Receiver::log(port);
+        if !log.is_empty() {
+            std::thread::sleep(Duration::from_millis(300)); // any duplicate lands too
+            break Receiver::log(port);
+        }
+        assert!(Instant::now() < deadline, "never delivered");
+        std::thread::sleep(Duration::from_millis(50));
     };
-    let count = |outcome: &str| {
-        sample(&format!(
-            "keyroll_authentications_total{{outcome={outcome}}}"
-        ))
-    };
-    assert_eq!(count("accepted"), 2.0);
-    assert_eq!(count("usage_exceeded"), 1.0);
-    assert_eq!(count("refused"), 1.0);
-    assert_eq!(count("unknown"), 1.0);
-    // Store calls are timed by operation: a summary's count per operation.
-    assert!(sample("keyroll_store_call_seconds_count{operation=verify}") >= 4.0);
-    assert!(sample("keyroll_store_call_seconds_count{operation=charge}") >= 3.0);
+    assert_eq!(log.len(), 1, "once per id: {log:?}");
+    assert_eq!(log[0]["verified"], true, "{log:?}");
+    assert_eq!(log[0]["type"], "key_issued");
+    assert_eq!(log[0]["key"], "survivor");
+    let outbox = service.admin("GET", "/admin/outbox?state=delivered", None);
     assert_eq!(
-        sample("keyroll_charges_total{outcome=admitted,subject=none}"),
-        2.0
+        outbox.1["entries"][0]["id"]
+            .as_u64()
+            .map(|id| format!("evt_{id}"))
+            .as_deref(),
+        log[0]["id"].as_str()
     );
     assert_eq!(
-        sample("keyroll_charges_total{outcome=usage_exceeded,subject=owner}"),
-        1.0
+        (outbox.1["pending"].as_u64(), outbox.1["parked"].as_u64()),
+        (Some(0), Some(0))
     );
 }

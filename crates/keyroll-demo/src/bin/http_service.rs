@@ -5,6 +5,7 @@
 //! KEYROLL_ADMIN_TOKEN=$(openssl rand -base64 32) \
 //!     cargo run -p keyroll-demo --bin http_service -- \
 //!     [--listen 127.0.0.1:8080] [--store memory | sqlite:PATH | postgres:URL] [--migrate]
+//!     [--webhook-url https://hooks.example.com/keyroll]  (with KEYROLL_WEBHOOK_SECRET=whsec_...)
 //! ```
 //!
 //! Then open <http://127.0.0.1:8080/admin/console>, sign in with the
@@ -41,6 +42,15 @@
 //! "actor": ..}` (a key id, `"bootstrap"` or `"github-secret-scanning"`):
 //! ids and times only, never a token. A failed write is reported on
 //! stderr, and never loses an answer.
+//!
+//! Every change's events also go to the store's outbox, in the same write,
+//! and a background task delivers them: as signed Standard Webhooks to
+//! `--webhook-url` (retried with backoff, parked after 8 failures: the
+//! admin API's `GET /outbox` lists them, `POST /outbox/{id}/retry` and
+//! `keyctl retry-delivery` retry them), else to the log. Another task
+//! sweeps notices (keys expiring, renewals due, credits low or spent) and
+//! housekeeps every `--sweep-every`. A crash between a change and its
+//! delivery loses nothing: the next start delivers it.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -49,6 +59,7 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
+use keyroll::outbox::{Dispatcher, Sink, TracingSink};
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore, Timed};
 use keyroll::{Event, KeyId, KeyManager, LeasePolicy, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
@@ -56,6 +67,7 @@ use keyroll_axum::github::{SecretScanning, SigningKeys};
 use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
+use keyroll_webhooks::{Signer, WebhookSecret, WebhookSink};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
@@ -93,6 +105,84 @@ struct Cli {
     /// shutdown.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     lease_max_lag: std::time::Duration,
+    /// Delivers every event and notice to this URL (http or https) as a
+    /// signed Standard Webhook; without it they go to the log (stderr).
+    #[arg(long, requires = "webhook_secret")]
+    webhook_url: Option<String>,
+    /// The webhooks' secret, `whsec_` and base64: from the environment,
+    /// as command lines are visible to other users.
+    #[arg(long, env = "KEYROLL_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// The previous secret, while receivers move to the new one: each
+    /// delivery carries both signatures.
+    #[arg(long, env = "KEYROLL_WEBHOOK_PREVIOUS_SECRET", hide_env_values = true)]
+    webhook_previous_secret: Option<String>,
+    /// How long a webhook call may take, its answer included.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    webhook_timeout: std::time::Duration,
+    /// How often the outbox is read when nothing was due.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    dispatch_every: std::time::Duration,
+    /// How often notices are swept (keys expiring, renewals due, credits
+    /// low) and housekeeping runs (scheduled deletions, old counts and
+    /// delivered events pruned).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    sweep_every: std::time::Duration,
+}
+
+/// The webhook sink the flags configure, if any.
+fn webhook_sink(cli: &Cli) -> Result<Option<WebhookSink>, Box<dyn Error>> {
+    let Some(url) = &cli.webhook_url else {
+        return Ok(None);
+    };
+    let secret = |flag: &str, text: &str| -> Result<WebhookSecret, String> {
+        text.parse().map_err(|e| format!("{flag}: {e}"))
+    };
+    let current = secret(
+        "--webhook-secret",
+        cli.webhook_secret.as_deref().unwrap_or(""),
+    )?;
+    let signer = match &cli.webhook_previous_secret {
+        Some(previous) => Signer::rotating(current, secret("--webhook-previous-secret", previous)?),
+        None => Signer::new(current),
+    };
+    let sink = WebhookSink::new(url, signer).map_err(|e| format!("--webhook-url: {e}"))?;
+    Ok(Some(sink.timeout(cli.webhook_timeout)))
+}
+
+/// Delivers the outbox to `sink` until the process ends: again at once
+/// after a round that delivered, else after `idle`.
+fn spawn_dispatcher<K: Sink + 'static>(store: DynKeyStore, sink: K, idle: std::time::Duration) {
+    tokio::spawn(async move {
+        let dispatcher = Dispatcher::new(store, sink);
+        loop {
+            match dispatcher.dispatch(time::OffsetDateTime::now_utc()).await {
+                Ok(round) if round.delivered > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the outbox could not be read"),
+            }
+            tokio::time::sleep(idle).await;
+        }
+    });
+}
+
+/// Housekeeps and sweeps notices every `every` (first at once), until the
+/// process ends.
+fn spawn_sweeper(keys: Arc<KeyManager<DynKeyStore>>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let now = time::OffsetDateTime::now_utc();
+            if let Err(e) = keys.housekeep_all(now).await {
+                tracing::warn!(error = %e, "housekeeping failed");
+            }
+            match keys.sweep_notices(now).await {
+                Ok(notices) => tracing::info!(notices = notices.len(), "notices swept"),
+                Err(e) => tracing::warn!(error = %e, "sweeping notices failed"),
+            }
+        }
+    });
 }
 
 /// The store `--store` names: in memory, SQLite (on a thread of its own)
@@ -233,8 +323,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (store, _listener) = open_store(&cli.store, cli.max_staleness, cli.migrate).await?;
     let max_lag = time::Duration::try_from(cli.lease_max_lag)?;
     let leases = LeasePolicy::new(max_lag).map_err(|e| format!("--lease-max-lag: {e}"))?;
+    let webhooks = webhook_sink(&cli)?;
     let keys = Arc::new(
-        KeyManager::new(store)
+        KeyManager::new(store.clone())
+            .with_outbox()
             .with_usage_recording(!cli.no_usage_recording)
             .with_leases_ahead(leases, |task| {
                 tokio::spawn(task);
@@ -256,6 +348,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         None => None,
     };
     let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
+    match webhooks {
+        Some(sink) => spawn_dispatcher(store, sink, cli.dispatch_every),
+        None => spawn_dispatcher(store, TracingSink, cli.dispatch_every),
+    }
+    spawn_sweeper(keys.clone(), cli.sweep_every);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, router(keys.clone(), admin, scanning, metrics))
