@@ -554,11 +554,12 @@ fn keyctl_works_over_postgres() {
         String::from_utf8_lossy(&admin.stderr).contains("not encrypted"),
         "{admin:?}"
     );
-    // It prints what the service's own role needs, on all five tables.
+    // It prints what the service's own role needs, on all six tables.
     assert!(
         String::from_utf8_lossy(&admin.stdout).contains(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON keyroll_keys, keyroll_keys_meters, \
-             keyroll_keys_usage, keyroll_keys_markers, keyroll_keys_owners TO \"keyroll\";"
+             keyroll_keys_usage, keyroll_keys_markers, keyroll_keys_owners, keyroll_keys_outbox \
+             TO \"keyroll\";"
         ),
         "{admin:?}"
     );

@@ -793,8 +793,8 @@ async fn migrate(cli: &Cli, service_role: &str) -> Result<(), Box<dyn Error>> {
             let store = PgStore::connect(url).await?;
             store.migrate().await?;
             println!(
-                "the PostgreSQL tables (keyroll_keys and its meters, usage and markers) and their \
-                 triggers are ready; the service's role needs only:\n{}",
+                "the PostgreSQL tables (keyroll_keys and its meters, usage, markers, owners and \
+                 outbox) and their triggers are ready; the service's role needs only:\n{}",
                 store.grants(service_role)
             );
         }
