@@ -32,7 +32,9 @@
 //! [`store::KeyStore`] (in memory, behind a cache, SQLite and PostgreSQL in
 //! their own crates) with optimistic concurrency, and authenticates
 //! requests; [`PresentedToken`] is a presented token parsed once;
-//! [`error`] holds every error type.
+//! [`outbox`] delivers every write's events, and the notices
+//! ([`KeyManager::sweep_notices`]) of keys expiring, renewals due and
+//! credits running low, at least once; [`error`] holds every error type.
 //!
 //! # Metrics
 //!
@@ -48,6 +50,9 @@
 //! | `keyroll_store_call_seconds` | histogram | `operation`: the [`store::KeyStore`] method (`verify`, `charge`, `get`, ...), for a store wrapped in [`store::Timed`] |
 //! | `keyroll_cache_lookups_total` | counter | `result`: `hit`, `miss` ([`store::CachedStore`]'s `verify`) |
 //! | `keyroll_lease_units` | gauge | none: the units a replica's leases held when a lease was last taken or released |
+//! | `keyroll_outbox_pending`, `keyroll_outbox_parked` | gauge | none: the outbox's entries waiting and given up on, after a [`outbox::Dispatcher`] round |
+//! | `keyroll_outbox_deliveries_total` | counter | `outcome`: `delivered`, `retrying`, `parked` |
+//! | `keyroll_outbox_lag_seconds` | histogram | none: from an event to its delivery |
 //!
 //! # Features
 //!

@@ -107,8 +107,8 @@ impl NoticePolicy {
     }
 
     /// The thresholds, largest first.
-    pub fn threshold_list(&self) -> &[Duration] {
-        &self.thresholds
+    pub fn threshold_list(&self) -> Vec<Duration> {
+        self.thresholds.clone()
     }
 
     /// The credits-low fraction.
