@@ -141,15 +141,15 @@ pub struct Dispatcher<S, K> {
 
 impl<S: KeyStore, K: Sink> Dispatcher<S, K> {
     /// A dispatcher of `store`'s outbox to `sink`: batches of 32, held 2
-    /// minutes, parked after 8 failures, retried after 1 s, 2 s, 4 s …
-    /// up to 1 h.
+    /// minutes, retried after 1 s, 2 s, 4 s … up to 1 h, parked after 16
+    /// failures (about 4 hours of retries).
     pub fn new(store: S, sink: K) -> Self {
         Dispatcher {
             store,
             sink,
             batch: 32,
             hold: Duration::minutes(2),
-            max_attempts: 8,
+            max_attempts: 16,
             first_backoff: Duration::SECOND,
             max_backoff: Duration::HOUR,
         }

@@ -45,7 +45,7 @@
 //!
 //! Every change's events also go to the store's outbox, in the same write,
 //! and a background task delivers them: as signed Standard Webhooks to
-//! `--webhook-url` (retried with backoff, parked after 8 failures: the
+//! `--webhook-url` (retried with backoff, parked after 16 failures: the
 //! admin API's `GET /outbox` lists them, `POST /outbox/{id}/retry` and
 //! `keyctl retry-delivery` retry them), else to the log. Another task
 //! sweeps notices (keys expiring, renewals due, credits low or spent) and
