@@ -801,3 +801,80 @@ async fn the_console_shows_an_owner_and_sets_the_limits_its_keys_share() {
     assert!(text(&c, "#owner-title").await.contains("acme"));
     c.close().await.unwrap();
 }
+
+/// Deliveries given up on are listed with what their receiver said, and
+/// retried one by one, the focus moving to the next one, then to Refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_browser),
+    ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
+)]
+async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
+    use keyroll::outbox::EntryState;
+    use keyroll::store::KeyStore;
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_outbox());
+    let now = OffsetDateTime::now_utc();
+    let ops =
+        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    let admin = admin.expose_secret().to_owned();
+    keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
+        .await
+        .unwrap();
+    // Both keys' issue events, given up on after 16 refusals.
+    let mut given_up = keys
+        .store()
+        .claim_outbox(10, now, time::Duration::ZERO)
+        .await
+        .unwrap();
+    for entry in &mut given_up {
+        entry.state = EntryState::Parked;
+        entry.attempts = 16;
+        entry.last_error = Some("POST https://hooks.example.com/keyroll: answered 503".into());
+    }
+    keys.store().update_outbox(&given_up).await.unwrap();
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/admin/console")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(&c, "!document.querySelector('#parked-panel').hidden").await;
+    let listed = text(&c, "#parked").await;
+    for expected in [
+        "evt_1",
+        "key_issued",
+        "ops",
+        "evt_2",
+        "acme",
+        "16 attempts",
+        "answered 503",
+    ] {
+        assert!(listed.contains(expected), "{expected} in {listed}");
+    }
+    shoot(&c, "9-deliveries-given-up-on").await;
+
+    click(&c, "button[aria-label='Retry delivery evt_1']").await;
+    until(&c, "document.querySelectorAll('#parked li').length === 1").await;
+    until(
+        &c,
+        "document.activeElement.getAttribute('aria-label') === 'Retry delivery evt_2'",
+    )
+    .await;
+    let pending = keys
+        .store()
+        .outbox(EntryState::Pending, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].id.get(), pending[0].attempts), (1, 0));
+    press(&c, Key::Enter).await;
+    until(&c, "document.querySelector('#parked-panel').hidden").await;
+    until(&c, "document.activeElement.id === 'refresh'").await;
+    assert!(text(&c, "#status").await.contains("evt_2 is pending again"));
+    let counts = keys.store().outbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.parked), (2, 0));
+}

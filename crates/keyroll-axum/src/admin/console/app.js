@@ -191,6 +191,8 @@ $("sign-out").addEventListener("click", () => {
   $("owner-filter").value = "";
   $("usage-panel").hidden = true;
   $("owner-panel").hidden = true;
+  parked = [];
+  renderParked();
   $("keys").tBodies[0].replaceChildren();
   $("app").hidden = true;
   $("sign-out").hidden = true;
@@ -217,6 +219,39 @@ async function loadExpiring() {
   render();
 }
 
+// ------------------------------------------------------------------ deliveries
+
+// The deliveries given up on (parked outbox entries), oldest first.
+let parked = [];
+
+async function loadParked() {
+  parked = (await api("GET", "outbox?state=parked")).entries;
+  renderParked();
+}
+
+function renderParked() {
+  $("parked").replaceChildren(...parked.map((entry, n) => {
+    const item = el("li");
+    const about = entry.event.key_id || (entry.event.owner ? "owner " + entry.event.owner : "");
+    const retry = el("button", "Retry", "secondary");
+    retry.type = "button";
+    retry.setAttribute("aria-label", "Retry delivery evt_" + entry.id);
+    retry.addEventListener("click", () => attempt(async () => {
+      await api("POST", "outbox/" + entry.id + "/retry");
+      say("Delivery evt_" + entry.id + " is pending again: it is sent at the next round.");
+      await loadParked();
+      // The focus goes to the next delivery's Retry, or back to Refresh.
+      const buttons = $("parked").querySelectorAll("button");
+      (buttons[Math.min(n, buttons.length - 1)] || $("refresh")).focus();
+    }));
+    const tried = entry.attempts + (entry.attempts === 1 ? " attempt" : " attempts");
+    item.append(el("strong", "evt_" + entry.id), " ", el("span", entry.event.event, "flag"),
+      " " + about + ": " + tried + ", last: " + (entry.last_error || "—") + " ", retry);
+    return item;
+  }));
+  $("parked-panel").hidden = parked.length === 0;
+}
+
 function turn(after, previous) {
   notice = null;
   const before = { after: page.after, previous: page.previous };
@@ -240,6 +275,7 @@ $("filter").addEventListener("submit", (event) => {
 async function loadAndCount() {
   await load();
   await loadExpiring();
+  await loadParked();
   say("Keys as of " + new Date().toLocaleTimeString() + ".");
 }
 
