@@ -207,8 +207,9 @@ enum Write {
     Nothing,
 }
 
-/// How many keys `housekeep_all` loads per page.
-const HOUSEKEEPING_PAGE: usize = 256;
+/// How many keys a walk over every key (`housekeep_all`, `sweep_notices`,
+/// `expiring`) loads a page.
+const KEY_PAGE: usize = 256;
 
 /// How many usage rows a flush writes in one store call.
 const USAGE_BATCH: usize = 1_000;
@@ -968,16 +969,8 @@ impl<S: KeyStore> KeyManager<S> {
         &self,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, ManagerError<S::Error>> {
-        let mut events = Vec::new();
-        let mut after: Option<KeyId> = None;
-        loop {
-            let page = self
-                .store
-                .list(after.as_ref(), HOUSEKEEPING_PAGE)
-                .await
-                .map_err(ManagerError::Store)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id().clone());
+        let (mut events, mut after) = (Vec::new(), None);
+        while let Some(page) = self.next_page(&mut after).await? {
             for mut key in page {
                 if key.housekeep(now).is_none() {
                     continue;
@@ -1039,16 +1032,8 @@ impl<S: KeyStore> KeyManager<S> {
         &self,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, ManagerError<S::Error>> {
-        let mut notices = Vec::new();
-        let mut after: Option<KeyId> = None;
-        loop {
-            let page = self
-                .store
-                .list(after.as_ref(), HOUSEKEEPING_PAGE)
-                .await
-                .map_err(ManagerError::Store)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id().clone());
+        let (mut notices, mut after) = (Vec::new(), None);
+        while let Some(page) = self.next_page(&mut after).await? {
             for key in page {
                 let meter = match key.credits() {
                     Some(_) => self
@@ -1265,17 +1250,9 @@ impl<S: KeyStore> KeyManager<S> {
         within: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<Expiring>, ManagerError<S::Error>> {
-        const PAGE: usize = 500;
-        let mut expiring = Vec::new();
-        let mut after: Option<KeyId> = None;
-        loop {
-            let page = self.list(after.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id().clone());
+        let (mut expiring, mut after) = (Vec::new(), None);
+        while let Some(page) = self.next_page(&mut after).await? {
             expiring.extend(page.iter().filter_map(|key| Expiring::of(key, within, now)));
-            if page.len() < PAGE {
-                break;
-            }
         }
         expiring.sort_by(|a, b| (a.at, a.key.id()).cmp(&(b.at, b.key.id())));
         Ok(expiring)
@@ -1516,6 +1493,21 @@ impl<S: KeyStore> KeyManager<S> {
             Err(ManagerError::NotFound) => Ok(false),
             other => other,
         }
+    }
+
+    /// The page of stored keys after `after` (`KEY_PAGE` of them
+    /// at most, in id order), moving `after` past it; `None` at the end.
+    async fn next_page(
+        &self,
+        after: &mut Option<KeyId>,
+    ) -> Result<Option<Vec<ApiKey>>, ManagerError<S::Error>> {
+        let page = self
+            .store
+            .list(after.as_ref(), KEY_PAGE)
+            .await
+            .map_err(ManagerError::Store)?;
+        *after = page.last().map(|key| key.id().clone());
+        Ok((!page.is_empty()).then_some(page))
     }
 
     /// Loads, applies `apply`, writes back with the loaded revision, and
