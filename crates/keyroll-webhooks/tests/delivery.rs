@@ -96,6 +96,16 @@ async fn keys_with_events(n: usize) -> KeyManager<Arc<InMemoryStore>> {
     keys
 }
 
+/// A manager writing to the outbox, with one key created: one event.
+async fn one_event() -> KeyManager<Arc<InMemoryStore>> {
+    let keys = KeyManager::new(Arc::new(InMemoryStore::new())).with_outbox();
+    let id = KeyId::new("acme").unwrap();
+    keys.create_key(id, OffsetDateTime::now_utc(), &mut rand::rng())
+        .await
+        .unwrap();
+    keys
+}
+
 /// A receiver of our own: answers each request as `script` says for its
 /// number (from 0), counting them.
 async fn scripted(
@@ -187,11 +197,8 @@ async fn a_receiver_failing_three_times_gets_the_event_and_the_delay_grows() {
         _ => (StatusCode::NO_CONTENT, StdDuration::ZERO),
     })
     .await;
-    let keys = KeyManager::new(Arc::new(InMemoryStore::new())).with_outbox();
+    let keys = one_event().await;
     let mut now = OffsetDateTime::now_utc();
-    keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
-        .await
-        .unwrap();
     let sink = WebhookSink::new(&url, Signer::new(secret(SECRET))).unwrap();
     let dispatcher =
         Dispatcher::new(keys.store().clone(), sink).backoff(Duration::SECOND, Duration::HOUR);
@@ -224,11 +231,8 @@ async fn a_receiver_failing_three_times_gets_the_event_and_the_delay_grows() {
 #[tokio::test]
 async fn a_receiver_that_always_fails_leaves_the_entry_parked_until_retried() {
     let (url, calls) = scripted(|_| (StatusCode::SERVICE_UNAVAILABLE, StdDuration::ZERO)).await;
-    let keys = KeyManager::new(Arc::new(InMemoryStore::new())).with_outbox();
+    let keys = one_event().await;
     let mut now = OffsetDateTime::now_utc();
-    keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
-        .await
-        .unwrap();
     let sink = WebhookSink::new(&url, Signer::new(secret(SECRET))).unwrap();
     let dispatcher = Dispatcher::new(keys.store().clone(), sink).max_attempts(3);
     for _ in 0..3 {
@@ -263,11 +267,8 @@ async fn a_hanging_receiver_is_cut_off_by_the_timeout_and_retried() {
         _ => (StatusCode::NO_CONTENT, StdDuration::ZERO),
     })
     .await;
-    let keys = KeyManager::new(Arc::new(InMemoryStore::new())).with_outbox();
+    let keys = one_event().await;
     let now = OffsetDateTime::now_utc();
-    keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
-        .await
-        .unwrap();
     let sink = WebhookSink::new(&url, Signer::new(secret(SECRET)))
         .unwrap()
         .timeout(StdDuration::from_secs(2));
