@@ -97,35 +97,37 @@ mod telemetry;
 mod change;
 mod owner;
 
-// 5: tokens, events, usage outcomes; 6: the policy, outbox entries; 7:
-// input checks, the new key's description, notices.
+// 5: tokens, events, usage outcomes, the policy; 6: what builds on
+// events and the policy: input checks, the new key's description,
+// notices, outbox entries.
 mod counts;
 mod event;
+mod policy;
 mod token;
 
 mod entry;
-mod policy;
-
 mod input;
 mod new_key;
 mod notice;
 
-// 8: the key itself, its changes and its verification (inside it, as they
-// read the key's private fields); 9: what works on a key through its
-// methods (expiring keys, usage notes) and the stores; 10: the manager,
-// and the backend kit (`record`), which hands stores their shared parts;
-// above the root: the suites over them all.
+// 7: the key itself, its changes and its verification (inside it, as they
+// read the key's private fields); 8: what works on a key through its
+// methods (expiring keys, usage notes) and the stores; 9: what works on
+// the stores (leases, the outbox's dispatcher) and the backend kit
+// (`record`), which hands stores their shared parts; 10: the manager, and
+// the outbox's public face; above the root: the suites over them all.
 mod key;
 
 mod expiring;
-mod lease;
 pub mod store;
 mod usage;
 
 mod dispatcher;
-mod manager;
+mod lease;
 #[cfg(feature = "serde")]
 pub mod record;
+
+mod manager;
 
 pub mod outbox;
 
