@@ -616,6 +616,34 @@ fn http_refuses_to_start_without_an_admin_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEYROLL_ADMIN_TOKEN"));
 }
 
+/// A webhook endpoint that is not http(s), or a secret not in `whsec_`
+/// form, stops the service at start with a message naming the flag; the
+/// secret is never quoted.
+#[test]
+fn http_refuses_bad_webhook_settings_at_start() {
+    let refused = |url: &str, secret: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_http_service"))
+            .args(["--listen", "127.0.0.1:0", "--webhook-url", url])
+            .env("KEYROLL_ADMIN_TOKEN", ADMIN)
+            .env("KEYROLL_WEBHOOK_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let url = refused("ftp://hooks.example.com/keyroll", WEBHOOK_SECRET);
+    assert!(
+        url.contains("--webhook-url") && url.contains("only http and https"),
+        "{url}"
+    );
+    let secret = refused("https://hooks.example.com/keyroll", "hunter2-not-a-secret");
+    assert!(
+        secret.contains("--webhook-secret") && secret.contains("whsec_"),
+        "{secret}"
+    );
+    assert!(!secret.contains("hunter2"), "{secret}");
+}
+
 #[test]
 fn http_one_string_bearer_tokens_and_the_two_header_form() {
     let service = start();
