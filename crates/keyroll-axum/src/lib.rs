@@ -45,8 +45,12 @@
 //!   forwarded; never a header by default.
 //! - [`ApiError`] answers keyroll's errors: 400 for bad input, 404, 409, 503.
 //!   Every refusal of this crate is `{"error": code, "message": text}`.
-//! - [`UsageFlusher`] writes the uses a manager with usage recording noted
-//!   in memory, every few seconds, off the requests' path.
+//! - The background tasks, each stopped by `shutdown` after one last
+//!   round: [`UsageFlusher`] writes the uses a manager with usage recording
+//!   noted in memory, every few seconds, off the requests' path;
+//!   [`Housekeeper`] applies due deletions, prunes what is past its
+//!   retention and sweeps notices; [`Deliverer`] delivers the outbox
+//!   (events and notices) with a [`keyroll::outbox::Dispatcher`].
 //! - With the feature `admin`, `admin::router(manager)`: the admin REST
 //!   API for every manager operation, its OpenAPI 3.1 document and a web
 //!   console, to nest under a path of your service.
@@ -104,12 +108,12 @@ mod error;
 #[cfg(feature = "github")]
 pub mod github;
 mod limits;
-mod usage;
+mod tasks;
 
 pub use client_ip::TrustedProxies;
 pub use error::ApiError;
 pub use limits::{RATE_LIMIT, RATE_LIMIT_POLICY};
-pub use usage::UsageFlusher;
+pub use tasks::{Deliverer, Housekeeper, UsageFlusher};
 
 /// The response header set on answers to a request made with the old token
 /// of a pending renewal: `keyroll-token-renewed: true`.

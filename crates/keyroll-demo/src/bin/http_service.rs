@@ -59,12 +59,14 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use keyroll::outbox::{Dispatcher, Sink, TracingSink};
+use keyroll::outbox::{Dispatcher, TracingSink};
 use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore, Timed};
 use keyroll::{Event, KeyId, KeyManager, LeasePolicy, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
 use keyroll_axum::github::{SecretScanning, SigningKeys};
-use keyroll_axum::{ApiError, Caller, KeyrollLayer, RequireScope, UsageFlusher};
+use keyroll_axum::{
+    ApiError, Caller, Deliverer, Housekeeper, KeyrollLayer, RequireScope, UsageFlusher,
+};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use keyroll_webhooks::{Signer, WebhookSecret, WebhookSink};
@@ -148,41 +150,6 @@ fn webhook_sink(cli: &Cli) -> Result<Option<WebhookSink>, Box<dyn Error>> {
     };
     let sink = WebhookSink::new(url, signer).map_err(|e| format!("--webhook-url: {e}"))?;
     Ok(Some(sink.timeout(cli.webhook_timeout)))
-}
-
-/// Delivers the outbox to `sink` until the process ends: again at once
-/// after a round that delivered, else after `idle`.
-fn spawn_dispatcher<K: Sink + 'static>(store: DynKeyStore, sink: K, idle: std::time::Duration) {
-    tokio::spawn(async move {
-        let dispatcher = Dispatcher::new(store, sink);
-        loop {
-            match dispatcher.dispatch(time::OffsetDateTime::now_utc()).await {
-                Ok(round) if round.delivered > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "the outbox could not be read"),
-            }
-            tokio::time::sleep(idle).await;
-        }
-    });
-}
-
-/// Housekeeps and sweeps notices every `every` (first at once), until the
-/// process ends.
-fn spawn_sweeper(keys: Arc<KeyManager<DynKeyStore>>, every: std::time::Duration) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        loop {
-            ticks.tick().await;
-            let now = time::OffsetDateTime::now_utc();
-            if let Err(e) = keys.housekeep_all(now).await {
-                tracing::warn!(error = %e, "housekeeping failed");
-            }
-            match keys.sweep_notices(now).await {
-                Ok(notices) => tracing::info!(notices = notices.len(), "notices swept"),
-                Err(e) => tracing::warn!(error = %e, "sweeping notices failed"),
-            }
-        }
-    });
 }
 
 /// The store `--store` names: in memory, SQLite (on a thread of its own)
@@ -348,11 +315,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         None => None,
     };
     let flusher = UsageFlusher::spawn(keys.clone(), cli.flush_usage_every);
-    match webhooks {
-        Some(sink) => spawn_dispatcher(store, sink, cli.dispatch_every),
-        None => spawn_dispatcher(store, TracingSink, cli.dispatch_every),
-    }
-    spawn_sweeper(keys.clone(), cli.sweep_every);
+    let deliverer = match webhooks {
+        Some(sink) => Deliverer::spawn(Dispatcher::new(store, sink), cli.dispatch_every),
+        None => Deliverer::spawn(Dispatcher::new(store, TracingSink), cli.dispatch_every),
+    };
+    let housekeeper = Housekeeper::spawn(keys.clone(), cli.sweep_every);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, router(keys.clone(), admin, scanning, metrics))
@@ -361,6 +328,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
         .await?;
     flusher.shutdown().await;
+    housekeeper.shutdown().await;
+    deliverer.shutdown().await;
     keys.release_leases().await?;
     Ok(())
 }
