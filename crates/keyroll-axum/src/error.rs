@@ -188,9 +188,19 @@ pub(crate) fn unavailable() -> ApiError {
 }
 
 /// The answer to a path a router does not serve.
-#[cfg(feature = "admin")]
 pub(crate) fn no_such_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route")
+}
+
+/// A router's fallback answering in keyroll's format: 404
+/// `{"error": "no_such_route", "message": "no such route"}`, rather than
+/// axum's empty 404.
+///
+/// ```
+/// let app: axum::Router = axum::Router::new().fallback(keyroll_axum::fallback);
+/// ```
+pub async fn fallback() -> ApiError {
+    no_such_route()
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@
 //!   behind proxies named with [`KeyrollLayer::trusted_proxies`], what they
 //!   forwarded; never a header by default.
 //! - [`ApiError`] answers keyroll's errors: 400 for bad input, 404, 409, 503.
-//!   Every refusal of this crate is `{"error": code, "message": text}`.
+//!   Every refusal of this crate is `{"error": code, "message": text}`:
+//!   [`Json`] bodies' refusals too, and [`fallback`]'s 404.
 //! - The background tasks, each stopped by `shutdown` after one last
 //!   round: [`UsageFlusher`] writes the uses a manager with usage recording
 //!   noted in memory, every few seconds, off the requests' path;
@@ -107,11 +108,13 @@ mod client_ip;
 mod error;
 #[cfg(feature = "github")]
 pub mod github;
+mod json;
 mod limits;
 mod tasks;
 
 pub use client_ip::TrustedProxies;
-pub use error::ApiError;
+pub use error::{ApiError, fallback};
+pub use json::Json;
 pub use limits::{RATE_LIMIT, RATE_LIMIT_POLICY};
 pub use tasks::{Deliverer, Housekeeper, UsageFlusher};
 

@@ -443,3 +443,83 @@ async fn refusals_before_the_body_is_read_close_the_connection() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(connection(&response), None);
 }
+
+/// `keyroll_axum::Json` bodies refused in keyroll's format, with the
+/// status axum chose, after the request was authenticated; a path no
+/// route serves answers the same way.
+#[tokio::test]
+async fn json_bodies_and_unknown_paths_are_refused_in_keyrolls_format() {
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Order {
+        item: String,
+        quantity: u32,
+    }
+    async fn order(
+        _: Caller,
+        keyroll_axum::Json(order): keyroll_axum::Json<Order>,
+    ) -> keyroll_axum::Json<Order> {
+        keyroll_axum::Json(order)
+    }
+    let f = fixture().await;
+    let layer = KeyrollLayer::new(f.keys.clone());
+    let app = Router::new()
+        .route("/orders", axum::routing::post(order))
+        .layer(layer.clone())
+        .fallback(keyroll_axum::fallback)
+        .with_state(layer);
+    let post = |content_type: &str, body: &str| {
+        Request::post("/orders")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", f.plain.expose_secret()),
+            )
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let (status, _, _, body) = send(
+        &app,
+        post("application/json", r#"{"item": "tea", "quantity": 2}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, r#"{"item":"tea","quantity":2}"#);
+    for (request, expected, code, says) in [
+        (
+            post("text/plain", "{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        (
+            post("application/json", "{not json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "as JSON",
+        ),
+        (
+            post("application/json", r#"{"item": "tea", "quantity": "two"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "quantity",
+        ),
+        (
+            bearer("/nowhere", f.plain.expose_secret()),
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+            "no such route",
+        ),
+    ] {
+        let (status, _, _, body) = send(&app, request).await;
+        assert_eq!(status, expected, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    // Without a credential, the body is never read: the 401 comes first.
+    let anonymous = Request::post("/orders")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+}

@@ -55,7 +55,7 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
@@ -64,9 +64,7 @@ use keyroll::store::{CachedStore, DynKeyStore, InMemoryStore, Timed};
 use keyroll::{Event, KeyId, KeyManager, LeasePolicy, Metadata, Scope, Scopes, TokenMatch};
 use keyroll_axum::admin::Admin;
 use keyroll_axum::github::{SecretScanning, SigningKeys};
-use keyroll_axum::{
-    ApiError, Caller, Deliverer, Housekeeper, KeyrollLayer, RequireScope, UsageFlusher,
-};
+use keyroll_axum::{Caller, Deliverer, Housekeeper, KeyrollLayer, RequireScope, UsageFlusher};
 use keyroll_postgres::{Listener, PgStore};
 use keyroll_sqlite::SqliteStore;
 use keyroll_webhooks::{Signer, WebhookSecret, WebhookSink};
@@ -268,9 +266,7 @@ fn router(
         );
     api.nest("/admin", admin.router())
         .merge(scanning.unwrap_or_default())
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route")
-        })
+        .fallback(keyroll_axum::fallback)
 }
 
 #[tokio::main]
