@@ -93,7 +93,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use client_ip::client_ip;
 use keyroll::store::KeyStore;
@@ -177,6 +177,8 @@ pub(crate) struct Shared<S> {
     two_headers: Option<(HeaderName, HeaderName)>,
     /// What a request costs a key with limits.
     cost: u32,
+    /// What a request of these methods costs instead.
+    method_costs: Vec<(Method, u32)>,
     /// The proxies that may tell the client's address.
     trusted_proxies: Option<TrustedProxies>,
 }
@@ -187,6 +189,7 @@ impl<S> std::fmt::Debug for KeyrollLayer<S> {
             .field("challenge", &self.shared.challenge)
             .field("two_headers", &self.shared.two_headers)
             .field("cost", &self.shared.cost)
+            .field("method_costs", &self.shared.method_costs)
             .field("trusted_proxies", &self.shared.trusted_proxies)
             .finish_non_exhaustive()
     }
@@ -210,6 +213,7 @@ impl<S> KeyrollLayer<S> {
                 challenge: format!("Bearer realm={}", quoted("keyroll")),
                 two_headers: None,
                 cost: 1,
+                method_costs: Vec::new(),
                 trusted_proxies: None,
             }),
         }
@@ -262,6 +266,40 @@ impl<S> KeyrollLayer<S> {
         self.configure(|shared| shared.cost = cost)
     }
 
+    /// What a request of `method` costs, instead of [`cost`](Self::cost):
+    /// one route's methods priced apart under one layer. The layer goes on
+    /// the route (or a router of routes priced alike), under no other
+    /// `KeyrollLayer` (an outer one would authenticate, and charge, first:
+    /// the inner one then passes the request through). The cost is the
+    /// request's method's, whichever handler serves it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use axum::http::Method;
+    /// use axum::{Router, routing::get};
+    /// use keyroll::KeyManager;
+    /// use keyroll::store::InMemoryStore;
+    /// use keyroll_axum::{Caller, KeyrollLayer};
+    ///
+    /// async fn orders(caller: Caller) -> String {
+    ///     caller.key_id.to_string()
+    /// }
+    ///
+    /// let keyroll = KeyrollLayer::new(Arc::new(KeyManager::new(InMemoryStore::new())));
+    /// // Listing orders costs 1, placing one 10, cancelling one 2.
+    /// let priced = keyroll.clone().method_cost(Method::POST, 10).method_cost(Method::DELETE, 2);
+    /// let app: Router = Router::new()
+    ///     .route("/v1/orders", get(orders).post(orders).delete(orders).layer(priced))
+    ///     .with_state(keyroll);
+    /// ```
+    pub fn method_cost(self, method: Method, cost: u32) -> Self {
+        self.configure(|shared| {
+            shared.method_costs.retain(|(priced, _)| *priced != method);
+            shared.method_costs.push((method, cost));
+        })
+    }
+
     /// Behind proxies: which of them may tell the client's address, which
     /// a key's networks ([`keyroll::ApiKey::networks`]) are checked
     /// against. Without this the address is the connection's peer, read
@@ -295,6 +333,7 @@ impl<S> KeyrollLayer<S> {
             challenge: self.shared.challenge.clone(),
             two_headers: self.shared.two_headers.clone(),
             cost: self.shared.cost,
+            method_costs: self.shared.method_costs.clone(),
             trusted_proxies: self.shared.trusted_proxies.clone(),
         };
         change(&mut shared);
@@ -369,7 +408,7 @@ where
                 return inner.call(request).await;
             }
             let who = match shared
-                .authenticated(request.headers(), request.extensions())
+                .authenticated(request.method(), request.headers(), request.extensions())
                 .await
             {
                 Ok(who) => who,
@@ -387,10 +426,20 @@ where
 }
 
 impl<S: KeyStore> Shared<S> {
+    /// What a request of `method` costs.
+    fn cost_of(&self, method: &Method) -> u32 {
+        let priced = self
+            .method_costs
+            .iter()
+            .find(|(priced, _)| priced == method);
+        priced.map_or(self.cost, |(_, cost)| *cost)
+    }
+
     /// Who `headers` authenticate as, or the refusal to answer, its cause
     /// logged (with the key id, never the token).
     pub(crate) async fn authenticated(
         &self,
+        method: &Method,
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Result<keyroll::Authenticated, ApiError> {
@@ -426,7 +475,7 @@ impl<S: KeyStore> Shared<S> {
         let key_id = || id.clone().or_else(|| KeyId::from_token(token).ok());
         match self
             .keys
-            .authenticate(credentials.cost(self.cost), now)
+            .authenticate(credentials.cost(self.cost_of(method)), now)
             .await
         {
             Ok(who) => Ok(who),
@@ -637,7 +686,7 @@ impl<T: KeyrollState + Send + Sync> FromRequestParts<T> for Caller {
             None => state
                 .keyroll()
                 .shared
-                .authenticated(&parts.headers, &parts.extensions)
+                .authenticated(&parts.method, &parts.headers, &parts.extensions)
                 .await
                 .map(Caller),
         }

@@ -523,3 +523,58 @@ async fn json_bodies_and_unknown_paths_are_refused_in_keyrolls_format() {
         .unwrap();
     assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// One route's methods priced apart under one layer: each request is
+/// charged its method's cost, the others the layer's.
+#[tokio::test]
+async fn a_routes_methods_are_priced_apart() {
+    use axum::http::Method;
+    let f = fixture().await;
+    let now = OffsetDateTime::now_utc();
+    let id = KeyId::new("metered").unwrap();
+    let new = NewKey::new(id.clone()).credits(keyroll::meter::Credits::new(20));
+    let (token, _) = f.keys.create_key(new, now, &mut rand::rng()).await.unwrap();
+    let keyroll = KeyrollLayer::new(f.keys.clone());
+    let priced = keyroll
+        .clone()
+        .method_cost(Method::POST, 10)
+        .method_cost(Method::DELETE, 2);
+    let app = Router::new()
+        .route(
+            "/orders",
+            get(whoami).post(whoami).delete(whoami).layer(priced),
+        )
+        .with_state(keyroll);
+    let mut left = Vec::new();
+    for method in [Method::GET, Method::POST, Method::DELETE, Method::POST] {
+        let request = Request::builder()
+            .method(method)
+            .uri("/orders")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, _, body) = send(&app, request).await;
+        let allowance = f
+            .keys
+            .allowance(&id, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        left.push((
+            status,
+            allowance.credits_remaining(),
+            body.contains("metered"),
+        ));
+    }
+    assert_eq!(
+        left,
+        [
+            (StatusCode::OK, Some(19), true),
+            (StatusCode::OK, Some(9), true),
+            (StatusCode::OK, Some(7), true),
+            (StatusCode::TOO_MANY_REQUESTS, Some(7), false),
+        ]
+    );
+}

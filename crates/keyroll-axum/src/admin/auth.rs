@@ -126,7 +126,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                 _ => match admin
                     .auth
                     .shared
-                    .authenticated(request.headers(), request.extensions())
+                    .authenticated(request.method(), request.headers(), request.extensions())
                     .await
                 {
                     Ok(who) => {
