@@ -7,6 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod common;
+
+use common::{Receiver, WEBHOOK_SECRET, free_port};
 use ureq::Agent;
 
 /// The bootstrap token: at least 32 bytes, or the service does not start.
@@ -1458,48 +1462,6 @@ fn scrape(service: &Service) -> (String, Value) {
     (text, serde_json::from_slice(&output.stdout).unwrap())
 }
 
-/// The secret the service signs webhooks with.
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// keyroll-webhooks's test receiver: checks each delivery with Python's
-/// `standardwebhooks` and logs it, on `port`.
-struct Receiver(Child);
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Receiver {
-    fn start(port: u16) -> Receiver {
-        let python = std::env::var("KEYROLL_STANDARDWEBHOOKS").unwrap_or_else(|_| "python3".into());
-        let script = include_str!("../../keyroll-webhooks/tests/receiver.py");
-        let mut child = Command::new(python)
-            .args(["-c", script, WEBHOOK_SECRET, &port.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), port.to_string());
-        Receiver(child)
-    }
-
-    fn log(port: u16) -> Vec<Value> {
-        let text = ureq::get(format!("http://127.0.0.1:{port}/log"))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-}
-
 /// The service is killed (SIGKILL) after a change and before its event is
 /// delivered (its receiver is down); started again on the same database,
 /// it delivers the event, checked by `standardwebhooks`, once per id.
@@ -1512,11 +1474,7 @@ fn http_an_event_survives_a_sigkill_before_its_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", dir.path().join("keys.db").display());
     // A port nothing listens on yet: every delivery fails, for now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hooks");
     let args = [
         "--store",
