@@ -2,7 +2,7 @@
 //! JSON shape of every refusal this crate sends.
 
 use axum::Json;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use keyroll::ManagerError;
 use keyroll::meter::Subject;
@@ -106,6 +106,15 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The whole seconds of its `Retry-After` header, if it has one.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == header::RETRY_AFTER)
+            .and_then(|(_, value)| value.to_str().ok()?.parse().ok())
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -156,26 +165,59 @@ impl<E: std::fmt::Display> From<ManagerError<E>> for ApiError {
     }
 }
 
-/// `refusal`, the answer to `request` given before its body was read:
-/// with `Connection: close` when the request has a body. The server closes
-/// a connection whose request body it did not read; without the header a
-/// client keeps that connection for its next request, which then fails
-/// (`UnexpectedEof`), more often the busier the machine.
-pub(crate) fn before_the_body<B>(
-    request: &axum::http::Request<B>,
-    mut refusal: Response,
-) -> Response {
-    let headers = request.headers();
+/// A response body keyroll's refusals can be written in: axum's, and
+/// (feature `grpc`) tonic's. [`KeyrollLayer`](crate::KeyrollLayer) and
+/// [`RequireScope`](crate::RequireScope) serve any inner service whose
+/// response body is one; implement it for another body type to use them
+/// with it.
+pub trait RefusalBody: Send + 'static {
+    /// `body`, a refusal written as axum's body, as this body type.
+    fn from_axum(body: axum::body::Body) -> Self;
+}
+
+impl RefusalBody for axum::body::Body {
+    fn from_axum(body: axum::body::Body) -> Self {
+        body
+    }
+}
+
+#[cfg(feature = "grpc")]
+impl RefusalBody for tonic::body::Body {
+    fn from_axum(body: axum::body::Body) -> Self {
+        tonic::body::Body::new(body)
+    }
+}
+
+/// `refusal`, the answer to a request with these `headers` (of HTTP
+/// `version`), given before its body was read. A gRPC request (feature
+/// `grpc`) gets the gRPC status `refusal` maps to, as a trailers-only
+/// answer. Otherwise `Connection: close` is added when the request has a
+/// body: the server closes a connection whose request body it did not
+/// read; without the header a client keeps that connection for its next
+/// request, which then fails (`UnexpectedEof`), more often the busier the
+/// machine.
+pub(crate) fn refuse<B: RefusalBody>(
+    headers: &HeaderMap,
+    version: Version,
+    refusal: ApiError,
+) -> axum::http::Response<B> {
+    #[cfg(feature = "grpc")]
+    if crate::grpc::is_grpc(headers) {
+        return crate::grpc::status(&refusal)
+            .into_http::<axum::body::Body>()
+            .map(B::from_axum);
+    }
+    let mut response = refusal.into_response();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
-    if has_body && request.version() <= axum::http::Version::HTTP_11 {
-        refusal
+    if has_body && version <= Version::HTTP_11 {
+        response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    refusal
+    response.map(B::from_axum)
 }
 
 /// The answer to a store failure: 503, with nothing of the store's message.

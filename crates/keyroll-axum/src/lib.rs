@@ -91,7 +91,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -108,12 +108,14 @@ mod client_ip;
 mod error;
 #[cfg(feature = "github")]
 pub mod github;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod json;
 mod limits;
 mod tasks;
 
 pub use client_ip::TrustedProxies;
-pub use error::{ApiError, fallback};
+pub use error::{ApiError, RefusalBody, fallback};
 pub use json::Json;
 pub use limits::{RATE_LIMIT, RATE_LIMIT_POLICY};
 pub use tasks::{Deliverer, Housekeeper, UsageFlusher};
@@ -122,8 +124,10 @@ pub use tasks::{Deliverer, Housekeeper, UsageFlusher};
 /// of a pending renewal: `keyroll-token-renewed: true`.
 pub const TOKEN_RENEWED: HeaderName = HeaderName::from_static("keyroll-token-renewed");
 
-/// The future the services of this crate return.
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+/// The future the services of this crate return: a response with body
+/// `B` (axum's, tonic's), or the inner service's error `E`.
+pub type ResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<axum::http::Response<B>, E>> + Send>>;
 
 /// The token of an `Authorization` header value of the `Bearer` scheme,
 /// which RFC 7235 makes case-insensitive (`Bearer`, `bearer`, `BEARER`),
@@ -179,6 +183,8 @@ pub(crate) struct Shared<S> {
     cost: u32,
     /// What a request of these methods costs instead.
     method_costs: Vec<(Method, u32)>,
+    /// What a request of these paths (gRPC methods) costs instead.
+    path_costs: Vec<(String, u32)>,
     /// The proxies that may tell the client's address.
     trusted_proxies: Option<TrustedProxies>,
 }
@@ -190,6 +196,7 @@ impl<S> std::fmt::Debug for KeyrollLayer<S> {
             .field("two_headers", &self.shared.two_headers)
             .field("cost", &self.shared.cost)
             .field("method_costs", &self.shared.method_costs)
+            .field("path_costs", &self.shared.path_costs)
             .field("trusted_proxies", &self.shared.trusted_proxies)
             .finish_non_exhaustive()
     }
@@ -214,6 +221,7 @@ impl<S> KeyrollLayer<S> {
                 two_headers: None,
                 cost: 1,
                 method_costs: Vec::new(),
+                path_costs: Vec::new(),
                 trusted_proxies: None,
             }),
         }
@@ -300,6 +308,25 @@ impl<S> KeyrollLayer<S> {
         })
     }
 
+    /// What a request of `path` costs, before any method's: for a gRPC
+    /// method, whose requests are all `POST`s, its path
+    /// (`/orders.v1.Orders/Place`).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use keyroll::KeyManager;
+    /// # use keyroll::store::InMemoryStore;
+    /// # use keyroll_axum::KeyrollLayer;
+    /// let keyroll = KeyrollLayer::new(Arc::new(KeyManager::new(InMemoryStore::new())))
+    ///     .path_cost("/orders.v1.Orders/Place", 10);
+    /// ```
+    pub fn path_cost(self, path: &str, cost: u32) -> Self {
+        self.configure(|shared| {
+            shared.path_costs.retain(|(priced, _)| priced != path);
+            shared.path_costs.push((path.to_owned(), cost));
+        })
+    }
+
     /// Behind proxies: which of them may tell the client's address, which
     /// a key's networks ([`keyroll::ApiKey::networks`]) are checked
     /// against. Without this the address is the connection's peer, read
@@ -334,6 +361,7 @@ impl<S> KeyrollLayer<S> {
             two_headers: self.shared.two_headers.clone(),
             cost: self.shared.cost,
             method_costs: self.shared.method_costs.clone(),
+            path_costs: self.shared.path_costs.clone(),
             trusted_proxies: self.shared.trusted_proxies.clone(),
         };
         change(&mut shared);
@@ -378,21 +406,29 @@ impl<S, I: Clone> Clone for KeyrollService<S, I> {
     }
 }
 
-impl<S, I> Service<Request> for KeyrollService<S, I>
+/// For any request body and any response body keyroll's refusals can be
+/// written in ([`RefusalBody`]): axum's routes, and (feature `grpc`)
+/// tonic's services, whose refusals are gRPC statuses.
+impl<S, I, ReqB, ResB> Service<axum::http::Request<ReqB>> for KeyrollService<S, I>
 where
     S: KeyStore + 'static,
-    I: Service<Request, Response = Response> + Clone + Send + 'static,
+    I: Service<axum::http::Request<ReqB>, Response = axum::http::Response<ResB>>
+        + Clone
+        + Send
+        + 'static,
     I::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: RefusalBody,
 {
-    type Response = Response;
+    type Response = axum::http::Response<ResB>;
     type Error = I::Error;
-    type Future = ResponseFuture<I::Error>;
+    type Future = ResponseFuture<ResB, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<ReqB>) -> Self::Future {
         // The inner service that was polled ready goes with the request; a
         // clone stays for the next one.
         let clone = self.inner.clone();
@@ -407,13 +443,10 @@ where
             {
                 return inner.call(request).await;
             }
-            let who = match shared
-                .authenticated(request.method(), request.headers(), request.extensions())
-                .await
-            {
+            let who = match shared.authenticated(Asked::of(&request)).await {
                 Ok(who) => who,
                 Err(refused) => {
-                    return Ok(error::before_the_body(&request, refused.into_response()));
+                    return Ok(error::refuse(request.headers(), request.version(), refused));
                 }
             };
             let headers = response_headers(&who);
@@ -425,24 +458,59 @@ where
     }
 }
 
+/// What a request asks with: what authentication reads of it.
+pub(crate) struct Asked<'a> {
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+}
+
+impl<'a> Asked<'a> {
+    /// What `request` asks with.
+    pub(crate) fn of<B>(request: &'a axum::http::Request<B>) -> Self {
+        Asked {
+            method: request.method(),
+            path: request.uri().path(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
+
+    /// What a request of these `parts` asks with.
+    fn of_parts(parts: &'a Parts) -> Self {
+        Asked {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        }
+    }
+}
+
 impl<S: KeyStore> Shared<S> {
-    /// What a request of `method` costs.
-    fn cost_of(&self, method: &Method) -> u32 {
-        let priced = self
-            .method_costs
-            .iter()
-            .find(|(priced, _)| priced == method);
-        priced.map_or(self.cost, |(_, cost)| *cost)
+    /// What a request costs: its path's (a gRPC method's), else its
+    /// method's, else the layer's.
+    fn cost_of(&self, asked: &Asked<'_>) -> u32 {
+        let by_path = self.path_costs.iter().find(|(path, _)| path == asked.path);
+        let by_method = || {
+            self.method_costs
+                .iter()
+                .find(|(method, _)| method == asked.method)
+        };
+        by_path
+            .map(|(_, cost)| *cost)
+            .or_else(|| by_method().map(|(_, cost)| *cost))
+            .unwrap_or(self.cost)
     }
 
     /// Who `headers` authenticate as, or the refusal to answer, its cause
     /// logged (with the key id, never the token).
     pub(crate) async fn authenticated(
         &self,
-        method: &Method,
-        headers: &HeaderMap,
-        extensions: &Extensions,
+        asked: Asked<'_>,
     ) -> Result<keyroll::Authenticated, ApiError> {
+        let (headers, extensions) = (asked.headers, asked.extensions);
         let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header(&header::AUTHORIZATION).and_then(bearer_token);
         let sent_id = self
@@ -475,7 +543,7 @@ impl<S: KeyStore> Shared<S> {
         let key_id = || id.clone().or_else(|| KeyId::from_token(token).ok());
         match self
             .keys
-            .authenticate(credentials.cost(self.cost_of(method)), now)
+            .authenticate(credentials.cost(self.cost_of(&asked)), now)
             .await
         {
             Ok(who) => Ok(who),
@@ -686,7 +754,7 @@ impl<T: KeyrollState + Send + Sync> FromRequestParts<T> for Caller {
             None => state
                 .keyroll()
                 .shared
-                .authenticated(&parts.method, &parts.headers, &parts.extensions)
+                .authenticated(Asked::of_parts(parts))
                 .await
                 .map(Caller),
         }
@@ -752,40 +820,43 @@ pub struct RequireScopeService<I> {
     scope: Scope,
 }
 
-impl<I> Service<Request> for RequireScopeService<I>
+/// For any request body and any response body keyroll's refusals can be
+/// written in ([`RefusalBody`]), as [`KeyrollService`].
+impl<I, ReqB, ResB> Service<axum::http::Request<ReqB>> for RequireScopeService<I>
 where
-    I: Service<Request, Response = Response> + Clone + Send + 'static,
+    I: Service<axum::http::Request<ReqB>, Response = axum::http::Response<ResB>>
+        + Clone
+        + Send
+        + 'static,
     I::Future: Send + 'static,
-    I::Error: Send,
+    I::Error: Send + 'static,
+    ResB: RefusalBody,
 {
-    type Response = Response;
+    type Response = axum::http::Response<ResB>;
     type Error = I::Error;
-    type Future = ResponseFuture<I::Error>;
+    type Future = ResponseFuture<ResB, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: axum::http::Request<ReqB>) -> Self::Future {
         let refused = match request.extensions().get::<keyroll::Authenticated>() {
             Some(who) if who.scopes.contains(self.scope.as_str()) => None,
-            Some(who) => {
-                Some(InsufficientScope::logged(&who.key_id, self.scope.as_str()).into_response())
-            }
+            Some(who) => Some(InsufficientScope::logged(&who.key_id, self.scope.as_str()).into()),
             None => {
                 // A routing mistake, logged; never an anonymous pass.
                 tracing::error!("keyroll: RequireScope on a route without KeyrollLayer");
-                let internal = ApiError::new(
+                Some(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     "internal error",
-                );
-                Some(internal.into_response())
+                ))
             }
         };
         match refused {
             Some(refused) => {
-                let refused = error::before_the_body(&request, refused);
+                let refused = error::refuse(request.headers(), request.version(), refused);
                 Box::pin(std::future::ready(Ok(refused)))
             }
             None => Box::pin(self.inner.call(request)),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use keyroll::store::{BOOTSTRAP_RETIRED, KeyStore};
 use keyroll::{Event, KeyId, KeyManager, KeyStatus, Scope, Scopes};
 use subtle::ConstantTimeEq;
@@ -126,7 +126,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                 _ => match admin
                     .auth
                     .shared
-                    .authenticated(request.method(), request.headers(), request.extensions())
+                    .authenticated(crate::Asked::of(&request))
                     .await
                 {
                     Ok(who) => {
@@ -135,7 +135,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
                         (admitted(&admin, caller).await, Some(headers))
                     }
                     Err(refused) => {
-                        return crate::error::before_the_body(&request, refused.into_response());
+                        return crate::error::refuse(request.headers(), request.version(), refused);
                     }
                 },
             }
@@ -143,7 +143,7 @@ pub(crate) async fn authorize<S: KeyStore + 'static>(
     };
     let actor = match actor {
         Ok(actor) => actor,
-        Err(refused) => return crate::error::before_the_body(&request, refused.into_response()),
+        Err(refused) => return crate::error::refuse(request.headers(), request.version(), refused),
     };
     request.extensions_mut().insert(actor);
     let mut response = next.run(request).await;
