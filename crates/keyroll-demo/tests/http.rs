@@ -1535,3 +1535,90 @@ fn http_an_event_survives_a_sigkill_before_its_delivery() {
         (Some(0), Some(0))
     );
 }
+
+/// The demo's gRPC method, called by Python's `grpcio` (a client nobody
+/// here wrote): the caller's key id back; `UNAUTHENTICATED` without a
+/// token, `PERMISSION_DENIED` without the scope, `RESOURCE_EXHAUSTED` with
+/// `google.rpc.RetryInfo` in `grpc-status-details-bin` once a key's rate
+/// limit is spent.
+#[test]
+#[cfg_attr(
+    not(keyroll_grpcio),
+    ignore = "needs Python's grpcio: `pip install grpcio` and set KEYROLL_GRPCIO=python3 (`bash .ci/run` does)"
+)]
+fn http_the_grpc_method_answers_grpcio() {
+    let port = free_port();
+    let grpc = format!("127.0.0.1:{port}");
+    let service = start_with(&["--grpc-listen", &grpc]);
+    let reader = service.create(json!({"id": "grpc-reader", "scopes": ["orders:read"]}));
+    let outsider = service.create(json!({"id": "grpc-outsider"}));
+    let limited = service.create(json!({
+        "id": "grpc-limited",
+        "scopes": ["orders:read"],
+        "rate_limit": {"limit": 1, "period": "1m"}
+    }));
+    let python = std::env::var("KEYROLL_GRPCIO").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(python)
+        .args([
+            "-c",
+            r#"
+import json, sys, grpc
+address, reader, outsider, limited = sys.argv[1:]
+channel = grpc.insecure_channel(address)
+grpc.channel_ready_future(channel).result(timeout=30)
+list_ = channel.unary_unary("/orders.v1.Orders/List",
+    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+def fields(data):
+    # ListReply: field 1 key_id, field 2 orders (strings: wire type 2)
+    out, i = {}, 0
+    while i < len(data):
+        tag, length = data[i], data[i + 1]
+        out.setdefault(tag >> 3, []).append(data[i + 2:i + 2 + length].decode())
+        i += 2 + length
+    return out
+
+def call(token):
+    metadata = [("authorization", "Bearer " + token)] if token else []
+    try:
+        return {"key_id": fields(list_(b"", metadata=metadata, timeout=10)).get(1, [""])[0]}
+    except grpc.RpcError as e:
+        trailers = dict(e.trailing_metadata() or ())
+        return {"code": e.code().name, "details": e.details(),
+                "status_details": "grpc-status-details-bin" in trailers}
+
+print(json.dumps({"reader": call(reader), "anonymous": call(None), "outsider": call(outsider),
+                  "limited": [call(limited), call(limited)]}))
+"#,
+            &grpc,
+            &reader,
+            &outsider,
+            &limited,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answers["reader"]["key_id"], "grpc-reader", "{answers}");
+    assert_eq!(answers["anonymous"]["code"], "UNAUTHENTICATED", "{answers}");
+    assert_eq!(
+        answers["outsider"]["code"], "PERMISSION_DENIED",
+        "{answers}"
+    );
+    assert!(
+        answers["outsider"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("orders:read")
+    );
+    assert_eq!(answers["limited"][0]["key_id"], "grpc-limited", "{answers}");
+    assert_eq!(
+        answers["limited"][1]["code"], "RESOURCE_EXHAUSTED",
+        "{answers}"
+    );
+    assert_eq!(answers["limited"][1]["status_details"], true, "{answers}");
+}

@@ -32,6 +32,10 @@
 //! - `POST /secret-scanning/github`, with `--github-keys PATH` (the PEM
 //!   public keys GitHub signs with): [`keyroll_axum::github`], GitHub's
 //!   secret scanning partner endpoint.
+//! - With `--grpc-listen ADDR`, the gRPC method `orders.v1.Orders/List`
+//!   (scope `orders:read`) behind the same authentication: refusals are
+//!   gRPC statuses (`UNAUTHENTICATED`, `PERMISSION_DENIED`,
+//!   `RESOURCE_EXHAUSTED` with `google.rpc.RetryInfo`).
 //! - `GET /metrics`: keyroll's metrics (authentications and charges by
 //!   outcome, store calls' latency, cache lookups, lease units) in
 //!   Prometheus's text format, from
@@ -51,6 +55,8 @@
 //! sweeps notices (keys expiring, renewals due, credits low or spent) and
 //! housekeeps every `--sweep-every`. A crash between a change and its
 //! delivery loses nothing: the next start delivers it.
+
+mod grpc;
 
 use std::error::Error;
 use std::sync::Arc;
@@ -123,6 +129,10 @@ struct Cli {
     /// How often the outbox is read when nothing was due.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     dispatch_every: std::time::Duration,
+    /// Also serves the gRPC method `orders.v1.Orders/List` here, behind
+    /// the same layer (its address is logged on stderr).
+    #[arg(long)]
+    grpc_listen: Option<String>,
     /// How often notices are swept (keys expiring, renewals due, credits
     /// low) and housekeeping runs (scheduled deletions, old counts and
     /// delivered events pruned).
@@ -316,6 +326,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         None => Deliverer::spawn(Dispatcher::new(store, TracingSink), cli.dispatch_every),
     };
     let housekeeper = Housekeeper::spawn(keys.clone(), cli.sweep_every);
+    if let Some(address) = &cli.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        eprintln!("grpc listening on {}", listener.local_addr()?);
+        grpc::serve(listener, KeyrollLayer::new(keys.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, router(keys.clone(), admin, scanning, metrics))

@@ -1,0 +1,95 @@
+//! One gRPC method beside the HTTP routes: `orders.v1.Orders/List`,
+//! behind the same `KeyrollLayer`, served by tonic (written out as tonic's
+//! generated code would be: no protoc needed).
+//!
+//! ```proto
+//! package orders.v1;
+//! service Orders { rpc List(ListRequest) returns (ListReply); }
+//! message ListRequest {}
+//! message ListReply { string key_id = 1; repeated string orders = 2; }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use keyroll::store::DynKeyStore;
+use keyroll_axum::{Caller, KeyrollLayer};
+use tonic::Status;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ListRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ListReply {
+    #[prost(string, tag = "1")]
+    key_id: String,
+    #[prost(string, repeated, tag = "2")]
+    orders: Vec<String>,
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The `Orders` service.
+#[derive(Clone)]
+struct Orders;
+
+impl tonic::server::NamedService for Orders {
+    const NAME: &'static str = "orders.v1.Orders";
+}
+
+/// `List`: the caller's orders (none), scope `orders:read` needed.
+struct List;
+
+impl tonic::server::UnaryService<ListRequest> for List {
+    type Response = ListReply;
+    type Future = Boxed<Result<tonic::Response<ListReply>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<ListRequest>) -> Self::Future {
+        Box::pin(async move {
+            let caller = Caller::of_grpc(&request)?;
+            caller.require_scope("orders:read")?;
+            Ok(tonic::Response::new(ListReply {
+                key_id: caller.key_id.to_string(),
+                orders: Vec::new(),
+            }))
+        })
+    }
+}
+
+impl tower_service::Service<axum::http::Request<tonic::body::Body>> for Orders {
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Boxed<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            if request.uri().path() != "/orders.v1.Orders/List" {
+                return Ok(Status::unimplemented("no such method").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(List, request).await)
+        })
+    }
+}
+
+/// Serves `Orders` on `listener`, behind `keyroll`, until the process
+/// ends.
+pub fn serve(listener: tokio::net::TcpListener, keyroll: KeyrollLayer<DynKeyStore>) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .layer(keyroll)
+            .add_service(Orders)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC server stopped");
+        }
+    });
+}
