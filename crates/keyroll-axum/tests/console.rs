@@ -181,16 +181,43 @@ async fn menu_items(c: &Client, id: &str) -> Vec<String> {
     serde_json::from_value(c.execute(&script, vec![]).await.unwrap()).unwrap()
 }
 
-/// Saves a screenshot at both widths.
+/// A main state of the page: checked by axe-core and saved as a
+/// screenshot, at both widths.
 async fn shoot(c: &Client, name: &str) {
     let dir = screenshots();
     for (width, height) in [(1440, 1000), (390, 844)] {
         c.set_window_size(width, height).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
+        axe(c, &format!("{name} at {width} px")).await;
         let png = c.screenshot().await.unwrap();
         std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
     }
     c.set_window_size(1440, 1000).await.unwrap();
+}
+
+/// Runs axe-core (its `axe.min.js` from npm, at `KEYROLL_AXE`; `.ci/run`
+/// installs it) on the page, and fails naming every violation.
+async fn axe(c: &Client, state: &str) {
+    let path = std::env::var("KEYROLL_AXE")
+        .expect("KEYROLL_AXE: the path of axe-core's axe.min.js (`bash .ci/run` installs it)");
+    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    c.execute(&format!("{source}\nreturn true;"), vec![])
+        .await
+        .unwrap();
+    let violations = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+                 .then((r) => done(r.violations.map((v) => ({
+                     id: v.id, impact: v.impact, help: v.help,
+                     nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ') + ': ' + n.failureSummary),
+                 }))))
+                 .catch((e) => done([{ id: 'axe-error', help: String(e) }]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(violations, json!([]), "axe-core, {state}: {violations:#}");
 }
 
 fn screenshots() -> PathBuf {
@@ -357,8 +384,12 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         "{shown}"
     );
     assert_eq!(
-        menu_items(&c, "shop").await[..2],
-        ["Delete old token", "Undo renewal"]
+        menu_items(&c, "shop").await[..3],
+        [
+            "Delete old token",
+            "Delete old token if unused",
+            "Undo renewal"
+        ]
     );
     let (_, key) = api_key(&app, &admin, "shop").await;
     assert_eq!(
@@ -877,4 +908,136 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
     assert!(text(&c, "#status").await.contains("evt_2 is pending again"));
     let counts = keys.store().outbox_counts().await.unwrap();
     assert_eq!((counts.pending, counts.parked), (2, 0));
+}
+
+/// The old token's choices beyond Later and Now (in 24 hours, at a time,
+/// after the new token's first use), "delete if unused" telling the old
+/// token's last use, a warning before leaving with a token not copied,
+/// the expiring panel's limit and links, one primary toolbar button and a
+/// focus ring that shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keyroll_browser),
+    ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
+)]
+async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token() {
+    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let now = OffsetDateTime::now_utc();
+    let ops =
+        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    let admin = admin.expose_secret().to_owned();
+    for id in ["timed", "graced", "idle"] {
+        keys.create_key(KeyId::new(id).unwrap(), now, &mut rand::rng())
+            .await
+            .unwrap();
+    }
+    keys.renew(&KeyId::new("idle").unwrap(), now, &mut rand::rng())
+        .await
+        .unwrap();
+    for n in 0..7 {
+        let soon = NewKey::new(KeyId::new(format!("soon-{n}")).unwrap())
+            .expires_at(now + time::Duration::days(n + 1));
+        keys.create_key(soon, now, &mut rand::rng()).await.unwrap();
+    }
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/admin/console")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(&c, "!document.querySelector('#app').hidden").await;
+
+    // One primary button in the toolbar; a focus ring of 3:1 at least.
+    let secondary = "['create', 'revoke', 'refresh'].map(id => document.getElementById(id).classList.contains('secondary'))";
+    assert_eq!(
+        c.execute(&format!("return {secondary};"), vec![])
+            .await
+            .unwrap(),
+        json!([false, true, true])
+    );
+    press(&c, Key::Tab).await;
+    let ring = c
+        .execute(
+            "return getComputedStyle(document.activeElement).outlineColor;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ring, json!("rgb(180, 83, 9)"));
+
+    // The expiring panel: the soonest 5, each a link to its row.
+    until(&c, "!document.querySelector('#expiring-panel').hidden").await;
+    assert_eq!(
+        c.execute(
+            "return document.querySelectorAll('#expiring li').length;",
+            vec![]
+        )
+        .await
+        .unwrap(),
+        json!(5)
+    );
+    assert!(text(&c, "#expiring-more").await.contains("and 2 more"));
+    click(&c, "#expiring li a").await;
+    until_focus_on_row(&c, "soon-0").await;
+
+    // Renewed, the old token deleted in 24 hours; leaving before the
+    // token is copied is warned against.
+    menu(&c, "timed", "Renew token").await;
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    let leaving = "const e = new Event('beforeunload', { cancelable: true }); window.dispatchEvent(e); return e.defaultPrevented;";
+    assert_eq!(c.execute(leaving, vec![]).await.unwrap(), json!(true));
+    click(&c, "input[name='delete-old'][value='in-24h']").await;
+    click(&c, "#finish").await;
+    until(&c, "!document.querySelector('#token-dialog').open").await;
+    assert_eq!(c.execute(leaving, vec![]).await.unwrap(), json!(false));
+    let (_, key) = api_key(&app, &admin, "timed").await;
+    let at = OffsetDateTime::parse(
+        key["old_token_deleted_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let from_now = at - OffsetDateTime::now_utc();
+    assert!(
+        from_now > time::Duration::hours(23) && from_now <= time::Duration::hours(24),
+        "{from_now}"
+    );
+
+    // "At a time" without one is refused in the dialog; then "after the
+    // new token's first use", with a grace of 2 hours.
+    menu(&c, "graced", "Renew token").await;
+    until(&c, "document.querySelector('#token-dialog').open").await;
+    click(&c, "input[name='delete-old'][value='at']").await;
+    click(&c, "#finish").await;
+    until(&c, "!document.querySelector('#token-error').hidden").await;
+    assert!(text(&c, "#token-error").await.contains("Give the time"));
+    click(&c, "input[name='delete-old'][value='after-use']").await;
+    type_into(&c, "#delete-grace", "2h").await;
+    click(&c, "#finish").await;
+    until(&c, "!document.querySelector('#token-dialog').open").await;
+    let (_, key) = api_key(&app, &admin, "graced").await;
+    assert!(
+        key["decision"].as_str().unwrap().starts_with("after"),
+        "{key}"
+    );
+
+    // Deleted if unused: the confirmation tells the old token's last use.
+    menu(&c, "idle", "Delete old token if unused").await;
+    until(&c, "document.querySelector('#confirm-dialog').open").await;
+    assert!(text(&c, "#confirm-text").await.contains("last used: never"));
+    click(&c, "#confirm-ok").await;
+    until(
+        &c,
+        "document.querySelector('#status').textContent.includes('Deleted the old token of idle')",
+    )
+    .await;
+    until_focus_on_row(&c, "idle").await;
+    assert_eq!(
+        api_key(&app, &admin, "idle").await.1["pending_deletion"],
+        false
+    );
+    shoot(&c, "10-expiring-and-choices").await;
 }

@@ -214,6 +214,9 @@ async function load() {
   render();
 }
 
+// How many expiring keys the panel lists.
+const EXPIRING_SHOWN = 5;
+
 async function loadExpiring() {
   expiring = (await api("GET", "expiring?within=14d")).keys;
   render();
@@ -303,16 +306,28 @@ function render() {
   $("page-label").textContent = keys.length
     ? "Keys " + first + "–" + (first + keys.length - 1) + (page.owner ? " of " + page.owner : "")
     : "";
-  const list = $("expiring");
-  list.replaceChildren(
-    ...expiring.map((e) => {
+  // The soonest few, each a link to its key's row; the rest counted.
+  const shown = expiring.slice(0, EXPIRING_SHOWN);
+  $("expiring").replaceChildren(
+    ...shown.map((e) => {
       const item = el("li");
-      item.append(el("strong", e.key.id), " ",
+      const link = el("a", e.key.id, "key-id");
+      link.href = "#key=" + enc(e.key.id);
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        const row = rowOf(e.key.id);
+        if (row) row.scrollIntoView({ block: "center" });
+        focusRow(e.key.id);
+      });
+      item.append(link, " ",
         el("span", e.reason === "key_expires" ? "expires" : "is due for renewal", "flag"),
         " " + formatDate(e.at));
       return item;
     }),
   );
+  const more = expiring.length - shown.length;
+  $("expiring-more").textContent = more > 0 ? "and " + more + " more (keyctl expiring lists them all)" : "";
+  $("expiring-more").hidden = more <= 0;
   $("expiring-panel").hidden = expiring.length === 0;
   renderNotice();
 }
@@ -372,9 +387,28 @@ function row(key, soon) {
   tr.append(cell("Renewal", renewalOf(key)));
   tr.append(cell("Last use", formatDate(key.last_used_at)));
   tr.append(cell("Expiry", key.expires_at ? formatDate(key.expires_at) : "never"));
+  // On a phone a card shows the key, its status and its due date; the
+  // rest folds behind "Details".
+  for (const td of tr.cells) {
+    if (FOLDED.has(td.dataset.label)) td.classList.add("fold");
+  }
+  const toggle = el("button", "Details", "secondary");
+  toggle.type = "button";
+  toggle.setAttribute("aria-expanded", "false");
+  toggle.setAttribute("aria-label", "Details of " + key.id);
+  toggle.addEventListener("click", () => {
+    const open = tr.classList.toggle("open");
+    toggle.setAttribute("aria-expanded", String(open));
+  });
+  const details = cell("Details", toggle);
+  details.classList.add("phone-only");
+  tr.append(details);
   tr.append(cell("Actions", menu(key)));
   return tr;
 }
+
+// What a card folds on a phone.
+const FOLDED = new Set(["Owner", "Scopes", "Renewal", "Last use", "Expiry"]);
 
 // The menu of a key's row: only what the key's state allows.
 function menu(key) {
@@ -396,6 +430,7 @@ function menu(key) {
   if (!key.pending_deletion) item("Renew token", () => renew(key));
   if (key.pending_deletion) {
     item("Delete old token", () => deleteOld(key), "danger");
+    item("Delete old token if unused", () => deleteOldIfIdle(key), "danger");
     item("Undo renewal", () => undo(key));
   }
   item("Usage", () => usage(key));
@@ -456,6 +491,23 @@ const deleteOld = (key) => confirmThen(
   "Deleted the old token of " + key.id + ": only the new token is valid.",
 );
 
+// Deletes the old token only if it went unused for a day, telling its
+// last use first.
+const deleteOldIfIdle = (key) => confirmWith({
+  title: "Delete the old token of " + key.id + " if unused?",
+  text: "The old token was last used: " + formatDate(key.old_token && key.old_token.last_used_at) +
+    ". It is deleted only if it went unused for the last 24 hours; otherwise nothing changes.",
+  confirm: "Delete if unused",
+}).then(async (confirmed) => {
+  if (!confirmed) return focusRow(key.id);
+  const ok = await attempt(() => api("POST", keyPath(key.id) + "/old-token/delete-if-idle", { min_idle: "24h" }));
+  if (ok) {
+    say("Deleted the old token of " + key.id + ": it went unused for 24 hours.", key.id);
+    await attempt(load);
+  }
+  focusRow(key.id);
+});
+
 const undo = (key) => confirmThen(
   key,
   {
@@ -494,6 +546,15 @@ const deleteKey = (key) => confirmThen(
 let pendingRenewal = null;
 // The key whose row gets the focus when the token dialog closes.
 let tokenOf = null;
+// Whether the token shown was copied: leaving the page before is warned.
+let tokenCopied = false;
+
+window.addEventListener("beforeunload", (event) => {
+  if ($("token-dialog").open && !tokenCopied) {
+    event.preventDefault();
+    event.returnValue = "";
+  }
+});
 
 function showToken(intro, issued, renewal) {
   pendingRenewal = renewal ? issued.id : null;
@@ -502,6 +563,7 @@ function showToken(intro, issued, renewal) {
   $("token-intro").textContent = intro;
   $("new-token").value = issued.token;
   $("copy-status").textContent = "";
+  tokenCopied = false;
   $("deletion").hidden = !renewal;
   document.querySelector('input[name="delete-old"][value="later"]').checked = true;
   showError("", $("token-error"));
@@ -514,10 +576,12 @@ $("copy").addEventListener("click", async () => {
   try {
     await navigator.clipboard.writeText(input.value);
     $("copy-status").textContent = "Copied to the clipboard.";
+    tokenCopied = true;
   } catch (e) {
     input.focus();
     input.select();
     const copied = document.execCommand && document.execCommand("copy");
+    tokenCopied = Boolean(copied);
     $("copy-status").textContent = copied
       ? "Copied to the clipboard."
       : "The browser did not allow copying: the token is selected, press Ctrl+C (or ⌘C).";
@@ -531,18 +595,41 @@ $("token-dialog-form").addEventListener("submit", async (event) => {
   const id = pendingRenewal;
   if (id) {
     const choice = document.querySelector('input[name="delete-old"]:checked').value;
-    const ok = await attempt(
-      () => api("POST", keyPath(id) + "/finalize", { delete_old: choice }),
-      $("token-error"),
-    );
+    let decided;
+    const ok = await attempt(async () => {
+      decided = deletionChoice(choice);
+      await api("POST", keyPath(id) + "/finalize", decided.body);
+    }, $("token-error"));
     if (!ok) return;
     pendingRenewal = null;
-    say(choice === "now"
-      ? "Renewed " + id + ": the old token is deleted."
-      : "Renewed " + id + ": the old token stays valid until you delete it.", id);
+    say("Renewed " + id + ": " + decided.told, id);
   }
   $("token-dialog").close();
 });
+
+// The finalize body of a deletion choice, and what to tell once done.
+function deletionChoice(choice) {
+  const inHours = { "in-1h": 1, "in-24h": 24, "in-7d": 168 }[choice];
+  if (choice === "now") return { body: { delete_old: "now" }, told: "the old token is deleted." };
+  if (choice === "later") {
+    return { body: { delete_old: "later" }, told: "the old token stays valid until you delete it." };
+  }
+  if (inHours || choice === "at") {
+    const at = inHours
+      ? new Date(Date.now() + inHours * 3600 * 1000)
+      : new Date($("delete-at").value);
+    if (isNaN(at.getTime())) throw new ApiError(0, "bad_input", "Give the time to delete the old token at.");
+    return {
+      body: { delete_old: "at", at: at.toISOString() },
+      told: "the old token is deleted " + formatDate(at.toISOString()) + ".",
+    };
+  }
+  const grace = $("delete-grace").value.trim();
+  return {
+    body: { delete_old: "after_new_token_use", grace },
+    told: "the old token is deleted " + grace + " after the new one's first use.",
+  };
+}
 
 // However the dialog closes, the token leaves the page, and the focus goes
 // back to the key's row.
@@ -550,6 +637,7 @@ $("token-dialog").addEventListener("close", async () => {
   if (pendingRenewal) say("Renewed " + pendingRenewal + ": the old token stays valid until you delete it.", pendingRenewal);
   pendingRenewal = null;
   $("new-token").value = "";
+  tokenCopied = false;
   const id = tokenOf;
   tokenOf = null;
   await attempt(load);
