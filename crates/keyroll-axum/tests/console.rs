@@ -468,11 +468,12 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
             .contains(&"Activate".to_owned())
     );
 
-    // The usage chart: the admin's own calls, one line per outcome.
+    // The usage chart: the admin's own calls, as bars as wide as the
+    // panel, with a tick at each midnight; the arrow keys read an hour.
     menu(&c, "ops", "Usage").await;
     until(
         &c,
-        "document.querySelectorAll('#usage-chart svg polyline').length === 4",
+        "document.querySelectorAll('#usage-chart svg rect.bar').length > 0",
     )
     .await;
     let title = text(&c, "#usage-legend").await;
@@ -480,6 +481,20 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         title.contains("Accepted") && !title.contains("Accepted 0"),
         "{title}"
     );
+    let widths = "const svg = document.querySelector('#usage-chart svg'); \
+        return svg.getBoundingClientRect().width / svg.parentElement.getBoundingClientRect().width;";
+    assert_eq!(c.execute(widths, vec![]).await.unwrap(), json!(1));
+    c.execute("document.querySelector('#usage-chart svg').focus()", vec![])
+        .await
+        .unwrap();
+    press(&c, Key::End).await;
+    let readout = text(&c, ".usage-readout").await;
+    assert!(
+        readout.contains("accepted") && !readout.starts_with("0 accepted"),
+        "the current hour holds the admin's calls: {readout}"
+    );
+    press(&c, Key::Left).await;
+    assert_ne!(text(&c, ".usage-readout").await, readout);
     shoot(&c, "5-usage").await;
 
     // By keyboard alone: a renewal of `ops` closed with Escape before

@@ -745,57 +745,109 @@ async function usage(key) {
 
 // The last 7 days by hour of `what`, each outcome a line of its own,
 // drawn as SVG into `chart`, with its totals in `legend`.
+// The charts drawn, by element id: drawn again at the new width when the
+// window is resized.
+const drawn = new Map();
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => {
+    for (const args of drawn.values()) if (!$(args[2]).closest("section").hidden) drawUsage(...args);
+  }, 100);
+});
+
+// Draws the hourly counts of the last 7 days as stacked bars, as wide as
+// the panel (text stays readable on a phone), with a tick at each local
+// midnight. Hovering an hour, or moving through them with the arrow keys
+// once the chart has the focus, tells its counts in the readout.
 function drawUsage(what, hours, chart, legend) {
+  drawn.set(chart, [what, hours, chart, legend]);
   const HOUR = 3600 * 1000;
   const end = Math.floor(Date.now() / HOUR) * HOUR;
   const start = end - 167 * HOUR;
   const counts = new Map(hours.map((h) => [Date.parse(h.hour), h]));
   const points = [];
-  for (let t = start; t <= end; t += HOUR) points.push(counts.get(t) || null);
-  const max = Math.max(1, ...points.flatMap((p) => (p ? SERIES.map(([k]) => p[k]) : [0])));
-  const width = 720, height = 220, left = 44, bottom = 24, top = 10, right = 8;
-  const x = (i) => left + (i * (width - left - right)) / (points.length - 1);
+  for (let t = start; t <= end; t += HOUR) points.push({ at: t, counts: counts.get(t) || null });
+  const total = (p) => (p.counts ? SERIES.reduce((sum, [k]) => sum + p.counts[k], 0) : 0);
+  const max = Math.max(1, ...points.map(total));
+  // Measured with its panel shown (it may be about to be).
+  const panel = $(chart).closest("section");
+  const hidden = panel.hidden;
+  panel.hidden = false;
+  const width = Math.max(320, Math.round($(chart).clientWidth || 720));
+  panel.hidden = hidden;
+  const height = 220, left = 44, bottom = 24, top = 10, right = 8;
+  const slot = (width - left - right) / points.length;
+  const x = (i) => left + i * slot;
   const y = (v) => top + (height - top - bottom) * (1 - v / max);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 " + width + " " + height);
   svg.setAttribute("role", "img");
-  const totals = SERIES.map(([k, label]) => label + " " + points.reduce((s, p) => s + (p ? p[k] : 0), 0));
+  svg.setAttribute("tabindex", "0");
+  const totals = SERIES.map(([k, label]) => label + " " + points.reduce((s, p) => s + (p.counts ? p.counts[k] : 0), 0));
   const title = document.createElementNS(ns, "title");
-  title.textContent = "Requests of " + what + " by hour, last 7 days: " + totals.join(", ");
+  title.textContent = "Requests of " + what + " by hour, last 7 days: " + totals.join(", ") +
+    ". Use the arrow keys to read each hour.";
   svg.append(title);
-  const line = (x1, y1, x2, y2, cls) => {
-    const l = document.createElementNS(ns, "line");
-    l.setAttribute("x1", x1); l.setAttribute("y1", y1); l.setAttribute("x2", x2); l.setAttribute("y2", y2);
-    l.setAttribute("class", cls);
-    svg.append(l);
+  const shape = (name, attributes, cls) => {
+    const node = document.createElementNS(ns, name);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+    if (cls) node.setAttribute("class", cls);
+    svg.append(node);
+    return node;
   };
   const text = (tx, ty, content, anchor) => {
-    const t = document.createElementNS(ns, "text");
-    t.setAttribute("x", tx); t.setAttribute("y", ty);
-    t.setAttribute("text-anchor", anchor);
-    t.setAttribute("class", "axis-label");
-    t.textContent = content;
-    svg.append(t);
+    shape("text", { x: tx, y: ty, "text-anchor": anchor }, "axis-label").textContent = content;
   };
-  line(left, y(0), width - right, y(0), "axis");
-  line(left, y(max), width - right, y(max), "grid");
+  shape("line", { x1: left, y1: y(max), x2: width - right, y2: y(max) }, "grid");
   text(left - 4, y(0) + 4, "0", "end");
   text(left - 4, y(max) + 4, String(max), "end");
-  for (let day = 0; day <= 7; day++) {
-    const i = Math.min(points.length - 1, day * 24);
-    const label = new Date(start + i * HOUR).toLocaleDateString(undefined, { weekday: "short" });
-    line(x(i), y(0), x(i), y(0) + 4, "axis");
-    if (day < 7) text(x(i), height - 6, label, "start");
+  // Stacked bars: each hour's outcomes, accepted at the bottom.
+  points.forEach((p, i) => {
+    let base = 0;
+    for (const [k] of SERIES) {
+      const v = p.counts ? p.counts[k] : 0;
+      if (v > 0) {
+        const barHeight = y(base) - y(base + v);
+        shape("rect", { x: x(i) + 0.5, y: y(base + v), width: Math.max(1, slot - 1), height: barHeight }, "bar series-" + k);
+      }
+      base += v;
+    }
+  });
+  shape("line", { x1: left, y1: y(0), x2: width - right, y2: y(0) }, "axis");
+  // A tick at each local midnight, named by the day it starts.
+  for (let i = 0; i < points.length; i++) {
+    const d = new Date(points[i].at);
+    if (d.getHours() !== 0) continue;
+    shape("line", { x1: x(i), y1: y(0), x2: x(i), y2: y(0) + 5 }, "axis");
+    if (x(i) + 30 < width) text(x(i) + 2, height - 6, d.toLocaleDateString(undefined, { weekday: "short" }), "start");
   }
-  for (const [k] of SERIES) {
-    const path = document.createElementNS(ns, "polyline");
-    path.setAttribute("points", points.map((p, i) => x(i).toFixed(1) + "," + y(p ? p[k] : 0).toFixed(1)).join(" "));
-    path.setAttribute("class", "series series-" + k);
-    path.dataset.series = k;
-    svg.append(path);
-  }
-  $(chart).replaceChildren(svg);
+  const mark = shape("rect", { x: 0, y: top, width: slot, height: height - top - bottom, visibility: "hidden" }, "hour-mark");
+  const readout = el("p", "Hover over an hour, or focus the chart and use the arrow keys.", "usage-readout");
+  readout.setAttribute("aria-live", "polite");
+  let shown = points.length - 1;
+  const tell = (i) => {
+    shown = Math.max(0, Math.min(points.length - 1, i));
+    const p = points[shown];
+    mark.setAttribute("x", x(shown));
+    mark.setAttribute("visibility", "visible");
+    const when = new Date(p.at).toLocaleString(undefined, { weekday: "short", hour: "2-digit", minute: "2-digit" });
+    readout.textContent = when + ": " + SERIES.map(([k, label]) => (p.counts ? p.counts[k] : 0) + " " + label.toLowerCase()).join(", ");
+  };
+  svg.addEventListener("mousemove", (event) => {
+    const box = svg.getBoundingClientRect();
+    const at = ((event.clientX - box.left) / box.width) * width;
+    tell(Math.floor((at - left) / slot));
+  });
+  svg.addEventListener("focus", () => tell(shown));
+  svg.addEventListener("keydown", (event) => {
+    const step = { ArrowLeft: -1, ArrowRight: 1, Home: -points.length, End: points.length }[event.key];
+    if (step === undefined) return;
+    event.preventDefault();
+    tell(shown + step);
+  });
+  $(chart).replaceChildren(svg, readout);
   $(legend).replaceChildren(
     ...SERIES.map(([k], i) => {
       const item = el("li");
