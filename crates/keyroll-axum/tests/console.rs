@@ -129,13 +129,20 @@ async fn enabled(c: &Client, css: &str) -> bool {
     element.is_enabled().await.unwrap()
 }
 
+/// Clicks the element `css`; found again when the page drew it anew
+/// between the finding and the click (a list refreshed).
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    use fantoccini::error::{CmdError, ErrorStatus};
+    for _ in 0..50 {
+        match c.find(Locator::Css(css)).await.unwrap().click().await {
+            Ok(_) => return,
+            Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css} kept being drawn anew");
 }
 
 /// Replaces the value of the input `css`, once it can take one (a page
@@ -229,6 +236,27 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// The admin router over `keys`, served on a loopback port: the router
+/// (for calls in process) and the served address.
+async fn serve_admin(keys: &Arc<KeyManager<InMemoryStore>>) -> (Router, String) {
+    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    (app, base)
+}
+
+/// The console at `base` in a browser, signed in with the token `admin`
+/// (typed, then Enter).
+async fn signed_in(base: &str, admin: &str) -> (Driver, Client) {
+    let (driver, c) = browser().await;
+    c.goto(&format!("{base}/admin/console")).await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", admin).await;
+    press(&c, Key::Enter).await;
+    (driver, c)
+}
+
 /// What the API answers for key `id`.
 async fn api_key(app: &Router, admin: &str, id: &str) -> (StatusCode, Value) {
     let request = Request::get(format!("/admin/keys/{id}"))
@@ -275,10 +303,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         }
         keys.create_key(bulk, now, &mut rand::rng()).await.unwrap();
     }
-    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (app, base) = serve_admin(&keys).await;
     let (_driver, c) = browser().await;
 
     // Sign in: the token typed, then Enter.
@@ -611,10 +636,7 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
             .await
             .unwrap();
     }
-    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let (_, base) = serve_admin(&keys).await;
     let (_driver, c) = browser().await;
 
     // The service's root and the console with a slash too many lead to it.
@@ -743,15 +765,8 @@ async fn the_console_shows_an_owner_and_sets_the_limits_its_keys_share() {
     for token in [&tokens[0], &tokens[0], &tokens[2]] {
         keys.authenticate(token.expose_secret(), now).await.unwrap();
     }
-    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, app.clone()).into_future());
-    let (_driver, c) = browser().await;
-    c.goto(&format!("{base}/admin/console")).await.unwrap();
-    until(&c, "document.querySelector('#admin-token')").await;
-    type_into(&c, "#admin-token", &admin).await;
-    press(&c, Key::Enter).await;
+    let (_, base) = serve_admin(&keys).await;
+    let (_driver, c) = signed_in(&base, &admin).await;
     until(&c, "!document.querySelector('#app').hidden").await;
 
     // The key list links each owner to its page.
@@ -879,15 +894,8 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
         entry.last_error = Some("POST https://hooks.example.com/keyroll: answered 503".into());
     }
     keys.store().update_outbox(&given_up).await.unwrap();
-    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, app).into_future());
-    let (_driver, c) = browser().await;
-    c.goto(&format!("{base}/admin/console")).await.unwrap();
-    until(&c, "document.querySelector('#admin-token')").await;
-    type_into(&c, "#admin-token", &admin).await;
-    press(&c, Key::Enter).await;
+    let (_, base) = serve_admin(&keys).await;
+    let (_driver, c) = signed_in(&base, &admin).await;
     until(&c, "!document.querySelector('#parked-panel').hidden").await;
     let listed = text(&c, "#parked").await;
     for expected in [
@@ -955,15 +963,8 @@ async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token(
             .expires_at(now + time::Duration::days(n + 1));
         keys.create_key(soon, now, &mut rand::rng()).await.unwrap();
     }
-    let app = Router::new().nest("/admin", Admin::new(keys.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, app.clone()).into_future());
-    let (_driver, c) = browser().await;
-    c.goto(&format!("{base}/admin/console")).await.unwrap();
-    until(&c, "document.querySelector('#admin-token')").await;
-    type_into(&c, "#admin-token", &admin).await;
-    press(&c, Key::Enter).await;
+    let (app, base) = serve_admin(&keys).await;
+    let (_driver, c) = signed_in(&base, &admin).await;
     until(&c, "!document.querySelector('#app').hidden").await;
 
     // One primary button in the toolbar; a focus ring of 3:1 at least.
