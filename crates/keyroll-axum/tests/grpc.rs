@@ -1,112 +1,43 @@
-//! The layer on a real tonic server, called by a real tonic client over a
-//! socket: refusals are gRPC statuses (with `google.rpc.RetryInfo` for a
-//! rate limit), `Caller::of_grpc` hands the handler its caller, and a gRPC
-//! method has a cost of its own.
+//! The layer in front of a gRPC service (feature `grpc`), called in
+//! process: refusals are trailers-only gRPC statuses (with
+//! `google.rpc.RetryInfo` for a rate limit), `RequireScope` guards too,
+//! a gRPC method has a cost of its own, and `Caller::of_grpc` never lets
+//! an unauthenticated call through. (keyroll-demo's tests serve a tonic
+//! service behind the layer over a socket, called by tonic's client and
+//! by Python's grpcio.)
 #![cfg(feature = "grpc")]
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::http::uri::PathAndQuery;
+use axum::http::{Request, Response};
 use keyroll::meter::{Credits, RateLimit};
 use keyroll::store::InMemoryStore;
 use keyroll::{KeyId, KeyManager, NewKey, Scopes};
 use keyroll_axum::{Caller, KeyrollLayer, RequireScope};
 use time::{Duration, OffsetDateTime};
+use tonic::body::Body;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+use tower::{ServiceBuilder, ServiceExt};
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListRequest {}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListReply {
-    #[prost(string, tag = "1")]
-    key_id: String,
-    #[prost(string, repeated, tag = "2")]
-    orders: Vec<String>,
-}
-
-type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// `orders.v1.Orders`, with `List` and `Place`, as tonic's generated code
-/// serves a service (written out: no protoc here).
-#[derive(Clone)]
-struct Orders;
-
-impl tonic::server::NamedService for Orders {
-    const NAME: &'static str = "orders.v1.Orders";
-}
-
-struct Unary;
-
-impl tonic::server::UnaryService<ListRequest> for Unary {
-    type Response = ListReply;
-    type Future = Boxed<Result<tonic::Response<ListReply>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<ListRequest>) -> Self::Future {
-        Box::pin(async move {
-            let caller = Caller::of_grpc(&request)?;
-            caller.require_scope("orders:read")?;
-            Ok(tonic::Response::new(ListReply {
-                key_id: caller.key_id.to_string(),
-                orders: vec!["tea".into()],
-            }))
-        })
-    }
-}
-
-impl tower::Service<axum::http::Request<tonic::body::Body>> for Orders {
-    type Response = axum::http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Boxed<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(Unary, request).await)
-        })
-    }
-}
-
-/// Calls `method` with `token` (if any) over a fresh channel.
-async fn call(
-    addr: std::net::SocketAddr,
-    method: &'static str,
-    token: Option<&str>,
-) -> Result<ListReply, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let mut request = tonic::Request::new(ListRequest {});
+/// A gRPC call of `path` with `token`, as tonic's client sends it.
+fn call(path: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(path).header("content-type", "application/grpc");
     if let Some(token) = token {
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
+        request = request.header("authorization", format!("Bearer {token}"));
     }
-    let path = PathAndQuery::from_static(method);
-    let reply = client
-        .unary(
-            request,
-            path,
-            tonic_prost::ProstCodec::<ListRequest, ListReply>::default(),
-        )
-        .await?;
-    Ok(reply.into_inner())
+    request.body(Body::empty()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tonic_server_behind_the_layer_answers_grpc_statuses() {
+/// The status an answer carries (`OK` for the inner service's empty
+/// answer).
+fn status_of(answer: &Response<Body>) -> Status {
+    Status::from_header_map(answer.headers()).unwrap_or_else(|| Status::ok(""))
+}
+
+#[tokio::test]
+async fn refusals_are_grpc_statuses() {
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
     let now = OffsetDateTime::now_utc();
     let issue = async |new: NewKey| {
@@ -117,95 +48,85 @@ async fn a_tonic_server_behind_the_layer_answers_grpc_statuses() {
         NewKey::new(KeyId::new("reader").unwrap()).scopes(Scopes::new(["orders:read"]).unwrap()),
     )
     .await;
-    let outsider = issue(NewKey::new(KeyId::new("outsider").unwrap())).await;
-    let limited = issue(
-        NewKey::new(KeyId::new("limited").unwrap())
-            .scopes(Scopes::new(["orders:read"]).unwrap())
+    let writer = issue(
+        NewKey::new(KeyId::new("writer").unwrap())
+            .scopes(Scopes::new(["orders:write"]).unwrap())
             .rate_limit(RateLimit::new(3, Duration::minutes(1)).unwrap())
             .credits(Credits::new(100)),
     )
     .await;
-    let layer = KeyrollLayer::new(keys.clone()).path_cost("/orders.v1.Orders/Place", 3);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tokio_stream_of(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(layer)
-            .add_service(Orders)
-            .serve_with_incoming(incoming),
-    );
+    // The inner service answers OK, with the caller's key id.
+    let service = ServiceBuilder::new()
+        .layer(KeyrollLayer::new(keys.clone()).path_cost("/orders.v1.Orders/Place", 3))
+        .layer(RequireScope::new("orders:write".parse().unwrap()))
+        .service(tower::service_fn(|request: Request<Body>| async move {
+            let caller = request
+                .extensions()
+                .get::<keyroll::Authenticated>()
+                .cloned();
+            let mut answer = Response::new(Body::empty());
+            let key = caller.map(|who| who.key_id.to_string()).unwrap_or_default();
+            answer.headers_mut().insert("x-key", key.parse().unwrap());
+            Ok::<_, Infallible>(answer)
+        }));
+    let send = |request| service.clone().oneshot(request);
 
-    let reply = call(addr, "/orders.v1.Orders/List", Some(&reader))
+    let anonymous = send(call("/orders.v1.Orders/List", None)).await.unwrap();
+    assert_eq!(status_of(&anonymous).code(), Code::Unauthenticated);
+    let wrong = send(call("/orders.v1.Orders/List", Some("kr_reader_0000")))
         .await
         .unwrap();
-    assert_eq!((reply.key_id.as_str(), reply.orders.len()), ("reader", 1));
-    let refused = call(addr, "/orders.v1.Orders/List", None)
+    assert_eq!(status_of(&wrong).code(), Code::Unauthenticated);
+    let denied = send(call("/orders.v1.Orders/List", Some(&reader)))
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
-    let wrong = call(addr, "/orders.v1.Orders/List", Some("kr_reader_0000"))
-        .await
-        .unwrap_err();
-    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
-    let denied = call(addr, "/orders.v1.Orders/List", Some(&outsider))
-        .await
-        .unwrap_err();
+        .unwrap();
+    let denied = status_of(&denied);
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-    assert!(denied.message().contains("orders:read"), "{denied:?}");
+    assert!(denied.message().contains("orders:write"), "{denied:?}");
 
     // `Place` costs the whole burst of 3: the next call is refused, with
     // the delay before a retry in RetryInfo.
-    call(addr, "/orders.v1.Orders/Place", Some(&limited))
+    let placed = send(call("/orders.v1.Orders/Place", Some(&writer)))
         .await
         .unwrap();
-    let limited_id = KeyId::new("limited").unwrap();
-    let allowance = keys.allowance(&limited_id, OffsetDateTime::now_utc()).await;
+    assert_eq!(status_of(&placed).code(), Code::Ok);
+    assert_eq!(placed.headers()["x-key"], "writer");
+    let writer_id = KeyId::new("writer").unwrap();
+    let allowance = keys.allowance(&writer_id, OffsetDateTime::now_utc()).await;
     assert_eq!(allowance.unwrap().credits_remaining(), Some(97));
-    let exhausted = call(addr, "/orders.v1.Orders/List", Some(&limited))
+    let exhausted = send(call("/orders.v1.Orders/List", Some(&writer)))
         .await
-        .unwrap_err();
-    assert_eq!(exhausted.code(), Code::ResourceExhausted, "{exhausted:?}");
-    let retry = exhausted.get_details_retry_info().expect("RetryInfo");
-    let delay = retry.retry_delay.expect("a delay");
-    assert!((1..=20).contains(&delay.as_secs()), "{delay:?}");
-}
-
-/// `listener`'s connections, as tonic's `serve_with_incoming` takes them.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
-}
-
-/// `RequireScope` guards a tonic service too: a trailers-only
-/// `PERMISSION_DENIED`; and a method served without the layer is an
-/// internal error for `Caller::of_grpc`, never an anonymous pass.
-#[tokio::test]
-async fn scope_guards_and_a_missing_layer_on_grpc() {
-    use tower::{ServiceBuilder, ServiceExt};
-    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
-    let now = OffsetDateTime::now_utc();
-    let new =
-        NewKey::new(KeyId::new("reader").unwrap()).scopes(Scopes::new(["orders:read"]).unwrap());
-    let (token, _) = keys.create_key(new, now, &mut rand::rng()).await.unwrap();
-    let guarded = ServiceBuilder::new()
-        .layer(KeyrollLayer::new(keys))
-        .layer(RequireScope::new("orders:write".parse().unwrap()))
-        .service(Orders);
-    let request = axum::http::Request::post("/orders.v1.Orders/Place")
-        .header("content-type", "application/grpc")
-        .header("authorization", format!("Bearer {}", token.expose_secret()))
-        .body(tonic::body::Body::empty())
         .unwrap();
-    let answer = guarded.oneshot(request).await.unwrap();
-    let status = Status::from_header_map(answer.headers()).expect("a trailers-only status");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("orders:write"), "{status:?}");
+    let exhausted = status_of(&exhausted);
+    assert_eq!(exhausted.code(), Code::ResourceExhausted, "{exhausted:?}");
+    let delay = exhausted
+        .get_details_retry_info()
+        .expect("RetryInfo")
+        .retry_delay;
+    assert!(
+        (1..=20).contains(&delay.expect("a delay").as_secs()),
+        "{delay:?}"
+    );
+}
 
-    let unlayered = tonic::Request::new(ListRequest {});
+/// A handler's own scope check converts to `PERMISSION_DENIED`, and a
+/// method served without the layer is an internal error for
+/// `Caller::of_grpc`, never an anonymous pass.
+#[tokio::test]
+async fn a_handlers_checks_answer_grpc_statuses() {
+    let unlayered = tonic::Request::new(());
     assert_eq!(
         Caller::of_grpc(&unlayered).unwrap_err().code(),
         Code::Internal
     );
+    let keys = KeyManager::new(InMemoryStore::new());
+    let now = OffsetDateTime::now_utc();
+    let id = KeyId::new("reader").unwrap();
+    let (token, _) = keys.create_key(id, now, &mut rand::rng()).await.unwrap();
+    let mut layered = tonic::Request::new(());
+    let who = keys.authenticate(token.expose_secret(), now).await.unwrap();
+    layered.extensions_mut().insert(who);
+    let caller = Caller::of_grpc(&layered).unwrap();
+    let refused: Status = caller.require_scope("orders:read").unwrap_err().into();
+    assert_eq!(refused.code(), Code::PermissionDenied);
 }

@@ -56,8 +56,6 @@
 //! housekeeps every `--sweep-every`. A crash between a change and its
 //! delivery loses nothing: the next start delivers it.
 
-mod grpc;
-
 use std::error::Error;
 use std::sync::Arc;
 
@@ -329,7 +327,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if let Some(address) = &cli.grpc_listen {
         let listener = tokio::net::TcpListener::bind(address).await?;
         eprintln!("grpc listening on {}", listener.local_addr()?);
-        grpc::serve(listener, KeyrollLayer::new(keys.clone()));
+        keyroll_demo::orders::serve(listener, KeyrollLayer::new(keys.clone()));
     }
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -1,6 +1,6 @@
-//! One gRPC method beside the HTTP routes: `orders.v1.Orders/List`,
-//! behind the same `KeyrollLayer`, served by tonic (written out as tonic's
-//! generated code would be: no protoc needed).
+//! The gRPC service `orders.v1.Orders`, with one method, `List`, served by
+//! tonic behind a `KeyrollLayer` (written out as tonic's generated code
+//! would be: no protoc needed).
 //!
 //! ```proto
 //! package orders.v1;
@@ -14,26 +14,33 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use keyroll::store::DynKeyStore;
+use keyroll::store::KeyStore;
 use keyroll_axum::{Caller, KeyrollLayer};
 use tonic::Status;
 
+/// `List`'s request: nothing.
 #[derive(Clone, PartialEq, prost::Message)]
-struct ListRequest {}
+pub struct ListRequest {}
 
+/// `List`'s answer: the caller's key, and its orders (none).
 #[derive(Clone, PartialEq, prost::Message)]
-struct ListReply {
+pub struct ListReply {
+    /// The key that called.
     #[prost(string, tag = "1")]
-    key_id: String,
+    pub key_id: String,
+    /// Its orders.
     #[prost(string, repeated, tag = "2")]
-    orders: Vec<String>,
+    pub orders: Vec<String>,
 }
+
+/// `List`'s path.
+pub const LIST: &str = "/orders.v1.Orders/List";
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The `Orders` service.
-#[derive(Clone)]
-struct Orders;
+#[derive(Clone, Debug)]
+pub struct Orders;
 
 impl tonic::server::NamedService for Orders {
     const NAME: &'static str = "orders.v1.Orders";
@@ -69,7 +76,7 @@ impl tower_service::Service<axum::http::Request<tonic::body::Body>> for Orders {
 
     fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(async move {
-            if request.uri().path() != "/orders.v1.Orders/List" {
+            if request.uri().path() != LIST {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
@@ -80,7 +87,7 @@ impl tower_service::Service<axum::http::Request<tonic::body::Body>> for Orders {
 
 /// Serves `Orders` on `listener`, behind `keyroll`, until the process
 /// ends.
-pub fn serve(listener: tokio::net::TcpListener, keyroll: KeyrollLayer<DynKeyStore>) {
+pub fn serve<S: KeyStore + 'static>(listener: tokio::net::TcpListener, keyroll: KeyrollLayer<S>) {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
