@@ -236,6 +236,15 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// The token of `ops`, a key holding the admin scope, made in `keys`.
+async fn admin_key(keys: &KeyManager<InMemoryStore>) -> String {
+    let ops =
+        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
+    let now = OffsetDateTime::now_utc();
+    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
+    admin.expose_secret().to_owned()
+}
+
 /// The admin router over `keys`, served on a loopback port: the router
 /// (for calls in process) and the served address.
 async fn serve_admin(keys: &Arc<KeyManager<InMemoryStore>>) -> (Router, String) {
@@ -621,10 +630,7 @@ async fn legacy_key(keys: &KeyManager<InMemoryStore>, id: &str, renewing: bool) 
 async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
     let now = OffsetDateTime::now_utc();
-    let ops =
-        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
-    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
-    let admin = admin.expose_secret().to_owned();
+    let admin = admin_key(&keys).await;
     for id in [".", "..", ".x"] {
         legacy_key(&keys, id, true).await;
     }
@@ -752,10 +758,7 @@ async fn the_console_acts_on_the_key_it_names_and_gives_the_focus_back() {
 async fn the_console_shows_an_owner_and_sets_the_limits_its_keys_share() {
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_usage_recording(true));
     let now = OffsetDateTime::now_utc();
-    let ops =
-        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
-    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
-    let admin = admin.expose_secret().to_owned();
+    let admin = admin_key(&keys).await;
     let acme = OwnerId::new("acme").unwrap();
     let mut tokens = Vec::new();
     for id in ["prod", "staging", "ci"] {
@@ -875,10 +878,7 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
     use keyroll::store::KeyStore;
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_outbox());
     let now = OffsetDateTime::now_utc();
-    let ops =
-        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
-    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
-    let admin = admin.expose_secret().to_owned();
+    let admin = admin_key(&keys).await;
     keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
         .await
         .unwrap();
@@ -946,10 +946,7 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
 async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token() {
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
     let now = OffsetDateTime::now_utc();
-    let ops =
-        NewKey::new(KeyId::new("ops").unwrap()).scopes(Scopes::new(["keyroll:admin"]).unwrap());
-    let (admin, _) = keys.create_key(ops, now, &mut rand::rng()).await.unwrap();
-    let admin = admin.expose_secret().to_owned();
+    let admin = admin_key(&keys).await;
     for id in ["timed", "graced", "idle"] {
         keys.create_key(KeyId::new(id).unwrap(), now, &mut rand::rng())
             .await
