@@ -877,8 +877,8 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
     use keyroll::outbox::EntryState;
     use keyroll::store::KeyStore;
     let keys = Arc::new(KeyManager::new(InMemoryStore::new()).with_outbox());
-    let now = OffsetDateTime::now_utc();
     let admin = admin_key(&keys).await;
+    let now = OffsetDateTime::now_utc();
     keys.create_key(KeyId::new("acme").unwrap(), now, &mut rand::rng())
         .await
         .unwrap();
