@@ -48,7 +48,7 @@
 //! ```
 //!
 //! A record carries `"schema": 4`, the key's `incarnation` and, when it has
-//! them, its `scopes`, `metadata`, `expires_at`, limits, owner and last use; a token issued by
+//! them, its `scopes`, `metadata`, `expires_at`, limits, owner, last use and the notices it was sent; a token issued by
 //! keyroll 0.1 carries `"legacy_framing": true`. Records of schema 1
 //! (keyroll 0.1) have none of these: they load with no attributes, an
 //! incarnation derived from the key id and creation time (so every load of
