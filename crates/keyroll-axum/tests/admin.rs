@@ -1291,3 +1291,77 @@ async fn parked_deliveries_are_listed_and_retried() {
     let anonymous = call(&f.app, Method::GET, "/outbox", "", None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A search finds keys by id, label and owner, in any case, sorted as
+/// asked, a page at a time by offset, with the total; a bad sort is
+/// refused naming it.
+#[tokio::test]
+async fn search_finds_by_id_label_and_owner_sorted_with_a_total() {
+    let f = fixture().await;
+    let now = OffsetDateTime::now_utc();
+    for (id, label, owner, days) in [
+        ("alpha", "Orders prod", "acme", 30),
+        ("beta", "billing", "ACME-eu", 10),
+        ("gamma", "orders staging", "globex", 20),
+        ("delta", "misc", "initech", 5),
+    ] {
+        let new = keyroll::NewKey::new(KeyId::new(id).unwrap())
+            .label(label)
+            .owner(keyroll::OwnerId::new(owner).unwrap())
+            .expires_at(now + time::Duration::days(days));
+        f.keys.create_key(new, now, &mut rand::rng()).await.unwrap();
+    }
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // "orders" in two labels, any case; "acme" in two owners.
+    let found = call(&f.app, Method::GET, "/search?q=ORDERS", &f.admin, None).await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    assert_eq!(
+        (ids(&found), found.body["total"].clone()),
+        (vec!["alpha".into(), "gamma".into()], json!(2))
+    );
+    let found = call(
+        &f.app,
+        Method::GET,
+        "/search?q=acme&sort=expiry",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(ids(&found), ["beta", "alpha"]);
+    // Every key (the admin key `root` too, which never expires: last).
+    let all = call(
+        &f.app,
+        Method::GET,
+        "/search?sort=expiry&limit=2&offset=2",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (ids(&all), all.body["total"].clone()),
+        (vec!["gamma".into(), "alpha".into()], json!(5))
+    );
+    let last = call(
+        &f.app,
+        Method::GET,
+        "/search?sort=expiry&offset=4",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(ids(&last), ["root"]);
+    let bad = call(&f.app, Method::GET, "/search?sort=size", &f.admin, None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body["message"].as_str().unwrap().contains("\"size\""),
+        "{}",
+        bad.body
+    );
+}

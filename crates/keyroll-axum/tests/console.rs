@@ -1052,5 +1052,54 @@ async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token(
         api_key(&app, &admin, "idle").await.1["pending_deletion"],
         false
     );
+
+    // Search and sort, with a total, kept in the address: a reload shows
+    // the same list.
+    type_into(&c, "#search", "SOON").await;
+    c.execute(
+        "document.getElementById('sort').value = 'expiry'; return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    press(&c, Key::Enter).await;
+    until(
+        &c,
+        "document.querySelector('#page-label').textContent.includes('found')",
+    )
+    .await;
+    assert_eq!(text(&c, "#page-label").await, "Keys 1–7 of 7 found");
+    let first = "return document.querySelector('#keys tbody tr').dataset.key;";
+    assert_eq!(c.execute(first, vec![]).await.unwrap(), json!("soon-0"));
+    let address = c.current_url().await.unwrap();
+    assert_eq!(address.fragment(), Some("q=SOON&sort=expiry"));
+    c.refresh().await.unwrap();
+    until(&c, "document.querySelector('#admin-token')").await;
+    type_into(&c, "#admin-token", &admin).await;
+    press(&c, Key::Enter).await;
+    until(
+        &c,
+        "document.querySelector('#page-label').textContent.includes('found')",
+    )
+    .await;
+    assert_eq!(value(&c, "#search").await, "SOON");
+    assert_eq!(c.execute(first, vec![]).await.unwrap(), json!("soon-0"));
     shoot(&c, "10-expiring-and-choices").await;
+
+    // On a phone a card shows the key, its status and its due date; the
+    // rest folds behind "Details".
+    c.set_window_size(390, 844).await.unwrap();
+    let owner_shown = "return getComputedStyle(document.querySelector(\"tr[data-key='soon-0'] td[data-label='Owner']\")).display !== 'none';";
+    assert_eq!(c.execute(owner_shown, vec![]).await.unwrap(), json!(false));
+    click(&c, "button[aria-label='Details of soon-0']").await;
+    assert_eq!(c.execute(owner_shown, vec![]).await.unwrap(), json!(true));
+    let toggle = c
+        .find(Locator::Css("button[aria-label='Details of soon-0']"))
+        .await
+        .unwrap();
+    assert_eq!(
+        toggle.attr("aria-expanded").await.unwrap().as_deref(),
+        Some("true")
+    );
+    c.set_window_size(1440, 1000).await.unwrap();
 }

@@ -7,7 +7,7 @@ let adminToken = null;
 // The page of keys shown: at most PAGE_SIZE, after the cursor `after`,
 // of one owner if `owner`; `previous` holds the cursors of earlier pages.
 const PAGE_SIZE = 50;
-const page = { after: null, previous: [], next: null, owner: "" };
+const page = { after: null, previous: [], next: null, owner: "", q: "", sort: "id", offset: 0, total: null };
 let keys = [];
 // The keys expiring or due within 14 days, by id: read at sign-in and on
 // Refresh (finding them reads every key).
@@ -170,6 +170,7 @@ $("token-form").addEventListener("submit", async (event) => {
   const input = $("admin-token");
   adminToken = input.value.trim();
   input.value = "";
+  recall();
   const ok = await attempt(loadAndCount);
   if (ok) {
     $("sign-in").hidden = true;
@@ -187,8 +188,10 @@ $("sign-out").addEventListener("click", () => {
   adminToken = null;
   keys = [];
   expiring = [];
-  Object.assign(page, { after: null, previous: [], next: null, owner: "" });
+  Object.assign(page, { after: null, previous: [], next: null, owner: "", q: "", sort: "id", offset: 0, total: null });
   $("owner-filter").value = "";
+  $("search").value = "";
+  $("sort").value = "id";
   $("usage-panel").hidden = true;
   $("owner-panel").hidden = true;
   parked = [];
@@ -204,14 +207,56 @@ $("sign-out").addEventListener("click", () => {
 
 // ------------------------------------------------------------------ the list
 
+// A search or a sort other than by id reads every key, a page at a time
+// by offset, with a total (`GET /search`); otherwise keys are paged in id
+// order by cursor (`GET /keys`, one owner's with the owner filter).
+function searching() {
+  return Boolean(page.q) || page.sort !== "id";
+}
+
 async function load() {
-  let query = "keys?limit=" + PAGE_SIZE;
-  if (page.after) query += "&after=" + enc(page.after);
-  if (page.owner) query += "&owner=" + enc(page.owner);
-  const answer = await api("GET", query);
-  keys = answer.keys;
-  page.next = answer.next;
+  if (searching()) {
+    let query = "search?limit=" + PAGE_SIZE + "&offset=" + page.offset + "&sort=" + enc(page.sort);
+    if (page.q) query += "&q=" + enc(page.q);
+    const answer = await api("GET", query);
+    keys = answer.keys;
+    page.total = answer.total;
+    page.next = page.offset + keys.length < answer.total ? page.offset + PAGE_SIZE : null;
+  } else {
+    let query = "keys?limit=" + PAGE_SIZE;
+    if (page.after) query += "&after=" + enc(page.after);
+    if (page.owner) query += "&owner=" + enc(page.owner);
+    const answer = await api("GET", query);
+    keys = answer.keys;
+    page.total = null;
+    page.next = answer.next;
+  }
+  remember();
   render();
+}
+
+// The search, sort and page, kept in the address (a reload or a shared
+// link shows the same list).
+function remember() {
+  if (location.hash.startsWith("#owner=")) return;
+  const kept = new URLSearchParams();
+  if (page.q) kept.set("q", page.q);
+  if (page.sort !== "id") kept.set("sort", page.sort);
+  if (searching() && page.offset) kept.set("page", String(page.offset / PAGE_SIZE + 1));
+  const hash = kept.toString();
+  history.replaceState(null, "", location.pathname + location.search + (hash ? "#" + hash : ""));
+}
+
+// The search, sort and page an address names (`#q=acme&sort=due&page=2`).
+function recall() {
+  const kept = new URLSearchParams(location.hash.slice(1));
+  page.q = kept.get("q") || "";
+  const sort = kept.get("sort");
+  page.sort = [...$("sort").options].some((o) => o.value === sort) ? sort : "id";
+  const number = Number.parseInt(kept.get("page") || "1", 10);
+  page.offset = searching() && number > 1 ? (number - 1) * PAGE_SIZE : 0;
+  $("search").value = page.q;
+  $("sort").value = page.sort;
 }
 
 // How many expiring keys the panel lists.
@@ -255,23 +300,28 @@ function renderParked() {
   $("parked-panel").hidden = parked.length === 0;
 }
 
-function turn(after, previous) {
+function turn(after, previous, offset) {
   notice = null;
-  const before = { after: page.after, previous: page.previous };
-  page.after = after;
-  page.previous = previous;
+  const before = { after: page.after, previous: page.previous, offset: page.offset };
+  Object.assign(page, { after, previous, offset });
   attempt(load).then((ok) => {
     if (!ok) Object.assign(page, before);
   });
 }
 
-$("next").addEventListener("click", () => turn(page.next, [...page.previous, page.after]));
-$("previous").addEventListener("click", () => turn(page.previous.at(-1), page.previous.slice(0, -1)));
+$("next").addEventListener("click", () => searching()
+  ? turn(null, [], page.next)
+  : turn(page.next, [...page.previous, page.after], 0));
+$("previous").addEventListener("click", () => searching()
+  ? turn(null, [], Math.max(0, page.offset - PAGE_SIZE))
+  : turn(page.previous.at(-1), page.previous.slice(0, -1), 0));
 
 $("filter").addEventListener("submit", (event) => {
   event.preventDefault();
   page.owner = $("owner-filter").value.trim();
-  turn(null, []);
+  page.q = $("search").value.trim();
+  page.sort = $("sort").value;
+  turn(null, [], 0);
 });
 
 // Loads the list and says how many keys it holds.
@@ -300,12 +350,13 @@ function render() {
   const body = $("keys").tBodies[0];
   body.replaceChildren(...keys.map((key) => row(key, soon.get(key.id))));
   $("empty").hidden = keys.length > 0;
-  $("previous").disabled = page.previous.length === 0;
-  $("next").disabled = !page.next;
-  const first = page.previous.length * PAGE_SIZE + 1;
+  $("previous").disabled = searching() ? page.offset === 0 : page.previous.length === 0;
+  $("next").disabled = page.next === null || page.next === undefined;
+  const first = (searching() ? page.offset : page.previous.length * PAGE_SIZE) + 1;
+  const total = page.total === null ? "" : " of " + page.total + (page.q ? " found" : "");
   $("page-label").textContent = keys.length
-    ? "Keys " + first + "–" + (first + keys.length - 1) + (page.owner ? " of " + page.owner : "")
-    : "";
+    ? "Keys " + first + "–" + (first + keys.length - 1) + total + (page.owner && !searching() ? " of " + page.owner : "")
+    : page.total === 0 ? "No key found" : "";
   // The soonest few, each a link to its key's row; the rest counted.
   const shown = expiring.slice(0, EXPIRING_SHOWN);
   $("expiring").replaceChildren(
