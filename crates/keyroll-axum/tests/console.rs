@@ -1053,6 +1053,52 @@ async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token(
         false
     );
 
+    // A key's page: its tokens with their last use, what it allows, and
+    // its settings edited in place, in one write; bad input is refused
+    // there, naming it, and changes nothing.
+    menu(&c, "graced", "Details").await;
+    until(&c, "!document.querySelector('#key-panel').hidden").await;
+    let facts = text(&c, "#key-facts").await;
+    assert!(
+        facts.contains("Old token") && facts.contains("last used never"),
+        "{facts}"
+    );
+    until(&c, "document.activeElement.id === 'key-title'").await;
+    type_into(&c, "#key-scopes", "orders:read orders\"write").await;
+    click(&c, "#key-save").await;
+    until(&c, "!document.querySelector('#key-error').hidden").await;
+    assert!(
+        text(&c, "#key-error").await.contains("orders\\\"write"),
+        "{}",
+        text(&c, "#key-error").await
+    );
+    assert_eq!(api_key(&app, &admin, "graced").await.1["scopes"], json!([]));
+    type_into(&c, "#key-label", "graced v2").await;
+    type_into(&c, "#key-scopes", "orders:read orders:write").await;
+    type_into(&c, "#key-owner", "acme").await;
+    click(&c, "#key-save").await;
+    until(
+        &c,
+        "document.querySelector('#status').textContent.includes('Saved the settings of graced')",
+    )
+    .await;
+    let (_, key) = api_key(&app, &admin, "graced").await;
+    assert_eq!(
+        (
+            key["label"].clone(),
+            key["scopes"].clone(),
+            key["owner"].clone()
+        ),
+        (
+            json!("graced v2"),
+            json!(["orders:read", "orders:write"]),
+            json!("acme")
+        )
+    );
+    shoot(&c, "11-key-page").await;
+    click(&c, "#key-close").await;
+    until_focus_on_row(&c, "graced").await;
+
     // Search and sort, with a total, kept in the address: a reload shows
     // the same list.
     type_into(&c, "#search", "SOON").await;

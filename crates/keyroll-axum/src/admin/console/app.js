@@ -194,6 +194,7 @@ $("sign-out").addEventListener("click", () => {
   $("sort").value = "id";
   $("usage-panel").hidden = true;
   $("owner-panel").hidden = true;
+  $("key-panel").hidden = true;
   parked = [];
   renderParked();
   $("keys").tBodies[0].replaceChildren();
@@ -484,6 +485,7 @@ function menu(key) {
     item("Delete old token if unused", () => deleteOldIfIdle(key), "danger");
     item("Undo renewal", () => undo(key));
   }
+  item("Details", () => showKey(key.id));
   item("Usage", () => usage(key));
   if (key.status === "active") item("Deactivate", () => deactivate(key));
   else item("Activate", () => act(key, "POST", "/activate", "Activated " + key.id + "."));
@@ -907,6 +909,91 @@ function drawUsage(what, hours, chart, legend) {
     }),
   );
 }
+
+// ------------------------------------------------------------------ a key
+
+// The key whose page is open, as the API last answered it.
+let keyShown = null;
+
+async function showKey(id) {
+  await attempt(async () => {
+    keyShown = await api("GET", keyPath(id));
+    renderKey(keyShown);
+    showError("", $("key-error"));
+    $("key-panel").hidden = false;
+    $("key-panel").scrollIntoView({ block: "start" });
+    $("key-title").focus();
+  });
+}
+
+// A token's dates, as a person reads them.
+function tokenText(token) {
+  return token.id + ": issued " + formatDate(token.created_at) + ", due " + formatDate(token.due_at) +
+    ", last used " + formatDate(token.last_used_at) + (token.revoked_at ? ", revoked " + formatDate(token.revoked_at) : "");
+}
+
+// An instant as a datetime-local input takes it: the person's own time.
+function localInput(value) {
+  if (!value) return "";
+  const d = new Date(value);
+  const pad = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" + pad(d.getHours()) + ":" + pad(d.getMinutes());
+}
+
+// The settings the form edits; the others are shown as they are.
+const EDITED = new Set(["label", "scopes", "owner", "expiry"]);
+
+function renderKey(key) {
+  $("key-title").textContent = "Key " + key.id;
+  const facts = $("key-facts");
+  facts.replaceChildren();
+  const fact = (term, value) => facts.append(el("dt", term), el("dd", value));
+  fact("Status", statusOf(key));
+  fact(key.old_token ? "New token" : "Token", tokenText(key.current_token));
+  if (key.old_token) fact("Old token", tokenText(key.old_token) + "; " + renewalOf(key).toLowerCase());
+  fact("Allowed now", allowanceText(key.allowance));
+  if (key.owner_allowance) fact("Its owner allows", allowanceText(key.owner_allowance));
+  for (const [name, value] of Object.entries(key.settings)) {
+    if (!EDITED.has(name)) fact(name.replace("_", " "), settingText(value));
+  }
+  $("key-label").value = key.label;
+  $("key-scopes").value = key.scopes.join(" ");
+  $("key-owner").value = key.owner || "";
+  $("key-expiry").value = localInput(key.expires_at);
+}
+
+// Saves what the form changed, as one PATCH of changes (all or none).
+$("key-settings-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const key = keyShown;
+  const changes = [];
+  const label = $("key-label").value;
+  if (label !== key.label) changes.push({ label });
+  const scopes = $("key-scopes").value.split(/\s+/).filter(Boolean);
+  if (scopes.join(" ") !== key.scopes.join(" ")) changes.push({ scopes });
+  const owner = $("key-owner").value.trim();
+  if (owner !== (key.owner || "")) changes.push({ owner: owner || null });
+  const expiry = $("key-expiry").value;
+  if (expiry !== localInput(key.expires_at)) {
+    changes.push({ expiry: expiry ? new Date(expiry).toISOString() : null });
+  }
+  if (changes.length === 0) {
+    say("Nothing to save: the settings are as they were.");
+    return;
+  }
+  const saved = await attempt(() => api("PATCH", keyPath(key.id), changes), $("key-error"));
+  if (!saved) return;
+  say("Saved the settings of " + key.id + ".", key.id);
+  await attempt(load);
+  await showKey(key.id);
+});
+
+$("key-close").addEventListener("click", () => {
+  const id = keyShown && keyShown.id;
+  $("key-panel").hidden = true;
+  keyShown = null;
+  focusRow(id);
+});
 
 // ------------------------------------------------------------------ owners
 
