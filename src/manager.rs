@@ -1034,7 +1034,7 @@ impl<S: KeyStore> KeyManager<S> {
     ) -> Result<Vec<Event>, ManagerError<S::Error>> {
         let (mut notices, mut after) = (Vec::new(), None);
         while let Some(page) = self.next_page(&mut after).await? {
-            for key in page {
+            for mut key in page {
                 let meter = match key.credits() {
                     Some(_) => self
                         .store
@@ -1043,8 +1043,9 @@ impl<S: KeyStore> KeyManager<S> {
                         .map_err(ManagerError::Store)?,
                     None => None,
                 };
+                // The listed copy tells whether any is due; the claim is
+                // the write of the key loaded again.
                 if key
-                    .clone()
                     .claim_notices(&self.notices, meter.as_ref(), now)
                     .is_empty()
                 {

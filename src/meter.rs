@@ -832,11 +832,13 @@ impl Limits {
 
     /// [`Meter::peek`] on the stored meter, brought up to date the same way.
     pub(crate) fn peek(&self, stored: Option<&StoredMeter>, now: OffsetDateTime) -> Allowance {
-        let mut current = self.current(stored, now);
+        let (mut current, now) = (self.current(stored, now), now.unix_timestamp_nanos());
         if let Some(credits) = self.credits() {
-            current.meter.refill(credits, now.unix_timestamp_nanos());
+            current.meter.refill(credits, now);
         }
-        let allowance = current.meter.peek(self.rate.as_ref(), self.credits(), now);
+        let allowance = current
+            .meter
+            .allowance(self.rate.as_ref(), self.credits(), now);
         self.with_period(allowance, &current)
     }
 

@@ -861,16 +861,13 @@ mod calls {
 
     /// Pending and parked entries.
     pub(super) fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, SqliteStoreError> {
-        let count = |state: EntryState| -> Result<u64, SqliteStoreError> {
-            let n: i64 = conn
-                .prepare_cached("SELECT count(*) FROM keyroll_outbox WHERE state = ?1")?
-                .query_row([state.code()], |row| row.get(0))?;
-            Ok(n as u64)
-        };
-        Ok(OutboxCounts::new(
-            count(EntryState::Pending)?,
-            count(EntryState::Parked)?,
-        ))
+        let (pending, parked): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 2)
+                 FROM keyroll_outbox WHERE state <> 1",
+            )?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(OutboxCounts::new(pending as u64, parked as u64))
     }
 
     /// Gives back `amount` credits of `period` to `owner`'s meter, in one
