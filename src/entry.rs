@@ -215,10 +215,10 @@ impl MemoryOutbox {
                 .entries
                 .get_mut(id)
                 .expect("a pending id has its entry");
-            let subject = Entry::subject(&entry.event);
+            // A subject is named (a string made) only when one waits.
             if entry.next_attempt_at > now {
-                blocked.insert(subject);
-            } else if !blocked.contains(&subject) {
+                blocked.insert(Entry::subject(&entry.event));
+            } else if blocked.is_empty() || !blocked.contains(&Entry::subject(&entry.event)) {
                 entry.next_attempt_at = now.saturating_add(hold);
                 claimed.push(entry.clone());
             }
