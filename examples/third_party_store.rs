@@ -203,6 +203,9 @@ impl KeyStore for MapStore {
     async fn outbox(&self, s: EntryState, after: Option<EntryId>, n: usize) -> Answer<Vec<Entry>> {
         Ok(self.tables().outbox.list(s, after, n))
     }
+    async fn outbox_of(&self, of: &str, before: Option<EntryId>, n: usize) -> Answer<Vec<Entry>> {
+        Ok(self.tables().outbox.list_of(of, before, n))
+    }
     async fn outbox_counts(&self) -> Answer<OutboxCounts> {
         Ok(self.tables().outbox.counts())
     }

@@ -875,6 +875,10 @@ behaviours! {
     /// pending and parked entries; `prune_outbox` drops entries delivered
     /// before the instant, and nothing else.
     outbox_claims_hold_and_keep_order => outbox_claims_hold_and_keep_order_body;
+    /// `outbox_of` lists one subject's entries (a key's, or `owner:` and
+    /// an owner's), newest first, delivered or not, before an id and
+    /// limited, and no other subject's.
+    outbox_lists_a_subject_s_entries => outbox_lists_a_subject_s_entries_body;
 }
 
 /// The events of a fresh key `id` (issued at `t0() + n`): issued, then a
@@ -980,6 +984,99 @@ async fn outbox_keeps_each_write_s_events_body<S: KeyStore>(store: S) {
         violated(
             B,
             format_args!("outbox_counts says {counts:?} for 4 pending entries"),
+        );
+    }
+}
+
+async fn outbox_lists_a_subject_s_entries_body<S: KeyStore>(store: S) {
+    const B: &str = "outbox_lists_a_subject_s_entries";
+    let mut written = Vec::new();
+    for (name, seed) in [("listed-a", 1), ("listed-b", 2)] {
+        let (mut key, _, issued) = ApiKey::issue(key_id(name), t0(), &mut rng(seed))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        ok(
+            B,
+            "insert",
+            store.insert(&key, std::slice::from_ref(&issued)).await,
+        );
+        let loaded = key.revision();
+        let labelled = events_of(&mut key, seed as i64);
+        let update = store.update(&key, loaded, std::slice::from_ref(&labelled));
+        ok(B, "update", update.await);
+        written.push([issued, labelled]);
+    }
+    let acme = owner("acme");
+    let changed = crate::Event::OwnerLimitsChanged {
+        owner: acme.clone(),
+        at: t0(),
+        version: 1,
+        rate_limit: None,
+        credits: Some(Credits::new(5)),
+    };
+    let limits = OwnerLimits::new()
+        .credits(Credits::new(5))
+        .stamped(None, t0());
+    let set = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
+    ok(B, "set_owner_limits", set.await);
+    // The first entry delivered: listed all the same.
+    let mut claimed = ok(
+        B,
+        "claim_outbox",
+        store
+            .claim_outbox(1, t0() + Duration::minutes(1), Duration::minutes(1))
+            .await,
+    );
+    for entry in &mut claimed {
+        entry.state = EntryState::Delivered;
+        entry.delivered_at = Some(t0() + Duration::minutes(1));
+    }
+    ok(B, "update_outbox", store.update_outbox(&claimed).await);
+
+    let events = |entries: &[crate::outbox::Entry]| -> Vec<crate::Event> {
+        entries.iter().map(|entry| entry.event.clone()).collect()
+    };
+    let [issued, labelled] = &written[0];
+    let all = ok(B, "outbox_of", store.outbox_of("listed-a", None, 10).await);
+    let newest_first = vec![labelled.clone(), issued.clone()];
+    if events(&all) != newest_first {
+        violated(
+            B,
+            format_args!(
+                "outbox_of(listed-a) lists {:?}, expected its events newest first, the delivered one too: {newest_first:?}",
+                events(&all)
+            ),
+        );
+    }
+    let first = ok(B, "outbox_of", store.outbox_of("listed-a", None, 1).await);
+    if events(&first) != [labelled.clone()] {
+        violated(
+            B,
+            "outbox_of with limit 1 does not list the newest entry alone",
+        );
+    }
+    let before = store.outbox_of("listed-a", Some(all[0].id), 10).await;
+    if events(&ok(B, "outbox_of", before)) != [issued.clone()] {
+        violated(
+            B,
+            "outbox_of before the newest entry's id does not list the older one alone",
+        );
+    }
+    let owned = ok(
+        B,
+        "outbox_of",
+        store.outbox_of("owner:acme", None, 10).await,
+    );
+    if events(&owned) != [changed] {
+        violated(
+            B,
+            format_args!("outbox_of(owner:acme) lists {:?}", events(&owned)),
+        );
+    }
+    let none = ok(B, "outbox_of", store.outbox_of("listed-c", None, 10).await);
+    if !none.is_empty() {
+        violated(
+            B,
+            format_args!("outbox_of a key with no writes lists {none:?}"),
         );
     }
 }

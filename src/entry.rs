@@ -138,6 +138,15 @@ impl Entry {
             (None, None) => String::new(),
         }
     }
+
+    /// Whether `subject` is [`Entry::subject`] of `event` (no string made).
+    fn is_of(event: &Event, subject: &str) -> bool {
+        match (event.key_id(), event.owner_id()) {
+            (Some(key), _) => key.as_str() == subject,
+            (None, Some(owner)) => subject.strip_prefix("owner:") == Some(owner.as_str()),
+            (None, None) => subject.is_empty(),
+        }
+    }
 }
 
 /// How many entries wait: pending (to deliver) and parked (given up on).
@@ -254,6 +263,19 @@ impl MemoryOutbox {
             .range(EntryId(from)..)
             .map(|(_, entry)| entry)
             .filter(|entry| entry.state == state)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// At most `limit` entries of `subject` with ids before `before`,
+    /// newest first, in any state.
+    pub fn list_of(&self, subject: &str, before: Option<EntryId>, limit: usize) -> Vec<Entry> {
+        self.entries
+            .range(..before.unwrap_or(EntryId(u64::MAX)))
+            .rev()
+            .map(|(_, entry)| entry)
+            .filter(|entry| Entry::is_of(&entry.event, subject))
             .take(limit)
             .cloned()
             .collect()

@@ -96,6 +96,10 @@ enum Flaw {
     ClaimHoldsNothing,
     /// Claims every due entry, even behind its key's held one.
     ClaimIgnoresOrder,
+    /// Lists a subject's entries oldest first.
+    OutboxOfOldestFirst,
+    /// Lists a subject's pending entries only.
+    OutboxOfPendingOnly,
 }
 
 /// A store with one deliberate flaw.
@@ -508,6 +512,30 @@ impl KeyStore for Flawed {
         Ok(self.outbox.lock().unwrap().list(state, after, limit))
     }
 
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Infallible> {
+        let outbox = self.outbox.lock().unwrap();
+        Ok(match self.flaw {
+            Flaw::OutboxOfOldestFirst => {
+                let mut all = outbox.list_of(subject, before, usize::MAX);
+                all.reverse();
+                all.truncate(limit);
+                all
+            }
+            Flaw::OutboxOfPendingOnly => {
+                let mut all = outbox.list_of(subject, before, usize::MAX);
+                all.retain(|entry| entry.state == EntryState::Pending);
+                all.truncate(limit);
+                all
+            }
+            _ => outbox.list_of(subject, before, limit),
+        })
+    }
+
     async fn outbox_counts(&self) -> Result<OutboxCounts, Infallible> {
         Ok(self.outbox.lock().unwrap().counts())
     }
@@ -639,6 +667,14 @@ fn each_flaw_is_caught_and_named() {
         ),
         (Flaw::ClaimHoldsNothing, "outbox_claims_hold_and_keep_order"),
         (Flaw::ClaimIgnoresOrder, "outbox_claims_hold_and_keep_order"),
+        (
+            Flaw::OutboxOfOldestFirst,
+            "outbox_lists_a_subject_s_entries",
+        ),
+        (
+            Flaw::OutboxOfPendingOnly,
+            "outbox_lists_a_subject_s_entries",
+        ),
     ];
     for (flaw, behaviour) in cases {
         let message = failure_of(flaw);

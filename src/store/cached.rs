@@ -709,6 +709,15 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         self.inner.outbox(state, after, limit).await
     }
 
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<entry::Entry>, S::Error> {
+        self.inner.outbox_of(subject, before, limit).await
+    }
+
     async fn outbox_counts(&self) -> Result<OutboxCounts, S::Error> {
         self.inner.outbox_counts().await
     }

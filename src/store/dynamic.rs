@@ -191,6 +191,12 @@ trait ObjectStore: Send + Sync {
         after: Option<EntryId>,
         limit: usize,
     ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>>;
+    fn outbox_of<'a>(
+        &'a self,
+        subject: &'a str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>>;
     fn outbox_counts(&self) -> Boxed<'_, Result<OutboxCounts, DynStoreError>>;
     fn prune_outbox(&self, before: OffsetDateTime) -> Boxed<'_, Result<u64, DynStoreError>>;
     fn refund_owner<'a>(
@@ -423,6 +429,18 @@ impl<S: KeyStore> ObjectStore for S {
                 .map_err(DynStoreError::new)
         })
     }
+    fn outbox_of<'a>(
+        &'a self,
+        subject: &'a str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Boxed<'a, Result<Vec<Entry>, DynStoreError>> {
+        Box::pin(async move {
+            KeyStore::outbox_of(self, subject, before, limit)
+                .await
+                .map_err(DynStoreError::new)
+        })
+    }
     fn outbox_counts(&self) -> Boxed<'_, Result<OutboxCounts, DynStoreError>> {
         Box::pin(async move {
             KeyStore::outbox_counts(self)
@@ -584,6 +602,14 @@ impl KeyStore for DynKeyStore {
         limit: usize,
     ) -> Result<Vec<Entry>, DynStoreError> {
         self.0.outbox(state, after, limit).await
+    }
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, DynStoreError> {
+        self.0.outbox_of(subject, before, limit).await
     }
     async fn outbox_counts(&self) -> Result<OutboxCounts, DynStoreError> {
         self.0.outbox_counts().await

@@ -68,6 +68,8 @@ pub enum Call {
     UpdateOutbox,
     /// [`KeyStore::outbox`].
     Outbox,
+    /// [`KeyStore::outbox_of`].
+    OutboxOf,
     /// [`KeyStore::outbox_counts`].
     OutboxCounts,
     /// [`KeyStore::prune_outbox`].
@@ -76,7 +78,7 @@ pub enum Call {
 
 impl Call {
     /// Every method, in the trait's order.
-    pub const ALL: [Call; 24] = [
+    pub const ALL: [Call; 25] = [
         Call::Get,
         Call::Insert,
         Call::Update,
@@ -99,6 +101,7 @@ impl Call {
         Call::ClaimOutbox,
         Call::UpdateOutbox,
         Call::Outbox,
+        Call::OutboxOf,
         Call::OutboxCounts,
         Call::PruneOutbox,
     ];
@@ -461,6 +464,16 @@ impl<S: KeyStore> KeyStore for Intercept<S> {
     ) -> Result<Vec<Entry>, Self::Error> {
         let listed = self.inner.outbox(state, after, limit);
         self.run(Call::Outbox, None, listed).await
+    }
+
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Self::Error> {
+        let listed = self.inner.outbox_of(subject, before, limit);
+        self.run(Call::OutboxOf, None, listed).await
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts, Self::Error> {

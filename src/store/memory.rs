@@ -968,6 +968,15 @@ impl KeyStore for InMemoryStore {
         Ok(self.outbox().list(state, after, limit))
     }
 
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Infallible> {
+        Ok(self.outbox().list_of(subject, before, limit))
+    }
+
     async fn outbox_counts(&self) -> Result<OutboxCounts, Infallible> {
         Ok(self.outbox().counts())
     }

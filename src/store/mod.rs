@@ -445,6 +445,17 @@ pub trait KeyStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>, Self::Error>> + Send;
 
+    /// At most `limit` outbox entries of `subject` ([`Entry::subject`]: a
+    /// key's id, or `owner:` and an owner) with ids before `before`,
+    /// newest first, in any state: a key's recent events, delivered or
+    /// not, until they are pruned.
+    fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, Self::Error>> + Send;
+
     /// How many outbox entries are pending and parked.
     fn outbox_counts(&self) -> impl Future<Output = Result<OutboxCounts, Self::Error>> + Send;
 
@@ -607,6 +618,14 @@ macro_rules! forward {
                 limit: usize,
             ) -> impl Future<Output = Result<Vec<Entry>, S::Error>> + Send {
                 (**self).outbox(state, after, limit)
+            }
+            fn outbox_of(
+                &self,
+                subject: &str,
+                before: Option<EntryId>,
+                limit: usize,
+            ) -> impl Future<Output = Result<Vec<Entry>, S::Error>> + Send {
+                (**self).outbox_of(subject, before, limit)
             }
             fn outbox_counts(&self) -> impl Future<Output = Result<OutboxCounts, S::Error>> + Send {
                 (**self).outbox_counts()

@@ -211,6 +211,15 @@ impl<S: KeyStore> KeyStore for Timed<S> {
         timed!("outbox", self.0.outbox(state, after, limit))
     }
 
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, S::Error> {
+        timed!("outbox_of", self.0.outbox_of(subject, before, limit))
+    }
+
     async fn outbox_counts(&self) -> Result<OutboxCounts, S::Error> {
         timed!("outbox_counts", self.0.outbox_counts())
     }

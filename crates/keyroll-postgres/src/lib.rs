@@ -258,6 +258,7 @@ struct Statements {
     claim_outbox: String,
     update_outbox: String,
     outbox: String,
+    outbox_of: String,
     outbox_counts: String,
     prune_outbox: String,
 }
@@ -871,6 +872,10 @@ impl PgStore {
                 "SELECT {ENTRY_COLUMNS} FROM {table}_outbox WHERE state = $1 AND id > $2 \
                  ORDER BY id LIMIT $3"
             ),
+            outbox_of: format!(
+                "SELECT {ENTRY_COLUMNS} FROM {table}_outbox WHERE subject = $1 AND id < $2 \
+                 ORDER BY id DESC LIMIT $3"
+            ),
             outbox_counts: format!(
                 "SELECT count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 2) \
                  FROM {table}_outbox WHERE state <> 1"
@@ -1119,7 +1124,8 @@ impl PgStore {
              );
              CREATE INDEX IF NOT EXISTS {table}_outbox_pending
                  ON {table}_outbox (subject, id) WHERE state = 0;
-             CREATE INDEX IF NOT EXISTS {table}_outbox_state ON {table}_outbox (state, id);"
+             CREATE INDEX IF NOT EXISTS {table}_outbox_state ON {table}_outbox (state, id);
+             CREATE INDEX IF NOT EXISTS {table}_outbox_subject ON {table}_outbox (subject, id);"
         ))
         .await?;
         tx.batch_execute(&charge_function(&schema, table)).await?;
@@ -1872,6 +1878,26 @@ impl KeyStore for PgStore {
             .map_err(|e| self.error(e))?;
         let rows = client
             .query(&statement, &[&state.code(), &after, &limit])
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter().map(entry_of).collect()
+    }
+
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, PgStoreError> {
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.outbox_of)
+            .await
+            .map_err(|e| self.error(e))?;
+        let rows = client
+            .query(&statement, &[&subject, &before, &limit])
             .await
             .map_err(|e| self.error(e))?;
         rows.iter().map(entry_of).collect()

@@ -200,7 +200,8 @@ impl SqliteStore {
              );
              CREATE INDEX IF NOT EXISTS keyroll_outbox_state ON keyroll_outbox (state, id);
              CREATE INDEX IF NOT EXISTS keyroll_outbox_subject
-                 ON keyroll_outbox (subject, id) WHERE state = 0;",
+                 ON keyroll_outbox (subject, id) WHERE state = 0;
+             CREATE INDEX IF NOT EXISTS keyroll_outbox_subject_all ON keyroll_outbox (subject, id);",
         )?;
         upgrade_0_1(&tx)?;
         upgrade_0_2(&tx)?;
@@ -859,6 +860,23 @@ mod calls {
         .collect()
     }
 
+    /// The entries of `subject` before `before`, newest first.
+    pub(super) fn outbox_of(
+        conn: &Connection,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM keyroll_outbox WHERE subject = ?1 AND id < ?2
+             ORDER BY id DESC LIMIT ?3"
+        ))?
+        .query_map(params![subject, before, limit as i64], entry)?
+        .map(|row| Ok(row?.decode()?))
+        .collect()
+    }
+
     /// Pending and parked entries.
     pub(super) fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, SqliteStoreError> {
         let (pending, parked): (i64, i64) = conn
@@ -1139,6 +1157,17 @@ impl KeyStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Entry>, SqliteStoreError> {
         self.call(move |conn| calls::outbox(conn, state, after, limit))
+            .await?
+    }
+
+    async fn outbox_of(
+        &self,
+        subject: &str,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, SqliteStoreError> {
+        let subject = subject.to_owned();
+        self.call(move |conn| calls::outbox_of(conn, &subject, before, limit))
             .await?
     }
 
