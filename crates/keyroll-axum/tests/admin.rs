@@ -1292,6 +1292,100 @@ async fn parked_deliveries_are_listed_and_retried() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
 
+/// A key's events come from the outbox newest first, delivered or not,
+/// a page at a time, and stay listed once the key is deleted; another
+/// key's events are not among them.
+#[tokio::test]
+async fn a_key_s_events_are_listed_newest_first() {
+    let f = fixture().await;
+    let created = call(
+        &f.app,
+        Method::POST,
+        "/keys",
+        &f.admin,
+        Some(json!({"id": "evented"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let renewed = call(&f.app, Method::POST, "/keys/evented/renew", &f.admin, None).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.body);
+    let labelled = call(
+        &f.app,
+        Method::PATCH,
+        "/keys/evented",
+        &f.admin,
+        Some(json!([{"label": "orders"}])),
+    )
+    .await;
+    assert_eq!(labelled.status, StatusCode::OK, "{}", labelled.body);
+    // Delivered entries are listed too.
+    let delivered = keyroll::outbox::Dispatcher::new(f.keys.store(), keyroll::outbox::TracingSink)
+        .dispatch(OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(delivered.delivered, 4);
+
+    let names = |body: &Value| -> Vec<String> {
+        body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["event"]["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let listed = call(&f.app, Method::GET, "/keys/evented/events", &f.admin, None).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(
+        names(&listed.body),
+        ["label_changed", "token_renewed", "key_issued"]
+    );
+    assert_eq!(listed.body["entries"][0]["state"], "delivered");
+    let first = call(
+        &f.app,
+        Method::GET,
+        "/keys/evented/events?limit=1",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(names(&first.body), ["label_changed"]);
+    let id = first.body["entries"][0]["id"].as_u64().unwrap();
+    let older = call(
+        &f.app,
+        Method::GET,
+        &format!("/keys/evented/events?before={id}"),
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(names(&older.body), ["token_renewed", "key_issued"]);
+
+    let deleted = call(&f.app, Method::DELETE, "/keys/evented", &f.admin, None).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    let after = call(&f.app, Method::GET, "/keys/evented/events", &f.admin, None).await;
+    assert_eq!(
+        names(&after.body),
+        [
+            "key_deleted",
+            "label_changed",
+            "token_renewed",
+            "key_issued"
+        ]
+    );
+
+    let bad = call(
+        &f.app,
+        Method::GET,
+        "/keys/evented/events?before=x",
+        &f.admin,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let anonymous = call(&f.app, Method::GET, "/keys/evented/events", "", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
 /// A search finds keys by id, label and owner, in any case, sorted as
 /// asked, a page at a time by offset, with the total; a bad sort is
 /// refused naming it.

@@ -989,6 +989,54 @@ pub(crate) async fn outbox<S: KeyStore + 'static>(
     }))
 }
 
+/// A key's recent events, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyEvents {
+    /// The key's id.
+    id: String,
+    /// Its outbox entries, delivered or not (as `GET /outbox` lists
+    /// them); older ones with `before` set to the last id.
+    #[schema(value_type = Vec<Object>)]
+    entries: Vec<Entry>,
+}
+
+/// Query of `GET /keys/{id}/events`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// The last id of the previous page: older entries only.
+    before: Option<u64>,
+    /// At most this many entries (1 to 500; 20 by default).
+    limit: Option<usize>,
+}
+
+/// A key's events from the outbox, newest first, delivered or not, until
+/// delivered ones are pruned; a deleted key's too. Empty when the outbox
+/// is off.
+#[utoipa::path(get, path = "/keys/{id}/events", tag = "outbox",
+    params(("id" = String, Path, description = "The key's id"), EventsQuery),
+    responses((status = 200, body = KeyEvents), Refusals))]
+pub(crate) async fn key_events<S: KeyStore + 'static>(
+    State(admin): Admin<S>,
+    Path(raw): Path<String>,
+    page: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<KeyEvents>, ApiError> {
+    let id = key_id(&raw)?;
+    let page = query(page)?;
+    let limit = page.limit.unwrap_or(20).clamp(1, 500);
+    let entries = admin
+        .keys
+        .store()
+        .outbox_of(id.as_str(), page.before.map(EntryId::new), limit)
+        .await
+        .map_err(|e| ApiError::from(ManagerError::Store(e)))?;
+    Ok(Json(KeyEvents {
+        id: id.to_string(),
+        entries,
+    }))
+}
+
 /// Puts a parked entry back to pending, due now, with no failed
 /// attempts: the dispatcher delivers it again.
 #[utoipa::path(post, path = "/outbox/{id}/retry", tag = "outbox",

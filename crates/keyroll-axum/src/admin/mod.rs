@@ -378,7 +378,7 @@ macro_rules! documented {
 documented!(
     api: create_key, list_keys, search_keys, get_key, change_key, set, set_status, delete_key, usage, expiring,
         renew, finalize, delete_old, delete_old_if_idle, undo_renewal, housekeep, housekeep_all,
-        revoke_token, get_owner, set_owner_limits, clear_owner_limits, outbox, retry_entry;
+        revoke_token, get_owner, set_owner_limits, clear_owner_limits, outbox, key_events, retry_entry;
     open: console::root, console::page, console::page_with_slash, console::asset, self::document,
 );
 
