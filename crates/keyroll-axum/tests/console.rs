@@ -191,10 +191,20 @@ async fn menu_items(c: &Client, id: &str) -> Vec<String> {
 /// A main state of the page: checked by axe-core and saved as a
 /// screenshot, at both widths.
 async fn shoot(c: &Client, name: &str) {
+    shoot_at(c, name, None).await;
+}
+
+/// As [`shoot`], with the element `css` scrolled to the top at each width.
+async fn shoot_at(c: &Client, name: &str, css: Option<&str>) {
     let dir = screenshots();
     for (width, height) in [(1440, 1000), (390, 844)] {
         c.set_window_size(width, height).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
+        if let Some(css) = css {
+            let scroll =
+                format!("document.querySelector(\"{css}\").scrollIntoView(); return true;");
+            c.execute(&scroll, vec![]).await.unwrap();
+        }
         axe(c, &format!("{name} at {width} px")).await;
         let png = c.screenshot().await.unwrap();
         std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
@@ -944,7 +954,11 @@ async fn the_console_lists_deliveries_given_up_on_and_retries_them() {
     ignore = "needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` and set KEYROLL_CHROMEDRIVER=/usr/bin/chromedriver (`bash .ci/run` does)"
 )]
 async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token() {
-    let keys = Arc::new(KeyManager::new(InMemoryStore::new()));
+    let keys = Arc::new(
+        KeyManager::new(InMemoryStore::new())
+            .with_usage_recording(true)
+            .with_outbox(),
+    );
     let now = OffsetDateTime::now_utc();
     let admin = admin_key(&keys).await;
     for id in ["timed", "graced", "idle"] {
@@ -1095,7 +1109,78 @@ async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token(
             json!("acme")
         )
     );
+
+    // Its limits and networks, in the same form and one write; numbers
+    // are sent digit for digit, a bad one refused naming its field.
+    type_into(&c, "#key-rate-limit", "ten").await;
+    click(&c, "#key-save").await;
+    until(
+        &c,
+        "document.querySelector('#key-error').textContent.includes('Requests \"ten\"')",
+    )
+    .await;
+    type_into(&c, "#key-rate-limit", "100").await;
+    type_into(&c, "#key-rate-period", "1m").await;
+    type_into(&c, "#key-rate-burst", "10").await;
+    type_into(&c, "#key-credits", "9007199254740993").await;
+    type_into(&c, "#key-networks", "10.1.2.3/8, 192.0.2.7").await;
+    click(&c, "#key-save").await;
+    until(
+        &c,
+        "document.querySelector('#key-networks').value === '10.0.0.0/8,192.0.2.7/32'",
+    )
+    .await;
+    let (_, key) = api_key(&app, &admin, "graced").await;
+    assert_eq!(
+        (
+            key["rate_limit"].clone(),
+            key["credits"]["remaining"].clone(),
+            key["settings"]["networks"].clone()
+        ),
+        (
+            json!({"limit": 100, "period": "1m", "burst": 10}),
+            json!(9_007_199_254_740_993_u64),
+            json!("10.0.0.0/8,192.0.2.7/32")
+        )
+    );
+    // Read back digit for digit too (JavaScript's numbers stop at 2^53).
+    let credits = "return document.querySelector('#key-credits').value;";
+    assert_eq!(
+        c.execute(credits, vec![]).await.unwrap(),
+        json!("9007199254740993")
+    );
+    let facts = text(&c, "#key-facts").await;
+    assert!(facts.contains("9007199254740993 credits left"), "{facts}");
+    // Its usage, and its recent events from the outbox, newest first.
+    until(&c, "document.querySelector('#key-chart svg')").await;
+    let events = text(&c, "#key-events").await;
+    let order = [
+        "credits set",
+        "label changed",
+        "token renewed",
+        "key issued",
+    ]
+    .map(|name| {
+        events
+            .find(name)
+            .unwrap_or_else(|| panic!("{name}: {events}"))
+    });
+    assert!(order.is_sorted(), "{events}");
+    assert!(events.contains("not delivered yet"), "{events}");
     shoot(&c, "11-key-page").await;
+    shoot_at(&c, "12-key-events", Some("#key-events")).await;
+    // A limit emptied is removed.
+    type_into(&c, "#key-rate-limit", "").await;
+    click(&c, "#key-save").await;
+    until(
+        &c,
+        "document.querySelector('#key-events li').textContent.startsWith('rate limit changed')",
+    )
+    .await;
+    assert_eq!(
+        api_key(&app, &admin, "graced").await.1["rate_limit"],
+        Value::Null
+    );
     click(&c, "#key-close").await;
     until_focus_on_row(&c, "graced").await;
 

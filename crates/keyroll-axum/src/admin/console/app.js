@@ -44,7 +44,11 @@ async function api(method, path, body) {
   }
   let answer = null;
   try {
-    answer = await response.json();
+    // A whole number JavaScript cannot hold exactly (credits above 2^53)
+    // is kept as its digits.
+    answer = JSON.parse(await response.text(), (_, value, context) =>
+      typeof value === "number" && !Number.isSafeInteger(value) && context && /^\d+$/.test(context.source)
+        ? context.source : value);
   } catch (e) {
     answer = null;
   }
@@ -917,8 +921,16 @@ let keyShown = null;
 
 async function showKey(id) {
   await attempt(async () => {
-    keyShown = await api("GET", keyPath(id));
-    renderKey(keyShown);
+    const [key, used, events] = await Promise.all([
+      api("GET", keyPath(id)),
+      api("GET", keyPath(id) + "/usage?since=7d"),
+      api("GET", keyPath(id) + "/events"),
+    ]);
+    keyShown = key;
+    renderKey(key);
+    drawUsage(key.id, used.hours, "key-chart", "key-legend");
+    $("key-events").replaceChildren();
+    renderEvents(events.entries);
     showError("", $("key-error"));
     $("key-panel").hidden = false;
     $("key-panel").scrollIntoView({ block: "start" });
@@ -941,7 +953,37 @@ function localInput(value) {
 }
 
 // The settings the form edits; the others are shown as they are.
-const EDITED = new Set(["label", "scopes", "owner", "expiry"]);
+const EDITED = new Set(["label", "scopes", "owner", "expiry", "networks", "rate_limit", "credits"]);
+
+// An outbox entry as a person reads it: the event, when, and whether it
+// was delivered.
+function eventText(entry) {
+  const e = entry.event;
+  const delivery = entry.state === "delivered" ? "delivered " + formatDate(entry.delivered_at)
+    : entry.state === "parked" ? "given up on: " + (entry.last_error || "no answer")
+      : entry.attempts ? "not delivered yet (" + entry.attempts + " failed)" : "not delivered yet";
+  // A setting without an event of its own names itself.
+  const what = e.change && typeof e.change === "object" ? " (" + Object.keys(e.change).join(", ") + ")" : "";
+  return e.event.replaceAll("_", " ") + what + ", " + formatDate(e.at) + "; " + delivery;
+}
+
+// Appends a page of a key's events, and offers older ones when it was full.
+const EVENTS_PAGE = 20;
+function renderEvents(entries) {
+  $("key-events").append(...entries.map((entry) => el("li", eventText(entry))));
+  if (!$("key-events").children.length) $("key-events").append(el("li", "None kept: the outbox is off, or they were pruned."));
+  $("key-older").hidden = entries.length < EVENTS_PAGE;
+  $("key-older").dataset.before = entries.length ? entries[entries.length - 1].id : "";
+}
+
+$("key-older").addEventListener("click", async () => {
+  const before = $("key-older").dataset.before;
+  await attempt(async () => {
+    const events = await api("GET", keyPath(keyShown.id) + "/events?before=" + before);
+    renderEvents(events.entries);
+  }, $("key-error"));
+  ($("key-older").hidden ? $("key-events") : $("key-older")).focus();
+});
 
 function renderKey(key) {
   $("key-title").textContent = "Key " + key.id;
@@ -960,6 +1002,11 @@ function renderKey(key) {
   $("key-scopes").value = key.scopes.join(" ");
   $("key-owner").value = key.owner || "";
   $("key-expiry").value = localInput(key.expires_at);
+  $("key-networks").value = key.settings.networks || "";
+  const credits = key.credits && { remaining: key.credits.remaining, refill: key.credits.refill };
+  fillLimits("key", key.rate_limit, credits);
+  // What the limit fields say as saved: a field edited back says it again.
+  key.shownLimits = [rateJson("key"), creditsJson("key")];
 }
 
 // Saves what the form changed, as one PATCH of changes (all or none).
@@ -977,11 +1024,17 @@ $("key-settings-form").addEventListener("submit", async (event) => {
   if (expiry !== localInput(key.expires_at)) {
     changes.push({ expiry: expiry ? new Date(expiry).toISOString() : null });
   }
-  if (changes.length === 0) {
-    say("Nothing to save: the settings are as they were.");
-    return;
-  }
-  const saved = await attempt(() => api("PATCH", keyPath(key.id), changes), $("key-error"));
+  const networks = $("key-networks").value.trim();
+  if (networks !== (key.settings.networks || "")) changes.push({ networks: networks || null });
+  // Limits are written as JSON text, so that numbers keep every digit.
+  const saved = await attempt(async () => {
+    const written = changes.map((change) => JSON.stringify(change));
+    const [rate, credits] = [rateJson("key"), creditsJson("key")];
+    if (rate !== key.shownLimits[0]) written.push('{"rate_limit":' + (rate || "null") + "}");
+    if (credits !== key.shownLimits[1]) written.push('{"credits":' + (credits || "null") + "}");
+    if (written.length === 0) throw new ApiError(0, "unchanged", "Nothing to save: the settings are as they were.");
+    return api("PATCH", keyPath(key.id), "[" + written.join(",") + "]");
+  }, $("key-error"));
   if (!saved) return;
   say("Saved the settings of " + key.id + ".", key.id);
   await attempt(load);
@@ -1080,12 +1133,11 @@ function renderOwner(answer) {
   const limits = answer.limits || {};
   const rate = limits.rate_limit, credits = limits.credits;
   const refill = credits && credits.refill;
-  $("owner-rate-limit").value = rate ? rate.limit : "";
-  $("owner-rate-period").value = rate ? durationInput(rate.period) : "1m";
-  $("owner-rate-burst").value = rate ? rate.burst : "";
-  $("owner-credits").value = credits ? credits.remaining : "";
-  $("owner-refill-amount").value = refill ? refill.amount : "";
-  $("owner-refill-every").value = refill ? durationInput(refill.every) : "30d";
+  fillLimits(
+    "owner",
+    rate && { limit: rate.limit, period: durationInput(rate.period), burst: rate.burst },
+    credits && { remaining: credits.remaining, refill: refill && { amount: refill.amount, every: durationInput(refill.every) } },
+  );
   $("owner-clear").disabled = !rate && !credits;
   $("owner-keys").replaceChildren(...answer.keys.map((key) => {
     const item = el("li");
@@ -1102,25 +1154,45 @@ function whole(field, text) {
   return text;
 }
 
+// The limit fields of a form, `PREFIX-rate-limit` and so on: filled from
+// a rate limit and credits (durations as text), and read back as JSON
+// text written by hand, so that numbers keep every digit (null when
+// empty).
+function fillLimits(prefix, rate, credits) {
+  const set = (name, value) => { $(prefix + "-" + name).value = value == null ? "" : value; };
+  const refill = credits && credits.refill;
+  set("rate-limit", rate && rate.limit);
+  set("rate-period", rate ? rate.period : "1m");
+  set("rate-burst", rate && rate.burst);
+  set("credits", credits && credits.remaining);
+  set("refill-amount", refill && refill.amount);
+  set("refill-every", refill ? refill.every : "30d");
+}
+
+function rateJson(prefix) {
+  const v = (name) => $(prefix + "-" + name).value.trim();
+  if (!v("rate-limit")) return null;
+  const burst = v("rate-burst") ? ',"burst":' + whole("At once", v("rate-burst")) : "";
+  return '{"limit":' + whole("Requests", v("rate-limit")) + ',"period":' + JSON.stringify(v("rate-period") || "1m") + burst + "}";
+}
+
+function creditsJson(prefix) {
+  const v = (name) => $(prefix + "-" + name).value.trim();
+  if (!v("credits")) return null;
+  const refill = v("refill-amount")
+    ? ',"refill":{"amount":' + whole("Set back to", v("refill-amount")) + ',"every":' + JSON.stringify(v("refill-every") || "30d") + "}"
+    : "";
+  return '{"remaining":' + whole("Credits", v("credits")) + refill + "}";
+}
+
 $("owner-limits-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const v = (id) => $(id).value.trim();
   const owner = ownerShown;
   await attempt(async () => {
-    // Written by hand, so that numbers keep every digit.
+    const [rate, credits] = [rateJson("owner"), creditsJson("owner")];
     const parts = [];
-    if (v("owner-rate-limit")) {
-      const burst = v("owner-rate-burst") ? ',"burst":' + whole("At once", v("owner-rate-burst")) : "";
-      parts.push('"rate_limit":{"limit":' + whole("Requests", v("owner-rate-limit")) +
-        ',"period":' + JSON.stringify(v("owner-rate-period") || "1m") + burst + "}");
-    }
-    if (v("owner-credits")) {
-      const refill = v("owner-refill-amount")
-        ? ',"refill":{"amount":' + whole("Set back to", v("owner-refill-amount")) +
-          ',"every":' + JSON.stringify(v("owner-refill-every") || "30d") + "}"
-        : "";
-      parts.push('"credits":{"remaining":' + whole("Credits", v("owner-credits")) + refill + "}");
-    }
+    if (rate) parts.push('"rate_limit":' + rate);
+    if (credits) parts.push('"credits":' + credits);
     if (!parts.length) throw new ApiError(0, "empty", "Give a rate limit, credits or both; Clear limits removes them.");
     await api("PUT", ownerPath(owner) + "/limits", "{" + parts.join(",") + "}");
     say("Saved the limits of " + owner + ": its keys share them now.");
