@@ -385,6 +385,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
     shoot(&c, "1-created").await;
     click(&c, "#finish").await;
     until(&c, "document.querySelector(\"tr[data-key='shop']\")").await;
+    until_focus_on_row(&c, "shop").await;
     let shown = row(&c, "shop").await;
     for expected in [
         "Shop integration",
@@ -422,6 +423,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         "document.querySelector(\"tr[data-key='shop']\").textContent.includes('Old token due')",
     )
     .await;
+    until_focus_on_row(&c, "shop").await;
     let shown = row(&c, "shop").await;
     assert!(
         shown.contains("New token due") && shown.contains("Old token kept until deleted"),
@@ -487,6 +489,7 @@ async fn the_console_renews_a_key_as_the_product_does_in_a_real_browser() {
         "document.querySelector(\"tr[data-key='shop']\").textContent.includes('token revoked')",
     )
     .await;
+    until_focus_on_row(&c, "shop").await;
     let (_, key) = api_key(&app, &admin, "shop").await;
     assert!(key["current_token"]["revoked_at"].is_string());
     assert!(
@@ -1181,6 +1184,30 @@ async fn the_console_offers_every_old_token_choice_and_guards_an_uncopied_token(
         api_key(&app, &admin, "graced").await.1["rate_limit"],
         Value::Null
     );
+    // Older events a page of 20 at a time, down to the first.
+    let labels = (0..24)
+        .map(|n| keyroll::Change::Label(format!("v{n}")))
+        .collect();
+    keys.apply_all(
+        &KeyId::new("graced").unwrap(),
+        labels,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
+    menu(&c, "graced", "Details").await;
+    until(
+        &c,
+        "document.querySelectorAll('#key-events li').length === 20",
+    )
+    .await;
+    click(&c, "#key-older").await;
+    until(&c, "document.querySelector('#key-older').hidden").await;
+    let events = text(&c, "#key-events").await;
+    assert!(events.ends_with("not delivered yet"), "{events}");
+    let last = "return document.querySelector('#key-events li:last-child').textContent;";
+    let last = c.execute(last, vec![]).await.unwrap();
+    assert!(last.as_str().unwrap().starts_with("key issued"), "{last}");
     click(&c, "#key-close").await;
     until_focus_on_row(&c, "graced").await;
 
