@@ -901,6 +901,19 @@ fn keyctl_shows_the_outbox_and_retries_a_parked_delivery() {
         "{shown}"
     );
     assert!(lines[1].contains("label_changed"), "{shown}");
+    // A key's own events, newest first.
+    ctl.ok(&["create", "--label", "other", "--id", "other"]);
+    let events = ctl.ok(&["events", "acme"]);
+    let lines: Vec<&str> = events.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{events}");
+    assert!(
+        lines[0].starts_with("evt_2 ") && lines[0].contains("label_changed"),
+        "{events}"
+    );
+    assert!(
+        lines[1].contains("key_issued") && lines[1].contains("pending, 0 failed attempts"),
+        "{events}"
+    );
     // Nothing is parked: a retry is refused, naming the entry.
     let refused = ctl.fails(&["retry-delivery", "evt_1"]);
     assert!(refused.contains("evt_1 is not parked"), "{refused}");

@@ -17,6 +17,7 @@
 //! migrate                   (creates or upgrades the PostgreSQL table: run it once, as a role
 //!                            that may create tables; the service's role needs only DML)
 //! notices [--limit 50]      (the outbox: events and notices pending and parked)
+//! events ID [--limit 20]    (a key's events in the outbox, newest first, delivered or not)
 //! retry-delivery ID         (a parked delivery, pending again: the service retries it)
 //! ```
 //!
@@ -304,6 +305,15 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Show a key's events from the outbox, newest first, delivered or
+    /// not (until delivered ones are pruned), a deleted key's too.
+    Events {
+        #[arg(value_parser = existing_id)]
+        id: KeyId,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Put a parked delivery back to pending (`keyctl notices` lists them),
     /// by its id (`12` or `evt_12`): the service delivers it again.
     RetryDelivery { id: String },
@@ -349,6 +359,7 @@ impl Command {
             Command::List { .. }
                 | Command::Owner { .. }
                 | Command::Notices { .. }
+                | Command::Events { .. }
                 | Command::Expiring { .. }
                 | Command::Usage { .. }
                 | Command::Show { .. }
@@ -1229,6 +1240,23 @@ async fn run(cli: Cli, settings: Vec<Change>) -> Result<(), Box<dyn Error>> {
             }
         }
         Command::Notices { limit } => notices(manager.store(), limit).await?,
+        Command::Events { id, limit } => {
+            println!("{:<12} {:<22} {:<16} DELIVERY", "ID", "EVENT", "AT");
+            for entry in manager.store().outbox_of(id.as_str(), None, limit).await? {
+                let delivery = match entry.state {
+                    EntryState::Delivered => entry.delivered_at.map(date).unwrap_or_default(),
+                    EntryState::Parked => {
+                        format!("parked: {}", entry.last_error.unwrap_or_default())
+                    }
+                    _ => format!("pending, {} failed attempts", entry.attempts),
+                };
+                let (id, name) = (entry.id.to_string(), entry.event.name());
+                println!(
+                    "{id:<12} {name:<22} {:<16} {delivery}",
+                    date(entry.event.at())
+                );
+            }
+        }
         Command::RetryDelivery { id } => {
             let id = entry_id(&id)?;
             if !manager.retry_parked(id, now).await? {
