@@ -145,6 +145,7 @@ impl Verification {
 /// | `claim_outbox(limit, now, hold)` | up to `limit` due [`Entry`]s | `Self::Error` |
 /// | `update_outbox(entries)` | `()` | `Self::Error` |
 /// | `outbox(state, after, limit)` | up to `limit` [`Entry`]s | `Self::Error` |
+/// | `outbox_of(subject, before, limit)` | up to `limit` [`Entry`]s, newest first | `Self::Error` |
 /// | `outbox_counts()` | the [`OutboxCounts`] | `Self::Error` |
 /// | `prune_outbox(before)` | how many entries were dropped | `Self::Error` |
 ///
@@ -181,7 +182,9 @@ impl Verification {
 ///   in order. `update_outbox(entries)` stores each entry's delivery state
 ///   (state, attempts, `next_attempt_at`, `last_error`, `delivered_at`) by
 ///   id, skipping ids no longer kept. `outbox(state, after, limit)` lists
-///   entries in `state` with ids after `after`, in order; `outbox_counts`
+///   entries in `state` with ids after `after`, in order;
+///   `outbox_of(subject, before, limit)` lists the entries of one subject
+///   with ids before `before`, newest first, in any state; `outbox_counts`
 ///   counts pending and parked entries; `prune_outbox(before)` drops the
 ///   entries delivered before `before`.
 /// - A backend that keeps the id or the revision outside the record (in
