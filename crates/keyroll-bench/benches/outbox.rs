@@ -4,6 +4,10 @@
 //! part, every 4,096 writes, so that the outbox stays as small as a
 //! drained one.
 //!
+//! Also a key's 20 latest events (`outbox_of`, the console's key page)
+//! among the entries of 1,000 keys, in memory, where it scans the
+//! entries under the store's outbox lock, which writes wait for.
+//!
 //! `cargo bench -p keyroll-bench --bench outbox`
 
 use std::time::{Duration, Instant};
@@ -81,5 +85,24 @@ fn bench_outbox(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_outbox);
+fn bench_outbox_of(c: &mut Criterion) {
+    let mut group = c.benchmark_group("outbox_of");
+    let now = OffsetDateTime::now_utc();
+    for per_key in [10, 100] {
+        let manager = KeyManager::new(InMemoryStore::new()).with_outbox();
+        for n in 0..1000 {
+            let id = KeyId::new(format!("key-{n}")).unwrap();
+            pollster::block_on(manager.create_key(id.clone(), now, &mut rand::rng())).unwrap();
+            let labels = (1..per_key).map(|l| Change::Label(format!("v{l}"))).collect();
+            pollster::block_on(manager.apply_all(&id, labels, now)).unwrap();
+        }
+        let store = manager.store();
+        group.bench_function(format!("latest_20_among_{}_entries", 1000 * per_key), |b| {
+            b.iter(|| pollster::block_on(store.outbox_of("key-500", None, 20)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_outbox, bench_outbox_of);
 criterion_main!(benches);
