@@ -93,7 +93,9 @@ fn bench_outbox_of(c: &mut Criterion) {
         for n in 0..1000 {
             let id = KeyId::new(format!("key-{n}")).unwrap();
             pollster::block_on(manager.create_key(id.clone(), now, &mut rand::rng())).unwrap();
-            let labels = (1..per_key).map(|l| Change::Label(format!("v{l}"))).collect();
+            let labels = (1..per_key)
+                .map(|l| Change::Label(format!("v{l}")))
+                .collect();
             pollster::block_on(manager.apply_all(&id, labels, now)).unwrap();
         }
         let store = manager.store();

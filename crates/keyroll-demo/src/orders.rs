@@ -1,13 +1,7 @@
-//! The gRPC service `orders.v1.Orders`, with one method, `List`, served by
-//! tonic behind a `KeyrollLayer` (written out as tonic's generated code
-//! would be: no protoc needed).
-//!
-//! ```proto
-//! package orders.v1;
-//! service Orders { rpc List(ListRequest) returns (ListReply); }
-//! message ListRequest {}
-//! message ListReply { string key_id = 1; repeated string orders = 2; }
-//! ```
+//! The gRPC service `orders.v1.Orders` of `proto/orders.proto`, with one
+//! method, `List`, served by tonic behind a `KeyrollLayer` (written out as
+//! tonic's generated code would be: no protoc needed; the grpcio test
+//! calls it through stubs protoc made of that file).
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1537,14 +1537,15 @@ fn http_an_event_survives_a_sigkill_before_its_delivery() {
 }
 
 /// The demo's gRPC method, called by Python's `grpcio` (a client nobody
-/// here wrote): the caller's key id back; `UNAUTHENTICATED` without a
-/// token, `PERMISSION_DENIED` without the scope, `RESOURCE_EXHAUSTED` with
-/// `google.rpc.RetryInfo` in `grpc-status-details-bin` once a key's rate
-/// limit is spent.
+/// here wrote) through the stubs protoc (`grpcio-tools`) makes of
+/// `proto/orders.proto`: the caller's key id back; `UNAUTHENTICATED`
+/// without a token, `PERMISSION_DENIED` without the scope,
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` (read by
+/// `grpcio-status`) once a key's rate limit is spent.
 #[test]
 #[cfg_attr(
     not(keyroll_grpcio),
-    ignore = "needs Python's grpcio: `pip install grpcio` and set KEYROLL_GRPCIO=python3 (`bash .ci/run` does)"
+    ignore = "needs Python's grpcio, grpcio-tools and grpcio-status: `pip install grpcio grpcio-tools grpcio-status` and set KEYROLL_GRPCIO=python3 (`bash .ci/run` does)"
 )]
 fn http_the_grpc_method_answers_grpcio() {
     let port = free_port();
@@ -1558,39 +1559,44 @@ fn http_the_grpc_method_answers_grpcio() {
         "rate_limit": {"limit": 1, "period": "1m"}
     }));
     let python = std::env::var("KEYROLL_GRPCIO").unwrap_or_else(|_| "python3".into());
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let stubs = tempfile::tempdir().unwrap();
     let output = Command::new(python)
         .args([
             "-c",
             r#"
 import json, sys, grpc
-address, reader, outsider, limited = sys.argv[1:]
+from grpc_tools import protoc
+from grpc_status import rpc_status
+from google.rpc import error_details_pb2
+address, proto, stubs, reader, outsider, limited = sys.argv[1:]
+assert protoc.main(["protoc", "-I" + proto, "--python_out=" + stubs,
+                    "--grpc_python_out=" + stubs, "orders.proto"]) == 0
+sys.path.insert(0, stubs)
+import orders_pb2, orders_pb2_grpc
 channel = grpc.insecure_channel(address)
 grpc.channel_ready_future(channel).result(timeout=30)
-list_ = channel.unary_unary("/orders.v1.Orders/List",
-    request_serializer=lambda b: b, response_deserializer=lambda b: b)
-
-def fields(data):
-    # ListReply: field 1 key_id, field 2 orders (strings: wire type 2)
-    out, i = {}, 0
-    while i < len(data):
-        tag, length = data[i], data[i + 1]
-        out.setdefault(tag >> 3, []).append(data[i + 2:i + 2 + length].decode())
-        i += 2 + length
-    return out
+orders = orders_pb2_grpc.OrdersStub(channel)
 
 def call(token):
     metadata = [("authorization", "Bearer " + token)] if token else []
     try:
-        return {"key_id": fields(list_(b"", metadata=metadata, timeout=10)).get(1, [""])[0]}
+        return {"key_id": orders.List(orders_pb2.ListRequest(), metadata=metadata, timeout=10).key_id}
     except grpc.RpcError as e:
-        trailers = dict(e.trailing_metadata() or ())
-        return {"code": e.code().name, "details": e.details(),
-                "status_details": "grpc-status-details-bin" in trailers}
+        answer = {"code": e.code().name, "details": e.details()}
+        status = rpc_status.from_call(e)
+        for detail in status.details if status else []:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                answer["retry_seconds"] = info.retry_delay.ToTimedelta().total_seconds()
+        return answer
 
 print(json.dumps({"reader": call(reader), "anonymous": call(None), "outsider": call(outsider),
                   "limited": [call(limited), call(limited)]}))
 "#,
             &grpc,
+            proto,
+            stubs.path().to_str().unwrap(),
             &reader,
             &outsider,
             &limited,
@@ -1620,5 +1626,7 @@ print(json.dumps({"reader": call(reader), "anonymous": call(None), "outsider": c
         answers["limited"][1]["code"], "RESOURCE_EXHAUSTED",
         "{answers}"
     );
-    assert_eq!(answers["limited"][1]["status_details"], true, "{answers}");
+    // RetryInfo: the rest of the minute of a rate limit of 1 a minute.
+    let retry = answers["limited"][1]["retry_seconds"].as_f64().unwrap();
+    assert!(retry > 0.0 && retry <= 60.0, "{answers}");
 }
