@@ -1003,8 +1003,7 @@ function renderKey(key) {
   $("key-owner").value = key.owner || "";
   $("key-expiry").value = localInput(key.expires_at);
   $("key-networks").value = key.settings.networks || "";
-  const credits = key.credits && { remaining: key.credits.remaining, refill: key.credits.refill };
-  fillLimits("key", key.rate_limit, credits);
+  fillLimits("key", key.rate_limit, key.credits);
   // What the limit fields say as saved: a field edited back says it again.
   key.shownLimits = [rateJson("key"), creditsJson("key")];
 }
