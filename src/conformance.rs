@@ -891,6 +891,22 @@ fn events_of(key: &mut ApiKey, n: i64) -> crate::Event {
     .unwrap_or_else(|e| unreachable!("{e}"))
 }
 
+/// Owner `acme`'s first limits (5 credits), and the event of setting them.
+fn acme_limits() -> (OwnerId, crate::OwnerLimits, crate::Event) {
+    let acme = owner("acme");
+    let changed = crate::Event::OwnerLimitsChanged {
+        owner: acme.clone(),
+        at: t0(),
+        version: 1,
+        rate_limit: None,
+        credits: Some(Credits::new(5)),
+    };
+    let limits = OwnerLimits::new()
+        .credits(Credits::new(5))
+        .stamped(None, t0());
+    (acme, limits, changed)
+}
+
 async fn outbox_keeps_each_write_s_events_body<S: KeyStore>(store: S) {
     const B: &str = "outbox_keeps_each_write_s_events";
     let (mut key, _, issued) = ApiKey::issue(key_id("outboxed"), t0(), &mut rng(1))
@@ -936,17 +952,7 @@ async fn outbox_keeps_each_write_s_events_body<S: KeyStore>(store: S) {
             .delete(key.id(), key.revision(), std::slice::from_ref(&deleted))
             .await,
     );
-    let acme = owner("acme");
-    let limits = OwnerLimits::new()
-        .credits(Credits::new(5))
-        .stamped(None, t0());
-    let changed = crate::Event::OwnerLimitsChanged {
-        owner: acme.clone(),
-        at: t0(),
-        version: 1,
-        rate_limit: None,
-        credits: Some(Credits::new(5)),
-    };
+    let (acme, limits, changed) = acme_limits();
     let set = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
     ok(B, "set_owner_limits", set.await);
     let again = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
@@ -1005,17 +1011,7 @@ async fn outbox_lists_a_subject_s_entries_body<S: KeyStore>(store: S) {
         ok(B, "update", update.await);
         written.push([issued, labelled]);
     }
-    let acme = owner("acme");
-    let changed = crate::Event::OwnerLimitsChanged {
-        owner: acme.clone(),
-        at: t0(),
-        version: 1,
-        rate_limit: None,
-        credits: Some(Credits::new(5)),
-    };
-    let limits = OwnerLimits::new()
-        .credits(Credits::new(5))
-        .stamped(None, t0());
+    let (acme, limits, changed) = acme_limits();
     let set = store.set_owner_limits(&acme, &limits, 0, std::slice::from_ref(&changed));
     ok(B, "set_owner_limits", set.await);
     // The first entry delivered: listed all the same.
