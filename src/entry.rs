@@ -132,19 +132,23 @@ impl Entry {
     /// `owner:` and the owner (entries of one subject are claimed in
     /// order, one batch at a time).
     pub fn subject(event: &Event) -> String {
-        match (event.key_id(), event.owner_id()) {
-            (Some(key), _) => key.to_string(),
-            (None, Some(owner)) => format!("owner:{owner}"),
-            (None, None) => String::new(),
-        }
+        let (prefix, name) = Entry::subject_parts(event);
+        format!("{prefix}{name}")
     }
 
     /// Whether `subject` is [`Entry::subject`] of `event` (no string made).
     fn is_of(event: &Event, subject: &str) -> bool {
+        let (prefix, name) = Entry::subject_parts(event);
+        subject.strip_prefix(prefix) == Some(name)
+    }
+
+    /// The subject's prefix and name: a key's id, `owner:` and an owner,
+    /// or nothing.
+    fn subject_parts(event: &Event) -> (&'static str, &str) {
         match (event.key_id(), event.owner_id()) {
-            (Some(key), _) => key.as_str() == subject,
-            (None, Some(owner)) => subject.strip_prefix("owner:") == Some(owner.as_str()),
-            (None, None) => subject.is_empty(),
+            (Some(key), _) => ("", key.as_str()),
+            (None, Some(owner)) => ("owner:", owner.as_str()),
+            (None, None) => ("", ""),
         }
     }
 }
